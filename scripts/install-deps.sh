@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Installs everything Crest, its tests, its demo and its benchmarks use, from Debian packages.
+# Idempotent: when every package is present at a good version it only checks and exits in about a second.
+#
+# Debian 12 (bookworm) lacks a CRIU that works on current kernels (3.17 fails on the vDSO, 4.1 hangs),
+# so Debian forky is added at a low pin and only the packages that need it are taken from there:
+# criu/libcriu (>= 4.2), checkpointctl, containerd 2.1 (the CRI peer used by tests and benchmarks;
+# it brings forky's runc with it) and the Go source packages that carry the protos Crest compiles.
+set -euo pipefail
+
+CRIU_MIN=4.2
+CONTAINERD_MIN=2.1
+
+# From Debian 12 itself.
+BASE_PACKAGES=(
+  crun conmon iptables iproute2 containernetworking-plugins catatonit busybox-static
+  docker-registry skopeo apache2-utils jq tmux util-linux procps make
+)
+# From forky, each for a reason named above.
+FORKY_PACKAGES=(criu libcriu-dev checkpointctl containerd runc)
+# Source-only Go packages that ship the .proto files Crest compiles at build time.
+FORKY_PROTO_PACKAGES=(
+  golang-github-kubernetes-cri-api-dev
+  golang-github-checkpoint-restore-go-criu-dev
+)
+
+CRI_API_PROTO=/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto
+CRIU_RPC_PROTO=/usr/include/criu/rpc.proto
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
+
+# version_ge A B: true when version A >= B (dpkg ordering).
+version_ge() { dpkg --compare-versions "$1" ge "$2"; }
+
+installed_version() {
+  dpkg-query -W -f='${db:Status-Status} ${Version}\n' "$1" 2>/dev/null | awk '$1=="installed"{print $2}'
+}
+
+criu_version() { criu --version 2>/dev/null | awk '/^Version:/{print $2}'; }
+containerd_version() { containerd --version 2>/dev/null | awk '{print $3}' | sed -e 's/^v//' -e 's/[+~-].*//'; }
+
+missing_packages() {
+  local p
+  for p in "$@"; do
+    [ -n "$(installed_version "$p")" ] || printf '%s ' "$p"
+  done
+}
+
+everything_present() {
+  [ -z "$(missing_packages "${BASE_PACKAGES[@]}" "${FORKY_PACKAGES[@]}" "${FORKY_PROTO_PACKAGES[@]}")" ] || return 1
+  local v
+  v=$(criu_version); [ -n "$v" ] && version_ge "$v" "$CRIU_MIN" || return 1
+  v=$(containerd_version); [ -n "$v" ] && version_ge "$v" "$CONTAINERD_MIN" || return 1
+  [ -f "$CRI_API_PROTO" ] && [ -f "$CRIU_RPC_PROTO" ]
+}
+
+add_forky_source() {
+  local src=/etc/apt/sources.list.d/forky.sources pin=/etc/apt/preferences.d/forky
+  if [ ! -f "$src" ]; then
+    [ -f /etc/apt/sources.list.d/debian.sources ] \
+      || die "no /etc/apt/sources.list.d/debian.sources to derive the forky source from; add a forky source by hand"
+    # The first stanza of the machine's own Debian source, with the suite changed: no host is named here.
+    awk 'BEGIN{RS="";ORS="\n\n"} NR==1' /etc/apt/sources.list.d/debian.sources \
+      | sed -e 's/^Suites:.*/Suites: forky/' -e '/^#/d' > "$src"
+    log "added $src"
+  fi
+  if [ ! -f "$pin" ]; then
+    printf 'Package: *\nPin: release n=forky\nPin-Priority: 100\n' > "$pin"
+    log "pinned forky low in $pin"
+  fi
+}
+
+install_cni_default_network() {
+  # A default pod network, as Podman ships one, so a fresh node has NetworkReady=true.
+  local dir=/etc/cni/net.d
+  mkdir -p "$dir"
+  if ! compgen -G "$dir/*.conflist" >/dev/null && ! compgen -G "$dir/*.conf" >/dev/null; then
+    cat > "$dir/87-crest-bridge.conflist" <<'JSON'
+{
+  "cniVersion": "1.0.0",
+  "name": "crest",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "crest0",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "routes": [{ "dst": "0.0.0.0/0" }],
+        "ranges": [[{ "subnet": "10.87.0.0/16" }]]
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } },
+    { "type": "loopback" }
+  ]
+}
+JSON
+    log "installed the default pod network $dir/87-crest-bridge.conflist (bridge crest0, 10.87.0.0/16)"
+  fi
+}
+
+check_versions() {
+  local v
+  v=$(criu_version)
+  [ -n "$v" ] || die "criu is not installed or does not run ('criu --version' failed)"
+  version_ge "$v" "$CRIU_MIN" || die "criu $v is too old: Crest needs CRIU >= $CRIU_MIN (older CRIU fails or hangs on this kernel); install criu from Debian forky"
+  v=$(containerd_version)
+  [ -n "$v" ] || die "containerd is not installed ('containerd --version' failed)"
+  version_ge "$v" "$CONTAINERD_MIN" || die "containerd $v is too old: the test peer must be containerd >= $CONTAINERD_MIN (Debian forky)"
+  command -v runc >/dev/null || die "runc is not on PATH"
+  command -v crun >/dev/null || die "crun is not on PATH"
+  command -v conmon >/dev/null || die "conmon is not on PATH"
+  command -v iptables-restore >/dev/null || die "iptables-restore is missing: CRIU needs it to lock the network during a dump"
+  [ -x /usr/lib/cni/bridge ] || die "CNI plugins are missing under /usr/lib/cni"
+  [ -f "$CRI_API_PROTO" ] || die "the CRI api.proto is missing at $CRI_API_PROTO (package golang-github-kubernetes-cri-api-dev)"
+  [ -f "$CRIU_RPC_PROTO" ] || die "the CRIU rpc.proto is missing at $CRIU_RPC_PROTO (package libcriu-dev)"
+  command -v dotnet >/dev/null || die "the .NET SDK is not on PATH: Crest builds with .NET 10"
+  dotnet --version >/dev/null || die "'dotnet --version' fails after the install; the .NET SDK no longer runs on this machine"
+}
+
+main() {
+  [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages)"
+  install_cni_default_network
+  if everything_present; then
+    check_versions
+    log "all dependencies present (criu $(criu_version), containerd $(containerd_version), runc $(runc --version | awk 'NR==1{print $3}'))"
+    return 0
+  fi
+  add_forky_source
+  log "apt-get update"
+  apt-get update -qq
+  export DEBIAN_FRONTEND=noninteractive
+  local missing
+  missing=$(missing_packages "${BASE_PACKAGES[@]}")
+  if [ -n "$missing" ]; then
+    log "installing from Debian 12: $missing"
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
+  log "installing from forky: ${FORKY_PACKAGES[*]}"
+  apt-get install -y -qq --no-install-recommends -t forky "${FORKY_PACKAGES[@]}" >/dev/null
+  # Named with /forky so their Go dependencies resolve against Debian 12 (17 packages, not 200).
+  local p forky_named=()
+  for p in "${FORKY_PROTO_PACKAGES[@]}"; do forky_named+=("$p/forky"); done
+  log "installing proto sources from forky: ${FORKY_PROTO_PACKAGES[*]}"
+  apt-get install -y -qq --no-install-recommends "${forky_named[@]}" >/dev/null
+  # containerd's package enables a system service; Crest's tests run their own containerd in temp roots.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now containerd >/dev/null 2>&1 || true
+  fi
+  check_versions
+  log "done (criu $(criu_version), containerd $(containerd_version))"
+}
+
+main "$@"

@@ -1,0 +1,116 @@
+using System.Net.Sockets;
+using Grpc.Core;
+using Grpc.Net.Client;
+
+namespace Crest.Cli;
+
+/// <summary>A gRPC channel to a CRI endpoint over its unix socket, and the translation of failures into plain words.</summary>
+internal sealed class CriConnection : IDisposable
+{
+    private int _connected;
+
+    public CriConnection(CriEndpoint endpoint, TimeSpan timeout)
+    {
+        Endpoint = endpoint;
+        Timeout = timeout;
+        var handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, ct) =>
+            {
+                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(endpoint.SocketPath), ct).ConfigureAwait(false);
+                    Interlocked.Exchange(ref _connected, 1);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            },
+        };
+        Channel = GrpcChannel.ForAddress("http://localhost", new GrpcChannelOptions
+        {
+            HttpHandler = handler,
+            MaxReceiveMessageSize = 64 * 1024 * 1024,
+            DisposeHttpClient = true,
+        });
+    }
+
+    public CriEndpoint Endpoint { get; }
+
+    public TimeSpan Timeout { get; }
+
+    public GrpcChannel Channel { get; }
+
+    public CallOptions CallOptions(CancellationToken ct) => new(deadline: DateTime.UtcNow + Timeout, cancellationToken: ct);
+
+    /// <summary>Checks the socket before the first call so a missing file is named as such, not as a gRPC error.</summary>
+    public void CheckSocketExists()
+    {
+        var path = Endpoint.SocketPath;
+        if (!File.Exists(path) && !Directory.Exists(path))
+        {
+            var dir = Path.GetDirectoryName(path);
+            throw new CliFailure(ExitCodes.Unreachable,
+                $"no socket at {path}{(dir is not null && !Directory.Exists(dir) ? $" (directory {dir} does not exist)" : "")}: is the runtime running? Start crestd, or point --runtime-endpoint / CONTAINER_RUNTIME_ENDPOINT at your runtime's socket");
+        }
+    }
+
+    /// <summary>Turns an RPC failure into a message and an exit code.</summary>
+    public CliFailure Explain(RpcException e, string rpc)
+    {
+        ArgumentNullException.ThrowIfNull(e);
+        var inner = Innermost(e);
+        if (e.StatusCode == StatusCode.DeadlineExceeded)
+        {
+            return new CliFailure(ExitCodes.Timeout, $"{rpc} on {Endpoint} did not answer within {Timeout.TotalSeconds:0.###} s; raise --timeout or check the runtime's log");
+        }
+
+        if (Volatile.Read(ref _connected) == 0 && inner is SocketException se)
+        {
+            var why = se.SocketErrorCode switch
+            {
+                SocketError.ConnectionRefused => "nothing is listening there (connection refused): the runtime is not running or left a stale socket",
+                SocketError.AccessDenied => "permission denied: run as root or as a member of the socket's group",
+                SocketError.AddressNotAvailable => "the socket does not exist",
+                _ => se.Message,
+            };
+            return new CliFailure(ExitCodes.Unreachable, $"cannot connect to {Endpoint}: {why}");
+        }
+
+        if (e.StatusCode == StatusCode.Unimplemented)
+        {
+            return new CliFailure(ExitCodes.NotCri, $"{Endpoint} does not serve {rpc} of CRI runtime.v1 ({e.Status.Detail}); is it a CRI runtime socket?");
+        }
+
+        if (Volatile.Read(ref _connected) == 1 && e.StatusCode is StatusCode.Unavailable or StatusCode.Internal or StatusCode.Unknown
+            && inner is HttpRequestException or HttpIOException or IOException)
+        {
+            return new CliFailure(ExitCodes.NotCri, $"{Endpoint} accepted a connection but did not speak gRPC over HTTP/2 ({inner.Message}); it is not a CRI server");
+        }
+
+        return new CliFailure(ExitCodes.RuntimeError, $"{rpc} failed: {e.StatusCode}: {e.Status.Detail}");
+    }
+
+    public void Dispose() => Channel.Dispose();
+
+    private static Exception Innermost(Exception e)
+    {
+        var current = e;
+        while (current.InnerException is not null)
+        {
+            current = current.InnerException;
+        }
+
+        return current;
+    }
+}
+
+/// <summary>A failure already explained for the user, with the exit code to leave with.</summary>
+internal sealed class CliFailure(int exitCode, string message) : Exception(message)
+{
+    public int ExitCode { get; } = exitCode;
+}

@@ -1,0 +1,25 @@
+namespace Crest.Core;
+
+/// <summary>A readiness condition as the CRI reports it; a false condition always has a reason and message.</summary>
+public sealed record RuntimeCondition(string Type, bool Status, string Reason, string Message)
+{
+    public const string RuntimeReady = "RuntimeReady";
+    public const string NetworkReady = "NetworkReady";
+
+    /// <summary>Crest's own condition: can this node checkpoint and restore (CRIU present, new enough, enabled)?</summary>
+    public const string CheckpointReady = "CheckpointReady";
+
+    public static RuntimeCondition Ready(string type) => new(type, true, "", "");
+}
+
+/// <summary>A runtime handler the node offers (CRI runtime_handler), and whether its binary answered.</summary>
+public sealed record RuntimeHandlerStatus(string Name, string BinaryPath, string? Version, string? Problem)
+{
+    public bool Available => Problem is null;
+}
+
+/// <summary>What the CRI Status RPC reports: conditions, the handlers, and detail for verbose callers.</summary>
+public sealed record NodeStatus(
+    IReadOnlyList<RuntimeCondition> Conditions,
+    IReadOnlyList<RuntimeHandlerStatus> Handlers,
+    IReadOnlyDictionary<string, object?> Detail);

@@ -1,0 +1,260 @@
+using Crest.Core;
+using Crest.Runtime;
+using Tomlyn;
+using Tomlyn.Model;
+
+namespace Crest.Daemon.Config;
+
+/// <summary>Command-line values that override config.toml; null means "not given".</summary>
+public sealed record ConfigOverrides(string? ConfigFile = null, string? Root = null, string? State = null, string? Socket = null, string? LogLevel = null, string? LogFormat = null);
+
+/// <summary>
+/// Reads config.toml strictly: an unknown table or key, or a value of the wrong type, is an error that
+/// names the file, the key and what was expected, so a typo never silently falls back to a default.
+/// </summary>
+public static class ConfigLoader
+{
+    public static CrestConfig Load(ConfigOverrides overrides)
+    {
+        ArgumentNullException.ThrowIfNull(overrides);
+        var path = overrides.ConfigFile ?? CrestPaths.DefaultConfig;
+        CrestConfig config;
+        if (File.Exists(path))
+        {
+            config = Parse(File.ReadAllText(path), path);
+        }
+        else if (overrides.ConfigFile is not null)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"config file {path} does not exist; create it or leave out --config to use the defaults");
+        }
+        else
+        {
+            config = new CrestConfig();
+        }
+
+        return ApplyOverrides(config, overrides);
+    }
+
+    public static CrestConfig ApplyOverrides(CrestConfig config, ConfigOverrides o)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(o);
+        var paths = config.Paths;
+        var state = o.State ?? paths.State;
+        // A socket left at its default follows an overridden state directory.
+        var socket = o.Socket ?? (o.State is not null && paths.Socket == CrestPaths.DefaultSocket ? Path.Combine(state, "crest.sock") : paths.Socket);
+        var result = config with
+        {
+            Paths = new CrestPaths(Absolute(o.Root ?? paths.Root, "root"), Absolute(state, "state"), Absolute(socket, "socket")),
+            Log = config.Log with
+            {
+                Level = o.LogLevel is null ? config.Log.Level : ParseLevel(o.LogLevel, "--log-level"),
+                Format = o.LogFormat is null ? config.Log.Format : ParseFormat(o.LogFormat, "--log-format"),
+            },
+        };
+        return result;
+    }
+
+    public static CrestConfig Parse(string text, string sourceName)
+    {
+        TomlTable doc;
+        try
+        {
+            doc = TomlSerializer.Deserialize<TomlTable>(text) ?? new TomlTable();
+        }
+        catch (TomlException e)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"config file {sourceName} is not valid TOML: {e.Message}", e);
+        }
+
+        var reader = new TableReader(doc, "", sourceName);
+        var defaults = new CrestConfig();
+        var config = defaults with { SourceFile = sourceName };
+
+        reader.Table("paths", t =>
+        {
+            config = config with
+            {
+                Paths = new CrestPaths(
+                    Absolute(t.String("root") ?? defaults.Paths.Root, "paths.root"),
+                    Absolute(t.String("state") ?? defaults.Paths.State, "paths.state"),
+                    Absolute(t.String("socket") ?? defaults.Paths.Socket, "paths.socket")),
+            };
+        });
+        reader.Table("log", t =>
+        {
+            var level = t.String("level");
+            var format = t.String("format");
+            config = config with
+            {
+                Log = new LogConfig(
+                    level is null ? defaults.Log.Level : ParseLevel(level, $"{sourceName}: log.level"),
+                    format is null ? defaults.Log.Format : ParseFormat(format, $"{sourceName}: log.format")),
+            };
+        });
+        reader.Table("runtime", t =>
+        {
+            var handlers = defaults.Runtime.Handlers;
+            t.Table("handlers", h =>
+            {
+                handlers = h.Keys().Select(name =>
+                {
+                    RuntimeHandlerOptions? handler = null;
+                    h.Table(name, one => handler = new RuntimeHandlerOptions(name, one.String("path") ?? name));
+                    return handler!;
+                }).ToList();
+            });
+            var driver = t.String("cgroup_driver");
+            config = config with
+            {
+                Runtime = new RuntimeOptions(
+                    t.String("default_handler") ?? defaults.Runtime.DefaultHandler,
+                    handlers,
+                    driver switch
+                    {
+                        null or "cgroupfs" => CgroupDriver.Cgroupfs,
+                        "systemd" => CgroupDriver.Systemd,
+                        _ => throw Invalid(sourceName, "runtime.cgroup_driver", "\"cgroupfs\" or \"systemd\"", driver),
+                    },
+                    t.String("conmon_path") ?? defaults.Runtime.ConmonPath),
+            };
+            if (config.Runtime.Handlers.All(h => h.Name != config.Runtime.DefaultHandler))
+            {
+                throw Invalid(sourceName, "runtime.default_handler", $"one of the handlers ({string.Join(", ", config.Runtime.Handlers.Select(h => h.Name))})", config.Runtime.DefaultHandler);
+            }
+        });
+        reader.Table("cni", t =>
+        {
+            config = config with
+            {
+                Cni = new CniOptions(t.String("conf_dir") ?? defaults.Cni.ConfDir, t.Strings("plugin_dirs") ?? defaults.Cni.PluginDirs),
+            };
+        });
+        reader.Table("checkpoint", t =>
+        {
+            var min = t.String("min_criu_version");
+            config = config with
+            {
+                Checkpoint = new CheckpointConfig(
+                    t.Bool("enabled") ?? defaults.Checkpoint.Enabled,
+                    t.String("criu_path") ?? defaults.Checkpoint.CriuPath,
+                    min is null ? defaults.Checkpoint.MinimumCriuVersion : ParseCriuVersion(min, sourceName)),
+            };
+        });
+        reader.Table("restore", t =>
+        {
+            config = config with { Restore = new RestoreConfig(t.Bool("via_create") ?? defaults.Restore.ViaCreate) };
+        });
+        reader.RejectUnknown();
+        return config;
+    }
+
+    private static int ParseCriuVersion(string text, string sourceName)
+    {
+        var parts = text.Split('.');
+        if (parts.Length is < 2 or > 3 || !parts.All(p => int.TryParse(p, out _)))
+        {
+            throw Invalid(sourceName, "checkpoint.min_criu_version", "a version such as \"4.2\" or \"4.2.1\"", text);
+        }
+
+        var n = parts.Select(int.Parse).ToArray();
+        return Checkpoint.CriuVersion.Number(n[0], n[1], n.Length > 2 ? n[2] : 0, gitBuild: false);
+    }
+
+    private static string ParseLevel(string level, string where) => level.ToLowerInvariant() switch
+    {
+        "trace" or "debug" or "information" or "warning" or "error" or "critical" or "none" => level.ToLowerInvariant(),
+        "info" => "information",
+        "warn" => "warning",
+        _ => throw new CrestException(ErrorKind.InvalidArgument, $"{where}: expected one of trace, debug, info, warn, error, critical, none; got \"{level}\""),
+    };
+
+    private static LogFormat ParseFormat(string format, string where) => format.ToLowerInvariant() switch
+    {
+        "text" => LogFormat.Text,
+        "json" => LogFormat.Json,
+        _ => throw new CrestException(ErrorKind.InvalidArgument, $"{where}: expected \"text\" or \"json\"; got \"{format}\""),
+    };
+
+    private static string Absolute(string path, string what) => Path.IsPathRooted(path)
+        ? Path.GetFullPath(path)
+        : throw new CrestException(ErrorKind.InvalidArgument, $"{what} must be an absolute path; got \"{path}\"");
+
+    private static CrestException Invalid(string source, string key, string expected, object? found) =>
+        new(ErrorKind.InvalidArgument, $"config file {source}: {key} must be {expected}; found {Describe(found)}");
+
+    private static string Describe(object? value) => value switch
+    {
+        null => "nothing",
+        string s => $"\"{s}\"",
+        TomlTable => "a table",
+        TomlArray => "an array",
+        bool b => b ? "true" : "false",
+        _ => value.ToString() ?? "?",
+    };
+
+    /// <summary>Walks one TOML table, remembering which keys were read so the rest can be rejected.</summary>
+    private sealed class TableReader(TomlTable table, string prefix, string source)
+    {
+        private readonly HashSet<string> _seen = new(StringComparer.Ordinal);
+        private readonly List<TableReader> _children = [];
+
+        public IEnumerable<string> Keys() => table.Keys;
+
+        public string? String(string key) => Get<string>(key, "a string");
+
+        public bool? Bool(string key) => Get<bool?>(key, "true or false");
+
+        public List<string>? Strings(string key)
+        {
+            var array = Get<TomlArray>(key, "an array of strings");
+            if (array is null)
+            {
+                return null;
+            }
+
+            return array.Select(v => v as string ?? throw Invalid(source, Name(key), "an array of strings", v)).ToList();
+        }
+
+        public void Table(string key, Action<TableReader> read)
+        {
+            var sub = Get<TomlTable>(key, "a table");
+            if (sub is null)
+            {
+                return;
+            }
+
+            var child = new TableReader(sub, Name(key), source);
+            _children.Add(child);
+            read(child);
+        }
+
+        public void RejectUnknown()
+        {
+            var unknown = table.Keys.Where(k => !_seen.Contains(k)).ToList();
+            if (unknown.Count > 0)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument,
+                    $"config file {source}: unknown key{(unknown.Count > 1 ? "s" : "")} {string.Join(", ", unknown.Select(Name))}; see docs/config.md for the keys crestd reads");
+            }
+
+            foreach (var c in _children)
+            {
+                c.RejectUnknown();
+            }
+        }
+
+        private string Name(string key) => prefix.Length == 0 ? key : $"{prefix}.{key}";
+
+        private T? Get<T>(string key, string expected)
+        {
+            _seen.Add(key);
+            if (!table.TryGetValue(key, out var value))
+            {
+                return default;
+            }
+
+            return value is T typed ? typed : throw Invalid(source, Name(key), expected, value);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+using Crest.Core;
+using Crest.Runtime;
+
+namespace Crest.Daemon.Config;
+
+/// <summary>crestd's whole configuration (config.toml, then command-line overrides), with the defaults an operator gets.</summary>
+public sealed record CrestConfig
+{
+    public CrestPaths Paths { get; init; } = new(CrestPaths.DefaultRoot, CrestPaths.DefaultState, CrestPaths.DefaultSocket);
+
+    public LogConfig Log { get; init; } = new();
+
+    public RuntimeOptions Runtime { get; init; } = new(
+        DefaultHandler: "runc",
+        Handlers: [new RuntimeHandlerOptions("runc", "runc"), new RuntimeHandlerOptions("crun", "crun")],
+        CgroupDriver: CgroupDriver.Cgroupfs,
+        ConmonPath: "conmon");
+
+    public CniOptions Cni { get; init; } = new("/etc/cni/net.d", ["/usr/lib/cni", "/opt/cni/bin"]);
+
+    public CheckpointConfig Checkpoint { get; init; } = new();
+
+    public RestoreConfig Restore { get; init; } = new();
+
+    /// <summary>Where this configuration was read from; null when only defaults and flags apply.</summary>
+    public string? SourceFile { get; init; }
+}
+
+public enum LogFormat
+{
+    Text,
+    Json,
+}
+
+public sealed record LogConfig(string Level = "information", LogFormat Format = LogFormat.Text);
+
+public sealed record CheckpointConfig(bool Enabled = true, string CriuPath = "criu", int MinimumCriuVersion = Checkpoint.CriuVersion.Minimum);
+
+/// <summary>Restore through CreateContainer is off by default, as in containerd >= 2.2.7 and CRI-O's checkpoint_only.</summary>
+public sealed record RestoreConfig(bool ViaCreate = false);

@@ -1,0 +1,160 @@
+using Crest.Checkpoint;
+using Crest.Core;
+using Crest.Daemon.Config;
+using Crest.Daemon.Cri;
+using Crest.Daemon.Hosting;
+using Crest.Runtime;
+using Crest.Store;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Daemon;
+
+/// <summary>
+/// crestd as an object: takes the roots and the socket, opens the store, serves CRI v1 over gRPC on a unix
+/// socket, and gives everything back on stop. Program.cs runs one; integration tests run it in-process
+/// on temporary roots.
+/// </summary>
+public sealed class CrestDaemon : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly DaemonLock _lock;
+    private readonly ILogger _logger;
+
+    private CrestDaemon(WebApplication app, DaemonLock daemonLock, CrestConfig config, ILogger logger)
+    {
+        _app = app;
+        _lock = daemonLock;
+        _logger = logger;
+        Config = config;
+    }
+
+    public CrestConfig Config { get; }
+
+    /// <summary>Completes when the daemon has stopped (SIGTERM, SIGINT or <see cref="StopAsync"/>).</summary>
+    public Task Completion => _app.WaitForShutdownAsync();
+
+    public static async Task<CrestDaemon> StartAsync(CrestConfig config, CancellationToken ct, Action<ILoggingBuilder>? configureLogging = null)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        var paths = config.Paths;
+        Directory.CreateDirectory(paths.Root);
+        Directory.CreateDirectory(paths.State);
+        var daemonLock = DaemonLock.Acquire(paths.DaemonLock);
+        try
+        {
+            var staleRemoved = await SocketGuard.PrepareAsync(paths.Socket, ct).ConfigureAwait(false);
+
+            var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = "crestd" });
+            builder.Logging.ClearProviders();
+            builder.Logging.SetMinimumLevel(ParseLevel(config.Log.Level));
+            // Kestrel and gRPC chatter stays out of crestd's log unless asked for.
+            builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+            builder.Logging.AddFilter("Grpc", LogLevel.Warning);
+            if (config.Log.Format == LogFormat.Json)
+            {
+                builder.Logging.AddJsonConsole(o => { o.IncludeScopes = true; o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ "; o.UseUtcTimestamp = true; });
+            }
+            else
+            {
+                builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.IncludeScopes = true; o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ "; o.UseUtcTimestamp = true; });
+            }
+
+            configureLogging?.Invoke(builder.Logging);
+            builder.Host.UseSystemd();
+            builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(10));
+            builder.WebHost.ConfigureKestrel(k =>
+            {
+                k.ListenUnixSocket(paths.Socket, l => l.Protocols = HttpProtocols.Http2);
+                k.AddServerHeader = false;
+            });
+
+            var time = TimeProvider.System;
+            var store = await MetadataStore.OpenAsync(paths.Database, time, ct).ConfigureAwait(false);
+            builder.Services.AddSingleton(time);
+            builder.Services.AddSingleton(config);
+            builder.Services.AddSingleton(paths);
+            builder.Services.AddSingleton(store);
+            builder.Services.AddSingleton(config.Runtime);
+            builder.Services.AddSingleton(config.Cni);
+            builder.Services.AddSingleton(new CheckpointSwitch(config.Checkpoint.Enabled, config.Restore.ViaCreate));
+            builder.Services.AddSingleton<ICommandRunner, ProcessCommandRunner>();
+            builder.Services.AddSingleton<RuntimeHandlerProbe>();
+            builder.Services.AddSingleton<ICriuProbe>(new CriuSwrkProbe(config.Checkpoint.CriuPath, config.Checkpoint.MinimumCriuVersion, time));
+            builder.Services.AddSingleton<NodeStatusService>();
+            builder.Services.AddGrpc(o =>
+            {
+                o.Interceptors.Add<ErrorInterceptor>();
+                o.EnableDetailedErrors = false;
+                o.MaxReceiveMessageSize = 16 * 1024 * 1024;
+            });
+
+            var app = builder.Build();
+            app.MapGrpcService<CriRuntimeService>();
+            app.MapGrpcService<CriImageService>();
+
+            var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("crestd");
+            if (staleRemoved)
+            {
+                DaemonLog.RemovedStaleSocket(logger, paths.Socket);
+            }
+
+            DaemonLog.StoreOpened(logger, store.Path, store.SchemaVersion);
+            await app.StartAsync(ct).ConfigureAwait(false);
+            // Only root and the socket's group may talk CRI: the API can run anything on the node.
+            File.SetUnixFileMode(paths.Socket, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
+            DaemonLog.Serving(logger, CriRuntimeService.CrestVersion, paths.Socket, paths.Root, paths.State, config.SourceFile ?? "(defaults)");
+            await LogConditionsAsync(app.Services.GetRequiredService<NodeStatusService>(), logger, ct).ConfigureAwait(false);
+            return new CrestDaemon(app, daemonLock, config, logger);
+        }
+        catch
+        {
+            daemonLock.Dispose();
+            throw;
+        }
+    }
+
+    public async Task StopAsync(CancellationToken ct)
+    {
+        DaemonLog.Stopping(_logger);
+        await _app.StopAsync(ct).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync(CancellationToken.None).ConfigureAwait(false);
+        await _app.DisposeAsync().ConfigureAwait(false);
+        TryDeleteSocket(Config.Paths.Socket);
+        DaemonLog.Stopped(_logger);
+        _lock.Dispose();
+    }
+
+    private static void TryDeleteSocket(string path)
+    {
+        try
+        {
+            if (Linux.FileKinds.IsSocket(path))
+            {
+                File.Delete(path);
+            }
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    private static async Task LogConditionsAsync(NodeStatusService status, ILogger logger, CancellationToken ct)
+    {
+        var node = await status.GetAsync(ct).ConfigureAwait(false);
+        foreach (var c in node.Conditions.Where(c => !c.Status))
+        {
+            DaemonLog.ConditionFalse(logger, c.Type, c.Reason, c.Message);
+        }
+    }
+
+    private static LogLevel ParseLevel(string level) => Enum.TryParse<LogLevel>(level, ignoreCase: true, out var l) ? l : LogLevel.Information;
+}

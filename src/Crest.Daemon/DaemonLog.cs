@@ -1,0 +1,31 @@
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Daemon;
+
+/// <summary>crestd's log messages, source-generated, with stable event ids.</summary>
+internal static partial class DaemonLog
+{
+    [LoggerMessage(1, LogLevel.Information, "crestd {Version} serving CRI v1 on {Socket} (root {Root}, state {State}, config {ConfigFile})")]
+    public static partial void Serving(ILogger logger, string version, string socket, string root, string state, string configFile);
+
+    [LoggerMessage(2, LogLevel.Warning, "removed a stale socket file {Socket} left by an earlier crestd")]
+    public static partial void RemovedStaleSocket(ILogger logger, string socket);
+
+    [LoggerMessage(3, LogLevel.Information, "metadata store {Path} at schema version {Version}")]
+    public static partial void StoreOpened(ILogger logger, string path, int version);
+
+    [LoggerMessage(4, LogLevel.Information, "crestd stopping")]
+    public static partial void Stopping(ILogger logger);
+
+    [LoggerMessage(5, LogLevel.Information, "crestd stopped")]
+    public static partial void Stopped(ILogger logger);
+
+    [LoggerMessage(6, LogLevel.Warning, "node condition {Type} is false: {Reason}: {Message}")]
+    public static partial void ConditionFalse(ILogger logger, string type, string reason, string message);
+
+    [LoggerMessage(7, LogLevel.Error, "{Method} failed with an unexpected error")]
+    public static partial void UnexpectedRpcError(ILogger logger, Exception exception, string method);
+
+    [LoggerMessage(8, LogLevel.Debug, "{Method} failed: {Kind}: {Message}")]
+    public static partial void RpcFailed(ILogger logger, string method, Crest.Core.ErrorKind kind, string message);
+}

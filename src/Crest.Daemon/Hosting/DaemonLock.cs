@@ -1,0 +1,38 @@
+using Crest.Core;
+
+namespace Crest.Daemon.Hosting;
+
+/// <summary>
+/// An exclusive lock on &lt;state&gt;/crestd.lock held for the daemon's life, so two crestd never share
+/// one set of roots. .NET takes flock(LOCK_EX|LOCK_NB) for FileShare.None; the kernel drops it if we die.
+/// </summary>
+internal sealed class DaemonLock : IDisposable
+{
+    private readonly FileStream _file;
+
+    private DaemonLock(FileStream file) => _file = file;
+
+    public static DaemonLock Acquire(string path)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        try
+        {
+            var file = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            file.SetLength(0);
+            using (var w = new StreamWriter(file, leaveOpen: true))
+            {
+                w.Write(Environment.ProcessId);
+            }
+
+            file.Flush();
+            return new DaemonLock(file);
+        }
+        catch (IOException e)
+        {
+            throw new CrestException(ErrorKind.AlreadyExists,
+                $"another crestd holds {path}; stop it first or run this one with its own --state and --socket", e);
+        }
+    }
+
+    public void Dispose() => _file.Dispose();
+}

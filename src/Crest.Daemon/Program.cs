@@ -1,0 +1,53 @@
+using System.CommandLine;
+using Crest.Core;
+using Crest.Daemon;
+using Crest.Daemon.Config;
+
+var configOption = new Option<string?>("--config", "-c") { Description = $"config file (default {CrestPaths.DefaultConfig}; missing default file means built-in defaults)" };
+var rootOption = new Option<string?>("--root") { Description = $"persistent state root (default {CrestPaths.DefaultRoot})" };
+var stateOption = new Option<string?>("--state") { Description = $"volatile state root (default {CrestPaths.DefaultState})" };
+var socketOption = new Option<string?>("--socket", "-s") { Description = $"CRI socket path (default {CrestPaths.DefaultSocket}, or <state>/crest.sock when --state is given)" };
+var logLevelOption = new Option<string?>("--log-level") { Description = "trace, debug, info, warn, error" };
+var logFormatOption = new Option<string?>("--log-format") { Description = "text or json" };
+
+var root = new RootCommand("crestd: a Kubernetes container runtime (CRI v1) built for checkpoint and restore")
+{
+    configOption, rootOption, stateOption, socketOption, logLevelOption, logFormatOption,
+};
+
+root.SetAction(async (parse, ct) =>
+{
+    CrestConfig config;
+    try
+    {
+        config = ConfigLoader.Load(new ConfigOverrides(
+            parse.GetValue(configOption), parse.GetValue(rootOption), parse.GetValue(stateOption),
+            parse.GetValue(socketOption), parse.GetValue(logLevelOption), parse.GetValue(logFormatOption)));
+    }
+    catch (CrestException e)
+    {
+        await Console.Error.WriteLineAsync($"crestd: {e.Message}");
+        return 2;
+    }
+
+    CrestDaemon daemon;
+    try
+    {
+        daemon = await CrestDaemon.StartAsync(config, ct);
+    }
+    catch (CrestException e)
+    {
+        await Console.Error.WriteLineAsync($"crestd: {e.Message}");
+        return e.Kind == ErrorKind.AlreadyExists ? 3 : 1;
+    }
+
+    await using (daemon)
+    {
+        // The host's console lifetime turns SIGTERM and SIGINT into a graceful stop.
+        await daemon.Completion;
+    }
+
+    return 0;
+});
+
+return await root.Parse(args).InvokeAsync();

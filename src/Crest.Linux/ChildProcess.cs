@@ -1,0 +1,169 @@
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace Crest.Linux;
+
+/// <summary>What a child process should see on a given descriptor number.</summary>
+/// <param name="Number">the descriptor number in the child</param>
+/// <param name="ParentFd">a descriptor of ours to dup into it, or -1 with <paramref name="DevNull"/></param>
+public readonly record struct ChildFd(int Number, int ParentFd, bool DevNull = false)
+{
+    public static ChildFd Null(int number) => new(number, -1, DevNull: true);
+}
+
+/// <summary>
+/// A child started with posix_spawn, so that it can be handed descriptors beyond stdio
+/// (a socket for <c>criu swrk</c>, later conmon's pipes). Reaped with waitpid.
+/// </summary>
+public sealed class ChildProcess
+{
+    private ChildProcess(int pid) => Pid = pid;
+
+    public int Pid { get; }
+
+    /// <summary>Starts <paramref name="path"/> with <paramref name="argv"/> (argv[0] included) and the descriptors given.</summary>
+    public static unsafe ChildProcess Spawn(string path, IReadOnlyList<string> argv, IEnumerable<ChildFd> descriptors,
+        IReadOnlyDictionary<string, string>? environment = null)
+    {
+        ArgumentNullException.ThrowIfNull(argv);
+        ArgumentNullException.ThrowIfNull(descriptors);
+        var env = environment ?? CurrentEnvironment();
+        var argvBlock = NullTerminatedStrings(argv);
+        var envBlock = NullTerminatedStrings(env.Select(kv => $"{kv.Key}={kv.Value}").ToList());
+        var actions = NativeMemory.AllocZeroed(Interop.SpawnFileActionsSize);
+        try
+        {
+            Check(Interop.SpawnFileActionsInit(actions), "posix_spawn_file_actions_init");
+            try
+            {
+                foreach (var d in descriptors)
+                {
+                    if (d.DevNull)
+                    {
+                        Check(Interop.SpawnFileActionsAddOpen(actions, d.Number, "/dev/null", d.Number == 0 ? Interop.O_RDONLY : Interop.O_WRONLY, 0),
+                            "posix_spawn_file_actions_addopen");
+                    }
+                    else
+                    {
+                        // dup2 onto itself would keep O_CLOEXEC; glibc >= 2.29 clears it for us in that case.
+                        Check(Interop.SpawnFileActionsAddDup2(actions, d.ParentFd, d.Number), "posix_spawn_file_actions_adddup2");
+                    }
+                }
+
+                fixed (byte** a = argvBlock.Pointers, e = envBlock.Pointers)
+                {
+                    var rc = Interop.PosixSpawn(out var pid, path, actions, null, a, e);
+                    if (rc != 0)
+                    {
+                        throw new IOException($"could not start {path}: {Marshal.GetPInvokeErrorMessage(rc)} (errno {rc})");
+                    }
+
+                    return new ChildProcess(pid);
+                }
+            }
+            finally
+            {
+                _ = Interop.SpawnFileActionsDestroy(actions);
+            }
+        }
+        finally
+        {
+            NativeMemory.Free(actions);
+            argvBlock.Free();
+            envBlock.Free();
+        }
+    }
+
+    /// <summary>Waits for the child to exit and returns its exit code (128+signal when killed).</summary>
+    public async Task<int> WaitAsync(CancellationToken ct)
+    {
+        var delay = 1;
+        while (true)
+        {
+            var pid = Interop.WaitPid(Pid, out var status, Interop.WNOHANG);
+            if (pid == Pid)
+            {
+                return DecodeWaitStatus(status);
+            }
+
+            if (pid < 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno == Interop.EINTR)
+                {
+                    continue;
+                }
+
+                throw new IOException($"waitpid({Pid}) failed: {Marshal.GetPInvokeErrorMessage(errno)}");
+            }
+
+            await Task.Delay(delay, ct).ConfigureAwait(false);
+            delay = Math.Min(delay * 2, 50);
+        }
+    }
+
+    /// <summary>Kills the child with SIGKILL and reaps it.</summary>
+    public void KillAndReap()
+    {
+        _ = Interop.Kill(Pid, Interop.SIGKILL);
+        while (Interop.WaitPid(Pid, out _, 0) < 0 && Marshal.GetLastPInvokeError() == Interop.EINTR)
+        {
+        }
+    }
+
+    internal static int DecodeWaitStatus(int status)
+    {
+        var termSignal = status & 0x7f;
+        return termSignal == 0 ? (status >> 8) & 0xff : 128 + termSignal;
+    }
+
+    private static Dictionary<string, string> CurrentEnvironment()
+    {
+        var env = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables())
+        {
+            env[(string)e.Key] = (string?)e.Value ?? "";
+        }
+
+        return env;
+    }
+
+    private static void Check(int rc, string call)
+    {
+        if (rc != 0)
+        {
+            throw new IOException($"{call} failed: {Marshal.GetPInvokeErrorMessage(rc)}");
+        }
+    }
+
+    private static unsafe StringBlock NullTerminatedStrings(IReadOnlyList<string> values)
+    {
+        var pointers = new byte*[values.Count + 1];
+        for (var i = 0; i < values.Count; i++)
+        {
+            var bytes = Encoding.UTF8.GetBytes(values[i]);
+            var p = (byte*)NativeMemory.Alloc((nuint)bytes.Length + 1);
+            bytes.CopyTo(new Span<byte>(p, bytes.Length));
+            p[bytes.Length] = 0;
+            pointers[i] = p;
+        }
+
+        return new StringBlock(pointers);
+    }
+
+    private readonly unsafe struct StringBlock(byte*[] pointers)
+    {
+        public byte*[] Pointers { get; } = pointers;
+
+        public void Free()
+        {
+            foreach (var p in Pointers)
+            {
+                if (p != null)
+                {
+                    NativeMemory.Free(p);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+using System.Runtime.InteropServices;
+
+namespace Crest.Linux;
+
+/// <summary>posix_spawn and friends: .NET's Process API cannot hand a child extra file descriptors.</summary>
+internal static unsafe partial class Interop
+{
+    // glibc's posix_spawn_file_actions_t is 80 bytes on x86_64 and arm64; leave room.
+    internal const int SpawnFileActionsSize = 256;
+
+    [LibraryImport("libc", EntryPoint = "posix_spawn_file_actions_init", SetLastError = true)]
+    internal static partial int SpawnFileActionsInit(void* actions);
+
+    [LibraryImport("libc", EntryPoint = "posix_spawn_file_actions_destroy", SetLastError = true)]
+    internal static partial int SpawnFileActionsDestroy(void* actions);
+
+    [LibraryImport("libc", EntryPoint = "posix_spawn_file_actions_adddup2", SetLastError = true)]
+    internal static partial int SpawnFileActionsAddDup2(void* actions, int fd, int newFd);
+
+    [LibraryImport("libc", EntryPoint = "posix_spawn_file_actions_addopen", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int SpawnFileActionsAddOpen(void* actions, int fd, string path, int flags, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "posix_spawn", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int PosixSpawn(out int pid, string path, void* fileActions, void* attributes, byte** argv, byte** envp);
+
+    [LibraryImport("libc", EntryPoint = "waitpid", SetLastError = true)]
+    internal static partial int WaitPid(int pid, out int status, int options);
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    internal static partial int Kill(int pid, int signal);
+
+    [LibraryImport("libc", EntryPoint = "socketpair", SetLastError = true)]
+    internal static partial int SocketPair(int domain, int type, int protocol, int* fds);
+
+    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    internal static partial int Close(int fd);
+
+    [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
+    internal static partial nint Send(int fd, byte* buffer, nint length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "recv", SetLastError = true)]
+    internal static partial nint Recv(int fd, byte* buffer, nint length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
+    internal static partial int Poll(PollFd* fds, nuint count, int timeoutMs);
+
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Revents;
+    }
+
+    internal const int AF_UNIX = 1;
+    internal const int SOCK_SEQPACKET = 5;
+    internal const int SOCK_CLOEXEC = 0x80000;
+    internal const int O_RDONLY = 0;
+    internal const int O_WRONLY = 1;
+    internal const int POLLIN = 0x1;
+    internal const int WNOHANG = 1;
+    internal const int EINTR = 4;
+    internal const int ECHILD = 10;
+    internal const int SIGKILL = 9;
+}

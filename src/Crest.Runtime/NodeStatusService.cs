@@ -1,0 +1,117 @@
+using Crest.Core;
+using Crest.Linux;
+
+namespace Crest.Runtime;
+
+/// <summary>Whether checkpoint/restore is switched on, and with which CRIU.</summary>
+public sealed record CheckpointSwitch(bool Enabled, bool RestoreViaCreate);
+
+/// <summary>
+/// Computes the CRI Status from real checks: the default OCI runtime and conmon answer (RuntimeReady),
+/// a CNI network with all its plugins exists (NetworkReady), and CRIU is present and new enough
+/// (CheckpointReady, Crest's own condition: a node without CRIU still runs pods).
+/// </summary>
+public sealed class NodeStatusService(
+    RuntimeOptions runtime,
+    CniOptions cni,
+    CheckpointSwitch checkpoint,
+    RuntimeHandlerProbe handlerProbe,
+    ICriuProbe criuProbe,
+    CrestPaths paths)
+{
+    public async Task<NodeStatus> GetAsync(CancellationToken ct)
+    {
+        var handlers = await Task.WhenAll(runtime.Handlers.Select(h => handlerProbe.ProbeAsync(h, ct))).ConfigureAwait(false);
+        var criu = await criuProbe.ProbeAsync(ct).ConfigureAwait(false);
+        var network = CniConfigProbe.Probe(cni);
+        var conmon = ExecutableSearch.Resolve(runtime.ConmonPath);
+
+        var conditions = new List<RuntimeCondition>
+        {
+            RuntimeReadyCondition(handlers, conmon),
+            network.Usable
+                ? RuntimeCondition.Ready(RuntimeCondition.NetworkReady)
+                : new RuntimeCondition(RuntimeCondition.NetworkReady, false, "NetworkPluginNotReady", network.Problem!),
+            CheckpointCondition(criu),
+        };
+
+        var detail = new Dictionary<string, object?>(StringComparer.Ordinal)
+        {
+            ["ociRuntimes"] = handlers.Select(h => new Dictionary<string, object?>
+            {
+                ["name"] = h.Name,
+                ["path"] = h.BinaryPath,
+                ["version"] = h.Version,
+                ["default"] = h.Name == runtime.DefaultHandler,
+                ["problem"] = h.Problem,
+            }).ToList(),
+            ["conmon"] = new Dictionary<string, object?> { ["path"] = conmon ?? runtime.ConmonPath, ["found"] = conmon is not null },
+            ["criu"] = new Dictionary<string, object?>
+            {
+                ["path"] = criu.Path,
+                ["version"] = criu.Version,
+                ["versionNumber"] = criu.VersionNumber,
+                ["problem"] = criu.Problem,
+            },
+            ["checkpoint"] = new Dictionary<string, object?>
+            {
+                ["enabled"] = checkpoint.Enabled,
+                ["restoreViaCreate"] = checkpoint.RestoreViaCreate,
+            },
+            ["cni"] = new Dictionary<string, object?>
+            {
+                ["confDir"] = cni.ConfDir,
+                ["pluginDirs"] = cni.PluginDirs,
+                ["configFile"] = network.ConfigFile,
+                ["network"] = network.NetworkName,
+                ["plugins"] = network.PluginTypes,
+            },
+            ["cgroupDriver"] = runtime.CgroupDriver == CgroupDriver.Systemd ? "systemd" : "cgroupfs",
+            ["paths"] = new Dictionary<string, object?>
+            {
+                ["root"] = paths.Root,
+                ["state"] = paths.State,
+                ["socket"] = paths.Socket,
+                ["database"] = paths.Database,
+            },
+        };
+
+        return new NodeStatus(conditions, handlers, detail);
+    }
+
+    private RuntimeCondition RuntimeReadyCondition(IReadOnlyList<RuntimeHandlerStatus> handlers, string? conmon)
+    {
+        var defaultHandler = handlers.FirstOrDefault(h => h.Name == runtime.DefaultHandler);
+        if (defaultHandler is null)
+        {
+            return new RuntimeCondition(RuntimeCondition.RuntimeReady, false, "DefaultRuntimeNotConfigured",
+                $"the default runtime handler '{runtime.DefaultHandler}' is not among the configured handlers ({string.Join(", ", handlers.Select(h => h.Name))}); fix [runtime] default_handler");
+        }
+
+        if (!defaultHandler.Available)
+        {
+            return new RuntimeCondition(RuntimeCondition.RuntimeReady, false, "OciRuntimeNotFound", defaultHandler.Problem!);
+        }
+
+        if (conmon is null)
+        {
+            return new RuntimeCondition(RuntimeCondition.RuntimeReady, false, "ConmonNotFound",
+                $"conmon '{runtime.ConmonPath}' was not found; every container runs under conmon; install it (make deps) or set [runtime] conmon_path");
+        }
+
+        return RuntimeCondition.Ready(RuntimeCondition.RuntimeReady);
+    }
+
+    private RuntimeCondition CheckpointCondition(CriuInfo criu)
+    {
+        if (!checkpoint.Enabled)
+        {
+            return new RuntimeCondition(RuntimeCondition.CheckpointReady, false, "CheckpointDisabled",
+                "checkpoint/restore is disabled by configuration ([checkpoint] enabled = false)");
+        }
+
+        return criu.Usable
+            ? RuntimeCondition.Ready(RuntimeCondition.CheckpointReady)
+            : new RuntimeCondition(RuntimeCondition.CheckpointReady, false, "CriuNotUsable", criu.Problem!);
+    }
+}

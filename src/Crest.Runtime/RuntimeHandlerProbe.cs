@@ -1,0 +1,53 @@
+using Crest.Core;
+using Crest.Linux;
+
+namespace Crest.Runtime;
+
+/// <summary>Finds each configured OCI runtime and asks it for its version (<c>runc --version</c>, <c>crun --version</c>).</summary>
+public sealed class RuntimeHandlerProbe(ICommandRunner commands)
+{
+    private static readonly TimeSpan VersionTimeout = TimeSpan.FromSeconds(5);
+
+    public async Task<RuntimeHandlerStatus> ProbeAsync(RuntimeHandlerOptions handler, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(handler);
+        var resolved = ExecutableSearch.Resolve(handler.Path);
+        if (resolved is null)
+        {
+            return new RuntimeHandlerStatus(handler.Name, handler.Path, null,
+                $"runtime handler '{handler.Name}': binary '{handler.Path}' was not found; install it (make deps) or fix [runtime.handlers.{handler.Name}] path");
+        }
+
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(VersionTimeout);
+        try
+        {
+            var result = await commands.RunAsync(new CommandLine(resolved, ["--version"]), timeout.Token).ConfigureAwait(false);
+            if (result.ExitCode != 0)
+            {
+                return new RuntimeHandlerStatus(handler.Name, resolved, null,
+                    $"runtime handler '{handler.Name}': '{resolved} --version' exited {result.ExitCode}: {result.StandardError.Trim()}");
+            }
+
+            return new RuntimeHandlerStatus(handler.Name, resolved, ParseVersion(result.StandardOutput), null);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            return new RuntimeHandlerStatus(handler.Name, resolved, null,
+                $"runtime handler '{handler.Name}': '{resolved} --version' did not answer within {VersionTimeout.TotalSeconds:0} s");
+        }
+        catch (CrestException e)
+        {
+            return new RuntimeHandlerStatus(handler.Name, resolved, null, $"runtime handler '{handler.Name}': {e.Message}");
+        }
+    }
+
+    /// <summary>"runc version 1.3.6+ds1" / "crun version 1.8.1" -> the version word of the first line.</summary>
+    internal static string ParseVersion(string output)
+    {
+        var first = output.Split('\n', 2)[0].Trim();
+        var words = first.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        var at = Array.IndexOf(words, "version");
+        return at >= 0 && at + 1 < words.Length ? words[at + 1] : first;
+    }
+}

@@ -1,0 +1,105 @@
+using System.Diagnostics;
+
+namespace Crest.TestKit;
+
+/// <summary>
+/// containerd 2.1 (Debian forky) started in its own temporary root, state and socket: the CRI peer that
+/// tests and benchmarks compare Crest with. Never touches a host install.
+/// </summary>
+public sealed class ContainerdPeer : IAsyncDisposable
+{
+    private readonly Process _process;
+    private readonly TempDir _dir;
+
+    private ContainerdPeer(Process process, TempDir dir, string socket)
+    {
+        _process = process;
+        _dir = dir;
+        Socket = socket;
+    }
+
+    public string Socket { get; }
+
+    public string Endpoint => "unix://" + Socket;
+
+    public int Pid => _process.Id;
+
+    public string LogFile => _dir.Combine("containerd.log");
+
+    public static async Task<ContainerdPeer> StartAsync(string containerdPath, string cniConfDir, TimeSpan timeout)
+    {
+        var dir = new TempDir("crest-ctrd");
+        var socket = dir.Combine("c.sock");
+        var config = dir.Combine("config.toml");
+        // restrict_oom_score_adj: this VM withholds CAP_SYS_RESOURCE, so runc may not lower oom_score_adj.
+        await File.WriteAllTextAsync(config, $"""
+            version = 3
+            root = "{dir.Combine("root")}"
+            state = "{dir.Combine("state")}"
+            [grpc]
+              address = "{socket}"
+            [plugins."io.containerd.cri.v1.runtime"]
+              enable_cdi = false
+            [plugins."io.containerd.cri.v1.runtime".cni]
+              conf_dir = "{cniConfDir}"
+              bin_dirs = ["{CniFixture.HostPluginDir}"]
+            [plugins."io.containerd.cri.v1.runtime".containerd]
+              default_runtime_name = "runc"
+            """);
+        var start = new ProcessStartInfo(containerdPath)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        start.ArgumentList.Add("--config");
+        start.ArgumentList.Add(config);
+        var process = Process.Start(start)!;
+        var log = File.CreateText(dir.Combine("containerd.log"));
+        log.AutoFlush = true;
+        var gate = new object();
+        process.OutputDataReceived += (_, e) => { lock (gate) { log.WriteLine(e.Data); } };
+        process.ErrorDataReceived += (_, e) => { lock (gate) { log.WriteLine(e.Data); } };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        var peer = new ContainerdPeer(process, dir, socket);
+        try
+        {
+            await UnixGrpc.WaitForCriAsync(socket, timeout, () => ReadTail(peer.LogFile));
+        }
+        catch
+        {
+            await peer.DisposeAsync();
+            throw;
+        }
+
+        return peer;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+        }
+
+        _process.Dispose();
+        _dir.Dispose();
+    }
+
+    private static string ReadTail(string path)
+    {
+        try
+        {
+            using var f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            using var r = new StreamReader(f);
+            var lines = r.ReadToEnd().Split('\n');
+            return string.Join('\n', lines.TakeLast(20));
+        }
+        catch (IOException)
+        {
+            return "";
+        }
+    }
+}

@@ -1,0 +1,28 @@
+using Crest.Linux;
+using Xunit;
+
+namespace Crest.TestKit;
+
+/// <summary>Environment gates: a test that cannot run here says why it skips, and the skip is counted.</summary>
+public static class Requires
+{
+    public static void Root() =>
+        Assert.SkipUnless(Environment.UserName == "root" || GetEuid() == 0, "needs root (run the tests as root, as CI does)");
+
+    public static string Binary(string name)
+    {
+        var path = ExecutableSearch.Resolve(name);
+        Assert.SkipWhen(path is null, $"needs '{name}' on PATH (make deps installs it)");
+        return path!;
+    }
+
+    public static string Containerd()
+    {
+        Root();
+        return Binary("containerd");
+    }
+
+    private static uint GetEuid() => uint.TryParse(
+        File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("Uid:", StringComparison.Ordinal))?.Split('\t', StringSplitOptions.RemoveEmptyEntries)[2],
+        out var uid) ? uid : uint.MaxValue;
+}

@@ -1,0 +1,90 @@
+using System.Text.Json;
+using Crest.Cli;
+using Crest.Cli.Commands;
+using Crest.Cli.Output;
+using Runtime.V1;
+
+namespace Crest.UnitTests;
+
+public class CriEndpointTests
+{
+    [Theory]
+    [InlineData("unix:///run/crest/crest.sock", "/run/crest/crest.sock")]
+    [InlineData("/run/containerd/containerd.sock", "/run/containerd/containerd.sock")]
+    [InlineData("  unix:///tmp/x.sock ", "/tmp/x.sock")]
+    public void Crictl_spellings_of_a_unix_endpoint_are_accepted(string endpoint, string socket) =>
+        Assert.Equal(socket, CriEndpoint.Parse(endpoint).SocketPath);
+
+    [Theory]
+    [InlineData("tcp://127.0.0.1:1234", "tcp:// scheme")]
+    [InlineData("unix://run/crest.sock", "absolute socket path")]
+    [InlineData("crest.sock", "absolute socket path")]
+    [InlineData("", "empty")]
+    public void Other_endpoints_are_refused_with_a_hint(string endpoint, string expected)
+    {
+        var e = Assert.Throws<CliUsageException>(() => CriEndpoint.Parse(endpoint));
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_flag_wins_over_the_environment_and_the_environment_over_the_default()
+    {
+        Assert.Equal("/a.sock", CriEndpoint.Resolve("unix:///a.sock", "unix:///b.sock").SocketPath);
+        Assert.Equal("/b.sock", CriEndpoint.Resolve(null, "unix:///b.sock").SocketPath);
+        Assert.Equal("/run/crest/crest.sock", CriEndpoint.Resolve(" ", null).SocketPath);
+    }
+
+    [Theory]
+    [InlineData("2s", 2000)]
+    [InlineData("500ms", 500)]
+    [InlineData("1m", 60000)]
+    [InlineData("1.5", 1500)]
+    [InlineData("0", 10000)]
+    [InlineData(null, 10000)]
+    public void Timeouts_parse_like_crictl_durations(string? text, int milliseconds) =>
+        Assert.Equal(TimeSpan.FromMilliseconds(milliseconds), CliContext.ParseTimeout(text));
+
+    [Fact]
+    public void A_timeout_that_is_not_a_duration_is_a_usage_error() =>
+        Assert.Throws<CliUsageException>(() => CliContext.ParseTimeout("soon"));
+}
+
+public class OutputTests
+{
+    [Fact]
+    public void Yaml_quotes_scalars_that_yaml_would_read_as_something_else()
+    {
+        using var doc = JsonDocument.Parse("""{"a":"true","b":"","c":"1.5","d":"plain","e":"x: y","f":[],"g":{}}""");
+
+        var yaml = YamlWriter.Write(doc.RootElement);
+
+        Assert.Equal("a: \"true\"\nb: \"\"\nc: \"1.5\"\nd: plain\ne: \"x: y\"\nf: []\ng: {}\n", yaml);
+    }
+
+    [Fact]
+    public void Yaml_nests_sequences_of_mappings_in_block_style()
+    {
+        using var doc = JsonDocument.Parse("""{"conditions":[{"type":"RuntimeReady","status":true},{"type":"NetworkReady","status":false}],"n":[1,2]}""");
+
+        var yaml = YamlWriter.Write(doc.RootElement);
+
+        Assert.Equal(
+            "conditions:\n  - type: RuntimeReady\n    status: true\n  - type: NetworkReady\n    status: false\nn:\n  - 1\n  - 2\n",
+            yaml);
+    }
+
+    [Fact]
+    public void Info_json_has_crictls_shape_with_info_values_parsed()
+    {
+        var response = new StatusResponse { Status = new RuntimeStatus() };
+        response.Status.Conditions.Add(new RuntimeCondition { Type = "RuntimeReady", Status = true });
+        response.Info["criu"] = """{"version":"4.2.1"}""";
+        response.Info["note"] = "not json";
+
+        var doc = InfoCommand.ToDocument(response);
+
+        Assert.Equal("RuntimeReady", (string?)doc["status"]!["conditions"]![0]!["type"]);
+        Assert.Equal("4.2.1", (string?)doc["criu"]!["version"]);
+        Assert.Equal("not json", (string?)doc["note"]);
+    }
+}

@@ -1,0 +1,86 @@
+using Crest.Checkpoint;
+using Crest.Linux;
+
+namespace Crest.UnitTests;
+
+public class CgroupLayoutTests
+{
+    private const string Hybrid = """
+        25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+        31 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+        32 31 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+        33 31 0:28 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
+        36 31 0:31 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,memory
+        """;
+
+    private const string Unified = """
+        25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+        31 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+        """;
+
+    private const string Legacy = """
+        31 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+        36 31 0:31 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,memory
+        """;
+
+    [Theory]
+    [InlineData(Hybrid, CgroupMode.Hybrid)]
+    [InlineData(Unified, CgroupMode.Unified)]
+    [InlineData(Legacy, CgroupMode.Legacy)]
+    public void The_cgroup_mode_is_read_from_mountinfo(string mountInfo, CgroupMode expected) =>
+        Assert.Equal(expected, CgroupLayout.FromMountInfo(mountInfo.Split('\n')));
+
+    [Fact]
+    public void This_host_has_a_cgroup_mode() =>
+        Assert.True(Enum.IsDefined(CgroupLayout.Detect()));
+}
+
+public class CriuVersionTests
+{
+    [Theory]
+    [InlineData(4, 2, 1, false, 40201)]
+    [InlineData(3, 16, 0, false, 31600)]
+    [InlineData(4, 1, 1, true, 40200)]
+    [InlineData(3, 17, 0, true, 31800)]
+    public void Version_numbers_follow_the_go_criu_formula(int major, int minor, int sub, bool git, int expected) =>
+        Assert.Equal(expected, CriuVersion.Number(major, minor, sub, git));
+
+    [Fact]
+    public void The_minimum_is_42_because_older_criu_hangs_on_this_kernel() =>
+        Assert.Equal("4.2.0", CriuVersion.Format(CriuVersion.Minimum));
+}
+
+public class ChildProcessTests
+{
+    [Theory]
+    [InlineData(0x0000, 0)]
+    [InlineData(0x0100, 1)]
+    [InlineData(0x7f00, 127)]
+    [InlineData(0x0009, 137)]
+    [InlineData(0x000f, 143)]
+    public void Wait_statuses_decode_to_shell_style_exit_codes(int status, int exitCode) =>
+        Assert.Equal(exitCode, ChildProcess.DecodeWaitStatus(status));
+
+    [Fact]
+    public async Task A_spawned_child_gets_the_descriptors_it_was_given()
+    {
+        using var dir = new Crest.TestKit.TempDir();
+        var output = dir.Combine("out");
+        await using (var file = File.Create(output))
+        {
+            var child = ChildProcess.Spawn("/bin/sh", ["sh", "-c", "echo hello >&5; exit 3"],
+                [ChildFd.Null(0), ChildFd.Null(1), ChildFd.Null(2), new ChildFd(5, (int)file.SafeFileHandle.DangerousGetHandle())]);
+
+            Assert.Equal(3, await child.WaitAsync(TestContext.Current.CancellationToken));
+        }
+
+        Assert.Equal("hello\n", await File.ReadAllTextAsync(output, TestContext.Current.CancellationToken));
+    }
+
+    [Fact]
+    public void A_missing_program_is_an_error_naming_it()
+    {
+        var e = Assert.Throws<IOException>(() => ChildProcess.Spawn("/nonexistent/prog", ["prog"], []));
+        Assert.Contains("/nonexistent/prog", e.Message, StringComparison.Ordinal);
+    }
+}

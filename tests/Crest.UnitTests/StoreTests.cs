@@ -1,0 +1,70 @@
+using Crest.Core;
+using Crest.Store;
+using Crest.TestKit;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Crest.UnitTests;
+
+public class MetadataStoreTests
+{
+    [Fact]
+    public async Task Opening_creates_the_schema_and_reopening_keeps_it()
+    {
+        using var dir = new TempDir();
+        var time = new FakeTimeProvider(new DateTimeOffset(2026, 11, 28, 12, 0, 0, TimeSpan.Zero));
+        var ct = TestContext.Current.CancellationToken;
+
+        var first = await MetadataStore.OpenAsync(dir.Combine("crest.db"), time, ct);
+        time.Advance(TimeSpan.FromHours(1));
+        var second = await MetadataStore.OpenAsync(dir.Combine("crest.db"), time, ct);
+
+        Assert.Equal(first.SchemaVersion, second.SchemaVersion);
+        Assert.Equal("2026-11-28T12:00:00.0000000+00:00", await second.GetInfoAsync("created_at", ct));
+        Assert.Equal("2", await second.GetInfoAsync("opened_count", ct));
+    }
+
+    [Fact]
+    public async Task The_store_runs_in_wal_mode()
+    {
+        using var dir = new TempDir();
+        var store = await MetadataStore.OpenAsync(dir.Combine("crest.db"), TimeProvider.System, TestContext.Current.CancellationToken);
+
+        await using var connection = await store.OpenConnectionAsync(TestContext.Current.CancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "PRAGMA journal_mode;";
+        Assert.Equal("wal", await command.ExecuteScalarAsync(TestContext.Current.CancellationToken));
+    }
+
+    [Fact]
+    public async Task A_store_from_a_newer_crestd_is_refused_and_left_untouched()
+    {
+        using var dir = new TempDir();
+        var path = dir.Combine("crest.db");
+        await using (var c = new SqliteConnection($"Data Source={path}"))
+        {
+            await c.OpenAsync(TestContext.Current.CancellationToken);
+            await using var cmd = c.CreateCommand();
+            cmd.CommandText = "PRAGMA user_version = 99;";
+            await cmd.ExecuteNonQueryAsync(TestContext.Current.CancellationToken);
+        }
+
+        SqliteConnection.ClearAllPools();
+        var e = await Assert.ThrowsAsync<CrestException>(() => MetadataStore.OpenAsync(path, TimeProvider.System, TestContext.Current.CancellationToken));
+
+        Assert.Equal(ErrorKind.FailedPrecondition, e.Kind);
+        Assert.Contains("schema version 99, newer than this crestd knows", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_file_that_is_not_a_database_is_an_error_naming_it()
+    {
+        using var dir = new TempDir();
+        var path = dir.Combine("crest.db");
+        await File.WriteAllTextAsync(path, new string('x', 4096), TestContext.Current.CancellationToken);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => MetadataStore.OpenAsync(path, TimeProvider.System, TestContext.Current.CancellationToken));
+
+        Assert.Contains(path, e.Message, StringComparison.Ordinal);
+    }
+}
