@@ -86,16 +86,24 @@ internal sealed class CriConnection : IDisposable
             return new CliFailure(ExitCodes.NotCri, $"{Endpoint} does not serve {rpc} of CRI runtime.v1 ({e.Status.Detail}); is it a CRI runtime socket?");
         }
 
-        if (Volatile.Read(ref _connected) == 1 && e.StatusCode is StatusCode.Unavailable or StatusCode.Internal or StatusCode.Unknown
-            && inner is HttpRequestException or HttpIOException or IOException)
+        var transport = Chain(e).FirstOrDefault(x => x is IOException or HttpIOException);
+        if (Volatile.Read(ref _connected) == 1 && e.StatusCode is StatusCode.Unavailable or StatusCode.Internal or StatusCode.Unknown && transport is not null)
         {
-            return new CliFailure(ExitCodes.NotCri, $"{Endpoint} accepted a connection but did not speak gRPC over HTTP/2 ({inner.Message}); it is not a CRI server");
+            return new CliFailure(ExitCodes.NotCri, $"{Endpoint} accepted a connection but did not speak gRPC over HTTP/2 ({transport.Message}); it is not a CRI server");
         }
 
         return new CliFailure(ExitCodes.RuntimeError, $"{rpc} failed: {e.StatusCode}: {e.Status.Detail}");
     }
 
     public void Dispose() => Channel.Dispose();
+
+    private static IEnumerable<Exception> Chain(Exception e)
+    {
+        for (Exception? current = e; current is not null; current = current.InnerException)
+        {
+            yield return current;
+        }
+    }
 
     private static Exception Innermost(Exception e)
     {

@@ -104,6 +104,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             }
 
             DaemonLog.StoreOpened(logger, store.Path, store.SchemaVersion);
+            app.Lifetime.ApplicationStopping.Register(() => DaemonLog.Stopping(logger));
             await app.StartAsync(ct).ConfigureAwait(false);
             // Only root and the socket's group may talk CRI: the API can run anything on the node.
             File.SetUnixFileMode(paths.Socket, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
@@ -120,7 +121,6 @@ public sealed class CrestDaemon : IAsyncDisposable
 
     public async Task StopAsync(CancellationToken ct)
     {
-        DaemonLog.Stopping(_logger);
         await _app.StopAsync(ct).ConfigureAwait(false);
     }
 

@@ -50,4 +50,5 @@ root.SetAction(async (parse, ct) =>
     return 0;
 });
 
-return await root.Parse(args).InvokeAsync();
+// The host handles SIGTERM/SIGINT as a graceful stop; System.CommandLine must not race it to exit.
+return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });

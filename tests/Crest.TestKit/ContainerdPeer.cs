@@ -26,13 +26,14 @@ public sealed class ContainerdPeer : IAsyncDisposable
 
     public string LogFile => _dir.Combine("containerd.log");
 
-    public static async Task<ContainerdPeer> StartAsync(string containerdPath, string cniConfDir, TimeSpan timeout)
+    /// <summary>Writes a containerd config rooted in <paramref name="dir"/> and returns how to start it and where it will listen.</summary>
+    public static (ProcessStartInfo Start, string Socket) Prepare(string containerdPath, TempDir dir, string cniConfDir)
     {
-        var dir = new TempDir("crest-ctrd");
+        ArgumentNullException.ThrowIfNull(dir);
         var socket = dir.Combine("c.sock");
         var config = dir.Combine("config.toml");
-        // restrict_oom_score_adj: this VM withholds CAP_SYS_RESOURCE, so runc may not lower oom_score_adj.
-        await File.WriteAllTextAsync(config, $"""
+        // Roots, state and socket of its own; CNI from the test's conf dir; no CDI so annotations pass unprocessed.
+        File.WriteAllText(config, $"""
             version = 3
             root = "{dir.Combine("root")}"
             state = "{dir.Combine("state")}"
@@ -54,6 +55,13 @@ public sealed class ContainerdPeer : IAsyncDisposable
         };
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(config);
+        return (start, socket);
+    }
+
+    public static async Task<ContainerdPeer> StartAsync(string containerdPath, string cniConfDir, TimeSpan timeout)
+    {
+        var dir = new TempDir("crest-ctrd");
+        var (start, socket) = Prepare(containerdPath, dir, cniConfDir);
         var process = Process.Start(start)!;
         var log = File.CreateText(dir.Combine("containerd.log"));
         log.AutoFlush = true;

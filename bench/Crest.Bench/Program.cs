@@ -1,0 +1,58 @@
+using System.Globalization;
+using Crest.Bench;
+
+// make bench: crestd and containerd 2.1 side by side on this machine, driven by the same CRI client code.
+var runs = 5;
+var calls = 1000;
+string? crestdPath = null;
+var output = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../results"));
+for (var i = 0; i < args.Length - 1; i++)
+{
+    switch (args[i])
+    {
+        case "--runs": runs = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+        case "--calls": calls = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+        case "--out": output = Path.GetFullPath(args[++i]); break;
+        case "--crestd": crestdPath = Path.GetFullPath(args[++i]); break;
+    }
+}
+
+var subjects = Subjects.Create(crestdPath);
+var report = new Report(runs, calls);
+foreach (var subject in subjects)
+{
+    Console.Error.WriteLine($"bench: {subject.Name}: start-to-ready and idle RSS, {runs} runs");
+    for (var r = 0; r < runs; r++)
+    {
+        await using var running = await subject.StartAsync();
+        report.Add("daemon start-to-ready", "ms", subject.Name, running.StartToReady.TotalMilliseconds);
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        report.Add("idle daemon RSS", "MiB", subject.Name, running.RssBytes() / 1048576.0);
+    }
+
+    Console.Error.WriteLine($"bench: {subject.Name}: Version round trip, {calls} calls x {runs} runs");
+    await using (var running = await subject.StartAsync())
+    {
+        await Scenarios.VersionLatencyAsync(running.Socket, 100, _ => { });
+        for (var r = 0; r < runs; r++)
+        {
+            var samples = new List<double>();
+            await Scenarios.VersionLatencyAsync(running.Socket, calls, samples.Add);
+            samples.Sort();
+            // One value per run: the median of its calls; the table then shows min and median over runs.
+            report.Add("Version round trip", "µs", subject.Name, samples[samples.Count / 2] * 1000);
+        }
+    }
+}
+
+Directory.CreateDirectory(output);
+var stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
+var markdown = report.Markdown(subjects.Select(s => s.Name).ToList(), Environment.MachineName);
+var json = report.Json();
+await File.WriteAllTextAsync(Path.Combine(output, $"bench-{stamp}.md"), markdown);
+await File.WriteAllTextAsync(Path.Combine(output, $"bench-{stamp}.json"), json);
+await File.WriteAllTextAsync(Path.Combine(output, "latest.md"), markdown);
+await File.WriteAllTextAsync(Path.Combine(output, "latest.json"), json);
+Console.WriteLine(markdown);
+Console.Error.WriteLine($"bench: wrote {Path.Combine(output, "latest.md")} and latest.json");
+return 0;

@@ -1,0 +1,82 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace Crest.Bench;
+
+/// <summary>Samples per scenario and subject; rendered as a Markdown table (min, median, crest/containerd ratio) and JSON.</summary>
+internal sealed class Report(int runs, int calls)
+{
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    private readonly List<(string Scenario, string Unit, string Subject, double Value)> _samples = [];
+
+    public void Add(string scenario, string unit, string subject, double value) => _samples.Add((scenario, unit, subject, value));
+
+    public string Markdown(IReadOnlyList<string> subjects, string host)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine(CultureInfo.InvariantCulture, $"# Crest benchmarks, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
+        sb.AppendLine();
+        sb.AppendLine(CultureInfo.InvariantCulture, $"{runs} runs per scenario on {host} ({Environment.ProcessorCount} cores); Version round trip: median of {calls} sequential calls per run.");
+        sb.AppendLine("Lower is better; ratio = crest median / containerd median.");
+        sb.AppendLine();
+        sb.Append("| scenario | unit |");
+        foreach (var s in subjects)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $" {s} min | {s} median |");
+        }
+
+        sb.AppendLine(" ratio |");
+        sb.Append("|---|---|");
+        foreach (var _ in subjects)
+        {
+            sb.Append("---:|---:|");
+        }
+
+        sb.AppendLine("---:|");
+        foreach (var scenario in _samples.Select(x => x.Scenario).Distinct())
+        {
+            var unit = _samples.First(x => x.Scenario == scenario).Unit;
+            sb.Append(CultureInfo.InvariantCulture, $"| {scenario} | {unit} |");
+            foreach (var s in subjects)
+            {
+                var values = Values(scenario, s);
+                sb.Append(CultureInfo.InvariantCulture, $" {Fmt(values.Min())} | {Fmt(Median(values))} |");
+            }
+
+            var ratio = Median(Values(scenario, "crest")) / Median(Values(scenario, "containerd"));
+            sb.AppendLine(CultureInfo.InvariantCulture, $" {ratio:0.00} |");
+        }
+
+        return sb.ToString();
+    }
+
+    public string Json() => JsonSerializer.Serialize(new
+    {
+        utc = DateTime.UtcNow,
+        runs,
+        calls,
+        cores = Environment.ProcessorCount,
+        samples = _samples.GroupBy(x => (x.Scenario, x.Subject)).Select(g => new
+        {
+            scenario = g.Key.Scenario,
+            subject = g.Key.Subject,
+            unit = g.First().Unit,
+            values = g.Select(x => Math.Round(x.Value, 3)).ToList(),
+            min = Math.Round(g.Min(x => x.Value), 3),
+            median = Math.Round(Median(g.Select(x => x.Value).ToList()), 3),
+        }),
+    }, Indented);
+
+    private List<double> Values(string scenario, string subject) =>
+        _samples.Where(x => x.Scenario == scenario && x.Subject == subject).Select(x => x.Value).ToList();
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[(sorted.Count / 2) - 1] + sorted[sorted.Count / 2]) / 2;
+    }
+
+    private static string Fmt(double v) => v.ToString(v >= 100 ? "0" : "0.0", CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The README's test command (make test): installs what is missing, builds, runs every test project,
+# and ends with one line of real counts summed from the TRX reports: "N passed, N failed, N skipped".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+
+echo "test: building (Release)"
+if ! dotnet build Crest.slnx -c Release -v q -clp:ErrorsOnly; then
+  echo "test: the build failed"
+  echo "0 passed, 1 failed, 0 skipped"
+  exit 1
+fi
+
+results=artifacts/test-results
+rm -rf "$results"
+mkdir -p "$results"
+projects=(tests/Crest.UnitTests tests/Crest.IntegrationTests tests/Crest.E2ETests)
+
+echo "test: running ${#projects[@]} test projects"
+# 40 minutes is far above the suite's length and well inside CI's 90: a hang fails instead of eating CI.
+timeout --kill-after=30s 2400 dotnet test --solution Crest.slnx -c Release --no-build \
+  --report-trx --results-directory "$results"
+status=$?
+
+passed=0 failed=0 skipped=0 reports=0
+for trx in "$results"/*.trx; do
+  [ -f "$trx" ] || continue
+  reports=$((reports + 1))
+  counters=$(grep -o '<Counters [^>]*>' "$trx" | head -n 1)
+  get() { printf '%s' "$counters" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"; }
+  passed=$((passed + $(get passed)))
+  failed=$((failed + $(get failed) + $(get error) + $(get timeout) + $(get aborted)))
+  skipped=$((skipped + $(get notExecuted)))
+done
+
+missing=$(( ${#projects[@]} - reports ))
+if [ "$missing" -gt 0 ]; then
+  echo "test: $missing test project(s) wrote no report (crashed or timed out); counted as failures"
+  failed=$((failed + missing))
+fi
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  echo "test: dotnet test exited $status although no test failed; counted as one failure"
+  failed=1
+fi
+if [ "$skipped" -gt 0 ]; then
+  echo "test: skipped tests and their reasons:"
+  awk '/outcome="NotExecuted"/ { match($0, /testName="[^"]*"/); name = substr($0, RSTART + 10, RLENGTH - 11); want = 1; next }
+       want && /<StdOut>/ { sub(/.*<StdOut>/, ""); sub(/<\/StdOut>.*/, ""); print "  " name ": " $0; want = 0 }' "$results"/*.trx
+fi
+
+echo "${passed} passed, ${failed} failed, ${skipped} skipped"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,154 @@
+using System.Diagnostics;
+using System.Text;
+
+namespace Crest.E2ETests;
+
+/// <summary>The built crestd and crest, run as separate processes exactly as an operator runs them.</summary>
+internal static class Binaries
+{
+    public static string Crestd { get; } = Built("CrestdPath");
+
+    public static string Crest { get; } = Built("CrestPath");
+
+    private static string Built(string key) => Path.GetFullPath(typeof(Binaries).Assembly
+        .GetCustomAttributes(typeof(System.Reflection.AssemblyMetadataAttribute), false)
+        .Cast<System.Reflection.AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!);
+
+    /// <summary>Runs crest with <paramref name="args"/> and returns its exit code and output.</summary>
+    public static async Task<(int ExitCode, string Stdout, string Stderr)> RunCrestAsync(IEnumerable<string> args, IDictionary<string, string>? env = null)
+    {
+        var start = new ProcessStartInfo(Crest)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        // A test's endpoint must come from its own flags or env, never from the machine's environment.
+        start.Environment.Remove("CONTAINER_RUNTIME_ENDPOINT");
+        start.Environment.Remove("IMAGE_SERVICE_ENDPOINT");
+        foreach (var (k, v) in env ?? new Dictionary<string, string>())
+        {
+            start.Environment[k] = v;
+        }
+
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+        var stderr = p.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        await p.WaitForExitAsync(TestContext.Current.CancellationToken);
+        return (p.ExitCode, await stdout, await stderr);
+    }
+}
+
+/// <summary>A crestd process on temporary roots; its log is kept for assertions and failure messages.</summary>
+internal sealed class CrestdProcess : IAsyncDisposable
+{
+    private readonly StringBuilder _log = new();
+
+    private CrestdProcess(Process process, string socket)
+    {
+        Process = process;
+        Socket = socket;
+    }
+
+    public Process Process { get; }
+
+    public string Socket { get; }
+
+    public string Endpoint => "unix://" + Socket;
+
+    public string Log
+    {
+        get
+        {
+            lock (_log)
+            {
+                return _log.ToString();
+            }
+        }
+    }
+
+    public static CrestdProcess Start(params string[] args)
+    {
+        var start = new ProcessStartInfo(Binaries.Crestd)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        var socket = args.SkipWhile(a => a != "--socket").Skip(1).FirstOrDefault()
+            ?? Path.Combine(args.SkipWhile(a => a != "--state").Skip(1).First(), "crest.sock");
+        var p = new CrestdProcess(Process.Start(start)!, socket);
+        p.Process.OutputDataReceived += (_, e) => p.Append(e.Data);
+        p.Process.ErrorDataReceived += (_, e) => p.Append(e.Data);
+        p.Process.BeginOutputReadLine();
+        p.Process.BeginErrorReadLine();
+        return p;
+    }
+
+    /// <summary>Starts crestd on the roots under <paramref name="dir"/> with its own CNI network and waits until it answers.</summary>
+    public static async Task<CrestdProcess> StartReadyAsync(Crest.TestKit.TempDir dir)
+    {
+        var config = WriteConfig(dir);
+        var p = Start("--config", config, "--root", dir.Combine("root"), "--state", dir.Combine("state"));
+        await Crest.TestKit.UnixGrpc.WaitForCriAsync(p.Socket, TimeSpan.FromSeconds(30), () => p.Log);
+        return p;
+    }
+
+    public static string WriteConfig(Crest.TestKit.TempDir dir)
+    {
+        var cni = dir.CreateDirectory("cni");
+        Crest.TestKit.CniFixture.WriteBridgeConflist(cni);
+        var config = dir.Combine("config.toml");
+        File.WriteAllText(config, $"""
+            [cni]
+            conf_dir = "{cni}"
+            plugin_dirs = ["{Crest.TestKit.CniFixture.HostPluginDir}"]
+            """);
+        return config;
+    }
+
+    public async Task<int> StopAsync(int signal = 15)
+    {
+        _ = Kill(Process.Id, signal);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        await Process.WaitForExitAsync(cts.Token);
+        return Process.ExitCode;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!Process.HasExited)
+        {
+            Process.Kill();
+            await Process.WaitForExitAsync();
+        }
+
+        Process.Dispose();
+    }
+
+    private void Append(string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        lock (_log)
+        {
+            _log.AppendLine(line);
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
+}
