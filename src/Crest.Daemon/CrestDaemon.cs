@@ -3,6 +3,7 @@ using Crest.Core;
 using Crest.Daemon.Config;
 using Crest.Daemon.Cri;
 using Crest.Daemon.Hosting;
+using Crest.Images;
 using Crest.Runtime;
 using Crest.Store;
 using Microsoft.AspNetCore.Builder;
@@ -34,6 +35,9 @@ public sealed class CrestDaemon : IAsyncDisposable
     }
 
     public CrestConfig Config { get; }
+
+    /// <summary>The daemon's services, for in-process tests that look below the CRI.</summary>
+    public IServiceProvider Services => _app.Services;
 
     /// <summary>Completes when the daemon has stopped (SIGTERM, SIGINT or <see cref="StopAsync"/>).</summary>
     public Task Completion => _app.WaitForShutdownAsync();
@@ -86,6 +90,28 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<RuntimeHandlerProbe>();
             builder.Services.AddSingleton<ICriuProbe>(new CriuSwrkProbe(config.Checkpoint.CriuPath, config.Checkpoint.MinimumCriuVersion, time));
             builder.Services.AddSingleton<NodeStatusService>();
+            var imageMetadata = new SqliteImageMetadataStore(store);
+            var contentStore = new ContentStore(paths.Content);
+            var snapshotter = new OverlaySnapshotter(paths.Snapshots, imageMetadata, time);
+            // Interrupted downloads and unpacks from a previous life leave only temporary files: drop them.
+            contentStore.CleanIngest();
+            await snapshotter.CleanOrphansAsync(ct).ConfigureAwait(false);
+            builder.Services.AddSingleton<IImageMetadataStore>(imageMetadata);
+            builder.Services.AddSingleton<IContentStore>(contentStore);
+            builder.Services.AddSingleton<ISnapshotter>(snapshotter);
+            builder.Services.AddSingleton(config.Registries);
+            // One client for the daemon's life: it caches registry tokens; connections are recycled every few minutes.
+            builder.Services.AddSingleton<IRegistryClient>(new RegistryClient(config.Registries, new HttpClient(new SocketsHttpHandler
+            {
+                AutomaticDecompression = System.Net.DecompressionMethods.None,
+                ConnectTimeout = TimeSpan.FromSeconds(15),
+                PooledConnectionLifetime = TimeSpan.FromMinutes(5),
+            })
+            {
+                Timeout = TimeSpan.FromMinutes(30),
+            }));
+            builder.Services.AddSingleton(ImageServiceOptions.Default);
+            builder.Services.AddSingleton<Crest.Images.ImageService>();
             builder.Services.AddGrpc(o =>
             {
                 o.Interceptors.Add<ErrorInterceptor>();
@@ -96,6 +122,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             var app = builder.Build();
             app.MapGrpcService<CriRuntimeService>();
             app.MapGrpcService<CriImageService>();
+            app.MapGrpcService<CrestImagesService>();
 
             var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("crestd");
             if (staleRemoved)

@@ -84,6 +84,7 @@ public sealed class MetadataStore
         Cache = SqliteCacheMode.Private,
         Pooling = true,
         DefaultTimeout = 30,
+        ForeignKeys = true,
     }.ToString();
 
     private static async Task ExecuteAsync(SqliteConnection connection, string sql, CancellationToken ct,

@@ -15,6 +15,43 @@ internal static class Migrations
             value TEXT NOT NULL
         ) STRICT;
         """,
+
+        // 2: images, their references and blobs; committed snapshots and who holds them.
+        """
+        CREATE TABLE images (
+            id                TEXT PRIMARY KEY NOT NULL,
+            manifest_digest   TEXT NOT NULL,
+            target_digest     TEXT NOT NULL,
+            target_media_type TEXT NOT NULL,
+            chain_id          TEXT,
+            size              INTEGER NOT NULL,
+            created_at        TEXT NOT NULL,
+            layer_chain_ids   TEXT NOT NULL
+        ) STRICT;
+        CREATE TABLE image_refs (
+            ref      TEXT PRIMARY KEY NOT NULL,
+            kind     TEXT NOT NULL CHECK (kind IN ('tag', 'digest')),
+            image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+        ) STRICT;
+        CREATE INDEX image_refs_by_image ON image_refs(image_id);
+        CREATE TABLE image_blobs (
+            image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            digest   TEXT NOT NULL,
+            PRIMARY KEY (image_id, digest)
+        ) STRICT;
+        CREATE TABLE snapshots (
+            key        TEXT PRIMARY KEY NOT NULL,
+            directory  TEXT NOT NULL UNIQUE,
+            parent     TEXT,
+            size       INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        ) STRICT;
+        CREATE TABLE snapshot_leases (
+            holder TEXT NOT NULL,
+            key    TEXT NOT NULL,
+            PRIMARY KEY (holder, key)
+        ) STRICT;
+        """,
     ];
 
     public static int Latest => Steps.Count;

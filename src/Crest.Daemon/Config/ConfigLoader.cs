@@ -145,6 +145,29 @@ public static class ConfigLoader
         {
             config = config with { Restore = new RestoreConfig(t.Bool("via_create") ?? defaults.Restore.ViaCreate) };
         });
+        reader.Table("registries", t =>
+        {
+            var hosts = new Dictionary<string, Crest.Images.RegistryHostOptions>(StringComparer.Ordinal);
+            foreach (var host in t.Keys().ToList())
+            {
+                t.Table(host, h =>
+                {
+                    var mirrors = (h.Strings("mirrors") ?? []).Select(m =>
+                        Uri.TryCreate(m, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"
+                            ? u
+                            : throw Invalid(sourceName, $"registries.\"{host}\".mirrors", "a list of http:// or https:// URLs", m)).ToList();
+                    hosts[host] = new Crest.Images.RegistryHostOptions
+                    {
+                        PlainHttp = h.Bool("plain_http") ?? false,
+                        Username = h.String("username"),
+                        Password = h.String("password"),
+                        Mirrors = mirrors,
+                    };
+                });
+            }
+
+            config = config with { Registries = new Crest.Images.RegistryOptions(hosts) };
+        });
         reader.RejectUnknown();
         return config;
     }

@@ -1,0 +1,228 @@
+using System.Formats.Tar;
+using System.Text.Json;
+using Crest.Core;
+using Crest.Linux;
+using Crest.Oci;
+
+namespace Crest.Images;
+
+public sealed partial class ImageService
+{
+    private const long MaxIndexBytes = 4 * 1024 * 1024;
+
+    /// <summary>
+    /// Makes a one-layer image from a root filesystem tarball (plain, gzip or zstd), like <c>podman import</c>:
+    /// the layer is stored uncompressed, so its digest is its diff ID.
+    /// </summary>
+    public async Task<ImageRecord> ImportRootfsAsync(string tarPath, string name, CancellationToken ct)
+    {
+        var reference = ImageReference.Parse(name);
+        using var shared = await _gcLock.ReadAsync(ct).ConfigureAwait(false);
+        Digest layer;
+        long size;
+        try
+        {
+            await using var file = File.OpenRead(tarPath);
+            await using var tar = LayerStreams.Decompress(file);
+            (layer, size) = await content.WriteStreamAsync(tar, ct).ConfigureAwait(false);
+        }
+        catch (FileNotFoundException e)
+        {
+            throw new CrestException(ErrorKind.NotFound, $"rootfs archive {tarPath} does not exist", e);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"rootfs archive {tarPath} cannot be decompressed: {e.Message}", e);
+        }
+
+        var now = time.GetUtcNow();
+        var configJson = JsonSerializer.SerializeToUtf8Bytes(new ImageConfig
+        {
+            Created = now,
+            Architecture = Platforms.CurrentArchitecture,
+            Os = "linux",
+            Config = new ContainerDefaults { Env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] },
+            RootFs = new RootFs { DiffIds = [layer.ToString()] },
+        }, OciJson.Default.ImageConfig);
+        var config = await content.WriteAsync(configJson, ct).ConfigureAwait(false);
+        var manifestJson = JsonSerializer.SerializeToUtf8Bytes(new ImageManifest
+        {
+            MediaType = MediaTypes.OciManifest,
+            Config = new Descriptor { MediaType = MediaTypes.OciConfig, Digest = config.ToString(), Size = configJson.Length },
+            Layers = [new Descriptor { MediaType = MediaTypes.OciLayer, Digest = layer.ToString(), Size = size }],
+        }, OciJson.Default.ImageManifest);
+        var manifestDigest = await content.WriteAsync(manifestJson, ct).ConfigureAwait(false);
+        var manifest = ParseJson(manifestJson, OciJson.Default.ImageManifest, "the imported manifest");
+        var record = await MaterializeAsync(reference, manifest, manifestDigest, manifestDigest, MediaTypes.OciManifest, [manifestDigest],
+            FromContentStore(tarPath), _ => { }, ct, recordRepoDigest: false).ConfigureAwait(false);
+        ImagesLog.Imported(logger, reference.ToString(), record.Id.ToString());
+        return record;
+    }
+
+    /// <summary>
+    /// Loads every image of an OCI image layout archive (what <c>skopeo copy … oci-archive:</c> and
+    /// <c>podman save --format oci-archive</c> write). Only <c>oci-layout</c>, <c>index.json</c> and
+    /// <c>blobs/sha256/*</c> are read, each blob verified against its name; names come from the
+    /// <c>org.opencontainers.image.ref.name</c> annotation, or from <paramref name="name"/>.
+    /// </summary>
+    public async Task<IReadOnlyList<ImageRecord>> LoadArchiveAsync(string archivePath, string? name, CancellationToken ct)
+    {
+        using var shared = await _gcLock.ReadAsync(ct).ConfigureAwait(false);
+        byte[]? indexJson = null;
+        var sawLayout = false;
+        try
+        {
+            await using var file = File.OpenRead(archivePath);
+            await using var tar = LayerStreams.Decompress(file);
+            using var reader = new TarReader(tar);
+            TarEntry? entry;
+            while ((entry = await reader.GetNextEntryAsync(copyData: false, ct).ConfigureAwait(false)) is not null)
+            {
+                string path;
+                try
+                {
+                    path = SafeExtractor.NormalizeName(entry.Name);
+                }
+                catch (FormatException e)
+                {
+                    throw new CrestException(ErrorKind.InvalidArgument, $"archive {archivePath}: entry \"{entry.Name}\" is refused: {e.Message}");
+                }
+
+                if (entry.EntryType is TarEntryType.Directory or TarEntryType.GlobalExtendedAttributes or TarEntryType.ExtendedAttributes)
+                {
+                    continue;
+                }
+
+                if (entry.EntryType is not (TarEntryType.RegularFile or TarEntryType.V7RegularFile))
+                {
+                    throw new CrestException(ErrorKind.InvalidArgument, $"archive {archivePath}: entry \"{entry.Name}\" is a {entry.EntryType}; an OCI layout holds only regular files");
+                }
+
+                switch (path)
+                {
+                    case "oci-layout":
+                        sawLayout = true;
+                        continue;
+                    case "index.json":
+                        if (entry.Length > MaxIndexBytes)
+                        {
+                            throw new CrestException(ErrorKind.InvalidArgument, $"archive {archivePath}: index.json is larger than {MaxIndexBytes} bytes");
+                        }
+
+                        using (var ms = new MemoryStream())
+                        {
+                            await entry.DataStream!.CopyToAsync(ms, ct).ConfigureAwait(false);
+                            indexJson = ms.ToArray();
+                        }
+
+                        continue;
+                    case "manifest.json" or "repositories":
+                        throw new CrestException(ErrorKind.InvalidArgument,
+                            $"archive {archivePath} is a docker-archive; crest loads OCI layout archives (convert with: skopeo copy docker-archive:FILE oci-archive:OUT)");
+                }
+
+                if (path.StartsWith("blobs/sha256/", StringComparison.Ordinal) && Digest.TryParseHex(path["blobs/sha256/".Length..], out var digest))
+                {
+                    if (entry.DataStream is { } data)
+                    {
+                        await content.IngestAsync(data, digest, entry.Length, null, ct).ConfigureAwait(false);
+                    }
+
+                    continue;
+                }
+
+                // Other files (a README, an ignored blob algorithm) carry nothing Crest uses.
+            }
+        }
+        catch (FileNotFoundException e)
+        {
+            throw new CrestException(ErrorKind.NotFound, $"archive {archivePath} does not exist", e);
+        }
+        catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"archive {archivePath} is not a readable tar: {e.Message}", e);
+        }
+
+        if (!sawLayout || indexJson is null)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"archive {archivePath} is not an OCI image layout (it lacks {(sawLayout ? "index.json" : "the oci-layout file")})");
+        }
+
+        var index = ParseJson(indexJson, OciJson.Default.ImageIndex, $"index.json of {archivePath}");
+        var loaded = new List<ImageRecord>();
+        foreach (var descriptor in index.Manifests)
+        {
+            var refName = descriptor.Annotations?.GetValueOrDefault("io.containerd.image.name")
+                ?? descriptor.Annotations?.GetValueOrDefault("org.opencontainers.image.ref.name");
+            var reference = NameFor(refName, name, archivePath);
+            var targetDigest = Digest.Parse(descriptor.Digest);
+            var blobs = new List<Digest> { targetDigest };
+            var manifestDigest = targetDigest;
+            if (MediaTypes.IsIndex(descriptor.MediaType))
+            {
+                var nested = await ReadJsonAsync(targetDigest, OciJson.Default.ImageIndex, ct).ConfigureAwait(false);
+                var chosen = Platforms.Choose(nested.Manifests)
+                    ?? throw new CrestException(ErrorKind.FailedPrecondition, $"archive {archivePath}: {reference} has no manifest for linux/{Platforms.CurrentArchitecture}");
+                manifestDigest = Digest.Parse(chosen.Digest);
+                blobs.Add(manifestDigest);
+            }
+            else if (!MediaTypes.IsManifest(descriptor.MediaType))
+            {
+                continue;
+            }
+
+            if (!content.Exists(manifestDigest))
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"archive {archivePath} lacks the manifest blob {manifestDigest}");
+            }
+
+            var manifest = await ReadJsonAsync(manifestDigest, OciJson.Default.ImageManifest, ct).ConfigureAwait(false);
+            loaded.Add(await MaterializeAsync(reference, manifest, manifestDigest, targetDigest, descriptor.MediaType, blobs,
+                FromContentStore(archivePath), _ => { }, ct, recordRepoDigest: false).ConfigureAwait(false));
+        }
+
+        if (loaded.Count == 0)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"archive {archivePath} names no image manifest in its index.json");
+        }
+
+        return loaded;
+    }
+
+    private static ImageReference? NameFor(string? refName, string? name, string archive)
+    {
+        if (name is not null)
+        {
+            // A bare tag in the archive ("latest") goes with the name given.
+            var withTag = refName is not null && !refName.Contains('/', StringComparison.Ordinal) && !refName.Contains(':', StringComparison.Ordinal) && !name.Contains(':', StringComparison.Ordinal)
+                ? $"{name}:{refName}"
+                : name;
+            return ImageReference.Parse(withTag);
+        }
+
+        if (refName is not null && ImageReference.TryParse(refName, out var parsed, out _) && (refName.Contains('/', StringComparison.Ordinal) || refName.Contains(':', StringComparison.Ordinal)))
+        {
+            return parsed;
+        }
+
+        throw new CrestException(ErrorKind.InvalidArgument,
+            $"archive {archive} does not name its image{(refName is null ? "" : $" (its ref.name is \"{refName}\")")}; give a name: crest image load ARCHIVE NAME");
+    }
+
+    private Func<Descriptor, Action<long>, CancellationToken, Task> FromContentStore(string source) => (descriptor, progress, _) =>
+    {
+        var digest = Digest.Parse(descriptor.Digest);
+        if (content.SizeOf(digest) is not { } size)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"{source} lacks blob {digest}");
+        }
+
+        if (size != descriptor.Size)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"{source}: blob {digest} has {size} bytes, its descriptor declares {descriptor.Size}");
+        }
+
+        progress(size);
+        return Task.CompletedTask;
+    };
+}

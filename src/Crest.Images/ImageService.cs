@@ -1,0 +1,213 @@
+using System.Collections.Concurrent;
+using System.Text;
+using System.Text.Json;
+using Crest.Core;
+using Crest.Oci;
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Images;
+
+/// <summary>Progress of one pull, per blob, for people watching it.</summary>
+public sealed record PullProgress(string Phase, string? Blob, long Done, long Total, string Message = "");
+
+/// <summary>An image and what its config says, for ImageStatus.</summary>
+public sealed record ImageDetails(ImageRecord Image, ImageConfig Config, byte[] RawConfig, ImageManifest Manifest);
+
+/// <summary>Bytes and inodes a directory tree uses.</summary>
+public sealed record FilesystemUsage(string Path, long Bytes, long Inodes);
+
+public sealed record ImageServiceOptions(ExtractionLimits Limits, int ParallelDownloads = 3)
+{
+    public static ImageServiceOptions Default { get; } = new(new ExtractionLimits());
+}
+
+/// <summary>Limits an image layer unpacks within.</summary>
+public sealed record ExtractionLimits(long MaxEntries = 2_000_000, long MaxBytes = 1L << 40);
+
+/// <summary>
+/// Images: pull (verified, shared between concurrent callers, layers unpacked once per chain ID),
+/// list, inspect, remove, garbage collection, import, load and push. No protobuf here; the CRI adapters map.
+/// </summary>
+public sealed partial class ImageService(
+    IContentStore content,
+    ISnapshotter snapshots,
+    IImageMetadataStore metadata,
+    IRegistryClient registry,
+    ImageServiceOptions options,
+    TimeProvider time,
+    ILogger<ImageService> logger)
+{
+    private readonly ConcurrentDictionary<string, InflightPull> _inflight = new(StringComparer.Ordinal);
+    private readonly AsyncReaderWriterLock _gcLock = new();
+
+    public IContentStore Content => content;
+
+    public ISnapshotter Snapshots => snapshots;
+
+    /// <summary>Finds a local image by ID (sha256:…, 64 hex, or a unique hex prefix), by name:tag, or by name@digest.</summary>
+    public async Task<ImageRecord?> ResolveLocalAsync(string image, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        var text = image.Trim();
+        if (Digest.TryParse(text, out var id) || Digest.TryParseHex(text, out id))
+        {
+            if (await metadata.GetImageAsync(id, ct).ConfigureAwait(false) is { } byId)
+            {
+                return byId;
+            }
+        }
+
+        var hex = text.StartsWith("sha256:", StringComparison.Ordinal) ? text[7..] : text;
+        if (hex.Length is >= 3 and < 64 && hex.All(Uri.IsHexDigit))
+        {
+            var matches = (await metadata.ListImagesAsync(ct).ConfigureAwait(false)).Where(i => i.Id.Hex.StartsWith(hex, StringComparison.Ordinal)).ToList();
+            if (matches.Count == 1)
+            {
+                return matches[0];
+            }
+        }
+
+        if (!ImageReference.TryParse(text, out var reference, out _))
+        {
+            return null;
+        }
+
+        var key = reference.Digest is { } d ? reference.WithDigest(d) : reference.TagReference!;
+        var resolved = await metadata.ResolveReferenceAsync(key, ct).ConfigureAwait(false);
+        return resolved is { } r ? await metadata.GetImageAsync(r, ct).ConfigureAwait(false) : null;
+    }
+
+    public Task<IReadOnlyList<ImageRecord>> ListAsync(CancellationToken ct) => metadata.ListImagesAsync(ct);
+
+    /// <summary>An image with its config and manifest, or null when it is not here.</summary>
+    public async Task<ImageDetails?> InspectAsync(string image, CancellationToken ct)
+    {
+        var record = await ResolveLocalAsync(image, ct).ConfigureAwait(false);
+        if (record is null)
+        {
+            return null;
+        }
+
+        var manifest = await ReadJsonAsync(record.ManifestDigest, OciJson.Default.ImageManifest, ct).ConfigureAwait(false);
+        var raw = await ReadBlobAsync(record.Id, ct).ConfigureAwait(false);
+        var config = JsonSerializer.Deserialize(raw, OciJson.Default.ImageConfig)
+            ?? throw new CrestException(ErrorKind.Internal, $"the config of image {record.Id} is empty");
+        return new ImageDetails(record, config, raw, manifest);
+    }
+
+    /// <summary>Bytes and inodes used by the content store and the snapshots (ImageFsInfo).</summary>
+    public static FilesystemUsage Usage(string root, params string[] trees)
+    {
+        long bytes = 0;
+        long inodes = 0;
+        foreach (var tree in trees)
+        {
+            var dir = new DirectoryInfo(tree);
+            if (!dir.Exists)
+            {
+                continue;
+            }
+
+            inodes++;
+            foreach (var entry in dir.EnumerateFileSystemInfos("*", new EnumerationOptions
+            {
+                RecurseSubdirectories = true,
+                AttributesToSkip = 0,
+                IgnoreInaccessible = true,
+                ReturnSpecialDirectories = false,
+            }))
+            {
+                inodes++;
+                if (entry is FileInfo { LinkTarget: null } f)
+                {
+                    bytes += f.Length;
+                }
+            }
+        }
+
+        return new FilesystemUsage(root, bytes, inodes);
+    }
+
+    internal async Task<byte[]> ReadBlobAsync(Digest digest, CancellationToken ct)
+    {
+        await using var s = content.OpenRead(digest);
+        using var ms = new MemoryStream();
+        await s.CopyToAsync(ms, ct).ConfigureAwait(false);
+        return ms.ToArray();
+    }
+
+    internal async Task<T> ReadJsonAsync<T>(Digest digest, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type, CancellationToken ct)
+    {
+        var bytes = await ReadBlobAsync(digest, ct).ConfigureAwait(false);
+        return ParseJson(bytes, type, $"blob {digest}");
+    }
+
+    internal static T ParseJson<T>(byte[] bytes, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type, string what)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize(bytes, type) ?? throw new CrestException(ErrorKind.InvalidArgument, $"{what} is empty JSON");
+        }
+        catch (JsonException e)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"{what} is not valid JSON of the expected shape: {e.Message}", e);
+        }
+    }
+
+    /// <summary>chain(0) = diff(0); chain(i) = sha256(chain(i-1) + " " + diff(i)), as the OCI image spec defines.</summary>
+    public static IReadOnlyList<string> ChainIds(IReadOnlyList<string> diffIds)
+    {
+        ArgumentNullException.ThrowIfNull(diffIds);
+        var chains = new List<string>(diffIds.Count);
+        foreach (var diff in diffIds)
+        {
+            chains.Add(chains.Count == 0 ? diff : Digest.Of(Encoding.ASCII.GetBytes($"{chains[^1]} {diff}")).ToString());
+        }
+
+        return chains;
+    }
+
+    private sealed class InflightPull
+    {
+        private readonly Lock _gate = new();
+        private readonly List<Action<PullProgress>> _watchers = [];
+
+        public TaskCompletionSource<ImageRecord> Result { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void Watch(Action<PullProgress>? watcher)
+        {
+            if (watcher is not null)
+            {
+                lock (_gate)
+                {
+                    _watchers.Add(watcher);
+                }
+            }
+        }
+
+        public void Unwatch(Action<PullProgress>? watcher)
+        {
+            if (watcher is not null)
+            {
+                lock (_gate)
+                {
+                    _watchers.Remove(watcher);
+                }
+            }
+        }
+
+        public void Report(PullProgress p)
+        {
+            Action<PullProgress>[] watchers;
+            lock (_gate)
+            {
+                watchers = [.. _watchers];
+            }
+
+            foreach (var w in watchers)
+            {
+                w(p);
+            }
+        }
+    }
+}
