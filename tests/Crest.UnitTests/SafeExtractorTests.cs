@@ -1,0 +1,230 @@
+using System.Formats.Tar;
+using Crest.Core;
+using Crest.Linux;
+using Crest.TestKit;
+using CsCheck;
+
+namespace Crest.UnitTests;
+
+public class SafeExtractorTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static MemoryStream Tar(Action<TarWriter> write)
+    {
+        var ms = new MemoryStream();
+        using (var w = new TarWriter(ms, TarEntryFormat.Pax, leaveOpen: true))
+        {
+            write(w);
+        }
+
+        ms.Position = 0;
+        return ms;
+    }
+
+    private static ExtractionPolicy Unprivileged => ExtractionPolicy.ImageLayer with { ApplyOwners = false, AllowDevices = false };
+
+    [Theory]
+    [InlineData("./a/b/", "a/b")]
+    [InlineData("a//b/./c", "a/b/c")]
+    [InlineData("./", "")]
+    public void Names_are_normalised(string name, string expected) => Assert.Equal(expected, SafeExtractor.NormalizeName(name));
+
+    [Theory]
+    [InlineData("/etc/passwd")]
+    [InlineData("../x")]
+    [InlineData("a/../../x")]
+    [InlineData("a/\0b")]
+    public void Escaping_names_are_refused(string name) => Assert.Throws<FormatException>(() => SafeExtractor.NormalizeName(name));
+
+    [Fact]
+    public async Task Files_directories_and_links_are_written_beneath_the_root()
+    {
+        using var dir = new TempDir();
+        using var x = new SafeExtractor(dir.Path, Unprivileged);
+
+        var result = await x.ExtractAsync(Tar(t =>
+        {
+            TestImages.Dir(t, "etc");
+            TestImages.File(t, "etc/hosts", "127.0.0.1 localhost\n"u8.ToArray(), mode: 0x1A4);
+            TestImages.Symlink(t, "hosts", "etc/hosts");
+            TestImages.HardLink(t, "etc/hosts2", "etc/hosts");
+            TestImages.File(t, "deep/er/file", "x"u8.ToArray());
+        }), "test archive", Ct);
+
+        Assert.Equal(5, result.Entries);
+        Assert.Equal("127.0.0.1 localhost\n", await File.ReadAllTextAsync(dir.Combine("etc/hosts"), Ct));
+        Assert.Equal("etc/hosts", new FileInfo(dir.Combine("hosts")).LinkTarget);
+        Assert.Equal("x", await File.ReadAllTextAsync(dir.Combine("deep/er/file"), Ct));
+        Assert.Equal((UnixFileMode)0x1A4, File.GetUnixFileMode(dir.Combine("etc/hosts")));
+    }
+
+    [Fact]
+    public async Task A_file_written_through_a_planted_symlink_is_refused()
+    {
+        using var dir = new TempDir();
+        using var outside = new TempDir();
+        using var x = new SafeExtractor(dir.Path, Unprivileged);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => x.ExtractAsync(Tar(t =>
+        {
+            TestImages.Symlink(t, "escape", outside.Path);
+            TestImages.File(t, "escape/pwned", "x"u8.ToArray());
+        }), "hostile archive", Ct));
+
+        Assert.Contains("passes through a symbolic link", e.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(outside.Path, "pwned")));
+    }
+
+    [Fact]
+    public async Task A_relative_symlink_that_climbs_out_cannot_be_written_through_either()
+    {
+        using var dir = new TempDir();
+        using var x = new SafeExtractor(dir.Path, Unprivileged);
+
+        await Assert.ThrowsAsync<CrestException>(() => x.ExtractAsync(Tar(t =>
+        {
+            TestImages.Symlink(t, "up", "../../../../../../../../tmp");
+            TestImages.File(t, "up/crest-pwned", "x"u8.ToArray());
+        }), "hostile archive", Ct));
+
+        Assert.False(File.Exists("/tmp/crest-pwned"));
+    }
+
+    [Fact]
+    public async Task A_hard_link_to_a_file_outside_the_archive_is_refused()
+    {
+        using var dir = new TempDir();
+        using var x = new SafeExtractor(dir.Path, Unprivileged);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => x.ExtractAsync(Tar(t => TestImages.HardLink(t, "shadow", "../../../etc/shadow")), "hostile archive", Ct));
+
+        Assert.Contains("hard link target", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_files_only_policy_refuses_links()
+    {
+        using var dir = new TempDir();
+        using var x = new SafeExtractor(dir.Path, ExtractionPolicy.FilesOnly);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => x.ExtractAsync(Tar(t => TestImages.Symlink(t, "container.log", "/etc/shadow")), "checkpoint", Ct));
+
+        Assert.Contains("symbolic link is not allowed here", e.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(dir.Combine("container.log")));
+    }
+
+    [Fact]
+    public async Task Entry_and_byte_caps_stop_an_expanding_archive()
+    {
+        using var dir = new TempDir();
+        using var few = new SafeExtractor(dir.CreateDirectory("a"), Unprivileged with { MaxEntries = 3 });
+        using var small = new SafeExtractor(dir.CreateDirectory("b"), Unprivileged with { MaxBytes = 1000 });
+
+        var entries = await Assert.ThrowsAsync<CrestException>(() => few.ExtractAsync(Tar(t =>
+        {
+            for (var i = 0; i < 10; i++)
+            {
+                TestImages.File(t, $"f{i}", []);
+            }
+        }), "bomb", Ct));
+        var bytes = await Assert.ThrowsAsync<CrestException>(() => small.ExtractAsync(Tar(t => TestImages.File(t, "big", new byte[5000])), "bomb", Ct));
+
+        Assert.Contains("more than 3 entries", entries.Message, StringComparison.Ordinal);
+        Assert.Contains("more than 1000 bytes", bytes.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_truncated_archive_is_an_error()
+    {
+        using var dir = new TempDir();
+        using var x = new SafeExtractor(dir.Path, Unprivileged);
+        var full = Tar(t => TestImages.File(t, "f", new byte[4096])).ToArray();
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => x.ExtractAsync(new MemoryStream(full[..1500]), "truncated", Ct));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+    }
+
+    [Fact]
+    public async Task Whiteouts_delete_below_when_applied_onto_a_tree()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.Combine("motd"), "x");
+        Directory.CreateDirectory(dir.Combine("data"));
+        File.WriteAllText(dir.Combine("data/old"), "x");
+        using var x = new SafeExtractor(dir.Path, Unprivileged with { Whiteouts = WhiteoutMode.Delete });
+
+        await x.ExtractAsync(Tar(t =>
+        {
+            TestImages.Whiteout(t, "motd");
+            TestImages.File(t, "data/.wh..wh..opq", []);
+            TestImages.File(t, "data/new", "n"u8.ToArray());
+        }), "diff", Ct);
+
+        Assert.False(File.Exists(dir.Combine("motd")));
+        Assert.False(File.Exists(dir.Combine("data/old")));
+        Assert.True(File.Exists(dir.Combine("data/new")));
+    }
+
+    [Fact]
+    public void Random_bytes_never_crash_the_extractor_or_write_outside_it()
+    {
+        using var dir = new TempDir();
+        Gen.Byte.Array[0, 4096].Sample(bytes =>
+        {
+            var root = Directory.CreateTempSubdirectory("crest-prop-").FullName;
+            try
+            {
+                using var x = new SafeExtractor(root, Unprivileged);
+                try
+                {
+                    x.ExtractAsync(new MemoryStream(bytes), "random", CancellationToken.None).GetAwaiter().GetResult();
+                }
+                catch (CrestException)
+                {
+                }
+            }
+            finally
+            {
+                Directory.Delete(root, recursive: true);
+            }
+        }, iter: 300);
+    }
+
+    [Fact]
+    public void Mutated_valid_archives_never_crash_the_extractor()
+    {
+        var valid = Tar(t =>
+        {
+            TestImages.Dir(t, "a");
+            TestImages.File(t, "a/f", new byte[700]);
+            TestImages.Symlink(t, "l", "a/f");
+        }).ToArray();
+        Gen.Select(Gen.Int[0, valid.Length - 1], Gen.Byte).Array[1, 8].Sample(mutations =>
+        {
+            var bytes = (byte[])valid.Clone();
+            foreach (var (at, value) in mutations)
+            {
+                bytes[at] = value;
+            }
+
+            var root = Directory.CreateTempSubdirectory("crest-prop-").FullName;
+            try
+            {
+                using var x = new SafeExtractor(root, Unprivileged);
+                try
+                {
+                    x.ExtractAsync(new MemoryStream(bytes), "mutated", CancellationToken.None).GetAwaiter().GetResult();
+                }
+                catch (CrestException)
+                {
+                }
+            }
+            finally
+            {
+                Directory.Delete(root, recursive: true);
+            }
+        }, iter: 300);
+    }
+}
