@@ -194,7 +194,8 @@ public sealed partial class ImageService
         if (name is not null)
         {
             // A bare tag in the archive ("latest") goes with the name given.
-            var withTag = refName is not null && !refName.Contains('/', StringComparison.Ordinal) && !refName.Contains(':', StringComparison.Ordinal) && !name.Contains(':', StringComparison.Ordinal)
+            var nameHasTag = name.IndexOf(':', name.LastIndexOf('/') + 1) >= 0 || name.Contains('@', StringComparison.Ordinal);
+            var withTag = refName is not null && !refName.Contains('/', StringComparison.Ordinal) && !refName.Contains(':', StringComparison.Ordinal) && !nameHasTag
                 ? $"{name}:{refName}"
                 : name;
             return ImageReference.Parse(withTag);
