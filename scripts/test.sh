@@ -24,29 +24,40 @@ timeout --kill-after=30s 2400 dotnet test --solution Crest.slnx -c Release --no-
   --report-trx --results-directory "$results"
 status=$?
 
-passed=0 failed=0 skipped=0 reports=0
-for trx in "$results"/*.trx; do
-  [ -f "$trx" ] || continue
-  reports=$((reports + 1))
+passed=0 failed=0 skipped=0
+for project in "${projects[@]}"; do
+  name=$(basename "$project")
+  trx=$(ls "$results/${name}"_*.trx 2>/dev/null | head -n 1)
+  if [ -z "$trx" ]; then
+    echo "test: $name wrote no report (it crashed or timed out); counted as one failure"
+    failed=$((failed + 1))
+    continue
+  fi
   counters=$(grep -o '<Counters [^>]*>' "$trx" | head -n 1)
-  get() { printf '%s' "$counters" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"; }
-  passed=$((passed + $(get passed)))
-  failed=$((failed + $(get failed) + $(get error) + $(get timeout) + $(get aborted)))
-  skipped=$((skipped + $(get notExecuted)))
+  if [ -z "$counters" ]; then
+    echo "test: $name's report has no counters; counted as one failure"
+    failed=$((failed + 1))
+    continue
+  fi
+  get() { local v; v=$(printf '%s' "$counters" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"); echo "${v:-0}"; }
+  p=$(get passed); f=$(( $(get failed) + $(get error) + $(get timeout) + $(get aborted) )); s=$(get notExecuted)
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+  # A test host that crashed still writes a report, with the run marked Failed and no failed test.
+  if grep -q '<ResultSummary outcome="Failed"' "$trx" && [ "$f" -eq 0 ]; then
+    echo "test: $name's test host failed outside any test; counted as one failure:"
+    grep -o '<Text>[^<]*' "$trx" | sed 's/<Text>/  /' | head -n 5
+    failed=$((failed + 1))
+  fi
 done
 
-missing=$(( ${#projects[@]} - reports ))
-if [ "$missing" -gt 0 ]; then
-  echo "test: $missing test project(s) wrote no report (crashed or timed out); counted as failures"
-  failed=$((failed + missing))
-fi
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
   echo "test: dotnet test exited $status although no test failed; counted as one failure"
   failed=1
 fi
 if [ "$skipped" -gt 0 ]; then
   echo "test: skipped tests and their reasons:"
-  awk '/outcome="NotExecuted"/ { match($0, /testName="[^"]*"/); name = substr($0, RSTART + 10, RLENGTH - 11); want = 1; next }
+  awk '/<UnitTestResult / { want = 0 }
+       /outcome="NotExecuted"/ { match($0, /testName="[^"]*"/); name = substr($0, RSTART + 10, RLENGTH - 11); want = 1; next }
        want && /<StdOut>/ { sub(/.*<StdOut>/, ""); sub(/<\/StdOut>.*/, ""); print "  " name ": " $0; want = 0 }' "$results"/*.trx
 fi
 

@@ -45,6 +45,22 @@ foreach (var subject in subjects)
     }
 }
 
+Console.Error.WriteLine("bench: building a ~100 MB, 4-layer image and pushing it to a loopback registry");
+await using (var registry = await Crest.TestKit.LocalRegistry.StartAsync())
+using (var layout = new Crest.TestKit.TempDir("crest-bench-layout"))
+{
+    var image = await Scenarios.PushLargeImageAsync(registry, layout.Path);
+    foreach (var subject in subjects)
+    {
+        Console.Error.WriteLine($"bench: {subject.Name}: cold pull of {image}, {runs} runs");
+        for (var r = 0; r < runs; r++)
+        {
+            await using var running = await subject.StartAsync();
+            report.Add("pull 100 MB, 4 layers (cold)", "ms", subject.Name, (await Scenarios.PullAsync(running.Socket, image)).TotalMilliseconds);
+        }
+    }
+}
+
 Directory.CreateDirectory(output);
 var stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
 var markdown = report.Markdown(subjects.Select(s => s.Name).ToList(), Environment.MachineName);

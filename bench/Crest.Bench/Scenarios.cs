@@ -32,6 +32,31 @@ internal static class Scenarios
         throw new TimeoutException($"no CRI answer on {socket} within {timeout}");
     }
 
+    /// <summary>Four layers of 25 MB of random bytes (incompressible, so gzip does not shrink the transfer).</summary>
+    public static async Task<string> PushLargeImageAsync(LocalRegistry registry, string layoutDir)
+    {
+        var layers = Enumerable.Range(0, 4).Select(i => new TestLayer(LayerCompression.Gzip, t =>
+        {
+            var data = new byte[25 * 1024 * 1024];
+            new Random(i).NextBytes(data);
+            TestImages.File(t, $"data/blob{i}", data);
+        })).ToList();
+        TestImages.WriteLayout(layoutDir, layers, "v1");
+        var image = $"{registry.Host}/bench/large:v1";
+        await TestImages.PushAsync(layoutDir, "v1", image);
+        return image;
+    }
+
+    /// <summary>One CRI PullImage, timed.</summary>
+    public static async Task<TimeSpan> PullAsync(string socket, string image)
+    {
+        using var channel = UnixGrpc.Channel(socket);
+        var client = new ImageService.ImageServiceClient(channel);
+        var t = Stopwatch.GetTimestamp();
+        await client.PullImageAsync(new PullImageRequest { Image = new ImageSpec { Image = image } }, deadline: DateTime.UtcNow.AddMinutes(5));
+        return Stopwatch.GetElapsedTime(t);
+    }
+
     /// <summary>Sequential Version calls on one channel; each latency in milliseconds goes to <paramref name="sample"/>.</summary>
     public static async Task VersionLatencyAsync(string socket, int calls, Action<double> sample)
     {

@@ -35,9 +35,13 @@ public sealed class CriuSwrkProbe(string criuPath, int minimumVersion, TimeProvi
         }
 
         var info = await AskVersionAsync(resolved, ct).ConfigureAwait(false);
-        lock (_gate)
+        // Only an answer is cached: a failed probe (a timeout, a crash) is asked again next time.
+        if (info.Version is not null)
         {
-            _cached = (resolved, file.LastWriteTimeUtc, file.Length, info);
+            lock (_gate)
+            {
+                _cached = (resolved, file.LastWriteTimeUtc, file.Length, info);
+            }
         }
 
         return info;
@@ -62,7 +66,7 @@ public sealed class CriuSwrkProbe(string criuPath, int minimumVersion, TimeProvi
         try
         {
             socket.Send(new criu_req { Type = criu_req_type.Version }.ToByteArray());
-            var answer = await Task.Run(() => socket.Receive(64 * 1024, time.GetUtcNow() + AnswerTimeout, time), ct).ConfigureAwait(false);
+            var answer = await Task.Run(() => socket.Receive(64 * 1024, time.GetUtcNow() + AnswerTimeout, time), ct).WaitAsync(ct).ConfigureAwait(false);
             if (answer is null)
             {
                 return new CriuInfo(path, null, 0, $"CRIU at {path} closed its RPC socket without answering a VERSION request");

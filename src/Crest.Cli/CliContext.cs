@@ -73,15 +73,19 @@ internal sealed record CliContext(CriEndpoint RuntimeEndpoint, CriEndpoint Image
         {
             if (t.EndsWith(suffix, StringComparison.Ordinal) && double.TryParse(t[..^suffix.Length], NumberStyles.Float, CultureInfo.InvariantCulture, out var value))
             {
-                return value <= 0 ? DefaultTimeout : TimeSpan.FromSeconds(value * scale);
+                return value <= 0 ? DefaultTimeout : Bounded(value * scale, text);
             }
         }
 
         if (double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out var seconds))
         {
-            return seconds <= 0 ? DefaultTimeout : TimeSpan.FromSeconds(seconds);
+            return seconds <= 0 ? DefaultTimeout : Bounded(seconds, text);
         }
 
         throw new CliUsageException($"--timeout \"{text}\" is not a duration; use a value such as 2s, 500ms or 1m");
     }
+
+    private static TimeSpan Bounded(double seconds, string text) => seconds <= TimeSpan.FromDays(7).TotalSeconds
+        ? TimeSpan.FromSeconds(seconds)
+        : throw new CliUsageException($"--timeout \"{text}\" is longer than 7 days");
 }

@@ -51,7 +51,12 @@ internal sealed class CriConnection : IDisposable
     public void CheckSocketExists()
     {
         var path = Endpoint.SocketPath;
-        if (!File.Exists(path) && !Directory.Exists(path))
+        if (Directory.Exists(path))
+        {
+            throw new CliFailure(ExitCodes.Unreachable, $"{path} is a directory, not a socket; point --runtime-endpoint at the runtime's socket file");
+        }
+
+        if (!File.Exists(path))
         {
             var dir = Path.GetDirectoryName(path);
             throw new CliFailure(ExitCodes.Unreachable,
@@ -73,6 +78,8 @@ internal sealed class CriConnection : IDisposable
         {
             var why = se.SocketErrorCode switch
             {
+                SocketError.ConnectionRefused when File.Exists(Endpoint.SocketPath) && new FileInfo(Endpoint.SocketPath).Length > 0 =>
+                    "it is a regular file, not a socket",
                 SocketError.ConnectionRefused => "nothing is listening there (connection refused): the runtime is not running or left a stale socket",
                 SocketError.AccessDenied => "permission denied: run as root or as a member of the socket's group",
                 SocketError.AddressNotAvailable => "the socket does not exist",

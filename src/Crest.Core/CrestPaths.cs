@@ -23,6 +23,9 @@ public sealed record CrestPaths(string Root, string State, string Socket)
     /// <summary>Per-container bundles and private checkpoint/restore directories.</summary>
     public string Containers => Path.Combine(Root, "containers");
 
-    /// <summary>Held with an exclusive lock while a crestd owns these roots.</summary>
+    /// <summary>Held with an exclusive lock while a crestd owns the state directory.</summary>
     public string DaemonLock => Path.Combine(State, "crestd.lock");
+
+    /// <summary>Held with an exclusive lock while a crestd owns the persistent root (one crest.db, one writer).</summary>
+    public string RootLock => Path.Combine(Root, "crestd.lock");
 }

@@ -48,7 +48,8 @@ public sealed class CrestDaemon : IAsyncDisposable
         var paths = config.Paths;
         Directory.CreateDirectory(paths.Root);
         Directory.CreateDirectory(paths.State);
-        var daemonLock = DaemonLock.Acquire(paths.DaemonLock);
+        var daemonLock = DaemonLock.Acquire(paths.DaemonLock, paths.RootLock);
+        WebApplication? started = null;
         try
         {
             var staleRemoved = await SocketGuard.PrepareAsync(paths.Socket, ct).ConfigureAwait(false);
@@ -133,6 +134,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             DaemonLog.StoreOpened(logger, store.Path, store.SchemaVersion);
             app.Lifetime.ApplicationStopping.Register(() => DaemonLog.Stopping(logger));
             await app.StartAsync(ct).ConfigureAwait(false);
+            started = app;
             // Only root and the socket's group may talk CRI: the API can run anything on the node.
             File.SetUnixFileMode(paths.Socket, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
             DaemonLog.Serving(logger, CriRuntimeService.CrestVersion, paths.Socket, paths.Root, paths.State, config.SourceFile ?? "(defaults)");
@@ -141,6 +143,14 @@ public sealed class CrestDaemon : IAsyncDisposable
         }
         catch
         {
+            // Nothing of a failed start may keep serving: stop Kestrel, drop the socket, then the locks.
+            if (started is not null)
+            {
+                await started.StopAsync(CancellationToken.None).ConfigureAwait(false);
+                await started.DisposeAsync().ConfigureAwait(false);
+                TryDeleteSocket(paths.Socket);
+            }
+
             daemonLock.Dispose();
             throw;
         }
@@ -176,7 +186,18 @@ public sealed class CrestDaemon : IAsyncDisposable
 
     private static async Task LogConditionsAsync(NodeStatusService status, ILogger logger, CancellationToken ct)
     {
-        var node = await status.GetAsync(ct).ConfigureAwait(false);
+        NodeStatus node;
+        try
+        {
+            node = await status.GetAsync(ct).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            // A broken probe is reported by Status; it must not stop the daemon from serving.
+            DaemonLog.ConditionFalse(logger, "Status", "ProbeFailed", e.Message);
+            return;
+        }
+
         foreach (var c in node.Conditions.Where(c => !c.Status))
         {
             DaemonLog.ConditionFalse(logger, c.Type, c.Reason, c.Message);

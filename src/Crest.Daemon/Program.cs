@@ -40,6 +40,11 @@ root.SetAction(async (parse, ct) =>
         await Console.Error.WriteLineAsync($"crestd: {e.Message}");
         return e.Kind == ErrorKind.AlreadyExists ? 3 : 1;
     }
+    catch (Exception e) when (e is IOException or UnauthorizedAccessException or System.Net.Sockets.SocketException or InvalidOperationException)
+    {
+        await Console.Error.WriteLineAsync($"crestd: could not start: {e.Message}");
+        return 1;
+    }
 
     await using (daemon)
     {

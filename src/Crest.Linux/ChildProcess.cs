@@ -31,12 +31,44 @@ public sealed class ChildProcess
         var argvBlock = NullTerminatedStrings(argv);
         var envBlock = NullTerminatedStrings(env.Select(kv => $"{kv.Key}={kv.Value}").ToList());
         var actions = NativeMemory.AllocZeroed(Interop.SpawnFileActionsSize);
+        var attributes = NativeMemory.AllocZeroed(Interop.SpawnAttrSize);
+        var signals = NativeMemory.AllocZeroed(128);
+        // Source descriptors are first copied above every target number, so no dup2 clobbers a later source.
+        var lifted = new List<int>();
         try
         {
+            // .NET ignores SIGPIPE and blocks some signals in its threads; a child starts with the defaults.
+            Check(Interop.SpawnAttrInit(attributes), "posix_spawnattr_init");
+            _ = Interop.SigFillSet(signals);
+            Check(Interop.SpawnAttrSetSigDefault(attributes, signals), "posix_spawnattr_setsigdefault");
+            _ = Interop.SigEmptySet(signals);
+            Check(Interop.SpawnAttrSetSigMask(attributes, signals), "posix_spawnattr_setsigmask");
+            Check(Interop.SpawnAttrSetFlags(attributes, Interop.POSIX_SPAWN_SETSIGDEF | Interop.POSIX_SPAWN_SETSIGMASK), "posix_spawnattr_setflags");
+            var wanted = descriptors.ToList();
+            var floor = wanted.Select(d => d.Number).DefaultIfEmpty(0).Max() + 1;
+            var plan = new List<ChildFd>();
+            foreach (var d in wanted)
+            {
+                if (d.DevNull)
+                {
+                    plan.Add(d);
+                    continue;
+                }
+
+                var high = Interop.FcntlDupFd(d.ParentFd, Interop.F_DUPFD_CLOEXEC, Math.Max(floor, 3));
+                if (high < 0)
+                {
+                    throw new IOException($"could not duplicate descriptor {d.ParentFd} for {path}: {Marshal.GetLastPInvokeErrorMessage()}");
+                }
+
+                lifted.Add(high);
+                plan.Add(d with { ParentFd = high });
+            }
+
             Check(Interop.SpawnFileActionsInit(actions), "posix_spawn_file_actions_init");
             try
             {
-                foreach (var d in descriptors)
+                foreach (var d in plan)
                 {
                     if (d.DevNull)
                     {
@@ -52,7 +84,7 @@ public sealed class ChildProcess
 
                 fixed (byte** a = argvBlock.Pointers, e = envBlock.Pointers)
                 {
-                    var rc = Interop.PosixSpawn(out var pid, path, actions, null, a, e);
+                    var rc = Interop.PosixSpawn(out var pid, path, actions, attributes, a, e);
                     if (rc != 0)
                     {
                         throw new IOException($"could not start {path}: {Marshal.GetPInvokeErrorMessage(rc)} (errno {rc})");
@@ -68,6 +100,14 @@ public sealed class ChildProcess
         }
         finally
         {
+            foreach (var fd in lifted)
+            {
+                _ = Interop.Close(fd);
+            }
+
+            _ = Interop.SpawnAttrDestroy(attributes);
+            NativeMemory.Free(signals);
+            NativeMemory.Free(attributes);
             NativeMemory.Free(actions);
             argvBlock.Free();
             envBlock.Free();

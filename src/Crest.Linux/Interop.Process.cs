@@ -20,6 +20,37 @@ internal static unsafe partial class Interop
     [LibraryImport("libc", EntryPoint = "posix_spawn_file_actions_addopen", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     internal static partial int SpawnFileActionsAddOpen(void* actions, int fd, string path, int flags, uint mode);
 
+    // glibc's posix_spawnattr_t is 336 bytes on x86_64; leave room.
+    internal const int SpawnAttrSize = 512;
+    internal const short POSIX_SPAWN_SETSIGDEF = 0x04;
+    internal const short POSIX_SPAWN_SETSIGMASK = 0x08;
+
+    [LibraryImport("libc", EntryPoint = "posix_spawnattr_init", SetLastError = true)]
+    internal static partial int SpawnAttrInit(void* attr);
+
+    [LibraryImport("libc", EntryPoint = "posix_spawnattr_destroy", SetLastError = true)]
+    internal static partial int SpawnAttrDestroy(void* attr);
+
+    [LibraryImport("libc", EntryPoint = "posix_spawnattr_setflags", SetLastError = true)]
+    internal static partial int SpawnAttrSetFlags(void* attr, short flags);
+
+    [LibraryImport("libc", EntryPoint = "posix_spawnattr_setsigdefault", SetLastError = true)]
+    internal static partial int SpawnAttrSetSigDefault(void* attr, void* sigset);
+
+    [LibraryImport("libc", EntryPoint = "posix_spawnattr_setsigmask", SetLastError = true)]
+    internal static partial int SpawnAttrSetSigMask(void* attr, void* sigset);
+
+    [LibraryImport("libc", EntryPoint = "sigfillset", SetLastError = true)]
+    internal static partial int SigFillSet(void* sigset);
+
+    [LibraryImport("libc", EntryPoint = "sigemptyset", SetLastError = true)]
+    internal static partial int SigEmptySet(void* sigset);
+
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    internal static partial int FcntlDupFd(int fd, int command, int minFd);
+
+    internal const int F_DUPFD_CLOEXEC = 1030;
+
     [LibraryImport("libc", EntryPoint = "posix_spawn", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     internal static partial int PosixSpawn(out int pid, string path, void* fileActions, void* attributes, byte** argv, byte** envp);
 

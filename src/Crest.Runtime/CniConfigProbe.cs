@@ -87,7 +87,7 @@ public static class CniConfigProbe
 
                 foreach (var p in plugins.EnumerateArray())
                 {
-                    if (!p.TryGetProperty("type", out var t) || t.ValueKind != JsonValueKind.String || string.IsNullOrEmpty(t.GetString()))
+                    if (p.ValueKind != JsonValueKind.Object || !p.TryGetProperty("type", out var t) || t.ValueKind != JsonValueKind.String || string.IsNullOrEmpty(t.GetString()))
                     {
                         return Problem(file, $"{file} has a plugin without a type");
                     }
@@ -110,7 +110,7 @@ public static class CniConfigProbe
         {
             return Problem(file, $"{file} is not valid JSON: {e.Message}");
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             return Problem(file, $"{file} cannot be read: {e.Message}");
         }

@@ -131,11 +131,11 @@ public class DaemonTests
 
         var pods = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ListPodSandboxAsync(new ListPodSandboxRequest(), cancellationToken: Ct).ResponseAsync);
         var checkpoint = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.CheckpointContainerAsync(new CheckpointContainerRequest(), cancellationToken: Ct).ResponseAsync);
-        var images = await Assert.ThrowsAsync<RpcException>(() => d.Images.ListImagesAsync(new ListImagesRequest(), cancellationToken: Ct).ResponseAsync);
+        var containers = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ListContainersAsync(new ListContainersRequest(), cancellationToken: Ct).ResponseAsync);
 
         Assert.Equal(StatusCode.Unimplemented, pods.StatusCode);
         Assert.Equal(StatusCode.Unimplemented, checkpoint.StatusCode);
-        Assert.Equal(StatusCode.Unimplemented, images.StatusCode);
+        Assert.Equal(StatusCode.Unimplemented, containers.StatusCode);
     }
 
     [Fact]
@@ -179,6 +179,40 @@ public class DaemonTests
         var e = await Assert.ThrowsAsync<CrestException>(() => CrestDaemon.StartAsync(config, Ct));
 
         Assert.Contains("another crestd holds", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_second_daemon_on_the_same_root_is_refused_even_with_its_own_state()
+    {
+        await using var first = await DaemonHarness.StartAsync();
+        using var other = new TempDir("crest-it");
+        var config = first.Daemon.Config with
+        {
+            Paths = new CrestPaths(first.Daemon.Config.Paths.Root, other.Combine("state"), other.Combine("state", "crest.sock")),
+        };
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => CrestDaemon.StartAsync(config, Ct));
+
+        Assert.Contains($"another crestd holds {first.Daemon.Config.Paths.Root}/crestd.lock", e.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(other.Combine("state", "crest.sock")));
+    }
+
+    [Fact]
+    public async Task A_malformed_cni_file_makes_the_network_not_ready_instead_of_breaking_status()
+    {
+        await using var d = await DaemonHarness.StartAsync(c =>
+        {
+            var conf = c.Paths.Root + "-badcni";
+            Directory.CreateDirectory(conf);
+            File.WriteAllText(Path.Combine(conf, "10-bad.conflist"), """{"name":"bad","plugins":[1]}""");
+            return c with { Cni = c.Cni with { ConfDir = conf } };
+        });
+
+        var status = await d.Runtime.StatusAsync(new StatusRequest(), cancellationToken: Ct);
+
+        var network = status.Status.Conditions.Single(c => c.Type == "NetworkReady");
+        Assert.False(network.Status);
+        Assert.Contains("has a plugin without a type", network.Message, StringComparison.Ordinal);
     }
 
     [Fact]

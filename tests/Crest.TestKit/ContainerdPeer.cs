@@ -39,6 +39,8 @@ public sealed class ContainerdPeer : IAsyncDisposable
             state = "{dir.Combine("state")}"
             [grpc]
               address = "{socket}"
+            [plugins."io.containerd.nri.v1.nri"]
+              disable = true
             [plugins."io.containerd.cri.v1.runtime"]
               enable_cdi = false
             [plugins."io.containerd.cri.v1.runtime".cni]

@@ -61,15 +61,41 @@ public class OutputTests
         Assert.Equal("a: \"true\"\nb: \"\"\nc: \"1.5\"\nd: plain\ne: \"x: y\"\nf: []\ng: {}\n", yaml);
     }
 
+    [Theory]
+    [InlineData("Yes")]
+    [InlineData("NULL")]
+    [InlineData("True")]
+    [InlineData("key:")]
+    [InlineData("2026-11-28")]
+    [InlineData("0x1F")]
+    [InlineData("=")]
+    [InlineData("<<")]
+    [InlineData(".inf")]
+    [InlineData("a #b")]
+    public void Yaml_quotes_strings_a_yaml_reader_would_turn_into_something_else(string value)
+    {
+        using var doc = JsonDocument.Parse(JsonSerializer.Serialize(new Dictionary<string, string> { ["k"] = value }));
+
+        Assert.Equal($"k: {JsonSerializer.Serialize(value)}\n", YamlWriter.Write(doc.RootElement));
+    }
+
+    [Fact]
+    public void Yaml_leaves_ordinary_words_paths_and_digests_plain()
+    {
+        using var doc = JsonDocument.Parse("""{"a":"RuntimeReady","b":"/usr/sbin/runc","c":"sha256:abc","d":"docker.io/library/busybox:latest"}""");
+
+        Assert.Equal("a: RuntimeReady\nb: /usr/sbin/runc\nc: sha256:abc\nd: docker.io/library/busybox:latest\n", YamlWriter.Write(doc.RootElement));
+    }
+
     [Fact]
     public void Yaml_nests_sequences_of_mappings_in_block_style()
     {
-        using var doc = JsonDocument.Parse("""{"conditions":[{"type":"RuntimeReady","status":true},{"type":"NetworkReady","status":false}],"n":[1,2]}""");
+        using var doc = JsonDocument.Parse("""{"conditions":[{"type":"RuntimeReady","status":true},{"type":"NetworkReady","status":false}],"nums":[1,2]}""");
 
         var yaml = YamlWriter.Write(doc.RootElement);
 
         Assert.Equal(
-            "conditions:\n  - type: RuntimeReady\n    status: true\n  - type: NetworkReady\n    status: false\nn:\n  - 1\n  - 2\n",
+            "conditions:\n  - type: RuntimeReady\n    status: true\n  - type: NetworkReady\n    status: false\nnums:\n  - 1\n  - 2\n",
             yaml);
     }
 

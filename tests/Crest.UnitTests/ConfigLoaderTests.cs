@@ -83,6 +83,10 @@ public class ConfigLoaderTests
     [InlineData("[paths]\nroot = \"var/lib/crest\"", "paths.root must be an absolute path")]
     [InlineData("[checkpoint]\nmin_criu_version = \"four\"", "checkpoint.min_criu_version must be a version")]
     [InlineData("[log]\nlevel = \"loud\"", "log.level: expected one of")]
+    [InlineData("[checkpoint]\ncriu_path = \"\"", "checkpoint.criu_path must be a non-empty string")]
+    [InlineData("[cni]\nconf_dir = \"etc/cni\"", "cni.conf_dir must be an absolute path")]
+    [InlineData("[cni]\nplugin_dirs = [\"lib/cni\"]", "cni.plugin_dirs must be a list of absolute paths")]
+    [InlineData("[registries.\"r.example\"]\nmirrors = [\"ftp://m\"]", "mirrors must be a list of http:// or https:// URLs")]
     public void A_value_of_the_wrong_shape_says_what_was_expected(string toml, string expected)
     {
         var e = Assert.Throws<CrestException>(() => ConfigLoader.Parse(toml, "c.toml"));
@@ -113,6 +117,33 @@ public class ConfigLoaderTests
         var config = ConfigLoader.ApplyOverrides(new CrestConfig(), new ConfigOverrides(State: "/tmp/s", Socket: "/tmp/other.sock"));
 
         Assert.Equal("/tmp/other.sock", config.Paths.Socket);
+    }
+
+    [Fact]
+    public void A_socket_path_too_long_for_a_unix_address_is_refused()
+    {
+        var e = Assert.Throws<CrestException>(() => ConfigLoader.ApplyOverrides(new CrestConfig(), new ConfigOverrides(Socket: "/tmp/" + new string('s', 120))));
+
+        Assert.Contains("longer than the 107 bytes", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Registries_are_read_per_host()
+    {
+        var config = ConfigLoader.Parse("""
+            [registries."127.0.0.1:5000"]
+            username = "alice"
+            password = "pw"
+            [registries."docker.io"]
+            mirrors = ["http://127.0.0.1:5001"]
+            [registries."insecure.example:5000"]
+            plain_http = true
+            """, "c.toml");
+
+        Assert.Equal("alice", config.Registries.For("127.0.0.1:5000").Username);
+        Assert.Equal(new Uri("http://127.0.0.1:5001"), Assert.Single(config.Registries.For("docker.io").Mirrors));
+        Assert.True(config.Registries.For("insecure.example:5000").PlainHttp);
+        Assert.False(config.Registries.For("quay.io").PlainHttp);
     }
 
     [Fact]

@@ -5,7 +5,7 @@ using System.Text.Json;
 namespace Crest.Cli.Output;
 
 /// <summary>Writes a JSON document as block-style YAML (what crictl -o yaml prints), quoting strings that YAML would misread.</summary>
-internal static class YamlWriter
+internal static partial class YamlWriter
 {
     public static string Write(JsonElement element)
     {
@@ -110,18 +110,22 @@ internal static class YamlWriter
         return s;
     }
 
+    /// <summary>
+    /// Plain only when YAML 1.1 and 1.2 readers alike read it back as this string: letters, digits and a few
+    /// separators, not starting like a number, and none of the words YAML turns into booleans or nulls.
+    /// </summary>
     private static bool NeedsQuotes(string s)
     {
-        if (s is "true" or "false" or "null" or "~" or "yes" or "no" or "on" or "off" || double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out _))
+        if (!PlainSafe().IsMatch(s))
         {
             return true;
         }
 
-        if (char.IsWhiteSpace(s[0]) || char.IsWhiteSpace(s[^1]) || "-?:,[]{}#&*!|>'\"%@`".Contains(s[0], StringComparison.Ordinal))
-        {
-            return true;
-        }
-
-        return s.Contains(": ", StringComparison.Ordinal) || s.Contains(" #", StringComparison.Ordinal) || s.Any(char.IsControl);
+        var lower = s.ToLowerInvariant();
+        return lower is "true" or "false" or "yes" or "no" or "on" or "off" or "y" or "n" or "null" or "~"
+            || char.IsDigit(s[0]) || s[0] is '.' or '-' or '+';
     }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^[A-Za-z0-9_./@+-][A-Za-z0-9_./@+:-]*(?<!:)$")]
+    private static partial System.Text.RegularExpressions.Regex PlainSafe();
 }

@@ -21,7 +21,17 @@ public static class ConfigLoader
         CrestConfig config;
         if (File.Exists(path))
         {
-            config = Parse(File.ReadAllText(path), path);
+            string text;
+            try
+            {
+                text = File.ReadAllText(path);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"config file {path} cannot be read: {e.Message}", e);
+            }
+
+            config = Parse(text, path);
         }
         else if (overrides.ConfigFile is not null)
         {
@@ -52,6 +62,13 @@ public static class ConfigLoader
                 Format = o.LogFormat is null ? config.Log.Format : ParseFormat(o.LogFormat, "--log-format"),
             },
         };
+        // sun_path holds 108 bytes including the terminating NUL.
+        if (System.Text.Encoding.UTF8.GetByteCount(result.Paths.Socket) > 107)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument,
+                $"socket path {result.Paths.Socket} is longer than the 107 bytes a unix socket address holds; choose a shorter --socket or --state");
+        }
+
         return result;
     }
 
@@ -127,7 +144,7 @@ public static class ConfigLoader
         {
             config = config with
             {
-                Cni = new CniOptions(t.String("conf_dir") ?? defaults.Cni.ConfDir, t.Strings("plugin_dirs") ?? defaults.Cni.PluginDirs),
+                Cni = new CniOptions(t.Directory("conf_dir") ?? defaults.Cni.ConfDir, AbsoluteDirs(t.Strings("plugin_dirs"), sourceName) ?? defaults.Cni.PluginDirs),
             };
         });
         reader.Table("checkpoint", t =>
@@ -171,6 +188,9 @@ public static class ConfigLoader
         reader.RejectUnknown();
         return config;
     }
+
+    private static List<string>? AbsoluteDirs(List<string>? dirs, string sourceName) =>
+        dirs?.Select(d => Path.IsPathRooted(d) ? d : throw Invalid(sourceName, "cni.plugin_dirs", "a list of absolute paths", d)).ToList();
 
     private static int ParseCriuVersion(string text, string sourceName)
     {
@@ -224,7 +244,18 @@ public static class ConfigLoader
 
         public IEnumerable<string> Keys() => table.Keys;
 
-        public string? String(string key) => Get<string>(key, "a string");
+        public string? String(string key)
+        {
+            var value = Get<string>(key, "a string");
+            return value is not null && value.Trim().Length == 0 ? throw Invalid(source, Name(key), "a non-empty string", value) : value;
+        }
+
+        /// <summary>A directory, which must be absolute: crestd's working directory must not change what it reads.</summary>
+        public string? Directory(string key)
+        {
+            var value = String(key);
+            return value is not null && !Path.IsPathRooted(value) ? throw Invalid(source, Name(key), "an absolute path", value) : value;
+        }
 
         public bool? Bool(string key) => Get<bool?>(key, "true or false");
 
@@ -236,7 +267,7 @@ public static class ConfigLoader
                 return null;
             }
 
-            return array.Select(v => v as string ?? throw Invalid(source, Name(key), "an array of strings", v)).ToList();
+            return array.Select(v => v is string { Length: > 0 } text ? text : throw Invalid(source, Name(key), "an array of non-empty strings", v)).ToList();
         }
 
         public void Table(string key, Action<TableReader> read)

@@ -8,11 +8,31 @@ namespace Crest.Daemon.Hosting;
 /// </summary>
 internal sealed class DaemonLock : IDisposable
 {
-    private readonly FileStream _file;
+    private readonly FileStream[] _files;
 
-    private DaemonLock(FileStream file) => _file = file;
+    private DaemonLock(FileStream[] files) => _files = files;
 
-    public static DaemonLock Acquire(string path)
+    /// <summary>Locks every path (the state and the root), or none.</summary>
+    public static DaemonLock Acquire(params string[] paths)
+    {
+        var files = new List<FileStream>();
+        try
+        {
+            foreach (var path in paths)
+            {
+                files.Add(Lock(path));
+            }
+        }
+        catch
+        {
+            files.ForEach(f => f.Dispose());
+            throw;
+        }
+
+        return new DaemonLock([.. files]);
+    }
+
+    private static FileStream Lock(string path)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         try
@@ -25,14 +45,20 @@ internal sealed class DaemonLock : IDisposable
             }
 
             file.Flush();
-            return new DaemonLock(file);
+            return file;
         }
         catch (IOException e)
         {
             throw new CrestException(ErrorKind.AlreadyExists,
-                $"another crestd holds {path}; stop it first or run this one with its own --state and --socket", e);
+                $"another crestd holds {path}; stop it first or run this one with its own --root, --state and --socket", e);
         }
     }
 
-    public void Dispose() => _file.Dispose();
+    public void Dispose()
+    {
+        foreach (var f in _files)
+        {
+            f.Dispose();
+        }
+    }
 }

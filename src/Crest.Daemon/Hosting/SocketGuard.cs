@@ -31,27 +31,41 @@ internal static class SocketGuard
                 $"{socketPath} exists and is not a socket; crestd will not remove it; move it aside or choose another --socket");
         }
 
-        if (await IsLiveAsync(socketPath, ct).ConfigureAwait(false))
+        var probe = await ProbeAsync(socketPath, ct).ConfigureAwait(false);
+        if (probe is not null)
         {
-            throw new CrestException(ErrorKind.AlreadyExists,
-                $"another server is listening on {socketPath} (a connection succeeded); stop that crestd first or give this one another --socket and --state");
+            throw new CrestException(ErrorKind.AlreadyExists, probe);
         }
 
         File.Delete(socketPath);
         return true;
     }
 
-    public static async Task<bool> IsLiveAsync(string socketPath, CancellationToken ct)
+    /// <summary>
+    /// Null when the socket is dead (connection refused: nobody listens, safe to remove); otherwise why it
+    /// must be left alone. Only ECONNREFUSED proves a socket stale: a busy or unreachable server is still a server.
+    /// </summary>
+    private static async Task<string?> ProbeAsync(string socketPath, CancellationToken ct)
     {
         using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(5));
         try
         {
-            await probe.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct).ConfigureAwait(false);
-            return true;
+            await probe.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), timeout.Token).ConfigureAwait(false);
+            return $"another server is listening on {socketPath} (a connection succeeded); stop that crestd first or give this one another --socket and --state";
         }
-        catch (SocketException)
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
         {
-            return false;
+            return null;
+        }
+        catch (SocketException e)
+        {
+            return $"{socketPath} is a socket that could not be probed ({e.SocketErrorCode}: {e.Message}); crestd will not remove it; check who owns it or choose another --socket";
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            return $"{socketPath} accepts no connection within 5 s but does not refuse either: another server may be starting or hung; crestd will not remove it";
         }
     }
 
