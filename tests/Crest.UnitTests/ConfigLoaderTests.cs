@@ -154,3 +154,27 @@ public class ConfigLoaderTests
         Assert.Contains("/nonexistent/crest.toml does not exist", e.Message, StringComparison.Ordinal);
     }
 }
+
+public class ConfigDocumentationTests
+{
+    [Fact]
+    public void The_reference_in_docs_config_md_is_a_config_crestd_accepts()
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "docs", "config.md")))
+        {
+            dir = dir.Parent;
+        }
+
+        Assert.NotNull(dir);
+        var markdown = File.ReadAllText(Path.Combine(dir.FullName, "docs", "config.md"));
+        var start = markdown.IndexOf("```toml\n", StringComparison.Ordinal) + "```toml\n".Length;
+        var toml = markdown[start..markdown.IndexOf("```", start, StringComparison.Ordinal)];
+
+        var config = ConfigLoader.Parse(toml, "docs/config.md");
+
+        Assert.Equal(new CrestConfig().Paths, config.Paths);
+        Assert.Equal(["runc", "crun"], config.Runtime.Handlers.Select(h => h.Name));
+        Assert.Equal("alice", config.Registries.For("127.0.0.1:5000").Username);
+    }
+}
