@@ -113,6 +113,14 @@ public sealed class CrestDaemon : IAsyncDisposable
             }));
             builder.Services.AddSingleton(ImageServiceOptions.Default);
             builder.Services.AddSingleton<Crest.Images.ImageService>();
+            builder.Services.AddSingleton<Crest.Linux.ILinux, Crest.Linux.LinuxSyscalls>();
+            builder.Services.AddSingleton<IRuntimeStore>(new SqliteRuntimeStore(store));
+            builder.Services.AddSingleton<RuntimeLayout>();
+            builder.Services.AddSingleton<IOciRuntime>(sp => new ConmonOciRuntime(config.Runtime.ConmonPath, sp.GetRequiredService<ICommandRunner>()));
+            builder.Services.AddSingleton<CniNetwork>();
+            builder.Services.AddSingleton<SandboxService>();
+            builder.Services.AddSingleton<ContainerService>();
+            builder.Services.AddSingleton<PodService>();
             builder.Services.AddGrpc(o =>
             {
                 o.Interceptors.Add<ErrorInterceptor>();
@@ -133,6 +141,13 @@ public sealed class CrestDaemon : IAsyncDisposable
 
             DaemonLog.StoreOpened(logger, store.Path, store.SchemaVersion);
             app.Lifetime.ApplicationStopping.Register(() => DaemonLog.Stopping(logger));
+            // Reconcile before serving: containers take their state from conmon's exit files, half-made ones are undone.
+            var (kept, rolledBack) = await app.Services.GetRequiredService<ContainerService>().RecoverAsync(ct).ConfigureAwait(false);
+            if (kept + rolledBack > 0)
+            {
+                DaemonLog.Recovered(logger, kept, rolledBack);
+            }
+
             await app.StartAsync(ct).ConfigureAwait(false);
             started = app;
             // Only root and the socket's group may talk CRI: the API can run anything on the node.

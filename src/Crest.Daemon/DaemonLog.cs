@@ -26,6 +26,9 @@ internal static partial class DaemonLog
     [LoggerMessage(7, LogLevel.Error, "{Method} failed with an unexpected error")]
     public static partial void UnexpectedRpcError(ILogger logger, Exception exception, string method);
 
+    [LoggerMessage(9, LogLevel.Information, "recovered {Kept} containers from the store; rolled back {RolledBack} half-made ones")]
+    public static partial void Recovered(ILogger logger, int kept, int rolledBack);
+
     [LoggerMessage(8, LogLevel.Debug, "{Method} failed: {Kind}: {Message}")]
     public static partial void RpcFailed(ILogger logger, string method, Crest.Core.ErrorKind kind, string message);
 }

@@ -94,3 +94,9 @@ internal static unsafe partial class Interop
     internal const int ECHILD = 10;
     internal const int SIGKILL = 9;
 }
+
+internal static unsafe partial class Interop
+{
+    [LibraryImport("libc", EntryPoint = "pipe2", SetLastError = true)]
+    internal static partial int Pipe2(int* fds, int flags);
+}

@@ -6,6 +6,12 @@ namespace Crest.Runtime;
 /// <summary>One invocation of an external program: argv built from a typed options record, never through a shell.</summary>
 public sealed record CommandLine(string Program, IReadOnlyList<string> Arguments)
 {
+    /// <summary>Variables added to (or replacing) the daemon's environment.</summary>
+    public IReadOnlyDictionary<string, string>? Environment { get; init; }
+
+    /// <summary>Bytes written to the program's standard input, then closed.</summary>
+    public string? StandardInput { get; init; }
+
     public override string ToString() => string.Join(' ', Arguments.Prepend(Program));
 }
 
@@ -35,6 +41,11 @@ public sealed class ProcessCommandRunner : ICommandRunner
             start.ArgumentList.Add(a);
         }
 
+        foreach (var (k, v) in command.Environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[k] = v;
+        }
+
         using var process = new Process { StartInfo = start };
         try
         {
@@ -43,6 +54,11 @@ public sealed class ProcessCommandRunner : ICommandRunner
         catch (System.ComponentModel.Win32Exception e)
         {
             throw new CrestException(ErrorKind.FailedPrecondition, $"could not run {command.Program}: {e.Message}", e);
+        }
+
+        if (command.StandardInput is { } input)
+        {
+            await process.StandardInput.WriteAsync(input.AsMemory(), ct).ConfigureAwait(false);
         }
 
         process.StandardInput.Close();

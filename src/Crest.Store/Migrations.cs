@@ -52,6 +52,22 @@ internal static class Migrations
             PRIMARY KEY (holder, key)
         ) STRICT;
         """,
+
+        // 3: pod sandboxes and containers, as JSON documents with the columns lists filter on.
+        """
+        CREATE TABLE sandboxes (
+            id       TEXT PRIMARY KEY NOT NULL,
+            state    TEXT NOT NULL,
+            document TEXT NOT NULL
+        ) STRICT;
+        CREATE TABLE containers (
+            id         TEXT PRIMARY KEY NOT NULL,
+            sandbox_id TEXT NOT NULL,
+            state      TEXT NOT NULL,
+            document   TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX containers_by_sandbox ON containers(sandbox_id);
+        """,
     ];
 
     public static int Latest => Steps.Count;

@@ -8,7 +8,13 @@ namespace Crest.Daemon.Cri;
 /// each a thin adapter that maps the request to a domain call and the answer back. Every RPC not
 /// overridden here answers Unimplemented (the generated base class does that) until its issue lands.
 /// </summary>
-internal sealed partial class CriRuntimeService(NodeStatusService nodeStatus, RuntimeOptions runtime) : RuntimeService.RuntimeServiceBase
+internal sealed partial class CriRuntimeService(
+    NodeStatusService nodeStatus,
+    RuntimeOptions runtime,
+    SandboxService sandboxes,
+    ContainerService containers,
+    PodService pods,
+    RuntimeLayout runtimeLayout) : RuntimeService.RuntimeServiceBase
 {
     /// <summary>The version of the kubelet runtime API this server speaks (the Version RPC's "version" field).</summary>
     public const string KubeletApiVersion = "0.1.0";

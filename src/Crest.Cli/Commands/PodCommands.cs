@@ -1,0 +1,257 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Crest.Cli.Output;
+using Google.Protobuf;
+using Runtime.V1;
+
+namespace Crest.Cli.Commands;
+
+/// <summary>crictl's pod and container verbs: runp, create, start, run, stop, rm, stopp, rmp, ps, pods, inspect, inspectp.</summary>
+internal static class PodCommands
+{
+    private static readonly JsonParser Parser = new(JsonParser.Settings.Default.WithIgnoreUnknownFields(true));
+
+    public static IEnumerable<Command> Create(GlobalOptions global, TextWriter output)
+    {
+        var runtimeHandler = new Option<string?>("--runtime") { Description = "runtime handler (runc, crun)" };
+
+        var podConfig = new Argument<string>("pod-config.json");
+        var runp = new Command("runp", "Run a pod sandbox from a crictl pod config file") { podConfig, runtimeHandler };
+        runp.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            var config = ReadConfig<PodSandboxConfig>(parse.GetValue(podConfig)!);
+            var r = await client.RunPodSandboxAsync(new RunPodSandboxRequest { Config = config, RuntimeHandler = parse.GetValue(runtimeHandler) ?? "" }, o);
+            await output.WriteLineAsync(r.PodSandboxId);
+        }, ct));
+        yield return runp;
+
+        var createPod = new Argument<string>("pod-id");
+        var createConfig = new Argument<string>("container-config.json");
+        var createPodConfig = new Argument<string>("pod-config.json");
+        var create = new Command("create", "Create a container in a pod from crictl config files") { createPod, createConfig, createPodConfig };
+        create.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            var r = await client.CreateContainerAsync(new CreateContainerRequest
+            {
+                PodSandboxId = parse.GetValue(createPod)!,
+                Config = ReadConfig<ContainerConfig>(parse.GetValue(createConfig)!),
+                SandboxConfig = ReadConfig<PodSandboxConfig>(parse.GetValue(createPodConfig)!),
+            }, o);
+            await output.WriteLineAsync(r.ContainerId);
+        }, ct));
+        yield return create;
+
+        var startIds = new Argument<string[]>("container-id") { Arity = ArgumentArity.OneOrMore };
+        var start = new Command("start", "Start created containers") { startIds };
+        start.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            foreach (var id in parse.GetValue(startIds)!)
+            {
+                await client.StartContainerAsync(new StartContainerRequest { ContainerId = id }, o);
+                await output.WriteLineAsync(id);
+            }
+        }, ct));
+        yield return start;
+
+        var runConfig = new Argument<string>("container-config.json");
+        var runPodConfig = new Argument<string>("pod-config.json");
+        var run = new Command("run", "Run a pod and a container in it") { runConfig, runPodConfig, runtimeHandler };
+        run.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            var pod = ReadConfig<PodSandboxConfig>(parse.GetValue(runPodConfig)!);
+            var p = await client.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod, RuntimeHandler = parse.GetValue(runtimeHandler) ?? "" }, o);
+            var c = await client.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p.PodSandboxId, Config = ReadConfig<ContainerConfig>(parse.GetValue(runConfig)!), SandboxConfig = pod }, o);
+            await client.StartContainerAsync(new StartContainerRequest { ContainerId = c.ContainerId }, o);
+            await output.WriteLineAsync(c.ContainerId);
+        }, ct));
+        yield return run;
+
+        var stopIds = new Argument<string[]>("container-id") { Arity = ArgumentArity.OneOrMore };
+        var stopTimeout = new Option<long>("--timeout-seconds", "-T") { Description = "seconds before SIGKILL", DefaultValueFactory = _ => 10 };
+        var stop = new Command("stop", "Stop containers") { stopIds, stopTimeout };
+        stop.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            foreach (var id in parse.GetValue(stopIds)!)
+            {
+                await client.StopContainerAsync(new StopContainerRequest { ContainerId = id, Timeout = parse.GetValue(stopTimeout) }, o);
+                await output.WriteLineAsync(id);
+            }
+        }, ct));
+        yield return stop;
+
+        var rmIds = new Argument<string[]>("container-id") { Arity = ArgumentArity.OneOrMore };
+        var rm = new Command("rm", "Remove containers") { rmIds };
+        rm.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            foreach (var id in parse.GetValue(rmIds)!)
+            {
+                await client.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = id }, o);
+                await output.WriteLineAsync(id);
+            }
+        }, ct));
+        yield return rm;
+
+        var stoppIds = new Argument<string[]>("pod-id") { Arity = ArgumentArity.OneOrMore };
+        var stopp = new Command("stopp", "Stop pod sandboxes") { stoppIds };
+        stopp.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            foreach (var id in parse.GetValue(stoppIds)!)
+            {
+                await client.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = id }, o);
+                await output.WriteLineAsync($"Stopped sandbox {id}");
+            }
+        }, ct));
+        yield return stopp;
+
+        var rmpIds = new Argument<string[]>("pod-id") { Arity = ArgumentArity.OneOrMore };
+        var rmp = new Command("rmp", "Remove pod sandboxes") { rmpIds };
+        rmp.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            foreach (var id in parse.GetValue(rmpIds)!)
+            {
+                await client.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = id }, o);
+                await output.WriteLineAsync($"Removed sandbox {id}");
+            }
+        }, ct));
+        yield return rmp;
+
+        var all = new Option<bool>("--all", "-a") { Description = "show exited containers too" };
+        var quiet = new Option<bool>("--quiet", "-q") { Description = "only IDs" };
+        var podFilter = new Option<string?>("--pod", "-p") { Description = "only containers of this pod" };
+        var ps = new Command("ps", "List containers") { all, quiet, podFilter };
+        ps.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            var filter = new ContainerFilter { PodSandboxId = parse.GetValue(podFilter) ?? "" };
+            if (!parse.GetValue(all))
+            {
+                filter.State = new ContainerStateValue { State = ContainerState.ContainerRunning };
+            }
+
+            var r = await client.ListContainersAsync(new ListContainersRequest { Filter = filter }, o);
+            var format = OutputFormats.Parse(parse.GetValue(global.Output), OutputFormat.Table);
+            if (format != OutputFormat.Table)
+            {
+                new Renderer(format, output).Document(Renderer.ToJson(r));
+                return;
+            }
+
+            if (parse.GetValue(quiet))
+            {
+                foreach (var c in r.Containers)
+                {
+                    await output.WriteLineAsync(c.Id);
+                }
+
+                return;
+            }
+
+            await Columns.WriteAsync(output, ["CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID"],
+                r.Containers.Select(c => new[] { c.Id[..13], c.Image.Image, Ago(c.CreatedAt), c.State.ToString().Replace("Container", "", StringComparison.Ordinal), c.Metadata.Name, c.Metadata.Attempt.ToString(CultureInfo.InvariantCulture), c.PodSandboxId[..13] }).ToList());
+        }, ct));
+        yield return ps;
+
+        var podsQuiet = new Option<bool>("--quiet", "-q") { Description = "only IDs" };
+        var pods = new Command("pods", "List pod sandboxes") { podsQuiet };
+        pods.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            var r = await client.ListPodSandboxAsync(new ListPodSandboxRequest(), o);
+            var format = OutputFormats.Parse(parse.GetValue(global.Output), OutputFormat.Table);
+            if (format != OutputFormat.Table)
+            {
+                new Renderer(format, output).Document(Renderer.ToJson(r));
+                return;
+            }
+
+            if (parse.GetValue(podsQuiet))
+            {
+                foreach (var p in r.Items)
+                {
+                    await output.WriteLineAsync(p.Id);
+                }
+
+                return;
+            }
+
+            await Columns.WriteAsync(output, ["POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"],
+                r.Items.Select(p => new[] { p.Id[..13], Ago(p.CreatedAt), p.State == PodSandboxState.SandboxReady ? "Ready" : "NotReady", p.Metadata.Name, p.Metadata.Namespace, p.Metadata.Attempt.ToString(CultureInfo.InvariantCulture), p.RuntimeHandler }).ToList());
+        }, ct));
+        yield return pods;
+
+        var inspectIds = new Argument<string[]>("container-id") { Arity = ArgumentArity.OneOrMore };
+        var inspect = new Command("inspect", "Show containers' status") { inspectIds };
+        inspect.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            foreach (var id in parse.GetValue(inspectIds)!)
+            {
+                var r = await client.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id, Verbose = true }, o);
+                Document(parse, global, output, r.Status, r.Info);
+            }
+        }, ct));
+        yield return inspect;
+
+        var inspectpIds = new Argument<string[]>("pod-id") { Arity = ArgumentArity.OneOrMore };
+        var inspectp = new Command("inspectp", "Show pod sandboxes' status") { inspectpIds };
+        inspectp.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            foreach (var id in parse.GetValue(inspectpIds)!)
+            {
+                var r = await client.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = id, Verbose = true }, o);
+                Document(parse, global, output, r.Status, r.Info);
+            }
+        }, ct));
+        yield return inspectp;
+    }
+
+    private static void Document(ParseResult parse, GlobalOptions global, TextWriter output, IMessage status, Google.Protobuf.Collections.MapField<string, string> info)
+    {
+        var doc = new JsonObject { ["status"] = Renderer.ToJson(status) };
+        foreach (var (k, v) in info)
+        {
+            doc[k] = JsonNode.Parse(v);
+        }
+
+        new Renderer(OutputFormats.Parse(parse.GetValue(global.Output), OutputFormat.Json), output).Document(doc);
+    }
+
+    private static T ReadConfig<T>(string path)
+        where T : IMessage<T>, new()
+    {
+        string text;
+        try
+        {
+            text = File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CliUsageException($"cannot read {path}: {e.Message}");
+        }
+
+        try
+        {
+            return Parser.Parse<T>(text);
+        }
+        catch (InvalidProtocolBufferException e)
+        {
+            throw new CliUsageException($"{path} is not a valid {typeof(T).Name} in crictl's JSON form: {e.Message}");
+        }
+    }
+
+    private static string Ago(long nanos)
+    {
+        var age = DateTimeOffset.UtcNow - DateTimeOffset.FromUnixTimeMilliseconds(nanos / 1_000_000);
+        return age.TotalSeconds < 60 ? $"{(int)age.TotalSeconds} seconds ago" : age.TotalMinutes < 60 ? $"{(int)age.TotalMinutes} minutes ago" : $"{(int)age.TotalHours} hours ago";
+    }
+
+    private static Task<int> Call(ParseResult parse, GlobalOptions global, TextWriter output,
+        Func<RuntimeService.RuntimeServiceClient, Grpc.Core.CallOptions, Task> call, CancellationToken ct) => CliRunner.RunAsync(async () =>
+        {
+            var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
+            using var connection = new CriConnection(ctx.RuntimeEndpoint, parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(2) : ctx.Timeout);
+            await CliRunner.CallAsync<bool>(connection, "runtime.v1.RuntimeService", async options =>
+            {
+                await call(new RuntimeService.RuntimeServiceClient(connection.Channel), options);
+                return true;
+            }, ct);
+        });
+}

@@ -1,0 +1,167 @@
+namespace Crest.Core;
+
+/// <summary>How a pod or container shares a Linux namespace (CRI NamespaceMode).</summary>
+public enum NamespaceMode
+{
+    Pod = 0,
+    Container = 1,
+    Node = 2,
+    Target = 3,
+}
+
+public sealed record NamespaceOptions(NamespaceMode Network = NamespaceMode.Pod, NamespaceMode Pid = NamespaceMode.Container, NamespaceMode Ipc = NamespaceMode.Pod, string? TargetId = null);
+
+public sealed record PortMapping(string Protocol, int ContainerPort, int HostPort, string? HostIp);
+
+public sealed record DnsConfig(IReadOnlyList<string> Servers, IReadOnlyList<string> Searches, IReadOnlyList<string> Options);
+
+/// <summary>What a pod was asked to be (from CRI PodSandboxConfig), as the domain sees it.</summary>
+public sealed record PodSpec
+{
+    public required string Name { get; init; }
+    public required string Uid { get; init; }
+    public required string Namespace { get; init; }
+    public uint Attempt { get; init; }
+    public string Hostname { get; init; } = "";
+    public string LogDirectory { get; init; } = "";
+    public DnsConfig? Dns { get; init; }
+    public IReadOnlyList<PortMapping> PortMappings { get; init; } = [];
+    public IReadOnlyDictionary<string, string> Labels { get; init; } = new Dictionary<string, string>();
+    public IReadOnlyDictionary<string, string> Annotations { get; init; } = new Dictionary<string, string>();
+    public string CgroupParent { get; init; } = "";
+    public IReadOnlyDictionary<string, string> Sysctls { get; init; } = new Dictionary<string, string>();
+    public NamespaceOptions Namespaces { get; init; } = new();
+    public bool Privileged { get; init; }
+    public string RuntimeHandler { get; init; } = "";
+}
+
+public enum SandboxState
+{
+    /// <summary>Written before any side effect; recovery rolls it back.</summary>
+    Creating,
+    Ready,
+    NotReady,
+}
+
+/// <summary>A pod sandbox as Crest stores it.</summary>
+public sealed record SandboxRecord
+{
+    public required string Id { get; init; }
+    public required PodSpec Spec { get; init; }
+    public required SandboxState State { get; init; }
+    public required DateTimeOffset CreatedAt { get; init; }
+    public required string RuntimeHandler { get; init; }
+    public string? NetnsPath { get; init; }
+    public IReadOnlyList<string> Ips { get; init; } = [];
+    public string? CniResult { get; init; }
+    public string? CniNetwork { get; init; }
+    public int InfraPid { get; init; }
+    public string CgroupsPath { get; init; } = "";
+}
+
+public sealed record MountSpec(string ContainerPath, string HostPath, bool ReadOnly, string Propagation = "private", bool Recursive = true);
+
+public sealed record DeviceSpec(string ContainerPath, string HostPath, string Permissions);
+
+public sealed record ResourceSpec(long CpuPeriod = 0, long CpuQuota = 0, long CpuShares = 0, long MemoryLimitBytes = 0, string CpusetCpus = "", string CpusetMems = "");
+
+public enum SeccompMode
+{
+    Unconfined,
+    RuntimeDefault,
+    Localhost,
+}
+
+public sealed record SecuritySpec
+{
+    public bool Privileged { get; init; }
+    public IReadOnlyList<string> AddCapabilities { get; init; } = [];
+    public IReadOnlyList<string> DropCapabilities { get; init; } = [];
+    public long? RunAsUser { get; init; }
+    public long? RunAsGroup { get; init; }
+    public string? RunAsUsername { get; init; }
+    public bool RunAsNonRoot { get; init; }
+    public IReadOnlyList<long> SupplementalGroups { get; init; } = [];
+    public bool ReadOnlyRootfs { get; init; }
+    public bool NoNewPrivileges { get; init; }
+    public SeccompMode Seccomp { get; init; } = SeccompMode.Unconfined;
+    public string? SeccompLocalhostPath { get; init; }
+    public IReadOnlyList<string>? MaskedPaths { get; init; }
+    public IReadOnlyList<string>? ReadonlyPaths { get; init; }
+    public NamespaceOptions Namespaces { get; init; } = new();
+}
+
+/// <summary>What a container was asked to be (from CRI ContainerConfig), as the domain sees it.</summary>
+public sealed record ContainerSpec
+{
+    public required string Name { get; init; }
+    public uint Attempt { get; init; }
+    public required string Image { get; init; }
+    public string? UserSpecifiedImage { get; init; }
+    public IReadOnlyList<string> Command { get; init; } = [];
+    public IReadOnlyList<string> Args { get; init; } = [];
+    public string WorkingDir { get; init; } = "";
+    public IReadOnlyList<KeyValuePair<string, string>> Envs { get; init; } = [];
+    public IReadOnlyList<MountSpec> Mounts { get; init; } = [];
+    public IReadOnlyList<DeviceSpec> Devices { get; init; } = [];
+    public IReadOnlyDictionary<string, string> Labels { get; init; } = new Dictionary<string, string>();
+    public IReadOnlyDictionary<string, string> Annotations { get; init; } = new Dictionary<string, string>();
+    public string LogPath { get; init; } = "";
+    public bool Stdin { get; init; }
+    public bool StdinOnce { get; init; }
+    public bool Tty { get; init; }
+    public ResourceSpec Resources { get; init; } = new();
+    public SecuritySpec Security { get; init; } = new();
+}
+
+public enum ContainerState
+{
+    /// <summary>Written before any side effect; recovery rolls it back.</summary>
+    Creating,
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+/// <summary>A container as Crest stores it.</summary>
+public sealed record ContainerRecord
+{
+    public required string Id { get; init; }
+    public required string SandboxId { get; init; }
+    public required ContainerSpec Spec { get; init; }
+    public required ContainerState State { get; init; }
+    public required DateTimeOffset CreatedAt { get; init; }
+    public DateTimeOffset? StartedAt { get; init; }
+    public DateTimeOffset? FinishedAt { get; init; }
+    public int ExitCode { get; init; }
+    public string Reason { get; init; } = "";
+    public string Message { get; init; } = "";
+    public int Pid { get; init; }
+    public required string ImageId { get; init; }
+    public required string ImageRef { get; init; }
+    public string? SnapshotKey { get; init; }
+    public required string RuntimeHandler { get; init; }
+    /// <summary>Full path of the CRI log file (sandbox log_directory + log_path), or empty.</summary>
+    public string LogFile { get; init; } = "";
+}
+
+/// <summary>Seam over where sandbox and container records live.</summary>
+public interface IRuntimeStore
+{
+    Task PutSandboxAsync(SandboxRecord sandbox, CancellationToken ct);
+
+    Task<SandboxRecord?> GetSandboxAsync(string id, CancellationToken ct);
+
+    Task<IReadOnlyList<SandboxRecord>> ListSandboxesAsync(CancellationToken ct);
+
+    Task DeleteSandboxAsync(string id, CancellationToken ct);
+
+    Task PutContainerAsync(ContainerRecord container, CancellationToken ct);
+
+    Task<ContainerRecord?> GetContainerAsync(string id, CancellationToken ct);
+
+    Task<IReadOnlyList<ContainerRecord>> ListContainersAsync(CancellationToken ct);
+
+    Task DeleteContainerAsync(string id, CancellationToken ct);
+}

@@ -1,0 +1,121 @@
+using Crest.Core;
+using Google.Protobuf.Collections;
+using Runtime.V1;
+using CoreNamespaceMode = Crest.Core.NamespaceMode;
+using CorePortMapping = Crest.Core.PortMapping;
+
+namespace Crest.Daemon.Cri;
+
+/// <summary>CRI messages to domain records and back; the only place both worlds meet.</summary>
+internal static class CriMapping
+{
+    public static PodSpec ToDomain(PodSandboxConfig config, string runtimeHandler)
+    {
+        var md = config.Metadata ?? throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.InvalidArgument, "sandbox config needs metadata (name, uid, namespace)"));
+        var linux = config.Linux;
+        var ns = linux?.SecurityContext?.NamespaceOptions;
+        return new PodSpec
+        {
+            Name = md.Name,
+            Uid = md.Uid,
+            Namespace = md.Namespace,
+            Attempt = md.Attempt,
+            Hostname = config.Hostname,
+            LogDirectory = config.LogDirectory,
+            Dns = config.DnsConfig is { } dns ? new DnsConfig([.. dns.Servers], [.. dns.Searches], [.. dns.Options]) : null,
+            PortMappings = config.PortMappings.Select(p => new CorePortMapping(p.Protocol.ToString().ToUpperInvariant(), p.ContainerPort, p.HostPort, string.IsNullOrEmpty(p.HostIp) ? null : p.HostIp)).ToList(),
+            Labels = Map(config.Labels),
+            Annotations = Map(config.Annotations),
+            CgroupParent = linux?.CgroupParent ?? "",
+            Sysctls = linux is null ? new Dictionary<string, string>() : Map(linux.Sysctls),
+            Namespaces = ns is null ? new Core.NamespaceOptions() : Namespaces(ns),
+            Privileged = linux?.SecurityContext?.Privileged ?? false,
+            RuntimeHandler = runtimeHandler,
+        };
+    }
+
+    public static ContainerSpec ToDomain(ContainerConfig config)
+    {
+        var md = config.Metadata ?? throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.InvalidArgument, "container config needs metadata (name)"));
+        if (string.IsNullOrEmpty(config.Image?.Image))
+        {
+            throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.InvalidArgument, $"container {md.Name} names no image"));
+        }
+
+        var linux = config.Linux;
+        var sc = linux?.SecurityContext;
+        var r = linux?.Resources;
+        return new ContainerSpec
+        {
+            Name = md.Name,
+            Attempt = md.Attempt,
+            Image = config.Image.Image,
+            UserSpecifiedImage = string.IsNullOrEmpty(config.Image.UserSpecifiedImage) ? null : config.Image.UserSpecifiedImage,
+            Command = [.. config.Command],
+            Args = [.. config.Args],
+            WorkingDir = config.WorkingDir,
+            Envs = config.Envs.Select(e => new KeyValuePair<string, string>(e.Key, e.Value)).ToList(),
+            Mounts = config.Mounts.Select(m => new MountSpec(m.ContainerPath, m.HostPath, m.Readonly, m.Propagation switch
+            {
+                MountPropagation.PropagationBidirectional => "rshared",
+                MountPropagation.PropagationHostToContainer => "rslave",
+                _ => "private",
+            })).ToList(),
+            Devices = config.Devices.Select(d => new DeviceSpec(d.ContainerPath, d.HostPath, d.Permissions)).ToList(),
+            Labels = Map(config.Labels),
+            Annotations = Map(config.Annotations),
+            LogPath = config.LogPath,
+            Stdin = config.Stdin,
+            StdinOnce = config.StdinOnce,
+            Tty = config.Tty,
+            Resources = r is null ? new ResourceSpec() : new ResourceSpec(r.CpuPeriod, r.CpuQuota, r.CpuShares, r.MemoryLimitInBytes, r.CpusetCpus, r.CpusetMems),
+            Security = sc is null ? new SecuritySpec() : new SecuritySpec
+            {
+                Privileged = sc.Privileged,
+                AddCapabilities = sc.Capabilities is null ? [] : [.. sc.Capabilities.AddCapabilities],
+                DropCapabilities = sc.Capabilities is null ? [] : [.. sc.Capabilities.DropCapabilities],
+                RunAsUser = sc.RunAsUser?.Value,
+                RunAsGroup = sc.RunAsGroup?.Value,
+                RunAsUsername = string.IsNullOrEmpty(sc.RunAsUsername) ? null : sc.RunAsUsername,
+                RunAsNonRoot = false,
+                SupplementalGroups = [.. sc.SupplementalGroups],
+                ReadOnlyRootfs = sc.ReadonlyRootfs,
+                NoNewPrivileges = sc.NoNewPrivs,
+                Seccomp = sc.Seccomp?.ProfileType switch
+                {
+                    SecurityProfile.Types.ProfileType.RuntimeDefault => SeccompMode.RuntimeDefault,
+                    SecurityProfile.Types.ProfileType.Localhost => SeccompMode.Localhost,
+                    _ => SeccompMode.Unconfined,
+                },
+                SeccompLocalhostPath = sc.Seccomp?.LocalhostRef,
+                MaskedPaths = sc.MaskedPaths.Count > 0 ? [.. sc.MaskedPaths] : null,
+                ReadonlyPaths = sc.ReadonlyPaths.Count > 0 ? [.. sc.ReadonlyPaths] : null,
+                Namespaces = sc.NamespaceOptions is null ? new Core.NamespaceOptions(Pid: CoreNamespaceMode.Container) : Namespaces(sc.NamespaceOptions),
+            },
+        };
+    }
+
+    public static PodSandboxState ToCri(SandboxState state) => state == SandboxState.Ready ? PodSandboxState.SandboxReady : PodSandboxState.SandboxNotready;
+
+    public static global::Runtime.V1.ContainerState ToCri(Core.ContainerState state) => state switch
+    {
+        Core.ContainerState.Created => global::Runtime.V1.ContainerState.ContainerCreated,
+        Core.ContainerState.Running => global::Runtime.V1.ContainerState.ContainerRunning,
+        Core.ContainerState.Exited => global::Runtime.V1.ContainerState.ContainerExited,
+        _ => global::Runtime.V1.ContainerState.ContainerUnknown,
+    };
+
+    public static long Nanos(DateTimeOffset? t) => t is { } v ? (v.ToUnixTimeMilliseconds() * 1_000_000) + (v.Ticks % TimeSpan.TicksPerMillisecond * 100) : 0;
+
+    public static PodSandboxMetadata Metadata(PodSpec spec) => new() { Name = spec.Name, Uid = spec.Uid, Namespace = spec.Namespace, Attempt = spec.Attempt };
+
+    public static ContainerMetadata Metadata(ContainerSpec spec) => new() { Name = spec.Name, Attempt = spec.Attempt };
+
+    private static Core.NamespaceOptions Namespaces(global::Runtime.V1.NamespaceOption ns) =>
+        new((CoreNamespaceMode)(int)ns.Network, (CoreNamespaceMode)(int)ns.Pid, (CoreNamespaceMode)(int)ns.Ipc, string.IsNullOrEmpty(ns.TargetId) ? null : ns.TargetId);
+
+    private static Dictionary<string, string> Map(MapField<string, string> map) => map.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+
+    public static bool LabelsMatch(IReadOnlyDictionary<string, string> labels, MapField<string, string> selector) =>
+        selector.All(kv => labels.TryGetValue(kv.Key, out var v) && v == kv.Value);
+}

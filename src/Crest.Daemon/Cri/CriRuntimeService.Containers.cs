@@ -1,0 +1,130 @@
+using System.Text.Json;
+using Grpc.Core;
+using Runtime.V1;
+
+namespace Crest.Daemon.Cri;
+
+// The container lifecycle RPCs, each a thin adapter over ContainerService.
+internal sealed partial class CriRuntimeService
+{
+    public override async Task<CreateContainerResponse> CreateContainer(CreateContainerRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var c = await containers.CreateAsync(request.PodSandboxId, CriMapping.ToDomain(request.Config ?? new ContainerConfig()), context.CancellationToken);
+        return new CreateContainerResponse { ContainerId = c.Id };
+    }
+
+    public override async Task<StartContainerResponse> StartContainer(StartContainerRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        await containers.StartAsync(request.ContainerId, context.CancellationToken);
+        return new StartContainerResponse();
+    }
+
+    public override async Task<StopContainerResponse> StopContainer(StopContainerRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        // CRI: StopContainer on a stopped or missing container succeeds.
+        try
+        {
+            await containers.StopAsync(request.ContainerId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken);
+        }
+        catch (Crest.Core.CrestException e) when (e.Kind == Crest.Core.ErrorKind.NotFound)
+        {
+        }
+
+        return new StopContainerResponse();
+    }
+
+    public override async Task<RemoveContainerResponse> RemoveContainer(RemoveContainerRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        await containers.RemoveAsync(request.ContainerId, context.CancellationToken);
+        return new RemoveContainerResponse();
+    }
+
+    public override async Task<ContainerStatusResponse> ContainerStatus(ContainerStatusRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var c = await containers.GetAsync(request.ContainerId, context.CancellationToken);
+        var status = new ContainerStatus
+        {
+            Id = c.Id,
+            Metadata = CriMapping.Metadata(c.Spec),
+            State = CriMapping.ToCri(c.State),
+            CreatedAt = CriMapping.Nanos(c.CreatedAt),
+            StartedAt = CriMapping.Nanos(c.StartedAt),
+            FinishedAt = CriMapping.Nanos(c.FinishedAt),
+            ExitCode = c.ExitCode,
+            Image = new ImageSpec { Image = c.Spec.Image, UserSpecifiedImage = c.Spec.UserSpecifiedImage ?? "" },
+            ImageRef = c.ImageRef,
+            ImageId = c.ImageId,
+            Reason = c.Reason,
+            Message = c.Message,
+            LogPath = c.LogFile,
+        };
+        status.Labels.Add(c.Spec.Labels.ToDictionary());
+        status.Annotations.Add(c.Spec.Annotations.ToDictionary());
+        status.Mounts.Add(c.Spec.Mounts.Select(m => new Mount { ContainerPath = m.ContainerPath, HostPath = m.HostPath, Readonly = m.ReadOnly }));
+        var response = new ContainerStatusResponse { Status = status };
+        if (request.Verbose)
+        {
+            response.Info["info"] = JsonSerializer.Serialize(new
+            {
+                pid = c.Pid,
+                sandboxID = c.SandboxId,
+                runtimeHandler = c.RuntimeHandler,
+                snapshotKey = c.SnapshotKey,
+                runtimeSpec = ReadSpec(c.Id),
+            });
+        }
+
+        return response;
+    }
+
+    public override async Task<ListContainersResponse> ListContainers(ListContainersRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var f = request.Filter;
+        var response = new ListContainersResponse();
+        foreach (var c in await containers.ListAsync(context.CancellationToken))
+        {
+            if (f is not null && ((f.Id.Length > 0 && !c.Id.StartsWith(f.Id, StringComparison.Ordinal))
+                || (f.PodSandboxId.Length > 0 && !c.SandboxId.StartsWith(f.PodSandboxId, StringComparison.Ordinal))
+                || (f.State is not null && f.State.State != CriMapping.ToCri(c.State))
+                || !CriMapping.LabelsMatch(c.Spec.Labels, f.LabelSelector)))
+            {
+                continue;
+            }
+
+            var item = new Container
+            {
+                Id = c.Id,
+                PodSandboxId = c.SandboxId,
+                Metadata = CriMapping.Metadata(c.Spec),
+                Image = new ImageSpec { Image = c.Spec.Image },
+                ImageRef = c.ImageRef,
+                ImageId = c.ImageId,
+                State = CriMapping.ToCri(c.State),
+                CreatedAt = CriMapping.Nanos(c.CreatedAt),
+            };
+            item.Labels.Add(c.Spec.Labels.ToDictionary());
+            item.Annotations.Add(c.Spec.Annotations.ToDictionary());
+            response.Containers.Add(item);
+        }
+
+        return response;
+    }
+
+    private JsonElement? ReadSpec(string id)
+    {
+        var file = Path.Combine(runtimeLayout.ContainerDir(id), "bundle", "config.json");
+        return File.Exists(file) ? JsonDocument.Parse(File.ReadAllBytes(file)).RootElement : null;
+    }
+}

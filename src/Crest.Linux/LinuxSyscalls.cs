@@ -1,0 +1,128 @@
+using System.Runtime.InteropServices;
+using Crest.Core;
+
+namespace Crest.Linux;
+
+/// <summary>The syscalls the runtime layer makes, behind a seam so mount and namespace logic is testable without root.</summary>
+public interface ILinux
+{
+    /// <summary>mount(2); errors name source, target and type.</summary>
+    void Mount(string? source, string target, string? fsType, MountOptions flags, string? data);
+
+    /// <summary>Detaches a mount; a target that is not mounted (EINVAL) or gone (ENOENT) is not an error.</summary>
+    void Unmount(string target);
+
+    /// <summary>Creates a network namespace held by a bind mount on <paramref name="path"/> (an nsfs file, as ip netns does).</summary>
+    void CreateNetworkNamespace(string path);
+
+    /// <summary>Unmounts and removes a network namespace file; idempotent.</summary>
+    void RemoveNetworkNamespace(string path);
+
+    /// <summary>Sends a signal; false when the process does not exist.</summary>
+    bool Kill(int pid, int signal);
+
+    /// <summary>True when a process with this pid exists (signal 0).</summary>
+    bool IsAlive(int pid);
+
+    /// <summary>Mount points at or below <paramref name="prefix"/>, from /proc/self/mountinfo.</summary>
+    IReadOnlyList<string> MountsUnder(string prefix);
+}
+
+[Flags]
+public enum MountOptions : ulong
+{
+    None = 0,
+    ReadOnly = Interop.MS_RDONLY,
+    Bind = Interop.MS_BIND,
+    Recursive = Interop.MS_REC,
+    Private = Interop.MS_PRIVATE,
+}
+
+/// <summary>The real syscalls.</summary>
+public sealed class LinuxSyscalls : ILinux
+{
+    public void Mount(string? source, string target, string? fsType, MountOptions flags, string? data)
+    {
+        if (Interop.Mount(source, target, fsType, (ulong)flags, data) != 0)
+        {
+            throw new CrestException(ErrorKind.Internal, $"mount of {source ?? fsType} on {target} ({fsType ?? "bind"}) failed: {Marshal.GetLastPInvokeErrorMessage()}");
+        }
+    }
+
+    public void Unmount(string target)
+    {
+        if (Interop.Umount2(target, Interop.MNT_DETACH) != 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            if (errno is not (Interop.EINVAL or Interop.ENOENT))
+            {
+                throw new CrestException(ErrorKind.Internal, $"unmount of {target} failed: {Marshal.GetPInvokeErrorMessage(errno)}");
+            }
+        }
+    }
+
+    public void CreateNetworkNamespace(string path)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        using (File.Create(path))
+        {
+        }
+
+        // unshare(CLONE_NEWNET) moves only the calling thread; a dedicated thread does it and then ends,
+        // so no pooled thread is ever left in the wrong namespace.
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                if (Interop.Unshare(Interop.CLONE_NEWNET) != 0)
+                {
+                    throw new CrestException(ErrorKind.Internal, $"unshare(CLONE_NEWNET) failed: {Marshal.GetLastPInvokeErrorMessage()}");
+                }
+
+                Mount($"/proc/self/task/{Interop.GetTid()}/ns/net", path, null, MountOptions.Bind, null);
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        })
+        { IsBackground = true, Name = "crest-netns" };
+        thread.Start();
+        thread.Join();
+        if (failure is not null)
+        {
+            File.Delete(path);
+            throw failure is CrestException ? failure : new CrestException(ErrorKind.Internal, $"creating network namespace {path} failed: {failure.Message}", failure);
+        }
+    }
+
+    public void RemoveNetworkNamespace(string path)
+    {
+        Unmount(path);
+        File.Delete(path);
+    }
+
+    public bool Kill(int pid, int signal) => pid > 0 && Interop.Kill(pid, signal) == 0;
+
+    public bool IsAlive(int pid) => pid > 0 && (Interop.Kill(pid, 0) == 0 || Marshal.GetLastPInvokeError() == 1 /* EPERM: exists */);
+
+    public IReadOnlyList<string> MountsUnder(string prefix)
+    {
+        var result = new List<string>();
+        foreach (var line in File.ReadLines("/proc/self/mountinfo"))
+        {
+            var fields = line.Split(' ');
+            if (fields.Length > 4)
+            {
+                var mountPoint = fields[4].Replace("\\040", " ", StringComparison.Ordinal);
+                if (mountPoint == prefix || mountPoint.StartsWith(prefix.TrimEnd('/') + "/", StringComparison.Ordinal))
+                {
+                    result.Add(mountPoint);
+                }
+            }
+        }
+
+        return result;
+    }
+}

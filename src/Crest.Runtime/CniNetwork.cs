@@ -1,0 +1,140 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Crest.Core;
+
+namespace Crest.Runtime;
+
+/// <summary>The outcome of a CNI ADD: the pod's addresses and the result to replay on DEL.</summary>
+public sealed record CniAttachment(string Network, IReadOnlyList<string> Ips, string Result);
+
+/// <summary>
+/// Runs the configured CNI network (a .conflist: each plugin in order on ADD, in reverse on DEL, as the
+/// CNI spec and libcni do), passing the pod's port mappings to plugins with the portMappings capability.
+/// </summary>
+public sealed class CniNetwork(CniOptions options, ICommandRunner commands)
+{
+    public const string InterfaceName = "eth0";
+
+    public async Task<CniAttachment> AddAsync(string sandboxId, string netns, PodSpec pod, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        var (name, version, plugins) = Load();
+        JsonNode? previous = null;
+        foreach (var plugin in plugins)
+        {
+            var stdin = PluginConfig(plugin, name, version, previous, pod);
+            var result = await InvokeAsync("ADD", sandboxId, netns, pod, plugin, stdin, ct).ConfigureAwait(false);
+            previous = JsonNode.Parse(result);
+        }
+
+        var ips = previous?["ips"]?.AsArray().Select(ip => ((string?)ip?["address"] ?? "").Split('/')[0]).Where(ip => ip.Length > 0).ToList() ?? [];
+        return new CniAttachment(name, ips, previous?.ToJsonString() ?? "{}");
+    }
+
+    /// <summary>Tears the network down; errors from plugins whose state is already gone are tolerated, as the CNI spec asks of DEL.</summary>
+    public async Task DelAsync(string sandboxId, string? netns, PodSpec pod, string? cachedResult, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        var (name, version, plugins) = Load();
+        var previous = cachedResult is null ? null : JsonNode.Parse(cachedResult);
+        var failures = new List<string>();
+        foreach (var plugin in plugins.AsEnumerable().Reverse())
+        {
+            var stdin = PluginConfig(plugin, name, version, previous, pod);
+            try
+            {
+                await InvokeAsync("DEL", sandboxId, netns ?? "", pod, plugin, stdin, ct).ConfigureAwait(false);
+            }
+            catch (CrestException e)
+            {
+                failures.Add(e.Message);
+            }
+        }
+
+        if (failures.Count > 0)
+        {
+            throw new CrestException(ErrorKind.Internal, $"CNI DEL for pod sandbox {sandboxId}: {string.Join("; ", failures)}");
+        }
+    }
+
+    private (string Name, string Version, List<JsonObject> Plugins) Load()
+    {
+        var probe = CniConfigProbe.Probe(options);
+        if (!probe.Usable)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"the pod network is not ready: {probe.Problem}");
+        }
+
+        var doc = JsonNode.Parse(File.ReadAllText(probe.ConfigFile!))!.AsObject();
+        var version = (string?)doc["cniVersion"] ?? "1.0.0";
+        var plugins = doc["plugins"] is JsonArray list
+            ? list.Select(p => p!.AsObject()).ToList()
+            : [doc];
+        return (probe.NetworkName!, version, plugins);
+    }
+
+    private static string PluginConfig(JsonObject plugin, string name, string version, JsonNode? previous, PodSpec pod)
+    {
+        var config = plugin.DeepClone().AsObject();
+        config["name"] = name;
+        config["cniVersion"] = version;
+        if (previous is not null)
+        {
+            config["prevResult"] = previous.DeepClone();
+        }
+
+        if (config["capabilities"]?["portMappings"]?.GetValue<bool>() == true && pod.PortMappings.Count > 0)
+        {
+            config["runtimeConfig"] = new JsonObject
+            {
+                ["portMappings"] = new JsonArray([.. pod.PortMappings.Select(p => (JsonNode)new JsonObject
+                {
+                    ["hostPort"] = p.HostPort,
+                    ["containerPort"] = p.ContainerPort,
+                    ["protocol"] = p.Protocol.ToLowerInvariant(),
+                    ["hostIP"] = p.HostIp ?? "",
+                })]),
+            };
+        }
+
+        return config.ToJsonString();
+    }
+
+    private async Task<string> InvokeAsync(string command, string sandboxId, string netns, PodSpec pod, JsonObject plugin, string stdin, CancellationToken ct)
+    {
+        var type = (string?)plugin["type"] ?? throw new CrestException(ErrorKind.FailedPrecondition, "a CNI plugin has no type");
+        var binary = options.PluginDirs.Select(d => Path.Combine(d, type)).FirstOrDefault(File.Exists)
+            ?? throw new CrestException(ErrorKind.FailedPrecondition, $"CNI plugin {type} is not in {string.Join(":", options.PluginDirs)}");
+        var result = await commands.RunAsync(new CommandLine(binary, [])
+        {
+            Environment = new Dictionary<string, string>
+            {
+                ["CNI_COMMAND"] = command,
+                ["CNI_CONTAINERID"] = sandboxId,
+                ["CNI_NETNS"] = netns,
+                ["CNI_IFNAME"] = InterfaceName,
+                ["CNI_PATH"] = string.Join(":", options.PluginDirs),
+                ["CNI_ARGS"] = $"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.Namespace};K8S_POD_NAME={pod.Name};K8S_POD_INFRA_CONTAINER_ID={sandboxId};K8S_POD_UID={pod.Uid}",
+            },
+            StandardInput = stdin,
+        }, ct).ConfigureAwait(false);
+        if (result.ExitCode != 0)
+        {
+            var detail = result.StandardOutput.Trim().Length > 0 ? result.StandardOutput.Trim() : result.StandardError.Trim();
+            try
+            {
+                using var err = JsonDocument.Parse(detail);
+                detail = $"{err.RootElement.GetProperty("msg").GetString()} {(err.RootElement.TryGetProperty("details", out var dd) ? dd.GetString() : "")}".Trim();
+            }
+            catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException)
+            {
+            }
+
+            throw new CrestException(ErrorKind.Internal, $"CNI plugin {type} {command} for pod sandbox {sandboxId} failed: {detail}");
+        }
+
+        return command == "ADD" && result.StandardOutput.Trim().Length > 0 ? result.StandardOutput : previousOrEmpty(stdin);
+
+        static string previousOrEmpty(string stdin) => JsonNode.Parse(stdin)?["prevResult"]?.ToJsonString() ?? "{}";
+    }
+}

@@ -1,0 +1,432 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Crest.Core;
+using Crest.Images;
+using Crest.Linux;
+using Crest.Oci;
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Runtime;
+
+/// <summary>
+/// Containers: a rootfs that is one overlay mount over the image's snapshot chain (the snapshot leased for
+/// the container's life), config.json from the CRI config and the image, created by conmon + runc/crun at
+/// CreateContainer and started at StartContainer. State comes from conmon's exit files, so it survives crestd.
+/// </summary>
+public sealed class ContainerService(
+    IRuntimeStore store,
+    SandboxService sandboxes,
+    ImageService images,
+    IImageMetadataStore imageMetadata,
+    ILinux linux,
+    IOciRuntime oci,
+    RuntimeLayout layout,
+    TimeProvider time,
+    ILogger<ContainerService> logger)
+{
+    public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec spec, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
+        if (sandbox.State != SandboxState.Ready)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} is {sandbox.State}, not ready; containers are created only in a ready pod");
+        }
+
+        var all = await store.ListContainersAsync(ct).ConfigureAwait(false);
+        if (all.FirstOrDefault(c => c.SandboxId == sandbox.Id && c.Spec.Name == spec.Name && c.Spec.Attempt == spec.Attempt) is { } clash)
+        {
+            throw new CrestException(ErrorKind.AlreadyExists, $"container name {spec.Name} (attempt {spec.Attempt}) is already used by {clash.Id} in pod sandbox {sandbox.Id}");
+        }
+
+        var details = await images.InspectAsync(spec.Image, ct).ConfigureAwait(false)
+            ?? throw new CrestException(ErrorKind.NotFound, $"image {spec.Image} is not present on this node; pull it first (CreateContainer does not pull)");
+        var handler = sandboxes.Handler(sandbox.RuntimeHandler);
+        var id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
+        var logFile = sandbox.Spec.LogDirectory.Length > 0 && spec.LogPath.Length > 0 ? Path.Combine(sandbox.Spec.LogDirectory, spec.LogPath) : "";
+        var record = new ContainerRecord
+        {
+            Id = id,
+            SandboxId = sandbox.Id,
+            Spec = spec,
+            State = ContainerState.Creating,
+            CreatedAt = time.GetUtcNow(),
+            ImageId = details.Image.Id.ToString(),
+            ImageRef = details.Image.RepoDigests.Count > 0 ? details.Image.RepoDigests[0] : details.Image.Id.ToString(),
+            SnapshotKey = details.Image.ChainId,
+            RuntimeHandler = handler.Name,
+            LogFile = logFile,
+        };
+        await store.PutContainerAsync(record, ct).ConfigureAwait(false);
+        try
+        {
+            if (details.Image.ChainId is { } chain)
+            {
+                await imageMetadata.AddSnapshotLeaseAsync(id, chain, ct).ConfigureAwait(false);
+            }
+
+            var dir = layout.ContainerDir(id);
+            var rootfs = Path.Combine(dir, "rootfs");
+            Directory.CreateDirectory(Path.Combine(dir, "upper"));
+            Directory.CreateDirectory(Path.Combine(dir, "work"));
+            Directory.CreateDirectory(rootfs);
+            var lower = details.Image.ChainId is { } c ? await images.Snapshots.LowerDirsAsync(c, ct).ConfigureAwait(false) : [];
+            if (lower.Count == 0)
+            {
+                Directory.CreateDirectory(Path.Combine(dir, "empty"));
+                lower = [Path.Combine(dir, "empty")];
+            }
+
+            linux.Mount("overlay", rootfs, "overlay", MountOptions.None,
+                $"lowerdir={string.Join(':', lower)},upperdir={Path.Combine(dir, "upper")},workdir={Path.Combine(dir, "work")}");
+            var user = ContainerUser.Resolve(spec.Security, details.Config.Config?.User, rootfs, spec.Name);
+            SpecSeccomp? localhostSeccomp = null;
+            if (spec.Security.Seccomp == SeccompMode.Localhost)
+            {
+                var path = spec.Security.SeccompLocalhostPath ?? "";
+                localhostSeccomp = File.Exists(path)
+                    ? JsonSerializer.Deserialize(await File.ReadAllBytesAsync(path, ct).ConfigureAwait(false), RuntimeSpecJson.Default.SpecSeccomp)
+                    : throw new CrestException(ErrorKind.InvalidArgument, $"seccomp profile {path} (Localhost) does not exist on this node");
+            }
+
+            var sandboxDir = sandboxes.SandboxDir(sandbox.Id);
+            var runtimeSpec = SpecBuilder.ForContainer(spec, new ContainerContext
+            {
+                ContainerId = id,
+                Sandbox = sandbox,
+                RootfsPath = rootfs,
+                Image = details.Config.Config,
+                User = user,
+                HostsFile = Path.Combine(sandboxDir, "hosts"),
+                HostnameFile = Path.Combine(sandboxDir, "hostname"),
+                ResolvConfFile = Path.Combine(sandboxDir, "resolv.conf"),
+                ShmPath = Path.Combine(sandboxDir, "shm"),
+                LocalhostSeccomp = localhostSeccomp,
+                Devices = spec.Devices.Select(DeviceOf).ToList(),
+            });
+            var bundle = Path.Combine(dir, "bundle");
+            Directory.CreateDirectory(bundle);
+            await File.WriteAllBytesAsync(Path.Combine(bundle, "config.json"), JsonSerializer.SerializeToUtf8Bytes(runtimeSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
+            if (logFile.Length > 0)
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(logFile)!);
+            }
+
+            var state = layout.ContainerStateDir(id);
+            Directory.CreateDirectory(state);
+            var pid = await oci.CreateAsync(new ConmonCreateOptions
+            {
+                ContainerId = id,
+                Name = $"k8s_{spec.Name}_{sandbox.Spec.Name}_{sandbox.Spec.Namespace}_{sandbox.Spec.Uid}_{spec.Attempt}",
+                RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
+                RuntimeRoot = layout.RuntimeRoot(handler.Name),
+                Bundle = bundle,
+                ContainerPidFile = Path.Combine(state, "pid"),
+                ConmonPidFile = Path.Combine(state, "conmon.pid"),
+                ExitDir = layout.ExitDir,
+                PersistDir = Path.Combine(state, "persist"),
+                SocketDir = layout.SocketDir,
+                LogPath = logFile,
+                Terminal = spec.Tty,
+                Stdin = spec.Stdin,
+            }, ct).ConfigureAwait(false);
+            record = record with { State = ContainerState.Created, Pid = pid };
+            await store.PutContainerAsync(record, CancellationToken.None).ConfigureAwait(false);
+            RuntimeLog.ContainerCreated(logger, id, sandbox.Id);
+            return record;
+        }
+        catch
+        {
+            await TearDownAsync(record, CancellationToken.None).ConfigureAwait(false);
+            await store.DeleteContainerAsync(id, CancellationToken.None).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    public async Task StartAsync(string idOrPrefix, CancellationToken ct)
+    {
+        var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        if (c.State != ContainerState.Created)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; only a CREATED container can be started");
+        }
+
+        var handler = sandboxes.Handler(c.RuntimeHandler);
+        try
+        {
+            await oci.StartAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id, ct).ConfigureAwait(false);
+        }
+        catch (CrestException e)
+        {
+            await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = e.Message, FinishedAt = time.GetUtcNow() }, CancellationToken.None).ConfigureAwait(false);
+            throw;
+        }
+
+        await store.PutContainerAsync(c with { State = ContainerState.Running, StartedAt = time.GetUtcNow() }, CancellationToken.None).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Stops a container: the image's stop signal (SIGTERM by default), then SIGKILL once <paramref name="timeout"/> passes.
+    /// Idempotent (CRI): stopping a stopped container succeeds.
+    /// </summary>
+    public async Task StopAsync(string idOrPrefix, TimeSpan timeout, CancellationToken ct)
+    {
+        var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        if (c.State is ContainerState.Exited or ContainerState.Creating)
+        {
+            return;
+        }
+
+        var handler = sandboxes.Handler(c.RuntimeHandler);
+        var root = layout.RuntimeRoot(handler.Name);
+        if (c.State == ContainerState.Running && timeout > TimeSpan.Zero)
+        {
+            var details = await images.InspectAsync(c.ImageId, ct).ConfigureAwait(false);
+            await oci.KillAsync(handler.Path, root, c.Id, Signal(details?.Config.Config?.StopSignal), ct).ConfigureAwait(false);
+            if (await WaitExitAsync(c.Id, timeout, ct).ConfigureAwait(false))
+            {
+                await GetAsync(c.Id, ct).ConfigureAwait(false);
+                return;
+            }
+        }
+
+        await oci.KillAsync(handler.Path, root, c.Id, 9, ct).ConfigureAwait(false);
+        if (c.State == ContainerState.Created)
+        {
+            // Never started: runc's init is killed; conmon still records the exit.
+            await oci.DeleteAsync(handler.Path, root, c.Id, ct).ConfigureAwait(false);
+        }
+
+        if (!await WaitExitAsync(c.Id, TimeSpan.FromSeconds(10), ct).ConfigureAwait(false))
+        {
+            throw new CrestException(ErrorKind.DeadlineExceeded, $"container {c.Id} did not exit within 10 s of SIGKILL");
+        }
+
+        await GetAsync(c.Id, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Removes a container (stopping it first if needed), its rootfs mount, files and lease. Idempotent.</summary>
+    public async Task RemoveAsync(string idOrPrefix, CancellationToken ct)
+    {
+        ContainerRecord c;
+        try
+        {
+            c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        }
+        catch (CrestException e) when (e.Kind == ErrorKind.NotFound)
+        {
+            return;
+        }
+
+        if (c.State is ContainerState.Running or ContainerState.Created)
+        {
+            await StopAsync(c.Id, TimeSpan.Zero, ct).ConfigureAwait(false);
+        }
+
+        await TearDownAsync(c, ct).ConfigureAwait(false);
+        await store.DeleteContainerAsync(c.Id, ct).ConfigureAwait(false);
+    }
+
+    public async Task<ContainerRecord> GetAsync(string idOrPrefix, CancellationToken ct)
+    {
+        var matches = (await store.ListContainersAsync(ct).ConfigureAwait(false)).Where(c => c.Id.StartsWith(idOrPrefix, StringComparison.Ordinal)).ToList();
+        return matches.Count switch
+        {
+            1 => await RefreshAsync(matches[0], ct).ConfigureAwait(false),
+            0 => throw new CrestException(ErrorKind.NotFound, $"container {idOrPrefix} does not exist"),
+            _ => throw new CrestException(ErrorKind.InvalidArgument, $"container ID prefix {idOrPrefix} is ambiguous: {matches.Count} containers match"),
+        };
+    }
+
+    public async Task<IReadOnlyList<ContainerRecord>> ListAsync(CancellationToken ct)
+    {
+        var result = new List<ContainerRecord>();
+        foreach (var c in await store.ListContainersAsync(ct).ConfigureAwait(false))
+        {
+            if (c.State != ContainerState.Creating)
+            {
+                result.Add(await RefreshAsync(c, ct).ConfigureAwait(false));
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// On start: half-made containers (still Creating) are rolled back; the rest take their state from
+    /// conmon's exit files, so running ones stay running and exited ones show their exit code.
+    /// </summary>
+    public async Task<(int Kept, int RolledBack)> RecoverAsync(CancellationToken ct)
+    {
+        var kept = 0;
+        var rolledBack = 0;
+        foreach (var c in await store.ListContainersAsync(ct).ConfigureAwait(false))
+        {
+            if (c.State == ContainerState.Creating)
+            {
+                await TearDownAsync(c, ct).ConfigureAwait(false);
+                await store.DeleteContainerAsync(c.Id, ct).ConfigureAwait(false);
+                rolledBack++;
+            }
+            else
+            {
+                await RefreshAsync(c, ct).ConfigureAwait(false);
+                kept++;
+            }
+        }
+
+        return (kept, rolledBack);
+    }
+
+    /// <summary>Reads conmon's exit file for a container that was created or running.</summary>
+    private async Task<ContainerRecord> RefreshAsync(ContainerRecord c, CancellationToken ct)
+    {
+        if (c.State is not (ContainerState.Running or ContainerState.Created))
+        {
+            return c;
+        }
+
+        var exitFile = Path.Combine(layout.ExitDir, c.Id);
+        if (!File.Exists(exitFile))
+        {
+            return c;
+        }
+
+        var text = (await File.ReadAllTextAsync(exitFile, ct).ConfigureAwait(false)).Trim();
+        var code = int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) ? n : 255;
+        var oom = File.Exists(Path.Combine(layout.ContainerStateDir(c.Id), "persist", "oom"));
+        var updated = c with
+        {
+            State = ContainerState.Exited,
+            ExitCode = code,
+            FinishedAt = File.GetLastWriteTimeUtc(exitFile),
+            Reason = oom ? "OOMKilled" : code == 0 ? "Completed" : "Error",
+        };
+        await store.PutContainerAsync(updated, ct).ConfigureAwait(false);
+        return updated;
+    }
+
+    private async Task<bool> WaitExitAsync(string id, TimeSpan timeout, CancellationToken ct)
+    {
+        var exitFile = Path.Combine(layout.ExitDir, id);
+        var deadline = time.GetUtcNow() + timeout;
+        while (!File.Exists(exitFile))
+        {
+            if (time.GetUtcNow() >= deadline)
+            {
+                return false;
+            }
+
+            await Task.Delay(25, ct).ConfigureAwait(false);
+        }
+
+        return true;
+    }
+
+    private async Task TearDownAsync(ContainerRecord c, CancellationToken ct)
+    {
+        var handler = sandboxes.Handler(c.RuntimeHandler);
+        await Step(c.Id, () => oci.DeleteAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id, ct)).ConfigureAwait(false);
+        var dir = layout.ContainerDir(c.Id);
+        await Step(c.Id, () => { linux.Unmount(Path.Combine(dir, "rootfs")); return Task.CompletedTask; }).ConfigureAwait(false);
+        await Step(c.Id, () =>
+        {
+            OverlaySnapshotterDelete(dir);
+            var state = layout.ContainerStateDir(c.Id);
+            if (Directory.Exists(state))
+            {
+                Directory.Delete(state, recursive: true);
+            }
+
+            File.Delete(Path.Combine(layout.ExitDir, c.Id));
+            return Task.CompletedTask;
+        }).ConfigureAwait(false);
+        await Step(c.Id, () => imageMetadata.RemoveSnapshotLeasesAsync(c.Id, ct)).ConfigureAwait(false);
+    }
+
+    private static void OverlaySnapshotterDelete(string dir)
+    {
+        if (Directory.Exists(dir))
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private async Task Step(string id, Func<Task> step)
+    {
+        try
+        {
+            await step().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
+        {
+            RuntimeLog.CleanupFailed(logger, id, e.Message);
+        }
+    }
+
+    internal static int Signal(string? stopSignal)
+    {
+        if (string.IsNullOrWhiteSpace(stopSignal))
+        {
+            return 15;
+        }
+
+        var s = stopSignal.Trim().ToUpperInvariant();
+        if (int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var n))
+        {
+            return n;
+        }
+
+        s = s.StartsWith("SIG", StringComparison.Ordinal) ? s[3..] : s;
+        return s switch
+        {
+            "HUP" => 1, "INT" => 2, "QUIT" => 3, "KILL" => 9, "USR1" => 10, "USR2" => 12, "TERM" => 15, "WINCH" => 28, "PWR" => 30,
+            _ => throw new CrestException(ErrorKind.InvalidArgument, $"stop signal \"{stopSignal}\" is not one Crest knows"),
+        };
+    }
+
+    private static SpecDevice DeviceOf(DeviceSpec d)
+    {
+        var (type, major, minor) = DeviceNumbers.Of(d.HostPath);
+        return new SpecDevice { Path = d.ContainerPath, Type = type, Major = major, Minor = minor, FileMode = 0x1B6 };
+    }
+}
+
+/// <summary>Pod-level operations that span the pod's containers: stop and remove.</summary>
+public sealed class PodService(SandboxService sandboxes, ContainerService containers)
+{
+    /// <summary>Stops every container of the pod, then the pod. Idempotent.</summary>
+    public async Task StopAsync(string sandboxId, CancellationToken ct)
+    {
+        var sandbox = await sandboxes.FindAsync(sandboxId, ct).ConfigureAwait(false);
+        if (sandbox is null)
+        {
+            return; // CRI: stopping a pod that is gone succeeds.
+        }
+
+        foreach (var c in (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandbox.Id))
+        {
+            await containers.StopAsync(c.Id, TimeSpan.Zero, ct).ConfigureAwait(false);
+        }
+
+        await sandboxes.StopAsync(sandbox, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Removes every container of the pod and the pod itself. Idempotent.</summary>
+    public async Task RemoveAsync(string sandboxId, CancellationToken ct)
+    {
+        var sandbox = await sandboxes.FindAsync(sandboxId, ct).ConfigureAwait(false);
+        if (sandbox is null)
+        {
+            return;
+        }
+
+        foreach (var c in (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandbox.Id))
+        {
+            await containers.RemoveAsync(c.Id, ct).ConfigureAwait(false);
+        }
+
+        await sandboxes.RemoveAsync(sandbox, ct).ConfigureAwait(false);
+    }
+}

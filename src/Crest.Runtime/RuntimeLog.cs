@@ -1,0 +1,21 @@
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Runtime;
+
+internal static partial class RuntimeLog
+{
+    [LoggerMessage(200, LogLevel.Information, "pod sandbox {SandboxId} ({Pod}) ready with IPs {Ips}")]
+    public static partial void SandboxReady(ILogger logger, string sandboxId, string pod, string ips);
+
+    [LoggerMessage(201, LogLevel.Warning, "rolling back pod sandbox {SandboxId}: {Reason}")]
+    public static partial void SandboxRollback(ILogger logger, string sandboxId, string reason);
+
+    [LoggerMessage(202, LogLevel.Warning, "cleanup step for {Id} failed: {Reason}")]
+    public static partial void CleanupFailed(ILogger logger, string id, string reason);
+
+    [LoggerMessage(203, LogLevel.Information, "container {ContainerId} created in pod sandbox {SandboxId}")]
+    public static partial void ContainerCreated(ILogger logger, string containerId, string sandboxId);
+
+    [LoggerMessage(204, LogLevel.Information, "recovered {Sandboxes} pod sandboxes and {Containers} containers; rolled back {RolledBack} half-made objects")]
+    public static partial void Recovered(ILogger logger, int sandboxes, int containers, int rolledBack);
+}

@@ -1,0 +1,269 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using Crest.Core;
+using Crest.Linux;
+using Crest.Oci;
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Runtime;
+
+/// <summary>
+/// Pod sandboxes: a network namespace held by a bind-mounted nsfs file, the CNI network, the pod's
+/// hostname/hosts/resolv.conf and /dev/shm, and an infra process (catatonit -P from the host, in an
+/// empty rootfs, under conmon) that holds the pod's IPC, UTS and PID namespaces. The record is written
+/// first (Creating); every later step is undone if a later one fails.
+/// </summary>
+public sealed class SandboxService(
+    IRuntimeStore store,
+    ILinux linux,
+    IOciRuntime oci,
+    CniNetwork cni,
+    RuntimeOptions options,
+    RuntimeLayout layout,
+    TimeProvider time,
+    ILogger<SandboxService> logger)
+{
+    public const string CatatonitPath = "/usr/bin/catatonit";
+
+    public async Task<SandboxRecord> RunAsync(PodSpec spec, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        var handler = Handler(spec.RuntimeHandler);
+        var name = $"{spec.Name}_{spec.Namespace}_{spec.Uid}_{spec.Attempt}";
+        var existing = (await store.ListSandboxesAsync(ct).ConfigureAwait(false))
+            .FirstOrDefault(s => $"{s.Spec.Name}_{s.Spec.Namespace}_{s.Spec.Uid}_{s.Spec.Attempt}" == name);
+        if (existing is not null)
+        {
+            throw new CrestException(ErrorKind.AlreadyExists, $"pod sandbox name {name} is already used by {existing.Id}; remove it first or use another attempt");
+        }
+
+        var id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
+        var parent = spec.CgroupParent.Length == 0 ? "/crest" : "/" + spec.CgroupParent.Trim('/');
+        var sandbox = new SandboxRecord
+        {
+            Id = id,
+            Spec = spec,
+            State = SandboxState.Creating,
+            CreatedAt = time.GetUtcNow(),
+            RuntimeHandler = handler.Name,
+            CgroupsPath = parent,
+        };
+        await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
+        try
+        {
+            var dir = SandboxDir(id);
+            Directory.CreateDirectory(Path.Combine(dir, "rootfs"));
+            Directory.CreateDirectory(Path.Combine(dir, "shm"));
+            linux.Mount("shm", Path.Combine(dir, "shm"), "tmpfs", MountOptions.None, "mode=1777,size=65536k");
+            if (spec.Namespaces.Network != NamespaceMode.Node)
+            {
+                var netns = layout.NetnsFile(id);
+                linux.CreateNetworkNamespace(netns);
+                sandbox = sandbox with { NetnsPath = netns };
+                await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
+                var attachment = await cni.AddAsync(id, netns, spec, ct).ConfigureAwait(false);
+                sandbox = sandbox with { Ips = attachment.Ips, CniResult = attachment.Result, CniNetwork = attachment.Network };
+                await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
+            }
+
+            WritePodFiles(dir, spec, sandbox.Ips);
+            var bundle = Path.Combine(dir, "bundle");
+            Directory.CreateDirectory(bundle);
+            var infraSpec = SpecBuilder.ForInfra(sandbox, Path.Combine(dir, "rootfs"), CatatonitPath, Path.Combine(dir, "shm"));
+            await File.WriteAllBytesAsync(Path.Combine(bundle, "config.json"), JsonSerializer.SerializeToUtf8Bytes(infraSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
+            var pid = await oci.CreateAsync(ConmonOptions(sandbox, handler, bundle), ct).ConfigureAwait(false);
+            await oci.StartAsync(handler.Path, layout.RuntimeRoot(handler.Name), id, ct).ConfigureAwait(false);
+            sandbox = sandbox with { State = SandboxState.Ready, InfraPid = pid };
+            await store.PutSandboxAsync(sandbox, CancellationToken.None).ConfigureAwait(false);
+            RuntimeLog.SandboxReady(logger, id, $"{spec.Namespace}/{spec.Name}", string.Join(",", sandbox.Ips));
+            return sandbox;
+        }
+        catch (Exception e)
+        {
+            RuntimeLog.SandboxRollback(logger, id, e.Message);
+            await TearDownAsync(sandbox, CancellationToken.None).ConfigureAwait(false);
+            await store.DeleteSandboxAsync(id, CancellationToken.None).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    public async Task<SandboxRecord> GetAsync(string idOrPrefix, CancellationToken ct)
+    {
+        var all = await store.ListSandboxesAsync(ct).ConfigureAwait(false);
+        var matches = all.Where(s => s.Id.StartsWith(idOrPrefix, StringComparison.Ordinal)).ToList();
+        return matches.Count switch
+        {
+            1 => await RefreshAsync(matches[0], ct).ConfigureAwait(false),
+            0 => throw new CrestException(ErrorKind.NotFound, $"pod sandbox {idOrPrefix} does not exist"),
+            _ => throw new CrestException(ErrorKind.InvalidArgument, $"pod sandbox ID prefix {idOrPrefix} is ambiguous: {matches.Count} sandboxes match"),
+        };
+    }
+
+    public async Task<SandboxRecord?> FindAsync(string idOrPrefix, CancellationToken ct)
+    {
+        try
+        {
+            return await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        }
+        catch (CrestException e) when (e.Kind == ErrorKind.NotFound)
+        {
+            return null;
+        }
+    }
+
+    public async Task<IReadOnlyList<SandboxRecord>> ListAsync(CancellationToken ct)
+    {
+        var result = new List<SandboxRecord>();
+        foreach (var s in await store.ListSandboxesAsync(ct).ConfigureAwait(false))
+        {
+            if (s.State != SandboxState.Creating)
+            {
+                result.Add(await RefreshAsync(s, ct).ConfigureAwait(false));
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>Stops the infra process and tears the network down. Idempotent (CRI): a stopped pod stops again fine.</summary>
+    public async Task StopAsync(SandboxRecord sandbox, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(sandbox);
+        var handler = Handler(sandbox.RuntimeHandler);
+        await oci.KillAsync(handler.Path, layout.RuntimeRoot(handler.Name), sandbox.Id, 9, ct).ConfigureAwait(false);
+        await WaitGoneAsync(sandbox.InfraPid, TimeSpan.FromSeconds(10), ct).ConfigureAwait(false);
+        if (sandbox.NetnsPath is { } netns && File.Exists(netns))
+        {
+            await cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, ct).ConfigureAwait(false);
+            linux.RemoveNetworkNamespace(netns);
+        }
+
+        await store.PutSandboxAsync(sandbox with { State = SandboxState.NotReady }, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Removes a stopped sandbox's runtime state, mounts and files, then its record.</summary>
+    public async Task RemoveAsync(SandboxRecord sandbox, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(sandbox);
+        await TearDownAsync(sandbox, ct).ConfigureAwait(false);
+        await store.DeleteSandboxAsync(sandbox.Id, ct).ConfigureAwait(false);
+    }
+
+    public string SandboxDir(string id) => layout.SandboxDir(id);
+
+    public RuntimeHandlerOptions Handler(string name)
+    {
+        var wanted = string.IsNullOrEmpty(name) ? options.DefaultHandler : name;
+        return options.Handlers.FirstOrDefault(h => h.Name == wanted)
+            ?? throw new CrestException(ErrorKind.InvalidArgument, $"runtime handler \"{wanted}\" is not configured; configured: {string.Join(", ", options.Handlers.Select(h => h.Name))}");
+    }
+
+    internal ConmonCreateOptions ConmonOptions(SandboxRecord sandbox, RuntimeHandlerOptions handler, string bundle) => new()
+    {
+        ContainerId = sandbox.Id,
+        Name = $"k8s_POD_{sandbox.Spec.Name}_{sandbox.Spec.Namespace}_{sandbox.Spec.Uid}_{sandbox.Spec.Attempt}",
+        RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
+        RuntimeRoot = layout.RuntimeRoot(handler.Name),
+        Bundle = bundle,
+        ContainerPidFile = Path.Combine(SandboxDir(sandbox.Id), "infra.pid"),
+        ConmonPidFile = Path.Combine(SandboxDir(sandbox.Id), "conmon.pid"),
+        ExitDir = layout.ExitDir,
+        PersistDir = Path.Combine(SandboxDir(sandbox.Id), "persist"),
+        SocketDir = layout.SocketDir,
+        SystemdCgroup = options.CgroupDriver == CgroupDriver.Systemd,
+    };
+
+    /// <summary>A Ready sandbox whose infra process is gone is NotReady (the kubelet then recreates it).</summary>
+    private async Task<SandboxRecord> RefreshAsync(SandboxRecord s, CancellationToken ct)
+    {
+        if (s.State == SandboxState.Ready && !linux.IsAlive(s.InfraPid))
+        {
+            s = s with { State = SandboxState.NotReady };
+            await store.PutSandboxAsync(s, ct).ConfigureAwait(false);
+        }
+
+        return s;
+    }
+
+    private async Task TearDownAsync(SandboxRecord sandbox, CancellationToken ct)
+    {
+        var handler = options.Handlers.FirstOrDefault(h => h.Name == sandbox.RuntimeHandler) ?? Handler("");
+        var root = layout.RuntimeRoot(handler.Name);
+        await Step(sandbox.Id, () => oci.KillAsync(handler.Path, root, sandbox.Id, 9, ct)).ConfigureAwait(false);
+        await Step(sandbox.Id, () => WaitGoneAsync(sandbox.InfraPid, TimeSpan.FromSeconds(10), ct)).ConfigureAwait(false);
+        await Step(sandbox.Id, () => oci.DeleteAsync(handler.Path, root, sandbox.Id, ct)).ConfigureAwait(false);
+        if (sandbox.NetnsPath is { } netns && File.Exists(netns))
+        {
+            await Step(sandbox.Id, () => cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, ct)).ConfigureAwait(false);
+            await Step(sandbox.Id, () => { linux.RemoveNetworkNamespace(netns); return Task.CompletedTask; }).ConfigureAwait(false);
+        }
+
+        var dir = SandboxDir(sandbox.Id);
+        await Step(sandbox.Id, () => { linux.Unmount(Path.Combine(dir, "shm")); return Task.CompletedTask; }).ConfigureAwait(false);
+        await Step(sandbox.Id, () =>
+        {
+            File.Delete(Path.Combine(layout.ExitDir, sandbox.Id));
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+
+            return Task.CompletedTask;
+        }).ConfigureAwait(false);
+    }
+
+    private async Task Step(string id, Func<Task> step)
+    {
+        try
+        {
+            await step().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
+        {
+            RuntimeLog.CleanupFailed(logger, id, e.Message);
+        }
+    }
+
+    private async Task WaitGoneAsync(int pid, TimeSpan timeout, CancellationToken ct)
+    {
+        var deadline = time.GetUtcNow() + timeout;
+        while (pid > 0 && linux.IsAlive(pid) && !IsZombie(pid) && time.GetUtcNow() < deadline)
+        {
+            await Task.Delay(20, ct).ConfigureAwait(false);
+        }
+    }
+
+    private static bool IsZombie(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            return stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
+        }
+        catch (IOException)
+        {
+            return true;
+        }
+    }
+
+    private static void WritePodFiles(string dir, PodSpec spec, IReadOnlyList<string> ips)
+    {
+        var hostname = spec.Hostname.Length > 0 ? spec.Hostname : spec.Name;
+        File.WriteAllText(Path.Combine(dir, "hostname"), hostname + "\n");
+        var hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + string.Concat(ips.Select(ip => $"{ip}\t{hostname}\n"));
+        File.WriteAllText(Path.Combine(dir, "hosts"), hosts);
+        string resolv;
+        if (spec.Dns is { } dns && (dns.Servers.Count > 0 || dns.Searches.Count > 0 || dns.Options.Count > 0))
+        {
+            resolv = string.Concat(dns.Servers.Select(s => $"nameserver {s}\n"))
+                + (dns.Searches.Count > 0 ? $"search {string.Join(' ', dns.Searches)}\n" : "")
+                + (dns.Options.Count > 0 ? $"options {string.Join(' ', dns.Options)}\n" : "");
+        }
+        else
+        {
+            resolv = File.Exists("/etc/resolv.conf") ? File.ReadAllText("/etc/resolv.conf") : "";
+        }
+
+        File.WriteAllText(Path.Combine(dir, "resolv.conf"), resolv);
+    }
+}
