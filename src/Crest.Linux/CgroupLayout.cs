@@ -15,6 +15,18 @@ public enum CgroupMode
 
 public static class CgroupLayout
 {
+    /// <summary>
+    /// Controllers enabled in the v2 hierarchy of a hybrid host. crun refuses such hosts
+    /// ("cgroups in hybrid mode not supported"); runc handles them.
+    /// </summary>
+    public static IReadOnlyList<string> HybridV2Controllers()
+    {
+        const string path = "/sys/fs/cgroup/unified/cgroup.controllers";
+        return Detect() == CgroupMode.Hybrid && File.Exists(path)
+            ? File.ReadAllText(path).Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            : [];
+    }
+
     /// <summary>Reads the cgroup mode of this host from /proc/self/mountinfo.</summary>
     public static CgroupMode Detect() => FromMountInfo(File.ReadLines("/proc/self/mountinfo"));
 

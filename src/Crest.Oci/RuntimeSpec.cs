@@ -5,7 +5,7 @@ namespace Crest.Oci;
 /// <summary>The OCI runtime spec (config.json) fields Crest writes; see opencontainers/runtime-spec config.md.</summary>
 public sealed record RuntimeSpec
 {
-    [JsonPropertyName("ociVersion")] public string OciVersion { get; init; } = "1.2.0";
+    [JsonPropertyName("ociVersion")] public string OciVersion { get; init; } = "1.1.0";
     [JsonPropertyName("process")] public SpecProcess Process { get; init; } = new();
     [JsonPropertyName("root")] public SpecRoot Root { get; init; } = new();
     [JsonPropertyName("hostname")] public string? Hostname { get; init; }

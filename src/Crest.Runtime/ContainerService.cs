@@ -300,7 +300,8 @@ public sealed class ContainerService(
         {
             State = ContainerState.Exited,
             ExitCode = code,
-            FinishedAt = File.GetLastWriteTimeUtc(exitFile),
+            // A process that exits at once can write its exit file before StartContainer recorded the start.
+            FinishedAt = c.StartedAt is { } started && started > File.GetLastWriteTimeUtc(exitFile) ? started : File.GetLastWriteTimeUtc(exitFile),
             Reason = oom ? "OOMKilled" : code == 0 ? "Completed" : "Error",
         };
         await store.PutContainerAsync(updated, ct).ConfigureAwait(false);

@@ -29,7 +29,14 @@ public sealed class RuntimeHandlerProbe(ICommandRunner commands)
                     $"runtime handler '{handler.Name}': '{resolved} --version' exited {result.ExitCode}: {result.StandardError.Trim()}");
             }
 
-            return new RuntimeHandlerStatus(handler.Name, resolved, ParseVersion(result.StandardOutput), null);
+            var version = ParseVersion(result.StandardOutput);
+            if (Path.GetFileName(resolved) == "crun" && CgroupLayout.HybridV2Controllers() is { Count: > 0 } controllers)
+            {
+                return new RuntimeHandlerStatus(handler.Name, resolved, version,
+                    $"runtime handler '{handler.Name}': crun refuses this host's hybrid cgroups (cgroup v1 plus a v2 hierarchy with the {string.Join(", ", controllers)} controller); use runc here, or run on a pure cgroup v1 or v2 host");
+            }
+
+            return new RuntimeHandlerStatus(handler.Name, resolved, version, null);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {

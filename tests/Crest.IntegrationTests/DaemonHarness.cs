@@ -62,6 +62,19 @@ internal sealed class DaemonHarness : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        // A test's pods must not outlive it: remove them (and their containers, cgroups, netns) through CRI.
+        try
+        {
+            var pods = await Runtime.ListPodSandboxAsync(new ListPodSandboxRequest());
+            foreach (var p in pods.Items)
+            {
+                await Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = p.Id });
+            }
+        }
+        catch (Grpc.Core.RpcException)
+        {
+        }
+
         Channel.Dispose();
         await Daemon.DisposeAsync();
         Dir.Dispose();
