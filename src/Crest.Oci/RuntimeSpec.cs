@@ -123,4 +123,5 @@ public sealed record SpecSyscall
 [JsonSourceGenerationOptions(DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, WriteIndented = true)]
 [JsonSerializable(typeof(RuntimeSpec))]
 [JsonSerializable(typeof(SpecSeccomp))]
+[JsonSerializable(typeof(SpecResources))]
 public sealed partial class RuntimeSpecJson : JsonSerializerContext;

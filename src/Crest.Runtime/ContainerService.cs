@@ -206,6 +206,34 @@ public sealed class ContainerService(
         await GetAsync(c.Id, ct).ConfigureAwait(false);
     }
 
+    /// <summary>Applies new CPU and memory limits to a created or running container, and records them.</summary>
+    public async Task UpdateResourcesAsync(string idOrPrefix, ResourceSpec resources, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(resources);
+        var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        if (c.State is not (ContainerState.Created or ContainerState.Running))
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; only a created or running container can be updated");
+        }
+
+        var spec = new SpecResources
+        {
+            Memory = resources.MemoryLimitBytes > 0 ? new SpecMemory(resources.MemoryLimitBytes) : null,
+            Cpu = new SpecCpu
+            {
+                Shares = resources.CpuShares > 0 ? (ulong)resources.CpuShares : null,
+                Quota = resources.CpuQuota != 0 ? resources.CpuQuota : null,
+                Period = resources.CpuPeriod > 0 ? (ulong)resources.CpuPeriod : null,
+                Cpus = resources.CpusetCpus.Length > 0 ? resources.CpusetCpus : null,
+                Mems = resources.CpusetMems.Length > 0 ? resources.CpusetMems : null,
+            },
+        };
+        var handler = sandboxes.Handler(c.RuntimeHandler);
+        await oci.UpdateAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id,
+            JsonSerializer.Serialize(spec, RuntimeSpecJson.Default.SpecResources), ct).ConfigureAwait(false);
+        await store.PutContainerAsync(c with { Spec = c.Spec with { Resources = resources } }, ct).ConfigureAwait(false);
+    }
+
     /// <summary>Removes a container (stopping it first if needed), its rootfs mount, files and lease. Idempotent.</summary>
     public async Task RemoveAsync(string idOrPrefix, CancellationToken ct)
     {

@@ -74,6 +74,9 @@ public interface IOciRuntime
     Task DeleteAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct);
 
     Task<OciState?> StateAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct);
+
+    /// <summary>Applies new cgroup limits to a running container (<c>runc update --resources -</c>).</summary>
+    Task UpdateAsync(string runtimePath, string runtimeRoot, string id, string resourcesJson, CancellationToken ct);
 }
 
 /// <summary>conmon + runc/crun, as CRI-O and Podman run containers.</summary>
@@ -178,6 +181,15 @@ public sealed class ConmonOciRuntime(string conmonPath, ICommandRunner commands)
 
         using var doc = JsonDocument.Parse(r.StandardOutput);
         return new OciState(doc.RootElement.GetProperty("status").GetString() ?? "unknown", doc.RootElement.TryGetProperty("pid", out var p) ? p.GetInt32() : 0);
+    }
+
+    public async Task UpdateAsync(string runtimePath, string runtimeRoot, string id, string resourcesJson, CancellationToken ct)
+    {
+        var r = await commands.RunAsync(new CommandLine(runtimePath, [$"--root={runtimeRoot}", "update", "--resources", "-", id]) { StandardInput = resourcesJson }, ct).ConfigureAwait(false);
+        if (r.ExitCode != 0)
+        {
+            throw new CrestException(ErrorKind.Internal, $"container {id}: {Path.GetFileName(runtimePath)} update failed: {Trim(r.StandardError)}");
+        }
     }
 
     private static bool NotRunning(string stderr) =>

@@ -114,3 +114,36 @@ public class OutputTests
         Assert.Equal("not json", (string?)doc["note"]);
     }
 }
+
+public class CrictlConfigTests
+{
+    [Fact]
+    public void A_yaml_pod_config_reads_like_its_json_twin()
+    {
+        var json = Crest.Cli.Output.YamlReader.ToJson("""
+            metadata:
+              name: web
+              uid: "123"
+              namespace: default
+              attempt: 1
+            log_directory: /tmp/logs
+            dns_config:
+              servers: [10.96.0.10]
+            port_mappings:
+              - container_port: 80
+                host_port: 8080
+            linux:
+              security_context:
+                privileged: false
+            """)!.ToJsonString();
+
+        var parsed = new Google.Protobuf.JsonParser(Google.Protobuf.JsonParser.Settings.Default).Parse<Runtime.V1.PodSandboxConfig>(json);
+
+        Assert.Equal("web", parsed.Metadata.Name);
+        Assert.Equal("123", parsed.Metadata.Uid);
+        Assert.Equal(1u, parsed.Metadata.Attempt);
+        Assert.Equal("10.96.0.10", parsed.DnsConfig.Servers[0]);
+        Assert.Equal(8080, parsed.PortMappings[0].HostPort);
+        Assert.False(parsed.Linux.SecurityContext.Privileged);
+    }
+}

@@ -227,13 +227,26 @@ internal static class PodCommands
             throw new CliUsageException($"cannot read {path}: {e.Message}");
         }
 
+        // crictl takes JSON or YAML; YAML is read into JSON first.
+        if (!text.TrimStart().StartsWith('{'))
+        {
+            try
+            {
+                text = YamlReader.ToJson(text)?.ToJsonString() ?? "{}";
+            }
+            catch (YamlDotNet.Core.YamlException e)
+            {
+                throw new CliUsageException($"{path} is neither JSON nor valid YAML: {e.Message}");
+            }
+        }
+
         try
         {
             return Parser.Parse<T>(text);
         }
         catch (InvalidProtocolBufferException e)
         {
-            throw new CliUsageException($"{path} is not a valid {typeof(T).Name} in crictl's JSON form: {e.Message}");
+            throw new CliUsageException($"{path} is not a valid {typeof(T).Name} in crictl's form: {e.Message}");
         }
     }
 

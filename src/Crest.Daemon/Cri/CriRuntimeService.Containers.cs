@@ -122,6 +122,16 @@ internal sealed partial class CriRuntimeService
         return response;
     }
 
+    public override async Task<UpdateContainerResourcesResponse> UpdateContainerResources(UpdateContainerResourcesRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var r = request.Linux ?? throw new RpcException(new Status(StatusCode.InvalidArgument, "UpdateContainerResources needs linux resources"));
+        await containers.UpdateResourcesAsync(request.ContainerId,
+            new Crest.Core.ResourceSpec(r.CpuPeriod, r.CpuQuota, r.CpuShares, r.MemoryLimitInBytes, r.CpusetCpus, r.CpusetMems), context.CancellationToken);
+        return new UpdateContainerResourcesResponse();
+    }
+
     private JsonElement? ReadSpec(string id)
     {
         var file = Path.Combine(runtimeLayout.ContainerDir(id), "bundle", "config.json");

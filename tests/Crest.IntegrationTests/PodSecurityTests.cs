@@ -1,0 +1,184 @@
+using System.Net.Sockets;
+using ContainerRecord = Crest.Core.ContainerRecord;
+using ContainerSpec = Crest.Core.ContainerSpec;
+using IRuntimeStore = Crest.Core.IRuntimeStore;
+using Crest.TestKit;
+using Microsoft.Extensions.DependencyInjection;
+using Runtime.V1;
+using static Crest.IntegrationTests.PodTests;
+
+namespace Crest.IntegrationTests;
+
+/// <summary>What the spec builder grants and withholds, checked from inside real containers.</summary>
+public class PodSecurityTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static async Task<string> LogOfAsync(DaemonHarness d, ContainerConfig config, string podName, Action<PodSandboxConfig>? editPod = null)
+    {
+        var pod = Pod(d, podName);
+        editPod?.Invoke(pod);
+        var (_, id) = await RunAsync(d, pod, config);
+        var status = await WaitExitedAsync(d, id, TimeSpan.FromSeconds(20));
+        Assert.Equal(global::Runtime.V1.ContainerState.ContainerExited, status.State);
+        return await File.ReadAllTextAsync(status.LogPath, Ct);
+    }
+
+    [Fact]
+    public async Task A_host_port_mapping_reaches_the_container()
+    {
+        await using var d = await StartWithImageAsync();
+        var pod = Pod(d, "ported");
+        var port = LocalRegistry.FreePort();
+        pod.PortMappings.Add(new global::Runtime.V1.PortMapping { Protocol = Protocol.Tcp, ContainerPort = 8080, HostPort = port, HostIp = "127.0.0.1" });
+        await RunAsync(d, pod, Container("httpd", "mkdir -p /tmp/www", "echo mapped > /tmp/www/index.html", "exec /bin/busybox httpd -f -p 8080 -h /tmp/www"));
+
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(3) };
+        string? body = null;
+        for (var i = 0; i < 50 && body is null; i++)
+        {
+            try
+            {
+                body = await http.GetStringAsync(new Uri($"http://127.0.0.1:{port}/index.html"), Ct);
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
+            {
+                await Task.Delay(100, Ct);
+            }
+        }
+
+        Assert.Equal("mapped\n", body);
+    }
+
+    [Fact]
+    public async Task Default_containers_lack_dangerous_capabilities_masked_paths_and_blocked_syscalls()
+    {
+        await using var d = await StartWithImageAsync();
+        var config = Container("confined",
+            "grep CapEff /proc/self/status",
+            "[ -s /proc/kcore ] && echo kcore=readable || echo kcore=masked",
+            "echo 1 > /proc/sys/kernel/shm_rmid_forced 2>/dev/null && echo procsys=rw || echo procsys=ro",
+            "unshare -n true 2>/dev/null && echo unshare=allowed || echo unshare=blocked");
+        config.Linux.SecurityContext = new LinuxContainerSecurityContext { Seccomp = new SecurityProfile { ProfileType = SecurityProfile.Types.ProfileType.RuntimeDefault } };
+
+        var log = await LogOfAsync(d, config, "confined");
+
+        // The default set: chown dac_override fowner fsetid kill setgid setuid setpcap net_bind_service net_raw sys_chroot mknod audit_write setfcap.
+        Assert.Contains("CapEff:\t00000000a80425fb", log, StringComparison.Ordinal);
+        Assert.Contains("kcore=masked", log, StringComparison.Ordinal);
+        Assert.Contains("procsys=ro", log, StringComparison.Ordinal);
+        Assert.Contains("unshare=blocked", log, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Added_and_dropped_capabilities_change_the_set()
+    {
+        await using var d = await StartWithImageAsync();
+        var config = Container("caps", "grep CapEff /proc/self/status");
+        config.Linux.SecurityContext = new LinuxContainerSecurityContext
+        {
+            Capabilities = new Capability { AddCapabilities = { "NET_ADMIN" }, DropCapabilities = { "ALL" } },
+        };
+
+        var log = await LogOfAsync(d, config, "caps");
+
+        Assert.Contains("CapEff:\t0000000000001000", log, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Bind_mounts_are_mounted_read_only_when_asked()
+    {
+        await using var d = await StartWithImageAsync();
+        var data = d.Dir.CreateDirectory("data");
+        await File.WriteAllTextAsync(Path.Combine(data, "in"), "from host", Ct);
+        var config = Container("binds", "cat /data/in; echo", "touch /data/out 2>/dev/null && echo data=rw || echo data=ro");
+        config.Mounts.Add(new Mount { ContainerPath = "/data", HostPath = data, Readonly = true });
+
+        var log = await LogOfAsync(d, config, "binds");
+
+        Assert.Contains(" from host", log, StringComparison.Ordinal);
+        Assert.Contains("data=ro", log, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(data, "out")));
+    }
+
+    [Fact]
+    public async Task Dns_config_and_sysctls_reach_the_pod()
+    {
+        await using var d = await StartWithImageAsync();
+        var config = Container("dns", "cat /etc/resolv.conf", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start");
+
+        var log = await LogOfAsync(d, config, "dns", pod =>
+        {
+            pod.DnsConfig = new DNSConfig { Servers = { "10.96.0.10" }, Searches = { "test.svc.cluster.local" }, Options = { "ndots:5" } };
+            pod.Linux.Sysctls["net.ipv4.ip_unprivileged_port_start"] = "80";
+        });
+
+        Assert.Contains("stdout F nameserver 10.96.0.10\n", log, StringComparison.Ordinal);
+        Assert.Contains("stdout F search test.svc.cluster.local\n", log, StringComparison.Ordinal);
+        Assert.Contains("stdout F options ndots:5\n", log, StringComparison.Ordinal);
+        Assert.Contains("stdout F 80\n", log, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_pod_shared_pid_namespace_shows_the_infra_process()
+    {
+        await using var d = await StartWithImageAsync();
+        var config = Container("pidns", "cat /proc/1/cmdline | tr '\\0' ' '; echo");
+        config.Linux.SecurityContext = new LinuxContainerSecurityContext { NamespaceOptions = new NamespaceOption { Pid = global::Runtime.V1.NamespaceMode.Pod } };
+
+        var log = await LogOfAsync(d, config, "pidns");
+
+        Assert.Contains("/catatonit -P", log, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task UpdateContainerResources_changes_the_memory_limit_of_a_running_container()
+    {
+        await using var d = await StartWithImageAsync();
+        var config = Container("grow", "sleep 60");
+        config.Linux.Resources = new LinuxContainerResources { MemoryLimitInBytes = 64 * 1024 * 1024 };
+        var (_, id) = await RunAsync(d, Pod(d, "grow"), config);
+
+        await d.Runtime.UpdateContainerResourcesAsync(new UpdateContainerResourcesRequest
+        {
+            ContainerId = id,
+            Linux = new LinuxContainerResources { MemoryLimitInBytes = 128 * 1024 * 1024 },
+        }, cancellationToken: Ct);
+
+        var status = await d.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id, Verbose = true }, cancellationToken: Ct);
+        var pid = System.Text.Json.JsonDocument.Parse(status.Info["info"]).RootElement.GetProperty("pid").GetInt32();
+        var memoryCgroup = File.ReadAllLines($"/proc/{pid}/cgroup").Select(l => l.Split(':')).First(f => f[1].Split(',').Contains("memory"))[2];
+        var limit = await File.ReadAllTextAsync($"/sys/fs/cgroup/memory{memoryCgroup}/memory.limit_in_bytes", Ct);
+        Assert.Equal((128 * 1024 * 1024).ToString(System.Globalization.CultureInfo.InvariantCulture), limit.Trim());
+    }
+
+    [Fact]
+    public async Task A_create_half_done_when_crestd_died_is_rolled_back_on_recovery()
+    {
+        await using var d = await StartWithImageAsync();
+        var pod = Pod(d, "halfdone");
+        var p = await d.Runtime.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod }, cancellationToken: Ct);
+        var store = d.Daemon.Services.GetRequiredService<IRuntimeStore>();
+        var layout = d.Daemon.Services.GetRequiredService<Crest.Runtime.RuntimeLayout>();
+        var half = new ContainerRecord
+        {
+            Id = new string('a', 64),
+            SandboxId = p.PodSandboxId,
+            Spec = new ContainerSpec { Name = "half", Image = PodTests.Image },
+            State = Crest.Core.ContainerState.Creating,
+            CreatedAt = DateTimeOffset.UtcNow,
+            ImageId = "sha256:" + new string('b', 64),
+            ImageRef = PodTests.Image,
+            RuntimeHandler = "runc",
+        };
+        await store.PutContainerAsync(half, Ct);
+        Directory.CreateDirectory(Path.Combine(layout.ContainerDir(half.Id), "upper"));
+
+        var (kept, rolledBack) = await d.Daemon.Services.GetRequiredService<Crest.Runtime.ContainerService>().RecoverAsync(Ct);
+
+        Assert.Equal(1, rolledBack);
+        Assert.Null(await store.GetContainerAsync(half.Id, Ct));
+        Assert.False(Directory.Exists(layout.ContainerDir(half.Id)));
+        Assert.Equal(0, kept);
+    }
+}
