@@ -137,7 +137,7 @@ public class CrictlConfigTests
                 privileged: false
             """)!.ToJsonString();
 
-        var parsed = new Google.Protobuf.JsonParser(Google.Protobuf.JsonParser.Settings.Default).Parse<Runtime.V1.PodSandboxConfig>(json);
+        var parsed = new Google.Protobuf.JsonParser(Google.Protobuf.JsonParser.Settings.Default).Parse<global::Runtime.V1.PodSandboxConfig>(json);
 
         Assert.Equal("web", parsed.Metadata.Name);
         Assert.Equal("123", parsed.Metadata.Uid);
