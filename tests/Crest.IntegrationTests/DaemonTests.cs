@@ -129,13 +129,13 @@ public class DaemonTests
     {
         await using var d = await DaemonHarness.StartAsync();
 
-        var pods = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ListPodSandboxAsync(new ListPodSandboxRequest(), cancellationToken: Ct).ResponseAsync);
+        var exec = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
         var checkpoint = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.CheckpointContainerAsync(new CheckpointContainerRequest(), cancellationToken: Ct).ResponseAsync);
-        var containers = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ListContainersAsync(new ListContainersRequest(), cancellationToken: Ct).ResponseAsync);
+        var stats = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ListContainerStatsAsync(new ListContainerStatsRequest(), cancellationToken: Ct).ResponseAsync);
 
-        Assert.Equal(StatusCode.Unimplemented, pods.StatusCode);
+        Assert.Equal(StatusCode.Unimplemented, exec.StatusCode);
         Assert.Equal(StatusCode.Unimplemented, checkpoint.StatusCode);
-        Assert.Equal(StatusCode.Unimplemented, containers.StatusCode);
+        Assert.Equal(StatusCode.Unimplemented, stats.StatusCode);
     }
 
     [Fact]
