@@ -61,6 +61,33 @@ using (var layout = new Crest.TestKit.TempDir("crest-bench-layout"))
     }
 }
 
+Console.Error.WriteLine("bench: pod lifecycle (run pod + create + start, then stop + remove)");
+using (var work = new Crest.TestKit.TempDir("crest-bench-pods"))
+{
+    var (busybox, pause) = PodScenario.WriteArchives(work.Path);
+    foreach (var subject in subjects)
+    {
+        await using var running = await subject.StartAsync();
+        if (subject.Name == "crest")
+        {
+            await PodScenario.LoadIntoCrestAsync(running.Socket, busybox);
+        }
+        else
+        {
+            await PodScenario.LoadIntoContainerdAsync(running.Socket, busybox);
+            await PodScenario.LoadIntoContainerdAsync(running.Socket, pause);
+        }
+
+        await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), 999);
+        for (var r = 0; r < runs; r++)
+        {
+            var (up, down) = await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), r);
+            report.Add("pod + container up (run, create, start)", "ms", subject.Name, up.TotalMilliseconds);
+            report.Add("pod + container down (stop, remove)", "ms", subject.Name, down.TotalMilliseconds);
+        }
+    }
+}
+
 Directory.CreateDirectory(output);
 var stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
 var markdown = report.Markdown(subjects.Select(s => s.Name).ToList(), Environment.MachineName);

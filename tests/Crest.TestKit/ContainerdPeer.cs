@@ -41,8 +41,11 @@ public sealed class ContainerdPeer : IAsyncDisposable
               address = "{socket}"
             [plugins."io.containerd.nri.v1.nri"]
               disable = true
+            [plugins."io.containerd.cri.v1.images".pinned_images]
+              sandbox = "localhost/crest-bench/pause:v1"
             [plugins."io.containerd.cri.v1.runtime"]
               enable_cdi = false
+              restrict_oom_score_adj = true
             [plugins."io.containerd.cri.v1.runtime".cni]
               conf_dir = "{cniConfDir}"
               bin_dirs = ["{CniFixture.HostPluginDir}"]
