@@ -15,6 +15,9 @@ work=$(mktemp -d /tmp/crest-demo-XXXXXX)
 pid=
 registry_pid=
 cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    for p in $("$crest" -r "unix://$work/state/crest.sock" pods -q 2>/dev/null); do "$crest" -r "unix://$work/state/crest.sock" rmp "$p" >/dev/null 2>&1 || true; done
+  fi
   if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; fi
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; wait "$pid" || true; fi
   rm -rf "$work"
@@ -77,6 +80,37 @@ image="127.0.0.1:$port/demo/busybox:v1"
 "$crest" -r "$endpoint" images --digests
 "$crest" -r "$endpoint" imagefsinfo -o table
 kill "$registry_pid" 2>/dev/null || true
+
+step "a pod with a web server from that image: conmon + runc, CNI bridge, reachable from the host"
+cat > "$work/pod.json" <<JSON
+{"metadata": {"name": "demo", "uid": "demo-uid", "namespace": "default", "attempt": 1},
+ "hostname": "demo", "log_directory": "$work/logs", "linux": {} }
+JSON
+cat > "$work/web.json" <<JSON
+{"metadata": {"name": "web"}, "image": {"image": "$image"},
+ "command": ["/bin/busybox", "sh", "-c", "mkdir -p /www; echo hello from a crest pod > /www/index.html; echo serving; exec /bin/busybox httpd -f -p 8080 -h /www"],
+ "log_path": "web.log", "linux": {} }
+JSON
+pod=$("$crest" -r "$endpoint" runp "$work/pod.json")
+ctr=$("$crest" -r "$endpoint" create "$pod" "$work/web.json" "$work/pod.json")
+"$crest" -r "$endpoint" start "$ctr" >/dev/null
+"$crest" -r "$endpoint" pods
+"$crest" -r "$endpoint" ps
+ip=$("$crest" -r "$endpoint" inspectp "$pod" | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -n 1)
+echo "pod IP: $ip"
+answer=
+for _ in $(seq 1 50); do
+  answer=$( (exec 3<>"/dev/tcp/$ip/8080" && printf 'GET /index.html HTTP/1.0\r\n\r\n' >&3 && cat <&3) 2>/dev/null | tail -n 1) && [ -n "$answer" ] && break
+  sleep 0.1
+done
+echo "GET http://$ip:8080/ -> $answer"
+[ "$answer" = "hello from a crest pod" ] || { echo "demo: the pod did not answer"; exit 1; }
+echo "container log ($work/logs/web.log):"
+cat "$work/logs/web.log"
+"$crest" -r "$endpoint" stop -T 2 "$ctr" >/dev/null
+"$crest" -r "$endpoint" rm "$ctr" >/dev/null
+"$crest" -r "$endpoint" stopp "$pod"
+"$crest" -r "$endpoint" rmp "$pod"
 
 step "stop crestd with SIGTERM"
 kill -TERM "$pid"
