@@ -1,0 +1,114 @@
+using Crest.Core;
+using Crest.Oci;
+using Crest.Runtime;
+
+namespace Crest.UnitTests;
+
+public class SpecBuilderTests
+{
+    private static SandboxRecord Sandbox(NamespaceMode network = NamespaceMode.Pod) => new()
+    {
+        Id = new string('s', 64),
+        Spec = new PodSpec { Name = "p", Uid = "u", Namespace = "n", Namespaces = new NamespaceOptions(Network: network) },
+        State = SandboxState.Ready,
+        CreatedAt = DateTimeOffset.UnixEpoch,
+        RuntimeHandler = "runc",
+        NetnsPath = "/run/crest/netns/s",
+        InfraPid = 4242,
+        CgroupsPath = "/kubepods/pod1",
+    };
+
+    private static ContainerContext Context(ContainerDefaults? image = null, NamespaceMode network = NamespaceMode.Pod) => new()
+    {
+        ContainerId = new string('c', 64),
+        Sandbox = Sandbox(network),
+        RootfsPath = "/var/lib/crest/containers/c/rootfs",
+        Image = image ?? new ContainerDefaults { Entrypoint = ["/entry"], Cmd = ["default-arg"], Env = ["PATH=/bin", "A=image"], WorkingDir = "/app" },
+        User = (0, 0, []),
+        HostsFile = "/h",
+        HostnameFile = "/hn",
+        ResolvConfFile = "/r",
+        ShmPath = "/shm",
+    };
+
+    [Fact]
+    public void Command_replaces_the_entrypoint_and_args_replace_the_cmd()
+    {
+        var onlyArgs = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i", Args = ["x"] }, Context());
+        var command = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i", Command = ["/bin/sh"], Args = ["-c", "true"] }, Context());
+        var neither = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i" }, Context());
+
+        Assert.Equal(["/entry", "x"], onlyArgs.Process.Args);
+        Assert.Equal(["/bin/sh", "-c", "true"], command.Process.Args);
+        Assert.Equal(["/entry", "default-arg"], neither.Process.Args);
+        Assert.Equal("/app", neither.Process.Cwd);
+    }
+
+    [Fact]
+    public void A_container_with_no_command_anywhere_is_refused_by_name()
+    {
+        var e = Assert.Throws<CrestException>(() => SpecBuilder.ForContainer(new ContainerSpec { Name = "empty", Image = "scratch" }, Context(new ContainerDefaults())));
+
+        Assert.Contains("container empty has no command", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Request_env_overrides_the_image_env_in_place()
+    {
+        var spec = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i", Envs = [new("A", "request"), new("B", "new")] }, Context());
+
+        Assert.Equal(["PATH=/bin", "A=request", "B=new"], spec.Process.Env);
+    }
+
+    [Fact]
+    public void Capabilities_add_and_drop_from_the_default_set()
+    {
+        Assert.Contains("CAP_NET_ADMIN", SpecBuilder.Capabilities(["NET_ADMIN"], []));
+        Assert.DoesNotContain("CAP_NET_RAW", SpecBuilder.Capabilities([], ["net_raw"]));
+        Assert.Equal(["CAP_NET_BIND_SERVICE"], SpecBuilder.Capabilities(["NET_BIND_SERVICE"], ["ALL"]));
+        Assert.Equal(SpecBuilder.AllCapabilities, SpecBuilder.Capabilities(["ALL"], []));
+        Assert.Throws<CrestException>(() => SpecBuilder.Capabilities(["NOT_A_CAP"], []));
+    }
+
+    [Fact]
+    public void Containers_join_the_pods_network_uts_and_ipc_and_get_their_own_pid_namespace()
+    {
+        var spec = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i" }, Context());
+
+        Assert.Contains(new SpecNamespace("network", "/run/crest/netns/s"), spec.Linux.Namespaces);
+        Assert.Contains(new SpecNamespace("uts", "/proc/4242/ns/uts"), spec.Linux.Namespaces);
+        Assert.Contains(new SpecNamespace("ipc", "/proc/4242/ns/ipc"), spec.Linux.Namespaces);
+        Assert.Contains(new SpecNamespace("pid"), spec.Linux.Namespaces);
+        Assert.Equal($"/kubepods/pod1/crest-{new string('c', 64)}", spec.Linux.CgroupsPath);
+    }
+
+    [Fact]
+    public void A_host_network_pod_joins_no_network_namespace()
+    {
+        var spec = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i" }, Context(network: NamespaceMode.Node));
+
+        Assert.DoesNotContain(spec.Linux.Namespaces, n => n.Type is "network" or "uts");
+    }
+
+    [Fact]
+    public void Privileged_containers_get_every_capability_and_no_masks_or_seccomp()
+    {
+        var spec = SpecBuilder.ForContainer(new ContainerSpec
+        {
+            Name = "c",
+            Image = "i",
+            Security = new SecuritySpec { Privileged = true, Seccomp = SeccompMode.RuntimeDefault },
+        }, Context());
+
+        Assert.Equal(SpecBuilder.AllCapabilities, spec.Process.Capabilities!.Bounding);
+        Assert.Null(spec.Linux.MaskedPaths);
+        Assert.Null(spec.Linux.Seccomp);
+    }
+
+    [Theory]
+    [InlineData(null, 15)]
+    [InlineData("SIGQUIT", 3)]
+    [InlineData("INT", 2)]
+    [InlineData("9", 9)]
+    public void Stop_signals_are_read_from_the_image(string? signal, int number) => Assert.Equal(number, ContainerService.Signal(signal));
+}
