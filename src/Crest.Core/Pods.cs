@@ -144,6 +144,9 @@ public sealed record ContainerRecord
     public required string RuntimeHandler { get; init; }
     /// <summary>Full path of the CRI log file (sandbox log_directory + log_path), or empty.</summary>
     public string LogFile { get; init; } = "";
+
+    /// <summary>The signal StopContainer sends first, resolved from the image at create time.</summary>
+    public int StopSignal { get; init; } = 15;
 }
 
 /// <summary>Seam over where sandbox and container records live.</summary>

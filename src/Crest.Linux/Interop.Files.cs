@@ -11,6 +11,7 @@ internal static unsafe partial class Interop
     internal const int AT_EMPTY_PATH = 0x1000;
 
     internal const int O_RDWR = 2;
+    internal const int O_NONBLOCK = 0x800;
     internal const int O_CREAT = 0x40;
     internal const int O_EXCL = 0x80;
     internal const int O_TRUNC = 0x200;
@@ -120,7 +121,7 @@ internal static unsafe partial class Interop
     internal static uint TypeAt(int dirFd, string path)
     {
         var buffer = stackalloc byte[256];
-        if (StatX(dirFd, path, AT_SYMLINK_NOFOLLOW, 0x1, buffer) != 0)
+        if (StatX(dirFd, path, AT_SYMLINK_NOFOLLOW | (path.Length == 0 ? AT_EMPTY_PATH : 0), 0x1, buffer) != 0)
         {
             return 0;
         }

@@ -33,6 +33,9 @@ public enum MountOptions : ulong
 {
     None = 0,
     ReadOnly = Interop.MS_RDONLY,
+    NoSuid = 0x2,
+    NoDev = 0x4,
+    NoExec = 0x8,
     Bind = Interop.MS_BIND,
     Recursive = Interop.MS_REC,
     Private = Interop.MS_PRIVATE,
@@ -105,7 +108,24 @@ public sealed class LinuxSyscalls : ILinux
 
     public bool Kill(int pid, int signal) => pid > 0 && Interop.Kill(pid, signal) == 0;
 
-    public bool IsAlive(int pid) => pid > 0 && (Interop.Kill(pid, 0) == 0 || Marshal.GetLastPInvokeError() == 1 /* EPERM: exists */);
+    /// <summary>True for a process that exists and is not a zombie (a dead child nobody reaped yet is not alive).</summary>
+    public bool IsAlive(int pid)
+    {
+        if (pid <= 0 || (Interop.Kill(pid, 0) != 0 && Marshal.GetLastPInvokeError() != 1 /* EPERM: exists */))
+        {
+            return false;
+        }
+
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            return stat[(stat.LastIndexOf(')') + 2)] is not ('Z' or 'X');
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
 
     public IReadOnlyList<string> MountsUnder(string prefix)
     {

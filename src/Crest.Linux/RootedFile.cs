@@ -19,14 +19,21 @@ public static class RootedFile
 
         try
         {
-            var fd = Interop.Openat2(rootFd, relativePath.TrimStart('/'), (ulong)(Interop.O_RDONLY | Interop.O_CLOEXEC), ResolveInRoot | Interop.RESOLVE_NO_MAGICLINKS);
+            // O_NONBLOCK: a FIFO planted by an image must not hang the daemon; non-regular files are refused below.
+            var fd = Interop.Openat2(rootFd, relativePath.TrimStart('/'), (ulong)(Interop.O_RDONLY | Interop.O_CLOEXEC | Interop.O_NONBLOCK), ResolveInRoot | Interop.RESOLVE_NO_MAGICLINKS);
             if (fd < 0)
             {
                 var errno = Marshal.GetLastPInvokeError();
                 return errno == Interop.ENOENT ? null : throw new IOException($"cannot open {relativePath} in {root}: {Marshal.GetPInvokeErrorMessage(errno)}");
             }
 
-            using var stream = new FileStream(new SafeFileHandle(fd, ownsHandle: true), FileAccess.Read);
+            using var handle = new SafeFileHandle(fd, ownsHandle: true);
+            if (Interop.TypeAt(fd, "") is var type && type != Interop.S_IFREG)
+            {
+                throw new IOException($"{relativePath} in {root} is not a regular file");
+            }
+
+            using var stream = new FileStream(handle, FileAccess.Read);
             var buffer = new byte[maxBytes];
             var total = 0;
             int n;

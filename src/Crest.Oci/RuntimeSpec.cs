@@ -104,6 +104,9 @@ public sealed record SpecDevice
     [JsonPropertyName("fileMode")] public uint? FileMode { get; init; }
     [JsonPropertyName("uid")] public uint? Uid { get; init; }
     [JsonPropertyName("gid")] public uint? Gid { get; init; }
+
+    /// <summary>Cgroup access (r, w, m) the container gets to this device; not part of the spec's device entry.</summary>
+    [JsonIgnore] public string Permissions { get; init; } = "rwm";
 }
 
 public sealed record SpecSeccomp

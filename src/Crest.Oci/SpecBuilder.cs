@@ -159,7 +159,7 @@ public static class SpecBuilder
         {
             Devices = privileged
                 ? [new SpecDeviceRule(true, "rwm")]
-                : [new SpecDeviceRule(false, "rwm"), .. ctx.Devices.Select(d => new SpecDeviceRule(true, "rwm", d.Type, d.Major, d.Minor))],
+                : [new SpecDeviceRule(false, "rwm"), .. ctx.Devices.Select(d => new SpecDeviceRule(true, d.Permissions, d.Type, d.Major, d.Minor))],
             Memory = spec.Resources.MemoryLimitBytes > 0 ? new SpecMemory(spec.Resources.MemoryLimitBytes) : null,
             Cpu = spec.Resources is { CpuShares: 0, CpuQuota: 0, CpuPeriod: 0, CpusetCpus: "", CpusetMems: "" }
                 ? null
@@ -325,7 +325,7 @@ public static class SpecBuilder
         yield return new SpecMount { Destination = "/dev/mqueue", Type = "mqueue", Source = "mqueue", Options = ["nosuid", "noexec", "nodev"] };
         yield return new SpecMount { Destination = "/sys", Type = "sysfs", Source = "sysfs", Options = ["nosuid", "noexec", "nodev", privileged ? "rw" : "ro"] };
         yield return new SpecMount { Destination = "/sys/fs/cgroup", Type = "cgroup", Source = "cgroup", Options = ["nosuid", "noexec", "nodev", "relatime", privileged ? "rw" : "ro"] };
-        yield return new SpecMount { Destination = "/dev/shm", Type = "bind", Source = shmPath, Options = ["rbind", "rw"] };
+        yield return new SpecMount { Destination = "/dev/shm", Type = "bind", Source = shmPath, Options = ["rbind", "rw", "nosuid", "nodev", "noexec"] };
     }
 
     private static SpecMount Bind(string destination, string source, bool readOnly) =>

@@ -83,11 +83,13 @@ public sealed class CniNetwork(CniOptions options, ICommandRunner commands)
             config["prevResult"] = previous.DeepClone();
         }
 
-        if (config["capabilities"]?["portMappings"]?.GetValue<bool>() == true && pod.PortMappings.Count > 0)
+        // The kubelet lists every declared containerPort; only those with a host port are mappings (portmap rejects 0).
+        var mappings = pod.PortMappings.Where(p => p.HostPort > 0).ToList();
+        if (config["capabilities"]?["portMappings"]?.GetValue<bool>() == true && mappings.Count > 0)
         {
             config["runtimeConfig"] = new JsonObject
             {
-                ["portMappings"] = new JsonArray([.. pod.PortMappings.Select(p => (JsonNode)new JsonObject
+                ["portMappings"] = new JsonArray([.. mappings.Select(p => (JsonNode)new JsonObject
                 {
                     ["hostPort"] = p.HostPort,
                     ["containerPort"] = p.ContainerPort,

@@ -25,6 +25,8 @@ public sealed class ContainerService(
     TimeProvider time,
     ILogger<ContainerService> logger)
 {
+    private readonly KeyedLock _locks = new();
+
     public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec spec, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(spec);
@@ -34,17 +36,19 @@ public sealed class ContainerService(
             throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} is {sandbox.State}, not ready; containers are created only in a ready pod");
         }
 
-        var all = await store.ListContainersAsync(ct).ConfigureAwait(false);
-        if (all.FirstOrDefault(c => c.SandboxId == sandbox.Id && c.Spec.Name == spec.Name && c.Spec.Attempt == spec.Attempt) is { } clash)
-        {
-            throw new CrestException(ErrorKind.AlreadyExists, $"container name {spec.Name} (attempt {spec.Attempt}) is already used by {clash.Id} in pod sandbox {sandbox.Id}");
-        }
-
         var details = await images.InspectAsync(spec.Image, ct).ConfigureAwait(false)
             ?? throw new CrestException(ErrorKind.NotFound, $"image {spec.Image} is not present on this node; pull it first (CreateContainer does not pull)");
         var handler = sandboxes.Handler(sandbox.RuntimeHandler);
         var id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
-        var logFile = sandbox.Spec.LogDirectory.Length > 0 && spec.LogPath.Length > 0 ? Path.Combine(sandbox.Spec.LogDirectory, spec.LogPath) : "";
+        var logFile = LogFile(sandbox.Spec.LogDirectory, spec.LogPath, spec.Name);
+        var targetPid = 0;
+        if (spec.Security.Namespaces.Pid == NamespaceMode.Target)
+        {
+            var target = await GetAsync(spec.Security.Namespaces.TargetId ?? "", ct).ConfigureAwait(false);
+            targetPid = target.State == ContainerState.Running ? target.Pid
+                : throw new CrestException(ErrorKind.FailedPrecondition, $"container {spec.Name} wants the pid namespace of {target.Id}, which is {target.State}, not running");
+        }
+
         var record = new ContainerRecord
         {
             Id = id,
@@ -57,8 +61,20 @@ public sealed class ContainerService(
             SnapshotKey = details.Image.ChainId,
             RuntimeHandler = handler.Name,
             LogFile = logFile,
+            StopSignal = Signal(details.Config.Config?.StopSignal),
         };
-        await store.PutContainerAsync(record, ct).ConfigureAwait(false);
+        // The name check and the Creating record are one step, so two creates cannot both take a name.
+        using (await _locks.AcquireAsync("names:" + sandbox.Id, ct).ConfigureAwait(false))
+        {
+            var all = await store.ListContainersAsync(ct).ConfigureAwait(false);
+            if (all.FirstOrDefault(c => c.SandboxId == sandbox.Id && c.Spec.Name == spec.Name && c.Spec.Attempt == spec.Attempt) is { } clash)
+            {
+                throw new CrestException(ErrorKind.AlreadyExists, $"container name {spec.Name} (attempt {spec.Attempt}) is already used by {clash.Id} in pod sandbox {sandbox.Id}");
+            }
+
+            await store.PutContainerAsync(record, ct).ConfigureAwait(false);
+        }
+
         try
         {
             if (details.Image.ChainId is { } chain)
@@ -104,6 +120,7 @@ public sealed class ContainerService(
                 ShmPath = Path.Combine(sandboxDir, "shm"),
                 LocalhostSeccomp = localhostSeccomp,
                 Devices = spec.Devices.Select(DeviceOf).ToList(),
+                TargetPid = targetPid,
             });
             var bundle = Path.Combine(dir, "bundle");
             Directory.CreateDirectory(bundle);
@@ -147,6 +164,8 @@ public sealed class ContainerService(
     public async Task StartAsync(string idOrPrefix, CancellationToken ct)
     {
         var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        using var exclusive = await _locks.AcquireAsync(c.Id, ct).ConfigureAwait(false);
+        c = await GetAsync(c.Id, ct).ConfigureAwait(false);
         if (c.State != ContainerState.Created)
         {
             throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; only a CREATED container can be started");
@@ -155,7 +174,8 @@ public sealed class ContainerService(
         var handler = sandboxes.Handler(c.RuntimeHandler);
         try
         {
-            await oci.StartAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id, ct).ConfigureAwait(false);
+            // Not cancellable: once runc start runs, the record must say so.
+            await oci.StartAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id, CancellationToken.None).ConfigureAwait(false);
         }
         catch (CrestException e)
         {
@@ -173,6 +193,13 @@ public sealed class ContainerService(
     public async Task StopAsync(string idOrPrefix, TimeSpan timeout, CancellationToken ct)
     {
         var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        using var exclusive = await _locks.AcquireAsync(c.Id, ct).ConfigureAwait(false);
+        await StopLockedAsync(c.Id, timeout, ct).ConfigureAwait(false);
+    }
+
+    private async Task StopLockedAsync(string id, TimeSpan timeout, CancellationToken ct)
+    {
+        var c = await GetAsync(id, ct).ConfigureAwait(false);
         if (c.State is ContainerState.Exited or ContainerState.Creating)
         {
             return;
@@ -182,8 +209,7 @@ public sealed class ContainerService(
         var root = layout.RuntimeRoot(handler.Name);
         if (c.State == ContainerState.Running && timeout > TimeSpan.Zero)
         {
-            var details = await images.InspectAsync(c.ImageId, ct).ConfigureAwait(false);
-            await oci.KillAsync(handler.Path, root, c.Id, Signal(details?.Config.Config?.StopSignal), ct).ConfigureAwait(false);
+            await oci.KillAsync(handler.Path, root, c.Id, c.StopSignal, ct).ConfigureAwait(false);
             if (await WaitExitAsync(c.Id, timeout, ct).ConfigureAwait(false))
             {
                 await GetAsync(c.Id, ct).ConfigureAwait(false);
@@ -200,11 +226,29 @@ public sealed class ContainerService(
 
         if (!await WaitExitAsync(c.Id, TimeSpan.FromSeconds(10), ct).ConfigureAwait(false))
         {
+            // No exit file after SIGKILL: if the runtime no longer knows a live process, conmon died with it.
+            var state = await oci.StateAsync(handler.Path, root, c.Id, ct).ConfigureAwait(false);
+            if (state is null || state.Status == "stopped")
+            {
+                await MarkLostAsync(c, "the container stopped but its monitor recorded no exit code", ct).ConfigureAwait(false);
+                return;
+            }
+
             throw new CrestException(ErrorKind.DeadlineExceeded, $"container {c.Id} did not exit within 10 s of SIGKILL");
         }
 
         await GetAsync(c.Id, ct).ConfigureAwait(false);
     }
+
+    private async Task MarkLostAsync(ContainerRecord c, string why, CancellationToken ct) =>
+        await store.PutContainerAsync(c with
+        {
+            State = ContainerState.Exited,
+            ExitCode = 255,
+            Reason = "Unknown",
+            Message = why,
+            FinishedAt = time.GetUtcNow(),
+        }, ct).ConfigureAwait(false);
 
     /// <summary>Applies new CPU and memory limits to a created or running container, and records them.</summary>
     public async Task UpdateResourcesAsync(string idOrPrefix, ResourceSpec resources, CancellationToken ct)
@@ -247,9 +291,11 @@ public sealed class ContainerService(
             return;
         }
 
+        using var exclusive = await _locks.AcquireAsync(c.Id, ct).ConfigureAwait(false);
+        c = await store.GetContainerAsync(c.Id, ct).ConfigureAwait(false) ?? c;
         if (c.State is ContainerState.Running or ContainerState.Created)
         {
-            await StopAsync(c.Id, TimeSpan.Zero, ct).ConfigureAwait(false);
+            await StopLockedAsync(c.Id, TimeSpan.Zero, ct).ConfigureAwait(false);
         }
 
         await TearDownAsync(c, ct).ConfigureAwait(false);
@@ -258,6 +304,11 @@ public sealed class ContainerService(
 
     public async Task<ContainerRecord> GetAsync(string idOrPrefix, CancellationToken ct)
     {
+        if (string.IsNullOrWhiteSpace(idOrPrefix))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, "a container ID is required");
+        }
+
         var matches = (await store.ListContainersAsync(ct).ConfigureAwait(false)).Where(c => c.Id.StartsWith(idOrPrefix, StringComparison.Ordinal)).ToList();
         return matches.Count switch
         {
@@ -291,16 +342,30 @@ public sealed class ContainerService(
         var rolledBack = 0;
         foreach (var c in await store.ListContainersAsync(ct).ConfigureAwait(false))
         {
-            if (c.State == ContainerState.Creating)
+            try
             {
-                await TearDownAsync(c, ct).ConfigureAwait(false);
-                await store.DeleteContainerAsync(c.Id, ct).ConfigureAwait(false);
-                rolledBack++;
-            }
-            else
-            {
+                if (c.State == ContainerState.Creating)
+                {
+                    await TearDownAsync(c, ct).ConfigureAwait(false);
+                    await store.DeleteContainerAsync(c.Id, ct).ConfigureAwait(false);
+                    rolledBack++;
+                    continue;
+                }
+
+                if (c.State == ContainerState.Created && sandboxes.TryHandler(c.RuntimeHandler) is { } h
+                    && await oci.StateAsync(h.Path, layout.RuntimeRoot(h.Name), c.Id, ct).ConfigureAwait(false) is { Status: "running" })
+                {
+                    // crestd died between runc start and recording it.
+                    await store.PutContainerAsync(c with { State = ContainerState.Running, StartedAt = time.GetUtcNow() }, ct).ConfigureAwait(false);
+                }
+
                 await RefreshAsync(c, ct).ConfigureAwait(false);
                 kept++;
+            }
+            catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
+            {
+                // One broken record must not keep crestd from starting.
+                RuntimeLog.CleanupFailed(logger, c.Id, e.Message);
             }
         }
 
@@ -318,6 +383,13 @@ public sealed class ContainerService(
         var exitFile = Path.Combine(layout.ExitDir, c.Id);
         if (!File.Exists(exitFile))
         {
+            // No exit file and no conmon: the monitor died (or the node rebooted and /run was emptied).
+            if (!ConmonAlive(c.Id))
+            {
+                await MarkLostAsync(c, "its conmon monitor is gone and recorded no exit code (killed, or the node rebooted)", ct).ConfigureAwait(false);
+                return (await store.GetContainerAsync(c.Id, ct).ConfigureAwait(false))!;
+            }
+
             return c;
         }
 
@@ -334,6 +406,34 @@ public sealed class ContainerService(
         };
         await store.PutContainerAsync(updated, ct).ConfigureAwait(false);
         return updated;
+    }
+
+    private bool ConmonAlive(string id)
+    {
+        var pidFile = Path.Combine(layout.ContainerStateDir(id), "conmon.pid");
+        try
+        {
+            return int.TryParse(File.ReadAllText(pidFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && linux.IsAlive(pid);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>The CRI log file: log_path is relative to the pod's log_directory and may not leave it.</summary>
+    internal static string LogFile(string logDirectory, string logPath, string container)
+    {
+        if (logDirectory.Length == 0 || logPath.Length == 0)
+        {
+            return "";
+        }
+
+        var full = Path.GetFullPath(Path.Combine(logDirectory, logPath));
+        var root = Path.GetFullPath(logDirectory).TrimEnd('/') + "/";
+        return Path.IsPathRooted(logPath) || !full.StartsWith(root, StringComparison.Ordinal)
+            ? throw new CrestException(ErrorKind.InvalidArgument, $"container {container}: log_path \"{logPath}\" must be a relative path inside the pod's log directory {logDirectory}")
+            : full;
     }
 
     private async Task<bool> WaitExitAsync(string id, TimeSpan timeout, CancellationToken ct)
@@ -355,8 +455,11 @@ public sealed class ContainerService(
 
     private async Task TearDownAsync(ContainerRecord c, CancellationToken ct)
     {
-        var handler = sandboxes.Handler(c.RuntimeHandler);
-        await Step(c.Id, () => oci.DeleteAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id, ct)).ConfigureAwait(false);
+        if (sandboxes.TryHandler(c.RuntimeHandler) is { } handler)
+        {
+            await Step(c.Id, () => oci.DeleteAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id, ct)).ConfigureAwait(false);
+        }
+
         var dir = layout.ContainerDir(c.Id);
         await Step(c.Id, () => { linux.Unmount(Path.Combine(dir, "rootfs")); return Task.CompletedTask; }).ConfigureAwait(false);
         await Step(c.Id, () =>
@@ -368,7 +471,17 @@ public sealed class ContainerService(
                 Directory.Delete(state, recursive: true);
             }
 
-            File.Delete(Path.Combine(layout.ExitDir, c.Id));
+            if (File.Exists(Path.Combine(layout.ExitDir, c.Id)))
+            {
+                File.Delete(Path.Combine(layout.ExitDir, c.Id));
+            }
+
+            var attach = Path.Combine(layout.SocketDir, c.Id);
+            if (Directory.Exists(attach))
+            {
+                Directory.Delete(attach, recursive: true);
+            }
+
             return Task.CompletedTask;
         }).ConfigureAwait(false);
         await Step(c.Id, () => imageMetadata.RemoveSnapshotLeasesAsync(c.Id, ct)).ConfigureAwait(false);
@@ -408,17 +521,35 @@ public sealed class ContainerService(
         }
 
         s = s.StartsWith("SIG", StringComparison.Ordinal) ? s[3..] : s;
+        if (s.StartsWith("RTMIN+", StringComparison.Ordinal) && int.TryParse(s[6..], NumberStyles.None, CultureInfo.InvariantCulture, out var plus) && plus <= 30)
+        {
+            return 34 + plus;
+        }
+
         return s switch
         {
             "HUP" => 1, "INT" => 2, "QUIT" => 3, "KILL" => 9, "USR1" => 10, "USR2" => 12, "TERM" => 15, "WINCH" => 28, "PWR" => 30,
-            _ => throw new CrestException(ErrorKind.InvalidArgument, $"stop signal \"{stopSignal}\" is not one Crest knows"),
+            "RTMIN" => 34,
+            // An image's stop signal that Crest cannot name must not make the container unstoppable.
+            _ => 15,
         };
     }
 
     private static SpecDevice DeviceOf(DeviceSpec d)
     {
         var (type, major, minor) = DeviceNumbers.Of(d.HostPath);
-        return new SpecDevice { Path = d.ContainerPath, Type = type, Major = major, Minor = minor, FileMode = 0x1B6 };
+        if (type is not ("c" or "b"))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"device {d.HostPath} is not a character or block device");
+        }
+
+        var permissions = string.IsNullOrEmpty(d.Permissions) ? "rwm" : d.Permissions;
+        if (permissions.Any(ch => ch is not ('r' or 'w' or 'm')))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"device {d.HostPath}: permissions \"{d.Permissions}\" must be letters from r, w and m");
+        }
+
+        return new SpecDevice { Path = d.ContainerPath, Type = type, Major = major, Minor = minor, FileMode = 0x1B6, Permissions = permissions };
     }
 }
 
@@ -434,6 +565,7 @@ public sealed class PodService(SandboxService sandboxes, ContainerService contai
             return; // CRI: stopping a pod that is gone succeeds.
         }
 
+        using var exclusive = await sandboxes.LockAsync(sandbox.Id, ct).ConfigureAwait(false);
         foreach (var c in (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandbox.Id))
         {
             await containers.StopAsync(c.Id, TimeSpan.Zero, ct).ConfigureAwait(false);
@@ -451,6 +583,7 @@ public sealed class PodService(SandboxService sandboxes, ContainerService contai
             return;
         }
 
+        using var exclusive = await sandboxes.LockAsync(sandbox.Id, ct).ConfigureAwait(false);
         foreach (var c in (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandbox.Id))
         {
             await containers.RemoveAsync(c.Id, ct).ConfigureAwait(false);

@@ -25,36 +25,49 @@ public sealed class SandboxService(
 {
     public const string CatatonitPath = "/usr/bin/catatonit";
 
+    private readonly KeyedLock _locks = new();
+
     public async Task<SandboxRecord> RunAsync(PodSpec spec, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(spec);
         var handler = Handler(spec.RuntimeHandler);
         var name = $"{spec.Name}_{spec.Namespace}_{spec.Uid}_{spec.Attempt}";
-        var existing = (await store.ListSandboxesAsync(ct).ConfigureAwait(false))
-            .FirstOrDefault(s => $"{s.Spec.Name}_{s.Spec.Namespace}_{s.Spec.Uid}_{s.Spec.Attempt}" == name);
-        if (existing is not null)
+        var id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
+        // The name check and the Creating record are one step, so two RunPodSandbox calls cannot both take a name.
+        using (await _locks.AcquireAsync("names", ct).ConfigureAwait(false))
         {
-            throw new CrestException(ErrorKind.AlreadyExists, $"pod sandbox name {name} is already used by {existing.Id}; remove it first or use another attempt");
+            var existing = (await store.ListSandboxesAsync(ct).ConfigureAwait(false))
+                .FirstOrDefault(s => $"{s.Spec.Name}_{s.Spec.Namespace}_{s.Spec.Uid}_{s.Spec.Attempt}" == name);
+            if (existing is not null)
+            {
+                throw new CrestException(ErrorKind.AlreadyExists, $"pod sandbox name {name} is already used by {existing.Id}; remove it first or use another attempt");
+            }
+
+            await store.PutSandboxAsync(Creating(id, spec, handler), ct).ConfigureAwait(false);
         }
 
-        var id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
-        var parent = spec.CgroupParent.Length == 0 ? "/crest" : "/" + spec.CgroupParent.Trim('/');
-        var sandbox = new SandboxRecord
-        {
-            Id = id,
-            Spec = spec,
-            State = SandboxState.Creating,
-            CreatedAt = time.GetUtcNow(),
-            RuntimeHandler = handler.Name,
-            CgroupsPath = parent,
-        };
-        await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
+        return await CreateAsync(id, spec, handler, ct).ConfigureAwait(false);
+    }
+
+    private static SandboxRecord Creating(string id, PodSpec spec, RuntimeHandlerOptions handler) => new()
+    {
+        Id = id,
+        Spec = spec,
+        State = SandboxState.Creating,
+        CreatedAt = DateTimeOffset.UtcNow,
+        RuntimeHandler = handler.Name,
+        CgroupsPath = spec.CgroupParent.Length == 0 ? "/crest" : "/" + spec.CgroupParent.Trim('/'),
+    };
+
+    private async Task<SandboxRecord> CreateAsync(string id, PodSpec spec, RuntimeHandlerOptions handler, CancellationToken ct)
+    {
+        var sandbox = Creating(id, spec, handler) with { CreatedAt = time.GetUtcNow() };
         try
         {
             var dir = SandboxDir(id);
             Directory.CreateDirectory(Path.Combine(dir, "rootfs"));
             Directory.CreateDirectory(Path.Combine(dir, "shm"));
-            linux.Mount("shm", Path.Combine(dir, "shm"), "tmpfs", MountOptions.None, "mode=1777,size=65536k");
+            linux.Mount("shm", Path.Combine(dir, "shm"), "tmpfs", MountOptions.NoSuid | MountOptions.NoDev | MountOptions.NoExec, "mode=1777,size=65536k");
             if (spec.Namespaces.Network != NamespaceMode.Node)
             {
                 var netns = layout.NetnsFile(id);
@@ -89,6 +102,11 @@ public sealed class SandboxService(
 
     public async Task<SandboxRecord> GetAsync(string idOrPrefix, CancellationToken ct)
     {
+        if (string.IsNullOrWhiteSpace(idOrPrefix))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, "a pod sandbox ID is required");
+        }
+
         var all = await store.ListSandboxesAsync(ct).ConfigureAwait(false);
         var matches = all.Where(s => s.Id.StartsWith(idOrPrefix, StringComparison.Ordinal)).ToList();
         return matches.Count switch
@@ -125,6 +143,31 @@ public sealed class SandboxService(
         return result;
     }
 
+    /// <summary>
+    /// On start: sandboxes still Creating (crestd died mid-way) are torn down, their netns, CNI allocation and
+    /// infra process included, so the kubelet's retry with the same name succeeds.
+    /// </summary>
+    public async Task<int> RecoverAsync(CancellationToken ct)
+    {
+        var rolledBack = 0;
+        foreach (var s in await store.ListSandboxesAsync(ct).ConfigureAwait(false))
+        {
+            if (s.State != SandboxState.Creating)
+            {
+                continue;
+            }
+
+            await TearDownAsync(s with { NetnsPath = layout.NetnsFile(s.Id) }, ct).ConfigureAwait(false);
+            await store.DeleteSandboxAsync(s.Id, ct).ConfigureAwait(false);
+            rolledBack++;
+        }
+
+        return rolledBack;
+    }
+
+    /// <summary>Serialises operations on one sandbox (stop racing remove).</summary>
+    public Task<IDisposable> LockAsync(string id, CancellationToken ct) => _locks.AcquireAsync(id, ct);
+
     /// <summary>Stops the infra process and tears the network down. Idempotent (CRI): a stopped pod stops again fine.</summary>
     public async Task StopAsync(SandboxRecord sandbox, CancellationToken ct)
     {
@@ -151,6 +194,10 @@ public sealed class SandboxService(
 
     public string SandboxDir(string id) => layout.SandboxDir(id);
 
+    /// <summary>The handler, or null when it is no longer configured (a record from an older config).</summary>
+    public RuntimeHandlerOptions? TryHandler(string name) =>
+        options.Handlers.FirstOrDefault(h => h.Name == (string.IsNullOrEmpty(name) ? options.DefaultHandler : name));
+
     public RuntimeHandlerOptions Handler(string name)
     {
         var wanted = string.IsNullOrEmpty(name) ? options.DefaultHandler : name;
@@ -176,7 +223,8 @@ public sealed class SandboxService(
     /// <summary>A Ready sandbox whose infra process is gone is NotReady (the kubelet then recreates it).</summary>
     private async Task<SandboxRecord> RefreshAsync(SandboxRecord s, CancellationToken ct)
     {
-        if (s.State == SandboxState.Ready && !linux.IsAlive(s.InfraPid))
+        // conmon writes the infra's exit file when it dies; a vanished pid covers a dead conmon.
+        if (s.State == SandboxState.Ready && (File.Exists(Path.Combine(layout.ExitDir, s.Id)) || !linux.IsAlive(s.InfraPid)))
         {
             s = s with { State = SandboxState.NotReady };
             await store.PutSandboxAsync(s, ct).ConfigureAwait(false);
@@ -202,7 +250,11 @@ public sealed class SandboxService(
         await Step(sandbox.Id, () => { linux.Unmount(Path.Combine(dir, "shm")); return Task.CompletedTask; }).ConfigureAwait(false);
         await Step(sandbox.Id, () =>
         {
-            File.Delete(Path.Combine(layout.ExitDir, sandbox.Id));
+            if (File.Exists(Path.Combine(layout.ExitDir, sandbox.Id)))
+            {
+                File.Delete(Path.Combine(layout.ExitDir, sandbox.Id));
+            }
+
             if (Directory.Exists(dir))
             {
                 Directory.Delete(dir, recursive: true);
@@ -227,22 +279,9 @@ public sealed class SandboxService(
     private async Task WaitGoneAsync(int pid, TimeSpan timeout, CancellationToken ct)
     {
         var deadline = time.GetUtcNow() + timeout;
-        while (pid > 0 && linux.IsAlive(pid) && !IsZombie(pid) && time.GetUtcNow() < deadline)
+        while (pid > 0 && linux.IsAlive(pid) && time.GetUtcNow() < deadline)
         {
             await Task.Delay(20, ct).ConfigureAwait(false);
-        }
-    }
-
-    private static bool IsZombie(int pid)
-    {
-        try
-        {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            return stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
-        }
-        catch (IOException)
-        {
-            return true;
         }
     }
 

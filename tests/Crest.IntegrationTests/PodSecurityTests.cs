@@ -153,6 +153,54 @@ public class PodSecurityTests
     }
 
     [Fact]
+    public async Task A_container_whose_monitor_was_killed_shows_as_exited_unknown_and_can_be_removed()
+    {
+        await using var d = await StartWithImageAsync();
+        var (_, id) = await RunAsync(d, Pod(d, "orphan"), Container("orphan", "sleep 60"));
+        var layout = d.Daemon.Services.GetRequiredService<Crest.Runtime.RuntimeLayout>();
+        var conmon = int.Parse(await File.ReadAllTextAsync(Path.Combine(layout.ContainerStateDir(id), "conmon.pid"), Ct), System.Globalization.CultureInfo.InvariantCulture);
+        var info = await d.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id, Verbose = true }, cancellationToken: Ct);
+        var pid = System.Text.Json.JsonDocument.Parse(info.Info["info"]).RootElement.GetProperty("pid").GetInt32();
+
+        System.Diagnostics.Process.GetProcessById(conmon).Kill();
+        System.Diagnostics.Process.GetProcessById(pid).Kill();
+        await Task.Delay(300, Ct);
+        var status = (await d.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id }, cancellationToken: Ct)).Status;
+        await d.Runtime.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = id }, cancellationToken: Ct);
+
+        Assert.Equal(global::Runtime.V1.ContainerState.ContainerExited, status.State);
+        Assert.Equal(255, status.ExitCode);
+        Assert.Equal("Unknown", status.Reason);
+        Assert.Contains("conmon monitor is gone", status.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_sandbox_half_made_when_crestd_died_is_torn_down_on_recovery()
+    {
+        await using var d = await StartWithImageAsync();
+        var store = d.Daemon.Services.GetRequiredService<IRuntimeStore>();
+        var layout = d.Daemon.Services.GetRequiredService<Crest.Runtime.RuntimeLayout>();
+        var linux = new Crest.Linux.LinuxSyscalls();
+        var id = new string('d', 64);
+        linux.CreateNetworkNamespace(layout.NetnsFile(id));
+        await store.PutSandboxAsync(new Crest.Core.SandboxRecord
+        {
+            Id = id,
+            Spec = new Crest.Core.PodSpec { Name = "half", Uid = "u", Namespace = "n", Attempt = 1 },
+            State = Crest.Core.SandboxState.Creating,
+            CreatedAt = DateTimeOffset.UtcNow,
+            RuntimeHandler = "runc",
+        }, Ct);
+
+        var rolledBack = await d.Daemon.Services.GetRequiredService<Crest.Runtime.SandboxService>().RecoverAsync(Ct);
+
+        Assert.Equal(1, rolledBack);
+        Assert.Null(await store.GetSandboxAsync(id, Ct));
+        Assert.False(File.Exists(layout.NetnsFile(id)));
+        Assert.Empty(linux.MountsUnder(layout.NetnsFile(id)));
+    }
+
+    [Fact]
     public async Task A_create_half_done_when_crestd_died_is_rolled_back_on_recovery()
     {
         await using var d = await StartWithImageAsync();

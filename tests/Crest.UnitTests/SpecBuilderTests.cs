@@ -112,3 +112,25 @@ public class SpecBuilderTests
     [InlineData("9", 9)]
     public void Stop_signals_are_read_from_the_image(string? signal, int number) => Assert.Equal(number, ContainerService.Signal(signal));
 }
+
+public class ContainerLogPathTests
+{
+    [Theory]
+    [InlineData("ctr.log", "/var/log/pods/p/ctr.log")]
+    [InlineData("web/0.log", "/var/log/pods/p/web/0.log")]
+    public void Log_paths_resolve_inside_the_pods_log_directory(string logPath, string expected) =>
+        Assert.Equal(expected, ContainerService.LogFile("/var/log/pods/p", logPath, "c"));
+
+    [Theory]
+    [InlineData("../../../etc/cron.d/x")]
+    [InlineData("/etc/shadow")]
+    public void Log_paths_that_leave_the_log_directory_are_refused(string logPath)
+    {
+        var e = Assert.Throws<CrestException>(() => ContainerService.LogFile("/var/log/pods/p", logPath, "c"));
+
+        Assert.Contains("must be a relative path inside the pod's log directory", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void No_log_directory_or_path_means_no_log_file() => Assert.Equal("", ContainerService.LogFile("", "x.log", "c"));
+}
