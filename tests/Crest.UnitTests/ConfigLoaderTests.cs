@@ -35,7 +35,7 @@ public class ConfigLoaderTests
             format = "json"
             [runtime]
             default_handler = "crun"
-            cgroup_driver = "systemd"
+            cgroup_driver = "cgroupfs"
             conmon_path = "/opt/bin/conmon"
             [runtime.handlers.crun]
             path = "/usr/local/bin/crun"
@@ -54,7 +54,7 @@ public class ConfigLoaderTests
         Assert.Equal(new LogConfig("debug", LogFormat.Json), config.Log);
         Assert.Equal("crun", config.Runtime.DefaultHandler);
         Assert.Equal([new RuntimeHandlerOptions("crun", "/usr/local/bin/crun")], config.Runtime.Handlers);
-        Assert.Equal(CgroupDriver.Systemd, config.Runtime.CgroupDriver);
+        Assert.Equal(CgroupDriver.Cgroupfs, config.Runtime.CgroupDriver);
         Assert.Equal("/opt/bin/conmon", config.Runtime.ConmonPath);
         Assert.Equal(new CniOptions("/etc/crest/cni", ["/opt/cni"]).ConfDir, config.Cni.ConfDir);
         Assert.Equal(["/opt/cni"], config.Cni.PluginDirs);
@@ -79,6 +79,7 @@ public class ConfigLoaderTests
     [InlineData("[restore]\nvia_create = \"yes\"", "restore.via_create must be true or false")]
     [InlineData("[cni]\nplugin_dirs = \"/usr/lib/cni\"", "cni.plugin_dirs must be an array of strings")]
     [InlineData("[runtime]\ncgroup_driver = \"cgroupv2\"", "runtime.cgroup_driver must be \"cgroupfs\" or \"systemd\"")]
+    [InlineData("[runtime]\ncgroup_driver = \"systemd\"", "\"systemd\" is not supported yet")]
     [InlineData("[runtime]\ndefault_handler = \"kata\"", "runtime.default_handler must be one of the handlers (runc, crun)")]
     [InlineData("[paths]\nroot = \"var/lib/crest\"", "paths.root must be an absolute path")]
     [InlineData("[checkpoint]\nmin_criu_version = \"four\"", "checkpoint.min_criu_version must be a version")]

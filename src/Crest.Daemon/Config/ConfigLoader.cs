@@ -130,7 +130,9 @@ public static class ConfigLoader
                     driver switch
                     {
                         null or "cgroupfs" => CgroupDriver.Cgroupfs,
-                        "systemd" => CgroupDriver.Systemd,
+                        // runc's systemd driver needs systemd as PID 1 and slice-form cgroup paths; Crest does not build those yet.
+                        "systemd" => throw new CrestException(ErrorKind.InvalidArgument,
+                            $"config file {sourceName}: runtime.cgroup_driver = \"systemd\" is not supported yet; use \"cgroupfs\" (the kubelet's cgroupDriver must match)"),
                         _ => throw Invalid(sourceName, "runtime.cgroup_driver", "\"cgroupfs\" or \"systemd\"", driver),
                     },
                     t.String("conmon_path") ?? defaults.Runtime.ConmonPath),
