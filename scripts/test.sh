@@ -58,7 +58,7 @@ if [ "$skipped" -gt 0 ]; then
   echo "test: skipped tests and their reasons:"
   awk '/<UnitTestResult / { want = 0 }
        /outcome="NotExecuted"/ { match($0, /testName="[^"]*"/); name = substr($0, RSTART + 10, RLENGTH - 11); want = 1; next }
-       want && /<StdOut>/ { sub(/.*<StdOut>/, ""); sub(/<\/StdOut>.*/, ""); print "  " name ": " $0; want = 0 }' "$results"/*.trx
+       want && /<StdOut>/ { sub(/.*<StdOut>/, ""); sub(/<\/StdOut>.*/, ""); print "  " name ": " $0; want = 0 }' "$results"/*.trx | sed -e 's/&quot;/"/g' -e 's/&amp;/\&/g' -e "s/&apos;/'/g"
 fi
 
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
