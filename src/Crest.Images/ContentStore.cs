@@ -54,46 +54,12 @@ public sealed class ContentStore : IContentStore
         var temp = Path.Combine(_ingest, $"{expected.Hex}.{Guid.NewGuid():N}");
         try
         {
-            using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            long total = 0;
-            await using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 0, FileOptions.Asynchronous))
-            {
-                var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(256 * 1024);
-                try
-                {
-                    int n;
-                    while ((n = await source.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
-                    {
-                        total += n;
-                        if (expectedSize is { } max && total > max)
-                        {
-                            throw new CrestException(ErrorKind.InvalidArgument,
-                                $"blob {expected} is larger than the {max} bytes its descriptor declares; the source is corrupt or malicious");
-                        }
-
-                        hash.AppendData(buffer, 0, n);
-                        await file.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
-                        progress?.Invoke(total);
-                    }
-                }
-                catch (IOException e) when (e is not FileNotFoundException)
-                {
-                    throw new CrestException(ErrorKind.Unavailable, $"blob {expected}: the transfer broke after {total} bytes: {e.Message}", e);
-                }
-                finally
-                {
-                    System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
-                }
-
-                await file.FlushAsync(ct).ConfigureAwait(false);
-            }
-
+            var (actual, total) = await CopyHashingAsync(source, temp, expected.ToString(), expectedSize, progress, ct).ConfigureAwait(false);
             if (expectedSize is { } size && total != size)
             {
                 throw new CrestException(ErrorKind.Unavailable, $"blob {expected}: got {total} bytes, its descriptor declares {size}; the transfer was cut short");
             }
 
-            var actual = Digest.FromHash(hash.GetHashAndReset());
             if (actual != expected)
             {
                 throw new CrestException(ErrorKind.InvalidArgument, $"blob {expected} failed verification: its content hashes to {actual}; the source served the wrong or corrupt bytes");
@@ -121,28 +87,7 @@ public sealed class ContentStore : IContentStore
         var temp = Path.Combine(_ingest, $"local.{Guid.NewGuid():N}");
         try
         {
-            using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            long total = 0;
-            await using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 0, FileOptions.Asynchronous))
-            {
-                var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(256 * 1024);
-                try
-                {
-                    int n;
-                    while ((n = await source.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
-                    {
-                        total += n;
-                        hash.AppendData(buffer, 0, n);
-                        await file.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
-                    }
-                }
-                finally
-                {
-                    System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
-                }
-            }
-
-            var digest = Digest.FromHash(hash.GetHashAndReset());
+            var (digest, total) = await CopyHashingAsync(source, temp, "local content", null, null, ct).ConfigureAwait(false);
             File.Move(temp, PathOf(digest), overwrite: true);
             return (digest, total);
         }
@@ -150,6 +95,43 @@ public sealed class ContentStore : IContentStore
         {
             File.Delete(temp);
         }
+    }
+
+    /// <summary>Copies a stream into a new file while hashing and counting it, stopping as soon as it exceeds <paramref name="maxSize"/>.</summary>
+    private static async Task<(Digest Digest, long Size)> CopyHashingAsync(Stream source, string path, string what, long? maxSize, Action<long>? progress, CancellationToken ct)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        long total = 0;
+        await using var file = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 0, FileOptions.Asynchronous);
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(256 * 1024);
+        try
+        {
+            int n;
+            while ((n = await source.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
+            {
+                total += n;
+                if (maxSize is { } max && total > max)
+                {
+                    throw new CrestException(ErrorKind.InvalidArgument,
+                        $"blob {what} is larger than the {max} bytes its descriptor declares; the source is corrupt or malicious");
+                }
+
+                hash.AppendData(buffer, 0, n);
+                await file.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
+                progress?.Invoke(total);
+            }
+        }
+        catch (IOException e) when (e is not FileNotFoundException)
+        {
+            throw new CrestException(ErrorKind.Unavailable, $"blob {what}: the transfer broke after {total} bytes: {e.Message}", e);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+        }
+
+        await file.FlushAsync(ct).ConfigureAwait(false);
+        return (Digest.FromHash(hash.GetHashAndReset()), total);
     }
 
     public IEnumerable<Digest> List()
