@@ -55,6 +55,9 @@ public sealed record SandboxRecord
     public IReadOnlyList<string> Ips { get; init; } = [];
     public string? CniResult { get; init; }
     public string? CniNetwork { get; init; }
+
+    /// <summary>The network configuration used at ADD, replayed at DEL even if the conf dir changed since.</summary>
+    public string? CniConfig { get; init; }
     public int InfraPid { get; init; }
     public string CgroupsPath { get; init; } = "";
 }

@@ -5,7 +5,7 @@ using Crest.Core;
 namespace Crest.Runtime;
 
 /// <summary>The outcome of a CNI ADD: the pod's addresses and the result to replay on DEL.</summary>
-public sealed record CniAttachment(string Network, IReadOnlyList<string> Ips, string Result);
+public sealed record CniAttachment(string Network, IReadOnlyList<string> Ips, string Result, string Config);
 
 /// <summary>
 /// Runs the configured CNI network (a .conflist: each plugin in order on ADD, in reverse on DEL, as the
@@ -18,7 +18,8 @@ public sealed class CniNetwork(CniOptions options, ICommandRunner commands)
     public async Task<CniAttachment> AddAsync(string sandboxId, string netns, PodSpec pod, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(pod);
-        var (name, version, plugins) = Load();
+        var config = CurrentConfig();
+        var (name, version, plugins) = Parse(config);
         JsonNode? previous = null;
         foreach (var plugin in plugins)
         {
@@ -28,14 +29,14 @@ public sealed class CniNetwork(CniOptions options, ICommandRunner commands)
         }
 
         var ips = previous?["ips"]?.AsArray().Select(ip => ((string?)ip?["address"] ?? "").Split('/')[0]).Where(ip => ip.Length > 0).ToList() ?? [];
-        return new CniAttachment(name, ips, previous?.ToJsonString() ?? "{}");
+        return new CniAttachment(name, ips, previous?.ToJsonString() ?? "{}", config);
     }
 
     /// <summary>Tears the network down; errors from plugins whose state is already gone are tolerated, as the CNI spec asks of DEL.</summary>
-    public async Task DelAsync(string sandboxId, string? netns, PodSpec pod, string? cachedResult, CancellationToken ct)
+    public async Task DelAsync(string sandboxId, string? netns, PodSpec pod, string? cachedResult, string? configUsedAtAdd, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(pod);
-        var (name, version, plugins) = Load();
+        var (name, version, plugins) = Parse(configUsedAtAdd ?? CurrentConfig());
         var previous = cachedResult is null ? null : JsonNode.Parse(cachedResult);
         var failures = new List<string>();
         foreach (var plugin in plugins.AsEnumerable().Reverse())
@@ -57,20 +58,23 @@ public sealed class CniNetwork(CniOptions options, ICommandRunner commands)
         }
     }
 
-    private (string Name, string Version, List<JsonObject> Plugins) Load()
+    private string CurrentConfig()
     {
         var probe = CniConfigProbe.Probe(options);
-        if (!probe.Usable)
-        {
-            throw new CrestException(ErrorKind.FailedPrecondition, $"the pod network is not ready: {probe.Problem}");
-        }
+        return probe.Usable
+            ? File.ReadAllText(probe.ConfigFile!)
+            : throw new CrestException(ErrorKind.FailedPrecondition, $"the pod network is not ready: {probe.Problem}");
+    }
 
-        var doc = JsonNode.Parse(File.ReadAllText(probe.ConfigFile!))!.AsObject();
+    private static (string Name, string Version, List<JsonObject> Plugins) Parse(string config)
+    {
+        var doc = JsonNode.Parse(config)!.AsObject();
+        var name = (string?)doc["name"] ?? "";
         var version = (string?)doc["cniVersion"] ?? "1.0.0";
         var plugins = doc["plugins"] is JsonArray list
             ? list.Select(p => p!.AsObject()).ToList()
             : [doc];
-        return (probe.NetworkName!, version, plugins);
+        return (name, version, plugins);
     }
 
     private static string PluginConfig(JsonObject plugin, string name, string version, JsonNode? previous, PodSpec pod)

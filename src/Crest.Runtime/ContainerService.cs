@@ -21,6 +21,7 @@ public sealed class ContainerService(
     IImageMetadataStore imageMetadata,
     ILinux linux,
     IOciRuntime oci,
+    ICommandRunner commands,
     RuntimeLayout layout,
     TimeProvider time,
     ILogger<ContainerService> logger)
@@ -249,6 +250,61 @@ public sealed class ContainerService(
             Message = why,
             FinishedAt = time.GetUtcNow(),
         }, ct).ConfigureAwait(false);
+
+    /// <summary>The result of a command run to completion inside a container.</summary>
+    public sealed record ExecResult(byte[] Stdout, byte[] Stderr, int ExitCode);
+
+    /// <summary>
+    /// Runs a command in a running container and waits for it (CRI ExecSync), as the container's user with its
+    /// environment. A timeout kills the command itself (not only the runtime's client) and says so.
+    /// </summary>
+    public async Task<ExecResult> ExecSyncAsync(string idOrPrefix, IReadOnlyList<string> command, TimeSpan timeout, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        if (command.Count == 0)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, "ExecSync needs a command");
+        }
+
+        var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        if (c.State != ContainerState.Running)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; commands run only in a running container");
+        }
+
+        var handler = sandboxes.Handler(c.RuntimeHandler);
+        var pidFile = Path.Combine(layout.ContainerStateDir(c.Id), $"exec-{Guid.NewGuid():N}.pid");
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        if (timeout > TimeSpan.Zero)
+        {
+            deadline.CancelAfter(timeout);
+        }
+
+        try
+        {
+            var result = await commands.RunAsync(new CommandLine(ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
+                [$"--root={layout.RuntimeRoot(handler.Name)}", "exec", "--pid-file", pidFile, c.Id, .. command]), deadline.Token).ConfigureAwait(false);
+            return new ExecResult(System.Text.Encoding.UTF8.GetBytes(result.StandardOutput), System.Text.Encoding.UTF8.GetBytes(result.StandardError), result.ExitCode);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            // The runtime's client is gone; the command inside may still run: kill it by its pid.
+            if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
+            {
+                linux.Kill(pid, 9);
+            }
+
+            throw new CrestException(ErrorKind.DeadlineExceeded,
+                $"command {string.Join(' ', command)} in container {c.Id} did not finish within its {timeout.TotalSeconds:0.###} s timeout and was killed");
+        }
+        finally
+        {
+            if (File.Exists(pidFile))
+            {
+                File.Delete(pidFile);
+            }
+        }
+    }
 
     /// <summary>Applies new CPU and memory limits to a created or running container, and records them.</summary>
     public async Task UpdateResourcesAsync(string idOrPrefix, ResourceSpec resources, CancellationToken ct)

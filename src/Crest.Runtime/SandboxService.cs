@@ -75,7 +75,7 @@ public sealed class SandboxService(
                 sandbox = sandbox with { NetnsPath = netns };
                 await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
                 var attachment = await cni.AddAsync(id, netns, spec, ct).ConfigureAwait(false);
-                sandbox = sandbox with { Ips = attachment.Ips, CniResult = attachment.Result, CniNetwork = attachment.Network };
+                sandbox = sandbox with { Ips = attachment.Ips, CniResult = attachment.Result, CniNetwork = attachment.Network, CniConfig = attachment.Config };
                 await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
             }
 
@@ -177,7 +177,7 @@ public sealed class SandboxService(
         await WaitGoneAsync(sandbox.InfraPid, TimeSpan.FromSeconds(10), ct).ConfigureAwait(false);
         if (sandbox.NetnsPath is { } netns && File.Exists(netns))
         {
-            await cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, ct).ConfigureAwait(false);
+            await cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, sandbox.CniConfig, ct).ConfigureAwait(false);
             linux.RemoveNetworkNamespace(netns);
         }
 
@@ -242,7 +242,7 @@ public sealed class SandboxService(
         await Step(sandbox.Id, () => oci.DeleteAsync(handler.Path, root, sandbox.Id, ct)).ConfigureAwait(false);
         if (sandbox.NetnsPath is { } netns && File.Exists(netns))
         {
-            await Step(sandbox.Id, () => cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, ct)).ConfigureAwait(false);
+            await Step(sandbox.Id, () => cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, sandbox.CniConfig, ct)).ConfigureAwait(false);
             await Step(sandbox.Id, () => { linux.RemoveNetworkNamespace(netns); return Task.CompletedTask; }).ConfigureAwait(false);
         }
 

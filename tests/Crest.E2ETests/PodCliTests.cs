@@ -60,6 +60,7 @@ public class PodCliTests
         var ps = await Binaries.RunCrestAsync([.. r, "ps"]);
         var pods = await Binaries.RunCrestAsync([.. r, "pods"]);
         var inspect = await Binaries.RunCrestAsync([.. r, "inspect", id]);
+        var exec = await Binaries.RunCrestAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "echo inside; exit 5"]);
         var stop = await Binaries.RunCrestAsync([.. r, "stop", "-T", "2", id]);
         var rm = await Binaries.RunCrestAsync([.. r, "rm", id]);
         var stopp = await Binaries.RunCrestAsync([.. r, "stopp", podId]);
@@ -77,6 +78,8 @@ public class PodCliTests
             Assert.True(doc.RootElement.GetProperty("info").GetProperty("pid").GetInt32() > 0);
         }
 
+        Assert.Equal(5, exec.ExitCode);
+        Assert.Equal("inside\n", exec.Stdout);
         Assert.True(stop.ExitCode == 0 && rm.ExitCode == 0 && stopp.ExitCode == 0 && rmp.ExitCode == 0, stop.Stderr + rm.Stderr + stopp.Stderr + rmp.Stderr);
         Assert.Equal("", after.Stdout.Trim());
         Assert.Contains("stdout F count 3\n", await File.ReadAllTextAsync(dir.Combine("logs", "counter.log"), Ct), StringComparison.Ordinal);

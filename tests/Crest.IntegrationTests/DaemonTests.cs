@@ -129,7 +129,7 @@ public class DaemonTests
     {
         await using var d = await DaemonHarness.StartAsync();
 
-        var exec = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
+        var exec = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ExecAsync(new ExecRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
         var checkpoint = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.CheckpointContainerAsync(new CheckpointContainerRequest(), cancellationToken: Ct).ResponseAsync);
         var stats = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ListContainerStatsAsync(new ListContainerStatsRequest(), cancellationToken: Ct).ResponseAsync);
 

@@ -201,6 +201,32 @@ public class PodSecurityTests
     }
 
     [Fact]
+    public async Task ExecSync_returns_output_and_exit_code_and_a_timeout_kills_the_command()
+    {
+        await using var d = await StartWithImageAsync();
+        var config = Container("execme", "sleep 60");
+        config.Envs.Add(new KeyValue { Key = "WHO", Value = "crest" });
+        var (_, id) = await RunAsync(d, Pod(d, "execme"), config);
+
+        var r = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "echo hello $WHO; echo oops >&2; exit 3" }, Timeout = 10 }, cancellationToken: Ct);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var timeout = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => d.Runtime.ExecSyncAsync(
+            new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "touch /tmp/started; sleep 30; touch /tmp/finished" }, Timeout = 1 }, cancellationToken: Ct).ResponseAsync);
+        clock.Stop();
+        await Task.Delay(500, Ct);
+        var after = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "ls /tmp; ps | grep -c 'sleep 30' || true" }, Timeout = 10 }, cancellationToken: Ct);
+
+        Assert.Equal("hello crest\n", r.Stdout.ToStringUtf8());
+        Assert.Equal("oops\n", r.Stderr.ToStringUtf8());
+        Assert.Equal(3, r.ExitCode);
+        Assert.Equal(Grpc.Core.StatusCode.DeadlineExceeded, timeout.StatusCode);
+        Assert.Contains("was killed", timeout.Status.Detail, StringComparison.Ordinal);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"the timeout took {clock.Elapsed}");
+        Assert.Contains("started", after.Stdout.ToStringUtf8(), StringComparison.Ordinal);
+        Assert.DoesNotContain("finished", after.Stdout.ToStringUtf8(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_create_half_done_when_crestd_died_is_rolled_back_on_recovery()
     {
         await using var d = await StartWithImageAsync();

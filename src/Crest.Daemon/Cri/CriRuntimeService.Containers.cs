@@ -132,6 +132,19 @@ internal sealed partial class CriRuntimeService
         return new UpdateContainerResourcesResponse();
     }
 
+    public override async Task<ExecSyncResponse> ExecSync(ExecSyncRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var r = await containers.ExecSyncAsync(request.ContainerId, [.. request.Cmd], TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken);
+        return new ExecSyncResponse
+        {
+            Stdout = Google.Protobuf.ByteString.CopyFrom(r.Stdout),
+            Stderr = Google.Protobuf.ByteString.CopyFrom(r.Stderr),
+            ExitCode = r.ExitCode,
+        };
+    }
+
     private JsonElement? ReadSpec(string id)
     {
         var file = Path.Combine(runtimeLayout.ContainerDir(id), "bundle", "config.json");
