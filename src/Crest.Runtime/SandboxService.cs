@@ -188,7 +188,14 @@ public sealed class SandboxService(
     public async Task RemoveAsync(SandboxRecord sandbox, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(sandbox);
-        await TearDownAsync(sandbox, ct).ConfigureAwait(false);
+        var failures = await TearDownAsync(sandbox, ct).ConfigureAwait(false);
+        if (failures.Count > 0)
+        {
+            // Keep the record so the kubelet's retry (or a crest rmp) tries again rather than leaking an IP or a mount.
+            await store.PutSandboxAsync(sandbox with { State = SandboxState.NotReady }, ct).ConfigureAwait(false);
+            throw new CrestException(ErrorKind.Internal, $"pod sandbox {sandbox.Id} could not be removed completely; retry RemovePodSandbox: {string.Join("; ", failures)}");
+        }
+
         await store.DeleteSandboxAsync(sandbox.Id, ct).ConfigureAwait(false);
     }
 
@@ -233,8 +240,10 @@ public sealed class SandboxService(
         return s;
     }
 
-    private async Task TearDownAsync(SandboxRecord sandbox, CancellationToken ct)
+    /// <summary>Undoes everything a sandbox holds, step by step; returns what could not be undone (each step is still tried).</summary>
+    private async Task<List<string>> TearDownAsync(SandboxRecord sandbox, CancellationToken ct)
     {
+        var failures = new List<string>();
         var handler = options.Handlers.FirstOrDefault(h => h.Name == sandbox.RuntimeHandler) ?? Handler("");
         var root = layout.RuntimeRoot(handler.Name);
         await Step(sandbox.Id, () => oci.KillAsync(handler.Path, root, sandbox.Id, 9, ct)).ConfigureAwait(false);
@@ -262,17 +271,19 @@ public sealed class SandboxService(
 
             return Task.CompletedTask;
         }).ConfigureAwait(false);
-    }
+        return failures;
 
-    private async Task Step(string id, Func<Task> step)
-    {
-        try
+        async Task Step(string id, Func<Task> step)
         {
-            await step().ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
-        {
-            RuntimeLog.CleanupFailed(logger, id, e.Message);
+            try
+            {
+                await step().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
+            {
+                RuntimeLog.CleanupFailed(logger, id, e.Message);
+                failures.Add(e.Message);
+            }
         }
     }
 
