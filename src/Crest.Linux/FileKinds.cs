@@ -10,6 +10,10 @@ public static partial class FileKinds
 
     public static bool IsSocket(string path) => TryGetMode(path, out var mode) && (mode & S_IFMT) == S_IFSOCK;
 
+    /// <summary>Opens a FIFO for writing without blocking (fails with ENXIO when nobody reads it); -1 on failure.</summary>
+    public static int OpenWriteNonBlocking(string path) =>
+        Interop.OpenAt(Interop.AT_FDCWD, path, Interop.O_WRONLY | Interop.O_NONBLOCK | Interop.O_CLOEXEC | Interop.O_NOFOLLOW, 0);
+
     private static unsafe bool TryGetMode(string path, out uint mode)
     {
         // statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_TYPE): one layout on every architecture.

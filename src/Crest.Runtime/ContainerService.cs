@@ -251,6 +251,35 @@ public sealed class ContainerService(
             FinishedAt = time.GetUtcNow(),
         }, ct).ConfigureAwait(false);
 
+    /// <summary>
+    /// Asks conmon to reopen the CRI log file (after the kubelet rotated it), through its control FIFO in the
+    /// bundle: message type 2 is "reopen logs".
+    /// </summary>
+    public async Task ReopenLogAsync(string idOrPrefix, CancellationToken ct)
+    {
+        var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        if (c.State != ContainerState.Running)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; only a running container's log can be reopened");
+        }
+
+        var ctl = Path.Combine(layout.ContainerDir(c.Id), "bundle", "ctl");
+        if (!File.Exists(ctl))
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} has no conmon control FIFO at {ctl}");
+        }
+
+        // O_NONBLOCK: if conmon is gone there is no reader, and the open fails instead of hanging.
+        await using var fifo = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(OpenFifoForWrite(ctl, c.Id), ownsHandle: true), FileAccess.Write, 1);
+        await fifo.WriteAsync("2 0 0\n"u8.ToArray(), ct).ConfigureAwait(false);
+    }
+
+    private static int OpenFifoForWrite(string path, string id)
+    {
+        var fd = FileKinds.OpenWriteNonBlocking(path);
+        return fd >= 0 ? fd : throw new CrestException(ErrorKind.FailedPrecondition, $"container {id}: conmon is not listening on {path}");
+    }
+
     /// <summary>The result of a command run to completion inside a container.</summary>
     public sealed record ExecResult(byte[] Stdout, byte[] Stderr, int ExitCode);
 

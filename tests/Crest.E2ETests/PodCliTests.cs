@@ -61,6 +61,17 @@ public class PodCliTests
         var pods = await Binaries.RunCrestAsync([.. r, "pods"]);
         var inspect = await Binaries.RunCrestAsync([.. r, "inspect", id]);
         var exec = await Binaries.RunCrestAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "echo inside; exit 5"]);
+        var logsTail = await Binaries.RunCrestAsync([.. r, "logs", "--tail", "2", id]);
+        // The kubelet's rotation: move the file away, ask the runtime to reopen, new lines go to a new file.
+        var logFile = dir.Combine("logs", "counter.log");
+        File.Move(logFile, logFile + ".1");
+        using (var ch = UnixGrpc.Channel(crestd.Socket))
+        {
+            await new Runtime.V1.RuntimeService.RuntimeServiceClient(ch).ReopenContainerLogAsync(new Runtime.V1.ReopenContainerLogRequest { ContainerId = id }, cancellationToken: Ct);
+        }
+
+        await Task.Delay(800, Ct);
+        var rotated = File.Exists(logFile) ? await File.ReadAllTextAsync(logFile, Ct) : "";
         var stop = await Binaries.RunCrestAsync([.. r, "stop", "-T", "2", id]);
         var rm = await Binaries.RunCrestAsync([.. r, "rm", id]);
         var stopp = await Binaries.RunCrestAsync([.. r, "stopp", podId]);
@@ -79,10 +90,12 @@ public class PodCliTests
         }
 
         Assert.Equal(5, exec.ExitCode);
+        Assert.Matches(@"^count \d+\ncount \d+\n$", logsTail.Stdout);
+        Assert.Contains("stdout F count", rotated, StringComparison.Ordinal);
         Assert.Equal("inside\n", exec.Stdout);
         Assert.True(stop.ExitCode == 0 && rm.ExitCode == 0 && stopp.ExitCode == 0 && rmp.ExitCode == 0, stop.Stderr + rm.Stderr + stopp.Stderr + rmp.Stderr);
         Assert.Equal("", after.Stdout.Trim());
-        Assert.Contains("stdout F count 3\n", await File.ReadAllTextAsync(dir.Combine("logs", "counter.log"), Ct), StringComparison.Ordinal);
+        Assert.Contains("stdout F count 3\n", await File.ReadAllTextAsync(dir.Combine("logs", "counter.log.1"), Ct), StringComparison.Ordinal);
     }
 
     [Fact]

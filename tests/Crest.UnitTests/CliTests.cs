@@ -147,3 +147,31 @@ public class CrictlConfigTests
         Assert.False(parsed.Linux.SecurityContext.Privileged);
     }
 }
+
+public class CriLogTests
+{
+    [Fact]
+    public void Partial_lines_join_per_stream_and_whole_lines_pass_through()
+    {
+        var lines = Crest.Cli.CriLogLine.Whole(
+        [
+            "2026-11-28T10:00:00.000000001Z stdout P hel",
+            "2026-11-28T10:00:00.000000002Z stderr F warning",
+            "2026-11-28T10:00:00.000000003Z stdout F lo world",
+            "not a log line",
+            "2026-11-28T10:00:01Z stdout F second",
+        ]).ToList();
+
+        Assert.Equal(["warning", "hello world", "second"], lines.Select(l => l.Content));
+        Assert.Equal(["stderr", "stdout", "stdout"], lines.Select(l => l.Stream));
+    }
+
+    [Fact]
+    public void A_joiner_keeps_a_partial_line_across_reads()
+    {
+        var joiner = new Crest.Cli.CriLogJoiner();
+
+        Assert.Empty(joiner.Add("2026-11-28T10:00:00Z stdout P abc"));
+        Assert.Equal("abcdef", Assert.Single(joiner.Add("2026-11-28T10:00:00Z stdout F def")).Content);
+    }
+}

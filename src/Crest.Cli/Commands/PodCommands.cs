@@ -211,6 +211,76 @@ internal static class PodCommands
         }));
         yield return exec;
 
+        var logsId = new Argument<string>("container-id");
+        var follow = new Option<bool>("--follow", "-f") { Description = "keep printing new lines" };
+        var tail = new Option<int>("--tail") { Description = "only the last N lines (-1: all)", DefaultValueFactory = _ => -1 };
+        var since = new Option<string?>("--since") { Description = "only lines newer than a duration (e.g. 10s, 5m) or an RFC3339 time" };
+        var timestamps = new Option<bool>("--timestamps") { Description = "show each line's time" };
+        var logs = new Command("logs", "Print a container's log (the CRI log file, read on this node as crictl does)") { logsId, follow, tail, since, timestamps };
+        logs.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
+        {
+            var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
+            using var connection = new CriConnection(ctx.RuntimeEndpoint, ctx.Timeout);
+            var status = await CliRunner.CallAsync(connection, "ContainerStatus", o => new RuntimeService.RuntimeServiceClient(connection.Channel)
+                .ContainerStatusAsync(new ContainerStatusRequest { ContainerId = parse.GetValue(logsId)! }, o).ResponseAsync, ct);
+            var path = status.Status.LogPath;
+            if (string.IsNullOrEmpty(path))
+            {
+                throw new CliFailure(ExitCodes.RuntimeError, $"container {status.Status.Id} has no log file (its pod has no log_directory or the container no log_path)");
+            }
+
+            DateTimeOffset? after = null;
+            if (parse.GetValue(since) is { Length: > 0 } s)
+            {
+                after = DateTimeOffset.TryParse(s, CultureInfo.InvariantCulture, DateTimeStyles.RoundtripKind, out var t)
+                    ? t
+                    : DateTimeOffset.UtcNow - CliContext.ParseTimeout(s);
+            }
+
+            var stamps = parse.GetValue(timestamps);
+            string Render(CriLogLine l) => stamps ? $"{l.Time.UtcDateTime:yyyy-MM-ddTHH:mm:ss.fffffffZ} {l.Content}" : l.Content;
+            async Task WriteAsync(CriLogLine l)
+            {
+                if (after is null || l.Time > after)
+                {
+                    await (l.Stream == "stderr" ? CliRunner.Error : output).WriteLineAsync(Render(l));
+                }
+            }
+
+            await using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            using var reader = new StreamReader(file);
+            var lines = new List<string>();
+            string? raw;
+            while ((raw = await reader.ReadLineAsync(ct)) is not null)
+            {
+                lines.Add(raw);
+            }
+
+            var joiner = new CriLogJoiner();
+            var whole = lines.SelectMany(joiner.Add).ToList();
+            var n = parse.GetValue(tail);
+            foreach (var l in n >= 0 ? whole.TakeLast(n) : whole)
+            {
+                await WriteAsync(l);
+            }
+
+            while (parse.GetValue(follow) && !ct.IsCancellationRequested)
+            {
+                raw = await reader.ReadLineAsync(ct);
+                if (raw is null)
+                {
+                    await Task.Delay(200, ct);
+                    continue;
+                }
+
+                foreach (var l in joiner.Add(raw))
+                {
+                    await WriteAsync(l);
+                }
+            }
+        }));
+        yield return logs;
+
         var inspectIds = new Argument<string[]>("container-id") { Arity = ArgumentArity.OneOrMore };
         var inspect = new Command("inspect", "Show containers' status") { inspectIds };
         inspect.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>

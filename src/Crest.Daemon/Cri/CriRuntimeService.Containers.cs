@@ -145,6 +145,14 @@ internal sealed partial class CriRuntimeService
         };
     }
 
+    public override async Task<ReopenContainerLogResponse> ReopenContainerLog(ReopenContainerLogRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        await containers.ReopenLogAsync(request.ContainerId, context.CancellationToken);
+        return new ReopenContainerLogResponse();
+    }
+
     private JsonElement? ReadSpec(string id)
     {
         var file = Path.Combine(runtimeLayout.ContainerDir(id), "bundle", "config.json");
