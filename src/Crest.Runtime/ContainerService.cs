@@ -280,6 +280,20 @@ public sealed class ContainerService(
         return fd >= 0 ? fd : throw new CrestException(ErrorKind.FailedPrecondition, $"container {id}: conmon is not listening on {path}");
     }
 
+    /// <summary>A container's resource use at one moment (CRI ContainerStats).</summary>
+    public sealed record ContainerUsage(ContainerRecord Container, DateTimeOffset Time, CgroupUsage? Cgroup, long WritableBytes, long WritableInodes, string WritableLayerPath);
+
+    /// <summary>CPU, memory and writable-layer use of a container, from its cgroup and its overlay upper directory.</summary>
+    public async Task<ContainerUsage> StatsAsync(string idOrPrefix, CancellationToken ct)
+    {
+        var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        var sandbox = await sandboxes.FindAsync(c.SandboxId, ct).ConfigureAwait(false);
+        var cgroup = sandbox is null || c.State != ContainerState.Running ? null : CgroupStats.Read($"{sandbox.CgroupsPath}/crest-{c.Id}");
+        var upper = Path.Combine(layout.ContainerDir(c.Id), "upper");
+        var writable = ImageService.Usage(upper, upper);
+        return new ContainerUsage(c, time.GetUtcNow(), cgroup, writable.Bytes, writable.Inodes, upper);
+    }
+
     /// <summary>The result of a command run to completion inside a container.</summary>
     public sealed record ExecResult(byte[] Stdout, byte[] Stderr, int ExitCode);
 

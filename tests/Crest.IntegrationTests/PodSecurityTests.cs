@@ -227,6 +227,24 @@ public class PodSecurityTests
     }
 
     [Fact]
+    public async Task Container_stats_grow_when_the_container_allocates_memory_and_writes_files()
+    {
+        await using var d = await StartWithImageAsync();
+        var (_, id) = await RunAsync(d, Pod(d, "stats"), Container("stats", "sleep 1", "x=$(head -c 60000000 /dev/zero | tr '\\0' a)", "head -c 3000000 /dev/zero > /tmp/blob", "sleep 60", "echo the shell must not exec sleep and drop its memory"));
+        var before = (await d.Runtime.ContainerStatsAsync(new ContainerStatsRequest { ContainerId = id }, cancellationToken: Ct)).Stats;
+
+        await Task.Delay(3500, Ct);
+        var after = (await d.Runtime.ContainerStatsAsync(new ContainerStatsRequest { ContainerId = id }, cancellationToken: Ct)).Stats;
+        var listed = await d.Runtime.ListContainerStatsAsync(new ListContainerStatsRequest(), cancellationToken: Ct);
+
+        Assert.True(after.Memory.WorkingSetBytes.Value > before.Memory.WorkingSetBytes.Value + 20_000_000,
+            $"working set {before.Memory.WorkingSetBytes.Value} -> {after.Memory.WorkingSetBytes.Value}");
+        Assert.True(after.Cpu.UsageCoreNanoSeconds.Value > before.Cpu.UsageCoreNanoSeconds.Value);
+        Assert.True(after.WritableLayer.UsedBytes.Value >= 3_000_000, $"writable layer {after.WritableLayer.UsedBytes.Value}");
+        Assert.Contains(listed.Stats, s => s.Attributes.Id == id);
+    }
+
+    [Fact]
     public async Task A_create_half_done_when_crestd_died_is_rolled_back_on_recovery()
     {
         await using var d = await StartWithImageAsync();

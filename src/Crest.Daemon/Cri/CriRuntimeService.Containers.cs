@@ -153,6 +153,66 @@ internal sealed partial class CriRuntimeService
         return new ReopenContainerLogResponse();
     }
 
+    public override async Task<ContainerStatsResponse> ContainerStats(ContainerStatsRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        return new ContainerStatsResponse { Stats = ToCri(await containers.StatsAsync(request.ContainerId, context.CancellationToken)) };
+    }
+
+    public override async Task<ListContainerStatsResponse> ListContainerStats(ListContainerStatsRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var f = request.Filter;
+        var response = new ListContainerStatsResponse();
+        foreach (var c in await containers.ListAsync(context.CancellationToken))
+        {
+            if (c.State != Crest.Core.ContainerState.Running
+                || (f is not null && ((f.Id.Length > 0 && !c.Id.StartsWith(f.Id, StringComparison.Ordinal))
+                    || (f.PodSandboxId.Length > 0 && !c.SandboxId.StartsWith(f.PodSandboxId, StringComparison.Ordinal))
+                    || !CriMapping.LabelsMatch(c.Spec.Labels, f.LabelSelector))))
+            {
+                continue;
+            }
+
+            response.Stats.Add(ToCri(await containers.StatsAsync(c.Id, context.CancellationToken)));
+        }
+
+        return response;
+    }
+
+    private static ContainerStats ToCri(Crest.Runtime.ContainerService.ContainerUsage u)
+    {
+        var at = CriMapping.Nanos(u.Time);
+        var stats = new ContainerStats
+        {
+            Attributes = new ContainerAttributes { Id = u.Container.Id, Metadata = CriMapping.Metadata(u.Container.Spec) },
+            WritableLayer = new FilesystemUsage
+            {
+                Timestamp = at,
+                FsId = new FilesystemIdentifier { Mountpoint = u.WritableLayerPath },
+                UsedBytes = new UInt64Value { Value = (ulong)u.WritableBytes },
+                InodesUsed = new UInt64Value { Value = (ulong)u.WritableInodes },
+            },
+        };
+        stats.Attributes.Labels.Add(u.Container.Spec.Labels.ToDictionary());
+        stats.Attributes.Annotations.Add(u.Container.Spec.Annotations.ToDictionary());
+        if (u.Cgroup is { } g)
+        {
+            stats.Cpu = new CpuUsage { Timestamp = at, UsageCoreNanoSeconds = new UInt64Value { Value = g.CpuUsageNanoseconds } };
+            stats.Memory = new MemoryUsage
+            {
+                Timestamp = at,
+                WorkingSetBytes = new UInt64Value { Value = g.MemoryWorkingSetBytes },
+                UsageBytes = new UInt64Value { Value = g.MemoryUsageBytes },
+                RssBytes = new UInt64Value { Value = g.MemoryRssBytes },
+            };
+        }
+
+        return stats;
+    }
+
     private JsonElement? ReadSpec(string id)
     {
         var file = Path.Combine(runtimeLayout.ContainerDir(id), "bundle", "config.json");
