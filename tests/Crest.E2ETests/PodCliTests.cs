@@ -62,6 +62,7 @@ public class PodCliTests
         var inspect = await Binaries.RunCrestAsync([.. r, "inspect", id]);
         var exec = await Binaries.RunCrestAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "echo inside; exit 5"]);
         var logsTail = await Binaries.RunCrestAsync([.. r, "logs", "--tail", "2", id]);
+        var stats = await Binaries.RunCrestAsync([.. r, "stats"]);
         // The kubelet's rotation: move the file away, ask the runtime to reopen, new lines go to a new file.
         var logFile = dir.Combine("logs", "counter.log");
         File.Move(logFile, logFile + ".1");
@@ -91,6 +92,7 @@ public class PodCliTests
 
         Assert.Equal(5, exec.ExitCode);
         Assert.Matches(@"^count \d+\ncount \d+\n$", logsTail.Stdout);
+        Assert.Matches($@"{id[..13]}\s+counter\s+\d+\.\d\d\s+[0-9.]+[kMG]?B\s+", stats.Stdout);
         Assert.Contains("stdout F count", rotated, StringComparison.Ordinal);
         Assert.Equal("inside\n", exec.Stdout);
         Assert.True(stop.ExitCode == 0 && rm.ExitCode == 0 && stopp.ExitCode == 0 && rmp.ExitCode == 0, stop.Stderr + rm.Stderr + stopp.Stderr + rmp.Stderr);

@@ -281,6 +281,44 @@ internal static class PodCommands
         }));
         yield return logs;
 
+        var statsId = new Argument<string?>("container-id") { Arity = ArgumentArity.ZeroOrOne };
+        var statsCommand = new Command("stats", "Show containers' CPU, memory and writable-layer use") { statsId };
+        statsCommand.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
+        {
+            var filter = new ContainerStatsFilter { Id = parse.GetValue(statsId) ?? "" };
+            // CPU % needs two samples, as crictl takes them.
+            var first = await client.ListContainerStatsAsync(new ListContainerStatsRequest { Filter = filter }, o);
+            await Task.Delay(1000, ct);
+            var second = await client.ListContainerStatsAsync(new ListContainerStatsRequest { Filter = filter }, o);
+            var format = OutputFormats.Parse(parse.GetValue(global.Output), OutputFormat.Table);
+            if (format != OutputFormat.Table)
+            {
+                new Renderer(format, output).Document(Renderer.ToJson(second));
+                return;
+            }
+
+            var before = first.Stats.ToDictionary(s => s.Attributes.Id, StringComparer.Ordinal);
+            var rows = second.Stats.Select(s =>
+            {
+                var cpu = "-";
+                if (before.TryGetValue(s.Attributes.Id, out var b) && s.Cpu is not null && b.Cpu is not null && s.Cpu.Timestamp > b.Cpu.Timestamp)
+                {
+                    var used = (double)(s.Cpu.UsageCoreNanoSeconds.Value - b.Cpu.UsageCoreNanoSeconds.Value);
+                    cpu = (used / (s.Cpu.Timestamp - b.Cpu.Timestamp) * 100).ToString("0.00", CultureInfo.InvariantCulture);
+                }
+
+                return new[]
+                {
+                    s.Attributes.Id[..13], s.Attributes.Metadata.Name, cpu,
+                    ImageCommands.HumanSize((long)(s.Memory?.WorkingSetBytes?.Value ?? 0)),
+                    ImageCommands.HumanSize((long)(s.WritableLayer?.UsedBytes?.Value ?? 0)),
+                    (s.WritableLayer?.InodesUsed?.Value ?? 0).ToString(CultureInfo.InvariantCulture),
+                };
+            }).ToList();
+            await Columns.WriteAsync(output, ["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"], rows);
+        }, ct));
+        yield return statsCommand;
+
         var inspectIds = new Argument<string[]>("container-id") { Arity = ArgumentArity.OneOrMore };
         var inspect = new Command("inspect", "Show containers' status") { inspectIds };
         inspect.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
