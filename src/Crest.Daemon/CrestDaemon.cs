@@ -121,6 +121,8 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<SandboxService>();
             builder.Services.AddSingleton<ContainerService>();
             builder.Services.AddSingleton<PodService>();
+            builder.Services.AddSingleton<RuntimeEvents>();
+            builder.Services.AddHostedService<Hosting.ExitWatcher>();
             builder.Services.AddGrpc(o =>
             {
                 o.Interceptors.Add<ErrorInterceptor>();

@@ -23,6 +23,7 @@ public sealed class ContainerService(
     IOciRuntime oci,
     ICommandRunner commands,
     RuntimeLayout layout,
+    RuntimeEvents events,
     TimeProvider time,
     ILogger<ContainerService> logger)
 {
@@ -152,6 +153,7 @@ public sealed class ContainerService(
             record = record with { State = ContainerState.Created, Pid = pid };
             await store.PutContainerAsync(record, CancellationToken.None).ConfigureAwait(false);
             RuntimeLog.ContainerCreated(logger, id, sandbox.Id);
+            events.Publish(id, sandbox.Id, LifecycleEvent.Created);
             return record;
         }
         catch
@@ -185,6 +187,7 @@ public sealed class ContainerService(
         }
 
         await store.PutContainerAsync(c with { State = ContainerState.Running, StartedAt = time.GetUtcNow() }, CancellationToken.None).ConfigureAwait(false);
+        events.Publish(c.Id, c.SandboxId, LifecycleEvent.Started);
     }
 
     /// <summary>
@@ -241,7 +244,8 @@ public sealed class ContainerService(
         await GetAsync(c.Id, ct).ConfigureAwait(false);
     }
 
-    private async Task MarkLostAsync(ContainerRecord c, string why, CancellationToken ct) =>
+    private async Task MarkLostAsync(ContainerRecord c, string why, CancellationToken ct)
+    {
         await store.PutContainerAsync(c with
         {
             State = ContainerState.Exited,
@@ -250,6 +254,17 @@ public sealed class ContainerService(
             Message = why,
             FinishedAt = time.GetUtcNow(),
         }, ct).ConfigureAwait(false);
+        events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
+    }
+
+    /// <summary>Called when conmon writes an exit file: the container's new state is recorded and announced at once.</summary>
+    public async Task ObserveExitAsync(string id, CancellationToken ct)
+    {
+        if (await store.GetContainerAsync(id, ct).ConfigureAwait(false) is { } c)
+        {
+            await RefreshAsync(c, ct).ConfigureAwait(false);
+        }
+    }
 
     /// <summary>
     /// Asks conmon to reopen the CRI log file (after the kubelet rotated it), through its control FIFO in the
@@ -399,6 +414,7 @@ public sealed class ContainerService(
 
         await TearDownAsync(c, ct).ConfigureAwait(false);
         await store.DeleteContainerAsync(c.Id, ct).ConfigureAwait(false);
+        events.Publish(c.Id, c.SandboxId, LifecycleEvent.Deleted);
     }
 
     public async Task<ContainerRecord> GetAsync(string idOrPrefix, CancellationToken ct)
@@ -504,6 +520,7 @@ public sealed class ContainerService(
             Reason = oom ? "OOMKilled" : code == 0 ? "Completed" : "Error",
         };
         await store.PutContainerAsync(updated, ct).ConfigureAwait(false);
+        events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
         return updated;
     }
 

@@ -245,6 +245,34 @@ public class PodSecurityTests
     }
 
     [Fact]
+    public async Task Container_events_arrive_in_order_and_an_exit_is_announced_without_anyone_listing()
+    {
+        await using var d = await StartWithImageAsync();
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        cts.CancelAfter(TimeSpan.FromSeconds(30));
+        using var stream = d.Runtime.GetContainerEvents(new GetEventsRequest(), cancellationToken: cts.Token);
+        await Task.Delay(200, Ct);
+
+        var (_, id) = await RunAsync(d, Pod(d, "events"), Container("events", "sleep 1", "exit 0"));
+        var seen = new List<ContainerEventType>();
+        while (seen.Count < 3 && await stream.ResponseStream.MoveNext(cts.Token))
+        {
+            if (stream.ResponseStream.Current.ContainerId == id)
+            {
+                seen.Add(stream.ResponseStream.Current.ContainerEventType);
+            }
+        }
+
+        await d.Runtime.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = id }, cancellationToken: Ct);
+        while (await stream.ResponseStream.MoveNext(cts.Token) && stream.ResponseStream.Current.ContainerId != id)
+        {
+        }
+
+        seen.Add(stream.ResponseStream.Current.ContainerEventType);
+        Assert.Equal([ContainerEventType.ContainerCreatedEvent, ContainerEventType.ContainerStartedEvent, ContainerEventType.ContainerStoppedEvent, ContainerEventType.ContainerDeletedEvent], seen);
+    }
+
+    [Fact]
     public async Task A_create_half_done_when_crestd_died_is_rolled_back_on_recovery()
     {
         await using var d = await StartWithImageAsync();

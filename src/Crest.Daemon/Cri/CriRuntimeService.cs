@@ -14,7 +14,8 @@ internal sealed partial class CriRuntimeService(
     SandboxService sandboxes,
     ContainerService containers,
     PodService pods,
-    RuntimeLayout runtimeLayout) : RuntimeService.RuntimeServiceBase
+    RuntimeLayout runtimeLayout,
+    RuntimeEvents events) : RuntimeService.RuntimeServiceBase
 {
     /// <summary>The version of the kubelet runtime API this server speaks (the Version RPC's "version" field).</summary>
     public const string KubeletApiVersion = "0.1.0";
