@@ -138,7 +138,7 @@ public sealed partial class ImageService
         {
             throw new CrestException(ErrorKind.NotFound, $"archive {archivePath} does not exist", e);
         }
-        catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException)
+        catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException or InvalidOperationException or OverflowException)
         {
             throw new CrestException(ErrorKind.InvalidArgument, $"archive {archivePath} is not a readable tar: {e.Message}", e);
         }

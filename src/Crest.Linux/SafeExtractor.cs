@@ -99,8 +99,9 @@ public sealed class SafeExtractor : IDisposable
             {
                 entry = await reader.GetNextEntryAsync(copyData: false, ct).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException or ArgumentException)
+            catch (Exception e) when (e is not (OperationCanceledException or CrestException or OutOfMemoryException))
             {
+                // Whatever the tar reader throws on bytes it cannot make sense of, the archive is malformed.
                 throw Refuse(what, null, $"the tar stream is malformed or truncated ({e.Message})");
             }
 
@@ -352,7 +353,7 @@ public sealed class SafeExtractor : IDisposable
                     }
                 }
             }
-            catch (Exception e) when (e is InvalidDataException or EndOfStreamException)
+            catch (Exception e) when (e is InvalidDataException or EndOfStreamException or InvalidOperationException or FormatException)
             {
                 throw Refuse(what, entry.Name, $"the data is truncated or corrupt ({e.Message})");
             }

@@ -51,6 +51,9 @@ public class PodCliTests
         string[] r = ["-r", crestd.Endpoint];
         Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "image", "import", dir.Combine("rootfs.tar"), "localhost/e2e/busybox:v1"])).ExitCode);
 
+        using var events = Process.Start(new ProcessStartInfo(Binaries.Crest, [.. r, "events"]) { RedirectStandardOutput = true, UseShellExecute = false })!;
+        var eventsOutput = events.StandardOutput.ReadToEndAsync(Ct);
+        await Task.Delay(700, Ct);
         var runp = await Binaries.RunCrestAsync([.. r, "runp", pod]);
         var podId = runp.Stdout.Trim();
         var create = await Binaries.RunCrestAsync([.. r, "create", podId, counter, pod]);
@@ -78,6 +81,9 @@ public class PodCliTests
         var stopp = await Binaries.RunCrestAsync([.. r, "stopp", podId]);
         var rmp = await Binaries.RunCrestAsync([.. r, "rmp", podId]);
         var after = await Binaries.RunCrestAsync([.. r, "pods", "-q"]);
+        await Task.Delay(300, Ct);
+        events.Kill();
+        var streamed = await eventsOutput;
 
         Assert.True(runp.ExitCode == 0, runp.Stderr);
         Assert.True(create.ExitCode == 0, create.Stderr);
@@ -97,6 +103,7 @@ public class PodCliTests
         Assert.Equal("inside\n", exec.Stdout);
         Assert.True(stop.ExitCode == 0 && rm.ExitCode == 0 && stopp.ExitCode == 0 && rmp.ExitCode == 0, stop.Stderr + rm.Stderr + stopp.Stderr + rmp.Stderr);
         Assert.Equal("", after.Stdout.Trim());
+        Assert.Matches($@"ContainerCreatedEvent {id[..13]} pod=counter\n(.*\n)*.*ContainerStartedEvent {id[..13]}(.*\n)*.*ContainerStoppedEvent {id[..13]}(.*\n)*.*ContainerDeletedEvent {id[..13]}", streamed);
         Assert.Contains("stdout F count 3\n", await File.ReadAllTextAsync(dir.Combine("logs", "counter.log.1"), Ct), StringComparison.Ordinal);
     }
 

@@ -228,3 +228,29 @@ public class SafeExtractorTests
         }, iter: 300);
     }
 }
+
+public class SafeExtractorRegressionTests
+{
+    [Fact]
+    public async Task A_pax_header_whose_size_field_lies_is_a_clear_error_not_a_crash()
+    {
+        // Found by the mutation property test (seed 8S2BiRoh7R51): TarReader throws InvalidOperationException here.
+        var ms = new MemoryStream();
+        using (var w = new TarWriter(ms, TarEntryFormat.Pax, leaveOpen: true))
+        {
+            TestImages.Dir(w, "a");
+            TestImages.File(w, "a/f", new byte[700]);
+            TestImages.Symlink(w, "l", "a/f");
+        }
+
+        var bytes = ms.ToArray();
+        bytes[124] = 50;
+        bytes[4617] = 147;
+        using var dir = new TempDir();
+        using var x = new SafeExtractor(dir.Path, ExtractionPolicy.ImageLayer with { ApplyOwners = false, AllowDevices = false });
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => x.ExtractAsync(new MemoryStream(bytes), "mutated", TestContext.Current.CancellationToken));
+
+        Assert.Contains("malformed or truncated", e.Message, StringComparison.Ordinal);
+    }
+}

@@ -319,6 +319,36 @@ internal static class PodCommands
         }, ct));
         yield return statsCommand;
 
+        var events = new Command("events", "Stream container lifecycle events (CRI GetContainerEvents) until interrupted");
+        events.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
+        {
+            var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
+            using var connection = new CriConnection(ctx.RuntimeEndpoint, TimeSpan.FromDays(365));
+            connection.CheckSocketExists();
+            try
+            {
+                using var call = new RuntimeService.RuntimeServiceClient(connection.Channel).GetContainerEvents(new GetEventsRequest(), cancellationToken: ct);
+                while (await call.ResponseStream.MoveNext(ct))
+                {
+                    var e = call.ResponseStream.Current;
+                    var time = DateTimeOffset.FromUnixTimeMilliseconds(e.CreatedAt / 1_000_000).UtcDateTime;
+                    await output.WriteLineAsync($"{time:yyyy-MM-ddTHH:mm:ss.fffZ} {e.ContainerEventType} {e.ContainerId[..13]} pod={e.PodSandboxStatus?.Metadata?.Name}");
+                    await output.FlushAsync(ct);
+                }
+            }
+            catch (Grpc.Core.RpcException e) when (e.StatusCode != Grpc.Core.StatusCode.Cancelled)
+            {
+                throw connection.Explain(e, "GetContainerEvents");
+            }
+            catch (Grpc.Core.RpcException)
+            {
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }));
+        yield return events;
+
         var inspectIds = new Argument<string[]>("container-id") { Arity = ArgumentArity.OneOrMore };
         var inspect = new Command("inspect", "Show containers' status") { inspectIds };
         inspect.SetAction((parse, ct) => Call(parse, global, output, async (client, o) =>
