@@ -309,6 +309,47 @@ public sealed class ContainerService(
         return new ContainerUsage(c, time.GetUtcNow(), cgroup, writable.Bytes, writable.Inodes, upper);
     }
 
+    /// <summary>A pod's resource use: its running containers summed, and its network interface counters.</summary>
+    public sealed record PodUsage(SandboxRecord Sandbox, DateTimeOffset Time, IReadOnlyList<ContainerUsage> Containers, ulong CpuNanoseconds, ulong WorkingSetBytes, ulong UsageBytes, (ulong Rx, ulong Tx)? Network);
+
+    public async Task<PodUsage> PodStatsAsync(string sandboxId, CancellationToken ct)
+    {
+        var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
+        var usages = new List<ContainerUsage>();
+        foreach (var c in (await ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandbox.Id && c.State == ContainerState.Running))
+        {
+            usages.Add(await StatsAsync(c.Id, ct).ConfigureAwait(false));
+        }
+
+        var infra = CgroupStats.Read($"{sandbox.CgroupsPath}/crest-{sandbox.Id}");
+        var cgroups = usages.Select(u => u.Cgroup).Append(infra).OfType<CgroupUsage>().ToList();
+        return new PodUsage(sandbox, time.GetUtcNow(), usages,
+            (ulong)cgroups.Sum(g => (decimal)g.CpuUsageNanoseconds), (ulong)cgroups.Sum(g => (decimal)g.MemoryWorkingSetBytes), (ulong)cgroups.Sum(g => (decimal)g.MemoryUsageBytes),
+            sandbox.State == SandboxState.Ready ? NetworkCounters(sandbox.InfraPid) : null);
+    }
+
+    /// <summary>eth0's byte counters as the pod sees them, from /proc/&lt;infra pid&gt;/net/dev.</summary>
+    private static (ulong Rx, ulong Tx)? NetworkCounters(int infraPid)
+    {
+        try
+        {
+            foreach (var line in File.ReadLines($"/proc/{infraPid}/net/dev"))
+            {
+                var colon = line.IndexOf(':', StringComparison.Ordinal);
+                if (colon > 0 && line[..colon].Trim() == CniNetwork.InterfaceName)
+                {
+                    var f = line[(colon + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                    return (ulong.Parse(f[0], CultureInfo.InvariantCulture), ulong.Parse(f[8], CultureInfo.InvariantCulture));
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+
+        return null;
+    }
+
     /// <summary>The result of a command run to completion inside a container.</summary>
     public sealed record ExecResult(byte[] Stdout, byte[] Stderr, int ExitCode);
 

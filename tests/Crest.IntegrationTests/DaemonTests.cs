@@ -131,7 +131,7 @@ public class DaemonTests
 
         var exec = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ExecAsync(new ExecRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
         var checkpoint = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.CheckpointContainerAsync(new CheckpointContainerRequest(), cancellationToken: Ct).ResponseAsync);
-        var stats = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ListPodSandboxStatsAsync(new ListPodSandboxStatsRequest(), cancellationToken: Ct).ResponseAsync);
+        var stats = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.AttachAsync(new AttachRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
 
         Assert.Equal(StatusCode.Unimplemented, exec.StatusCode);
         Assert.Equal(StatusCode.Unimplemented, checkpoint.StatusCode);

@@ -242,6 +242,12 @@ public class PodSecurityTests
         Assert.True(after.Cpu.UsageCoreNanoSeconds.Value > before.Cpu.UsageCoreNanoSeconds.Value);
         Assert.True(after.WritableLayer.UsedBytes.Value >= 3_000_000, $"writable layer {after.WritableLayer.UsedBytes.Value}");
         Assert.Contains(listed.Stats, s => s.Attributes.Id == id);
+
+        var pods = await d.Runtime.ListPodSandboxStatsAsync(new ListPodSandboxStatsRequest(), cancellationToken: Ct);
+        var pod = Assert.Single(pods.Stats);
+        Assert.True(pod.Linux.Memory.WorkingSetBytes.Value >= after.Memory.WorkingSetBytes.Value);
+        Assert.Equal(id, Assert.Single(pod.Linux.Containers).Attributes.Id);
+        Assert.Equal("eth0", pod.Linux.Network.DefaultInterface.Name);
     }
 
     [Fact]

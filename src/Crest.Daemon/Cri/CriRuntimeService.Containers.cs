@@ -182,6 +182,60 @@ internal sealed partial class CriRuntimeService
         return response;
     }
 
+    public override async Task<PodSandboxStatsResponse> PodSandboxStats(PodSandboxStatsRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        return new PodSandboxStatsResponse { Stats = ToCri(await containers.PodStatsAsync(request.PodSandboxId, context.CancellationToken)) };
+    }
+
+    public override async Task<ListPodSandboxStatsResponse> ListPodSandboxStats(ListPodSandboxStatsRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var f = request.Filter;
+        var response = new ListPodSandboxStatsResponse();
+        foreach (var s in await sandboxes.ListAsync(context.CancellationToken))
+        {
+            if (s.State != Crest.Core.SandboxState.Ready
+                || (f is not null && ((f.Id.Length > 0 && !s.Id.StartsWith(f.Id, StringComparison.Ordinal)) || !CriMapping.LabelsMatch(s.Spec.Labels, f.LabelSelector))))
+            {
+                continue;
+            }
+
+            response.Stats.Add(ToCri(await containers.PodStatsAsync(s.Id, context.CancellationToken)));
+        }
+
+        return response;
+    }
+
+    private static PodSandboxStats ToCri(Crest.Runtime.ContainerService.PodUsage u)
+    {
+        var at = CriMapping.Nanos(u.Time);
+        var stats = new PodSandboxStats
+        {
+            Attributes = new PodSandboxAttributes { Id = u.Sandbox.Id, Metadata = CriMapping.Metadata(u.Sandbox.Spec) },
+            Linux = new LinuxPodSandboxStats
+            {
+                Cpu = new CpuUsage { Timestamp = at, UsageCoreNanoSeconds = new UInt64Value { Value = u.CpuNanoseconds } },
+                Memory = new MemoryUsage { Timestamp = at, WorkingSetBytes = new UInt64Value { Value = u.WorkingSetBytes }, UsageBytes = new UInt64Value { Value = u.UsageBytes } },
+            },
+        };
+        stats.Attributes.Labels.Add(u.Sandbox.Spec.Labels.ToDictionary());
+        stats.Attributes.Annotations.Add(u.Sandbox.Spec.Annotations.ToDictionary());
+        if (u.Network is { } n)
+        {
+            stats.Linux.Network = new NetworkUsage
+            {
+                Timestamp = at,
+                DefaultInterface = new NetworkInterfaceUsage { Name = Crest.Runtime.CniNetwork.InterfaceName, RxBytes = new UInt64Value { Value = n.Rx }, TxBytes = new UInt64Value { Value = n.Tx } },
+            };
+        }
+
+        stats.Linux.Containers.Add(u.Containers.Select(ToCri));
+        return stats;
+    }
+
     private static ContainerStats ToCri(Crest.Runtime.ContainerService.ContainerUsage u)
     {
         var at = CriMapping.Nanos(u.Time);
