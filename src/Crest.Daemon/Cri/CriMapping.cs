@@ -116,6 +116,12 @@ internal static class CriMapping
 
     private static Dictionary<string, string> Map(MapField<string, string> map) => map.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
 
-    public static bool LabelsMatch(IReadOnlyDictionary<string, string> labels, MapField<string, string> selector) =>
-        selector.All(kv => labels.TryGetValue(kv.Key, out var v) && v == kv.Value);
+    public static bool LabelsMatch(IReadOnlyDictionary<string, string> labels, MapField<string, string>? selector) =>
+        selector is null || selector.All(kv => labels.TryGetValue(kv.Key, out var v) && v == kv.Value);
+
+    /// <summary>The filter fields ListContainers and ListContainerStats share: ID prefix, pod ID prefix, labels.</summary>
+    public static bool Matches(ContainerRecord c, string? id, string? podId, MapField<string, string>? labels) =>
+        (string.IsNullOrEmpty(id) || c.Id.StartsWith(id, StringComparison.Ordinal))
+        && (string.IsNullOrEmpty(podId) || c.SandboxId.StartsWith(podId, StringComparison.Ordinal))
+        && LabelsMatch(c.Spec.Labels, labels);
 }

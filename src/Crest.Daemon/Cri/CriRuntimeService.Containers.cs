@@ -95,10 +95,7 @@ internal sealed partial class CriRuntimeService
         var response = new ListContainersResponse();
         foreach (var c in await containers.ListAsync(context.CancellationToken))
         {
-            if (f is not null && ((f.Id.Length > 0 && !c.Id.StartsWith(f.Id, StringComparison.Ordinal))
-                || (f.PodSandboxId.Length > 0 && !c.SandboxId.StartsWith(f.PodSandboxId, StringComparison.Ordinal))
-                || (f.State is not null && f.State.State != CriMapping.ToCri(c.State))
-                || !CriMapping.LabelsMatch(c.Spec.Labels, f.LabelSelector)))
+            if (!CriMapping.Matches(c, f?.Id, f?.PodSandboxId, f?.LabelSelector) || (f?.State is not null && f.State.State != CriMapping.ToCri(c.State)))
             {
                 continue;
             }
@@ -168,10 +165,7 @@ internal sealed partial class CriRuntimeService
         var response = new ListContainerStatsResponse();
         foreach (var c in await containers.ListAsync(context.CancellationToken))
         {
-            if (c.State != Crest.Core.ContainerState.Running
-                || (f is not null && ((f.Id.Length > 0 && !c.Id.StartsWith(f.Id, StringComparison.Ordinal))
-                    || (f.PodSandboxId.Length > 0 && !c.SandboxId.StartsWith(f.PodSandboxId, StringComparison.Ordinal))
-                    || !CriMapping.LabelsMatch(c.Spec.Labels, f.LabelSelector))))
+            if (c.State != Crest.Core.ContainerState.Running || !CriMapping.Matches(c, f?.Id, f?.PodSandboxId, f?.LabelSelector))
             {
                 continue;
             }
