@@ -121,7 +121,14 @@ public sealed record SpecSyscall
     [JsonPropertyName("names")] public IReadOnlyList<string> Names { get; init; } = [];
     [JsonPropertyName("action")] public string Action { get; init; } = "SCMP_ACT_ERRNO";
     [JsonPropertyName("errnoRet")] public uint? ErrnoRet { get; init; }
+    [JsonPropertyName("args")] public IReadOnlyList<SpecSyscallArg>? Args { get; init; }
 }
+
+public sealed record SpecSyscallArg(
+    [property: JsonPropertyName("index")] uint Index,
+    [property: JsonPropertyName("value")] ulong Value,
+    [property: JsonPropertyName("valueTwo")] ulong ValueTwo,
+    [property: JsonPropertyName("op")] string Op);
 
 [JsonSourceGenerationOptions(DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, WriteIndented = true)]
 [JsonSerializable(typeof(RuntimeSpec))]

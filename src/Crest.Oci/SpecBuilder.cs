@@ -69,11 +69,21 @@ public static class SpecBuilder
                     "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree", "perf_event_open", "pivot_root",
                     "process_vm_readv", "process_vm_writev", "quotactl", "quotactl_fd", "reboot", "request_key", "setns",
                     "settimeofday", "stime", "swapoff", "swapon", "sysfs", "_sysctl", "umount", "umount2", "unshare", "uselib",
-                    "userfaultfd", "ustat", "vm86", "vm86old",
+                    "userfaultfd", "ustat", "vm86", "vm86old", "io_uring_setup", "io_uring_enter", "io_uring_register",
                 ],
                 Action = "SCMP_ACT_ERRNO",
                 ErrnoRet = 1,
             },
+            // A new user namespace is the way around most of the list above: refuse clone(CLONE_NEWUSER)...
+            new SpecSyscall
+            {
+                Names = ["clone"],
+                Action = "SCMP_ACT_ERRNO",
+                ErrnoRet = 1,
+                Args = [new SpecSyscallArg(0, 0x10000000, 0x10000000, "SCMP_CMP_MASKED_EQ")],
+            },
+            // ...and clone3, whose flags live in memory seccomp cannot read: ENOSYS makes libc fall back to clone.
+            new SpecSyscall { Names = ["clone3"], Action = "SCMP_ACT_ERRNO", ErrnoRet = 38 },
         ],
     };
 
