@@ -59,6 +59,9 @@ public sealed record SandboxRecord
     /// <summary>The network configuration used at ADD, replayed at DEL even if the conf dir changed since.</summary>
     public string? CniConfig { get; init; }
     public int InfraPid { get; init; }
+
+    /// <summary>The infra's IPC, UTS and PID namespaces pinned by bind mounts (type -> file), so containers never join a reused pid's namespaces.</summary>
+    public IReadOnlyDictionary<string, string> PinnedNamespaces { get; init; } = new Dictionary<string, string>();
     public string CgroupsPath { get; init; } = "";
 }
 

@@ -117,7 +117,7 @@ public static class SpecBuilder
 
         if (podNamespaces.Network != NamespaceMode.Node)
         {
-            namespaces.Add(new("uts", $"/proc/{sandbox.InfraPid}/ns/uts"));
+            namespaces.Add(new("uts", PodNamespace(sandbox, "uts")));
         }
 
         switch (security.Namespaces.Ipc)
@@ -128,7 +128,7 @@ public static class SpecBuilder
                 namespaces.Add(new("ipc"));
                 break;
             default:
-                namespaces.Add(new("ipc", $"/proc/{sandbox.InfraPid}/ns/ipc"));
+                namespaces.Add(new("ipc", PodNamespace(sandbox, "ipc")));
                 break;
         }
 
@@ -137,7 +137,7 @@ public static class SpecBuilder
             case NamespaceMode.Node:
                 break;
             case NamespaceMode.Pod:
-                namespaces.Add(new("pid", $"/proc/{sandbox.InfraPid}/ns/pid"));
+                namespaces.Add(new("pid", PodNamespace(sandbox, "pid")));
                 break;
             case NamespaceMode.Target when ctx.TargetPid > 0:
                 namespaces.Add(new("pid", $"/proc/{ctx.TargetPid}/ns/pid"));
@@ -257,6 +257,10 @@ public static class SpecBuilder
             },
         };
     }
+
+    /// <summary>The pod's pinned namespace file; /proc of the infra pid only for sandboxes made before pinning.</summary>
+    private static string PodNamespace(SandboxRecord sandbox, string type) =>
+        sandbox.PinnedNamespaces.TryGetValue(type, out var path) ? path : $"/proc/{sandbox.InfraPid}/ns/{type}";
 
     internal static IReadOnlyList<string> Capabilities(IReadOnlyList<string> add, IReadOnlyList<string> drop)
     {

@@ -86,7 +86,9 @@ public sealed class SandboxService(
             await File.WriteAllBytesAsync(Path.Combine(bundle, "config.json"), JsonSerializer.SerializeToUtf8Bytes(infraSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
             var pid = await oci.CreateAsync(ConmonOptions(sandbox, handler, bundle), ct).ConfigureAwait(false);
             await oci.StartAsync(handler.Path, layout.RuntimeRoot(handler.Name), id, ct).ConfigureAwait(false);
-            sandbox = sandbox with { State = SandboxState.Ready, InfraPid = pid };
+            sandbox = sandbox with { InfraPid = pid };
+            await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
+            sandbox = sandbox with { State = SandboxState.Ready, PinnedNamespaces = PinNamespaces(dir, pid, spec) };
             await store.PutSandboxAsync(sandbox, CancellationToken.None).ConfigureAwait(false);
             RuntimeLog.SandboxReady(logger, id, $"{spec.Namespace}/{spec.Name}", string.Join(",", sandbox.Ips));
             return sandbox;
@@ -257,6 +259,12 @@ public sealed class SandboxService(
 
         var dir = SandboxDir(sandbox.Id);
         await Step(sandbox.Id, () => { linux.Unmount(Path.Combine(dir, "shm")); return Task.CompletedTask; }).ConfigureAwait(false);
+        foreach (var type in PinnedTypes)
+        {
+            // Unmounted by name, recorded or not: a crash may have come between the mount and the record.
+            await Step(sandbox.Id, () => { linux.Unmount(Path.Combine(dir, "ns", type)); return Task.CompletedTask; }).ConfigureAwait(false);
+        }
+
         await Step(sandbox.Id, () =>
         {
             if (File.Exists(Path.Combine(layout.ExitDir, sandbox.Id)))
@@ -294,6 +302,36 @@ public sealed class SandboxService(
         {
             await Task.Delay(20, ct).ConfigureAwait(false);
         }
+    }
+
+    private static readonly string[] PinnedTypes = ["ipc", "uts", "pid"];
+
+    /// <summary>
+    /// Bind-mounts the infra's namespaces onto files in the sandbox directory (as CRI-O's pinns does): a container
+    /// then joins the pod's namespaces by file, never through a pid that a dead infra process could have left to
+    /// someone else.
+    /// </summary>
+    private Dictionary<string, string> PinNamespaces(string dir, int infraPid, PodSpec spec)
+    {
+        var pinned = new Dictionary<string, string>(StringComparer.Ordinal);
+        Directory.CreateDirectory(Path.Combine(dir, "ns"));
+        foreach (var type in PinnedTypes)
+        {
+            if (type == "pid" && spec.Namespaces.Pid == NamespaceMode.Node)
+            {
+                continue;
+            }
+
+            var file = Path.Combine(dir, "ns", type);
+            using (File.Create(file))
+            {
+            }
+
+            linux.Mount($"/proc/{infraPid}/ns/{type}", file, null, MountOptions.Bind, null);
+            pinned[type] = file;
+        }
+
+        return pinned;
     }
 
     private static void WritePodFiles(string dir, PodSpec spec, IReadOnlyList<string> ips)

@@ -83,6 +83,21 @@ public class SpecBuilderTests
     }
 
     [Fact]
+    public void Containers_join_the_pods_pinned_namespace_files_when_there_are_some()
+    {
+        var context = Context() with
+        {
+            Sandbox = Sandbox() with { PinnedNamespaces = new Dictionary<string, string> { ["uts"] = "/run/crest/sandboxes/s/ns/uts", ["ipc"] = "/run/crest/sandboxes/s/ns/ipc" } },
+        };
+
+        var spec = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i" }, context);
+
+        Assert.Contains(new SpecNamespace("uts", "/run/crest/sandboxes/s/ns/uts"), spec.Linux.Namespaces);
+        Assert.Contains(new SpecNamespace("ipc", "/run/crest/sandboxes/s/ns/ipc"), spec.Linux.Namespaces);
+        Assert.DoesNotContain(spec.Linux.Namespaces, n => n.Path?.StartsWith("/proc/", StringComparison.Ordinal) == true);
+    }
+
+    [Fact]
     public void A_host_network_pod_joins_no_network_namespace()
     {
         var spec = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i" }, Context(network: NamespaceMode.Node));
