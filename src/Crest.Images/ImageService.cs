@@ -95,6 +95,23 @@ public sealed partial class ImageService(
         return new ImageDetails(record, config, raw, manifest);
     }
 
+    /// <summary>
+    /// Records that <paramref name="holder"/> (a container) uses the snapshot chain of <paramref name="image"/>,
+    /// under the GC lock, so a concurrent RemoveImage cannot collect the snapshots between lookup and lease.
+    /// </summary>
+    public async Task<ImageDetails> LeaseAsync(string holder, string image, CancellationToken ct)
+    {
+        using var shared = await _gcLock.ReadAsync(ct).ConfigureAwait(false);
+        var details = await InspectAsync(image, ct).ConfigureAwait(false)
+            ?? throw new CrestException(ErrorKind.NotFound, $"image {image} is not present on this node; pull it first (CreateContainer does not pull)");
+        if (details.Image.ChainId is { } chain)
+        {
+            await metadata.AddSnapshotLeaseAsync(holder, chain, ct).ConfigureAwait(false);
+        }
+
+        return details;
+    }
+
     /// <summary>Bytes and inodes used by the content store and the snapshots (ImageFsInfo).</summary>
     public static FilesystemUsage Usage(string root, params string[] trees)
     {

@@ -79,10 +79,8 @@ public sealed class ContainerService(
 
         try
         {
-            if (details.Image.ChainId is { } chain)
-            {
-                await imageMetadata.AddSnapshotLeaseAsync(id, chain, ct).ConfigureAwait(false);
-            }
+            // The lease is taken again under the GC lock: the image may have been removed since the lookup above.
+            details = await images.LeaseAsync(id, spec.Image, ct).ConfigureAwait(false);
 
             var dir = layout.ContainerDir(id);
             var rootfs = Path.Combine(dir, "rootfs");

@@ -279,6 +279,24 @@ public class PodSecurityTests
     }
 
     [Fact]
+    public async Task Removing_the_image_of_a_running_container_keeps_its_snapshots_until_the_container_goes()
+    {
+        await using var d = await StartWithImageAsync();
+        var (podId, id) = await RunAsync(d, Pod(d, "keeper"), Container("keeper", "sleep 60", "true"));
+
+        await d.Images.RemoveImageAsync(new RemoveImageRequest { Image = new ImageSpec { Image = PodTests.Image } }, cancellationToken: Ct);
+        var ls = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/busybox", "ls", "/bin" }, Timeout = 10 }, cancellationToken: Ct);
+        var snapshotsWhileRunning = Directory.EnumerateDirectories(d.Daemon.Config.Paths.Snapshots).Count();
+        await d.Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = podId }, cancellationToken: Ct);
+        await d.Daemon.Services.GetRequiredService<Crest.Images.ImageService>().CollectGarbageAsync(Ct);
+
+        Assert.Empty((await d.Images.ListImagesAsync(new ListImagesRequest(), cancellationToken: Ct)).Images);
+        Assert.Contains("busybox", ls.Stdout.ToStringUtf8(), StringComparison.Ordinal);
+        Assert.Equal(1, snapshotsWhileRunning);
+        Assert.Empty(Directory.EnumerateDirectories(d.Daemon.Config.Paths.Snapshots));
+    }
+
+    [Fact]
     public async Task A_create_half_done_when_crestd_died_is_rolled_back_on_recovery()
     {
         await using var d = await StartWithImageAsync();
