@@ -11,7 +11,7 @@ namespace Crest.TestKit;
 /// </summary>
 public sealed class FakeRegistry : IDisposable
 {
-    private readonly HttpListener _listener = new();
+    private readonly HttpListener _listener;
     private readonly string _layout;
     private readonly string _repository;
     private readonly CancellationTokenSource _stop = new();
@@ -21,9 +21,23 @@ public sealed class FakeRegistry : IDisposable
     {
         _layout = layoutDir;
         _repository = repository;
-        Port = LocalRegistry.FreePort();
-        _listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
-        _listener.Start();
+        // A free port can be taken by a parallel test between the probe and the bind: try a few.
+        for (var attempt = 1; ; attempt++)
+        {
+            Port = LocalRegistry.FreePort();
+            _listener = new HttpListener();
+            _listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
+            try
+            {
+                _listener.Start();
+                break;
+            }
+            catch (HttpListenerException) when (attempt < 10)
+            {
+                _listener.Close();
+            }
+        }
+
         _loop = Task.Run(LoopAsync);
     }
 
@@ -188,8 +202,16 @@ public sealed class FakeRegistry : IDisposable
     public void Dispose()
     {
         _stop.Cancel();
-        _listener.Stop();
-        _listener.Close();
+        try
+        {
+            _listener.Stop();
+            _listener.Close();
+        }
+        catch (HttpListenerException)
+        {
+            // Closing can race another listener on a recycled port; the test's own assertions are what count.
+        }
+
         try
         {
             _loop.Wait(TimeSpan.FromSeconds(5));
