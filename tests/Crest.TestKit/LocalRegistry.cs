@@ -20,13 +20,15 @@ public sealed class LocalRegistry : IAsyncDisposable
         ConfigFile = config;
     }
 
-    public int Port { get; }
+    public int Port { get; private set; }
 
     public string Host => $"127.0.0.1:{Port}";
 
     public string StorageRoot => _dir.Combine("storage");
 
     public string ConfigFile { get; }
+
+    private string _auth = "";
 
     public static async Task<LocalRegistry> StartAsync(string? user = null, string? password = null)
     {
@@ -44,27 +46,39 @@ public sealed class LocalRegistry : IAsyncDisposable
             auth = $"auth:\n  htpasswd:\n    realm: crest-test\n    path: {htpasswd}\n";
         }
 
-        var config = dir.Combine("config.yml");
-        await File.WriteAllTextAsync(config, $"""
-            version: 0.1
-            log:
-              level: error
-              accesslog:
-                disabled: true
-            storage:
-              filesystem:
-                rootdirectory: {dir.Combine("storage")}
-              delete:
-                enabled: true
-            http:
-              addr: 127.0.0.1:{port}
-            {auth}
-            """);
-        var registry = new LocalRegistry(dir, port, config);
+        var registry = new LocalRegistry(dir, port, dir.Combine("config.yml")) { _auth = auth };
         _ = binary;
-        await registry.StartProcessAsync();
-        return registry;
+        // A free port can be taken between the probe and docker-registry's bind: a registry that exits at once gets another.
+        for (var attempt = 1; ; attempt++)
+        {
+            await registry.WriteConfigAsync();
+            try
+            {
+                await registry.StartProcessAsync();
+                return registry;
+            }
+            catch (InvalidOperationException) when (attempt < 5)
+            {
+                registry.Port = FreePort();
+            }
+        }
     }
+
+    private Task WriteConfigAsync() => File.WriteAllTextAsync(ConfigFile, $"""
+        version: 0.1
+        log:
+          level: error
+          accesslog:
+            disabled: true
+        storage:
+          filesystem:
+            rootdirectory: {StorageRoot}
+          delete:
+            enabled: true
+        http:
+          addr: 127.0.0.1:{Port}
+        {_auth}
+        """);
 
     /// <summary>Starts (or restarts) the registry process and waits until /v2/ answers.</summary>
     public async Task StartProcessAsync()
@@ -84,6 +98,11 @@ public sealed class LocalRegistry : IAsyncDisposable
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (DateTime.UtcNow < deadline)
         {
+            if (_process.HasExited)
+            {
+                throw new InvalidOperationException($"docker-registry exited at start (exit code {_process.ExitCode}); is {Host} taken?");
+            }
+
             try
             {
                 using var r = await http.GetAsync(new Uri($"http://{Host}/v2/"));
