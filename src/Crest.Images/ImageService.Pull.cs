@@ -123,18 +123,21 @@ public sealed partial class ImageService
 
         var chains = ChainIds(config.RootFs.DiffIds);
         using var downloads = new SemaphoreSlim(options.ParallelDownloads);
+        // One failed layer stops the others: nothing keeps downloading after the pull has failed.
+        using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var fetchCt = abort.Token;
         var fetches = manifest.Layers.Select(async (layer, i) =>
         {
-            if (await snapshots.GetAsync(chains[i], ct).ConfigureAwait(false) is not null && content.Exists(Digest.Parse(layer.Digest)))
+            if (await snapshots.GetAsync(chains[i], fetchCt).ConfigureAwait(false) is not null && content.Exists(Digest.Parse(layer.Digest)))
             {
                 report(new PullProgress("exists", layer.Digest, layer.Size, layer.Size));
                 return;
             }
 
-            await downloads.WaitAsync(ct).ConfigureAwait(false);
+            await downloads.WaitAsync(fetchCt).ConfigureAwait(false);
             try
             {
-                await fetch(layer, done => report(new PullProgress("downloading", layer.Digest, done, layer.Size)), ct).ConfigureAwait(false);
+                await fetch(layer, done => report(new PullProgress("downloading", layer.Digest, done, layer.Size)), fetchCt).ConfigureAwait(false);
             }
             finally
             {
@@ -143,23 +146,46 @@ public sealed partial class ImageService
         }).ToList();
 
         string? parent = null;
-        for (var i = 0; i < manifest.Layers.Count; i++)
+        try
         {
-            await fetches[i].ConfigureAwait(false);
-            var layer = manifest.Layers[i];
-            var diffId = Digest.Parse(config.RootFs.DiffIds[i]);
-            var chain = chains[i];
-            var parentChain = parent;
-            await snapshots.CommitAsync(chain, parentChain, async (dir, token) =>
+            await UnpackInOrderAsync().ConfigureAwait(false);
+        }
+        catch
+        {
+            await abort.CancelAsync().ConfigureAwait(false);
+            try
             {
-                report(new PullProgress("unpacking", layer.Digest, 0, layer.Size));
-                return await UnpackLayerAsync(Digest.Parse(layer.Digest), diffId, dir, what, token).ConfigureAwait(false);
-            }, ct).ConfigureAwait(false);
-            report(new PullProgress("done", layer.Digest, layer.Size, layer.Size));
-            parent = chain;
+                await Task.WhenAll(fetches).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is OperationCanceledException or CrestException or IOException or HttpRequestException)
+            {
+                // The first failure is the one reported; the others were cut short because of it.
+            }
+
+            throw;
         }
 
-        await Task.WhenAll(fetches).ConfigureAwait(false);
+        async Task UnpackInOrderAsync()
+        {
+            for (var i = 0; i < manifest.Layers.Count; i++)
+            {
+                await fetches[i].ConfigureAwait(false);
+                var layer = manifest.Layers[i];
+                var diffId = Digest.Parse(config.RootFs.DiffIds[i]);
+                var chain = chains[i];
+                var parentChain = parent;
+                await snapshots.CommitAsync(chain, parentChain, async (dir, token) =>
+                {
+                    report(new PullProgress("unpacking", layer.Digest, 0, layer.Size));
+                    return await UnpackLayerAsync(Digest.Parse(layer.Digest), diffId, dir, what, token).ConfigureAwait(false);
+                }, ct).ConfigureAwait(false);
+                report(new PullProgress("done", layer.Digest, layer.Size, layer.Size));
+                parent = chain;
+            }
+
+            await Task.WhenAll(fetches).ConfigureAwait(false);
+        }
+
         blobs.Add(configDigest);
         blobs.AddRange(manifest.Layers.Select(l => Digest.Parse(l.Digest)));
         var existing = await metadata.GetImageAsync(configDigest, ct).ConfigureAwait(false);
