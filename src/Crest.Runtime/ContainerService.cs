@@ -619,7 +619,11 @@ public sealed class ContainerService(
         await Step(c.Id, () => { linux.Unmount(Path.Combine(dir, "rootfs")); return Task.CompletedTask; }).ConfigureAwait(false);
         await Step(c.Id, () =>
         {
-            OverlaySnapshotterDelete(dir);
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+
             var state = layout.ContainerStateDir(c.Id);
             if (Directory.Exists(state))
             {
@@ -640,14 +644,6 @@ public sealed class ContainerService(
             return Task.CompletedTask;
         }).ConfigureAwait(false);
         await Step(c.Id, () => imageMetadata.RemoveSnapshotLeasesAsync(c.Id, ct)).ConfigureAwait(false);
-    }
-
-    private static void OverlaySnapshotterDelete(string dir)
-    {
-        if (Directory.Exists(dir))
-        {
-            Directory.Delete(dir, recursive: true);
-        }
     }
 
     private async Task Step(string id, Func<Task> step)

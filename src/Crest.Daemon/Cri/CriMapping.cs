@@ -119,6 +119,10 @@ internal static class CriMapping
     public static bool LabelsMatch(IReadOnlyDictionary<string, string> labels, MapField<string, string>? selector) =>
         selector is null || selector.All(kv => labels.TryGetValue(kv.Key, out var v) && v == kv.Value);
 
+    /// <summary>The filter fields ListPodSandbox and ListPodSandboxStats share: ID prefix and labels.</summary>
+    public static bool Matches(SandboxRecord s, string? id, MapField<string, string>? labels) =>
+        (string.IsNullOrEmpty(id) || s.Id.StartsWith(id, StringComparison.Ordinal)) && LabelsMatch(s.Spec.Labels, labels);
+
     /// <summary>The filter fields ListContainers and ListContainerStats share: ID prefix, pod ID prefix, labels.</summary>
     public static bool Matches(ContainerRecord c, string? id, string? podId, MapField<string, string>? labels) =>
         (string.IsNullOrEmpty(id) || c.Id.StartsWith(id, StringComparison.Ordinal))

@@ -191,8 +191,7 @@ internal sealed partial class CriRuntimeService
         var response = new ListPodSandboxStatsResponse();
         foreach (var s in await sandboxes.ListAsync(context.CancellationToken))
         {
-            if (s.State != Crest.Core.SandboxState.Ready
-                || (f is not null && ((f.Id.Length > 0 && !s.Id.StartsWith(f.Id, StringComparison.Ordinal)) || !CriMapping.LabelsMatch(s.Spec.Labels, f.LabelSelector))))
+            if (s.State != Crest.Core.SandboxState.Ready || !CriMapping.Matches(s, f?.Id, f?.LabelSelector))
             {
                 continue;
             }

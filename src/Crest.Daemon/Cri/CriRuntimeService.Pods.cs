@@ -86,9 +86,7 @@ internal sealed partial class CriRuntimeService
         var response = new ListPodSandboxResponse();
         foreach (var s in await sandboxes.ListAsync(context.CancellationToken))
         {
-            if (f is not null && ((f.Id.Length > 0 && !s.Id.StartsWith(f.Id, StringComparison.Ordinal))
-                || (f.State is not null && f.State.State != CriMapping.ToCri(s.State))
-                || !CriMapping.LabelsMatch(s.Spec.Labels, f.LabelSelector)))
+            if (!CriMapping.Matches(s, f?.Id, f?.LabelSelector) || (f?.State is not null && f.State.State != CriMapping.ToCri(s.State)))
             {
                 continue;
             }
