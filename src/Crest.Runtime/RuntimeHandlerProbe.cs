@@ -8,6 +8,9 @@ public sealed class RuntimeHandlerProbe(ICommandRunner commands)
 {
     private static readonly TimeSpan VersionTimeout = TimeSpan.FromSeconds(5);
 
+    // The kubelet calls Status every few seconds: a good answer is kept until the binary changes.
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(string Name, string Path, DateTime Modified), RuntimeHandlerStatus> _answers = new();
+
     public async Task<RuntimeHandlerStatus> ProbeAsync(RuntimeHandlerOptions handler, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(handler);
@@ -17,6 +20,24 @@ public sealed class RuntimeHandlerProbe(ICommandRunner commands)
             return new RuntimeHandlerStatus(handler.Name, handler.Path, null,
                 $"runtime handler '{handler.Name}': binary '{handler.Path}' was not found; install it (make deps) or fix [runtime.handlers.{handler.Name}] path");
         }
+
+        var key = (handler.Name, resolved, File.GetLastWriteTimeUtc(resolved));
+        if (_answers.TryGetValue(key, out var known))
+        {
+            return known;
+        }
+
+        var status = await AskAsync(handler, resolved, ct).ConfigureAwait(false);
+        if (status.Version is not null)
+        {
+            _answers[key] = status;
+        }
+
+        return status;
+    }
+
+    private async Task<RuntimeHandlerStatus> AskAsync(RuntimeHandlerOptions handler, string resolved, CancellationToken ct)
+    {
 
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
         timeout.CancelAfter(VersionTimeout);

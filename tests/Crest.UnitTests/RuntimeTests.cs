@@ -173,3 +173,31 @@ public class NodeStatusServiceTests
     public void Runtime_versions_are_read_from_the_first_line(string output, string version) =>
         Assert.Equal(version, RuntimeHandlerProbe.ParseVersion(output));
 }
+
+public class RuntimeHandlerProbeCacheTests
+{
+    private sealed class CountingCommands : ICommandRunner
+    {
+        public int Calls { get; private set; }
+
+        public Task<CommandResult> RunAsync(CommandLine command, CancellationToken ct)
+        {
+            Calls++;
+            return Task.FromResult(new CommandResult(0, "runc version 1.3.6\n", ""));
+        }
+    }
+
+    [Fact]
+    public async Task A_good_version_answer_is_reused_until_the_binary_changes()
+    {
+        var commands = new CountingCommands();
+        var probe = new RuntimeHandlerProbe(commands);
+        var handler = new RuntimeHandlerOptions("runc", "/bin/sh");
+
+        await probe.ProbeAsync(handler, TestContext.Current.CancellationToken);
+        var second = await probe.ProbeAsync(handler, TestContext.Current.CancellationToken);
+
+        Assert.Equal(1, commands.Calls);
+        Assert.Equal("1.3.6", second.Version);
+    }
+}
