@@ -153,6 +153,15 @@ public sealed record ContainerRecord
 
     /// <summary>The signal StopContainer sends first, resolved from the image at create time.</summary>
     public int StopSignal { get; init; } = 15;
+
+    /// <summary>
+    /// Set from CreateContainer until StartContainer for a container made from a checkpoint: the private (0700)
+    /// directory holding the checkpoint's CRIU images, rootfs diff and bind-mount list. Start restores instead of starting.
+    /// </summary>
+    public string? RestoreDir { get; init; }
+
+    /// <summary>The container was made from a checkpoint (CRI-O reports this as info.restored).</summary>
+    public bool Restored { get; init; }
 }
 
 /// <summary>Seam over where sandbox and container records live.</summary>

@@ -120,6 +120,30 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<CniNetwork>();
             builder.Services.AddSingleton<SandboxService>();
             builder.Services.AddSingleton<ContainerService>();
+            var restoreOptions = new RestoreOptions
+            {
+                // Restore needs CRIU too: [checkpoint] enabled = false turns both off.
+                ViaCreate = config.Restore.ViaCreate && config.Checkpoint.Enabled,
+                TcpEstablished = config.Restore.TcpEstablished,
+                Limits = new RestoreLimits
+                {
+                    MaxArchiveBytes = config.Restore.MaxArchiveBytes,
+                    MaxArchiveEntries = config.Restore.MaxArchiveEntries,
+                    MaxRootfsDiffBytes = config.Restore.MaxRootfsDiffBytes,
+                    MaxMetadataBytes = (int)Math.Min(int.MaxValue, config.Restore.MaxMetadataBytes),
+                },
+            };
+            builder.Services.AddSingleton(restoreOptions);
+            builder.Services.AddSingleton<IRestoreSteps, RestoreSteps>();
+            builder.Services.AddSingleton<RestoreService>();
+            builder.Services.AddSingleton(new CheckpointOptions
+            {
+                Enabled = config.Checkpoint.Enabled,
+                TcpEstablished = config.Checkpoint.TcpEstablished,
+                DefaultTimeout = TimeSpan.FromSeconds(config.Checkpoint.TimeoutSeconds),
+                Compression = CheckpointArchive.ParseCompression(config.Checkpoint.Compression),
+            });
+            builder.Services.AddSingleton<CheckpointService>();
             builder.Services.AddSingleton<PodService>();
             builder.Services.AddSingleton<RuntimeEvents>();
             builder.Services.AddHostedService<Hosting.ExitWatcher>();

@@ -14,7 +14,11 @@ public sealed partial class ImageService
     /// Makes a one-layer image from a root filesystem tarball (plain, gzip or zstd), like <c>podman import</c>:
     /// the layer is stored uncompressed, so its digest is its diff ID.
     /// </summary>
-    public async Task<ImageRecord> ImportRootfsAsync(string tarPath, string name, CancellationToken ct)
+    public async Task<ImageRecord> ImportRootfsAsync(string tarPath, string name, CancellationToken ct) =>
+        await ImportRootfsAsync(tarPath, name, annotations: null, ct).ConfigureAwait(false);
+
+    /// <summary>As <see cref="ImportRootfsAsync(string, string, CancellationToken)"/>, with manifest annotations (checkpoint images carry their markers there).</summary>
+    public async Task<ImageRecord> ImportRootfsAsync(string tarPath, string name, IReadOnlyDictionary<string, string>? annotations, CancellationToken ct)
     {
         var reference = ImageReference.Parse(name);
         using var shared = await _gcLock.ReadAsync(ct).ConfigureAwait(false);
@@ -50,6 +54,7 @@ public sealed partial class ImageService
             MediaType = MediaTypes.OciManifest,
             Config = new Descriptor { MediaType = MediaTypes.OciConfig, Digest = config.ToString(), Size = configJson.Length },
             Layers = [new Descriptor { MediaType = MediaTypes.OciLayer, Digest = layer.ToString(), Size = size }],
+            Annotations = annotations is { Count: > 0 } ? annotations : null,
         }, OciJson.Default.ImageManifest);
         var manifestDigest = await content.WriteAsync(manifestJson, ct).ConfigureAwait(false);
         var manifest = ParseJson(manifestJson, OciJson.Default.ImageManifest, "the imported manifest");

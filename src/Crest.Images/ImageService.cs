@@ -95,6 +95,23 @@ public sealed partial class ImageService(
         return new ImageDetails(record, config, raw, manifest);
     }
 
+    /// <summary>The annotations of an image's manifest and, when it was resolved through an index, of that index (the index wins).</summary>
+    public async Task<IReadOnlyDictionary<string, string>> AnnotationsAsync(ImageDetails details, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(details);
+        var merged = new Dictionary<string, string>(details.Manifest.Annotations ?? new Dictionary<string, string>(), StringComparer.Ordinal);
+        if (details.Image.TargetDigest != details.Image.ManifestDigest)
+        {
+            var index = await ReadJsonAsync(details.Image.TargetDigest, OciJson.Default.ImageIndex, ct).ConfigureAwait(false);
+            foreach (var (k, v) in index.Annotations ?? new Dictionary<string, string>())
+            {
+                merged[k] = v;
+            }
+        }
+
+        return merged;
+    }
+
     /// <summary>
     /// Records that <paramref name="holder"/> (a container) uses the snapshot chain of <paramref name="image"/>,
     /// under the GC lock, so a concurrent RemoveImage cannot collect the snapshots between lookup and lease.

@@ -8,11 +8,65 @@ public static partial class FileKinds
     private const uint S_IFMT = 0xF000;
     private const uint S_IFSOCK = 0xC000;
 
+    private const uint S_IFREG = 0x8000;
+    private const uint S_IFDIR = 0x4000;
+    private const uint S_IFLNK = 0xA000;
+
     public static bool IsSocket(string path) => TryGetMode(path, out var mode) && (mode & S_IFMT) == S_IFSOCK;
+
+    /// <summary>A regular file itself, not a link to one (lstat).</summary>
+    public static bool IsRegularFile(string path) => TryGetMode(path, out var mode) && (mode & S_IFMT) == S_IFREG;
+
+    public static bool IsDirectory(string path) => TryGetMode(path, out var mode) && (mode & S_IFMT) == S_IFDIR;
+
+    public static bool IsSymlink(string path) => TryGetMode(path, out var mode) && (mode & S_IFMT) == S_IFLNK;
+
+    /// <summary>Opens a regular file for reading with O_NOFOLLOW: a symlink in its place fails instead of being followed.</summary>
+    public static Microsoft.Win32.SafeHandles.SafeFileHandle OpenReadNoFollow(string path)
+    {
+        var fd = Interop.OpenAt(Interop.AT_FDCWD, path, Interop.O_RDONLY | Interop.O_CLOEXEC | Interop.O_NOFOLLOW | Interop.O_NONBLOCK, 0);
+        if (fd < 0)
+        {
+            throw new IOException($"cannot open {path} without following links: {Interop.Errno()}");
+        }
+
+        var handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        if (Interop.TypeAt(fd, "") != Interop.S_IFREG)
+        {
+            handle.Dispose();
+            throw new IOException($"{path} is not a regular file");
+        }
+
+        return handle;
+    }
 
     /// <summary>Opens a FIFO for writing without blocking (fails with ENXIO when nobody reads it); -1 on failure.</summary>
     public static int OpenWriteNonBlocking(string path) =>
         Interop.OpenAt(Interop.AT_FDCWD, path, Interop.O_WRONLY | Interop.O_NONBLOCK | Interop.O_CLOEXEC | Interop.O_NOFOLLOW, 0);
+
+    /// <summary>An overlayfs whiteout: a character device with device number 0/0 (lstat).</summary>
+    public static unsafe bool IsOverlayWhiteout(string path)
+    {
+        var buffer = stackalloc byte[256];
+        if (StatX(-100, path, 0x100, 0x1, buffer) != 0)
+        {
+            return false;
+        }
+
+        const uint S_IFCHR = 0x2000;
+        return (*(ushort*)(buffer + 28) & S_IFMT) == S_IFCHR && *(uint*)(buffer + 128) == 0 && *(uint*)(buffer + 132) == 0;
+    }
+
+    /// <summary>An overlayfs opaque directory of an upper layer (xattr trusted.overlay.opaque = "y").</summary>
+    public static unsafe bool IsOverlayOpaque(string path)
+    {
+        var value = stackalloc byte[4];
+        var n = LGetXattr(path, "trusted.overlay.opaque", value, 4);
+        return n == 1 && value[0] == (byte)'y';
+    }
+
+    [LibraryImport("libc", EntryPoint = "lgetxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static unsafe partial nint LGetXattr(string path, string name, byte* value, nuint size);
 
     private static unsafe bool TryGetMode(string path, out uint mode)
     {

@@ -132,6 +132,50 @@ public sealed class SafeExtractor : IDisposable
         return new ExtractionResult(entries, bytes);
     }
 
+    /// <summary>
+    /// Removes <paramref name="path"/> (a file or a whole tree) below the root, as a whiteout would; the path is
+    /// untrusted (CRI-O's and Podman's deleted.files), so it is resolved like an entry name and never through a link.
+    /// A path that does not exist is not an error.
+    /// </summary>
+    public void Remove(string path, string what)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        string name;
+        try
+        {
+            name = NormalizeName(path.TrimStart('/'), _policy.MaxPathLength);
+        }
+        catch (FormatException e)
+        {
+            throw Refuse(what, path, e.Message);
+        }
+
+        if (name.Length == 0)
+        {
+            throw Refuse(what, path, "the root itself cannot be removed");
+        }
+
+        var (parentPath, leaf) = Split(name);
+        if (parentPath.Length > 0)
+        {
+            var probe = Interop.Openat2(_root, parentPath, (ulong)(Interop.O_PATH | Interop.O_DIRECTORY | Interop.O_CLOEXEC), Resolve);
+            if (probe < 0)
+            {
+                if (Marshal.GetLastPInvokeError() is Interop.ENOENT or Interop.ENOTDIR)
+                {
+                    return;
+                }
+
+                throw Refuse(what, path, ParentProblem(Marshal.GetLastPInvokeError(), parentPath));
+            }
+
+            _ = Interop.Close(probe);
+        }
+
+        using var parent = OpenParent(parentPath, what, path, create: false);
+        RemoveTree(parent.Fd, leaf, what, path);
+    }
+
     public void Dispose() => _ = Interop.Close(_root);
 
     /// <summary>"./a/b/" -> "a/b"; refuses absolute names, "..", empty components and over-long paths.</summary>

@@ -24,12 +24,21 @@ public sealed class ContainerService(
     ICommandRunner commands,
     RuntimeLayout layout,
     RuntimeEvents events,
+    IRestoreSteps restoreSteps,
     TimeProvider time,
     ILogger<ContainerService> logger)
 {
     private readonly KeyedLock _locks = new();
 
-    public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec spec, CancellationToken ct)
+    public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec spec, CancellationToken ct) =>
+        await CreateAsync(sandboxId, spec, restore: null, ct).ConfigureAwait(false);
+
+    /// <summary>
+    /// Creates a container; with <paramref name="restore"/> it is made from a checkpoint: the prepared checkpoint
+    /// directory moves into the container's private restore directory, the old log is put in place, and no
+    /// process is created until StartContainer restores it.
+    /// </summary>
+    public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec spec, ContainerRestore? restore, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(spec);
         var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
@@ -132,22 +141,24 @@ public sealed class ContainerService(
 
             var state = layout.ContainerStateDir(id);
             Directory.CreateDirectory(state);
-            var pid = await oci.CreateAsync(new ConmonCreateOptions
+            if (restore is not null)
             {
-                ContainerId = id,
-                Name = $"k8s_{spec.Name}_{sandbox.Spec.Name}_{sandbox.Spec.Namespace}_{sandbox.Spec.Uid}_{spec.Attempt}",
-                RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
-                RuntimeRoot = layout.RuntimeRoot(handler.Name),
-                Bundle = bundle,
-                ContainerPidFile = Path.Combine(state, "pid"),
-                ConmonPidFile = Path.Combine(state, "conmon.pid"),
-                ExitDir = layout.ExitDir,
-                PersistDir = Path.Combine(state, "persist"),
-                SocketDir = layout.SocketDir,
-                LogPath = logFile,
-                Terminal = spec.Tty,
-                Stdin = spec.Stdin,
-            }, ct).ConfigureAwait(false);
+                var restoreDir = RestoreDir(id);
+                Directory.Move(restore.StagingDir, restoreDir);
+                File.SetUnixFileMode(restoreDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                if (logFile.Length > 0 && restore.LogCopy is { } logCopy)
+                {
+                    await CopyLogAsync(Path.Combine(restoreDir, logCopy), logFile, ct).ConfigureAwait(false);
+                }
+
+                record = record with { State = ContainerState.Created, RestoreDir = restoreDir, Restored = true };
+                await store.PutContainerAsync(record, CancellationToken.None).ConfigureAwait(false);
+                RuntimeLog.ContainerCreated(logger, id, sandbox.Id);
+                events.Publish(id, sandbox.Id, LifecycleEvent.Created);
+                return record;
+            }
+
+            var pid = await oci.CreateAsync(ConmonOptions(record, sandbox, handler), ct).ConfigureAwait(false);
             record = record with { State = ContainerState.Created, Pid = pid };
             await store.PutContainerAsync(record, CancellationToken.None).ConfigureAwait(false);
             RuntimeLog.ContainerCreated(logger, id, sandbox.Id);
@@ -173,6 +184,12 @@ public sealed class ContainerService(
         }
 
         var handler = sandboxes.Handler(c.RuntimeHandler);
+        if (c.RestoreDir is { } restoreDir)
+        {
+            await RestoreLockedAsync(c, restoreDir, handler, ct).ConfigureAwait(false);
+            return;
+        }
+
         try
         {
             // Not cancellable: once runc start runs, the record must say so.
@@ -204,6 +221,14 @@ public sealed class ContainerService(
         var c = await GetAsync(id, ct).ConfigureAwait(false);
         if (c.State is ContainerState.Exited or ContainerState.Creating)
         {
+            return;
+        }
+
+        if (c.State == ContainerState.Created && c.RestoreDir is not null)
+        {
+            // Made from a checkpoint and never started: there is no process and no monitor to ask.
+            await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 0, Reason = "Completed", FinishedAt = time.GetUtcNow() }, ct).ConfigureAwait(false);
+            events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
             return;
         }
 
@@ -529,7 +554,7 @@ public sealed class ContainerService(
     /// <summary>Reads conmon's exit file for a container that was created or running.</summary>
     private async Task<ContainerRecord> RefreshAsync(ContainerRecord c, CancellationToken ct)
     {
-        if (c.State is not (ContainerState.Running or ContainerState.Created))
+        if (c.State is not (ContainerState.Running or ContainerState.Created) || (c.State == ContainerState.Created && c.RestoreDir is not null))
         {
             return c;
         }
@@ -561,6 +586,170 @@ public sealed class ContainerService(
         await store.PutContainerAsync(updated, ct).ConfigureAwait(false);
         events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
         return updated;
+    }
+
+    private ConmonCreateOptions ConmonOptions(ContainerRecord c, SandboxRecord sandbox, RuntimeHandlerOptions handler)
+    {
+        var state = layout.ContainerStateDir(c.Id);
+        return new ConmonCreateOptions
+        {
+            ContainerId = c.Id,
+            Name = $"k8s_{c.Spec.Name}_{sandbox.Spec.Name}_{sandbox.Spec.Namespace}_{sandbox.Spec.Uid}_{c.Spec.Attempt}",
+            RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
+            RuntimeRoot = layout.RuntimeRoot(handler.Name),
+            Bundle = Path.Combine(layout.ContainerDir(c.Id), "bundle"),
+            ContainerPidFile = Path.Combine(state, "pid"),
+            ConmonPidFile = Path.Combine(state, "conmon.pid"),
+            ExitDir = layout.ExitDir,
+            PersistDir = Path.Combine(state, "persist"),
+            SocketDir = layout.SocketDir,
+            LogPath = c.LogFile,
+            Terminal = c.Spec.Tty,
+            Stdin = c.Spec.Stdin,
+        };
+    }
+
+    /// <summary>The private directory a checkpoint is kept in between CreateContainer and StartContainer.</summary>
+    public string RestoreDir(string id) => Path.Combine(layout.ContainerDir(id), "restore");
+
+    /// <summary>
+    /// StartContainer for a container made from a checkpoint: the rootfs diff and deletions are applied to the
+    /// new rootfs, missing bind-mount sources are recreated, and conmon runs <c>runtime restore</c> into the new
+    /// pod's namespaces and cgroup. A failure leaves the container EXITED (128, StartError) with the lines of
+    /// CRIU's restore.log that say why, and nothing running or registered with the runtime.
+    /// </summary>
+    private async Task RestoreLockedAsync(ContainerRecord c, string restoreDir, RuntimeHandlerOptions handler, CancellationToken ct)
+    {
+        var sandbox = await sandboxes.GetAsync(c.SandboxId, ct).ConfigureAwait(false);
+        if (sandbox.State != SandboxState.Ready)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} is {sandbox.State}, not ready; container {c.Id} cannot be restored into it");
+        }
+
+        var bundle = Path.Combine(layout.ContainerDir(c.Id), "bundle");
+        var started = time.GetUtcNow();
+        try
+        {
+            if (!File.Exists(Path.Combine(restoreDir, "checkpoint", "inventory.img")))
+            {
+                throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id}: a complete checkpoint cannot be found (checkpoint/inventory.img is missing)");
+            }
+
+            await restoreSteps.ApplyRootfsAsync(restoreDir, Path.Combine(layout.ContainerDir(c.Id), "rootfs"), c, ct).ConfigureAwait(false);
+            var options = ConmonOptions(c, sandbox, handler) with
+            {
+                RestoreImagePath = Path.Combine(restoreDir, "checkpoint"),
+                RestoreOptions = restoreSteps.RuntimeOptions,
+            };
+            // Not cancellable: once the runtime restores, the record must say so.
+            var pid = await oci.CreateAsync(options, CancellationToken.None).ConfigureAwait(false);
+            var running = c with { State = ContainerState.Running, Pid = pid, StartedAt = time.GetUtcNow(), RestoreDir = null };
+            await store.PutContainerAsync(running, CancellationToken.None).ConfigureAwait(false);
+            RuntimeLog.ContainerRestored(logger, c.Id, pid, (long)(time.GetUtcNow() - started).TotalMilliseconds);
+            events.Publish(c.Id, c.SandboxId, LifecycleEvent.Started);
+        }
+        catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
+        {
+            var why = e.Message + RestoreLogExcerpt(Path.Combine(bundle, "restore.log"));
+            await Step(c.Id, () => oci.DeleteAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id, CancellationToken.None)).ConfigureAwait(false);
+            await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = why, FinishedAt = time.GetUtcNow(), RestoreDir = null },
+                CancellationToken.None).ConfigureAwait(false);
+            events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
+            throw new CrestException(e is CrestException ce ? ce.Kind : ErrorKind.Internal, $"container {c.Id} could not be restored: {why}", e);
+        }
+        finally
+        {
+            await Step(c.Id, () =>
+            {
+                if (Directory.Exists(restoreDir))
+                {
+                    Directory.Delete(restoreDir, recursive: true);
+                }
+
+                return Task.CompletedTask;
+            }).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The error lines of CRIU's restore.log (and the last lines before them), for the container's status message.</summary>
+    internal static string RestoreLogExcerpt(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return "";
+        }
+
+        var lines = File.ReadLines(path).ToList();
+        var errors = lines.Where(l => l.Contains("Error", StringComparison.Ordinal) || l.Contains("error", StringComparison.Ordinal)).TakeLast(8).ToList();
+        var excerpt = errors.Count > 0 ? errors : lines.TakeLast(5).ToList();
+        return excerpt.Count == 0 ? "" : $"; CRIU restore.log ({path}):\n" + string.Join('\n', excerpt.Select(l => "  " + l.Trim()));
+    }
+
+    /// <summary>Copies the log of the checkpointed container to the new log path, never through a link.</summary>
+    private static async Task CopyLogAsync(string source, string destination, CancellationToken ct)
+    {
+        if (!FileKinds.IsRegularFile(source))
+        {
+            return;
+        }
+
+        await using var input = new FileStream(FileKinds.OpenReadNoFollow(source), FileAccess.Read);
+        await using var output = new FileStream(destination, new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
+        await input.CopyToAsync(output, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>A container's result of a CRIU dump taken while it was paused.</summary>
+    public sealed record ContainerDump(ContainerRecord Container, SandboxRecord Sandbox, TimeSpan Paused, TimeSpan CriuDump, TimeSpan RootfsCapture);
+
+    /// <summary>
+    /// Checkpoints a running container and leaves it running: pause (cgroup freezer), CRIU dump through the runtime
+    /// (<c>checkpoint --leave-running</c>), <paramref name="captureRootfs"/> on the overlay upper directory while
+    /// the processes are still frozen (so memory and files agree), then resume, whatever failed.
+    /// Nothing else happens while the container is paused: the archive is built afterwards by the caller.
+    /// </summary>
+    public async Task<ContainerDump> DumpAsync(string idOrPrefix, string imagePath, string workPath, bool tcpEstablished,
+        Func<ContainerRecord, string, CancellationToken, Task> captureRootfs, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(captureRootfs);
+        var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        using var exclusive = await _locks.AcquireAsync(c.Id, ct).ConfigureAwait(false);
+        c = await GetAsync(c.Id, ct).ConfigureAwait(false);
+        if (c.State != ContainerState.Running)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"container {c.Id} is in CONTAINER_{c.State.ToString().ToUpperInvariant()} state. only CONTAINER_RUNNING containers can be checkpointed");
+        }
+
+        var sandbox = await sandboxes.GetAsync(c.SandboxId, ct).ConfigureAwait(false);
+        var handler = sandboxes.Handler(c.RuntimeHandler);
+        var root = layout.RuntimeRoot(handler.Name);
+        var runtimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await oci.PauseAsync(runtimePath, root, c.Id, ct).ConfigureAwait(false);
+        TimeSpan dumped = default, captured = default, paused;
+        try
+        {
+            await oci.CheckpointAsync(new CheckpointCommand
+            {
+                RuntimePath = runtimePath,
+                RuntimeRoot = root,
+                ContainerId = c.Id,
+                ImagePath = imagePath,
+                WorkPath = workPath,
+                TcpEstablished = tcpEstablished,
+            }, ct).ConfigureAwait(false);
+            dumped = clock.Elapsed;
+            await captureRootfs(c, Path.Combine(layout.ContainerDir(c.Id), "upper"), ct).ConfigureAwait(false);
+            captured = clock.Elapsed - dumped;
+        }
+        finally
+        {
+            // Never leave the container frozen, whatever failed or was cancelled.
+            await oci.ResumeAsync(runtimePath, root, c.Id, CancellationToken.None).ConfigureAwait(false);
+            paused = clock.Elapsed;
+        }
+
+        return new ContainerDump(c, sandbox, paused, dumped, captured);
     }
 
     private bool ConmonAlive(string id)

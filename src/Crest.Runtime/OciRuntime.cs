@@ -25,6 +25,12 @@ public sealed record ConmonCreateOptions
     public bool Stdin { get; init; }
     public bool SystemdCgroup { get; init; }
 
+    /// <summary>When set, conmon runs <c>runtime restore --image-path</c> from this CRIU image directory instead of <c>create</c>.</summary>
+    public string? RestoreImagePath { get; init; }
+
+    /// <summary>Extra options for <c>runtime restore</c> (conmon's --runtime-opt), such as --file-locks.</summary>
+    public IReadOnlyList<string> RestoreOptions { get; init; } = [];
+
     public IReadOnlyList<string> ToArguments(string conmonPath)
     {
         var args = new List<string>
@@ -53,6 +59,48 @@ public sealed record ConmonCreateOptions
             args.Add("-s");
         }
 
+        if (RestoreImagePath is { } restore)
+        {
+            args.Add("--restore");
+            args.Add(restore);
+            foreach (var option in RestoreOptions)
+            {
+                args.Add("--runtime-opt");
+                args.Add(option);
+            }
+        }
+
+        return args;
+    }
+}
+
+/// <summary>How to run <c>runc checkpoint</c> (always leave-running: the CRI semantics).</summary>
+public sealed record CheckpointCommand
+{
+    public required string RuntimePath { get; init; }
+    public required string RuntimeRoot { get; init; }
+    public required string ContainerId { get; init; }
+    /// <summary>Where CRIU writes its images.</summary>
+    public required string ImagePath { get; init; }
+    /// <summary>Where CRIU writes dump.log and stats-dump.</summary>
+    public required string WorkPath { get; init; }
+    public bool FileLocks { get; init; } = true;
+    public bool TcpEstablished { get; init; }
+
+    public IReadOnlyList<string> ToArguments()
+    {
+        var args = new List<string> { $"--root={RuntimeRoot}", "checkpoint", "--leave-running", "--image-path", ImagePath, "--work-path", WorkPath };
+        if (FileLocks)
+        {
+            args.Add("--file-locks");
+        }
+
+        if (TcpEstablished)
+        {
+            args.Add("--tcp-established");
+        }
+
+        args.Add(ContainerId);
         return args;
     }
 }
@@ -77,6 +125,14 @@ public interface IOciRuntime
 
     /// <summary>Applies new cgroup limits to a running container (<c>runc update --resources -</c>).</summary>
     Task UpdateAsync(string runtimePath, string runtimeRoot, string id, string resourcesJson, CancellationToken ct);
+
+    /// <summary>Freezes every process of the container (cgroup freezer).</summary>
+    Task PauseAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct);
+
+    Task ResumeAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct);
+
+    /// <summary>Dumps the container with CRIU and leaves it running; a failure carries the runtime's error output.</summary>
+    Task CheckpointAsync(CheckpointCommand command, CancellationToken ct);
 }
 
 /// <summary>conmon + runc/crun, as CRI-O and Podman run containers.</summary>
@@ -189,6 +245,27 @@ public sealed class ConmonOciRuntime(string conmonPath, ICommandRunner commands)
         if (r.ExitCode != 0)
         {
             throw new CrestException(ErrorKind.Internal, $"container {id}: {Path.GetFileName(runtimePath)} update failed: {Trim(r.StandardError)}");
+        }
+    }
+
+    public Task PauseAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct) =>
+        RunOrThrowAsync(runtimePath, [$"--root={runtimeRoot}", "pause", id], id, "pause", ct);
+
+    public Task ResumeAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct) =>
+        RunOrThrowAsync(runtimePath, [$"--root={runtimeRoot}", "resume", id], id, "resume", ct);
+
+    public Task CheckpointAsync(CheckpointCommand command, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        return RunOrThrowAsync(command.RuntimePath, command.ToArguments(), command.ContainerId, "checkpoint", ct);
+    }
+
+    private async Task RunOrThrowAsync(string runtimePath, IReadOnlyList<string> args, string id, string verb, CancellationToken ct)
+    {
+        var r = await commands.RunAsync(new CommandLine(runtimePath, args), ct).ConfigureAwait(false);
+        if (r.ExitCode != 0)
+        {
+            throw new CrestException(ErrorKind.Internal, $"container {id}: {Path.GetFileName(runtimePath)} {verb} failed: {Trim(r.StandardError)}");
         }
     }
 

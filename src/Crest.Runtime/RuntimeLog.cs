@@ -18,4 +18,7 @@ internal static partial class RuntimeLog
 
     [LoggerMessage(204, LogLevel.Information, "recovered {Sandboxes} pod sandboxes and {Containers} containers; rolled back {RolledBack} half-made objects")]
     public static partial void Recovered(ILogger logger, int sandboxes, int containers, int rolledBack);
+
+    [LoggerMessage(205, LogLevel.Information, "restored container {ContainerId} successfully: pid {Pid} after {Milliseconds} ms")]
+    public static partial void ContainerRestored(ILogger logger, string containerId, int pid, long milliseconds);
 }

@@ -157,12 +157,30 @@ public static class ConfigLoader
                 Checkpoint = new CheckpointConfig(
                     t.Bool("enabled") ?? defaults.Checkpoint.Enabled,
                     t.String("criu_path") ?? defaults.Checkpoint.CriuPath,
-                    min is null ? defaults.Checkpoint.MinimumCriuVersion : ParseCriuVersion(min, sourceName)),
+                    min is null ? defaults.Checkpoint.MinimumCriuVersion : ParseCriuVersion(min, sourceName))
+                {
+                    TcpEstablished = t.Bool("tcp_established") ?? defaults.Checkpoint.TcpEstablished,
+                    TimeoutSeconds = t.Long("timeout_seconds") ?? defaults.Checkpoint.TimeoutSeconds,
+                    Compression = t.String("compression") is { } c
+                        ? (c is "none" or "gzip" or "zstd" ? c : throw Invalid(sourceName, "checkpoint.compression", "one of \"none\", \"gzip\", \"zstd\"", c))
+                        : defaults.Checkpoint.Compression,
+                },
             };
         });
         reader.Table("restore", t =>
         {
-            config = config with { Restore = new RestoreConfig(t.Bool("via_create") ?? defaults.Restore.ViaCreate) };
+            var d = defaults.Restore;
+            config = config with
+            {
+                Restore = new RestoreConfig(t.Bool("via_create") ?? d.ViaCreate)
+                {
+                    TcpEstablished = t.Bool("tcp_established") ?? d.TcpEstablished,
+                    MaxArchiveBytes = t.Long("max_archive_bytes") ?? d.MaxArchiveBytes,
+                    MaxArchiveEntries = t.Long("max_archive_entries") ?? d.MaxArchiveEntries,
+                    MaxRootfsDiffBytes = t.Long("max_rootfs_diff_bytes") ?? d.MaxRootfsDiffBytes,
+                    MaxMetadataBytes = t.Long("max_metadata_bytes") ?? d.MaxMetadataBytes,
+                },
+            };
         });
         reader.Table("registries", t =>
         {
@@ -260,6 +278,13 @@ public static class ConfigLoader
         }
 
         public bool? Bool(string key) => Get<bool?>(key, "true or false");
+
+        /// <summary>A positive integer.</summary>
+        public long? Long(string key)
+        {
+            var value = Get<long?>(key, "an integer");
+            return value is <= 0 ? throw Invalid(source, Name(key), "a positive integer", value) : value;
+        }
 
         public List<string>? Strings(string key)
         {

@@ -36,7 +36,26 @@ public enum LogFormat
 
 public sealed record LogConfig(string Level = "information", LogFormat Format = LogFormat.Text);
 
-public sealed record CheckpointConfig(bool Enabled = true, string CriuPath = "criu", int MinimumCriuVersion = Checkpoint.CriuVersion.Minimum);
+public sealed record CheckpointConfig(bool Enabled = true, string CriuPath = "criu", int MinimumCriuVersion = Checkpoint.CriuVersion.Minimum)
+{
+    /// <summary>Dump established TCP connections (CRIU --tcp-established).</summary>
+    public bool TcpEstablished { get; init; }
+
+    /// <summary>The deadline of a CheckpointContainer whose timeout is 0.</summary>
+    public long TimeoutSeconds { get; init; } = 300;
+
+    /// <summary>Compression of archives written through CRI: none (what other engines read), gzip or zstd.</summary>
+    public string Compression { get; init; } = "none";
+}
 
 /// <summary>Restore through CreateContainer is off by default, as in containerd >= 2.2.7 and CRI-O's checkpoint_only.</summary>
-public sealed record RestoreConfig(bool ViaCreate = false);
+public sealed record RestoreConfig(bool ViaCreate = false)
+{
+    /// <summary>Restore established TCP connections (needs checkpoints made with tcp_established).</summary>
+    public bool TcpEstablished { get; init; }
+
+    public long MaxArchiveBytes { get; init; } = 64L << 30;
+    public long MaxArchiveEntries { get; init; } = 100_000;
+    public long MaxRootfsDiffBytes { get; init; } = 16L << 30;
+    public long MaxMetadataBytes { get; init; } = 4 << 20;
+}

@@ -31,7 +31,7 @@ internal sealed class CrestImagesService(Images.ImageService images) : CrestImag
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
-        var record = await images.ImportRootfsAsync(request.Path, request.Name, context.CancellationToken);
+        var record = await images.ImportRootfsAsync(request.Path, request.Name, request.Annotations.Count > 0 ? request.Annotations : null, context.CancellationToken);
         return new ImportRootfsResponse { ImageId = record.Id.ToString() };
     }
 

@@ -11,7 +11,11 @@ internal sealed partial class CriRuntimeService
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
-        var c = await containers.CreateAsync(request.PodSandboxId, CriMapping.ToDomain(request.Config ?? new ContainerConfig()), context.CancellationToken);
+        var spec = CriMapping.ToDomain(request.Config ?? new ContainerConfig());
+        // A checkpoint (an archive path or a checkpoint image) takes the restore path; it never falls through to a normal create.
+        var c = await restores.DetectAsync(spec.Image, context.CancellationToken) is { } checkpoint
+            ? await restores.CreateAsync(request.PodSandboxId, spec, checkpoint, context.CancellationToken)
+            : await containers.CreateAsync(request.PodSandboxId, spec, context.CancellationToken);
         return new CreateContainerResponse { ContainerId = c.Id };
     }
 
@@ -80,6 +84,7 @@ internal sealed partial class CriRuntimeService
                 sandboxID = c.SandboxId,
                 runtimeHandler = c.RuntimeHandler,
                 snapshotKey = c.SnapshotKey,
+                restored = c.Restored,
                 runtimeSpec = ReadSpec(c.Id),
             });
         }

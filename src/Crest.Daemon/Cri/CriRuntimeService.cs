@@ -15,7 +15,9 @@ internal sealed partial class CriRuntimeService(
     ContainerService containers,
     PodService pods,
     RuntimeLayout runtimeLayout,
-    RuntimeEvents events) : RuntimeService.RuntimeServiceBase
+    RuntimeEvents events,
+    Crest.Checkpoint.CheckpointService checkpoints,
+    Crest.Checkpoint.RestoreService restores) : RuntimeService.RuntimeServiceBase
 {
     /// <summary>The version of the kubelet runtime API this server speaks (the Version RPC's "version" field).</summary>
     public const string KubeletApiVersion = "0.1.0";

@@ -1,0 +1,194 @@
+using System.Formats.Tar;
+using System.IO.Compression;
+using Crest.Core;
+using Crest.Linux;
+
+namespace Crest.Checkpoint;
+
+/// <summary>How the outer archive is compressed. Nobody compresses it on the CRI path; readers detect it.</summary>
+public enum ArchiveCompression
+{
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// <summary>Writes a checkpoint directory as the outer archive, and opens archives of any compression for reading.</summary>
+public static class CheckpointArchive
+{
+    public static ArchiveCompression ParseCompression(string text) => text.ToUpperInvariant() switch
+    {
+        "" or "NONE" => ArchiveCompression.None,
+        "GZIP" or "GZ" => ArchiveCompression.Gzip,
+        "ZSTD" or "ZSTANDARD" => ArchiveCompression.Zstd,
+        _ => throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint compression \"{text}\" is not one of none, gzip, zstd"),
+    };
+
+    /// <summary>
+    /// Writes every file under <paramref name="directory"/> (names relative to it, directories first) as a POSIX
+    /// tar to <paramref name="output"/>, compressed as asked. Files are read with O_NOFOLLOW; links are refused.
+    /// </summary>
+    public static async Task WriteAsync(string directory, Stream output, ArchiveCompression compression, CancellationToken ct)
+    {
+        Stream? compressed = compression switch
+        {
+            ArchiveCompression.Gzip => new GZipStream(output, CompressionLevel.Fastest, leaveOpen: true),
+            ArchiveCompression.Zstd => new ZstdSharp.CompressionStream(output, 3, leaveOpen: true),
+            _ => null,
+        };
+        var target = compressed ?? output;
+        try
+        {
+            await using var tar = new TarWriter(target, TarEntryFormat.Pax, leaveOpen: true);
+            var pending = new Queue<string>();
+            pending.Enqueue("");
+            while (pending.Count > 0)
+            {
+                var relative = pending.Dequeue();
+                var dir = relative.Length == 0 ? directory : Path.Combine(directory, relative);
+                foreach (var full in Directory.EnumerateFileSystemEntries(dir).Order(StringComparer.Ordinal))
+                {
+                    ct.ThrowIfCancellationRequested();
+                    var name = relative.Length == 0 ? Path.GetFileName(full) : relative + "/" + Path.GetFileName(full);
+                    if (FileKinds.IsDirectory(full))
+                    {
+                        await tar.WriteEntryAsync(new PaxTarEntry(TarEntryType.Directory, name) { Mode = (UnixFileMode)0x1C0 }, ct).ConfigureAwait(false);
+                        pending.Enqueue(name);
+                    }
+                    else if (FileKinds.IsRegularFile(full))
+                    {
+                        await using var data = new FileStream(FileKinds.OpenReadNoFollow(full), FileAccess.Read, 1 << 20);
+                        var entry = new PaxTarEntry(TarEntryType.RegularFile, name) { Mode = (UnixFileMode)0x180, DataStream = data, ModificationTime = File.GetLastWriteTimeUtc(full) };
+                        await tar.WriteEntryAsync(entry, ct).ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        throw new CrestException(ErrorKind.Internal, $"checkpoint file {full} is neither a regular file nor a directory");
+                    }
+                }
+            }
+        }
+        finally
+        {
+            if (compressed is not null)
+            {
+                await compressed.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>Opens an archive for reading, undoing gzip or zstd when its first bytes say so.</summary>
+    public static Stream OpenRead(Stream file) => Crest.Images.LayerStreams.Decompress(file);
+}
+
+/// <summary>The small files of an archive a tool needs without unpacking it (checkpoint images, --stats, inspect).</summary>
+public sealed record ArchiveMetadata(ConfigDump Config, IReadOnlyDictionary<string, string> SpecAnnotations, DumpStatistics? Statistics, long Entries, long Bytes, IReadOnlyDictionary<string, long> Sizes);
+
+public static class ArchiveMetadataReader
+{
+    private const int MaxMetadataBytes = 4 << 20;
+
+    /// <summary>Reads config.dump, spec.dump's annotations and stats-dump from an archive of any compression, by streaming it once.</summary>
+    public static async Task<ArchiveMetadata> ReadAsync(string archivePath, CancellationToken ct)
+    {
+        await using var file = new FileStream(FileKinds.OpenReadNoFollow(archivePath), FileAccess.Read, 1 << 20);
+        await using var stream = CheckpointArchive.OpenRead(file);
+        using var reader = new TarReader(stream);
+        ConfigDump? config = null;
+        Dictionary<string, string>? annotations = null;
+        DumpStatistics? stats = null;
+        long entries = 0;
+        long bytes = 0;
+        var sizes = new Dictionary<string, long>(StringComparer.Ordinal);
+        try
+        {
+            while (await reader.GetNextEntryAsync(copyData: false, ct).ConfigureAwait(false) is { } entry)
+            {
+                entries++;
+                bytes += entry.Length;
+                var name = entry.Name.StartsWith("./", StringComparison.Ordinal) ? entry.Name[2..] : entry.Name;
+                var top = name.Split('/')[0];
+                sizes[top] = sizes.GetValueOrDefault(top) + entry.Length;
+                if (entry.EntryType is not (TarEntryType.RegularFile or TarEntryType.V7RegularFile) || entry.DataStream is null)
+                {
+                    continue;
+                }
+
+                if (name is CheckpointFiles.ConfigDump or CheckpointFiles.SpecDump or CheckpointFiles.StatsDump)
+                {
+                    if (entry.Length > MaxMetadataBytes)
+                    {
+                        throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath}: {name} is larger than {MaxMetadataBytes} bytes");
+                    }
+
+                    using var buffer = new MemoryStream();
+                    await entry.DataStream.CopyToAsync(buffer, ct).ConfigureAwait(false);
+                    var data = buffer.ToArray();
+                    switch (name)
+                    {
+                        case CheckpointFiles.ConfigDump:
+                            config = System.Text.Json.JsonSerializer.Deserialize(data, CheckpointJson.Default.ConfigDump);
+                            break;
+                        case CheckpointFiles.SpecDump:
+                            annotations = (System.Text.Json.Nodes.JsonNode.Parse(data)?["annotations"] as System.Text.Json.Nodes.JsonObject ?? [])
+                                .Where(kv => kv.Value is System.Text.Json.Nodes.JsonValue)
+                                .ToDictionary(kv => kv.Key, kv => kv.Value!.ToString(), StringComparer.Ordinal);
+                            break;
+                        default:
+                            stats = CriuStats.ParseDump(data, $"{archivePath}:{name}");
+                            break;
+                    }
+                }
+            }
+        }
+        catch (Exception e) when (e is InvalidDataException or FormatException or System.Text.Json.JsonException or EndOfStreamException)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath} is malformed: {e.Message}", e);
+        }
+
+        return new ArchiveMetadata(
+            config ?? throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath} has no config.dump; it is not a container checkpoint"),
+            annotations ?? throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath} has no spec.dump; it is not a container checkpoint"),
+            stats, entries, bytes, sizes);
+    }
+}
+
+/// <summary>The annotations of a checkpoint OCI image: all three families, so containerd, CRI-O and Podman each detect it.</summary>
+public static class CheckpointImageAnnotations
+{
+    public static Dictionary<string, string> For(ArchiveMetadata archive)
+    {
+        ArgumentNullException.ThrowIfNull(archive);
+        var c = archive.Config;
+        var a = archive.SpecAnnotations;
+        var engine = a.GetValueOrDefault(CheckpointFiles.ContainerManagerAnnotation) switch
+        {
+            "libpod" => "Podman",
+            "cri-o" => "CRI-O",
+            CheckpointFiles.CrestManager => "Crest",
+            _ => "containerd",
+        };
+        var name = a.GetValueOrDefault("io.kubernetes.cri.container-name") ?? c.Name;
+        var result = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["org.criu.checkpoint.engine.name"] = engine,
+            ["org.criu.checkpoint.container.name"] = name,
+            ["org.criu.checkpoint.pod.name"] = a.GetValueOrDefault("io.kubernetes.pod.name") ?? a.GetValueOrDefault("io.kubernetes.cri.sandbox-name") ?? "",
+            ["org.criu.checkpoint.pod.namespace"] = a.GetValueOrDefault("io.kubernetes.pod.namespace") ?? a.GetValueOrDefault("io.kubernetes.cri.sandbox-namespace") ?? "",
+            ["org.criu.checkpoint.rootfsImageUserRequested"] = c.RootfsImage ?? "",
+            ["org.criu.checkpoint.rootfsImageName"] = c.RootfsImageName ?? "",
+            ["org.criu.checkpoint.rootfsImageID"] = c.RootfsImageRef ?? "",
+            ["org.criu.checkpoint.runtime.name"] = c.Runtime ?? "",
+            ["io.kubernetes.cri-o.annotations.checkpoint.name"] = name,
+            ["io.kubernetes.cri-o.annotations.checkpoint.rawImageName"] = c.RootfsImage ?? "",
+            ["io.kubernetes.cri-o.annotations.checkpoint.rootfsImageID"] = c.RootfsImageRef ?? "",
+            ["io.kubernetes.cri-o.annotations.checkpoint.rootfsImageName"] = c.RootfsImageName ?? "",
+            ["io.podman.annotations.checkpoint.name"] = name,
+            ["io.podman.annotations.checkpoint.rawImageName"] = c.RootfsImage ?? "",
+            ["io.podman.annotations.checkpoint.rootfsImageID"] = c.RootfsImageRef ?? "",
+            ["io.podman.annotations.checkpoint.rootfsImageName"] = c.RootfsImageName ?? "",
+            ["io.podman.annotations.checkpoint.runtime.name"] = c.Runtime ?? "",
+        };
+        return result;
+    }
+}

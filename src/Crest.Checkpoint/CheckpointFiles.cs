@@ -1,0 +1,104 @@
+using System.Text.Json.Serialization;
+
+namespace Crest.Checkpoint;
+
+/// <summary>The file names of a checkpoint archive, as checkpointctl's lib defines them and containerd, CRI-O and Podman write them.</summary>
+public static class CheckpointFiles
+{
+    public const string ConfigDump = "config.dump";
+    public const string SpecDump = "spec.dump";
+    public const string StatusDump = "status.dump";
+    public const string CriuImages = "checkpoint";
+    public const string RootfsDiff = "rootfs-diff.tar";
+    public const string DeletedFiles = "deleted.files";
+    public const string BindMounts = "bind.mounts";
+    public const string ContainerLog = "container.log";
+    /// <summary>CRI-O names its log copy after the annotation key.</summary>
+    public const string CrioLog = "io.kubernetes.cri-o.LogPath";
+    /// <summary>Podman's log copy.</summary>
+    public const string PodmanLog = "ctr.log";
+    public const string StatsDump = "stats-dump";
+    public const string DumpLog = "dump.log";
+    public const string RestoreLog = "restore.log";
+    public const string NetworkStatus = "network.status";
+
+    /// <summary>The spec.dump annotation checkpointctl uses to tell engines apart.</summary>
+    public const string ContainerManagerAnnotation = "io.container.manager";
+
+    /// <summary>Crest's value of <see cref="ContainerManagerAnnotation"/>.</summary>
+    public const string CrestManager = "crest";
+
+    /// <summary>The small metadata files a restore reads before it unpacks anything else.</summary>
+    public static readonly IReadOnlySet<string> Metadata = new HashSet<string>(StringComparer.Ordinal)
+    {
+        ConfigDump, SpecDump, StatusDump, BindMounts, DeletedFiles, NetworkStatus,
+    };
+}
+
+/// <summary>config.dump: checkpointctl's ContainerConfig (Go JSON, so zero times are written as 0001-01-01T00:00:00Z).</summary>
+public sealed record ConfigDump
+{
+    [JsonPropertyName("id")] public string Id { get; init; } = "";
+    [JsonPropertyName("name")] public string Name { get; init; } = "";
+    [JsonPropertyName("rootfsImage")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? RootfsImage { get; init; }
+    [JsonPropertyName("rootfsImageRef")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? RootfsImageRef { get; init; }
+    [JsonPropertyName("rootfsImageName")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? RootfsImageName { get; init; }
+    [JsonPropertyName("runtime")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Runtime { get; init; }
+    [JsonPropertyName("createdTime")] public DateTimeOffset CreatedTime { get; init; }
+    [JsonPropertyName("checkpointedTime")] public DateTimeOffset CheckpointedTime { get; init; }
+    [JsonPropertyName("restoredTime")] public DateTimeOffset RestoredTime { get; init; }
+    [JsonPropertyName("restored")] public bool Restored { get; init; }
+}
+
+/// <summary>One entry of CRI-O's bind.mounts.</summary>
+public sealed record BindMountDump
+{
+    [JsonPropertyName("source")] public string Source { get; init; } = "";
+    [JsonPropertyName("destination")] public string Destination { get; init; } = "";
+    [JsonPropertyName("file_type")] public string FileType { get; init; } = "directory";
+    [JsonPropertyName("permissions")] public uint Permissions { get; init; }
+}
+
+/// <summary>status.dump: the CRI ContainerStatus as containerd's Go code marshals it (snake_case, enums and times as numbers).</summary>
+public sealed record StatusDump
+{
+    [JsonPropertyName("id")] public string Id { get; init; } = "";
+    [JsonPropertyName("metadata")] public StatusMetadata? Metadata { get; init; }
+    [JsonPropertyName("state")] public int State { get; init; }
+    [JsonPropertyName("created_at")] public long CreatedAt { get; init; }
+    [JsonPropertyName("started_at")] public long StartedAt { get; init; }
+    [JsonPropertyName("image")] public StatusImage? Image { get; init; }
+    [JsonPropertyName("image_ref")] public string ImageRef { get; init; } = "";
+    [JsonPropertyName("labels")] public IReadOnlyDictionary<string, string>? Labels { get; init; }
+    [JsonPropertyName("annotations")] public IReadOnlyDictionary<string, string>? Annotations { get; init; }
+    [JsonPropertyName("mounts")] public IReadOnlyList<StatusMount>? Mounts { get; init; }
+    [JsonPropertyName("log_path")] public string LogPath { get; init; } = "";
+    [JsonPropertyName("image_id")] public string ImageId { get; init; } = "";
+}
+
+public sealed record StatusMetadata
+{
+    [JsonPropertyName("name")] public string Name { get; init; } = "";
+    [JsonPropertyName("attempt")] public uint Attempt { get; init; }
+}
+
+public sealed record StatusImage
+{
+    [JsonPropertyName("image")] public string Image { get; init; } = "";
+    [JsonPropertyName("user_specified_image")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? UserSpecifiedImage { get; init; }
+}
+
+public sealed record StatusMount
+{
+    [JsonPropertyName("container_path")] public string ContainerPath { get; init; } = "";
+    [JsonPropertyName("host_path")] public string HostPath { get; init; } = "";
+    [JsonPropertyName("readonly")] public bool ReadOnly { get; init; }
+}
+
+[JsonSourceGenerationOptions(WriteIndented = false)]
+[JsonSerializable(typeof(ConfigDump))]
+[JsonSerializable(typeof(StatusDump))]
+[JsonSerializable(typeof(List<BindMountDump>))]
+[JsonSerializable(typeof(List<string>))]
+[JsonSerializable(typeof(Dictionary<string, string>))]
+public sealed partial class CheckpointJson : JsonSerializerContext;

@@ -1,0 +1,285 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Crest.Core;
+using Crest.Linux;
+
+namespace Crest.Checkpoint;
+
+/// <summary>Caps on what a checkpoint may expand to ([restore] in config.toml).</summary>
+public sealed record RestoreLimits
+{
+    /// <summary>All bytes the outer archive may unpack to.</summary>
+    public long MaxArchiveBytes { get; init; } = 64L << 30;
+    public long MaxArchiveEntries { get; init; } = 100_000;
+    /// <summary>All bytes the rootfs diff may unpack to in the container's rootfs.</summary>
+    public long MaxRootfsDiffBytes { get; init; } = 16L << 30;
+    public long MaxRootfsDiffEntries { get; init; } = 1_000_000;
+    /// <summary>config.dump, spec.dump, status.dump, bind.mounts, deleted.files.</summary>
+    public int MaxMetadataBytes { get; init; } = 4 << 20;
+    public int MaxPathLength { get; init; } = 4096;
+}
+
+/// <summary>
+/// Turns a checkpoint of any engine into one <see cref="RestorePlan"/>. Every byte is untrusted: the archive reaches
+/// the disk only through <see cref="SafeExtractor"/> (regular files and directories only, caps on entries and bytes)
+/// into a fresh 0700 directory, metadata files are size-capped before they are parsed, and nothing here writes
+/// outside that directory. A failure removes the directory and names the file and what was wrong.
+/// </summary>
+public sealed class CheckpointReader(RestoreLimits limits)
+{
+    /// <summary>
+    /// The CRI-O list of mount destinations that are the runtime's own, not the user's bind mounts.
+    /// </summary>
+    private static readonly HashSet<string> SystemMounts = new(StringComparer.Ordinal)
+    {
+        "/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/dev/shm", "/etc/resolv.conf",
+        "/etc/hostname", "/etc/hosts", "/etc/passwd", "/etc/group", "/run/secrets", "/run/.containerenv", "/dev/termination-log",
+    };
+
+    /// <summary>Unpacks an archive (plain, gzip or zstd) into <paramref name="stagingDir"/> (which must be new and empty) and reads it.</summary>
+    public async Task<RestorePlan> ReadArchiveAsync(string archivePath, string stagingDir, CancellationToken ct)
+    {
+        if (!FileKinds.IsRegularFile(archivePath))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath} is not a regular file");
+        }
+
+        await using (var file = new FileStream(FileKinds.OpenReadNoFollow(archivePath), FileAccess.Read, 1 << 20))
+        await using (var tar = CheckpointArchive.OpenRead(file))
+        using (var extractor = new SafeExtractor(stagingDir, ExtractionPolicy.FilesOnly with
+        {
+            MaxBytes = limits.MaxArchiveBytes,
+            MaxEntries = limits.MaxArchiveEntries,
+            MaxPathLength = limits.MaxPathLength,
+        }))
+        {
+            try
+            {
+                await extractor.ExtractAsync(tar, $"checkpoint archive {archivePath}", ct).ConfigureAwait(false);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath} cannot be decompressed: {e.Message}", e);
+            }
+        }
+
+        return Read(stagingDir, archivePath, CheckpointSourceKind.Archive);
+    }
+
+    /// <summary>
+    /// Copies a checkpoint image's unpacked layers (lowest first, so upper layers win) into <paramref name="stagingDir"/>:
+    /// regular files and directories only, each opened with O_NOFOLLOW; a link or device in the image is an error.
+    /// </summary>
+    public RestorePlan ReadImageLayers(IReadOnlyList<string> layerDirsTopFirst, string image, string stagingDir, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(layerDirsTopFirst);
+        long bytes = 0;
+        long entries = 0;
+        foreach (var layer in layerDirsTopFirst.Reverse())
+        {
+            var pending = new Stack<string>();
+            pending.Push("");
+            while (pending.Count > 0)
+            {
+                ct.ThrowIfCancellationRequested();
+                var relative = pending.Pop();
+                foreach (var full in Directory.EnumerateFileSystemEntries(relative.Length == 0 ? layer : Path.Combine(layer, relative)))
+                {
+                    var name = relative.Length == 0 ? Path.GetFileName(full) : relative + "/" + Path.GetFileName(full);
+                    if (++entries > limits.MaxArchiveEntries || name.Length > limits.MaxPathLength)
+                    {
+                        throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image} has more than {limits.MaxArchiveEntries} entries or a path longer than {limits.MaxPathLength}, the configured limits");
+                    }
+
+                    var destination = Path.Combine(stagingDir, name);
+                    if (FileKinds.IsDirectory(full))
+                    {
+                        Directory.CreateDirectory(destination, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                        pending.Push(name);
+                    }
+                    else if (FileKinds.IsRegularFile(full))
+                    {
+                        bytes += new FileInfo(full).Length;
+                        if (bytes > limits.MaxArchiveBytes)
+                        {
+                            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image} holds more than {limits.MaxArchiveBytes} bytes, the configured limit");
+                        }
+
+                        using var input = new FileStream(FileKinds.OpenReadNoFollow(full), FileAccess.Read);
+                        using var output = new FileStream(destination, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
+                        input.CopyTo(output);
+                    }
+                    else if (!FileKinds.IsOverlayWhiteout(full))
+                    {
+                        throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image}: /{name} is a link, device or FIFO; a checkpoint holds only regular files and directories");
+                    }
+                }
+            }
+        }
+
+        return Read(stagingDir, image, CheckpointSourceKind.Image);
+    }
+
+    /// <summary>Reads and normalises the metadata of an unpacked checkpoint.</summary>
+    public RestorePlan Read(string dir, string source, CheckpointSourceKind kind)
+    {
+        var config = ReadJson(dir, CheckpointFiles.ConfigDump, source, required: true, n => n.Deserialize(CheckpointJson.Default.ConfigDump))!;
+        var spec = ReadJson(dir, CheckpointFiles.SpecDump, source, required: true, n => n as JsonObject
+            ?? throw new JsonException("it is not a JSON object"))!;
+        var status = ReadJson(dir, CheckpointFiles.StatusDump, source, required: false, n => n.Deserialize(CheckpointJson.Default.StatusDump));
+        if (!File.Exists(Path.Combine(dir, CheckpointFiles.CriuImages, "inventory.img")))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint {source}: a complete checkpoint cannot be found (checkpoint/inventory.img is missing)");
+        }
+
+        var specAnnotations = (spec["annotations"] as JsonObject ?? []).Where(kv => kv.Value is JsonValue).ToDictionary(kv => kv.Key, kv => kv.Value!.ToString(), StringComparer.Ordinal);
+        var engine = specAnnotations.GetValueOrDefault(CheckpointFiles.ContainerManagerAnnotation) switch
+        {
+            "libpod" => CheckpointEngine.Podman,
+            "cri-o" => CheckpointEngine.CriO,
+            CheckpointFiles.CrestManager => CheckpointEngine.Crest,
+            _ => CheckpointEngine.Containerd,
+        };
+
+        var annotations = status?.Annotations?.ToDictionary(StringComparer.Ordinal)
+            ?? JsonMap(specAnnotations.GetValueOrDefault("io.kubernetes.cri-o.Annotations"), source, "io.kubernetes.cri-o.Annotations")
+            ?? new Dictionary<string, string>(StringComparer.Ordinal);
+        var labels = status?.Labels?.ToDictionary(StringComparer.Ordinal)
+            ?? JsonMap(specAnnotations.GetValueOrDefault("io.kubernetes.cri-o.Labels"), source, "io.kubernetes.cri-o.Labels")
+            ?? new Dictionary<string, string>(StringComparer.Ordinal);
+        var name = status?.Metadata?.Name is { Length: > 0 } n ? n
+            : CrioMetadataName(specAnnotations.GetValueOrDefault("io.kubernetes.cri-o.Metadata"))
+            ?? specAnnotations.GetValueOrDefault("io.kubernetes.cri.container-name")
+            ?? config.Name;
+
+        // The base image: by digest when the checkpoint knows one; a bare ID only locally; the tag last.
+        string? digestRef = null;
+        string? imageId = null;
+        var imageRef = config.RootfsImageRef ?? "";
+        if (IsDigestReference(imageRef))
+        {
+            digestRef = imageRef;
+        }
+        else
+        {
+            digestRef = (specAnnotations.GetValueOrDefault("io.kubernetes.cri-o.ImageRepoDigests") ?? "")
+                .Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).FirstOrDefault(IsDigestReference);
+            var hex = imageRef.StartsWith("sha256:", StringComparison.Ordinal) ? imageRef[7..] : imageRef;
+            if (hex.Length == 64 && hex.All(char.IsAsciiHexDigitLower))
+            {
+                imageId = "sha256:" + hex;
+            }
+        }
+
+        var tag = status?.Image?.Image is { Length: > 0 } shown && !shown.StartsWith("sha256:", StringComparison.Ordinal) ? shown
+            : config.RootfsImageName is { Length: > 0 } rn ? rn
+            : config.RootfsImage;
+        if (tag is not null && !ImageReference.TryParse(tag, out _, out _))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint {source}: config.dump names the base image \"{tag}\", which is not an image reference");
+        }
+
+        if (digestRef is null && imageId is null && tag is null)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint {source}: config.dump names no base image (rootfsImageRef and rootfsImageName are empty)");
+        }
+
+        var binds = ReadJson(dir, CheckpointFiles.BindMounts, source, required: false, n => n.Deserialize(CheckpointJson.Default.ListBindMountDump)) ?? [];
+        var mountDestinations = (spec["mounts"] as JsonArray ?? [])
+            .OfType<JsonObject>()
+            .Where(m => m["type"]?.ToString() == "bind" || (m["options"] as JsonArray ?? []).Any(o => o?.ToString() is "bind" or "rbind"))
+            .Select(m => m["destination"]?.ToString())
+            .OfType<string>()
+            .Select(d => "/" + d.Trim('/'))
+            .Where(d => !SystemMounts.Contains(d))
+            .Distinct(StringComparer.Ordinal)
+            .ToList();
+
+        var logCopy = new[] { CheckpointFiles.ContainerLog, CheckpointFiles.CrioLog, CheckpointFiles.PodmanLog }.FirstOrDefault(f => FileKinds.IsRegularFile(Path.Combine(dir, f)));
+        var diff = Path.Combine(dir, CheckpointFiles.RootfsDiff);
+        return new RestorePlan
+        {
+            Engine = engine,
+            SourceKind = kind,
+            Source = source,
+            BaseImageDigestReference = digestRef,
+            BaseImageId = imageId,
+            BaseImageName = tag,
+            OriginalName = name,
+            OriginalRuntime = config.Runtime ?? "",
+            Annotations = annotations,
+            Labels = labels,
+            CheckpointedAt = config.CheckpointedTime,
+            BindMounts = binds.Select(b => new CheckpointBindMount(b.Source, "/" + b.Destination.Trim('/'), b.FileType != "file", b.Permissions & 0xfff)).ToList(),
+            MountDestinations = mountDestinations,
+            LogCopy = logCopy,
+            StagingDir = dir,
+            RootfsDiffBytes = File.Exists(diff) ? new FileInfo(diff).Length : 0,
+            CriuImageBytes = Directory.EnumerateFiles(Path.Combine(dir, CheckpointFiles.CriuImages)).Sum(f => new FileInfo(f).Length),
+        };
+    }
+
+    private static bool IsDigestReference(string text) =>
+        text.Contains("@sha256:", StringComparison.Ordinal) && ImageReference.TryParse(text, out var r, out _) && r.Digest is not null;
+
+    private static string? CrioMetadataName(string? json)
+    {
+        if (string.IsNullOrEmpty(json))
+        {
+            return null;
+        }
+
+        try
+        {
+            return JsonNode.Parse(json)?["name"]?.ToString();
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+    }
+
+    private static Dictionary<string, string>? JsonMap(string? json, string source, string key)
+    {
+        if (string.IsNullOrEmpty(json))
+        {
+            return null;
+        }
+
+        try
+        {
+            return JsonSerializer.Deserialize(json, CheckpointJson.Default.DictionaryStringString);
+        }
+        catch (JsonException e)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint {source}: spec.dump annotation {key} is not a JSON map of strings: {e.Message}", e);
+        }
+    }
+
+    private T? ReadJson<T>(string dir, string file, string source, bool required, Func<JsonNode, T?> parse)
+        where T : class
+    {
+        var path = Path.Combine(dir, file);
+        if (!File.Exists(path))
+        {
+            return required
+                ? throw new CrestException(ErrorKind.InvalidArgument, $"failed to read \"{file}\" of checkpoint {source}: the file is missing; a checkpoint archive needs config.dump, spec.dump and checkpoint/")
+                : null;
+        }
+
+        if (new FileInfo(path).Length > limits.MaxMetadataBytes)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"failed to read \"{file}\" of checkpoint {source}: it is larger than {limits.MaxMetadataBytes} bytes, the limit for metadata");
+        }
+
+        try
+        {
+            var node = JsonNode.Parse(File.ReadAllBytes(path)) ?? throw new JsonException("it is JSON null");
+            return parse(node) ?? throw new JsonException("it is empty");
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"failed to read \"{file}\" of checkpoint {source}: {e.Message}", e);
+        }
+    }
+}

@@ -1,0 +1,310 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Crest.Core;
+using Crest.Images;
+using Crest.Linux;
+using Crest.Runtime;
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Checkpoint;
+
+/// <summary>The operator's restore settings ([restore] in config.toml).</summary>
+public sealed record RestoreOptions
+{
+    /// <summary>Restore through CreateContainer at all; off by default, as in containerd >= 2.2.7.</summary>
+    public bool ViaCreate { get; init; }
+    public bool TcpEstablished { get; init; }
+    public RestoreLimits Limits { get; init; } = new();
+}
+
+/// <summary>
+/// Restore through CRI CreateContainer: decides whether an image string is a checkpoint, normalises it into a
+/// <see cref="RestorePlan"/>, makes sure the base image is present (by digest; pulled synchronously if missing),
+/// adapts the metadata to the new pod and creates the container, which StartContainer then restores.
+/// </summary>
+public sealed class RestoreService(
+    ImageService images,
+    ContainerService containers,
+    SandboxService sandboxes,
+    CrestPaths paths,
+    RestoreOptions options,
+    ILogger<RestoreService> logger)
+{
+    /// <summary>The annotation keys that mark an image as a checkpoint (checkpointctl/containerd, CRI-O, Podman).</summary>
+    public static readonly IReadOnlyList<string> CheckpointImageAnnotations =
+    [
+        "org.criu.checkpoint.container.name",
+        "io.kubernetes.cri-o.annotations.checkpoint.name",
+        "io.podman.annotations.checkpoint.name",
+    ];
+
+    /// <summary>Whether <paramref name="image"/> names a checkpoint: an existing file (an archive) or a local image carrying a checkpoint marker.</summary>
+    public async Task<CheckpointSourceKind?> DetectAsync(string image, CancellationToken ct)
+    {
+        if (string.IsNullOrWhiteSpace(image))
+        {
+            return null;
+        }
+
+        if (Path.IsPathRooted(image) && File.Exists(image))
+        {
+            return CheckpointSourceKind.Archive;
+        }
+
+        if (await images.InspectAsync(image, ct).ConfigureAwait(false) is not { } details)
+        {
+            return null;
+        }
+
+        var annotations = await images.AnnotationsAsync(details, ct).ConfigureAwait(false);
+        return CheckpointImageAnnotations.Any(annotations.ContainsKey) ? CheckpointSourceKind.Image : null;
+    }
+
+    public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec request, CheckpointSourceKind kind, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (!options.ViaCreate)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"{request.Image} is a checkpoint, but restore via CreateContainer is disabled by configuration; set [restore] via_create = true in config.toml to allow it");
+        }
+
+        var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
+        var staging = Path.Combine(paths.Root, "restores", Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
+        Directory.CreateDirectory(Path.GetDirectoryName(staging)!, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        Directory.CreateDirectory(staging, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        try
+        {
+            var plan = await ReadAsync(request.Image, kind, staging, ct).ConfigureAwait(false);
+            var missing = plan.MountDestinations.Where(d => !request.Mounts.Any(m => "/" + m.ContainerPath.Trim('/') == d)).ToList();
+            if (missing.Count > 0)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument,
+                    $"restoring {request.Image} expects following bind mounts defined ({string.Join(", ", missing)}); declare them in the container config's mounts");
+            }
+
+            var baseImage = await EnsureBaseImageAsync(plan, ct).ConfigureAwait(false);
+            var spec = request with
+            {
+                Image = baseImage,
+                UserSpecifiedImage = request.UserSpecifiedImage,
+                Annotations = AdaptAnnotations(plan, request, sandbox, logger),
+            };
+            var record = await containers.CreateAsync(sandbox.Id, spec, new ContainerRestore(staging, plan.LogCopy), ct).ConfigureAwait(false);
+            CheckpointLog.PreparedRestore(logger, record.Id, plan.Source, plan.Engine.ToString(), baseImage);
+            return record;
+        }
+        finally
+        {
+            if (Directory.Exists(staging))
+            {
+                Directory.Delete(staging, recursive: true);
+            }
+        }
+    }
+
+    /// <summary>Unpacks and reads a checkpoint into <paramref name="staging"/>.</summary>
+    public async Task<RestorePlan> ReadAsync(string source, CheckpointSourceKind kind, string staging, CancellationToken ct)
+    {
+        var reader = new CheckpointReader(options.Limits);
+        if (kind == CheckpointSourceKind.Archive)
+        {
+            return await reader.ReadArchiveAsync(source, staging, ct).ConfigureAwait(false);
+        }
+
+        var details = await images.InspectAsync(source, ct).ConfigureAwait(false)
+            ?? throw new CrestException(ErrorKind.NotFound, $"checkpoint image {source} is not present on this node");
+        var layers = details.Image.ChainId is { } chain ? await images.Snapshots.LowerDirsAsync(chain, ct).ConfigureAwait(false) : [];
+        return reader.ReadImageLayers(layers, source, staging, ct);
+    }
+
+    /// <summary>
+    /// The base image, present locally: by digest (pulled synchronously if missing), else by a local ID the checkpoint
+    /// names (never pulled), else by tag (pulled if missing, with a warning). No image is ever created or retagged
+    /// from checkpoint metadata: the pull records only what the registry says.
+    /// </summary>
+    private async Task<string> EnsureBaseImageAsync(RestorePlan plan, CancellationToken ct)
+    {
+        if (plan.BaseImageDigestReference is { } byDigest)
+        {
+            if (await images.ResolveLocalAsync(byDigest, ct).ConfigureAwait(false) is not null)
+            {
+                return byDigest;
+            }
+
+            if (plan.BaseImageId is { } id0 && await images.ResolveLocalAsync(id0, ct).ConfigureAwait(false) is not null)
+            {
+                return id0;
+            }
+
+            CheckpointLog.PullingBaseImage(logger, plan.Source, byDigest);
+            await PullAsync(byDigest, plan, ct).ConfigureAwait(false);
+            return byDigest;
+        }
+
+        if (plan.BaseImageId is { } id && await images.ResolveLocalAsync(id, ct).ConfigureAwait(false) is not null)
+        {
+            return id;
+        }
+
+        if (plan.BaseImageName is { } tag)
+        {
+            CheckpointLog.BaseImageByTag(logger, plan.Source, tag);
+            if (await images.ResolveLocalAsync(tag, ct).ConfigureAwait(false) is null)
+            {
+                CheckpointLog.PullingBaseImage(logger, plan.Source, tag);
+                await PullAsync(tag, plan, ct).ConfigureAwait(false);
+            }
+
+            return tag;
+        }
+
+        throw new CrestException(ErrorKind.NotFound,
+            $"checkpoint {plan.Source} was made from image {plan.BaseImageId}, which is not on this node and cannot be pulled (the checkpoint names no repository digest); pull or load that image first");
+    }
+
+    private async Task PullAsync(string reference, RestorePlan plan, CancellationToken ct)
+    {
+        try
+        {
+            // No credentials of the request's: the node's configured credentials for the registry apply.
+            await images.PullAsync(reference, null, null, ct).ConfigureAwait(false);
+        }
+        catch (CrestException e)
+        {
+            throw new CrestException(e.Kind, $"checkpoint {plan.Source} needs its base image {reference}, which is not on this node and could not be pulled: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// The restored container's annotations: the checkpoint's, with the pod UID, container hash and restart count taken
+    /// from the request (the kubelet compares them), cdi.k8s.io/* dropped (they would grant devices), and
+    /// restored, checkpointedAt and checkpointImage added.
+    /// </summary>
+    internal static Dictionary<string, string> AdaptAnnotations(RestorePlan plan, ContainerSpec request, SandboxRecord sandbox, ILogger logger)
+    {
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (k, v) in plan.Annotations)
+        {
+            if (k == "cdi.k8s.io" || k.StartsWith("cdi.k8s.io/", StringComparison.Ordinal))
+            {
+                CheckpointLog.DroppedAnnotation(logger, plan.Source, k);
+                continue;
+            }
+
+            result[k] = v;
+        }
+
+        if (result.ContainsKey("io.kubernetes.pod.uid") && sandbox.Spec.Uid.Length > 0)
+        {
+            result["io.kubernetes.pod.uid"] = sandbox.Spec.Uid;
+        }
+
+        foreach (var key in new[] { "io.kubernetes.container.hash", "io.kubernetes.container.restartCount" })
+        {
+            if (result.ContainsKey(key) && request.Annotations.TryGetValue(key, out var fromRequest))
+            {
+                result[key] = fromRequest;
+            }
+        }
+
+        result["restored"] = "true";
+        result["checkpointedAt"] = plan.CheckpointedAt.ToString("yyyy-MM-dd'T'HH:mm:ss.FFFFFFFK", CultureInfo.InvariantCulture);
+        result["checkpointImage"] = request.UserSpecifiedImage is { Length: > 0 } u ? u : request.Image;
+        return result;
+    }
+}
+
+/// <summary>What StartContainer does to a restored container's rootfs before CRIU runs.</summary>
+public sealed class RestoreSteps(RestoreOptions options) : IRestoreSteps
+{
+    public IReadOnlyList<string> RuntimeOptions => options.TcpEstablished ? ["--file-locks", "--tcp-established"] : ["--file-locks"];
+
+    public async Task ApplyRootfsAsync(string restoreDir, string rootfs, ContainerRecord container, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(container);
+        var limits = options.Limits;
+        using var extractor = new SafeExtractor(rootfs, ExtractionPolicy.ImageLayer with
+        {
+            Whiteouts = WhiteoutMode.Delete,
+            MaxBytes = limits.MaxRootfsDiffBytes,
+            MaxEntries = limits.MaxRootfsDiffEntries,
+            MaxPathLength = limits.MaxPathLength,
+        });
+        var diff = Path.Combine(restoreDir, CheckpointFiles.RootfsDiff);
+        if (FileKinds.IsRegularFile(diff))
+        {
+            await using var file = new FileStream(FileKinds.OpenReadNoFollow(diff), FileAccess.Read, 1 << 20);
+            await using var tar = CheckpointArchive.OpenRead(file);
+            try
+            {
+                await extractor.ExtractAsync(tar, $"the rootfs diff of container {container.Id}", ct).ConfigureAwait(false);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"the rootfs diff of container {container.Id} cannot be decompressed: {e.Message}", e);
+            }
+        }
+
+        var deleted = Path.Combine(restoreDir, CheckpointFiles.DeletedFiles);
+        if (FileKinds.IsRegularFile(deleted))
+        {
+            if (new FileInfo(deleted).Length > limits.MaxMetadataBytes)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"deleted.files of container {container.Id} is larger than {limits.MaxMetadataBytes} bytes, the limit for metadata");
+            }
+
+            List<string>? paths;
+            try
+            {
+                paths = JsonSerializer.Deserialize(await File.ReadAllBytesAsync(deleted, ct).ConfigureAwait(false), CheckpointJson.Default.ListString);
+            }
+            catch (JsonException e)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"deleted.files of container {container.Id} is not a JSON list of paths: {e.Message}", e);
+            }
+
+            foreach (var path in paths ?? [])
+            {
+                extractor.Remove(path, $"deleted.files of container {container.Id}");
+            }
+        }
+
+        // bind.mounts: a source the request declares but that does not exist is made with the recorded type, so
+        // CRIU can bind it again. Only request paths are touched: the archive never chooses a host path.
+        var binds = Path.Combine(restoreDir, CheckpointFiles.BindMounts);
+        if (FileKinds.IsRegularFile(binds) && new FileInfo(binds).Length <= limits.MaxMetadataBytes)
+        {
+            List<BindMountDump>? recorded;
+            try
+            {
+                recorded = JsonSerializer.Deserialize(await File.ReadAllBytesAsync(binds, ct).ConfigureAwait(false), CheckpointJson.Default.ListBindMountDump);
+            }
+            catch (JsonException e)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"bind.mounts of container {container.Id} is not a JSON list of mounts: {e.Message}", e);
+            }
+
+            foreach (var b in recorded ?? [])
+            {
+                var mount = container.Spec.Mounts.FirstOrDefault(m => "/" + m.ContainerPath.Trim('/') == "/" + b.Destination.Trim('/'));
+                if (mount is null || File.Exists(mount.HostPath) || Directory.Exists(mount.HostPath) || FileKinds.IsSymlink(mount.HostPath))
+                {
+                    continue;
+                }
+
+                var mode = (UnixFileMode)(b.Permissions & 0x1FF);
+                if (b.FileType == "file")
+                {
+                    Directory.CreateDirectory(Path.GetDirectoryName(mount.HostPath)!);
+                    await using var f = new FileStream(mount.HostPath, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = mode == 0 ? (UnixFileMode)0x1A4 : mode });
+                }
+                else
+                {
+                    Directory.CreateDirectory(mount.HostPath, mode == 0 ? (UnixFileMode)0x1ED : mode);
+                }
+            }
+        }
+    }
+}
