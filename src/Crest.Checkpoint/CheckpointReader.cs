@@ -207,6 +207,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
             BaseImageName = tag,
             OriginalName = name,
             OriginalRuntime = config.Runtime ?? "",
+            ProcessArgs = (spec["process"]?["args"] as JsonArray ?? []).Select(a => a?.ToString()).OfType<string>().Take(4096).ToList(),
             Annotations = annotations,
             Labels = labels,
             CheckpointedAt = config.CheckpointedTime,

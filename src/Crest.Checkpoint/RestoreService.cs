@@ -90,6 +90,8 @@ public sealed class RestoreService(
                 Image = baseImage,
                 UserSpecifiedImage = request.UserSpecifiedImage,
                 Annotations = AdaptAnnotations(plan, request, sandbox, logger),
+                // The spec needs a program; CRIU puts back the real one. The checkpoint's argv is only a placeholder here.
+                Command = request.Command.Count == 0 && request.Args.Count == 0 ? plan.ProcessArgs : request.Command,
             };
             var record = await containers.CreateAsync(sandbox.Id, spec, new ContainerRestore(staging, plan.LogCopy), ct).ConfigureAwait(false);
             CheckpointLog.PreparedRestore(logger, record.Id, plan.Source, plan.Engine.ToString(), baseImage);

@@ -38,6 +38,8 @@ public sealed record RestorePlan
     /// <summary>The name the checkpointed container had (CRI metadata name where the archive has it).</summary>
     public required string OriginalName { get; init; }
     public required string OriginalRuntime { get; init; }
+    /// <summary>The checkpointed process's argv from spec.dump: the new spec needs one, although CRIU restores the real one from memory.</summary>
+    public IReadOnlyList<string> ProcessArgs { get; init; } = [];
     public required IReadOnlyDictionary<string, string> Annotations { get; init; }
     public required IReadOnlyDictionary<string, string> Labels { get; init; }
     public required DateTimeOffset CheckpointedAt { get; init; }

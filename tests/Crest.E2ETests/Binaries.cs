@@ -96,15 +96,15 @@ internal sealed class CrestdProcess : IAsyncDisposable
     }
 
     /// <summary>Starts crestd on the roots under <paramref name="dir"/> with its own CNI network and waits until it answers.</summary>
-    public static async Task<CrestdProcess> StartReadyAsync(Crest.TestKit.TempDir dir)
+    public static async Task<CrestdProcess> StartReadyAsync(Crest.TestKit.TempDir dir, string extraConfig = "")
     {
-        var config = WriteConfig(dir);
+        var config = WriteConfig(dir, extraConfig);
         var p = Start("--config", config, "--root", dir.Combine("root"), "--state", dir.Combine("state"));
         await Crest.TestKit.UnixGrpc.WaitForCriAsync(p.Socket, TimeSpan.FromSeconds(30), () => p.Log);
         return p;
     }
 
-    public static string WriteConfig(Crest.TestKit.TempDir dir)
+    public static string WriteConfig(Crest.TestKit.TempDir dir, string extraConfig = "")
     {
         var cni = dir.CreateDirectory("cni");
         Crest.TestKit.CniFixture.WriteBridgeConflist(cni);
@@ -113,6 +113,7 @@ internal sealed class CrestdProcess : IAsyncDisposable
             [cni]
             conf_dir = "{cni}"
             plugin_dirs = ["{Crest.TestKit.CniFixture.HostPluginDir}"]
+            {extraConfig}
             """);
         return config;
     }

@@ -41,6 +41,7 @@ internal sealed partial class CriImageService
                     ["size"] = l.Size,
                 })]),
                 ["imageSpec"] = JsonNode.Parse(details.RawConfig),
+                ["annotations"] = JsonSerializer.SerializeToNode(await images.AnnotationsAsync(details, context.CancellationToken)),
             };
             response.Info["info"] = info.ToJsonString(new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
         }

@@ -1,0 +1,423 @@
+using System.Diagnostics;
+using System.Formats.Tar;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Crest.TestKit;
+
+namespace Crest.E2ETests;
+
+/// <summary>
+/// Checkpoint and restore end to end with real runc, conmon, CRIU and CNI: crestd and crest as an operator runs them,
+/// checkpointctl as the archive oracle.
+/// </summary>
+public partial class CheckpointCliTests
+{
+    private const string RestoreOn = "[restore]\nvia_create = true\n";
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private sealed record Setup(CrestdProcess Crestd, string[] R, string PodConfig, string CounterConfig);
+
+    private static void RequireCheckpointTools()
+    {
+        Requires.Root();
+        Requires.Binary("conmon");
+        Requires.Binary("criu");
+        Requires.Binary("runc");
+        Requires.Binary("checkpointctl");
+    }
+
+    private static async Task<Setup> StartAsync(TempDir dir, string extraConfig = RestoreOn, string podName = "counter", string uid = "uid-1")
+    {
+        var crestd = await CrestdProcess.StartReadyAsync(dir, extraConfig);
+        string[] r = ["-r", crestd.Endpoint];
+        var rootfs = dir.Combine("rootfs.tar");
+        await using (var f = File.Create(rootfs))
+        await using (var t = new TarWriter(f, TarEntryFormat.Pax))
+        {
+            TestImages.Dir(t, "bin");
+            TestImages.Dir(t, "etc");
+            TestImages.Dir(t, "root");
+            TestImages.File(t, "bin/busybox", await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct), mode: 0x1ED);
+            TestImages.Symlink(t, "bin/sh", "busybox");
+            TestImages.File(t, "etc/motd", "welcome\n"u8.ToArray(), mode: 0x1A4);
+        }
+
+        var import = await Binaries.RunCrestAsync([.. r, "image", "import", rootfs, "localhost/e2e/busybox:v1"]);
+        Assert.True(import.ExitCode == 0, import.Stderr);
+        var pod = await WritePodAsync(dir, podName, uid);
+        var counter = dir.Combine("counter.json");
+        await File.WriteAllTextAsync(counter, """
+            {"metadata": {"name": "counter"}, "image": {"image": "localhost/e2e/busybox:v1"},
+             "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"],
+             "annotations": {"io.kubernetes.container.hash": "A", "io.kubernetes.container.restartCount": "0",
+                             "cdi.k8s.io/device": "gpu", "safe.annotation": "true"},
+             "labels": {"io.kubernetes.container.name": "counter", "generation": "one"},
+             "log_path": "counter.log", "linux": {} }
+            """, Ct);
+        return new Setup(crestd, r, pod, counter);
+    }
+
+    private static async Task<string> WritePodAsync(TempDir dir, string name, string uid)
+    {
+        var pod = dir.Combine($"pod-{name}.json");
+        await File.WriteAllTextAsync(pod, $$"""
+            {"metadata": {"name": "{{name}}", "uid": "{{uid}}", "namespace": "e2e", "attempt": 1},
+             "hostname": "{{name}}", "log_directory": "{{dir.CreateDirectory("logs-" + name)}}", "linux": {} }
+            """, Ct);
+        return pod;
+    }
+
+    private static async Task<string> RunAsync(string[] args)
+    {
+        var result = await Binaries.RunCrestAsync(args);
+        Assert.True(result.ExitCode == 0, $"crest {string.Join(' ', args)} failed ({result.ExitCode}): {result.Stderr}");
+        return result.Stdout.Trim();
+    }
+
+    private static async Task<JsonElement> InspectAsync(string[] r, string id)
+    {
+        using var doc = JsonDocument.Parse(await RunAsync([.. r, "inspect", id]));
+        return doc.RootElement.Clone();
+    }
+
+    private static int LastCount(string log) =>
+        CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
+
+    [GeneratedRegex(@"stdout F count (\d+)")]
+    private static partial Regex CountLine();
+
+    [Fact]
+    public async Task A_running_counter_is_checkpointed_and_restored_into_a_new_pod_where_it_continues()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-cr");
+        var s = await StartAsync(dir);
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
+        await RunAsync([.. r, "start", id]);
+        await Task.Delay(1500, Ct);
+        await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
+
+        var archive = dir.Combine("cp.tar");
+        var checkpoint = await Binaries.RunCrestAsync([.. r, "checkpoint", "--stats", "--export", archive, id[..12]]);
+        Assert.True(checkpoint.ExitCode == 0, checkpoint.Stderr + crestd.Log);
+        Assert.Contains("frozen time", checkpoint.Stdout, StringComparison.Ordinal);
+        Assert.Matches(@"pages written\s+[1-9]\d*", checkpoint.Stdout);
+
+        // The container keeps running (CRI semantics): its log keeps growing, and it is not left paused.
+        var logFile = dir.Combine("logs-counter", "counter.log");
+        var atCheckpoint = LastCount(await File.ReadAllTextAsync(logFile, Ct));
+        await Task.Delay(600, Ct);
+        Assert.True(LastCount(await File.ReadAllTextAsync(logFile, Ct)) > atCheckpoint, "the container stopped counting after the checkpoint");
+        Assert.Equal("CONTAINER_RUNNING", (await InspectAsync(r, id)).GetProperty("status").GetProperty("state").GetString());
+
+        // The archive: 0600, uncompressed tar, the files every engine reads.
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(archive));
+        var names = new List<string>();
+        string configDump = "", archivedLog = "";
+        await using (var f = File.OpenRead(archive))
+        using (var tar = new TarReader(f))
+        {
+            while (await tar.GetNextEntryAsync(copyData: true, Ct) is { } e)
+            {
+                names.Add(e.Name);
+                if (e.Name is "config.dump" or "container.log")
+                {
+                    using var reader = new StreamReader(e.DataStream!);
+                    var text = await reader.ReadToEndAsync(Ct);
+                    (configDump, archivedLog) = e.Name == "config.dump" ? (text, archivedLog) : (configDump, text);
+                }
+            }
+        }
+
+        Assert.Subset(names.ToHashSet(), new HashSet<string> { "config.dump", "spec.dump", "status.dump", "checkpoint/inventory.img", "stats-dump", "rootfs-diff.tar", "deleted.files", "container.log", "dump.log" });
+        using (var config = JsonDocument.Parse(configDump))
+        {
+            Assert.Equal(id, config.RootElement.GetProperty("id").GetString());
+            Assert.Equal("runc", config.RootElement.GetProperty("runtime").GetString());
+            Assert.Equal("localhost/e2e/busybox:v1", config.RootElement.GetProperty("rootfsImageName").GetString());
+            Assert.True(config.RootElement.GetProperty("checkpointedTime").GetDateTimeOffset() > config.RootElement.GetProperty("createdTime").GetDateTimeOffset());
+            Assert.False(config.RootElement.GetProperty("restored").GetBoolean());
+        }
+
+        // checkpointctl (Debian) reads it: the oracle for the archive format.
+        {
+            var show = await Tool("checkpointctl", "show", archive);
+            Assert.True(show.ExitCode == 0, show.Output);
+            Assert.Matches(@"counter\s+localhost/e2e/busybox:v1\s+" + id[..12] + @"\s+runc", show.Output);
+            var inspect = await Tool("checkpointctl", "inspect", "--all", archive);
+            Assert.True(inspect.ExitCode == 0, inspect.Output);
+            Assert.Contains("Pages written", inspect.Output, StringComparison.Ordinal);
+        }
+
+        var lastBefore = LastCount(archivedLog);
+        Assert.True(lastBefore > 0, "the archive's log copy holds the counter's lines");
+
+        // Remove the original and its pod; restore into a new pod with another name and UID.
+        await RunAsync([.. r, "rm", id]);
+        await RunAsync([.. r, "rmp", podId]);
+        var newPod = await WritePodAsync(dir, "restored", "uid-2");
+        var newPodId = await RunAsync([.. r, "runp", newPod]);
+        var restoreConfig = dir.Combine("restore.json");
+        await File.WriteAllTextAsync(restoreConfig, $$"""
+            {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
+             "annotations": {"io.kubernetes.container.hash": "B", "io.kubernetes.container.restartCount": "3", "only.in.request": "x"},
+             "labels": {"io.kubernetes.container.name": "counter", "generation": "two"},
+             "log_path": "counter.log", "linux": {} }
+            """, Ct);
+        var restored = await RunAsync([.. r, "create", newPodId, restoreConfig, newPod]);
+        Assert.NotEqual(id, restored);
+        await RunAsync([.. r, "start", restored]);
+        await Task.Delay(1200, Ct);
+
+        // The process continued from its memory: the new log starts with the old lines and goes on from the last count.
+        var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
+        Assert.StartsWith(archivedLog[..Math.Min(200, archivedLog.Length)], newLog, StringComparison.Ordinal);
+        Assert.Contains($"stdout F count {lastBefore + 1}\n", newLog[archivedLog.Length..], StringComparison.Ordinal);
+        Assert.True(LastCount(newLog) > lastBefore + 2, crestd.Log);
+        Assert.DoesNotContain("stdout F count 1\n", newLog[archivedLog.Length..], StringComparison.Ordinal);
+
+        // Rootfs changes survived.
+        Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+        Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+
+        // Metadata: the request's labels, the checkpoint's annotations adapted, cdi.k8s.io/* dropped.
+        var status = await InspectAsync(r, restored);
+        var st = status.GetProperty("status");
+        Assert.Equal("CONTAINER_RUNNING", st.GetProperty("state").GetString());
+        var annotations = st.GetProperty("annotations");
+        Assert.Equal("true", annotations.GetProperty("restored").GetString());
+        Assert.Equal(archive, annotations.GetProperty("checkpointImage").GetString());
+        Assert.True(DateTimeOffset.TryParse(annotations.GetProperty("checkpointedAt").GetString(), System.Globalization.CultureInfo.InvariantCulture, out _));
+        Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
+        Assert.Equal("3", annotations.GetProperty("io.kubernetes.container.restartCount").GetString());
+        Assert.Equal("true", annotations.GetProperty("safe.annotation").GetString());
+        Assert.False(annotations.TryGetProperty("cdi.k8s.io/device", out _));
+        Assert.False(annotations.TryGetProperty("only.in.request", out _));
+        Assert.Equal("two", st.GetProperty("labels").GetProperty("generation").GetString());
+        Assert.True(status.GetProperty("info").GetProperty("restored").GetBoolean());
+
+        // It lives in the new pod's network namespace: eth0 has the new pod's IP.
+        using (var podStatus = JsonDocument.Parse(await RunAsync([.. r, "inspectp", newPodId])))
+        {
+            var ip = podStatus.RootElement.GetProperty("status").GetProperty("network").GetProperty("ip").GetString()!;
+            var addr = await RunAsync([.. r, "exec", "-s", restored, "/bin/busybox", "ip", "-4", "addr", "show", "eth0"]);
+            Assert.Contains(ip + "/", addr, StringComparison.Ordinal);
+        }
+
+        // A restored container can be checkpointed again.
+        var again = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", dir.Combine("cp2.tar"), restored]);
+        Assert.True(again.ExitCode == 0, again.Stderr);
+        await RunAsync([.. r, "rmp", newPodId]);
+    }
+
+    [Fact]
+    public async Task A_checkpoint_image_built_without_buildah_restores_and_restores_again_after_the_container_dies()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-cri");
+        var s = await StartAsync(dir);
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
+        await RunAsync([.. r, "start", id]);
+        await Task.Delay(1000, Ct);
+        var built = await Binaries.RunCrestAsync([.. r, "checkpoint", "--image", "localhost/e2e/counter-checkpoint:v1", id]);
+        Assert.True(built.ExitCode == 0, built.Stderr + crestd.Log);
+        var lastBefore = LastCount(await File.ReadAllTextAsync(dir.Combine("logs-counter", "counter.log"), Ct));
+        await RunAsync([.. r, "rmp", podId]);
+
+        var inspecti = await RunAsync([.. r, "inspecti", "localhost/e2e/counter-checkpoint:v1"]);
+        Assert.Contains("org.criu.checkpoint.container.name", inspecti, StringComparison.Ordinal);
+
+        var newPod = await WritePodAsync(dir, "again", "uid-3");
+        var newPodId = await RunAsync([.. r, "runp", newPod]);
+        for (var attempt = 1; attempt <= 2; attempt++)
+        {
+            var config = dir.Combine($"restore-{attempt}.json");
+            await File.WriteAllTextAsync(config, $$"""
+                {"metadata": {"name": "counter", "attempt": {{attempt}}}, "image": {"image": "localhost/e2e/counter-checkpoint:v1"},
+                 "log_path": "counter-{{attempt}}.log", "linux": {} }
+                """, Ct);
+            var restored = await RunAsync([.. r, "create", newPodId, config, newPod]);
+            await RunAsync([.. r, "start", restored]);
+            await Task.Delay(800, Ct);
+            var log = await File.ReadAllTextAsync(dir.Combine("logs-again", $"counter-{attempt}.log"), Ct);
+            Assert.True(LastCount(log) > lastBefore, $"attempt {attempt}: the counter did not continue from {lastBefore}:\n{log[^Math.Min(300, log.Length)..]}");
+            var status = (await InspectAsync(r, restored)).GetProperty("status");
+            Assert.Equal("localhost/e2e/counter-checkpoint:v1", status.GetProperty("annotations").GetProperty("checkpointImage").GetString());
+            // The kubelet's restart: the restored process dies, a new CreateContainer restores from the same image.
+            var pid = (await InspectAsync(r, restored)).GetProperty("info").GetProperty("pid").GetInt32();
+            Process.GetProcessById(pid).Kill();
+            await Task.Delay(500, Ct);
+            Assert.Equal("CONTAINER_EXITED", (await InspectAsync(r, restored)).GetProperty("status").GetProperty("state").GetString());
+        }
+
+        await RunAsync([.. r, "rmp", newPodId]);
+    }
+
+    [Fact]
+    public async Task Checkpoint_failures_are_clear_leave_no_archive_and_the_container_running()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-crf");
+        var s = await StartAsync(dir, extraConfig: "");
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
+
+        // Not running yet.
+        var created = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", dir.Combine("created.tar"), id]);
+        Assert.Equal(1, created.ExitCode);
+        Assert.Contains("only CONTAINER_RUNNING containers can be checkpointed", created.Stderr, StringComparison.Ordinal);
+        Assert.False(File.Exists(dir.Combine("created.tar")));
+        await RunAsync([.. r, "start", id]);
+
+        var unknown = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", dir.Combine("x.tar"), "0000000000000000"]);
+        Assert.Equal(1, unknown.ExitCode);
+        Assert.Contains("does not exist", unknown.Stderr, StringComparison.Ordinal);
+
+        var missingDir = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", dir.Combine("no", "such", "cp.tar"), id]);
+        Assert.Equal(1, missingDir.ExitCode);
+        Assert.Contains("does not exist", missingDir.Stderr, StringComparison.Ordinal);
+
+        var victim = dir.Combine("victim");
+        await File.WriteAllTextAsync(victim, "precious", Ct);
+        File.CreateSymbolicLink(dir.Combine("link.tar"), victim);
+        var link = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", dir.Combine("link.tar"), id]);
+        Assert.Equal(1, link.ExitCode);
+        Assert.Contains("symbolic link", link.Stderr, StringComparison.Ordinal);
+        Assert.Equal("precious", await File.ReadAllTextAsync(victim, Ct));
+
+        // A full filesystem: a clear error, nothing left behind, the container still running.
+        var small = dir.CreateDirectory("small");
+        Assert.Equal(0, (await Tool("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", small)).ExitCode);
+        try
+        {
+            var full = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", Path.Combine(small, "cp.tar"), id]);
+            Assert.Equal(1, full.ExitCode);
+            Assert.Contains("No space left on device", full.Stderr, StringComparison.Ordinal);
+            Assert.Empty(Directory.EnumerateFileSystemEntries(small));
+        }
+        finally
+        {
+            await Tool("umount", small);
+        }
+
+        var state = (await InspectAsync(r, id)).GetProperty("status").GetProperty("state").GetString();
+        Assert.Equal("CONTAINER_RUNNING", state);
+        var logFile = dir.Combine("logs-counter", "counter.log");
+        var n = LastCount(await File.ReadAllTextAsync(logFile, Ct));
+        await Task.Delay(500, Ct);
+        Assert.True(LastCount(await File.ReadAllTextAsync(logFile, Ct)) > n, "the container is frozen or stopped after failed checkpoints");
+
+        // Restore is off by default: a checkpoint given to CreateContainer fails fast and never becomes a normal create.
+        var good = dir.Combine("good.tar");
+        await RunAsync([.. r, "checkpoint", "--export", good, id]);
+        var restoreConfig = dir.Combine("restore.json");
+        await File.WriteAllTextAsync(restoreConfig, $$"""{"metadata": {"name": "restored"}, "image": {"image": "{{good}}"}, "linux": {} }""", Ct);
+        var disabled = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, s.PodConfig]);
+        Assert.Equal(1, disabled.ExitCode);
+        Assert.Contains("restore via CreateContainer is disabled by configuration", disabled.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("restored", await RunAsync([.. r, "ps", "-a"]), StringComparison.Ordinal);
+        await RunAsync([.. r, "rmp", podId]);
+    }
+
+    [Fact]
+    public async Task A_bad_checkpoint_fails_create_or_start_cleanly_and_the_container_can_be_removed()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-crb");
+        var s = await StartAsync(dir);
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
+        await RunAsync([.. r, "start", id]);
+        await Task.Delay(500, Ct);
+        var good = dir.Combine("good.tar");
+        await RunAsync([.. r, "checkpoint", "--export", good, id]);
+
+        // Not an archive at all.
+        var junk = dir.Combine("junk.tar");
+        await File.WriteAllBytesAsync(junk, [.. Enumerable.Range(0, 4096).Select(i => (byte)(i * 7))], Ct);
+        async Task<(int ExitCode, string Stdout, string Stderr)> CreateFrom(string image, string name)
+        {
+            var config = dir.Combine(name + ".json");
+            await File.WriteAllTextAsync(config, $$"""{"metadata": {"name": "{{name}}"}, "image": {"image": "{{image}}"}, "log_path": "{{name}}.log", "linux": {} }""", Ct);
+            return await Binaries.RunCrestAsync([.. r, "create", podId, config, s.PodConfig]);
+        }
+
+        var bad = await CreateFrom(junk, "junk");
+        Assert.Equal(1, bad.ExitCode);
+        Assert.Contains(junk, bad.Stderr, StringComparison.Ordinal);
+
+        // An archive without spec.dump.
+        var noSpec = dir.Combine("nospec.tar");
+        await using (var input = File.OpenRead(good))
+        await using (var output = File.Create(noSpec))
+        {
+            using var reader = new TarReader(input);
+            await using var writer = new TarWriter(output, TarEntryFormat.Pax);
+            while (await reader.GetNextEntryAsync(copyData: true, Ct) is { } e)
+            {
+                if (e.Name != "spec.dump")
+                {
+                    await writer.WriteEntryAsync(e, Ct);
+                }
+            }
+        }
+
+        var missing = await CreateFrom(noSpec, "nospec");
+        Assert.Equal(1, missing.ExitCode);
+        Assert.Contains("failed to read \"spec.dump\"", missing.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("junk", await RunAsync([.. r, "ps", "-a"]), StringComparison.Ordinal);
+        Assert.DoesNotContain("nospec", await RunAsync([.. r, "ps", "-a"]), StringComparison.Ordinal);
+        Assert.Empty(Directory.Exists(dir.Combine("root", "restores")) ? Directory.EnumerateFileSystemEntries(dir.Combine("root", "restores")) : []);
+
+        // Corrupt memory pages: create works, start fails with StartError and CRIU's words, remove works.
+        var created = await CreateFrom(good, "corrupt");
+        Assert.True(created.ExitCode == 0, created.Stderr);
+        var restoredId = created.Stdout.Trim();
+        var restoreDir = dir.Combine("root", "containers", restoredId, "restore", "checkpoint");
+        foreach (var pages in Directory.EnumerateFiles(restoreDir, "pages-*.img"))
+        {
+            await File.WriteAllBytesAsync(pages, [1, 2, 3], Ct);
+        }
+
+        foreach (var core in Directory.EnumerateFiles(restoreDir, "core-*.img"))
+        {
+            await File.WriteAllBytesAsync(core, [1, 2, 3], Ct);
+        }
+
+        var start = await Binaries.RunCrestAsync([.. r, "start", restoredId]);
+        Assert.Equal(1, start.ExitCode);
+        var status = (await InspectAsync(r, restoredId)).GetProperty("status");
+        Assert.Equal("CONTAINER_EXITED", status.GetProperty("state").GetString());
+        Assert.Equal(128, status.GetProperty("exitCode").GetInt32());
+        Assert.Equal("StartError", status.GetProperty("reason").GetString());
+        Assert.Contains("restore.log", status.GetProperty("message").GetString(), StringComparison.Ordinal);
+        Assert.False(Directory.Exists(restoreDir));
+        await RunAsync([.. r, "rm", restoredId]);
+        await RunAsync([.. r, "rmp", podId]);
+    }
+
+    private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
+    {
+        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
+        var stderr = p.StandardError.ReadToEndAsync(Ct);
+        await p.WaitForExitAsync(Ct);
+        return (p.ExitCode, await stdout + await stderr);
+    }
+}
