@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job (make demo): crestd in its own temporary roots, driven by the crest CLI.
 # It grows with each capability; today: the daemon comes up and answers CRI, an image goes through a loopback
-# registry and back, and the daemon stops cleanly.
+# registry and back, a pod serves HTTP, a counter is checkpointed, restored into a new pod and restored again
+# from a checkpoint image, and the daemon stops cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,8 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "start crestd with its roots under $work"
 # Its own (empty) config file, so a host /etc/crest/config.toml does not change the demo.
-: > "$work/config.toml"
+# Restore through CreateContainer is off by default (as in containerd >= 2.2.7); the demo turns it on.
+printf '[restore]\nvia_create = true\n' > "$work/config.toml"
 "$crestd" --config "$work/config.toml" --root "$work/root" --state "$work/state" > "$work/crestd.log" 2>&1 &
 pid=$!
 endpoint="unix://$work/state/crest.sock"
@@ -110,6 +112,51 @@ cat "$work/logs/web.log"
 "$crest" -r "$endpoint" stop -T 2 "$ctr" >/dev/null
 "$crest" -r "$endpoint" rm "$ctr" >/dev/null
 "$crest" -r "$endpoint" stopp "$pod"
+"$crest" -r "$endpoint" rmp "$pod"
+
+step "checkpoint: a running counter is dumped with CRIU and keeps running"
+cat > "$work/counter.json" <<JSON
+{"metadata": {"name": "counter"}, "image": {"image": "$image"},
+ "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=\$((i+1)); echo count \$i; sleep 0.2; done"],
+ "log_path": "counter.log", "linux": {} }
+JSON
+pod=$("$crest" -r "$endpoint" runp "$work/pod.json")
+ctr=$("$crest" -r "$endpoint" create "$pod" "$work/counter.json" "$work/pod.json")
+"$crest" -r "$endpoint" start "$ctr" >/dev/null
+sleep 2
+"$crest" -r "$endpoint" exec -s "$ctr" /bin/sh -c 'mkdir -p /root && echo written before the checkpoint > /root/note'
+"$crest" -r "$endpoint" checkpoint --stats --export "$work/counter.tar" "$ctr"
+echo "last line at the checkpoint: $(tail -n 1 "$work/logs/counter.log")"
+sleep 1
+echo "the container kept running:  $(tail -n 1 "$work/logs/counter.log")"
+ls -l "$work/counter.tar"
+echo "archive contents (top level):"
+tar -tf "$work/counter.tar" | grep -v '^checkpoint/.' | sed 's/^/  /'
+checkpointctl show "$work/counter.tar"
+
+step "restore: the archive becomes a container in a new pod, and the counter goes on"
+"$crest" -r "$endpoint" rm "$ctr" >/dev/null
+"$crest" -r "$endpoint" rmp "$pod" >/dev/null
+sed 's/"name": "demo"/"name": "demo-restored"/; s/demo-uid/demo-uid-2/; s#/logs"#/logs-restored"#' "$work/pod.json" > "$work/pod2.json"
+sed "s#\"image\": \"$image\"#\"image\": \"$work/counter.tar\"#" "$work/counter.json" > "$work/restore.json"
+pod=$("$crest" -r "$endpoint" runp "$work/pod2.json")
+ctr=$("$crest" -r "$endpoint" create "$pod" "$work/restore.json" "$work/pod2.json")
+"$crest" -r "$endpoint" start "$ctr" >/dev/null
+sleep 1
+echo "restored log, around the checkpoint:"
+grep -n "count" "$work/logs-restored/counter.log" | tail -n 8 | sed 's/^/  /'
+echo "a file written before the checkpoint: $("$crest" -r "$endpoint" exec -s "$ctr" /bin/busybox cat /root/note)"
+"$crest" -r "$endpoint" inspect "$ctr" | grep -E '"(restored|checkpointedAt|checkpointImage)"' | sed 's/^ */  /'
+
+step "a checkpoint OCI image, built without buildah, and restored once more"
+"$crest" -r "$endpoint" checkpoint-image "$work/counter.tar" localhost/demo/counter-checkpoint:v1
+"$crest" -r "$endpoint" images
+sed "s#\"image\": \"$image\"#\"image\": \"localhost/demo/counter-checkpoint:v1\"#; s/\"name\": \"counter\"}/\"name\": \"counter\", \"attempt\": 1}/; s/counter.log/counter-1.log/" "$work/counter.json" > "$work/restore-image.json"
+again=$("$crest" -r "$endpoint" create "$pod" "$work/restore-image.json" "$work/pod2.json")
+"$crest" -r "$endpoint" start "$again" >/dev/null
+sleep 1
+echo "restored again from the image: $(tail -n 1 "$work/logs-restored/counter-1.log")"
+"$crest" -r "$endpoint" ps
 "$crest" -r "$endpoint" rmp "$pod"
 
 step "stop crestd with SIGTERM"

@@ -141,7 +141,7 @@ public static class ArchiveMetadataReader
                 }
             }
         }
-        catch (Exception e) when (e is InvalidDataException or FormatException or System.Text.Json.JsonException or EndOfStreamException)
+        catch (Exception e) when (e is InvalidDataException or FormatException or System.Text.Json.JsonException or EndOfStreamException or InvalidOperationException)
         {
             throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath} is malformed: {e.Message}", e);
         }

@@ -23,7 +23,7 @@ public sealed record RestoreLimits
 /// Turns a checkpoint of any engine into one <see cref="RestorePlan"/>. Every byte is untrusted: the archive reaches
 /// the disk only through <see cref="SafeExtractor"/> (regular files and directories only, caps on entries and bytes)
 /// into a fresh 0700 directory, metadata files are size-capped before they are parsed, and nothing here writes
-/// outside that directory. A failure removes the directory and names the file and what was wrong.
+/// outside that directory. A failure names the file and what was wrong; the caller owns the directory and removes it.
 /// </summary>
 public sealed class CheckpointReader(RestoreLimits limits)
 {

@@ -80,6 +80,7 @@ public sealed class CheckpointService(
         var spec = await ReadSpecAsync(container.Id, token).ConfigureAwait(false);
         var excluded = MountDestinations(spec);
         RootfsDiffSummary? diff = null;
+        long logLength = 0;
         try
         {
             ContainerService.ContainerDump dump;
@@ -90,6 +91,9 @@ public sealed class CheckpointService(
                     await using var output = new FileStream(Path.Combine(work, CheckpointFiles.RootfsDiff),
                         new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite, BufferSize = 1 << 20 });
                     diff = await RootfsDiff.WriteAsync(upper, output, excluded, innerCt).ConfigureAwait(false);
+                    // The log copy ends where the log stood while frozen: lines written after the resume belong to the
+                    // original, not to what a restore replays. Only the length is taken now; the copy comes later.
+                    logLength = container.LogFile.Length > 0 && FileKinds.IsRegularFile(container.LogFile) ? new FileInfo(container.LogFile).Length : 0;
                 }, token).ConfigureAwait(false);
             }
             catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition)
@@ -98,7 +102,7 @@ public sealed class CheckpointService(
             }
 
             var checkpointedAt = time.GetUtcNow();
-            await WriteMetadataAsync(work, dump, spec, diff!, checkpointedAt, token).ConfigureAwait(false);
+            await WriteMetadataAsync(work, dump, spec, diff!, logLength, checkpointedAt, token).ConfigureAwait(false);
             var stats = ReadStats(Path.Combine(work, CheckpointFiles.StatsDump));
             var archiveClock = Stopwatch.StartNew();
             var bytes = await WriteArchiveAsync(work, target, options.Compression, token).ConfigureAwait(false);
@@ -157,7 +161,7 @@ public sealed class CheckpointService(
     private static List<string> MountDestinations(JsonObject spec) =>
         (spec["mounts"] as JsonArray ?? []).Select(m => m?["destination"]?.GetValue<string>()).OfType<string>().ToList();
 
-    private static async Task WriteMetadataAsync(string work, ContainerService.ContainerDump dump, JsonObject spec, RootfsDiffSummary diff, DateTimeOffset checkpointedAt, CancellationToken ct)
+    private static async Task WriteMetadataAsync(string work, ContainerService.ContainerDump dump, JsonObject spec, RootfsDiffSummary diff, long logLength, DateTimeOffset checkpointedAt, CancellationToken ct)
     {
         var c = dump.Container;
         var s = dump.Sandbox;
@@ -221,12 +225,24 @@ public sealed class CheckpointService(
             await WriteJsonAsync(work, CheckpointFiles.BindMounts, JsonSerializer.SerializeToUtf8Bytes(binds, CheckpointJson.Default.ListBindMountDump), ct).ConfigureAwait(false);
         }
 
-        if (c.LogFile.Length > 0 && FileKinds.IsRegularFile(c.LogFile))
+        if (logLength > 0 && FileKinds.IsRegularFile(c.LogFile))
         {
             await using var input = new FileStream(FileKinds.OpenReadNoFollow(c.LogFile), FileAccess.Read);
             await using var output = new FileStream(Path.Combine(work, CheckpointFiles.ContainerLog),
                 new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
-            await input.CopyToAsync(output, ct).ConfigureAwait(false);
+            var buffer = new byte[1 << 16];
+            var left = Math.Min(logLength, input.Length);
+            while (left > 0)
+            {
+                var n = await input.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, left)), ct).ConfigureAwait(false);
+                if (n == 0)
+                {
+                    break;
+                }
+
+                await output.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
+                left -= n;
+            }
         }
     }
 

@@ -25,7 +25,7 @@ public static class LayerStreams
         return Detect(head.AsSpan(0, n)) switch
         {
             Compression.Gzip => new GZipStream(rest, CompressionMode.Decompress),
-            Compression.Zstd => new ZstdSharp.DecompressionStream(rest),
+            Compression.Zstd => new ZstdErrorsAsInvalidData(new ZstdSharp.DecompressionStream(rest)),
             _ => rest,
         };
     }
@@ -52,6 +52,44 @@ public static class LayerStreams
         }
 
         return n;
+    }
+
+    /// <summary>Corrupt zstd data surfaces as <see cref="InvalidDataException"/>, as corrupt gzip does, so callers handle one type.</summary>
+    private sealed class ZstdErrorsAsInvalidData(Stream source) : ReadOnlyStream
+    {
+        public override int Read(Span<byte> buffer)
+        {
+            try
+            {
+                return source.Read(buffer);
+            }
+            catch (ZstdSharp.ZstdException e)
+            {
+                throw new InvalidDataException($"the zstd stream is corrupt: {e.Message}", e);
+            }
+        }
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            try
+            {
+                return await source.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
+            }
+            catch (ZstdSharp.ZstdException e)
+            {
+                throw new InvalidDataException($"the zstd stream is corrupt: {e.Message}", e);
+            }
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                source.Dispose();
+            }
+
+            base.Dispose(disposing);
+        }
     }
 
     /// <summary>A stream that gives back bytes already read, then the rest of the source.</summary>

@@ -1,0 +1,927 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Formats.Tar;
+using System.Globalization;
+using System.IO.Compression;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Crest.Checkpoint;
+using Crest.Core;
+using Crest.Cri.Api.Criu;
+using Crest.Linux;
+using Crest.TestKit;
+using CsCheck;
+using Google.Protobuf;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Crest.UnitTests;
+
+public class CheckpointTests
+{
+    private static readonly string Hex = string.Concat(Enumerable.Repeat("0123456789abcdef", 4));
+    private static readonly string AlpineDigest = "docker.io/library/alpine@sha256:" + Hex;
+    private static readonly DateTimeOffset CheckpointedAt = new(2026, 2, 3, 4, 5, 6, TimeSpan.Zero);
+    private static readonly byte[] Inventory = [0x55, 0x10, 0x59, 0x40, 1, 2, 3, 4, 5, 6, 7, 8];
+    private static readonly byte[] LogBytes = "2026-02-03T04:05:06Z stdout F hello\n"u8.ToArray();
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    // ---- archive builders -------------------------------------------------------------------------------
+
+    private static byte[] Utf8(JsonNode node) => Encoding.UTF8.GetBytes(node.ToJsonString());
+
+    private static JsonObject ContainerdConfig(string? rootfsImageName = "docker.io/library/alpine:latest") => new()
+    {
+        ["id"] = new string('c', 64),
+        ["name"] = "counter-ctr",
+        ["rootfsImage"] = "docker.io/library/alpine:latest",
+        ["rootfsImageRef"] = AlpineDigest,
+        ["rootfsImageName"] = rootfsImageName,
+        ["runtime"] = "io.containerd.runc.v2",
+        ["createdTime"] = "2026-01-01T00:00:00Z",
+        ["checkpointedTime"] = "2026-02-03T04:05:06Z",
+        ["restoredTime"] = "0001-01-01T00:00:00Z",
+        ["restored"] = false,
+    };
+
+    private static JsonObject ContainerdSpec() => new()
+    {
+        ["ociVersion"] = "1.2.0",
+        ["annotations"] = new JsonObject
+        {
+            ["io.kubernetes.cri.container-name"] = "counter",
+            ["io.kubernetes.cri.container-type"] = "container",
+            ["io.kubernetes.cri.sandbox-name"] = "counters",
+            ["io.kubernetes.cri.sandbox-namespace"] = "default",
+            ["io.kubernetes.cri.image-name"] = "docker.io/library/alpine:latest",
+        },
+        ["mounts"] = new JsonArray
+        {
+            new JsonObject { ["destination"] = "/proc", ["type"] = "proc", ["source"] = "proc" },
+        },
+    };
+
+    private static JsonObject ContainerdStatus() => new()
+    {
+        ["id"] = new string('c', 64),
+        ["metadata"] = new JsonObject { ["name"] = "counter", ["attempt"] = 1 },
+        ["state"] = 1,
+        ["created_at"] = 1767225600000000000L,
+        ["started_at"] = 1767225601000000000L,
+        ["image"] = new JsonObject { ["image"] = "docker.io/library/alpine:latest" },
+        ["image_ref"] = AlpineDigest,
+        ["labels"] = new JsonObject { ["app"] = "counter", ["io.kubernetes.container.name"] = "counter" },
+        ["annotations"] = new JsonObject { ["io.kubernetes.container.hash"] = "abc123", ["io.kubernetes.pod.uid"] = "old-uid" },
+        ["log_path"] = "counter/0.log",
+    };
+
+    /// <summary>The files of a containerd checkpoint archive; a test removes or replaces some before packing.</summary>
+    private static Dictionary<string, byte[]> ContainerdFiles() => new(StringComparer.Ordinal)
+    {
+        [CheckpointFiles.ConfigDump] = Utf8(ContainerdConfig()),
+        [CheckpointFiles.SpecDump] = Utf8(ContainerdSpec()),
+        [CheckpointFiles.StatusDump] = Utf8(ContainerdStatus()),
+        ["checkpoint/inventory.img"] = Inventory,
+        [CheckpointFiles.ContainerLog] = LogBytes,
+    };
+
+    private static byte[] Tar(Action<TarWriter> write)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new TarWriter(ms, TarEntryFormat.Pax, leaveOpen: true))
+        {
+            write(w);
+        }
+
+        return ms.ToArray();
+    }
+
+    private static void AddFile(TarWriter t, string name, byte[] content) =>
+        t.WriteEntry(new PaxTarEntry(TarEntryType.RegularFile, name)
+        {
+            DataStream = new MemoryStream(content),
+            Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+            ModificationTime = CheckpointedAt,
+        });
+
+    private static byte[] Tar(IReadOnlyDictionary<string, byte[]> files, Action<TarWriter>? more = null) => Tar(t =>
+    {
+        foreach (var dir in files.Keys.Where(k => k.Contains('/', StringComparison.Ordinal)).Select(k => k[..k.LastIndexOf('/')]).Distinct(StringComparer.Ordinal))
+        {
+            t.WriteEntry(new PaxTarEntry(TarEntryType.Directory, dir + "/") { Mode = (UnixFileMode)0x1C0, ModificationTime = CheckpointedAt });
+        }
+
+        foreach (var (name, content) in files)
+        {
+            AddFile(t, name, content);
+        }
+
+        more?.Invoke(t);
+    });
+
+    private static byte[] Compress(byte[] plain, string compression)
+    {
+        using var ms = new MemoryStream();
+        switch (compression)
+        {
+            case "gzip":
+                using (var gz = new GZipStream(ms, CompressionLevel.Fastest, leaveOpen: true))
+                {
+                    gz.Write(plain);
+                }
+
+                break;
+            case "zstd":
+                using (var zs = new ZstdSharp.CompressionStream(ms, 3, leaveOpen: true))
+                {
+                    zs.Write(plain);
+                }
+
+                break;
+            default:
+                return plain;
+        }
+
+        return ms.ToArray();
+    }
+
+    /// <summary>A fresh layout: root/archive.tar, root/staging (new, empty) and nothing else.</summary>
+    private sealed class Layout : IDisposable
+    {
+        private readonly TempDir _root = new("crest-ckpt");
+
+        public Layout(byte[] archive)
+        {
+            Archive = _root.Combine("archive.tar");
+            File.WriteAllBytes(Archive, archive);
+            Staging = _root.CreateDirectory("staging");
+        }
+
+        public string Root => _root.Path;
+
+        public string Archive { get; }
+
+        public string Staging { get; }
+
+        /// <summary>Whatever exists in the root besides the archive and the staging directory.</summary>
+        public List<string> Strays() => Directory.EnumerateFileSystemEntries(Root)
+            .Where(p => p != Archive && p != Staging).ToList();
+
+        public void Dispose() => _root.Dispose();
+    }
+
+    private static Task<RestorePlan> ReadAsync(Layout layout, RestoreLimits? limits = null) =>
+        new CheckpointReader(limits ?? new RestoreLimits()).ReadArchiveAsync(layout.Archive, layout.Staging, Ct);
+
+    private static void AssertMap(IReadOnlyDictionary<string, string> expected, IReadOnlyDictionary<string, string> actual) =>
+        Assert.Equal(
+            expected.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => kv.Key + "=" + kv.Value),
+            actual.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => kv.Key + "=" + kv.Value));
+
+    // ---- 1. containerd ----------------------------------------------------------------------------------
+
+    [Fact]
+    public async Task A_containerd_archive_reads_into_a_plan_by_digest_with_the_status_dump_metadata()
+    {
+        using var layout = new Layout(Tar(ContainerdFiles()));
+
+        var plan = await ReadAsync(layout);
+
+        Assert.Equal(CheckpointEngine.Containerd, plan.Engine);
+        Assert.Equal(CheckpointSourceKind.Archive, plan.SourceKind);
+        Assert.Equal(layout.Archive, plan.Source);
+        Assert.Equal(AlpineDigest, plan.BaseImageDigestReference);
+        Assert.Null(plan.BaseImageId);
+        Assert.Equal("docker.io/library/alpine:latest", plan.BaseImageName);
+        Assert.Equal("counter", plan.OriginalName);
+        Assert.Equal("io.containerd.runc.v2", plan.OriginalRuntime);
+        AssertMap(new Dictionary<string, string> { ["io.kubernetes.container.hash"] = "abc123", ["io.kubernetes.pod.uid"] = "old-uid" }, plan.Annotations);
+        AssertMap(new Dictionary<string, string> { ["app"] = "counter", ["io.kubernetes.container.name"] = "counter" }, plan.Labels);
+        Assert.Equal(CheckpointedAt, plan.CheckpointedAt);
+        Assert.Equal(CheckpointFiles.ContainerLog, plan.LogCopy);
+        Assert.Equal(layout.Staging, plan.StagingDir);
+        Assert.Empty(plan.MountDestinations);
+        Assert.Empty(plan.BindMounts);
+        Assert.Equal(0, plan.RootfsDiffBytes);
+        Assert.Equal(Inventory.Length, plan.CriuImageBytes);
+        Assert.Equal(LogBytes, await File.ReadAllBytesAsync(Path.Combine(layout.Staging, CheckpointFiles.ContainerLog), Ct));
+        Assert.Empty(layout.Strays());
+    }
+
+    // ---- 2. CRI-O ---------------------------------------------------------------------------------------
+
+    private static Dictionary<string, byte[]> CrioFiles()
+    {
+        var spec = new JsonObject
+        {
+            ["ociVersion"] = "1.2.0",
+            ["annotations"] = new JsonObject
+            {
+                ["io.container.manager"] = "cri-o",
+                ["io.kubernetes.cri-o.Annotations"] = """{"io.kubernetes.container.hash":"h1","io.kubernetes.pod.uid":"old","safe":"yes"}""",
+                ["io.kubernetes.cri-o.Labels"] = """{"app":"web","io.kubernetes.container.name":"web"}""",
+                ["io.kubernetes.cri-o.Metadata"] = """{"name":"web","attempt":0}""",
+                ["io.kubernetes.cri-o.ImageRepoDigests"] = "quay.io/x/y@sha256:" + Hex,
+                ["io.kubernetes.cri-o.ContainerName"] = "k8s_web_web-pod_default_0123_0",
+                ["io.kubernetes.cri-o.ImageRef"] = Hex,
+            },
+            ["mounts"] = new JsonArray
+            {
+                new JsonObject { ["destination"] = "/proc", ["type"] = "proc", ["source"] = "proc", ["options"] = new JsonArray("nosuid", "noexec", "nodev") },
+                new JsonObject { ["destination"] = "/tmp", ["type"] = "tmpfs", ["source"] = "tmpfs", ["options"] = new JsonArray("nosuid") },
+                new JsonObject { ["destination"] = "/etc/hosts", ["type"] = "bind", ["source"] = "/run/containers/storage/hosts", ["options"] = new JsonArray("rbind", "ro") },
+                new JsonObject { ["destination"] = "/dev/shm", ["type"] = "bind", ["source"] = "/run/containers/storage/shm", ["options"] = new JsonArray("rw", "bind") },
+                new JsonObject { ["destination"] = "/data", ["type"] = "bind", ["source"] = "/srv/web-data", ["options"] = new JsonArray("rbind", "rw") },
+            },
+        };
+        var config = new JsonObject
+        {
+            ["id"] = new string('d', 64),
+            ["name"] = "k8s_web_web-pod_default_0123_0",
+            ["rootfsImage"] = "quay.io/x/y:latest",
+            ["rootfsImageRef"] = Hex,
+            ["rootfsImageName"] = "quay.io/x/y:latest",
+            ["runtime"] = "crun",
+            ["createdTime"] = "2026-01-01T00:00:00Z",
+            ["checkpointedTime"] = "2026-02-03T04:05:06Z",
+        };
+        var binds = new JsonArray
+        {
+            new JsonObject { ["source"] = "/srv/web-data", ["destination"] = "/data/", ["file_type"] = "directory", ["permissions"] = 0x41ED },
+            new JsonObject { ["source"] = "/srv/web.conf", ["destination"] = "/etc/web.conf", ["file_type"] = "file", ["permissions"] = 0x81A4 },
+        };
+        return new Dictionary<string, byte[]>(StringComparer.Ordinal)
+        {
+            [CheckpointFiles.ConfigDump] = Utf8(config),
+            [CheckpointFiles.SpecDump] = Utf8(spec),
+            [CheckpointFiles.BindMounts] = Utf8(binds),
+            ["checkpoint/inventory.img"] = Inventory,
+            ["checkpoint/pages-1.img"] = new byte[4096],
+            [CheckpointFiles.CrioLog] = LogBytes,
+        };
+    }
+
+    [Fact]
+    public async Task A_cri_o_archive_normalises_its_json_string_annotations_and_prefers_the_repo_digest_to_the_bare_id()
+    {
+        using var layout = new Layout(Tar(CrioFiles()));
+
+        var plan = await ReadAsync(layout);
+
+        Assert.Equal(CheckpointEngine.CriO, plan.Engine);
+        AssertMap(new Dictionary<string, string> { ["io.kubernetes.container.hash"] = "h1", ["io.kubernetes.pod.uid"] = "old", ["safe"] = "yes" }, plan.Annotations);
+        AssertMap(new Dictionary<string, string> { ["app"] = "web", ["io.kubernetes.container.name"] = "web" }, plan.Labels);
+        Assert.Equal("web", plan.OriginalName);
+        Assert.Equal("quay.io/x/y@sha256:" + Hex, plan.BaseImageDigestReference);
+        Assert.Equal("sha256:" + Hex, plan.BaseImageId);
+        Assert.Equal("quay.io/x/y:latest", plan.BaseImageName);
+        Assert.Equal("crun", plan.OriginalRuntime);
+        Assert.Equal(CheckpointFiles.CrioLog, plan.LogCopy);
+        Assert.Equal(["/data"], plan.MountDestinations);
+        Assert.Equal(
+            [new CheckpointBindMount("/srv/web-data", "/data", true, 0x1ED), new CheckpointBindMount("/srv/web.conf", "/etc/web.conf", false, 0x1A4)],
+            plan.BindMounts);
+        Assert.Equal(Inventory.Length + 4096, plan.CriuImageBytes);
+    }
+
+    [Fact]
+    public async Task A_cri_o_archive_without_a_repo_digest_falls_back_to_the_local_id_never_a_digest_reference()
+    {
+        var files = CrioFiles();
+        var spec = JsonNode.Parse(files[CheckpointFiles.SpecDump])!.AsObject();
+        spec["annotations"]!.AsObject().Remove("io.kubernetes.cri-o.ImageRepoDigests");
+        files[CheckpointFiles.SpecDump] = Utf8(spec);
+        using var layout = new Layout(Tar(files));
+
+        var plan = await ReadAsync(layout);
+
+        Assert.Null(plan.BaseImageDigestReference);
+        Assert.Equal("sha256:" + Hex, plan.BaseImageId);
+        Assert.Equal("quay.io/x/y:latest", plan.BaseImageName);
+    }
+
+    // ---- 3. missing required files ----------------------------------------------------------------------
+
+    [Theory]
+    [InlineData("config.dump", "failed to read \"config.dump\"")]
+    [InlineData("spec.dump", "failed to read \"spec.dump\"")]
+    [InlineData("checkpoint/inventory.img", "checkpoint/inventory.img")]
+    public async Task An_archive_missing_a_required_file_is_refused_by_that_files_name(string missing, string expected)
+    {
+        var files = ContainerdFiles();
+        Assert.True(files.Remove(missing));
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    // ---- 4. hostile archives, caps, compression ---------------------------------------------------------
+
+    [Theory]
+    [InlineData("symlink")]
+    [InlineData("hardlink")]
+    [InlineData("dotdot")]
+    [InlineData("absolute")]
+    [InlineData("whiteout")]
+    [InlineData("device")]
+    public async Task A_hostile_archive_is_refused_and_writes_nothing_outside_the_staging_dir(string attack)
+    {
+        using var outside = new TempDir("crest-outside");
+        var files = ContainerdFiles();
+        files.Remove(CheckpointFiles.ContainerLog);
+        var archive = Tar(files, t =>
+        {
+            switch (attack)
+            {
+                case "symlink":
+                    t.WriteEntry(new PaxTarEntry(TarEntryType.SymbolicLink, CheckpointFiles.ContainerLog) { LinkName = "/etc/shadow" });
+                    break;
+                case "hardlink":
+                    t.WriteEntry(new PaxTarEntry(TarEntryType.HardLink, CheckpointFiles.ContainerLog) { LinkName = CheckpointFiles.ConfigDump });
+                    break;
+                case "dotdot":
+                    AddFile(t, "../escape", "pwned"u8.ToArray());
+                    break;
+                case "absolute":
+                    AddFile(t, outside.Combine("x"), "pwned"u8.ToArray());
+                    break;
+                case "whiteout":
+                    AddFile(t, ".wh.config.dump", []);
+                    break;
+                default:
+                    t.WriteEntry(new PaxTarEntry(TarEntryType.Fifo, CheckpointFiles.ContainerLog) { Mode = (UnixFileMode)0x1A4 });
+                    break;
+            }
+        });
+        using var layout = new Layout(archive);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Empty(layout.Strays());
+        Assert.Empty(Directory.EnumerateFileSystemEntries(outside.Path));
+        Assert.False(File.Exists(Path.Combine(layout.Staging, CheckpointFiles.ContainerLog)) || FileKinds.IsSymlink(Path.Combine(layout.Staging, CheckpointFiles.ContainerLog)));
+        Assert.True(File.Exists(Path.Combine(layout.Staging, CheckpointFiles.ConfigDump)), "the entries before the hostile one were staged, and only there");
+    }
+
+    [Fact]
+    public async Task An_archive_with_more_entries_than_the_limit_is_refused()
+    {
+        var files = ContainerdFiles();
+        for (var i = 0; i < 20; i++)
+        {
+            files[$"checkpoint/pages-{i}.img"] = [(byte)i];
+        }
+
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, new RestoreLimits { MaxArchiveEntries = 10 }));
+
+        Assert.Contains("more than 10 entries", e.Message, StringComparison.Ordinal);
+        Assert.True(Directory.EnumerateFileSystemEntries(layout.Staging, "*", SearchOption.AllDirectories).Count() <= 10);
+    }
+
+    [Fact]
+    public async Task An_archive_that_expands_past_the_byte_limit_is_refused()
+    {
+        var files = ContainerdFiles();
+        files["checkpoint/pages-1.img"] = new byte[64 * 1024];
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, new RestoreLimits { MaxArchiveBytes = 16 * 1024 }));
+
+        Assert.Contains("more than 16384 bytes", e.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(layout.Staging, "checkpoint", "pages-1.img")) && new FileInfo(Path.Combine(layout.Staging, "checkpoint", "pages-1.img")).Length > 16 * 1024);
+    }
+
+    [Theory]
+    [InlineData("none")]
+    [InlineData("gzip")]
+    [InlineData("zstd")]
+    public async Task A_compressed_archive_reads_the_same_as_a_plain_one(string compression)
+    {
+        var plain = Tar(ContainerdFiles());
+        var packed = Compress(plain, compression);
+        Assert.Equal(compression == "none", packed.SequenceEqual(plain));
+        using var layout = new Layout(packed);
+
+        var plan = await ReadAsync(layout);
+
+        Assert.Equal(CheckpointEngine.Containerd, plan.Engine);
+        Assert.Equal(AlpineDigest, plan.BaseImageDigestReference);
+        Assert.Equal("counter", plan.OriginalName);
+        Assert.Equal(CheckpointFiles.ContainerLog, plan.LogCopy);
+        Assert.Equal(Inventory, await File.ReadAllBytesAsync(Path.Combine(layout.Staging, "checkpoint", "inventory.img"), Ct));
+        Assert.Equal(LogBytes, await File.ReadAllBytesAsync(Path.Combine(layout.Staging, CheckpointFiles.ContainerLog), Ct));
+    }
+
+    private static byte[] Damage(byte[] packed, string damage)
+    {
+        if (damage == "truncated")
+        {
+            return packed[..(packed.Length / 2)];
+        }
+
+        // The magic stays (so the reader still detects the compression); the frame header and first block do not.
+        var copy = (byte[])packed.Clone();
+        for (var i = 4; i < 36 && i < copy.Length; i++)
+        {
+            copy[i] ^= 0xFF;
+        }
+
+        return copy;
+    }
+
+    [Theory]
+    [InlineData("gzip", "truncated")]
+    [InlineData("gzip", "corrupted")]
+    [InlineData("zstd", "truncated")]
+    [InlineData("zstd", "corrupted")]
+    public async Task A_damaged_compressed_archive_is_refused_with_a_crest_exception(string compression, string damage)
+    {
+        var files = ContainerdFiles();
+        files["checkpoint/pages-1.img"] = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, 4000).Select(i => i.ToString(CultureInfo.InvariantCulture))));
+        using var layout = new Layout(Damage(Compress(Tar(files), compression), damage));
+
+        var e = await Record.ExceptionAsync(() => ReadAsync(layout));
+
+        Assert.True(e is CrestException { Kind: ErrorKind.InvalidArgument }, $"expected a CrestException, got {e}");
+        Assert.Empty(layout.Strays());
+    }
+
+    [Theory]
+    [InlineData("gzip")]
+    [InlineData("zstd")]
+    public async Task An_archive_whose_second_compressed_frame_is_garbage_is_refused_with_a_crest_exception(string compression)
+    {
+        // A valid first frame that ends inside a file's data, then a frame with the right magic and a garbage header:
+        // the decompressor fails while the extractor is copying that file.
+        var files = ContainerdFiles();
+        files["checkpoint/pages-1.img"] = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, 20000).Select(i => i.ToString(CultureInfo.InvariantCulture))));
+        var plain = Tar(files);
+        byte[] magic = compression == "gzip" ? [0x1f, 0x8b] : [0x28, 0xb5, 0x2f, 0xfd];
+        byte[] packed = [.. Compress(plain[..(plain.Length - 1024 - 32768)], compression), .. magic, .. Enumerable.Repeat((byte)0xFF, 64)];
+        using var layout = new Layout(packed);
+
+        var e = await Record.ExceptionAsync(() => ReadAsync(layout));
+
+        Assert.True(e is CrestException { Kind: ErrorKind.InvalidArgument }, $"expected a CrestException, got {e}");
+        Assert.Empty(layout.Strays());
+    }
+
+    // ---- 5. metadata limits and malformed metadata ------------------------------------------------------
+
+    [Fact]
+    public async Task A_config_dump_larger_than_the_metadata_limit_is_refused()
+    {
+        var files = ContainerdFiles();
+        files[CheckpointFiles.ConfigDump] = [.. files[CheckpointFiles.ConfigDump], .. Enumerable.Repeat((byte)' ', 8192)];
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, new RestoreLimits { MaxMetadataBytes = 4096 }));
+
+        Assert.Contains("failed to read \"config.dump\"", e.Message, StringComparison.Ordinal);
+        Assert.Contains("larger than 4096 bytes", e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("not json {")]
+    [InlineData("[1, 2]")]
+    [InlineData("null")]
+    [InlineData("\"a string\"")]
+    [InlineData("{\"checkpointedTime\": \"yesterday\"}")]
+    [InlineData("{\"rootfsImageRef\": 42}")]
+    public async Task A_config_dump_that_is_not_the_expected_json_is_refused_by_name(string content)
+    {
+        var files = ContainerdFiles();
+        files[CheckpointFiles.ConfigDump] = Encoding.UTF8.GetBytes(content);
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Contains("failed to read \"config.dump\"", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_base_image_name_that_is_not_an_image_reference_is_refused()
+    {
+        var files = ContainerdFiles();
+        files.Remove(CheckpointFiles.StatusDump);
+        files[CheckpointFiles.ConfigDump] = Utf8(ContainerdConfig(rootfsImageName: "UPPER CASE!!"));
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Contains("\"UPPER CASE!!\", which is not an image reference", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_cri_o_annotations_value_that_is_not_a_json_map_is_refused_by_name()
+    {
+        var files = CrioFiles();
+        var spec = JsonNode.Parse(files[CheckpointFiles.SpecDump])!.AsObject();
+        spec["annotations"]!["io.kubernetes.cri-o.Annotations"] = "[\"not\", \"a map\"]";
+        files[CheckpointFiles.SpecDump] = Utf8(spec);
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Contains("io.kubernetes.cri-o.Annotations is not a JSON map of strings", e.Message, StringComparison.Ordinal);
+    }
+
+    // ---- 6. annotations of the restored container -------------------------------------------------------
+
+    [Theory]
+    [InlineData("registry.local/ckpt:v1", "registry.local/ckpt:v1")]
+    [InlineData(null, "/var/lib/checkpoints/counter.tar")]
+    public void Restored_annotations_take_identity_from_the_request_and_drop_cdi_devices(string? userSpecified, string expectedImage)
+    {
+        var plan = new RestorePlan
+        {
+            Engine = CheckpointEngine.Containerd,
+            SourceKind = CheckpointSourceKind.Archive,
+            Source = "/var/lib/checkpoints/counter.tar",
+            OriginalName = "counter",
+            OriginalRuntime = "runc",
+            CheckpointedAt = new DateTimeOffset(2026, 2, 3, 4, 5, 6, 500, TimeSpan.Zero),
+            StagingDir = "/nonexistent",
+            Labels = new Dictionary<string, string>(),
+            Annotations = new Dictionary<string, string>
+            {
+                ["io.kubernetes.container.hash"] = "A",
+                ["io.kubernetes.container.restartCount"] = "0",
+                ["io.kubernetes.pod.uid"] = "old",
+                ["cdi.k8s.io/device"] = "gpu",
+                ["cdi.k8s.io"] = "x",
+                ["safe.annotation"] = "true",
+            },
+        };
+        var request = new ContainerSpec
+        {
+            Name = "counter",
+            Image = "/var/lib/checkpoints/counter.tar",
+            UserSpecifiedImage = userSpecified,
+            Annotations = new Dictionary<string, string>
+            {
+                ["io.kubernetes.container.hash"] = "B",
+                ["io.kubernetes.container.restartCount"] = "3",
+                ["other"] = "req",
+            },
+        };
+        var sandbox = new SandboxRecord
+        {
+            Id = new string('s', 64),
+            Spec = new PodSpec { Name = "counters", Uid = "new-uid", Namespace = "default" },
+            State = SandboxState.Ready,
+            CreatedAt = DateTimeOffset.UnixEpoch,
+            RuntimeHandler = "runc",
+        };
+
+        var result = RestoreService.AdaptAnnotations(plan, request, sandbox, NullLogger.Instance);
+
+        Assert.Equal(
+            ["checkpointImage", "checkpointedAt", "io.kubernetes.container.hash", "io.kubernetes.container.restartCount", "io.kubernetes.pod.uid", "restored", "safe.annotation"],
+            result.Keys.Order(StringComparer.Ordinal));
+        Assert.Equal("B", result["io.kubernetes.container.hash"]);
+        Assert.Equal("3", result["io.kubernetes.container.restartCount"]);
+        Assert.Equal("new-uid", result["io.kubernetes.pod.uid"]);
+        Assert.Equal("true", result["safe.annotation"]);
+        Assert.Equal("true", result["restored"]);
+        Assert.Equal(plan.CheckpointedAt, DateTimeOffset.Parse(result["checkpointedAt"], CultureInfo.InvariantCulture));
+        Assert.Equal(expectedImage, result["checkpointImage"]);
+    }
+
+    // ---- 7. CRIU statistics -----------------------------------------------------------------------------
+
+    private static byte[] StatsFile(byte[] payload, uint magic1 = CriuStats.ServiceMagic, uint magic2 = CriuStats.StatsMagic, uint? size = null)
+    {
+        var file = new byte[12 + payload.Length];
+        BinaryPrimitives.WriteUInt32LittleEndian(file, magic1);
+        BinaryPrimitives.WriteUInt32LittleEndian(file.AsSpan(4), magic2);
+        BinaryPrimitives.WriteUInt32LittleEndian(file.AsSpan(8), size ?? (uint)payload.Length);
+        payload.CopyTo(file, 12);
+        return file;
+    }
+
+    private static byte[] ValidStatsPayload() => new stats_entry
+    {
+        Dump = new dump_stats_entry
+        {
+            FreezingTime = 11,
+            FrozenTime = 1234,
+            MemdumpTime = 33,
+            MemwriteTime = 44,
+            PagesScanned = 500,
+            PagesSkippedParent = 0,
+            PagesWritten = 99,
+            PagesLazy = 0,
+        },
+    }.ToByteArray();
+
+    [Fact]
+    public void A_criu_stats_file_parses_into_dump_statistics()
+    {
+        var stats = CriuStats.ParseDump(StatsFile(ValidStatsPayload()), "stats-dump");
+
+        Assert.Equal(new DumpStatistics(11, 1234, 33, 44, 500, 99), stats);
+    }
+
+    public static TheoryData<string, byte[]> MalformedStats()
+    {
+        var valid = ValidStatsPayload();
+        return new TheoryData<string, byte[]>
+        {
+            { "empty file", [] },
+            { "truncated header", StatsFile(valid)[..8] },
+            { "header one byte short", StatsFile(valid)[..11] },
+            { "wrong first magic", StatsFile(valid, magic1: 0x54564319) },
+            { "wrong second magic", StatsFile(valid, magic2: 0x57093307) },
+            { "size beyond the file", StatsFile(valid, size: (uint)valid.Length + 1) },
+            { "size far beyond the file", StatsFile(valid, size: 100_000) },
+            { "size uint max", StatsFile(valid, size: uint.MaxValue) },
+            { "garbage protobuf", StatsFile([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]) },
+            { "truncated length-delimited field", StatsFile([0x0A, 0x05, 0x08]) },
+            { "unterminated group", StatsFile([0x0B]) },
+            { "no dump statistics", StatsFile([]) },
+        };
+    }
+
+    [Theory]
+    [MemberData(nameof(MalformedStats))]
+    public void A_malformed_criu_stats_file_throws_only_a_crest_exception(string why, byte[] file)
+    {
+        var e = Record.Exception(() => CriuStats.ParseDump(file, "stats-dump"));
+
+        Assert.True(e is CrestException { Kind: ErrorKind.InvalidArgument }, $"{why}: expected a CrestException, got {e?.GetType().FullName ?? "no exception"}: {e?.Message}");
+        Assert.Contains("CRIU statistics stats-dump are malformed", e!.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Random_payloads_after_a_valid_header_never_throw_anything_but_a_crest_exception()
+    {
+        Gen.Byte.Array[0, 64].Sample(payload =>
+        {
+            try
+            {
+                CriuStats.ParseDump(StatsFile(payload), "random");
+            }
+            catch (CrestException)
+            {
+            }
+        }, iter: 2000);
+    }
+
+    // ---- 8. checkpoint location -------------------------------------------------------------------------
+
+    [Theory]
+    [InlineData("relative")]
+    [InlineData("empty")]
+    [InlineData("missing parent")]
+    [InlineData("dangling symlink")]
+    [InlineData("symlink to a file")]
+    [InlineData("directory")]
+    public void A_checkpoint_location_that_is_not_a_fresh_file_path_is_refused(string kind)
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.Combine("existing.tar"), "old");
+        var location = kind switch
+        {
+            "relative" => "checkpoints/counter.tar",
+            "empty" => "",
+            "missing parent" => dir.Combine("missing", "counter.tar"),
+            "dangling symlink" => File.CreateSymbolicLink(dir.Combine("dangling.tar"), dir.Combine("nowhere.tar")).FullName,
+            "symlink to a file" => File.CreateSymbolicLink(dir.Combine("link.tar"), dir.Combine("existing.tar")).FullName,
+            _ => dir.CreateDirectory("a-directory.tar"),
+        };
+
+        var e = Assert.Throws<CrestException>(() => CheckpointService.ValidateLocation(location));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Equal("old", File.ReadAllText(dir.Combine("existing.tar")));
+        Assert.False(File.Exists(dir.Combine("nowhere.tar")));
+    }
+
+    [Fact]
+    public void A_fresh_path_in_an_existing_directory_is_accepted_as_a_full_path()
+    {
+        using var dir = new TempDir();
+        dir.CreateDirectory("sub");
+
+        Assert.Equal(dir.Combine("counter.tar"), CheckpointService.ValidateLocation(dir.Combine("counter.tar")));
+        Assert.Equal(dir.Combine("counter.tar"), CheckpointService.ValidateLocation(dir.Path + "/sub/../counter.tar"));
+        Assert.False(File.Exists(dir.Combine("counter.tar")));
+    }
+
+    // ---- 9. rootfs diff round trip ----------------------------------------------------------------------
+
+    private static ContainerRecord Container() => new()
+    {
+        Id = new string('c', 64),
+        SandboxId = new string('s', 64),
+        Spec = new ContainerSpec { Name = "counter", Image = "docker.io/library/alpine:latest" },
+        State = ContainerState.Created,
+        CreatedAt = DateTimeOffset.UnixEpoch,
+        ImageId = "sha256:" + Hex,
+        ImageRef = AlpineDigest,
+        RuntimeHandler = "runc",
+    };
+
+    private static async Task MknodWhiteoutAsync(string path)
+    {
+        var mknod = Requires.Binary("mknod");
+        var start = new ProcessStartInfo(mknod) { UseShellExecute = false, RedirectStandardError = true };
+        foreach (var arg in new[] { path, "c", "0", "0" })
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        using var process = Process.Start(start)!;
+        var error = await process.StandardError.ReadToEndAsync(Ct);
+        await process.WaitForExitAsync(Ct);
+        Assert.True(process.ExitCode == 0, $"mknod {path} c 0 0 failed: {error}");
+    }
+
+    [Fact]
+    public async Task A_rootfs_diff_records_whiteouts_as_markers_and_applies_back_as_deletions()
+    {
+        Requires.Root();
+        using var dir = new TempDir();
+        var upper = dir.CreateDirectory("upper");
+        await File.WriteAllTextAsync(Path.Combine(upper, "newfile"), "new", Ct);
+        Directory.CreateDirectory(Path.Combine(upper, "dir", "sub"));
+        await File.WriteAllTextAsync(Path.Combine(upper, "dir", "sub", "file"), "nested", Ct);
+        Directory.CreateDirectory(Path.Combine(upper, "etc"));
+        await File.WriteAllTextAsync(Path.Combine(upper, "etc", "hosts"), "runtime-managed", Ct);
+        await MknodWhiteoutAsync(Path.Combine(upper, "etc", "motd"));
+        Assert.True(FileKinds.IsOverlayWhiteout(Path.Combine(upper, "etc", "motd")));
+
+        using var diff = new MemoryStream();
+        var summary = await RootfsDiff.WriteAsync(upper, diff, ["etc/hosts"], Ct);
+
+        diff.Position = 0;
+        var entries = new Dictionary<string, TarEntryType>(StringComparer.Ordinal);
+        using (var reader = new TarReader(diff, leaveOpen: true))
+        {
+            while (await reader.GetNextEntryAsync(copyData: false, Ct) is { } entry)
+            {
+                entries[entry.Name.TrimEnd('/')] = entry.EntryType;
+            }
+        }
+
+        Assert.Equal(["dir", "dir/sub", "dir/sub/file", "etc", "etc/.wh.motd", "newfile"], entries.Keys.Order(StringComparer.Ordinal));
+        Assert.Equal(TarEntryType.RegularFile, entries["etc/.wh.motd"]);
+        Assert.DoesNotContain(entries.Values, t => t is TarEntryType.CharacterDevice or TarEntryType.BlockDevice);
+        Assert.Equal(["/etc/motd", "/etc/.wh.motd"], summary.Deleted);
+        Assert.Equal(entries.Count, summary.Entries);
+        Assert.Equal("new".Length + "nested".Length, summary.Bytes);
+
+        // Apply: the diff tar and deleted.files, as a restore finds them in its staging directory.
+        var restoreDir = dir.CreateDirectory("restore");
+        await File.WriteAllBytesAsync(Path.Combine(restoreDir, CheckpointFiles.RootfsDiff), diff.ToArray(), Ct);
+        await File.WriteAllTextAsync(Path.Combine(restoreDir, CheckpointFiles.DeletedFiles), JsonSerializer.Serialize(summary.Deleted.ToList(), CheckpointJson.Default.ListString), Ct);
+        var rootfs = dir.CreateDirectory("rootfs");
+        Directory.CreateDirectory(Path.Combine(rootfs, "etc"));
+        await File.WriteAllTextAsync(Path.Combine(rootfs, "etc", "motd"), "welcome", Ct);
+        await File.WriteAllTextAsync(Path.Combine(rootfs, "etc", "hosts"), "image hosts", Ct);
+
+        await new RestoreSteps(new RestoreOptions()).ApplyRootfsAsync(restoreDir, rootfs, Container(), Ct);
+
+        Assert.False(File.Exists(Path.Combine(rootfs, "etc", "motd")));
+        Assert.False(File.Exists(Path.Combine(rootfs, "etc", ".wh.motd")));
+        Assert.Equal("new", await File.ReadAllTextAsync(Path.Combine(rootfs, "newfile"), Ct));
+        Assert.Equal("nested", await File.ReadAllTextAsync(Path.Combine(rootfs, "dir", "sub", "file"), Ct));
+        Assert.Equal("image hosts", await File.ReadAllTextAsync(Path.Combine(rootfs, "etc", "hosts"), Ct));
+    }
+
+    [Theory]
+    [InlineData("/../sentinel")]
+    [InlineData("../sentinel")]
+    [InlineData("/a/../../sentinel")]
+    [InlineData("/./../sentinel")]
+    [InlineData("/escape/sentinel")]
+    [InlineData("/absolute/sentinel")]
+    [InlineData("/absolute")]
+    public async Task Deleted_files_never_remove_anything_outside_the_rootfs(string hostile)
+    {
+        using var dir = new TempDir();
+        var sentinel = dir.Combine("sentinel");
+        await File.WriteAllTextAsync(sentinel, "keep", Ct);
+        var rootfs = dir.CreateDirectory("rootfs");
+        Directory.CreateDirectory(Path.Combine(rootfs, "a"));
+        await File.WriteAllTextAsync(Path.Combine(rootfs, "inside"), "x", Ct);
+        File.CreateSymbolicLink(Path.Combine(rootfs, "escape"), "..");
+        File.CreateSymbolicLink(Path.Combine(rootfs, "absolute"), dir.Path);
+        var restoreDir = dir.CreateDirectory("restore");
+        await File.WriteAllTextAsync(Path.Combine(restoreDir, CheckpointFiles.DeletedFiles), JsonSerializer.Serialize(new List<string> { hostile }, CheckpointJson.Default.ListString), Ct);
+
+        var e = await Record.ExceptionAsync(() => new RestoreSteps(new RestoreOptions()).ApplyRootfsAsync(restoreDir, rootfs, Container(), Ct));
+
+        Assert.True(e is null or CrestException, $"expected a CrestException or nothing, got {e}");
+        Assert.True(File.Exists(sentinel), $"deleted.files entry {hostile} removed a file outside the rootfs");
+        Assert.Equal("keep", await File.ReadAllTextAsync(sentinel, Ct));
+        Assert.True(File.Exists(Path.Combine(rootfs, "inside")));
+        Assert.True(Directory.Exists(Path.Combine(rootfs, "a")));
+    }
+
+    // ---- 10. checkpoint image annotations ---------------------------------------------------------------
+
+    [Theory]
+    [InlineData("none")]
+    [InlineData("gzip")]
+    [InlineData("zstd")]
+    public async Task Archive_metadata_reads_without_unpacking_and_names_the_checkpoint_for_every_engine(string compression)
+    {
+        var files = ContainerdFiles();
+        files[CheckpointFiles.StatsDump] = StatsFile(ValidStatsPayload());
+        using var dir = new TempDir();
+        var archive = dir.Combine("archive.tar");
+        await File.WriteAllBytesAsync(archive, Compress(Tar(files), compression), Ct);
+
+        var metadata = await ArchiveMetadataReader.ReadAsync(archive, Ct);
+        var annotations = CheckpointImageAnnotations.For(metadata);
+
+        Assert.Equal(AlpineDigest, metadata.Config.RootfsImageRef);
+        Assert.Equal("counter", metadata.SpecAnnotations["io.kubernetes.cri.container-name"]);
+        Assert.Equal(1234u, metadata.Statistics?.FrozenTimeUs);
+        Assert.Equal(99ul, metadata.Statistics?.PagesWritten);
+        Assert.Equal(files.Count + 1, metadata.Entries); // the files and the checkpoint/ directory
+        Assert.Equal("counter", annotations["org.criu.checkpoint.container.name"]);
+        Assert.Equal("counter", annotations["io.kubernetes.cri-o.annotations.checkpoint.name"]);
+        Assert.Equal("counter", annotations["io.podman.annotations.checkpoint.name"]);
+        Assert.Equal("containerd", annotations["org.criu.checkpoint.engine.name"]);
+        Assert.Equal("counters", annotations["org.criu.checkpoint.pod.name"]);
+        Assert.Equal("default", annotations["org.criu.checkpoint.pod.namespace"]);
+        Assert.Equal(AlpineDigest, annotations["org.criu.checkpoint.rootfsImageID"]);
+        Assert.Equal("docker.io/library/alpine:latest", annotations["io.podman.annotations.checkpoint.rootfsImageName"]);
+        Assert.Contains(RestoreService.CheckpointImageAnnotations, annotations.ContainsKey);
+        Assert.All(RestoreService.CheckpointImageAnnotations, key => Assert.True(annotations.ContainsKey(key), key));
+    }
+
+    [Fact]
+    public async Task Archive_metadata_of_a_cri_o_checkpoint_names_the_engine_cri_o()
+    {
+        using var dir = new TempDir();
+        var archive = dir.Combine("archive.tar");
+        await File.WriteAllBytesAsync(archive, Tar(CrioFiles()), Ct);
+
+        var annotations = CheckpointImageAnnotations.For(await ArchiveMetadataReader.ReadAsync(archive, Ct));
+
+        Assert.Equal("CRI-O", annotations["org.criu.checkpoint.engine.name"]);
+        Assert.Equal(Hex, annotations["io.kubernetes.cri-o.annotations.checkpoint.rootfsImageID"]);
+    }
+
+    [Theory]
+    [InlineData("spec.dump", "[1, 2]", "none")]
+    [InlineData("spec.dump", "not json", "none")]
+    [InlineData("config.dump", "not json", "none")]
+    [InlineData("config.dump", "[1, 2]", "none")]
+    [InlineData("stats-dump", "not criu", "none")]
+    [InlineData("", "", "gzip-truncated")]
+    [InlineData("", "", "gzip-corrupted")]
+    [InlineData("", "", "zstd-truncated")]
+    [InlineData("", "", "zstd-corrupted")]
+    public async Task Archive_metadata_of_a_malformed_archive_is_refused_with_a_crest_exception(string file, string content, string packing)
+    {
+        var files = ContainerdFiles();
+        files["checkpoint/pages-1.img"] = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, 4000).Select(i => i.ToString(CultureInfo.InvariantCulture))));
+        if (file.Length > 0)
+        {
+            files[file] = Encoding.UTF8.GetBytes(content);
+        }
+
+        var bytes = Tar(files);
+        if (packing != "none")
+        {
+            var parts = packing.Split('-');
+            bytes = Damage(Compress(bytes, parts[0]), parts[1]);
+        }
+
+        using var dir = new TempDir();
+        var archive = dir.Combine("archive.tar");
+        await File.WriteAllBytesAsync(archive, bytes, Ct);
+
+        var e = await Record.ExceptionAsync(() => ArchiveMetadataReader.ReadAsync(archive, Ct));
+
+        Assert.True(e is CrestException { Kind: ErrorKind.InvalidArgument }, $"expected a CrestException, got {e}");
+    }
+
+    [Fact]
+    public async Task Archive_metadata_of_an_archive_without_config_dump_is_refused()
+    {
+        var files = ContainerdFiles();
+        files.Remove(CheckpointFiles.ConfigDump);
+        using var dir = new TempDir();
+        var archive = dir.Combine("archive.tar");
+        await File.WriteAllBytesAsync(archive, Tar(files), Ct);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ArchiveMetadataReader.ReadAsync(archive, Ct));
+
+        Assert.Contains("has no config.dump", e.Message, StringComparison.Ordinal);
+    }
+}
