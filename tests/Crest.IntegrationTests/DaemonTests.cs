@@ -130,12 +130,28 @@ public class DaemonTests
         await using var d = await DaemonHarness.StartAsync();
 
         var exec = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ExecAsync(new ExecRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
-        var checkpoint = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.CheckpointContainerAsync(new CheckpointContainerRequest(), cancellationToken: Ct).ResponseAsync);
-        var stats = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.AttachAsync(new AttachRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
+        var portForward = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.PortForwardAsync(new PortForwardRequest { PodSandboxId = "x" }, cancellationToken: Ct).ResponseAsync);
+        var attach = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.AttachAsync(new AttachRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
 
         Assert.Equal(StatusCode.Unimplemented, exec.StatusCode);
-        Assert.Equal(StatusCode.Unimplemented, checkpoint.StatusCode);
-        Assert.Equal(StatusCode.Unimplemented, stats.StatusCode);
+        Assert.Equal(StatusCode.Unimplemented, portForward.StatusCode);
+        Assert.Equal(StatusCode.Unimplemented, attach.StatusCode);
+    }
+
+    [Fact]
+    public async Task CheckpointContainer_checks_its_request_before_any_work()
+    {
+        await using var d = await DaemonHarness.StartAsync();
+
+        var noLocation = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.CheckpointContainerAsync(new CheckpointContainerRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
+        var relative = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.CheckpointContainerAsync(new CheckpointContainerRequest { ContainerId = "x", Location = "cp.tar" }, cancellationToken: Ct).ResponseAsync);
+        var unknown = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.CheckpointContainerAsync(new CheckpointContainerRequest { ContainerId = "0123456789", Location = "/tmp/cp.tar" }, cancellationToken: Ct).ResponseAsync);
+
+        Assert.Equal(StatusCode.InvalidArgument, noLocation.StatusCode);
+        Assert.Equal(StatusCode.InvalidArgument, relative.StatusCode);
+        Assert.Contains("must be an absolute path", relative.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.NotFound, unknown.StatusCode);
+        Assert.False(File.Exists("/tmp/cp.tar"));
     }
 
     [Fact]

@@ -1,0 +1,266 @@
+using System.Diagnostics;
+using System.Formats.Tar;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using Crest.TestKit;
+
+namespace Crest.E2ETests;
+
+/// <summary>
+/// The checkpoint archive format is shared between engines: an archive Crest writes is restored by containerd 2.1,
+/// driven through CRI by the crest CLI, and the restored process continues from its memory.
+/// </summary>
+public partial class ContainerdInteropTests
+{
+    private const string PauseName = "localhost/crest-bench/pause:v1";
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public Task Containerd_restores_a_crest_archive_onto_a_base_image_pulled_by_digest_through_cri() => RestoreInContainerdAsync(pullFirst: true);
+
+    /// <summary>containerd's own checkpoint-restore-cri-test.sh path: the base image is absent and containerd pulls config.dump's rootfsImageRef itself.</summary>
+    [Fact]
+    public Task Containerd_restores_a_crest_archive_pulling_the_base_image_by_its_rootfsImageRef() => RestoreInContainerdAsync(pullFirst: false);
+
+    private static async Task RestoreInContainerdAsync(bool pullFirst)
+    {
+        var containerd = Requires.Containerd();
+        var ctr = Requires.Binary("ctr");
+        Requires.Binary("criu");
+        Requires.Binary("conmon");
+        Requires.Binary("runc");
+        Requires.Binary("docker-registry");
+        var catatonit = Requires.Binary("catatonit");
+
+        await using var registry = await LocalRegistry.StartAsync();
+        using var dir = new TempDir("crest-e2e-ctrd");
+        var name = $"{registry.Host}/e2e/busybox:v1";
+
+        // 1. Crest: an image with a repo digest (load, push, forget, pull back), a pod and a counter, a checkpoint.
+        string archive, configDump, archivedLog, repoDigest;
+        await using (var crestd = await CrestdProcess.StartReadyAsync(dir))
+        {
+            string[] r = ["-r", crestd.Endpoint];
+            // A base image with a default command, as real images have: containerd builds the restored container's
+            // spec from the request and the base image's config, never from spec.dump, and refuses one without a command.
+            var busybox = await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct);
+            var layout = dir.CreateDirectory("busybox-layout");
+            TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
+            {
+                TestImages.Dir(t, "bin");
+                TestImages.Dir(t, "etc");
+                TestImages.Dir(t, "root");
+                TestImages.File(t, "bin/busybox", busybox, mode: 0x1ED);
+                TestImages.Symlink(t, "bin/sh", "busybox");
+                TestImages.File(t, "etc/motd", "welcome\n"u8.ToArray(), mode: 0x1A4);
+            })], "v1");
+            var layoutArchive = dir.Combine("busybox-layout.tar");
+            TestImages.TarDirectory(layout, layoutArchive);
+            await RunAsync([.. r, "image", "load", layoutArchive, $"{registry.Host}/e2e/busybox"]);
+            await RunAsync([.. r, "image", "push", name]);
+            await RunAsync([.. r, "rmi", name]);
+            await RunAsync([.. r, "pull", name]);
+            using (var image = JsonDocument.Parse(await RunAsync([.. r, "inspecti", name])))
+            {
+                repoDigest = image.RootElement.GetProperty("status").GetProperty("repoDigests")[0].GetString()!;
+            }
+
+            Assert.Matches($@"^{Regex.Escape(registry.Host)}/e2e/busybox@sha256:[0-9a-f]{{64}}$", repoDigest);
+
+            var pod = await WritePodAsync(dir, "counter", "uid-crest");
+            var counter = dir.Combine("counter.json");
+            await File.WriteAllTextAsync(counter, $$"""
+                {"metadata": {"name": "counter"}, "image": {"image": "{{name}}"},
+                 "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"],
+                 "annotations": {"io.kubernetes.container.hash": "A", "io.kubernetes.container.restartCount": "0", "safe.annotation": "true"},
+                 "labels": {"io.kubernetes.container.name": "counter"},
+                 "log_path": "counter.log", "linux": {} }
+                """, Ct);
+            var podId = await RunAsync([.. r, "runp", pod]);
+            try
+            {
+                var id = await RunAsync([.. r, "create", podId, counter, pod]);
+                await RunAsync([.. r, "start", id]);
+                await Task.Delay(1500, Ct);
+                await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
+                archive = dir.Combine("cp.tar");
+                var checkpoint = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", archive, id]);
+                Assert.True(checkpoint.ExitCode == 0, checkpoint.Stderr + crestd.Log);
+            }
+            finally
+            {
+                await Binaries.RunCrestAsync([.. r, "rmp", podId]);
+            }
+
+            (configDump, archivedLog) = await ReadArchiveAsync(archive);
+        }
+
+        // containerd finds the base image by config.dump's rootfsImageRef: it must be the pullable NAME@DIGEST.
+        using (var config = JsonDocument.Parse(configDump))
+        {
+            Assert.Equal(repoDigest, config.RootElement.GetProperty("rootfsImageRef").GetString());
+        }
+
+        var lastBefore = LastCount(archivedLog);
+        Assert.True(lastBefore > 0, "the archive's log copy holds the counter's lines");
+
+        // 2. containerd: the pause image it pins, the base image (see pullFirst), then restore via CreateContainer.
+        using var cni = new TempDir("crest-cni");
+        CniFixture.WriteBridgeConflist(cni.Path);
+        await using var peer = await ContainerdPeer.StartAsync(containerd, cni.Path, TimeSpan.FromSeconds(30));
+        string[] c = ["-r", peer.Endpoint, "-t", "60s"];
+        var pauseArchive = WritePauseArchive(dir, catatonit);
+        var import = await Tool(ctr, "-a", peer.Socket, "-n", "k8s.io", "images", "import", pauseArchive);
+        Assert.True(import.ExitCode == 0, import.Output);
+        if (pullFirst)
+        {
+            // CRI PullImage by digest; containerd's restore then finds the base image with GetImage(rootfsImageRef).
+            await RunAsync([.. c, "pull", repoDigest]);
+        }
+
+        var restoredPod = await WritePodAsync(dir, "restored", "uid-ctrd");
+        var restoredPodId = await RunAsync([.. c, "runp", restoredPod]);
+        try
+        {
+            var restoreConfig = dir.Combine("restore.json");
+            await File.WriteAllTextAsync(restoreConfig, $$"""
+                {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
+                 "annotations": {"io.kubernetes.container.hash": "B", "io.kubernetes.container.restartCount": "1"},
+                 "labels": {"io.kubernetes.container.name": "counter"},
+                 "log_path": "counter.log", "linux": {} }
+                """, Ct);
+            var create = await Binaries.RunCrestAsync([.. c, "create", restoredPodId, restoreConfig, restoredPod]);
+            if (create.ExitCode != 0)
+            {
+                Assert.Fail($"containerd refused to restore the Crest archive: {create.Stderr}\n{ContainerdLog(peer)}");
+            }
+
+            var restored = create.Stdout.Trim();
+            var start = await Binaries.RunCrestAsync([.. c, "start", restored]);
+            if (start.ExitCode != 0)
+            {
+                Assert.Fail($"containerd failed to start the restored container: {start.Stderr}\n{ContainerdLog(peer)}");
+            }
+
+            await Task.Delay(1500, Ct);
+
+            using (var inspect = JsonDocument.Parse(await RunAsync([.. c, "inspect", restored])))
+            {
+                var status = inspect.RootElement.GetProperty("status");
+                Assert.Equal("CONTAINER_RUNNING", status.GetProperty("state").GetString());
+                Assert.Equal(name, status.GetProperty("image").GetProperty("image").GetString());
+                var annotations = status.GetProperty("annotations");
+                Assert.Equal("true", annotations.GetProperty("restored").GetString());
+                Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
+                Assert.Equal("true", annotations.GetProperty("safe.annotation").GetString());
+            }
+
+            // containerd has the base image under the archive's digest reference.
+            using (var image = JsonDocument.Parse(await RunAsync([.. c, "inspecti", repoDigest])))
+            {
+                Assert.Contains(repoDigest, image.RootElement.GetProperty("status").GetProperty("repoDigests").EnumerateArray().Select(d => d.GetString()));
+            }
+
+            // containerd copied the archive's log to log_directory/log_path and appends the restored process's output.
+            var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
+            Assert.StartsWith(archivedLog, newLog, StringComparison.Ordinal);
+            var after = newLog[archivedLog.Length..];
+            Assert.Contains($"stdout F count {lastBefore + 1}\n", after, StringComparison.Ordinal);
+            Assert.DoesNotContain("stdout F count 1\n", after, StringComparison.Ordinal);
+            Assert.True(LastCount(after) > lastBefore + 2, $"the counter did not go on from {lastBefore}:\n{after}");
+
+            // The rootfs diff: containerd applies Crest's rootfs-diff.tar as a layer, .wh. markers included.
+            Assert.Equal(0, (await Binaries.RunCrestAsync([.. c, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+            Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. c, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+        }
+        finally
+        {
+            await Binaries.RunCrestAsync([.. c, "rmp", restoredPodId]);
+        }
+    }
+
+    private static async Task<(string ConfigDump, string Log)> ReadArchiveAsync(string archive)
+    {
+        string config = "", log = "";
+        await using var f = File.OpenRead(archive);
+        using var tar = new TarReader(f);
+        while (await tar.GetNextEntryAsync(copyData: true, Ct) is { } e)
+        {
+            if (e.Name is "config.dump" or "container.log")
+            {
+                using var reader = new StreamReader(e.DataStream!);
+                var text = await reader.ReadToEndAsync(Ct);
+                (config, log) = e.Name == "config.dump" ? (text, log) : (config, text);
+            }
+        }
+
+        return (config, log);
+    }
+
+    /// <summary>The pause image containerd's test config pins: catatonit from the host as one layer, named for ctr import.</summary>
+    private static string WritePauseArchive(TempDir dir, string catatonit)
+    {
+        var layout = dir.CreateDirectory("pause-layout");
+        var pause = File.ReadAllBytes(catatonit);
+        TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t => TestImages.File(t, "pause", pause, mode: 0x1ED))], "v1",
+            config => config["config"]!["Cmd"] = new JsonArray("/pause", "-P"));
+        var indexPath = Path.Combine(layout, "index.json");
+        var index = JsonNode.Parse(File.ReadAllText(indexPath))!;
+        index["manifests"]![0]!["annotations"] = new JsonObject
+        {
+            ["io.containerd.image.name"] = PauseName,
+            ["org.opencontainers.image.ref.name"] = PauseName,
+        };
+        File.WriteAllText(indexPath, index.ToJsonString());
+        var archive = dir.Combine("pause.tar");
+        TestImages.TarDirectory(layout, archive);
+        return archive;
+    }
+
+    private static async Task<string> WritePodAsync(TempDir dir, string name, string uid)
+    {
+        var pod = dir.Combine($"pod-{name}.json");
+        await File.WriteAllTextAsync(pod, $$"""
+            {"metadata": {"name": "{{name}}", "uid": "{{uid}}", "namespace": "e2e", "attempt": 1},
+             "hostname": "{{name}}", "log_directory": "{{dir.CreateDirectory("logs-" + name)}}", "linux": {} }
+            """, Ct);
+        return pod;
+    }
+
+    private static async Task<string> RunAsync(string[] args)
+    {
+        var result = await Binaries.RunCrestAsync(args);
+        Assert.True(result.ExitCode == 0, $"crest {string.Join(' ', args)} failed ({result.ExitCode}): {result.Stderr}");
+        return result.Stdout.Trim();
+    }
+
+    private static string ContainerdLog(ContainerdPeer peer)
+    {
+        using var f = new FileStream(peer.LogFile, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        using var reader = new StreamReader(f);
+        var lines = reader.ReadToEnd().Split('\n');
+        return string.Join('\n', lines.Where(l => l.Contains("level=error", StringComparison.Ordinal) || l.Contains("level=warn", StringComparison.Ordinal)).TakeLast(20));
+    }
+
+    private static int LastCount(string log) =>
+        CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
+
+    [GeneratedRegex(@"stdout F count (\d+)")]
+    private static partial Regex CountLine();
+
+    private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
+    {
+        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
+        var stderr = p.StandardError.ReadToEndAsync(Ct);
+        await p.WaitForExitAsync(Ct);
+        return (p.ExitCode, await stdout + await stderr);
+    }
+}
