@@ -81,7 +81,6 @@ image="127.0.0.1:$port/demo/busybox:v1"
 "$crest" -r "$endpoint" pull "$image"
 "$crest" -r "$endpoint" images --digests
 "$crest" -r "$endpoint" imagefsinfo -o table
-kill "$registry_pid" 2>/dev/null || true
 
 step "a pod with a web server from that image: conmon + runc, CNI bridge, reachable from the host"
 cat > "$work/pod.json" <<JSON
@@ -114,6 +113,8 @@ cat "$work/logs/web.log"
 "$crest" -r "$endpoint" stopp "$pod"
 "$crest" -r "$endpoint" rmp "$pod"
 
+ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+
 step "checkpoint: a running counter is dumped with CRIU and keeps running"
 cat > "$work/counter.json" <<JSON
 {"metadata": {"name": "counter"}, "image": {"image": "$image"},
@@ -124,40 +125,59 @@ pod=$("$crest" -r "$endpoint" runp "$work/pod.json")
 ctr=$("$crest" -r "$endpoint" create "$pod" "$work/counter.json" "$work/pod.json")
 "$crest" -r "$endpoint" start "$ctr" >/dev/null
 sleep 2
+echo "a change to the rootfs: /root/note"
 "$crest" -r "$endpoint" exec -s "$ctr" /bin/sh -c 'mkdir -p /root && echo written before the checkpoint > /root/note'
+t=$(date +%s%N)
 "$crest" -r "$endpoint" checkpoint --stats --export "$work/counter.tar" "$ctr"
-echo "last line at the checkpoint: $(tail -n 1 "$work/logs/counter.log")"
+checkpoint_ms=$(ms "$t")
+at_checkpoint=$(tail -n 1 "$work/logs/counter.log" | sed 's/.* count //')
+echo "last count at the checkpoint: $at_checkpoint"
 sleep 1
-echo "the container kept running:  $(tail -n 1 "$work/logs/counter.log")"
+echo "the container kept running:  $(tail -n 1 "$work/logs/counter.log" | sed 's/.* count /count /')"
 ls -l "$work/counter.tar"
 echo "archive contents (top level):"
 tar -tf "$work/counter.tar" | grep -v '^checkpoint/.' | sed 's/^/  /'
 checkpointctl show "$work/counter.tar"
 
-step "restore: the archive becomes a container in a new pod, and the counter goes on"
-"$crest" -r "$endpoint" rm "$ctr" >/dev/null
-"$crest" -r "$endpoint" rmp "$pod" >/dev/null
-sed 's/"name": "demo"/"name": "demo-restored"/; s/demo-uid/demo-uid-2/; s#/logs"#/logs-restored"#' "$work/pod.json" > "$work/pod2.json"
-sed "s#\"image\": \"$image\"#\"image\": \"$work/counter.tar\"#" "$work/counter.json" > "$work/restore.json"
-pod=$("$crest" -r "$endpoint" runp "$work/pod2.json")
-ctr=$("$crest" -r "$endpoint" create "$pod" "$work/restore.json" "$work/pod2.json")
-"$crest" -r "$endpoint" start "$ctr" >/dev/null
-sleep 1
-echo "restored log, around the checkpoint:"
-grep -n "count" "$work/logs-restored/counter.log" | tail -n 8 | sed 's/^/  /'
-echo "a file written before the checkpoint: $("$crest" -r "$endpoint" exec -s "$ctr" /bin/busybox cat /root/note)"
-"$crest" -r "$endpoint" inspect "$ctr" | grep -E '"(restored|checkpointedAt|checkpointImage)"' | sed 's/^ */  /'
+step "a checkpoint OCI image, built without buildah, pushed to the loopback registry"
+ckpt_image="127.0.0.1:$port/demo/counter-checkpoint:v1"
+"$crest" -r "$endpoint" checkpoint-image --push "$work/counter.tar" "$ckpt_image"
 
-step "a checkpoint OCI image, built without buildah, and restored once more"
-"$crest" -r "$endpoint" checkpoint-image "$work/counter.tar" localhost/demo/counter-checkpoint:v1
+step "everything removed: container, pod, base image, checkpoint image"
+"$crest" -r "$endpoint" rm "$ctr" >/dev/null
+"$crest" -r "$endpoint" rmp "$pod"
+"$crest" -r "$endpoint" rmi "$image" "$ckpt_image"
 "$crest" -r "$endpoint" images
-sed "s#\"image\": \"$image\"#\"image\": \"localhost/demo/counter-checkpoint:v1\"#; s/\"name\": \"counter\"}/\"name\": \"counter\", \"attempt\": 1}/; s/counter.log/counter-1.log/" "$work/counter.json" > "$work/restore-image.json"
-again=$("$crest" -r "$endpoint" create "$pod" "$work/restore-image.json" "$work/pod2.json")
-"$crest" -r "$endpoint" start "$again" >/dev/null
+
+step "restore in a new pod from the registry image; the base image comes back by digest"
+"$crest" -r "$endpoint" pull "$ckpt_image"
+sed 's/"name": "demo"/"name": "demo-restored"/; s/demo-uid/demo-uid-2/; s#/logs"#/logs-restored"#' "$work/pod.json" > "$work/pod2.json"
+sed "s#\"image\": \"$image\"#\"image\": \"$ckpt_image\"#" "$work/counter.json" > "$work/restore.json"
+pod=$("$crest" -r "$endpoint" runp "$work/pod2.json")
+t=$(date +%s%N)
+ctr=$("$crest" -r "$endpoint" create "$pod" "$work/restore.json" "$work/pod2.json")
+create_ms=$(ms "$t")
+t=$(date +%s%N)
+"$crest" -r "$endpoint" start "$ctr" >/dev/null
+start_ms=$(ms "$t")
+"$crest" -r "$endpoint" images --digests
 sleep 1
-echo "restored again from the image: $(tail -n 1 "$work/logs-restored/counter-1.log")"
+echo "restored log, around the checkpoint (the old lines come first):"
+grep "count" "$work/logs-restored/counter.log" | sed 's/.* count /  count /' | grep -A 4 -B 2 "count $at_checkpoint\$" | head -n 8
+last=$(tail -n 1 "$work/logs-restored/counter.log" | sed 's/.* count //')
+[ "$last" -gt "$at_checkpoint" ] || { echo "demo: the counter did not continue"; exit 1; }
+note=$("$crest" -r "$endpoint" exec -s "$ctr" /bin/busybox cat /root/note)
+echo "the rootfs change is there: /root/note = $note"
+[ "$note" = "written before the checkpoint" ] || { echo "demo: the rootfs change is missing"; exit 1; }
+"$crest" -r "$endpoint" inspect "$ctr" | grep -E '"(restored|checkpointedAt|checkpointImage)": "' | sed 's/^ */  /'
 "$crest" -r "$endpoint" ps
 "$crest" -r "$endpoint" rmp "$pod"
+kill "$registry_pid" 2>/dev/null || true
+
+step "timings"
+echo "  checkpoint (CRI CheckpointContainer, archive written):        ${checkpoint_ms} ms"
+echo "  restore create (checkpoint image read, base image pulled):    ${create_ms} ms"
+echo "  restore start (rootfs diff applied, CRIU restore):            ${start_ms} ms"
 
 step "stop crestd with SIGTERM"
 kill -TERM "$pid"

@@ -44,10 +44,23 @@ public sealed record ConfigDump
     [JsonPropertyName("rootfsImageRef")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? RootfsImageRef { get; init; }
     [JsonPropertyName("rootfsImageName")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? RootfsImageName { get; init; }
     [JsonPropertyName("runtime")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Runtime { get; init; }
-    [JsonPropertyName("createdTime")] public DateTimeOffset CreatedTime { get; init; }
-    [JsonPropertyName("checkpointedTime")] public DateTimeOffset CheckpointedTime { get; init; }
-    [JsonPropertyName("restoredTime")] public DateTimeOffset RestoredTime { get; init; }
+    [JsonPropertyName("createdTime")] [JsonConverter(typeof(GoTimeConverter))] public DateTimeOffset CreatedTime { get; init; }
+    [JsonPropertyName("checkpointedTime")] [JsonConverter(typeof(GoTimeConverter))] public DateTimeOffset CheckpointedTime { get; init; }
+    [JsonPropertyName("restoredTime")] [JsonConverter(typeof(GoTimeConverter))] public DateTimeOffset RestoredTime { get; init; }
     [JsonPropertyName("restored")] public bool Restored { get; init; }
+}
+
+/// <summary>Times as Go's encoding/json writes them (RFC 3339 in UTC with a Z, trailing zeros of the fraction dropped); any RFC 3339 time is read.</summary>
+public sealed class GoTimeConverter : JsonConverter<DateTimeOffset>
+{
+    public override DateTimeOffset Read(ref System.Text.Json.Utf8JsonReader reader, Type typeToConvert, System.Text.Json.JsonSerializerOptions options) =>
+        reader.GetDateTimeOffset();
+
+    public override void Write(System.Text.Json.Utf8JsonWriter writer, DateTimeOffset value, System.Text.Json.JsonSerializerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(writer);
+        writer.WriteStringValue(value.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.FFFFFFF'Z'", System.Globalization.CultureInfo.InvariantCulture));
+    }
 }
 
 /// <summary>One entry of CRI-O's bind.mounts.</summary>

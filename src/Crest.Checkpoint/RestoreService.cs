@@ -212,7 +212,7 @@ public sealed class RestoreService(
         }
 
         result["restored"] = "true";
-        result["checkpointedAt"] = plan.CheckpointedAt.ToString("yyyy-MM-dd'T'HH:mm:ss.FFFFFFFK", CultureInfo.InvariantCulture);
+        result["checkpointedAt"] = plan.CheckpointedAt.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.FFFFFFF'Z'", CultureInfo.InvariantCulture);
         result["checkpointImage"] = request.UserSpecifiedImage is { Length: > 0 } u ? u : request.Image;
         return result;
     }
