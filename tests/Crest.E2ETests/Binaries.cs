@@ -72,7 +72,9 @@ internal sealed class CrestdProcess : IAsyncDisposable
         }
     }
 
-    public static CrestdProcess Start(params string[] args)
+    public static CrestdProcess Start(params string[] args) => Start(null, args);
+
+    public static CrestdProcess Start(IDictionary<string, string>? environment, params string[] args)
     {
         var start = new ProcessStartInfo(Binaries.Crestd)
         {
@@ -80,6 +82,11 @@ internal sealed class CrestdProcess : IAsyncDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[k] = v;
+        }
+
         foreach (var a in args)
         {
             start.ArgumentList.Add(a);
@@ -96,10 +103,10 @@ internal sealed class CrestdProcess : IAsyncDisposable
     }
 
     /// <summary>Starts crestd on the roots under <paramref name="dir"/> with its own CNI network and waits until it answers.</summary>
-    public static async Task<CrestdProcess> StartReadyAsync(Crest.TestKit.TempDir dir, string extraConfig = "")
+    public static async Task<CrestdProcess> StartReadyAsync(Crest.TestKit.TempDir dir, string extraConfig = "", IDictionary<string, string>? environment = null)
     {
         var config = WriteConfig(dir, extraConfig);
-        var p = Start("--config", config, "--root", dir.Combine("root"), "--state", dir.Combine("state"));
+        var p = Start(environment, "--config", config, "--root", dir.Combine("root"), "--state", dir.Combine("state"));
         await Crest.TestKit.UnixGrpc.WaitForCriAsync(p.Socket, TimeSpan.FromSeconds(30), () => p.Log);
         return p;
     }

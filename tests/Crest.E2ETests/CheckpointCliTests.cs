@@ -26,9 +26,9 @@ public partial class CheckpointCliTests
         Requires.Binary("checkpointctl");
     }
 
-    private static async Task<Setup> StartAsync(TempDir dir, string extraConfig = RestoreOn, string podName = "counter", string uid = "uid-1")
+    private static async Task<Setup> StartAsync(TempDir dir, string extraConfig = RestoreOn, string podName = "counter", string uid = "uid-1", IDictionary<string, string>? environment = null)
     {
-        var crestd = await CrestdProcess.StartReadyAsync(dir, extraConfig);
+        var crestd = await CrestdProcess.StartReadyAsync(dir, extraConfig, environment);
         string[] r = ["-r", crestd.Endpoint];
         var rootfs = dir.Combine("rootfs.tar");
         await using (var f = File.Create(rootfs))
@@ -405,6 +405,76 @@ public partial class CheckpointCliTests
         Assert.Contains("restore.log", status.GetProperty("message").GetString(), StringComparison.Ordinal);
         Assert.False(Directory.Exists(restoreDir));
         await RunAsync([.. r, "rm", restoredId]);
+        await RunAsync([.. r, "rmp", podId]);
+    }
+
+    [Fact]
+    public async Task A_criu_failure_is_reported_with_its_words_and_the_container_keeps_running_unpaused()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-crc");
+        // runc finds criu on PATH; this one fails the dump. crestd's own CRIU probe uses the real binary by path.
+        var fake = dir.CreateDirectory("fakebin");
+        await File.WriteAllTextAsync(Path.Combine(fake, "criu"), "#!/bin/sh\necho 'Error (criu/cr-dump.c:2099): fake CRIU refuses to dump' >&2\nexit 1\n", Ct);
+        File.SetUnixFileMode(Path.Combine(fake, "criu"), (UnixFileMode)0x1ED);
+        var realCriu = Requires.Binary("criu");
+        var s = await StartAsync(dir, $"[checkpoint]\ncriu_path = \"{realCriu}\"\n", environment: new Dictionary<string, string>
+        {
+            ["PATH"] = fake + ":" + Environment.GetEnvironmentVariable("PATH"),
+        });
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
+        await RunAsync([.. r, "start", id]);
+        await Task.Delay(500, Ct);
+
+        var failed = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", dir.Combine("cp.tar"), id]);
+
+        Assert.Equal(1, failed.ExitCode);
+        Assert.Contains("checkpoint failed", failed.Stderr, StringComparison.Ordinal);
+        Assert.Contains("criu", failed.Stderr, StringComparison.OrdinalIgnoreCase);
+        Assert.False(File.Exists(dir.Combine("cp.tar")));
+        Assert.Empty(Directory.EnumerateFiles(dir.Path, ".cp.tar*"));
+        Assert.False(Directory.Exists(dir.Combine("root", "containers", id, "checkpoint-work")));
+        Assert.Equal("CONTAINER_RUNNING", (await InspectAsync(r, id)).GetProperty("status").GetProperty("state").GetString());
+        var logFile = dir.Combine("logs-counter", "counter.log");
+        var n = LastCount(await File.ReadAllTextAsync(logFile, Ct));
+        await Task.Delay(500, Ct);
+        Assert.True(LastCount(await File.ReadAllTextAsync(logFile, Ct)) > n, "the container is still frozen after a failed checkpoint");
+        await RunAsync([.. r, "rmp", podId]);
+    }
+
+    [Fact]
+    public async Task A_compressed_archive_restores_like_a_plain_one()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-crz");
+        var s = await StartAsync(dir);
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
+        await RunAsync([.. r, "start", id]);
+        await Task.Delay(700, Ct);
+        var archive = dir.Combine("cp.tar.zst");
+        await RunAsync([.. r, "checkpoint", "--compress", "zstd", "--export", archive, id]);
+        var head = new byte[4];
+        await using (var f = File.OpenRead(archive))
+        {
+            await f.ReadExactlyAsync(head, Ct);
+        }
+
+        Assert.Equal(new byte[] { 0x28, 0xb5, 0x2f, 0xfd }, head);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(archive));
+        var lastBefore = LastCount(await File.ReadAllTextAsync(dir.Combine("logs-counter", "counter.log"), Ct));
+        await RunAsync([.. r, "rm", id]);
+        var config = dir.Combine("restore.json");
+        await File.WriteAllTextAsync(config, $$"""{"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"}, "log_path": "restored.log", "linux": {} }""", Ct);
+        var restored = await RunAsync([.. r, "create", podId, config, s.PodConfig]);
+        await RunAsync([.. r, "start", restored]);
+        await Task.Delay(800, Ct);
+        Assert.True(LastCount(await File.ReadAllTextAsync(dir.Combine("logs-counter", "restored.log"), Ct)) > lastBefore);
         await RunAsync([.. r, "rmp", podId]);
     }
 

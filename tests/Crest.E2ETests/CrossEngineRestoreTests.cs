@@ -1,0 +1,297 @@
+using System.Diagnostics;
+using System.Formats.Tar;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using Crest.TestKit;
+
+namespace Crest.E2ETests;
+
+/// <summary>
+/// The archive format is shared in the other direction too: an archive containerd 2.1 writes through CRI
+/// CheckpointContainer (status.dump, container.log, a gzip rootfs-diff.tar with whiteouts) is restored by Crest through
+/// CreateContainer, which pulls the base image by the archive's rootfsImageRef digest, and the process continues.
+/// </summary>
+public partial class CrossEngineRestoreTests
+{
+    private const string PauseName = "localhost/crest-bench/pause:v1";
+    private const string RestoreOn = "[restore]\nvia_create = true\n";
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task Crest_restores_a_containerd_archive_pulling_the_base_image_by_digest_and_the_counter_continues()
+    {
+        Requires.Root();
+        var containerd = Requires.Containerd();
+        var ctr = Requires.Binary("ctr");
+        Requires.Binary("criu");
+        Requires.Binary("conmon");
+        Requires.Binary("runc");
+        Requires.Binary("docker-registry");
+        Requires.Binary("skopeo");
+        var catatonit = Requires.Binary("catatonit");
+
+        await using var registry = await LocalRegistry.StartAsync();
+        using var dir = new TempDir("crest-e2e-xrestore");
+        var name = $"{registry.Host}/e2e/busybox:v1";
+
+        // The base image, pushed by an independent client (skopeo): neither engine has it before it pulls it.
+        var busybox = await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct);
+        var layout = dir.CreateDirectory("busybox-layout");
+        var manifestDigest = TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
+        {
+            TestImages.Dir(t, "bin");
+            TestImages.Dir(t, "etc");
+            TestImages.Dir(t, "root");
+            TestImages.File(t, "bin/busybox", busybox, mode: 0x1ED);
+            TestImages.Symlink(t, "bin/sh", "busybox");
+            TestImages.File(t, "etc/motd", "welcome\n"u8.ToArray(), mode: 0x1A4);
+        })], "v1");
+        await TestImages.PushAsync(layout, "v1", name);
+        var repoDigest = $"{registry.Host}/e2e/busybox@{manifestDigest}";
+
+        // 1. containerd: pull by tag, a pod and a counter, rootfs changes, a checkpoint archive.
+        var archive = dir.Combine("containerd-cp.tar");
+        using (var cni = new TempDir("crest-cni"))
+        {
+            CniFixture.WriteBridgeConflist(cni.Path);
+            await using var peer = await ContainerdPeer.StartAsync(containerd, cni.Path, TimeSpan.FromSeconds(30));
+            string[] c = ["-r", peer.Endpoint, "-t", "60s"];
+            var import = await Tool(ctr, "-a", peer.Socket, "-n", "k8s.io", "images", "import", WritePauseArchive(dir, catatonit));
+            Assert.True(import.ExitCode == 0, import.Output);
+            await RunAsync([.. c, "pull", name]);
+
+            var pod = await WritePodAsync(dir, "counter", "uid-ctrd");
+            var counter = dir.Combine("counter.json");
+            await File.WriteAllTextAsync(counter, $$"""
+                {"metadata": {"name": "counter"}, "image": {"image": "{{name}}"},
+                 "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"],
+                 "annotations": {"io.kubernetes.container.hash": "A", "io.kubernetes.container.restartCount": "0", "safe.annotation": "true"},
+                 "labels": {"io.kubernetes.container.name": "counter"},
+                 "log_path": "counter.log", "linux": {} }
+                """, Ct);
+            var podId = await RunAsync([.. c, "runp", pod]);
+            try
+            {
+                var id = await RunAsync([.. c, "create", podId, counter, pod]);
+                await RunAsync([.. c, "start", id]);
+                await Task.Delay(1500, Ct);
+                await RunAsync([.. c, "exec", "-s", id, "/bin/sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd"]);
+                var checkpoint = await Binaries.RunCrestAsync([.. c, "checkpoint", "--export", archive, id]);
+                Assert.True(checkpoint.ExitCode == 0, $"containerd failed to checkpoint: {checkpoint.Stderr}\n{ContainerdLog(peer)}");
+            }
+            finally
+            {
+                await Binaries.RunCrestAsync([.. c, "stopp", podId]);
+                await Binaries.RunCrestAsync([.. c, "rmp", podId]);
+            }
+        }
+
+        // The archive is containerd's: status.dump, a log copy, a gzip rootfs diff, config.dump naming NAME@DIGEST.
+        var (entries, archivedLog) = await ReadArchiveAsync(archive);
+        Assert.Subset(entries.Keys.ToHashSet(), new HashSet<string> { "config.dump", "spec.dump", "status.dump", "checkpoint/inventory.img", "rootfs-diff.tar", "container.log" });
+        Assert.False(entries.ContainsKey("deleted.files"), "containerd records deletions as whiteouts, not deleted.files");
+        Assert.True(entries["rootfs-diff.tar"] is [0x1f, 0x8b, ..], "containerd's rootfs-diff.tar is gzip-compressed");
+        using (var config = JsonDocument.Parse(entries["config.dump"]))
+        {
+            Assert.Equal(repoDigest, config.RootElement.GetProperty("rootfsImageRef").GetString());
+            Assert.Equal(name, config.RootElement.GetProperty("rootfsImageName").GetString());
+        }
+
+        using (var status = JsonDocument.Parse(entries["status.dump"]))
+        {
+            Assert.Equal(repoDigest, status.RootElement.GetProperty("image_ref").GetString());
+            Assert.Equal("counter", status.RootElement.GetProperty("metadata").GetProperty("name").GetString());
+        }
+
+        using (var spec = JsonDocument.Parse(entries["spec.dump"]))
+        {
+            Assert.False(spec.RootElement.TryGetProperty("annotations", out var a) && a.TryGetProperty("io.container.manager", out _));
+            // No namespace_options in the request: containerd's CRI default (NamespaceMode POD) joins the pod's pid
+            // namespace, which runc records as CRIU's external extRootPidNS; the restore must provide one again.
+            var pid = spec.RootElement.GetProperty("linux").GetProperty("namespaces").EnumerateArray().Single(n => n.GetProperty("type").GetString() == "pid");
+            Assert.True(pid.TryGetProperty("path", out _), pid.ToString());
+        }
+
+        var lastBefore = LastCount(archivedLog);
+        Assert.True(lastBefore > 0, "the archive's log copy holds the counter's lines");
+
+        // 2. Crest: the base image is absent; CreateContainer pulls it by the archive's digest, then StartContainer restores.
+        await using var crestd = await CrestdProcess.StartReadyAsync(dir, RestoreOn);
+        string[] r = ["-r", crestd.Endpoint];
+        Assert.DoesNotContain(ShortDigest(manifestDigest), await RunAsync([.. r, "images", "--digests"]), StringComparison.Ordinal);
+
+        var newPod = await WritePodAsync(dir, "restored", "uid-crest");
+        var newPodId = await RunAsync([.. r, "runp", newPod]);
+        try
+        {
+            var restoreConfig = dir.Combine("restore.json");
+            await File.WriteAllTextAsync(restoreConfig, $$"""
+                {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
+                 "annotations": {"io.kubernetes.container.hash": "B", "io.kubernetes.container.restartCount": "1", "only.in.request": "x"},
+                 "labels": {"io.kubernetes.container.name": "counter"},
+                 "log_path": "counter.log", "linux": {} }
+                """, Ct);
+            var create = await Binaries.RunCrestAsync([.. r, "create", newPodId, restoreConfig, newPod]);
+            Assert.True(create.ExitCode == 0, $"Crest refused to restore the containerd archive: {create.Stderr}\n{crestd.Log}");
+            var restored = create.Stdout.Trim();
+
+            // The pull recorded only what the registry says: the digest, and no tag taken from the archive's metadata.
+            var listed = await RunAsync([.. r, "images", "--digests"]);
+            Assert.Contains(ShortDigest(manifestDigest), listed, StringComparison.Ordinal);
+            Assert.DoesNotContain(" v1 ", listed, StringComparison.Ordinal);
+            using (var images = JsonDocument.Parse(await RunAsync([.. r, "images", "-o", "json"])))
+            {
+                var image = Assert.Single(images.RootElement.GetProperty("images").EnumerateArray(),
+                    i => i.GetProperty("repoDigests").EnumerateArray().Any(d => d.GetString() == repoDigest));
+                Assert.Empty(image.TryGetProperty("repoTags", out var tags) ? tags.EnumerateArray().ToList() : []);
+            }
+
+            var start = await Binaries.RunCrestAsync([.. r, "start", restored]);
+            Assert.True(start.ExitCode == 0, $"Crest failed to start the restored container: {start.Stderr}\n{RestoreLog(dir, restored)}\n{crestd.Log}");
+            await Task.Delay(1200, Ct);
+
+            var inspect = await InspectAsync(r, restored);
+            var st = inspect.GetProperty("status");
+            Assert.Equal("CONTAINER_RUNNING", st.GetProperty("state").GetString());
+            var annotations = st.GetProperty("annotations");
+            Assert.Equal("true", annotations.GetProperty("restored").GetString());
+            Assert.Equal(archive, annotations.GetProperty("checkpointImage").GetString());
+            Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
+            Assert.Equal("1", annotations.GetProperty("io.kubernetes.container.restartCount").GetString());
+            Assert.Equal("true", annotations.GetProperty("safe.annotation").GetString());
+            Assert.False(annotations.TryGetProperty("only.in.request", out _));
+            Assert.True(inspect.GetProperty("info").GetProperty("restored").GetBoolean());
+
+            // The process continued from its memory: the new log is the archive's copy, then the counts go on.
+            var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
+            Assert.StartsWith(archivedLog, newLog, StringComparison.Ordinal);
+            var after = newLog[archivedLog.Length..];
+            var firstAfter = CountLine().Match(after) is { Success: true } m ? int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) : -1;
+            Assert.InRange(firstAfter, lastBefore + 1, lastBefore + 2);
+            var counts = CountLine().Matches(newLog).Select(x => int.Parse(x.Groups[1].Value, CultureInfo.InvariantCulture)).ToList();
+            Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second > p.First), $"the restored log repeats or goes back in its counts:\n{after}");
+            Assert.True(LastCount(after) > lastBefore + 2, $"the counter did not go on from {lastBefore}:\n{after}\n{crestd.Log}");
+
+            // containerd's gzip rootfs diff applied, its .wh. whiteout included.
+            Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+            Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+
+            // It lives in the new pod's network namespace: eth0 has the Crest pod's IP.
+            using (var podStatus = JsonDocument.Parse(await RunAsync([.. r, "inspectp", newPodId])))
+            {
+                var ip = podStatus.RootElement.GetProperty("status").GetProperty("network").GetProperty("ip").GetString()!;
+                var addr = await RunAsync([.. r, "exec", "-s", restored, "/bin/busybox", "ip", "-4", "addr", "show", "eth0"]);
+                Assert.Contains(ip + "/", addr, StringComparison.Ordinal);
+            }
+        }
+        finally
+        {
+            await Binaries.RunCrestAsync([.. r, "rmp", newPodId]);
+        }
+    }
+
+    /// <summary>Every entry's bytes by name, and the log copy as text.</summary>
+    private static async Task<(Dictionary<string, byte[]> Entries, string Log)> ReadArchiveAsync(string archive)
+    {
+        var entries = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        await using var f = File.OpenRead(archive);
+        using var tar = new TarReader(f);
+        while (await tar.GetNextEntryAsync(copyData: true, Ct) is { } e)
+        {
+            var entryName = e.Name.StartsWith("./", StringComparison.Ordinal) ? e.Name[2..] : e.Name;
+            if (e.EntryType is TarEntryType.RegularFile or TarEntryType.V7RegularFile && e.DataStream is { } data)
+            {
+                using var copy = new MemoryStream();
+                await data.CopyToAsync(copy, Ct);
+                entries[entryName] = copy.ToArray();
+            }
+        }
+
+        var log = entries.TryGetValue("container.log", out var bytes) ? System.Text.Encoding.UTF8.GetString(bytes) : "";
+        return (entries, log);
+    }
+
+    /// <summary>The pause image containerd's test config pins: catatonit from the host as one layer, named for ctr import.</summary>
+    private static string WritePauseArchive(TempDir dir, string catatonit)
+    {
+        var layout = dir.CreateDirectory("pause-layout");
+        var pause = File.ReadAllBytes(catatonit);
+        TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t => TestImages.File(t, "pause", pause, mode: 0x1ED))], "v1",
+            config => config["config"]!["Cmd"] = new JsonArray("/pause", "-P"));
+        var indexPath = Path.Combine(layout, "index.json");
+        var index = JsonNode.Parse(File.ReadAllText(indexPath))!;
+        index["manifests"]![0]!["annotations"] = new JsonObject
+        {
+            ["io.containerd.image.name"] = PauseName,
+            ["org.opencontainers.image.ref.name"] = PauseName,
+        };
+        File.WriteAllText(indexPath, index.ToJsonString());
+        var archive = dir.Combine("pause.tar");
+        TestImages.TarDirectory(layout, archive);
+        return archive;
+    }
+
+    private static async Task<string> WritePodAsync(TempDir dir, string name, string uid)
+    {
+        var pod = dir.Combine($"pod-{name}.json");
+        await File.WriteAllTextAsync(pod, $$"""
+            {"metadata": {"name": "{{name}}", "uid": "{{uid}}", "namespace": "e2e", "attempt": 1},
+             "hostname": "{{name}}", "log_directory": "{{dir.CreateDirectory("logs-" + name)}}", "linux": {} }
+            """, Ct);
+        return pod;
+    }
+
+    private static async Task<string> RunAsync(string[] args)
+    {
+        var result = await Binaries.RunCrestAsync(args);
+        Assert.True(result.ExitCode == 0, $"crest {string.Join(' ', args)} failed ({result.ExitCode}): {result.Stderr}");
+        return result.Stdout.Trim();
+    }
+
+    private static async Task<JsonElement> InspectAsync(string[] r, string id)
+    {
+        using var doc = JsonDocument.Parse(await RunAsync([.. r, "inspect", id]));
+        return doc.RootElement.Clone();
+    }
+
+    /// <summary>The digest column of <c>crest images --digests</c>.</summary>
+    private static string ShortDigest(string digest) => digest["sha256:".Length..][..13];
+
+    /// <summary>CRIU's restore log, kept in the bundle until RemoveContainer.</summary>
+    private static string RestoreLog(TempDir dir, string id)
+    {
+        var path = dir.Combine("root", "containers", id, "bundle", "restore.log");
+        return File.Exists(path) ? string.Join('\n', File.ReadAllLines(path).TakeLast(30)) : $"(no {path})";
+    }
+
+    private static string ContainerdLog(ContainerdPeer peer)
+    {
+        using var f = new FileStream(peer.LogFile, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        using var reader = new StreamReader(f);
+        var lines = reader.ReadToEnd().Split('\n');
+        return string.Join('\n', lines.Where(l => l.Contains("level=error", StringComparison.Ordinal) || l.Contains("level=warn", StringComparison.Ordinal)).TakeLast(20));
+    }
+
+    private static int LastCount(string log) =>
+        CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
+
+    [GeneratedRegex(@"stdout F count (\d+)")]
+    private static partial Regex CountLine();
+
+    private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
+    {
+        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
+        var stderr = p.StandardError.ReadToEndAsync(Ct);
+        await p.WaitForExitAsync(Ct);
+        return (p.ExitCode, await stdout + await stderr);
+    }
+}
