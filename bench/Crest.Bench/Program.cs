@@ -17,54 +17,88 @@ for (var i = 0; i < args.Length - 1; i++)
     }
 }
 
+// --checkpoint-only: just the checkpoint/restore rows (they take the longest to iterate on).
+var checkpointOnly = args.Contains("--checkpoint-only");
+
 var subjects = Subjects.Create(crestdPath);
 var report = new Report(runs, calls);
-foreach (var subject in subjects)
+if (!checkpointOnly)
 {
-    Console.Error.WriteLine($"bench: {subject.Name}: start-to-ready and idle RSS, {runs} runs");
-    for (var r = 0; r < runs; r++)
-    {
-        await using var running = await subject.StartAsync();
-        report.Add("daemon start-to-ready", "ms", subject.Name, running.StartToReady.TotalMilliseconds);
-        await Task.Delay(TimeSpan.FromSeconds(2));
-        report.Add("idle daemon RSS", "MiB", subject.Name, running.RssBytes() / 1048576.0);
-    }
-
-    Console.Error.WriteLine($"bench: {subject.Name}: Version round trip, {calls} calls x {runs} runs");
-    await using (var running = await subject.StartAsync())
-    {
-        await Scenarios.VersionLatencyAsync(running.Socket, 100, _ => { });
-        for (var r = 0; r < runs; r++)
-        {
-            var samples = new List<double>();
-            await Scenarios.VersionLatencyAsync(running.Socket, calls, samples.Add);
-            samples.Sort();
-            // One value per run: the median of its calls; the table then shows min and median over runs.
-            report.Add("Version round trip", "µs", subject.Name, samples[samples.Count / 2] * 1000);
-        }
-    }
-}
-
-Console.Error.WriteLine("bench: building a ~100 MB, 4-layer image and pushing it to a loopback registry");
-await using (var registry = await Crest.TestKit.LocalRegistry.StartAsync())
-using (var layout = new Crest.TestKit.TempDir("crest-bench-layout"))
-{
-    var image = await Scenarios.PushLargeImageAsync(registry, layout.Path);
     foreach (var subject in subjects)
     {
-        Console.Error.WriteLine($"bench: {subject.Name}: cold pull of {image}, {runs} runs");
+        Console.Error.WriteLine($"bench: {subject.Name}: start-to-ready and idle RSS, {runs} runs");
         for (var r = 0; r < runs; r++)
         {
             await using var running = await subject.StartAsync();
-            report.Add("pull 100 MB, 4 layers (cold)", "ms", subject.Name, (await Scenarios.PullAsync(running.Socket, image)).TotalMilliseconds);
+            report.Add("daemon start-to-ready", "ms", subject.Name, running.StartToReady.TotalMilliseconds);
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            report.Add("idle daemon RSS", "MiB", subject.Name, running.RssBytes() / 1048576.0);
+        }
+
+        Console.Error.WriteLine($"bench: {subject.Name}: Version round trip, {calls} calls x {runs} runs");
+        await using (var running = await subject.StartAsync())
+        {
+            await Scenarios.VersionLatencyAsync(running.Socket, 100, _ => { });
+            for (var r = 0; r < runs; r++)
+            {
+                var samples = new List<double>();
+                await Scenarios.VersionLatencyAsync(running.Socket, calls, samples.Add);
+                samples.Sort();
+                // One value per run: the median of its calls; the table then shows min and median over runs.
+                report.Add("Version round trip", "µs", subject.Name, samples[samples.Count / 2] * 1000);
+            }
+        }
+    }
+
+    Console.Error.WriteLine("bench: building a ~100 MB, 4-layer image and pushing it to a loopback registry");
+    await using (var registry = await Crest.TestKit.LocalRegistry.StartAsync())
+    using (var layout = new Crest.TestKit.TempDir("crest-bench-layout"))
+    {
+        var image = await Scenarios.PushLargeImageAsync(registry, layout.Path);
+        foreach (var subject in subjects)
+        {
+            Console.Error.WriteLine($"bench: {subject.Name}: cold pull of {image}, {runs} runs");
+            for (var r = 0; r < runs; r++)
+            {
+                await using var running = await subject.StartAsync();
+                report.Add("pull 100 MB, 4 layers (cold)", "ms", subject.Name, (await Scenarios.PullAsync(running.Socket, image)).TotalMilliseconds);
+            }
+        }
+    }
+
+    Console.Error.WriteLine("bench: pod lifecycle (run pod + create + start, then stop + remove)");
+    using (var work = new Crest.TestKit.TempDir("crest-bench-pods"))
+    {
+        var (busybox, pause) = PodScenario.WriteArchives(work.Path);
+        foreach (var subject in subjects)
+        {
+            await using var running = await subject.StartAsync();
+            if (subject.Name == "crest")
+            {
+                await PodScenario.LoadIntoCrestAsync(running.Socket, busybox);
+            }
+            else
+            {
+                await PodScenario.LoadIntoContainerdAsync(running.Socket, busybox);
+                await PodScenario.LoadIntoContainerdAsync(running.Socket, pause);
+            }
+
+            await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), 999);
+            for (var r = 0; r < runs; r++)
+            {
+                var (up, down) = await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), r);
+                report.Add("pod + container up (run, create, start)", "ms", subject.Name, up.TotalMilliseconds);
+                report.Add("pod + container down (stop, remove)", "ms", subject.Name, down.TotalMilliseconds);
+            }
         }
     }
 }
 
-Console.Error.WriteLine("bench: pod lifecycle (run pod + create + start, then stop + remove)");
-using (var work = new Crest.TestKit.TempDir("crest-bench-pods"))
+Console.Error.WriteLine("bench: checkpoint and restore through CRI (idle, 256 MiB, 1 GiB); bare runc checkpoint of Crest's container is the floor");
+using (var work = new Crest.TestKit.TempDir("crest-bench-cr"))
 {
     var (busybox, pause) = PodScenario.WriteArchives(work.Path);
+    var crRuns = Math.Max(1, Math.Min(runs, 3));
     foreach (var subject in subjects)
     {
         await using var running = await subject.StartAsync();
@@ -78,19 +112,36 @@ using (var work = new Crest.TestKit.TempDir("crest-bench-pods"))
             await PodScenario.LoadIntoContainerdAsync(running.Socket, pause);
         }
 
-        await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), 999);
-        for (var r = 0; r < runs; r++)
+        var n = 0;
+        foreach (var (name, bytes) in CheckpointScenario.Workloads)
         {
-            var (up, down) = await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), r);
-            report.Add("pod + container up (run, create, start)", "ms", subject.Name, up.TotalMilliseconds);
-            report.Add("pod + container down (stop, remove)", "ms", subject.Name, down.TotalMilliseconds);
+            for (var r = 0; r < crRuns; r++)
+            {
+                var sample = await CheckpointScenario.RunAsync(running, subject.Name, bytes, work.CreateDirectory($"{subject.Name}-{n}"), n++, bareRunc: subject.Name == "crest");
+                report.Add($"checkpoint {name}: total", "ms", subject.Name, sample.CheckpointMs);
+                if (sample.FrozenMs is { } frozen)
+                {
+                    report.Add($"checkpoint {name}: CRIU frozen", "ms", subject.Name, frozen);
+                }
+
+                report.Add($"checkpoint {name}: archive", "MiB", subject.Name, sample.ArchiveBytes / 1048576.0);
+                if (sample.BareRuncMs is { } bare)
+                {
+                    report.Add($"checkpoint {name}: total", "ms", "bare runc", bare);
+                }
+
+                if (sample.RestoreMs is { } restore)
+                {
+                    report.Add($"restore {name}: create + start", "ms", subject.Name, restore);
+                }
+            }
         }
     }
 }
 
 Directory.CreateDirectory(output);
 var stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
-var markdown = report.Markdown(subjects.Select(s => s.Name).ToList(), Environment.MachineName);
+var markdown = report.Markdown([.. subjects.Select(s => s.Name), "bare runc"], Environment.MachineName);
 var json = report.Json();
 await File.WriteAllTextAsync(Path.Combine(output, $"bench-{stamp}.md"), markdown);
 await File.WriteAllTextAsync(Path.Combine(output, $"bench-{stamp}.json"), json);

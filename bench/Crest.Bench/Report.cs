@@ -42,11 +42,13 @@ internal sealed class Report(int runs, int calls)
             foreach (var s in subjects)
             {
                 var values = Values(scenario, s);
-                sb.Append(CultureInfo.InvariantCulture, $" {Fmt(values.Min())} | {Fmt(Median(values))} |");
+                sb.Append(values.Count == 0 ? " – | – |" : string.Create(CultureInfo.InvariantCulture, $" {Fmt(values.Min())} | {Fmt(Median(values))} |"));
             }
 
-            var ratio = Median(Values(scenario, "crest")) / Median(Values(scenario, "containerd"));
-            sb.AppendLine(CultureInfo.InvariantCulture, $" {ratio:0.00} |");
+            var (crest, containerd) = (Values(scenario, "crest"), Values(scenario, "containerd"));
+            sb.AppendLine(crest.Count > 0 && containerd.Count > 0
+                ? string.Create(CultureInfo.InvariantCulture, $" {Median(crest) / Median(containerd):0.00} |")
+                : " – |");
         }
 
         return sb.ToString();

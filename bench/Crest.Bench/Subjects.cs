@@ -40,6 +40,9 @@ internal sealed class RunningSubject(Process process, TempDir dir, string socket
 {
     public string Socket => socket;
 
+    /// <summary>The subject's temporary roots (crestd: root/ and state/).</summary>
+    public TempDir Dir => dir;
+
     public TimeSpan StartToReady => startToReady;
 
     public long RssBytes()
@@ -71,7 +74,7 @@ internal static class Subjects
             new Subject("crest", (dir, cni) =>
             {
                 var config = dir.Combine("config.toml");
-                File.WriteAllText(config, $"[cni]\nconf_dir = \"{cni}\"\nplugin_dirs = [\"{CniFixture.HostPluginDir}\"]\n[log]\nlevel = \"warn\"\n");
+                File.WriteAllText(config, $"[cni]\nconf_dir = \"{cni}\"\nplugin_dirs = [\"{CniFixture.HostPluginDir}\"]\n[log]\nlevel = \"warn\"\n[restore]\nvia_create = true\n");
                 var start = new ProcessStartInfo(crestd) { UseShellExecute = false };
                 foreach (var a in new[] { "--config", config, "--root", dir.Combine("root"), "--state", dir.Combine("state") })
                 {

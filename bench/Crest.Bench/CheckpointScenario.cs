@@ -1,0 +1,129 @@
+using System.Diagnostics;
+using System.Formats.Tar;
+using Crest.TestKit;
+using Runtime.V1;
+
+namespace Crest.Bench;
+
+/// <summary>
+/// Checkpoint and restore through CRI of the same workloads on each runtime: an idle counter, and processes holding
+/// 256 MiB and 1 GiB of touched memory (busybox awk building a string of that size). For Crest, bare
+/// <c>runc checkpoint --leave-running</c> of the same container is the floor: what CRIU and runc cost with no runtime around them.
+/// </summary>
+internal static class CheckpointScenario
+{
+    public static readonly (string Name, long Bytes)[] Workloads = [("idle counter", 0), ("256 MiB touched", 256L << 20), ("1 GiB touched", 1L << 30)];
+
+    public sealed record Sample(double CheckpointMs, double? FrozenMs, long ArchiveBytes, double? BareRuncMs, double? RestoreMs);
+
+    private static ContainerConfig Workload(long bytes, string name, string log) => new()
+    {
+        Metadata = new ContainerMetadata { Name = name },
+        Image = new ImageSpec { Image = PodScenario.BusyboxName },
+        Command =
+        {
+            bytes == 0
+                ? ["/bin/busybox", "sh", "-c", "echo ready; i=0; while true; do i=$((i+1)); echo count $i; sleep 0.2; done"]
+                : ["/bin/busybox", "awk", $"BEGIN{{s=sprintf(\"%{bytes}s\",\"\"); print \"ready\"; fflush(); system(\"exec /bin/busybox sleep 1000000\")}}"],
+        },
+        LogPath = log,
+        Linux = new LinuxContainerConfig(),
+    };
+
+    /// <summary>Runs one workload in a fresh pod, checkpoints it (and, for Crest, runs bare runc on it), then restores the archive into a new pod.</summary>
+    public static async Task<Sample> RunAsync(RunningSubject subject, string name, long bytes, string work, int n, bool bareRunc)
+    {
+        using var channel = UnixGrpc.Channel(subject.Socket);
+        var rt = new RuntimeService.RuntimeServiceClient(channel);
+        var logs = Path.Combine(work, $"logs-{name}-{n}");
+        Directory.CreateDirectory(logs);
+        PodSandboxConfig Pod(string suffix) => new()
+        {
+            Metadata = new PodSandboxMetadata { Name = $"cr{n}{suffix}", Uid = $"uid-cr{n}{suffix}", Namespace = "bench", Attempt = 1 },
+            Hostname = $"cr{n}",
+            LogDirectory = logs,
+            Linux = new LinuxPodSandboxConfig(),
+        };
+        var deadline = DateTime.UtcNow.AddMinutes(10);
+        var pod = Pod("a");
+        var p = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod }, deadline: deadline);
+        var c = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p.PodSandboxId, Config = Workload(bytes, "work", "work.log"), SandboxConfig = pod }, deadline: deadline);
+        await rt.StartContainerAsync(new StartContainerRequest { ContainerId = c.ContainerId }, deadline: deadline);
+        var log = Path.Combine(logs, "work.log");
+        var ready = Stopwatch.StartNew();
+        while (!(File.Exists(log) && (await File.ReadAllTextAsync(log)).Contains(" ready", StringComparison.Ordinal)))
+        {
+            if (ready.Elapsed > TimeSpan.FromMinutes(2))
+            {
+                throw new TimeoutException($"{name}: the {bytes}-byte workload did not report ready");
+            }
+
+            await Task.Delay(100);
+        }
+
+        await Task.Delay(500);
+        var archive = Path.Combine(work, $"cp-{n}.tar");
+        var clock = Stopwatch.StartNew();
+        await rt.CheckpointContainerAsync(new CheckpointContainerRequest { ContainerId = c.ContainerId, Location = archive, Timeout = 600 }, deadline: deadline);
+        var checkpointMs = clock.Elapsed.TotalMilliseconds;
+        var frozen = await FrozenMsAsync(archive);
+        var size = new FileInfo(archive).Length;
+
+        double? bare = null;
+        if (bareRunc)
+        {
+            var images = Path.Combine(work, $"runc-{n}");
+            Directory.CreateDirectory(images);
+            clock.Restart();
+            using var runc = Process.Start(new ProcessStartInfo("runc",
+                [$"--root={subject.Dir.Combine("state", "runtime", "runc")}", "checkpoint", "--leave-running", "--file-locks", "--image-path", images, "--work-path", images, c.ContainerId])
+            { RedirectStandardError = true, UseShellExecute = false })!;
+            var err = await runc.StandardError.ReadToEndAsync();
+            await runc.WaitForExitAsync();
+            bare = runc.ExitCode == 0 ? clock.Elapsed.TotalMilliseconds : throw new InvalidOperationException($"bare runc checkpoint failed: {err}");
+            Directory.Delete(images, recursive: true);
+        }
+
+        await rt.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = p.PodSandboxId }, deadline: deadline);
+        await rt.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = p.PodSandboxId }, deadline: deadline);
+
+        double? restoreMs = null;
+        var pod2 = Pod("b");
+        var p2 = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod2 }, deadline: deadline);
+        try
+        {
+            var config = Workload(bytes, "work", "restored.log");
+            config.Image = new ImageSpec { Image = archive };
+            clock.Restart();
+            var r = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p2.PodSandboxId, Config = config, SandboxConfig = pod2 }, deadline: deadline);
+            await rt.StartContainerAsync(new StartContainerRequest { ContainerId = r.ContainerId }, deadline: deadline);
+            restoreMs = clock.Elapsed.TotalMilliseconds;
+        }
+        catch (Grpc.Core.RpcException e)
+        {
+            Console.Error.WriteLine($"bench: restore on {name} failed: {e.Status.Detail}");
+        }
+        finally
+        {
+            await rt.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = p2.PodSandboxId }, deadline: deadline);
+            await rt.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = p2.PodSandboxId }, deadline: deadline);
+            File.Delete(archive);
+        }
+
+        return new Sample(checkpointMs, frozen, size, bare, restoreMs);
+    }
+
+    /// <summary>CRIU's frozen time from the archive's stats-dump.</summary>
+    private static async Task<double?> FrozenMsAsync(string archive)
+    {
+        try
+        {
+            var metadata = await Crest.Checkpoint.ArchiveMetadataReader.ReadAsync(archive, CancellationToken.None);
+            return metadata.Statistics is { } s ? s.FrozenTimeUs / 1000.0 : null;
+        }
+        catch (Crest.Core.CrestException)
+        {
+            return null;
+        }
+    }
+}
