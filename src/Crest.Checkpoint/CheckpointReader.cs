@@ -208,6 +208,8 @@ public sealed class CheckpointReader(RestoreLimits limits)
             OriginalName = name,
             OriginalRuntime = config.Runtime ?? "",
             ProcessArgs = (spec["process"]?["args"] as JsonArray ?? []).Select(a => a?.ToString()).OfType<string>().Take(4096).ToList(),
+            JoinedPidNamespace = (spec["linux"]?["namespaces"] as JsonArray ?? []).OfType<JsonObject>()
+                .Any(n => n["type"]?.ToString() == "pid" && n["path"]?.ToString() is { Length: > 0 }),
             Annotations = annotations,
             Labels = labels,
             CheckpointedAt = config.CheckpointedTime,

@@ -85,9 +85,20 @@ public sealed class RestoreService(
             }
 
             var baseImage = await EnsureBaseImageAsync(plan, ct).ConfigureAwait(false);
+            var security = request.Security;
+            if (security.Namespaces.Pid == NamespaceMode.Container && sandbox.Spec.Namespaces.Pid != NamespaceMode.Node && plan.JoinedPidNamespace)
+            {
+                // The checkpointed process was in a pid namespace it joined (the pod's: containerd's default for a
+                // request without namespace_options). runc recorded it as CRIU's external extRootPidNS and CRIU can
+                // restore the process only into a namespace handed in again; a private one fails at StartContainer.
+                CheckpointLog.PodPidNamespace(logger, plan.Source);
+                security = security with { Namespaces = security.Namespaces with { Pid = NamespaceMode.Pod } };
+            }
+
             var spec = request with
             {
                 Image = baseImage,
+                Security = security,
                 UserSpecifiedImage = request.UserSpecifiedImage,
                 Annotations = AdaptAnnotations(plan, request, sandbox, logger),
                 // The spec needs a program; CRIU puts back the real one. The checkpoint's argv is only a placeholder here.

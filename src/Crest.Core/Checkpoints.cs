@@ -40,6 +40,8 @@ public sealed record RestorePlan
     public required string OriginalRuntime { get; init; }
     /// <summary>The checkpointed process's argv from spec.dump: the new spec needs one, although CRIU restores the real one from memory.</summary>
     public IReadOnlyList<string> ProcessArgs { get; init; } = [];
+    /// <summary>The checkpointed process had joined a pid namespace by path (a pod's): CRIU can restore it only into a joined one again.</summary>
+    public bool JoinedPidNamespace { get; init; }
     public required IReadOnlyDictionary<string, string> Annotations { get; init; }
     public required IReadOnlyDictionary<string, string> Labels { get; init; }
     public required DateTimeOffset CheckpointedAt { get; init; }
