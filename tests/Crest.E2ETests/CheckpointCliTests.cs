@@ -478,6 +478,79 @@ public partial class CheckpointCliTests
         await RunAsync([.. r, "rmp", podId]);
     }
 
+    [Fact]
+    public async Task A_restore_by_image_id_into_another_cgroup_parent_needs_the_bind_mounts_and_recreates_missing_sources()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-crm");
+        var s = await StartAsync(dir);
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var dataA = dir.CreateDirectory("data-a");
+        var extraA = dir.Combine("extra-a");
+        await File.WriteAllTextAsync(extraA, "extra\n", Ct);
+        var counter = dir.Combine("counter-mounts.json");
+        await File.WriteAllTextAsync(counter, $$"""
+            {"metadata": {"name": "counter"}, "image": {"image": "localhost/e2e/busybox:v1"},
+             "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo count $i; echo $i > /data/last; sleep 0.1; done"],
+             "mounts": [{"container_path": "/data", "host_path": "{{dataA}}"}, {"container_path": "/etc/extra", "host_path": "{{extraA}}", "readonly": true}],
+             "log_path": "counter.log", "linux": {} }
+            """, Ct);
+        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var id = await RunAsync([.. r, "create", podId, counter, s.PodConfig]);
+        await RunAsync([.. r, "start", id]);
+        await Task.Delay(800, Ct);
+        var archive = dir.Combine("cp.tar");
+        await RunAsync([.. r, "checkpoint", "--export", archive, id]);
+        await RunAsync([.. r, "checkpoint-image", archive, "localhost/e2e/mounts-checkpoint:v1"]);
+        await RunAsync([.. r, "rmp", podId]);
+        string imageId;
+        using (var image = JsonDocument.Parse(await RunAsync([.. r, "inspecti", "localhost/e2e/mounts-checkpoint:v1"])))
+        {
+            imageId = image.RootElement.GetProperty("status").GetProperty("id").GetString()!;
+        }
+
+        var pod = dir.Combine("pod-other.json");
+        await File.WriteAllTextAsync(pod, $$"""
+            {"metadata": {"name": "other", "uid": "uid-other", "namespace": "e2e", "attempt": 1},
+             "hostname": "other", "log_directory": "{{dir.CreateDirectory("logs-other")}}", "linux": {"cgroup_parent": "crest_e2e_different_789"} }
+            """, Ct);
+        var newPodId = await RunAsync([.. r, "runp", pod]);
+
+        // Without the checkpoint's bind mounts the restore is refused at CreateContainer, naming them.
+        var bare = dir.Combine("restore-bare.json");
+        await File.WriteAllTextAsync(bare, $$"""{"metadata": {"name": "counter"}, "image": {"image": "{{imageId}}", "user_specified_image": "localhost/e2e/mounts-checkpoint:v1"}, "linux": {} }""", Ct);
+        var refused = await Binaries.RunCrestAsync([.. r, "create", newPodId, bare, pod]);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("expects following bind mounts defined", refused.Stderr, StringComparison.Ordinal);
+        Assert.Contains("/data", refused.Stderr, StringComparison.Ordinal);
+        Assert.Contains("/etc/extra", refused.Stderr, StringComparison.Ordinal);
+        Assert.Equal("", (await RunAsync([.. r, "ps", "-a", "-q"])).Trim());
+
+        // With them, by image ID as the kubelet sends it, new sources that do not exist yet, and no log path.
+        var dataB = dir.Combine("data-b");
+        var extraB = dir.Combine("extra-b");
+        var full = dir.Combine("restore-mounts.json");
+        await File.WriteAllTextAsync(full, $$"""
+            {"metadata": {"name": "counter"}, "image": {"image": "{{imageId}}", "user_specified_image": "localhost/e2e/mounts-checkpoint:v1"},
+             "mounts": [{"container_path": "/data", "host_path": "{{dataB}}"}, {"container_path": "/etc/extra", "host_path": "{{extraB}}", "readonly": true}],
+             "linux": {} }
+            """, Ct);
+        var restored = await RunAsync([.. r, "create", newPodId, full, pod]);
+        await RunAsync([.. r, "start", restored]);
+        await Task.Delay(800, Ct);
+
+        Assert.True(Directory.Exists(dataB), "the missing directory source was not recreated");
+        Assert.True(File.Exists(extraB), "the missing file source was not recreated as a file");
+        Assert.True(File.Exists(Path.Combine(dataB, "last")), "the restored process does not write into the new /data source");
+        var status = await InspectAsync(r, restored);
+        Assert.Equal("CONTAINER_RUNNING", status.GetProperty("status").GetProperty("state").GetString());
+        Assert.Equal("localhost/e2e/mounts-checkpoint:v1", status.GetProperty("status").GetProperty("annotations").GetProperty("checkpointImage").GetString());
+        var pid = status.GetProperty("info").GetProperty("pid").GetInt32();
+        Assert.Contains("crest_e2e_different_789", await File.ReadAllTextAsync($"/proc/{pid}/cgroup", Ct), StringComparison.Ordinal);
+        await RunAsync([.. r, "rmp", newPodId]);
+    }
+
     private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
     {
         var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
