@@ -83,6 +83,22 @@ public partial class CheckpointCliTests
     private static int LastCount(string log) =>
         CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
 
+    /// <summary>The log once its counter passed <paramref name="count"/>, or as it is after 15 s (a loaded 2-core machine is slow).</summary>
+    private static async Task<string> WaitForCountAsync(string logFile, int count)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(15);
+        while (true)
+        {
+            var log = File.Exists(logFile) ? await File.ReadAllTextAsync(logFile, Ct) : "";
+            if (LastCount(log) > count || DateTime.UtcNow > deadline)
+            {
+                return log;
+            }
+
+            await Task.Delay(100, Ct);
+        }
+    }
+
     [GeneratedRegex(@"stdout F count (\d+)")]
     private static partial Regex CountLine();
 
@@ -170,10 +186,9 @@ public partial class CheckpointCliTests
         var restored = await RunAsync([.. r, "create", newPodId, restoreConfig, newPod]);
         Assert.NotEqual(id, restored);
         await RunAsync([.. r, "start", restored]);
-        await Task.Delay(1200, Ct);
 
         // The process continued from its memory: the new log starts with the old lines and goes on from the last count.
-        var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
+        var newLog = await WaitForCountAsync(dir.Combine("logs-restored", "counter.log"), lastBefore + 3);
         Assert.StartsWith(archivedLog[..Math.Min(200, archivedLog.Length)], newLog, StringComparison.Ordinal);
         var counts = CountLine().Matches(newLog).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
         var firstAfter = CountLine().Match(newLog[archivedLog.Length..]) is { Success: true } m1 ? int.Parse(m1.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : -1;
@@ -246,8 +261,7 @@ public partial class CheckpointCliTests
                 """, Ct);
             var restored = await RunAsync([.. r, "create", newPodId, config, newPod]);
             await RunAsync([.. r, "start", restored]);
-            await Task.Delay(800, Ct);
-            var log = await File.ReadAllTextAsync(dir.Combine("logs-again", $"counter-{attempt}.log"), Ct);
+            var log = await WaitForCountAsync(dir.Combine("logs-again", $"counter-{attempt}.log"), lastBefore);
             Assert.True(LastCount(log) > lastBefore, $"attempt {attempt}: the counter did not continue from {lastBefore}:\n{log[^Math.Min(300, log.Length)..]}");
             var status = (await InspectAsync(r, restored)).GetProperty("status");
             Assert.Equal("localhost/e2e/counter-checkpoint:v1", status.GetProperty("annotations").GetProperty("checkpointImage").GetString());
@@ -473,8 +487,7 @@ public partial class CheckpointCliTests
         await File.WriteAllTextAsync(config, $$"""{"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"}, "log_path": "restored.log", "linux": {} }""", Ct);
         var restored = await RunAsync([.. r, "create", podId, config, s.PodConfig]);
         await RunAsync([.. r, "start", restored]);
-        await Task.Delay(800, Ct);
-        Assert.True(LastCount(await File.ReadAllTextAsync(dir.Combine("logs-counter", "restored.log"), Ct)) > lastBefore);
+        Assert.True(LastCount(await WaitForCountAsync(dir.Combine("logs-counter", "restored.log"), lastBefore)) > lastBefore);
         await RunAsync([.. r, "rmp", podId]);
     }
 
@@ -538,7 +551,10 @@ public partial class CheckpointCliTests
             """, Ct);
         var restored = await RunAsync([.. r, "create", newPodId, full, pod]);
         await RunAsync([.. r, "start", restored]);
-        await Task.Delay(800, Ct);
+        for (var i = 0; i < 100 && !File.Exists(Path.Combine(dataB, "last")); i++)
+        {
+            await Task.Delay(100, Ct);
+        }
 
         Assert.True(Directory.Exists(dataB), "the missing directory source was not recreated");
         Assert.True(File.Exists(extraB), "the missing file source was not recreated as a file");
