@@ -16,6 +16,8 @@ public sealed record RestoreOptions
     public bool ViaCreate { get; init; }
     public bool TcpEstablished { get; init; }
     public RestoreLimits Limits { get; init; } = new();
+    /// <summary>Policy checks reported but not enforced (capabilities, users, seccomp): for trusted registries only.</summary>
+    public IReadOnlySet<string> RelaxedChecks { get; init; } = new HashSet<string>(StringComparer.Ordinal);
 }
 
 /// <summary>
@@ -84,6 +86,7 @@ public sealed class RestoreService(
                     $"restoring {request.Image} expects following bind mounts defined ({string.Join(", ", missing)}); declare them in the container config's mounts");
             }
 
+            EnforcePolicy(plan, request);
             var baseImage = await EnsureBaseImageAsync(plan, ct).ConfigureAwait(false);
             var security = request.Security;
             if (security.Namespaces.Pid == NamespaceMode.Container && sandbox.Spec.Namespaces.Pid != NamespaceMode.Node && plan.JoinedPidNamespace)
@@ -114,6 +117,29 @@ public sealed class RestoreService(
             {
                 Directory.Delete(staging, recursive: true);
             }
+        }
+    }
+
+    /// <summary>
+    /// Reads the credentials, capabilities and seccomp state CRIU would put back and refuses the restore, before any
+    /// pull or process, if they exceed what the request grants. Relaxed checks are logged, never silently skipped.
+    /// </summary>
+    private void EnforcePolicy(RestorePlan plan, ContainerSpec request)
+    {
+        var threads = CriuImages.ReadThreads(Path.Combine(plan.StagingDir, CheckpointFiles.CriuImages));
+        var violations = RestorePolicy.Evaluate(threads, request.Security);
+        foreach (var relaxed in violations.Where(v => options.RelaxedChecks.Contains(v.Check)))
+        {
+            CheckpointLog.PolicyRelaxed(logger, plan.Source, relaxed.Check, relaxed.ToString());
+        }
+
+        var enforced = violations.Where(v => !options.RelaxedChecks.Contains(v.Check)).ToList();
+        if (enforced.Count > 0)
+        {
+            throw new CrestException(ErrorKind.PermissionDenied,
+                $"restore of {plan.Source} refused: the checkpoint would grant more than the container config allows ({enforced.Count} violation{(enforced.Count > 1 ? "s" : "")}): "
+                + string.Join("; ", enforced.Take(8).Select(v => v.ToString()))
+                + ". Restore it with a security context that grants this, or, for checkpoints from a trusted source only, relax the check with [restore] relaxed_checks");
         }
     }
 

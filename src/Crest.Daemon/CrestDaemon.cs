@@ -125,6 +125,7 @@ public sealed class CrestDaemon : IAsyncDisposable
                 // Restore needs CRIU too: [checkpoint] enabled = false turns both off.
                 ViaCreate = config.Restore.ViaCreate && config.Checkpoint.Enabled,
                 TcpEstablished = config.Restore.TcpEstablished,
+                RelaxedChecks = config.Restore.RelaxedChecks.ToHashSet(StringComparer.Ordinal),
                 Limits = new RestoreLimits
                 {
                     MaxArchiveBytes = config.Restore.MaxArchiveBytes,

@@ -262,6 +262,13 @@ public static class SpecBuilder
     private static string PodNamespace(SandboxRecord sandbox, string type) =>
         sandbox.PinnedNamespaces.TryGetValue(type, out var path) ? path : $"/proc/{sandbox.InfraPid}/ns/{type}";
 
+    /// <summary>The capabilities a container gets from its security context (the spec's bounding, effective and permitted sets).</summary>
+    public static IReadOnlyList<string> GrantedCapabilities(SecuritySpec security)
+    {
+        ArgumentNullException.ThrowIfNull(security);
+        return security.Privileged ? AllCapabilities : Capabilities(security.AddCapabilities, security.DropCapabilities);
+    }
+
     internal static IReadOnlyList<string> Capabilities(IReadOnlyList<string> add, IReadOnlyList<string> drop)
     {
         static string Norm(string c) => c.StartsWith("CAP_", StringComparison.OrdinalIgnoreCase) ? c.ToUpperInvariant() : "CAP_" + c.ToUpperInvariant();

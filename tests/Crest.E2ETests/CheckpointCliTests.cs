@@ -567,6 +567,98 @@ public partial class CheckpointCliTests
         await RunAsync([.. r, "rmp", newPodId]);
     }
 
+    [Fact]
+    public async Task A_restore_never_grants_more_than_the_request_even_from_edited_criu_images()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-crp");
+        var s = await StartAsync(dir);
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
+        await RunAsync([.. r, "start", id]);
+        await Task.Delay(500, Ct);
+        var archive = dir.Combine("cp.tar");
+        await RunAsync([.. r, "checkpoint", "--export", archive, id]);
+        await RunAsync([.. r, "rm", id]);
+
+        async Task<(int ExitCode, string Stdout, string Stderr)> Restore(string name, string image, string linux)
+        {
+            var config = dir.Combine(name + ".json");
+            await File.WriteAllTextAsync(config, $$"""{"metadata": {"name": "{{name}}"}, "image": {"image": "{{image}}"}, "log_path": "{{name}}.log", "linux": {{linux}} }""", Ct);
+            return await Binaries.RunCrestAsync([.. r, "create", podId, config, s.PodConfig]);
+        }
+
+        // The checkpointed process runs as root with the default capabilities and no seccomp filter.
+        var nonRoot = await Restore("nonroot", archive, """{"security_context": {"run_as_user": {"value": 1000}}}""");
+        var noCaps = await Restore("nocaps", archive, """{"security_context": {"capabilities": {"drop_capabilities": ["ALL"]}}}""");
+        var seccomp = await Restore("seccomp", archive, """{"security_context": {"seccomp": {"profile_type": "RuntimeDefault"}}}""");
+        Assert.Equal(1, nonRoot.ExitCode);
+        Assert.Contains("PermissionDenied", nonRoot.Stderr, StringComparison.Ordinal);
+        Assert.Contains("uid (real/effective/saved/fs) is 0/0/0/0 in the checkpoint, but the request allows run_as_user 1000", nonRoot.Stderr, StringComparison.Ordinal);
+        Assert.Equal(1, noCaps.ExitCode);
+        Assert.Contains("effective capabilities is CAP_CHOWN", noCaps.Stderr, StringComparison.Ordinal);
+        Assert.Equal(1, seccomp.ExitCode);
+        Assert.Contains("seccomp mode is disabled in the checkpoint", seccomp.Stderr, StringComparison.Ordinal);
+
+        // A hostile checkpoint: CAP_SYS_ADMIN written into every thread's credentials.
+        var hostile = dir.Combine("hostile.tar");
+        await using (var input = File.OpenRead(archive))
+        await using (var output = File.Create(hostile))
+        {
+            using var reader = new TarReader(input);
+            await using var writer = new TarWriter(output, TarEntryFormat.Pax);
+            while (await reader.GetNextEntryAsync(copyData: true, Ct) is { } e)
+            {
+                if (System.Text.RegularExpressions.Regex.IsMatch(e.Name, @"^checkpoint/core-\d+\.img$"))
+                {
+                    using var buffer = new MemoryStream();
+                    await e.DataStream!.CopyToAsync(buffer, Ct);
+                    e.DataStream = new MemoryStream(WidenCapabilities(buffer.ToArray(), 21));
+                }
+
+                await writer.WriteEntryAsync(e, Ct);
+            }
+        }
+
+        var widened = await Restore("hostile", hostile, "{}");
+        Assert.Equal(1, widened.ExitCode);
+        Assert.Contains("CAP_SYS_ADMIN beyond the grant", widened.Stderr, StringComparison.Ordinal);
+
+        // Nothing was created or left behind; the unmodified checkpoint with the default request still restores.
+        Assert.Equal("", (await RunAsync([.. r, "ps", "-a", "-q"])).Trim());
+        Assert.Empty(Directory.EnumerateFileSystemEntries(dir.Combine("root", "restores")));
+        var good = await Restore("good", archive, "{}");
+        Assert.True(good.ExitCode == 0, good.Stderr);
+        await RunAsync([.. r, "start", good.Stdout.Trim()]);
+        await RunAsync([.. r, "rmp", podId]);
+    }
+
+    /// <summary>Rewrites a CRIU core image (magics, then one length-prefixed core_entry) with one more capability in every set.</summary>
+    private static byte[] WidenCapabilities(byte[] image, int capability)
+    {
+        var size = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(image.AsSpan(8));
+        var core = Crest.Cri.Api.CriuImages.core_entry.Parser.ParseFrom(image.AsSpan(12, size));
+        var creds = core.ThreadCore.Creds;
+        foreach (var set in new[] { creds.CapEff, creds.CapPrm, creds.CapBnd })
+        {
+            if (set.Count == 0)
+            {
+                set.Add(0);
+            }
+
+            set[capability / 32] |= 1u << (capability % 32);
+        }
+
+        var payload = Google.Protobuf.MessageExtensions.ToByteArray(core);
+        var result = new byte[12 + payload.Length];
+        image.AsSpan(0, 8).CopyTo(result);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(result.AsSpan(8), payload.Length);
+        payload.CopyTo(result, 12);
+        return result;
+    }
+
     private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
     {
         var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };

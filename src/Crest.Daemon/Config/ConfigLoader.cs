@@ -179,6 +179,9 @@ public static class ConfigLoader
                     MaxArchiveEntries = t.Long("max_archive_entries") ?? d.MaxArchiveEntries,
                     MaxRootfsDiffBytes = t.Long("max_rootfs_diff_bytes") ?? d.MaxRootfsDiffBytes,
                     MaxMetadataBytes = t.Long("max_metadata_bytes") ?? d.MaxMetadataBytes,
+                    RelaxedChecks = (t.Strings("relaxed_checks") ?? [.. d.RelaxedChecks]).Select(c => Checkpoint.RestorePolicy.Checks.Contains(c)
+                        ? c
+                        : throw Invalid(sourceName, "restore.relaxed_checks", "a list of checks from capabilities, users, seccomp", c)).ToList(),
                 },
             };
         });

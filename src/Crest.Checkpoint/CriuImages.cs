@@ -1,0 +1,178 @@
+using System.Buffers.Binary;
+using Crest.Core;
+using Crest.Cri.Api.CriuImages;
+using Google.Protobuf;
+
+namespace Crest.Checkpoint;
+
+/// <summary>One thread of a checkpointed process, as its CRIU core image describes it.</summary>
+public sealed record CriuThread(
+    uint Pid,
+    uint Tid,
+    string Command,
+    uint[] Uids,
+    uint[] Gids,
+    IReadOnlyList<uint> Groups,
+    ulong Effective,
+    ulong Permitted,
+    ulong Inheritable,
+    ulong Bounding,
+    uint Securebits,
+    string Seccomp);
+
+/// <summary>
+/// Reads the CRIU images that decide a restored process's privileges: pstree.img (processes and threads) and
+/// core-TID.img (per-thread credentials, capability sets, seccomp). The framing is parsed with bounds checks:
+/// a 32-bit magic (preceded by CRIU's common or service magic), then entries of a 32-bit length and a protobuf
+/// message. A malformed image is a <see cref="CrestException"/>, never a crash or an unbounded allocation.
+/// </summary>
+public static class CriuImages
+{
+    private const uint CommonMagic = 0x54564319;
+    private const uint ServiceMagic = 0x55105940;
+    private const uint PstreeMagic = 0x50273030;
+    private const uint CoreMagic = 0x55053847;
+    private const int MaxImageBytes = 16 << 20;
+    private const int MaxEntries = 65536;
+    private const int MaxThreads = 65536;
+
+    /// <summary>The entries of one image file, after checking its magic.</summary>
+    public static IReadOnlyList<ReadOnlyMemory<byte>> Entries(ReadOnlyMemory<byte> file, uint expectedMagic, string what)
+    {
+        var span = file.Span;
+        if (span.Length < 4)
+        {
+            throw Malformed(what, "it is shorter than a magic number");
+        }
+
+        var offset = 0;
+        var magic = BinaryPrimitives.ReadUInt32LittleEndian(span);
+        offset += 4;
+        if (magic is CommonMagic or ServiceMagic)
+        {
+            if (span.Length < 8)
+            {
+                throw Malformed(what, "it ends after the first magic number");
+            }
+
+            magic = BinaryPrimitives.ReadUInt32LittleEndian(span[4..]);
+            offset += 4;
+        }
+
+        if (magic != expectedMagic)
+        {
+            throw Malformed(what, $"magic {magic:x8} is not {expectedMagic:x8}");
+        }
+
+        var entries = new List<ReadOnlyMemory<byte>>();
+        while (offset < span.Length)
+        {
+            if (span.Length - offset < 4)
+            {
+                throw Malformed(what, $"a truncated entry length at byte {offset}");
+            }
+
+            var size = BinaryPrimitives.ReadUInt32LittleEndian(span[offset..]);
+            offset += 4;
+            if (size > (uint)(span.Length - offset))
+            {
+                throw Malformed(what, $"an entry at byte {offset - 4} claims {size} bytes but {span.Length - offset} remain");
+            }
+
+            if (entries.Count >= MaxEntries)
+            {
+                throw Malformed(what, $"more than {MaxEntries} entries");
+            }
+
+            entries.Add(file.Slice(offset, (int)size));
+            offset += (int)size;
+        }
+
+        return entries;
+    }
+
+    /// <summary>Every thread of every checkpointed process, from pstree.img and the core images it names.</summary>
+    public static IReadOnlyList<CriuThread> ReadThreads(string imagesDir)
+    {
+        var pstree = Load(imagesDir, "pstree.img");
+        var threads = new List<CriuThread>();
+        foreach (var raw in Entries(pstree, PstreeMagic, "pstree.img"))
+        {
+            var process = Parse(pstree_entry.Parser, raw, "pstree.img");
+            var tids = process.Threads.Count > 0 ? process.Threads.ToList() : [process.Pid];
+            foreach (var tid in tids)
+            {
+                if (threads.Count >= MaxThreads)
+                {
+                    throw Malformed("pstree.img", $"more than {MaxThreads} threads");
+                }
+
+                var name = $"core-{tid}.img";
+                var cores = Entries(Load(imagesDir, name), CoreMagic, name);
+                if (cores.Count != 1)
+                {
+                    throw Malformed(name, $"{cores.Count} entries where one core entry belongs");
+                }
+
+                var core = Parse(core_entry.Parser, cores[0], name);
+                var creds = core.ThreadCore?.Creds
+                    ?? throw Malformed(name, "it records no credentials for the thread");
+                var comm = core.ThreadCore.HasComm ? core.ThreadCore.Comm : core.Tc?.Comm ?? "";
+                var seccomp = core.ThreadCore.HasSeccompMode ? core.ThreadCore.SeccompMode
+                    : core.Tc is { HasOldSeccompMode: true } tc ? tc.OldSeccompMode : seccomp_mode.Disabled;
+                threads.Add(new CriuThread(process.Pid, tid, comm,
+                    [creds.Uid, creds.Euid, creds.Suid, creds.Fsuid],
+                    [creds.Gid, creds.Egid, creds.Sgid, creds.Fsgid],
+                    [.. creds.Groups],
+                    Mask(creds.CapEff), Mask(creds.CapPrm), Mask(creds.CapInh), Mask(creds.CapBnd),
+                    creds.Secbits,
+                    seccomp.ToString().ToLowerInvariant()));
+            }
+        }
+
+        return threads;
+    }
+
+    private static ulong Mask(Google.Protobuf.Collections.RepeatedField<uint> words) =>
+        words.Count switch
+        {
+            0 => 0,
+            1 => words[0],
+            _ => words[0] | ((ulong)words[1] << 32),
+        };
+
+    private static ReadOnlyMemory<byte> Load(string dir, string name)
+    {
+        var path = Path.Combine(dir, name);
+        if (!Linux.FileKinds.IsRegularFile(path))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"the checkpoint's CRIU image {name} is missing or not a regular file; the checkpoint is incomplete");
+        }
+
+        if (new FileInfo(path).Length > MaxImageBytes)
+        {
+            throw Malformed(name, $"it is larger than {MaxImageBytes} bytes");
+        }
+
+        using var stream = new FileStream(Linux.FileKinds.OpenReadNoFollow(path), FileAccess.Read);
+        var buffer = new byte[stream.Length];
+        stream.ReadExactly(buffer);
+        return buffer;
+    }
+
+    private static T Parse<T>(MessageParser<T> parser, ReadOnlyMemory<byte> raw, string what)
+        where T : IMessage<T>
+    {
+        try
+        {
+            return parser.ParseFrom(raw.Span);
+        }
+        catch (InvalidProtocolBufferException e)
+        {
+            throw Malformed(what, e.Message);
+        }
+    }
+
+    private static CrestException Malformed(string what, string why) =>
+        new(ErrorKind.InvalidArgument, $"the checkpoint's CRIU image {what} is malformed: {why}");
+}

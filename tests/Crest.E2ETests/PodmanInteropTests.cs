@@ -1,0 +1,299 @@
+using System.Diagnostics;
+using System.Formats.Tar;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Crest.TestKit;
+
+namespace Crest.E2ETests;
+
+/// <summary>
+/// Podman 4.3 (Debian 12) and Crest share the checkpoint archive format in both directions, driven for real: Podman
+/// on a private root, runroot and tmpdir (cgroupfs, file events, runc, no network), its base image pulled from a
+/// LocalRegistry so that both engines name it the same way.
+/// </summary>
+public partial class PodmanInteropTests
+{
+    private const string RestoreOn = "[restore]\nvia_create = true\n";
+    private const string CounterScript = "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done";
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>
+    /// Podman 4.3's <c>container checkpoint --export</c> writes config.dump as its whole libpod ContainerConfig
+    /// (rootfsImageName as pulled, rootfsImageID as the 64-hex storage ID, no rootfsImageRef and no checkpointedTime),
+    /// spec.dump with <c>io.container.manager: libpod</c>, an uncompressed rootfs-diff.tar plus deleted.files, its
+    /// k8s-file log as ctr.log, network.status (<c>null</c> with <c>--network none</c>), devshm-checkpoint.tar, stats-dump
+    /// and an empty artifacts/ directory. Crest pulls the base image by that tag and restores the process into a pod.
+    /// </summary>
+    [Fact]
+    public async Task Crest_restores_a_podman_archive_pulling_the_base_image_by_tag_and_the_counter_continues()
+    {
+        RequireTools();
+        await using var registry = await LocalRegistry.StartAsync();
+        using var dir = new TempDir("crest-e2e-podman");
+        var name = $"{registry.Host}/e2e/busybox:v1";
+        var manifestDigest = await PushBusyboxAsync(dir, name);
+
+        // 1. Podman: pull from the registry, a counter without a network, rootfs changes, an exported checkpoint.
+        var podman = new Podman(dir);
+        var archive = dir.Combine("podman-cp.tar");
+        try
+        {
+            await podman.RunAsync("pull", "--tls-verify=false", name);
+            await podman.RunAsync(["container", "run", "-d", "--name", "counter", .. Podman.RunFlags, name, "sh", "-c", CounterScript]);
+            await Task.Delay(1500, Ct);
+            await podman.RunAsync("exec", "counter", "sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd");
+            await podman.RunAsync("container", "checkpoint", "--export", archive, "counter");
+        }
+        finally
+        {
+            await podman.CleanUpAsync();
+        }
+
+        // The archive is Podman's: zstd-compressed (its default --compress), its whole ContainerConfig as config.dump, the libpod marker, CRI-O's diff format.
+        var entries = await ReadArchiveAsync(archive);
+        Assert.True(await IsZstdAsync(archive), "Podman 4.3 exports zstd by default");
+        Assert.Subset(entries.Keys.ToHashSet(), new HashSet<string>
+        {
+            "config.dump", "spec.dump", "checkpoint/inventory.img", "checkpoint/descriptors.json", "rootfs-diff.tar", "deleted.files",
+            "ctr.log", "network.status", "stats-dump", "devshm-checkpoint.tar",
+        });
+        Assert.False(entries.ContainsKey("status.dump"), "Podman writes no CRI status");
+        Assert.False(entries.ContainsKey("container.log"), "Podman's log copy is ctr.log");
+        using (var config = JsonDocument.Parse(entries["config.dump"]))
+        {
+            var c = config.RootElement;
+            Assert.Equal("counter", c.GetProperty("name").GetString());
+            Assert.Equal(name, c.GetProperty("rootfsImageName").GetString());
+            Assert.Matches("^[0-9a-f]{64}$", c.GetProperty("rootfsImageID").GetString());
+            Assert.False(c.TryGetProperty("rootfsImageRef", out _), "Podman 4.3 records no repository digest");
+            Assert.False(c.TryGetProperty("checkpointedTime", out _));
+            Assert.Equal("runc", c.GetProperty("runtime").GetString());
+            Assert.Equal("k8s-file", c.GetProperty("logDriver").GetString());
+            Assert.False(c.GetProperty("createNetNS").GetBoolean());
+        }
+
+        using (var spec = JsonDocument.Parse(entries["spec.dump"]))
+        {
+            Assert.Equal("libpod", spec.RootElement.GetProperty("annotations").GetProperty("io.container.manager").GetString());
+        }
+
+        Assert.Equal("null", System.Text.Encoding.UTF8.GetString(entries["network.status"]).Trim());
+        Assert.Equal(["/etc/motd"], JsonSerializer.Deserialize<string[]>(entries["deleted.files"]) ?? []);
+        Assert.True(entries["rootfs-diff.tar"] is not [0x1f, 0x8b, ..], "Podman's rootfs-diff.tar is a plain tar");
+        Assert.Contains("root/testfile", TarNames(entries["rootfs-diff.tar"]));
+        var archivedLog = System.Text.Encoding.UTF8.GetString(entries["ctr.log"]);
+        var lastBefore = LastCount(archivedLog);
+        Assert.True(lastBefore > 0, "Podman's ctr.log holds the counter's lines");
+
+        // 2. Crest: the base image is absent; CreateContainer pulls it by config.dump's rootfsImageName, StartContainer restores.
+        await using var crestd = await CrestdProcess.StartReadyAsync(dir, RestoreOn);
+        string[] r = ["-r", crestd.Endpoint];
+        Assert.DoesNotContain(manifestDigest["sha256:".Length..][..13], await RunAsync([.. r, "images", "--digests"]), StringComparison.Ordinal);
+        var pod = await WritePodAsync(dir, "restored", "uid-crest");
+        var podId = await RunAsync([.. r, "runp", pod]);
+        try
+        {
+            var restoreConfig = dir.Combine("restore.json");
+            await File.WriteAllTextAsync(restoreConfig, $$"""
+                {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
+                 "annotations": {"io.kubernetes.container.hash": "B"},
+                 "labels": {"io.kubernetes.container.name": "counter"},
+                 "log_path": "counter.log", "linux": {} }
+                """, Ct);
+            var create = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, pod]);
+            Assert.True(create.ExitCode == 0, $"Crest refused to restore the Podman archive: {create.Stderr}\n{crestd.Log}");
+            var restored = create.Stdout.Trim();
+            Assert.Contains($"(Podman checkpoint, base image {name})", crestd.Log, StringComparison.Ordinal);
+
+            // The base image came from the registry, by the tag Podman recorded (with a warning: a tag can move).
+            Assert.Contains($"the checkpoint names no base image digest; using the tag {name}", crestd.Log, StringComparison.Ordinal);
+            Assert.Contains(name, await RunAsync([.. r, "inspecti", name]), StringComparison.Ordinal);
+
+            var start = await Binaries.RunCrestAsync([.. r, "start", restored]);
+            Assert.True(start.ExitCode == 0, $"Crest failed to start the restored container: {start.Stderr}\n{RestoreLog(dir, restored)}\n{crestd.Log}");
+            await Task.Delay(1200, Ct);
+
+            using (var inspect = JsonDocument.Parse(await RunAsync([.. r, "inspect", restored])))
+            {
+                var st = inspect.RootElement.GetProperty("status");
+                Assert.Equal("CONTAINER_RUNNING", st.GetProperty("state").GetString());
+                Assert.Equal("true", st.GetProperty("annotations").GetProperty("restored").GetString());
+                Assert.Equal(archive, st.GetProperty("annotations").GetProperty("checkpointImage").GetString());
+                Assert.True(inspect.RootElement.GetProperty("info").GetProperty("restored").GetBoolean());
+            }
+
+            // Podman stops the container at checkpoint, so ctr.log ends where CRIU froze it: Crest's log is that copy,
+            // then the restored process's own lines, going on from the last count without starting over.
+            var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
+            Assert.StartsWith(archivedLog, newLog, StringComparison.Ordinal);
+            var after = newLog[archivedLog.Length..];
+            var counts = CountLine().Matches(after).Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).ToList();
+            Assert.NotEmpty(counts);
+            Assert.True(counts[0] >= lastBefore && counts[0] <= lastBefore + 2,
+                $"the restored counter did not go on from Podman's {lastBefore}:\n{archivedLog[^Math.Min(200, archivedLog.Length)..]}\n--- restored ---\n{after[..Math.Min(300, after.Length)]}");
+            Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second == p.First + 1), $"the restored counter skips or goes back:\n{after}");
+            Assert.True(counts[^1] > lastBefore + 2, $"the counter did not go on from {lastBefore}:\n{after}\n{crestd.Log}");
+
+            // Podman's plain diff applied, then deleted.files.
+            Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+            Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+        }
+        finally
+        {
+            await Binaries.RunCrestAsync([.. r, "rmp", podId]);
+        }
+    }
+
+    private static void RequireTools()
+    {
+        Requires.Root();
+        Requires.Binary("podman");
+        Requires.Binary("criu");
+        Requires.Binary("conmon");
+        Requires.Binary("runc");
+        Requires.Binary("docker-registry");
+        Requires.Binary("skopeo");
+    }
+
+    /// <summary>The busybox base image, pushed by skopeo: neither engine has it before it pulls it.</summary>
+    private static async Task<string> PushBusyboxAsync(TempDir dir, string name)
+    {
+        var busybox = await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct);
+        var layout = dir.CreateDirectory("busybox-layout");
+        var digest = TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
+        {
+            TestImages.Dir(t, "bin");
+            TestImages.Dir(t, "etc");
+            TestImages.Dir(t, "root");
+            TestImages.File(t, "bin/busybox", busybox, mode: 0x1ED);
+            TestImages.Symlink(t, "bin/sh", "busybox");
+            TestImages.File(t, "etc/motd", "welcome\n"u8.ToArray(), mode: 0x1A4);
+        })], "v1");
+        await TestImages.PushAsync(layout, "v1", name);
+        return digest;
+    }
+
+    /// <summary>Podman on the test's own root, runroot and tmpdir; nothing of the host's Podman state is touched.</summary>
+    private sealed class Podman(TempDir dir)
+    {
+        /// <summary>
+        /// No network (a container in the host's network namespace cannot be restored into a pod's), and rlimits the
+        /// host allows: Podman's defaults for root (nofile 1048576, nproc 32768) exceed the hard limits here, and runc
+        /// cannot raise them without CAP_SYS_RESOURCE.
+        /// </summary>
+        public static readonly string[] RunFlags = ["--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+
+        private readonly string[] _global =
+        [
+            "--root", dir.CreateDirectory("podman", "root"), "--runroot", dir.CreateDirectory("podman", "runroot"),
+            "--tmpdir", dir.CreateDirectory("podman", "tmp"), "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc",
+        ];
+
+        public Task<string> RunAsync(params string[] args) => RunAsync(args, true);
+
+        public async Task<string> RunAsync(string[] args, bool check)
+        {
+            var (code, output) = await Tool("podman", [.. _global, .. args]);
+            Assert.True(!check || code == 0, $"podman {string.Join(' ', args)} failed ({code}): {output}");
+            return output;
+        }
+
+        public async Task<(int ExitCode, string Output)> TryAsync(params string[] args) => await Tool("podman", [.. _global, .. args]);
+
+        /// <summary>Containers, then images; only this test's root is touched.</summary>
+        public async Task CleanUpAsync()
+        {
+            await Tool("podman", [.. _global, "rm", "-af", "-t", "0"]);
+            await Tool("podman", [.. _global, "rmi", "-af"]);
+        }
+    }
+
+    /// <summary>Every regular entry's bytes by name; Podman 4.3 compresses its export with zstd by default.</summary>
+    private static async Task<Dictionary<string, byte[]>> ReadArchiveAsync(string archive)
+    {
+        var entries = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        await using var f = File.OpenRead(archive);
+        var head = new byte[4];
+        await f.ReadExactlyAsync(head, Ct);
+        f.Position = 0;
+        await using Stream plain = head is [0x28, 0xb5, 0x2f, 0xfd] ? new ZstdSharp.DecompressionStream(f) : f;
+        using var tar = new TarReader(plain);
+        while (await tar.GetNextEntryAsync(copyData: true, Ct) is { } e)
+        {
+            var entryName = e.Name.StartsWith("./", StringComparison.Ordinal) ? e.Name[2..] : e.Name;
+            if (e.EntryType is TarEntryType.RegularFile or TarEntryType.V7RegularFile && e.DataStream is { } data)
+            {
+                using var copy = new MemoryStream();
+                await data.CopyToAsync(copy, Ct);
+                entries[entryName] = copy.ToArray();
+            }
+        }
+
+        return entries;
+    }
+
+    private static async Task<bool> IsZstdAsync(string path)
+    {
+        var head = new byte[4];
+        await using var f = File.OpenRead(path);
+        return await f.ReadAtLeastAsync(head, 4, throwOnEndOfStream: false, Ct) == 4 && head is [0x28, 0xb5, 0x2f, 0xfd];
+    }
+
+    private static List<string> TarNames(byte[] tar)
+    {
+        var names = new List<string>();
+        using var reader = new TarReader(new MemoryStream(tar));
+        while (reader.GetNextEntry() is { } e)
+        {
+            names.Add(e.Name.TrimStart('.', '/'));
+        }
+
+        return names;
+    }
+
+    private static async Task<string> WritePodAsync(TempDir dir, string name, string uid)
+    {
+        var pod = dir.Combine($"pod-{name}.json");
+        await File.WriteAllTextAsync(pod, $$"""
+            {"metadata": {"name": "{{name}}", "uid": "{{uid}}", "namespace": "e2e", "attempt": 1},
+             "hostname": "{{name}}", "log_directory": "{{dir.CreateDirectory("logs-" + name)}}", "linux": {} }
+            """, Ct);
+        return pod;
+    }
+
+    private static async Task<string> RunAsync(string[] args)
+    {
+        var result = await Binaries.RunCrestAsync(args);
+        Assert.True(result.ExitCode == 0, $"crest {string.Join(' ', args)} failed ({result.ExitCode}): {result.Stderr}");
+        return result.Stdout.Trim();
+    }
+
+    /// <summary>CRIU's restore log, kept in the bundle until RemoveContainer.</summary>
+    private static string RestoreLog(TempDir dir, string id)
+    {
+        var path = dir.Combine("root", "containers", id, "bundle", "restore.log");
+        return File.Exists(path) ? string.Join('\n', File.ReadAllLines(path).TakeLast(30)) : $"(no {path})";
+    }
+
+    private static int LastCount(string log) =>
+        CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
+
+    [GeneratedRegex(@"stdout F count (\d+)")]
+    private static partial Regex CountLine();
+
+    private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
+    {
+        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
+        var stderr = p.StandardError.ReadToEndAsync(Ct);
+        await p.WaitForExitAsync(Ct);
+        return (p.ExitCode, await stdout + await stderr);
+    }
+}
