@@ -28,12 +28,15 @@ public sealed record RestoreLimits
 public sealed class CheckpointReader(RestoreLimits limits)
 {
     /// <summary>
-    /// The CRI-O list of mount destinations that are the runtime's own, not the user's bind mounts.
+    /// The mount destinations Crest's own spec provides again at restore, so the request need not declare them. CRI-O's
+    /// list also skips /etc/passwd, /etc/group, /run/secrets, /run/.containerenv and /dev/termination-log, which CRI-O
+    /// (and Podman) add by themselves; Crest does not, and CRIU cannot restore a bind mount that is not there again
+    /// ("No mapping for N:(null) mountpoint" at StartContainer), so a checkpoint with them needs them in the request.
     /// </summary>
     private static readonly HashSet<string> SystemMounts = new(StringComparer.Ordinal)
     {
         "/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/dev/shm", "/etc/resolv.conf",
-        "/etc/hostname", "/etc/hosts", "/etc/passwd", "/etc/group", "/run/secrets", "/run/.containerenv", "/dev/termination-log",
+        "/etc/hostname", "/etc/hosts",
     };
 
     /// <summary>Unpacks an archive (plain, gzip or zstd) into <paramref name="stagingDir"/> (which must be new and empty) and reads it.</summary>

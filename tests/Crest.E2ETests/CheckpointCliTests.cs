@@ -602,6 +602,15 @@ public partial class CheckpointCliTests
         Assert.Equal(1, seccomp.ExitCode);
         Assert.Contains("seccomp mode is disabled in the checkpoint", seccomp.Stderr, StringComparison.Ordinal);
 
+        // The same verdict offline, without a daemon: crest checkpoint inspect.
+        var inspect = await Binaries.RunCrestAsync(["checkpoint", "inspect", archive]);
+        Assert.True(inspect.ExitCode == 0, inspect.Stderr);
+        Assert.Matches(@"\n1\s+1\s+busybox\s+0/0/0/0\s+0/0/0/0\s+disabled\s+CAP_CHOWN,", inspect.Stdout);
+        var verdict = await Binaries.RunCrestAsync(["checkpoint", "inspect", "--config", dir.Combine("nonroot.json"), archive]);
+        Assert.Equal(1, verdict.ExitCode);
+        Assert.Contains("Crest would REFUSE this restore", verdict.Stdout, StringComparison.Ordinal);
+        Assert.Contains("run_as_user 1000", verdict.Stdout, StringComparison.Ordinal);
+
         // A hostile checkpoint: CAP_SYS_ADMIN written into every thread's credentials.
         var hostile = dir.Combine("hostile.tar");
         await using (var input = File.OpenRead(archive))

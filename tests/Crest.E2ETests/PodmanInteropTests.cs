@@ -94,9 +94,21 @@ public partial class PodmanInteropTests
         var podId = await RunAsync([.. r, "runp", pod]);
         try
         {
+            // Podman bind-mounts /run/.containerenv into every container; CRIU restores that mount only onto a bind
+            // mount that is there again, which Crest's spec does not make: the request must declare it (as any other
+            // bind mount of the checkpoint), else CreateContainer refuses, naming it.
+            var bare = dir.Combine("restore-bare.json");
+            await File.WriteAllTextAsync(bare, $$"""{"metadata": {"name": "counter"}, "image": {"image": "{{archive}}"}, "log_path": "bare.log", "linux": {} }""", Ct);
+            var refused = await Binaries.RunCrestAsync([.. r, "create", podId, bare, pod]);
+            Assert.Equal(1, refused.ExitCode);
+            Assert.Contains("expects following bind mounts defined (/run/.containerenv)", refused.Stderr, StringComparison.Ordinal);
+
+            var containerEnv = dir.Combine("containerenv");
+            await File.WriteAllTextAsync(containerEnv, "", Ct);
             var restoreConfig = dir.Combine("restore.json");
             await File.WriteAllTextAsync(restoreConfig, $$"""
                 {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
+                 "mounts": [{"container_path": "/run/.containerenv", "host_path": "{{containerEnv}}", "readonly": true}],
                  "annotations": {"io.kubernetes.container.hash": "B"},
                  "labels": {"io.kubernetes.container.name": "counter"},
                  "log_path": "counter.log", "linux": {} }
@@ -156,13 +168,19 @@ public partial class PodmanInteropTests
         Requires.Binary("skopeo");
     }
 
-    /// <summary>The busybox base image, pushed by skopeo: neither engine has it before it pulls it.</summary>
+    /// <summary>
+    /// The busybox base image, pushed by skopeo: neither engine has it before it pulls it. Its layer records the root
+    /// directory ("./", 0755): without that entry containers/storage makes a container's root 0555 (overlay's
+    /// defaultPerms) while Crest makes it 0755, and CRIU refuses to restore across the two with
+    /// "File . has bad mode 040755 (expect 040555)" / "Can't open root" (it checks the mode of each process's root).
+    /// </summary>
     private static async Task<string> PushBusyboxAsync(TempDir dir, string name)
     {
         var busybox = await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct);
         var layout = dir.CreateDirectory("busybox-layout");
         var digest = TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
         {
+            TestImages.Dir(t, ".");
             TestImages.Dir(t, "bin");
             TestImages.Dir(t, "etc");
             TestImages.Dir(t, "root");

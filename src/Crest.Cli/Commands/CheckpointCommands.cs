@@ -26,6 +26,7 @@ internal static class CheckpointCommands
         var image = new Option<string?>("--image") { Description = "also build a checkpoint OCI image NAME[:TAG] in the runtime's image store" };
         var push = new Option<bool>("--push") { Description = "push the checkpoint image to its registry" };
         var checkpoint = new Command("checkpoint", "Checkpoint a running container into an archive (it keeps running)") { id, export, compress, stats, image, push };
+        checkpoint.Subcommands.Add(Inspect(global, output));
         checkpoint.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
             var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
@@ -94,6 +95,138 @@ internal static class CheckpointCommands
         checkpointImage.SetAction((parse, ct) => CliRunner.RunAsync(() =>
             BuildImageAsync(parse, global, output, Path.GetFullPath(parse.GetValue(archive)!), parse.GetValue(name)!, parse.GetValue(imagePush), ct)));
         yield return checkpointImage;
+    }
+
+    /// <summary>
+    /// <c>crest checkpoint inspect ARCHIVE [--config container.json]</c>: what a restore would put back (processes,
+    /// users, capabilities, seccomp, sizes, engine, base image) and, given a container config, the policy verdict.
+    /// Reads the archive locally through the same safe extractor crestd uses; no daemon is needed.
+    /// </summary>
+    private static Command Inspect(GlobalOptions global, TextWriter output)
+    {
+        var archive = new Argument<string>("archive");
+        var config = new Option<string?>("--config") { Description = "a container config (crictl JSON/YAML): show whether Crest would allow restoring with it" };
+        var inspect = new Command("inspect", "Show what restoring a checkpoint archive would grant, and whether a container config allows it") { archive, config };
+        inspect.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
+        {
+            var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
+            var path = Path.GetFullPath(parse.GetValue(archive)!);
+            var staging = Directory.CreateTempSubdirectory("crest-inspect-");
+            try
+            {
+                RestorePlan plan;
+                IReadOnlyList<CriuThread> threads;
+                try
+                {
+                    plan = await new CheckpointReader(new RestoreLimits()).ReadArchiveAsync(path, staging.FullName, ct);
+                    threads = CriuImages.ReadThreads(Path.Combine(staging.FullName, CheckpointFiles.CriuImages));
+                }
+                catch (Exception e) when (e is CrestException or IOException)
+                {
+                    throw new CliFailure(ExitCodes.RuntimeError, e.Message);
+                }
+
+                IReadOnlyList<PolicyViolation>? verdict = null;
+                if (parse.GetValue(config) is { } configPath)
+                {
+                    var request = PodCommands.ReadConfig<ContainerConfig>(configPath);
+                    verdict = RestorePolicy.Evaluate(threads, Security(request.Linux?.SecurityContext));
+                }
+
+                await WriteInspectAsync(ctx, plan, threads, verdict);
+                if (verdict is { Count: > 0 })
+                {
+                    throw new CliFailure(ExitCodes.RuntimeError, $"Crest would refuse this restore: {verdict.Count} violation(s)");
+                }
+            }
+            finally
+            {
+                staging.Delete(recursive: true);
+            }
+        }));
+        return inspect;
+    }
+
+    private static SecuritySpec Security(LinuxContainerSecurityContext? sc) => sc is null ? new SecuritySpec() : new SecuritySpec
+    {
+        Privileged = sc.Privileged,
+        AddCapabilities = [.. sc.Capabilities?.AddCapabilities ?? []],
+        DropCapabilities = [.. sc.Capabilities?.DropCapabilities ?? []],
+        RunAsUser = sc.RunAsUser?.Value,
+        RunAsGroup = sc.RunAsGroup?.Value,
+        SupplementalGroups = [.. sc.SupplementalGroups],
+        Seccomp = sc.Seccomp is null ? SeccompMode.Unconfined : sc.Seccomp.ProfileType switch
+        {
+            SecurityProfile.Types.ProfileType.RuntimeDefault => SeccompMode.RuntimeDefault,
+            SecurityProfile.Types.ProfileType.Localhost => SeccompMode.Localhost,
+            _ => SeccompMode.Unconfined,
+        },
+    };
+
+    private static async Task WriteInspectAsync(CliContext ctx, RestorePlan plan, IReadOnlyList<CriuThread> threads, IReadOnlyList<PolicyViolation>? verdict)
+    {
+        if (ctx.Format == OutputFormat.Json)
+        {
+            var doc = new System.Text.Json.Nodes.JsonObject
+            {
+                ["engine"] = plan.Engine.ToString(),
+                ["container"] = plan.OriginalName,
+                ["runtime"] = plan.OriginalRuntime,
+                ["baseImage"] = plan.BaseImageDigestReference ?? plan.BaseImageId ?? plan.BaseImageName,
+                ["baseImageName"] = plan.BaseImageName,
+                ["checkpointedAt"] = plan.CheckpointedAt.UtcDateTime.ToString("O", CultureInfo.InvariantCulture),
+                ["criuImageBytes"] = plan.CriuImageBytes,
+                ["rootfsDiffBytes"] = plan.RootfsDiffBytes,
+                ["bindMounts"] = new System.Text.Json.Nodes.JsonArray([.. plan.MountDestinations.Select(d => (System.Text.Json.Nodes.JsonNode)d)]),
+                ["processes"] = new System.Text.Json.Nodes.JsonArray([.. threads.Select(t => (System.Text.Json.Nodes.JsonNode)new System.Text.Json.Nodes.JsonObject
+                {
+                    ["pid"] = t.Pid,
+                    ["tid"] = t.Tid,
+                    ["command"] = t.Command,
+                    ["uids"] = string.Join("/", t.Uids),
+                    ["gids"] = string.Join("/", t.Gids),
+                    ["groups"] = string.Join(",", t.Groups),
+                    ["effective"] = RestorePolicy.Names(t.Effective),
+                    ["permitted"] = RestorePolicy.Names(t.Permitted),
+                    ["bounding"] = RestorePolicy.Names(t.Bounding),
+                    ["inheritable"] = RestorePolicy.Names(t.Inheritable),
+                    ["seccomp"] = t.Seccomp,
+                })]),
+            };
+            if (verdict is not null)
+            {
+                doc["allowed"] = verdict.Count == 0;
+                doc["violations"] = new System.Text.Json.Nodes.JsonArray([.. verdict.Select(v => (System.Text.Json.Nodes.JsonNode)v.ToString())]);
+            }
+
+            await ctx.Out.WriteLineAsync(doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            return;
+        }
+
+        await ctx.Out.WriteLineAsync($"Engine:          {plan.Engine}");
+        await ctx.Out.WriteLineAsync($"Container:       {plan.OriginalName}");
+        await ctx.Out.WriteLineAsync($"Runtime:         {plan.OriginalRuntime}");
+        await ctx.Out.WriteLineAsync($"Base image:      {plan.BaseImageDigestReference ?? plan.BaseImageId ?? plan.BaseImageName} ({plan.BaseImageName})");
+        await ctx.Out.WriteLineAsync($"Checkpointed:    {plan.CheckpointedAt.UtcDateTime:O}");
+        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"CRIU images:     {plan.CriuImageBytes} bytes; rootfs diff {plan.RootfsDiffBytes} bytes"));
+        await ctx.Out.WriteLineAsync($"Bind mounts:     {(plan.MountDestinations.Count == 0 ? "none" : string.Join(", ", plan.MountDestinations))}");
+        await ctx.Out.WriteLineAsync();
+        await ctx.Out.WriteLineAsync($"{"PID",-7} {"TID",-7} {"COMMAND",-16} {"UIDS",-16} {"GIDS",-16} {"SECCOMP",-9} EFFECTIVE CAPABILITIES");
+        foreach (var t in threads)
+        {
+            await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture,
+                $"{t.Pid,-7} {t.Tid,-7} {t.Command,-16} {string.Join("/", t.Uids),-16} {string.Join("/", t.Gids),-16} {t.Seccomp,-9} {RestorePolicy.Names(t.Effective)}"));
+        }
+
+        if (verdict is not null)
+        {
+            await ctx.Out.WriteLineAsync();
+            await ctx.Out.WriteLineAsync(verdict.Count == 0 ? "Verdict: Crest would allow restoring this checkpoint with that config." : "Verdict: Crest would REFUSE this restore:");
+            foreach (var v in verdict)
+            {
+                await ctx.Out.WriteLineAsync($"  {v}");
+            }
+        }
     }
 
     private static ArchiveCompression ParseCompression(string? text)

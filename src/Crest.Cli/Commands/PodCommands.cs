@@ -385,7 +385,7 @@ internal static class PodCommands
         new Renderer(OutputFormats.Parse(parse.GetValue(global.Output), OutputFormat.Json), output).Document(doc);
     }
 
-    private static T ReadConfig<T>(string path)
+    internal static T ReadConfig<T>(string path)
         where T : IMessage<T>, new()
     {
         string text;
