@@ -23,7 +23,8 @@ public partial class PodmanInteropTests
     /// (rootfsImageName as pulled, rootfsImageID as the 64-hex storage ID, no rootfsImageRef and no checkpointedTime),
     /// spec.dump with <c>io.container.manager: libpod</c>, an uncompressed rootfs-diff.tar plus deleted.files, its
     /// k8s-file log as ctr.log, network.status (<c>null</c> with <c>--network none</c>), devshm-checkpoint.tar, stats-dump
-    /// and an empty artifacts/ directory. Crest pulls the base image by that tag and restores the process into a pod.
+    /// and an empty artifacts/ directory, the whole export zstd-compressed. Crest pulls the base image by that tag and
+    /// restores the process into a pod once the request declares Podman's /run/.containerenv bind mount.
     /// </summary>
     [Fact]
     public async Task Crest_restores_a_podman_archive_pulling_the_base_image_by_tag_and_the_counter_continues()
@@ -42,7 +43,11 @@ public partial class PodmanInteropTests
             await podman.RunAsync("pull", "--tls-verify=false", name);
             await podman.RunAsync(["container", "run", "-d", "--name", "counter", .. Podman.RunFlags, name, "sh", "-c", CounterScript]);
             await Task.Delay(1500, Ct);
-            await podman.RunAsync("exec", "counter", "sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd");
+            // chmod 755 /: Podman's container root is 0555 (containers/storage, whatever the image's layers say), Crest's
+            // is 0755, and CRIU checks the mode of every process's root: without it the restore in Crest fails with
+            // "File . has bad mode 040755 (expect 040555)" / "Can't open root". Crest does not yet take the root's mode
+            // from the checkpoint (files.img), and Podman's rootfs-diff.tar does not record it.
+            await podman.RunAsync("exec", "counter", "sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd; chmod 755 /");
             await podman.RunAsync("container", "checkpoint", "--export", archive, "counter");
         }
         finally
@@ -157,6 +162,102 @@ public partial class PodmanInteropTests
         }
     }
 
+    /// <summary>
+    /// Podman 4.3 cannot restore a Crest archive with <c>podman container restore --import</c>, even with the base
+    /// image pulled into its storage first. It reads config.dump as its own libpod ContainerConfig and spec.dump as the
+    /// container's OCI spec, verbatim:
+    /// <list type="number">
+    /// <item>config.dump must carry <c>rootfsImageID</c> (containers/storage's image ID) along with
+    /// <c>rootfsImageName</c>: "both RootfsImageName and RootfsImageID must be set if either is set". checkpointctl's
+    /// ContainerConfig, which Crest, containerd and CRI-O write, has no such field.</item>
+    /// <item>With that field patched in (the ID Podman gave the pulled image), Podman hands spec.dump to runc as is:
+    /// its namespaces are the Crest pod's, joined by path (network, ipc, uts), and those are gone with the pod:
+    /// "Requested network namespace …/netns/… does not exist". Podman rewrites a namespace path only for namespaces it
+    /// created itself (config.dump's createNetNS and friends), so a CRI pod's container cannot be imported.</item>
+    /// </list>
+    /// The test asserts both refusals, so a Podman that learns to import CRI archives shows up here.
+    /// </summary>
+    [Fact]
+    public async Task Podman_cannot_restore_a_crest_archive_with_restore_import_and_says_why()
+    {
+        RequireTools();
+        await using var registry = await LocalRegistry.StartAsync();
+        using var dir = new TempDir("crest-e2e-podman2");
+        var name = $"{registry.Host}/e2e/busybox:v1";
+        await PushBusyboxAsync(dir, name);
+
+        // 1. Crest: pull by tag, a pod and a counter, rootfs changes, an exported checkpoint.
+        var archive = dir.Combine("crest-cp.tar");
+        await using (var crestd = await CrestdProcess.StartReadyAsync(dir))
+        {
+            string[] r = ["-r", crestd.Endpoint];
+            await RunAsync([.. r, "pull", name]);
+            var pod = await WritePodAsync(dir, "counter", "uid-crest");
+            var counter = dir.Combine("counter.json");
+            await File.WriteAllTextAsync(counter, $$"""
+                {"metadata": {"name": "counter"}, "image": {"image": "{{name}}"},
+                 "command": ["/bin/busybox", "sh", "-c", "{{CounterScript}}"],
+                 "log_path": "counter.log", "linux": {} }
+                """, Ct);
+            var podId = await RunAsync([.. r, "runp", pod]);
+            try
+            {
+                var id = await RunAsync([.. r, "create", podId, counter, pod]);
+                await RunAsync([.. r, "start", id]);
+                await Task.Delay(1500, Ct);
+                await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
+                var checkpoint = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", archive, id]);
+                Assert.True(checkpoint.ExitCode == 0, checkpoint.Stderr + crestd.Log);
+            }
+            finally
+            {
+                await Binaries.RunCrestAsync([.. r, "rmp", podId]);
+            }
+        }
+
+        // 2. Podman: the base image pulled into its storage first (restore --import needs it), then restore --import.
+        var podman = new Podman(dir);
+        try
+        {
+            await podman.RunAsync("pull", "--tls-verify=false", name);
+            var restore = await podman.TryAsync("container", "restore", "--import", archive, "--name", "restored");
+            Assert.NotEqual(0, restore.ExitCode);
+            Assert.Contains("both RootfsImageName and RootfsImageID must be set if either is set", restore.Output, StringComparison.Ordinal);
+
+            // The same archive with Podman's own image ID added to config.dump.
+            var imageId = (await podman.RunAsync("image", "inspect", "--format", "{{.Id}}", name)).Trim();
+            var patched = dir.Combine("patched.tar");
+            await using (var input = File.OpenRead(archive))
+            await using (var output = File.Create(patched))
+            {
+                using var reader = new TarReader(input);
+                await using var writer = new TarWriter(output, TarEntryFormat.Pax);
+                while (await reader.GetNextEntryAsync(copyData: true, Ct) is { } e)
+                {
+                    if (e.Name == "config.dump")
+                    {
+                        var node = System.Text.Json.Nodes.JsonNode.Parse(e.DataStream!)!;
+                        node["rootfsImageID"] = imageId;
+                        e.DataStream = new MemoryStream(System.Text.Encoding.UTF8.GetBytes(node.ToJsonString()));
+                    }
+
+                    await writer.WriteEntryAsync(e, Ct);
+                }
+            }
+
+            var again = await podman.TryAsync("container", "restore", "--import", patched, "--name", "restored");
+            Assert.NotEqual(0, again.ExitCode);
+            Assert.Matches(@"Requested network namespace \S+/netns/[0-9a-f]+ does not exist", again.Output);
+            // Podman leaves the imported container behind, created but not running (CleanUpAsync removes it).
+            Assert.Equal("", (await podman.RunAsync("ps", "--format", "{{.Names}}")).Trim());
+            Assert.Contains("restored", await podman.RunAsync("ps", "-a", "--format", "{{.Names}}"), StringComparison.Ordinal);
+        }
+        finally
+        {
+            await podman.CleanUpAsync();
+        }
+    }
+
     private static void RequireTools()
     {
         Requires.Root();
@@ -168,19 +269,13 @@ public partial class PodmanInteropTests
         Requires.Binary("skopeo");
     }
 
-    /// <summary>
-    /// The busybox base image, pushed by skopeo: neither engine has it before it pulls it. Its layer records the root
-    /// directory ("./", 0755): without that entry containers/storage makes a container's root 0555 (overlay's
-    /// defaultPerms) while Crest makes it 0755, and CRIU refuses to restore across the two with
-    /// "File . has bad mode 040755 (expect 040555)" / "Can't open root" (it checks the mode of each process's root).
-    /// </summary>
+    /// <summary>The busybox base image, pushed by skopeo: neither engine has it before it pulls it.</summary>
     private static async Task<string> PushBusyboxAsync(TempDir dir, string name)
     {
         var busybox = await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct);
         var layout = dir.CreateDirectory("busybox-layout");
         var digest = TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
         {
-            TestImages.Dir(t, ".");
             TestImages.Dir(t, "bin");
             TestImages.Dir(t, "etc");
             TestImages.Dir(t, "root");
