@@ -32,6 +32,8 @@ public static class CriuImages
     private const uint ServiceMagic = 0x55105940;
     private const uint PstreeMagic = 0x50273030;
     private const uint CoreMagic = 0x55053847;
+    private const uint FsMagic = 0x51403912;
+    private const uint FilesMagic = 0x56303138;
     private const int MaxImageBytes = 16 << 20;
     private const int MaxEntries = 65536;
     private const int MaxThreads = 65536;
@@ -131,6 +133,73 @@ public static class CriuImages
         }
 
         return threads;
+    }
+
+    /// <summary>
+    /// The permission bits the checkpointed root process saw on its root directory (fs-PID.img names the root's file
+    /// id, files.img records its mode). CRIU refuses to restore into a root whose mode differs (Podman's roots are
+    /// 0555, Crest's 0755), so the restore gives the new rootfs these bits. Null when the images do not say.
+    /// </summary>
+    public static uint? RootDirectoryMode(string imagesDir)
+    {
+        var pstree = Entries(Load(imagesDir, "pstree.img"), PstreeMagic, "pstree.img");
+        if (pstree.Count == 0)
+        {
+            return null;
+        }
+
+        var root = Parse(pstree_entry.Parser, pstree[0], "pstree.img");
+        var fsName = $"fs-{root.Pid}.img";
+        if (!Linux.FileKinds.IsRegularFile(Path.Combine(imagesDir, fsName)) || !Linux.FileKinds.IsRegularFile(Path.Combine(imagesDir, "files.img")))
+        {
+            return null;
+        }
+
+        var fs = Entries(Load(imagesDir, fsName), FsMagic, fsName);
+        if (fs.Count != 1)
+        {
+            throw Malformed(fsName, $"{fs.Count} entries where one fs entry belongs");
+        }
+
+        var rootId = Parse(fs_entry.Parser, fs[0], fsName).RootId;
+        foreach (var raw in Entries(Load(imagesDir, "files.img"), FilesMagic, "files.img"))
+        {
+            // file_entry: id is field 2, a regular file's details (reg_file_entry) field 3; the other kinds are skipped.
+            uint id = 0;
+            ByteString? reg = null;
+            try
+            {
+                var input = new CodedInputStream(raw.ToArray());
+                uint tag;
+                while ((tag = input.ReadTag()) != 0)
+                {
+                    switch (tag)
+                    {
+                        case 16:
+                            id = input.ReadUInt32();
+                            break;
+                        case 26:
+                            reg = input.ReadBytes();
+                            break;
+                        default:
+                            input.SkipLastField();
+                            break;
+                    }
+                }
+            }
+            catch (InvalidProtocolBufferException e)
+            {
+                throw Malformed("files.img", e.Message);
+            }
+
+            if (id == rootId && reg is not null)
+            {
+                var file = Parse(reg_file_entry.Parser, reg.Memory, "files.img");
+                return file.HasMode ? file.Mode & 0xFFF : null;
+            }
+        }
+
+        return null;
     }
 
     private static ulong Mask(Google.Protobuf.Collections.RepeatedField<uint> words) =>

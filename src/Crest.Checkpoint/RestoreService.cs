@@ -310,6 +310,12 @@ public sealed class RestoreSteps(RestoreOptions options) : IRestoreSteps
             }
         }
 
+        // The root directory's mode as the checkpointed process saw it: CRIU checks it ("File . has bad mode").
+        if (CriuImages.RootDirectoryMode(Path.Combine(restoreDir, CheckpointFiles.CriuImages)) is { } rootMode)
+        {
+            File.SetUnixFileMode(rootfs, (UnixFileMode)rootMode);
+        }
+
         // bind.mounts: a source the request declares but that does not exist is made with the recorded type, so
         // CRIU can bind it again. Only request paths are touched: the archive never chooses a host path.
         var binds = Path.Combine(restoreDir, CheckpointFiles.BindMounts);

@@ -43,11 +43,9 @@ public partial class PodmanInteropTests
             await podman.RunAsync("pull", "--tls-verify=false", name);
             await podman.RunAsync(["container", "run", "-d", "--name", "counter", .. Podman.RunFlags, name, "sh", "-c", CounterScript]);
             await Task.Delay(1500, Ct);
-            // chmod 755 /: Podman's container root is 0555 (containers/storage, whatever the image's layers say), Crest's
-            // is 0755, and CRIU checks the mode of every process's root: without it the restore in Crest fails with
-            // "File . has bad mode 040755 (expect 040555)" / "Can't open root". Crest does not yet take the root's mode
-            // from the checkpoint (files.img), and Podman's rootfs-diff.tar does not record it.
-            await podman.RunAsync("exec", "counter", "sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd; chmod 755 /");
+            // Podman's container root is 0555 (containers/storage, whatever the image's layers say) and Crest's 0755;
+            // CRIU refuses a root whose mode differs, so Crest gives the new rootfs the mode recorded in files.img.
+            await podman.RunAsync("exec", "counter", "sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd");
             await podman.RunAsync("container", "checkpoint", "--export", archive, "counter");
         }
         finally
