@@ -18,7 +18,8 @@ public sealed record CriuThread(
     ulong Inheritable,
     ulong Bounding,
     uint Securebits,
-    string Seccomp);
+    string Seccomp,
+    string Architecture = "x86_64");
 
 /// <summary>
 /// Reads the CRIU images that decide a restored process's privileges: pstree.img (processes and threads) and
@@ -128,7 +129,8 @@ public static class CriuImages
                     [.. creds.Groups],
                     Mask(creds.CapEff), Mask(creds.CapPrm), Mask(creds.CapInh), Mask(creds.CapBnd),
                     creds.Secbits,
-                    seccomp.ToString().ToLowerInvariant()));
+                    seccomp.ToString().ToLowerInvariant(),
+                    ArchitectureName(core.Mtype)));
             }
         }
 
@@ -201,6 +203,29 @@ public static class CriuImages
 
         return null;
     }
+
+    /// <summary>The machine a core image was dumped on, in the names uname uses.</summary>
+    public static string ArchitectureName(core_entry.Types.march machine) => machine switch
+    {
+        core_entry.Types.march.X8664 => "x86_64",
+        core_entry.Types.march.Aarch64 => "aarch64",
+        core_entry.Types.march.Arm => "arm",
+        core_entry.Types.march.Ppc64 => "ppc64le",
+        core_entry.Types.march.S390 => "s390x",
+        core_entry.Types.march.Mips => "mips64",
+        _ => "unknown",
+    };
+
+    /// <summary>This node's architecture in the same names.</summary>
+    public static string HostArchitecture => System.Runtime.InteropServices.RuntimeInformation.OSArchitecture switch
+    {
+        System.Runtime.InteropServices.Architecture.X64 => "x86_64",
+        System.Runtime.InteropServices.Architecture.Arm64 => "aarch64",
+        System.Runtime.InteropServices.Architecture.Arm => "arm",
+        System.Runtime.InteropServices.Architecture.Ppc64le => "ppc64le",
+        System.Runtime.InteropServices.Architecture.S390x => "s390x",
+        var other => other.ToString().ToLowerInvariant(),
+    };
 
     private static ulong Mask(Google.Protobuf.Collections.RepeatedField<uint> words) =>
         words.Count switch

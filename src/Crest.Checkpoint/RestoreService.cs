@@ -127,6 +127,12 @@ public sealed class RestoreService(
     private void EnforcePolicy(RestorePlan plan, ContainerSpec request)
     {
         var threads = CriuImages.ReadThreads(Path.Combine(plan.StagingDir, CheckpointFiles.CriuImages));
+        if (threads.FirstOrDefault(t => t.Architecture != CriuImages.HostArchitecture) is { } foreign)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument,
+                $"checkpoint {plan.Source} was made on {foreign.Architecture} (task {foreign.Pid}); this node is {CriuImages.HostArchitecture}, and CRIU restores only on the architecture it dumped on");
+        }
+
         var violations = RestorePolicy.Evaluate(threads, request.Security);
         foreach (var relaxed in violations.Where(v => options.RelaxedChecks.Contains(v.Check)))
         {

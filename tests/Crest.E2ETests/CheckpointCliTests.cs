@@ -612,10 +612,11 @@ public partial class CheckpointCliTests
         Assert.Contains("run_as_user 1000", verdict.Stdout, StringComparison.Ordinal);
 
         // A hostile checkpoint: CAP_SYS_ADMIN written into every thread's credentials.
-        var hostile = dir.Combine("hostile.tar");
-        await using (var input = File.OpenRead(archive))
-        await using (var output = File.Create(hostile))
+        async Task<string> EditCores(string name, Action<Crest.Cri.Api.CriuImages.core_entry> edit)
         {
+            var edited = dir.Combine(name + ".tar");
+            await using var input = File.OpenRead(archive);
+            await using var output = File.Create(edited);
             using var reader = new TarReader(input);
             await using var writer = new TarWriter(output, TarEntryFormat.Pax);
             while (await reader.GetNextEntryAsync(copyData: true, Ct) is { } e)
@@ -624,16 +625,27 @@ public partial class CheckpointCliTests
                 {
                     using var buffer = new MemoryStream();
                     await e.DataStream!.CopyToAsync(buffer, Ct);
-                    e.DataStream = new MemoryStream(WidenCapabilities(buffer.ToArray(), 21));
+                    e.DataStream = new MemoryStream(EditCore(buffer.ToArray(), edit));
                 }
 
                 await writer.WriteEntryAsync(e, Ct);
             }
+
+            return edited;
         }
 
-        var widened = await Restore("hostile", hostile, "{}");
+        var widened = await Restore("hostile", await EditCores("hostile", core =>
+        {
+            foreach (var set in new[] { core.ThreadCore.Creds.CapEff, core.ThreadCore.Creds.CapPrm, core.ThreadCore.Creds.CapBnd })
+            {
+                set[0] |= 1u << 21; // CAP_SYS_ADMIN
+            }
+        }), "{}");
         Assert.Equal(1, widened.ExitCode);
         Assert.Contains("CAP_SYS_ADMIN beyond the grant", widened.Stderr, StringComparison.Ordinal);
+        var foreign = await Restore("foreign", await EditCores("foreign", core => core.Mtype = Crest.Cri.Api.CriuImages.core_entry.Types.march.Aarch64), "{}");
+        Assert.Equal(1, foreign.ExitCode);
+        Assert.Contains("was made on aarch64", foreign.Stderr, StringComparison.Ordinal);
 
         // Nothing was created or left behind; the unmodified checkpoint with the default request still restores.
         Assert.Equal("", (await RunAsync([.. r, "ps", "-a", "-q"])).Trim());
@@ -644,22 +656,12 @@ public partial class CheckpointCliTests
         await RunAsync([.. r, "rmp", podId]);
     }
 
-    /// <summary>Rewrites a CRIU core image (magics, then one length-prefixed core_entry) with one more capability in every set.</summary>
-    private static byte[] WidenCapabilities(byte[] image, int capability)
+    /// <summary>Rewrites a CRIU core image (magics, then one length-prefixed core_entry) after <paramref name="edit"/>.</summary>
+    private static byte[] EditCore(byte[] image, Action<Crest.Cri.Api.CriuImages.core_entry> edit)
     {
         var size = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(image.AsSpan(8));
         var core = Crest.Cri.Api.CriuImages.core_entry.Parser.ParseFrom(image.AsSpan(12, size));
-        var creds = core.ThreadCore.Creds;
-        foreach (var set in new[] { creds.CapEff, creds.CapPrm, creds.CapBnd })
-        {
-            if (set.Count == 0)
-            {
-                set.Add(0);
-            }
-
-            set[capability / 32] |= 1u << (capability % 32);
-        }
-
+        edit(core);
         var payload = Google.Protobuf.MessageExtensions.ToByteArray(core);
         var result = new byte[12 + payload.Length];
         image.AsSpan(0, 8).CopyTo(result);

@@ -100,6 +100,21 @@ public class CriuImageTests
         Assert.Empty(privileged);
     }
 
+    [Fact]
+    public void Each_thread_names_the_architecture_it_was_dumped_on()
+    {
+        using var dir = new TempDir("crest-criu");
+        var arm = CoreFor(0, 0, seccomp_mode.Disabled);
+        arm.Mtype = core_entry.Types.march.Aarch64;
+        var images = WriteCheckpoint(dir, (1, CoreFor(0, 0, seccomp_mode.Disabled)), (2, arm));
+
+        var threads = CriuImages.ReadThreads(images);
+
+        Assert.Equal("x86_64", threads[0].Architecture);
+        Assert.Equal("aarch64", threads[1].Architecture);
+        Assert.Equal(System.Runtime.InteropServices.RuntimeInformation.OSArchitecture == System.Runtime.InteropServices.Architecture.X64 ? "x86_64" : "aarch64", CriuImages.HostArchitecture);
+    }
+
     [Theory]
     [InlineData(new byte[] { })]
     [InlineData(new byte[] { 0x19, 0x43 })]
