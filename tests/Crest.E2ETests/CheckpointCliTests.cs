@@ -670,6 +670,137 @@ public partial class CheckpointCliTests
         return result;
     }
 
+    [Fact]
+    public async Task An_archive_in_cri_o_form_restores_with_its_json_annotations_plain_rootfs_diff_and_deleted_files()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-crio");
+        var s = await StartAsync(dir);
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
+        await RunAsync([.. r, "start", id]);
+        await Task.Delay(800, Ct);
+        await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
+        var archive = dir.Combine("cp.tar");
+        await RunAsync([.. r, "checkpoint", "--export", archive, id]);
+        await RunAsync([.. r, "rmp", podId]);
+        string imageId;
+        using (var image = JsonDocument.Parse(await RunAsync([.. r, "inspecti", "localhost/e2e/busybox:v1"])))
+        {
+            imageId = image.RootElement.GetProperty("status").GetProperty("id").GetString()!;
+        }
+
+        // Rewrite it the way CRI-O writes archives: no status.dump; annotations, labels and metadata as JSON strings
+        // in spec.dump; io.container.manager=cri-o; the log under io.kubernetes.cri-o.LogPath; rootfsImageRef a bare
+        // 64-hex image ID; a plain rootfs-diff.tar with no whiteouts plus deleted.files.
+        var crio = dir.Combine("crio.tar");
+        var lastBefore = 0;
+        await using (var input = File.OpenRead(archive))
+        await using (var output = File.Create(crio))
+        {
+            using var reader = new TarReader(input);
+            await using var writer = new TarWriter(output, TarEntryFormat.Pax);
+            while (await reader.GetNextEntryAsync(copyData: true, Ct) is { } e)
+            {
+                byte[]? data = null;
+                if (e.DataStream is not null)
+                {
+                    using var buffer = new MemoryStream();
+                    await e.DataStream.CopyToAsync(buffer, Ct);
+                    data = buffer.ToArray();
+                }
+
+                switch (e.Name)
+                {
+                    case "status.dump":
+                        continue;
+                    case "spec.dump":
+                    {
+                        var spec = System.Text.Json.Nodes.JsonNode.Parse(data)!;
+                        var crioAnnotations = new System.Text.Json.Nodes.JsonObject
+                        {
+                            ["io.container.manager"] = "cri-o",
+                            ["io.kubernetes.cri-o.Annotations"] = """{"io.kubernetes.container.hash":"A","from.crio":"yes","cdi.k8s.io/gpu":"x"}""",
+                            ["io.kubernetes.cri-o.Labels"] = """{"io.kubernetes.container.name":"counter"}""",
+                            ["io.kubernetes.cri-o.Metadata"] = """{"name":"counter","attempt":0}""",
+                        };
+                        spec["annotations"] = crioAnnotations;
+                        data = System.Text.Encoding.UTF8.GetBytes(spec.ToJsonString());
+                        break;
+                    }
+
+                    case "config.dump":
+                    {
+                        var config = System.Text.Json.Nodes.JsonNode.Parse(data)!;
+                        config["rootfsImageRef"] = imageId[7..];
+                        data = System.Text.Encoding.UTF8.GetBytes(config.ToJsonString());
+                        break;
+                    }
+
+                    case "container.log":
+                        lastBefore = LastCount(System.Text.Encoding.UTF8.GetString(data!));
+                        e = new PaxTarEntry(TarEntryType.RegularFile, "io.kubernetes.cri-o.LogPath");
+                        break;
+                    case "rootfs-diff.tar":
+                        data = await WithoutWhiteoutsAsync(data!);
+                        break;
+                    case "deleted.files":
+                        data = "[\"/etc/motd\"]"u8.ToArray();
+                        break;
+                }
+
+                if (data is not null)
+                {
+                    var copy = new PaxTarEntry(TarEntryType.RegularFile, e.Name) { DataStream = new MemoryStream(data), Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
+                    await writer.WriteEntryAsync(copy, Ct);
+                }
+                else
+                {
+                    await writer.WriteEntryAsync(e, Ct);
+                }
+            }
+        }
+
+        var newPod = await WritePodAsync(dir, "crio", "uid-crio");
+        var newPodId = await RunAsync([.. r, "runp", newPod]);
+        var config2 = dir.Combine("restore-crio.json");
+        await File.WriteAllTextAsync(config2, $$"""{"metadata": {"name": "counter"}, "image": {"image": "{{crio}}"}, "annotations": {"io.kubernetes.container.hash": "B"}, "log_path": "counter.log", "linux": {} }""", Ct);
+        var restored = await RunAsync([.. r, "create", newPodId, config2, newPod]);
+        await RunAsync([.. r, "start", restored]);
+        var log = await WaitForCountAsync(dir.Combine("logs-crio", "counter.log"), lastBefore + 2);
+
+        Assert.True(LastCount(log) > lastBefore + 2, log[^Math.Min(400, log.Length)..]);
+        Assert.Contains("stdout F count 1\n", log, StringComparison.Ordinal);
+        Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+        Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+        var annotations = (await InspectAsync(r, restored)).GetProperty("status").GetProperty("annotations");
+        Assert.Equal("yes", annotations.GetProperty("from.crio").GetString());
+        Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
+        Assert.False(annotations.TryGetProperty("cdi.k8s.io/gpu", out _));
+        await RunAsync([.. r, "rmp", newPodId]);
+    }
+
+    /// <summary>A copy of a rootfs diff tar without its .wh. entries, as CRI-O writes them (deletions go to deleted.files).</summary>
+    private static async Task<byte[]> WithoutWhiteoutsAsync(byte[] tar)
+    {
+        using var output = new MemoryStream();
+        await using (var writer = new TarWriter(output, TarEntryFormat.Pax, leaveOpen: true))
+        {
+            using var reader = new TarReader(new MemoryStream(tar));
+            while (await reader.GetNextEntryAsync(copyData: true, Ct) is { } e)
+            {
+                if (!Path.GetFileName(e.Name.TrimEnd('/')).StartsWith(".wh.", StringComparison.Ordinal))
+                {
+                    await writer.WriteEntryAsync(e, Ct);
+                }
+            }
+        }
+
+        return output.ToArray();
+    }
+
     private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
     {
         var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
