@@ -144,6 +144,11 @@ public static class CriuImages
     /// </summary>
     public static uint? RootDirectoryMode(string imagesDir)
     {
+        if (!Linux.FileKinds.IsRegularFile(Path.Combine(imagesDir, "pstree.img")))
+        {
+            return null; // completeness (inventory.img, pstree.img) is checked where the restore starts and by CRIU
+        }
+
         var pstree = Entries(Load(imagesDir, "pstree.img"), PstreeMagic, "pstree.img");
         if (pstree.Count == 0)
         {
