@@ -20,9 +20,6 @@ internal static partial class CheckpointLog
     [LoggerMessage(404, LogLevel.Information, "restore from {Source}: base image {Image} is not on this node; pulling it")]
     public static partial void PullingBaseImage(ILogger logger, string source, string image);
 
-    [LoggerMessage(405, LogLevel.Warning, "restore from {Source}: the checkpointed process was in a shared pid namespace; the restored container joins the pod's pid namespace instead of a private one")]
-    public static partial void PodPidNamespace(ILogger logger, string source);
-
     [LoggerMessage(406, LogLevel.Warning, "restore from {Source}: policy check {Check} is relaxed by configuration; allowing: {Violation}")]
     public static partial void PolicyRelaxed(ILogger logger, string source, string check, string violation);
 }

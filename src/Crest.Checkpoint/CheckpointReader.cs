@@ -210,13 +210,13 @@ public sealed class CheckpointReader(RestoreLimits limits)
             BaseImageName = tag,
             OriginalName = name,
             OriginalRuntime = config.Runtime ?? "",
-            ProcessArgs = (spec["process"]?["args"] as JsonArray ?? []).Select(a => a?.ToString()).OfType<string>().Take(4096).ToList(),
-            JoinedPidNamespace = (spec["linux"]?["namespaces"] as JsonArray ?? []).OfType<JsonObject>()
+            ProcessArgs = ((spec["process"] as JsonObject)?["args"] as JsonArray ?? []).Select(a => a?.ToString()).OfType<string>().Take(4096).ToList(),
+            JoinedPidNamespace = ((spec["linux"] as JsonObject)?["namespaces"] as JsonArray ?? []).OfType<JsonObject>()
                 .Any(n => n["type"]?.ToString() == "pid" && n["path"]?.ToString() is { Length: > 0 }),
             Annotations = annotations,
             Labels = labels,
             CheckpointedAt = config.CheckpointedTime,
-            BindMounts = binds.Select(b => new CheckpointBindMount(b.Source, "/" + b.Destination.Trim('/'), b.FileType != "file", b.Permissions & 0xfff)).ToList(),
+            BindMounts = binds.Where(b => b is { Source: not null, Destination: not null }).Select(b => new CheckpointBindMount(b.Source, "/" + b.Destination.Trim('/'), b.FileType != "file", b.Permissions & 0xfff)).ToList(),
             MountDestinations = mountDestinations,
             LogCopy = logCopy,
             StagingDir = dir,

@@ -72,17 +72,17 @@ public sealed class CheckpointService(
         var token = deadline.Token;
 
         // A fresh private work directory: removed first (never followed if something planted a link there).
-        var work = Path.Combine(layout.ContainerDir(container.Id), "checkpoint-work");
-        RemoveFresh(work);
-        Directory.CreateDirectory(work, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        var images = Path.Combine(work, CheckpointFiles.CriuImages);
-        Directory.CreateDirectory(images, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        var spec = await ReadSpecAsync(container.Id, token).ConfigureAwait(false);
-        var excluded = MountDestinations(spec);
+        // A fresh private work directory per call, so two checkpoints of one container never share files.
+        var work = Path.Combine(layout.ContainerDir(container.Id), "checkpoint-work-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
         RootfsDiffSummary? diff = null;
         long logLength = 0;
         try
         {
+            Directory.CreateDirectory(work, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            var images = Path.Combine(work, CheckpointFiles.CriuImages);
+            Directory.CreateDirectory(images, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            var spec = await ReadSpecAsync(container.Id, token).ConfigureAwait(false);
+            var excluded = MountDestinations(spec);
             ContainerService.ContainerDump dump;
             try
             {
@@ -104,6 +104,11 @@ public sealed class CheckpointService(
             var checkpointedAt = time.GetUtcNow();
             await WriteMetadataAsync(work, dump, spec, diff!, logLength, checkpointedAt, token).ConfigureAwait(false);
             var stats = ReadStats(Path.Combine(work, CheckpointFiles.StatsDump));
+            if (!File.Exists(Path.Combine(images, "inventory.img")))
+            {
+                throw new CrestException(ErrorKind.Internal, $"checkpoint of container {container.Id}: CRIU reported success but wrote no inventory.img; no archive was written");
+            }
+
             var archiveClock = Stopwatch.StartNew();
             var bytes = await WriteArchiveAsync(work, target, options.Compression, token).ConfigureAwait(false);
             var result = new CheckpointResult(container.Id, target, bytes, total.Elapsed, dump.Paused, dump.CriuDump, dump.RootfsCapture, archiveClock.Elapsed, stats);

@@ -88,22 +88,21 @@ public sealed class RestoreService(
 
             EnforcePolicy(plan, request);
             var baseImage = await EnsureBaseImageAsync(plan, ct).ConfigureAwait(false);
-            var security = request.Security;
-            if (security.Namespaces.Pid == NamespaceMode.Container && sandbox.Spec.Namespaces.Pid != NamespaceMode.Node && plan.JoinedPidNamespace)
+            if (request.Security.Namespaces.Pid == NamespaceMode.Container && plan.JoinedPidNamespace)
             {
-                // The checkpointed process was in a pid namespace it joined (the pod's: containerd's default for a
-                // request without namespace_options). runc recorded it as CRIU's external extRootPidNS and CRIU can
-                // restore the process only into a namespace handed in again; a private one fails at StartContainer.
-                CheckpointLog.PodPidNamespace(logger, plan.Source);
-                security = security with { Namespaces = security.Namespaces with { Pid = NamespaceMode.Pod } };
+                // runc recorded the joined pid namespace as CRIU's external extRootPidNS: CRIU can restore the process
+                // only into a joined namespace again. Widening the request's private namespace is not Crest's call.
+                throw new CrestException(ErrorKind.FailedPrecondition,
+                    $"checkpoint {plan.Source} was taken in a shared (pod) pid namespace, but the container config asks for a private one; "
+                    + "restore it with linux.security_context.namespace_options.pid = POD");
             }
 
             var spec = request with
             {
                 Image = baseImage,
-                Security = security,
                 UserSpecifiedImage = request.UserSpecifiedImage,
                 Annotations = AdaptAnnotations(plan, request, sandbox, logger),
+                RuntimeAnnotations = request.Annotations,
                 // The spec needs a program; CRIU puts back the real one. The checkpoint's argv is only a placeholder here.
                 Command = request.Command.Count == 0 && request.Args.Count == 0 ? plan.ProcessArgs : request.Command,
             };
@@ -310,7 +309,7 @@ public sealed class RestoreSteps(RestoreOptions options) : IRestoreSteps
                 throw new CrestException(ErrorKind.InvalidArgument, $"deleted.files of container {container.Id} is not a JSON list of paths: {e.Message}", e);
             }
 
-            foreach (var path in paths ?? [])
+            foreach (var path in (paths ?? []).OfType<string>())
             {
                 extractor.Remove(path, $"deleted.files of container {container.Id}");
             }
@@ -319,7 +318,8 @@ public sealed class RestoreSteps(RestoreOptions options) : IRestoreSteps
         // The root directory's mode as the checkpointed process saw it: CRIU checks it ("File . has bad mode").
         if (CriuImages.RootDirectoryMode(Path.Combine(restoreDir, CheckpointFiles.CriuImages)) is { } rootMode)
         {
-            File.SetUnixFileMode(rootfs, (UnixFileMode)rootMode);
+            // Permission bits only, and never more open than 0755: the value comes from the archive.
+            File.SetUnixFileMode(rootfs, (UnixFileMode)(rootMode & 0x1ED));
         }
 
         // bind.mounts: a source the request declares but that does not exist is made with the recorded type, so
@@ -337,7 +337,7 @@ public sealed class RestoreSteps(RestoreOptions options) : IRestoreSteps
                 throw new CrestException(ErrorKind.InvalidArgument, $"bind.mounts of container {container.Id} is not a JSON list of mounts: {e.Message}", e);
             }
 
-            foreach (var b in recorded ?? [])
+            foreach (var b in (recorded ?? []).Where(b => b is { Destination: not null }))
             {
                 var mount = container.Spec.Mounts.FirstOrDefault(m => "/" + m.ContainerPath.Trim('/') == "/" + b.Destination.Trim('/'));
                 if (mount is null || File.Exists(mount.HostPath) || Directory.Exists(mount.HostPath) || FileKinds.IsSymlink(mount.HostPath))
@@ -345,15 +345,15 @@ public sealed class RestoreSteps(RestoreOptions options) : IRestoreSteps
                     continue;
                 }
 
-                var mode = (UnixFileMode)(b.Permissions & 0x1FF);
+                // The type comes from the archive; the host-side modes are Crest's (0644, 0755), never the archive's.
                 if (b.FileType == "file")
                 {
                     Directory.CreateDirectory(Path.GetDirectoryName(mount.HostPath)!);
-                    await using var f = new FileStream(mount.HostPath, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = mode == 0 ? (UnixFileMode)0x1A4 : mode });
+                    await using var f = new FileStream(mount.HostPath, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = (UnixFileMode)0x1A4 });
                 }
                 else
                 {
-                    Directory.CreateDirectory(mount.HostPath, mode == 0 ? (UnixFileMode)0x1ED : mode);
+                    Directory.CreateDirectory(mount.HostPath, (UnixFileMode)0x1ED);
                 }
             }
         }

@@ -112,6 +112,12 @@ public sealed record ContainerSpec
     public IReadOnlyList<DeviceSpec> Devices { get; init; } = [];
     public IReadOnlyDictionary<string, string> Labels { get; init; } = new Dictionary<string, string>();
     public IReadOnlyDictionary<string, string> Annotations { get; init; } = new Dictionary<string, string>();
+    /// <summary>
+    /// When set, the annotations written into the OCI spec instead of <see cref="Annotations"/>: a restored container
+    /// shows the checkpoint's annotations through the CRI, but runc, crun and CRIU (org.criu.config, org.systemd.*,
+    /// run.oci.*) only ever see the request's.
+    /// </summary>
+    public IReadOnlyDictionary<string, string>? RuntimeAnnotations { get; init; }
     public string LogPath { get; init; } = "";
     public bool Stdin { get; init; }
     public bool StdinOnce { get; init; }

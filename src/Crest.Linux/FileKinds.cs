@@ -21,6 +21,27 @@ public static partial class FileKinds
 
     public static bool IsSymlink(string path) => TryGetMode(path, out var mode) && (mode & S_IFMT) == S_IFLNK;
 
+    /// <summary>Creates or truncates a file for writing (mode 0600 when new) with O_NOFOLLOW: a symlink planted at the path fails instead of being written through.</summary>
+    public static Microsoft.Win32.SafeHandles.SafeFileHandle CreateNoFollow(string path)
+    {
+        const int O_CREAT = 0x40;
+        const int O_TRUNC = 0x200;
+        var fd = Interop.OpenAt(Interop.AT_FDCWD, path, Interop.O_WRONLY | O_CREAT | O_TRUNC | Interop.O_CLOEXEC | Interop.O_NOFOLLOW, 0x180);
+        if (fd < 0)
+        {
+            throw new IOException($"cannot create {path} without following links: {Interop.Errno()}");
+        }
+
+        var handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        if (Interop.TypeAt(fd, "") != Interop.S_IFREG)
+        {
+            handle.Dispose();
+            throw new IOException($"{path} is not a regular file");
+        }
+
+        return handle;
+    }
+
     /// <summary>Opens a regular file for reading with O_NOFOLLOW: a symlink in its place fails instead of being followed.</summary>
     public static Microsoft.Win32.SafeHandles.SafeFileHandle OpenReadNoFollow(string path)
     {

@@ -212,7 +212,7 @@ public static class SpecBuilder
                 },
                 Devices = ctx.Devices.Count == 0 ? null : ctx.Devices,
             },
-            Annotations = spec.Annotations.Count == 0 ? null : spec.Annotations,
+            Annotations = (spec.RuntimeAnnotations ?? spec.Annotations) is { Count: > 0 } annotations ? annotations : null,
         };
     }
 

@@ -648,8 +648,9 @@ public sealed class ContainerService(
             RuntimeLog.ContainerRestored(logger, c.Id, pid, (long)(time.GetUtcNow() - started).TotalMilliseconds);
             events.Publish(c.Id, c.SandboxId, LifecycleEvent.Started);
         }
-        catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
+            // Whatever went wrong (the archive's data is untrusted), the container ends EXITED and can be removed.
             var why = e.Message + RestoreLogExcerpt(Path.Combine(bundle, "restore.log"));
             await Step(c.Id, () => oci.DeleteAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id, CancellationToken.None)).ConfigureAwait(false);
             await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = why, FinishedAt = time.GetUtcNow(), RestoreDir = null },
@@ -694,7 +695,7 @@ public sealed class ContainerService(
         }
 
         await using var input = new FileStream(FileKinds.OpenReadNoFollow(source), FileAccess.Read);
-        await using var output = new FileStream(destination, new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
+        await using var output = new FileStream(FileKinds.CreateNoFollow(destination), FileAccess.Write);
         await input.CopyToAsync(output, ct).ConfigureAwait(false);
     }
 
@@ -725,10 +726,11 @@ public sealed class ContainerService(
         var root = layout.RuntimeRoot(handler.Name);
         var runtimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path;
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        await oci.PauseAsync(runtimePath, root, c.Id, ct).ConfigureAwait(false);
         TimeSpan dumped = default, captured = default, paused;
         try
         {
+            // Inside the try and not cancellable: a pause that took effect is always undone below.
+            await oci.PauseAsync(runtimePath, root, c.Id, CancellationToken.None).ConfigureAwait(false);
             await oci.CheckpointAsync(new CheckpointCommand
             {
                 RuntimePath = runtimePath,

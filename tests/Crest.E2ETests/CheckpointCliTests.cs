@@ -450,7 +450,7 @@ public partial class CheckpointCliTests
         Assert.Contains("criu", failed.Stderr, StringComparison.OrdinalIgnoreCase);
         Assert.False(File.Exists(dir.Combine("cp.tar")));
         Assert.Empty(Directory.EnumerateFiles(dir.Path, ".cp.tar*"));
-        Assert.False(Directory.Exists(dir.Combine("root", "containers", id, "checkpoint-work")));
+        Assert.Empty(Directory.EnumerateDirectories(dir.Combine("root", "containers", id), "checkpoint-work*"));
         Assert.Equal("CONTAINER_RUNNING", (await InspectAsync(r, id)).GetProperty("status").GetProperty("state").GetString());
         var logFile = dir.Combine("logs-counter", "counter.log");
         var n = LastCount(await File.ReadAllTextAsync(logFile, Ct));
@@ -722,7 +722,7 @@ public partial class CheckpointCliTests
                         var crioAnnotations = new System.Text.Json.Nodes.JsonObject
                         {
                             ["io.container.manager"] = "cri-o",
-                            ["io.kubernetes.cri-o.Annotations"] = """{"io.kubernetes.container.hash":"A","from.crio":"yes","cdi.k8s.io/gpu":"x"}""",
+                            ["io.kubernetes.cri-o.Annotations"] = """{"io.kubernetes.container.hash":"A","from.crio":"yes","cdi.k8s.io/gpu":"x","org.criu.config":"/tmp/evil.conf"}""",
                             ["io.kubernetes.cri-o.Labels"] = """{"io.kubernetes.container.name":"counter"}""",
                             ["io.kubernetes.cri-o.Metadata"] = """{"name":"counter","attempt":0}""",
                         };
@@ -775,8 +775,14 @@ public partial class CheckpointCliTests
         Assert.Contains("stdout F count 1\n", log, StringComparison.Ordinal);
         Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
         Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
-        var annotations = (await InspectAsync(r, restored)).GetProperty("status").GetProperty("annotations");
+        var inspected = await InspectAsync(r, restored);
+        var annotations = inspected.GetProperty("status").GetProperty("annotations");
         Assert.Equal("yes", annotations.GetProperty("from.crio").GetString());
+        // The checkpoint's annotations are shown through the CRI, but the OCI runtime and CRIU see only the request's.
+        var runtimeAnnotations = inspected.GetProperty("info").GetProperty("runtimeSpec").GetProperty("annotations");
+        Assert.False(runtimeAnnotations.TryGetProperty("org.criu.config", out _));
+        Assert.False(runtimeAnnotations.TryGetProperty("from.crio", out _));
+        Assert.Equal("B", runtimeAnnotations.GetProperty("io.kubernetes.container.hash").GetString());
         Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
         Assert.False(annotations.TryGetProperty("cdi.k8s.io/gpu", out _));
         await RunAsync([.. r, "rmp", newPodId]);
