@@ -108,9 +108,22 @@ public sealed class CheckpointReader(RestoreLimits limits)
                             throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image} holds more than {limits.MaxArchiveBytes} bytes, the configured limit");
                         }
 
-                        using var input = new FileStream(FileKinds.OpenReadNoFollow(full), FileAccess.Read);
-                        using var output = new FileStream(destination, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
-                        input.CopyTo(output);
+                        try
+                        {
+                            // A file from a lower layer is replaced by the upper layer's (a directory in its way is an error).
+                            if (FileKinds.IsRegularFile(destination))
+                            {
+                                File.Delete(destination);
+                            }
+
+                            using var input = new FileStream(FileKinds.OpenReadNoFollow(full), FileAccess.Read);
+                            using var output = new FileStream(destination, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
+                            input.CopyTo(output);
+                        }
+                        catch (IOException e)
+                        {
+                            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image}: /{name} cannot be copied: {e.Message}", e);
+                        }
                     }
                     else if (!FileKinds.IsOverlayWhiteout(full))
                     {

@@ -41,6 +41,33 @@ public sealed class RestoreService(
         "io.podman.annotations.checkpoint.name",
     ];
 
+    /// <summary>At start: checkpoints a crashed crestd was unpacking for CreateContainer are removed (they hold memory pages).</summary>
+    public int SweepStaging()
+    {
+        var root = Path.Combine(paths.Root, "restores");
+        if (!Directory.Exists(root))
+        {
+            return 0;
+        }
+
+        var n = 0;
+        foreach (var dir in Directory.EnumerateFileSystemEntries(root))
+        {
+            if (FileKinds.IsDirectory(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+            else
+            {
+                File.Delete(dir);
+            }
+
+            n++;
+        }
+
+        return n;
+    }
+
     /// <summary>Whether <paramref name="image"/> names a checkpoint: an existing file (an archive) or a local image carrying a checkpoint marker.</summary>
     public async Task<CheckpointSourceKind?> DetectAsync(string image, CancellationToken ct)
     {

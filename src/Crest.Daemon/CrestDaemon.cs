@@ -171,6 +171,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             // Reconcile before serving: containers take their state from conmon's exit files, half-made ones are undone.
             var (kept, rolledBack) = await app.Services.GetRequiredService<ContainerService>().RecoverAsync(ct).ConfigureAwait(false);
             rolledBack += await app.Services.GetRequiredService<SandboxService>().RecoverAsync(ct).ConfigureAwait(false);
+            rolledBack += app.Services.GetRequiredService<RestoreService>().SweepStaging();
             if (kept + rolledBack > 0)
             {
                 DaemonLog.Recovered(logger, kept, rolledBack);

@@ -532,10 +532,16 @@ public sealed class ContainerService(
                 }
 
                 if (c.State == ContainerState.Created && sandboxes.TryHandler(c.RuntimeHandler) is { } h
-                    && await oci.StateAsync(h.Path, layout.RuntimeRoot(h.Name), c.Id, ct).ConfigureAwait(false) is { Status: "running" })
+                    && await oci.StateAsync(h.Path, layout.RuntimeRoot(h.Name), c.Id, ct).ConfigureAwait(false) is { Status: "running" } running)
                 {
-                    // crestd died between runc start and recording it.
-                    await store.PutContainerAsync(c with { State = ContainerState.Running, StartedAt = time.GetUtcNow() }, ct).ConfigureAwait(false);
+                    // crestd died between runc start (or restore) and recording it.
+                    await store.PutContainerAsync(c with { State = ContainerState.Running, StartedAt = time.GetUtcNow(), Pid = running.Pid > 0 ? running.Pid : c.Pid, RestoreDir = null }, ct).ConfigureAwait(false);
+                }
+                else if (c.State == ContainerState.Created && c.RestoreDir is not null && !linux.MountsUnder(layout.ContainerDir(c.Id)).Any())
+                {
+                    // Made from a checkpoint, never started, and its rootfs is no longer mounted (the node rebooted):
+                    // a restore into the bare directory must not happen.
+                    await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = "the node restarted before this container was restored; create it again", FinishedAt = time.GetUtcNow(), RestoreDir = null }, ct).ConfigureAwait(false);
                 }
 
                 await RefreshAsync(c, ct).ConfigureAwait(false);
