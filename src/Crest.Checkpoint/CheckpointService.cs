@@ -98,7 +98,7 @@ public sealed class CheckpointService(
             }
             catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition)
             {
-                throw new CrestException(e.Kind, e.Message + DumpLogExcerpt(Path.Combine(work, CheckpointFiles.DumpLog)), e);
+                throw new CrestException(e.Kind, e.Message + ContainerService.CriuLogExcerpt(Path.Combine(work, CheckpointFiles.DumpLog)), e);
             }
 
             var checkpointedAt = time.GetUtcNow();
@@ -351,19 +351,5 @@ public sealed class CheckpointService(
         {
             Directory.Delete(path, recursive: true);
         }
-    }
-
-    /// <summary>The error lines of CRIU's dump.log, so a failed checkpoint says what CRIU said.</summary>
-    internal static string DumpLogExcerpt(string path)
-    {
-        if (!File.Exists(path))
-        {
-            return "";
-        }
-
-        var lines = File.ReadLines(path).ToList();
-        var errors = lines.Where(l => l.Contains("Error", StringComparison.Ordinal) || l.Contains("error", StringComparison.Ordinal)).TakeLast(8).ToList();
-        var excerpt = errors.Count > 0 ? errors : lines.TakeLast(5).ToList();
-        return excerpt.Count == 0 ? "" : "; CRIU dump.log:\n" + string.Join('\n', excerpt.Select(l => "  " + l.Trim()));
     }
 }

@@ -20,16 +20,8 @@ public sealed record PolicyViolation(uint Pid, uint Tid, string Command, string 
 /// </summary>
 public static class RestorePolicy
 {
-    /// <summary>Linux capability numbers (linux/capability.h).</summary>
-    private static readonly string[] CapabilityNames =
-    [
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
-        "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
-        "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN",
-        "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-        "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-        "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-    ];
+    /// <summary>Linux capability numbers (linux/capability.h): SpecBuilder's list is in that order.</summary>
+    private static readonly IReadOnlyList<string> CapabilityNames = SpecBuilder.AllCapabilities;
 
     public static readonly IReadOnlyList<string> Checks = ["capabilities", "users", "seccomp"];
 
@@ -39,7 +31,7 @@ public static class RestorePolicy
         ulong mask = 0;
         foreach (var c in capabilities)
         {
-            var bit = Array.IndexOf(CapabilityNames, c);
+            var bit = CapabilityNames.ToList().IndexOf(c);
             if (bit >= 0)
             {
                 mask |= 1UL << bit;
@@ -61,7 +53,7 @@ public static class RestorePolicy
         {
             if ((mask & (1UL << bit)) != 0)
             {
-                names.Add(bit < CapabilityNames.Length ? CapabilityNames[bit] : $"capability {bit}");
+                names.Add(bit < CapabilityNames.Count ? CapabilityNames[bit] : $"capability {bit}");
             }
         }
 

@@ -31,6 +31,7 @@ public static class SpecBuilder
         "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
     ];
 
+    /// <summary>Every capability, in Linux's numbering order (bit N is the Nth entry): the restore policy relies on it.</summary>
     public static readonly IReadOnlyList<string> AllCapabilities =
     [
         "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",

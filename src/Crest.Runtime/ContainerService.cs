@@ -657,7 +657,7 @@ public sealed class ContainerService(
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             // Whatever went wrong (the archive's data is untrusted), the container ends EXITED and can be removed.
-            var why = e.Message + RestoreLogExcerpt(Path.Combine(bundle, "restore.log"));
+            var why = e.Message + CriuLogExcerpt(Path.Combine(bundle, "restore.log"));
             await Step(c.Id, () => oci.DeleteAsync(handler.Path, layout.RuntimeRoot(handler.Name), c.Id, CancellationToken.None)).ConfigureAwait(false);
             await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = why, FinishedAt = time.GetUtcNow(), RestoreDir = null },
                 CancellationToken.None).ConfigureAwait(false);
@@ -678,8 +678,8 @@ public sealed class ContainerService(
         }
     }
 
-    /// <summary>The error lines of CRIU's restore.log (and the last lines before them), for the container's status message.</summary>
-    internal static string RestoreLogExcerpt(string path)
+    /// <summary>The error lines of a CRIU log (dump.log, restore.log), or its last lines, for an error message.</summary>
+    public static string CriuLogExcerpt(string path)
     {
         if (!File.Exists(path))
         {
@@ -689,7 +689,7 @@ public sealed class ContainerService(
         var lines = File.ReadLines(path).ToList();
         var errors = lines.Where(l => l.Contains("Error", StringComparison.Ordinal) || l.Contains("error", StringComparison.Ordinal)).TakeLast(8).ToList();
         var excerpt = errors.Count > 0 ? errors : lines.TakeLast(5).ToList();
-        return excerpt.Count == 0 ? "" : $"; CRIU restore.log ({path}):\n" + string.Join('\n', excerpt.Select(l => "  " + l.Trim()));
+        return excerpt.Count == 0 ? "" : $"; CRIU {Path.GetFileName(path)} ({path}):\n" + string.Join('\n', excerpt.Select(l => "  " + l.Trim()));
     }
 
     /// <summary>Copies the log of the checkpointed container to the new log path, never through a link.</summary>

@@ -4,6 +4,8 @@ using System.Text.Json;
 using System.Text.RegularExpressions;
 using Crest.TestKit;
 
+using static Crest.E2ETests.CheckpointSteps;
+
 namespace Crest.E2ETests;
 
 /// <summary>
@@ -56,51 +58,6 @@ public partial class CheckpointCliTests
             """, Ct);
         return new Setup(crestd, r, pod, counter);
     }
-
-    private static async Task<string> WritePodAsync(TempDir dir, string name, string uid)
-    {
-        var pod = dir.Combine($"pod-{name}.json");
-        await File.WriteAllTextAsync(pod, $$"""
-            {"metadata": {"name": "{{name}}", "uid": "{{uid}}", "namespace": "e2e", "attempt": 1},
-             "hostname": "{{name}}", "log_directory": "{{dir.CreateDirectory("logs-" + name)}}", "linux": {} }
-            """, Ct);
-        return pod;
-    }
-
-    private static async Task<string> RunAsync(string[] args)
-    {
-        var result = await Binaries.RunCrestAsync(args);
-        Assert.True(result.ExitCode == 0, $"crest {string.Join(' ', args)} failed ({result.ExitCode}): {result.Stderr}");
-        return result.Stdout.Trim();
-    }
-
-    private static async Task<JsonElement> InspectAsync(string[] r, string id)
-    {
-        using var doc = JsonDocument.Parse(await RunAsync([.. r, "inspect", id]));
-        return doc.RootElement.Clone();
-    }
-
-    private static int LastCount(string log) =>
-        CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
-
-    /// <summary>The log once its counter passed <paramref name="count"/>, or as it is after 15 s (a loaded 2-core machine is slow).</summary>
-    private static async Task<string> WaitForCountAsync(string logFile, int count)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(15);
-        while (true)
-        {
-            var log = File.Exists(logFile) ? await File.ReadAllTextAsync(logFile, Ct) : "";
-            if (LastCount(log) > count || DateTime.UtcNow > deadline)
-            {
-                return log;
-            }
-
-            await Task.Delay(100, Ct);
-        }
-    }
-
-    [GeneratedRegex(@"stdout F count (\d+)")]
-    private static partial Regex CountLine();
 
     [Fact]
     public async Task A_running_counter_is_checkpointed_and_restored_into_a_new_pod_where_it_continues()
@@ -807,18 +764,4 @@ public partial class CheckpointCliTests
         return output.ToArray();
     }
 
-    private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
-    {
-        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-
-        using var p = Process.Start(start)!;
-        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
-        var stderr = p.StandardError.ReadToEndAsync(Ct);
-        await p.WaitForExitAsync(Ct);
-        return (p.ExitCode, await stdout + await stderr);
-    }
 }

@@ -7,6 +7,8 @@ using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using Crest.TestKit;
 
+using static Crest.E2ETests.CheckpointSteps;
+
 namespace Crest.E2ETests;
 
 /// <summary>
@@ -16,7 +18,6 @@ namespace Crest.E2ETests;
 /// </summary>
 public partial class CrossEngineRestoreTests
 {
-    private const string PauseName = "localhost/crest-bench/pause:v1";
     private const string RestoreOn = "[restore]\nvia_create = true\n";
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -241,85 +242,7 @@ public partial class CrossEngineRestoreTests
         return (entries, log);
     }
 
-    /// <summary>The pause image containerd's test config pins: catatonit from the host as one layer, named for ctr import.</summary>
-    private static string WritePauseArchive(TempDir dir, string catatonit)
-    {
-        var layout = dir.CreateDirectory("pause-layout");
-        var pause = File.ReadAllBytes(catatonit);
-        TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t => TestImages.File(t, "pause", pause, mode: 0x1ED))], "v1",
-            config => config["config"]!["Cmd"] = new JsonArray("/pause", "-P"));
-        var indexPath = Path.Combine(layout, "index.json");
-        var index = JsonNode.Parse(File.ReadAllText(indexPath))!;
-        index["manifests"]![0]!["annotations"] = new JsonObject
-        {
-            ["io.containerd.image.name"] = PauseName,
-            ["org.opencontainers.image.ref.name"] = PauseName,
-        };
-        File.WriteAllText(indexPath, index.ToJsonString());
-        var archive = dir.Combine("pause.tar");
-        TestImages.TarDirectory(layout, archive);
-        return archive;
-    }
-
-    private static async Task<string> WritePodAsync(TempDir dir, string name, string uid)
-    {
-        var pod = dir.Combine($"pod-{name}.json");
-        await File.WriteAllTextAsync(pod, $$"""
-            {"metadata": {"name": "{{name}}", "uid": "{{uid}}", "namespace": "e2e", "attempt": 1},
-             "hostname": "{{name}}", "log_directory": "{{dir.CreateDirectory("logs-" + name)}}", "linux": {} }
-            """, Ct);
-        return pod;
-    }
-
-    private static async Task<string> RunAsync(string[] args)
-    {
-        var result = await Binaries.RunCrestAsync(args);
-        Assert.True(result.ExitCode == 0, $"crest {string.Join(' ', args)} failed ({result.ExitCode}): {result.Stderr}");
-        return result.Stdout.Trim();
-    }
-
-    private static async Task<JsonElement> InspectAsync(string[] r, string id)
-    {
-        using var doc = JsonDocument.Parse(await RunAsync([.. r, "inspect", id]));
-        return doc.RootElement.Clone();
-    }
-
     /// <summary>The digest column of <c>crest images --digests</c>.</summary>
     private static string ShortDigest(string digest) => digest["sha256:".Length..][..13];
 
-    /// <summary>CRIU's restore log, kept in the bundle until RemoveContainer.</summary>
-    private static string RestoreLog(TempDir dir, string id)
-    {
-        var path = dir.Combine("root", "containers", id, "bundle", "restore.log");
-        return File.Exists(path) ? string.Join('\n', File.ReadAllLines(path).TakeLast(30)) : $"(no {path})";
-    }
-
-    private static string ContainerdLog(ContainerdPeer peer)
-    {
-        using var f = new FileStream(peer.LogFile, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        using var reader = new StreamReader(f);
-        var lines = reader.ReadToEnd().Split('\n');
-        return string.Join('\n', lines.Where(l => l.Contains("level=error", StringComparison.Ordinal) || l.Contains("level=warn", StringComparison.Ordinal)).TakeLast(20));
-    }
-
-    private static int LastCount(string log) =>
-        CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
-
-    [GeneratedRegex(@"stdout F count (\d+)")]
-    private static partial Regex CountLine();
-
-    private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
-    {
-        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-
-        using var p = Process.Start(start)!;
-        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
-        var stderr = p.StandardError.ReadToEndAsync(Ct);
-        await p.WaitForExitAsync(Ct);
-        return (p.ExitCode, await stdout + await stderr);
-    }
 }

@@ -5,6 +5,8 @@ using System.Text.Json;
 using System.Text.RegularExpressions;
 using Crest.TestKit;
 
+using static Crest.E2ETests.CheckpointSteps;
+
 namespace Crest.E2ETests;
 
 /// <summary>
@@ -363,48 +365,4 @@ public partial class PodmanInteropTests
         return names;
     }
 
-    private static async Task<string> WritePodAsync(TempDir dir, string name, string uid)
-    {
-        var pod = dir.Combine($"pod-{name}.json");
-        await File.WriteAllTextAsync(pod, $$"""
-            {"metadata": {"name": "{{name}}", "uid": "{{uid}}", "namespace": "e2e", "attempt": 1},
-             "hostname": "{{name}}", "log_directory": "{{dir.CreateDirectory("logs-" + name)}}", "linux": {} }
-            """, Ct);
-        return pod;
-    }
-
-    private static async Task<string> RunAsync(string[] args)
-    {
-        var result = await Binaries.RunCrestAsync(args);
-        Assert.True(result.ExitCode == 0, $"crest {string.Join(' ', args)} failed ({result.ExitCode}): {result.Stderr}");
-        return result.Stdout.Trim();
-    }
-
-    /// <summary>CRIU's restore log, kept in the bundle until RemoveContainer.</summary>
-    private static string RestoreLog(TempDir dir, string id)
-    {
-        var path = dir.Combine("root", "containers", id, "bundle", "restore.log");
-        return File.Exists(path) ? string.Join('\n', File.ReadAllLines(path).TakeLast(30)) : $"(no {path})";
-    }
-
-    private static int LastCount(string log) =>
-        CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
-
-    [GeneratedRegex(@"stdout F count (\d+)")]
-    private static partial Regex CountLine();
-
-    private static async Task<(int ExitCode, string Output)> Tool(string program, params string[] args)
-    {
-        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-
-        using var p = Process.Start(start)!;
-        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
-        var stderr = p.StandardError.ReadToEndAsync(Ct);
-        await p.WaitForExitAsync(Ct);
-        return (p.ExitCode, await stdout + await stderr);
-    }
 }
