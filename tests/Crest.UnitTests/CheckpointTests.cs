@@ -507,6 +507,41 @@ public class CheckpointTests
         Assert.Contains("failed to read \"config.dump\"", e.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("spec.dump", "not json {")]
+    [InlineData("spec.dump", "[1, 2]")]
+    [InlineData("status.dump", "{\"annotations\": ")]
+    [InlineData("status.dump", "{\"labels\": [1]}")]
+    [InlineData("bind.mounts", "{\"source\": 1}")]
+    [InlineData("bind.mounts", "[{\"permissions\": \"rwx\"}]")]
+    public async Task Each_metadata_file_that_is_not_the_expected_json_is_refused_by_name(string file, string content)
+    {
+        var files = ContainerdFiles();
+        files[file] = Encoding.UTF8.GetBytes(content);
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Contains($"failed to read \"{file}\"", e.Message, StringComparison.Ordinal);
+        Assert.Empty(layout.Strays());
+    }
+
+    [Theory]
+    [InlineData(100)]
+    [InlineData(700)]
+    [InlineData(1500)]
+    public async Task A_truncated_archive_is_refused_as_malformed(int keep)
+    {
+        var whole = Tar(ContainerdFiles());
+        using var layout = new Layout(whole[..Math.Min(keep, whole.Length - 1)]);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Empty(layout.Strays());
+    }
+
     [Fact]
     public async Task A_base_image_name_that_is_not_an_image_reference_is_refused()
     {
