@@ -23,6 +23,9 @@ public static class RestorePolicy
     /// <summary>Linux capability numbers (linux/capability.h): SpecBuilder's list is in that order.</summary>
     private static readonly IReadOnlyList<string> CapabilityNames = SpecBuilder.AllCapabilities;
 
+    private static readonly Dictionary<string, int> CapabilityBits =
+        CapabilityNames.Select((name, bit) => (name, bit)).ToDictionary(x => x.name, x => x.bit, StringComparer.Ordinal);
+
     public static readonly IReadOnlyList<string> Checks = ["capabilities", "users", "seccomp"];
 
     public static ulong Mask(IEnumerable<string> capabilities)
@@ -31,8 +34,7 @@ public static class RestorePolicy
         ulong mask = 0;
         foreach (var c in capabilities)
         {
-            var bit = CapabilityNames.ToList().IndexOf(c);
-            if (bit >= 0)
+            if (CapabilityBits.TryGetValue(c, out var bit))
             {
                 mask |= 1UL << bit;
             }

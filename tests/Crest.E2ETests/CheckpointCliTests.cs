@@ -59,6 +59,15 @@ public partial class CheckpointCliTests
         return new Setup(crestd, r, pod, counter);
     }
 
+    /// <summary>Runs the setup's pod and starts the counter in it.</summary>
+    private static async Task<(string PodId, string ContainerId)> RunCounterAsync(Setup s)
+    {
+        var podId = await RunAsync([.. s.R, "runp", s.PodConfig]);
+        var id = await RunAsync([.. s.R, "create", podId, s.CounterConfig, s.PodConfig]);
+        await RunAsync([.. s.R, "start", id]);
+        return (podId, id);
+    }
+
     [Fact]
     public async Task A_running_counter_is_checkpointed_and_restored_into_a_new_pod_where_it_continues()
     {
@@ -67,9 +76,7 @@ public partial class CheckpointCliTests
         var s = await StartAsync(dir);
         await using var crestd = s.Crestd;
         var r = s.R;
-        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
-        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
-        await RunAsync([.. r, "start", id]);
+        var (podId, id) = await RunCounterAsync(s);
         await Task.Delay(1500, Ct);
         await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
 
@@ -195,9 +202,7 @@ public partial class CheckpointCliTests
         var s = await StartAsync(dir);
         await using var crestd = s.Crestd;
         var r = s.R;
-        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
-        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
-        await RunAsync([.. r, "start", id]);
+        var (podId, id) = await RunCounterAsync(s);
         await Task.Delay(1000, Ct);
         var built = await Binaries.RunCrestAsync([.. r, "checkpoint", "--image", "localhost/e2e/counter-checkpoint:v1", id]);
         Assert.True(built.ExitCode == 0, built.Stderr + crestd.Log);
@@ -308,9 +313,7 @@ public partial class CheckpointCliTests
         var s = await StartAsync(dir);
         await using var crestd = s.Crestd;
         var r = s.R;
-        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
-        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
-        await RunAsync([.. r, "start", id]);
+        var (podId, id) = await RunCounterAsync(s);
         await Task.Delay(500, Ct);
         var good = dir.Combine("good.tar");
         await RunAsync([.. r, "checkpoint", "--export", good, id]);
@@ -395,9 +398,7 @@ public partial class CheckpointCliTests
         });
         await using var crestd = s.Crestd;
         var r = s.R;
-        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
-        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
-        await RunAsync([.. r, "start", id]);
+        var (podId, id) = await RunCounterAsync(s);
         await Task.Delay(500, Ct);
 
         var failed = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", dir.Combine("cp.tar"), id]);
@@ -424,9 +425,7 @@ public partial class CheckpointCliTests
         var s = await StartAsync(dir);
         await using var crestd = s.Crestd;
         var r = s.R;
-        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
-        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
-        await RunAsync([.. r, "start", id]);
+        var (podId, id) = await RunCounterAsync(s);
         await Task.Delay(700, Ct);
         var archive = dir.Combine("cp.tar.zst");
         await RunAsync([.. r, "checkpoint", "--compress", "zstd", "--export", archive, id]);
@@ -532,9 +531,7 @@ public partial class CheckpointCliTests
         var s = await StartAsync(dir);
         await using var crestd = s.Crestd;
         var r = s.R;
-        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
-        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
-        await RunAsync([.. r, "start", id]);
+        var (podId, id) = await RunCounterAsync(s);
         await Task.Delay(500, Ct);
         var archive = dir.Combine("cp.tar");
         await RunAsync([.. r, "checkpoint", "--export", archive, id]);
@@ -635,9 +632,7 @@ public partial class CheckpointCliTests
         var s = await StartAsync(dir);
         await using var crestd = s.Crestd;
         var r = s.R;
-        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
-        var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
-        await RunAsync([.. r, "start", id]);
+        var (podId, id) = await RunCounterAsync(s);
         await Task.Delay(800, Ct);
         await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
         var archive = dir.Combine("cp.tar");
