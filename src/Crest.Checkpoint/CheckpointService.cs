@@ -14,7 +14,10 @@ public sealed record CheckpointOptions
 {
     public bool Enabled { get; init; } = true;
     public bool TcpEstablished { get; init; }
-    /// <summary>Used when CheckpointContainer's timeout is 0.</summary>
+    /// <summary>
+    /// The floor of every checkpoint's deadline. A request's timeout below it (0 included) is raised to it, as the
+    /// kubelet does before it calls the runtime; a larger one is honoured.
+    /// </summary>
     public TimeSpan DefaultTimeout { get; init; } = TimeSpan.FromMinutes(5);
     /// <summary>Compression of the outer archive on the CRI path (none: what the kubelet and other engines expect).</summary>
     public ArchiveCompression Compression { get; init; } = ArchiveCompression.None;
@@ -67,8 +70,9 @@ public sealed class CheckpointService(
             throw new CrestException(ErrorKind.FailedPrecondition, $"cannot checkpoint container {container.Id}: {problem}");
         }
 
+        var limit = EffectiveTimeout(timeout, options.DefaultTimeout);
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        deadline.CancelAfter(timeout > TimeSpan.Zero ? timeout : options.DefaultTimeout);
+        deadline.CancelAfter(limit);
         var token = deadline.Token;
 
         // A fresh private work directory: removed first (never followed if something planted a link there).
@@ -120,13 +124,17 @@ public sealed class CheckpointService(
         catch (OperationCanceledException) when (deadline.IsCancellationRequested && !ct.IsCancellationRequested)
         {
             throw new CrestException(ErrorKind.DeadlineExceeded,
-                $"checkpoint of container {container.Id} did not finish within its {(timeout > TimeSpan.Zero ? timeout : options.DefaultTimeout).TotalSeconds:0} s timeout; the container keeps running and no archive was written");
+                $"checkpoint of container {container.Id} did not finish within its {limit.TotalSeconds:0} s timeout; the container keeps running and no archive was written");
         }
         finally
         {
             RemoveFresh(work);
         }
     }
+
+    /// <summary>The deadline of one checkpoint: the request's timeout, never below the configured default.</summary>
+    internal static TimeSpan EffectiveTimeout(TimeSpan requested, TimeSpan configuredDefault) =>
+        requested > configuredDefault ? requested : configuredDefault;
 
     /// <summary>location must be absolute, in an existing directory, and not a link or a directory itself.</summary>
     internal static string ValidateLocation(string location)

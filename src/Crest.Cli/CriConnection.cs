@@ -64,11 +64,21 @@ internal sealed class CriConnection : IDisposable
         }
     }
 
+    /// <summary>Grpc.Net.Client's own deadline carries no words of a server (an empty detail or "Deadline Exceeded").</summary>
+    private static bool IsClientDeadline(Status status) =>
+        status.Detail.Length == 0 || status.Detail.Equals("Deadline Exceeded", StringComparison.OrdinalIgnoreCase);
+
     /// <summary>Turns an RPC failure into a message and an exit code.</summary>
     public CliFailure Explain(RpcException e, string rpc)
     {
         ArgumentNullException.ThrowIfNull(e);
         var inner = Innermost(e);
+        if (e.StatusCode == StatusCode.DeadlineExceeded && !IsClientDeadline(e.Status))
+        {
+            // The runtime's own deadline (a checkpoint's timeout, say): its words say what ran out.
+            return new CliFailure(ExitCodes.Timeout, $"{rpc}: {e.Status.Detail}");
+        }
+
         if (e.StatusCode == StatusCode.DeadlineExceeded)
         {
             return new CliFailure(ExitCodes.Timeout, $"{rpc} on {Endpoint} did not answer within {Timeout.TotalSeconds:0.###} s; raise --timeout or check the runtime's log");

@@ -959,4 +959,12 @@ public class CheckpointTests
 
         Assert.Contains("has no config.dump", e.Message, StringComparison.Ordinal);
     }
+
+    [Theory]
+    [InlineData(0, 300, 300)]
+    [InlineData(60, 300, 300)]
+    [InlineData(300, 300, 300)]
+    [InlineData(900, 300, 900)]
+    public void A_checkpoint_deadline_is_the_requests_timeout_never_below_the_default(int requested, int configured, int expected) =>
+        Assert.Equal(TimeSpan.FromSeconds(expected), CheckpointService.EffectiveTimeout(TimeSpan.FromSeconds(requested), TimeSpan.FromSeconds(configured)));
 }

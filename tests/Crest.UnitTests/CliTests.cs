@@ -47,6 +47,20 @@ public class CriEndpointTests
     [Fact]
     public void A_timeout_that_is_not_a_duration_is_a_usage_error() =>
         Assert.Throws<CliUsageException>(() => CliContext.ParseTimeout("soon"));
+
+    [Fact]
+    public void The_clients_deadline_and_the_runtimes_deadline_are_told_apart()
+    {
+        using var connection = new CriConnection(CriEndpoint.Parse("unix:///run/x.sock"), TimeSpan.FromSeconds(7));
+
+        var client = connection.Explain(new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.DeadlineExceeded, "Deadline Exceeded")), "Rpc");
+        var runtime = connection.Explain(new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.DeadlineExceeded, "checkpoint of container c did not finish within its 2 s timeout")), "Rpc");
+
+        Assert.Equal(ExitCodes.Timeout, client.ExitCode);
+        Assert.Contains("did not answer within 7 s", client.Message, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Timeout, runtime.ExitCode);
+        Assert.Equal("Rpc: checkpoint of container c did not finish within its 2 s timeout", runtime.Message);
+    }
 }
 
 public class OutputTests

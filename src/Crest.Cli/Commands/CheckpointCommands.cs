@@ -25,7 +25,11 @@ internal static class CheckpointCommands
         var stats = new Option<bool>("--stats") { Description = "print CRIU's statistics (freezing, frozen, memdump, memwrite times; pages)" };
         var image = new Option<string?>("--image") { Description = "also build a checkpoint OCI image NAME[:TAG] in the runtime's image store" };
         var push = new Option<bool>("--push") { Description = "push the checkpoint image to its registry" };
-        var checkpoint = new Command("checkpoint", "Checkpoint a running container into an archive (it keeps running)") { id, export, compress, stats, image, push };
+        var deadline = new Option<long>("--timeout-seconds")
+        {
+            Description = "CheckpointContainer's timeout: the runtime's deadline for the whole checkpoint (a value below the runtime's default is raised to it)",
+        };
+        var checkpoint = new Command("checkpoint", "Checkpoint a running container into an archive (it keeps running)") { id, export, compress, stats, image, push, deadline };
         checkpoint.Subcommands.Add(Inspect(global, output));
         checkpoint.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -48,12 +52,14 @@ internal static class CheckpointCommands
             var compression = ParseCompression(parse.GetValue(compress));
             try
             {
-                using (var connection = new CriConnection(ctx.RuntimeEndpoint, parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout))
+                var runtimeTimeout = Math.Max(0, parse.GetValue(deadline));
+                var clientDeadline = TimeSpan.FromMinutes(10) + TimeSpan.FromSeconds(runtimeTimeout);
+                using (var connection = new CriConnection(ctx.RuntimeEndpoint, parse.GetValue(global.Timeout) is null ? clientDeadline : ctx.Timeout))
                 {
                     await CliRunner.CallAsync<bool>(connection, "runtime.v1.RuntimeService/CheckpointContainer", async o =>
                     {
                         await new RuntimeService.RuntimeServiceClient(connection.Channel).CheckpointContainerAsync(
-                            new CheckpointContainerRequest { ContainerId = parse.GetValue(id)!, Location = location }, o);
+                            new CheckpointContainerRequest { ContainerId = parse.GetValue(id)!, Location = location, Timeout = runtimeTimeout }, o);
                         return true;
                     }, ct);
                 }

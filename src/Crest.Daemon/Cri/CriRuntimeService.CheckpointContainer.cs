@@ -7,7 +7,8 @@ internal sealed partial class CriRuntimeService
 {
     /// <summary>
     /// CRI CheckpointContainer: writes a checkpoint archive of a running container to <c>location</c> and leaves it
-    /// running. <c>timeout</c> (seconds) bounds the whole operation; 0 means the configured default.
+    /// running. <c>timeout</c> (seconds) bounds the whole operation; below the configured default (0 included) it is
+    /// raised to that default, as the kubelet does.
     /// </summary>
     public override async Task<CheckpointContainerResponse> CheckpointContainer(CheckpointContainerRequest request, ServerCallContext context)
     {
