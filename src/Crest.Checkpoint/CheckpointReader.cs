@@ -1,3 +1,4 @@
+using System.Formats.Tar;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Crest.Core;
@@ -211,8 +212,9 @@ public sealed class CheckpointReader(RestoreLimits limits)
             .Distinct(StringComparer.Ordinal)
             .ToList();
 
+        ValidateDeletedFiles(dir, source);
+        var diffBytes = ScanRootfsDiff(dir, source);
         var logCopy = new[] { CheckpointFiles.ContainerLog, CheckpointFiles.CrioLog, CheckpointFiles.PodmanLog }.FirstOrDefault(f => FileKinds.IsRegularFile(Path.Combine(dir, f)));
-        var diff = Path.Combine(dir, CheckpointFiles.RootfsDiff);
         return new RestorePlan
         {
             Engine = engine,
@@ -233,9 +235,66 @@ public sealed class CheckpointReader(RestoreLimits limits)
             MountDestinations = mountDestinations,
             LogCopy = logCopy,
             StagingDir = dir,
-            RootfsDiffBytes = File.Exists(diff) ? new FileInfo(diff).Length : 0,
+            RootfsDiffBytes = diffBytes,
             CriuImageBytes = Directory.EnumerateFiles(Path.Combine(dir, CheckpointFiles.CriuImages)).Sum(f => new FileInfo(f).Length),
         };
+    }
+
+    /// <summary>
+    /// deleted.files must be a JSON list of paths inside the rootfs: no ".." component, no NUL, within the path limit.
+    /// Checked here so a hostile list is refused at CreateContainer; the removal at start is confined to the rootfs
+    /// as well (symlinks inside it are resolved beneath it).
+    /// </summary>
+    private void ValidateDeletedFiles(string dir, string source)
+    {
+        var paths = ReadJson(dir, CheckpointFiles.DeletedFiles, source, required: false, n => n.Deserialize(CheckpointJson.Default.ListString));
+        foreach (var path in paths ?? [])
+        {
+            if (path is null || path.Length == 0 || path.Length > limits.MaxPathLength || path.Contains('\0', StringComparison.Ordinal)
+                || path.Split('/').Any(part => part == ".."))
+            {
+                throw new CrestException(ErrorKind.InvalidArgument,
+                    $"failed to read \"{CheckpointFiles.DeletedFiles}\" of checkpoint {source}: entry \"{path}\" is not a path inside the container's rootfs (empty, too long, or with a \"..\" component)");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Walks the rootfs diff's headers (decompressing a gzip or zstd diff) and refuses it before anything is written
+    /// when it would expand past <see cref="RestoreLimits.MaxRootfsDiffBytes"/> or <see cref="RestoreLimits.MaxRootfsDiffEntries"/>:
+    /// a compression bomb is stopped at CreateContainer. Returns the bytes it expands to.
+    /// </summary>
+    private long ScanRootfsDiff(string dir, string source)
+    {
+        var path = Path.Combine(dir, CheckpointFiles.RootfsDiff);
+        if (!FileKinds.IsRegularFile(path))
+        {
+            return 0;
+        }
+
+        long bytes = 0;
+        long entries = 0;
+        try
+        {
+            using var file = new FileStream(FileKinds.OpenReadNoFollow(path), FileAccess.Read, 1 << 20);
+            using var stream = CheckpointArchive.OpenRead(file);
+            using var reader = new TarReader(stream);
+            while (reader.GetNextEntry(copyData: false) is { } entry)
+            {
+                bytes += entry.Length;
+                if (++entries > limits.MaxRootfsDiffEntries || entry.Name.Length > limits.MaxPathLength || bytes > limits.MaxRootfsDiffBytes)
+                {
+                    throw new CrestException(ErrorKind.InvalidArgument,
+                        $"the rootfs diff of checkpoint {source} expands past the configured limits ([restore] max_rootfs_diff_bytes = {limits.MaxRootfsDiffBytes}, max_rootfs_diff_entries = {limits.MaxRootfsDiffEntries}, paths up to {limits.MaxPathLength}); nothing was written");
+                }
+            }
+        }
+        catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"the rootfs diff of checkpoint {source} is not a readable tar (plain, gzip or zstd): {e.Message}", e);
+        }
+
+        return bytes;
     }
 
     private static bool IsDigestReference(string text) =>

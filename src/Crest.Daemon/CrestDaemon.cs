@@ -131,6 +131,7 @@ public sealed class CrestDaemon : IAsyncDisposable
                     MaxArchiveBytes = config.Restore.MaxArchiveBytes,
                     MaxArchiveEntries = config.Restore.MaxArchiveEntries,
                     MaxRootfsDiffBytes = config.Restore.MaxRootfsDiffBytes,
+                    MaxRootfsDiffEntries = config.Restore.MaxRootfsDiffEntries,
                     MaxMetadataBytes = (int)Math.Min(int.MaxValue, config.Restore.MaxMetadataBytes),
                 },
             };

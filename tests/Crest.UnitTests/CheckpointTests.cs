@@ -399,6 +399,65 @@ public class CheckpointTests
     }
 
     [Theory]
+    [InlineData("bytes")]
+    [InlineData("entries")]
+    [InlineData("garbage")]
+    public async Task A_rootfs_diff_that_would_expand_past_its_limits_is_refused_while_reading_before_anything_is_applied(string bomb)
+    {
+        var diff = bomb switch
+        {
+            // 8 MiB of zeros, gzip-compressed to a few KiB.
+            "bytes" => Compress(Tar(t => AddFile(t, "zeros", new byte[8 << 20])), "gzip"),
+            "entries" => Tar(t =>
+            {
+                for (var i = 0; i < 50; i++)
+                {
+                    AddFile(t, $"f{i}", [1]);
+                }
+            }),
+            _ => Compress("not a tar at all"u8.ToArray(), "gzip"),
+        };
+        var files = ContainerdFiles();
+        files[CheckpointFiles.RootfsDiff] = diff;
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, new RestoreLimits { MaxRootfsDiffBytes = 1 << 20, MaxRootfsDiffEntries = 10 }));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Contains("the rootfs diff of checkpoint", e.Message, StringComparison.Ordinal);
+        Assert.Contains(bomb == "garbage" ? "is not a readable tar" : "max_rootfs_diff_bytes = 1048576, max_rootfs_diff_entries = 10", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_rootfs_diff_within_its_limits_reports_the_bytes_it_expands_to()
+    {
+        var files = ContainerdFiles();
+        files[CheckpointFiles.RootfsDiff] = Compress(Tar(t => AddFile(t, "root/file", new byte[3000])), "gzip");
+        using var layout = new Layout(Tar(files));
+
+        var plan = await ReadAsync(layout);
+
+        Assert.Equal(3000, plan.RootfsDiffBytes);
+    }
+
+    [Theory]
+    [InlineData("/../../etc/shadow")]
+    [InlineData("../x")]
+    [InlineData("/a/../../x")]
+    [InlineData("")]
+    public async Task Deleted_files_with_a_path_out_of_the_rootfs_are_refused_while_reading(string hostile)
+    {
+        var files = ContainerdFiles();
+        files[CheckpointFiles.DeletedFiles] = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new List<string> { "/etc/motd", hostile }, CheckpointJson.Default.ListString));
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Contains("failed to read \"deleted.files\"", e.Message, StringComparison.Ordinal);
+        Assert.Contains($"entry \"{hostile}\" is not a path inside", e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
     [InlineData("none")]
     [InlineData("gzip")]
     [InlineData("zstd")]

@@ -178,6 +178,7 @@ public static class ConfigLoader
                     MaxArchiveBytes = t.Long("max_archive_bytes") ?? d.MaxArchiveBytes,
                     MaxArchiveEntries = t.Long("max_archive_entries") ?? d.MaxArchiveEntries,
                     MaxRootfsDiffBytes = t.Long("max_rootfs_diff_bytes") ?? d.MaxRootfsDiffBytes,
+                    MaxRootfsDiffEntries = t.Long("max_rootfs_diff_entries") ?? d.MaxRootfsDiffEntries,
                     MaxMetadataBytes = t.Long("max_metadata_bytes") ?? d.MaxMetadataBytes,
                     RelaxedChecks = (t.Strings("relaxed_checks") ?? [.. d.RelaxedChecks]).Select(c => Checkpoint.RestorePolicy.Checks.Contains(c)
                         ? c

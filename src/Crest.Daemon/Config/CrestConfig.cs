@@ -57,6 +57,7 @@ public sealed record RestoreConfig(bool ViaCreate = false)
     public long MaxArchiveBytes { get; init; } = 64L << 30;
     public long MaxArchiveEntries { get; init; } = 100_000;
     public long MaxRootfsDiffBytes { get; init; } = 16L << 30;
+    public long MaxRootfsDiffEntries { get; init; } = 1_000_000;
     public long MaxMetadataBytes { get; init; } = 4 << 20;
 
     /// <summary>Restore policy checks reported but not enforced: capabilities, users, seccomp.</summary>
