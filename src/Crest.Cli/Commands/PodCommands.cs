@@ -427,12 +427,22 @@ internal static class PodCommands
         return age.TotalSeconds < 60 ? $"{(int)age.TotalSeconds} seconds ago" : age.TotalMinutes < 60 ? $"{(int)age.TotalMinutes} minutes ago" : $"{(int)age.TotalHours} hours ago";
     }
 
+    /// <summary>The CRI call behind each verb, so a failure names it.</summary>
+    private static readonly Dictionary<string, string> RpcOf = new(StringComparer.Ordinal)
+    {
+        ["runp"] = "RunPodSandbox", ["create"] = "CreateContainer", ["start"] = "StartContainer", ["run"] = "RunPodSandbox+CreateContainer+StartContainer",
+        ["stop"] = "StopContainer", ["rm"] = "RemoveContainer", ["stopp"] = "StopPodSandbox", ["rmp"] = "RemovePodSandbox",
+        ["ps"] = "ListContainers", ["pods"] = "ListPodSandbox", ["inspect"] = "ContainerStatus", ["inspectp"] = "PodSandboxStatus",
+        ["exec"] = "ExecSync", ["update"] = "UpdateContainerResources", ["stats"] = "ListContainerStats", ["logs"] = "ContainerStatus",
+    };
+
     private static Task<int> Call(ParseResult parse, GlobalOptions global, TextWriter output,
         Func<RuntimeService.RuntimeServiceClient, Grpc.Core.CallOptions, Task> call, CancellationToken ct) => CliRunner.RunAsync(async () =>
         {
             var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
             using var connection = new CriConnection(ctx.RuntimeEndpoint, parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(2) : ctx.Timeout);
-            await CliRunner.CallAsync<bool>(connection, "runtime.v1.RuntimeService", async options =>
+            var rpc = "runtime.v1.RuntimeService/" + RpcOf.GetValueOrDefault(parse.CommandResult.Command.Name, parse.CommandResult.Command.Name);
+            await CliRunner.CallAsync<bool>(connection, rpc, async options =>
             {
                 await call(new RuntimeService.RuntimeServiceClient(connection.Channel), options);
                 return true;
