@@ -103,6 +103,68 @@ public partial class CheckpointCliTests
 
         Assert.True(failures.Count == 0, string.Join("\n", failures));
 
+        // A base image that cannot be pulled: a registry port where nothing listens gives a clear error at once; a
+        // registry that accepts and never answers holds the pull until the caller's deadline, and the request it got
+        // asks for the manifest by digest. Either way nothing is left behind and crestd goes on serving.
+        using var blackHole = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        blackHole.Start();
+        var held = new List<System.Net.Sockets.TcpClient>();
+        var requests = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        _ = Task.Run(async () =>
+        {
+            while (true)
+            {
+                var client = await blackHole.AcceptTcpClientAsync(Ct);
+                held.Add(client);
+                var buffer = new byte[4096];
+                var n = await client.GetStream().ReadAsync(buffer, Ct);
+                requests.Enqueue(Encoding.ASCII.GetString(buffer, 0, n));
+            }
+        }, Ct);
+        int deadPort;
+        using (var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0))
+        {
+            probe.Start();
+            deadPort = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+        }
+
+        var missingDigest = "sha256:" + new string('a', 64);
+        foreach (var (name, port, deadline) in new[] { ("dead-registry", deadPort, "120s"), ("silent-registry", ((System.Net.IPEndPoint)blackHole.LocalEndpoint).Port, "5s") })
+        {
+            var repository = $"127.0.0.1:{port}/e2e/busybox";
+            var moved = dir.Combine($"cp-{name}.tar");
+            await RewriteAsync(archive, moved, "config.dump", t =>
+            {
+                var config = System.Text.Json.Nodes.JsonNode.Parse(ReadEntry(archive, "config.dump"))!;
+                config["rootfsImageRef"] = $"{repository}@{missingDigest}";
+                config["rootfsImageName"] = $"{repository}:v1";
+                AddBytes(t, "config.dump", Encoding.UTF8.GetBytes(config.ToJsonString()));
+            });
+            var config = await WriteRestoreConfigAsync(dir, name, moved);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var create = await Binaries.RunCrestAsync([.. r, "-t", deadline, "create", podId, config, s.PodConfig]);
+            Assert.NotEqual(0, create.ExitCode);
+            Assert.True(create.Stderr.Contains(name == "dead-registry" ? $"{repository}@{missingDigest}" : "did not answer within 5 s", StringComparison.Ordinal), create.Stderr);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(90), $"{name}: the failed pull took {clock.Elapsed}");
+
+            // The server side stops at the deadline too: the create is undone.
+            var until = DateTime.UtcNow.AddSeconds(30);
+            while (DateTime.UtcNow < until && Directory.Exists(dir.Combine("root", "restores")) && Directory.EnumerateFileSystemEntries(dir.Combine("root", "restores")).Any())
+            {
+                await Task.Delay(200, Ct);
+            }
+
+            Assert.Equal("", await RunAsync([.. r, "ps", "-a", "-q"]));
+            Assert.False(Directory.Exists(dir.Combine("root", "restores")) && Directory.EnumerateFileSystemEntries(dir.Combine("root", "restores")).Any(), $"{name} left its staging dir");
+        }
+
+        Assert.Contains(requests, q => q.StartsWith($"GET /v2/e2e/busybox/manifests/{missingDigest} ", StringComparison.Ordinal));
+        Assert.DoesNotContain(requests, q => q.Contains("/manifests/v1", StringComparison.Ordinal));
+        foreach (var c in held)
+        {
+            c.Dispose();
+        }
+
         // The unmodified archive still restores, and the process goes on from where it was.
         var good = await WriteRestoreConfigAsync(dir, "good", archive);
         var restored = await RunAsync([.. r, "create", podId, good, s.PodConfig]);
@@ -151,6 +213,23 @@ public partial class CheckpointCliTests
         }
 
         more?.Invoke(writer);
+    }
+
+    private static byte[] ReadEntry(string archive, string name)
+    {
+        using var input = File.OpenRead(archive);
+        using var reader = new TarReader(input);
+        while (reader.GetNextEntry(copyData: true) is { } entry)
+        {
+            if (entry.Name == name)
+            {
+                using var ms = new MemoryStream();
+                entry.DataStream!.CopyTo(ms);
+                return ms.ToArray();
+            }
+        }
+
+        throw new InvalidOperationException($"{archive} has no {name}");
     }
 
     private static void AddBytes(TarWriter t, string name, byte[] content) =>
