@@ -5,21 +5,25 @@
 # Debian 12 (bookworm) lacks a CRIU that works on current kernels (3.17 fails on the vDSO, 4.1 hangs),
 # so Debian forky is added at a low pin and only the packages that need it are taken from there:
 # criu/libcriu (>= 4.2), checkpointctl, containerd 2.1 (the CRI peer used by tests and benchmarks;
-# it brings forky's runc with it) and the Go source packages that carry the protos Crest compiles.
+# it brings forky's runc with it), podman 5.8 (the cross-engine oracle) and the Go source packages that carry
+# the protos Crest compiles.
 set -euo pipefail
 
 CRIU_MIN=4.2
 CONTAINERD_MIN=2.1
+PODMAN_MIN=5.8
 
-# From Debian 12 itself. podman 4.3 and buildah are compatibility oracles in tests (forky's podman 5.8 would
-# pull 124 packages, systemd and libseccomp upgrades among them, onto the Debian 12 base).
+# From Debian 12 itself.
 BASE_PACKAGES=(
   crun conmon iptables iproute2 containernetworking-plugins catatonit busybox-static
   docker-registry skopeo apache2-utils jq tmux util-linux procps make
-  podman buildah
 )
-# From forky, each for a reason named above.
-FORKY_PACKAGES=(criu libcriu-dev checkpointctl containerd runc)
+# From forky, each for a reason named above. Podman 5.8 is the compatibility oracle of the cross-engine tests;
+# without recommends it brings 12 packages (netavark, libseccomp2 2.6, libgpgme45, libsubid6 and shadow's
+# passwd/uidmap/login.defs 4.20 among them) and keeps Debian 12's conmon, containers-common and skopeo.
+# Nothing uses buildah (Crest builds checkpoint images itself), so it is not installed. netavark's bridge networks
+# would need nftables' nft, which is not installed: the tests run Podman containers with --network none.
+FORKY_PACKAGES=(criu libcriu-dev checkpointctl containerd runc podman)
 # Source-only Go packages that ship the .proto files Crest compiles at build time.
 FORKY_PROTO_PACKAGES=(
   golang-github-kubernetes-cri-api-dev
@@ -41,6 +45,7 @@ installed_version() {
 
 criu_version() { criu --version 2>/dev/null | awk '/^Version:/{print $2}'; }
 containerd_version() { containerd --version 2>/dev/null | awk '{print $3}' | sed -e 's/^v//' -e 's/[+~-].*//'; }
+podman_version() { podman --version 2>/dev/null | awk '{print $3}'; }
 
 missing_packages() {
   local p
@@ -54,6 +59,7 @@ everything_present() {
   local v
   v=$(criu_version); [ -n "$v" ] && version_ge "$v" "$CRIU_MIN" || return 1
   v=$(containerd_version); [ -n "$v" ] && version_ge "$v" "$CONTAINERD_MIN" || return 1
+  v=$(podman_version); [ -n "$v" ] && version_ge "$v" "$PODMAN_MIN" || return 1
   [ -f "$CRI_API_PROTO" ] && [ -f "$CRIU_RPC_PROTO" ]
 }
 
@@ -77,8 +83,9 @@ install_cni_default_network() {
   # A default pod network, as Podman ships one, so a fresh node has NetworkReady=true.
   local dir=/etc/cni/net.d
   mkdir -p "$dir"
-  # Podman's package drops its own 87-podman-bridge.conflist; it is installed here only as a test oracle,
-  # so it does not count as the operator's network.
+  # Podman 4's package dropped its own 87-podman-bridge.conflist here (dpkg removes it on the upgrade to Podman 5,
+  # which uses netavark and writes nothing under /etc/cni). Podman is installed only as a test oracle, so that
+  # file never counts as the operator's network.
   local others
   others=$(find "$dir" -maxdepth 1 \( -name '*.conflist' -o -name '*.conf' \) ! -name 87-podman-bridge.conflist | head -n 1)
   if [ -z "$others" ]; then
@@ -116,6 +123,9 @@ check_versions() {
   v=$(containerd_version)
   [ -n "$v" ] || die "containerd is not installed ('containerd --version' failed)"
   version_ge "$v" "$CONTAINERD_MIN" || die "containerd $v is too old: the test peer must be containerd >= $CONTAINERD_MIN (Debian forky)"
+  v=$(podman_version)
+  [ -n "$v" ] || die "podman is not installed or does not run ('podman --version' failed)"
+  version_ge "$v" "$PODMAN_MIN" || die "podman $v is too old: the cross-engine tests need Podman >= $PODMAN_MIN (Debian forky)"
   command -v runc >/dev/null || die "runc is not on PATH"
   command -v crun >/dev/null || die "crun is not on PATH"
   command -v conmon >/dev/null || die "conmon is not on PATH"
@@ -132,7 +142,7 @@ main() {
   install_cni_default_network
   if everything_present; then
     check_versions
-    log "all dependencies present (criu $(criu_version), containerd $(containerd_version), runc $(runc --version | awk 'NR==1{print $3}'))"
+    log "all dependencies present (criu $(criu_version), containerd $(containerd_version), runc $(runc --version | awk 'NR==1{print $3}'), podman $(podman_version))"
     return 0
   fi
   add_forky_source
@@ -158,7 +168,7 @@ main() {
     systemctl disable --now containerd >/dev/null 2>&1 || true
   fi
   check_versions
-  log "done (criu $(criu_version), containerd $(containerd_version))"
+  log "done (criu $(criu_version), containerd $(containerd_version), podman $(podman_version))"
 }
 
 main "$@"

@@ -301,6 +301,89 @@ public class CheckpointTests
         Assert.Equal("quay.io/x/y:latest", plan.BaseImageName);
     }
 
+    // ---- 2b. Podman ------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// The metadata of a Podman 5.8 <c>container checkpoint --export</c>, cut down from a real one: config.dump is libpod's
+    /// whole ContainerConfig (the image by tag and by containers/storage ID, no rootfsImageRef, no checkpointedTime),
+    /// spec.dump carries <c>io.container.manager: libpod</c> and Podman's own bind mounts, and the log copy is ctr.log.
+    /// </summary>
+    private static Dictionary<string, byte[]> PodmanFiles()
+    {
+        var bind = (string destination) => new JsonObject
+        {
+            ["destination"] = destination, ["type"] = "bind", ["source"] = "/var/lib/containers/storage/userdata" + destination,
+            ["options"] = new JsonArray("bind", "rprivate"),
+        };
+        var spec = new JsonObject
+        {
+            ["ociVersion"] = "1.2.1",
+            ["process"] = new JsonObject { ["args"] = new JsonArray("sh", "-c", "while true; do sleep 1; done") },
+            ["annotations"] = new JsonObject
+            {
+                ["io.container.manager"] = "libpod",
+                ["org.opencontainers.image.stopSignal"] = "15",
+                ["org.systemd.property.KillSignal"] = "15",
+                ["org.systemd.property.TimeoutStopUSec"] = "uint64 10000000",
+            },
+            ["mounts"] = new JsonArray
+            {
+                new JsonObject { ["destination"] = "/proc", ["type"] = "proc", ["source"] = "proc", ["options"] = new JsonArray("nosuid", "noexec", "nodev") },
+                bind("/etc/hostname"), bind("/etc/hosts"), bind("/dev/shm"), bind("/run/.containerenv"),
+            },
+            ["linux"] = new JsonObject { ["namespaces"] = new JsonArray(new JsonObject { ["type"] = "pid" }, new JsonObject { ["type"] = "network" }) },
+        };
+        var config = new JsonObject
+        {
+            ["spec"] = spec.DeepClone(),
+            ["id"] = new string('e', 64),
+            ["name"] = "counter",
+            ["RawImageName"] = "localhost:5000/e2e/busybox:v1",
+            ["rootfsImageID"] = Hex,
+            ["rootfsImageName"] = "localhost:5000/e2e/busybox:v1",
+            ["createNetNS"] = false,
+            ["createdTime"] = "2026-01-01T00:00:00Z",
+            ["logDriver"] = "k8s-file",
+            ["runtime"] = "runc",
+            ["healthLogDestination"] = "local",
+            ["kubeExitCodePropagation"] = 0,
+            ["useImageHostname"] = false,
+        };
+        return new Dictionary<string, byte[]>(StringComparer.Ordinal)
+        {
+            [CheckpointFiles.ConfigDump] = Utf8(config),
+            [CheckpointFiles.SpecDump] = Utf8(spec),
+            ["network.status"] = "null"u8.ToArray(),
+            ["stats-dump"] = [0x10, 0x20],
+            ["deleted.files"] = """["/etc/motd"]"""u8.ToArray(),
+            ["checkpoint/inventory.img"] = Inventory,
+            [CheckpointFiles.PodmanLog] = LogBytes,
+        };
+    }
+
+    [Fact]
+    public async Task A_podman_5_archive_reads_by_the_tag_with_its_name_its_log_copy_and_only_containerenv_to_declare()
+    {
+        using var layout = new Layout(Compress(Tar(PodmanFiles()), "zstd"));
+
+        var plan = await ReadAsync(layout);
+
+        Assert.Equal(CheckpointEngine.Podman, plan.Engine);
+        Assert.Equal("localhost:5000/e2e/busybox:v1", plan.BaseImageName);
+        Assert.Null(plan.BaseImageDigestReference);
+        Assert.Null(plan.BaseImageId);
+        Assert.Equal("counter", plan.OriginalName);
+        Assert.Equal("runc", plan.OriginalRuntime);
+        Assert.Empty(plan.Annotations);
+        Assert.Empty(plan.Labels);
+        Assert.Equal(default, plan.CheckpointedAt);
+        Assert.Equal(CheckpointFiles.PodmanLog, plan.LogCopy);
+        Assert.Equal(["/run/.containerenv"], plan.MountDestinations);
+        Assert.Empty(plan.BindMounts);
+        Assert.False(plan.JoinedPidNamespace);
+        Assert.Equal(["sh", "-c", "while true; do sleep 1; done"], plan.ProcessArgs);
+    }
+
     // ---- 3. missing required files ----------------------------------------------------------------------
 
     [Theory]
