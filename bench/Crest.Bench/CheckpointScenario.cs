@@ -8,13 +8,14 @@ namespace Crest.Bench;
 /// <summary>
 /// Checkpoint and restore through CRI of the same workloads on each runtime: an idle counter, and processes holding
 /// 256 MiB and 1 GiB of touched memory (busybox awk building a string of that size). For Crest, bare
-/// <c>runc checkpoint --leave-running</c> of the same container is the floor: what CRIU and runc cost with no runtime around them.
+/// <c>runc checkpoint --leave-running</c> of the same container, and <c>runc restore</c> of those images into a copy
+/// of its bundle after it stopped, are the floor: what CRIU and runc cost with no runtime around them.
 /// </summary>
 internal static class CheckpointScenario
 {
     public static readonly (string Name, long Bytes)[] Workloads = [("idle counter", 0), ("256 MiB touched", 256L << 20), ("1 GiB touched", 1L << 30)];
 
-    public sealed record Sample(double CheckpointMs, double? FrozenMs, long ArchiveBytes, double? BareRuncMs, double? RestoreMs);
+    public sealed record Sample(double CheckpointMs, double? FrozenMs, long ArchiveBytes, double? BareRuncMs, double? RestoreMs, double? BareRuncRestoreMs);
 
     private static ContainerConfig Workload(long bytes, string name, string log) => new()
     {
@@ -70,17 +71,33 @@ internal static class CheckpointScenario
         var size = new FileInfo(archive).Length;
 
         double? bare = null;
+        double? bareRestore = null;
         if (bareRunc)
         {
+            var runcRoot = $"--root={subject.Dir.Combine("state", "runtime", "runc")}";
             var images = Path.Combine(work, $"runc-{n}");
             Directory.CreateDirectory(images);
             clock.Restart();
-            using var runc = Process.Start(new ProcessStartInfo("runc",
-                [$"--root={subject.Dir.Combine("state", "runtime", "runc")}", "checkpoint", "--leave-running", "--file-locks", "--image-path", images, "--work-path", images, c.ContainerId])
-            { RedirectStandardError = true, UseShellExecute = false })!;
-            var err = await runc.StandardError.ReadToEndAsync();
-            await runc.WaitForExitAsync();
-            bare = runc.ExitCode == 0 ? clock.Elapsed.TotalMilliseconds : throw new InvalidOperationException($"bare runc checkpoint failed: {err}");
+            await RuncAsync(runcRoot, "checkpoint", "--leave-running", "--file-locks", "--image-path", images, "--work-path", images, c.ContainerId);
+            bare = clock.Elapsed.TotalMilliseconds;
+
+            // The restore floor: the original stops, and runc restores the images into a copy of its bundle (same rootfs,
+            // the pod's namespaces, a cgroup of its own), with stdio on /dev/null.
+            await rt.StopContainerAsync(new StopContainerRequest { ContainerId = c.ContainerId, Timeout = 0 }, deadline: deadline);
+            var containerDir = subject.Dir.Combine("root", "containers", c.ContainerId);
+            var bundle = Path.Combine(work, $"runc-bundle-{n}");
+            Directory.CreateDirectory(bundle);
+            var spec = System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllBytesAsync(Path.Combine(containerDir, "bundle", "config.json")))!;
+            spec["root"]!["path"] = Path.Combine(containerDir, "rootfs");
+            spec["linux"]!["cgroupsPath"] = spec["linux"]!["cgroupsPath"]!.GetValue<string>() + "-bare";
+            await File.WriteAllTextAsync(Path.Combine(bundle, "config.json"), spec.ToJsonString());
+            var bareId = $"bare-{n}-{c.ContainerId[..12]}";
+            clock.Restart();
+            await RuncAsync(runcRoot, "restore", "--detach", "--file-locks", "--image-path", images, "--work-path", images, "--bundle", bundle, "--pid-file", Path.Combine(bundle, "pid"), bareId);
+            bareRestore = clock.Elapsed.TotalMilliseconds;
+            await RuncAsync(runcRoot, "kill", bareId, "KILL");
+            await Task.Delay(200);
+            await RuncAsync(runcRoot, "delete", "--force", bareId);
             Directory.Delete(images, recursive: true);
         }
 
@@ -110,7 +127,26 @@ internal static class CheckpointScenario
             File.Delete(archive);
         }
 
-        return new Sample(checkpointMs, frozen, size, bare, restoreMs);
+        return new Sample(checkpointMs, frozen, size, bare, restoreMs, bareRestore);
+    }
+
+    /// <summary>Runs runc with stdio on /dev/null (a restored process inherits them as its stdout and stderr).</summary>
+    private static async Task RuncAsync(params string[] args)
+    {
+        var error = Path.GetTempFileName();
+        try
+        {
+            using var runc = Process.Start(new ProcessStartInfo("/bin/sh", ["-c", "exec runc \"$@\" </dev/null >/dev/null 2>\"$0\"", error, .. args]) { UseShellExecute = false })!;
+            await runc.WaitForExitAsync();
+            if (runc.ExitCode != 0)
+            {
+                throw new InvalidOperationException($"bare runc {args[1]} failed: {await File.ReadAllTextAsync(error)}");
+            }
+        }
+        finally
+        {
+            File.Delete(error);
+        }
     }
 
     /// <summary>CRIU's frozen time from the archive's stats-dump.</summary>

@@ -94,7 +94,7 @@ if (!checkpointOnly)
     }
 }
 
-Console.Error.WriteLine("bench: checkpoint and restore through CRI (idle, 256 MiB, 1 GiB); bare runc checkpoint of Crest's container is the floor");
+Console.Error.WriteLine("bench: checkpoint and restore through CRI (idle, 256 MiB, 1 GiB); bare runc checkpoint and restore of Crest's container are the floor");
 using (var work = new Crest.TestKit.TempDir("crest-bench-cr"))
 {
     var (busybox, pause) = PodScenario.WriteArchives(work.Path);
@@ -133,6 +133,11 @@ using (var work = new Crest.TestKit.TempDir("crest-bench-cr"))
                 if (sample.RestoreMs is { } restore)
                 {
                     report.Add($"restore {name}: create + start", "ms", subject.Name, restore);
+                }
+
+                if (sample.BareRuncRestoreMs is { } bareRestore)
+                {
+                    report.Add($"restore {name}: create + start", "ms", "bare runc", bareRestore);
                 }
             }
         }

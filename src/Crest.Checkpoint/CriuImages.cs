@@ -21,6 +21,20 @@ public sealed record CriuThread(
     string Seccomp,
     string Architecture = "x86_64");
 
+/// <summary>One mount of a checkpointed mount namespace (mountpoints-ID.img): where, what, and whether the runtime provides it.</summary>
+public sealed record CriuMount(string MountPoint, string FsType, string Source, string Root, bool External, uint Device = 0);
+
+/// <summary>A device node that CRIU would create from a tmpfs content image (the container's /dev, say).</summary>
+public sealed record CriuDeviceNode(string Image, string Path, char Kind, int Major, int Minor);
+
+/// <summary>What a checkpoint says about isolation: each task's namespaces, user namespaces, mounts, and device nodes in tmpfs contents.</summary>
+public sealed record CriuIsolation(
+    IReadOnlyDictionary<uint, IReadOnlyDictionary<string, uint>> Namespaces,
+    IReadOnlyList<string> UserNamespaceImages,
+    IReadOnlyList<CriuMount> Mounts,
+    IReadOnlyList<CriuDeviceNode> DeviceNodes,
+    long TmpfsBytes);
+
 /// <summary>
 /// Reads the CRIU images that decide a restored process's privileges: pstree.img (processes and threads) and
 /// core-TID.img (per-thread credentials, capability sets, seccomp). The framing is parsed with bounds checks:
@@ -35,6 +49,10 @@ public static class CriuImages
     private const uint CoreMagic = 0x55053847;
     private const uint FsMagic = 0x51403912;
     private const uint FilesMagic = 0x56303138;
+    private const uint IdsMagic = 0x54432030;
+    private const uint MountsMagic = 0x55563928;
+    private const int MaxMountNamespaces = 64;
+    private const int MaxTmpfsImages = 256;
     private const int MaxImageBytes = 16 << 20;
     private const int MaxEntries = 65536;
     private const int MaxThreads = 65536;
@@ -207,6 +225,170 @@ public static class CriuImages
         }
 
         return null;
+    }
+
+    /// <summary>
+    /// Each task's namespaces (ids-PID.img, or the core image's ids), any user namespace the checkpoint holds
+    /// (userns-ID.img), every mount of every mount namespace (mountpoints-ID.img), and the device nodes and bytes the
+    /// tmpfs content images (tmpfs-*.tar.gz.img, unpacked by CRIU with tar) would create. The tmpfs contents are
+    /// walked here first: names must be relative with no "..", nothing may be written through a link the archive
+    /// itself made, and all of them together may not expand past <paramref name="maxTmpfsBytes"/>.
+    /// </summary>
+    public static CriuIsolation ReadIsolation(string imagesDir, long maxTmpfsBytes)
+    {
+        var pstree = Entries(Load(imagesDir, "pstree.img"), PstreeMagic, "pstree.img");
+        var namespaces = new Dictionary<uint, IReadOnlyDictionary<string, uint>>();
+        foreach (var raw in pstree)
+        {
+            var pid = Parse(pstree_entry.Parser, raw, "pstree.img").Pid;
+            task_kobj_ids_entry? ids;
+            var idsName = $"ids-{pid}.img";
+            if (Linux.FileKinds.IsRegularFile(Path.Combine(imagesDir, idsName)))
+            {
+                var entries = Entries(Load(imagesDir, idsName), IdsMagic, idsName);
+                ids = entries.Count == 1 ? Parse(task_kobj_ids_entry.Parser, entries[0], idsName) : throw Malformed(idsName, $"{entries.Count} entries where one belongs");
+            }
+            else
+            {
+                var coreName = $"core-{pid}.img";
+                var cores = Entries(Load(imagesDir, coreName), CoreMagic, coreName);
+                ids = cores.Count == 1 ? Parse(core_entry.Parser, cores[0], coreName).Ids : null;
+            }
+
+            if (ids is null)
+            {
+                throw Malformed($"ids-{pid}.img", "the task's namespaces are recorded neither there nor in its core image");
+            }
+
+            var kinds = new Dictionary<string, uint>(StringComparer.Ordinal);
+            void Add(string kind, bool has, uint id)
+            {
+                if (has)
+                {
+                    kinds[kind] = id;
+                }
+            }
+
+            Add("pid", ids.HasPidNsId, ids.PidNsId);
+            Add("net", ids.HasNetNsId, ids.NetNsId);
+            Add("ipc", ids.HasIpcNsId, ids.IpcNsId);
+            Add("uts", ids.HasUtsNsId, ids.UtsNsId);
+            Add("mnt", ids.HasMntNsId, ids.MntNsId);
+            Add("user", ids.HasUserNsId, ids.UserNsId);
+            Add("cgroup", ids.HasCgroupNsId, ids.CgroupNsId);
+            Add("time", ids.HasTimeNsId, ids.TimeNsId);
+            namespaces[pid] = kinds;
+        }
+
+        var userNamespaces = Directory.EnumerateFiles(imagesDir, "userns-*.img").Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToList();
+        var mounts = new List<CriuMount>();
+        var mountImages = Directory.EnumerateFiles(imagesDir, "mountpoints-*.img").Order(StringComparer.Ordinal).ToList();
+        if (mountImages.Count > MaxMountNamespaces)
+        {
+            throw Malformed("mountpoints-*.img", $"more than {MaxMountNamespaces} mount namespaces");
+        }
+
+        foreach (var image in mountImages)
+        {
+            var name = Path.GetFileName(image);
+            foreach (var raw in Entries(Load(imagesDir, name), MountsMagic, name))
+            {
+                var m = Parse(mnt_entry.Parser, raw, name);
+                var type = Enum.IsDefined(typeof(fstype), (int)m.Fstype) ? ((fstype)m.Fstype).ToString().ToLowerInvariant() : $"fstype {m.Fstype}";
+                if (type is "auto" or "unsupported")
+                {
+                    type = m.HasFsname && m.Fsname.Length > 0 ? m.Fsname : type;
+                }
+
+                mounts.Add(new CriuMount("/" + m.Mountpoint.TrimStart('.').Trim('/'), type, m.Source, m.Root, m.ExtMount || m.ExtKey.Length > 0, m.RootDev));
+            }
+        }
+
+        var (devices, bytes) = ScanTmpfsContents(imagesDir, mounts, maxTmpfsBytes);
+        return new CriuIsolation(namespaces, userNamespaces, mounts, devices, bytes);
+    }
+
+    private static (List<CriuDeviceNode> Devices, long Bytes) ScanTmpfsContents(string imagesDir, IReadOnlyList<CriuMount> mounts, long maxBytes)
+    {
+        var devices = new List<CriuDeviceNode>();
+        long bytes = 0;
+        var images = Directory.EnumerateFiles(imagesDir, "tmpfs-*.tar.gz.img").Order(StringComparer.Ordinal).ToList();
+        if (images.Count > MaxTmpfsImages)
+        {
+            throw Malformed("tmpfs-*.tar.gz.img", $"more than {MaxTmpfsImages} tmpfs content images");
+        }
+
+        foreach (var image in images)
+        {
+            var name = Path.GetFileName(image);
+            var links = new HashSet<string>(StringComparer.Ordinal);
+            // CRIU names a tmpfs's contents after its device (tmpfs-dev-N.tar.gz.img); those mounts are where it unpacks.
+            var device = name.StartsWith("tmpfs-dev-", StringComparison.Ordinal) && uint.TryParse(name["tmpfs-dev-".Length..^".tar.gz.img".Length], System.Globalization.CultureInfo.InvariantCulture, out var d) ? d : (uint?)null;
+            var bases = mounts.Where(m => m.Device == device && m.Root == "/").Select(m => m.MountPoint).ToList();
+            try
+            {
+                using var file = new FileStream(Linux.FileKinds.OpenReadNoFollow(image), FileAccess.Read, 1 << 16);
+                using var gzip = new System.IO.Compression.GZipStream(file, System.IO.Compression.CompressionMode.Decompress);
+                using var tar = new System.Formats.Tar.TarReader(gzip);
+                while (tar.GetNextEntry(copyData: false) is { } entry)
+                {
+                    var path = entry.Name.StartsWith("./", StringComparison.Ordinal) ? entry.Name[2..] : entry.Name;
+                    path = path.TrimEnd('/');
+                    var parts = path.Split('/');
+                    if (path.StartsWith('/') || parts.Contains(".."))
+                    {
+                        throw Malformed(name, $"entry \"{entry.Name}\" is absolute or climbs out with \"..\"");
+                    }
+
+                    for (var i = 1; i < parts.Length; i++)
+                    {
+                        if (links.Contains(string.Join('/', parts[..i])))
+                        {
+                            throw Malformed(name, $"entry \"{entry.Name}\" would be written through the link {string.Join('/', parts[..i])} the same archive made");
+                        }
+                    }
+
+                    bytes += entry.Length;
+                    if (bytes > maxBytes)
+                    {
+                        throw new CrestException(ErrorKind.InvalidArgument,
+                            $"the checkpoint's tmpfs contents expand past {maxBytes} bytes (at {name}), the configured limit ([restore] max_rootfs_diff_bytes); nothing was written");
+                    }
+
+                    switch (entry.EntryType)
+                    {
+                        case System.Formats.Tar.TarEntryType.SymbolicLink:
+                        case System.Formats.Tar.TarEntryType.HardLink:
+                            links.Add(path);
+                            foreach (var at in bases.Select(b => b.TrimEnd('/') + "/" + path))
+                            {
+                                if (mounts.FirstOrDefault(m => m.MountPoint == at || m.MountPoint.StartsWith(at + "/", StringComparison.Ordinal)) is { } under)
+                                {
+                                    throw Malformed(name, $"the link \"{entry.Name}\" stands where the mount at {under.MountPoint} goes");
+                                }
+                            }
+
+                            if (entry.EntryType == System.Formats.Tar.TarEntryType.HardLink && (entry.LinkName.StartsWith('/') || entry.LinkName.Split('/').Contains("..")))
+                            {
+                                throw Malformed(name, $"hard link \"{entry.Name}\" points out of the archive ({entry.LinkName})");
+                            }
+
+                            break;
+                        case System.Formats.Tar.TarEntryType.CharacterDevice:
+                        case System.Formats.Tar.TarEntryType.BlockDevice:
+                            var posix = (System.Formats.Tar.PosixTarEntry)entry;
+                            devices.Add(new CriuDeviceNode(name, (bases.FirstOrDefault() ?? "").TrimEnd('/') + "/" + path, entry.EntryType == System.Formats.Tar.TarEntryType.CharacterDevice ? 'c' : 'b', posix.DeviceMajor, posix.DeviceMinor));
+                            break;
+                    }
+                }
+            }
+            catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException or InvalidCastException)
+            {
+                throw Malformed(name, $"it is not a gzip tar: {e.Message}");
+            }
+        }
+
+        return (devices, bytes);
     }
 
     /// <summary>The machine a core image was dumped on, in the names uname uses.</summary>

@@ -16,7 +16,7 @@ public sealed record RestoreOptions
     public bool ViaCreate { get; init; }
     public bool TcpEstablished { get; init; }
     public RestoreLimits Limits { get; init; } = new();
-    /// <summary>Policy checks reported but not enforced (capabilities, users, seccomp): for trusted registries only.</summary>
+    /// <summary>Policy checks reported but not enforced (RestorePolicy.Checks): for trusted registries only.</summary>
     public IReadOnlySet<string> RelaxedChecks { get; init; } = new HashSet<string>(StringComparer.Ordinal);
 }
 
@@ -147,19 +147,20 @@ public sealed class RestoreService(
     }
 
     /// <summary>
-    /// Reads the credentials, capabilities and seccomp state CRIU would put back and refuses the restore, before any
-    /// pull or process, if they exceed what the request grants. Relaxed checks are logged, never silently skipped.
+    /// Reads the credentials, capabilities, seccomp state, namespaces, mounts and device nodes CRIU would put back and
+    /// refuses the restore, before any pull or process, if they exceed what the request grants. Relaxed checks are logged, never silently skipped.
     /// </summary>
     private void EnforcePolicy(RestorePlan plan, ContainerSpec request)
     {
-        var threads = CriuImages.ReadThreads(Path.Combine(plan.StagingDir, CheckpointFiles.CriuImages));
+        var assessment = RestorePolicy.Assess(Path.Combine(plan.StagingDir, CheckpointFiles.CriuImages), request, options.Limits.MaxRootfsDiffBytes);
+        var threads = assessment.Threads;
         if (threads.FirstOrDefault(t => t.Architecture != CriuImages.HostArchitecture) is { } foreign)
         {
             throw new CrestException(ErrorKind.InvalidArgument,
                 $"checkpoint {plan.Source} was made on {foreign.Architecture} (task {foreign.Pid}); this node is {CriuImages.HostArchitecture}, and CRIU restores only on the architecture it dumped on");
         }
 
-        var violations = RestorePolicy.Evaluate(threads, request.Security);
+        var violations = assessment.Violations;
         foreach (var relaxed in violations.Where(v => options.RelaxedChecks.Contains(v.Check)))
         {
             CheckpointLog.PolicyRelaxed(logger, plan.Source, relaxed.Check, relaxed.ToString());

@@ -565,8 +565,8 @@ public partial class CheckpointCliTests
         Assert.Contains("Crest would REFUSE this restore", verdict.Stdout, StringComparison.Ordinal);
         Assert.Contains("run_as_user 1000", verdict.Stdout, StringComparison.Ordinal);
 
-        // A hostile checkpoint: CAP_SYS_ADMIN written into every thread's credentials.
-        async Task<string> EditCores(string name, Action<Crest.Cri.Api.CriuImages.core_entry> edit)
+        // Hostile checkpoints: images edited after the dump.
+        async Task<string> EditImages(string name, Func<string, byte[], byte[]> edit, Action<TarWriter>? more = null)
         {
             var edited = dir.Combine(name + ".tar");
             await using var input = File.OpenRead(archive);
@@ -575,18 +575,22 @@ public partial class CheckpointCliTests
             await using var writer = new TarWriter(output, TarEntryFormat.Pax);
             while (await reader.GetNextEntryAsync(copyData: true, Ct) is { } e)
             {
-                if (System.Text.RegularExpressions.Regex.IsMatch(e.Name, @"^checkpoint/core-\d+\.img$"))
+                if (e.DataStream is not null)
                 {
                     using var buffer = new MemoryStream();
-                    await e.DataStream!.CopyToAsync(buffer, Ct);
-                    e.DataStream = new MemoryStream(EditCore(buffer.ToArray(), edit));
+                    await e.DataStream.CopyToAsync(buffer, Ct);
+                    e.DataStream = new MemoryStream(edit(e.Name, buffer.ToArray()));
                 }
 
                 await writer.WriteEntryAsync(e, Ct);
             }
 
+            more?.Invoke(writer);
             return edited;
         }
+
+        Task<string> EditCores(string name, Action<Crest.Cri.Api.CriuImages.core_entry> edit) =>
+            EditImages(name, (entry, data) => System.Text.RegularExpressions.Regex.IsMatch(entry, @"^checkpoint/core-\d+\.img$") ? EditCore(data, edit) : data);
 
         var widened = await Restore("hostile", await EditCores("hostile", core =>
         {
@@ -601,6 +605,41 @@ public partial class CheckpointCliTests
         Assert.Equal(1, foreign.ExitCode);
         Assert.Contains("was made on aarch64", foreign.Stderr, StringComparison.Ordinal);
 
+        // A mount CRIU would make itself that the container never had: the node's disk at /mnt.
+        var mounted = await Restore("mounted", await EditImages("mounted", (entry, data) =>
+            System.Text.RegularExpressions.Regex.IsMatch(entry, @"^checkpoint/mountpoints-\d+\.img$")
+                ? [.. data, .. Framed(new Crest.Cri.Api.CriuImages.mnt_entry
+                {
+                    Fstype = (uint)Crest.Cri.Api.CriuImages.fstype.Auto, Fsname = "ext4", MntId = 9999, RootDev = 0xfd00, ParentMntId = 1,
+                    Flags = 0, Root = "/", Mountpoint = "/mnt", Source = "/dev/vda", Options = "",
+                })]
+                : data), "{}");
+        Assert.Equal(1, mounted.ExitCode);
+        Assert.True(mounted.Stderr.Contains("the mount at /mnt is ext4 from /dev/vda in the checkpoint", StringComparison.Ordinal), mounted.Stderr);
+
+        // A block device node in the container's /dev contents, and a user namespace of its own.
+        var device = await Restore("device", await EditImages("device", (entry, data) =>
+        {
+            if (!entry.StartsWith("checkpoint/tmpfs-dev-", StringComparison.Ordinal) || !TarNames(data).Contains("./null"))
+            {
+                return data;
+            }
+
+            return AddToGzipTar(data, new PaxTarEntry(TarEntryType.BlockDevice, "./sda") { DeviceMajor = 8, DeviceMinor = 0, Mode = (UnixFileMode)0x1B6 });
+        }), "{}");
+        Assert.Equal(1, device.ExitCode);
+        Assert.True(device.Stderr.Contains("device node /dev/sda in tmpfs-dev-", StringComparison.Ordinal), device.Stderr);
+        Assert.True(device.Stderr.Contains("is block device 8:0 in the checkpoint", StringComparison.Ordinal), device.Stderr);
+        var userns = await Restore("userns", await EditImages("userns", (_, data) => data, more: t =>
+            t.WriteEntry(new PaxTarEntry(TarEntryType.RegularFile, "checkpoint/userns-99.img") { DataStream = new MemoryStream([0x19, 0x43, 0x56, 0x54]) })), "{}");
+        Assert.Equal(1, userns.ExitCode);
+        Assert.True(userns.Stderr.Contains("a user namespace of its own (userns-99.img)", StringComparison.Ordinal), userns.Stderr);
+
+        // The mounts check, relaxed by name for a trusted source, would let the mount through; inspect shows it.
+        var shown = await Binaries.RunCrestAsync(["checkpoint", "inspect", "-o", "json", dir.Combine("mounted.tar")]);
+        Assert.True(shown.ExitCode == 0, shown.Stderr);
+        Assert.Contains("\"mountPoint\": \"/mnt\"", shown.Stdout, StringComparison.Ordinal);
+
         // Nothing was created or left behind; the unmodified checkpoint with the default request still restores.
         Assert.Equal("", (await RunAsync([.. r, "ps", "-a", "-q"])).Trim());
         Assert.Empty(Directory.EnumerateFileSystemEntries(dir.Combine("root", "restores")));
@@ -608,6 +647,46 @@ public partial class CheckpointCliTests
         Assert.True(good.ExitCode == 0, good.Stderr);
         await RunAsync([.. r, "start", good.Stdout.Trim()]);
         await RunAsync([.. r, "rmp", podId]);
+    }
+
+    /// <summary>One CRIU image entry: a 32-bit length, then the message.</summary>
+    private static byte[] Framed(Google.Protobuf.IMessage message)
+    {
+        var payload = Google.Protobuf.MessageExtensions.ToByteArray(message);
+        var result = new byte[4 + payload.Length];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(result, payload.Length);
+        payload.CopyTo(result, 4);
+        return result;
+    }
+
+    private static HashSet<string> TarNames(byte[] gzipTar)
+    {
+        using var reader = new TarReader(new System.IO.Compression.GZipStream(new MemoryStream(gzipTar), System.IO.Compression.CompressionMode.Decompress));
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        while (reader.GetNextEntry() is { } e)
+        {
+            names.Add(e.Name);
+        }
+
+        return names;
+    }
+
+    private static byte[] AddToGzipTar(byte[] gzipTar, TarEntry extra)
+    {
+        using var output = new MemoryStream();
+        using (var gzip = new System.IO.Compression.GZipStream(output, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true))
+        using (var writer = new TarWriter(gzip, TarEntryFormat.Pax))
+        using (var reader = new TarReader(new System.IO.Compression.GZipStream(new MemoryStream(gzipTar), System.IO.Compression.CompressionMode.Decompress)))
+        {
+            while (reader.GetNextEntry(copyData: true) is { } e)
+            {
+                writer.WriteEntry(e);
+            }
+
+            writer.WriteEntry(extra);
+        }
+
+        return output.ToArray();
     }
 
     /// <summary>Rewrites a CRIU core image (magics, then one length-prefixed core_entry) after <paramref name="edit"/>.</summary>

@@ -161,4 +161,195 @@ public class CriuImageTests
             }
         }, iter: 3000);
     }
+
+    // ---- namespaces, mounts, tmpfs contents -------------------------------------------------------------
+
+    private const uint Ids = 0x54432030;
+    private const uint Mounts = 0x55563928;
+
+    private static task_kobj_ids_entry IdsOf(uint net, uint user = 7) => new()
+    {
+        VmId = 1, FilesId = 1, FsId = 1, SighandId = 1, PidNsId = 9, NetNsId = net, IpcNsId = 11, UtsNsId = 12, MntNsId = 13, UserNsId = user, CgroupNsId = 8,
+    };
+
+    private static mnt_entry MountAt(string mountPoint, fstype type, bool external = false, uint device = 50, string root = "/", string fsname = "") => new()
+    {
+        Fstype = (uint)type, MntId = 1, RootDev = device, ParentMntId = 0, Flags = 0, Root = root, Mountpoint = mountPoint, Source = type.ToString().ToLowerInvariant(),
+        Options = "", ExtKey = external ? mountPoint : "", Fsname = fsname,
+    };
+
+    /// <summary>Two tasks with namespaces, a mount namespace and /dev contents with the given extra tar entries.</summary>
+    private static string WriteIsolation(TempDir dir, uint secondNet, IEnumerable<mnt_entry> extraMounts, Action<System.Formats.Tar.TarWriter>? devContents = null)
+    {
+        var images = WriteCheckpoint(dir, (1, CoreFor(0, 0, seccomp_mode.Disabled)), (7, CoreFor(0, 0, seccomp_mode.Disabled)));
+        File.WriteAllBytes(Path.Combine(images, "ids-1.img"), Image(Ids, IdsOf(10)));
+        File.WriteAllBytes(Path.Combine(images, "ids-7.img"), Image(Ids, IdsOf(secondNet)));
+        File.WriteAllBytes(Path.Combine(images, "mountpoints-13.img"), Image(Mounts,
+        [
+            MountAt("/", fstype.Overlayfs, device: 40), MountAt("/proc", fstype.Proc), MountAt("/dev", fstype.Tmpfs, device: 99),
+            MountAt("/dev/pts", fstype.Devpts), MountAt("/proc/kcore", fstype.Tmpfs, external: true, device: 99, root: "/null"),
+            MountAt("/sys/fs/cgroup/memory", fstype.Cgroup, external: true), .. extraMounts,
+        ]));
+        using (var file = File.Create(Path.Combine(images, "tmpfs-dev-99.tar.gz.img")))
+        using (var gzip = new System.IO.Compression.GZipStream(file, System.IO.Compression.CompressionLevel.Fastest))
+        using (var tar = new System.Formats.Tar.TarWriter(gzip, System.Formats.Tar.TarEntryFormat.Pax))
+        {
+            tar.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.Directory, "./"));
+            tar.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.CharacterDevice, "./null") { DeviceMajor = 1, DeviceMinor = 3 });
+            tar.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.SymbolicLink, "./fd") { LinkName = "/proc/self/fd" });
+            devContents?.Invoke(tar);
+        }
+
+        return images;
+    }
+
+    private static IReadOnlyList<PolicyViolation> Isolation(string images, ContainerSpec? request = null, long maxTmpfsBytes = 1 << 20) =>
+        RestorePolicy.EvaluateIsolation(CriuImages.ReadIsolation(images, maxTmpfsBytes), request ?? new ContainerSpec { Name = "c", Image = "i" }, [], new Dictionary<uint, string> { [1] = "sh", [7] = "sleep" });
+
+    [Fact]
+    public void A_checkpoint_with_only_the_containers_namespaces_mounts_and_devices_passes()
+    {
+        using var dir = new TempDir("crest-criu");
+        var images = WriteIsolation(dir, 10, []);
+
+        var isolation = CriuImages.ReadIsolation(images, 1 << 20);
+
+        Assert.Empty(Isolation(images));
+        Assert.Equal(10u, isolation.Namespaces[7]["net"]);
+        Assert.Contains(isolation.Mounts, m => m is { MountPoint: "/proc/kcore", External: true });
+        Assert.Equal([new CriuDeviceNode("tmpfs-dev-99.tar.gz.img", "/dev/null", 'c', 1, 3)], isolation.DeviceNodes);
+    }
+
+    [Fact]
+    public void A_task_in_a_namespace_of_its_own_is_named()
+    {
+        using var dir = new TempDir("crest-criu");
+        var images = WriteIsolation(dir, 4242, []);
+
+        var v = Assert.Single(Isolation(images));
+
+        Assert.Equal("namespaces", v.Check);
+        Assert.Equal("task 7 (sleep): net namespace is one of its own (id 4242) in the checkpoint, but the request allows the container's (id 10), the only one the new pod provides", v.ToString());
+    }
+
+    [Fact]
+    public void A_user_namespace_in_the_checkpoint_is_refused()
+    {
+        using var dir = new TempDir("crest-criu");
+        var images = WriteIsolation(dir, 10, []);
+        File.WriteAllBytes(Path.Combine(images, "userns-3.img"), Image(0x55555555));
+
+        var v = Assert.Single(Isolation(images));
+
+        Assert.Contains("a user namespace of its own (userns-3.img)", v.ToString(), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("/mnt", "ext4", false, "the container's mounts")]
+    [InlineData("/proc", "ext4", false, "only cgroup, cgroup2, devpts, mqueue, proc, sysfs, tmpfs mounted by CRIU itself")]
+    [InlineData("/data", "bind", true, "the container's mounts")]
+    [InlineData("/sys/kernel/debug", "debugfs", false, "the container's mounts")]
+    public void A_mount_the_request_does_not_give_the_container_is_refused(string mountPoint, string kind, bool external, string allowed)
+    {
+        using var dir = new TempDir("crest-criu");
+        var mount = kind switch
+        {
+            "ext4" => MountAt(mountPoint, fstype.Auto, fsname: "ext4"),
+            "debugfs" => MountAt(mountPoint, fstype.Debugfs),
+            _ => MountAt(mountPoint, fstype.Unsupported, external: true),
+        };
+        var images = WriteIsolation(dir, 10, [mount]);
+
+        var v = Assert.Single(Isolation(images));
+
+        Assert.Equal("mounts", v.Check);
+        Assert.Contains($"the mount at {mountPoint} is ", v.ToString(), StringComparison.Ordinal);
+        Assert.Contains("the request allows " + allowed, v.ToString(), StringComparison.Ordinal);
+        Assert.True(external == v.Claimed.Contains("provided by the runtime", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void A_bind_mount_the_request_declares_passes_and_a_privileged_request_may_have_any_mount()
+    {
+        using var dir = new TempDir("crest-criu");
+        var images = WriteIsolation(dir, 10, [MountAt("/data", fstype.Unsupported, external: true), MountAt("/mnt", fstype.Auto, fsname: "ext4")]);
+
+        var declared = Isolation(images, new ContainerSpec { Name = "c", Image = "i", Mounts = [new MountSpec("/data/", "/srv/data", false)] });
+        var privileged = Isolation(images, new ContainerSpec { Name = "c", Image = "i", Security = new SecuritySpec { Privileged = true } });
+
+        Assert.Equal("the mount at /mnt", Assert.Single(declared).Field);
+        Assert.Empty(privileged);
+    }
+
+    [Theory]
+    [InlineData("block")]
+    [InlineData("char")]
+    public void A_device_node_the_request_does_not_map_is_refused(string kind)
+    {
+        using var dir = new TempDir("crest-criu");
+        var images = WriteIsolation(dir, 10, [], t => t.WriteEntry(new System.Formats.Tar.PaxTarEntry(
+            kind == "block" ? System.Formats.Tar.TarEntryType.BlockDevice : System.Formats.Tar.TarEntryType.CharacterDevice, "./disk") { DeviceMajor = 8, DeviceMinor = 0 }));
+
+        var v = Assert.Single(Isolation(images));
+
+        Assert.Equal("devices", v.Check);
+        Assert.Contains($"device node /dev/disk in tmpfs-dev-99.tar.gz.img is {(kind == "block" ? "block" : "character")} device 8:0", v.ToString(), StringComparison.Ordinal);
+        Assert.Empty(RestorePolicy.EvaluateIsolation(CriuImages.ReadIsolation(images, 1 << 20), new ContainerSpec { Name = "c", Image = "i" },
+            [(kind[0], 8, 0)], new Dictionary<uint, string>()));
+    }
+
+    [Theory]
+    [InlineData("through-link")]
+    [InlineData("dotdot")]
+    [InlineData("absolute")]
+    [InlineData("link-over-mount")]
+    [InlineData("hardlink-out")]
+    [InlineData("bomb")]
+    [InlineData("garbage")]
+    public void Hostile_tmpfs_contents_are_refused_before_criu_unpacks_them(string attack)
+    {
+        using var dir = new TempDir("crest-criu");
+        var images = WriteIsolation(dir, 10, [], t =>
+        {
+            switch (attack)
+            {
+                case "through-link":
+                    t.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.SymbolicLink, "./etc") { LinkName = "/etc" });
+                    t.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.RegularFile, "./etc/shadow") { DataStream = new MemoryStream([1]) });
+                    break;
+                case "dotdot":
+                    t.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.RegularFile, "./../../etc/shadow") { DataStream = new MemoryStream([1]) });
+                    break;
+                case "absolute":
+                    t.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.RegularFile, "/etc/shadow") { DataStream = new MemoryStream([1]) });
+                    break;
+                case "link-over-mount":
+                    t.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.SymbolicLink, "./pts") { LinkName = "/" });
+                    break;
+                case "hardlink-out":
+                    t.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.HardLink, "./passwd") { LinkName = "../etc/passwd" });
+                    break;
+                case "bomb":
+                    t.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.RegularFile, "./zeros") { DataStream = new MemoryStream(new byte[2 << 20]) });
+                    break;
+            }
+        });
+        if (attack == "garbage")
+        {
+            File.WriteAllBytes(Path.Combine(images, "tmpfs-dev-99.tar.gz.img"), [0x1f, 0x8b, 8, 0, 1, 2, 3]);
+        }
+
+        var e = Assert.Throws<CrestException>(() => CriuImages.ReadIsolation(images, 1 << 20));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Contains(attack switch
+        {
+            "through-link" => "would be written through the link etc the same archive made",
+            "dotdot" or "absolute" => "is absolute or climbs out",
+            "link-over-mount" => "stands where the mount at /dev/pts goes",
+            "hardlink-out" => "points out of the archive",
+            "bomb" => "expand past 1048576 bytes",
+            _ => "it is not a gzip tar",
+        }, e.Message, StringComparison.Ordinal);
+    }
 }

@@ -121,25 +121,22 @@ internal static class CheckpointCommands
             try
             {
                 RestorePlan plan;
-                IReadOnlyList<CriuThread> threads;
+                PolicyAssessment assessment;
+                var configPath = parse.GetValue(config);
+                var request = configPath is null ? new ContainerSpec { Name = "", Image = "" } : Spec(PodCommands.ReadConfig<ContainerConfig>(configPath));
                 try
                 {
-                    plan = await new CheckpointReader(new RestoreLimits()).ReadArchiveAsync(path, staging.FullName, ct);
-                    threads = CriuImages.ReadThreads(Path.Combine(staging.FullName, CheckpointFiles.CriuImages));
+                    var limits = new RestoreLimits();
+                    plan = await new CheckpointReader(limits).ReadArchiveAsync(path, staging.FullName, ct);
+                    assessment = RestorePolicy.Assess(Path.Combine(staging.FullName, CheckpointFiles.CriuImages), request, limits.MaxRootfsDiffBytes);
                 }
                 catch (Exception e) when (e is CrestException or IOException)
                 {
                     throw new CliFailure(ExitCodes.RuntimeError, e.Message);
                 }
 
-                IReadOnlyList<PolicyViolation>? verdict = null;
-                if (parse.GetValue(config) is { } configPath)
-                {
-                    var request = PodCommands.ReadConfig<ContainerConfig>(configPath);
-                    verdict = RestorePolicy.Evaluate(threads, Security(request.Linux?.SecurityContext));
-                }
-
-                await WriteInspectAsync(ctx, plan, threads, verdict);
+                var verdict = configPath is null ? null : assessment.Violations;
+                await WriteInspectAsync(ctx, plan, assessment, verdict);
                 if (verdict is { Count: > 0 })
                 {
                     throw new CliFailure(ExitCodes.RuntimeError, $"Crest would refuse this restore: {verdict.Count} violation(s)");
@@ -153,9 +150,21 @@ internal static class CheckpointCommands
         return inspect;
     }
 
+    /// <summary>The parts of a container config the restore policy reads: mounts, devices and the security context.</summary>
+    private static ContainerSpec Spec(ContainerConfig config) => new()
+    {
+        Name = config.Metadata?.Name ?? "",
+        Image = config.Image?.Image ?? "",
+        Mounts = [.. config.Mounts.Select(m => new MountSpec(m.ContainerPath, m.HostPath, m.Readonly))],
+        Devices = [.. config.Devices.Select(d => new DeviceSpec(d.ContainerPath, d.HostPath, d.Permissions))],
+        Security = Security(config.Linux?.SecurityContext),
+    };
+
     private static SecuritySpec Security(LinuxContainerSecurityContext? sc) => sc is null ? new SecuritySpec() : new SecuritySpec
     {
         Privileged = sc.Privileged,
+        MaskedPaths = sc.MaskedPaths.Count > 0 ? [.. sc.MaskedPaths] : null,
+        ReadonlyPaths = sc.ReadonlyPaths.Count > 0 ? [.. sc.ReadonlyPaths] : null,
         AddCapabilities = [.. sc.Capabilities?.AddCapabilities ?? []],
         DropCapabilities = [.. sc.Capabilities?.DropCapabilities ?? []],
         RunAsUser = sc.RunAsUser?.Value,
@@ -169,8 +178,10 @@ internal static class CheckpointCommands
         },
     };
 
-    private static async Task WriteInspectAsync(CliContext ctx, RestorePlan plan, IReadOnlyList<CriuThread> threads, IReadOnlyList<PolicyViolation>? verdict)
+    private static async Task WriteInspectAsync(CliContext ctx, RestorePlan plan, PolicyAssessment assessment, IReadOnlyList<PolicyViolation>? verdict)
     {
+        var threads = assessment.Threads;
+        var isolation = assessment.Isolation;
         if (ctx.Format == OutputFormat.Json)
         {
             var doc = new System.Text.Json.Nodes.JsonObject
@@ -197,7 +208,21 @@ internal static class CheckpointCommands
                     ["bounding"] = RestorePolicy.Names(t.Bounding),
                     ["inheritable"] = RestorePolicy.Names(t.Inheritable),
                     ["seccomp"] = t.Seccomp,
+                    ["namespaces"] = isolation.Namespaces.TryGetValue(t.Pid, out var ns)
+                        ? new System.Text.Json.Nodes.JsonObject([.. ns.Select(kv => KeyValuePair.Create(kv.Key, (System.Text.Json.Nodes.JsonNode?)kv.Value))])
+                        : null,
                 })]),
+                ["userNamespaces"] = new System.Text.Json.Nodes.JsonArray([.. isolation.UserNamespaceImages.Select(u => (System.Text.Json.Nodes.JsonNode)u)]),
+                ["mounts"] = new System.Text.Json.Nodes.JsonArray([.. isolation.Mounts.Select(m => (System.Text.Json.Nodes.JsonNode)new System.Text.Json.Nodes.JsonObject
+                {
+                    ["mountPoint"] = m.MountPoint,
+                    ["type"] = m.FsType,
+                    ["source"] = m.Source,
+                    ["root"] = m.Root,
+                    ["external"] = m.External,
+                })]),
+                ["deviceNodes"] = new System.Text.Json.Nodes.JsonArray([.. isolation.DeviceNodes.Select(d => (System.Text.Json.Nodes.JsonNode)$"{d.Path} {d.Kind} {d.Major}:{d.Minor}")]),
+                ["tmpfsBytes"] = isolation.TmpfsBytes,
             };
             if (verdict is not null)
             {
@@ -223,6 +248,24 @@ internal static class CheckpointCommands
             await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture,
                 $"{t.Pid,-7} {t.Tid,-7} {t.Command,-16} {string.Join("/", t.Uids),-16} {string.Join("/", t.Gids),-16} {t.Seccomp,-9} {RestorePolicy.Names(t.Effective)}"));
         }
+
+        await ctx.Out.WriteLineAsync();
+        await ctx.Out.WriteLineAsync($"{"PID",-7} NAMESPACES");
+        foreach (var (pid, ns) in isolation.Namespaces.OrderBy(kv => kv.Key))
+        {
+            await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"{pid,-7} {string.Join(" ", ns.Select(kv => $"{kv.Key}:{kv.Value}"))}"));
+        }
+
+        await ctx.Out.WriteLineAsync($"User namespaces: {(isolation.UserNamespaceImages.Count == 0 ? "none" : string.Join(", ", isolation.UserNamespaceImages))}");
+        await ctx.Out.WriteLineAsync();
+        await ctx.Out.WriteLineAsync($"{"MOUNT POINT",-28} {"TYPE",-12} {"SOURCE",-24} PROVIDED BY");
+        foreach (var m in isolation.Mounts)
+        {
+            await ctx.Out.WriteLineAsync($"{m.MountPoint,-28} {m.FsType,-12} {m.Source,-24} {(m.MountPoint == "/" ? "runtime (rootfs)" : m.External ? "runtime (bind)" : "CRIU")}");
+        }
+
+        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture,
+            $"Device nodes:    {(isolation.DeviceNodes.Count == 0 ? "none" : string.Join(", ", isolation.DeviceNodes.Select(d => $"{d.Path} {d.Kind} {d.Major}:{d.Minor}")))}; tmpfs contents {isolation.TmpfsBytes} bytes"));
 
         if (verdict is not null)
         {

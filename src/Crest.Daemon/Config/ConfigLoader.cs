@@ -182,7 +182,7 @@ public static class ConfigLoader
                     MaxMetadataBytes = t.Long("max_metadata_bytes") ?? d.MaxMetadataBytes,
                     RelaxedChecks = (t.Strings("relaxed_checks") ?? [.. d.RelaxedChecks]).Select(c => Checkpoint.RestorePolicy.Checks.Contains(c)
                         ? c
-                        : throw Invalid(sourceName, "restore.relaxed_checks", "a list of checks from capabilities, users, seccomp", c)).ToList(),
+                        : throw Invalid(sourceName, "restore.relaxed_checks", $"a list of checks from {string.Join(", ", Checkpoint.RestorePolicy.Checks)}", c)).ToList(),
                 },
             };
         });

@@ -60,6 +60,6 @@ public sealed record RestoreConfig(bool ViaCreate = false)
     public long MaxRootfsDiffEntries { get; init; } = 1_000_000;
     public long MaxMetadataBytes { get; init; } = 4 << 20;
 
-    /// <summary>Restore policy checks reported but not enforced: capabilities, users, seccomp.</summary>
+    /// <summary>Restore policy checks reported but not enforced: capabilities, users, seccomp, namespaces, mounts, devices.</summary>
     public IReadOnlyList<string> RelaxedChecks { get; init; } = [];
 }
