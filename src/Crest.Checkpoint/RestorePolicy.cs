@@ -125,6 +125,15 @@ public static class RestorePolicy
             places.UnionWith((request.Security.ReadonlyPaths ?? SpecBuilder.DefaultReadonlyPaths).Select(Normalise));
             foreach (var m in isolation.Mounts.Where(m => m.MountPoint != "/"))
             {
+                // Masks and read-only views (engines differ: Podman masks /proc/interrupts, Crest does not): a tmpfs or
+                // /dev/null over a path in /proc or /sys, or a bind of proc or sysfs within itself, hides or re-shows
+                // only what the container has anyway.
+                if ((m.MountPoint.StartsWith("/proc/", StringComparison.Ordinal) && m.FsType is "proc" or "tmpfs")
+                    || (m.MountPoint.StartsWith("/sys/", StringComparison.Ordinal) && m.FsType is "sysfs" or "tmpfs"))
+                {
+                    continue;
+                }
+
                 var place = places.Contains(m.MountPoint) || m.MountPoint.StartsWith("/sys/fs/cgroup/", StringComparison.Ordinal);
                 if (!place || (!m.External && !ContainerFileSystems.Contains(m.FsType)))
                 {

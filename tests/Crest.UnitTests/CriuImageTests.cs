@@ -269,6 +269,16 @@ public class CriuImageTests
     }
 
     [Fact]
+    public void Masks_and_read_only_views_inside_proc_and_sys_pass_whichever_engine_made_them()
+    {
+        using var dir = new TempDir("crest-criu");
+        var images = WriteIsolation(dir, 10, [MountAt("/proc/interrupts", fstype.Tmpfs, external: true, device: 99, root: "/null"), MountAt("/proc/sys", fstype.Proc),
+            MountAt("/sys/firmware", fstype.Tmpfs), MountAt("/sys/devices/virtual/powercap", fstype.Tmpfs)]);
+
+        Assert.Empty(Isolation(images));
+    }
+
+    [Fact]
     public void A_bind_mount_the_request_declares_passes_and_a_privileged_request_may_have_any_mount()
     {
         using var dir = new TempDir("crest-criu");
