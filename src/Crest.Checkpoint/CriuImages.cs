@@ -51,6 +51,11 @@ public static class CriuImages
     private const uint FilesMagic = 0x56303138;
     private const uint IdsMagic = 0x54432030;
     private const uint MountsMagic = 0x55563928;
+    private const uint MmMagic = 0x57492820;
+    private const uint PagemapMagic = 0x56084025;
+    private const int PageSize = 4096;
+    private const uint PagemapParent = 1;
+    private const uint PagemapPresent = 4;
     private const int MaxMountNamespaces = 64;
     private const int MaxTmpfsImages = 256;
     private const int MaxImageBytes = 16 << 20;
@@ -389,6 +394,125 @@ public static class CriuImages
         }
 
         return (devices, bytes);
+    }
+
+    /// <summary>
+    /// A process's command line as the kernel would show it in /proc/PID/cmdline: the bytes between mm-PID.img's
+    /// arg_start and arg_end, found through pagemap-PID.img in the pages image. Null when the pages are not in this
+    /// checkpoint (an incremental dump) or the images do not say; at most <paramref name="maxBytes"/> are read.
+    /// </summary>
+    public static IReadOnlyList<string>? ReadCommandLine(string imagesDir, uint pid, int maxBytes = 16384)
+    {
+        var mmName = $"mm-{pid}.img";
+        var pagemapName = $"pagemap-{pid}.img";
+        if (!Linux.FileKinds.IsRegularFile(Path.Combine(imagesDir, mmName)) || !Linux.FileKinds.IsRegularFile(Path.Combine(imagesDir, pagemapName)))
+        {
+            return null;
+        }
+
+        var mms = Entries(Load(imagesDir, mmName), MmMagic, mmName);
+        if (mms.Count != 1)
+        {
+            throw Malformed(mmName, $"{mms.Count} entries where one mm entry belongs");
+        }
+
+        var mm = Parse(mm_entry.Parser, mms[0], mmName);
+        if (mm.MmArgEnd <= mm.MmArgStart)
+        {
+            return null;
+        }
+
+        var start = mm.MmArgStart;
+        var length = (int)Math.Min((ulong)maxBytes, mm.MmArgEnd - mm.MmArgStart);
+        var pagemap = Entries(Load(imagesDir, pagemapName), PagemapMagic, pagemapName);
+        if (pagemap.Count == 0)
+        {
+            return null;
+        }
+
+        var pagesName = $"pages-{Parse(pagemap_head.Parser, pagemap[0], pagemapName).PagesId}.img";
+        var pagesPath = Path.Combine(imagesDir, pagesName);
+        if (!Linux.FileKinds.IsRegularFile(pagesPath))
+        {
+            return null;
+        }
+
+        // Where each present run of pages sits in the pages image: runs are stored in pagemap order.
+        var runs = new List<(ulong Address, ulong Bytes, long Offset)>();
+        long offset = 0;
+        foreach (var raw in pagemap.Skip(1))
+        {
+            var entry = ParsePagemapEntry(raw, pagemapName);
+            var inFile = entry.Flags is { } flags ? (flags & PagemapPresent) != 0 && (flags & PagemapParent) == 0 : !entry.InParent;
+            var bytes = checked(entry.Pages * PageSize);
+            if (inFile)
+            {
+                runs.Add((entry.Vaddr, bytes, offset));
+                offset = checked(offset + (long)bytes);
+            }
+        }
+
+        var buffer = new byte[length];
+        using var pages = new FileStream(Linux.FileKinds.OpenReadNoFollow(pagesPath), FileAccess.Read);
+        var done = 0;
+        while (done < length)
+        {
+            var address = start + (ulong)done;
+            var run = runs.FirstOrDefault(r => address >= r.Address && address - r.Address < r.Bytes);
+            if (run.Bytes == 0)
+            {
+                return null;
+            }
+
+            var take = (int)Math.Min((ulong)(length - done), run.Bytes - (address - run.Address));
+            var position = run.Offset + (long)(address - run.Address);
+            if (position + take > pages.Length)
+            {
+                throw Malformed(pagesName, $"it ends before the pages {pagemapName} places at byte {position}");
+            }
+
+            pages.Position = position;
+            pages.ReadExactly(buffer, done, take);
+            done += take;
+        }
+
+        return System.Text.Encoding.UTF8.GetString(buffer).TrimEnd('\0').Split('\0');
+    }
+
+    /// <summary>
+    /// pagemap_entry as CRIU 3.16 and later write it: the page count moved from field 2 (now compat_nr_pages, 32-bit)
+    /// to field 5 (nr_pages, 64-bit); go-criu's proto still has only field 2, so the entry is read by hand.
+    /// </summary>
+    private static (ulong Vaddr, ulong Pages, uint? Flags, bool InParent) ParsePagemapEntry(ReadOnlyMemory<byte> raw, string what)
+    {
+        ulong vaddr = 0, compat = 0, pages = 0;
+        uint? flags = null;
+        var inParent = false;
+        var hasPages = false;
+        try
+        {
+            var input = new CodedInputStream(raw.ToArray());
+            uint tag;
+            while ((tag = input.ReadTag()) != 0)
+            {
+                switch (tag)
+                {
+                    case 8: vaddr = input.ReadUInt64(); break;
+                    case 16: compat = input.ReadUInt32(); break;
+                    case 24: inParent = input.ReadBool(); break;
+                    case 32: flags = input.ReadUInt32(); break;
+                    case 40: pages = input.ReadUInt64(); hasPages = true; break;
+                    default: input.SkipLastField(); break;
+                }
+            }
+        }
+        catch (InvalidProtocolBufferException e)
+        {
+            throw Malformed(what, e.Message);
+        }
+
+        pages = hasPages ? pages : compat;
+        return pages > (1UL << 40) ? throw Malformed(what, $"a run of {pages} pages") : (vaddr, pages, flags, inParent);
     }
 
     /// <summary>The machine a core image was dumped on, in the names uname uses.</summary>

@@ -560,6 +560,9 @@ public partial class CheckpointCliTests
         var inspect = await Binaries.RunCrestAsync(["checkpoint", "inspect", archive]);
         Assert.True(inspect.ExitCode == 0, inspect.Stderr);
         Assert.Matches(@"\n1\s+1\s+busybox\s+0/0/0/0\s+0/0/0/0\s+disabled\s+CAP_CHOWN,", inspect.Stdout);
+        Assert.Matches(@"\n1\s+/bin/busybox sh -c i=0; while true; do", inspect.Stdout);
+        Assert.Matches(@"\n1\s+pid:\d+ net:\d+ ipc:\d+ uts:\d+ mnt:\d+", inspect.Stdout);
+        Assert.Matches(@"\n/dev\s+tmpfs\s+tmpfs\s+CRIU", inspect.Stdout);
         var verdict = await Binaries.RunCrestAsync(["checkpoint", "inspect", "--config", dir.Combine("nonroot.json"), archive]);
         Assert.Equal(1, verdict.ExitCode);
         Assert.Contains("Crest would REFUSE this restore", verdict.Stdout, StringComparison.Ordinal);

@@ -362,4 +362,48 @@ public class CriuImageTests
             _ => "it is not a gzip tar",
         }, e.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void A_command_line_is_read_from_the_checkpointed_memory_through_the_pagemap()
+    {
+        using var dir = new TempDir("crest-criu");
+        var images = dir.CreateDirectory("checkpoint");
+        var argv = "/bin/sh\0-c\0echo hi\0"u8.ToArray();
+        const ulong argStart = 0x7000 + 0x10;
+        File.WriteAllBytes(Path.Combine(images, "mm-1.img"), Image(0x57492820, new mm_entry { MmArgStart = argStart, MmArgEnd = argStart + (ulong)argv.Length }));
+        // Runs: 0x3000 (1 page, in the parent image: not in this file), 0x5000 (2 pages, in the file), 0x7000 (1 page).
+        static byte[] Run(ulong vaddr, ulong pages, uint flags)
+        {
+            using var ms = new MemoryStream();
+            var o = new CodedOutputStream(ms);
+            o.WriteTag(1, WireFormat.WireType.Varint); o.WriteUInt64(vaddr);
+            o.WriteTag(2, WireFormat.WireType.Varint); o.WriteUInt32(0);
+            o.WriteTag(4, WireFormat.WireType.Varint); o.WriteUInt32(flags);
+            o.WriteTag(5, WireFormat.WireType.Varint); o.WriteUInt64(pages);
+            o.Flush();
+            return ms.ToArray();
+        }
+
+        using (var pagemap = new MemoryStream())
+        {
+            pagemap.Write(Image(0x56084025, new pagemap_head { PagesId = 3 }));
+            foreach (var run in new[] { Run(0x3000, 1, 1), Run(0x5000, 2, 6), Run(0x7000, 1, 4) })
+            {
+                pagemap.Write(BitConverter.GetBytes(run.Length));
+                pagemap.Write(run);
+            }
+
+            File.WriteAllBytes(Path.Combine(images, "pagemap-1.img"), pagemap.ToArray());
+        }
+
+        var pages = new byte[3 * 4096];
+        argv.CopyTo(pages, 2 * 4096 + 0x10);
+        File.WriteAllBytes(Path.Combine(images, "pages-3.img"), pages);
+
+        Assert.Equal(["/bin/sh", "-c", "echo hi"], CriuImages.ReadCommandLine(images, 1));
+
+        File.WriteAllBytes(Path.Combine(images, "pages-3.img"), pages[..4096]);
+        Assert.Throws<CrestException>(() => CriuImages.ReadCommandLine(images, 1));
+        Assert.Null(CriuImages.ReadCommandLine(images, 2));
+    }
 }

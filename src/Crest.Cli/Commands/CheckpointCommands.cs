@@ -136,7 +136,20 @@ internal static class CheckpointCommands
                 }
 
                 var verdict = configPath is null ? null : assessment.Violations;
-                await WriteInspectAsync(ctx, plan, assessment, verdict);
+                var commandLines = new Dictionary<uint, IReadOnlyList<string>?>();
+                foreach (var pid in assessment.Threads.Select(t => t.Pid).Distinct())
+                {
+                    try
+                    {
+                        commandLines[pid] = CriuImages.ReadCommandLine(Path.Combine(staging.FullName, CheckpointFiles.CriuImages), pid);
+                    }
+                    catch (Exception e) when (e is CrestException or IOException)
+                    {
+                        throw new CliFailure(ExitCodes.RuntimeError, e.Message);
+                    }
+                }
+
+                await WriteInspectAsync(ctx, plan, assessment, commandLines, verdict);
                 if (verdict is { Count: > 0 })
                 {
                     throw new CliFailure(ExitCodes.RuntimeError, $"Crest would refuse this restore: {verdict.Count} violation(s)");
@@ -178,7 +191,7 @@ internal static class CheckpointCommands
         },
     };
 
-    private static async Task WriteInspectAsync(CliContext ctx, RestorePlan plan, PolicyAssessment assessment, IReadOnlyList<PolicyViolation>? verdict)
+    private static async Task WriteInspectAsync(CliContext ctx, RestorePlan plan, PolicyAssessment assessment, IReadOnlyDictionary<uint, IReadOnlyList<string>?> commandLines, IReadOnlyList<PolicyViolation>? verdict)
     {
         var threads = assessment.Threads;
         var isolation = assessment.Isolation;
@@ -200,6 +213,7 @@ internal static class CheckpointCommands
                     ["pid"] = t.Pid,
                     ["tid"] = t.Tid,
                     ["command"] = t.Command,
+                    ["commandLine"] = commandLines.GetValueOrDefault(t.Pid) is { } argv ? new System.Text.Json.Nodes.JsonArray([.. argv.Select(a => (System.Text.Json.Nodes.JsonNode)a)]) : null,
                     ["uids"] = string.Join("/", t.Uids),
                     ["gids"] = string.Join("/", t.Gids),
                     ["groups"] = string.Join(",", t.Groups),
@@ -247,6 +261,13 @@ internal static class CheckpointCommands
         {
             await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture,
                 $"{t.Pid,-7} {t.Tid,-7} {t.Command,-16} {string.Join("/", t.Uids),-16} {string.Join("/", t.Gids),-16} {t.Seccomp,-9} {RestorePolicy.Names(t.Effective)}"));
+        }
+
+        await ctx.Out.WriteLineAsync();
+        await ctx.Out.WriteLineAsync($"{"PID",-7} COMMAND LINE (from the checkpointed memory)");
+        foreach (var (pid, argv) in commandLines.OrderBy(kv => kv.Key))
+        {
+            await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"{pid,-7} {(argv is null ? "(not in this checkpoint)" : string.Join(' ', argv))}"));
         }
 
         await ctx.Out.WriteLineAsync();
