@@ -198,19 +198,30 @@ public partial class CheckpointCliTests
     public async Task A_checkpoint_image_built_without_buildah_restores_and_restores_again_after_the_container_dies()
     {
         RequireCheckpointTools();
+        Requires.Binary("docker-registry");
+        await using var registry = await LocalRegistry.StartAsync();
+        var checkpointImage = $"{registry.Host}/e2e/counter-checkpoint:v1";
         using var dir = new TempDir("crest-e2e-cri");
         var s = await StartAsync(dir);
         await using var crestd = s.Crestd;
         var r = s.R;
         var (podId, id) = await RunCounterAsync(s);
         await Task.Delay(1000, Ct);
-        var built = await Binaries.RunCrestAsync([.. r, "checkpoint", "--image", "localhost/e2e/counter-checkpoint:v1", id]);
+        var built = await Binaries.RunCrestAsync([.. r, "checkpoint", "--image", checkpointImage, "--push", id]);
         Assert.True(built.ExitCode == 0, built.Stderr + crestd.Log);
         var lastBefore = LastCount(await File.ReadAllTextAsync(dir.Combine("logs-counter", "counter.log"), Ct));
         await RunAsync([.. r, "rmp", podId]);
 
-        var inspecti = await RunAsync([.. r, "inspecti", "localhost/e2e/counter-checkpoint:v1"]);
+        var inspecti = await RunAsync([.. r, "inspecti", checkpointImage]);
         Assert.Contains("org.criu.checkpoint.container.name", inspecti, StringComparison.Ordinal);
+
+        // The pushed image, inspected from the registry with no daemon: what a restore would put back.
+        var remote = await Binaries.RunCrestAsync(["checkpoint", "inspect", checkpointImage]);
+        Assert.True(remote.ExitCode == 0, remote.Stderr);
+        Assert.Matches(@"\n1\s+/bin/busybox sh -c i=0; while true; do", remote.Stdout);
+        Assert.Contains("(localhost/e2e/busybox:v1)", remote.Stdout, StringComparison.Ordinal);
+        var missing = await Binaries.RunCrestAsync(["checkpoint", "inspect", $"{registry.Host}/e2e/nothing:v1"]);
+        Assert.NotEqual(0, missing.ExitCode);
 
         var newPod = await WritePodAsync(dir, "again", "uid-3");
         var newPodId = await RunAsync([.. r, "runp", newPod]);
@@ -218,7 +229,7 @@ public partial class CheckpointCliTests
         {
             var config = dir.Combine($"restore-{attempt}.json");
             await File.WriteAllTextAsync(config, $$"""
-                {"metadata": {"name": "counter", "attempt": {{attempt}}}, "image": {"image": "localhost/e2e/counter-checkpoint:v1"},
+                {"metadata": {"name": "counter", "attempt": {{attempt}}}, "image": {"image": "{{checkpointImage}}"},
                  "log_path": "counter-{{attempt}}.log", "linux": {} }
                 """, Ct);
             var restored = await RunAsync([.. r, "create", newPodId, config, newPod]);
@@ -226,7 +237,7 @@ public partial class CheckpointCliTests
             var log = await WaitForCountAsync(dir.Combine("logs-again", $"counter-{attempt}.log"), lastBefore);
             Assert.True(LastCount(log) > lastBefore, $"attempt {attempt}: the counter did not continue from {lastBefore}:\n{log[^Math.Min(300, log.Length)..]}");
             var status = (await InspectAsync(r, restored)).GetProperty("status");
-            Assert.Equal("localhost/e2e/counter-checkpoint:v1", status.GetProperty("annotations").GetProperty("checkpointImage").GetString());
+            Assert.Equal(checkpointImage, status.GetProperty("annotations").GetProperty("checkpointImage").GetString());
             // The kubelet's restart: the restored process dies, a new CreateContainer restores from the same image.
             var pid = (await InspectAsync(r, restored)).GetProperty("info").GetProperty("pid").GetInt32();
             Process.GetProcessById(pid).Kill();

@@ -5,6 +5,7 @@ using System.Text.Json;
 using Crest.Checkpoint;
 using Crest.Cli.Output;
 using Crest.Core;
+using Crest.Images;
 using Crest.Api.V1;
 using Runtime.V1;
 
@@ -110,14 +111,16 @@ internal static class CheckpointCommands
     /// </summary>
     private static Command Inspect(GlobalOptions global, TextWriter output)
     {
-        var archive = new Argument<string>("archive");
+        var archive = new Argument<string>("archive-or-image") { Description = "a checkpoint archive file, or a checkpoint image reference read from its registry" };
         var config = new Option<string?>("--config") { Description = "a container config (crictl JSON/YAML): show whether Crest would allow restoring with it" };
-        var inspect = new Command("inspect", "Show what restoring a checkpoint archive would grant, and whether a container config allows it") { archive, config };
+        var inspect = new Command("inspect", "Show what restoring a checkpoint archive or checkpoint image would grant, and whether a container config allows it") { archive, config };
         inspect.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
             var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
-            var path = Path.GetFullPath(parse.GetValue(archive)!);
+            var source = parse.GetValue(archive)!;
+            var path = File.Exists(source) ? Path.GetFullPath(source) : null;
             var staging = Directory.CreateTempSubdirectory("crest-inspect-");
+            var planDir = staging.FullName;
             try
             {
                 RestorePlan plan;
@@ -127,8 +130,21 @@ internal static class CheckpointCommands
                 try
                 {
                     var limits = new RestoreLimits();
-                    plan = await new CheckpointReader(limits).ReadArchiveAsync(path, staging.FullName, ct);
-                    assessment = RestorePolicy.Assess(Path.Combine(staging.FullName, CheckpointFiles.CriuImages), request, limits.MaxRootfsDiffBytes);
+                    if (path is not null)
+                    {
+                        plan = await new CheckpointReader(limits).ReadArchiveAsync(path, staging.FullName, ct);
+                    }
+                    else
+                    {
+                        // Not a file: a checkpoint image, read from its registry (loopback registries over plain HTTP).
+                        var layers = staging.CreateSubdirectory("layers");
+                        var images = staging.CreateSubdirectory("images");
+                        using var http = new HttpClient { Timeout = ctx.Timeout > TimeSpan.FromMinutes(5) ? ctx.Timeout : TimeSpan.FromMinutes(5) };
+                        plan = await RemoteCheckpointImage.ReadAsync(new RegistryClient(RegistryOptions.Empty, http), source, layers.FullName, images.FullName, limits, ct);
+                        planDir = images.FullName;
+                    }
+
+                    assessment = RestorePolicy.Assess(Path.Combine(planDir, CheckpointFiles.CriuImages), request, limits.MaxRootfsDiffBytes);
                 }
                 catch (Exception e) when (e is CrestException or IOException)
                 {
@@ -141,7 +157,7 @@ internal static class CheckpointCommands
                 {
                     try
                     {
-                        commandLines[pid] = CriuImages.ReadCommandLine(Path.Combine(staging.FullName, CheckpointFiles.CriuImages), pid);
+                        commandLines[pid] = CriuImages.ReadCommandLine(Path.Combine(planDir, CheckpointFiles.CriuImages), pid);
                     }
                     catch (Exception e) when (e is CrestException or IOException)
                     {
