@@ -98,6 +98,12 @@ public sealed class CheckpointReader(RestoreLimits limits)
                     var destination = Path.Combine(stagingDir, name);
                     if (FileKinds.IsDirectory(full))
                     {
+                        // An opaque directory hides everything the lower layers put there.
+                        if (FileKinds.IsOverlayOpaque(full) && FileKinds.IsDirectory(destination))
+                        {
+                            Directory.Delete(destination, recursive: true);
+                        }
+
                         Directory.CreateDirectory(destination, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
                         pending.Push(name);
                     }
@@ -126,7 +132,20 @@ public sealed class CheckpointReader(RestoreLimits limits)
                             throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image}: /{name} cannot be copied: {e.Message}", e);
                         }
                     }
-                    else if (!FileKinds.IsOverlayWhiteout(full))
+                    else if (FileKinds.IsOverlayWhiteout(full))
+                    {
+                        // A whiteout removes what the lower layers staged under this name (staging holds only
+                        // regular files and directories Crest made, so nothing is followed).
+                        if (FileKinds.IsDirectory(destination))
+                        {
+                            Directory.Delete(destination, recursive: true);
+                        }
+                        else if (FileKinds.IsRegularFile(destination))
+                        {
+                            File.Delete(destination);
+                        }
+                    }
+                    else
                     {
                         throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image}: /{name} is a link, device or FIFO; a checkpoint holds only regular files and directories");
                     }

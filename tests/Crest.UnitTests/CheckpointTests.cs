@@ -1109,4 +1109,32 @@ public class CheckpointTests
     [InlineData(900, 300, 900)]
     public void A_checkpoint_deadline_is_the_requests_timeout_never_below_the_default(int requested, int configured, int expected) =>
         Assert.Equal(TimeSpan.FromSeconds(expected), CheckpointService.EffectiveTimeout(TimeSpan.FromSeconds(requested), TimeSpan.FromSeconds(configured)));
+
+    [Fact]
+    public void An_upper_layer_whiteout_removes_what_a_lower_checkpoint_image_layer_staged()
+    {
+        Requires.Root();
+        using var dir = new TempDir("crest-ckpt-layers");
+        var lower = dir.CreateDirectory("lower");
+        foreach (var (name, content) in ContainerdFiles())
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(lower, name))!);
+            File.WriteAllBytes(Path.Combine(lower, name), content);
+        }
+
+        File.WriteAllBytes(Path.Combine(lower, CheckpointFiles.DeletedFiles), "[\"/etc/motd\"]"u8.ToArray());
+        var upper = dir.CreateDirectory("upper");
+        using (var mknod = System.Diagnostics.Process.Start("mknod", [Path.Combine(upper, CheckpointFiles.DeletedFiles), "c", "0", "0"]))
+        {
+            mknod.WaitForExit();
+            Assert.Equal(0, mknod.ExitCode);
+        }
+
+        var staging = dir.CreateDirectory("staging");
+
+        new CheckpointReader(new RestoreLimits()).ReadImageLayers([upper, lower], "localhost/ckpt:v1", staging, Ct);
+
+        Assert.False(File.Exists(Path.Combine(staging, CheckpointFiles.DeletedFiles)), "the upper layer's whiteout must remove deleted.files");
+        Assert.True(File.Exists(Path.Combine(staging, CheckpointFiles.ConfigDump)));
+    }
 }
