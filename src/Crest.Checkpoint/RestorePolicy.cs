@@ -159,6 +159,35 @@ public static class RestorePolicy
     private static string Normalise(string path) => "/" + path.Trim('/');
 
     /// <summary>
+    /// With run_as_user set and run_as_group not, the runtime takes the group from the image's /etc/passwd (or 0),
+    /// which is known only once the container's spec is built: every thread's gids must be that group, and its
+    /// supplementary groups among it and the spec's additional gids.
+    /// </summary>
+    public static IReadOnlyList<PolicyViolation> EvaluateResolvedGroups(IReadOnlyList<CriuThread> threads, uint gid, IReadOnlyCollection<uint> additionalGids)
+    {
+        ArgumentNullException.ThrowIfNull(threads);
+        ArgumentNullException.ThrowIfNull(additionalGids);
+        var violations = new List<PolicyViolation>();
+        var permitted = additionalGids.Append(gid).ToHashSet();
+        foreach (var t in threads)
+        {
+            if (t.Gids.Any(g => g != gid))
+            {
+                violations.Add(new PolicyViolation(t.Pid, t.Tid, t.Command, "users", "gid (real/effective/saved/fs)", string.Join("/", t.Gids),
+                    $"gid {gid}, the run_as_user's group in the image"));
+            }
+
+            if (t.Groups.Any(g => !permitted.Contains(g)))
+            {
+                violations.Add(new PolicyViolation(t.Pid, t.Tid, t.Command, "users", "supplementary groups", string.Join(",", t.Groups),
+                    $"groups {string.Join(",", permitted.Order())}"));
+            }
+        }
+
+        return violations;
+    }
+
+    /// <summary>
     /// Reads the images and evaluates every check against <paramref name="request"/>: credentials and capabilities of
     /// each thread, then namespaces, mounts and device nodes. A malformed image or tmpfs contents past
     /// <paramref name="maxTmpfsBytes"/> throw; violations are returned for the caller to enforce or relax.

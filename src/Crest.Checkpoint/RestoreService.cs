@@ -113,7 +113,7 @@ public sealed class RestoreService(
                     $"restoring {request.Image} expects following bind mounts defined ({string.Join(", ", missing)}); declare them in the container config's mounts");
             }
 
-            EnforcePolicy(plan, request);
+            var threads = EnforcePolicy(plan, request);
             var baseImage = await EnsureBaseImageAsync(plan, ct).ConfigureAwait(false);
             if (request.Security.Namespaces.Pid == NamespaceMode.Container && plan.JoinedPidNamespace)
             {
@@ -134,6 +134,11 @@ public sealed class RestoreService(
                 Command = request.Command.Count == 0 && request.Args.Count == 0 ? plan.ProcessArgs : request.Command,
             };
             var record = await containers.CreateAsync(sandbox.Id, spec, new ContainerRestore(staging, plan.LogCopy), ct).ConfigureAwait(false);
+            if (request.Security.RunAsUser is not null && request.Security.RunAsGroup is null)
+            {
+                await EnforceResolvedGroupsAsync(plan, record.Id, threads, ct).ConfigureAwait(false);
+            }
+
             CheckpointLog.PreparedRestore(logger, record.Id, plan.Source, plan.Engine.ToString(), baseImage);
             return record;
         }
@@ -150,7 +155,7 @@ public sealed class RestoreService(
     /// Reads the credentials, capabilities, seccomp state, namespaces, mounts and device nodes CRIU would put back and
     /// refuses the restore, before any pull or process, if they exceed what the request grants. Relaxed checks are logged, never silently skipped.
     /// </summary>
-    private void EnforcePolicy(RestorePlan plan, ContainerSpec request)
+    private IReadOnlyList<CriuThread> EnforcePolicy(RestorePlan plan, ContainerSpec request)
     {
         var assessment = RestorePolicy.Assess(Path.Combine(plan.StagingDir, CheckpointFiles.CriuImages), request, options.Limits.MaxRootfsDiffBytes);
         var threads = assessment.Threads;
@@ -160,7 +165,30 @@ public sealed class RestoreService(
                 $"checkpoint {plan.Source} was made on {foreign.Architecture} (task {foreign.Pid}); this node is {CriuImages.HostArchitecture}, and CRIU restores only on the architecture it dumped on");
         }
 
-        var violations = assessment.Violations;
+        Enforce(plan, assessment.Violations);
+        return threads;
+    }
+
+    /// <summary>The group check that needs the built spec (see <see cref="RestorePolicy.EvaluateResolvedGroups"/>); a refusal removes the container.</summary>
+    private async Task EnforceResolvedGroupsAsync(RestorePlan plan, string containerId, IReadOnlyList<CriuThread> threads, CancellationToken ct)
+    {
+        var configPath = Path.Combine(paths.Containers, containerId, "bundle", "config.json");
+        var user = (System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllBytesAsync(configPath, ct).ConfigureAwait(false)) as System.Text.Json.Nodes.JsonObject)?["process"]?["user"];
+        var gid = user?["gid"]?.GetValue<uint>() ?? 0;
+        var additional = (user?["additionalGids"] as System.Text.Json.Nodes.JsonArray ?? []).Select(g => g!.GetValue<uint>()).ToList();
+        try
+        {
+            Enforce(plan, RestorePolicy.EvaluateResolvedGroups(threads, gid, additional));
+        }
+        catch (CrestException)
+        {
+            await containers.RemoveAsync(containerId, CancellationToken.None).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private void Enforce(RestorePlan plan, IReadOnlyList<PolicyViolation> violations)
+    {
         foreach (var relaxed in violations.Where(v => options.RelaxedChecks.Contains(v.Check)))
         {
             CheckpointLog.PolicyRelaxed(logger, plan.Source, relaxed.Check, relaxed.ToString());

@@ -619,6 +619,16 @@ public partial class CheckpointCliTests
         Assert.Equal(1, foreign.ExitCode);
         Assert.Contains("was made on aarch64", foreign.Stderr, StringComparison.Ordinal);
 
+        // run_as_user without run_as_group: the group comes from the image (no /etc/passwd here: gid 0), so a
+        // checkpoint claiming gid 5 is refused once the spec is built, and the half-made container is removed.
+        var group = await Restore("group", await EditCores("group", core =>
+        {
+            var c = core.ThreadCore.Creds;
+            (c.Gid, c.Egid, c.Sgid, c.Fsgid) = (5, 5, 5, 5);
+        }), """{"security_context": {"run_as_user": {"value": 0}}}""");
+        Assert.Equal(1, group.ExitCode);
+        Assert.True(group.Stderr.Contains("gid (real/effective/saved/fs) is 5/5/5/5 in the checkpoint, but the request allows gid 0, the run_as_user's group in the image", StringComparison.Ordinal), group.Stderr);
+
         // A mount CRIU would make itself that the container never had: the node's disk at /mnt.
         var mounted = await Restore("mounted", await EditImages("mounted", (entry, data) =>
             System.Text.RegularExpressions.Regex.IsMatch(entry, @"^checkpoint/mountpoints-\d+\.img$")

@@ -406,4 +406,21 @@ public class CriuImageTests
         Assert.Throws<CrestException>(() => CriuImages.ReadCommandLine(images, 1));
         Assert.Null(CriuImages.ReadCommandLine(images, 2));
     }
+
+    [Fact]
+    public void Without_run_as_group_the_groups_must_be_the_ones_the_spec_resolved_from_the_image()
+    {
+        using var dir = new TempDir("crest-criu");
+        var core = CoreFor(1000, 0, seccomp_mode.Disabled);
+        (core.ThreadCore.Creds.Gid, core.ThreadCore.Creds.Egid, core.ThreadCore.Creds.Sgid, core.ThreadCore.Creds.Fsgid) = (1000, 1000, 1000, 1000);
+        core.ThreadCore.Creds.Groups.Add(27);
+        var threads = CriuImages.ReadThreads(WriteCheckpoint(dir, (1, core)));
+
+        Assert.Empty(RestorePolicy.EvaluateResolvedGroups(threads, 1000, [27]));
+        var wrongGid = RestorePolicy.EvaluateResolvedGroups(threads, 100, [27]);
+        var extraGroup = Assert.Single(RestorePolicy.EvaluateResolvedGroups(threads, 1000, []));
+
+        Assert.Equal("task 1 (sh): gid (real/effective/saved/fs) is 1000/1000/1000/1000 in the checkpoint, but the request allows gid 100, the run_as_user's group in the image", Assert.Single(wrongGid).ToString());
+        Assert.Equal("supplementary groups", extraGroup.Field);
+    }
 }
