@@ -124,6 +124,15 @@ public sealed class RestoreService(
                     + "restore it with linux.security_context.namespace_options.pid = POD");
             }
 
+            if (request.Security.Namespaces.Pid == NamespaceMode.Pod && !plan.JoinedPidNamespace)
+            {
+                // The reverse: the checkpointed tree owns its pid namespace (its first process is pid 1 there), and the
+                // pod's namespace already has an init. CRIU cannot put it there.
+                throw new CrestException(ErrorKind.FailedPrecondition,
+                    $"checkpoint {plan.Source} was taken in a private pid namespace, but the container config asks for the pod's (namespace_options.pid = POD, "
+                    + "the CRI default when namespace_options is absent); restore it with linux.security_context.namespace_options.pid = CONTAINER, as the kubelet sends");
+            }
+
             var spec = request with
             {
                 Image = baseImage,

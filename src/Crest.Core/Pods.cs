@@ -9,7 +9,8 @@ public enum NamespaceMode
     Target = 3,
 }
 
-public sealed record NamespaceOptions(NamespaceMode Network = NamespaceMode.Pod, NamespaceMode Pid = NamespaceMode.Container, NamespaceMode Ipc = NamespaceMode.Pod, string? TargetId = null);
+/// <summary>CRI NamespaceOption. Absent fields take the proto's zero value, POD, as api.proto says ("The CRI default is POD"); the kubelet sends CONTAINER for pid explicitly.</summary>
+public sealed record NamespaceOptions(NamespaceMode Network = NamespaceMode.Pod, NamespaceMode Pid = NamespaceMode.Pod, NamespaceMode Ipc = NamespaceMode.Pod, string? TargetId = null);
 
 public sealed record PortMapping(string Protocol, int ContainerPort, int HostPort, string? HostIp);
 

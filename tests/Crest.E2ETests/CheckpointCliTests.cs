@@ -218,7 +218,7 @@ public partial class CheckpointCliTests
         // The pushed image, inspected from the registry with no daemon: what a restore would put back.
         var remote = await Binaries.RunCrestAsync(["checkpoint", "inspect", checkpointImage]);
         Assert.True(remote.ExitCode == 0, remote.Stderr);
-        Assert.Matches(@"\n1\s+/bin/busybox sh -c i=0; while true; do", remote.Stdout);
+        Assert.Matches(@"\n\d+\s+/bin/busybox sh -c i=0; while true; do", remote.Stdout);
         Assert.Contains("(localhost/e2e/busybox:v1)", remote.Stdout, StringComparison.Ordinal);
         var missing = await Binaries.RunCrestAsync(["checkpoint", "inspect", $"{registry.Host}/e2e/nothing:v1"]);
         Assert.NotEqual(0, missing.ExitCode);
@@ -570,9 +570,9 @@ public partial class CheckpointCliTests
         // The same verdict offline, without a daemon: crest checkpoint inspect.
         var inspect = await Binaries.RunCrestAsync(["checkpoint", "inspect", archive]);
         Assert.True(inspect.ExitCode == 0, inspect.Stderr);
-        Assert.Matches(@"\n1\s+1\s+busybox\s+0/0/0/0\s+0/0/0/0\s+disabled\s+CAP_CHOWN,", inspect.Stdout);
-        Assert.Matches(@"\n1\s+/bin/busybox sh -c i=0; while true; do", inspect.Stdout);
-        Assert.Matches(@"\n1\s+pid:\d+ net:\d+ ipc:\d+ uts:\d+ mnt:\d+", inspect.Stdout);
+        Assert.Matches(@"\n(\d+)\s+\1\s+busybox\s+0/0/0/0\s+0/0/0/0\s+disabled\s+CAP_CHOWN,", inspect.Stdout);
+        Assert.Matches(@"\n\d+\s+/bin/busybox sh -c i=0; while true; do", inspect.Stdout);
+        Assert.Matches(@"\n\d+\s+pid:\d+ net:\d+ ipc:\d+ uts:\d+ mnt:\d+", inspect.Stdout);
         Assert.Matches(@"\n/dev\s+tmpfs\s+tmpfs\s+CRIU", inspect.Stdout);
         var verdict = await Binaries.RunCrestAsync(["checkpoint", "inspect", "--config", dir.Combine("nonroot.json"), archive]);
         Assert.Equal(1, verdict.ExitCode);

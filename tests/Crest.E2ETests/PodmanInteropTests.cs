@@ -128,6 +128,15 @@ public partial class PodmanInteropTests
                  "labels": {"io.kubernetes.container.name": "counter"},
                  "log_path": "counter.log", "linux": {} }
                 """, Ct);
+
+            // Podman gives each container a pid namespace of its own; with no namespace_options the request asks for
+            // the pod's (the CRI default, POD), where CRIU cannot put a tree whose first process was pid 1.
+            var shared = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, pod]);
+            Assert.Equal(1, shared.ExitCode);
+            Assert.Contains("was taken in a private pid namespace", shared.Stderr, StringComparison.Ordinal);
+            Assert.Contains("namespace_options.pid = CONTAINER", shared.Stderr, StringComparison.Ordinal);
+            await File.WriteAllTextAsync(restoreConfig, (await File.ReadAllTextAsync(restoreConfig, Ct)).Replace(
+                "\"linux\": {}", "\"linux\": {\"security_context\": {\"namespace_options\": {\"pid\": \"CONTAINER\"} } }", StringComparison.Ordinal), Ct);
             var create = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, pod]);
             Assert.True(create.ExitCode == 0, $"Crest refused to restore the Podman archive: {create.Stderr}\n{crestd.Log}");
             var restored = create.Stdout.Trim();

@@ -73,13 +73,17 @@ public class SpecBuilderTests
     [Fact]
     public void Containers_join_the_pods_network_uts_and_ipc_and_get_their_own_pid_namespace()
     {
-        var spec = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i" }, Context());
+        var own = new SecuritySpec { Namespaces = new NamespaceOptions(Pid: NamespaceMode.Container) };
+        var spec = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i", Security = own }, Context());
+        var byDefault = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i" }, Context());
 
         Assert.Contains(new SpecNamespace("network", "/run/crest/netns/s"), spec.Linux.Namespaces);
         Assert.Contains(new SpecNamespace("uts", "/proc/4242/ns/uts"), spec.Linux.Namespaces);
         Assert.Contains(new SpecNamespace("ipc", "/proc/4242/ns/ipc"), spec.Linux.Namespaces);
         Assert.Contains(new SpecNamespace("pid"), spec.Linux.Namespaces);
         Assert.Equal($"/kubepods/pod1/crest-{new string('c', 64)}", spec.Linux.CgroupsPath);
+        // No namespace options: the CRI default, POD, joins the infra process's pid namespace.
+        Assert.Contains(new SpecNamespace("pid", "/proc/4242/ns/pid"), byDefault.Linux.Namespaces);
     }
 
     [Fact]
@@ -90,7 +94,7 @@ public class SpecBuilderTests
             Sandbox = Sandbox() with { PinnedNamespaces = new Dictionary<string, string> { ["uts"] = "/run/crest/sandboxes/s/ns/uts", ["ipc"] = "/run/crest/sandboxes/s/ns/ipc" } },
         };
 
-        var spec = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i" }, context);
+        var spec = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i", Security = new SecuritySpec { Namespaces = new NamespaceOptions(Pid: NamespaceMode.Container) } }, context);
 
         Assert.Contains(new SpecNamespace("uts", "/run/crest/sandboxes/s/ns/uts"), spec.Linux.Namespaces);
         Assert.Contains(new SpecNamespace("ipc", "/run/crest/sandboxes/s/ns/ipc"), spec.Linux.Namespaces);

@@ -90,7 +90,7 @@ internal static class CriMapping
                 SeccompLocalhostPath = sc.Seccomp?.LocalhostRef,
                 MaskedPaths = sc.MaskedPaths.Count > 0 ? [.. sc.MaskedPaths] : null,
                 ReadonlyPaths = sc.ReadonlyPaths.Count > 0 ? [.. sc.ReadonlyPaths] : null,
-                Namespaces = sc.NamespaceOptions is null ? new Core.NamespaceOptions(Pid: CoreNamespaceMode.Container) : Namespaces(sc.NamespaceOptions),
+                Namespaces = sc.NamespaceOptions is null ? new Core.NamespaceOptions() : Namespaces(sc.NamespaceOptions),
             },
         };
     }
