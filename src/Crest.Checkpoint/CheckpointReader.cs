@@ -126,6 +126,9 @@ public sealed class CheckpointReader(RestoreLimits limits)
                             using var input = new FileStream(FileKinds.OpenReadNoFollow(full), FileAccess.Read);
                             using var output = new FileStream(destination, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
                             input.CopyTo(output);
+                            // The layer's modification time goes with the copy, as the archive's would (see CheckpointTime).
+                            output.Flush();
+                            File.SetLastWriteTimeUtc(output.SafeFileHandle, File.GetLastWriteTimeUtc(input.SafeFileHandle));
                         }
                         catch (IOException e)
                         {
@@ -249,7 +252,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
                 .Any(n => n["type"]?.ToString() == "pid" && n["path"]?.ToString() is { Length: > 0 }),
             Annotations = annotations,
             Labels = labels,
-            CheckpointedAt = config.CheckpointedTime,
+            CheckpointedAt = CheckpointTime(config, dir),
             BindMounts = binds.Where(b => b is { Source: not null, Destination: not null }).Select(b => new CheckpointBindMount(b.Source, "/" + b.Destination.Trim('/'), b.FileType != "file", b.Permissions & 0xfff)).ToList(),
             MountDestinations = mountDestinations,
             LogCopy = logCopy,
@@ -257,6 +260,22 @@ public sealed class CheckpointReader(RestoreLimits limits)
             RootfsDiffBytes = diffBytes,
             CriuImageBytes = Directory.EnumerateFiles(Path.Combine(dir, CheckpointFiles.CriuImages)).Sum(f => new FileInfo(f).Length),
         };
+    }
+
+    /// <summary>
+    /// config.dump's checkpointedTime; Podman writes none (it keeps that time in its container state, which it does not
+    /// export), so the time CRIU wrote checkpoint/inventory.img, as the archive or image layer recorded it, stands in
+    /// for it rather than the year 1. Both are the checkpoint's own claims, shown in annotations and never trusted for anything.
+    /// </summary>
+    private static DateTimeOffset CheckpointTime(ConfigDump config, string dir)
+    {
+        if (config.CheckpointedTime != default)
+        {
+            return config.CheckpointedTime;
+        }
+
+        var inventory = File.GetLastWriteTimeUtc(Path.Combine(dir, CheckpointFiles.CriuImages, "inventory.img"));
+        return inventory > DateTime.UnixEpoch ? new DateTimeOffset(inventory, TimeSpan.Zero) : default;
     }
 
     /// <summary>

@@ -57,8 +57,12 @@ public static class TestImages
         }),
     ];
 
-    /// <summary>Writes an OCI layout for <paramref name="layers"/> under <paramref name="dir"/> and returns the manifest digest.</summary>
-    public static string WriteLayout(string dir, IReadOnlyList<TestLayer> layers, string tag = "latest", Action<JsonObject>? editConfig = null)
+    /// <summary>
+    /// Writes an OCI layout for <paramref name="layers"/> under <paramref name="dir"/> and returns the manifest digest;
+    /// <paramref name="manifestAnnotations"/>, if any, go on the manifest (where checkpoint images carry their marker).
+    /// </summary>
+    public static string WriteLayout(string dir, IReadOnlyList<TestLayer> layers, string tag = "latest", Action<JsonObject>? editConfig = null,
+        IReadOnlyDictionary<string, string>? manifestAnnotations = null)
     {
         Directory.CreateDirectory(Path.Combine(dir, "blobs", "sha256"));
         System.IO.File.WriteAllText(Path.Combine(dir, "oci-layout"), """{"imageLayoutVersion":"1.0.0"}""");
@@ -100,6 +104,11 @@ public static class TestImages
             ["config"] = new JsonObject { ["mediaType"] = "application/vnd.oci.image.config.v1+json", ["digest"] = Blob(dir, configBytes), ["size"] = configBytes.Length },
             ["layers"] = layerDescriptors,
         };
+        if (manifestAnnotations is not null)
+        {
+            manifest["annotations"] = new JsonObject(manifestAnnotations.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value)));
+        }
+
         var manifestBytes = Encoding.UTF8.GetBytes(manifest.ToJsonString());
         var manifestDigest = Blob(dir, manifestBytes);
         var index = new JsonObject

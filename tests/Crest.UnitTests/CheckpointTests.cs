@@ -376,7 +376,8 @@ public class CheckpointTests
         Assert.Equal("runc", plan.OriginalRuntime);
         Assert.Empty(plan.Annotations);
         Assert.Empty(plan.Labels);
-        Assert.Equal(default, plan.CheckpointedAt);
+        // No checkpointedTime in Podman's config.dump: the archive's time for checkpoint/inventory.img stands in (not the year 1).
+        Assert.Equal(CheckpointedAt, plan.CheckpointedAt);
         Assert.Equal(CheckpointFiles.PodmanLog, plan.LogCopy);
         Assert.Equal(["/run/.containerenv"], plan.MountDestinations);
         Assert.Empty(plan.BindMounts);
@@ -1136,5 +1137,35 @@ public class CheckpointTests
 
         Assert.False(File.Exists(Path.Combine(staging, CheckpointFiles.DeletedFiles)), "the upper layer's whiteout must remove deleted.files");
         Assert.True(File.Exists(Path.Combine(staging, CheckpointFiles.ConfigDump)));
+    }
+
+    /// <summary>
+    /// A Podman checkpoint image (<c>podman container checkpoint --create-image</c>) carries no checkpointedTime either:
+    /// the copy out of the image's layer keeps inventory.img's time, which stands in for it; config.dump's time wins when there is one.
+    /// </summary>
+    [Fact]
+    public void A_podman_checkpoint_image_takes_its_checkpoint_time_from_inventory_img_in_the_layer_and_config_dump_wins_over_it()
+    {
+        using var dir = new TempDir("crest-ckpt-podman-layer");
+        var inventoryTime = new DateTime(2026, 11, 29, 1, 54, 48, DateTimeKind.Utc);
+        string WriteLayer(string name, IReadOnlyDictionary<string, byte[]> files)
+        {
+            var layer = dir.CreateDirectory(name);
+            foreach (var (file, content) in files)
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(layer, file))!);
+                File.WriteAllBytes(Path.Combine(layer, file), content);
+            }
+
+            File.SetLastWriteTimeUtc(Path.Combine(layer, "checkpoint", "inventory.img"), inventoryTime);
+            return layer;
+        }
+
+        var podman = new CheckpointReader(new RestoreLimits()).ReadImageLayers([WriteLayer("podman", PodmanFiles())], "localhost/podman-ckpt:v1", dir.CreateDirectory("staging-podman"), Ct);
+        var containerd = new CheckpointReader(new RestoreLimits()).ReadImageLayers([WriteLayer("containerd", ContainerdFiles())], "localhost/ckpt:v1", dir.CreateDirectory("staging-containerd"), Ct);
+
+        Assert.Equal(CheckpointEngine.Podman, podman.Engine);
+        Assert.Equal(new DateTimeOffset(inventoryTime), podman.CheckpointedAt);
+        Assert.Equal(CheckpointedAt, containerd.CheckpointedAt);
     }
 }
