@@ -126,12 +126,11 @@ bind_v2_controllers_to_v1() {
   [ "$(stat -f -c %T "$cg" 2>/dev/null)" = tmpfs ] || return 0
   [ "$(stat -f -c %T "$unified" 2>/dev/null)" = cgroup2fs ] || return 0
   for c in $(cat "$unified/cgroup.controllers"); do
-    mkdir -p "$cg/$c"
-    if mount -t cgroup -o "$c" cgroup "$cg/$c"; then
+    if mkdir -p "$cg/$c" && mount -t cgroup -o "$c" cgroup "$cg/$c"; then
       log "bound the $c cgroup controller to a v1 hierarchy at $cg/$c (crun refuses hybrid hosts with controllers on v2)"
     else
       rmdir "$cg/$c" 2>/dev/null || true
-      log "warning: could not bind the $c cgroup controller to v1 (a v2 cgroup enables it?); crun will refuse this host and its tests skip"
+      log "warning: could not bind the $c cgroup controller to v1 ($cg read-only, or a v2 cgroup enables it); crun will refuse this host and its tests skip"
     fi
   done
 }
