@@ -115,6 +115,26 @@ JSON
   fi
 }
 
+# crun refuses a hybrid cgroup host whose v2 hierarchy holds any controller ("cgroups in hybrid mode not
+# supported, drop all controllers from cgroupv2", whatever the cgroup manager or the spec). systemd's hybrid
+# layout binds every controller to v1; this VM's init leaves hugetlb on v2. Binding each such controller to a v1
+# hierarchy of its own, as systemd would, lets crun run here; runc handles either layout. The kernel moves a
+# controller only while no v2 cgroup enables it (subtree_control); a mount does not outlive a reboot, so this
+# runs on every call.
+bind_v2_controllers_to_v1() {
+  local cg=/sys/fs/cgroup unified=/sys/fs/cgroup/unified c
+  [ "$(stat -f -c %T "$cg" 2>/dev/null)" = tmpfs ] || return 0
+  [ "$(stat -f -c %T "$unified" 2>/dev/null)" = cgroup2fs ] || return 0
+  for c in $(cat "$unified/cgroup.controllers"); do
+    if mkdir -p "$cg/$c" && mount -t cgroup -o "$c" cgroup "$cg/$c"; then
+      log "bound the $c cgroup controller to a v1 hierarchy at $cg/$c (crun refuses hybrid hosts with controllers on v2)"
+    else
+      rmdir "$cg/$c" 2>/dev/null || true
+      log "warning: could not bind the $c cgroup controller to v1 ($cg read-only, or a v2 cgroup enables it); crun will refuse this host and its tests skip"
+    fi
+  done
+}
+
 check_versions() {
   local v
   v=$(criu_version)
@@ -140,6 +160,7 @@ check_versions() {
 main() {
   [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages)"
   install_cni_default_network
+  bind_v2_controllers_to_v1
   if everything_present; then
     check_versions
     log "all dependencies present (criu $(criu_version), containerd $(containerd_version), runc $(runc --version | awk 'NR==1{print $3}'), podman $(podman_version))"

@@ -17,7 +17,8 @@ public static class CgroupLayout
 {
     /// <summary>
     /// Controllers enabled in the v2 hierarchy of a hybrid host. crun refuses such hosts
-    /// ("cgroups in hybrid mode not supported"); runc handles them.
+    /// ("cgroups in hybrid mode not supported"), whatever its cgroup manager; runc handles them. systemd's hybrid
+    /// layout leaves none there; scripts/install-deps.sh binds any it finds (hugetlb on this VM) to v1.
     /// </summary>
     public static IReadOnlyList<string> HybridV2Controllers()
     {

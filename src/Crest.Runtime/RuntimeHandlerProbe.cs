@@ -4,12 +4,27 @@ using Crest.Linux;
 namespace Crest.Runtime;
 
 /// <summary>Finds each configured OCI runtime and asks it for its version (<c>runc --version</c>, <c>crun --version</c>).</summary>
-public sealed class RuntimeHandlerProbe(ICommandRunner commands)
+public sealed class RuntimeHandlerProbe
 {
     private static readonly TimeSpan VersionTimeout = TimeSpan.FromSeconds(5);
 
-    // The kubelet calls Status every few seconds: a good answer is kept until the binary changes.
+    private readonly ICommandRunner _commands;
+    private readonly Func<IReadOnlyList<string>> _hybridV2Controllers;
+
+    // The kubelet calls Status every few seconds: a good version answer is kept until the binary changes.
     private readonly System.Collections.Concurrent.ConcurrentDictionary<(string Name, string Path, DateTime Modified), RuntimeHandlerStatus> _answers = new();
+
+    public RuntimeHandlerProbe(ICommandRunner commands)
+        : this(commands, CgroupLayout.HybridV2Controllers)
+    {
+    }
+
+    /// <summary>For tests: <paramref name="hybridV2Controllers"/> stands for the host's cgroup layout.</summary>
+    internal RuntimeHandlerProbe(ICommandRunner commands, Func<IReadOnlyList<string>> hybridV2Controllers)
+    {
+        _commands = commands;
+        _hybridV2Controllers = hybridV2Controllers;
+    }
 
     public async Task<RuntimeHandlerStatus> ProbeAsync(RuntimeHandlerOptions handler, CancellationToken ct)
     {
@@ -22,15 +37,22 @@ public sealed class RuntimeHandlerProbe(ICommandRunner commands)
         }
 
         var key = (handler.Name, resolved, File.GetLastWriteTimeUtc(resolved));
-        if (_answers.TryGetValue(key, out var known))
+        if (!_answers.TryGetValue(key, out var status))
         {
-            return known;
+            status = await AskAsync(handler, resolved, ct).ConfigureAwait(false);
+            if (status.Version is not null)
+            {
+                _answers[key] = status;
+            }
         }
 
-        var status = await AskAsync(handler, resolved, ct).ConfigureAwait(false);
-        if (status.Version is not null)
+        // The host's cgroup layout is read on every call, not cached: `make deps` can fix it while crestd runs.
+        if (status.Version is not null && Path.GetFileName(resolved) == "crun" && _hybridV2Controllers() is { Count: > 0 } controllers)
         {
-            _answers[key] = status;
+            return status with
+            {
+                Problem = $"runtime handler '{handler.Name}': crun refuses this host's hybrid cgroups (cgroup v1 plus a v2 hierarchy with the {string.Join(", ", controllers)} controller: \"cgroups in hybrid mode not supported, drop all controllers from cgroupv2\"); run make deps, which binds each to a v1 hierarchy at /sys/fs/cgroup/<controller> as systemd's hybrid layout does, or use runc",
+            };
         }
 
         return status;
@@ -38,26 +60,18 @@ public sealed class RuntimeHandlerProbe(ICommandRunner commands)
 
     private async Task<RuntimeHandlerStatus> AskAsync(RuntimeHandlerOptions handler, string resolved, CancellationToken ct)
     {
-
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
         timeout.CancelAfter(VersionTimeout);
         try
         {
-            var result = await commands.RunAsync(new CommandLine(resolved, ["--version"]), timeout.Token).ConfigureAwait(false);
+            var result = await _commands.RunAsync(new CommandLine(resolved, ["--version"]), timeout.Token).ConfigureAwait(false);
             if (result.ExitCode != 0)
             {
                 return new RuntimeHandlerStatus(handler.Name, resolved, null,
                     $"runtime handler '{handler.Name}': '{resolved} --version' exited {result.ExitCode}: {result.StandardError.Trim()}");
             }
 
-            var version = ParseVersion(result.StandardOutput);
-            if (Path.GetFileName(resolved) == "crun" && CgroupLayout.HybridV2Controllers() is { Count: > 0 } controllers)
-            {
-                return new RuntimeHandlerStatus(handler.Name, resolved, version,
-                    $"runtime handler '{handler.Name}': crun refuses this host's hybrid cgroups (cgroup v1 plus a v2 hierarchy with the {string.Join(", ", controllers)} controller); use runc here, or run on a pure cgroup v1 or v2 host");
-            }
-
-            return new RuntimeHandlerStatus(handler.Name, resolved, version, null);
+            return new RuntimeHandlerStatus(handler.Name, resolved, ParseVersion(result.StandardOutput), null);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {

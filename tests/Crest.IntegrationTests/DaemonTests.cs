@@ -49,6 +49,20 @@ public class DaemonTests
     }
 
     [Fact]
+    public async Task Crun_is_reported_usable_where_it_can_run_containers()
+    {
+        Requires.Handler("crun");
+        await using var d = await DaemonHarness.StartAsync();
+
+        var status = await d.Runtime.StatusAsync(new StatusRequest { Verbose = true }, cancellationToken: Ct);
+
+        using var runtimes = JsonDocument.Parse(status.Info["ociRuntimes"]);
+        var crun = runtimes.RootElement.EnumerateArray().Single(r => r.GetProperty("name").GetString() == "crun");
+        var problem = crun.TryGetProperty("problem", out var p) && p.ValueKind == JsonValueKind.String ? p.GetString() : null;
+        Assert.Null(problem);
+    }
+
+    [Fact]
     public async Task Status_without_verbose_carries_no_info()
     {
         await using var d = await DaemonHarness.StartAsync();

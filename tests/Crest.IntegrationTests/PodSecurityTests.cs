@@ -24,14 +24,17 @@ public class PodSecurityTests
         return await File.ReadAllTextAsync(status.LogPath, Ct);
     }
 
-    [Fact]
-    public async Task A_host_port_mapping_reaches_the_container()
+    [Theory]
+    [InlineData("runc")]
+    [InlineData("crun")]
+    public async Task A_host_port_mapping_reaches_the_container(string handler)
     {
+        Requires.Handler(handler);
         await using var d = await StartWithImageAsync();
         var pod = Pod(d, "ported");
         var port = LocalRegistry.FreePort();
         pod.PortMappings.Add(new global::Runtime.V1.PortMapping { Protocol = Protocol.Tcp, ContainerPort = 8080, HostPort = port, HostIp = "127.0.0.1" });
-        await RunAsync(d, pod, Container("httpd", "mkdir -p /tmp/www", "echo mapped > /tmp/www/index.html", "exec /bin/busybox httpd -f -p 8080 -h /tmp/www"));
+        await RunAsync(d, pod, Container("httpd", "mkdir -p /tmp/www", "echo mapped > /tmp/www/index.html", "exec /bin/busybox httpd -f -p 8080 -h /tmp/www"), handler);
 
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(3) };
         string? body = null;
@@ -131,13 +134,16 @@ public class PodSecurityTests
         Assert.Contains("/catatonit -P", log, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task UpdateContainerResources_changes_the_memory_limit_of_a_running_container()
+    [Theory]
+    [InlineData("runc")]
+    [InlineData("crun")]
+    public async Task UpdateContainerResources_changes_the_memory_limit_of_a_running_container(string handler)
     {
+        Requires.Handler(handler);
         await using var d = await StartWithImageAsync();
         var config = Container("grow", "sleep 60");
         config.Linux.Resources = new LinuxContainerResources { MemoryLimitInBytes = 64 * 1024 * 1024 };
-        var (_, id) = await RunAsync(d, Pod(d, "grow"), config);
+        var (_, id) = await RunAsync(d, Pod(d, "grow"), config, handler);
 
         await d.Runtime.UpdateContainerResourcesAsync(new UpdateContainerResourcesRequest
         {
@@ -200,13 +206,16 @@ public class PodSecurityTests
         Assert.Empty(linux.MountsUnder(layout.NetnsFile(id)));
     }
 
-    [Fact]
-    public async Task ExecSync_returns_output_and_exit_code_and_a_timeout_kills_the_command()
+    [Theory]
+    [InlineData("runc")]
+    [InlineData("crun")]
+    public async Task ExecSync_returns_output_and_exit_code_and_a_timeout_kills_the_command(string handler)
     {
+        Requires.Handler(handler);
         await using var d = await StartWithImageAsync();
         var config = Container("execme", "sleep 60");
         config.Envs.Add(new KeyValue { Key = "WHO", Value = "crest" });
-        var (_, id) = await RunAsync(d, Pod(d, "execme"), config);
+        var (_, id) = await RunAsync(d, Pod(d, "execme"), config, handler);
 
         var r = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "echo hello $WHO; echo oops >&2; exit 3" }, Timeout = 10 }, cancellationToken: Ct);
         var clock = System.Diagnostics.Stopwatch.StartNew();

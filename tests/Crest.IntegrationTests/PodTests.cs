@@ -136,11 +136,14 @@ public class PodTests
         Assert.Contains("stdout F host=probe\n", log, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task A_failing_command_reports_its_exit_code_and_error()
+    [Theory]
+    [InlineData("runc")]
+    [InlineData("crun")]
+    public async Task A_failing_command_reports_its_exit_code_and_error(string handler)
     {
+        Requires.Handler(handler);
         await using var d = await StartWithImageAsync();
-        var (_, id) = await RunAsync(d, Pod(d, "fail"), Container("fail", "exit 7"));
+        var (_, id) = await RunAsync(d, Pod(d, "fail"), Container("fail", "exit 7"), handler);
 
         var status = await WaitExitedAsync(d, id, TimeSpan.FromSeconds(20));
 
@@ -149,11 +152,14 @@ public class PodTests
         Assert.True(status.FinishedAt >= status.StartedAt);
     }
 
-    [Fact]
-    public async Task A_stop_timeout_escalates_to_sigkill_and_stop_is_idempotent()
+    [Theory]
+    [InlineData("runc")]
+    [InlineData("crun")]
+    public async Task A_stop_timeout_escalates_to_sigkill_and_stop_is_idempotent(string handler)
     {
+        Requires.Handler(handler);
         await using var d = await StartWithImageAsync();
-        var (_, id) = await RunAsync(d, Pod(d, "stubborn"), Container("stubborn", "trap '' TERM", "while true; do sleep 1; done"));
+        var (_, id) = await RunAsync(d, Pod(d, "stubborn"), Container("stubborn", "trap '' TERM", "while true; do sleep 1; done"), handler);
         await Task.Delay(300, Ct);
 
         var clock = Stopwatch.StartNew();
@@ -167,13 +173,16 @@ public class PodTests
         Assert.True(clock.Elapsed >= TimeSpan.FromSeconds(1), $"stopped after {clock.Elapsed}");
     }
 
-    [Fact]
-    public async Task A_container_over_its_memory_limit_is_oom_killed()
+    [Theory]
+    [InlineData("runc")]
+    [InlineData("crun")]
+    public async Task A_container_over_its_memory_limit_is_oom_killed(string handler)
     {
+        Requires.Handler(handler);
         await using var d = await StartWithImageAsync();
         var config = Container("hog", "x=$(head -c 200000000 /dev/zero | tr '\\0' a)", "echo survived");
         config.Linux.Resources = new LinuxContainerResources { MemoryLimitInBytes = 32 * 1024 * 1024 };
-        var (_, id) = await RunAsync(d, Pod(d, "hog"), config);
+        var (_, id) = await RunAsync(d, Pod(d, "hog"), config, handler);
 
         var status = await WaitExitedAsync(d, id, TimeSpan.FromSeconds(30));
 
@@ -224,9 +233,12 @@ public class PodTests
         Assert.NotEqual(runningId, done.ContainerId);
     }
 
-    [Fact]
-    public async Task Fifty_create_remove_cycles_leave_no_mounts_netns_files_or_conmon_processes()
+    [Theory]
+    [InlineData("runc")]
+    [InlineData("crun")]
+    public async Task Fifty_create_remove_cycles_leave_no_mounts_netns_files_or_conmon_processes(string handler)
     {
+        Requires.Handler(handler);
         await using var d = await StartWithImageAsync();
         var linux = new Crest.Linux.LinuxSyscalls();
         var parent = "crest-leak-" + Guid.NewGuid().ToString("N")[..8];
@@ -234,7 +246,7 @@ public class PodTests
         {
             var pod = Pod(d, $"cycle{i}");
             pod.Linux.CgroupParent = parent;
-            var (podId, id) = await RunAsync(d, pod, Container("c", "sleep 30"));
+            var (podId, id) = await RunAsync(d, pod, Container("c", "sleep 30"), handler);
             await d.Runtime.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = id }, cancellationToken: Ct);
             await d.Runtime.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = podId }, cancellationToken: Ct);
             await d.Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = podId }, cancellationToken: Ct);

@@ -16,13 +16,13 @@ public static class Requires
         return path!;
     }
 
-    /// <summary>An OCI runtime that can run containers on this host (crun cannot on hybrid cgroup hosts with v2 controllers).</summary>
+    /// <summary>An OCI runtime that can run containers on this host (crun cannot on hybrid cgroup hosts with v2 controllers; make deps moves them to v1).</summary>
     public static string Handler(string name)
     {
         var path = Binary(name);
         var controllers = Crest.Linux.CgroupLayout.HybridV2Controllers();
         Assert.SkipWhen(name == "crun" && controllers.Count > 0,
-            $"crun refuses this host's hybrid cgroups (v1 plus a v2 hierarchy with {string.Join(", ", controllers)}); runc runs the same tests here");
+            $"crun refuses this host's hybrid cgroups (v1 plus a v2 hierarchy with {string.Join(", ", controllers)}); make deps binds them to v1 hierarchies, after which crun runs these tests");
         return path;
     }
 

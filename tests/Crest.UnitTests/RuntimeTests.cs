@@ -200,4 +200,26 @@ public class RuntimeHandlerProbeCacheTests
         Assert.Equal(1, commands.Calls);
         Assert.Equal("1.3.6", second.Version);
     }
+
+    [Fact]
+    public async Task Crun_is_refused_while_the_v2_hierarchy_holds_a_controller_and_ready_once_it_moves_to_v1()
+    {
+        using var dir = new TempDir();
+        var crun = dir.Combine("crun");
+        await File.WriteAllTextAsync(crun, "#!/bin/sh\n", TestContext.Current.CancellationToken);
+        File.SetUnixFileMode(crun, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var commands = new CountingCommands();
+        List<string> v2Controllers = ["hugetlb"];
+        var probe = new RuntimeHandlerProbe(commands, () => v2Controllers);
+        var handler = new RuntimeHandlerOptions("crun", crun);
+
+        var refused = await probe.ProbeAsync(handler, TestContext.Current.CancellationToken);
+        v2Controllers.Clear();
+        var ready = await probe.ProbeAsync(handler, TestContext.Current.CancellationToken);
+
+        Assert.Contains("v2 hierarchy with the hugetlb controller", refused.Problem, StringComparison.Ordinal);
+        Assert.Contains("make deps", refused.Problem, StringComparison.Ordinal);
+        Assert.Null(ready.Problem);
+        Assert.Equal(1, commands.Calls);
+    }
 }
