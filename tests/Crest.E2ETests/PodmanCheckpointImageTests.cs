@@ -116,7 +116,7 @@ public partial class PodmanInteropTests
                 await File.WriteAllTextAsync(config, $$"""
                     {"metadata": {"name": "{{ctrName}}"}, "image": {{imageJson}},
                      "mounts": [{"container_path": "/run/.containerenv", "host_path": "{{containerEnv}}", "readonly": true}],
-                     "log_path": "{{ctrName}}.log", "linux": {} }
+                     "log_path": "{{ctrName}}.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
                     """, Ct);
                 var create = await Binaries.RunCrestAsync([.. r, "create", podId, config, pod]);
                 Assert.True(create.ExitCode == 0, $"{ctrName}: Crest refused to restore Podman's checkpoint image: {create.Stderr}\n{crestd.Log}");
