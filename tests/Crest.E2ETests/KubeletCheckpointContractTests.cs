@@ -54,4 +54,38 @@ public partial class CheckpointCliTests
         Assert.True(show.ExitCode == 0, show.Output);
         await RunAsync([.. r, "rmp", podId]);
     }
+
+    [Fact]
+    public async Task Crest_restore_puts_an_archive_back_into_a_pod_under_its_checkpointed_name()
+    {
+        RequireCheckpointTools();
+        using var dir = new TempDir("crest-e2e-rst");
+        var s = await StartAsync(dir);
+        await using var crestd = s.Crestd;
+        var r = s.R;
+        var (podId, id) = await RunCounterAsync(s);
+        await Task.Delay(700, Ct);
+        var archive = dir.Combine("cp.tar");
+        await RunAsync([.. r, "checkpoint", "--export", archive, id]);
+        await RunAsync([.. r, "stop", id]);
+        await RunAsync([.. r, "rm", id]);
+        var logFile = dir.Combine("logs-counter", "counter.log");
+        var lastBefore = LastCount(await File.ReadAllTextAsync(logFile, Ct));
+        File.Delete(logFile);
+
+        // The counter ran in the pod's pid namespace (no namespace_options): a private one is refused, naming the setting.
+        var wrong = await Binaries.RunCrestAsync([.. r, "restore", "--pod", podId, "--pid", "container", archive]);
+        Assert.Equal(1, wrong.ExitCode);
+        Assert.True(wrong.Stderr.Contains("namespace_options.pid = POD", StringComparison.Ordinal), wrong.Stderr);
+
+        var restored = await RunAsync([.. r, "restore", "--pod", podId, Path.GetRelativePath(Environment.CurrentDirectory, archive)]);
+
+        var status = (await InspectAsync(r, restored)).GetProperty("status");
+        Assert.Equal("CONTAINER_RUNNING", status.GetProperty("state").GetString());
+        Assert.Equal("counter", status.GetProperty("metadata").GetProperty("name").GetString());
+        Assert.Equal(archive, status.GetProperty("annotations").GetProperty("checkpointImage").GetString());
+        var log = await WaitForCountAsync(logFile, lastBefore + 2);
+        Assert.True(LastCount(log) > lastBefore + 2, crestd.Log);
+        await RunAsync([.. r, "rmp", podId]);
+    }
 }

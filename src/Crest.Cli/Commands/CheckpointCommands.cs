@@ -102,6 +102,76 @@ internal static class CheckpointCommands
         checkpointImage.SetAction((parse, ct) => CliRunner.RunAsync(() =>
             BuildImageAsync(parse, global, output, Path.GetFullPath(parse.GetValue(archive)!), parse.GetValue(name)!, parse.GetValue(imagePush), ct)));
         yield return checkpointImage;
+        yield return Restore(global, output);
+    }
+
+    /// <summary>
+    /// <c>crest restore ARCHIVE|IMAGE --pod POD</c>: CRI CreateContainer with the checkpoint as the image (an archive
+    /// path made absolute, or a checkpoint image reference), then StartContainer; prints the new container's ID.
+    /// The container config is <c>--config</c> (crictl JSON/YAML, its image replaced) or a minimal one.
+    /// </summary>
+    private static Command Restore(GlobalOptions global, TextWriter output)
+    {
+        var source = new Argument<string>("archive-or-image") { Description = "a checkpoint archive file, or a checkpoint image present in the runtime" };
+        var pod = new Option<string>("--pod", "-p") { Description = "the pod sandbox ID to restore into", Required = true };
+        var name = new Option<string?>("--name") { Description = "the container's name (default: the --config's, else the checkpointed container's, else \"restored\")" };
+        var config = new Option<string?>("--config") { Description = "a container config (crictl JSON/YAML) for mounts, security context and log path; its image is replaced" };
+        var pid = new Option<string?>("--pid") { Description = "pid namespace: pod (shared, the CRI default) or container (private, as the kubelet and Podman use); must match the checkpoint" };
+        var noStart = new Option<bool>("--no-start") { Description = "only create the container (crictl create), do not start it" };
+        var restore = new Command("restore", "Restore a checkpoint into a pod: CreateContainer with the checkpoint as the image, then StartContainer") { source, pod, name, config, pid, noStart };
+        restore.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
+        {
+            var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
+            var image = parse.GetValue(source)!;
+            string? defaultName = null;
+            if (File.Exists(image))
+            {
+                image = Path.GetFullPath(image);
+                var metadata = await ReadArchiveAsync(image, ct);
+                defaultName = metadata.SpecAnnotations.GetValueOrDefault("io.kubernetes.cri.container-name");
+            }
+
+            var container = parse.GetValue(config) is { } configPath ? PodCommands.ReadConfig<ContainerConfig>(configPath) : new ContainerConfig();
+            var containerName = parse.GetValue(name) ?? (container.Metadata?.Name is { Length: > 0 } n ? n : null) ?? defaultName ?? "restored";
+            container.Metadata = new ContainerMetadata { Name = containerName, Attempt = container.Metadata?.Attempt ?? 0 };
+            container.Image = new ImageSpec { Image = image };
+            if (string.IsNullOrEmpty(container.LogPath))
+            {
+                container.LogPath = containerName + ".log";
+            }
+
+            container.Linux ??= new LinuxContainerConfig();
+            if (parse.GetValue(pid) is { } mode)
+            {
+                container.Linux.SecurityContext ??= new LinuxContainerSecurityContext();
+                container.Linux.SecurityContext.NamespaceOptions ??= new NamespaceOption();
+                container.Linux.SecurityContext.NamespaceOptions.Pid = mode.ToLowerInvariant() switch
+                {
+                    "pod" => global::Runtime.V1.NamespaceMode.Pod,
+                    "container" => global::Runtime.V1.NamespaceMode.Container,
+                    _ => throw new CliUsageException($"--pid {mode}: expected pod or container"),
+                };
+            }
+
+            using var connection = new CriConnection(ctx.RuntimeEndpoint, parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout);
+            var client = new RuntimeService.RuntimeServiceClient(connection.Channel);
+            var podId = parse.GetValue(pod)!;
+            var status = await CliRunner.CallAsync(connection, "runtime.v1.RuntimeService/PodSandboxStatus",
+                async o => await client.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, o), ct);
+            var sandboxConfig = new PodSandboxConfig { Metadata = status.Status.Metadata };
+            sandboxConfig.Labels.Add(status.Status.Labels);
+            sandboxConfig.Annotations.Add(status.Status.Annotations);
+            var created = await CliRunner.CallAsync(connection, "runtime.v1.RuntimeService/CreateContainer",
+                async o => await client.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = status.Status.Id, Config = container, SandboxConfig = sandboxConfig }, o), ct);
+            if (!parse.GetValue(noStart))
+            {
+                await CliRunner.CallAsync(connection, "runtime.v1.RuntimeService/StartContainer",
+                    async o => await client.StartContainerAsync(new StartContainerRequest { ContainerId = created.ContainerId }, o), ct);
+            }
+
+            await output.WriteLineAsync(created.ContainerId);
+        }));
+        return restore;
     }
 
     /// <summary>
