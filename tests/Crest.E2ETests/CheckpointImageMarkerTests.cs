@@ -62,7 +62,7 @@ public partial class CheckpointCliTests
 
         var remote = await Binaries.RunCrestAsync(["checkpoint", "inspect", checkpointImage]);
         Assert.True(remote.ExitCode == 0, remote.Stderr);
-        Assert.Matches(@"\n1\s+/bin/busybox sh -c i=0; while true; do", remote.Stdout);
+        Assert.Matches(@"\n\d+\s+/bin/busybox sh -c i=0; while true; do", remote.Stdout);
 
         var newPod = await WritePodAsync(dir, "crio-img", "uid-crio-img");
         var newPodId = await RunAsync([.. r, "runp", newPod]);
