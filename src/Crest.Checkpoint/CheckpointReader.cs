@@ -49,25 +49,34 @@ public sealed class CheckpointReader(RestoreLimits limits)
         }
 
         await using (var file = new FileStream(FileKinds.OpenReadNoFollow(archivePath), FileAccess.Read, 1 << 20))
-        await using (var tar = CheckpointArchive.OpenRead(file))
-        using (var extractor = new SafeExtractor(stagingDir, ExtractionPolicy.FilesOnly with
+        {
+            await UnpackAsync(file, stagingDir, $"checkpoint archive {archivePath}", ct).ConfigureAwait(false);
+        }
+
+        return Read(stagingDir, archivePath, CheckpointSourceKind.Archive);
+    }
+
+    /// <summary>
+    /// Unpacks one tar (plain, gzip or zstd) of untrusted checkpoint files into <paramref name="dir"/>: regular files
+    /// and directories only, within the archive caps. <paramref name="what"/> names the source in errors.
+    /// </summary>
+    public async Task UnpackAsync(Stream file, string dir, string what, CancellationToken ct)
+    {
+        await using var tar = CheckpointArchive.OpenRead(file);
+        using var extractor = new SafeExtractor(dir, ExtractionPolicy.FilesOnly with
         {
             MaxBytes = limits.MaxArchiveBytes,
             MaxEntries = limits.MaxArchiveEntries,
             MaxPathLength = limits.MaxPathLength,
-        }))
+        });
+        try
         {
-            try
-            {
-                await extractor.ExtractAsync(tar, $"checkpoint archive {archivePath}", ct).ConfigureAwait(false);
-            }
-            catch (InvalidDataException e)
-            {
-                throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath} cannot be decompressed: {e.Message}", e);
-            }
+            await extractor.ExtractAsync(tar, what, ct).ConfigureAwait(false);
         }
-
-        return Read(stagingDir, archivePath, CheckpointSourceKind.Archive);
+        catch (InvalidDataException e)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"{what} cannot be decompressed: {e.Message}", e);
+        }
     }
 
     /// <summary>

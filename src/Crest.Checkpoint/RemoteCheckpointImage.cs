@@ -88,22 +88,7 @@ public static class RemoteCheckpointImage
 
                 output.Position = 0;
                 var dir = Directory.CreateDirectory(Path.Combine(workDir, $"layer-{i}.d"), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute).FullName;
-                await using var tar = CheckpointArchive.OpenRead(output);
-                using var extractor = new SafeExtractor(dir, ExtractionPolicy.FilesOnly with
-                {
-                    MaxBytes = limits.MaxArchiveBytes,
-                    MaxEntries = limits.MaxArchiveEntries,
-                    MaxPathLength = limits.MaxPathLength,
-                });
-                try
-                {
-                    await extractor.ExtractAsync(tar, $"layer {i} of checkpoint image {reference}", ct).ConfigureAwait(false);
-                }
-                catch (InvalidDataException e)
-                {
-                    throw new CrestException(ErrorKind.InvalidArgument, $"layer {i} of checkpoint image {reference} cannot be decompressed: {e.Message}", e);
-                }
-
+                await new CheckpointReader(limits).UnpackAsync(output, dir, $"layer {i} of checkpoint image {reference}", ct).ConfigureAwait(false);
                 layerDirs.Add(dir);
             }
 
