@@ -11,7 +11,7 @@ internal sealed partial class CriRuntimeService
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
-        var c = await containers.RequireRunningAsync(request.ContainerId, context.CancellationToken);
+        var c = await AsContainerdAnswersAsync(containers.RequireRunningAsync(request.ContainerId, context.CancellationToken));
         var streams = StreamsOf(request.Stdin, request.Stdout, request.Stderr, request.Tty);
         return new AttachResponse { Url = streaming.CreateUrl("attach", new AttachStreamRequest(c.Id, streams)) };
     }

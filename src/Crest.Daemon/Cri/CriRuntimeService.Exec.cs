@@ -16,7 +16,7 @@ internal sealed partial class CriRuntimeService
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
-        var c = await containers.RequireRunningAsync(request.ContainerId, context.CancellationToken);
+        var c = await AsContainerdAnswersAsync(containers.RequireRunningAsync(request.ContainerId, context.CancellationToken));
         var streams = StreamsOf(request.Stdin, request.Stdout, request.Stderr, request.Tty);
         if (request.Cmd.Count == 0)
         {
@@ -24,6 +24,23 @@ internal sealed partial class CriRuntimeService
         }
 
         return new ExecResponse { Url = streaming.CreateUrl("exec", new ExecStreamRequest(c.Id, [.. request.Cmd], streams)) };
+    }
+
+    /// <summary>
+    /// containerd answers Exec, Attach and PortForward for a container or pod that is not running with a bare error, which
+    /// gRPC reports as Unknown ("container is in CONTAINER_EXITED state"); the kubelet and crictl show only the message.
+    /// Crest gives clients the same code; a missing container stays NotFound.
+    /// </summary>
+    internal static async Task<T> AsContainerdAnswersAsync<T>(Task<T> check)
+    {
+        try
+        {
+            return await check;
+        }
+        catch (CrestException e) when (e.Kind == ErrorKind.FailedPrecondition)
+        {
+            throw new RpcException(new Status(StatusCode.Unknown, e.Message));
+        }
     }
 
     /// <summary>The stream checks of the kubelet's streaming server: tty excludes stderr, and at least one stream.</summary>

@@ -15,7 +15,7 @@ internal sealed partial class CriRuntimeService
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
-        var pod = await sandboxes.RequireReadyAsync(request.PodSandboxId, context.CancellationToken);
+        var pod = await AsContainerdAnswersAsync(sandboxes.RequireReadyAsync(request.PodSandboxId, context.CancellationToken));
         if (request.Port.FirstOrDefault(p => p is < 1 or > 65535) is var bad and not 0)
         {
             throw new CrestException(ErrorKind.InvalidArgument, $"port {bad} is not a TCP port (1-65535)");
