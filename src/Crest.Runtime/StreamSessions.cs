@@ -248,37 +248,36 @@ internal sealed class RuncExecSession : IStreamSession
         _ = ChildProcess.Signal(_child.Pid, 9);
     }
 
-    private static async Task CopyAsync(FileStream source, OutputChannel which, OutputSink sink, CancellationToken ct)
+    /// <summary>Copies one output on a dedicated thread (reads of pipes and terminals block) until EOF, EIO or cancellation.</summary>
+    private static Task CopyAsync(FileStream source, OutputChannel which, OutputSink sink, CancellationToken ct)
     {
-        // A dedicated thread per stream: reads of pipes and terminals block.
-        await Task.Factory.StartNew(async () =>
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
         {
             var buffer = new byte[32 * 1024];
-            while (!ct.IsCancellationRequested)
+            try
             {
-                int n;
-                try
+                while (!ct.IsCancellationRequested)
                 {
-                    n = source.Read(buffer, 0, buffer.Length);
-                }
-                catch (IOException)
-                {
-                    // EIO from a terminal's master once the last process holding the other end is gone.
-                    return;
-                }
-                catch (ObjectDisposedException)
-                {
-                    return;
-                }
+                    var n = source.Read(buffer, 0, buffer.Length);
+                    if (n == 0)
+                    {
+                        break;
+                    }
 
-                if (n == 0)
-                {
-                    return;
+                    sink(which, buffer.AsMemory(0, n), ct).AsTask().GetAwaiter().GetResult();
                 }
-
-                await sink(which, buffer.AsMemory(0, n), ct).ConfigureAwait(false);
             }
-        }, ct, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap().ConfigureAwait(false);
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // EIO from a terminal's master once the last process holding the other end is gone, or a sink whose client left.
+            }
+
+            done.SetResult();
+        })
+        { IsBackground = true, Name = $"crest-exec-{which}" };
+        thread.Start();
+        return done.Task;
     }
 
     private static void TryDelete(string path)
