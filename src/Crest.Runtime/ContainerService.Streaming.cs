@@ -42,7 +42,10 @@ public sealed partial class ContainerService
         }, streams);
     }
 
-    /// <summary>Attaches to a running container's main process through conmon; stdin only if the container was created with it.</summary>
+    /// <summary>
+    /// Attaches to a running container's main process through conmon; stdin only if the container was created with it.
+    /// Whether there is a terminal is the container's (as containerd decides it), whatever the request says.
+    /// </summary>
     public async Task<IStreamSession> AttachAsync(string idOrPrefix, StreamOptions streams, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(streams);
@@ -50,12 +53,6 @@ public sealed partial class ContainerService
         if (streams.Stdin && !c.Spec.Stdin)
         {
             throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} was not created with stdin = true; attach without stdin");
-        }
-
-        if (streams.Tty != c.Spec.Tty)
-        {
-            throw new CrestException(ErrorKind.InvalidArgument,
-                $"container {c.Id} was created with tty = {(c.Spec.Tty ? "true" : "false")}; attach must ask for the same (tty = {(streams.Tty ? "true" : "false")} was asked)");
         }
 
         return await oci.AttachAsync(new ConmonAttachOptions

@@ -98,6 +98,38 @@ public partial class StreamingCliTests
     }
 
     [Fact]
+    public async Task A_client_that_goes_away_takes_its_exec_command_with_it()
+    {
+        await using var node = await Node.StartAsync();
+        var id = await node.RunContainerAsync("sleeper", "exec sleep 1000");
+
+        using var exec = StartCrest([.. node.R, "exec", id, "/bin/busybox", "sleep", "4242"]);
+        var started = await WaitForProcessesAsync(node, id, "sleep 4242", present: true);
+        exec.Kill();
+        var left = await WaitForProcessesAsync(node, id, "sleep 4242", present: false);
+
+        Assert.True(started, "the exec'd command never showed up in the container");
+        Assert.False(left, "the exec'd command kept running after its client was killed");
+    }
+
+    /// <summary>Whether `ps` in the container lists <paramref name="command"/>, polled until it is as wanted or 20 s pass.</summary>
+    private static async Task<bool> WaitForProcessesAsync(Node node, string id, string command, bool present)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (true)
+        {
+            var ps = await Binaries.RunCrestAsync([.. node.R, "exec", "-s", id, "/bin/busybox", "ps"]);
+            var listed = ps.Stdout.Split('\n').Any(l => l.TrimEnd().EndsWith(" " + command, StringComparison.Ordinal));
+            if (listed == present || DateTime.UtcNow > deadline)
+            {
+                return listed;
+            }
+
+            await Task.Delay(200, Ct);
+        }
+    }
+
+    [Fact]
     public async Task Interactive_exec_under_tmux_shows_a_prompt_answers_and_follows_a_resize()
     {
         var tmux = Requires.Binary("tmux");
@@ -260,7 +292,7 @@ public partial class StreamingCliTests
         var sleeper = await node.RunContainerAsync("sleeper", "exec sleep 1000");
 
         using var cni = new TempDir("crest-cni");
-        CniFixture.WriteBridgeConflist(cni.Path, "crest-stream");
+        CniFixture.WriteBridgeConflist(cni.Path);
         await using var peer = await ContainerdPeer.StartAsync(containerd, cni.Path, TimeSpan.FromSeconds(30));
         string[] c = ["-r", peer.Endpoint, "-t", "60s"];
         foreach (var archive in new[] { WritePauseArchive(node.Dir, catatonit), WriteBusyboxArchive(node.Dir) })
