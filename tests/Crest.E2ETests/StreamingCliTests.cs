@@ -97,6 +97,77 @@ public partial class StreamingCliTests
         Assert.Equal("200000", counted.Stdout.Trim());
     }
 
+    /// <summary>
+    /// kubectl (client-go's executor) as the external client: a kubelet-style proxy hands its exec upgrade to the URL
+    /// crestd's Exec returned, as the kubelet does, and kubectl gets output, stdin to its end and the exit code.
+    /// </summary>
+    [Fact]
+    public async Task Kubectl_exec_and_attach_through_a_kubelet_style_proxy_stream_over_websocket_v5()
+    {
+        var kubectl = Requires.Binary("kubectl");
+        await using var node = await Node.StartAsync();
+        var sleeper = await node.RunContainerAsync("sleeper", "exec sleep 1000");
+        var counter = await node.RunContainerAsync("counter", "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.2; done");
+        await using var proxy = new KubeletProxy(node.Crestd.Socket, "e2e", "stream", new Dictionary<string, string> { ["sleeper"] = sleeper, ["counter"] = counter });
+        var kubeconfig = proxy.WriteKubeconfig(node.Dir);
+        string[] k = ["--kubeconfig", kubeconfig, "--request-timeout", "30s"];
+
+        var exec = await RunToolAsync(kubectl, [.. k, "exec", "-i", "stream", "-c", "sleeper", "--", "/bin/sh", "-c", "cat; echo to-stderr >&2; exit 3"], "from kubectl\n");
+        var plain = await RunToolAsync(kubectl, [.. k, "exec", "stream", "-c", "sleeper", "--", "/bin/busybox", "echo", "fine"], null);
+        var attachStart = new ProcessStartInfo(kubectl) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in (string[])[.. k, "attach", "stream", "-c", "counter"])
+        {
+            attachStart.ArgumentList.Add(a);
+        }
+
+        using var attach = Process.Start(attachStart)!;
+        var attached = new List<string>();
+        using (var deadline = CancellationTokenSource.CreateLinkedTokenSource(Ct))
+        {
+            deadline.CancelAfter(TimeSpan.FromSeconds(20));
+            while (attached.Count < 2 && await attach.StandardOutput.ReadLineAsync(deadline.Token) is { } line)
+            {
+                attached.Add(line);
+            }
+        }
+
+        attach.Kill();
+
+        Assert.True(exec.ExitCode == 3, $"kubectl exit {exec.ExitCode}: {exec.Stderr}\n{node.Crestd.Log}");
+        Assert.Equal("from kubectl\n", exec.Stdout);
+        Assert.Contains("to-stderr", exec.Stderr, StringComparison.Ordinal);
+        Assert.Contains("command terminated with exit code 3", exec.Stderr, StringComparison.Ordinal);
+        Assert.True(plain.ExitCode == 0, plain.Stderr);
+        Assert.Equal("fine\n", plain.Stdout);
+        Assert.Equal(2, attached.Count(l => Regex.IsMatch(l, @"^count \d+$")));
+        Assert.All(proxy.Upgrades, u => Assert.Contains("v5.channel.k8s.io", u, StringComparison.Ordinal));
+        Assert.Equal(3, proxy.Upgrades.Count);
+    }
+
+    private static async Task<(int ExitCode, string Stdout, string Stderr)> RunToolAsync(string program, string[] args, string? stdin)
+    {
+        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        start.Environment.Remove("KUBECONFIG");
+        using var p = Process.Start(start)!;
+        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
+        var stderr = p.StandardError.ReadToEndAsync(Ct);
+        if (stdin is not null)
+        {
+            await p.StandardInput.WriteAsync(stdin);
+        }
+
+        p.StandardInput.Close();
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        deadline.CancelAfter(TimeSpan.FromSeconds(60));
+        await p.WaitForExitAsync(deadline.Token);
+        return (p.ExitCode, await stdout, await stderr);
+    }
+
     [Fact]
     public async Task A_client_that_goes_away_takes_its_exec_command_with_it()
     {
