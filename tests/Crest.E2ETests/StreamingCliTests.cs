@@ -101,8 +101,10 @@ public partial class StreamingCliTests
     /// kubectl (client-go's executor) as the external client: a kubelet-style proxy hands its exec upgrade to the URL
     /// crestd's Exec returned, as the kubelet does, and kubectl gets output, stdin to its end and the exit code.
     /// </summary>
-    [Fact]
-    public async Task Kubectl_exec_and_attach_through_a_kubelet_style_proxy_stream_over_websocket_v5()
+    [Theory]
+    [InlineData("websocket")]
+    [InlineData("spdy")]
+    public async Task Kubectl_exec_and_attach_through_a_kubelet_style_proxy_stream(string transport)
     {
         var kubectl = Requires.Binary("kubectl");
         await using var node = await Node.StartAsync();
@@ -112,9 +114,11 @@ public partial class StreamingCliTests
         var kubeconfig = proxy.WriteKubeconfig(node.Dir);
         string[] k = ["--kubeconfig", kubeconfig, "--request-timeout", "30s"];
 
-        var exec = await RunToolAsync(kubectl, [.. k, "exec", "-i", "stream", "-c", "sleeper", "--", "/bin/sh", "-c", "cat; echo to-stderr >&2; exit 3"], "from kubectl\n");
-        var plain = await RunToolAsync(kubectl, [.. k, "exec", "stream", "-c", "sleeper", "--", "/bin/busybox", "echo", "fine"], null);
+        var websocket = transport == "websocket" ? "true" : "false";
+        var exec = await RunToolAsync(kubectl, [.. k, "exec", "-i", "stream", "-c", "sleeper", "--", "/bin/sh", "-c", "cat; echo to-stderr >&2; exit 3"], "from kubectl\n", websocket);
+        var plain = await RunToolAsync(kubectl, [.. k, "exec", "stream", "-c", "sleeper", "--", "/bin/busybox", "echo", "fine"], null, websocket);
         var attachStart = new ProcessStartInfo(kubectl) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        attachStart.Environment["KUBECTL_REMOTE_COMMAND_WEBSOCKETS"] = websocket;
         foreach (var a in (string[])[.. k, "attach", "stream", "-c", "counter"])
         {
             attachStart.ArgumentList.Add(a);
@@ -140,13 +144,15 @@ public partial class StreamingCliTests
         Assert.True(plain.ExitCode == 0, plain.Stderr);
         Assert.Equal("fine\n", plain.Stdout);
         Assert.Equal(2, attached.Count(l => Regex.IsMatch(l, @"^count \d+$")));
-        Assert.All(proxy.Upgrades, u => Assert.Contains("v5.channel.k8s.io", u, StringComparison.Ordinal));
+        Assert.All(proxy.Upgrades, u => Assert.Contains(transport == "websocket" ? "v5.channel.k8s.io" : "SPDY/3.1", u, StringComparison.Ordinal));
         Assert.Equal(3, proxy.Upgrades.Count);
     }
 
-    private static async Task<(int ExitCode, string Stdout, string Stderr)> RunToolAsync(string program, string[] args, string? stdin)
+    private static async Task<(int ExitCode, string Stdout, string Stderr)> RunToolAsync(string program, string[] args, string? stdin, string websocket)
     {
         var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
+        // kubectl's switch between its WebSocket and SPDY executors.
+        start.Environment["KUBECTL_REMOTE_COMMAND_WEBSOCKETS"] = websocket;
         foreach (var a in args)
         {
             start.ArgumentList.Add(a);

@@ -53,6 +53,12 @@ internal sealed class StreamingServer(StreamRequestCache cache, ContainerService
             return;
         }
 
+        if (!context.WebSockets.IsWebSocketRequest && context.Request.Headers.Upgrade.Any(u => u?.StartsWith("SPDY/3.1", StringComparison.OrdinalIgnoreCase) == true))
+        {
+            await SpdyStreaming.ServeAsync(context, verb, token, this);
+            return;
+        }
+
         var supported = verb == "portforward" ? ChannelProtocol.PortForwardProtocols : ChannelProtocol.RemoteCommandProtocols;
         var offered = context.WebSockets.IsWebSocketRequest ? context.WebSockets.WebSocketRequestedProtocols : [];
         var protocol = ChannelProtocol.Negotiate(offered, supported);
@@ -61,15 +67,14 @@ internal sealed class StreamingServer(StreamRequestCache cache, ContainerService
         if (!context.WebSockets.IsWebSocketRequest || (protocol is null && !bareAllowed))
         {
             await RefuseAsync(context, StatusCodes.Status400BadRequest,
-                $"{verb} on crestd's streaming server needs a WebSocket upgrade with one of the subprotocols {ChannelProtocol.Describe(supported)}; " +
-                $"SPDY/3.1 is not supported (offered: {(context.Request.Headers.Upgrade.Count > 0 ? context.Request.Headers.Upgrade.ToString() : "no upgrade")}" +
+                $"{verb} on crestd's streaming server needs a WebSocket upgrade with one of the subprotocols {ChannelProtocol.Describe(supported)}, " +
+                $"or a SPDY/3.1 upgrade (offered: {(context.Request.Headers.Upgrade.Count > 0 ? context.Request.Headers.Upgrade.ToString() : "no upgrade")}" +
                 $"{(offered.Count > 0 ? ", subprotocols " + string.Join(", ", offered) : "")})");
             return;
         }
 
-        var request = cache.Consume(token);
-        var expected = verb switch { "exec" => typeof(ExecStreamRequest), "attach" => typeof(AttachStreamRequest), _ => typeof(PortForwardStreamRequest) };
-        if (request is null || request.GetType() != expected)
+        var request = Redeem(verb, token);
+        if (request is null)
         {
             await RefuseAsync(context, StatusCodes.Status404NotFound, $"streaming token {token} is unknown, already used or expired (tokens last {StreamRequestCache.Lifetime.TotalSeconds:0} s and serve one connection)");
             return;
@@ -119,6 +124,28 @@ internal sealed class StreamingServer(StreamRequestCache cache, ContainerService
             DaemonLog.StreamSessionEnded(logger, verb, e.Message);
         }
     }
+
+    /// <summary>The request behind a token, if it is one for <paramref name="verb"/>; the token is spent either way.</summary>
+    internal StreamRequest? Redeem(string verb, string token)
+    {
+        var request = cache.Consume(token);
+        var expected = verb switch { "exec" => typeof(ExecStreamRequest), "attach" => typeof(AttachStreamRequest), _ => typeof(PortForwardStreamRequest) };
+        return request?.GetType() == expected ? request : null;
+    }
+
+    /// <summary>Starts what an exec or attach request asks for.</summary>
+    internal Task<IStreamSession> OpenAsync(StreamRequest request, CancellationToken ct) => request switch
+    {
+        ExecStreamRequest exec => containers.ExecAsync(exec.ContainerId, exec.Command, exec.Streams, ct),
+        AttachStreamRequest attach => containers.AttachAsync(attach.ContainerId, attach.Streams, ct),
+        _ => throw new ArgumentException("not an exec or attach request", nameof(request)),
+    };
+
+    internal Task<Socket> ConnectPortAsync(string sandboxId, int port, CancellationToken ct) => sandboxes.ConnectPortAsync(sandboxId, port, ct);
+
+    internal ILogger Logger => logger;
+
+    internal static Task RefuseWithAsync(HttpContext context, int status, string message) => RefuseAsync(context, status, message);
 
     private static async Task ServeRemoteCommandAsync(WebSocket ws, string protocol, StreamOptions streams, Func<CancellationToken, Task<IStreamSession>> open, CancellationToken aborted)
     {
