@@ -7,8 +7,8 @@ using Runtime.V1;
 namespace Crest.E2ETests;
 
 /// <summary>
-/// Just enough of an API server for kubectl, and the kubelet's part of exec/attach: discovery, one running pod, and
-/// for pods/NAME/exec and pods/NAME/attach the kubelet's move: ask the runtime for a streaming URL over CRI, then
+/// Just enough of an API server for kubectl, and the kubelet's part of exec/attach/port-forward: discovery, one running pod, and
+/// for pods/NAME/exec, attach and portforward the kubelet's move: ask the runtime for a streaming URL over CRI, then
 /// proxy kubectl's upgrade request to it unchanged (path aside) and copy bytes both ways. kubectl's client-go is then
 /// the far end of crestd's streaming server, as it is on a node.
 /// </summary>
@@ -23,8 +23,11 @@ internal sealed class KubeletProxy : IAsyncDisposable
     private readonly IReadOnlyDictionary<string, string> _containers;
     private readonly Task _accepting;
 
-    public KubeletProxy(string criSocket, string ns, string pod, IReadOnlyDictionary<string, string> containers)
+    private readonly string _sandbox;
+
+    public KubeletProxy(string criSocket, string ns, string pod, IReadOnlyDictionary<string, string> containers, string sandbox = "")
     {
+        _sandbox = sandbox;
         _channel = UnixGrpc.Channel(criSocket);
         _cri = new RuntimeService.RuntimeServiceClient(_channel);
         _namespace = ns;
@@ -92,7 +95,7 @@ internal sealed class KubeletProxy : IAsyncDisposable
                 var path = target.Split('?')[0];
                 var query = target.Contains('?', StringComparison.Ordinal) ? target[(target.IndexOf('?', StringComparison.Ordinal) + 1)..] : "";
                 var podPath = $"/api/v1/namespaces/{_namespace}/pods/{_pod}";
-                if (path == $"{podPath}/exec" || path == $"{podPath}/attach")
+                if (path == $"{podPath}/exec" || path == $"{podPath}/attach" || path == $"{podPath}/portforward")
                 {
                     var upgrade = lines.FirstOrDefault(l => l.StartsWith("Sec-WebSocket-Protocol:", StringComparison.OrdinalIgnoreCase))
                         ?? lines.FirstOrDefault(l => l.StartsWith("Upgrade:", StringComparison.OrdinalIgnoreCase)) ?? "none";
@@ -101,7 +104,7 @@ internal sealed class KubeletProxy : IAsyncDisposable
                         Upgrades.Add(upgrade);
                     }
 
-                    await ProxyStreamAsync(stream, method, path.EndsWith("/exec", StringComparison.Ordinal), Query(query), lines, rest);
+                    await ProxyStreamAsync(stream, method, path[(path.LastIndexOf('/') + 1)..], Query(query), lines, rest);
                     return;
                 }
 
@@ -109,7 +112,7 @@ internal sealed class KubeletProxy : IAsyncDisposable
                 {
                     "/api" => """{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[]}""",
                     "/apis" => """{"kind":"APIGroupList","apiVersion":"v1","groups":[]}""",
-                    "/api/v1" => """{"kind":"APIResourceList","groupVersion":"v1","resources":[{"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},{"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]},{"name":"pods/attach","singularName":"","namespaced":true,"kind":"PodAttachOptions","verbs":["create","get"]}]}""",
+                    "/api/v1" => """{"kind":"APIResourceList","groupVersion":"v1","resources":[{"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},{"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]},{"name":"pods/attach","singularName":"","namespaced":true,"kind":"PodAttachOptions","verbs":["create","get"]},{"name":"pods/portforward","singularName":"","namespaced":true,"kind":"PodPortForwardOptions","verbs":["create","get"]}]}""",
                     _ when path == podPath => $$"""{"apiVersion":"v1","kind":"Pod","metadata":{"name":"{{_pod}}","namespace":"{{_namespace}}","uid":"uid"},"spec":{"containers":[{{string.Join(",", _containers.Keys.Select(c => $$"""{"name":"{{c}}","image":"busybox","stdin":true}"""))}}]},"status":{"phase":"Running"} }""",
                     _ => null,
                 };
@@ -126,13 +129,16 @@ internal sealed class KubeletProxy : IAsyncDisposable
     }
 
     /// <summary>The kubelet's proxy: a CRI Exec/Attach for a URL, then the client's own request to it and a byte pipe.</summary>
-    private async Task ProxyStreamAsync(NetworkStream client, string method, bool exec, ILookup<string, string> query, string[] lines, byte[] rest)
+    private async Task ProxyStreamAsync(NetworkStream client, string method, string verb, ILookup<string, string> query, string[] lines, byte[] rest)
     {
         bool Flag(string name) => query[name].FirstOrDefault() is "true" or "1";
         var container = _containers[query["container"].FirstOrDefault() ?? _containers.Keys.First()];
-        var url = exec
-            ? (await _cri.ExecAsync(new ExecRequest { ContainerId = container, Cmd = { query["command"] }, Stdin = Flag("stdin"), Stdout = Flag("stdout"), Stderr = Flag("stderr"), Tty = Flag("tty") })).Url
-            : (await _cri.AttachAsync(new AttachRequest { ContainerId = container, Stdin = Flag("stdin"), Stdout = Flag("stdout"), Stderr = Flag("stderr"), Tty = Flag("tty") })).Url;
+        var url = verb switch
+        {
+            "exec" => (await _cri.ExecAsync(new ExecRequest { ContainerId = container, Cmd = { query["command"] }, Stdin = Flag("stdin"), Stdout = Flag("stdout"), Stderr = Flag("stderr"), Tty = Flag("tty") })).Url,
+            "attach" => (await _cri.AttachAsync(new AttachRequest { ContainerId = container, Stdin = Flag("stdin"), Stdout = Flag("stdout"), Stderr = Flag("stderr"), Tty = Flag("tty") })).Url,
+            _ => (await _cri.PortForwardAsync(new PortForwardRequest { PodSandboxId = _sandbox })).Url,
+        };
         var uri = new Uri(url);
         using var upstream = new TcpClient();
         await upstream.ConnectAsync(uri.Host, uri.Port);

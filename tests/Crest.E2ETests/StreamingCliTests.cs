@@ -148,6 +148,71 @@ public partial class StreamingCliTests
         Assert.Equal(3, proxy.Upgrades.Count);
     }
 
+    /// <summary>
+    /// kubectl port-forward through the kubelet-style proxy: over plain SPDY, and with kubectl's WebSocket tunnel on
+    /// (a subprotocol crestd does not offer, so kubectl falls back to SPDY, as it does against an older kubelet).
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Kubectl_port_forward_over_spdy_reaches_a_server_on_the_pods_loopback(bool tunnelFirst)
+    {
+        var kubectl = Requires.Binary("kubectl");
+        await using var node = await Node.StartAsync();
+        var web = await node.RunContainerAsync("web", "mkdir -p /www && echo hello-over-spdy > /www/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /www");
+        await using var proxy = new KubeletProxy(node.Crestd.Socket, "e2e", "stream", new Dictionary<string, string> { ["web"] = web }, node.Pod);
+        var start = new ProcessStartInfo(kubectl) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in (string[])["--kubeconfig", proxy.WriteKubeconfig(node.Dir), "port-forward", "pod/stream", "0:8080", "0:8081"])
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        start.Environment.Remove("KUBECONFIG");
+        start.Environment["KUBECTL_PORT_FORWARD_WEBSOCKETS"] = tunnelFirst ? "true" : "false";
+        using var forward = Process.Start(start)!;
+        string body = "";
+        try
+        {
+            var ports = new Dictionary<int, int>();
+            using (var deadline = CancellationTokenSource.CreateLinkedTokenSource(Ct))
+            {
+                deadline.CancelAfter(TimeSpan.FromSeconds(20));
+                while (ports.Count < 2 && await forward.StandardOutput.ReadLineAsync(deadline.Token) is { } line)
+                {
+                    if (Regex.Match(line, @"^Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)$") is { Success: true } m)
+                    {
+                        ports[int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture)] = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+                    }
+                }
+            }
+
+            Assert.True(ports.ContainsKey(8080), $"kubectl did not start forwarding: {string.Join(", ", proxy.Upgrades)}");
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
+            for (var attempt = 0; attempt < 50 && body.Length == 0; attempt++)
+            {
+                try
+                {
+                    body = await http.GetStringAsync(new Uri($"http://127.0.0.1:{ports[8080]}/index.html"), Ct);
+                }
+                catch (HttpRequestException)
+                {
+                    await Task.Delay(200, Ct);
+                }
+            }
+
+            var again = await http.GetStringAsync(new Uri($"http://127.0.0.1:{ports[8080]}/"), Ct);
+            Assert.Equal("hello-over-spdy\n", again);
+            await Assert.ThrowsAnyAsync<HttpRequestException>(() => http.GetStringAsync(new Uri($"http://127.0.0.1:{ports[8081]}/"), Ct));
+        }
+        finally
+        {
+            forward.Kill();
+        }
+
+        Assert.Equal("hello-over-spdy\n", body);
+        Assert.Contains(proxy.Upgrades, u => u.StartsWith("Upgrade: SPDY/3.1", StringComparison.OrdinalIgnoreCase));
+    }
+
     private static async Task<(int ExitCode, string Stdout, string Stderr)> RunToolAsync(string program, string[] args, string? stdin, string websocket)
     {
         var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
