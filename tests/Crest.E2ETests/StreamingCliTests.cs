@@ -391,7 +391,7 @@ public partial class StreamingCliTests
     }
 
     [Fact]
-    public async Task A_streaming_token_serves_one_connection_and_spdy_is_refused_naming_the_websocket_subprotocols()
+    public async Task A_streaming_token_serves_one_connection_and_a_refused_upgrade_does_not_spend_it()
     {
         await using var node = await Node.StartAsync();
         var id = await node.RunContainerAsync("sleeper", "exec sleep 1000");
@@ -402,21 +402,27 @@ public partial class StreamingCliTests
         Assert.Matches(@"^http://127\.0\.0\.1:\d+/exec/[A-Za-z0-9_-]{16,}$", url);
         var output = await ReadWebSocketAsync(url, "v4.channel.k8s.io");
         var reuse = await Assert.ThrowsAsync<WebSocketException>(() => ReadWebSocketAsync(url, "v4.channel.k8s.io"));
-        var spdyUrl = (await client.ExecAsync(new ExecRequest { ContainerId = id, Cmd = { "/bin/busybox", "true" }, Stdout = true }, cancellationToken: Ct)).Url;
+        var second = (await client.ExecAsync(new ExecRequest { ContainerId = id, Cmd = { "/bin/busybox", "echo", "twice" }, Stdout = true }, cancellationToken: Ct)).Url;
         using var http = new HttpClient();
-        using var spdy = new HttpRequestMessage(HttpMethod.Post, spdyUrl);
-        spdy.Headers.Connection.Add("Upgrade");
-        spdy.Headers.Upgrade.Add(new System.Net.Http.Headers.ProductHeaderValue("SPDY", "3.1"));
-        spdy.Headers.Add("X-Stream-Protocol-Version", "v4.channel.k8s.io");
-        using var refused = await http.SendAsync(spdy, Ct);
-        var refusal = await refused.Content.ReadAsStringAsync(Ct);
+        using var plain = await http.PostAsync(new Uri(second), null, Ct);
+        var plainRefusal = await plain.Content.ReadAsStringAsync(Ct);
+        using var oldSpdy = new HttpRequestMessage(HttpMethod.Post, second);
+        oldSpdy.Headers.Connection.Add("Upgrade");
+        oldSpdy.Headers.Upgrade.Add(new System.Net.Http.Headers.ProductHeaderValue("SPDY", "3.1"));
+        oldSpdy.Headers.Add("X-Stream-Protocol-Version", "channel.k8s.io");
+        using var spdyRefused = await http.SendAsync(oldSpdy, Ct);
+        var spdyRefusal = await spdyRefused.Content.ReadAsStringAsync(Ct);
+        var afterRefusals = await ReadWebSocketAsync(second, "v5.channel.k8s.io");
 
         Assert.Contains("once\n", output.Stdout, StringComparison.Ordinal);
         Assert.Contains("\"status\":\"Success\"", output.Status, StringComparison.Ordinal);
         Assert.Contains("404", reuse.Message, StringComparison.Ordinal);
-        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
-        Assert.Contains("v5.channel.k8s.io, v4.channel.k8s.io", refusal, StringComparison.Ordinal);
-        Assert.Contains("SPDY/3.1 is not supported", refusal, StringComparison.Ordinal);
+        Assert.Equal(HttpStatusCode.BadRequest, plain.StatusCode);
+        Assert.Contains("v5.channel.k8s.io, v4.channel.k8s.io", plainRefusal, StringComparison.Ordinal);
+        Assert.Contains("SPDY/3.1", plainRefusal, StringComparison.Ordinal);
+        Assert.Equal(HttpStatusCode.BadRequest, spdyRefused.StatusCode);
+        Assert.Contains("X-Stream-Protocol-Version: v4.channel.k8s.io", spdyRefusal, StringComparison.Ordinal);
+        Assert.Equal("twice\n", afterRefusals.Stdout);
     }
 
     /// <summary>

@@ -188,4 +188,94 @@ public class StreamingTests
         Assert.Equal(["/usr/sbin/runc", "--root=/run/crest/runtime/runc", "exec", "--pid-file", "/run/p.pid", "--tty", "--env", "TERM=xterm", "abc", "sh", "-c", "echo $HOME"],
             (options with { Tty = true }).ToArguments());
     }
+
+    [Fact]
+    public void The_spdy_header_dictionary_is_the_one_in_draft_3()
+    {
+        var dictionary = SpdyConnection.HeaderDictionary;
+
+        Assert.Equal(1423, dictionary.Length);
+        Assert.Equal("51d27341373f923f3cd88e1eb7162aeaa3723d7585ff2399201dc06498407f02", Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(dictionary)));
+    }
+
+    [Fact]
+    public void Spdy_header_blocks_survive_one_zlib_stream_per_direction()
+    {
+        using var deflater = new Crest.Linux.ZlibDeflater(SpdyConnection.HeaderDictionary);
+        using var inflater = new Crest.Linux.ZlibInflater(SpdyConnection.HeaderDictionary);
+
+        var first = SpdyConnection.DecodeHeaders(inflater.Inflate(deflater.Deflate(SpdyConnection.EncodeHeaders([("streamType", "stdout"), ("port", "8080")]))));
+        var second = SpdyConnection.DecodeHeaders(inflater.Inflate(deflater.Deflate(SpdyConnection.EncodeHeaders([("streamType", "error"), ("requestID", "7")]))));
+        var empty = SpdyConnection.DecodeHeaders(inflater.Inflate(deflater.Deflate(SpdyConnection.EncodeHeaders([]))));
+
+        Assert.Equal("stdout", first["streamtype"]);
+        Assert.Equal("8080", first["port"]);
+        Assert.Equal("error", second["streamtype"]);
+        Assert.Equal("7", second["requestid"]);
+        Assert.Empty(empty);
+    }
+
+    [Fact]
+    public void A_header_block_compressed_with_another_dictionary_is_refused()
+    {
+        using var deflater = new Crest.Linux.ZlibDeflater("not the spdy dictionary"u8.ToArray());
+        using var inflater = new Crest.Linux.ZlibInflater(SpdyConnection.HeaderDictionary);
+
+        Assert.Throws<InvalidDataException>(() => inflater.Inflate(deflater.Deflate(SpdyConnection.EncodeHeaders([("streamtype", "stdin")]))));
+    }
+
+    [Fact]
+    public async Task A_spdy_session_delivers_a_streams_headers_and_data_to_its_fin_and_echoes_pings()
+    {
+        using var deflater = new Crest.Linux.ZlibDeflater(SpdyConnection.HeaderDictionary);
+        var block = deflater.Deflate(SpdyConnection.EncodeHeaders([("streamtype", "stdin")]));
+        var input = new MemoryStream();
+        void Control(int type, byte flags, byte[] payload)
+        {
+            input.Write([0x80, 3, 0, (byte)type, flags, (byte)(payload.Length >> 16), (byte)(payload.Length >> 8), (byte)payload.Length]);
+            input.Write(payload);
+        }
+
+        void Data(uint id, byte flags, byte[] payload)
+        {
+            input.Write([(byte)(id >> 24), (byte)(id >> 16), (byte)(id >> 8), (byte)id, flags, (byte)(payload.Length >> 16), (byte)(payload.Length >> 8), (byte)payload.Length]);
+            input.Write(payload);
+        }
+
+        Control(1, 0, [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, .. block]);
+        Control(6, 0, [0, 0, 0, 9]);
+        Data(1, 0, "hello "u8.ToArray());
+        Data(1, 1, "world"u8.ToArray());
+        input.Position = 0;
+        var output = new MemoryStream();
+        using var spdy = new SpdyConnection(new DuplexStream(input, output));
+
+        await spdy.RunAsync(TestContext.Current.CancellationToken);
+        var stream = await spdy.Incoming.ReadAsync(TestContext.Current.CancellationToken);
+        var received = new List<byte>();
+        while (await stream.ReadAsync(TestContext.Current.CancellationToken) is { } data)
+        {
+            received.AddRange(data);
+        }
+
+        Assert.Equal(1u, stream.Id);
+        Assert.Equal("stdin", stream.Header("streamtype"));
+        Assert.Equal("hello world", Encoding.UTF8.GetString(received.ToArray()));
+        Assert.Equal([0x80, 3, 0, 6, 0, 0, 0, 4, 0, 0, 0, 9], output.ToArray());
+    }
+
+    /// <summary>Reads from one stream and writes to another, as an upgraded connection does.</summary>
+    private sealed class DuplexStream(Stream read, Stream write) : Stream
+    {
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() => write.Flush();
+        public override int Read(byte[] buffer, int offset, int count) => read.Read(buffer, offset, count);
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => write.Write(buffer, offset, count);
+    }
 }
