@@ -45,7 +45,8 @@ internal sealed class SpdyConnection : IDisposable
                     var id = BinaryPrimitives.ReadUInt32BigEndian(header) & 0x7fffffff;
                     if (_streams.TryGetValue(id, out var target))
                     {
-                        target.Deliver(payload, fin: (flags & 1) != 0);
+                        // Waits while the stream's reader is behind: the only back-pressure SPDY gets here.
+                        await target.DeliverAsync(payload, fin: (flags & 1) != 0, ct);
                     }
 
                     continue;
@@ -66,7 +67,7 @@ internal sealed class SpdyConnection : IDisposable
             _incoming.Writer.TryComplete();
             foreach (var s in _streams.Values)
             {
-                s.Deliver([], fin: true);
+                s.Finish();
             }
         }
     }
@@ -81,7 +82,7 @@ internal sealed class SpdyConnection : IDisposable
                 _streams[id] = stream;
                 if ((flags & 1) != 0)
                 {
-                    stream.Deliver([], fin: true);
+                    stream.Finish();
                 }
 
                 await _incoming.Writer.WriteAsync(stream, ct);
@@ -92,7 +93,7 @@ internal sealed class SpdyConnection : IDisposable
             case 3 when payload.Length >= 4: // RST_STREAM
                 if (_streams.TryGetValue(BinaryPrimitives.ReadUInt32BigEndian(payload) & 0x7fffffff, out var reset))
                 {
-                    reset.Deliver([], fin: true);
+                    reset.Finish();
                 }
 
                 return true;
@@ -274,7 +275,7 @@ internal sealed class SpdyConnection : IDisposable
 /// <summary>One SPDY stream the client opened: its headers, and what it sends until FIN.</summary>
 internal sealed class SpdyStream(SpdyConnection connection, uint id, IReadOnlyDictionary<string, string> headers)
 {
-    private readonly Channel<byte[]> _inbound = Channel.CreateUnbounded<byte[]>();
+    private readonly Channel<byte[]> _inbound = Channel.CreateBounded<byte[]>(new BoundedChannelOptions(256) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
 
     public uint Id { get; } = id;
 
@@ -282,18 +283,28 @@ internal sealed class SpdyStream(SpdyConnection connection, uint id, IReadOnlyDi
 
     public string Header(string name) => Headers.TryGetValue(name, out var v) ? v : "";
 
-    internal void Deliver(byte[] data, bool fin)
+    internal async ValueTask DeliverAsync(byte[] data, bool fin, CancellationToken ct)
     {
         if (data.Length > 0)
         {
-            _inbound.Writer.TryWrite(data);
+            try
+            {
+                await _inbound.Writer.WriteAsync(data, ct);
+            }
+            catch (ChannelClosedException)
+            {
+                // Data after FIN or a reset: dropped.
+            }
         }
 
         if (fin)
         {
-            _inbound.Writer.TryComplete();
+            Finish();
         }
     }
+
+    /// <summary>The client will send no more on this stream (FIN, reset, or the connection ended).</summary>
+    internal void Finish() => _inbound.Writer.TryComplete();
 
     /// <summary>The next bytes the client sent; null once it finished (FIN, reset or a closed connection).</summary>
     public async ValueTask<byte[]?> ReadAsync(CancellationToken ct) =>

@@ -16,7 +16,7 @@ public sealed record StreamingConfig(string Address = "127.0.0.1", int Port = 0)
 /// <summary>
 /// The streaming server of the CRI Exec, Attach and PortForward RPCs: an HTTP/1.1 endpoint on TCP, next to the
 /// gRPC socket, that redeems the single-use tokens those RPCs hand out and speaks Kubernetes' channel protocol
-/// over WebSocket (<see cref="ChannelProtocol"/>). SPDY/3.1 is refused with a 400 that names what is supported.
+/// over WebSocket (<see cref="ChannelProtocol"/>) or SPDY/3.1 (<see cref="SpdyStreaming"/>); anything else gets a 400 that names both.
 /// </summary>
 internal sealed class StreamingServer(StreamRequestCache cache, ContainerService containers, SandboxService sandboxes, IServer server, ILogger<StreamingServer> logger)
 {
