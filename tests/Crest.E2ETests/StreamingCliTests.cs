@@ -148,6 +148,42 @@ public partial class StreamingCliTests
         Assert.Equal(3, proxy.Upgrades.Count);
     }
 
+    /// <summary>kubectl exec -it over SPDY (stdin, stdout, error and resize streams) under tmux, through the kubelet-style proxy.</summary>
+    [Fact]
+    public async Task Kubectl_exec_with_a_terminal_over_spdy_answers_at_a_prompt_and_follows_a_resize()
+    {
+        var kubectl = Requires.Binary("kubectl");
+        var tmux = Requires.Binary("tmux");
+        await using var node = await Node.StartAsync();
+        var sleeper = await node.RunContainerAsync("sleeper", "exec sleep 1000");
+        await using var proxy = new KubeletProxy(node.Crestd.Socket, "e2e", "stream", new Dictionary<string, string> { ["sleeper"] = sleeper });
+        var kubeconfig = proxy.WriteKubeconfig(node.Dir);
+        var server = $"crest-k-{Environment.ProcessId}-{Guid.NewGuid():N}"[..30];
+        string[] t = ["-L", server];
+        var command = $"env -u KUBECONFIG KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false {kubectl} --kubeconfig {kubeconfig} exec -it stream -c sleeper -- /bin/sh; echo EXITED $?; sleep 60";
+        try
+        {
+            var started = await Tool(tmux, [.. t, "new-session", "-d", "-s", "e2e", "-x", "100", "-y", "30", command]);
+            Assert.True(started.ExitCode == 0, started.Output);
+            var prompt = await WaitForPaneAsync(tmux, t, p => Regex.IsMatch(p, "(?m)^/ #"));
+            await Tool(tmux, [.. t, "send-keys", "-t", "e2e", "echo $((6*7))", "Enter"]);
+            var answered = await WaitForPaneAsync(tmux, t, p => Regex.IsMatch(p, @"^42\s*$", RegexOptions.Multiline));
+            await Tool(tmux, [.. t, "resize-window", "-t", "e2e", "-x", "90", "-y", "25"]);
+            await Tool(tmux, [.. t, "send-keys", "-t", "e2e", "stty size; exit 3", "Enter"]);
+            var exited = await WaitForPaneAsync(tmux, t, p => p.Contains("EXITED ", StringComparison.Ordinal));
+
+            Assert.True(Regex.IsMatch(prompt, "(?m)^/ #"), $"no shell prompt:\n{prompt}\n{string.Join(", ", proxy.Upgrades)}\n{node.Crestd.Log}");
+            Assert.Matches(@"(?m)^42\s*$", answered);
+            Assert.Contains("25 90", exited, StringComparison.Ordinal);
+            Assert.Contains("EXITED 3", exited, StringComparison.Ordinal);
+            Assert.All(proxy.Upgrades, u => Assert.Contains("SPDY/3.1", u, StringComparison.Ordinal));
+        }
+        finally
+        {
+            await Tool(tmux, [.. t, "kill-server"]);
+        }
+    }
+
     /// <summary>
     /// kubectl port-forward through the kubelet-style proxy: over plain SPDY, and with kubectl's WebSocket tunnel on
     /// (a subprotocol crestd does not offer, so kubectl falls back to SPDY, as it does against an older kubelet).
