@@ -416,6 +416,7 @@ public partial class StreamingCliTests
 
         // Each connection is its own WebSocket: a second request works as well as the first.
         var again = await http.GetStringAsync(new Uri($"http://127.0.0.1:{port}/"), Ct);
+        var statsp = await Binaries.RunCrestAsync([.. node.R, "statsp"]);
         var refused = await Assert.ThrowsAnyAsync<HttpRequestException>(() => http.GetStringAsync(new Uri($"http://127.0.0.1:{closedPort}/"), Ct));
         forward.Kill();
         var errors = await forward.StandardError.ReadToEndAsync(Ct);
@@ -424,6 +425,10 @@ public partial class StreamingCliTests
         Assert.Equal("hello-from-pod\n", again);
         Assert.NotNull(refused);
         Assert.Contains("nothing accepts connections on 127.0.0.1:8081 inside the pod", errors, StringComparison.Ordinal);
+        // The pod's own stats row: name, ID, CPU % over the sampled second, memory.
+        Assert.True(statsp.ExitCode == 0, statsp.Stderr);
+        Assert.Matches($@"(?m)^POD\s+POD ID\s+CPU %\s+MEM\s*$", statsp.Stdout);
+        Assert.Matches($@"(?m)^stream\s+{node.Pod[..13]}\s+\d+\.\d\d\s+[0-9.]+[kMG]?B\s*$", statsp.Stdout);
     }
 
     [Fact]
