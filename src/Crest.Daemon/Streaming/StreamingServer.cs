@@ -106,11 +106,11 @@ internal sealed class StreamingServer(StreamRequestCache cache, ContainerService
             {
                 case ExecStreamRequest exec:
                     DaemonLog.StreamSession(logger, "exec", exec.ContainerId, protocol ?? "");
-                    await ServeRemoteCommandAsync(ws, protocol!, exec.Streams, ct => containers.ExecAsync(exec.ContainerId, exec.Command, exec.Streams, ct), aborted);
+                    await ServeRemoteCommandAsync(ws, protocol!, exec.Streams, ct => OpenAsync(exec, ct), aborted);
                     break;
                 case AttachStreamRequest attach:
                     DaemonLog.StreamSession(logger, "attach", attach.ContainerId, protocol ?? "");
-                    await ServeRemoteCommandAsync(ws, protocol!, attach.Streams, ct => containers.AttachAsync(attach.ContainerId, attach.Streams, ct), aborted);
+                    await ServeRemoteCommandAsync(ws, protocol!, attach.Streams, ct => OpenAsync(attach, ct), aborted);
                     break;
                 case PortForwardStreamRequest forward:
                     DaemonLog.StreamSession(logger, "portforward", forward.SandboxId, protocol ?? "");
