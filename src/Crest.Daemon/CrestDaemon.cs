@@ -75,6 +75,8 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.WebHost.ConfigureKestrel(k =>
             {
                 k.ListenUnixSocket(paths.Socket, l => l.Protocols = HttpProtocols.Http2);
+                // The streaming server (Exec, Attach, PortForward URLs): WebSocket needs HTTP/1.1.
+                k.Listen(System.Net.IPAddress.Parse(config.Streaming.Address), config.Streaming.Port, l => l.Protocols = HttpProtocols.Http1);
                 k.AddServerHeader = false;
             });
 
@@ -149,6 +151,8 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<PodService>();
             builder.Services.AddSingleton<RuntimeEvents>();
             builder.Services.AddHostedService<Hosting.ExitWatcher>();
+            builder.Services.AddSingleton<Streaming.StreamRequestCache>();
+            builder.Services.AddSingleton<Streaming.StreamingServer>();
             builder.Services.AddGrpc(o =>
             {
                 o.Interceptors.Add<ErrorInterceptor>();
@@ -157,6 +161,10 @@ public sealed class CrestDaemon : IAsyncDisposable
             });
 
             var app = builder.Build();
+            app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(30) });
+            // Requests on the TCP endpoint are the streaming server's; gRPC is served only on the unix socket.
+            var streaming = app.Services.GetRequiredService<Streaming.StreamingServer>();
+            app.Use(next => context => context.Connection.LocalIpAddress is not null ? streaming.HandleAsync(context) : next(context));
             app.MapGrpcService<CriRuntimeService>();
             app.MapGrpcService<CriImageService>();
             app.MapGrpcService<CrestImagesService>();
@@ -183,6 +191,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             // Only root and the socket's group may talk CRI: the API can run anything on the node.
             File.SetUnixFileMode(paths.Socket, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
             DaemonLog.Serving(logger, CriRuntimeService.CrestVersion, paths.Socket, paths.Root, paths.State, config.SourceFile ?? "(defaults)");
+            DaemonLog.StreamingServing(logger, streaming.BaseUrl());
             await LogConditionsAsync(app.Services.GetRequiredService<NodeStatusService>(), logger, ct).ConfigureAwait(false);
             return new CrestDaemon(app, daemonLock, config, logger);
         }

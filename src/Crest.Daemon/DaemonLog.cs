@@ -31,4 +31,16 @@ internal static partial class DaemonLog
 
     [LoggerMessage(8, LogLevel.Debug, "{Method} failed: {Kind}: {Message}")]
     public static partial void RpcFailed(ILogger logger, string method, Crest.Core.ErrorKind kind, string message);
+
+    [LoggerMessage(30, LogLevel.Information, "streaming {Verb} session for {Id} ({Protocol})")]
+    public static partial void StreamSession(ILogger logger, string verb, string id, string protocol);
+
+    [LoggerMessage(31, LogLevel.Debug, "streaming {Verb} session ended by the client: {Reason}")]
+    public static partial void StreamSessionEnded(ILogger logger, string verb, string reason);
+
+    [LoggerMessage(32, LogLevel.Warning, "port-forward into pod {SandboxId} port {Port} failed: {Reason}")]
+    public static partial void PortForwardFailed(ILogger logger, string sandboxId, int port, string reason);
+
+    [LoggerMessage(33, LogLevel.Information, "streaming server (exec, attach, port-forward) on {Url}")]
+    public static partial void StreamingServing(ILogger logger, string url);
 }

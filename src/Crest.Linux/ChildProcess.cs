@@ -6,9 +6,13 @@ namespace Crest.Linux;
 /// <summary>What a child process should see on a given descriptor number.</summary>
 /// <param name="Number">the descriptor number in the child</param>
 /// <param name="ParentFd">a descriptor of ours to dup into it, or -1 with <paramref name="DevNull"/></param>
-public readonly record struct ChildFd(int Number, int ParentFd, bool DevNull = false)
+/// <param name="OpenPath">a file the child opens read-write on this number (a terminal), instead of a descriptor of ours</param>
+public readonly record struct ChildFd(int Number, int ParentFd, bool DevNull = false, string? OpenPath = null)
 {
     public static ChildFd Null(int number) => new(number, -1, DevNull: true);
+
+    /// <summary>The child opens <paramref name="path"/> itself; in a new session the first terminal opened becomes its controlling terminal.</summary>
+    public static ChildFd Terminal(int number, string path) => new(number, -1, OpenPath: path);
 }
 
 /// <summary>
@@ -22,8 +26,9 @@ public sealed class ChildProcess
     public int Pid { get; }
 
     /// <summary>Starts <paramref name="path"/> with <paramref name="argv"/> (argv[0] included) and the descriptors given.</summary>
+    /// <param name="newSession">setsid() in the child before its descriptors are set up, so a terminal it opens becomes its controlling terminal</param>
     public static unsafe ChildProcess Spawn(string path, IReadOnlyList<string> argv, IEnumerable<ChildFd> descriptors,
-        IReadOnlyDictionary<string, string>? environment = null)
+        IReadOnlyDictionary<string, string>? environment = null, bool newSession = false)
     {
         ArgumentNullException.ThrowIfNull(argv);
         ArgumentNullException.ThrowIfNull(descriptors);
@@ -43,13 +48,14 @@ public sealed class ChildProcess
             Check(Interop.SpawnAttrSetSigDefault(attributes, signals), "posix_spawnattr_setsigdefault");
             _ = Interop.SigEmptySet(signals);
             Check(Interop.SpawnAttrSetSigMask(attributes, signals), "posix_spawnattr_setsigmask");
-            Check(Interop.SpawnAttrSetFlags(attributes, Interop.POSIX_SPAWN_SETSIGDEF | Interop.POSIX_SPAWN_SETSIGMASK), "posix_spawnattr_setflags");
+            var flags = (short)(Interop.POSIX_SPAWN_SETSIGDEF | Interop.POSIX_SPAWN_SETSIGMASK | (newSession ? Interop.POSIX_SPAWN_SETSID : 0));
+            Check(Interop.SpawnAttrSetFlags(attributes, flags), "posix_spawnattr_setflags");
             var wanted = descriptors.ToList();
             var floor = wanted.Select(d => d.Number).DefaultIfEmpty(0).Max() + 1;
             var plan = new List<ChildFd>();
             foreach (var d in wanted)
             {
-                if (d.DevNull)
+                if (d.DevNull || d.OpenPath is not null)
                 {
                     plan.Add(d);
                     continue;
@@ -70,7 +76,11 @@ public sealed class ChildProcess
             {
                 foreach (var d in plan)
                 {
-                    if (d.DevNull)
+                    if (d.OpenPath is { } openPath)
+                    {
+                        Check(Interop.SpawnFileActionsAddOpen(actions, d.Number, openPath, Interop.O_RDWR, 0), "posix_spawn_file_actions_addopen");
+                    }
+                    else if (d.DevNull)
                     {
                         Check(Interop.SpawnFileActionsAddOpen(actions, d.Number, "/dev/null", d.Number == 0 ? Interop.O_RDONLY : Interop.O_WRONLY, 0),
                             "posix_spawn_file_actions_addopen");
@@ -150,6 +160,9 @@ public sealed class ChildProcess
         {
         }
     }
+
+    /// <summary>Sends <paramref name="signal"/> to any process; false when it does not exist (or is not ours to signal).</summary>
+    public static bool Signal(int pid, int signal) => pid > 0 && Interop.Kill(pid, signal) == 0;
 
     internal static int DecodeWaitStatus(int status)
     {

@@ -24,6 +24,7 @@ internal static unsafe partial class Interop
     internal const int SpawnAttrSize = 512;
     internal const short POSIX_SPAWN_SETSIGDEF = 0x04;
     internal const short POSIX_SPAWN_SETSIGMASK = 0x08;
+    internal const short POSIX_SPAWN_SETSID = 0x80;
 
     [LibraryImport("libc", EntryPoint = "posix_spawnattr_init", SetLastError = true)]
     internal static partial int SpawnAttrInit(void* attr);

@@ -39,6 +39,14 @@ public sealed unsafe class Pipe : IDisposable
         return stream;
     }
 
+    /// <summary>The write end as a stream; the stream owns it from now on.</summary>
+    public FileStream OpenWriter()
+    {
+        var stream = new FileStream(new SafeFileHandle(WriteFd, ownsHandle: true), FileAccess.Write, 1);
+        WriteFd = -1;
+        return stream;
+    }
+
     public void Dispose()
     {
         CloseWrite();

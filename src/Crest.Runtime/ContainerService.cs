@@ -14,7 +14,7 @@ namespace Crest.Runtime;
 /// the container's life), config.json from the CRI config and the image, created by conmon + runc/crun at
 /// CreateContainer and started at StartContainer. State comes from conmon's exit files, so it survives crestd.
 /// </summary>
-public sealed class ContainerService(
+public sealed partial class ContainerService(
     IRuntimeStore store,
     SandboxService sandboxes,
     ImageService images,

@@ -133,6 +133,12 @@ public interface IOciRuntime
 
     /// <summary>Dumps the container with CRIU and leaves it running; a failure carries the runtime's error output.</summary>
     Task CheckpointAsync(CheckpointCommand command, CancellationToken ct);
+
+    /// <summary>Starts a command in a running container with live stdio (the streaming Exec).</summary>
+    IStreamSession StartExec(RuncExecOptions options, StreamOptions streams);
+
+    /// <summary>Connects to the stdio of a container's main process through its monitor (the streaming Attach).</summary>
+    Task<IStreamSession> AttachAsync(ConmonAttachOptions options, CancellationToken ct);
 }
 
 /// <summary>conmon + runc/crun, as CRI-O and Podman run containers.</summary>
@@ -258,6 +264,30 @@ public sealed class ConmonOciRuntime(string conmonPath, ICommandRunner commands)
     {
         ArgumentNullException.ThrowIfNull(command);
         return RunOrThrowAsync(command.RuntimePath, command.ToArguments(), command.ContainerId, "checkpoint", ct);
+    }
+
+    public IStreamSession StartExec(RuncExecOptions options, StreamOptions streams)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(streams);
+        var env = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["PATH"] = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin",
+        };
+        try
+        {
+            return RuncExecSession.Start(options, streams, env);
+        }
+        catch (IOException e)
+        {
+            throw new CrestException(ErrorKind.Internal, $"container {options.ContainerId}: {Path.GetFileName(options.RuntimePath)} exec could not be started: {e.Message}", e);
+        }
+    }
+
+    public async Task<IStreamSession> AttachAsync(ConmonAttachOptions options, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return await ConmonAttachSession.ConnectAsync(options, ct).ConfigureAwait(false);
     }
 
     private async Task RunOrThrowAsync(string runtimePath, IReadOnlyList<string> args, string id, string verb, CancellationToken ct)

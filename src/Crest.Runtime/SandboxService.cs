@@ -13,7 +13,7 @@ namespace Crest.Runtime;
 /// empty rootfs, under conmon) that holds the pod's IPC, UTS and PID namespaces. The record is written
 /// first (Creating); every later step is undone if a later one fails.
 /// </summary>
-public sealed class SandboxService(
+public sealed partial class SandboxService(
     IRuntimeStore store,
     ILinux linux,
     IOciRuntime oci,

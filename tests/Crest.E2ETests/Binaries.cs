@@ -15,12 +15,13 @@ internal static class Binaries
         .Cast<System.Reflection.AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!);
 
     /// <summary>Runs crest with <paramref name="args"/> and returns its exit code and output.</summary>
-    public static async Task<(int ExitCode, string Stdout, string Stderr)> RunCrestAsync(IEnumerable<string> args, IDictionary<string, string>? env = null)
+    public static async Task<(int ExitCode, string Stdout, string Stderr)> RunCrestAsync(IEnumerable<string> args, IDictionary<string, string>? env = null, string? stdin = null)
     {
         var start = new ProcessStartInfo(Crest)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
+            RedirectStandardInput = stdin is not null,
             UseShellExecute = false,
         };
         foreach (var a in args)
@@ -39,6 +40,12 @@ internal static class Binaries
         using var p = Process.Start(start)!;
         var stdout = p.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
         var stderr = p.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        if (stdin is not null)
+        {
+            await p.StandardInput.WriteAsync(stdin);
+            p.StandardInput.Close();
+        }
+
         await p.WaitForExitAsync(TestContext.Current.CancellationToken);
         return (p.ExitCode, await stdout, await stderr);
     }

@@ -3,6 +3,7 @@ using Crest.Core;
 using Crest.Daemon;
 using Crest.TestKit;
 using Grpc.Core;
+using Microsoft.Extensions.DependencyInjection;
 using Runtime.V1;
 
 namespace Crest.IntegrationTests;
@@ -139,17 +140,25 @@ public class DaemonTests
     }
 
     [Fact]
-    public async Task Rpcs_not_built_yet_answer_unimplemented()
+    public async Task Streaming_rpcs_refuse_unknown_objects_and_the_streaming_port_serves_no_grpc()
     {
         await using var d = await DaemonHarness.StartAsync();
 
-        var exec = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ExecAsync(new ExecRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
+        var exec = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.ExecAsync(new ExecRequest { ContainerId = "x", Cmd = { "sh" }, Stdout = true }, cancellationToken: Ct).ResponseAsync);
         var portForward = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.PortForwardAsync(new PortForwardRequest { PodSandboxId = "x" }, cancellationToken: Ct).ResponseAsync);
-        var attach = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.AttachAsync(new AttachRequest { ContainerId = "x" }, cancellationToken: Ct).ResponseAsync);
+        var attach = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.AttachAsync(new AttachRequest { ContainerId = "x", Stdout = true }, cancellationToken: Ct).ResponseAsync);
+        var baseUrl = d.Daemon.Services.GetRequiredService<Crest.Daemon.Streaming.StreamingServer>().BaseUrl();
+        using var http = new HttpClient();
+        using var grpcPath = await http.GetAsync(new Uri(baseUrl + "/runtime.v1.RuntimeService/Version"), Ct);
+        using var plainGet = await http.GetAsync(new Uri(baseUrl + "/exec/sometoken"), Ct);
 
-        Assert.Equal(StatusCode.Unimplemented, exec.StatusCode);
-        Assert.Equal(StatusCode.Unimplemented, portForward.StatusCode);
-        Assert.Equal(StatusCode.Unimplemented, attach.StatusCode);
+        Assert.Equal(StatusCode.NotFound, exec.StatusCode);
+        Assert.Equal(StatusCode.NotFound, portForward.StatusCode);
+        Assert.Equal(StatusCode.NotFound, attach.StatusCode);
+        Assert.Matches(@"^http://127\.0\.0\.1:\d+$", baseUrl);
+        Assert.Equal(System.Net.HttpStatusCode.NotFound, grpcPath.StatusCode);
+        Assert.Equal(System.Net.HttpStatusCode.BadRequest, plainGet.StatusCode);
+        Assert.Contains("v5.channel.k8s.io, v4.channel.k8s.io", await plainGet.Content.ReadAsStringAsync(Ct), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -48,6 +48,9 @@ public class ConfigLoaderTests
             min_criu_version = "4.3"
             [restore]
             via_create = true
+            [streaming]
+            address = "0.0.0.0"
+            port = 10010
             """, "c.toml");
 
         Assert.Equal(new CrestPaths("/srv/crest", "/run/c2", "/run/c2/cri.sock"), config.Paths);
@@ -60,6 +63,7 @@ public class ConfigLoaderTests
         Assert.Equal(["/opt/cni"], config.Cni.PluginDirs);
         Assert.Equal(new CheckpointConfig(false, "/opt/criu", 40300), config.Checkpoint);
         Assert.True(config.Restore.ViaCreate);
+        Assert.Equal(new Crest.Daemon.Streaming.StreamingConfig("0.0.0.0", 10010), config.Streaming);
     }
 
     [Theory]
@@ -88,6 +92,9 @@ public class ConfigLoaderTests
     [InlineData("[cni]\nconf_dir = \"etc/cni\"", "cni.conf_dir must be an absolute path")]
     [InlineData("[cni]\nplugin_dirs = [\"lib/cni\"]", "cni.plugin_dirs must be a list of absolute paths")]
     [InlineData("[registries.\"r.example\"]\nmirrors = [\"ftp://m\"]", "mirrors must be a list of http:// or https:// URLs")]
+    [InlineData("[streaming]\naddress = \"localhost\"", "streaming.address must be an IP address")]
+    [InlineData("[streaming]\nport = 70000", "streaming.port must be a TCP port from 0 (any free port) to 65535")]
+    [InlineData("[streaming]\nport = \"10010\"", "streaming.port must be an integer")]
     public void A_value_of_the_wrong_shape_says_what_was_expected(string toml, string expected)
     {
         var e = Assert.Throws<CrestException>(() => ConfigLoader.Parse(toml, "c.toml"));
@@ -175,6 +182,7 @@ public class ConfigDocumentationTests
         var config = ConfigLoader.Parse(toml, "docs/config.md");
 
         Assert.Equal(new CrestConfig().Paths, config.Paths);
+        Assert.Equal(new CrestConfig().Streaming, config.Streaming);
         Assert.Equal(["runc", "crun"], config.Runtime.Handlers.Select(h => h.Name));
         Assert.Equal("alice", config.Registries.For("127.0.0.1:5000").Username);
     }

@@ -178,39 +178,6 @@ internal static class PodCommands
         }, ct));
         yield return pods;
 
-        var execId = new Argument<string>("container-id");
-        var execCmd = new Argument<string[]>("command") { Arity = ArgumentArity.OneOrMore };
-        var execSync = new Option<bool>("--sync", "-s") { Description = "run through ExecSync (the only mode Crest serves so far)" };
-        var execInteractive = new Option<bool>("--interactive", "-i") { Description = "keep stdin open (needs the streaming server: not yet in Crest)" };
-        var execTty = new Option<bool>("--tty", "-t") { Description = "allocate a terminal (needs the streaming server: not yet in Crest)" };
-        var execTimeout = new Option<long>("--timeout-seconds") { Description = "kill the command after this many seconds (0: no limit)", DefaultValueFactory = _ => 0 };
-        var exec = new Command("exec", "Run a command in a running container") { execId, execCmd, execSync, execInteractive, execTty, execTimeout };
-        exec.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
-        {
-            if (parse.GetValue(execInteractive) || parse.GetValue(execTty))
-            {
-                throw new CliUsageException("interactive exec (-i/-t) needs the streaming server, which Crest does not serve yet; run a non-interactive command");
-            }
-
-            var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
-            var seconds = parse.GetValue(execTimeout);
-            using var connection = new CriConnection(ctx.RuntimeEndpoint, seconds > 0 ? TimeSpan.FromSeconds(seconds + 10) : TimeSpan.FromHours(1));
-            var r = await CliRunner.CallAsync(connection, "ExecSync", o => new RuntimeService.RuntimeServiceClient(connection.Channel).ExecSyncAsync(
-                new ExecSyncRequest { ContainerId = parse.GetValue(execId)!, Cmd = { parse.GetValue(execCmd)! }, Timeout = seconds }, o).ResponseAsync, ct);
-            await using (var stdout = Console.OpenStandardOutput())
-            {
-                await stdout.WriteAsync(r.Stdout.Memory, ct);
-            }
-
-            await using (var stderr = Console.OpenStandardError())
-            {
-                await stderr.WriteAsync(r.Stderr.Memory, ct);
-            }
-
-            return r.ExitCode;
-        }));
-        yield return exec;
-
         var logsId = new Argument<string>("container-id");
         var follow = new Option<bool>("--follow", "-f") { Description = "keep printing new lines" };
         var tail = new Option<int>("--tail") { Description = "only the last N lines (-1: all)", DefaultValueFactory = _ => -1 };

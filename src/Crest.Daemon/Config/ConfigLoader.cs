@@ -186,6 +186,20 @@ public static class ConfigLoader
                 },
             };
         });
+        reader.Table("streaming", t =>
+        {
+            var address = t.String("address") ?? defaults.Streaming.Address;
+            if (!System.Net.IPAddress.TryParse(address, out _))
+            {
+                throw Invalid(sourceName, "streaming.address", "an IP address such as \"127.0.0.1\" (a name is not resolved)", address);
+            }
+
+            var port = t.Integer("port") ?? defaults.Streaming.Port;
+            config = config with
+            {
+                Streaming = new Streaming.StreamingConfig(address, port is >= 0 and <= 65535 ? (int)port : throw Invalid(sourceName, "streaming.port", "a TCP port from 0 (any free port) to 65535", port)),
+            };
+        });
         reader.Table("registries", t =>
         {
             var hosts = new Dictionary<string, Crest.Images.RegistryHostOptions>(StringComparer.Ordinal);
@@ -289,6 +303,9 @@ public static class ConfigLoader
             var value = Get<long?>(key, "an integer");
             return value is <= 0 ? throw Invalid(source, Name(key), "a positive integer", value) : value;
         }
+
+        /// <summary>Any integer (range checks are the caller's).</summary>
+        public long? Integer(string key) => Get<long?>(key, "an integer");
 
         public List<string>? Strings(string key)
         {

@@ -22,6 +22,8 @@ public sealed record CrestConfig
 
     public RestoreConfig Restore { get; init; } = new();
 
+    public Streaming.StreamingConfig Streaming { get; init; } = new();
+
     public Crest.Images.RegistryOptions Registries { get; init; } = Crest.Images.RegistryOptions.Empty;
 
     /// <summary>Where this configuration was read from; null when only defaults and flags apply.</summary>

@@ -17,7 +17,8 @@ internal sealed partial class CriRuntimeService(
     RuntimeLayout runtimeLayout,
     RuntimeEvents events,
     Crest.Checkpoint.CheckpointService checkpoints,
-    Crest.Checkpoint.RestoreService restores) : RuntimeService.RuntimeServiceBase
+    Crest.Checkpoint.RestoreService restores,
+    Streaming.StreamingServer streaming) : RuntimeService.RuntimeServiceBase
 {
     /// <summary>The version of the kubelet runtime API this server speaks (the Version RPC's "version" field).</summary>
     public const string KubeletApiVersion = "0.1.0";
