@@ -5,6 +5,12 @@ public static class CniFixture
 {
     public const string HostPluginDir = "/usr/lib/cni";
 
+    /// <summary>
+    /// One bridge and one host-local allocator (the network name) for every test, crestd's and containerd's alike. A /16:
+    /// host-local hands addresses out in turn, and a full run creates a few hundred pods; in a /24 it wrapped around
+    /// and gave a just-freed address to a new pod while the host still held the old pod's MAC for it (a stale
+    /// neighbour entry), so connections to the new pod hung.
+    /// </summary>
     public static string WriteBridgeConflist(string confDir, string name = "crest-test")
     {
         Directory.CreateDirectory(confDir);
@@ -14,7 +20,7 @@ public static class CniFixture
               "cniVersion": "1.0.0",
               "name": "{{name}}",
               "plugins": [
-                { "type": "bridge", "bridge": "crtest0", "isGateway": true, "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.123.0.0/24" }]] } },
+                { "type": "bridge", "bridge": "crtest1", "isGateway": true, "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.124.0.0/16" }]] } },
                 { "type": "portmap", "capabilities": { "portMappings": true } },
                 { "type": "loopback" }
               ]
