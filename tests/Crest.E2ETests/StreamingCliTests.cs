@@ -168,13 +168,13 @@ public partial class StreamingCliTests
             var prompt = await WaitForPaneAsync(tmux, t, p => Regex.IsMatch(p, "(?m)^/ #"));
             await Tool(tmux, [.. t, "send-keys", "-t", "e2e", "echo $((6*7))", "Enter"]);
             var answered = await WaitForPaneAsync(tmux, t, p => Regex.IsMatch(p, @"^42\s*$", RegexOptions.Multiline));
-            await Tool(tmux, [.. t, "resize-window", "-t", "e2e", "-x", "90", "-y", "25"]);
-            await Tool(tmux, [.. t, "send-keys", "-t", "e2e", "stty size; exit 3", "Enter"]);
+            var resized = await ResizeAndReadSizeAsync(tmux, t);
+            await Tool(tmux, [.. t, "send-keys", "-t", "e2e", "exit 3", "Enter"]);
             var exited = await WaitForPaneAsync(tmux, t, p => p.Contains("EXITED ", StringComparison.Ordinal));
 
             Assert.True(Regex.IsMatch(prompt, "(?m)^/ #"), $"no shell prompt:\n{prompt}\n{string.Join(", ", proxy.Upgrades)}\n{node.Crestd.Log}");
             Assert.Matches(@"(?m)^42\s*$", answered);
-            Assert.Contains("25 90", exited, StringComparison.Ordinal);
+            Assert.Contains("25 90", resized, StringComparison.Ordinal);
             Assert.Contains("EXITED 3", exited, StringComparison.Ordinal);
             Assert.All(proxy.Upgrades, u => Assert.Contains("SPDY/3.1", u, StringComparison.Ordinal));
         }
@@ -325,14 +325,14 @@ public partial class StreamingCliTests
             var answered = await WaitForPaneAsync(tmux, t, p => Regex.IsMatch(p, @"^42\s*$", RegexOptions.Multiline));
             await Tool(tmux, [.. t, "send-keys", "-t", "e2e", "stty size", "Enter"]);
             var sized = await WaitForPaneAsync(tmux, t, p => p.Contains("30 100", StringComparison.Ordinal));
-            await Tool(tmux, [.. t, "resize-window", "-t", "e2e", "-x", "90", "-y", "25"]);
-            await Tool(tmux, [.. t, "send-keys", "-t", "e2e", "stty size; exit 3", "Enter"]);
+            var resized = await ResizeAndReadSizeAsync(tmux, t);
+            await Tool(tmux, [.. t, "send-keys", "-t", "e2e", "exit 3", "Enter"]);
             var exited = await WaitForPaneAsync(tmux, t, p => p.Contains("EXITED ", StringComparison.Ordinal));
 
             Assert.True(Regex.IsMatch(prompt, "(?m)^/ #"), $"no shell prompt:\n{prompt}\n{node.Crestd.Log}");
             Assert.Matches(@"(?m)^42\s*$", answered);
             Assert.Contains("30 100", sized, StringComparison.Ordinal);
-            Assert.Contains("25 90", exited, StringComparison.Ordinal);
+            Assert.Contains("25 90", resized, StringComparison.Ordinal);
             Assert.Contains("EXITED 3", exited, StringComparison.Ordinal);
         }
         finally
@@ -641,9 +641,26 @@ public partial class StreamingCliTests
     }
 
     /// <summary>The tmux pane once <paramref name="done"/> holds for it, or as it is after 20 s.</summary>
-    private static async Task<string> WaitForPaneAsync(string tmux, string[] server, Func<string, bool> done)
+    /// <summary>
+    /// Resizes the tmux window to 90x25 and asks the shell for its size until it says so. The resize travels
+    /// client → SIGWINCH → resize message → crestd → pty asynchronously, so one `stty size` typed at once may run first.
+    /// </summary>
+    private static async Task<string> ResizeAndReadSizeAsync(string tmux, string[] server)
     {
-        var deadline = DateTime.UtcNow.AddSeconds(20);
+        await Tool(tmux, [.. server, "resize-window", "-t", "e2e", "-x", "90", "-y", "25"]);
+        var pane = "";
+        for (var i = 0; i < 10 && !pane.Contains("25 90", StringComparison.Ordinal); i++)
+        {
+            await Tool(tmux, [.. server, "send-keys", "-t", "e2e", "stty size", "Enter"]);
+            pane = await WaitForPaneAsync(tmux, server, p => p.Contains("25 90", StringComparison.Ordinal), seconds: 1);
+        }
+
+        return pane;
+    }
+
+    private static async Task<string> WaitForPaneAsync(string tmux, string[] server, Func<string, bool> done, int seconds = 20)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(seconds);
         while (true)
         {
             var pane = (await Tool(tmux, [.. server, "capture-pane", "-p", "-t", "e2e"])).Output;
