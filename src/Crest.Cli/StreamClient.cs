@@ -10,9 +10,13 @@ namespace Crest.Cli;
 internal sealed class StreamClient : IDisposable
 {
     private readonly ClientWebSocket _ws;
-    private readonly SemaphoreSlim _send = new(1, 1);
+    private readonly ChannelWebSocketWriter _writer;
 
-    private StreamClient(ClientWebSocket ws) => _ws = ws;
+    private StreamClient(ClientWebSocket ws)
+    {
+        _ws = ws;
+        _writer = new ChannelWebSocketWriter(ws);
+    }
 
     /// <summary>The subprotocol the server chose.</summary>
     public string Protocol => _ws.SubProtocol ?? "";
@@ -51,19 +55,7 @@ internal sealed class StreamClient : IDisposable
         }
     }
 
-    public async Task SendAsync(byte channel, ReadOnlyMemory<byte> payload, CancellationToken ct)
-    {
-        var frame = ChannelProtocol.Frame(channel, payload.Span);
-        await _send.WaitAsync(ct);
-        try
-        {
-            await _ws.SendAsync(frame, WebSocketMessageType.Binary, endOfMessage: true, ct);
-        }
-        finally
-        {
-            _send.Release();
-        }
-    }
+    public Task SendAsync(byte channel, ReadOnlyMemory<byte> payload, CancellationToken ct) => _writer.SendAsync(channel, payload, ct).AsTask();
 
     /// <summary>The next message's channel and payload; null when the server closed the connection.</summary>
     public async Task<(byte Channel, ReadOnlyMemory<byte> Payload)?> ReceiveAsync(CancellationToken ct)
@@ -117,6 +109,6 @@ internal sealed class StreamClient : IDisposable
     public void Dispose()
     {
         _ws.Dispose();
-        _send.Dispose();
+        _writer.Dispose();
     }
 }

@@ -404,8 +404,15 @@ public sealed partial class ContainerService(
 
         try
         {
-            var result = await commands.RunAsync(new CommandLine(ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
-                [$"--root={layout.RuntimeRoot(handler.Name)}", "exec", "--pid-file", pidFile, c.Id, .. command]), deadline.Token).ConfigureAwait(false);
+            var argv = new RuncExecOptions
+            {
+                RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
+                RuntimeRoot = layout.RuntimeRoot(handler.Name),
+                ContainerId = c.Id,
+                Command = command,
+                PidFile = pidFile,
+            }.ToArguments();
+            var result = await commands.RunAsync(new CommandLine(argv[0], [.. argv.Skip(1)]), deadline.Token).ConfigureAwait(false);
             return new ExecResult(System.Text.Encoding.UTF8.GetBytes(result.StandardOutput), System.Text.Encoding.UTF8.GetBytes(result.StandardError), result.ExitCode);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)

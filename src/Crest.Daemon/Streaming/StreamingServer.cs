@@ -149,7 +149,7 @@ internal sealed class StreamingServer(StreamRequestCache cache, ContainerService
 
     private static async Task ServeRemoteCommandAsync(WebSocket ws, string protocol, StreamOptions streams, Func<CancellationToken, Task<IStreamSession>> open, CancellationToken aborted)
     {
-        using var channels = new ChannelWriter(ws);
+        using var channels = new ChannelWebSocketWriter(ws);
         IStreamSession session;
         try
         {
@@ -220,7 +220,7 @@ internal sealed class StreamingServer(StreamRequestCache cache, ContainerService
 
     private async Task ServePortForwardAsync(WebSocket ws, string sandboxId, IReadOnlyList<int> ports, CancellationToken aborted)
     {
-        using var channels = new ChannelWriter(ws);
+        using var channels = new ChannelWebSocketWriter(ws);
         var sockets = new Socket?[ports.Count];
         try
         {
@@ -266,7 +266,7 @@ internal sealed class StreamingServer(StreamRequestCache cache, ContainerService
         }
     }
 
-    private static async Task PumpSocketAsync(Socket socket, byte channel, ChannelWriter channels, CancellationToken ct)
+    private static async Task PumpSocketAsync(Socket socket, byte channel, ChannelWebSocketWriter channels, CancellationToken ct)
     {
         var buffer = new byte[32 * 1024];
         try
@@ -363,27 +363,5 @@ internal sealed class StreamingServer(StreamRequestCache cache, ContainerService
         context.Response.StatusCode = status;
         context.Response.ContentType = "text/plain; charset=utf-8";
         await context.Response.WriteAsync(message + "\n", context.RequestAborted);
-    }
-
-    /// <summary>Serialises sends: a WebSocket allows one at a time, and stdout and stderr arrive on different threads.</summary>
-    private sealed class ChannelWriter(WebSocket ws) : IDisposable
-    {
-        private readonly SemaphoreSlim _send = new(1, 1);
-
-        public async ValueTask SendAsync(byte channel, ReadOnlyMemory<byte> payload, CancellationToken ct)
-        {
-            var frame = ChannelProtocol.Frame(channel, payload.Span);
-            await _send.WaitAsync(ct);
-            try
-            {
-                await ws.SendAsync(frame, WebSocketMessageType.Binary, endOfMessage: true, ct);
-            }
-            finally
-            {
-                _send.Release();
-            }
-        }
-
-        public void Dispose() => _send.Dispose();
     }
 }
