@@ -118,7 +118,7 @@ public sealed class RegistryClient(RegistryOptions options, HttpClient http) : I
         var upload = location.IsAbsoluteUri ? location : new Uri(baseUri, location);
         var separator = upload.Query.Length > 0 ? "&" : "?";
         var put = new Uri(upload + separator + "digest=" + Uri.EscapeDataString(digest.ToString()));
-        using var response = await SendToAsync(image, put, HttpMethod.Put, credentials, pull: false, ct, content: () =>
+        using var response = await SendToAsync(image, image.Repository, put, HttpMethod.Put, credentials, pull: false, ct, content: () =>
         {
             var c = new StreamContent(open());
             c.Headers.ContentType = new MediaTypeHeaderValue("application/octet-stream");
@@ -180,11 +180,12 @@ public sealed class RegistryClient(RegistryOptions options, HttpClient http) : I
         HttpResponseMessage? lastResponse = null;
         foreach (var endpoint in Endpoints(image, pull))
         {
-            var uri = new Uri(endpoint, $"/v2/{image.Repository}/{path}");
+            var repository = RepositoryAt(endpoint, image);
+            var uri = new Uri(endpoint, $"/v2/{repository}/{path}");
             try
             {
                 lastResponse?.Dispose();
-                lastResponse = await SendToAsync(image, uri, method, credentials, pull, ct, accept, content).ConfigureAwait(false);
+                lastResponse = await SendToAsync(image, repository, uri, method, credentials, pull, ct, accept, content).ConfigureAwait(false);
                 // A mirror that lacks the content is skipped; the registry's own answer is final.
                 if (lastResponse.StatusCode == HttpStatusCode.NotFound && endpoint.Host != image.RegistryHost)
                 {
@@ -202,10 +203,20 @@ public sealed class RegistryClient(RegistryOptions options, HttpClient http) : I
         return lastResponse ?? throw (last ?? new CrestException(ErrorKind.Unavailable, $"registry {image.Registry} has no endpoint"));
     }
 
-    private async Task<HttpResponseMessage> SendToAsync(ImageReference image, Uri uri, HttpMethod method, RegistryCredentials? credentials,
+    /// <summary>
+    /// The repository's name at an endpoint: a mirror's URL path is a namespace in front of it
+    /// (mirror http://m:5000/hub serves docker.io/library/busybox as hub/library/busybox), as in containers-registries.conf.
+    /// </summary>
+    internal static string RepositoryAt(Uri endpoint, ImageReference image)
+    {
+        var prefix = endpoint.AbsolutePath.Trim('/');
+        return prefix.Length == 0 ? image.Repository : $"{prefix}/{image.Repository}";
+    }
+
+    private async Task<HttpResponseMessage> SendToAsync(ImageReference image, string repository, Uri uri, HttpMethod method, RegistryCredentials? credentials,
         bool pull, CancellationToken ct, string[]? accept = null, Func<HttpContent>? content = null)
     {
-        var scope = $"repository:{image.Repository}:{(pull ? "pull" : "pull,push")}";
+        var scope = $"repository:{repository}:{(pull ? "pull" : "pull,push")}";
         var creds = credentials ?? ConfiguredCredentials(image);
         for (var attempt = 1; ; attempt++)
         {

@@ -26,6 +26,15 @@ public interface ILinux
 
     /// <summary>Mount points at or below <paramref name="prefix"/>, from /proc/self/mountinfo.</summary>
     IReadOnlyList<string> MountsUnder(string prefix);
+
+    /// <summary>The node's host name (gethostname(2), the whole name, domain included when it has one).</summary>
+    string HostName();
+
+    /// <summary>
+    /// The capabilities this process holds, as a mask (bit N is capability N): its effective set within its
+    /// bounding set. A container can be granted no more than this, whatever it asks for.
+    /// </summary>
+    ulong HeldCapabilities();
 }
 
 [Flags]
@@ -107,6 +116,30 @@ public sealed class LinuxSyscalls : ILinux
     }
 
     public bool Kill(int pid, int signal) => pid > 0 && Interop.Kill(pid, signal) == 0;
+
+    public string HostName() => System.Net.Dns.GetHostName();
+
+    public ulong HeldCapabilities() => ParseHeldCapabilities(File.ReadAllText("/proc/self/status"));
+
+    /// <summary>CapEff within CapBnd from the text of /proc/PID/status.</summary>
+    public static ulong ParseHeldCapabilities(string status)
+    {
+        ArgumentNullException.ThrowIfNull(status);
+        ulong Field(string name)
+        {
+            foreach (var line in status.Split('\n'))
+            {
+                if (line.StartsWith(name + ":", StringComparison.Ordinal))
+                {
+                    return ulong.Parse(line.AsSpan(name.Length + 1).Trim(), System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture);
+                }
+            }
+
+            throw new CrestException(ErrorKind.Internal, $"/proc/self/status has no {name} line; cannot tell which capabilities crestd holds");
+        }
+
+        return Field("CapEff") & Field("CapBnd");
+    }
 
     /// <summary>True for a process that exists and is not a zombie (a dead child nobody reaped yet is not alive).</summary>
     public bool IsAlive(int pid)

@@ -20,6 +20,12 @@ public sealed record ContainerContext
 
     /// <summary>The request's devices, resolved to the host's device numbers.</summary>
     public IReadOnlyList<SpecDevice> Devices { get; init; } = [];
+
+    /// <summary>
+    /// What "all capabilities" means on this node (privileged, add ALL): the capabilities crestd itself holds,
+    /// as containerd grants them. A node that withholds some would otherwise fail every privileged container in runc.
+    /// </summary>
+    public IReadOnlyList<string> NodeCapabilities { get; init; } = SpecBuilder.AllCapabilities;
 }
 
 /// <summary>Builds config.json for a container (from the CRI config and the image) and for a pod's infra process.</summary>
@@ -106,9 +112,7 @@ public static class SpecBuilder
                 $"container {spec.Name} has no command: neither the request's command/args nor image {spec.Image}'s entrypoint/cmd name a program");
         }
 
-        var capabilities = privileged
-            ? AllCapabilities
-            : Capabilities(security.AddCapabilities, security.DropCapabilities);
+        var capabilities = GrantedCapabilities(security, ctx.NodeCapabilities);
         var namespaces = new List<SpecNamespace> { new("mount") };
         var podNamespaces = sandbox.Spec.Namespaces;
         if (podNamespaces.Network != NamespaceMode.Node && sandbox.NetnsPath is { } netns)
@@ -217,8 +221,11 @@ public static class SpecBuilder
         };
     }
 
-    /// <summary>The pod's infra process: catatonit -P from the host, bind-mounted read-only into an empty rootfs.</summary>
-    public static RuntimeSpec ForInfra(SandboxRecord sandbox, string emptyRootfs, string catatonitPath, string shmPath)
+    /// <summary>
+    /// The pod's infra process: catatonit -P from the host, bind-mounted read-only into an empty rootfs; it holds the
+    /// pod's UTS namespace, named <paramref name="hostname"/> (see <see cref="PodHostname"/>).
+    /// </summary>
+    public static RuntimeSpec ForInfra(SandboxRecord sandbox, string emptyRootfs, string catatonitPath, string shmPath, string hostname)
     {
         ArgumentNullException.ThrowIfNull(sandbox);
         var pod = sandbox.Spec;
@@ -245,7 +252,7 @@ public static class SpecBuilder
                 NoNewPrivileges = true,
             },
             Root = new SpecRoot { Path = emptyRootfs, ReadOnly = true },
-            Hostname = pod.Namespaces.Network == NamespaceMode.Node ? null : pod.Hostname.Length > 0 ? pod.Hostname : pod.Name,
+            Hostname = pod.Namespaces.Network == NamespaceMode.Node ? null : hostname,
             Mounts = mounts,
             Linux = new SpecLinux
             {
@@ -259,24 +266,42 @@ public static class SpecBuilder
         };
     }
 
+    /// <summary>
+    /// A pod's host name: the config's, or the node's when it has none (as containerd and the kubelet expect; the pod's
+    /// name is no host name: it may be longer than the kernel's 64 bytes). A host-network pod always has the node's.
+    /// </summary>
+    public static string PodHostname(PodSpec pod, string nodeHostname)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        return pod.Namespaces.Network == NamespaceMode.Node || pod.Hostname.Length == 0 ? nodeHostname : pod.Hostname;
+    }
+
     /// <summary>The pod's pinned namespace file; /proc of the infra pid only for sandboxes made before pinning.</summary>
     private static string PodNamespace(SandboxRecord sandbox, string type) =>
         sandbox.PinnedNamespaces.TryGetValue(type, out var path) ? path : $"/proc/{sandbox.InfraPid}/ns/{type}";
 
-    /// <summary>The capabilities a container gets from its security context (the spec's bounding, effective and permitted sets).</summary>
-    public static IReadOnlyList<string> GrantedCapabilities(SecuritySpec security)
+    /// <summary>
+    /// The capabilities a container gets from its security context (the spec's bounding, effective and permitted sets);
+    /// "all" (privileged, add ALL) is <paramref name="node"/>'s set, every capability when it is not given.
+    /// </summary>
+    public static IReadOnlyList<string> GrantedCapabilities(SecuritySpec security, IReadOnlyList<string>? node = null)
     {
         ArgumentNullException.ThrowIfNull(security);
-        return security.Privileged ? AllCapabilities : Capabilities(security.AddCapabilities, security.DropCapabilities);
+        node ??= AllCapabilities;
+        return security.Privileged ? node : Capabilities(security.AddCapabilities, security.DropCapabilities, node);
     }
 
-    internal static IReadOnlyList<string> Capabilities(IReadOnlyList<string> add, IReadOnlyList<string> drop)
+    /// <summary>The names of the capabilities set in <paramref name="mask"/> (bit N is capability N), in Linux's order.</summary>
+    public static IReadOnlyList<string> CapabilityNames(ulong mask) =>
+        AllCapabilities.Where((_, bit) => (mask & (1UL << bit)) != 0).ToList();
+
+    internal static IReadOnlyList<string> Capabilities(IReadOnlyList<string> add, IReadOnlyList<string> drop, IReadOnlyList<string>? node = null)
     {
         static string Norm(string c) => c.StartsWith("CAP_", StringComparison.OrdinalIgnoreCase) ? c.ToUpperInvariant() : "CAP_" + c.ToUpperInvariant();
         var set = new List<string>(DefaultCapabilities);
         if (add.Any(a => a.Equals("ALL", StringComparison.OrdinalIgnoreCase)))
         {
-            set = [.. AllCapabilities];
+            set = [.. node ?? AllCapabilities];
         }
         else
         {

@@ -29,6 +29,7 @@ public sealed partial class ContainerService(
     ILogger<ContainerService> logger)
 {
     private readonly KeyedLock _locks = new();
+    private readonly Lazy<IReadOnlyList<string>> _nodeCapabilities = new(() => SpecBuilder.CapabilityNames(linux.HeldCapabilities()));
 
     public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec spec, CancellationToken ct) =>
         await CreateAsync(sandboxId, spec, restore: null, ct).ConfigureAwait(false);
@@ -130,6 +131,7 @@ public sealed partial class ContainerService(
                 LocalhostSeccomp = localhostSeccomp,
                 Devices = spec.Devices.Select(DeviceOf).ToList(),
                 TargetPid = targetPid,
+                NodeCapabilities = _nodeCapabilities.Value,
             });
             var bundle = Path.Combine(dir, "bundle");
             Directory.CreateDirectory(bundle);

@@ -79,10 +79,11 @@ public sealed partial class SandboxService(
                 await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
             }
 
-            WritePodFiles(dir, spec, sandbox.Ips);
+            var hostname = SpecBuilder.PodHostname(spec, linux.HostName());
+            WritePodFiles(dir, spec, hostname, sandbox.Ips);
             var bundle = Path.Combine(dir, "bundle");
             Directory.CreateDirectory(bundle);
-            var infraSpec = SpecBuilder.ForInfra(sandbox, Path.Combine(dir, "rootfs"), CatatonitPath, Path.Combine(dir, "shm"));
+            var infraSpec = SpecBuilder.ForInfra(sandbox, Path.Combine(dir, "rootfs"), CatatonitPath, Path.Combine(dir, "shm"), hostname);
             await File.WriteAllBytesAsync(Path.Combine(bundle, "config.json"), JsonSerializer.SerializeToUtf8Bytes(infraSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
             var pid = await oci.CreateAsync(ConmonOptions(sandbox, handler, bundle), ct).ConfigureAwait(false);
             await oci.StartAsync(handler.Path, layout.RuntimeRoot(handler.Name), id, ct).ConfigureAwait(false);
@@ -334,11 +335,13 @@ public sealed partial class SandboxService(
         return pinned;
     }
 
-    private static void WritePodFiles(string dir, PodSpec spec, IReadOnlyList<string> ips)
+    private static void WritePodFiles(string dir, PodSpec spec, string hostname, IReadOnlyList<string> ips)
     {
-        var hostname = spec.Hostname.Length > 0 ? spec.Hostname : spec.Name;
         File.WriteAllText(Path.Combine(dir, "hostname"), hostname + "\n");
-        var hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + string.Concat(ips.Select(ip => $"{ip}\t{hostname}\n"));
+        // A host-network pod sees the node's names, as in containerd; others get their own addresses under the pod's host name.
+        var hosts = spec.Namespaces.Network == NamespaceMode.Node && File.Exists("/etc/hosts")
+            ? File.ReadAllText("/etc/hosts")
+            : "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + string.Concat(ips.Select(ip => $"{ip}\t{hostname}\n"));
         File.WriteAllText(Path.Combine(dir, "hosts"), hosts);
         string resolv;
         if (spec.Dns is { } dns && (dns.Servers.Count > 0 || dns.Searches.Count > 0 || dns.Options.Count > 0))
