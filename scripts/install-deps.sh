@@ -12,10 +12,11 @@ set -euo pipefail
 CRIU_MIN=4.2
 CONTAINERD_MIN=2.1
 PODMAN_MIN=5.8
+CRUN_MIN=1.20
 
 # From Debian 12 itself.
 BASE_PACKAGES=(
-  crun conmon iptables iproute2 containernetworking-plugins catatonit busybox-static
+  conmon iptables iproute2 containernetworking-plugins catatonit busybox-static
   docker-registry skopeo apache2-utils jq tmux util-linux procps make
 )
 # From forky, each for a reason named above. Podman 5.8 is the compatibility oracle of the cross-engine tests;
@@ -23,7 +24,9 @@ BASE_PACKAGES=(
 # passwd/uidmap/login.defs 4.20 among them) and keeps Debian 12's conmon, containers-common and skopeo.
 # Nothing uses buildah (Crest builds checkpoint images itself), so it is not installed. netavark's bridge networks
 # would need nftables' nft, which is not installed: the tests run Podman containers with --network none.
-FORKY_PACKAGES=(criu libcriu-dev checkpointctl containerd runc podman)
+# crun too: Debian 12's 1.8 has no `crun features`, no recursive read-only mounts and runs a terminal exec with stdin
+# badly; forky's (1.28) brings one library with it (libblake3).
+FORKY_PACKAGES=(criu libcriu-dev checkpointctl containerd runc crun podman)
 # Source-only Go packages that ship the .proto files Crest compiles at build time.
 FORKY_PROTO_PACKAGES=(
   golang-github-kubernetes-cri-api-dev
@@ -46,6 +49,7 @@ installed_version() {
 criu_version() { criu --version 2>/dev/null | awk '/^Version:/{print $2}'; }
 containerd_version() { containerd --version 2>/dev/null | awk '{print $3}' | sed -e 's/^v//' -e 's/[+~-].*//'; }
 podman_version() { podman --version 2>/dev/null | awk '{print $3}'; }
+crun_version() { crun --version 2>/dev/null | awk 'NR==1{print $3}'; }
 
 missing_packages() {
   local p
@@ -60,6 +64,7 @@ everything_present() {
   v=$(criu_version); [ -n "$v" ] && version_ge "$v" "$CRIU_MIN" || return 1
   v=$(containerd_version); [ -n "$v" ] && version_ge "$v" "$CONTAINERD_MIN" || return 1
   v=$(podman_version); [ -n "$v" ] && version_ge "$v" "$PODMAN_MIN" || return 1
+  v=$(crun_version); [ -n "$v" ] && version_ge "$v" "$CRUN_MIN" || return 1
   [ -f "$CRI_API_PROTO" ] && [ -f "$CRIU_RPC_PROTO" ]
 }
 
@@ -147,7 +152,9 @@ check_versions() {
   [ -n "$v" ] || die "podman is not installed or does not run ('podman --version' failed)"
   version_ge "$v" "$PODMAN_MIN" || die "podman $v is too old: the cross-engine tests need Podman >= $PODMAN_MIN (Debian forky)"
   command -v runc >/dev/null || die "runc is not on PATH"
-  command -v crun >/dev/null || die "crun is not on PATH"
+  v=$(crun_version)
+  [ -n "$v" ] || die "crun is not installed or does not run ('crun --version' failed)"
+  version_ge "$v" "$CRUN_MIN" || die "crun $v is too old: Crest needs crun >= $CRUN_MIN (features, recursive read-only mounts; Debian forky)"
   command -v conmon >/dev/null || die "conmon is not on PATH"
   command -v iptables-restore >/dev/null || die "iptables-restore is missing: CRIU needs it to lock the network during a dump"
   [ -x /usr/lib/cni/bridge ] || die "CNI plugins are missing under /usr/lib/cni"

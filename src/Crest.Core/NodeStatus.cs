@@ -16,6 +16,18 @@ public sealed record RuntimeCondition(string Type, bool Status, string Reason, s
 public sealed record RuntimeHandlerStatus(string Name, string BinaryPath, string? Version, string? Problem)
 {
     public bool Available => Problem is null;
+
+    /// <summary>What the runtime says it supports (<c>runc features</c>, the OCI features document); empty when it cannot say.</summary>
+    public OciRuntimeFeatures Features { get; init; } = OciRuntimeFeatures.None;
+}
+
+/// <summary>The parts of an OCI runtime's features document Crest acts on.</summary>
+public sealed record OciRuntimeFeatures(IReadOnlyList<string> MountOptions, IReadOnlyList<string> Namespaces, bool IdmapMounts)
+{
+    public static OciRuntimeFeatures None { get; } = new([], [], false);
+
+    /// <summary>The "rro" mount option: a bind mount made read-only with every mount below it (mount_setattr AT_RECURSIVE).</summary>
+    public bool RecursiveReadOnlyMounts => MountOptions.Contains("rro");
 }
 
 /// <summary>What the CRI Status RPC reports: conditions, the handlers, and detail for verbose callers.</summary>

@@ -66,7 +66,11 @@ public sealed record SandboxRecord
     public string CgroupsPath { get; init; } = "";
 }
 
-public sealed record MountSpec(string ContainerPath, string HostPath, bool ReadOnly, string Propagation = "private", bool Recursive = true);
+/// <summary>
+/// A bind mount from the host. <paramref name="RecursiveReadOnly"/>: every mount below the source is read-only too
+/// (CRI recursive_read_only; needs <paramref name="ReadOnly"/> and private propagation, or a submount could turn writable).
+/// </summary>
+public sealed record MountSpec(string ContainerPath, string HostPath, bool ReadOnly, string Propagation = "private", bool Recursive = true, bool RecursiveReadOnly = false);
 
 public sealed record DeviceSpec(string ContainerPath, string HostPath, string Permissions);
 
@@ -79,6 +83,19 @@ public enum SeccompMode
     Localhost,
 }
 
+/// <summary>How a container's supplementary groups are made (CRI SupplementalGroupsPolicy).</summary>
+public enum SupplementalGroupsPolicy
+{
+    /// <summary>The groups the image's /etc/group gives the user, plus the requested ones (Kubernetes' default).</summary>
+    Merge = 0,
+
+    /// <summary>Only the primary group and the requested ones: the image's /etc/group is not consulted.</summary>
+    Strict = 1,
+}
+
+/// <summary>Who a container's processes run as, resolved at CreateContainer (CRI ContainerUser.linux).</summary>
+public sealed record ProcessUser(uint Uid, uint Gid, IReadOnlyList<uint> Groups);
+
 public sealed record SecuritySpec
 {
     public bool Privileged { get; init; }
@@ -89,6 +106,7 @@ public sealed record SecuritySpec
     public string? RunAsUsername { get; init; }
     public bool RunAsNonRoot { get; init; }
     public IReadOnlyList<long> SupplementalGroups { get; init; } = [];
+    public SupplementalGroupsPolicy SupplementalGroupsPolicy { get; init; }
     public bool ReadOnlyRootfs { get; init; }
     public bool NoNewPrivileges { get; init; }
     public SeccompMode Seccomp { get; init; } = SeccompMode.Unconfined;
@@ -160,6 +178,9 @@ public sealed record ContainerRecord
 
     /// <summary>The signal StopContainer sends first, resolved from the image at create time.</summary>
     public int StopSignal { get; init; } = 15;
+
+    /// <summary>The user, group and supplementary groups its processes run as (exec included), resolved at create time.</summary>
+    public ProcessUser? User { get; init; }
 
     /// <summary>
     /// Set from CreateContainer until StartContainer for a container made from a checkpoint: the private (0700)

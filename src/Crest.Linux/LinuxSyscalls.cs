@@ -27,6 +27,12 @@ public interface ILinux
     /// <summary>Mount points at or below <paramref name="prefix"/>, from /proc/self/mountinfo.</summary>
     IReadOnlyList<string> MountsUnder(string prefix);
 
+    /// <summary>
+    /// SIGKILLs a process and every descendant it has (found by parent pid in /proc, in passes until none is left), so
+    /// a command that forked does not leave its children running.
+    /// </summary>
+    void KillProcessTree(int pid);
+
     /// <summary>The node's host name (gethostname(2), the whole name, domain included when it has one).</summary>
     string HostName();
 
@@ -118,6 +124,82 @@ public sealed class LinuxSyscalls : ILinux
     public bool Kill(int pid, int signal) => pid > 0 && Interop.Kill(pid, signal) == 0;
 
     public string HostName() => System.Net.Dns.GetHostName();
+
+    public void KillProcessTree(int pid)
+    {
+        if (pid <= 0)
+        {
+            return;
+        }
+
+        // Stop the root first so it forks no more, then kill what hangs below it; a few passes catch late forks.
+        _ = Interop.Kill(pid, 19 /* SIGSTOP */);
+        for (var pass = 0; pass < 5; pass++)
+        {
+            var tree = Descendants(pid);
+            foreach (var p in tree)
+            {
+                _ = Interop.Kill(p, 19);
+            }
+
+            foreach (var p in tree)
+            {
+                _ = Interop.Kill(p, 9);
+            }
+
+            if (tree.Count == 0)
+            {
+                break;
+            }
+        }
+
+        _ = Interop.Kill(pid, 9);
+    }
+
+    /// <summary>Every process below <paramref name="root"/> in the parent-pid tree, read from /proc/PID/stat.</summary>
+    private static List<int> Descendants(int root)
+    {
+        var parents = new Dictionary<int, int>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var p))
+            {
+                continue;
+            }
+
+            try
+            {
+                // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so read after the last ')'.
+                var stat = File.ReadAllText(Path.Combine(dir, "stat"));
+                var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                if (fields.Length > 1 && int.TryParse(fields[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ppid))
+                {
+                    parents[p] = ppid;
+                }
+            }
+            catch (IOException)
+            {
+                // Gone meanwhile.
+            }
+        }
+
+        var result = new List<int>();
+        var frontier = new Queue<int>([root]);
+        while (frontier.Count > 0)
+        {
+            var parent = frontier.Dequeue();
+            foreach (var (child, ppid) in parents)
+            {
+                if (ppid == parent && !result.Contains(child))
+                {
+                    result.Add(child);
+                    frontier.Enqueue(child);
+                }
+            }
+        }
+
+        return result;
+    }
 
     public ulong HeldCapabilities() => ParseHeldCapabilities(File.ReadAllText("/proc/self/status"));
 

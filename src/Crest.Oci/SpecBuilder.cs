@@ -9,7 +9,7 @@ public sealed record ContainerContext
     public required SandboxRecord Sandbox { get; init; }
     public required string RootfsPath { get; init; }
     public required ContainerDefaults? Image { get; init; }
-    public required (uint Uid, uint Gid, IReadOnlyList<uint> Groups) User { get; init; }
+    public required ProcessUser User { get; init; }
     public required string HostsFile { get; init; }
     public required string HostnameFile { get; init; }
     public required string ResolvConfFile { get; init; }
@@ -160,7 +160,15 @@ public static class SpecBuilder
         foreach (var m in spec.Mounts)
         {
             mounts.RemoveAll(existing => existing.Destination == m.ContainerPath);
-            var options = new List<string> { m.Recursive ? "rbind" : "bind", m.ReadOnly ? "ro" : "rw" };
+            if (m.RecursiveReadOnly && (!m.ReadOnly || m.Propagation is not ("private" or "rprivate")))
+            {
+                throw new CrestException(ErrorKind.InvalidArgument,
+                    $"container {spec.Name}: mount {m.HostPath} on {m.ContainerPath} asks for recursive_read_only, which needs readonly = true and private propagation "
+                    + $"(it has readonly = {m.ReadOnly.ToString().ToLowerInvariant()}, propagation {m.Propagation}); a submount could otherwise be or become writable");
+            }
+
+            // "ro" makes only the mount itself read-only (submounts stay as they are); "rro" every mount below it too.
+            var options = new List<string> { m.Recursive ? "rbind" : "bind", m.RecursiveReadOnly ? "rro" : m.ReadOnly ? "ro" : "rw" };
             options.Add(m.Propagation switch
             {
                 "rshared" or "bidirectional" => "rshared",

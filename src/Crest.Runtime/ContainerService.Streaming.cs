@@ -29,17 +29,7 @@ public sealed partial class ContainerService
         }
 
         var c = await RequireRunningAsync(idOrPrefix, ct).ConfigureAwait(false);
-        var handler = sandboxes.Handler(c.RuntimeHandler);
-        Directory.CreateDirectory(layout.ContainerStateDir(c.Id));
-        return oci.StartExec(new RuncExecOptions
-        {
-            RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
-            RuntimeRoot = layout.RuntimeRoot(handler.Name),
-            ContainerId = c.Id,
-            Command = command,
-            PidFile = Path.Combine(layout.ContainerStateDir(c.Id), $"exec-{Guid.NewGuid():N}.pid"),
-            Tty = streams.Tty,
-        }, streams);
+        return oci.StartExec(await PrepareExecAsync(c, command, streams.Tty, ct).ConfigureAwait(false), streams);
     }
 
     /// <summary>

@@ -107,6 +107,7 @@ public sealed partial class ContainerService(
             linux.Mount("overlay", rootfs, "overlay", MountOptions.None,
                 $"lowerdir={string.Join(':', lower)},upperdir={Path.Combine(dir, "upper")},workdir={Path.Combine(dir, "work")}");
             var user = ContainerUser.Resolve(spec.Security, details.Config.Config?.User, rootfs, spec.Name);
+            record = record with { User = user };
             SpecSeccomp? localhostSeccomp = null;
             if (spec.Security.Seccomp == SeccompMode.Localhost)
             {
@@ -310,9 +311,33 @@ public sealed partial class ContainerService(
         }
 
         // O_NONBLOCK: if conmon is gone there is no reader, and the open fails instead of hanging.
-        await using var fifo = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(OpenFifoForWrite(ctl, c.Id), ownsHandle: true), FileAccess.Write, 1);
-        await fifo.WriteAsync("2 0 0\n"u8.ToArray(), ct).ConfigureAwait(false);
+        await using (var fifo = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(OpenFifoForWrite(ctl, c.Id), ownsHandle: true), FileAccess.Write, 1))
+        {
+            await fifo.WriteAsync("2 0 0\n"u8.ToArray(), ct).ConfigureAwait(false);
+        }
+
+        // conmon reopens when it reads the request; the call returns once the file is there again (the kubelet's log
+        // rotation renames it first and expects the new one when the call returns), within a bound.
+        if (c.LogFile.Length == 0)
+        {
+            return;
+        }
+
+        var deadline = time.GetUtcNow() + LogReopenTimeout;
+        while (!File.Exists(c.LogFile))
+        {
+            if (time.GetUtcNow() > deadline)
+            {
+                throw new CrestException(ErrorKind.DeadlineExceeded,
+                    $"container {c.Id}: conmon was asked to reopen {c.LogFile} but the file did not appear within {LogReopenTimeout.TotalSeconds:0} s; check that its directory exists and is writable");
+            }
+
+            await Task.Delay(LogReopenPoll, time, ct).ConfigureAwait(false);
+        }
     }
+
+    private static readonly TimeSpan LogReopenTimeout = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan LogReopenPoll = TimeSpan.FromMilliseconds(5);
 
     private static int OpenFifoForWrite(string path, string id)
     {
@@ -373,68 +398,6 @@ public sealed partial class ContainerService(
         }
 
         return null;
-    }
-
-    /// <summary>The result of a command run to completion inside a container.</summary>
-    public sealed record ExecResult(byte[] Stdout, byte[] Stderr, int ExitCode);
-
-    /// <summary>
-    /// Runs a command in a running container and waits for it (CRI ExecSync), as the container's user with its
-    /// environment. A timeout kills the command itself (not only the runtime's client) and says so.
-    /// </summary>
-    public async Task<ExecResult> ExecSyncAsync(string idOrPrefix, IReadOnlyList<string> command, TimeSpan timeout, CancellationToken ct)
-    {
-        ArgumentNullException.ThrowIfNull(command);
-        if (command.Count == 0)
-        {
-            throw new CrestException(ErrorKind.InvalidArgument, "ExecSync needs a command");
-        }
-
-        var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
-        if (c.State != ContainerState.Running)
-        {
-            throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; commands run only in a running container");
-        }
-
-        var handler = sandboxes.Handler(c.RuntimeHandler);
-        var pidFile = Path.Combine(layout.ContainerStateDir(c.Id), $"exec-{Guid.NewGuid():N}.pid");
-        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        if (timeout > TimeSpan.Zero)
-        {
-            deadline.CancelAfter(timeout);
-        }
-
-        try
-        {
-            var argv = new RuncExecOptions
-            {
-                RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
-                RuntimeRoot = layout.RuntimeRoot(handler.Name),
-                ContainerId = c.Id,
-                Command = command,
-                PidFile = pidFile,
-            }.ToArguments();
-            var result = await commands.RunAsync(new CommandLine(argv[0], [.. argv.Skip(1)]), deadline.Token).ConfigureAwait(false);
-            return new ExecResult(System.Text.Encoding.UTF8.GetBytes(result.StandardOutput), System.Text.Encoding.UTF8.GetBytes(result.StandardError), result.ExitCode);
-        }
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-        {
-            // The runtime's client is gone; the command inside may still run: kill it by its pid.
-            if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
-            {
-                linux.Kill(pid, 9);
-            }
-
-            throw new CrestException(ErrorKind.DeadlineExceeded,
-                $"command {string.Join(' ', command)} in container {c.Id} did not finish within its {timeout.TotalSeconds:0.###} s timeout and was killed");
-        }
-        finally
-        {
-            if (File.Exists(pidFile))
-            {
-                File.Delete(pidFile);
-            }
-        }
     }
 
     /// <summary>Applies new CPU and memory limits to a created or running container, and records them.</summary>

@@ -71,7 +71,10 @@ public sealed class RuntimeHandlerProbe
                     $"runtime handler '{handler.Name}': '{resolved} --version' exited {result.ExitCode}: {result.StandardError.Trim()}");
             }
 
-            return new RuntimeHandlerStatus(handler.Name, resolved, ParseVersion(result.StandardOutput), null);
+            return new RuntimeHandlerStatus(handler.Name, resolved, ParseVersion(result.StandardOutput), null)
+            {
+                Features = await AskFeaturesAsync(resolved, timeout.Token).ConfigureAwait(false),
+            };
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
@@ -81,6 +84,37 @@ public sealed class RuntimeHandlerProbe
         catch (CrestException e)
         {
             return new RuntimeHandlerStatus(handler.Name, resolved, null, $"runtime handler '{handler.Name}': {e.Message}");
+        }
+    }
+
+    /// <summary>The runtime's features document (<c>RUNTIME features</c>); a runtime too old to have one supports nothing optional.</summary>
+    private async Task<OciRuntimeFeatures> AskFeaturesAsync(string resolved, CancellationToken ct)
+    {
+        var result = await _commands.RunAsync(new CommandLine(resolved, ["features"]), ct).ConfigureAwait(false);
+        return result.ExitCode == 0 ? ParseFeatures(result.StandardOutput) : OciRuntimeFeatures.None;
+    }
+
+    /// <summary>mountOptions, linux.namespaces and linux.mountExtensions.idmap.enabled of an OCI features document.</summary>
+    internal static OciRuntimeFeatures ParseFeatures(string json)
+    {
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(json);
+            var root = doc.RootElement;
+            static IReadOnlyList<string> Strings(System.Text.Json.JsonElement e, string name) =>
+                e.ValueKind == System.Text.Json.JsonValueKind.Object && e.TryGetProperty(name, out var a) && a.ValueKind == System.Text.Json.JsonValueKind.Array
+                    ? [.. a.EnumerateArray().Where(x => x.ValueKind == System.Text.Json.JsonValueKind.String).Select(x => x.GetString()!)]
+                    : [];
+            var linux = root.TryGetProperty("linux", out var l) ? l : default;
+            var idmap = linux.ValueKind == System.Text.Json.JsonValueKind.Object
+                && linux.TryGetProperty("mountExtensions", out var ext) && ext.ValueKind == System.Text.Json.JsonValueKind.Object
+                && ext.TryGetProperty("idmap", out var id) && id.ValueKind == System.Text.Json.JsonValueKind.Object
+                && id.TryGetProperty("enabled", out var en) && en.ValueKind == System.Text.Json.JsonValueKind.True;
+            return new OciRuntimeFeatures(Strings(root, "mountOptions"), Strings(linux, "namespaces"), idmap);
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            return OciRuntimeFeatures.None;
         }
     }
 

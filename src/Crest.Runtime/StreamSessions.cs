@@ -36,30 +36,25 @@ public interface IStreamSession : IAsyncDisposable
     void Resize(ushort columns, ushort rows);
 }
 
-/// <summary>How to run <c>runc exec</c> for a streaming session (typed; argv built here only).</summary>
+/// <summary>
+/// How to run <c>runc exec</c> (or crun's) for ExecSync and streaming sessions (typed; argv built here only). The process
+/// (command, user, groups, capabilities, environment, terminal) is given whole in <see cref="ProcessFile"/>, taken from the
+/// container's own config.json: a runtime's defaults for an exec differ (crun 1.8 runs it as root), Crest's do not.
+/// </summary>
 public sealed record RuncExecOptions
 {
     public required string RuntimePath { get; init; }
     public required string RuntimeRoot { get; init; }
     public required string ContainerId { get; init; }
-    public required IReadOnlyList<string> Command { get; init; }
+    /// <summary>The OCI process (JSON) to run: <c>--process</c>.</summary>
+    public required string ProcessFile { get; init; }
     /// <summary>Where runc writes the exec'd process's host pid, so it can be killed when the client goes away.</summary>
     public required string PidFile { get; init; }
+    /// <summary>Whether the process has a terminal (it is in the process file too; the session needs to know).</summary>
     public bool Tty { get; init; }
 
-    public IReadOnlyList<string> ToArguments()
-    {
-        var args = new List<string> { RuntimePath, $"--root={RuntimeRoot}", "exec", "--pid-file", PidFile };
-        if (Tty)
-        {
-            // As containerd does for a terminal exec.
-            args.AddRange(["--tty", "--env", "TERM=xterm"]);
-        }
-
-        args.Add(ContainerId);
-        args.AddRange(Command);
-        return args;
-    }
+    public IReadOnlyList<string> ToArguments() =>
+        [RuntimePath, $"--root={RuntimeRoot}", "exec", "--pid-file", PidFile, "--process", ProcessFile, ContainerId];
 }
 
 /// <summary>Where conmon's attach socket and control FIFO of one container are.</summary>
@@ -82,6 +77,7 @@ internal sealed class RuncExecSession : IStreamSession
     private static readonly TimeSpan OutputGrace = TimeSpan.FromSeconds(2);
     private readonly ChildProcess _child;
     private readonly string _pidFile;
+    private readonly string _processFile;
     private readonly PseudoTerminal? _pty;
     private readonly FileStream? _terminal;
     private readonly FileStream? _keyboard;
@@ -90,10 +86,11 @@ internal sealed class RuncExecSession : IStreamSession
     private readonly FileStream? _stderr;
     private int _exited;
 
-    private RuncExecSession(ChildProcess child, string pidFile, PseudoTerminal? pty, FileStream? stdin, FileStream? stdout, FileStream? stderr)
+    private RuncExecSession(ChildProcess child, RuncExecOptions options, PseudoTerminal? pty, FileStream? stdin, FileStream? stdout, FileStream? stderr)
     {
         _child = child;
-        _pidFile = pidFile;
+        _pidFile = options.PidFile;
+        _processFile = options.ProcessFile;
         _pty = pty;
         // Two streams over the master: reads and writes happen at once on different threads.
         _terminal = pty is null ? null : new FileStream(new SafeFileHandle(pty.Master.DangerousGetHandle(), ownsHandle: false), FileAccess.Read, 1);
@@ -114,7 +111,7 @@ internal sealed class RuncExecSession : IStreamSession
                 pty.Resize(80, 24);
                 var child = ChildProcess.Spawn(runtime, options.ToArguments(),
                     [ChildFd.Terminal(0, pty.SecondaryPath), ChildFd.Terminal(1, pty.SecondaryPath), ChildFd.Terminal(2, pty.SecondaryPath)], environment, newSession: true);
-                return new RuncExecSession(child, options.PidFile, pty, null, null, null);
+                return new RuncExecSession(child, options, pty, null, null, null);
             }
             catch
             {
@@ -134,7 +131,7 @@ internal sealed class RuncExecSession : IStreamSession
         ], environment);
         stdout?.CloseWrite();
         stderr?.CloseWrite();
-        return new RuncExecSession(spawned, options.PidFile, null, stdin?.OpenWriter(), stdout?.OpenReader(), stderr?.OpenReader());
+        return new RuncExecSession(spawned, options, null, stdin?.OpenWriter(), stdout?.OpenReader(), stderr?.OpenReader());
     }
 
     public async Task<int?> PumpAsync(OutputSink sink, CancellationToken ct)
@@ -229,6 +226,7 @@ internal sealed class RuncExecSession : IStreamSession
         _keyboard?.Dispose();
         _pty?.Dispose();
         TryDelete(_pidFile);
+        TryDelete(_processFile);
     }
 
     /// <summary>Kills the command inside the container (by the pid runc wrote), which ends runc too.</summary>

@@ -24,7 +24,7 @@ public class SpecBuilderTests
         Sandbox = Sandbox(network),
         RootfsPath = "/var/lib/crest/containers/c/rootfs",
         Image = image ?? new ContainerDefaults { Entrypoint = ["/entry"], Cmd = ["default-arg"], Env = ["PATH=/bin", "A=image"], WorkingDir = "/app" },
-        User = (0, 0, []),
+        User = new ProcessUser(0, 0, []),
         HostsFile = "/h",
         HostnameFile = "/hn",
         ResolvConfFile = "/r",

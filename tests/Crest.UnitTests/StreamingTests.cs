@@ -180,13 +180,12 @@ public class StreamingTests
     }
 
     [Fact]
-    public void Runc_exec_arguments_come_from_the_options_record()
+    public void Runc_exec_runs_the_process_file_whatever_the_runtime_defaults()
     {
-        var options = new RuncExecOptions { RuntimePath = "/usr/sbin/runc", RuntimeRoot = "/run/crest/runtime/runc", ContainerId = "abc", Command = ["sh", "-c", "echo $HOME"], PidFile = "/run/p.pid" };
+        var options = new RuncExecOptions { RuntimePath = "/usr/bin/crun", RuntimeRoot = "/run/crest/runtime/crun", ContainerId = "abc", ProcessFile = "/run/p.json", PidFile = "/run/p.pid" };
 
-        Assert.Equal(["/usr/sbin/runc", "--root=/run/crest/runtime/runc", "exec", "--pid-file", "/run/p.pid", "abc", "sh", "-c", "echo $HOME"], options.ToArguments());
-        Assert.Equal(["/usr/sbin/runc", "--root=/run/crest/runtime/runc", "exec", "--pid-file", "/run/p.pid", "--tty", "--env", "TERM=xterm", "abc", "sh", "-c", "echo $HOME"],
-            (options with { Tty = true }).ToArguments());
+        Assert.Equal(["/usr/bin/crun", "--root=/run/crest/runtime/crun", "exec", "--pid-file", "/run/p.pid", "--process", "/run/p.json", "abc"], options.ToArguments());
+        Assert.Equal(options.ToArguments(), (options with { Tty = true }).ToArguments());
     }
 
     [Fact]

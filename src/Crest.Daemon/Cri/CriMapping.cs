@@ -60,7 +60,7 @@ internal static class CriMapping
                 MountPropagation.PropagationBidirectional => "rshared",
                 MountPropagation.PropagationHostToContainer => "rslave",
                 _ => "private",
-            })).ToList(),
+            }, RecursiveReadOnly: m.RecursiveReadOnly)).ToList(),
             Devices = config.Devices.Select(d => new DeviceSpec(d.ContainerPath, d.HostPath, d.Permissions)).ToList(),
             Labels = Map(config.Labels),
             Annotations = Map(config.Annotations),
@@ -79,6 +79,9 @@ internal static class CriMapping
                 RunAsUsername = string.IsNullOrEmpty(sc.RunAsUsername) ? null : sc.RunAsUsername,
                 RunAsNonRoot = false,
                 SupplementalGroups = [.. sc.SupplementalGroups],
+                SupplementalGroupsPolicy = sc.SupplementalGroupsPolicy == global::Runtime.V1.SupplementalGroupsPolicy.Strict
+                    ? Core.SupplementalGroupsPolicy.Strict
+                    : Core.SupplementalGroupsPolicy.Merge,
                 ReadOnlyRootfs = sc.ReadonlyRootfs,
                 NoNewPrivileges = sc.NoNewPrivs,
                 Seccomp = sc.Seccomp?.ProfileType switch
@@ -93,6 +96,34 @@ internal static class CriMapping
                 Namespaces = sc.NamespaceOptions is null ? new Core.NamespaceOptions() : Namespaces(sc.NamespaceOptions),
             },
         };
+    }
+
+    /// <summary>A container's mount as ContainerStatus reports it: what was asked, propagation included.</summary>
+    public static Mount ToCri(MountSpec m) => new()
+    {
+        ContainerPath = m.ContainerPath,
+        HostPath = m.HostPath,
+        Readonly = m.ReadOnly,
+        RecursiveReadOnly = m.RecursiveReadOnly,
+        Propagation = m.Propagation switch
+        {
+            "rshared" => MountPropagation.PropagationBidirectional,
+            "rslave" => MountPropagation.PropagationHostToContainer,
+            _ => MountPropagation.PropagationPrivate,
+        },
+    };
+
+    /// <summary>ContainerStatus.user: who the container's processes run as (unset for records made before Crest kept it).</summary>
+    public static ContainerUser? ToCri(ProcessUser? user)
+    {
+        if (user is null)
+        {
+            return null;
+        }
+
+        var linux = new LinuxContainerUser { Uid = user.Uid, Gid = user.Gid };
+        linux.SupplementalGroups.Add(user.Groups.Select(g => (long)g));
+        return new ContainerUser { Linux = linux };
     }
 
     public static PodSandboxState ToCri(SandboxState state) => state == SandboxState.Ready ? PodSandboxState.SandboxReady : PodSandboxState.SandboxNotready;

@@ -74,7 +74,8 @@ internal sealed partial class CriRuntimeService
         };
         status.Labels.Add(c.Spec.Labels.ToDictionary());
         status.Annotations.Add(c.Spec.Annotations.ToDictionary());
-        status.Mounts.Add(c.Spec.Mounts.Select(m => new Mount { ContainerPath = m.ContainerPath, HostPath = m.HostPath, Readonly = m.ReadOnly }));
+        status.Mounts.Add(c.Spec.Mounts.Select(CriMapping.ToCri));
+        status.User = CriMapping.ToCri(c.User);
         var response = new ContainerStatusResponse { Status = status };
         if (request.Verbose)
         {

@@ -16,8 +16,8 @@ internal sealed partial class CriRuntimeService
         var response = new StatusResponse
         {
             Status = new RuntimeStatus(),
-            // Crest implements neither yet; say so rather than let the kubelet assume.
-            Features = new RuntimeFeatures { SupplementalGroupsPolicy = false },
+            // Merge and Strict (ContainerUser.Resolve), and ContainerStatus.user reports the result.
+            Features = new RuntimeFeatures { SupplementalGroupsPolicy = true },
         };
         response.Status.Conditions.Add(status.Conditions.Select(c => new RuntimeCondition
         {
@@ -27,12 +27,12 @@ internal sealed partial class CriRuntimeService
             Message = c.Message,
         }));
         // The CRI names the default handler with the empty string; every handler is listed by name too.
-        var handlerNames = status.Handlers.Where(h => h.Name == runtime.DefaultHandler).Select(_ => "")
-            .Concat(status.Handlers.Select(h => h.Name));
-        response.RuntimeHandlers.Add(handlerNames.Select(name => new RuntimeHandler
+        var handlers = status.Handlers.Where(h => h.Name == runtime.DefaultHandler).Select(h => (Name: "", Handler: h))
+            .Concat(status.Handlers.Select(h => (h.Name, Handler: h)));
+        response.RuntimeHandlers.Add(handlers.Select(h => new RuntimeHandler
         {
-            Name = name,
-            Features = new RuntimeHandlerFeatures { RecursiveReadOnlyMounts = false, UserNamespaces = false },
+            Name = h.Name,
+            Features = new RuntimeHandlerFeatures { RecursiveReadOnlyMounts = h.Handler.Features.RecursiveReadOnlyMounts, UserNamespaces = false },
         }));
         if (request.Verbose)
         {
