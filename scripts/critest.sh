@@ -12,8 +12,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+. "$repo/scripts/lib/critest-env.sh"
 
-critest_dir=${CRITEST_DIR:-$(cd "$repo/.." && pwd)/shared/critest}
+critest_dir=$(critest_locate "$repo")
 handlers=${CRITEST_HANDLERS:-runc crun}
 if [ ! -x "$critest_dir/bin/critest" ]; then
   echo "critest: $critest_dir/bin/critest is missing: set CRITEST_DIR to the folder holding cri-tools' critest, crictl and the stand-in images"
@@ -32,7 +33,6 @@ work=$(mktemp -d /tmp/crest-critest-XXXXXX)
 out=${CRITEST_OUT:-$work/results}
 mkdir -p "$out"
 crestd_pid=
-registry_pid=
 cleanup() {
   if [ -n "$crestd_pid" ] && kill -0 "$crestd_pid" 2>/dev/null; then
     # critest removes what it makes; a spec that failed half-way may not have, so pods go before the daemon.
@@ -41,50 +41,19 @@ cleanup() {
     done
     kill -TERM "$crestd_pid" 2>/dev/null; wait "$crestd_pid" 2>/dev/null || true
   fi
-  if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null || true; fi
+  critest_stop_registry
   # The results stay for reading; the roots (images, snapshots, state) go.
   for m in $(awk -v w="$work" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$work/root" "$work/state" "$work/registry"
 }
 trap cleanup EXIT
 
-free_port() {
-  local candidate
-  for _ in $(seq 1 50); do
-    candidate=$((20000 + RANDOM % 20000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then echo "$candidate"; return 0; fi
-  done
-  return 1
-}
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
-port=$(free_port) || { echo "critest: no free loopback port for the registry"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
-mkdir -p "$work/registry"
-cat > "$work/registry.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$port}
-YML
-docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-registry_pid=$!
-wait_port "$port" || { cat "$work/registry.log"; echo "critest: the registry did not start"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
-"$critest_dir/load-images.sh" "127.0.0.1:$port" || { echo "critest: loading the stand-in images failed"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+critest_start_registry "$work" || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+critest_load_images "$critest_dir" || { echo "critest: loading the stand-in images failed"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 
 # Every registry critest names resolves to the loopback registry. Docker Hub's images sit under docker/ there
 # (a mirror's path is a repository prefix, as in containers-registries.conf).
-{
-  for host in registry.k8s.io gcr.io k8s.gcr.io public.ecr.aws; do
-    printf '[registries."%s"]\nmirrors = ["http://127.0.0.1:%s"]\n' "$host" "$port"
-  done
-  printf '[registries."docker.io"]\nmirrors = ["http://127.0.0.1:%s/docker"]\n' "$port"
-} > "$work/config.toml"
+critest_crest_mirrors > "$work/config.toml"
 
 "$crestd" --config "$work/config.toml" --root "$work/root" --state "$work/state" > "$work/crestd.log" 2>&1 &
 crestd_pid=$!

@@ -5,6 +5,9 @@ using Crest.Bench;
 var runs = 5;
 var calls = 1000;
 string? crestdPath = null;
+string? critestDir = null;
+string? mirrorsDir = null;
+var critestSamples = 10;
 var output = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../results"));
 for (var i = 0; i < args.Length - 1; i++)
 {
@@ -14,15 +17,20 @@ for (var i = 0; i < args.Length - 1; i++)
         case "--calls": calls = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--out": output = Path.GetFullPath(args[++i]); break;
         case "--crestd": crestdPath = Path.GetFullPath(args[++i]); break;
+        case "--critest": critestDir = Path.GetFullPath(args[++i]); break;
+        case "--critest-mirrors": mirrorsDir = Path.GetFullPath(args[++i]); break;
+        case "--critest-samples": critestSamples = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
     }
 }
 
 // --checkpoint-only: just the checkpoint/restore rows (they take the longest to iterate on).
+// --critest-only: just the critest --benchmark rows (they need --critest and --critest-mirrors; scripts/bench.sh passes them).
 var checkpointOnly = args.Contains("--checkpoint-only");
+var critestOnly = args.Contains("--critest-only");
 
 var subjects = Subjects.Create(crestdPath);
 var report = new Report(runs, calls);
-if (!checkpointOnly)
+if (!checkpointOnly && !critestOnly)
 {
     foreach (var subject in subjects)
     {
@@ -94,50 +102,72 @@ if (!checkpointOnly)
     }
 }
 
-Console.Error.WriteLine("bench: checkpoint and restore through CRI (idle, 256 MiB, 1 GiB); bare runc checkpoint and restore of Crest's container are the floor");
-using (var work = new Crest.TestKit.TempDir("crest-bench-cr"))
+if (!checkpointOnly)
 {
-    var (busybox, pause) = PodScenario.WriteArchives(work.Path);
-    var crRuns = Math.Max(1, Math.Min(runs, 3));
-    foreach (var subject in subjects)
+    if (critestDir is not null && mirrorsDir is not null)
     {
-        await using var running = await subject.StartAsync();
-        if (subject.Name == "crest")
-        {
-            await PodScenario.LoadIntoCrestAsync(running.Socket, busybox);
-        }
-        else
-        {
-            await PodScenario.LoadIntoContainerdAsync(running.Socket, busybox);
-            await PodScenario.LoadIntoContainerdAsync(running.Socket, pause);
-        }
+        Console.Error.WriteLine($"bench: cri-tools' critest --benchmark from {critestDir}, images from the loopback registry through each runtime's mirrors");
+        await CritestScenario.RunAsync(report, subjects, critestDir, new Mirrors(mirrorsDir), critestSamples, runs, Path.Combine(output, "critest"));
+        report.Note(string.Create(CultureInfo.InvariantCulture, $"critest rows: cri-tools v1.36.0 `critest --benchmark`, unmodified, images from a loopback registry through each runtime's mirrors; containerd's pause image is registry.k8s.io/pause:3.10 from there, pulled before the run like critest's busybox. Lifecycle rows: {critestSamples} sequential samples each (benchmarking-params-file podsNumber = containersNumber = imagesNumber = {critestSamples}; critest's own defaults run none), per-operation durations from critest's JSON files; \"container lifecycle\" also makes and removes an untimed pod per sample; image lifecycle pulls and removes public.ecr.aws/docker/library/busybox:1.35.0-glibc (1.9 MB). From scratch: {runs} critest runs, one timed sample each (critest times one cycle after one warm-up cycle)."));
+    }
+    else if (critestOnly)
+    {
+        Console.Error.WriteLine("bench: --critest-only needs --critest DIR and --critest-mirrors DIR (scripts/bench.sh passes both)");
+        return 2;
+    }
+    else
+    {
+        report.Note("critest rows: not run (no --critest/--critest-mirrors; scripts/bench.sh passes them when critest is found).");
+    }
+}
 
-        var n = 0;
-        foreach (var (name, bytes) in CheckpointScenario.Workloads)
+if (!critestOnly)
+{
+    Console.Error.WriteLine("bench: checkpoint and restore through CRI (idle, 256 MiB, 1 GiB); bare runc checkpoint and restore of Crest's container are the floor");
+    using (var work = new Crest.TestKit.TempDir("crest-bench-cr"))
+    {
+        var (busybox, pause) = PodScenario.WriteArchives(work.Path);
+        var crRuns = Math.Max(1, Math.Min(runs, 3));
+        foreach (var subject in subjects)
         {
-            for (var r = 0; r < crRuns; r++)
+            await using var running = await subject.StartAsync();
+            if (subject.Name == "crest")
             {
-                var sample = await CheckpointScenario.RunAsync(running, subject.Name, bytes, work.CreateDirectory($"{subject.Name}-{n}"), n++, bareRunc: subject.Name == "crest");
-                report.Add($"checkpoint {name}: total", "ms", subject.Name, sample.CheckpointMs);
-                if (sample.FrozenMs is { } frozen)
-                {
-                    report.Add($"checkpoint {name}: CRIU frozen", "ms", subject.Name, frozen);
-                }
+                await PodScenario.LoadIntoCrestAsync(running.Socket, busybox);
+            }
+            else
+            {
+                await PodScenario.LoadIntoContainerdAsync(running.Socket, busybox);
+                await PodScenario.LoadIntoContainerdAsync(running.Socket, pause);
+            }
 
-                report.Add($"checkpoint {name}: archive", "MiB", subject.Name, sample.ArchiveBytes / 1048576.0);
-                if (sample.BareRuncMs is { } bare)
+            var n = 0;
+            foreach (var (name, bytes) in CheckpointScenario.Workloads)
+            {
+                for (var r = 0; r < crRuns; r++)
                 {
-                    report.Add($"checkpoint {name}: total", "ms", "bare runc", bare);
-                }
+                    var sample = await CheckpointScenario.RunAsync(running, subject.Name, bytes, work.CreateDirectory($"{subject.Name}-{n}"), n++, bareRunc: subject.Name == "crest");
+                    report.Add($"checkpoint {name}: total", "ms", subject.Name, sample.CheckpointMs);
+                    if (sample.FrozenMs is { } frozen)
+                    {
+                        report.Add($"checkpoint {name}: CRIU frozen", "ms", subject.Name, frozen);
+                    }
 
-                if (sample.RestoreMs is { } restore)
-                {
-                    report.Add($"restore {name}: create + start", "ms", subject.Name, restore);
-                }
+                    report.Add($"checkpoint {name}: archive", "MiB", subject.Name, sample.ArchiveBytes / 1048576.0);
+                    if (sample.BareRuncMs is { } bare)
+                    {
+                        report.Add($"checkpoint {name}: total", "ms", "bare runc", bare);
+                    }
 
-                if (sample.BareRuncRestoreMs is { } bareRestore)
-                {
-                    report.Add($"restore {name}: create + start", "ms", "bare runc", bareRestore);
+                    if (sample.RestoreMs is { } restore)
+                    {
+                        report.Add($"restore {name}: create + start", "ms", subject.Name, restore);
+                    }
+
+                    if (sample.BareRuncRestoreMs is { } bareRestore)
+                    {
+                        report.Add($"restore {name}: create + start", "ms", "bare runc", bareRestore);
+                    }
                 }
             }
         }

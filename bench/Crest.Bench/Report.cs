@@ -10,8 +10,12 @@ internal sealed class Report(int runs, int calls)
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     private readonly List<(string Scenario, string Unit, string Subject, double Value)> _samples = [];
+    private readonly List<string> _notes = [];
 
     public void Add(string scenario, string unit, string subject, double value) => _samples.Add((scenario, unit, subject, value));
+
+    /// <summary>A line printed under the table (and kept in the JSON): how a group of rows was measured, or what is missing.</summary>
+    public void Note(string note) => _notes.Add(note);
 
     public string Markdown(IReadOnlyList<string> subjects, string host)
     {
@@ -51,6 +55,15 @@ internal sealed class Report(int runs, int calls)
                 : " – |");
         }
 
+        if (_notes.Count > 0)
+        {
+            sb.AppendLine();
+            foreach (var note in _notes)
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture, $"- {note}");
+            }
+        }
+
         return sb.ToString();
     }
 
@@ -60,6 +73,7 @@ internal sealed class Report(int runs, int calls)
         runs,
         calls,
         cores = Environment.ProcessorCount,
+        notes = _notes,
         samples = _samples.GroupBy(x => (x.Scenario, x.Subject)).Select(g => new
         {
             scenario = g.Key.Scenario,

@@ -4,15 +4,26 @@ using Crest.TestKit;
 
 namespace Crest.Bench;
 
-/// <summary>A CRI runtime under measurement: how to start it on fresh temporary roots.</summary>
-internal sealed record Subject(string Name, Func<TempDir, string, (ProcessStartInfo Start, string Socket)> Prepare)
+/// <summary>
+/// Registry mirrors for the critest rows, written by scripts/lib/critest-env.sh into one directory:
+/// <c>crest.toml</c> (crestd's [registries] tables) and <c>containerd-hosts/</c> (containerd's hosts.toml files).
+/// </summary>
+internal sealed record Mirrors(string Dir)
 {
-    public async Task<RunningSubject> StartAsync()
+    public string CrestToml => Path.Combine(Dir, "crest.toml");
+
+    public string ContainerdHosts => Path.Combine(Dir, "containerd-hosts");
+}
+
+/// <summary>A CRI runtime under measurement: how to start it on fresh temporary roots (with registry mirrors, if given).</summary>
+internal sealed record Subject(string Name, Func<TempDir, string, Mirrors?, (ProcessStartInfo Start, string Socket)> Prepare)
+{
+    public async Task<RunningSubject> StartAsync(Mirrors? mirrors = null)
     {
         var dir = new TempDir("crest-bench");
         var cni = dir.CreateDirectory("cni");
         CniFixture.WriteBridgeConflist(cni);
-        var (start, socket) = Prepare(dir, cni);
+        var (start, socket) = Prepare(dir, cni, mirrors);
         start.RedirectStandardOutput = true;
         start.RedirectStandardError = true;
         var clock = Stopwatch.StartNew();
@@ -71,10 +82,15 @@ internal static class Subjects
             ?? throw new InvalidOperationException("containerd is not installed; run make deps");
         return
         [
-            new Subject("crest", (dir, cni) =>
+            new Subject("crest", (dir, cni, mirrors) =>
             {
                 var config = dir.Combine("config.toml");
                 File.WriteAllText(config, $"[cni]\nconf_dir = \"{cni}\"\nplugin_dirs = [\"{CniFixture.HostPluginDir}\"]\n[log]\nlevel = \"warn\"\n[restore]\nvia_create = true\n");
+                if (mirrors is not null)
+                {
+                    File.AppendAllText(config, File.ReadAllText(mirrors.CrestToml));
+                }
+
                 var start = new ProcessStartInfo(crestd) { UseShellExecute = false };
                 foreach (var a in new[] { "--config", config, "--root", dir.Combine("root"), "--state", dir.Combine("state") })
                 {
@@ -83,7 +99,10 @@ internal static class Subjects
 
                 return (start, dir.Combine("state", "crest.sock"));
             }),
-            new Subject("containerd", (dir, cni) => ContainerdPeer.Prepare(containerd, dir, cni)),
+            // With mirrors, containerd pulls its pause image like any other (its default, registry.k8s.io/pause:3.10).
+            new Subject("containerd", (dir, cni, mirrors) => mirrors is null
+                ? ContainerdPeer.Prepare(containerd, dir, cni)
+                : ContainerdPeer.Prepare(containerd, dir, cni, mirrors.ContainerdHosts, CritestScenario.PauseImage)),
         ];
     }
 }

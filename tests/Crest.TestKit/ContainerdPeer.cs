@@ -26,12 +26,22 @@ public sealed class ContainerdPeer : IAsyncDisposable
 
     public string LogFile => _dir.Combine("containerd.log");
 
-    /// <summary>Writes a containerd config rooted in <paramref name="dir"/> and returns how to start it and where it will listen.</summary>
-    public static (ProcessStartInfo Start, string Socket) Prepare(string containerdPath, TempDir dir, string cniConfDir)
+    /// <summary>
+    /// Writes a containerd config rooted in <paramref name="dir"/> and returns how to start it and where it will listen.
+    /// <paramref name="registryConfigPath"/> is a directory of hosts.toml files (containerd's registry mirrors), if any;
+    /// <paramref name="sandboxImage"/> is the pinned pause image (by default the one the benchmarks import offline).
+    /// </summary>
+    public static (ProcessStartInfo Start, string Socket) Prepare(
+        string containerdPath, TempDir dir, string cniConfDir, string? registryConfigPath = null, string sandboxImage = "localhost/crest-bench/pause:v1")
     {
         ArgumentNullException.ThrowIfNull(dir);
         var socket = dir.Combine("c.sock");
         var config = dir.Combine("config.toml");
+        var registry = registryConfigPath is null ? "" : $"""
+
+            [plugins."io.containerd.cri.v1.images".registry]
+              config_path = "{registryConfigPath}"
+            """;
         // Roots, state and socket of its own; CNI from the test's conf dir; no CDI so annotations pass unprocessed.
         File.WriteAllText(config, $"""
             version = 3
@@ -42,7 +52,7 @@ public sealed class ContainerdPeer : IAsyncDisposable
             [plugins."io.containerd.nri.v1.nri"]
               disable = true
             [plugins."io.containerd.cri.v1.images".pinned_images]
-              sandbox = "localhost/crest-bench/pause:v1"
+              sandbox = "{sandboxImage}"{registry}
             [plugins."io.containerd.cri.v1.runtime"]
               enable_cdi = false
               restrict_oom_score_adj = true
