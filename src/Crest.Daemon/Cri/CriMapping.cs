@@ -112,7 +112,13 @@ internal static class CriMapping
     public static ContainerMetadata Metadata(ContainerSpec spec) => new() { Name = spec.Name, Attempt = spec.Attempt };
 
     private static Core.NamespaceOptions Namespaces(global::Runtime.V1.NamespaceOption ns) =>
-        new((CoreNamespaceMode)(int)ns.Network, (CoreNamespaceMode)(int)ns.Pid, (CoreNamespaceMode)(int)ns.Ipc, string.IsNullOrEmpty(ns.TargetId) ? null : ns.TargetId);
+        new((CoreNamespaceMode)(int)ns.Network, (CoreNamespaceMode)(int)ns.Pid, (CoreNamespaceMode)(int)ns.Ipc, string.IsNullOrEmpty(ns.TargetId) ? null : ns.TargetId,
+            ns.UsernsOptions is { } userns ? UserNamespace(userns) : null);
+
+    private static UserNamespaceOptions UserNamespace(UserNamespace userns) =>
+        new((CoreNamespaceMode)(int)userns.Mode, [.. userns.Uids.Select(IdMappingOf)], [.. userns.Gids.Select(IdMappingOf)]);
+
+    private static IdMapping IdMappingOf(global::Runtime.V1.IDMapping m) => new(m.HostId, m.ContainerId, m.Length);
 
     private static Dictionary<string, string> Map(MapField<string, string> map) => map.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
 
