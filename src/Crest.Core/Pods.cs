@@ -17,6 +17,7 @@ public sealed record NamespaceOptions(NamespaceMode Network = NamespaceMode.Pod,
     UserNamespaceOptions? User = null)
 {
     /// <summary>True when the pod gets a user namespace of its own (userns_options with mode POD).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public bool HasPodUserNamespace => User is { Mode: NamespaceMode.Pod };
 }
 
@@ -27,7 +28,7 @@ public sealed record IdMapping(uint HostId, uint ContainerId, uint Length);
 public sealed record UserNamespaceOptions(NamespaceMode Mode, IReadOnlyList<IdMapping> Uids, IReadOnlyList<IdMapping> Gids)
 {
     /// <summary>The host uid and gid that are root (0) inside the pod's namespace; valid after validation (one mapping each, from container id 0).</summary>
-    public (uint Uid, uint Gid) HostRoot => (Uids[0].HostId, Gids[0].HostId);
+    public (uint Uid, uint Gid) HostRoot() => (Uids[0].HostId, Gids[0].HostId);
 }
 
 public sealed record PortMapping(string Protocol, int ContainerPort, int HostPort, string? HostIp);

@@ -34,7 +34,7 @@ public sealed partial class ContainerService
     {
         var userns = sandbox.PinnedNamespaces.TryGetValue("user", out var file) ? file
             : throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} has a user namespace of its own but no pinned namespace file for it; recreate the pod");
-        var (uid, gid) = sandbox.Spec.Namespaces.User!.HostRoot;
+        var (uid, gid) = sandbox.Spec.Namespaces.User!.HostRoot();
         linux.Chown(Path.Combine(dir, "upper"), uid, gid);
         linux.Chown(Path.Combine(dir, "work"), uid, gid);
         var result = new List<string>(lower.Count);

@@ -73,7 +73,7 @@ public sealed partial class SandboxService(
         {
             var dir = SandboxDir(id);
             // In a user-namespaced pod the infra's empty rootfs, /dev/shm and the pod's files belong to the pod's root.
-            (uint Uid, uint Gid)? podRoot = spec.Namespaces.HasPodUserNamespace ? spec.Namespaces.User!.HostRoot : null;
+            (uint Uid, uint Gid)? podRoot = spec.Namespaces.HasPodUserNamespace ? spec.Namespaces.User!.HostRoot() : null;
             Directory.CreateDirectory(Path.Combine(dir, "rootfs"));
             Directory.CreateDirectory(Path.Combine(dir, "shm"));
             linux.Mount("shm", Path.Combine(dir, "shm"), "tmpfs", MountOptions.NoSuid | MountOptions.NoDev | MountOptions.NoExec,
