@@ -48,6 +48,8 @@ public class UserNamespaceTests
         try
         {
             podId = (await cri.RunPodSandboxAsync(new RunPodSandboxRequest { Config = podConfig, RuntimeHandler = handler }, cancellationToken: Ct)).PodSandboxId;
+            var podStatus = (await cri.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, cancellationToken: Ct)).Status;
+            Assert.Equal(namespaces.UsernsOptions, podStatus.Linux.Namespaces.Options.UsernsOptions);
             var container = new ContainerConfig
             {
                 Metadata = new ContainerMetadata { Name = "probe" },

@@ -120,6 +120,15 @@ internal static class CriMapping
 
     private static IdMapping IdMappingOf(global::Runtime.V1.IDMapping m) => new(m.HostId, m.ContainerId, m.Length);
 
+    public static UserNamespace ToCri(UserNamespaceOptions userns)
+    {
+        ArgumentNullException.ThrowIfNull(userns);
+        var cri = new UserNamespace { Mode = (global::Runtime.V1.NamespaceMode)(int)userns.Mode };
+        cri.Uids.Add(userns.Uids.Select(m => new global::Runtime.V1.IDMapping { HostId = m.HostId, ContainerId = m.ContainerId, Length = m.Length }));
+        cri.Gids.Add(userns.Gids.Select(m => new global::Runtime.V1.IDMapping { HostId = m.HostId, ContainerId = m.ContainerId, Length = m.Length }));
+        return cri;
+    }
+
     private static Dictionary<string, string> Map(MapField<string, string> map) => map.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
 
     public static bool LabelsMatch(IReadOnlyDictionary<string, string> labels, MapField<string, string>? selector) =>
