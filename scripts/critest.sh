@@ -30,6 +30,9 @@ fi
 
 crestd=$repo/src/Crest.Daemon/bin/Release/net10.0/crestd
 work=$(mktemp -d /tmp/crest-critest-XXXXXX)
+# A user-namespaced pod's root (an unmapped "other" on the host) must reach the container root filesystems under it,
+# or crestd announces no user namespace support; mktemp's 0700 would hide them.
+chmod 0711 "$work"
 out=${CRITEST_OUT:-$work/results}
 mkdir -p "$out"
 crestd_pid=

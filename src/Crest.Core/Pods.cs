@@ -9,8 +9,27 @@ public enum NamespaceMode
     Target = 3,
 }
 
-/// <summary>CRI NamespaceOption. Absent fields take the proto's zero value, POD, as api.proto says ("The CRI default is POD"); the kubelet sends CONTAINER for pid explicitly.</summary>
-public sealed record NamespaceOptions(NamespaceMode Network = NamespaceMode.Pod, NamespaceMode Pid = NamespaceMode.Pod, NamespaceMode Ipc = NamespaceMode.Pod, string? TargetId = null);
+/// <summary>
+/// CRI NamespaceOption. Absent fields take the proto's zero value, POD, as api.proto says ("The CRI default is POD"); the kubelet sends CONTAINER for pid explicitly.
+/// <paramref name="User"/> is the exception: no userns_options means the node's user namespace, as the kubelet means it.
+/// </summary>
+public sealed record NamespaceOptions(NamespaceMode Network = NamespaceMode.Pod, NamespaceMode Pid = NamespaceMode.Pod, NamespaceMode Ipc = NamespaceMode.Pod, string? TargetId = null,
+    UserNamespaceOptions? User = null)
+{
+    /// <summary>True when the pod gets a user namespace of its own (userns_options with mode POD).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool HasPodUserNamespace => User is { Mode: NamespaceMode.Pod };
+}
+
+/// <summary>One range of a user namespace's uid or gid map (CRI IDMapping): <paramref name="Length"/> ids from <paramref name="ContainerId"/> inside are <paramref name="HostId"/>... outside.</summary>
+public sealed record IdMapping(uint HostId, uint ContainerId, uint Length);
+
+/// <summary>CRI UserNamespace: POD (a user namespace of the pod's own, with these maps) or NODE (the host's).</summary>
+public sealed record UserNamespaceOptions(NamespaceMode Mode, IReadOnlyList<IdMapping> Uids, IReadOnlyList<IdMapping> Gids)
+{
+    /// <summary>The host uid and gid that are root (0) inside the pod's namespace; valid after validation (one mapping each, from container id 0).</summary>
+    public (uint Uid, uint Gid) HostRoot() => (Uids[0].HostId, Gids[0].HostId);
+}
 
 public sealed record PortMapping(string Protocol, int ContainerPort, int HostPort, string? HostIp);
 

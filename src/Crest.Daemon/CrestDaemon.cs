@@ -120,6 +120,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<RuntimeLayout>();
             builder.Services.AddSingleton<IOciRuntime>(sp => new ConmonOciRuntime(config.Runtime.ConmonPath, sp.GetRequiredService<ICommandRunner>()));
             builder.Services.AddSingleton<CniNetwork>();
+            builder.Services.AddSingleton<UserNamespaces>();
             builder.Services.AddSingleton<SandboxService>();
             builder.Services.AddSingleton<ContainerService>();
             var restoreOptions = new RestoreOptions

@@ -24,3 +24,32 @@ internal static partial class Interop
     [LibraryImport("libc", EntryPoint = "gettid")]
     internal static partial int GetTid();
 }
+
+/// <summary>The new mount API (Linux 5.12+, glibc 2.36+): a detached copy of a tree, id-mapped, then attached.</summary>
+internal static unsafe partial class Interop
+{
+    internal const uint OPEN_TREE_CLONE = 1;
+    internal const uint OPEN_TREE_CLOEXEC = 0x80000;
+    internal const uint AT_RECURSIVE = 0x8000;
+    internal const ulong MOUNT_ATTR_IDMAP = 0x00100000;
+    internal const uint MOVE_MOUNT_F_EMPTY_PATH = 0x4;
+
+    /// <summary>struct mount_attr (MOUNT_ATTR_SIZE_VER0, 32 bytes).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct MountAttr
+    {
+        public ulong AttrSet;
+        public ulong AttrClr;
+        public ulong Propagation;
+        public ulong UsernsFd;
+    }
+
+    [LibraryImport("libc", EntryPoint = "open_tree", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int OpenTree(int dirFd, string path, uint flags);
+
+    [LibraryImport("libc", EntryPoint = "mount_setattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int MountSetAttr(int dirFd, string path, uint flags, MountAttr* attr, nuint size);
+
+    [LibraryImport("libc", EntryPoint = "move_mount", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int MoveMount(int fromDirFd, string fromPath, int toDirFd, string toPath, uint flags);
+}

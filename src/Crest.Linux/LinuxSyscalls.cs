@@ -41,6 +41,12 @@ public interface ILinux
     /// bounding set. A container can be granted no more than this, whatever it asks for.
     /// </summary>
     ulong HeldCapabilities();
+
+    /// <summary>Binds <paramref name="source"/> onto <paramref name="target"/> id-mapped through the user namespace file <paramref name="userNamespaceFile"/>.</summary>
+    void BindIdMapped(string source, string target, string userNamespaceFile);
+
+    /// <summary>Changes the owner of a file or directory (not following a last symlink).</summary>
+    void Chown(string path, uint uid, uint gid);
 }
 
 [Flags]
@@ -199,6 +205,14 @@ public sealed class LinuxSyscalls : ILinux
         }
 
         return result;
+    public void BindIdMapped(string source, string target, string userNamespaceFile) => IdMappedMounts.Bind(source, target, userNamespaceFile);
+
+    public void Chown(string path, uint uid, uint gid)
+    {
+        if (Interop.FchownAt(Interop.AT_FDCWD, path, uid, gid, Interop.AT_SYMLINK_NOFOLLOW) != 0)
+        {
+            throw new CrestException(ErrorKind.Internal, $"chown of {path} to {uid}:{gid} failed: {Marshal.GetLastPInvokeErrorMessage()}");
+        }
     }
 
     public ulong HeldCapabilities() => ParseHeldCapabilities(File.ReadAllText("/proc/self/status"));

@@ -64,7 +64,15 @@ public sealed record SpecLinux
     [JsonPropertyName("readonlyPaths")] public IReadOnlyList<string>? ReadonlyPaths { get; init; }
     [JsonPropertyName("seccomp")] public SpecSeccomp? Seccomp { get; init; }
     [JsonPropertyName("devices")] public IReadOnlyList<SpecDevice>? Devices { get; init; }
+    [JsonPropertyName("uidMappings")] public IReadOnlyList<SpecIdMapping>? UidMappings { get; init; }
+    [JsonPropertyName("gidMappings")] public IReadOnlyList<SpecIdMapping>? GidMappings { get; init; }
 }
+
+/// <summary>One range of a new user namespace's uid or gid map.</summary>
+public sealed record SpecIdMapping(
+    [property: JsonPropertyName("containerID")] uint ContainerId,
+    [property: JsonPropertyName("hostID")] uint HostId,
+    [property: JsonPropertyName("size")] uint Size);
 
 public sealed record SpecNamespace(
     [property: JsonPropertyName("type")] string Type,

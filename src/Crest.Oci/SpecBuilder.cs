@@ -115,6 +115,12 @@ public static class SpecBuilder
         var capabilities = GrantedCapabilities(security, ctx.NodeCapabilities);
         var namespaces = new List<SpecNamespace> { new("mount") };
         var podNamespaces = sandbox.Spec.Namespaces;
+        if (podNamespaces.HasPodUserNamespace)
+        {
+            // Joined by path with no mappings of its own: runc warns about (and may one day refuse) both at once.
+            namespaces.Add(new("user", PodNamespace(sandbox, "user")));
+        }
+
         if (podNamespaces.Network != NamespaceMode.Node && sandbox.NetnsPath is { } netns)
         {
             namespaces.Add(new("network", netns));
@@ -242,6 +248,19 @@ public static class SpecBuilder
         {
             namespaces.Add(new("network", netns));
         }
+        else if (pod.Namespaces.HasPodUserNamespace)
+        {
+            // A network namespace belongs to the user namespace that made it, and sysfs can be mounted only by that
+            // namespace's root: so a user-namespaced pod's infra makes its own (as containerd 2 does), which crestd then
+            // pins and hands to CNI. One made by crestd would belong to the host's and fail every /sys mount with EPERM.
+            namespaces.Add(new("network"));
+        }
+
+        var mappings = pod.Namespaces.HasPodUserNamespace ? pod.Namespaces.User : null;
+        if (mappings is not null)
+        {
+            namespaces.Add(new("user"));
+        }
 
         if (pod.Namespaces.Pid != NamespaceMode.Node)
         {
@@ -270,6 +289,8 @@ public static class SpecBuilder
                 Sysctl = pod.Sysctls.Count == 0 ? null : pod.Sysctls,
                 MaskedPaths = DefaultMaskedPaths,
                 ReadonlyPaths = DefaultReadonlyPaths,
+                UidMappings = mappings?.Uids.Select(m => new SpecIdMapping(m.ContainerId, m.HostId, m.Length)).ToList(),
+                GidMappings = mappings?.Gids.Select(m => new SpecIdMapping(m.ContainerId, m.HostId, m.Length)).ToList(),
             },
         };
     }

@@ -48,6 +48,7 @@ public sealed partial class ContainerService(
             throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} is {sandbox.State}, not ready; containers are created only in a ready pod");
         }
 
+        CheckUserNamespace(spec, sandbox);
         var details = await images.InspectAsync(spec.Image, ct).ConfigureAwait(false)
             ?? throw new CrestException(ErrorKind.NotFound, $"image {spec.Image} is not present on this node; pull it first (CreateContainer does not pull)");
         var handler = sandboxes.Handler(sandbox.RuntimeHandler);
@@ -104,8 +105,22 @@ public sealed partial class ContainerService(
                 lower = [Path.Combine(dir, "empty")];
             }
 
-            linux.Mount("overlay", rootfs, "overlay", MountOptions.None,
-                $"lowerdir={string.Join(':', lower)},upperdir={Path.Combine(dir, "upper")},workdir={Path.Combine(dir, "work")}");
+            try
+            {
+                if (sandbox.Spec.Namespaces.HasPodUserNamespace)
+                {
+                    lower = IdMapLayers(dir, lower, sandbox);
+                }
+
+                linux.Mount("overlay", rootfs, "overlay", MountOptions.None,
+                    $"lowerdir={string.Join(':', lower)},upperdir={Path.Combine(dir, "upper")},workdir={Path.Combine(dir, "work")}");
+            }
+            finally
+            {
+                // The overlay holds its own references to its layers: the id-mapped binds are needed only to build it.
+                UnmountIdMapped(dir);
+            }
+
             var user = ContainerUser.Resolve(spec.Security, details.Config.Config?.User, rootfs, spec.Name);
             record = record with { User = user };
             SpecSeccomp? localhostSeccomp = null;
@@ -786,6 +801,8 @@ public sealed partial class ContainerService(
 
         var dir = layout.ContainerDir(c.Id);
         await Step(c.Id, () => { linux.Unmount(Path.Combine(dir, "rootfs")); return Task.CompletedTask; }).ConfigureAwait(false);
+        // Left mounted only if crestd died while building the rootfs; a recursive delete must never walk into an image layer.
+        await Step(c.Id, () => { UnmountIdMapped(dir); return Task.CompletedTask; }).ConfigureAwait(false);
         await Step(c.Id, () =>
         {
             if (Directory.Exists(dir))

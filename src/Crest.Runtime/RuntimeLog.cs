@@ -21,4 +21,10 @@ internal static partial class RuntimeLog
 
     [LoggerMessage(205, LogLevel.Information, "restored container {ContainerId} successfully: pid {Pid} after {Milliseconds} ms")]
     public static partial void ContainerRestored(ILogger logger, string containerId, int pid, long milliseconds);
+
+    [LoggerMessage(230, LogLevel.Warning, "user namespaces for pods are not available on this node: {Reason}")]
+    public static partial void UserNamespacesUnavailable(ILogger logger, string reason);
+
+    [LoggerMessage(231, LogLevel.Information, "user namespaces for pods are available (id-mapped mounts work under {Root})")]
+    public static partial void UserNamespacesAvailable(ILogger logger, string root);
 }

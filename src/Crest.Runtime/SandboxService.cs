@@ -20,6 +20,7 @@ public sealed partial class SandboxService(
     CniNetwork cni,
     RuntimeOptions options,
     RuntimeLayout layout,
+    UserNamespaces userNamespaces,
     TimeProvider time,
     ILogger<SandboxService> logger)
 {
@@ -31,6 +32,12 @@ public sealed partial class SandboxService(
     {
         ArgumentNullException.ThrowIfNull(spec);
         var handler = Handler(spec.RuntimeHandler);
+        UserNamespaces.Validate(spec);
+        if (spec.Namespaces.HasPodUserNamespace && userNamespaces.Problem is { } problem)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"pod {spec.Namespace}/{spec.Name} asks for a user namespace of its own, which this node cannot give: {problem}");
+        }
+
         var name = $"{spec.Name}_{spec.Namespace}_{spec.Uid}_{spec.Attempt}";
         var id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
         // The name check and the Creating record are one step, so two RunPodSandbox calls cannot both take a name.
@@ -65,10 +72,20 @@ public sealed partial class SandboxService(
         try
         {
             var dir = SandboxDir(id);
+            // In a user-namespaced pod the infra's empty rootfs, /dev/shm and the pod's files belong to the pod's root.
+            (uint Uid, uint Gid)? podRoot = spec.Namespaces.HasPodUserNamespace ? spec.Namespaces.User!.HostRoot() : null;
             Directory.CreateDirectory(Path.Combine(dir, "rootfs"));
             Directory.CreateDirectory(Path.Combine(dir, "shm"));
-            linux.Mount("shm", Path.Combine(dir, "shm"), "tmpfs", MountOptions.NoSuid | MountOptions.NoDev | MountOptions.NoExec, "mode=1777,size=65536k");
-            if (spec.Namespaces.Network != NamespaceMode.Node)
+            linux.Mount("shm", Path.Combine(dir, "shm"), "tmpfs", MountOptions.NoSuid | MountOptions.NoDev | MountOptions.NoExec,
+                "mode=1777,size=65536k" + (podRoot is { } shmOwner ? $",uid={shmOwner.Uid},gid={shmOwner.Gid}" : ""));
+            if (podRoot is { } rootfsOwner)
+            {
+                // runc and crun make the infra's mount points from inside the user namespace.
+                linux.Chown(Path.Combine(dir, "rootfs"), rootfsOwner.Uid, rootfsOwner.Gid);
+            }
+
+            // A user-namespaced pod's network namespace is made by its infra (see SpecBuilder.ForInfra), so CNI comes after it.
+            if (spec.Namespaces.Network != NamespaceMode.Node && podRoot is null)
             {
                 var netns = layout.NetnsFile(id);
                 linux.CreateNetworkNamespace(netns);
@@ -80,7 +97,11 @@ public sealed partial class SandboxService(
             }
 
             var hostname = SpecBuilder.PodHostname(spec, linux.HostName());
-            WritePodFiles(dir, spec, hostname, sandbox.Ips);
+            if (podRoot is null)
+            {
+                WritePodFiles(dir, spec, hostname, sandbox.Ips, owner: null);
+            }
+
             var bundle = Path.Combine(dir, "bundle");
             Directory.CreateDirectory(bundle);
             var infraSpec = SpecBuilder.ForInfra(sandbox, Path.Combine(dir, "rootfs"), CatatonitPath, Path.Combine(dir, "shm"), hostname);
@@ -89,6 +110,23 @@ public sealed partial class SandboxService(
             await oci.StartAsync(handler.Path, layout.RuntimeRoot(handler.Name), id, ct).ConfigureAwait(false);
             sandbox = sandbox with { InfraPid = pid };
             await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
+            if (podRoot is { } owner)
+            {
+                if (spec.Namespaces.Network != NamespaceMode.Node)
+                {
+                    var netns = layout.NetnsFile(id);
+                    Directory.CreateDirectory(Path.GetDirectoryName(netns)!);
+                    PinNamespace(pid, "net", netns);
+                    sandbox = sandbox with { NetnsPath = netns };
+                    await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
+                    var attachment = await cni.AddAsync(id, netns, spec, ct).ConfigureAwait(false);
+                    sandbox = sandbox with { Ips = attachment.Ips, CniResult = attachment.Result, CniNetwork = attachment.Network, CniConfig = attachment.Config };
+                    await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
+                }
+
+                WritePodFiles(dir, spec, hostname, sandbox.Ips, owner);
+            }
+
             sandbox = sandbox with { State = SandboxState.Ready, PinnedNamespaces = PinNamespaces(dir, pid, spec) };
             await store.PutSandboxAsync(sandbox, CancellationToken.None).ConfigureAwait(false);
             RuntimeLog.SandboxReady(logger, id, $"{spec.Namespace}/{spec.Name}", string.Join(",", sandbox.Ips));
@@ -204,6 +242,9 @@ public sealed partial class SandboxService(
 
     public string SandboxDir(string id) => layout.SandboxDir(id);
 
+    /// <summary>Why pods cannot have user namespaces of their own on this node, or null when they can (checked once).</summary>
+    public string? UserNamespaceProblem => userNamespaces.Problem;
+
     /// <summary>The handler, or null when it is no longer configured (a record from an older config).</summary>
     public RuntimeHandlerOptions? TryHandler(string name) =>
         options.Handlers.FirstOrDefault(h => h.Name == (string.IsNullOrEmpty(name) ? options.DefaultHandler : name));
@@ -305,7 +346,7 @@ public sealed partial class SandboxService(
         }
     }
 
-    private static readonly string[] PinnedTypes = ["ipc", "uts", "pid"];
+    private static readonly string[] PinnedTypes = ["ipc", "uts", "pid", "user"];
 
     /// <summary>
     /// Bind-mounts the infra's namespaces onto files in the sandbox directory (as CRI-O's pinns does): a container
@@ -318,24 +359,29 @@ public sealed partial class SandboxService(
         Directory.CreateDirectory(Path.Combine(dir, "ns"));
         foreach (var type in PinnedTypes)
         {
-            if (type == "pid" && spec.Namespaces.Pid == NamespaceMode.Node)
+            if ((type == "pid" && spec.Namespaces.Pid == NamespaceMode.Node) || (type == "user" && !spec.Namespaces.HasPodUserNamespace))
             {
                 continue;
             }
 
             var file = Path.Combine(dir, "ns", type);
-            using (File.Create(file))
-            {
-            }
-
-            linux.Mount($"/proc/{infraPid}/ns/{type}", file, null, MountOptions.Bind, null);
+            PinNamespace(infraPid, type, file);
             pinned[type] = file;
         }
 
         return pinned;
     }
 
-    private static void WritePodFiles(string dir, PodSpec spec, string hostname, IReadOnlyList<string> ips)
+    private void PinNamespace(int pid, string type, string file)
+    {
+        using (File.Create(file))
+        {
+        }
+
+        linux.Mount($"/proc/{pid}/ns/{type}", file, null, MountOptions.Bind, null);
+    }
+
+    private void WritePodFiles(string dir, PodSpec spec, string hostname, IReadOnlyList<string> ips, (uint Uid, uint Gid)? owner)
     {
         File.WriteAllText(Path.Combine(dir, "hostname"), hostname + "\n");
         // A host-network pod sees the node's names, as in containerd; others get their own addresses under the pod's host name.
@@ -356,5 +402,13 @@ public sealed partial class SandboxService(
         }
 
         File.WriteAllText(Path.Combine(dir, "resolv.conf"), resolv);
+        if (owner is { } o)
+        {
+            // Containers bind these files in; the pod's root may rewrite them, as it could outside a user namespace.
+            foreach (var file in new[] { "hostname", "hosts", "resolv.conf" })
+            {
+                linux.Chown(Path.Combine(dir, file), o.Uid, o.Gid);
+            }
+        }
     }
 }

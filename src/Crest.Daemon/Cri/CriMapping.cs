@@ -143,7 +143,22 @@ internal static class CriMapping
     public static ContainerMetadata Metadata(ContainerSpec spec) => new() { Name = spec.Name, Attempt = spec.Attempt };
 
     private static Core.NamespaceOptions Namespaces(global::Runtime.V1.NamespaceOption ns) =>
-        new((CoreNamespaceMode)(int)ns.Network, (CoreNamespaceMode)(int)ns.Pid, (CoreNamespaceMode)(int)ns.Ipc, string.IsNullOrEmpty(ns.TargetId) ? null : ns.TargetId);
+        new((CoreNamespaceMode)(int)ns.Network, (CoreNamespaceMode)(int)ns.Pid, (CoreNamespaceMode)(int)ns.Ipc, string.IsNullOrEmpty(ns.TargetId) ? null : ns.TargetId,
+            ns.UsernsOptions is { } userns ? UserNamespace(userns) : null);
+
+    private static UserNamespaceOptions UserNamespace(UserNamespace userns) =>
+        new((CoreNamespaceMode)(int)userns.Mode, [.. userns.Uids.Select(IdMappingOf)], [.. userns.Gids.Select(IdMappingOf)]);
+
+    private static IdMapping IdMappingOf(global::Runtime.V1.IDMapping m) => new(m.HostId, m.ContainerId, m.Length);
+
+    public static UserNamespace ToCri(UserNamespaceOptions userns)
+    {
+        ArgumentNullException.ThrowIfNull(userns);
+        var cri = new UserNamespace { Mode = (global::Runtime.V1.NamespaceMode)(int)userns.Mode };
+        cri.Uids.Add(userns.Uids.Select(m => new global::Runtime.V1.IDMapping { HostId = m.HostId, ContainerId = m.ContainerId, Length = m.Length }));
+        cri.Gids.Add(userns.Gids.Select(m => new global::Runtime.V1.IDMapping { HostId = m.HostId, ContainerId = m.ContainerId, Length = m.Length }));
+        return cri;
+    }
 
     private static Dictionary<string, string> Map(MapField<string, string> map) => map.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
 

@@ -53,6 +53,7 @@ internal sealed partial class CriRuntimeService
                         Network = (global::Runtime.V1.NamespaceMode)(int)s.Spec.Namespaces.Network,
                         Pid = (global::Runtime.V1.NamespaceMode)(int)s.Spec.Namespaces.Pid,
                         Ipc = (global::Runtime.V1.NamespaceMode)(int)s.Spec.Namespaces.Ipc,
+                        UsernsOptions = s.Spec.Namespaces.User is { } userns ? CriMapping.ToCri(userns) : null,
                     },
                 },
             },

@@ -27,12 +27,15 @@ internal sealed partial class CriRuntimeService
             Message = c.Message,
         }));
         // The CRI names the default handler with the empty string; every handler is listed by name too.
-        var handlers = status.Handlers.Where(h => h.Name == runtime.DefaultHandler).Select(h => (Name: "", Handler: h))
-            .Concat(status.Handlers.Select(h => (h.Name, Handler: h)));
+        var handlers = status.Handlers.Where(h => h.Name == runtime.DefaultHandler).Select(h => (Name: "", Status: h))
+            .Concat(status.Handlers.Select(h => (h.Name, Status: h)));
+        // User namespaces need the node (kernel, id-mapped mounts under the root, reachable roots; checked once) and a
+        // handler that answers: runc and crun both make a pod's user namespace and join it.
+        var userNamespaces = sandboxes.UserNamespaceProblem is null;
         response.RuntimeHandlers.Add(handlers.Select(h => new RuntimeHandler
         {
             Name = h.Name,
-            Features = new RuntimeHandlerFeatures { RecursiveReadOnlyMounts = h.Handler.Features.RecursiveReadOnlyMounts, UserNamespaces = false },
+            Features = new RuntimeHandlerFeatures { RecursiveReadOnlyMounts = h.Status.Features.RecursiveReadOnlyMounts, UserNamespaces = userNamespaces && h.Status.Available },
         }));
         if (request.Verbose)
         {
@@ -41,6 +44,10 @@ internal sealed partial class CriRuntimeService
             {
                 response.Info[key] = JsonSerializer.Serialize(value, InfoJson);
             }
+
+            // containerd's key, read by critest: the parent of stateDir is where it checks id-mapped mount support.
+            // Crest's container root filesystems (and the layers under them) live under the root.
+            response.Info["config"] = JsonSerializer.Serialize(new Dictionary<string, string> { ["stateDir"] = runtimeLayout.ContainerDir("") }, InfoJson);
         }
 
         return response;
