@@ -205,6 +205,8 @@ public sealed class LinuxSyscalls : ILinux
         }
 
         return result;
+    }
+
     public void BindIdMapped(string source, string target, string userNamespaceFile) => IdMappedMounts.Bind(source, target, userNamespaceFile);
 
     public void Chown(string path, uint uid, uint gid)

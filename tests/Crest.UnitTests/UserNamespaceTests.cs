@@ -107,7 +107,7 @@ public class UserNamespaceTests
             Sandbox = Sandbox(PodMode(Root), netns: "/run/crest/netns/s"),
             RootfsPath = "/rootfs",
             Image = new ContainerDefaults { Cmd = ["/bin/true"] },
-            User = (0, 0, []),
+            User = new ProcessUser(0, 0, []),
             HostsFile = "/h",
             HostnameFile = "/hn",
             ResolvConfFile = "/r",
