@@ -1,5 +1,5 @@
 # The two commands of the README are `make demo` and `make test`; both install what they need.
-.PHONY: deps build test demo bench clean
+.PHONY: deps build test demo bench critest clean
 
 deps:
 	./scripts/install-deps.sh
@@ -19,3 +19,6 @@ bench:
 clean:
 	dotnet clean Crest.slnx -v q
 	rm -rf artifacts
+
+critest:
+	./scripts/critest.sh

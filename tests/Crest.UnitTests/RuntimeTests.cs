@@ -197,7 +197,8 @@ public class RuntimeHandlerProbeCacheTests
         await probe.ProbeAsync(handler, TestContext.Current.CancellationToken);
         var second = await probe.ProbeAsync(handler, TestContext.Current.CancellationToken);
 
-        Assert.Equal(1, commands.Calls);
+        // --version and features, each once.
+        Assert.Equal(2, commands.Calls);
         Assert.Equal("1.3.6", second.Version);
     }
 
@@ -220,6 +221,18 @@ public class RuntimeHandlerProbeCacheTests
         Assert.Contains("v2 hierarchy with the hugetlb controller", refused.Problem, StringComparison.Ordinal);
         Assert.Contains("make deps", refused.Problem, StringComparison.Ordinal);
         Assert.Null(ready.Problem);
-        Assert.Equal(1, commands.Calls);
+        Assert.Equal(2, commands.Calls);
+    }
+
+    [Fact]
+    public void A_features_document_says_whether_recursive_read_only_and_idmap_mounts_are_there()
+    {
+        var features = RuntimeHandlerProbe.ParseFeatures("""{"mountOptions":["ro","rro"],"linux":{"namespaces":["user"],"mountExtensions":{"idmap":{"enabled":true}}}}""");
+
+        Assert.True(features.RecursiveReadOnlyMounts);
+        Assert.True(features.IdmapMounts);
+        Assert.Equal(["user"], features.Namespaces);
+        Assert.False(RuntimeHandlerProbe.ParseFeatures("""{"mountOptions":["ro"]}""").RecursiveReadOnlyMounts);
+        Assert.False(RuntimeHandlerProbe.ParseFeatures("not json").RecursiveReadOnlyMounts);
     }
 }

@@ -6,7 +6,7 @@ namespace Crest.UnitTests;
 
 public class SpecBuilderTests
 {
-    private static SandboxRecord Sandbox(NamespaceMode network = NamespaceMode.Pod) => new()
+    internal static SandboxRecord Sandbox(NamespaceMode network = NamespaceMode.Pod) => new()
     {
         Id = new string('s', 64),
         Spec = new PodSpec { Name = "p", Uid = "u", Namespace = "n", Namespaces = new NamespaceOptions(Network: network) },
@@ -18,7 +18,7 @@ public class SpecBuilderTests
         CgroupsPath = "/kubepods/pod1",
     };
 
-    private static ContainerContext Context(ContainerDefaults? image = null, NamespaceMode network = NamespaceMode.Pod) => new()
+    internal static ContainerContext Context(ContainerDefaults? image = null, NamespaceMode network = NamespaceMode.Pod) => new()
     {
         ContainerId = new string('c', 64),
         Sandbox = Sandbox(network),
@@ -152,4 +152,49 @@ public class ContainerLogPathTests
 
     [Fact]
     public void No_log_directory_or_path_means_no_log_file() => Assert.Equal("", ContainerService.LogFile("", "x.log", "c"));
+
+    [Fact]
+    public void A_pod_without_a_hostname_takes_the_nodes_never_its_long_name()
+    {
+        var longName = new string('n', 80);
+        var unnamed = new PodSpec { Name = longName, Uid = "u", Namespace = "n" };
+
+        Assert.Equal("node-1", SpecBuilder.PodHostname(unnamed, "node-1"));
+        Assert.Equal("web", SpecBuilder.PodHostname(unnamed with { Hostname = "web" }, "node-1"));
+        Assert.Equal("node-1", SpecBuilder.PodHostname(unnamed with { Hostname = "web", Namespaces = new NamespaceOptions(Network: NamespaceMode.Node) }, "node-1"));
+    }
+
+    [Fact]
+    public void Privileged_and_add_ALL_grant_the_nodes_capabilities_not_every_one()
+    {
+        var node = SpecBuilder.CapabilityNames(0b111); // chown, dac_override, dac_read_search
+        var context = SpecBuilderTests.Context() with { NodeCapabilities = node };
+
+        var privileged = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i", Security = new SecuritySpec { Privileged = true } }, context);
+        var all = SpecBuilder.ForContainer(new ContainerSpec { Name = "c", Image = "i", Security = new SecuritySpec { AddCapabilities = ["ALL"] } }, context);
+
+        Assert.Equal(["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH"], privileged.Process.Capabilities!.Bounding);
+        Assert.Equal(node, all.Process.Capabilities!.Effective);
+    }
+
+    [Fact]
+    public void Recursive_read_only_mounts_use_rro_and_need_read_only_private_mounts()
+    {
+        MountSpec Mount(bool readOnly, string propagation = "private") => new("/mnt", "/host", readOnly, propagation, RecursiveReadOnly: true);
+        ContainerSpec With(MountSpec m) => new() { Name = "c", Image = "i", Mounts = [m] };
+
+        var spec = SpecBuilder.ForContainer(With(Mount(readOnly: true)), SpecBuilderTests.Context());
+        var plain = SpecBuilder.ForContainer(With(Mount(readOnly: true) with { RecursiveReadOnly = false }), SpecBuilderTests.Context());
+
+        Assert.Contains("rro", spec.Mounts.Single(m => m.Destination == "/mnt").Options!);
+        Assert.Contains("ro", plain.Mounts.Single(m => m.Destination == "/mnt").Options!);
+        Assert.Equal(ErrorKind.InvalidArgument, Assert.Throws<CrestException>(() => SpecBuilder.ForContainer(With(Mount(readOnly: false)), SpecBuilderTests.Context())).Kind);
+        Assert.Equal(ErrorKind.InvalidArgument, Assert.Throws<CrestException>(() => SpecBuilder.ForContainer(With(Mount(readOnly: true, "rslave")), SpecBuilderTests.Context())).Kind);
+    }
+
+    [Fact]
+    public void Crestds_capabilities_are_its_effective_set_within_its_bounding_set()
+    {
+        Assert.Equal(0x5UL, Crest.Linux.LinuxSyscalls.ParseHeldCapabilities("Name:\tcrestd\nCapEff:\t0000000000000007\nCapBnd:\t000000000000000d\n"));
+    }
 }
