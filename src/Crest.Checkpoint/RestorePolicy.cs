@@ -250,7 +250,7 @@ public static class RestorePolicy
                 Add("users", "gid (real/effective/saved/fs)", string.Join("/", t.Gids), $"run_as_group {group}");
             }
 
-            if (request.RunAsUser is not null || request.RunAsGroup is not null)
+            if (request.RunAsGroup is not null)
             {
                 var permittedGroups = request.SupplementalGroups.Append(request.RunAsGroup ?? t.Gids[0]).ToHashSet();
                 var extra = t.Groups.Where(g => !permittedGroups.Contains(g)).ToList();
