@@ -47,6 +47,19 @@ internal static class PodScenario
         return (busybox, pause);
     }
 
+    /// <summary>The scenario's images into one subject: busybox for crestd (no pause image), busybox and pause for containerd.</summary>
+    public static async Task LoadImagesAsync(string subject, string socket, string busybox, string pause)
+    {
+        if (subject == "crest")
+        {
+            await LoadIntoCrestAsync(socket, busybox);
+            return;
+        }
+
+        await LoadIntoContainerdAsync(socket, busybox);
+        await LoadIntoContainerdAsync(socket, pause);
+    }
+
     public static async Task LoadIntoCrestAsync(string socket, string archive)
     {
         using var channel = UnixGrpc.Channel(socket);

@@ -81,15 +81,7 @@ if (!checkpointOnly && !critestOnly)
         foreach (var subject in subjects)
         {
             await using var running = await subject.StartAsync();
-            if (subject.Name == "crest")
-            {
-                await PodScenario.LoadIntoCrestAsync(running.Socket, busybox);
-            }
-            else
-            {
-                await PodScenario.LoadIntoContainerdAsync(running.Socket, busybox);
-                await PodScenario.LoadIntoContainerdAsync(running.Socket, pause);
-            }
+            await PodScenario.LoadImagesAsync(subject.Name, running.Socket, busybox, pause);
 
             await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), 999);
             for (var r = 0; r < runs; r++)
@@ -131,15 +123,7 @@ if (!critestOnly)
         foreach (var subject in subjects)
         {
             await using var running = await subject.StartAsync();
-            if (subject.Name == "crest")
-            {
-                await PodScenario.LoadIntoCrestAsync(running.Socket, busybox);
-            }
-            else
-            {
-                await PodScenario.LoadIntoContainerdAsync(running.Socket, busybox);
-                await PodScenario.LoadIntoContainerdAsync(running.Socket, pause);
-            }
+            await PodScenario.LoadImagesAsync(subject.Name, running.Socket, busybox, pause);
 
             var n = 0;
             foreach (var (name, bytes) in CheckpointScenario.Workloads)
