@@ -39,20 +39,20 @@ public sealed partial class ContainerService
             deadline.CancelAfter(timeout);
         }
 
+        // The runtime's client is stopped only as a last resort: it is the command's parent, and while it lives it reaps
+        // the command we kill. Killed first, it would leave the command to the container's init, which need not reap it,
+        // and a zombie still shows in the container's process list.
+        using var lastResort = new CancellationTokenSource();
+        var argv = options.ToArguments();
+        var run = commands.RunAsync(new CommandLine(argv[0], [.. argv.Skip(1)]), lastResort.Token);
         try
         {
-            var argv = options.ToArguments();
-            var result = await commands.RunAsync(new CommandLine(argv[0], [.. argv.Skip(1)]), deadline.Token).ConfigureAwait(false);
+            var result = await run.WaitAsync(deadline.Token).ConfigureAwait(false);
             return new ExecResult(System.Text.Encoding.UTF8.GetBytes(result.StandardOutput), System.Text.Encoding.UTF8.GetBytes(result.StandardError), result.ExitCode);
         }
-        catch (OperationCanceledException)
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
         {
-            // The runtime's client is gone; the command inside may still run, and what it started: kill them by its pid.
-            if (File.Exists(options.PidFile) && int.TryParse(File.ReadAllText(options.PidFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
-            {
-                linux.KillProcessTree(pid);
-            }
-
+            await KillExecAsync(options.PidFile, run, lastResort).ConfigureAwait(false);
             if (ct.IsCancellationRequested)
             {
                 throw;
@@ -65,6 +65,50 @@ public sealed partial class ContainerService
         {
             File.Delete(options.PidFile);
             File.Delete(options.ProcessFile);
+        }
+    }
+
+    /// <summary>
+    /// Kills a timed-out exec's command and every process it started, by the pid the runtime wrote, and waits (bounded)
+    /// for the runtime's client to reap it and exit; the client itself is killed only if it does not.
+    /// </summary>
+    private async Task KillExecAsync(string pidFile, Task<CommandResult> run, CancellationTokenSource lastResort)
+    {
+        var giveUp = DateTime.UtcNow + ExecKillGrace;
+        while (!run.IsCompleted && DateTime.UtcNow < giveUp)
+        {
+            // The pid file appears once the command has started; a timeout shorter than the start finds none yet.
+            if (ReadPid(pidFile) is { } pid)
+            {
+                linux.KillProcessTree(pid);
+            }
+
+            await Task.WhenAny(run, Task.Delay(TimeSpan.FromMilliseconds(50), CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        await lastResort.CancelAsync().ConfigureAwait(false);
+        try
+        {
+            await run.ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is OperationCanceledException or CrestException)
+        {
+            // Killed or gone: what matters is that it no longer runs.
+        }
+    }
+
+    /// <summary>How long a timed-out exec's runtime client has to reap the killed command before it is killed too.</summary>
+    private static readonly TimeSpan ExecKillGrace = TimeSpan.FromSeconds(5);
+
+    private static int? ReadPid(string pidFile)
+    {
+        try
+        {
+            return int.TryParse(File.ReadAllText(pidFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && pid > 0 ? pid : null;
+        }
+        catch (IOException)
+        {
+            return null;
         }
     }
 

@@ -222,8 +222,7 @@ public class PodSecurityTests
         var timeout = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => d.Runtime.ExecSyncAsync(
             new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "touch /tmp/started; sleep 30; touch /tmp/finished" }, Timeout = 1 }, cancellationToken: Ct).ResponseAsync);
         clock.Stop();
-        await Task.Delay(500, Ct);
-        var after = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "ls /tmp; ps | grep -c 'sleep 30' || true" }, Timeout = 10 }, cancellationToken: Ct);
+        var after = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "ls /tmp; ps -o pid,args | grep '[s]leep 30' || true" }, Timeout = 10 }, cancellationToken: Ct);
 
         Assert.Equal("hello crest\n", r.Stdout.ToStringUtf8());
         Assert.Equal("oops\n", r.Stderr.ToStringUtf8());
@@ -233,6 +232,16 @@ public class PodSecurityTests
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"the timeout took {clock.Elapsed}");
         Assert.Contains("started", after.Stdout.ToStringUtf8(), StringComparison.Ordinal);
         Assert.DoesNotContain("finished", after.Stdout.ToStringUtf8(), StringComparison.Ordinal);
+        // The kubelet's exec probes rely on it: the command and what it started are gone when the call returns.
+        Assert.DoesNotContain("sleep 30", after.Stdout.ToStringUtf8(), StringComparison.Ordinal);
+
+        // A command run directly (no shell) is the runtime client's child: it must be reaped, not left as a zombie of the
+        // container's init (this one, a plain sleep, reaps nothing), or it still shows in the process list.
+        await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => d.Runtime.ExecSyncAsync(
+            new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/busybox", "sleep", "4321" }, Timeout = 1 }, cancellationToken: Ct).ResponseAsync);
+        var processes = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "cat /proc/[0-9]*/stat /proc/[0-9]*/cmdline | tr '\\0' ' '" }, Timeout = 10 }, cancellationToken: Ct);
+        Assert.DoesNotContain("4321", processes.Stdout.ToStringUtf8(), StringComparison.Ordinal);
+        Assert.DoesNotContain(") Z ", processes.Stdout.ToStringUtf8(), StringComparison.Ordinal);
     }
 
     [Fact]
