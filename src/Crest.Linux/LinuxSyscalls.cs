@@ -27,6 +27,9 @@ public interface ILinux
     /// <summary>Mount points at or below <paramref name="prefix"/>, from /proc/self/mountinfo.</summary>
     IReadOnlyList<string> MountsUnder(string prefix);
 
+    /// <summary>The mount that holds <paramref name="path"/> (symlinks resolved) and its propagation, from /proc/self/mountinfo.</summary>
+    (string MountPoint, MountPropagation Propagation) PropagationOf(string path);
+
     /// <summary>
     /// SIGKILLs a process and every descendant it has (found by parent pid in /proc, in passes until none is left), so
     /// a command that forked does not leave its children running.
@@ -60,6 +63,8 @@ public enum MountOptions : ulong
     Bind = Interop.MS_BIND,
     Recursive = Interop.MS_REC,
     Private = Interop.MS_PRIVATE,
+    Slave = 0x80000,
+    Shared = 0x100000,
 }
 
 /// <summary>The real syscalls.</summary>
@@ -256,6 +261,31 @@ public sealed class LinuxSyscalls : ILinux
         {
             return false;
         }
+    }
+
+    public (string MountPoint, MountPropagation Propagation) PropagationOf(string path)
+    {
+        return MountInfo.PropagationOf(Resolve(path), File.ReadLines("/proc/self/mountinfo"));
+    }
+
+    /// <summary><paramref name="path"/> with every symlink along it followed (a missing part is kept as written).</summary>
+    private static string Resolve(string path)
+    {
+        var current = "/";
+        foreach (var part in Path.GetFullPath(path).Split('/', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var next = Path.Combine(current, part);
+            try
+            {
+                current = new FileInfo(next).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? next;
+            }
+            catch (IOException)
+            {
+                current = next;
+            }
+        }
+
+        return current;
     }
 
     public IReadOnlyList<string> MountsUnder(string prefix)

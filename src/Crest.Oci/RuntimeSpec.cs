@@ -66,6 +66,9 @@ public sealed record SpecLinux
     [JsonPropertyName("devices")] public IReadOnlyList<SpecDevice>? Devices { get; init; }
     [JsonPropertyName("uidMappings")] public IReadOnlyList<SpecIdMapping>? UidMappings { get; init; }
     [JsonPropertyName("gidMappings")] public IReadOnlyList<SpecIdMapping>? GidMappings { get; init; }
+
+    /// <summary>Propagation of the container's root mount ("rshared", "rslave", "rprivate"); unset, the runtime's default.</summary>
+    [JsonPropertyName("rootfsPropagation")] public string? RootfsPropagation { get; init; }
 }
 
 /// <summary>One range of a new user namespace's uid or gid map.</summary>

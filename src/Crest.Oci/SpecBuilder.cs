@@ -230,9 +230,21 @@ public static class SpecBuilder
                     _ => null,
                 },
                 Devices = ctx.Devices.Count == 0 ? null : ctx.Devices,
+                RootfsPropagation = RootfsPropagation(mounts),
             },
             Annotations = (spec.RuntimeAnnotations ?? spec.Annotations) is { Count: > 0 } annotations ? annotations : null,
         };
+    }
+
+    /// <summary>
+    /// A shared or slave volume needs the container's root mount to be the same or the runtimes make its mounts private
+    /// (crun by default, runc for every mount below a private parent): mounts then neither arrive from the host nor,
+    /// for a shared volume, go back to it.
+    /// </summary>
+    private static string? RootfsPropagation(IEnumerable<SpecMount> mounts)
+    {
+        var options = mounts.SelectMany(m => m.Options ?? []).ToHashSet(StringComparer.Ordinal);
+        return options.Contains("rshared") ? "rshared" : options.Contains("rslave") ? "rslave" : null;
     }
 
     /// <summary>

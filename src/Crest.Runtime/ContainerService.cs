@@ -35,6 +35,27 @@ public sealed partial class ContainerService(
         await CreateAsync(sandboxId, spec, restore: null, ct).ConfigureAwait(false);
 
     /// <summary>
+    /// A volume asking for mounts from the host (host_to_container) needs a host path on a shared or slave mount, one
+    /// sending them back (bidirectional) a shared one: otherwise nothing would propagate, silently. As containerd does,
+    /// the create is refused, naming the mount to make shared.
+    /// </summary>
+    private void CheckVolumePropagation(ContainerSpec spec)
+    {
+        foreach (var m in spec.Mounts.Where(m => m.Propagation is not ("private" or "rprivate")))
+        {
+            var bidirectional = m.Propagation is "rshared" or "bidirectional";
+            var (mountPoint, propagation) = linux.PropagationOf(m.HostPath);
+            if (propagation == MountPropagation.Private || (bidirectional && propagation != MountPropagation.Shared))
+            {
+                throw new CrestException(ErrorKind.FailedPrecondition,
+                    $"container {spec.Name}: volume {m.HostPath} asks for {(bidirectional ? "bidirectional" : "host-to-container")} mount propagation, "
+                    + $"but it lies on mount {mountPoint}, which is {propagation.ToString().ToLowerInvariant()}; make that mount {(bidirectional ? "shared" : "shared or slave")} "
+                    + $"(mount --make-rshared {mountPoint}) or ask for private propagation");
+            }
+        }
+    }
+
+    /// <summary>
     /// Creates a container; with <paramref name="restore"/> it is made from a checkpoint: the prepared checkpoint
     /// directory moves into the container's private restore directory, the old log is put in place, and no
     /// process is created until StartContainer restores it.
@@ -62,6 +83,7 @@ public sealed partial class ContainerService(
                 : throw new CrestException(ErrorKind.FailedPrecondition, $"container {spec.Name} wants the pid namespace of {target.Id}, which is {target.State}, not running");
         }
 
+        CheckVolumePropagation(spec);
         var record = new ContainerRecord
         {
             Id = id,

@@ -30,7 +30,7 @@ public class PodTests
             TestImages.File(t, "bin/busybox", await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct), mode: 0x1ED);
             TestImages.Symlink(t, "bin/sh", "busybox");
             TestImages.File(t, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\nwww:x:1000:1000:www:/tmp:/bin/sh\n"u8.ToArray());
-            TestImages.File(t, "etc/group", "root:x:0:\nwww:x:1000:\n"u8.ToArray());
+            TestImages.File(t, "etc/group", "root:x:0:\nwww:x:1000:\nstaff:x:50000:www\n"u8.ToArray());
         }
 
         var images = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<Images.ImageService>(d.Daemon.Services);

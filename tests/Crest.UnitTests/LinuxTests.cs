@@ -31,6 +31,28 @@ public class CgroupLayoutTests
         Assert.Equal(expected, CgroupLayout.FromMountInfo(mountInfo.Split('\n')));
 }
 
+public class MountInfoTests
+{
+    private const string Listing = """
+        22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+        40 22 8:1 /srv /srv rw,relatime shared:3 - ext4 /dev/sda1 rw
+        41 40 8:1 /srv/data /srv/data rw,relatime master:3 - ext4 /dev/sda1 rw
+        42 40 0:50 / /srv/both rw,relatime shared:7 master:3 - tmpfs tmpfs rw
+        43 22 0:51 / /with\040space rw,relatime shared:8 - tmpfs tmpfs rw
+        """;
+
+    [Theory]
+    [InlineData("/etc/hosts", "/", MountPropagation.Private)]
+    [InlineData("/srv", "/srv", MountPropagation.Shared)]
+    [InlineData("/srv/volume/x", "/srv", MountPropagation.Shared)]
+    [InlineData("/srv/data/x", "/srv/data", MountPropagation.Slave)]
+    [InlineData("/srv/database", "/srv", MountPropagation.Shared)]
+    [InlineData("/srv/both", "/srv/both", MountPropagation.Shared)]
+    [InlineData("/with space/a", "/with space", MountPropagation.Shared)]
+    public void The_mount_holding_a_path_and_its_propagation_come_from_mountinfo(string path, string mountPoint, MountPropagation propagation) =>
+        Assert.Equal((mountPoint, propagation), MountInfo.PropagationOf(path, Listing.Split('\n')));
+}
+
 public class CriuVersionTests
 {
     [Theory]

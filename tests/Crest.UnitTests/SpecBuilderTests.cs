@@ -192,6 +192,28 @@ public class ContainerLogPathTests
         Assert.Equal(ErrorKind.InvalidArgument, Assert.Throws<CrestException>(() => SpecBuilder.ForContainer(With(Mount(readOnly: true, "rslave")), SpecBuilderTests.Context())).Kind);
     }
 
+    [Theory]
+    [InlineData(new string[0], null)]
+    [InlineData(new[] { "private" }, null)]
+    [InlineData(new[] { "host_to_container", "private" }, "rslave")]
+    [InlineData(new[] { "host_to_container", "bidirectional" }, "rshared")]
+    public void A_shared_or_slave_volume_sets_the_root_mounts_propagation(string[] propagations, string? expected)
+    {
+        var spec = new ContainerSpec
+        {
+            Name = "c",
+            Image = "i",
+            Mounts = [.. propagations.Select((p, i) => new MountSpec($"/v{i}", $"/host/v{i}", ReadOnly: false, p))],
+        };
+
+        var built = SpecBuilder.ForContainer(spec, SpecBuilderTests.Context());
+
+        Assert.Equal(expected, built.Linux!.RootfsPropagation);
+        Assert.All(built.Mounts.Where(m => m.Destination.StartsWith("/v", StringComparison.Ordinal)), m => Assert.Contains(
+            propagations[int.Parse(m.Destination[2..], System.Globalization.CultureInfo.InvariantCulture)] switch { "bidirectional" => "rshared", "host_to_container" => "rslave", _ => "rprivate" },
+            m.Options!));
+    }
+
     [Fact]
     public void Crestds_capabilities_are_its_effective_set_within_its_bounding_set()
     {
