@@ -54,11 +54,39 @@ if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
   echo "test: dotnet test exited $status although no test failed; counted as one failure"
   failed=1
 fi
+
+# Conformance: the official CRI validation suite, unmodified, with both handlers; every spec counts, a failed one
+# fails the run (as in containerd's and CRI-O's CI). CREST_SKIP_CRITEST=1 leaves it out of a developer's loop.
+critest_out=artifacts/critest
+if [ "${CREST_SKIP_CRITEST:-}" = 1 ]; then
+  echo "test: critest not run (CREST_SKIP_CRITEST=1); counted as one skip"
+  skipped=$((skipped + 1))
+else
+  echo "test: the CRI validation suite (critest; runc and crun)"
+  rm -rf "$critest_out"
+  CRITEST_SKIP_BUILD=1 CRITEST_OUT="$critest_out" timeout --kill-after=30s 1800 ./scripts/critest.sh | tee "$results/critest.txt"
+  line=$(tail -n 1 "$results/critest.txt")
+  if [[ "$line" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]]; then
+    passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2])); skipped=$((skipped + BASH_REMATCH[3]))
+  else
+    echo "test: critest ended without its counts; counted as one failure"
+    failed=$((failed + 1))
+  fi
+fi
+
 if [ "$skipped" -gt 0 ]; then
   echo "test: skipped tests and their reasons:"
   awk '/<UnitTestResult / { want = 0 }
        /outcome="NotExecuted"/ { match($0, /testName="[^"]*"/); name = substr($0, RSTART + 10, RLENGTH - 11); want = 1; next }
        want && /<StdOut>/ { sub(/.*<StdOut>/, ""); sub(/<\/StdOut>.*/, ""); print "  " name ": " $0; want = 0 }' "$results"/*.trx | sed -e 's/&quot;/"/g' -e 's/&amp;/\&/g' -e "s/&apos;/'/g"
+  for summary in "$critest_out"/*/summary.txt; do
+    [ -f "$summary" ] || continue
+    echo "  critest $(basename "$(dirname "$summary")"), by reason:"
+    # "filtered": critest's benchmarks (make bench runs them) and the one spec that needs an upstream image by digest.
+    sed -n -e 's/^SKIP .*benchmark.* -- filtered$/not selected: a benchmark (make bench runs them)/p' \
+      -e 's/^SKIP .*with digest.* -- filtered$/not selected: needs the upstream image with a fixed digest (offline registry)/p' \
+      -e '/ -- filtered$/d' -e 's/^SKIP .* -- //p' "$summary" | sed -E 's/^(.{0,100}).*/\1/' | sort | uniq -c | sed 's/^/   /'
+  done
 fi
 
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
