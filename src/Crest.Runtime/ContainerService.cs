@@ -737,6 +737,13 @@ public sealed partial class ContainerService(
         }
 
         var sandbox = await sandboxes.GetAsync(c.SandboxId, ct).ConfigureAwait(false);
+        if (sandbox.Spec.Namespaces.HasPodUserNamespace)
+        {
+            // A restore refuses a checkpoint holding a user namespace, so no archive is made that none could restore.
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"container {c.Id} runs in pod sandbox {sandbox.Id}'s own user namespace (userns_options); checkpoints cover containers in the node's user namespace only");
+        }
+
         var handler = sandboxes.Handler(c.RuntimeHandler);
         var root = layout.RuntimeRoot(handler.Name);
         var runtimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path;

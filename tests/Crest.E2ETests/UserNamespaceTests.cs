@@ -89,6 +89,21 @@ public class UserNamespaceTests
             // What the pod wrote belongs to the mapped root on the host.
             var written = Directory.EnumerateDirectories(dir.Combine("root", "containers")).Select(c => Path.Combine(c, "upper", "written")).Single(File.Exists);
             Assert.Equal("1000", (await RunAsync("stat", "-c", "%u", written)).Trim());
+
+            // A restore refuses checkpoints that hold a user namespace: the checkpoint is refused before any pause.
+            var sleeper = container.Clone();
+            sleeper.Metadata.Name = "sleeper";
+            sleeper.Command.Clear();
+            sleeper.Command.Add(["/bin/busybox", "sleep", "60"]);
+            var sleeperId = (await cri.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = podId, Config = sleeper, SandboxConfig = podConfig }, cancellationToken: Ct)).ContainerId;
+            await cri.StartContainerAsync(new StartContainerRequest { ContainerId = sleeperId }, cancellationToken: Ct);
+            var archive = dir.Combine("userns.tar");
+            var refused = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => cri.CheckpointContainerAsync(
+                new CheckpointContainerRequest { ContainerId = sleeperId, Location = archive }, cancellationToken: Ct).ResponseAsync);
+            Assert.Equal(Grpc.Core.StatusCode.FailedPrecondition, refused.StatusCode);
+            Assert.Contains("own user namespace", refused.Status.Detail, StringComparison.Ordinal);
+            Assert.False(File.Exists(archive));
+            Assert.Equal(ContainerState.ContainerRunning, (await cri.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = sleeperId }, cancellationToken: Ct)).Status.State);
         }
         finally
         {
