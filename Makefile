@@ -1,5 +1,5 @@
 # The two commands of the README are `make demo` and `make test`; both install what they need.
-.PHONY: deps build test demo bench critest clean
+.PHONY: deps build test demo bench critest deb clean
 
 deps:
 	./scripts/install-deps.sh
@@ -22,3 +22,6 @@ clean:
 
 critest:
 	./scripts/critest.sh
+
+deb:
+	./scripts/deb.sh

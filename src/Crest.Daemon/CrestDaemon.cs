@@ -42,6 +42,9 @@ public sealed class CrestDaemon : IAsyncDisposable
     /// <summary>Completes when the daemon has stopped (SIGTERM, SIGINT or <see cref="StopAsync"/>).</summary>
     public Task Completion => _app.WaitForShutdownAsync();
 
+    /// <summary>Fires when a graceful stop begins (SIGTERM, SIGINT).</summary>
+    public CancellationToken Stopping => _app.Lifetime.ApplicationStopping;
+
     public static async Task<CrestDaemon> StartAsync(CrestConfig config, CancellationToken ct, Action<ILoggingBuilder>? configureLogging = null)
     {
         ArgumentNullException.ThrowIfNull(config);
@@ -70,7 +73,6 @@ public sealed class CrestDaemon : IAsyncDisposable
             }
 
             configureLogging?.Invoke(builder.Logging);
-            builder.Host.UseSystemd();
             builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(10));
             builder.WebHost.ConfigureKestrel(k =>
             {

@@ -17,6 +17,7 @@ var root = new RootCommand("crestd: a Kubernetes container runtime (CRI v1) buil
 
 root.SetAction(async (parse, ct) =>
 {
+    var systemd = SystemdNotify.FromEnvironment();
     CrestConfig config;
     try
     {
@@ -48,7 +49,14 @@ root.SetAction(async (parse, ct) =>
 
     await using (daemon)
     {
+        // Ready means serving: the socket listens with its final mode and recovery is done.
+        if (!systemd.TrySend($"READY=1\nMAINPID={Environment.ProcessId}\nSTATUS=serving CRI on {config.Paths.Socket}", out var problem))
+        {
+            await Console.Error.WriteLineAsync($"crestd: {problem}");
+        }
+
         // The host's console lifetime turns SIGTERM and SIGINT into a graceful stop.
+        using var stopping = daemon.Stopping.Register(() => systemd.TrySend("STOPPING=1", out _));
         await daemon.Completion;
     }
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# make deb: crest_VERSION_amd64.deb with dpkg-deb. crestd and crest are published self-contained (the .NET runtime
+# travels with them, so the node needs no dotnet package) into /usr/lib/crest, linked from /usr/bin; the unit goes
+# to /usr/lib/systemd/system (Debian's merged /usr: /lib/systemd/system is the same directory); /etc/crest/config.toml
+# is a conffile holding every key commented out with its default (taken from docs/config.md, so the two never differ).
+# Usage: scripts/deb.sh [OUTDIR]   (default artifacts/deb); prints the package's path last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-artifacts/deb}
+version=$(sed -n 's:.*<Version>\(.*\)</Version>.*:\1:p' Directory.Build.props | head -n 1)
+stage=$(mktemp -d /tmp/crest-deb-XXXXXX)
+chmod 0755 "$stage"
+trap 'rm -rf "$stage"' EXIT
+
+echo "deb: publishing crestd and crest $version (self-contained, linux-x64)" >&2
+for project in src/Crest.Daemon src/Crest.Cli; do
+  dotnet publish "$project" -c Release -r linux-x64 --self-contained -p:DebugType=none -p:GenerateDocumentationFile=false \
+    -o "$stage/usr/lib/crest" -v q -clp:ErrorsOnly >&2
+done
+
+mkdir -p "$stage/usr/bin" "$stage/usr/lib/systemd/system" "$stage/etc/crest" "$stage/usr/share/doc/crest" "$stage/DEBIAN"
+ln -s ../lib/crest/crestd "$stage/usr/bin/crestd"
+ln -s ../lib/crest/crest "$stage/usr/bin/crest"
+install -m 0644 packaging/crestd.service "$stage/usr/lib/systemd/system/crestd.service"
+install -m 0644 README.md docs/config.md docs/user-guide.md "$stage/usr/share/doc/crest/"
+{
+  echo "# crestd configuration: every key with its default, commented out. Uncomment what you change."
+  echo "# The keys are explained in /usr/share/doc/crest/config.md."
+  echo "#"
+  awk '/^```toml$/ { inside = 1; next } /^```$/ { inside = 0 } inside' docs/config.md | sed -e 's/^/# /' -e 's/ *$//'
+} > "$stage/etc/crest/config.toml"
+echo /etc/crest/config.toml > "$stage/DEBIAN/conffiles"
+size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+sed -e "s/@VERSION@/$version/" -e "s/@SIZE@/$size/" packaging/debian/control > "$stage/DEBIAN/control"
+install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$stage/DEBIAN/"
+
+mkdir -p "$out"
+deb="$out/crest_${version}_amd64.deb"
+# gzip at a low level: the payload is mostly .NET assemblies, and xz would add a minute for little.
+dpkg-deb --root-owner-group -Zgzip -z3 --build "$stage" "$deb" >&2
+echo "$deb"
