@@ -19,6 +19,7 @@ BASE_PACKAGES=(
   conmon iptables iproute2 containernetworking-plugins catatonit busybox-static
   docker-registry skopeo apache2-utils jq tmux util-linux procps make
   systemd  # systemd-analyze verifies the packaged unit in the package test
+  prometheus  # a real Prometheus scrapes crestd in the metrics test (policy-rc.d keeps its service from starting)
 )
 # From forky, each for a reason named above. Podman 5.8 is the compatibility oracle of the cross-engine tests;
 # without recommends it brings 12 packages (netavark, libseccomp2 2.6, libgpgme45, libsubid6 and shadow's

@@ -32,9 +32,34 @@ internal static class CheckpointMetrics
     private static readonly Histogram<double> Paused = Meter.CreateHistogram<double>("crest_checkpoint_paused_seconds", "s", "Time the container was frozen during a checkpoint");
     private static readonly Histogram<long> Size = Meter.CreateHistogram<long>("crest_checkpoint_size_bytes", "By", "Size of checkpoint archives");
     private static readonly Counter<long> Pages = Meter.CreateCounter<long>("crest_checkpoint_pages_written_total", null, "Memory pages CRIU wrote");
+    private static readonly Counter<long> Checkpoints = Meter.CreateCounter<long>("crest_checkpoints_total", null, "CheckpointContainer calls by result (ok, error)");
+    private static readonly Counter<long> Restores = Meter.CreateCounter<long>("crest_restores_total", null, "Restores prepared at CreateContainer by result (ok, error)");
+    private static readonly Histogram<double> RestorePrepare = Meter.CreateHistogram<double>("crest_restore_prepare_duration_seconds", "s",
+        "Time a restore takes at CreateContainer: reading and checking the checkpoint, pulling the base image, the container's rootfs");
+
+    /// <summary>Counts a failed checkpoint; false, so that it can sit in an exception filter and let the exception pass.</summary>
+    public static bool CheckpointFailed()
+    {
+        Checkpoints.Add(1, new KeyValuePair<string, object?>("result", "error"));
+        return false;
+    }
+
+    public static void RestorePrepared(TimeSpan elapsed)
+    {
+        Restores.Add(1, new KeyValuePair<string, object?>("result", "ok"));
+        RestorePrepare.Record(elapsed.TotalSeconds);
+    }
+
+    /// <summary>Counts a failed restore; false, for an exception filter.</summary>
+    public static bool RestoreFailed()
+    {
+        Restores.Add(1, new KeyValuePair<string, object?>("result", "error"));
+        return false;
+    }
 
     public static void Record(CheckpointResult r)
     {
+        Checkpoints.Add(1, new KeyValuePair<string, object?>("result", "ok"));
         Duration.Record(r.Total.TotalSeconds);
         Paused.Record(r.Paused.TotalSeconds);
         Size.Record(r.ArchiveBytes);

@@ -121,6 +121,10 @@ public sealed class CheckpointService(
             CheckpointMetrics.Record(result);
             return result;
         }
+        catch (Exception) when (CheckpointMetrics.CheckpointFailed())
+        {
+            throw; // never reached: the filter counts the failure and declines
+        }
         catch (OperationCanceledException) when (deadline.IsCancellationRequested && !ct.IsCancellationRequested)
         {
             throw new CrestException(ErrorKind.DeadlineExceeded,

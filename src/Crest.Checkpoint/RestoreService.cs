@@ -99,6 +99,7 @@ public sealed class RestoreService(
                 $"{request.Image} is a checkpoint, but restore via CreateContainer is disabled by configuration; set [restore] via_create = true in config.toml to allow it");
         }
 
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
         var staging = Path.Combine(paths.Root, "restores", Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
         Directory.CreateDirectory(Path.GetDirectoryName(staging)!, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
@@ -149,7 +150,12 @@ public sealed class RestoreService(
             }
 
             CheckpointLog.PreparedRestore(logger, record.Id, plan.Source, plan.Engine.ToString(), baseImage);
+            CheckpointMetrics.RestorePrepared(clock.Elapsed);
             return record;
+        }
+        catch (Exception) when (CheckpointMetrics.RestoreFailed())
+        {
+            throw; // never reached: the filter counts the failure and declines
         }
         finally
         {

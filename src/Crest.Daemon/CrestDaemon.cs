@@ -79,6 +79,11 @@ public sealed class CrestDaemon : IAsyncDisposable
                 k.ListenUnixSocket(paths.Socket, l => l.Protocols = HttpProtocols.Http2);
                 // The streaming server (Exec, Attach, PortForward URLs): WebSocket needs HTTP/1.1.
                 k.Listen(System.Net.IPAddress.Parse(config.Streaming.Address), config.Streaming.Port, l => l.Protocols = HttpProtocols.Http1);
+                if (config.Metrics.Endpoint is { } metrics)
+                {
+                    k.Listen(metrics, l => l.Protocols = HttpProtocols.Http1);
+                }
+
                 k.AddServerHeader = false;
             });
 
@@ -154,20 +159,29 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<PodService>();
             builder.Services.AddSingleton<RuntimeEvents>();
             builder.Services.AddHostedService<Hosting.ExitWatcher>();
+            builder.Services.AddSingleton<Metrics.ObjectMetrics>();
             builder.Services.AddSingleton<Streaming.StreamRequestCache>();
             builder.Services.AddSingleton<Streaming.StreamingServer>();
             builder.Services.AddGrpc(o =>
             {
+                // Outermost: the metrics see the status code the error interceptor chose.
+                o.Interceptors.Add<Metrics.CriMetricsInterceptor>();
                 o.Interceptors.Add<ErrorInterceptor>();
                 o.EnableDetailedErrors = false;
                 o.MaxReceiveMessageSize = 16 * 1024 * 1024;
             });
 
+            Metrics.MetricsEndpoint.Configure();
             var app = builder.Build();
+            app.Services.GetRequiredService<Metrics.ObjectMetrics>();
             app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(30) });
             // Requests on the TCP endpoint are the streaming server's; gRPC is served only on the unix socket.
             var streaming = app.Services.GetRequiredService<Streaming.StreamingServer>();
-            app.Use(next => context => context.Connection.LocalIpAddress is not null ? streaming.HandleAsync(context) : next(context));
+            // The metrics endpoint, when configured, is the one TCP port that is not the streaming server's.
+            var metricsPort = config.Metrics.Endpoint?.Port;
+            app.Use(next => context => context.Connection.LocalIpAddress is null ? next(context)
+                : context.Connection.LocalPort == metricsPort ? Metrics.MetricsEndpoint.HandleAsync(context)
+                : streaming.HandleAsync(context));
             app.MapGrpcService<CriRuntimeService>();
             app.MapGrpcService<CriImageService>();
             app.MapGrpcService<CrestImagesService>();

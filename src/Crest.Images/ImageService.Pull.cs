@@ -37,11 +37,14 @@ public sealed partial class ImageService
         try
         {
             // The shared transfer outlives any one caller's deadline; it is bounded by the registry client's retries.
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             var record = await PullCoreAsync(reference, credentials, pull.Report, CancellationToken.None).ConfigureAwait(false);
+            ImageMetrics.Pulled(clock.Elapsed, record.Size);
             pull.Result.TrySetResult(record);
         }
         catch (Exception e)
         {
+            ImageMetrics.Failed();
             pull.Result.TrySetException(e);
         }
         finally

@@ -20,6 +20,7 @@ public class ConfigLoaderTests
         Assert.Equal("/etc/cni/net.d", config.Cni.ConfDir);
         Assert.True(config.Checkpoint.Enabled);
         Assert.False(config.Restore.ViaCreate);
+        Assert.Null(config.Metrics.Endpoint);
     }
 
     [Fact]
@@ -51,6 +52,8 @@ public class ConfigLoaderTests
             [streaming]
             address = "0.0.0.0"
             port = 10010
+            [metrics]
+            address = "127.0.0.1:1338"
             """, "c.toml");
 
         Assert.Equal(new CrestPaths("/srv/crest", "/run/c2", "/run/c2/cri.sock"), config.Paths);
@@ -64,6 +67,7 @@ public class ConfigLoaderTests
         Assert.Equal(new CheckpointConfig(false, "/opt/criu", 40300), config.Checkpoint);
         Assert.True(config.Restore.ViaCreate);
         Assert.Equal(new Crest.Daemon.Streaming.StreamingConfig("0.0.0.0", 10010), config.Streaming);
+        Assert.Equal(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 1338), config.Metrics.Endpoint);
     }
 
     [Theory]
@@ -93,6 +97,8 @@ public class ConfigLoaderTests
     [InlineData("[cni]\nplugin_dirs = [\"lib/cni\"]", "cni.plugin_dirs must be a list of absolute paths")]
     [InlineData("[registries.\"r.example\"]\nmirrors = [\"ftp://m\"]", "mirrors must be a list of http:// or https:// URLs")]
     [InlineData("[streaming]\naddress = \"localhost\"", "streaming.address must be an IP address")]
+    [InlineData("[metrics]\naddress = \"localhost:1338\"", "metrics.address must be an IP address and port")]
+    [InlineData("[metrics]\naddress = \"127.0.0.1\"", "metrics.address must be an IP address and port")]
     [InlineData("[streaming]\nport = 70000", "streaming.port must be a TCP port from 0 (any free port) to 65535")]
     [InlineData("[streaming]\nport = \"10010\"", "streaming.port must be an integer")]
     public void A_value_of_the_wrong_shape_says_what_was_expected(string toml, string expected)

@@ -200,6 +200,16 @@ public static class ConfigLoader
                 Streaming = new Streaming.StreamingConfig(address, port is >= 0 and <= 65535 ? (int)port : throw Invalid(sourceName, "streaming.port", "a TCP port from 0 (any free port) to 65535", port)),
             };
         });
+        reader.Table("metrics", t =>
+        {
+            var address = t.StringOrEmpty("address") ?? defaults.Metrics.Address;
+            if (address.Length > 0 && !(System.Net.IPEndPoint.TryParse(address, out var endpoint) && endpoint.Port > 0))
+            {
+                throw Invalid(sourceName, "metrics.address", "an IP address and port such as \"127.0.0.1:1338\", or \"\" for no metrics endpoint", address);
+            }
+
+            config = config with { Metrics = new MetricsConfig(address) };
+        });
         reader.Table("registries", t =>
         {
             var hosts = new Dictionary<string, Crest.Images.RegistryHostOptions>(StringComparer.Ordinal);
@@ -281,6 +291,9 @@ public static class ConfigLoader
         private readonly List<TableReader> _children = [];
 
         public IEnumerable<string> Keys() => table.Keys;
+
+        /// <summary>A string that may be empty where "" has a meaning of its own (a feature left off).</summary>
+        public string? StringOrEmpty(string key) => Get<string>(key, "a string");
 
         public string? String(string key)
         {

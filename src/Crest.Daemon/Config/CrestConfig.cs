@@ -24,6 +24,8 @@ public sealed record CrestConfig
 
     public Streaming.StreamingConfig Streaming { get; init; } = new();
 
+    public MetricsConfig Metrics { get; init; } = new();
+
     public Crest.Images.RegistryOptions Registries { get; init; } = Crest.Images.RegistryOptions.Empty;
 
     /// <summary>Where this configuration was read from; null when only defaults and flags apply.</summary>
@@ -64,4 +66,10 @@ public sealed record RestoreConfig(bool ViaCreate = false)
 
     /// <summary>Restore policy checks reported but not enforced: capabilities, users, seccomp, namespaces, mounts, devices.</summary>
     public IReadOnlyList<string> RelaxedChecks { get; init; } = [];
+}
+
+/// <summary>The Prometheus endpoint: off when <paramref name="Address"/> is empty, as containerd's is by default.</summary>
+public sealed record MetricsConfig(string Address = "")
+{
+    public System.Net.IPEndPoint? Endpoint => Address.Length == 0 ? null : System.Net.IPEndPoint.Parse(Address);
 }
