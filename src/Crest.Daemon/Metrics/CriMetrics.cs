@@ -20,26 +20,9 @@ internal sealed class CriMetricsInterceptor : Interceptor
     {
         ArgumentNullException.ThrowIfNull(continuation);
         ArgumentNullException.ThrowIfNull(context);
-        var clock = Stopwatch.StartNew();
-        var code = StatusCode.OK;
-        try
-        {
-            return await continuation(request, context);
-        }
-        catch (RpcException e)
-        {
-            code = e.StatusCode;
-            throw;
-        }
-        catch (Exception)
-        {
-            code = StatusCode.Unknown;
-            throw;
-        }
-        finally
-        {
-            Record(context.Method, code, clock.Elapsed);
-        }
+        TResponse response = default!;
+        await MeasureAsync(context.Method, async () => response = await continuation(request, context));
+        return response;
     }
 
     public override async Task ServerStreamingServerHandler<TRequest, TResponse>(
@@ -47,11 +30,16 @@ internal sealed class CriMetricsInterceptor : Interceptor
     {
         ArgumentNullException.ThrowIfNull(continuation);
         ArgumentNullException.ThrowIfNull(context);
+        await MeasureAsync(context.Method, () => continuation(request, responseStream, context));
+    }
+
+    private static async Task MeasureAsync(string method, Func<Task> call)
+    {
         var clock = Stopwatch.StartNew();
         var code = StatusCode.OK;
         try
         {
-            await continuation(request, responseStream, context);
+            await call();
         }
         catch (RpcException e)
         {
@@ -65,7 +53,7 @@ internal sealed class CriMetricsInterceptor : Interceptor
         }
         finally
         {
-            Record(context.Method, code, clock.Elapsed);
+            Record(method, code, clock.Elapsed);
         }
     }
 
