@@ -16,9 +16,8 @@ namespace Crest.Runtime;
 public sealed partial class SandboxService(
     IRuntimeStore store,
     ILinux linux,
-    IOciRuntime oci,
-    CniNetwork cni,
-    RuntimeOptions options,
+    IOciRuntimeFactory runtimes,
+    INetwork cni,
     RuntimeLayout layout,
     UserNamespaces userNamespaces,
     TimeProvider time,
@@ -31,7 +30,7 @@ public sealed partial class SandboxService(
     public async Task<SandboxRecord> RunAsync(PodSpec spec, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        var handler = Handler(spec.RuntimeHandler);
+        var runtime = runtimes.For(spec.RuntimeHandler);
         UserNamespaces.Validate(spec);
         if (spec.Namespaces.HasPodUserNamespace && userNamespaces.Problem is { } problem)
         {
@@ -50,10 +49,10 @@ public sealed partial class SandboxService(
                 throw new CrestException(ErrorKind.AlreadyExists, $"pod sandbox name {name} is already used by {existing.Id}; remove it first or use another attempt");
             }
 
-            await store.PutSandboxAsync(Creating(id, spec, handler), ct).ConfigureAwait(false);
+            await store.PutSandboxAsync(Creating(id, spec, runtime.Handler), ct).ConfigureAwait(false);
         }
 
-        return await CreateAsync(id, spec, handler, ct).ConfigureAwait(false);
+        return await CreateAsync(id, spec, runtime, ct).ConfigureAwait(false);
     }
 
     private static SandboxRecord Creating(string id, PodSpec spec, RuntimeHandlerOptions handler) => new()
@@ -66,9 +65,9 @@ public sealed partial class SandboxService(
         CgroupsPath = spec.CgroupParent.Length == 0 ? "/crest" : "/" + spec.CgroupParent.Trim('/'),
     };
 
-    private async Task<SandboxRecord> CreateAsync(string id, PodSpec spec, RuntimeHandlerOptions handler, CancellationToken ct)
+    private async Task<SandboxRecord> CreateAsync(string id, PodSpec spec, IOciRuntime runtime, CancellationToken ct)
     {
-        var sandbox = Creating(id, spec, handler) with { CreatedAt = time.GetUtcNow() };
+        var sandbox = Creating(id, spec, runtime.Handler) with { CreatedAt = time.GetUtcNow() };
         try
         {
             var dir = SandboxDir(id);
@@ -106,8 +105,8 @@ public sealed partial class SandboxService(
             Directory.CreateDirectory(bundle);
             var infraSpec = SpecBuilder.ForInfra(sandbox, Path.Combine(dir, "rootfs"), CatatonitPath, Path.Combine(dir, "shm"), hostname);
             await File.WriteAllBytesAsync(Path.Combine(bundle, "config.json"), JsonSerializer.SerializeToUtf8Bytes(infraSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
-            var pid = await oci.CreateAsync(ConmonOptions(sandbox, handler, bundle), ct).ConfigureAwait(false);
-            await oci.StartAsync(handler.Path, layout.RuntimeRoot(handler.Name), id, ct).ConfigureAwait(false);
+            var pid = await runtime.CreateAsync(ConmonCreateOptions.ForInfra(sandbox, dir), ct).ConfigureAwait(false);
+            await runtime.StartAsync(new RuncStartOptions { ContainerId = id }, ct).ConfigureAwait(false);
             sandbox = sandbox with { InfraPid = pid };
             await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
             if (podRoot is { } owner)
@@ -213,8 +212,7 @@ public sealed partial class SandboxService(
     public async Task StopAsync(SandboxRecord sandbox, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(sandbox);
-        var handler = Handler(sandbox.RuntimeHandler);
-        await oci.KillAsync(handler.Path, layout.RuntimeRoot(handler.Name), sandbox.Id, 9, ct).ConfigureAwait(false);
+        await runtimes.For(sandbox.RuntimeHandler).KillAsync(new RuncKillOptions { ContainerId = sandbox.Id, Signal = 9 }, ct).ConfigureAwait(false);
         await WaitGoneAsync(sandbox.InfraPid, TimeSpan.FromSeconds(10), ct).ConfigureAwait(false);
         if (sandbox.NetnsPath is { } netns && File.Exists(netns))
         {
@@ -245,32 +243,6 @@ public sealed partial class SandboxService(
     /// <summary>Why pods cannot have user namespaces of their own on this node, or null when they can (checked once).</summary>
     public string? UserNamespaceProblem => userNamespaces.Problem;
 
-    /// <summary>The handler, or null when it is no longer configured (a record from an older config).</summary>
-    public RuntimeHandlerOptions? TryHandler(string name) =>
-        options.Handlers.FirstOrDefault(h => h.Name == (string.IsNullOrEmpty(name) ? options.DefaultHandler : name));
-
-    public RuntimeHandlerOptions Handler(string name)
-    {
-        var wanted = string.IsNullOrEmpty(name) ? options.DefaultHandler : name;
-        return options.Handlers.FirstOrDefault(h => h.Name == wanted)
-            ?? throw new CrestException(ErrorKind.InvalidArgument, $"runtime handler \"{wanted}\" is not configured; configured: {string.Join(", ", options.Handlers.Select(h => h.Name))}");
-    }
-
-    internal ConmonCreateOptions ConmonOptions(SandboxRecord sandbox, RuntimeHandlerOptions handler, string bundle) => new()
-    {
-        ContainerId = sandbox.Id,
-        Name = $"k8s_POD_{sandbox.Spec.Name}_{sandbox.Spec.Namespace}_{sandbox.Spec.Uid}_{sandbox.Spec.Attempt}",
-        RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
-        RuntimeRoot = layout.RuntimeRoot(handler.Name),
-        Bundle = bundle,
-        ContainerPidFile = Path.Combine(SandboxDir(sandbox.Id), "infra.pid"),
-        ConmonPidFile = Path.Combine(SandboxDir(sandbox.Id), "conmon.pid"),
-        ExitDir = layout.ExitDir,
-        PersistDir = Path.Combine(SandboxDir(sandbox.Id), "persist"),
-        SocketDir = layout.SocketDir,
-        SystemdCgroup = options.CgroupDriver == CgroupDriver.Systemd,
-    };
-
     /// <summary>A Ready sandbox whose infra process is gone is NotReady (the kubelet then recreates it).</summary>
     private async Task<SandboxRecord> RefreshAsync(SandboxRecord s, CancellationToken ct)
     {
@@ -288,11 +260,11 @@ public sealed partial class SandboxService(
     private async Task<List<string>> TearDownAsync(SandboxRecord sandbox, CancellationToken ct)
     {
         var failures = new List<string>();
-        var handler = options.Handlers.FirstOrDefault(h => h.Name == sandbox.RuntimeHandler) ?? Handler("");
-        var root = layout.RuntimeRoot(handler.Name);
-        await Step(sandbox.Id, () => oci.KillAsync(handler.Path, root, sandbox.Id, 9, ct)).ConfigureAwait(false);
+        // The record's handler, or the default one when the record's is no longer configured.
+        var runtime = runtimes.TryFor(sandbox.RuntimeHandler) ?? runtimes.For("");
+        await Step(sandbox.Id, () => runtime.KillAsync(new RuncKillOptions { ContainerId = sandbox.Id, Signal = 9 }, ct)).ConfigureAwait(false);
         await Step(sandbox.Id, () => WaitGoneAsync(sandbox.InfraPid, TimeSpan.FromSeconds(10), ct)).ConfigureAwait(false);
-        await Step(sandbox.Id, () => oci.DeleteAsync(handler.Path, root, sandbox.Id, ct)).ConfigureAwait(false);
+        await Step(sandbox.Id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = sandbox.Id }, ct)).ConfigureAwait(false);
         if (sandbox.NetnsPath is { } netns && File.Exists(netns))
         {
             await Step(sandbox.Id, () => cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, sandbox.CniConfig, ct)).ConfigureAwait(false);
