@@ -89,6 +89,19 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
         }
     }
 
+    /// <summary>A command that runc allows only <paramref name="from"/> some states, moving the container <paramref name="to"/> another (null: stays).</summary>
+    private Task Transition(RuncCommand command, string? to, params string[] from)
+    {
+        Enter(command.Verb, command.ContainerId);
+        Require(command.Verb, command.ContainerId, from);
+        if (to is not null)
+        {
+            Set(command.ContainerId, to);
+        }
+
+        return Task.CompletedTask;
+    }
+
     private void Set(string id, string status)
     {
         lock (_gate)
@@ -118,13 +131,7 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
             return Task.FromResult(pid);
         }
 
-        public Task StartAsync(RuncStartOptions options, CancellationToken ct)
-        {
-            runtimes.Enter("start", options.ContainerId);
-            runtimes.Require("start", options.ContainerId, "created");
-            runtimes.Set(options.ContainerId, "running");
-            return Task.CompletedTask;
-        }
+        public Task StartAsync(RuncStartOptions options, CancellationToken ct) => runtimes.Transition(options, "running", "created");
 
         public Task KillAsync(RuncKillOptions options, CancellationToken ct)
         {
@@ -161,35 +168,16 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
             }
         }
 
-        public Task UpdateAsync(RuncUpdateOptions options, CancellationToken ct)
-        {
-            runtimes.Enter("update", options.ContainerId);
-            runtimes.Require("update", options.ContainerId, "created", "running", "paused");
-            return Task.CompletedTask;
-        }
+        public Task UpdateAsync(RuncUpdateOptions options, CancellationToken ct) => runtimes.Transition(options, null, "created", "running", "paused");
 
-        public Task PauseAsync(RuncPauseOptions options, CancellationToken ct)
-        {
-            runtimes.Enter("pause", options.ContainerId);
-            runtimes.Require("pause", options.ContainerId, "running");
-            runtimes.Set(options.ContainerId, "paused");
-            return Task.CompletedTask;
-        }
+        public Task PauseAsync(RuncPauseOptions options, CancellationToken ct) => runtimes.Transition(options, "paused", "running");
 
-        public Task ResumeAsync(RuncResumeOptions options, CancellationToken ct)
-        {
-            runtimes.Enter("resume", options.ContainerId);
-            runtimes.Require("resume", options.ContainerId, "paused");
-            runtimes.Set(options.ContainerId, "running");
-            return Task.CompletedTask;
-        }
+        public Task ResumeAsync(RuncResumeOptions options, CancellationToken ct) => runtimes.Transition(options, "running", "paused");
 
         public Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct)
         {
-            runtimes.Enter("checkpoint", options.ContainerId);
             ct.ThrowIfCancellationRequested();
-            runtimes.Require("checkpoint", options.ContainerId, "running", "paused");
-            return Task.CompletedTask;
+            return runtimes.Transition(options, null, "running", "paused");
         }
 
         public Task<RuncExecResult> ExecAsync(RuncExecOptions options, TimeSpan timeout, CancellationToken ct)

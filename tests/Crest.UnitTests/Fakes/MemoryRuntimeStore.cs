@@ -5,94 +5,75 @@ namespace Crest.UnitTests.Fakes;
 /// <summary>The runtime store in memory: records listed in the order they were first put, as the SQLite store lists by rowid.</summary>
 public sealed class MemoryRuntimeStore : IRuntimeStore
 {
-    private readonly Lock _gate = new();
-    private readonly List<SandboxRecord> _sandboxes = [];
-    private readonly List<ContainerRecord> _containers = [];
+    private readonly Table<SandboxRecord> _sandboxes = new(s => s.Id);
+    private readonly Table<ContainerRecord> _containers = new(c => c.Id);
 
-    public Task PutSandboxAsync(SandboxRecord sandbox, CancellationToken ct)
+    public Task PutSandboxAsync(SandboxRecord sandbox, CancellationToken ct) => _sandboxes.Put(sandbox);
+
+    public Task<SandboxRecord?> GetSandboxAsync(string id, CancellationToken ct) => _sandboxes.Get(id);
+
+    public Task<IReadOnlyList<SandboxRecord>> ListSandboxesAsync(CancellationToken ct) => _sandboxes.List();
+
+    public Task DeleteSandboxAsync(string id, CancellationToken ct) => _sandboxes.Delete(id);
+
+    public Task PutContainerAsync(ContainerRecord container, CancellationToken ct) => _containers.Put(container);
+
+    public Task<ContainerRecord?> GetContainerAsync(string id, CancellationToken ct) => _containers.Get(id);
+
+    public Task<IReadOnlyList<ContainerRecord>> ListContainersAsync(CancellationToken ct) => _containers.List();
+
+    public Task DeleteContainerAsync(string id, CancellationToken ct) => _containers.Delete(id);
+
+    /// <summary>One kind of record by id; a put of a known id replaces it in place.</summary>
+    private sealed class Table<T>(Func<T, string> idOf)
+        where T : class
     {
-        ArgumentNullException.ThrowIfNull(sandbox);
-        lock (_gate)
+        private readonly Lock _gate = new();
+        private readonly List<T> _rows = [];
+
+        public Task Put(T record)
         {
-            Put(_sandboxes, sandbox, s => s.Id == sandbox.Id);
+            ArgumentNullException.ThrowIfNull(record);
+            lock (_gate)
+            {
+                var at = _rows.FindIndex(r => idOf(r) == idOf(record));
+                if (at >= 0)
+                {
+                    _rows[at] = record;
+                }
+                else
+                {
+                    _rows.Add(record);
+                }
+            }
+
+            return Task.CompletedTask;
         }
 
-        return Task.CompletedTask;
-    }
-
-    public Task<SandboxRecord?> GetSandboxAsync(string id, CancellationToken ct)
-    {
-        lock (_gate)
+        public Task<T?> Get(string id)
         {
-            return Task.FromResult(_sandboxes.FirstOrDefault(s => s.Id == id));
-        }
-    }
-
-    public Task<IReadOnlyList<SandboxRecord>> ListSandboxesAsync(CancellationToken ct)
-    {
-        lock (_gate)
-        {
-            return Task.FromResult<IReadOnlyList<SandboxRecord>>([.. _sandboxes]);
-        }
-    }
-
-    public Task DeleteSandboxAsync(string id, CancellationToken ct)
-    {
-        lock (_gate)
-        {
-            _sandboxes.RemoveAll(s => s.Id == id);
+            lock (_gate)
+            {
+                return Task.FromResult(_rows.FirstOrDefault(r => idOf(r) == id));
+            }
         }
 
-        return Task.CompletedTask;
-    }
-
-    public Task PutContainerAsync(ContainerRecord container, CancellationToken ct)
-    {
-        ArgumentNullException.ThrowIfNull(container);
-        lock (_gate)
+        public Task<IReadOnlyList<T>> List()
         {
-            Put(_containers, container, c => c.Id == container.Id);
+            lock (_gate)
+            {
+                return Task.FromResult<IReadOnlyList<T>>([.. _rows]);
+            }
         }
 
-        return Task.CompletedTask;
-    }
-
-    public Task<ContainerRecord?> GetContainerAsync(string id, CancellationToken ct)
-    {
-        lock (_gate)
+        public Task Delete(string id)
         {
-            return Task.FromResult(_containers.FirstOrDefault(c => c.Id == id));
-        }
-    }
+            lock (_gate)
+            {
+                _rows.RemoveAll(r => idOf(r) == id);
+            }
 
-    public Task<IReadOnlyList<ContainerRecord>> ListContainersAsync(CancellationToken ct)
-    {
-        lock (_gate)
-        {
-            return Task.FromResult<IReadOnlyList<ContainerRecord>>([.. _containers]);
-        }
-    }
-
-    public Task DeleteContainerAsync(string id, CancellationToken ct)
-    {
-        lock (_gate)
-        {
-            _containers.RemoveAll(c => c.Id == id);
-        }
-
-        return Task.CompletedTask;
-    }
-
-    private static void Put<T>(List<T> list, T record, Predicate<T> same)
-    {
-        var at = list.FindIndex(same);
-        if (at >= 0)
-        {
-            list[at] = record;
-        }
-        else
-        {
-            list.Add(record);
+            return Task.CompletedTask;
         }
     }
 }
