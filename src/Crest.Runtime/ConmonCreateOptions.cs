@@ -47,17 +47,18 @@ public sealed record ConmonCreateOptions
     }
 
     /// <summary>The pod's infra process: named k8s_POD_..., pid files and persist dir in the sandbox's directory.</summary>
-    public static ConmonCreateOptions ForInfra(SandboxRecord sandbox, string sandboxDir)
+    public static ConmonCreateOptions ForInfra(SandboxRecord sandbox, SandboxBundle bundle)
     {
         ArgumentNullException.ThrowIfNull(sandbox);
+        ArgumentNullException.ThrowIfNull(bundle);
         return new()
         {
             ContainerId = sandbox.Id,
             Name = $"k8s_POD_{sandbox.Spec.Name}_{sandbox.Spec.Namespace}_{sandbox.Spec.Uid}_{sandbox.Spec.Attempt}",
-            Bundle = Path.Combine(sandboxDir, "bundle"),
-            ContainerPidFile = Path.Combine(sandboxDir, "infra.pid"),
-            ConmonPidFile = Path.Combine(sandboxDir, "conmon.pid"),
-            PersistDir = Path.Combine(sandboxDir, "persist"),
+            Bundle = bundle.BundleDir,
+            ContainerPidFile = bundle.InfraPidFile,
+            ConmonPidFile = bundle.ConmonPidFile,
+            PersistDir = bundle.PersistDir,
         };
     }
 

@@ -82,7 +82,7 @@ public sealed partial class ContainerService
                     : throw new CrestException(ErrorKind.InvalidArgument, $"seccomp profile {path} (Localhost) does not exist on this node");
             }
 
-            var sandboxDir = sandboxes.SandboxDir(sandbox.Id);
+            var pod = sandboxes.Bundle(sandbox.Id);
             var runtimeSpec = SpecBuilder.ForContainer(spec, new ContainerContext
             {
                 ContainerId = id,
@@ -90,10 +90,10 @@ public sealed partial class ContainerService
                 RootfsPath = bundle.Rootfs,
                 Image = details.Config.Config,
                 User = user,
-                HostsFile = Path.Combine(sandboxDir, "hosts"),
-                HostnameFile = Path.Combine(sandboxDir, "hostname"),
-                ResolvConfFile = Path.Combine(sandboxDir, "resolv.conf"),
-                ShmPath = Path.Combine(sandboxDir, "shm"),
+                HostsFile = pod.HostsFile,
+                HostnameFile = pod.HostnameFile,
+                ResolvConfFile = pod.ResolvConfFile,
+                ShmPath = pod.Shm,
                 LocalhostSeccomp = localhostSeccomp,
                 Devices = spec.Devices.Select(DeviceOf).ToList(),
                 TargetPid = targetPid,

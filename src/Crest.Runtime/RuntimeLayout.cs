@@ -13,6 +13,9 @@ public sealed class RuntimeLayout(CrestPaths paths)
 
     public string ContainerStateDir(string id) => Path.Combine(paths.State, "containers", id);
 
+    /// <summary>Every path of one pod sandbox.</summary>
+    public SandboxBundle Sandbox(string id) => new(id, SandboxDir(id), NetnsFile(id), Path.Combine(ExitDir, id));
+
     /// <summary>Every path of one container, on the root and the state filesystems.</summary>
     public ContainerBundle Container(string id) =>
         new(id, ContainerDir(id), ContainerStateDir(id), Path.Combine(ExitDir, id), Path.Combine(SocketDir, id));
@@ -23,6 +26,42 @@ public sealed class RuntimeLayout(CrestPaths paths)
     public string ExitDir => Path.Combine(paths.State, "exits");
 
     public string SocketDir => Path.Combine(paths.State, "attach");
+}
+
+/// <summary>
+/// The paths of one pod sandbox, named once: <see cref="Dir"/> on the state filesystem holds the infra's bundle and
+/// empty rootfs, the pod's /dev/shm, the files containers bind in (hostname, hosts, resolv.conf), the pinned
+/// namespaces and conmon's pid files; the network namespace file and conmon's exit file live beside it.
+/// </summary>
+public sealed record SandboxBundle(string Id, string Dir, string NetnsFile, string ExitFile)
+{
+    /// <summary>The infra's rootfs: an empty directory (catatonit is bound in from the host).</summary>
+    public string Rootfs => Path.Combine(Dir, "rootfs");
+
+    /// <summary>The pod's /dev/shm (a tmpfs shared by its containers).</summary>
+    public string Shm => Path.Combine(Dir, "shm");
+
+    public string BundleDir => Path.Combine(Dir, "bundle");
+
+    public string ConfigJson => Path.Combine(BundleDir, "config.json");
+
+    public string HostnameFile => Path.Combine(Dir, "hostname");
+
+    public string HostsFile => Path.Combine(Dir, "hosts");
+
+    public string ResolvConfFile => Path.Combine(Dir, "resolv.conf");
+
+    /// <summary>Where the infra's namespaces are pinned, one bind-mounted file each.</summary>
+    public string NamespacesDir => Path.Combine(Dir, "ns");
+
+    /// <summary>Where the infra's namespace of <paramref name="type"/> (ipc, uts, pid, user) is pinned.</summary>
+    public string PinnedNamespace(string type) => Path.Combine(NamespacesDir, type);
+
+    public string InfraPidFile => Path.Combine(Dir, "infra.pid");
+
+    public string ConmonPidFile => Path.Combine(Dir, "conmon.pid");
+
+    public string PersistDir => Path.Combine(Dir, "persist");
 }
 
 /// <summary>

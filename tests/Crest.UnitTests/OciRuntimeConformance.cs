@@ -141,7 +141,7 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
         var container = RuntimeStoreConformance.Container("c1", "s1");
 
         var forContainer = ConmonCreateOptions.ForContainer(container, sandbox, new ContainerBundle("c1", "/d", "/s", "/exits/c1", "/attach/c1")).ToArguments("conmon", binding);
-        var forInfra = ConmonCreateOptions.ForInfra(sandbox, "/sandboxes/s1").ToArguments("conmon", binding);
+        var forInfra = ConmonCreateOptions.ForInfra(sandbox, new SandboxBundle("s1", "/sandboxes/s1", "/netns/s1", "/exits/s1")).ToArguments("conmon", binding);
 
         Assert.Contains("-s", forContainer);
         Assert.Contains("-s", forInfra);

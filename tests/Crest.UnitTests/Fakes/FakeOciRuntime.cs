@@ -23,6 +23,9 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     /// <summary>A verb ("create", "start", "checkpoint", ...) that fails with this exception.</summary>
     public Dictionary<string, Exception> Failures { get; } = new(StringComparer.Ordinal);
 
+    /// <summary>What conmon was asked to create or restore, in order.</summary>
+    public List<ConmonCreateOptions> Created { get; } = [];
+
     /// <summary>What ExecSync returns; null makes every exec time out.</summary>
     public RuncExecResult? ExecResult { get; set; } = new(0, "", "", TimedOut: false);
 
@@ -117,6 +120,11 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
         public Task<int> CreateAsync(ConmonCreateOptions options, CancellationToken ct)
         {
             runtimes.Enter(options.RestoreImagePath is null ? "create" : "restore", options.ContainerId);
+            lock (runtimes._gate)
+            {
+                runtimes.Created.Add(options);
+            }
+
             Directory.CreateDirectory(Path.GetDirectoryName(options.ConmonPidFile)!);
             File.WriteAllText(options.ConmonPidFile, Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
             int pid;
