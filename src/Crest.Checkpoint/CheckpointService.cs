@@ -170,7 +170,7 @@ public sealed class CheckpointService(
 
     private async Task<JsonObject> ReadSpecAsync(string id, CancellationToken ct)
     {
-        var path = Path.Combine(layout.ContainerDir(id), "bundle", "config.json");
+        var path = layout.Container(id).ConfigJson;
         return JsonNode.Parse(await File.ReadAllBytesAsync(path, ct).ConfigureAwait(false)) as JsonObject
             ?? throw new CrestException(ErrorKind.Internal, $"container {id}: {path} is not a JSON object");
     }

@@ -187,7 +187,7 @@ public sealed class RestoreService(
     /// <summary>The group check that needs the built spec (see <see cref="RestorePolicy.EvaluateResolvedGroups"/>); a refusal removes the container.</summary>
     private async Task EnforceResolvedGroupsAsync(RestorePlan plan, string containerId, IReadOnlyList<CriuThread> threads, CancellationToken ct)
     {
-        var configPath = Path.Combine(paths.Containers, containerId, "bundle", "config.json");
+        var configPath = new RuntimeLayout(paths).Container(containerId).ConfigJson;
         var user = (System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllBytesAsync(configPath, ct).ConfigureAwait(false)) as System.Text.Json.Nodes.JsonObject)?["process"]?["user"];
         var gid = user?["gid"]?.GetValue<uint>() ?? 0;
         var additional = (user?["additionalGids"] as System.Text.Json.Nodes.JsonArray ?? []).Select(g => g!.GetValue<uint>()).ToList();

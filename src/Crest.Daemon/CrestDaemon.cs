@@ -125,8 +125,9 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<Crest.Linux.ILinux, Crest.Linux.LinuxSyscalls>();
             builder.Services.AddSingleton<IRuntimeStore>(new SqliteRuntimeStore(store));
             builder.Services.AddSingleton<RuntimeLayout>();
-            builder.Services.AddSingleton<IOciRuntime>(sp => new ConmonOciRuntime(config.Runtime.ConmonPath, sp.GetRequiredService<ICommandRunner>()));
-            builder.Services.AddSingleton<CniNetwork>();
+            builder.Services.AddSingleton<IOciRuntimeFactory, ConmonOciRuntimeFactory>();
+            builder.Services.AddSingleton<INetwork, CniNetwork>();
+            builder.Services.AddSingleton<ContainerBundles>();
             builder.Services.AddSingleton<UserNamespaces>();
             builder.Services.AddSingleton<SandboxService>();
             builder.Services.AddSingleton<ContainerService>();

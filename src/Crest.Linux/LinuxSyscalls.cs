@@ -50,6 +50,15 @@ public interface ILinux
 
     /// <summary>Changes the owner of a file or directory (not following a last symlink).</summary>
     void Chown(string path, uint uid, uint gid);
+
+    /// <summary>CPU and memory counters of the cgroup at <paramref name="cgroupsPath"/> (as given to runc with cgroupfs); null if it is gone.</summary>
+    CgroupUsage? CgroupUsage(string cgroupsPath);
+
+    /// <summary>The received and sent byte counters of interface <paramref name="name"/> as process <paramref name="pid"/> sees it; null if it has none.</summary>
+    (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name);
+
+    /// <summary>A TCP connection to 127.0.0.1:<paramref name="port"/> made inside the network namespace file <paramref name="netnsPath"/>.</summary>
+    Task<System.Net.Sockets.Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout);
 }
 
 [Flags]
@@ -223,6 +232,40 @@ public sealed class LinuxSyscalls : ILinux
     }
 
     public ulong HeldCapabilities() => ParseHeldCapabilities(File.ReadAllText("/proc/self/status"));
+
+    public CgroupUsage? CgroupUsage(string cgroupsPath) => CgroupStats.Read(cgroupsPath);
+
+    public (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name)
+    {
+        try
+        {
+            return ParseInterfaceCounters(File.ReadLines($"/proc/{pid}/net/dev"), name);
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>An interface's byte counters from the lines of /proc/PID/net/dev ("eth0: rx_bytes ... tx_bytes ...").</summary>
+    public static (ulong Rx, ulong Tx)? ParseInterfaceCounters(IEnumerable<string> netDev, string name)
+    {
+        ArgumentNullException.ThrowIfNull(netDev);
+        foreach (var line in netDev)
+        {
+            var colon = line.IndexOf(':', StringComparison.Ordinal);
+            if (colon > 0 && line[..colon].Trim() == name)
+            {
+                var f = line[(colon + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                return (ulong.Parse(f[0], System.Globalization.CultureInfo.InvariantCulture), ulong.Parse(f[8], System.Globalization.CultureInfo.InvariantCulture));
+            }
+        }
+
+        return null;
+    }
+
+    public Task<System.Net.Sockets.Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
+        NetworkNamespaces.ConnectLoopbackAsync(netnsPath, port, timeout);
 
     /// <summary>CapEff within CapBnd from the text of /proc/PID/status.</summary>
     public static ulong ParseHeldCapabilities(string status)

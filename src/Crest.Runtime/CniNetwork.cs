@@ -7,11 +7,21 @@ namespace Crest.Runtime;
 /// <summary>The outcome of a CNI ADD: the pod's addresses and the result to replay on DEL.</summary>
 public sealed record CniAttachment(string Network, IReadOnlyList<string> Ips, string Result, string Config);
 
+/// <summary>The pod network: attaches a pod's network namespace at RunPodSandbox and detaches it at stop or removal.</summary>
+public interface INetwork
+{
+    /// <summary>Attaches the network namespace <paramref name="netns"/> of pod sandbox <paramref name="sandboxId"/>; returns its addresses and what DEL needs.</summary>
+    Task<CniAttachment> AddAsync(string sandboxId, string netns, PodSpec pod, CancellationToken ct);
+
+    /// <summary>Detaches the pod with the result and configuration its ADD used; state that is already gone is not an error.</summary>
+    Task DelAsync(string sandboxId, string? netns, PodSpec pod, string? cachedResult, string? configUsedAtAdd, CancellationToken ct);
+}
+
 /// <summary>
 /// Runs the configured CNI network (a .conflist: each plugin in order on ADD, in reverse on DEL, as the
 /// CNI spec and libcni do), passing the pod's port mappings to plugins with the portMappings capability.
 /// </summary>
-public sealed class CniNetwork(CniOptions options, ICommandRunner commands)
+public sealed class CniNetwork(CniOptions options, ICommandRunner commands) : INetwork
 {
     public const string InterfaceName = "eth0";
 

@@ -1,7 +1,5 @@
-using System.Globalization;
 using System.Text.Json;
 using Crest.Core;
-using Crest.Linux;
 using Crest.Oci;
 
 namespace Crest.Runtime;
@@ -32,83 +30,21 @@ public sealed partial class ContainerService
             throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; commands run only in a running container");
         }
 
+        var runtime = runtimes.For(c.RuntimeHandler);
         var options = await PrepareExecAsync(c, command, tty: false, ct).ConfigureAwait(false);
-        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        if (timeout > TimeSpan.Zero)
-        {
-            deadline.CancelAfter(timeout);
-        }
-
-        // The runtime's client is stopped only as a last resort: it is the command's parent, and while it lives it reaps
-        // the command we kill. Killed first, it would leave the command to the container's init, which need not reap it,
-        // and a zombie still shows in the container's process list.
-        using var lastResort = new CancellationTokenSource();
-        var argv = options.ToArguments();
-        var run = commands.RunAsync(new CommandLine(argv[0], [.. argv.Skip(1)]), lastResort.Token);
         try
         {
-            var result = await run.WaitAsync(deadline.Token).ConfigureAwait(false);
-            return new ExecResult(System.Text.Encoding.UTF8.GetBytes(result.StandardOutput), System.Text.Encoding.UTF8.GetBytes(result.StandardError), result.ExitCode);
-        }
-        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
-        {
-            await KillExecAsync(options.PidFile, run, lastResort).ConfigureAwait(false);
-            if (ct.IsCancellationRequested)
-            {
-                throw;
-            }
-
-            throw new CrestException(ErrorKind.DeadlineExceeded,
-                $"command {string.Join(' ', command)} in container {c.Id} did not finish within its {timeout.TotalSeconds:0.###} s timeout and was killed");
+            // The runtime kills a timed-out command by its pid file while its own client still lives to reap it.
+            var result = await runtime.ExecAsync(options, timeout, ct).ConfigureAwait(false);
+            return result.TimedOut
+                ? throw new CrestException(ErrorKind.DeadlineExceeded,
+                    $"command {string.Join(' ', command)} in container {c.Id} did not finish within its {timeout.TotalSeconds:0.###} s timeout and was killed")
+                : new ExecResult(System.Text.Encoding.UTF8.GetBytes(result.StandardOutput), System.Text.Encoding.UTF8.GetBytes(result.StandardError), result.ExitCode);
         }
         finally
         {
             File.Delete(options.PidFile);
             File.Delete(options.ProcessFile);
-        }
-    }
-
-    /// <summary>
-    /// Kills a timed-out exec's command and every process it started, by the pid the runtime wrote, and waits (bounded)
-    /// for the runtime's client to reap it and exit; the client itself is killed only if it does not.
-    /// </summary>
-    private async Task KillExecAsync(string pidFile, Task<CommandResult> run, CancellationTokenSource lastResort)
-    {
-        var giveUp = DateTime.UtcNow + ExecKillGrace;
-        while (!run.IsCompleted && DateTime.UtcNow < giveUp)
-        {
-            // The pid file appears once the command has started; a timeout shorter than the start finds none yet.
-            if (ReadPid(pidFile) is { } pid)
-            {
-                linux.KillProcessTree(pid);
-            }
-
-            await Task.WhenAny(run, Task.Delay(TimeSpan.FromMilliseconds(50), CancellationToken.None)).ConfigureAwait(false);
-        }
-
-        await lastResort.CancelAsync().ConfigureAwait(false);
-        try
-        {
-            await run.ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is OperationCanceledException or CrestException)
-        {
-            // Killed or gone: what matters is that it no longer runs.
-        }
-    }
-
-    /// <summary>How long a timed-out exec's runtime client has to reap the killed command before it is killed too.</summary>
-    private static readonly TimeSpan ExecKillGrace = TimeSpan.FromSeconds(5);
-
-    private static int? ReadPid(string pidFile)
-    {
-        try
-        {
-            return int.TryParse(File.ReadAllText(pidFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && pid > 0 ? pid : null;
-        }
-        catch (IOException)
-        {
-            return null;
         }
     }
 
@@ -119,8 +55,8 @@ public sealed partial class ContainerService
     /// </summary>
     private async Task<RuncExecOptions> PrepareExecAsync(ContainerRecord c, IReadOnlyList<string> command, bool tty, CancellationToken ct)
     {
-        var handler = sandboxes.Handler(c.RuntimeHandler);
-        var config = Path.Combine(layout.ContainerDir(c.Id), "bundle", "config.json");
+        var bundle = bundles.For(c.Id);
+        var config = bundle.ConfigJson;
         RuntimeSpec? spec;
         try
         {
@@ -138,15 +74,13 @@ public sealed partial class ContainerService
             // As containerd does for a terminal exec.
             Env = tty ? [.. spec.Process.Env.Where(e => !e.StartsWith("TERM=", StringComparison.Ordinal)), "TERM=xterm"] : spec.Process.Env,
         };
-        var state = layout.ContainerStateDir(c.Id);
+        var state = bundle.StateDir;
         Directory.CreateDirectory(state);
         var name = $"exec-{Guid.NewGuid():N}";
         var processFile = Path.Combine(state, name + ".json");
         await File.WriteAllBytesAsync(processFile, JsonSerializer.SerializeToUtf8Bytes(process, RuntimeSpecJson.Default.SpecProcess), ct).ConfigureAwait(false);
         return new RuncExecOptions
         {
-            RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
-            RuntimeRoot = layout.RuntimeRoot(handler.Name),
             ContainerId = c.Id,
             ProcessFile = processFile,
             PidFile = Path.Combine(state, name + ".pid"),

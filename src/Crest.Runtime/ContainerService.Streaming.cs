@@ -1,5 +1,4 @@
 using Crest.Core;
-using Crest.Linux;
 
 namespace Crest.Runtime;
 
@@ -29,7 +28,7 @@ public sealed partial class ContainerService
         }
 
         var c = await RequireRunningAsync(idOrPrefix, ct).ConfigureAwait(false);
-        return oci.StartExec(await PrepareExecAsync(c, command, streams.Tty, ct).ConfigureAwait(false), streams);
+        return runtimes.For(c.RuntimeHandler).StartExec(await PrepareExecAsync(c, command, streams.Tty, ct).ConfigureAwait(false), streams);
     }
 
     /// <summary>
@@ -45,11 +44,12 @@ public sealed partial class ContainerService
             throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} was not created with stdin = true; attach without stdin");
         }
 
-        return await oci.AttachAsync(new ConmonAttachOptions
+        var bundle = bundles.For(c.Id);
+        return await runtimes.For(c.RuntimeHandler).AttachAsync(new ConmonAttachOptions
         {
             ContainerId = c.Id,
-            SocketDirectory = Path.Combine(layout.SocketDir, c.Id),
-            ControlFifo = Path.Combine(layout.ContainerDir(c.Id), "bundle", "ctl"),
+            SocketDirectory = bundle.AttachDir,
+            ControlFifo = bundle.ControlFifo,
         }, ct).ConfigureAwait(false);
     }
 }

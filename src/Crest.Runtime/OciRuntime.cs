@@ -6,133 +6,49 @@ using Crest.Linux;
 
 namespace Crest.Runtime;
 
-/// <summary>How conmon should create one container (typed; argv is built from it in one place).</summary>
-public sealed record ConmonCreateOptions
-{
-    public required string ContainerId { get; init; }
-    public required string Name { get; init; }
-    public required string RuntimePath { get; init; }
-    public required string RuntimeRoot { get; init; }
-    public required string Bundle { get; init; }
-    public required string ContainerPidFile { get; init; }
-    public required string ConmonPidFile { get; init; }
-    public required string ExitDir { get; init; }
-    public required string PersistDir { get; init; }
-    public required string SocketDir { get; init; }
-    /// <summary>CRI log file (k8s-file format); empty for none.</summary>
-    public string LogPath { get; init; } = "";
-    public bool Terminal { get; init; }
-    public bool Stdin { get; init; }
-    public bool SystemdCgroup { get; init; }
-
-    /// <summary>When set, conmon runs <c>runtime restore --image-path</c> from this CRIU image directory instead of <c>create</c>.</summary>
-    public string? RestoreImagePath { get; init; }
-
-    /// <summary>Extra options for <c>runtime restore</c> (conmon's --runtime-opt), such as --file-locks.</summary>
-    public IReadOnlyList<string> RestoreOptions { get; init; } = [];
-
-    public IReadOnlyList<string> ToArguments(string conmonPath)
-    {
-        var args = new List<string>
-        {
-            conmonPath, "--api-version", "1",
-            "-c", ContainerId, "-u", ContainerId, "-n", Name,
-            "-r", RuntimePath, "-b", Bundle,
-            "-p", ContainerPidFile, "-P", ConmonPidFile,
-            "--exit-dir", ExitDir, "--persist-dir", PersistDir, "--socket-dir-path", SocketDir,
-            "--runtime-arg", $"--root={RuntimeRoot}",
-            "-l", LogPath.Length > 0 ? $"k8s-file:{LogPath}" : "none:",
-            "--log-level", "error",
-        };
-        if (Terminal)
-        {
-            args.Add("-t");
-        }
-
-        if (Stdin)
-        {
-            args.Add("-i");
-        }
-
-        if (SystemdCgroup)
-        {
-            args.Add("-s");
-        }
-
-        if (RestoreImagePath is { } restore)
-        {
-            args.Add("--restore");
-            args.Add(restore);
-            foreach (var option in RestoreOptions)
-            {
-                args.Add("--runtime-opt");
-                args.Add(option);
-            }
-        }
-
-        return args;
-    }
-}
-
-/// <summary>How to run <c>runc checkpoint</c> (always leave-running: the CRI semantics).</summary>
-public sealed record CheckpointCommand
-{
-    public required string RuntimePath { get; init; }
-    public required string RuntimeRoot { get; init; }
-    public required string ContainerId { get; init; }
-    /// <summary>Where CRIU writes its images.</summary>
-    public required string ImagePath { get; init; }
-    /// <summary>Where CRIU writes dump.log and stats-dump.</summary>
-    public required string WorkPath { get; init; }
-    public bool FileLocks { get; init; } = true;
-    public bool TcpEstablished { get; init; }
-
-    public IReadOnlyList<string> ToArguments()
-    {
-        var args = new List<string> { $"--root={RuntimeRoot}", "checkpoint", "--leave-running", "--image-path", ImagePath, "--work-path", WorkPath };
-        if (FileLocks)
-        {
-            args.Add("--file-locks");
-        }
-
-        if (TcpEstablished)
-        {
-            args.Add("--tcp-established");
-        }
-
-        args.Add(ContainerId);
-        return args;
-    }
-}
-
 /// <summary>The state `runc state` reports.</summary>
 public sealed record OciState(string Status, int Pid);
 
-/// <summary>One OCI runtime (runc or crun) driven through conmon, so stdio, logs and exit codes outlive crestd.</summary>
+/// <summary>
+/// One OCI runtime handler (runc or crun) bound to its binary and root, driven through conmon, so stdio, logs and exit
+/// codes outlive crestd. Every call names only the container and what to do with it.
+/// </summary>
 public interface IOciRuntime
 {
-    /// <summary>Creates the container under a new conmon and returns its init pid.</summary>
+    /// <summary>The handler this runtime is bound to (its name is what records keep).</summary>
+    RuntimeHandlerOptions Handler { get; }
+
+    /// <summary>Creates the container under a new conmon (or restores it, with a restore image path) and returns its init pid.</summary>
     Task<int> CreateAsync(ConmonCreateOptions options, CancellationToken ct);
 
-    Task StartAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct);
+    Task StartAsync(RuncStartOptions options, CancellationToken ct);
 
-    Task KillAsync(string runtimePath, string runtimeRoot, string id, int signal, CancellationToken ct);
+    /// <summary>Signals every process of the container; a container that no longer runs is not an error.</summary>
+    Task KillAsync(RuncKillOptions options, CancellationToken ct);
 
-    /// <summary>Deletes the runtime's record of the container (forcefully); a container runc does not know is not an error.</summary>
-    Task DeleteAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct);
+    /// <summary>Deletes the runtime's record of the container (forcefully); a container the runtime does not know is not an error.</summary>
+    Task DeleteAsync(RuncDeleteOptions options, CancellationToken ct);
 
-    Task<OciState?> StateAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct);
+    /// <summary>The runtime's view of the container, or null when it does not know it.</summary>
+    Task<OciState?> StateAsync(RuncStateOptions options, CancellationToken ct);
 
-    /// <summary>Applies new cgroup limits to a running container (<c>runc update --resources -</c>).</summary>
-    Task UpdateAsync(string runtimePath, string runtimeRoot, string id, string resourcesJson, CancellationToken ct);
+    /// <summary>Applies new cgroup limits to a created or running container.</summary>
+    Task UpdateAsync(RuncUpdateOptions options, CancellationToken ct);
 
     /// <summary>Freezes every process of the container (cgroup freezer).</summary>
-    Task PauseAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct);
+    Task PauseAsync(RuncPauseOptions options, CancellationToken ct);
 
-    Task ResumeAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct);
+    Task ResumeAsync(RuncResumeOptions options, CancellationToken ct);
 
     /// <summary>Dumps the container with CRIU and leaves it running; a failure carries the runtime's error output.</summary>
-    Task CheckpointAsync(CheckpointCommand command, CancellationToken ct);
+    Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct);
+
+    /// <summary>
+    /// Runs a command in a running container to completion (ExecSync). Past <paramref name="timeout"/> (when positive)
+    /// the command and what it started are killed by the runtime's pid file and the result says it timed out;
+    /// <paramref name="ct"/> ending kills it the same way and throws.
+    /// </summary>
+    Task<RuncExecResult> ExecAsync(RuncExecOptions options, TimeSpan timeout, CancellationToken ct);
 
     /// <summary>Starts a command in a running container with live stdio (the streaming Exec).</summary>
     IStreamSession StartExec(RuncExecOptions options, StreamOptions streams);
@@ -141,19 +57,56 @@ public interface IOciRuntime
     Task<IStreamSession> AttachAsync(ConmonAttachOptions options, CancellationToken ct);
 }
 
+/// <summary>Binds a CRI runtime handler to the OCI runtime that serves it.</summary>
+public interface IOciRuntimeFactory
+{
+    /// <summary>The runtime for <paramref name="handler"/> (empty: the default); an unconfigured handler is InvalidArgument.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Naming", "CA1716", Justification = "Implemented only in C#; runtimes.For(handler) reads as the domain says it.")]
+    IOciRuntime For(string handler);
+
+    /// <summary>The runtime for <paramref name="handler"/>, or null when it is no longer configured (a record from an older config).</summary>
+    IOciRuntime? TryFor(string handler);
+}
+
+/// <summary>conmon + runc/crun for every configured handler, each with its own root under crestd's state.</summary>
+public sealed class ConmonOciRuntimeFactory(RuntimeOptions options, RuntimeLayout layout, ICommandRunner commands, ILinux linux) : IOciRuntimeFactory
+{
+    public IOciRuntime For(string handler) =>
+        TryFor(handler) ?? throw new CrestException(ErrorKind.InvalidArgument,
+            $"runtime handler \"{Wanted(handler)}\" is not configured; configured: {string.Join(", ", options.Handlers.Select(h => h.Name))}");
+
+    public IOciRuntime? TryFor(string handler)
+    {
+        var wanted = Wanted(handler);
+        return options.Handlers.FirstOrDefault(h => h.Name == wanted) is { } h
+            ? new ConmonOciRuntime(new OciRuntimeBinding(h, ExecutableSearch.Resolve(h.Path) ?? h.Path, layout.RuntimeRoot(h.Name), options.ConmonPath,
+                layout.ExitDir, layout.SocketDir, options.CgroupDriver == CgroupDriver.Systemd), commands, linux)
+            : null;
+    }
+
+    private string Wanted(string handler) => string.IsNullOrEmpty(handler) ? options.DefaultHandler : handler;
+}
+
 /// <summary>conmon + runc/crun, as CRI-O and Podman run containers.</summary>
-public sealed class ConmonOciRuntime(string conmonPath, ICommandRunner commands) : IOciRuntime
+public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner commands, ILinux linux) : IOciRuntime
 {
     private static readonly TimeSpan CreateTimeout = TimeSpan.FromMinutes(2);
+
+    /// <summary>How long a timed-out exec's runtime client has to reap the killed command before it is killed too.</summary>
+    private static readonly TimeSpan ExecKillGrace = TimeSpan.FromSeconds(5);
+
+    public RuntimeHandlerOptions Handler => binding.Handler;
+
+    public OciRuntimeBinding Binding => binding;
 
     public async Task<int> CreateAsync(ConmonCreateOptions options, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(options);
-        Directory.CreateDirectory(options.ExitDir);
+        Directory.CreateDirectory(binding.ExitDir);
         Directory.CreateDirectory(options.PersistDir);
-        Directory.CreateDirectory(options.SocketDir);
-        var conmon = ExecutableSearch.Resolve(conmonPath)
-            ?? throw new CrestException(ErrorKind.FailedPrecondition, $"conmon '{conmonPath}' was not found; install it (make deps)");
+        Directory.CreateDirectory(binding.SocketDir);
+        var conmon = ExecutableSearch.Resolve(binding.ConmonPath)
+            ?? throw new CrestException(ErrorKind.FailedPrecondition, $"conmon '{binding.ConmonPath}' was not found; install it (make deps)");
         using var sync = new Pipe();
         const int SyncFd = 3;
         var env = new Dictionary<string, string>(StringComparer.Ordinal)
@@ -161,7 +114,7 @@ public sealed class ConmonOciRuntime(string conmonPath, ICommandRunner commands)
             ["PATH"] = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin",
             ["_OCI_SYNCPIPE"] = SyncFd.ToString(CultureInfo.InvariantCulture),
         };
-        var child = ChildProcess.Spawn(conmon, options.ToArguments(conmon),
+        var child = ChildProcess.Spawn(conmon, options.ToArguments(conmon, binding),
             [ChildFd.Null(0), ChildFd.Null(1), ChildFd.Null(2), new ChildFd(SyncFd, sync.WriteFd)], env);
         sync.CloseWrite();
         // conmon forks: the first process exits once its monitor runs; the sync pipe carries {"data": pid} or an error.
@@ -206,36 +159,29 @@ public sealed class ConmonOciRuntime(string conmonPath, ICommandRunner commands)
         return data;
     }
 
-    public async Task StartAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct)
-    {
-        var r = await commands.RunAsync(new CommandLine(runtimePath, [$"--root={runtimeRoot}", "start", id]), ct).ConfigureAwait(false);
-        if (r.ExitCode != 0)
-        {
-            throw new CrestException(ErrorKind.Internal, $"container {id}: {Path.GetFileName(runtimePath)} start failed: {Trim(r.StandardError)}");
-        }
-    }
+    public Task StartAsync(RuncStartOptions options, CancellationToken ct) => RunOrThrowAsync(options, ct);
 
-    public async Task KillAsync(string runtimePath, string runtimeRoot, string id, int signal, CancellationToken ct)
+    public async Task KillAsync(RuncKillOptions options, CancellationToken ct)
     {
-        var r = await commands.RunAsync(new CommandLine(runtimePath, [$"--root={runtimeRoot}", "kill", "--all", id, signal.ToString(CultureInfo.InvariantCulture)]), ct).ConfigureAwait(false);
+        var r = await RunAsync(options, ct).ConfigureAwait(false);
         if (r.ExitCode != 0 && !NotRunning(r.StandardError))
         {
-            throw new CrestException(ErrorKind.Internal, $"container {id}: {Path.GetFileName(runtimePath)} kill {signal} failed: {Trim(r.StandardError)}");
+            throw Failed(options, r);
         }
     }
 
-    public async Task DeleteAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct)
+    public async Task DeleteAsync(RuncDeleteOptions options, CancellationToken ct)
     {
-        var r = await commands.RunAsync(new CommandLine(runtimePath, [$"--root={runtimeRoot}", "delete", "--force", id]), ct).ConfigureAwait(false);
+        var r = await RunAsync(options, ct).ConfigureAwait(false);
         if (r.ExitCode != 0 && !NotRunning(r.StandardError))
         {
-            throw new CrestException(ErrorKind.Internal, $"container {id}: {Path.GetFileName(runtimePath)} delete failed: {Trim(r.StandardError)}");
+            throw Failed(options, r);
         }
     }
 
-    public async Task<OciState?> StateAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct)
+    public async Task<OciState?> StateAsync(RuncStateOptions options, CancellationToken ct)
     {
-        var r = await commands.RunAsync(new CommandLine(runtimePath, [$"--root={runtimeRoot}", "state", id]), ct).ConfigureAwait(false);
+        var r = await RunAsync(options, ct).ConfigureAwait(false);
         if (r.ExitCode != 0)
         {
             return null;
@@ -245,25 +191,84 @@ public sealed class ConmonOciRuntime(string conmonPath, ICommandRunner commands)
         return new OciState(doc.RootElement.GetProperty("status").GetString() ?? "unknown", doc.RootElement.TryGetProperty("pid", out var p) ? p.GetInt32() : 0);
     }
 
-    public async Task UpdateAsync(string runtimePath, string runtimeRoot, string id, string resourcesJson, CancellationToken ct)
+    public Task UpdateAsync(RuncUpdateOptions options, CancellationToken ct) => RunOrThrowAsync(options, ct);
+
+    public Task PauseAsync(RuncPauseOptions options, CancellationToken ct) => RunOrThrowAsync(options, ct);
+
+    public Task ResumeAsync(RuncResumeOptions options, CancellationToken ct) => RunOrThrowAsync(options, ct);
+
+    public Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct) => RunOrThrowAsync(options, ct);
+
+    public async Task<RuncExecResult> ExecAsync(RuncExecOptions options, TimeSpan timeout, CancellationToken ct)
     {
-        var r = await commands.RunAsync(new CommandLine(runtimePath, [$"--root={runtimeRoot}", "update", "--resources", "-", id]) { StandardInput = resourcesJson }, ct).ConfigureAwait(false);
-        if (r.ExitCode != 0)
+        ArgumentNullException.ThrowIfNull(options);
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        if (timeout > TimeSpan.Zero)
         {
-            throw new CrestException(ErrorKind.Internal, $"container {id}: {Path.GetFileName(runtimePath)} update failed: {Trim(r.StandardError)}");
+            deadline.CancelAfter(timeout);
+        }
+
+        // The runtime's client is stopped only as a last resort: it is the command's parent, and while it lives it reaps
+        // the command we kill. Killed first, it would leave the command to the container's init, which need not reap it,
+        // and a zombie still shows in the container's process list.
+        using var lastResort = new CancellationTokenSource();
+        var run = RunAsync(options, lastResort.Token);
+        try
+        {
+            var result = await run.WaitAsync(deadline.Token).ConfigureAwait(false);
+            return new RuncExecResult(result.ExitCode, result.StandardOutput, result.StandardError, TimedOut: false);
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+        {
+            await KillExecAsync(options.PidFile, run, lastResort).ConfigureAwait(false);
+            if (ct.IsCancellationRequested)
+            {
+                throw;
+            }
+
+            return new RuncExecResult(-1, "", "", TimedOut: true);
         }
     }
 
-    public Task PauseAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct) =>
-        RunOrThrowAsync(runtimePath, [$"--root={runtimeRoot}", "pause", id], id, "pause", ct);
-
-    public Task ResumeAsync(string runtimePath, string runtimeRoot, string id, CancellationToken ct) =>
-        RunOrThrowAsync(runtimePath, [$"--root={runtimeRoot}", "resume", id], id, "resume", ct);
-
-    public Task CheckpointAsync(CheckpointCommand command, CancellationToken ct)
+    /// <summary>
+    /// Kills a timed-out exec's command and every process it started, by the pid the runtime wrote, and waits (bounded)
+    /// for the runtime's client to reap it and exit; the client itself is killed only if it does not.
+    /// </summary>
+    private async Task KillExecAsync(string pidFile, Task<CommandResult> run, CancellationTokenSource lastResort)
     {
-        ArgumentNullException.ThrowIfNull(command);
-        return RunOrThrowAsync(command.RuntimePath, command.ToArguments(), command.ContainerId, "checkpoint", ct);
+        var giveUp = DateTime.UtcNow + ExecKillGrace;
+        while (!run.IsCompleted && DateTime.UtcNow < giveUp)
+        {
+            // The pid file appears once the command has started; a timeout shorter than the start finds none yet.
+            if (ReadPid(pidFile) is { } pid)
+            {
+                linux.KillProcessTree(pid);
+            }
+
+            await Task.WhenAny(run, Task.Delay(TimeSpan.FromMilliseconds(50), CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        await lastResort.CancelAsync().ConfigureAwait(false);
+        try
+        {
+            await run.ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is OperationCanceledException or CrestException)
+        {
+            // Killed or gone: what matters is that it no longer runs.
+        }
+    }
+
+    private static int? ReadPid(string pidFile)
+    {
+        try
+        {
+            return int.TryParse(File.ReadAllText(pidFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && pid > 0 ? pid : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
     }
 
     public IStreamSession StartExec(RuncExecOptions options, StreamOptions streams)
@@ -276,11 +281,11 @@ public sealed class ConmonOciRuntime(string conmonPath, ICommandRunner commands)
         };
         try
         {
-            return RuncExecSession.Start(options, streams, env);
+            return RuncExecSession.Start(binding.RuntimePath, options.Arguments(binding.RuntimeRoot), options, streams, env);
         }
         catch (IOException e)
         {
-            throw new CrestException(ErrorKind.Internal, $"container {options.ContainerId}: {Path.GetFileName(options.RuntimePath)} exec could not be started: {e.Message}", e);
+            throw new CrestException(ErrorKind.Internal, $"container {options.ContainerId}: {Path.GetFileName(binding.RuntimePath)} exec could not be started: {e.Message}", e);
         }
     }
 
@@ -290,14 +295,24 @@ public sealed class ConmonOciRuntime(string conmonPath, ICommandRunner commands)
         return await ConmonAttachSession.ConnectAsync(options, ct).ConfigureAwait(false);
     }
 
-    private async Task RunOrThrowAsync(string runtimePath, IReadOnlyList<string> args, string id, string verb, CancellationToken ct)
+    /// <summary>The one place a runc command becomes a process: the bound binary, its root, the command's argv.</summary>
+    private Task<CommandResult> RunAsync(RuncCommand command, CancellationToken ct)
     {
-        var r = await commands.RunAsync(new CommandLine(runtimePath, args), ct).ConfigureAwait(false);
+        ArgumentNullException.ThrowIfNull(command);
+        return commands.RunAsync(new CommandLine(binding.RuntimePath, command.Arguments(binding.RuntimeRoot)) { StandardInput = command.StandardInput }, ct);
+    }
+
+    private async Task RunOrThrowAsync(RuncCommand command, CancellationToken ct)
+    {
+        var r = await RunAsync(command, ct).ConfigureAwait(false);
         if (r.ExitCode != 0)
         {
-            throw new CrestException(ErrorKind.Internal, $"container {id}: {Path.GetFileName(runtimePath)} {verb} failed: {Trim(r.StandardError)}");
+            throw Failed(command, r);
         }
     }
+
+    private CrestException Failed(RuncCommand command, CommandResult r) =>
+        new(ErrorKind.Internal, $"container {command.ContainerId}: {Path.GetFileName(binding.RuntimePath)} {command.Verb} failed: {Trim(r.StandardError)}");
 
     private static bool NotRunning(string stderr) =>
         stderr.Contains("does not exist", StringComparison.OrdinalIgnoreCase) || stderr.Contains("not running", StringComparison.OrdinalIgnoreCase)

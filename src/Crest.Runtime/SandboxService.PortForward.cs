@@ -1,6 +1,5 @@
 using System.Net.Sockets;
 using Crest.Core;
-using Crest.Linux;
 
 namespace Crest.Runtime;
 
@@ -49,6 +48,6 @@ public sealed partial class SandboxService
             }
         }
 
-        return await NetworkNamespaces.ConnectLoopbackAsync(s.NetnsPath, port, PortForwardConnectTimeout).WaitAsync(ct).ConfigureAwait(false);
+        return await linux.ConnectLoopbackAsync(s.NetnsPath, port, PortForwardConnectTimeout).WaitAsync(ct).ConfigureAwait(false);
     }
 }

@@ -16,9 +16,8 @@ namespace Crest.Runtime;
 public sealed partial class SandboxService(
     IRuntimeStore store,
     ILinux linux,
-    IOciRuntime oci,
-    CniNetwork cni,
-    RuntimeOptions options,
+    IOciRuntimeFactory runtimes,
+    INetwork cni,
     RuntimeLayout layout,
     UserNamespaces userNamespaces,
     TimeProvider time,
@@ -31,7 +30,7 @@ public sealed partial class SandboxService(
     public async Task<SandboxRecord> RunAsync(PodSpec spec, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        var handler = Handler(spec.RuntimeHandler);
+        var runtime = runtimes.For(spec.RuntimeHandler);
         UserNamespaces.Validate(spec);
         if (spec.Namespaces.HasPodUserNamespace && userNamespaces.Problem is { } problem)
         {
@@ -50,10 +49,10 @@ public sealed partial class SandboxService(
                 throw new CrestException(ErrorKind.AlreadyExists, $"pod sandbox name {name} is already used by {existing.Id}; remove it first or use another attempt");
             }
 
-            await store.PutSandboxAsync(Creating(id, spec, handler), ct).ConfigureAwait(false);
+            await store.PutSandboxAsync(Creating(id, spec, runtime.Handler), ct).ConfigureAwait(false);
         }
 
-        return await CreateAsync(id, spec, handler, ct).ConfigureAwait(false);
+        return await CreateAsync(id, spec, runtime, ct).ConfigureAwait(false);
     }
 
     private static SandboxRecord Creating(string id, PodSpec spec, RuntimeHandlerOptions handler) => new()
@@ -66,28 +65,28 @@ public sealed partial class SandboxService(
         CgroupsPath = spec.CgroupParent.Length == 0 ? "/crest" : "/" + spec.CgroupParent.Trim('/'),
     };
 
-    private async Task<SandboxRecord> CreateAsync(string id, PodSpec spec, RuntimeHandlerOptions handler, CancellationToken ct)
+    private async Task<SandboxRecord> CreateAsync(string id, PodSpec spec, IOciRuntime runtime, CancellationToken ct)
     {
-        var sandbox = Creating(id, spec, handler) with { CreatedAt = time.GetUtcNow() };
+        var sandbox = Creating(id, spec, runtime.Handler) with { CreatedAt = time.GetUtcNow() };
         try
         {
-            var dir = SandboxDir(id);
+            var bundle = layout.Sandbox(id);
             // In a user-namespaced pod the infra's empty rootfs, /dev/shm and the pod's files belong to the pod's root.
             (uint Uid, uint Gid)? podRoot = spec.Namespaces.HasPodUserNamespace ? spec.Namespaces.User!.HostRoot() : null;
-            Directory.CreateDirectory(Path.Combine(dir, "rootfs"));
-            Directory.CreateDirectory(Path.Combine(dir, "shm"));
-            linux.Mount("shm", Path.Combine(dir, "shm"), "tmpfs", MountOptions.NoSuid | MountOptions.NoDev | MountOptions.NoExec,
+            Directory.CreateDirectory(bundle.Rootfs);
+            Directory.CreateDirectory(bundle.Shm);
+            linux.Mount("shm", bundle.Shm, "tmpfs", MountOptions.NoSuid | MountOptions.NoDev | MountOptions.NoExec,
                 "mode=1777,size=65536k" + (podRoot is { } shmOwner ? $",uid={shmOwner.Uid},gid={shmOwner.Gid}" : ""));
             if (podRoot is { } rootfsOwner)
             {
                 // runc and crun make the infra's mount points from inside the user namespace.
-                linux.Chown(Path.Combine(dir, "rootfs"), rootfsOwner.Uid, rootfsOwner.Gid);
+                linux.Chown(bundle.Rootfs, rootfsOwner.Uid, rootfsOwner.Gid);
             }
 
             // A user-namespaced pod's network namespace is made by its infra (see SpecBuilder.ForInfra), so CNI comes after it.
             if (spec.Namespaces.Network != NamespaceMode.Node && podRoot is null)
             {
-                var netns = layout.NetnsFile(id);
+                var netns = bundle.NetnsFile;
                 linux.CreateNetworkNamespace(netns);
                 sandbox = sandbox with { NetnsPath = netns };
                 await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
@@ -99,22 +98,21 @@ public sealed partial class SandboxService(
             var hostname = SpecBuilder.PodHostname(spec, linux.HostName());
             if (podRoot is null)
             {
-                WritePodFiles(dir, spec, hostname, sandbox.Ips, owner: null);
+                WritePodFiles(bundle, spec, hostname, sandbox.Ips, owner: null);
             }
 
-            var bundle = Path.Combine(dir, "bundle");
-            Directory.CreateDirectory(bundle);
-            var infraSpec = SpecBuilder.ForInfra(sandbox, Path.Combine(dir, "rootfs"), CatatonitPath, Path.Combine(dir, "shm"), hostname);
-            await File.WriteAllBytesAsync(Path.Combine(bundle, "config.json"), JsonSerializer.SerializeToUtf8Bytes(infraSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
-            var pid = await oci.CreateAsync(ConmonOptions(sandbox, handler, bundle), ct).ConfigureAwait(false);
-            await oci.StartAsync(handler.Path, layout.RuntimeRoot(handler.Name), id, ct).ConfigureAwait(false);
+            Directory.CreateDirectory(bundle.BundleDir);
+            var infraSpec = SpecBuilder.ForInfra(sandbox, bundle.Rootfs, CatatonitPath, bundle.Shm, hostname);
+            await File.WriteAllBytesAsync(bundle.ConfigJson, JsonSerializer.SerializeToUtf8Bytes(infraSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
+            var pid = await runtime.CreateAsync(ConmonCreateOptions.ForInfra(sandbox, bundle), ct).ConfigureAwait(false);
+            await runtime.StartAsync(new RuncStartOptions { ContainerId = id }, ct).ConfigureAwait(false);
             sandbox = sandbox with { InfraPid = pid };
             await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
             if (podRoot is { } owner)
             {
                 if (spec.Namespaces.Network != NamespaceMode.Node)
                 {
-                    var netns = layout.NetnsFile(id);
+                    var netns = bundle.NetnsFile;
                     Directory.CreateDirectory(Path.GetDirectoryName(netns)!);
                     PinNamespace(pid, "net", netns);
                     sandbox = sandbox with { NetnsPath = netns };
@@ -124,10 +122,10 @@ public sealed partial class SandboxService(
                     await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
                 }
 
-                WritePodFiles(dir, spec, hostname, sandbox.Ips, owner);
+                WritePodFiles(bundle, spec, hostname, sandbox.Ips, owner);
             }
 
-            sandbox = sandbox with { State = SandboxState.Ready, PinnedNamespaces = PinNamespaces(dir, pid, spec) };
+            sandbox = sandbox with { State = SandboxState.Ready, PinnedNamespaces = PinNamespaces(bundle, pid, spec) };
             await store.PutSandboxAsync(sandbox, CancellationToken.None).ConfigureAwait(false);
             RuntimeLog.SandboxReady(logger, id, $"{spec.Namespace}/{spec.Name}", string.Join(",", sandbox.Ips));
             return sandbox;
@@ -213,8 +211,7 @@ public sealed partial class SandboxService(
     public async Task StopAsync(SandboxRecord sandbox, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(sandbox);
-        var handler = Handler(sandbox.RuntimeHandler);
-        await oci.KillAsync(handler.Path, layout.RuntimeRoot(handler.Name), sandbox.Id, 9, ct).ConfigureAwait(false);
+        await runtimes.For(sandbox.RuntimeHandler).KillAsync(new RuncKillOptions { ContainerId = sandbox.Id, Signal = 9 }, ct).ConfigureAwait(false);
         await WaitGoneAsync(sandbox.InfraPid, TimeSpan.FromSeconds(10), ct).ConfigureAwait(false);
         if (sandbox.NetnsPath is { } netns && File.Exists(netns))
         {
@@ -240,42 +237,17 @@ public sealed partial class SandboxService(
         await store.DeleteSandboxAsync(sandbox.Id, ct).ConfigureAwait(false);
     }
 
-    public string SandboxDir(string id) => layout.SandboxDir(id);
+    /// <summary>Every path of a pod sandbox (containers bind its hostname, hosts, resolv.conf and shm).</summary>
+    public SandboxBundle Bundle(string id) => layout.Sandbox(id);
 
     /// <summary>Why pods cannot have user namespaces of their own on this node, or null when they can (checked once).</summary>
     public string? UserNamespaceProblem => userNamespaces.Problem;
-
-    /// <summary>The handler, or null when it is no longer configured (a record from an older config).</summary>
-    public RuntimeHandlerOptions? TryHandler(string name) =>
-        options.Handlers.FirstOrDefault(h => h.Name == (string.IsNullOrEmpty(name) ? options.DefaultHandler : name));
-
-    public RuntimeHandlerOptions Handler(string name)
-    {
-        var wanted = string.IsNullOrEmpty(name) ? options.DefaultHandler : name;
-        return options.Handlers.FirstOrDefault(h => h.Name == wanted)
-            ?? throw new CrestException(ErrorKind.InvalidArgument, $"runtime handler \"{wanted}\" is not configured; configured: {string.Join(", ", options.Handlers.Select(h => h.Name))}");
-    }
-
-    internal ConmonCreateOptions ConmonOptions(SandboxRecord sandbox, RuntimeHandlerOptions handler, string bundle) => new()
-    {
-        ContainerId = sandbox.Id,
-        Name = $"k8s_POD_{sandbox.Spec.Name}_{sandbox.Spec.Namespace}_{sandbox.Spec.Uid}_{sandbox.Spec.Attempt}",
-        RuntimePath = ExecutableSearch.Resolve(handler.Path) ?? handler.Path,
-        RuntimeRoot = layout.RuntimeRoot(handler.Name),
-        Bundle = bundle,
-        ContainerPidFile = Path.Combine(SandboxDir(sandbox.Id), "infra.pid"),
-        ConmonPidFile = Path.Combine(SandboxDir(sandbox.Id), "conmon.pid"),
-        ExitDir = layout.ExitDir,
-        PersistDir = Path.Combine(SandboxDir(sandbox.Id), "persist"),
-        SocketDir = layout.SocketDir,
-        SystemdCgroup = options.CgroupDriver == CgroupDriver.Systemd,
-    };
 
     /// <summary>A Ready sandbox whose infra process is gone is NotReady (the kubelet then recreates it).</summary>
     private async Task<SandboxRecord> RefreshAsync(SandboxRecord s, CancellationToken ct)
     {
         // conmon writes the infra's exit file when it dies; a vanished pid covers a dead conmon.
-        if (s.State == SandboxState.Ready && (File.Exists(Path.Combine(layout.ExitDir, s.Id)) || !linux.IsAlive(s.InfraPid)))
+        if (s.State == SandboxState.Ready && (File.Exists(layout.Sandbox(s.Id).ExitFile) || !linux.IsAlive(s.InfraPid)))
         {
             s = s with { State = SandboxState.NotReady };
             await store.PutSandboxAsync(s, ct).ConfigureAwait(false);
@@ -288,35 +260,35 @@ public sealed partial class SandboxService(
     private async Task<List<string>> TearDownAsync(SandboxRecord sandbox, CancellationToken ct)
     {
         var failures = new List<string>();
-        var handler = options.Handlers.FirstOrDefault(h => h.Name == sandbox.RuntimeHandler) ?? Handler("");
-        var root = layout.RuntimeRoot(handler.Name);
-        await Step(sandbox.Id, () => oci.KillAsync(handler.Path, root, sandbox.Id, 9, ct)).ConfigureAwait(false);
+        // The record's handler, or the default one when the record's is no longer configured.
+        var runtime = runtimes.TryFor(sandbox.RuntimeHandler) ?? runtimes.For("");
+        await Step(sandbox.Id, () => runtime.KillAsync(new RuncKillOptions { ContainerId = sandbox.Id, Signal = 9 }, ct)).ConfigureAwait(false);
         await Step(sandbox.Id, () => WaitGoneAsync(sandbox.InfraPid, TimeSpan.FromSeconds(10), ct)).ConfigureAwait(false);
-        await Step(sandbox.Id, () => oci.DeleteAsync(handler.Path, root, sandbox.Id, ct)).ConfigureAwait(false);
+        await Step(sandbox.Id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = sandbox.Id }, ct)).ConfigureAwait(false);
         if (sandbox.NetnsPath is { } netns && File.Exists(netns))
         {
             await Step(sandbox.Id, () => cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, sandbox.CniConfig, ct)).ConfigureAwait(false);
             await Step(sandbox.Id, () => { linux.RemoveNetworkNamespace(netns); return Task.CompletedTask; }).ConfigureAwait(false);
         }
 
-        var dir = SandboxDir(sandbox.Id);
-        await Step(sandbox.Id, () => { linux.Unmount(Path.Combine(dir, "shm")); return Task.CompletedTask; }).ConfigureAwait(false);
+        var bundle = layout.Sandbox(sandbox.Id);
+        await Step(sandbox.Id, () => { linux.Unmount(bundle.Shm); return Task.CompletedTask; }).ConfigureAwait(false);
         foreach (var type in PinnedTypes)
         {
             // Unmounted by name, recorded or not: a crash may have come between the mount and the record.
-            await Step(sandbox.Id, () => { linux.Unmount(Path.Combine(dir, "ns", type)); return Task.CompletedTask; }).ConfigureAwait(false);
+            await Step(sandbox.Id, () => { linux.Unmount(bundle.PinnedNamespace(type)); return Task.CompletedTask; }).ConfigureAwait(false);
         }
 
         await Step(sandbox.Id, () =>
         {
-            if (File.Exists(Path.Combine(layout.ExitDir, sandbox.Id)))
+            if (File.Exists(bundle.ExitFile))
             {
-                File.Delete(Path.Combine(layout.ExitDir, sandbox.Id));
+                File.Delete(bundle.ExitFile);
             }
 
-            if (Directory.Exists(dir))
+            if (Directory.Exists(bundle.Dir))
             {
-                Directory.Delete(dir, recursive: true);
+                Directory.Delete(bundle.Dir, recursive: true);
             }
 
             return Task.CompletedTask;
@@ -353,10 +325,10 @@ public sealed partial class SandboxService(
     /// then joins the pod's namespaces by file, never through a pid that a dead infra process could have left to
     /// someone else.
     /// </summary>
-    private Dictionary<string, string> PinNamespaces(string dir, int infraPid, PodSpec spec)
+    private Dictionary<string, string> PinNamespaces(SandboxBundle bundle, int infraPid, PodSpec spec)
     {
         var pinned = new Dictionary<string, string>(StringComparer.Ordinal);
-        Directory.CreateDirectory(Path.Combine(dir, "ns"));
+        Directory.CreateDirectory(bundle.NamespacesDir);
         foreach (var type in PinnedTypes)
         {
             if ((type == "pid" && spec.Namespaces.Pid == NamespaceMode.Node) || (type == "user" && !spec.Namespaces.HasPodUserNamespace))
@@ -364,7 +336,7 @@ public sealed partial class SandboxService(
                 continue;
             }
 
-            var file = Path.Combine(dir, "ns", type);
+            var file = bundle.PinnedNamespace(type);
             PinNamespace(infraPid, type, file);
             pinned[type] = file;
         }
@@ -381,14 +353,14 @@ public sealed partial class SandboxService(
         linux.Mount($"/proc/{pid}/ns/{type}", file, null, MountOptions.Bind, null);
     }
 
-    private void WritePodFiles(string dir, PodSpec spec, string hostname, IReadOnlyList<string> ips, (uint Uid, uint Gid)? owner)
+    private void WritePodFiles(SandboxBundle bundle, PodSpec spec, string hostname, IReadOnlyList<string> ips, (uint Uid, uint Gid)? owner)
     {
-        File.WriteAllText(Path.Combine(dir, "hostname"), hostname + "\n");
+        File.WriteAllText(bundle.HostnameFile, hostname + "\n");
         // A host-network pod sees the node's names, as in containerd; others get their own addresses under the pod's host name.
         var hosts = spec.Namespaces.Network == NamespaceMode.Node && File.Exists("/etc/hosts")
             ? File.ReadAllText("/etc/hosts")
             : "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + string.Concat(ips.Select(ip => $"{ip}\t{hostname}\n"));
-        File.WriteAllText(Path.Combine(dir, "hosts"), hosts);
+        File.WriteAllText(bundle.HostsFile, hosts);
         string resolv;
         if (spec.Dns is { } dns && (dns.Servers.Count > 0 || dns.Searches.Count > 0 || dns.Options.Count > 0))
         {
@@ -401,13 +373,13 @@ public sealed partial class SandboxService(
             resolv = File.Exists("/etc/resolv.conf") ? File.ReadAllText("/etc/resolv.conf") : "";
         }
 
-        File.WriteAllText(Path.Combine(dir, "resolv.conf"), resolv);
+        File.WriteAllText(bundle.ResolvConfFile, resolv);
         if (owner is { } o)
         {
             // Containers bind these files in; the pod's root may rewrite them, as it could outside a user namespace.
-            foreach (var file in new[] { "hostname", "hosts", "resolv.conf" })
+            foreach (var file in new[] { bundle.HostnameFile, bundle.HostsFile, bundle.ResolvConfFile })
             {
-                linux.Chown(Path.Combine(dir, file), o.Uid, o.Gid);
+                linux.Chown(file, o.Uid, o.Gid);
             }
         }
     }

@@ -36,27 +36,6 @@ public interface IStreamSession : IAsyncDisposable
     void Resize(ushort columns, ushort rows);
 }
 
-/// <summary>
-/// How to run <c>runc exec</c> (or crun's) for ExecSync and streaming sessions (typed; argv built here only). The process
-/// (command, user, groups, capabilities, environment, terminal) is given whole in <see cref="ProcessFile"/>, taken from the
-/// container's own config.json: a runtime's defaults for an exec differ (crun 1.8 runs it as root), Crest's do not.
-/// </summary>
-public sealed record RuncExecOptions
-{
-    public required string RuntimePath { get; init; }
-    public required string RuntimeRoot { get; init; }
-    public required string ContainerId { get; init; }
-    /// <summary>The OCI process (JSON) to run: <c>--process</c>.</summary>
-    public required string ProcessFile { get; init; }
-    /// <summary>Where runc writes the exec'd process's host pid, so it can be killed when the client goes away.</summary>
-    public required string PidFile { get; init; }
-    /// <summary>Whether the process has a terminal (it is in the process file too; the session needs to know).</summary>
-    public bool Tty { get; init; }
-
-    public IReadOnlyList<string> ToArguments() =>
-        [RuntimePath, $"--root={RuntimeRoot}", "exec", "--pid-file", PidFile, "--process", ProcessFile, ContainerId];
-}
-
 /// <summary>Where conmon's attach socket and control FIFO of one container are.</summary>
 public sealed record ConmonAttachOptions
 {
@@ -100,16 +79,17 @@ internal sealed class RuncExecSession : IStreamSession
         _stderr = stderr;
     }
 
-    public static RuncExecSession Start(RuncExecOptions options, StreamOptions streams, IReadOnlyDictionary<string, string> environment)
+    /// <summary>Spawns <paramref name="runtime"/> with <paramref name="arguments"/> (argv after the program) on pipes or a terminal.</summary>
+    public static RuncExecSession Start(string runtime, IReadOnlyList<string> arguments, RuncExecOptions options, StreamOptions streams, IReadOnlyDictionary<string, string> environment)
     {
-        var runtime = options.ToArguments()[0];
+        IReadOnlyList<string> argv = [runtime, .. arguments];
         if (options.Tty)
         {
             var pty = PseudoTerminal.Open();
             try
             {
                 pty.Resize(80, 24);
-                var child = ChildProcess.Spawn(runtime, options.ToArguments(),
+                var child = ChildProcess.Spawn(runtime, argv,
                     [ChildFd.Terminal(0, pty.SecondaryPath), ChildFd.Terminal(1, pty.SecondaryPath), ChildFd.Terminal(2, pty.SecondaryPath)], environment, newSession: true);
                 return new RuncExecSession(child, options, pty, null, null, null);
             }
@@ -123,7 +103,7 @@ internal sealed class RuncExecSession : IStreamSession
         using var stdin = streams.Stdin ? new Pipe() : null;
         using var stdout = streams.Stdout ? new Pipe() : null;
         using var stderr = streams.Stderr ? new Pipe() : null;
-        var spawned = ChildProcess.Spawn(runtime, options.ToArguments(),
+        var spawned = ChildProcess.Spawn(runtime, argv,
         [
             stdin is null ? ChildFd.Null(0) : new ChildFd(0, stdin.ReadFd),
             stdout is null ? ChildFd.Null(1) : new ChildFd(1, stdout.WriteFd),

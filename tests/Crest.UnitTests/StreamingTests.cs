@@ -182,10 +182,10 @@ public class StreamingTests
     [Fact]
     public void Runc_exec_runs_the_process_file_whatever_the_runtime_defaults()
     {
-        var options = new RuncExecOptions { RuntimePath = "/usr/bin/crun", RuntimeRoot = "/run/crest/runtime/crun", ContainerId = "abc", ProcessFile = "/run/p.json", PidFile = "/run/p.pid" };
+        var options = new RuncExecOptions { ContainerId = "abc", ProcessFile = "/run/p.json", PidFile = "/run/p.pid" };
 
-        Assert.Equal(["/usr/bin/crun", "--root=/run/crest/runtime/crun", "exec", "--pid-file", "/run/p.pid", "--process", "/run/p.json", "abc"], options.ToArguments());
-        Assert.Equal(options.ToArguments(), (options with { Tty = true }).ToArguments());
+        Assert.Equal(["--root=/run/crest/runtime/crun", "exec", "--pid-file", "/run/p.pid", "--process", "/run/p.json", "abc"], options.Arguments("/run/crest/runtime/crun"));
+        Assert.Equal(options.Arguments("/r"), (options with { Tty = true }).Arguments("/r"));
     }
 
     [Fact]

@@ -1,0 +1,83 @@
+using Crest.Core;
+
+namespace Crest.Runtime;
+
+// StartContainer for a container made from a checkpoint (CreateContainer kept the checkpoint in the bundle).
+public sealed partial class ContainerService
+{
+    /// <summary>
+    /// StartContainer for a container made from a checkpoint: the rootfs diff and deletions are applied to the
+    /// new rootfs, missing bind-mount sources are recreated, and conmon runs <c>runtime restore</c> into the new
+    /// pod's namespaces and cgroup. A failure leaves the container EXITED (128, StartError) with the lines of
+    /// CRIU's restore.log that say why, and nothing running or registered with the runtime.
+    /// </summary>
+    private async Task RestoreLockedAsync(ContainerRecord c, IOciRuntime runtime, CancellationToken ct)
+    {
+        var sandbox = await sandboxes.GetAsync(c.SandboxId, ct).ConfigureAwait(false);
+        if (sandbox.State != SandboxState.Ready)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} is {sandbox.State}, not ready; container {c.Id} cannot be restored into it");
+        }
+
+        var bundle = bundles.For(c.Id);
+        // The record's restore directory is the bundle's (CreateAsync moved the checkpoint there).
+        var restoreDir = c.RestoreDir!;
+        var started = time.GetUtcNow();
+        try
+        {
+            if (!File.Exists(Path.Combine(restoreDir, "checkpoint", "inventory.img")))
+            {
+                throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id}: a complete checkpoint cannot be found (checkpoint/inventory.img is missing)");
+            }
+
+            var restoreOptions = await bundles.ApplyCheckpointAsync(bundle, c, ct).ConfigureAwait(false);
+            var options = ConmonCreateOptions.ForContainer(c, sandbox, bundle) with
+            {
+                RestoreImagePath = Path.Combine(restoreDir, "checkpoint"),
+                RestoreOptions = restoreOptions,
+            };
+            // Not cancellable: once the runtime restores, the record must say so.
+            var pid = await runtime.CreateAsync(options, CancellationToken.None).ConfigureAwait(false);
+            var running = c with { State = ContainerState.Running, Pid = pid, StartedAt = time.GetUtcNow(), RestoreDir = null };
+            await store.PutContainerAsync(running, CancellationToken.None).ConfigureAwait(false);
+            RuntimeLog.ContainerRestored(logger, c.Id, pid, (long)(time.GetUtcNow() - started).TotalMilliseconds);
+            events.Publish(c.Id, c.SandboxId, LifecycleEvent.Started);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // Whatever went wrong (the archive's data is untrusted), the container ends EXITED and can be removed.
+            var why = e.Message + CriuLogExcerpt(bundle.RestoreLog);
+            await Step(c.Id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = c.Id }, CancellationToken.None)).ConfigureAwait(false);
+            await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = why, FinishedAt = time.GetUtcNow(), RestoreDir = null },
+                CancellationToken.None).ConfigureAwait(false);
+            events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
+            throw new CrestException(e is CrestException ce ? ce.Kind : ErrorKind.Internal, $"container {c.Id} could not be restored: {why}", e);
+        }
+        finally
+        {
+            await Step(c.Id, () =>
+            {
+                if (Directory.Exists(restoreDir))
+                {
+                    Directory.Delete(restoreDir, recursive: true);
+                }
+
+                return Task.CompletedTask;
+            }).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The error lines of a CRIU log (dump.log, restore.log), or its last lines, for an error message.</summary>
+    public static string CriuLogExcerpt(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return "";
+        }
+
+        var lines = File.ReadLines(path).ToList();
+        var errors = lines.Where(l => l.Contains("Error", StringComparison.Ordinal) || l.Contains("error", StringComparison.Ordinal)).TakeLast(8).ToList();
+        var excerpt = errors.Count > 0 ? errors : lines.TakeLast(5).ToList();
+        return excerpt.Count == 0 ? "" : $"; CRIU {Path.GetFileName(path)} ({path}):\n" + string.Join('\n', excerpt.Select(l => "  " + l.Trim()));
+    }
+}

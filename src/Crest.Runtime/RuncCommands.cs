@@ -1,0 +1,140 @@
+using System.Globalization;
+using System.Text.Json;
+using Crest.Oci;
+
+namespace Crest.Runtime;
+
+/// <summary>
+/// One runc/crun invocation on one container, typed (as youki's liboci-cli does): argv is built from it here and only
+/// here, never by string concatenation at a call site. The bound runtime adds its own path and <c>--root</c>.
+/// </summary>
+public abstract record RuncCommand
+{
+    public required string ContainerId { get; init; }
+
+    /// <summary>What the command does, for error messages ("kill 9", "checkpoint").</summary>
+    public abstract string Verb { get; }
+
+    /// <summary>Text for the runtime's standard input, for the commands that read one.</summary>
+    public virtual string? StandardInput => null;
+
+    /// <summary>argv after the runtime's path: the global <c>--root</c>, then the command's own words.</summary>
+    public IReadOnlyList<string> Arguments(string runtimeRoot) => [$"--root={runtimeRoot}", .. CommandArguments()];
+
+    /// <summary>The sub-command, its flags and the container id.</summary>
+    protected abstract IEnumerable<string> CommandArguments();
+}
+
+/// <summary><c>runc start</c>: runs the user process of a created container.</summary>
+public sealed record RuncStartOptions : RuncCommand
+{
+    public override string Verb => "start";
+
+    protected override IEnumerable<string> CommandArguments() => ["start", ContainerId];
+}
+
+/// <summary><c>runc kill --all</c>: a signal to every process of the container.</summary>
+public sealed record RuncKillOptions : RuncCommand
+{
+    public required int Signal { get; init; }
+
+    public override string Verb => $"kill {Signal.ToString(CultureInfo.InvariantCulture)}";
+
+    protected override IEnumerable<string> CommandArguments() => ["kill", "--all", ContainerId, Signal.ToString(CultureInfo.InvariantCulture)];
+}
+
+/// <summary><c>runc delete --force</c>: forgets the container, killing what still runs.</summary>
+public sealed record RuncDeleteOptions : RuncCommand
+{
+    public override string Verb => "delete";
+
+    protected override IEnumerable<string> CommandArguments() => ["delete", "--force", ContainerId];
+}
+
+/// <summary><c>runc state</c>: the runtime's view of the container (status and init pid).</summary>
+public sealed record RuncStateOptions : RuncCommand
+{
+    public override string Verb => "state";
+
+    protected override IEnumerable<string> CommandArguments() => ["state", ContainerId];
+}
+
+/// <summary><c>runc update --resources -</c>: new cgroup limits, read as JSON from standard input.</summary>
+public sealed record RuncUpdateOptions : RuncCommand
+{
+    public required SpecResources Resources { get; init; }
+
+    public override string Verb => "update";
+
+    public override string StandardInput => JsonSerializer.Serialize(Resources, RuntimeSpecJson.Default.SpecResources);
+
+    protected override IEnumerable<string> CommandArguments() => ["update", "--resources", "-", ContainerId];
+}
+
+/// <summary><c>runc pause</c>: freezes every process of the container (cgroup freezer).</summary>
+public sealed record RuncPauseOptions : RuncCommand
+{
+    public override string Verb => "pause";
+
+    protected override IEnumerable<string> CommandArguments() => ["pause", ContainerId];
+}
+
+/// <summary><c>runc resume</c>: thaws a paused container.</summary>
+public sealed record RuncResumeOptions : RuncCommand
+{
+    public override string Verb => "resume";
+
+    protected override IEnumerable<string> CommandArguments() => ["resume", ContainerId];
+}
+
+/// <summary><c>runc checkpoint</c>, always <c>--leave-running</c> (the CRI semantics).</summary>
+public sealed record RuncCheckpointOptions : RuncCommand
+{
+    /// <summary>Where CRIU writes its images.</summary>
+    public required string ImagePath { get; init; }
+    /// <summary>Where CRIU writes dump.log and stats-dump.</summary>
+    public required string WorkPath { get; init; }
+    public bool FileLocks { get; init; } = true;
+    public bool TcpEstablished { get; init; }
+
+    public override string Verb => "checkpoint";
+
+    protected override IEnumerable<string> CommandArguments()
+    {
+        var args = new List<string> { "checkpoint", "--leave-running", "--image-path", ImagePath, "--work-path", WorkPath };
+        if (FileLocks)
+        {
+            args.Add("--file-locks");
+        }
+
+        if (TcpEstablished)
+        {
+            args.Add("--tcp-established");
+        }
+
+        args.Add(ContainerId);
+        return args;
+    }
+}
+
+/// <summary>
+/// How to run <c>runc exec</c> (or crun's) for ExecSync and streaming sessions. The process (command, user, groups,
+/// capabilities, environment, terminal) is given whole in <see cref="ProcessFile"/>, taken from the container's own
+/// config.json: a runtime's defaults for an exec differ (crun 1.8 runs it as root), Crest's do not.
+/// </summary>
+public sealed record RuncExecOptions : RuncCommand
+{
+    /// <summary>The OCI process (JSON) to run: <c>--process</c>.</summary>
+    public required string ProcessFile { get; init; }
+    /// <summary>Where runc writes the exec'd process's host pid, so it can be killed when the client goes away.</summary>
+    public required string PidFile { get; init; }
+    /// <summary>Whether the process has a terminal (it is in the process file too; the session needs to know).</summary>
+    public bool Tty { get; init; }
+
+    public override string Verb => "exec";
+
+    protected override IEnumerable<string> CommandArguments() => ["exec", "--pid-file", PidFile, "--process", ProcessFile, ContainerId];
+}
+
+/// <summary>The outcome of an exec run to completion; <see cref="TimedOut"/> when its timeout killed it first.</summary>
+public sealed record RuncExecResult(int ExitCode, string StandardOutput, string StandardError, bool TimedOut);

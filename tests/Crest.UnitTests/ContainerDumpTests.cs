@@ -1,0 +1,94 @@
+using Crest.Core;
+using Crest.UnitTests.Fakes;
+
+namespace Crest.UnitTests;
+
+/// <summary>The runtime's part of a checkpoint: the container is always resumed, whatever fails or is cancelled.</summary>
+public sealed class ContainerDumpTests : IDisposable
+{
+    private readonly RuntimeHarness _h = new();
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private async Task<ContainerRecord> RunningContainerAsync()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        return await _h.RecordRunningAsync("c1", pod.Id, Ct);
+    }
+
+    private static Task NoCapture(ContainerRecord c, string upper, CancellationToken ct) => Task.CompletedTask;
+
+    [Fact]
+    public async Task A_dump_pauses_checkpoints_captures_the_upper_dir_and_resumes_in_that_order()
+    {
+        var c = await RunningContainerAsync();
+        string? captured = null;
+
+        var dump = await _h.Containers.DumpAsync(c.Id, "/images", "/work", tcpEstablished: false, (_, upper, _) =>
+        {
+            captured = upper;
+            Assert.Equal("paused", _h.Runtimes.StatusOf(c.Id));
+            return Task.CompletedTask;
+        }, Ct);
+
+        Assert.Equal(["pause c1", "checkpoint c1", "resume c1"], _h.Runtimes.Calls.Where(IsDumpStep));
+        Assert.Equal(_h.Layout.Container(c.Id).Upper, captured);
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+        Assert.True(dump.Paused >= dump.CriuDump);
+    }
+
+    [Fact]
+    public async Task A_failed_checkpoint_still_resumes_the_container()
+    {
+        var c = await RunningContainerAsync();
+        _h.Runtimes.Failures["checkpoint"] = new CrestException(ErrorKind.Internal, "runc checkpoint failed: criu failed: type NOTIFY errno 0");
+
+        await Assert.ThrowsAsync<CrestException>(() => _h.Containers.DumpAsync(c.Id, "/images", "/work", false, NoCapture, Ct));
+
+        Assert.Equal(["pause c1", "checkpoint c1", "resume c1"], _h.Runtimes.Calls.Where(IsDumpStep));
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_dump_cancelled_while_frozen_still_resumes_the_container()
+    {
+        var c = await RunningContainerAsync();
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => _h.Containers.DumpAsync(c.Id, "/images", "/work", false, async (_, _, ct) =>
+        {
+            await cancel.CancelAsync();
+            ct.ThrowIfCancellationRequested();
+        }, cancel.Token));
+
+        Assert.Equal("resume c1", _h.Runtimes.Calls.Last(IsDumpStep));
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_failed_rootfs_capture_still_resumes_the_container()
+    {
+        var c = await RunningContainerAsync();
+
+        await Assert.ThrowsAsync<IOException>(() => _h.Containers.DumpAsync(c.Id, "/images", "/work", false, (_, _, _) => throw new IOException("No space left on device"), Ct));
+
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_container_that_is_not_running_is_refused_before_any_pause()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        await _h.Store.PutContainerAsync(RuntimeStoreConformance.Container("c1", pod.Id, ContainerState.Exited), Ct);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => _h.Containers.DumpAsync("c1", "/images", "/work", false, NoCapture, Ct));
+
+        Assert.Equal(ErrorKind.FailedPrecondition, e.Kind);
+        Assert.Contains("CONTAINER_EXITED", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(_h.Runtimes.Calls, IsDumpStep);
+    }
+
+    private static bool IsDumpStep(string call) => call.Split(' ')[0] is "pause" or "checkpoint" or "resume";
+
+    public void Dispose() => _h.Dispose();
+}

@@ -1,0 +1,119 @@
+using Crest.Core;
+using Crest.Runtime;
+using Crest.UnitTests.Fakes;
+
+namespace Crest.UnitTests;
+
+/// <summary>
+/// StartContainer of a container made from a checkpoint: restored through conmon, or EXITED with StartError and
+/// nothing left registered; the checkpoint kept for it is removed either way.
+/// </summary>
+public sealed class ContainerRestoreTests : IDisposable
+{
+    private readonly RuntimeHarness _h = new();
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>A container created from a staged checkpoint (with or without CRIU's inventory), not started yet.</summary>
+    private async Task<ContainerRecord> CreatedFromCheckpointAsync(bool complete = true)
+    {
+        var pod = await _h.ReadyPodAsync(Ct);
+        var staging = Path.Combine(_h.Paths.Root, "restores", "r1");
+        Directory.CreateDirectory(Path.Combine(staging, "checkpoint"));
+        if (complete)
+        {
+            await File.WriteAllBytesAsync(Path.Combine(staging, "checkpoint", "inventory.img"), [1, 2, 3], Ct);
+        }
+
+        return await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), new ContainerRestore(staging, LogCopy: null), Ct);
+    }
+
+    [Fact]
+    public async Task Create_keeps_the_checkpoint_in_the_container_and_starts_nothing()
+    {
+        var c = await CreatedFromCheckpointAsync();
+
+        Assert.Equal(ContainerState.Created, c.State);
+        Assert.Equal(_h.Layout.Container(c.Id).RestoreDir, c.RestoreDir);
+        Assert.True(File.Exists(Path.Combine(c.RestoreDir!, "checkpoint", "inventory.img")));
+        Assert.Null(_h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task Start_restores_through_conmon_with_the_checkpoint_layers_options_and_removes_the_checkpoint()
+    {
+        var c = await CreatedFromCheckpointAsync();
+
+        await _h.Containers.StartAsync(c.Id, Ct);
+
+        var after = await _h.Containers.GetAsync(c.Id, Ct);
+        Assert.Equal(ContainerState.Running, after.State);
+        Assert.Null(after.RestoreDir);
+        Assert.Equal([c.Id], _h.RestoreSteps.Applied);
+        var restore = Assert.Single(_h.Runtimes.Created, o => o.RestoreImagePath is not null);
+        Assert.Equal(Path.Combine(_h.Layout.Container(c.Id).RestoreDir, "checkpoint"), restore.RestoreImagePath);
+        Assert.Equal(["--file-locks"], restore.RestoreOptions);
+        Assert.False(Directory.Exists(_h.Layout.Container(c.Id).RestoreDir));
+    }
+
+    [Fact]
+    public async Task An_incomplete_checkpoint_is_a_start_error_and_nothing_is_restored()
+    {
+        var c = await CreatedFromCheckpointAsync(complete: false);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => _h.Containers.StartAsync(c.Id, Ct));
+
+        Assert.Equal(ErrorKind.FailedPrecondition, e.Kind);
+        Assert.Contains("inventory.img", e.Message, StringComparison.Ordinal);
+        await AssertStartErrorAsync(c.Id);
+        Assert.Empty(_h.RestoreSteps.Applied);
+    }
+
+    [Fact]
+    public async Task A_rootfs_step_that_fails_is_a_start_error_with_its_reason()
+    {
+        var c = await CreatedFromCheckpointAsync();
+        _h.RestoreSteps.Failure = new CrestException(ErrorKind.PermissionDenied, "the rootfs diff writes outside the rootfs");
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => _h.Containers.StartAsync(c.Id, Ct));
+
+        Assert.Equal(ErrorKind.PermissionDenied, e.Kind);
+        var after = await AssertStartErrorAsync(c.Id);
+        Assert.Contains("outside the rootfs", after.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_restore_the_runtime_refuses_is_a_start_error_with_nothing_left_registered()
+    {
+        var c = await CreatedFromCheckpointAsync();
+        _h.Runtimes.Failures["restore"] = new CrestException(ErrorKind.FailedPrecondition, "the OCI runtime could not create it: criu failed");
+
+        await Assert.ThrowsAsync<CrestException>(() => _h.Containers.StartAsync(c.Id, Ct));
+
+        await AssertStartErrorAsync(c.Id);
+        Assert.Contains($"delete {c.Id}", _h.Runtimes.Calls);
+    }
+
+    [Fact]
+    public async Task Stopping_a_container_that_was_never_restored_needs_no_runtime()
+    {
+        var c = await CreatedFromCheckpointAsync();
+
+        await _h.Containers.StopAsync(c.Id, TimeSpan.FromSeconds(10), Ct);
+
+        Assert.Equal(ContainerState.Exited, (await _h.Containers.GetAsync(c.Id, Ct)).State);
+        Assert.DoesNotContain(_h.Runtimes.Calls, call => call.StartsWith("kill ", StringComparison.Ordinal));
+    }
+
+    private async Task<ContainerRecord> AssertStartErrorAsync(string id)
+    {
+        var after = await _h.Containers.GetAsync(id, Ct);
+        Assert.Equal((ContainerState.Exited, 128, "StartError"), (after.State, after.ExitCode, after.Reason));
+        Assert.Null(after.RestoreDir);
+        Assert.Null(_h.Runtimes.StatusOf(id));
+        Assert.False(Directory.Exists(_h.Layout.Container(id).RestoreDir));
+        return after;
+    }
+
+    public void Dispose() => _h.Dispose();
+}

@@ -1,0 +1,216 @@
+using System.Globalization;
+using Crest.Core;
+using Crest.Runtime;
+
+namespace Crest.UnitTests.Fakes;
+
+/// <summary>
+/// runc and conmon without processes: containers move through created, running, paused and stopped as runc's state
+/// machine does, and what conmon would leave behind is written where crestd reads it (the conmon pid file, naming this
+/// test process, and the exit file with 128 + signal when a container is killed). Every call is recorded as
+/// "verb id"; <see cref="Failures"/> makes a verb fail as the real runtime's error would.
+/// </summary>
+/// <param name="exitDir">Where conmon's exit files go (the layout's exit dir).</param>
+/// <param name="alive">The pids that exist (a recording ILinux's): created init pids join it, killed ones leave.</param>
+/// <param name="handlers">The configured handlers; the first is the default.</param>
+public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, params string[] handlers) : IOciRuntimeFactory
+{
+    private readonly Lock _gate = new();
+    private readonly Dictionary<string, (string Status, int Pid)> _containers = new(StringComparer.Ordinal);
+    private readonly List<string> _calls = [];
+    private int _nextPid = 40_000;
+
+    /// <summary>A verb ("create", "start", "checkpoint", ...) that fails with this exception.</summary>
+    public Dictionary<string, Exception> Failures { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>What conmon was asked to create or restore, in order.</summary>
+    public List<ConmonCreateOptions> Created { get; } = [];
+
+    /// <summary>What ExecSync returns; null makes every exec time out.</summary>
+    public RuncExecResult? ExecResult { get; set; } = new(0, "", "", TimedOut: false);
+
+    public IReadOnlyList<string> Calls
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _calls];
+            }
+        }
+    }
+
+    public string? StatusOf(string id)
+    {
+        lock (_gate)
+        {
+            return _containers.TryGetValue(id, out var c) ? c.Status : null;
+        }
+    }
+
+    /// <summary>Makes the runtime know a container, as if it had been created before crestd restarted.</summary>
+    public void Know(string id, string status, int pid = 0)
+    {
+        lock (_gate)
+        {
+            _containers[id] = (status, pid);
+        }
+    }
+
+    private string[] Handlers => handlers.Length == 0 ? ["runc"] : handlers;
+
+    public IOciRuntime For(string handler) =>
+        TryFor(handler) ?? throw new CrestException(ErrorKind.InvalidArgument, $"runtime handler \"{handler}\" is not configured; configured: {string.Join(", ", Handlers)}");
+
+    public IOciRuntime? TryFor(string handler)
+    {
+        var wanted = string.IsNullOrEmpty(handler) ? Handlers[0] : handler;
+        return Handlers.Contains(wanted) ? new Bound(this, new RuntimeHandlerOptions(wanted, "/usr/bin/" + wanted)) : null;
+    }
+
+    private void Enter(string verb, string id)
+    {
+        lock (_gate)
+        {
+            _calls.Add($"{verb} {id}");
+        }
+
+        if (Failures.TryGetValue(verb, out var failure))
+        {
+            throw failure;
+        }
+    }
+
+    private void Require(string verb, string id, params string[] statuses)
+    {
+        lock (_gate)
+        {
+            if (!_containers.TryGetValue(id, out var c) || !statuses.Contains(c.Status))
+            {
+                throw new CrestException(ErrorKind.Internal, $"container {id}: runc {verb} failed: container is {(_containers.TryGetValue(id, out var x) ? x.Status : "not there")}");
+            }
+        }
+    }
+
+    /// <summary>A command that runc allows only <paramref name="from"/> some states, moving the container <paramref name="to"/> another (null: stays).</summary>
+    private Task Transition(RuncCommand command, string? to, params string[] from)
+    {
+        Enter(command.Verb, command.ContainerId);
+        Require(command.Verb, command.ContainerId, from);
+        if (to is not null)
+        {
+            Set(command.ContainerId, to);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    private void Set(string id, string status)
+    {
+        lock (_gate)
+        {
+            _containers[id] = (status, _containers.TryGetValue(id, out var c) ? c.Pid : 0);
+        }
+    }
+
+    private sealed class Bound(FakeOciRuntimes runtimes, RuntimeHandlerOptions handler) : IOciRuntime
+    {
+        public RuntimeHandlerOptions Handler => handler;
+
+        public Task<int> CreateAsync(ConmonCreateOptions options, CancellationToken ct)
+        {
+            runtimes.Enter(options.RestoreImagePath is null ? "create" : "restore", options.ContainerId);
+            lock (runtimes._gate)
+            {
+                runtimes.Created.Add(options);
+            }
+
+            Directory.CreateDirectory(Path.GetDirectoryName(options.ConmonPidFile)!);
+            File.WriteAllText(options.ConmonPidFile, Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
+            int pid;
+            lock (runtimes._gate)
+            {
+                pid = ++runtimes._nextPid;
+                runtimes._containers[options.ContainerId] = (options.RestoreImagePath is null ? "created" : "running", pid);
+            }
+
+            runtimes.Started(pid);
+
+            return Task.FromResult(pid);
+        }
+
+        public Task StartAsync(RuncStartOptions options, CancellationToken ct) => runtimes.Transition(options, "running", "created");
+
+        public Task KillAsync(RuncKillOptions options, CancellationToken ct)
+        {
+            runtimes.Enter("kill", options.ContainerId);
+            if (runtimes.StatusOf(options.ContainerId) is "created" or "running" or "paused")
+            {
+                runtimes.Set(options.ContainerId, "stopped");
+                runtimes.Exited(options.ContainerId);
+                // conmon records the exit as a shell would: 128 + the signal.
+                Directory.CreateDirectory(runtimes.ExitDirectory);
+                File.WriteAllText(Path.Combine(runtimes.ExitDirectory, options.ContainerId), (128 + options.Signal).ToString(CultureInfo.InvariantCulture));
+            }
+
+            return Task.CompletedTask;
+        }
+
+        public Task DeleteAsync(RuncDeleteOptions options, CancellationToken ct)
+        {
+            runtimes.Enter("delete", options.ContainerId);
+            lock (runtimes._gate)
+            {
+                runtimes._containers.Remove(options.ContainerId);
+            }
+
+            return Task.CompletedTask;
+        }
+
+        public Task<OciState?> StateAsync(RuncStateOptions options, CancellationToken ct)
+        {
+            runtimes.Enter("state", options.ContainerId);
+            lock (runtimes._gate)
+            {
+                return Task.FromResult(runtimes._containers.TryGetValue(options.ContainerId, out var c) ? new OciState(c.Status, c.Pid) : null);
+            }
+        }
+
+        public Task UpdateAsync(RuncUpdateOptions options, CancellationToken ct) => runtimes.Transition(options, null, "created", "running", "paused");
+
+        public Task PauseAsync(RuncPauseOptions options, CancellationToken ct) => runtimes.Transition(options, "paused", "running");
+
+        public Task ResumeAsync(RuncResumeOptions options, CancellationToken ct) => runtimes.Transition(options, "running", "paused");
+
+        public Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct)
+        {
+            ct.ThrowIfCancellationRequested();
+            return runtimes.Transition(options, null, "running", "paused");
+        }
+
+        public Task<RuncExecResult> ExecAsync(RuncExecOptions options, TimeSpan timeout, CancellationToken ct)
+        {
+            runtimes.Enter("exec", options.ContainerId);
+            runtimes.Require("exec", options.ContainerId, "running");
+            return Task.FromResult(runtimes.ExecResult ?? new RuncExecResult(-1, "", "", TimedOut: true));
+        }
+
+        public IStreamSession StartExec(RuncExecOptions options, StreamOptions streams) =>
+            throw new NotSupportedException("streaming sessions need a real runtime");
+
+        public Task<IStreamSession> AttachAsync(ConmonAttachOptions options, CancellationToken ct) =>
+            throw new NotSupportedException("attach needs a real conmon");
+    }
+
+    private string ExitDirectory => exitDir;
+
+    private void Started(int pid) => alive?.Add(pid);
+
+    private void Exited(string id)
+    {
+        lock (_gate)
+        {
+            alive?.Remove(_containers[id].Pid);
+        }
+    }
+}

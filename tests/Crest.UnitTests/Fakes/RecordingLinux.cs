@@ -1,0 +1,156 @@
+using System.Net.Sockets;
+using Crest.Core;
+using Crest.Linux;
+
+namespace Crest.UnitTests.Fakes;
+
+/// <summary>
+/// <see cref="ILinux"/> without the kernel: every call is recorded in order, mounts and network namespaces are kept in
+/// a table (a namespace file is created on disk, as the real one is, so code that checks for it behaves the same), and
+/// processes are alive only when a test says so (this test process always is).
+/// </summary>
+public sealed class RecordingLinux : ILinux
+{
+    private readonly Lock _gate = new();
+    private readonly List<string> _calls = [];
+    private readonly HashSet<string> _mounts = new(StringComparer.Ordinal);
+
+    /// <summary>Every call, as "Verb target", in order.</summary>
+    public IReadOnlyList<string> Calls
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _calls];
+            }
+        }
+    }
+
+    /// <summary>What is mounted now.</summary>
+    public IReadOnlyCollection<string> Mounts
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _mounts];
+            }
+        }
+    }
+
+    /// <summary>Pids that exist besides this process.</summary>
+    public HashSet<int> Alive { get; } = [];
+
+    /// <summary>What a mount's propagation is, by mount point; paths under none lie on "/" with this default.</summary>
+    public MountPropagation RootPropagation { get; set; } = MountPropagation.Private;
+
+    /// <summary>Cgroup counters by cgroups path; a path not here is a cgroup that is gone.</summary>
+    public Dictionary<string, CgroupUsage> Cgroups { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Interface counters by (pid, interface).</summary>
+    public Dictionary<(int Pid, string Name), (ulong Rx, ulong Tx)> Interfaces { get; } = [];
+
+    /// <summary>When set, the next <see cref="Mount"/> whose target ends with this text fails as mount(2) would.</summary>
+    public string? FailMountOf { get; set; }
+
+    public void Mount(string? source, string target, string? fsType, MountOptions flags, string? data)
+    {
+        Record($"Mount {target}");
+        if (FailMountOf is { } failing && target.EndsWith(failing, StringComparison.Ordinal))
+        {
+            throw new CrestException(ErrorKind.Internal, $"mount of {source ?? fsType} on {target} ({fsType ?? "bind"}) failed: Operation not permitted");
+        }
+
+        lock (_gate)
+        {
+            _mounts.Add(target);
+        }
+    }
+
+    public void Unmount(string target)
+    {
+        Record($"Unmount {target}");
+        lock (_gate)
+        {
+            _mounts.Remove(target);
+        }
+    }
+
+    public void CreateNetworkNamespace(string path)
+    {
+        Record($"CreateNetworkNamespace {path}");
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        File.WriteAllText(path, "");
+        lock (_gate)
+        {
+            _mounts.Add(path);
+        }
+    }
+
+    public void RemoveNetworkNamespace(string path)
+    {
+        Record($"RemoveNetworkNamespace {path}");
+        lock (_gate)
+        {
+            _mounts.Remove(path);
+        }
+
+        File.Delete(path);
+    }
+
+    public bool Kill(int pid, int signal)
+    {
+        Record($"Kill {pid} {signal}");
+        return IsAlive(pid);
+    }
+
+    public bool IsAlive(int pid) => pid > 0 && (pid == Environment.ProcessId || Alive.Contains(pid));
+
+    public IReadOnlyList<string> MountsUnder(string prefix)
+    {
+        lock (_gate)
+        {
+            return [.. _mounts.Where(m => m == prefix || m.StartsWith(prefix.TrimEnd('/') + "/", StringComparison.Ordinal))];
+        }
+    }
+
+    public (string MountPoint, MountPropagation Propagation) PropagationOf(string path) => ("/", RootPropagation);
+
+    public void KillProcessTree(int pid)
+    {
+        Record($"KillProcessTree {pid}");
+        Alive.Remove(pid);
+    }
+
+    public string HostName() => "node";
+
+    public ulong HeldCapabilities() => ulong.MaxValue >> 23;
+
+    public void BindIdMapped(string source, string target, string userNamespaceFile)
+    {
+        Record($"BindIdMapped {target}");
+        lock (_gate)
+        {
+            _mounts.Add(target);
+        }
+    }
+
+    public void Chown(string path, uint uid, uint gid) => Record($"Chown {path} {uid}:{gid}");
+
+    public CgroupUsage? CgroupUsage(string cgroupsPath) => Cgroups.GetValueOrDefault(cgroupsPath);
+
+    public (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name) =>
+        Interfaces.TryGetValue((pid, name), out var counters) ? counters : null;
+
+    public Task<Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
+        Task.FromException<Socket>(new CrestException(ErrorKind.Unavailable, $"port {port} in {netnsPath} refused the connection (no namespaces in unit tests)"));
+
+    private void Record(string call)
+    {
+        lock (_gate)
+        {
+            _calls.Add(call);
+        }
+    }
+}

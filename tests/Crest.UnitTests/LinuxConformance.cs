@@ -1,0 +1,79 @@
+using Crest.Linux;
+using Crest.TestKit;
+using Crest.UnitTests.Fakes;
+
+namespace Crest.UnitTests;
+
+/// <summary>The checks of <see cref="ILinux"/> that need no privilege, passed by the real syscalls and the recording fake alike.</summary>
+public abstract class LinuxConformance : IDisposable
+{
+    private readonly TempDir _dir = new();
+
+    protected abstract ILinux Create();
+
+    [Fact]
+    public void This_process_is_alive_and_a_pid_that_cannot_exist_is_not()
+    {
+        var linux = Create();
+
+        Assert.True(linux.IsAlive(Environment.ProcessId));
+        Assert.False(linux.IsAlive(0));
+        Assert.False(linux.IsAlive(999_999_999));
+        Assert.False(linux.Kill(999_999_999, 0));
+    }
+
+    [Fact]
+    public void Nothing_is_mounted_under_a_fresh_directory()
+    {
+        Assert.Empty(Create().MountsUnder(_dir.CreateDirectory("fresh")));
+    }
+
+    [Fact]
+    public void A_cgroup_that_does_not_exist_has_no_counters()
+    {
+        Assert.Null(Create().CgroupUsage("/crest-unit-test-no-such-cgroup/crest-c1"));
+    }
+
+    [Fact]
+    public void A_process_that_does_not_exist_has_no_interface_counters()
+    {
+        Assert.Null(Create().InterfaceCounters(999_999_999, "eth0"));
+    }
+
+    [Fact]
+    public void The_node_has_a_host_name()
+    {
+        Assert.False(string.IsNullOrWhiteSpace(Create().HostName()));
+    }
+
+    public void Dispose()
+    {
+        _dir.Dispose();
+        GC.SuppressFinalize(this);
+    }
+}
+
+public sealed class LinuxSyscallsTests : LinuxConformance
+{
+    protected override ILinux Create() => new LinuxSyscalls();
+
+    [Fact]
+    public void Interface_counters_are_read_from_net_dev()
+    {
+        string[] netDev =
+        [
+            "Inter-|   Receive                                                |  Transmit",
+            " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed",
+            "    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0",
+            "  eth0:    5000      40    0    0    0     0          0         0     3000      30    0    0    0     0       0          0",
+        ];
+
+        Assert.Equal((5000UL, 3000UL), LinuxSyscalls.ParseInterfaceCounters(netDev, "eth0"));
+        Assert.Null(LinuxSyscalls.ParseInterfaceCounters(netDev, "eth1"));
+    }
+}
+
+public sealed class RecordingLinuxTests : LinuxConformance
+{
+    protected override ILinux Create() => new RecordingLinux();
+}

@@ -1,0 +1,213 @@
+using System.Globalization;
+using Crest.Core;
+using Crest.Runtime;
+using Crest.TestKit;
+using Crest.UnitTests.Fakes;
+
+namespace Crest.UnitTests;
+
+/// <summary>
+/// The checks every <see cref="IOciRuntime"/> passes: the real one (conmon + runc, with runc played by
+/// <see cref="ScriptedRunc"/>, so its argv and its reading of runc's answers are what is checked) and the fake.
+/// </summary>
+public abstract class OciRuntimeConformance : IDisposable
+{
+    protected TempDir Dir { get; } = new();
+
+    /// <summary>A runtime that knows container <paramref name="id"/> in runc's <paramref name="status"/>.</summary>
+    protected abstract IOciRuntime RuntimeWith(string id, string status);
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task Start_makes_a_created_container_running()
+    {
+        var runtime = RuntimeWith("c1", "created");
+
+        await runtime.StartAsync(new RuncStartOptions { ContainerId = "c1" }, Ct);
+
+        Assert.Equal("running", (await runtime.StateAsync(new RuncStateOptions { ContainerId = "c1" }, Ct))?.Status);
+    }
+
+    [Fact]
+    public async Task Start_of_a_container_the_runtime_does_not_know_fails_naming_it()
+    {
+        var runtime = RuntimeWith("c1", "created");
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => runtime.StartAsync(new RuncStartOptions { ContainerId = "c2" }, Ct));
+
+        Assert.Contains("c2", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Kill_stops_a_running_container_and_killing_it_again_is_not_an_error()
+    {
+        var runtime = RuntimeWith("c1", "running");
+
+        await runtime.KillAsync(new RuncKillOptions { ContainerId = "c1", Signal = 9 }, Ct);
+        await runtime.KillAsync(new RuncKillOptions { ContainerId = "c1", Signal = 9 }, Ct);
+
+        Assert.Equal("stopped", (await runtime.StateAsync(new RuncStateOptions { ContainerId = "c1" }, Ct))?.Status);
+    }
+
+    [Fact]
+    public async Task Delete_forgets_a_container_and_deleting_an_unknown_one_is_not_an_error()
+    {
+        var runtime = RuntimeWith("c1", "stopped");
+
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, Ct);
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, Ct);
+
+        Assert.Null(await runtime.StateAsync(new RuncStateOptions { ContainerId = "c1" }, Ct));
+    }
+
+    [Fact]
+    public async Task Pause_then_resume_leaves_the_container_running()
+    {
+        var runtime = RuntimeWith("c1", "running");
+
+        await runtime.PauseAsync(new RuncPauseOptions { ContainerId = "c1" }, Ct);
+        Assert.Equal("paused", (await runtime.StateAsync(new RuncStateOptions { ContainerId = "c1" }, Ct))?.Status);
+        await runtime.ResumeAsync(new RuncResumeOptions { ContainerId = "c1" }, Ct);
+
+        Assert.Equal("running", (await runtime.StateAsync(new RuncStateOptions { ContainerId = "c1" }, Ct))?.Status);
+    }
+
+    [Fact]
+    public async Task Resume_of_a_container_that_is_not_paused_fails()
+    {
+        var runtime = RuntimeWith("c1", "running");
+
+        await Assert.ThrowsAsync<CrestException>(() => runtime.ResumeAsync(new RuncResumeOptions { ContainerId = "c1" }, Ct));
+    }
+
+    [Fact]
+    public async Task A_checkpoint_leaves_the_container_running()
+    {
+        var runtime = RuntimeWith("c1", "running");
+
+        await runtime.CheckpointAsync(new RuncCheckpointOptions { ContainerId = "c1", ImagePath = Dir.Combine("images"), WorkPath = Dir.Combine("work") }, Ct);
+
+        Assert.Equal("running", (await runtime.StateAsync(new RuncStateOptions { ContainerId = "c1" }, Ct))?.Status);
+    }
+
+    [Fact]
+    public async Task Update_of_a_stopped_container_fails_and_of_a_running_one_succeeds()
+    {
+        var running = RuntimeWith("c1", "running");
+        await running.UpdateAsync(new RuncUpdateOptions { ContainerId = "c1", Resources = new Crest.Oci.SpecResources() }, Ct);
+
+        var stopped = RuntimeWith("c2", "stopped");
+        await Assert.ThrowsAsync<CrestException>(() => stopped.UpdateAsync(new RuncUpdateOptions { ContainerId = "c2", Resources = new Crest.Oci.SpecResources() }, Ct));
+    }
+
+    public void Dispose()
+    {
+        Dir.Dispose();
+        GC.SuppressFinalize(this);
+    }
+}
+
+public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
+{
+    private readonly ScriptedRunc _runc = new();
+
+    protected override IOciRuntime RuntimeWith(string id, string status)
+    {
+        _runc.Containers[id] = status;
+        return new ConmonOciRuntime(new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", "/run/crest/runtime/runc", "conmon",
+            Dir.Combine("exits"), Dir.Combine("attach"), SystemdCgroup: false), _runc, new RecordingLinux());
+    }
+
+    [Fact]
+    public async Task Every_command_goes_to_the_bound_binary_with_the_handlers_root_first()
+    {
+        var runtime = RuntimeWith("c1", "running");
+
+        await runtime.UpdateAsync(new RuncUpdateOptions { ContainerId = "c1", Resources = new Crest.Oci.SpecResources { Memory = new Crest.Oci.SpecMemory(1 << 20) } }, TestContext.Current.CancellationToken);
+        await runtime.KillAsync(new RuncKillOptions { ContainerId = "c1", Signal = 15 }, TestContext.Current.CancellationToken);
+
+        Assert.All(_runc.Invocations, i => Assert.Equal("/usr/bin/runc", i.Program));
+        Assert.Equal(["--root=/run/crest/runtime/runc", "update", "--resources", "-", "c1"], _runc.Invocations[0].Arguments);
+        Assert.Contains("1048576", _runc.Invocations[0].StandardInput, StringComparison.Ordinal);
+        Assert.Equal(["--root=/run/crest/runtime/runc", "kill", "--all", "c1", "15"], _runc.Invocations[1].Arguments);
+    }
+
+    [Fact]
+    public void Conmon_gets_the_systemd_flag_for_containers_and_infra_alike_when_the_driver_is_systemd()
+    {
+        var binding = new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", "/root", "conmon", "/exits", "/attach", SystemdCgroup: true);
+        var sandbox = RuntimeStoreConformance.Sandbox("s1");
+        var container = RuntimeStoreConformance.Container("c1", "s1");
+
+        var forContainer = ConmonCreateOptions.ForContainer(container, sandbox, new ContainerBundle("c1", "/d", "/s", "/exits/c1", "/attach/c1")).ToArguments("conmon", binding);
+        var forInfra = ConmonCreateOptions.ForInfra(sandbox, new SandboxBundle("s1", "/sandboxes/s1", "/netns/s1", "/exits/s1")).ToArguments("conmon", binding);
+
+        Assert.Contains("-s", forContainer);
+        Assert.Contains("-s", forInfra);
+        Assert.Contains("--root=/root", forContainer);
+        Assert.Equal("/d/bundle", forContainer[forContainer.ToList().IndexOf("-b") + 1]);
+        Assert.Equal("/sandboxes/s1/infra.pid", forInfra[forInfra.ToList().IndexOf("-p") + 1]);
+    }
+}
+
+public sealed class FakeOciRuntimeTests : OciRuntimeConformance
+{
+    private FakeOciRuntimes? _runtimes;
+
+    protected override IOciRuntime RuntimeWith(string id, string status)
+    {
+        _runtimes ??= new FakeOciRuntimes(Dir.Combine("exits"));
+        _runtimes.Know(id, status);
+        return _runtimes.For("runc");
+    }
+}
+
+/// <summary>Plays runc's part for <see cref="ConmonOciRuntime"/>: its state machine, its exit codes and its error texts.</summary>
+internal sealed class ScriptedRunc : ICommandRunner
+{
+    public Dictionary<string, string> Containers { get; } = new(StringComparer.Ordinal);
+
+    public List<CommandLine> Invocations { get; } = [];
+
+    public Task<CommandResult> RunAsync(CommandLine command, CancellationToken ct)
+    {
+        Invocations.Add(command);
+        var args = command.Arguments;
+        var verb = args[1];
+        var id = verb == "kill" ? args[3] : args[^1];
+        var known = Containers.TryGetValue(id, out var status);
+        if (!known)
+        {
+            return Done(1, "", $"container \"{id}\" does not exist");
+        }
+
+        switch (verb)
+        {
+            case "start" when status == "created":
+            case "resume" when status == "paused":
+                Containers[id] = "running";
+                return Done(0);
+            case "pause" when status == "running":
+                Containers[id] = "paused";
+                return Done(0);
+            case "kill" when status is "running" or "created" or "paused":
+                Containers[id] = "stopped";
+                return Done(0);
+            case "kill":
+                return Done(1, "", "container not running");
+            case "delete":
+                Containers.Remove(id);
+                return Done(0);
+            case "state":
+                return Done(0, $$"""{"id":"{{id}}","status":"{{status}}","pid":{{(status == "stopped" ? 0 : 4242).ToString(CultureInfo.InvariantCulture)}}}""");
+            case "update" when status is "created" or "running" or "paused":
+            case "checkpoint" when status == "running":
+                return Done(0);
+            default:
+                return Done(1, "", $"cannot {verb} a container that is {status}");
+        }
+    }
+
+    private static Task<CommandResult> Done(int code, string stdout = "", string stderr = "") => Task.FromResult(new CommandResult(code, stdout, stderr));
+}
