@@ -239,9 +239,11 @@ public class PodSecurityTests
         // container's init (this one, a plain sleep, reaps nothing), or it still shows in the process list.
         await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => d.Runtime.ExecSyncAsync(
             new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/busybox", "sleep", "4321" }, Timeout = 1 }, cancellationToken: Ct).ResponseAsync);
-        var processes = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "cat /proc/[0-9]*/stat /proc/[0-9]*/cmdline | tr '\\0' ' '" }, Timeout = 10 }, cancellationToken: Ct);
-        Assert.DoesNotContain("4321", processes.Stdout.ToStringUtf8(), StringComparison.Ordinal);
-        Assert.DoesNotContain(") Z ", processes.Stdout.ToStringUtf8(), StringComparison.Ordinal);
+        // Command lines for the living (a zombie has none), states for the dead; one line per process.
+        var commandLines = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done" }, Timeout = 10 }, cancellationToken: Ct);
+        var states = await d.Runtime.ExecSyncAsync(new ExecSyncRequest { ContainerId = id, Cmd = { "/bin/sh", "-c", "cat /proc/[0-9]*/stat" }, Timeout = 10 }, cancellationToken: Ct);
+        Assert.DoesNotContain("sleep 4321", commandLines.Stdout.ToStringUtf8(), StringComparison.Ordinal);
+        Assert.DoesNotContain(") Z ", states.Stdout.ToStringUtf8(), StringComparison.Ordinal);
     }
 
     [Fact]
