@@ -48,6 +48,28 @@ public static class Eventually
     public static async Task<T> LastAsync<T>(Func<Task<T>> probe, Func<T, bool> done, TimeSpan? timeout = null, CancellationToken ct = default) =>
         (await PollAsync(probe, done, timeout ?? DefaultTimeout, ct)).Last;
 
+    /// <summary>
+    /// The body at <paramref name="url"/> once a server answers there, or "" when none did in time: a server in a
+    /// container may still be starting, and a refused or timed-out request is tried again.
+    /// </summary>
+    public static Task<string> ServedAsync(HttpClient http, Uri url, TimeSpan? timeout = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(http);
+        return LastAsync(
+            async () =>
+            {
+                try
+                {
+                    return await http.GetStringAsync(url, ct);
+                }
+                catch (Exception e) when (e is HttpRequestException || (e is TaskCanceledException && !ct.IsCancellationRequested))
+                {
+                    return "";
+                }
+            },
+            body => body.Length > 0, timeout, ct);
+    }
+
     private static async Task<(bool Met, T Last)> PollAsync<T>(Func<Task<T>> probe, Func<T, bool> done, TimeSpan timeout, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(probe);
