@@ -24,6 +24,19 @@ internal static partial class CheckpointSteps
         return pod;
     }
 
+    /// <summary>Imports <see cref="TestImages.BusyboxRootfs"/> through crest as localhost/e2e/busybox:v1.</summary>
+    public static async Task ImportBusyboxAsync(TempDir dir, string[] r, bool motdAndRoot = false)
+    {
+        var rootfs = dir.Combine("rootfs.tar");
+        await using (var f = File.Create(rootfs))
+        await using (var t = new System.Formats.Tar.TarWriter(f, System.Formats.Tar.TarEntryFormat.Pax))
+        {
+            TestImages.BusyboxRootfs(t, motdAndRoot);
+        }
+
+        await RunAsync([.. r, "image", "import", rootfs, "localhost/e2e/busybox:v1"]);
+    }
+
     /// <summary>Runs crest and fails the test unless it exits 0; returns its trimmed output.</summary>
     public static async Task<string> RunAsync(string[] args)
     {
