@@ -17,7 +17,30 @@ public partial class CheckpointCliTests
     private const string RestoreOn = "[restore]\nvia_create = true\n";
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private sealed record Setup(CrestdProcess Crestd, string[] R, string PodConfig, string CounterConfig);
+    /// <summary>The counter's kubelet metadata, with an annotation a restore must drop and a label a restore replaces.</summary>
+    private const string CounterMetadata = """
+        "annotations": {"io.kubernetes.container.hash": "A", "io.kubernetes.container.restartCount": "0",
+                        "cdi.k8s.io/device": "gpu", "safe.annotation": "true"},
+        "labels": {"io.kubernetes.container.name": "counter", "generation": "one"},
+        """;
+
+    /// <summary>A test's crestd with the busybox image, its pod and counter configs, and the pods it owns: removed, then crestd stopped, when the test ends.</summary>
+    private sealed record Setup(CrestdProcess Crestd, string[] R, string PodConfig, string CounterConfig) : IAsyncDisposable
+    {
+        public OwnedPods Pods { get; } = new(R);
+
+        public async ValueTask DisposeAsync()
+        {
+            try
+            {
+                await Pods.DisposeAsync();
+            }
+            finally
+            {
+                await Crestd.DisposeAsync();
+            }
+        }
+    }
 
     private static void RequireCheckpointTools()
     {
@@ -31,38 +54,25 @@ public partial class CheckpointCliTests
     private static async Task<Setup> StartAsync(TempDir dir, string extraConfig = RestoreOn, string podName = "counter", string uid = "uid-1", IDictionary<string, string>? environment = null)
     {
         var crestd = await CrestdProcess.StartReadyAsync(dir, extraConfig, environment);
-        string[] r = ["-r", crestd.Endpoint];
-        var rootfs = dir.Combine("rootfs.tar");
-        await using (var f = File.Create(rootfs))
-        await using (var t = new TarWriter(f, TarEntryFormat.Pax))
+        try
         {
-            TestImages.Dir(t, "bin");
-            TestImages.Dir(t, "etc");
-            TestImages.Dir(t, "root");
-            TestImages.File(t, "bin/busybox", await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct), mode: 0x1ED);
-            TestImages.Symlink(t, "bin/sh", "busybox");
-            TestImages.File(t, "etc/motd", "welcome\n"u8.ToArray(), mode: 0x1A4);
+            string[] r = ["-r", crestd.Endpoint];
+            await ImportBusyboxAsync(dir, r, motdAndRoot: true);
+            var pod = await WritePodAsync(dir, podName, uid);
+            var counter = await CounterWorkload.WriteConfigAsync(dir, "localhost/e2e/busybox:v1", CounterMetadata);
+            return new Setup(crestd, r, pod, counter);
         }
-
-        var import = await Binaries.RunCrestAsync([.. r, "image", "import", rootfs, "localhost/e2e/busybox:v1"]);
-        Assert.True(import.ExitCode == 0, import.Stderr);
-        var pod = await WritePodAsync(dir, podName, uid);
-        var counter = dir.Combine("counter.json");
-        await File.WriteAllTextAsync(counter, """
-            {"metadata": {"name": "counter"}, "image": {"image": "localhost/e2e/busybox:v1"},
-             "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"],
-             "annotations": {"io.kubernetes.container.hash": "A", "io.kubernetes.container.restartCount": "0",
-                             "cdi.k8s.io/device": "gpu", "safe.annotation": "true"},
-             "labels": {"io.kubernetes.container.name": "counter", "generation": "one"},
-             "log_path": "counter.log", "linux": {} }
-            """, Ct);
-        return new Setup(crestd, r, pod, counter);
+        catch
+        {
+            await crestd.DisposeAsync();
+            throw;
+        }
     }
 
     /// <summary>Runs the setup's pod and starts the counter in it.</summary>
     private static async Task<(string PodId, string ContainerId)> RunCounterAsync(Setup s)
     {
-        var podId = await RunAsync([.. s.R, "runp", s.PodConfig]);
+        var podId = await s.Pods.RunAsync(s.PodConfig);
         var id = await RunAsync([.. s.R, "create", podId, s.CounterConfig, s.PodConfig]);
         await RunAsync([.. s.R, "start", id]);
         return (podId, id);
@@ -73,11 +83,12 @@ public partial class CheckpointCliTests
     {
         RequireCheckpointTools();
         using var dir = new TempDir("crest-e2e-cr");
-        var s = await StartAsync(dir);
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir);
+        var crestd = s.Crestd;
         var r = s.R;
         var (podId, id) = await RunCounterAsync(s);
-        await Task.Delay(1500, Ct);
+        var logFile = dir.Combine("logs-counter", "counter.log");
+        await CountPassesAsync(logFile, 3);
         await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
 
         var archive = dir.Combine("cp.tar");
@@ -87,10 +98,8 @@ public partial class CheckpointCliTests
         Assert.Matches(@"pages written\s+[1-9]\d*", checkpoint.Stdout);
 
         // The container keeps running (CRI semantics): its log keeps growing, and it is not left paused.
-        var logFile = dir.Combine("logs-counter", "counter.log");
         var atCheckpoint = LastCount(await File.ReadAllTextAsync(logFile, Ct));
-        await Task.Delay(600, Ct);
-        Assert.True(LastCount(await File.ReadAllTextAsync(logFile, Ct)) > atCheckpoint, "the container stopped counting after the checkpoint");
+        await CountPassesAsync(logFile, atCheckpoint, "the container stopped counting after the checkpoint");
         Assert.Equal("CONTAINER_RUNNING", (await InspectAsync(r, id)).GetProperty("status").GetProperty("state").GetString());
 
         // The archive: 0600, uncompressed tar, the files every engine reads.
@@ -139,7 +148,7 @@ public partial class CheckpointCliTests
         await RunAsync([.. r, "rm", id]);
         await RunAsync([.. r, "rmp", podId]);
         var newPod = await WritePodAsync(dir, "restored", "uid-2");
-        var newPodId = await RunAsync([.. r, "runp", newPod]);
+        var newPodId = await s.Pods.RunAsync(newPod);
         var restoreConfig = dir.Combine("restore.json");
         await File.WriteAllTextAsync(restoreConfig, $$"""
             {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
@@ -191,7 +200,6 @@ public partial class CheckpointCliTests
         // A restored container can be checkpointed again.
         var again = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", dir.Combine("cp2.tar"), restored]);
         Assert.True(again.ExitCode == 0, again.Stderr);
-        await RunAsync([.. r, "rmp", newPodId]);
     }
 
     [Fact]
@@ -202,11 +210,11 @@ public partial class CheckpointCliTests
         await using var registry = await LocalRegistry.StartAsync();
         var checkpointImage = $"{registry.Host}/e2e/counter-checkpoint:v1";
         using var dir = new TempDir("crest-e2e-cri");
-        var s = await StartAsync(dir);
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir);
+        var crestd = s.Crestd;
         var r = s.R;
         var (podId, id) = await RunCounterAsync(s);
-        await Task.Delay(1000, Ct);
+        await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
         var built = await Binaries.RunCrestAsync([.. r, "checkpoint", "--image", checkpointImage, "--push", id]);
         Assert.True(built.ExitCode == 0, built.Stderr + crestd.Log);
         var lastBefore = LastCount(await File.ReadAllTextAsync(dir.Combine("logs-counter", "counter.log"), Ct));
@@ -224,7 +232,7 @@ public partial class CheckpointCliTests
         Assert.NotEqual(0, missing.ExitCode);
 
         var newPod = await WritePodAsync(dir, "again", "uid-3");
-        var newPodId = await RunAsync([.. r, "runp", newPod]);
+        var newPodId = await s.Pods.RunAsync(newPod);
         for (var attempt = 1; attempt <= 2; attempt++)
         {
             var config = dir.Combine($"restore-{attempt}.json");
@@ -241,11 +249,8 @@ public partial class CheckpointCliTests
             // The kubelet's restart: the restored process dies, a new CreateContainer restores from the same image.
             var pid = (await InspectAsync(r, restored)).GetProperty("info").GetProperty("pid").GetInt32();
             Process.GetProcessById(pid).Kill();
-            await Task.Delay(500, Ct);
-            Assert.Equal("CONTAINER_EXITED", (await InspectAsync(r, restored)).GetProperty("status").GetProperty("state").GetString());
+            await WaitForStateAsync(r, restored, "CONTAINER_EXITED");
         }
-
-        await RunAsync([.. r, "rmp", newPodId]);
     }
 
     [Fact]
@@ -253,10 +258,10 @@ public partial class CheckpointCliTests
     {
         RequireCheckpointTools();
         using var dir = new TempDir("crest-e2e-crf");
-        var s = await StartAsync(dir, extraConfig: "");
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir, extraConfig: "");
+        var crestd = s.Crestd;
         var r = s.R;
-        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var podId = await s.Pods.RunAsync(s.PodConfig);
         var id = await RunAsync([.. r, "create", podId, s.CounterConfig, s.PodConfig]);
 
         // Not running yet.
@@ -300,9 +305,7 @@ public partial class CheckpointCliTests
         var state = (await InspectAsync(r, id)).GetProperty("status").GetProperty("state").GetString();
         Assert.Equal("CONTAINER_RUNNING", state);
         var logFile = dir.Combine("logs-counter", "counter.log");
-        var n = LastCount(await File.ReadAllTextAsync(logFile, Ct));
-        await Task.Delay(500, Ct);
-        Assert.True(LastCount(await File.ReadAllTextAsync(logFile, Ct)) > n, "the container is frozen or stopped after failed checkpoints");
+        await CountPassesAsync(logFile, LastCount(await File.ReadAllTextAsync(logFile, Ct)), "the container is frozen or stopped after failed checkpoints");
 
         // Restore is off by default: a checkpoint given to CreateContainer fails fast and never becomes a normal create.
         var good = dir.Combine("good.tar");
@@ -313,7 +316,6 @@ public partial class CheckpointCliTests
         Assert.Equal(1, disabled.ExitCode);
         Assert.Contains("restore via CreateContainer is disabled by configuration", disabled.Stderr, StringComparison.Ordinal);
         Assert.DoesNotContain("restored", await RunAsync([.. r, "ps", "-a"]), StringComparison.Ordinal);
-        await RunAsync([.. r, "rmp", podId]);
     }
 
     [Fact]
@@ -321,11 +323,11 @@ public partial class CheckpointCliTests
     {
         RequireCheckpointTools();
         using var dir = new TempDir("crest-e2e-crb");
-        var s = await StartAsync(dir);
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir);
+        var crestd = s.Crestd;
         var r = s.R;
         var (podId, id) = await RunCounterAsync(s);
-        await Task.Delay(500, Ct);
+        await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
         var good = dir.Combine("good.tar");
         await RunAsync([.. r, "checkpoint", "--export", good, id]);
 
@@ -390,7 +392,6 @@ public partial class CheckpointCliTests
         Assert.Contains("restore.log", status.GetProperty("message").GetString(), StringComparison.Ordinal);
         Assert.False(Directory.Exists(restoreDir));
         await RunAsync([.. r, "rm", restoredId]);
-        await RunAsync([.. r, "rmp", podId]);
     }
 
     [Fact]
@@ -403,14 +404,15 @@ public partial class CheckpointCliTests
         await File.WriteAllTextAsync(Path.Combine(fake, "criu"), "#!/bin/sh\necho 'Error (criu/cr-dump.c:2099): fake CRIU refuses to dump' >&2\nexit 1\n", Ct);
         File.SetUnixFileMode(Path.Combine(fake, "criu"), (UnixFileMode)0x1ED);
         var realCriu = Requires.Binary("criu");
-        var s = await StartAsync(dir, $"[checkpoint]\ncriu_path = \"{realCriu}\"\n", environment: new Dictionary<string, string>
+        await using var s = await StartAsync(dir, $"[checkpoint]\ncriu_path = \"{realCriu}\"\n", environment: new Dictionary<string, string>
         {
             ["PATH"] = fake + ":" + Environment.GetEnvironmentVariable("PATH"),
         });
-        await using var crestd = s.Crestd;
+        var crestd = s.Crestd;
         var r = s.R;
-        var (podId, id) = await RunCounterAsync(s);
-        await Task.Delay(500, Ct);
+        var (_, id) = await RunCounterAsync(s);
+        var logFile = dir.Combine("logs-counter", "counter.log");
+        await CountPassesAsync(logFile, 3);
 
         var failed = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", dir.Combine("cp.tar"), id]);
 
@@ -421,11 +423,7 @@ public partial class CheckpointCliTests
         Assert.Empty(Directory.EnumerateFiles(dir.Path, ".cp.tar*"));
         Assert.Empty(Directory.EnumerateDirectories(dir.Combine("root", "containers", id), "checkpoint-work*"));
         Assert.Equal("CONTAINER_RUNNING", (await InspectAsync(r, id)).GetProperty("status").GetProperty("state").GetString());
-        var logFile = dir.Combine("logs-counter", "counter.log");
-        var n = LastCount(await File.ReadAllTextAsync(logFile, Ct));
-        await Task.Delay(500, Ct);
-        Assert.True(LastCount(await File.ReadAllTextAsync(logFile, Ct)) > n, "the container is still frozen after a failed checkpoint");
-        await RunAsync([.. r, "rmp", podId]);
+        await CountPassesAsync(logFile, LastCount(await File.ReadAllTextAsync(logFile, Ct)), "the container is still frozen after a failed checkpoint");
     }
 
     [Fact]
@@ -433,11 +431,11 @@ public partial class CheckpointCliTests
     {
         RequireCheckpointTools();
         using var dir = new TempDir("crest-e2e-crz");
-        var s = await StartAsync(dir);
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir);
+        var crestd = s.Crestd;
         var r = s.R;
         var (podId, id) = await RunCounterAsync(s);
-        await Task.Delay(700, Ct);
+        await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
         var archive = dir.Combine("cp.tar.zst");
         await RunAsync([.. r, "checkpoint", "--compress", "zstd", "--export", archive, id]);
         var head = new byte[4];
@@ -455,7 +453,6 @@ public partial class CheckpointCliTests
         var restored = await RunAsync([.. r, "create", podId, config, s.PodConfig]);
         await RunAsync([.. r, "start", restored]);
         Assert.True(LastCount(await WaitForCountAsync(dir.Combine("logs-counter", "restored.log"), lastBefore)) > lastBefore);
-        await RunAsync([.. r, "rmp", podId]);
     }
 
     [Fact]
@@ -463,23 +460,21 @@ public partial class CheckpointCliTests
     {
         RequireCheckpointTools();
         using var dir = new TempDir("crest-e2e-crm");
-        var s = await StartAsync(dir);
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir);
+        var crestd = s.Crestd;
         var r = s.R;
         var dataA = dir.CreateDirectory("data-a");
         var extraA = dir.Combine("extra-a");
         await File.WriteAllTextAsync(extraA, "extra\n", Ct);
-        var counter = dir.Combine("counter-mounts.json");
-        await File.WriteAllTextAsync(counter, $$"""
-            {"metadata": {"name": "counter"}, "image": {"image": "localhost/e2e/busybox:v1"},
-             "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo count $i; echo $i > /data/last; sleep 0.1; done"],
-             "mounts": [{"container_path": "/data", "host_path": "{{dataA}}"}, {"container_path": "/etc/extra", "host_path": "{{extraA}}", "readonly": true}],
-             "log_path": "counter.log", "linux": {} }
-            """, Ct);
-        var podId = await RunAsync([.. r, "runp", s.PodConfig]);
+        var counter = await CounterWorkload.WriteConfigAsync(dir, "localhost/e2e/busybox:v1",
+            $$"""
+            "mounts": [{"container_path": "/data", "host_path": "{{dataA}}"}, {"container_path": "/etc/extra", "host_path": "{{extraA}}", "readonly": true}],
+            """,
+            CounterWorkload.ScriptWith("echo $i > /data/last; "), "counter-mounts.json");
+        var podId = await s.Pods.RunAsync(s.PodConfig);
         var id = await RunAsync([.. r, "create", podId, counter, s.PodConfig]);
         await RunAsync([.. r, "start", id]);
-        await Task.Delay(800, Ct);
+        await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
         var archive = dir.Combine("cp.tar");
         await RunAsync([.. r, "checkpoint", "--export", archive, id]);
         await RunAsync([.. r, "checkpoint-image", archive, "localhost/e2e/mounts-checkpoint:v1"]);
@@ -495,7 +490,7 @@ public partial class CheckpointCliTests
             {"metadata": {"name": "other", "uid": "uid-other", "namespace": "e2e", "attempt": 1},
              "hostname": "other", "log_directory": "{{dir.CreateDirectory("logs-other")}}", "linux": {"cgroup_parent": "crest_e2e_different_789"} }
             """, Ct);
-        var newPodId = await RunAsync([.. r, "runp", pod]);
+        var newPodId = await s.Pods.RunAsync(pod);
 
         // Without the checkpoint's bind mounts the restore is refused at CreateContainer, naming them.
         var bare = dir.Combine("restore-bare.json");
@@ -518,11 +513,7 @@ public partial class CheckpointCliTests
             """, Ct);
         var restored = await RunAsync([.. r, "create", newPodId, full, pod]);
         await RunAsync([.. r, "start", restored]);
-        for (var i = 0; i < 100 && !File.Exists(Path.Combine(dataB, "last")); i++)
-        {
-            await Task.Delay(100, Ct);
-        }
-
+        await Eventually.LastAsync(() => Task.FromResult(File.Exists(Path.Combine(dataB, "last"))), written => written, ct: Ct);
         Assert.True(Directory.Exists(dataB), "the missing directory source was not recreated");
         Assert.True(File.Exists(extraB), "the missing file source was not recreated as a file");
         Assert.True(File.Exists(Path.Combine(dataB, "last")), "the restored process does not write into the new /data source");
@@ -531,7 +522,6 @@ public partial class CheckpointCliTests
         Assert.Equal("localhost/e2e/mounts-checkpoint:v1", status.GetProperty("status").GetProperty("annotations").GetProperty("checkpointImage").GetString());
         var pid = status.GetProperty("info").GetProperty("pid").GetInt32();
         Assert.Contains("crest_e2e_different_789", await File.ReadAllTextAsync($"/proc/{pid}/cgroup", Ct), StringComparison.Ordinal);
-        await RunAsync([.. r, "rmp", newPodId]);
     }
 
     [Fact]
@@ -539,11 +529,11 @@ public partial class CheckpointCliTests
     {
         RequireCheckpointTools();
         using var dir = new TempDir("crest-e2e-crp");
-        var s = await StartAsync(dir);
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir);
+        var crestd = s.Crestd;
         var r = s.R;
         var (podId, id) = await RunCounterAsync(s);
-        await Task.Delay(500, Ct);
+        await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
         var archive = dir.Combine("cp.tar");
         await RunAsync([.. r, "checkpoint", "--export", archive, id]);
         await RunAsync([.. r, "rm", id]);
@@ -670,7 +660,6 @@ public partial class CheckpointCliTests
         var good = await Restore("good", archive, "{}");
         Assert.True(good.ExitCode == 0, good.Stderr);
         await RunAsync([.. r, "start", good.Stdout.Trim()]);
-        await RunAsync([.. r, "rmp", podId]);
     }
 
     /// <summary>One CRIU image entry: a 32-bit length, then the message.</summary>
@@ -732,11 +721,11 @@ public partial class CheckpointCliTests
     {
         RequireCheckpointTools();
         using var dir = new TempDir("crest-e2e-crio");
-        var s = await StartAsync(dir);
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir);
+        var crestd = s.Crestd;
         var r = s.R;
         var (podId, id) = await RunCounterAsync(s);
-        await Task.Delay(800, Ct);
+        await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
         await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
         var archive = dir.Combine("cp.tar");
         await RunAsync([.. r, "checkpoint", "--export", archive, id]);
@@ -819,7 +808,7 @@ public partial class CheckpointCliTests
         }
 
         var newPod = await WritePodAsync(dir, "crio", "uid-crio");
-        var newPodId = await RunAsync([.. r, "runp", newPod]);
+        var newPodId = await s.Pods.RunAsync(newPod);
         var config2 = dir.Combine("restore-crio.json");
         await File.WriteAllTextAsync(config2, $$"""{"metadata": {"name": "counter"}, "image": {"image": "{{crio}}"}, "annotations": {"io.kubernetes.container.hash": "B"}, "log_path": "counter.log", "linux": {} }""", Ct);
         var restored = await RunAsync([.. r, "create", newPodId, config2, newPod]);
@@ -840,7 +829,6 @@ public partial class CheckpointCliTests
         Assert.Equal("B", runtimeAnnotations.GetProperty("io.kubernetes.container.hash").GetString());
         Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
         Assert.False(annotations.TryGetProperty("cdi.k8s.io/gpu", out _));
-        await RunAsync([.. r, "rmp", newPodId]);
     }
 
     /// <summary>A copy of a rootfs diff tar without its .wh. entries, as CRI-O writes them (deletions go to deleted.files).</summary>

@@ -23,23 +23,16 @@ public partial class CheckpointCliTests
         await using var registry = await LocalRegistry.StartAsync();
         var checkpointImage = $"{registry.Host}/e2e/crio-marker:v1";
         using var dir = new TempDir("crest-e2e-crio-img");
-        var s = await StartAsync(dir);
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir);
+        var crestd = s.Crestd;
         var r = s.R;
         var (podId, id) = await RunCounterAsync(s);
         var archive = dir.Combine("cp.tar");
-        int lastBefore;
-        try
-        {
-            await Task.Delay(1000, Ct);
-            await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
-            await RunAsync([.. r, "checkpoint", "--export", archive, id]);
-            lastBefore = LastCount(await File.ReadAllTextAsync(dir.Combine("logs-counter", "counter.log"), Ct));
-        }
-        finally
-        {
-            await Binaries.RunCrestAsync([.. r, "rmp", podId]);
-        }
+        await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
+        await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
+        await RunAsync([.. r, "checkpoint", "--export", archive, id]);
+        var lastBefore = LastCount(await File.ReadAllTextAsync(dir.Combine("logs-counter", "counter.log"), Ct));
+        await RunAsync([.. r, "rmp", podId]);
 
         var layout = dir.CreateDirectory("crio-layout");
         TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
@@ -65,30 +58,23 @@ public partial class CheckpointCliTests
         Assert.Matches(@"\n\d+\s+/bin/busybox sh -c i=0; while true; do", remote.Stdout);
 
         var newPod = await WritePodAsync(dir, "crio-img", "uid-crio-img");
-        var newPodId = await RunAsync([.. r, "runp", newPod]);
-        try
-        {
-            var config = dir.Combine("restore.json");
-            await File.WriteAllTextAsync(config, $$"""
-                {"metadata": {"name": "counter"}, "image": {"image": "{{checkpointImage}}"}, "log_path": "counter.log", "linux": {} }
-                """, Ct);
-            var create = await Binaries.RunCrestAsync([.. r, "create", newPodId, config, newPod]);
-            Assert.True(create.ExitCode == 0, $"the CRI-O-marked image was not restored: {create.Stderr}\n{crestd.Log}");
-            var restored = create.Stdout.Trim();
-            await RunAsync([.. r, "start", restored]);
-            var log = await WaitForCountAsync(dir.Combine("logs-crio-img", "counter.log"), lastBefore + 2);
-            Assert.True(LastCount(log) > lastBefore + 2, $"the counter did not continue from {lastBefore}:\n{log[^Math.Min(400, log.Length)..]}");
-            var counts = CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
-            Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second > p.First), $"the restored counter started over instead of continuing:\n{log}");
-            Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
-            Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
-            var annotations = (await InspectAsync(r, restored)).GetProperty("status").GetProperty("annotations");
-            Assert.Equal("true", annotations.GetProperty("restored").GetString());
-            Assert.Equal(checkpointImage, annotations.GetProperty("checkpointImage").GetString());
-        }
-        finally
-        {
-            await Binaries.RunCrestAsync([.. r, "rmp", newPodId]);
-        }
+        var newPodId = await s.Pods.RunAsync(newPod);
+        var config = dir.Combine("restore.json");
+        await File.WriteAllTextAsync(config, $$"""
+            {"metadata": {"name": "counter"}, "image": {"image": "{{checkpointImage}}"}, "log_path": "counter.log", "linux": {} }
+            """, Ct);
+        var create = await Binaries.RunCrestAsync([.. r, "create", newPodId, config, newPod]);
+        Assert.True(create.ExitCode == 0, $"the CRI-O-marked image was not restored: {create.Stderr}\n{crestd.Log}");
+        var restored = create.Stdout.Trim();
+        await RunAsync([.. r, "start", restored]);
+        var log = await WaitForCountAsync(dir.Combine("logs-crio-img", "counter.log"), lastBefore + 2);
+        Assert.True(LastCount(log) > lastBefore + 2, $"the counter did not continue from {lastBefore}:\n{log[^Math.Min(400, log.Length)..]}");
+        var counts = CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second > p.First), $"the restored counter started over instead of continuing:\n{log}");
+        Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+        Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+        var annotations = (await InspectAsync(r, restored)).GetProperty("status").GetProperty("annotations");
+        Assert.Equal("true", annotations.GetProperty("restored").GetString());
+        Assert.Equal(checkpointImage, annotations.GetProperty("checkpointImage").GetString());
     }
 }

@@ -24,6 +24,19 @@ internal static partial class CheckpointSteps
         return pod;
     }
 
+    /// <summary>Imports <see cref="TestImages.BusyboxRootfs"/> through crest as localhost/e2e/busybox:v1.</summary>
+    public static async Task ImportBusyboxAsync(TempDir dir, string[] r, bool motdAndRoot = false)
+    {
+        var rootfs = dir.Combine("rootfs.tar");
+        await using (var f = File.Create(rootfs))
+        await using (var t = new System.Formats.Tar.TarWriter(f, System.Formats.Tar.TarEntryFormat.Pax))
+        {
+            TestImages.BusyboxRootfs(t, motdAndRoot);
+        }
+
+        await RunAsync([.. r, "image", "import", rootfs, "localhost/e2e/busybox:v1"]);
+    }
+
     /// <summary>Runs crest and fails the test unless it exits 0; returns its trimmed output.</summary>
     public static async Task<string> RunAsync(string[] args)
     {
@@ -42,21 +55,30 @@ internal static partial class CheckpointSteps
     public static int LastCount(string log) =>
         CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
 
-    /// <summary>The log once its counter passed <paramref name="count"/>, or as it is after 15 s (a loaded 2-core machine is slow).</summary>
-    public static async Task<string> WaitForCountAsync(string logFile, int count)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(15);
-        while (true)
-        {
-            var log = File.Exists(logFile) ? await File.ReadAllTextAsync(logFile, Ct) : "";
-            if (LastCount(log) > count || DateTime.UtcNow > deadline)
-            {
-                return log;
-            }
+    /// <summary>The log once its counter passed <paramref name="count"/>, or as it is after 20 s (a loaded 2-core machine is slow).</summary>
+    public static Task<string> WaitForCountAsync(string logFile, int count) =>
+        Eventually.LastAsync(() => ReadLogAsync(logFile), log => LastCount(log) > count, ct: Ct);
 
-            await Task.Delay(100, Ct);
-        }
-    }
+    /// <summary>
+    /// Waits until the counter in <paramref name="logFile"/> passes <paramref name="count"/> and returns the log; fails
+    /// naming the log, <paramref name="why"/> (what it means if it never does) and the log's last lines.
+    /// </summary>
+    public static Task<string> CountPassesAsync(string logFile, int count, string why = "") =>
+        Eventually.UntilAsync(() => ReadLogAsync(logFile), log => LastCount(log) > count,
+            $"the counter in {logFile} to pass {count}{(why.Length > 0 ? " (" + why + ")" : "")}", describe: Tail, ct: Ct);
+
+    /// <summary>A CRI log as it is now; empty before its first line.</summary>
+    public static async Task<string> ReadLogAsync(string logFile) => File.Exists(logFile) ? await File.ReadAllTextAsync(logFile, Ct) : "";
+
+    /// <summary>A container's state as crest inspect shows it (CONTAINER_RUNNING, CONTAINER_EXITED, ...).</summary>
+    public static async Task<string> StateAsync(string[] r, string id) =>
+        (await InspectAsync(r, id)).GetProperty("status").GetProperty("state").GetString()!;
+
+    /// <summary>Waits until the container's state is <paramref name="state"/>; fails naming the container and the state it was in.</summary>
+    public static Task WaitForStateAsync(string[] r, string id, string state) =>
+        Eventually.UntilAsync(() => StateAsync(r, id), s => s == state, $"container {id} to be {state}", describe: s => s, ct: Ct);
+
+    private static string Tail(string log) => log[^Math.Min(400, log.Length)..];
 
     [GeneratedRegex(@"stdout F count (\d+)")]
     public static partial Regex CountLine();

@@ -45,17 +45,8 @@ public partial class ContainerdInteropTests
             string[] r = ["-r", crestd.Endpoint];
             // A base image with a default command, as real images have: containerd builds the restored container's
             // spec from the request and the base image's config, never from spec.dump, and refuses one without a command.
-            var busybox = await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct);
             var layout = dir.CreateDirectory("busybox-layout");
-            TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
-            {
-                TestImages.Dir(t, "bin");
-                TestImages.Dir(t, "etc");
-                TestImages.Dir(t, "root");
-                TestImages.File(t, "bin/busybox", busybox, mode: 0x1ED);
-                TestImages.Symlink(t, "bin/sh", "busybox");
-                TestImages.File(t, "etc/motd", "welcome\n"u8.ToArray(), mode: 0x1A4);
-            })], "v1");
+            TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t => TestImages.BusyboxRootfs(t, motdAndRoot: true))], "v1");
             var layoutArchive = dir.Combine("busybox-layout.tar");
             TestImages.TarDirectory(layout, layoutArchive);
             await RunAsync([.. r, "image", "load", layoutArchive, $"{registry.Host}/e2e/busybox"]);
@@ -70,28 +61,17 @@ public partial class ContainerdInteropTests
             Assert.Matches($@"^{Regex.Escape(registry.Host)}/e2e/busybox@sha256:[0-9a-f]{{64}}$", repoDigest);
 
             var pod = await WritePodAsync(dir, "counter", "uid-crest");
-            var counter = dir.Combine("counter.json");
-            await File.WriteAllTextAsync(counter, $$"""
-                {"metadata": {"name": "counter"}, "image": {"image": "{{name}}"},
-                 "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"],
-                 "annotations": {"io.kubernetes.container.hash": "A", "io.kubernetes.container.restartCount": "0", "safe.annotation": "true"},
-                 "labels": {"io.kubernetes.container.name": "counter"},
-                 "log_path": "counter.log", "linux": {} }
-                """, Ct);
-            var podId = await RunAsync([.. r, "runp", pod]);
-            try
+            var counter = await CounterWorkload.WriteConfigAsync(dir, name, CounterWorkload.KubeletMetadata);
+            await using (var pods = new OwnedPods(r))
             {
+                var podId = await pods.RunAsync(pod);
                 var id = await RunAsync([.. r, "create", podId, counter, pod]);
                 await RunAsync([.. r, "start", id]);
-                await Task.Delay(1500, Ct);
+                await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
                 await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
                 archive = dir.Combine("cp.tar");
                 var checkpoint = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", archive, id]);
                 Assert.True(checkpoint.ExitCode == 0, checkpoint.Stderr + crestd.Log);
-            }
-            finally
-            {
-                await Binaries.RunCrestAsync([.. r, "rmp", podId]);
             }
 
             (configDump, archivedLog) = await ReadArchiveAsync(archive);
@@ -121,64 +101,58 @@ public partial class ContainerdInteropTests
         }
 
         var restoredPod = await WritePodAsync(dir, "restored", "uid-ctrd");
-        var restoredPodId = await RunAsync([.. c, "runp", restoredPod]);
-        try
+        await using var ctrdPods = new OwnedPods(c);
+        var restoredPodId = await ctrdPods.RunAsync(restoredPod);
+        var restoreConfig = dir.Combine("restore.json");
+        await File.WriteAllTextAsync(restoreConfig, $$"""
+            {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
+             "annotations": {"io.kubernetes.container.hash": "B", "io.kubernetes.container.restartCount": "1"},
+             "labels": {"io.kubernetes.container.name": "counter"},
+             "log_path": "counter.log", "linux": {} }
+            """, Ct);
+        var create = await Binaries.RunCrestAsync([.. c, "create", restoredPodId, restoreConfig, restoredPod]);
+        if (create.ExitCode != 0)
         {
-            var restoreConfig = dir.Combine("restore.json");
-            await File.WriteAllTextAsync(restoreConfig, $$"""
-                {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
-                 "annotations": {"io.kubernetes.container.hash": "B", "io.kubernetes.container.restartCount": "1"},
-                 "labels": {"io.kubernetes.container.name": "counter"},
-                 "log_path": "counter.log", "linux": {} }
-                """, Ct);
-            var create = await Binaries.RunCrestAsync([.. c, "create", restoredPodId, restoreConfig, restoredPod]);
-            if (create.ExitCode != 0)
-            {
-                Assert.Fail($"containerd refused to restore the Crest archive: {create.Stderr}\n{ContainerdLog(peer)}");
-            }
-
-            var restored = create.Stdout.Trim();
-            var start = await Binaries.RunCrestAsync([.. c, "start", restored]);
-            if (start.ExitCode != 0)
-            {
-                Assert.Fail($"containerd failed to start the restored container: {start.Stderr}\n{ContainerdLog(peer)}");
-            }
-
-            await Task.Delay(1500, Ct);
-
-            using (var inspect = JsonDocument.Parse(await RunAsync([.. c, "inspect", restored])))
-            {
-                var status = inspect.RootElement.GetProperty("status");
-                Assert.Equal("CONTAINER_RUNNING", status.GetProperty("state").GetString());
-                Assert.Equal(name, status.GetProperty("image").GetProperty("image").GetString());
-                var annotations = status.GetProperty("annotations");
-                Assert.Equal("true", annotations.GetProperty("restored").GetString());
-                Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
-                Assert.Equal("true", annotations.GetProperty("safe.annotation").GetString());
-            }
-
-            // containerd has the base image under the archive's digest reference.
-            using (var image = JsonDocument.Parse(await RunAsync([.. c, "inspecti", repoDigest])))
-            {
-                Assert.Contains(repoDigest, image.RootElement.GetProperty("status").GetProperty("repoDigests").EnumerateArray().Select(d => d.GetString()));
-            }
-
-            // containerd copied the archive's log to log_directory/log_path and appends the restored process's output.
-            var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
-            Assert.StartsWith(archivedLog, newLog, StringComparison.Ordinal);
-            var after = newLog[archivedLog.Length..];
-            Assert.Contains($"stdout F count {lastBefore + 1}\n", after, StringComparison.Ordinal);
-            Assert.DoesNotContain("stdout F count 1\n", after, StringComparison.Ordinal);
-            Assert.True(LastCount(after) > lastBefore + 2, $"the counter did not go on from {lastBefore}:\n{after}");
-
-            // The rootfs diff: containerd applies Crest's rootfs-diff.tar as a layer, .wh. markers included.
-            Assert.Equal(0, (await Binaries.RunCrestAsync([.. c, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
-            Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. c, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+            Assert.Fail($"containerd refused to restore the Crest archive: {create.Stderr}\n{ContainerdLog(peer)}");
         }
-        finally
+
+        var restored = create.Stdout.Trim();
+        var start = await Binaries.RunCrestAsync([.. c, "start", restored]);
+        if (start.ExitCode != 0)
         {
-            await Binaries.RunCrestAsync([.. c, "rmp", restoredPodId]);
+            Assert.Fail($"containerd failed to start the restored container: {start.Stderr}\n{ContainerdLog(peer)}");
         }
+
+        await WaitForCountAsync(dir.Combine("logs-restored", "counter.log"), lastBefore + 2);
+
+        using (var inspect = JsonDocument.Parse(await RunAsync([.. c, "inspect", restored])))
+        {
+            var status = inspect.RootElement.GetProperty("status");
+            Assert.Equal("CONTAINER_RUNNING", status.GetProperty("state").GetString());
+            Assert.Equal(name, status.GetProperty("image").GetProperty("image").GetString());
+            var annotations = status.GetProperty("annotations");
+            Assert.Equal("true", annotations.GetProperty("restored").GetString());
+            Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
+            Assert.Equal("true", annotations.GetProperty("safe.annotation").GetString());
+        }
+
+        // containerd has the base image under the archive's digest reference.
+        using (var image = JsonDocument.Parse(await RunAsync([.. c, "inspecti", repoDigest])))
+        {
+            Assert.Contains(repoDigest, image.RootElement.GetProperty("status").GetProperty("repoDigests").EnumerateArray().Select(d => d.GetString()));
+        }
+
+        // containerd copied the archive's log to log_directory/log_path and appends the restored process's output.
+        var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
+        Assert.StartsWith(archivedLog, newLog, StringComparison.Ordinal);
+        var after = newLog[archivedLog.Length..];
+        Assert.Contains($"stdout F count {lastBefore + 1}\n", after, StringComparison.Ordinal);
+        Assert.DoesNotContain("stdout F count 1\n", after, StringComparison.Ordinal);
+        Assert.True(LastCount(after) > lastBefore + 2, $"the counter did not go on from {lastBefore}:\n{after}");
+
+        // The rootfs diff: containerd applies Crest's rootfs-diff.tar as a layer, .wh. markers included.
+        Assert.Equal(0, (await Binaries.RunCrestAsync([.. c, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+        Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. c, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
     }
 
     private static async Task<(string ConfigDump, string Log)> ReadArchiveAsync(string archive)

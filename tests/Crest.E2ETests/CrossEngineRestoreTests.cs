@@ -39,17 +39,8 @@ public partial class CrossEngineRestoreTests
         var name = $"{registry.Host}/e2e/busybox:v1";
 
         // The base image, pushed by an independent client (skopeo): neither engine has it before it pulls it.
-        var busybox = await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct);
         var layout = dir.CreateDirectory("busybox-layout");
-        var manifestDigest = TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
-        {
-            TestImages.Dir(t, "bin");
-            TestImages.Dir(t, "etc");
-            TestImages.Dir(t, "root");
-            TestImages.File(t, "bin/busybox", busybox, mode: 0x1ED);
-            TestImages.Symlink(t, "bin/sh", "busybox");
-            TestImages.File(t, "etc/motd", "welcome\n"u8.ToArray(), mode: 0x1A4);
-        })], "v1");
+        var manifestDigest = TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t => TestImages.BusyboxRootfs(t, motdAndRoot: true))], "v1");
         await TestImages.PushAsync(layout, "v1", name);
         var repoDigest = $"{registry.Host}/e2e/busybox@{manifestDigest}";
 
@@ -65,29 +56,15 @@ public partial class CrossEngineRestoreTests
             await RunAsync([.. c, "pull", name]);
 
             var pod = await WritePodAsync(dir, "counter", "uid-ctrd");
-            var counter = dir.Combine("counter.json");
-            await File.WriteAllTextAsync(counter, $$"""
-                {"metadata": {"name": "counter"}, "image": {"image": "{{name}}"},
-                 "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done"],
-                 "annotations": {"io.kubernetes.container.hash": "A", "io.kubernetes.container.restartCount": "0", "safe.annotation": "true"},
-                 "labels": {"io.kubernetes.container.name": "counter"},
-                 "log_path": "counter.log", "linux": {} }
-                """, Ct);
-            var podId = await RunAsync([.. c, "runp", pod]);
-            try
-            {
-                var id = await RunAsync([.. c, "create", podId, counter, pod]);
-                await RunAsync([.. c, "start", id]);
-                await Task.Delay(1500, Ct);
-                await RunAsync([.. c, "exec", "-s", id, "/bin/sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd"]);
-                var checkpoint = await Binaries.RunCrestAsync([.. c, "checkpoint", "--export", archive, id]);
-                Assert.True(checkpoint.ExitCode == 0, $"containerd failed to checkpoint: {checkpoint.Stderr}\n{ContainerdLog(peer)}");
-            }
-            finally
-            {
-                await Binaries.RunCrestAsync([.. c, "stopp", podId]);
-                await Binaries.RunCrestAsync([.. c, "rmp", podId]);
-            }
+            var counter = await CounterWorkload.WriteConfigAsync(dir, name, CounterWorkload.KubeletMetadata);
+            await using var ctrdPods = new OwnedPods(c);
+            var podId = await ctrdPods.RunAsync(pod);
+            var id = await RunAsync([.. c, "create", podId, counter, pod]);
+            await RunAsync([.. c, "start", id]);
+            await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
+            await RunAsync([.. c, "exec", "-s", id, "/bin/sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd"]);
+            var checkpoint = await Binaries.RunCrestAsync([.. c, "checkpoint", "--export", archive, id]);
+            Assert.True(checkpoint.ExitCode == 0, $"containerd failed to checkpoint: {checkpoint.Stderr}\n{ContainerdLog(peer)}");
         }
 
         // The archive is containerd's: status.dump, a log copy, a gzip rootfs diff, config.dump naming NAME@DIGEST.
@@ -137,87 +114,81 @@ public partial class CrossEngineRestoreTests
         Assert.DoesNotContain(ShortDigest(manifestDigest), await RunAsync([.. r, "images", "--digests"]), StringComparison.Ordinal);
 
         var newPod = await WritePodAsync(dir, "restored", "uid-crest");
-        var newPodId = await RunAsync([.. r, "runp", newPod]);
-        try
+        await using var pods = new OwnedPods(r);
+        var newPodId = await pods.RunAsync(newPod);
+        // containerd's CRI default (no namespace_options) put the process in the pod's pid namespace; a request for a
+        // private one is refused before anything is pulled, and says what to ask for.
+        var privatePid = dir.Combine("restore-private-pid.json");
+        await File.WriteAllTextAsync(privatePid, $$"""
+            {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
+             "log_path": "counter.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
+            """, Ct);
+        var refused = await Binaries.RunCrestAsync([.. r, "create", newPodId, privatePid, newPod]);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("namespace_options.pid = POD", refused.Stderr, StringComparison.Ordinal);
+
+        var restoreConfig = dir.Combine("restore.json");
+        await File.WriteAllTextAsync(restoreConfig, $$"""
+            {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
+             "annotations": {"io.kubernetes.container.hash": "B", "io.kubernetes.container.restartCount": "1", "only.in.request": "x"},
+             "labels": {"io.kubernetes.container.name": "counter"},
+             "log_path": "counter.log", "linux": {"security_context": {"namespace_options": {"pid": "POD"} } } }
+            """, Ct);
+        var create = await Binaries.RunCrestAsync([.. r, "create", newPodId, restoreConfig, newPod]);
+        Assert.True(create.ExitCode == 0, $"Crest refused to restore the containerd archive: {create.Stderr}\n{crestd.Log}");
+        var restored = create.Stdout.Trim();
+
+        // The pull recorded only what the registry says: the digest, and no tag taken from the archive's metadata.
+        var listed = await RunAsync([.. r, "images", "--digests"]);
+        Assert.Contains(ShortDigest(manifestDigest), listed, StringComparison.Ordinal);
+        Assert.DoesNotContain(" v1 ", listed, StringComparison.Ordinal);
+        using (var images = JsonDocument.Parse(await RunAsync([.. r, "images", "-o", "json"])))
         {
-            // containerd's CRI default (no namespace_options) put the process in the pod's pid namespace; a request for a
-            // private one is refused before anything is pulled, and says what to ask for.
-            var privatePid = dir.Combine("restore-private-pid.json");
-            await File.WriteAllTextAsync(privatePid, $$"""
-                {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
-                 "log_path": "counter.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
-                """, Ct);
-            var refused = await Binaries.RunCrestAsync([.. r, "create", newPodId, privatePid, newPod]);
-            Assert.Equal(1, refused.ExitCode);
-            Assert.Contains("namespace_options.pid = POD", refused.Stderr, StringComparison.Ordinal);
-
-            var restoreConfig = dir.Combine("restore.json");
-            await File.WriteAllTextAsync(restoreConfig, $$"""
-                {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
-                 "annotations": {"io.kubernetes.container.hash": "B", "io.kubernetes.container.restartCount": "1", "only.in.request": "x"},
-                 "labels": {"io.kubernetes.container.name": "counter"},
-                 "log_path": "counter.log", "linux": {"security_context": {"namespace_options": {"pid": "POD"} } } }
-                """, Ct);
-            var create = await Binaries.RunCrestAsync([.. r, "create", newPodId, restoreConfig, newPod]);
-            Assert.True(create.ExitCode == 0, $"Crest refused to restore the containerd archive: {create.Stderr}\n{crestd.Log}");
-            var restored = create.Stdout.Trim();
-
-            // The pull recorded only what the registry says: the digest, and no tag taken from the archive's metadata.
-            var listed = await RunAsync([.. r, "images", "--digests"]);
-            Assert.Contains(ShortDigest(manifestDigest), listed, StringComparison.Ordinal);
-            Assert.DoesNotContain(" v1 ", listed, StringComparison.Ordinal);
-            using (var images = JsonDocument.Parse(await RunAsync([.. r, "images", "-o", "json"])))
-            {
-                var image = Assert.Single(images.RootElement.GetProperty("images").EnumerateArray(),
-                    i => i.GetProperty("repoDigests").EnumerateArray().Any(d => d.GetString() == repoDigest));
-                Assert.Empty(image.TryGetProperty("repoTags", out var tags) ? tags.EnumerateArray().ToList() : []);
-            }
-
-            var start = await Binaries.RunCrestAsync([.. r, "start", restored]);
-            Assert.True(start.ExitCode == 0, $"Crest failed to start the restored container: {start.Stderr}\n{RestoreLog(dir, restored)}\n{crestd.Log}");
-            await Task.Delay(1200, Ct);
-
-            var inspect = await InspectAsync(r, restored);
-            var st = inspect.GetProperty("status");
-            Assert.Equal("CONTAINER_RUNNING", st.GetProperty("state").GetString());
-            var annotations = st.GetProperty("annotations");
-            Assert.Equal("true", annotations.GetProperty("restored").GetString());
-            Assert.Equal(archive, annotations.GetProperty("checkpointImage").GetString());
-            Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
-            Assert.Equal("1", annotations.GetProperty("io.kubernetes.container.restartCount").GetString());
-            Assert.Equal("true", annotations.GetProperty("safe.annotation").GetString());
-            Assert.False(annotations.TryGetProperty("only.in.request", out _));
-            Assert.True(inspect.GetProperty("info").GetProperty("restored").GetBoolean());
-
-            // The process continued from its memory: the new log is the archive's copy, then the counts go on. containerd
-            // copies the log after it resumed the task (reference 4, steps 5 and 8), so its copy may hold a line or two
-            // past the frozen state, which the restored process prints again; it never starts over.
-            var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
-            Assert.StartsWith(archivedLog, newLog, StringComparison.Ordinal);
-            var after = newLog[archivedLog.Length..];
-            var counts = CountLine().Matches(after).Select(x => int.Parse(x.Groups[1].Value, CultureInfo.InvariantCulture)).ToList();
-            Assert.NotEmpty(counts);
-            Assert.True(counts[0] >= lastBefore - 3 && counts[0] <= lastBefore + 2,
-                $"the restored counter did not go on from the archive's {lastBefore}:\n{archivedLog[^Math.Min(300, archivedLog.Length)..]}\n--- restored ---\n{after[..Math.Min(300, after.Length)]}");
-            Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second == p.First + 1), $"the restored counter skips or goes back:\n{after}");
-            Assert.True(counts[^1] > lastBefore + 2, $"the counter did not go on from {lastBefore}:\n{after}\n{crestd.Log}");
-
-
-            // containerd's gzip rootfs diff applied, its .wh. whiteout included.
-            Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
-            Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
-
-            // It lives in the new pod's network namespace: eth0 has the Crest pod's IP.
-            using (var podStatus = JsonDocument.Parse(await RunAsync([.. r, "inspectp", newPodId])))
-            {
-                var ip = podStatus.RootElement.GetProperty("status").GetProperty("network").GetProperty("ip").GetString()!;
-                var addr = await RunAsync([.. r, "exec", "-s", restored, "/bin/busybox", "ip", "-4", "addr", "show", "eth0"]);
-                Assert.Contains(ip + "/", addr, StringComparison.Ordinal);
-            }
+            var image = Assert.Single(images.RootElement.GetProperty("images").EnumerateArray(),
+                i => i.GetProperty("repoDigests").EnumerateArray().Any(d => d.GetString() == repoDigest));
+            Assert.Empty(image.TryGetProperty("repoTags", out var tags) ? tags.EnumerateArray().ToList() : []);
         }
-        finally
+
+        var start = await Binaries.RunCrestAsync([.. r, "start", restored]);
+        Assert.True(start.ExitCode == 0, $"Crest failed to start the restored container: {start.Stderr}\n{RestoreLog(dir, restored)}\n{crestd.Log}");
+        await WaitForCountAsync(dir.Combine("logs-restored", "counter.log"), lastBefore + 2);
+
+        var inspect = await InspectAsync(r, restored);
+        var st = inspect.GetProperty("status");
+        Assert.Equal("CONTAINER_RUNNING", st.GetProperty("state").GetString());
+        var annotations = st.GetProperty("annotations");
+        Assert.Equal("true", annotations.GetProperty("restored").GetString());
+        Assert.Equal(archive, annotations.GetProperty("checkpointImage").GetString());
+        Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
+        Assert.Equal("1", annotations.GetProperty("io.kubernetes.container.restartCount").GetString());
+        Assert.Equal("true", annotations.GetProperty("safe.annotation").GetString());
+        Assert.False(annotations.TryGetProperty("only.in.request", out _));
+        Assert.True(inspect.GetProperty("info").GetProperty("restored").GetBoolean());
+
+        // The process continued from its memory: the new log is the archive's copy, then the counts go on. containerd
+        // copies the log after it resumed the task (reference 4, steps 5 and 8), so its copy may hold a line or two
+        // past the frozen state, which the restored process prints again; it never starts over.
+        var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
+        Assert.StartsWith(archivedLog, newLog, StringComparison.Ordinal);
+        var after = newLog[archivedLog.Length..];
+        var counts = CountLine().Matches(after).Select(x => int.Parse(x.Groups[1].Value, CultureInfo.InvariantCulture)).ToList();
+        Assert.NotEmpty(counts);
+        Assert.True(counts[0] >= lastBefore - 3 && counts[0] <= lastBefore + 2,
+            $"the restored counter did not go on from the archive's {lastBefore}:\n{archivedLog[^Math.Min(300, archivedLog.Length)..]}\n--- restored ---\n{after[..Math.Min(300, after.Length)]}");
+        Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second == p.First + 1), $"the restored counter skips or goes back:\n{after}");
+        Assert.True(counts[^1] > lastBefore + 2, $"the counter did not go on from {lastBefore}:\n{after}\n{crestd.Log}");
+
+
+        // containerd's gzip rootfs diff applied, its .wh. whiteout included.
+        Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+        Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+
+        // It lives in the new pod's network namespace: eth0 has the Crest pod's IP.
+        using (var podStatus = JsonDocument.Parse(await RunAsync([.. r, "inspectp", newPodId])))
         {
-            await Binaries.RunCrestAsync([.. r, "rmp", newPodId]);
+            var ip = podStatus.RootElement.GetProperty("status").GetProperty("network").GetProperty("ip").GetString()!;
+            var addr = await RunAsync([.. r, "exec", "-s", restored, "/bin/busybox", "ip", "-4", "addr", "show", "eth0"]);
+            Assert.Contains(ip + "/", addr, StringComparison.Ordinal);
         }
     }
 

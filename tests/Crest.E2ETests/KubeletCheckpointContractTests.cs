@@ -21,13 +21,13 @@ public partial class CheckpointCliTests
         var realCriu = Requires.Binary("criu");
         await File.WriteAllTextAsync(Path.Combine(slow, "criu"), $"#!/bin/sh\nsleep 3\nexec {realCriu} \"$@\"\n", Ct);
         File.SetUnixFileMode(Path.Combine(slow, "criu"), (UnixFileMode)0x1ED);
-        var s = await StartAsync(dir, RestoreOn + $"[checkpoint]\ntimeout_seconds = 2\ncriu_path = \"{realCriu}\"\n", environment: new Dictionary<string, string>
+        await using var s = await StartAsync(dir, RestoreOn + $"[checkpoint]\ntimeout_seconds = 2\ncriu_path = \"{realCriu}\"\n", environment: new Dictionary<string, string>
         {
             ["PATH"] = slow + ":" + Environment.GetEnvironmentVariable("PATH"),
         });
-        await using var crestd = s.Crestd;
+        var crestd = s.Crestd;
         var r = s.R;
-        var (podId, id) = await RunCounterAsync(s);
+        var (_, id) = await RunCounterAsync(s);
 
         // The kubelet's directory (0700) and file name: checkpoint-<pod>_<namespace>-<container>-<RFC3339>.tar.
         var checkpoints = Directory.CreateDirectory(dir.Combine("kubelet", "checkpoints"), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute).FullName;
@@ -52,7 +52,6 @@ public partial class CheckpointCliTests
         Assert.Equal("CONTAINER_RUNNING", (await InspectAsync(r, id)).GetProperty("status").GetProperty("state").GetString());
         var show = await Tool("checkpointctl", "show", location);
         Assert.True(show.ExitCode == 0, show.Output);
-        await RunAsync([.. r, "rmp", podId]);
     }
 
     [Fact]
@@ -60,11 +59,11 @@ public partial class CheckpointCliTests
     {
         RequireCheckpointTools();
         using var dir = new TempDir("crest-e2e-rst");
-        var s = await StartAsync(dir);
-        await using var crestd = s.Crestd;
+        await using var s = await StartAsync(dir);
+        var crestd = s.Crestd;
         var r = s.R;
         var (podId, id) = await RunCounterAsync(s);
-        await Task.Delay(700, Ct);
+        await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
         var archive = dir.Combine("cp.tar");
         await RunAsync([.. r, "checkpoint", "--export", archive, id]);
         await RunAsync([.. r, "stop", id]);
@@ -86,6 +85,5 @@ public partial class CheckpointCliTests
         Assert.Equal(archive, status.GetProperty("annotations").GetProperty("checkpointImage").GetString());
         var log = await WaitForCountAsync(logFile, lastBefore + 2);
         Assert.True(LastCount(log) > lastBefore + 2, crestd.Log);
-        await RunAsync([.. r, "rmp", podId]);
     }
 }

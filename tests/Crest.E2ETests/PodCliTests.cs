@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Formats.Tar;
+using System.Text;
 using System.Text.Json;
 using Crest.TestKit;
 
@@ -16,9 +17,7 @@ public class PodCliTests
         await using (var f = File.Create(rootfs))
         await using (var t = new TarWriter(f, TarEntryFormat.Pax))
         {
-            TestImages.Dir(t, "bin");
-            TestImages.File(t, "bin/busybox", await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct), mode: 0x1ED);
-            TestImages.Symlink(t, "bin/sh", "busybox");
+            TestImages.BusyboxRootfs(t);
         }
 
         var pod = dir.Combine("pod.json");
@@ -26,12 +25,7 @@ public class PodCliTests
             {"metadata": {"name": "counter", "uid": "uid-counter", "namespace": "e2e", "attempt": 1},
              "hostname": "counter", "log_directory": "{{dir.CreateDirectory("logs")}}", "linux": {} }
             """, Ct);
-        var counter = dir.Combine("counter.json");
-        await File.WriteAllTextAsync(counter, """
-            {"metadata": {"name": "counter"}, "image": {"image": "localhost/e2e/busybox:v1"},
-             "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.2; done"],
-             "log_path": "counter.log", "linux": {}}
-            """, Ct);
+        var counter = await CounterWorkload.WriteConfigAsync(dir, "localhost/e2e/busybox:v1", script: CounterWorkload.ScriptWith(period: "0.2"));
         var quick = dir.Combine("quick.json");
         await File.WriteAllTextAsync(quick, """
             {"metadata": {"name": "quick"}, "image": {"image": "localhost/e2e/busybox:v1"},
@@ -47,19 +41,43 @@ public class PodCliTests
         Requires.Binary("conmon");
         using var dir = new TempDir("crest-e2e");
         await using var crestd = await CrestdProcess.StartReadyAsync(dir);
-        var (pod, counter, _) = await WriteConfigsAsync(dir);
+        var (pod, counter, quick) = await WriteConfigsAsync(dir);
         string[] r = ["-r", crestd.Endpoint];
+        await using var owned = new OwnedPods(r);
         Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "image", "import", dir.Combine("rootfs.tar"), "localhost/e2e/busybox:v1"])).ExitCode);
 
         using var events = Process.Start(new ProcessStartInfo(Binaries.Crest, [.. r, "events"]) { RedirectStandardOutput = true, UseShellExecute = false })!;
-        var eventsOutput = events.StandardOutput.ReadToEndAsync(Ct);
-        await Task.Delay(700, Ct);
+        var eventLines = new StringBuilder();
+        events.OutputDataReceived += (_, e) =>
+        {
+            lock (eventLines)
+            {
+                eventLines.Append(e.Data).Append(e.Data is null ? "" : "\n");
+            }
+        };
+        events.BeginOutputReadLine();
+        string Streamed()
+        {
+            lock (eventLines)
+            {
+                return eventLines.ToString();
+            }
+        }
+
         var runp = await Binaries.RunCrestAsync([.. r, "runp", pod]);
         var podId = runp.Stdout.Trim();
+
+        // The stream is subscribed once it shows an event: a probe container's creation, removed again.
+        var probe = await CheckpointSteps.RunAsync([.. r, "create", podId, quick, pod]);
+        await Eventually.UntilAsync(() => Streamed().Contains($"ContainerCreatedEvent {probe[..13]}", StringComparison.Ordinal),
+            "crest events to show the probe container's creation", ct: Ct);
+        await CheckpointSteps.RunAsync([.. r, "rm", probe]);
+
         var create = await Binaries.RunCrestAsync([.. r, "create", podId, counter, pod]);
         var id = create.Stdout.Trim();
         var start = await Binaries.RunCrestAsync([.. r, "start", id]);
-        await Task.Delay(1000, Ct);
+        var logFile = dir.Combine("logs", "counter.log");
+        await CheckpointSteps.WaitForCountAsync(logFile, 3);
         var ps = await Binaries.RunCrestAsync([.. r, "ps"]);
         var pods = await Binaries.RunCrestAsync([.. r, "pods"]);
         var inspect = await Binaries.RunCrestAsync([.. r, "inspect", id]);
@@ -67,23 +85,22 @@ public class PodCliTests
         var logsTail = await Binaries.RunCrestAsync([.. r, "logs", "--tail", "2", id]);
         var stats = await Binaries.RunCrestAsync([.. r, "stats"]);
         // The kubelet's rotation: move the file away, ask the runtime to reopen, new lines go to a new file.
-        var logFile = dir.Combine("logs", "counter.log");
         File.Move(logFile, logFile + ".1");
         using (var ch = UnixGrpc.Channel(crestd.Socket))
         {
             await new Runtime.V1.RuntimeService.RuntimeServiceClient(ch).ReopenContainerLogAsync(new Runtime.V1.ReopenContainerLogRequest { ContainerId = id }, cancellationToken: Ct);
         }
 
-        await Task.Delay(800, Ct);
-        var rotated = File.Exists(logFile) ? await File.ReadAllTextAsync(logFile, Ct) : "";
+        var rotated = await Eventually.LastAsync(() => CheckpointSteps.ReadLogAsync(logFile), log => log.Contains("stdout F count", StringComparison.Ordinal), ct: Ct);
         var stop = await Binaries.RunCrestAsync([.. r, "stop", "-T", "2", id]);
         var rm = await Binaries.RunCrestAsync([.. r, "rm", id]);
         var stopp = await Binaries.RunCrestAsync([.. r, "stopp", podId]);
         var rmp = await Binaries.RunCrestAsync([.. r, "rmp", podId]);
         var after = await Binaries.RunCrestAsync([.. r, "pods", "-q"]);
-        await Task.Delay(300, Ct);
+        await Eventually.LastAsync(() => Task.FromResult(Streamed()), s => s.Contains($"ContainerDeletedEvent {id[..13]}", StringComparison.Ordinal), ct: Ct);
         events.Kill();
-        var streamed = await eventsOutput;
+        await events.WaitForExitAsync(Ct);
+        var streamed = Streamed();
 
         Assert.True(runp.ExitCode == 0, runp.Stderr);
         Assert.True(create.ExitCode == 0, create.Stderr);
@@ -125,29 +142,41 @@ public class PodCliTests
             counterId = (await Binaries.RunCrestAsync([.. r1, "create", podId, counter, pod])).Stdout.Trim();
             quickId = (await Binaries.RunCrestAsync([.. r1, "create", podId, quick, pod])).Stdout.Trim();
             await Binaries.RunCrestAsync([.. r1, "start", counterId, quickId]);
-            await Task.Delay(500, Ct);
+            await CheckpointSteps.CountPassesAsync(dir.Combine("logs", "counter.log"), 0);
             await first.StopAsync(signal: 9);
         }
 
-        // While no crestd runs, the counter keeps counting and the quick one exits 42.
+        // While no crestd runs, the counter keeps counting and the quick one exits 42 (its conmon, which names it, is gone).
         var log = dir.Combine("logs", "counter.log");
         var linesWhileDown = File.ReadAllLines(log).Length;
-        await Task.Delay(2500, Ct);
-        Assert.True(File.ReadAllLines(log).Length > linesWhileDown, "the container stopped logging while crestd was down");
+        await Eventually.UntilAsync(() => File.ReadAllLines(log).Length > linesWhileDown, "the container to go on logging while crestd is down", ct: Ct);
+        await Eventually.UntilAsync(() => !AnyProcessMentions(quickId), $"the quick container {quickId} and its conmon to exit while crestd is down", ct: Ct);
 
         await using var second = await CrestdProcess.StartReadyAsync(dir);
         string[] r = ["-r", second.Endpoint];
+        await using var owned = new OwnedPods(r);
         var ps = await Binaries.RunCrestAsync([.. r, "ps", "-a"]);
         var quickStatus = await Binaries.RunCrestAsync([.. r, "inspect", quickId]);
         var linesBefore = File.ReadAllLines(log).Length;
-        await Task.Delay(1000, Ct);
-        var linesAfter = File.ReadAllLines(log).Length;
-        await Binaries.RunCrestAsync([.. r, "rmp", podId]);
+        await Eventually.UntilAsync(() => File.ReadAllLines(log).Length > linesBefore, "the counter to go on logging after the restart", ct: Ct);
 
         Assert.Matches($@"{counterId[..13]}\s+.*Running\s+counter", ps.Stdout);
         Assert.Matches($@"{quickId[..13]}\s+.*Exited\s+quick", ps.Stdout);
         using var doc = JsonDocument.Parse(quickStatus.Stdout);
         Assert.Equal(42, doc.RootElement.GetProperty("status").GetProperty("exitCode").GetInt32());
-        Assert.True(linesAfter > linesBefore, "the counter stopped logging after the restart");
     }
+
+    /// <summary>Whether any process's command line contains <paramref name="text"/> (a container ID names its conmon).</summary>
+    private static bool AnyProcessMentions(string text) =>
+        Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _)).Any(d =>
+        {
+            try
+            {
+                return File.ReadAllText(Path.Combine(d, "cmdline")).Contains(text, StringComparison.Ordinal);
+            }
+            catch (IOException)
+            {
+                return false;
+            }
+        });
 }

@@ -43,13 +43,12 @@ public partial class PodmanInteropTests
         try
         {
             await podman.RunAsync("pull", "--tls-verify=false", name);
-            await podman.RunAsync(["container", "run", "-d", "--name", "counter", .. Podman.RunFlags, name, "sh", "-c", CounterScript]);
-            await Task.Delay(1500, Ct);
+            await podman.RunAsync(["container", "run", "-d", "--name", "counter", .. Podman.RunFlags, name, "sh", "-c", CounterWorkload.Script]);
+            await podman.CountPassesAsync("counter", 3);
             await podman.RunAsync("exec", "counter", "sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd");
             await podman.RunAsync("container", "checkpoint", "--create-image", checkpointImage, "counter");
             // Podman stops the container at checkpoint: its log ends where CRIU froze it.
-            lastBefore = PodmanCount().Matches(await podman.RunAsync("logs", "counter"))
-                .Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
+            lastBefore = PodmanLastCount(await podman.RunAsync("logs", "counter"));
             await podman.RunAsync("push", "--tls-verify=false", checkpointImage);
         }
         finally
@@ -82,7 +81,7 @@ public partial class PodmanInteropTests
         var remote = await Binaries.RunCrestAsync(["checkpoint", "inspect", checkpointImage]);
         Assert.True(remote.ExitCode == 0, remote.Stderr);
         Assert.Matches(@"Engine:\s+Podman\n", remote.Stdout);
-        Assert.Matches(@"\n1\s+sh -c i=0; while true; do i=\$\(\(i\+1\)\); echo count \$i; sleep 0\.1; done\n", remote.Stdout);
+        Assert.Matches(@"\n1\s+sh -c " + Regex.Escape(CounterWorkload.Script) + @"\n", remote.Stdout);
         Assert.Contains($"Base image:      {name}", remote.Stdout, StringComparison.Ordinal);
         Assert.DoesNotContain("0001-01-01", remote.Stdout, StringComparison.Ordinal);
 
@@ -99,65 +98,63 @@ public partial class PodmanInteropTests
         }
 
         var pod = await WritePodAsync(dir, "podman-img", "uid-podman-img");
-        var podId = await RunAsync([.. r, "runp", pod]);
-        try
+        await using var pods = new OwnedPods(r);
+        var podId = await pods.RunAsync(pod);
+        // Podman's /run/.containerenv bind mount must be declared again (see the archive test).
+        var containerEnv = dir.Combine("containerenv");
+        await File.WriteAllTextAsync(containerEnv, "", Ct);
+        var restores = new (string Name, string ImageJson, string Shown)[]
         {
-            // Podman's /run/.containerenv bind mount must be declared again (see the archive test).
-            var containerEnv = dir.Combine("containerenv");
-            await File.WriteAllTextAsync(containerEnv, "", Ct);
-            var restores = new (string Name, string ImageJson, string Shown)[]
-            {
-                ("by-ref", $$"""{"image": "{{checkpointImage}}"}""", checkpointImage),
-                ("by-id", $$"""{"image": "{{imageId}}", "user_specified_image": "{{checkpointImage}}"}""", checkpointImage),
-            };
-            foreach (var (ctrName, imageJson, shown) in restores)
-            {
-                var config = dir.Combine($"restore-{ctrName}.json");
-                await File.WriteAllTextAsync(config, $$"""
-                    {"metadata": {"name": "{{ctrName}}"}, "image": {{imageJson}},
-                     "mounts": [{"container_path": "/run/.containerenv", "host_path": "{{containerEnv}}", "readonly": true}],
-                     "log_path": "{{ctrName}}.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
-                    """, Ct);
-                var create = await Binaries.RunCrestAsync([.. r, "create", podId, config, pod]);
-                Assert.True(create.ExitCode == 0, $"{ctrName}: Crest refused to restore Podman's checkpoint image: {create.Stderr}\n{crestd.Log}");
-                var restored = create.Stdout.Trim();
-                var start = await Binaries.RunCrestAsync([.. r, "start", restored]);
-                Assert.True(start.ExitCode == 0, $"{ctrName}: {start.Stderr}\n{RestoreLog(dir, restored)}\n{crestd.Log}");
-
-                // The copied ctr.log, then the restored process going on from Podman's last count, never starting over.
-                var log = await WaitForCountAsync(dir.Combine("logs-podman-img", $"{ctrName}.log"), lastBefore + 3);
-                var copyEnd = $"stdout F count {lastBefore}\n";
-                var at = log.IndexOf(copyEnd, StringComparison.Ordinal);
-                Assert.True(at >= 0 && CountLine().Match(log).Groups[1].Value == "1",
-                    $"{ctrName}: the log does not start with Podman's log up to count {lastBefore}:\n{log[..Math.Min(400, log.Length)]}");
-                var after = log[(at + copyEnd.Length)..];
-                var counts = CountLine().Matches(after).Select(c => int.Parse(c.Groups[1].Value, CultureInfo.InvariantCulture)).ToList();
-                Assert.NotEmpty(counts);
-                Assert.InRange(counts[0], lastBefore, lastBefore + 2);
-                Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second == p.First + 1), $"{ctrName}: the restored counter skips, repeats or starts over:\n{after}");
-                Assert.True(counts[^1] > lastBefore + 2, $"{ctrName}: the counter did not go on from {lastBefore}:\n{after}\n{crestd.Log}");
-
-                Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
-                Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
-
-                var status = (await InspectAsync(r, restored)).GetProperty("status");
-                Assert.Equal("CONTAINER_RUNNING", status.GetProperty("state").GetString());
-                Assert.Equal(name, status.GetProperty("image").GetProperty("image").GetString());
-                var annotations = status.GetProperty("annotations");
-                Assert.Equal("true", annotations.GetProperty("restored").GetString());
-                Assert.Equal(shown, annotations.GetProperty("checkpointImage").GetString());
-                // Podman's config.dump has no checkpointedTime; the time CRIU wrote inventory.img stands in, not the year 1.
-                var checkpointedAt = DateTimeOffset.Parse(annotations.GetProperty("checkpointedAt").GetString()!, CultureInfo.InvariantCulture);
-                Assert.True(checkpointedAt > startedAt.AddMinutes(-5) && checkpointedAt < DateTimeOffset.UtcNow.AddMinutes(5), $"checkpointedAt {checkpointedAt:O}");
-            }
-
-            Assert.Contains($"(Podman checkpoint, base image {name})", crestd.Log, StringComparison.Ordinal);
-        }
-        finally
+            ("by-ref", $$"""{"image": "{{checkpointImage}}"}""", checkpointImage),
+            ("by-id", $$"""{"image": "{{imageId}}", "user_specified_image": "{{checkpointImage}}"}""", checkpointImage),
+        };
+        foreach (var (ctrName, imageJson, shown) in restores)
         {
-            await Binaries.RunCrestAsync([.. r, "rmp", podId]);
+            var config = dir.Combine($"restore-{ctrName}.json");
+            await File.WriteAllTextAsync(config, $$"""
+                {"metadata": {"name": "{{ctrName}}"}, "image": {{imageJson}},
+                 "mounts": [{"container_path": "/run/.containerenv", "host_path": "{{containerEnv}}", "readonly": true}],
+                 "log_path": "{{ctrName}}.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
+                """, Ct);
+            var create = await Binaries.RunCrestAsync([.. r, "create", podId, config, pod]);
+            Assert.True(create.ExitCode == 0, $"{ctrName}: Crest refused to restore Podman's checkpoint image: {create.Stderr}\n{crestd.Log}");
+            var restored = create.Stdout.Trim();
+            var start = await Binaries.RunCrestAsync([.. r, "start", restored]);
+            Assert.True(start.ExitCode == 0, $"{ctrName}: {start.Stderr}\n{RestoreLog(dir, restored)}\n{crestd.Log}");
+
+            // The copied ctr.log, then the restored process going on from Podman's last count, never starting over.
+            var log = await WaitForCountAsync(dir.Combine("logs-podman-img", $"{ctrName}.log"), lastBefore + 3);
+            var copyEnd = $"stdout F count {lastBefore}\n";
+            var at = log.IndexOf(copyEnd, StringComparison.Ordinal);
+            Assert.True(at >= 0 && CountLine().Match(log).Groups[1].Value == "1",
+                $"{ctrName}: the log does not start with Podman's log up to count {lastBefore}:\n{log[..Math.Min(400, log.Length)]}");
+            var after = log[(at + copyEnd.Length)..];
+            var counts = CountLine().Matches(after).Select(c => int.Parse(c.Groups[1].Value, CultureInfo.InvariantCulture)).ToList();
+            Assert.NotEmpty(counts);
+            Assert.InRange(counts[0], lastBefore, lastBefore + 2);
+            Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second == p.First + 1), $"{ctrName}: the restored counter skips, repeats or starts over:\n{after}");
+            Assert.True(counts[^1] > lastBefore + 2, $"{ctrName}: the counter did not go on from {lastBefore}:\n{after}\n{crestd.Log}");
+
+            Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+            Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+
+            var status = (await InspectAsync(r, restored)).GetProperty("status");
+            Assert.Equal("CONTAINER_RUNNING", status.GetProperty("state").GetString());
+            Assert.Equal(name, status.GetProperty("image").GetProperty("image").GetString());
+            var annotations = status.GetProperty("annotations");
+            Assert.Equal("true", annotations.GetProperty("restored").GetString());
+            Assert.Equal(shown, annotations.GetProperty("checkpointImage").GetString());
+            // Podman's config.dump has no checkpointedTime; the time CRIU wrote inventory.img stands in, not the year 1.
+            var checkpointedAt = DateTimeOffset.Parse(annotations.GetProperty("checkpointedAt").GetString()!, CultureInfo.InvariantCulture);
+            Assert.True(checkpointedAt > startedAt.AddMinutes(-5) && checkpointedAt < DateTimeOffset.UtcNow.AddMinutes(5), $"checkpointedAt {checkpointedAt:O}");
         }
+
+        Assert.Contains($"(Podman checkpoint, base image {name})", crestd.Log, StringComparison.Ordinal);
     }
+
+    /// <summary>The highest "count N" in podman logs (plain lines, no CRI prefix).</summary>
+    private static int PodmanLastCount(string log) =>
+        PodmanCount().Matches(log).Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
 
     [GeneratedRegex(@"count (\d+)")]
     private static partial Regex PodmanCount();

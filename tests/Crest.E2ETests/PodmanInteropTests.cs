@@ -17,7 +17,6 @@ namespace Crest.E2ETests;
 public partial class PodmanInteropTests
 {
     private const string RestoreOn = "[restore]\nvia_create = true\n";
-    private const string CounterScript = "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done";
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     /// <summary>
@@ -50,8 +49,8 @@ public partial class PodmanInteropTests
         try
         {
             await podman.RunAsync("pull", "--tls-verify=false", name);
-            await podman.RunAsync(["container", "run", "-d", "--name", "counter", .. Podman.RunFlags, name, "sh", "-c", CounterScript]);
-            await Task.Delay(1500, Ct);
+            await podman.RunAsync(["container", "run", "-d", "--name", "counter", .. Podman.RunFlags, name, "sh", "-c", CounterWorkload.Script]);
+            await podman.CountPassesAsync("counter", 3);
             // Podman's container root is 0555 (containers/storage, whatever the image's layers say) and Crest's 0755;
             // CRIU refuses a root whose mode differs, so Crest gives the new rootfs the mode recorded in files.img.
             await podman.RunAsync("exec", "counter", "sh", "-c", "mkdir -p /root; touch /root/testfile; rm /etc/motd");
@@ -106,79 +105,73 @@ public partial class PodmanInteropTests
         string[] r = ["-r", crestd.Endpoint];
         Assert.DoesNotContain(manifestDigest["sha256:".Length..][..13], await RunAsync([.. r, "images", "--digests"]), StringComparison.Ordinal);
         var pod = await WritePodAsync(dir, "restored", "uid-crest");
-        var podId = await RunAsync([.. r, "runp", pod]);
-        try
+        await using var pods = new OwnedPods(r);
+        var podId = await pods.RunAsync(pod);
+        // Podman bind-mounts /run/.containerenv into every container; CRIU restores that mount only onto a bind
+        // mount that is there again, which Crest's spec does not make: the request must declare it (as any other
+        // bind mount of the checkpoint), else CreateContainer refuses, naming it.
+        var bare = dir.Combine("restore-bare.json");
+        await File.WriteAllTextAsync(bare, $$"""{"metadata": {"name": "counter"}, "image": {"image": "{{archive}}"}, "log_path": "bare.log", "linux": {} }""", Ct);
+        var refused = await Binaries.RunCrestAsync([.. r, "create", podId, bare, pod]);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("expects following bind mounts defined (/run/.containerenv)", refused.Stderr, StringComparison.Ordinal);
+
+        var containerEnv = dir.Combine("containerenv");
+        await File.WriteAllTextAsync(containerEnv, "", Ct);
+        var restoreConfig = dir.Combine("restore.json");
+        await File.WriteAllTextAsync(restoreConfig, $$"""
+            {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
+             "mounts": [{"container_path": "/run/.containerenv", "host_path": "{{containerEnv}}", "readonly": true}],
+             "annotations": {"io.kubernetes.container.hash": "B"},
+             "labels": {"io.kubernetes.container.name": "counter"},
+             "log_path": "counter.log", "linux": {} }
+            """, Ct);
+
+        // Podman gives each container a pid namespace of its own; with no namespace_options the request asks for
+        // the pod's (the CRI default, POD), where CRIU cannot put a tree whose first process was pid 1.
+        var shared = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, pod]);
+        Assert.Equal(1, shared.ExitCode);
+        Assert.Contains("was taken in a private pid namespace", shared.Stderr, StringComparison.Ordinal);
+        Assert.Contains("namespace_options.pid = CONTAINER", shared.Stderr, StringComparison.Ordinal);
+        await File.WriteAllTextAsync(restoreConfig, (await File.ReadAllTextAsync(restoreConfig, Ct)).Replace(
+            "\"linux\": {}", "\"linux\": {\"security_context\": {\"namespace_options\": {\"pid\": \"CONTAINER\"} } }", StringComparison.Ordinal), Ct);
+        var create = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, pod]);
+        Assert.True(create.ExitCode == 0, $"Crest refused to restore the Podman archive: {create.Stderr}\n{crestd.Log}");
+        var restored = create.Stdout.Trim();
+        Assert.Contains($"(Podman checkpoint, base image {name})", crestd.Log, StringComparison.Ordinal);
+
+        // The base image came from the registry, by the tag Podman recorded (with a warning: a tag can move).
+        Assert.Contains($"the checkpoint names no base image digest; using the tag {name}", crestd.Log, StringComparison.Ordinal);
+        Assert.Contains(name, await RunAsync([.. r, "inspecti", name]), StringComparison.Ordinal);
+
+        var start = await Binaries.RunCrestAsync([.. r, "start", restored]);
+        Assert.True(start.ExitCode == 0, $"Crest failed to start the restored container: {start.Stderr}\n{RestoreLog(dir, restored)}\n{crestd.Log}");
+        await WaitForCountAsync(dir.Combine("logs-restored", "counter.log"), lastBefore + 2);
+
+        using (var inspect = JsonDocument.Parse(await RunAsync([.. r, "inspect", restored])))
         {
-            // Podman bind-mounts /run/.containerenv into every container; CRIU restores that mount only onto a bind
-            // mount that is there again, which Crest's spec does not make: the request must declare it (as any other
-            // bind mount of the checkpoint), else CreateContainer refuses, naming it.
-            var bare = dir.Combine("restore-bare.json");
-            await File.WriteAllTextAsync(bare, $$"""{"metadata": {"name": "counter"}, "image": {"image": "{{archive}}"}, "log_path": "bare.log", "linux": {} }""", Ct);
-            var refused = await Binaries.RunCrestAsync([.. r, "create", podId, bare, pod]);
-            Assert.Equal(1, refused.ExitCode);
-            Assert.Contains("expects following bind mounts defined (/run/.containerenv)", refused.Stderr, StringComparison.Ordinal);
-
-            var containerEnv = dir.Combine("containerenv");
-            await File.WriteAllTextAsync(containerEnv, "", Ct);
-            var restoreConfig = dir.Combine("restore.json");
-            await File.WriteAllTextAsync(restoreConfig, $$"""
-                {"metadata": {"name": "counter", "attempt": 1}, "image": {"image": "{{archive}}"},
-                 "mounts": [{"container_path": "/run/.containerenv", "host_path": "{{containerEnv}}", "readonly": true}],
-                 "annotations": {"io.kubernetes.container.hash": "B"},
-                 "labels": {"io.kubernetes.container.name": "counter"},
-                 "log_path": "counter.log", "linux": {} }
-                """, Ct);
-
-            // Podman gives each container a pid namespace of its own; with no namespace_options the request asks for
-            // the pod's (the CRI default, POD), where CRIU cannot put a tree whose first process was pid 1.
-            var shared = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, pod]);
-            Assert.Equal(1, shared.ExitCode);
-            Assert.Contains("was taken in a private pid namespace", shared.Stderr, StringComparison.Ordinal);
-            Assert.Contains("namespace_options.pid = CONTAINER", shared.Stderr, StringComparison.Ordinal);
-            await File.WriteAllTextAsync(restoreConfig, (await File.ReadAllTextAsync(restoreConfig, Ct)).Replace(
-                "\"linux\": {}", "\"linux\": {\"security_context\": {\"namespace_options\": {\"pid\": \"CONTAINER\"} } }", StringComparison.Ordinal), Ct);
-            var create = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, pod]);
-            Assert.True(create.ExitCode == 0, $"Crest refused to restore the Podman archive: {create.Stderr}\n{crestd.Log}");
-            var restored = create.Stdout.Trim();
-            Assert.Contains($"(Podman checkpoint, base image {name})", crestd.Log, StringComparison.Ordinal);
-
-            // The base image came from the registry, by the tag Podman recorded (with a warning: a tag can move).
-            Assert.Contains($"the checkpoint names no base image digest; using the tag {name}", crestd.Log, StringComparison.Ordinal);
-            Assert.Contains(name, await RunAsync([.. r, "inspecti", name]), StringComparison.Ordinal);
-
-            var start = await Binaries.RunCrestAsync([.. r, "start", restored]);
-            Assert.True(start.ExitCode == 0, $"Crest failed to start the restored container: {start.Stderr}\n{RestoreLog(dir, restored)}\n{crestd.Log}");
-            await Task.Delay(1200, Ct);
-
-            using (var inspect = JsonDocument.Parse(await RunAsync([.. r, "inspect", restored])))
-            {
-                var st = inspect.RootElement.GetProperty("status");
-                Assert.Equal("CONTAINER_RUNNING", st.GetProperty("state").GetString());
-                Assert.Equal("true", st.GetProperty("annotations").GetProperty("restored").GetString());
-                Assert.Equal(archive, st.GetProperty("annotations").GetProperty("checkpointImage").GetString());
-                Assert.True(inspect.RootElement.GetProperty("info").GetProperty("restored").GetBoolean());
-            }
-
-            // Podman stops the container at checkpoint, so ctr.log ends where CRIU froze it: Crest's log is that copy,
-            // then the restored process's own lines, going on from the last count without starting over.
-            var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
-            Assert.StartsWith(archivedLog, newLog, StringComparison.Ordinal);
-            var after = newLog[archivedLog.Length..];
-            var counts = CountLine().Matches(after).Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).ToList();
-            Assert.NotEmpty(counts);
-            Assert.True(counts[0] >= lastBefore && counts[0] <= lastBefore + 2,
-                $"the restored counter did not go on from Podman's {lastBefore}:\n{archivedLog[^Math.Min(200, archivedLog.Length)..]}\n--- restored ---\n{after[..Math.Min(300, after.Length)]}");
-            Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second == p.First + 1), $"the restored counter skips or goes back:\n{after}");
-            Assert.True(counts[^1] > lastBefore + 2, $"the counter did not go on from {lastBefore}:\n{after}\n{crestd.Log}");
-
-            // Podman's plain diff applied, then deleted.files.
-            Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
-            Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+            var st = inspect.RootElement.GetProperty("status");
+            Assert.Equal("CONTAINER_RUNNING", st.GetProperty("state").GetString());
+            Assert.Equal("true", st.GetProperty("annotations").GetProperty("restored").GetString());
+            Assert.Equal(archive, st.GetProperty("annotations").GetProperty("checkpointImage").GetString());
+            Assert.True(inspect.RootElement.GetProperty("info").GetProperty("restored").GetBoolean());
         }
-        finally
-        {
-            await Binaries.RunCrestAsync([.. r, "rmp", podId]);
-        }
+
+        // Podman stops the container at checkpoint, so ctr.log ends where CRIU froze it: Crest's log is that copy,
+        // then the restored process's own lines, going on from the last count without starting over.
+        var newLog = await File.ReadAllTextAsync(dir.Combine("logs-restored", "counter.log"), Ct);
+        Assert.StartsWith(archivedLog, newLog, StringComparison.Ordinal);
+        var after = newLog[archivedLog.Length..];
+        var counts = CountLine().Matches(after).Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).ToList();
+        Assert.NotEmpty(counts);
+        Assert.True(counts[0] >= lastBefore && counts[0] <= lastBefore + 2,
+            $"the restored counter did not go on from Podman's {lastBefore}:\n{archivedLog[^Math.Min(200, archivedLog.Length)..]}\n--- restored ---\n{after[..Math.Min(300, after.Length)]}");
+        Assert.True(counts.Zip(counts.Skip(1)).All(p => p.Second == p.First + 1), $"the restored counter skips or goes back:\n{after}");
+        Assert.True(counts[^1] > lastBefore + 2, $"the counter did not go on from {lastBefore}:\n{after}\n{crestd.Log}");
+
+        // Podman's plain diff applied, then deleted.files.
+        Assert.Equal(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -f /root/testfile"])).ExitCode);
+        Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "exec", "-s", restored, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
     }
 
     /// <summary>
@@ -214,26 +207,15 @@ public partial class PodmanInteropTests
             string[] r = ["-r", crestd.Endpoint];
             await RunAsync([.. r, "pull", name]);
             var pod = await WritePodAsync(dir, "counter", "uid-crest");
-            var counter = dir.Combine("counter.json");
-            await File.WriteAllTextAsync(counter, $$"""
-                {"metadata": {"name": "counter"}, "image": {"image": "{{name}}"},
-                 "command": ["/bin/busybox", "sh", "-c", "{{CounterScript}}"],
-                 "log_path": "counter.log", "linux": {} }
-                """, Ct);
-            var podId = await RunAsync([.. r, "runp", pod]);
-            try
-            {
-                var id = await RunAsync([.. r, "create", podId, counter, pod]);
-                await RunAsync([.. r, "start", id]);
-                await Task.Delay(1500, Ct);
-                await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
-                var checkpoint = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", archive, id]);
-                Assert.True(checkpoint.ExitCode == 0, checkpoint.Stderr + crestd.Log);
-            }
-            finally
-            {
-                await Binaries.RunCrestAsync([.. r, "rmp", podId]);
-            }
+            var counter = await CounterWorkload.WriteConfigAsync(dir, name);
+            await using var pods = new OwnedPods(r);
+            var podId = await pods.RunAsync(pod);
+            var id = await RunAsync([.. r, "create", podId, counter, pod]);
+            await RunAsync([.. r, "start", id]);
+            await CountPassesAsync(dir.Combine("logs-counter", "counter.log"), 3);
+            await RunAsync([.. r, "exec", "-s", id, "/bin/sh", "-c", "touch /root/testfile && rm /etc/motd"]);
+            var checkpoint = await Binaries.RunCrestAsync([.. r, "checkpoint", "--export", archive, id]);
+            Assert.True(checkpoint.ExitCode == 0, checkpoint.Stderr + crestd.Log);
         }
 
         // 2. Podman: the base image pulled into its storage first (restore --import needs it), then restore --import.
@@ -293,17 +275,8 @@ public partial class PodmanInteropTests
     /// <summary>The busybox base image, pushed by skopeo: neither engine has it before it pulls it.</summary>
     private static async Task<string> PushBusyboxAsync(TempDir dir, string name)
     {
-        var busybox = await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct);
         var layout = dir.CreateDirectory("busybox-layout");
-        var digest = TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
-        {
-            TestImages.Dir(t, "bin");
-            TestImages.Dir(t, "etc");
-            TestImages.Dir(t, "root");
-            TestImages.File(t, "bin/busybox", busybox, mode: 0x1ED);
-            TestImages.Symlink(t, "bin/sh", "busybox");
-            TestImages.File(t, "etc/motd", "welcome\n"u8.ToArray(), mode: 0x1A4);
-        })], "v1");
+        var digest = TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t => TestImages.BusyboxRootfs(t, motdAndRoot: true))], "v1");
         await TestImages.PushAsync(layout, "v1", name);
         return digest;
     }
@@ -340,6 +313,11 @@ public partial class PodmanInteropTests
         }
 
         public async Task<(int ExitCode, string Output)> TryAsync(params string[] args) => await Tool("env", [.. _env, .. _global, .. args]);
+
+        /// <summary>Waits until the counter in <paramref name="container"/> passes <paramref name="count"/> in podman logs.</summary>
+        public Task<string> CountPassesAsync(string container, int count) =>
+            Eventually.UntilAsync(() => RunAsync("logs", container), log => PodmanLastCount(log) > count,
+                $"the counter in Podman's container {container} to pass {count}", describe: log => log[^Math.Min(400, log.Length)..], ct: Ct);
 
         /// <summary>Containers, then images; only this test's root is touched.</summary>
         public async Task CleanUpAsync()

@@ -30,6 +30,8 @@ public partial class StreamingCliTests
         public required string PodConfig { get; init; }
         public required string Pod { get; init; }
 
+        public required OwnedPods Pods { get; init; }
+
         public string[] R => ["-r", Crestd.Endpoint];
 
         public static async Task<Node> StartAsync()
@@ -39,19 +41,21 @@ public partial class StreamingCliTests
             Requires.Binary("runc");
             var dir = new TempDir("crest-e2e-stream");
             var crestd = await CrestdProcess.StartReadyAsync(dir);
-            var rootfs = dir.Combine("rootfs.tar");
-            await using (var f = File.Create(rootfs))
-            await using (var t = new TarWriter(f, TarEntryFormat.Pax))
+            var pods = new OwnedPods("-r", crestd.Endpoint);
+            try
             {
-                TestImages.Dir(t, "bin");
-                TestImages.File(t, "bin/busybox", await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct), mode: 0x1ED);
-                TestImages.Symlink(t, "bin/sh", "busybox");
+                await ImportBusyboxAsync(dir, ["-r", crestd.Endpoint]);
+                var podConfig = await WritePodAsync(dir, "stream", "uid-stream");
+                var pod = await pods.RunAsync(podConfig);
+                return new Node { Dir = dir, Crestd = crestd, PodConfig = podConfig, Pod = pod, Pods = pods };
             }
-
-            await RunAsync(["-r", crestd.Endpoint, "image", "import", rootfs, Image]);
-            var podConfig = await WritePodAsync(dir, "stream", "uid-stream");
-            var pod = await RunAsync(["-r", crestd.Endpoint, "runp", podConfig]);
-            return new Node { Dir = dir, Crestd = crestd, PodConfig = podConfig, Pod = pod };
+            catch
+            {
+                await pods.DisposeAsync();
+                await crestd.DisposeAsync();
+                dir.Dispose();
+                throw;
+            }
         }
 
         /// <summary>Creates and starts a busybox container running <paramref name="script"/>.</summary>
@@ -69,9 +73,15 @@ public partial class StreamingCliTests
 
         public async ValueTask DisposeAsync()
         {
-            await Binaries.RunCrestAsync([.. R, "rmp", Pod]);
-            await Crestd.DisposeAsync();
-            Dir.Dispose();
+            try
+            {
+                await Pods.DisposeAsync();
+                await Crestd.DisposeAsync();
+            }
+            finally
+            {
+                Dir.Dispose();
+            }
         }
     }
 
@@ -109,7 +119,7 @@ public partial class StreamingCliTests
         var kubectl = Requires.Binary("kubectl");
         await using var node = await Node.StartAsync();
         var sleeper = await node.RunContainerAsync("sleeper", "exec sleep 1000");
-        var counter = await node.RunContainerAsync("counter", "i=0; while true; do i=$((i+1)); echo count $i; sleep 0.2; done");
+        var counter = await node.RunContainerAsync("counter", CounterWorkload.ScriptWith(period: "0.2"));
         await using var proxy = new KubeletProxy(node.Crestd.Socket, "e2e", "stream", new Dictionary<string, string> { ["sleeper"] = sleeper, ["counter"] = counter });
         var kubeconfig = proxy.WriteKubeconfig(node.Dir);
         string[] k = ["--kubeconfig", kubeconfig, "--request-timeout", "30s"];
@@ -224,17 +234,7 @@ public partial class StreamingCliTests
 
             Assert.True(ports.ContainsKey(8080), $"kubectl did not start forwarding: {string.Join(", ", proxy.Upgrades)}");
             using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
-            for (var attempt = 0; attempt < 50 && body.Length == 0; attempt++)
-            {
-                try
-                {
-                    body = await http.GetStringAsync(new Uri($"http://127.0.0.1:{ports[8080]}/index.html"), Ct);
-                }
-                catch (HttpRequestException)
-                {
-                    await Task.Delay(200, Ct);
-                }
-            }
+            body = await Eventually.ServedAsync(http, new Uri($"http://127.0.0.1:{ports[8080]}/index.html"), ct: Ct);
 
             var again = await http.GetStringAsync(new Uri($"http://127.0.0.1:{ports[8080]}/"), Ct);
             Assert.Equal("hello-over-spdy\n", again);
@@ -291,21 +291,11 @@ public partial class StreamingCliTests
     }
 
     /// <summary>Whether `ps` in the container lists <paramref name="command"/>, polled until it is as wanted or 20 s pass.</summary>
-    private static async Task<bool> WaitForProcessesAsync(Node node, string id, string command, bool present)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(20);
-        while (true)
-        {
-            var ps = await Binaries.RunCrestAsync([.. node.R, "exec", "-s", id, "/bin/busybox", "ps"]);
-            var listed = ps.Stdout.Split('\n').Any(l => l.TrimEnd().EndsWith(" " + command, StringComparison.Ordinal));
-            if (listed == present || DateTime.UtcNow > deadline)
-            {
-                return listed;
-            }
-
-            await Task.Delay(200, Ct);
-        }
-    }
+    private static Task<bool> WaitForProcessesAsync(Node node, string id, string command, bool present) =>
+        Eventually.LastAsync(
+            async () => (await Binaries.RunCrestAsync([.. node.R, "exec", "-s", id, "/bin/busybox", "ps"])).Stdout.Split('\n')
+                .Any(l => l.TrimEnd().EndsWith(" " + command, StringComparison.Ordinal)),
+            listed => listed == present, ct: Ct);
 
     [Fact]
     public async Task Interactive_exec_under_tmux_shows_a_prompt_answers_and_follows_a_resize()
@@ -400,19 +390,7 @@ public partial class StreamingCliTests
         var closedPort = int.Parse(Regex.Match(second, @"^Forwarding from 127\.0\.0\.1:(\d+) -> 8081$").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
 
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
-        string body = "";
-        // The server may still be starting: a refused connection inside the pod closes the forwarded one.
-        for (var attempt = 0; attempt < 50 && body.Length == 0; attempt++)
-        {
-            try
-            {
-                body = await http.GetStringAsync(new Uri($"http://127.0.0.1:{port}/index.html"), Ct);
-            }
-            catch (HttpRequestException)
-            {
-                await Task.Delay(200, Ct);
-            }
-        }
+        var body = await Eventually.ServedAsync(http, new Uri($"http://127.0.0.1:{port}/index.html"), ct: Ct);
 
         // Each connection is its own WebSocket: a second request works as well as the first.
         var again = await http.GetStringAsync(new Uri($"http://127.0.0.1:{port}/"), Ct);
@@ -491,54 +469,48 @@ public partial class StreamingCliTests
         }
 
         var ctrdPodConfig = await WritePodAsync(node.Dir, "ctrd", "uid-ctrd");
-        var ctrdPod = await RunAsync([.. c, "runp", ctrdPodConfig]);
-        try
-        {
-            var config = node.Dir.Combine("ctrd-quick.json");
-            await File.WriteAllTextAsync(config, $$"""
-                {"metadata": {"name": "quick"}, "image": {"image": "{{Image}}"}, "command": ["/bin/busybox", "sh", "-c", "exit 0"], "linux": {} }
-                """, Ct);
-            var ctrdQuick = await RunAsync([.. c, "create", ctrdPod, config, ctrdPodConfig]);
-            await RunAsync([.. c, "start", ctrdQuick]);
-            var sleepConfig = node.Dir.Combine("ctrd-sleeper.json");
-            await File.WriteAllTextAsync(sleepConfig, $$"""
-                {"metadata": {"name": "sleeper"}, "image": {"image": "{{Image}}"}, "command": ["/bin/busybox", "sleep", "1000"], "linux": {} }
-                """, Ct);
-            var ctrdSleeper = await RunAsync([.. c, "create", ctrdPod, sleepConfig, ctrdPodConfig]);
-            await RunAsync([.. c, "start", ctrdSleeper]);
-            await WaitForExitAsync(c, ctrdQuick);
-            await WaitForExitAsync(node.R, quick);
+        await using var ctrdPods = new OwnedPods(c);
+        var ctrdPod = await ctrdPods.RunAsync(ctrdPodConfig);
+        var config = node.Dir.Combine("ctrd-quick.json");
+        await File.WriteAllTextAsync(config, $$"""
+            {"metadata": {"name": "quick"}, "image": {"image": "{{Image}}"}, "command": ["/bin/busybox", "sh", "-c", "exit 0"], "linux": {} }
+            """, Ct);
+        var ctrdQuick = await RunAsync([.. c, "create", ctrdPod, config, ctrdPodConfig]);
+        await RunAsync([.. c, "start", ctrdQuick]);
+        var sleepConfig = node.Dir.Combine("ctrd-sleeper.json");
+        await File.WriteAllTextAsync(sleepConfig, $$"""
+            {"metadata": {"name": "sleeper"}, "image": {"image": "{{Image}}"}, "command": ["/bin/busybox", "sleep", "1000"], "linux": {} }
+            """, Ct);
+        var ctrdSleeper = await RunAsync([.. c, "create", ctrdPod, sleepConfig, ctrdPodConfig]);
+        await RunAsync([.. c, "start", ctrdSleeper]);
+        await WaitForStateAsync(c, ctrdQuick, "CONTAINER_EXITED");
+        await WaitForStateAsync(node.R, quick, "CONTAINER_EXITED");
 
-            using var crestChannel = UnixGrpc.Channel(node.Crestd.Socket);
-            using var ctrdChannel = UnixGrpc.Channel(peer.Socket);
-            var crest = new RuntimeService.RuntimeServiceClient(crestChannel);
-            var ctrd = new RuntimeService.RuntimeServiceClient(ctrdChannel);
-            var crestStopped = await ExecStatusAsync(crest, quick);
-            var ctrdStopped = await ExecStatusAsync(ctrd, ctrdQuick);
-            var crestUnknown = await ExecStatusAsync(crest, "0123456789abcdef");
-            var ctrdUnknown = await ExecStatusAsync(ctrd, "0123456789abcdef");
-            var crestNoStream = await ExecStatusAsync(crest, sleeper, stdout: false);
-            var ctrdNoStream = await ExecStatusAsync(ctrd, ctrdSleeper, stdout: false);
-            // crest's client against containerd's streaming server: output, stdin and the exit code. containerd chooses v4,
-            // which cannot carry the end of stdin, so the command reads one line rather than to the end.
-            var viaContainerd = await Binaries.RunCrestAsync([.. c, "exec", "-i", ctrdSleeper, "/bin/sh", "-c", "/bin/busybox head -n 1; exit 4"], stdin: "through containerd\n");
+        using var crestChannel = UnixGrpc.Channel(node.Crestd.Socket);
+        using var ctrdChannel = UnixGrpc.Channel(peer.Socket);
+        var crest = new RuntimeService.RuntimeServiceClient(crestChannel);
+        var ctrd = new RuntimeService.RuntimeServiceClient(ctrdChannel);
+        var crestStopped = await ExecStatusAsync(crest, quick);
+        var ctrdStopped = await ExecStatusAsync(ctrd, ctrdQuick);
+        var crestUnknown = await ExecStatusAsync(crest, "0123456789abcdef");
+        var ctrdUnknown = await ExecStatusAsync(ctrd, "0123456789abcdef");
+        var crestNoStream = await ExecStatusAsync(crest, sleeper, stdout: false);
+        var ctrdNoStream = await ExecStatusAsync(ctrd, ctrdSleeper, stdout: false);
+        // crest's client against containerd's streaming server: output, stdin and the exit code. containerd chooses v4,
+        // which cannot carry the end of stdin, so the command reads one line rather than to the end.
+        var viaContainerd = await Binaries.RunCrestAsync([.. c, "exec", "-i", ctrdSleeper, "/bin/sh", "-c", "/bin/busybox head -n 1; exit 4"], stdin: "through containerd\n");
 
-            Assert.Equal(StatusCode.Unknown, ctrdStopped.Code);
-            Assert.Equal(ctrdStopped.Code, crestStopped.Code);
-            Assert.Contains("CONTAINER_EXITED", ctrdStopped.Detail, StringComparison.Ordinal);
-            Assert.Matches("^container [0-9a-f]{64} is in CONTAINER_EXITED state$", crestStopped.Detail);
-            Assert.Equal(StatusCode.NotFound, ctrdUnknown.Code);
-            Assert.Equal(ctrdUnknown.Code, crestUnknown.Code);
-            Assert.Equal(StatusCode.InvalidArgument, ctrdNoStream.Code);
-            Assert.Equal(ctrdNoStream.Code, crestNoStream.Code);
-            Assert.Equal(ctrdNoStream.Detail, crestNoStream.Detail);
-            Assert.True(viaContainerd.ExitCode == 4, $"exit {viaContainerd.ExitCode}: {viaContainerd.Stderr}");
-            Assert.Equal("through containerd\n", viaContainerd.Stdout);
-        }
-        finally
-        {
-            await Binaries.RunCrestAsync([.. c, "rmp", ctrdPod]);
-        }
+        Assert.Equal(StatusCode.Unknown, ctrdStopped.Code);
+        Assert.Equal(ctrdStopped.Code, crestStopped.Code);
+        Assert.Contains("CONTAINER_EXITED", ctrdStopped.Detail, StringComparison.Ordinal);
+        Assert.Matches("^container [0-9a-f]{64} is in CONTAINER_EXITED state$", crestStopped.Detail);
+        Assert.Equal(StatusCode.NotFound, ctrdUnknown.Code);
+        Assert.Equal(ctrdUnknown.Code, crestUnknown.Code);
+        Assert.Equal(StatusCode.InvalidArgument, ctrdNoStream.Code);
+        Assert.Equal(ctrdNoStream.Code, crestNoStream.Code);
+        Assert.Equal(ctrdNoStream.Detail, crestNoStream.Detail);
+        Assert.True(viaContainerd.ExitCode == 4, $"exit {viaContainerd.ExitCode}: {viaContainerd.Stderr}");
+        Assert.Equal("through containerd\n", viaContainerd.Stdout);
     }
 
     private static async Task<(StatusCode Code, string Detail)> ExecStatusAsync(RuntimeService.RuntimeServiceClient client, string id, bool stdout = true)
@@ -554,33 +526,11 @@ public partial class StreamingCliTests
         }
     }
 
-    private static async Task WaitForExitAsync(string[] r, string id)
-    {
-        for (var i = 0; i < 100; i++)
-        {
-            var status = await InspectAsync(r, id);
-            if (status.GetProperty("status").GetProperty("state").GetString() == "CONTAINER_EXITED")
-            {
-                return;
-            }
-
-            await Task.Delay(100, Ct);
-        }
-
-        Assert.Fail($"container {id} did not exit");
-    }
-
     /// <summary>The busybox image for containerd, named for ctr import.</summary>
     private static string WriteBusyboxArchive(TempDir dir)
     {
         var layout = dir.CreateDirectory("busybox-ctrd-layout");
-        var busybox = File.ReadAllBytes(TestImages.BusyboxStatic);
-        TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t =>
-        {
-            TestImages.Dir(t, "bin");
-            TestImages.File(t, "bin/busybox", busybox, mode: 0x1ED);
-            TestImages.Symlink(t, "bin/sh", "busybox");
-        })], "v1", config => config["config"]!["Cmd"] = new System.Text.Json.Nodes.JsonArray("/bin/sh"));
+        TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.Gzip, t => TestImages.BusyboxRootfs(t))], "v1", config => config["config"]!["Cmd"] = new System.Text.Json.Nodes.JsonArray("/bin/sh"));
         var indexPath = Path.Combine(layout, "index.json");
         var index = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(indexPath))!;
         index["manifests"]![0]!["annotations"] = new System.Text.Json.Nodes.JsonObject
@@ -640,7 +590,6 @@ public partial class StreamingCliTests
         return Process.Start(start)!;
     }
 
-    /// <summary>The tmux pane once <paramref name="done"/> holds for it, or as it is after 20 s.</summary>
     /// <summary>
     /// Resizes the tmux window to 90x25 and asks the shell for its size until it says so. The resize travels
     /// client → SIGWINCH → resize message → crestd → pty asynchronously, so one `stty size` typed at once may run first.
@@ -658,18 +607,7 @@ public partial class StreamingCliTests
         return pane;
     }
 
-    private static async Task<string> WaitForPaneAsync(string tmux, string[] server, Func<string, bool> done, int seconds = 20)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(seconds);
-        while (true)
-        {
-            var pane = (await Tool(tmux, [.. server, "capture-pane", "-p", "-t", "e2e"])).Output;
-            if (done(pane) || DateTime.UtcNow > deadline)
-            {
-                return pane;
-            }
-
-            await Task.Delay(100, Ct);
-        }
-    }
+    /// <summary>The tmux pane once <paramref name="done"/> holds for it, or as it is after <paramref name="seconds"/>.</summary>
+    private static Task<string> WaitForPaneAsync(string tmux, string[] server, Func<string, bool> done, int seconds = 20) =>
+        Eventually.LastAsync(async () => (await Tool(tmux, [.. server, "capture-pane", "-p", "-t", "e2e"])).Output, done, TimeSpan.FromSeconds(seconds), Ct);
 }

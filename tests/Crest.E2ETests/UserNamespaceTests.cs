@@ -66,13 +66,9 @@ public class UserNamespaceTests
             };
             var id = (await cri.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = podId, Config = container, SandboxConfig = podConfig }, cancellationToken: Ct)).ContainerId;
             await cri.StartContainerAsync(new StartContainerRequest { ContainerId = id }, cancellationToken: Ct);
-            var deadline = DateTime.UtcNow.AddSeconds(30);
-            ContainerStatus s;
-            while ((s = (await cri.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id }, cancellationToken: Ct)).Status).State != ContainerState.ContainerExited
-                && DateTime.UtcNow < deadline)
-            {
-                await Task.Delay(100, Ct);
-            }
+            var s = await Eventually.LastAsync(
+                async () => (await cri.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id }, cancellationToken: Ct)).Status,
+                st => st.State == ContainerState.ContainerExited, TimeSpan.FromSeconds(30), Ct);
 
             var log = await File.ReadAllTextAsync(dir.Combine("logs", "probe.log"), Ct);
             Assert.True(s.State == ContainerState.ContainerExited && s.ExitCode == 0, $"{s.State} {s.ExitCode} {s.Message}\n{log}\n{crestd.Log}");
@@ -161,10 +157,8 @@ public class UserNamespaceTests
         await using (var f = File.Create(rootfs))
         await using (var t = new TarWriter(f, TarEntryFormat.Pax))
         {
-            TestImages.Dir(t, "bin");
             TestImages.Dir(t, "etc");
-            TestImages.File(t, "bin/busybox", await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct), mode: 0x1ED);
-            TestImages.Symlink(t, "bin/sh", "busybox");
+            TestImages.BusyboxRootfs(t);
         }
 
         var import = await Binaries.RunCrestAsync(["-r", crestd.Endpoint, "image", "import", rootfs, "localhost/e2e/busybox:v1"]);

@@ -216,13 +216,5 @@ public class ConformanceTests
     /// <summary>A script that prints a file the container's main process writes, once it is there (the exec's timeout bounds it).</summary>
     private static string ReadWhenWritten(string path) => $"while [ ! -s {path} ]; do sleep 0.05; done; cat {path}";
 
-    private static async Task WaitForAsync(Func<bool> condition, string what)
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (!condition())
-        {
-            Assert.True(DateTime.UtcNow < deadline, $"timed out waiting for {what}");
-            await Task.Delay(50, Ct);
-        }
-    }
+    private static Task WaitForAsync(Func<bool> condition, string what) => Eventually.UntilAsync(condition, what, ct: Ct);
 }

@@ -37,18 +37,7 @@ public class PodSecurityTests
         await RunAsync(d, pod, Container("httpd", "mkdir -p /tmp/www", "echo mapped > /tmp/www/index.html", "exec /bin/busybox httpd -f -p 8080 -h /tmp/www"), handler);
 
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(3) };
-        string? body = null;
-        for (var i = 0; i < 50 && body is null; i++)
-        {
-            try
-            {
-                body = await http.GetStringAsync(new Uri($"http://127.0.0.1:{port}/index.html"), Ct);
-            }
-            catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
-            {
-                await Task.Delay(100, Ct);
-            }
-        }
+        var body = await Eventually.ServedAsync(http, new Uri($"http://127.0.0.1:{port}/index.html"), ct: Ct);
 
         Assert.Equal("mapped\n", body);
     }
@@ -170,8 +159,7 @@ public class PodSecurityTests
 
         System.Diagnostics.Process.GetProcessById(conmon).Kill();
         System.Diagnostics.Process.GetProcessById(pid).Kill();
-        await Task.Delay(300, Ct);
-        var status = (await d.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id }, cancellationToken: Ct)).Status;
+        var status = await WaitExitedAsync(d, id, TimeSpan.FromSeconds(20));
         await d.Runtime.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = id }, cancellationToken: Ct);
 
         Assert.Equal(global::Runtime.V1.ContainerState.ContainerExited, status.State);
@@ -253,8 +241,10 @@ public class PodSecurityTests
         var (_, id) = await RunAsync(d, Pod(d, "stats"), Container("stats", "sleep 1", "x=$(head -c 60000000 /dev/zero | tr '\\0' a)", "head -c 3000000 /dev/zero > /tmp/blob", "sleep 60", "echo the shell must not exec sleep and drop its memory"));
         var before = (await d.Runtime.ContainerStatsAsync(new ContainerStatsRequest { ContainerId = id }, cancellationToken: Ct)).Stats;
 
-        await Task.Delay(3500, Ct);
-        var after = (await d.Runtime.ContainerStatsAsync(new ContainerStatsRequest { ContainerId = id }, cancellationToken: Ct)).Stats;
+        // The script sleeps 1 s, then allocates and writes: its stats grow once it did.
+        var after = await Eventually.LastAsync(
+            async () => (await d.Runtime.ContainerStatsAsync(new ContainerStatsRequest { ContainerId = id }, cancellationToken: Ct)).Stats,
+            s => s.Memory.WorkingSetBytes.Value > before.Memory.WorkingSetBytes.Value + 20_000_000 && s.WritableLayer.UsedBytes.Value >= 3_000_000, ct: Ct);
         var listed = await d.Runtime.ListContainerStatsAsync(new ListContainerStatsRequest(), cancellationToken: Ct);
 
         Assert.True(after.Memory.WorkingSetBytes.Value > before.Memory.WorkingSetBytes.Value + 20_000_000,
@@ -277,7 +267,12 @@ public class PodSecurityTests
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(Ct);
         cts.CancelAfter(TimeSpan.FromSeconds(30));
         using var stream = d.Runtime.GetContainerEvents(new GetEventsRequest(), cancellationToken: cts.Token);
-        await Task.Delay(200, Ct);
+
+        // The stream is subscribed once it carries an event: a probe container's.
+        var (_, probe) = await RunAsync(d, Pod(d, "probe"), Container("probe", "sleep 60"));
+        while (await stream.ResponseStream.MoveNext(cts.Token) && stream.ResponseStream.Current.ContainerId != probe)
+        {
+        }
 
         var (_, id) = await RunAsync(d, Pod(d, "events"), Container("events", "sleep 1", "exit 0"));
         var seen = new List<ContainerEventType>();

@@ -63,20 +63,11 @@ public class PodTests
         return (p.PodSandboxId, c.ContainerId);
     }
 
-    internal static async Task<ContainerStatus> WaitExitedAsync(DaemonHarness d, string id, TimeSpan timeout)
-    {
-        var deadline = DateTime.UtcNow + timeout;
-        while (true)
-        {
-            var s = (await d.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id }, cancellationToken: Ct)).Status;
-            if (s.State == ContainerState.ContainerExited || DateTime.UtcNow > deadline)
-            {
-                return s;
-            }
-
-            await Task.Delay(50, Ct);
-        }
-    }
+    /// <summary>The container's status once it exited, or as it is after <paramref name="timeout"/> (callers assert on it).</summary>
+    internal static Task<ContainerStatus> WaitExitedAsync(DaemonHarness d, string id, TimeSpan timeout) =>
+        Eventually.LastAsync(
+            async () => (await d.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id }, cancellationToken: Ct)).Status,
+            s => s.State == ContainerState.ContainerExited, timeout, Ct);
 
     [Theory]
     [InlineData("runc")]
@@ -92,19 +83,7 @@ public class PodTests
         var status = await d.Runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, cancellationToken: Ct);
         var ip = status.Status.Network.Ip;
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
-        string? body = null;
-        for (var i = 0; i < 50 && body is null; i++)
-        {
-            try
-            {
-                body = await http.GetStringAsync(new Uri($"http://{ip}:8080/index.html"), Ct);
-            }
-            catch (Exception e) when (e is HttpRequestException || (e is TaskCanceledException && !Ct.IsCancellationRequested))
-            {
-                // Refused until httpd listens; a timeout is retried too (the assertion below says whether it ever answered).
-                await Task.Delay(100, Ct);
-            }
-        }
+        var body = await Eventually.ServedAsync(http, new Uri($"http://{ip}:8080/index.html"), ct: Ct);
 
         Assert.StartsWith("10.124.", ip, StringComparison.Ordinal);
         Assert.Equal("hello-from-pod\n", body);
@@ -161,7 +140,9 @@ public class PodTests
         Requires.Handler(handler);
         await using var d = await StartWithImageAsync();
         var (_, id) = await RunAsync(d, Pod(d, "stubborn"), Container("stubborn", "trap '' TERM", "while true; do sleep 1; done"), handler);
-        await Task.Delay(300, Ct);
+        var info = await d.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id, Verbose = true }, cancellationToken: Ct);
+        var pid = System.Text.Json.JsonDocument.Parse(info.Info["info"]).RootElement.GetProperty("pid").GetInt32();
+        await Eventually.UntilAsync(() => IgnoresSigterm(pid), $"the shell (pid {pid}) to run its trap '' TERM", ct: Ct);
 
         var clock = Stopwatch.StartNew();
         await d.Runtime.StopContainerAsync(new StopContainerRequest { ContainerId = id, Timeout = 1 }, cancellationToken: Ct);
@@ -173,6 +154,11 @@ public class PodTests
         Assert.Equal(137, status.ExitCode);
         Assert.True(clock.Elapsed >= TimeSpan.FromSeconds(1), $"stopped after {clock.Elapsed}");
     }
+
+    /// <summary>Whether the process ignores SIGTERM (bit 15 of SigIgn in /proc/PID/status).</summary>
+    private static bool IgnoresSigterm(int pid) =>
+        File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("SigIgn:", StringComparison.Ordinal)) is var line
+        && (ulong.Parse(line["SigIgn:".Length..].Trim(), System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture) & (1UL << 14)) != 0;
 
     [Theory]
     [InlineData("runc")]

@@ -152,6 +152,7 @@ public sealed class FakeRegistry : IDisposable
 
                 if (BlobDelay > TimeSpan.Zero)
                 {
+                    // The behaviour under test, not a wait: a slow registry, so concurrent pulls overlap.
                     await Task.Delay(BlobDelay);
                 }
 

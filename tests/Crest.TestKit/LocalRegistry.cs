@@ -95,30 +95,29 @@ public sealed class LocalRegistry : IAsyncDisposable
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
         using var http = new HttpClient();
-        var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (DateTime.UtcNow < deadline)
-        {
-            if (_process.HasExited)
+        var answered = await Eventually.LastAsync(
+            async () =>
             {
-                throw new InvalidOperationException($"docker-registry exited at start (exit code {_process.ExitCode}); is {Host} taken?");
-            }
-
-            try
-            {
-                using var r = await http.GetAsync(new Uri($"http://{Host}/v2/"));
-                if (r.StatusCode is HttpStatusCode.OK or HttpStatusCode.Unauthorized)
+                if (_process.HasExited)
                 {
-                    return;
+                    throw new InvalidOperationException($"docker-registry exited at start (exit code {_process.ExitCode}); is {Host} taken?");
                 }
-            }
-            catch (HttpRequestException)
-            {
-            }
 
-            await Task.Delay(50);
+                try
+                {
+                    using var r = await http.GetAsync(new Uri($"http://{Host}/v2/"));
+                    return r.StatusCode is HttpStatusCode.OK or HttpStatusCode.Unauthorized;
+                }
+                catch (HttpRequestException)
+                {
+                    return false;
+                }
+            },
+            ok => ok, TimeSpan.FromSeconds(30));
+        if (!answered)
+        {
+            throw new TimeoutException($"docker-registry did not answer on {Host}");
         }
-
-        throw new TimeoutException($"docker-registry did not answer on {Host}");
     }
 
     public async Task StopProcessAsync()

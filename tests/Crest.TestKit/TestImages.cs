@@ -27,6 +27,27 @@ public static class TestImages
 {
     public const string BusyboxStatic = "/bin/busybox";
 
+    /// <summary>
+    /// The busybox root filesystem the E2E tests run: /bin/busybox and /bin/sh linking to it; with
+    /// <paramref name="motdAndRoot"/> also /etc/motd and an empty /root, which the checkpoint tests delete and add to.
+    /// </summary>
+    public static void BusyboxRootfs(TarWriter t, bool motdAndRoot = false)
+    {
+        Dir(t, "bin");
+        if (motdAndRoot)
+        {
+            Dir(t, "etc");
+            Dir(t, "root");
+        }
+
+        File(t, "bin/busybox", System.IO.File.ReadAllBytes(BusyboxStatic), mode: 0x1ED);
+        Symlink(t, "bin/sh", "busybox");
+        if (motdAndRoot)
+        {
+            File(t, "etc/motd", "welcome\n"u8.ToArray(), mode: 0x1A4);
+        }
+    }
+
     /// <summary>A three-layer image: busybox with links (gzip), a whiteout and a new file (zstd), an opaque dir (plain).</summary>
     public static IReadOnlyList<TestLayer> StandardLayers() =>
     [

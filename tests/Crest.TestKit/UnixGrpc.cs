@@ -31,28 +31,32 @@ public static class UnixGrpc
     /// <summary>Polls until a CRI Version call answers on <paramref name="socketPath"/>, or fails after <paramref name="timeout"/>.</summary>
     public static async Task WaitForCriAsync(string socketPath, TimeSpan timeout, Func<string>? diagnostics = null)
     {
-        var deadline = DateTime.UtcNow + timeout;
         Exception? last = null;
-        while (DateTime.UtcNow < deadline)
-        {
-            if (File.Exists(socketPath))
+        var answered = await Eventually.LastAsync(
+            async () =>
             {
+                if (!File.Exists(socketPath))
+                {
+                    return false;
+                }
+
                 using var channel = Channel(socketPath);
                 try
                 {
                     await new Runtime.V1.RuntimeService.RuntimeServiceClient(channel)
                         .VersionAsync(new Runtime.V1.VersionRequest(), deadline: DateTime.UtcNow.AddSeconds(2));
-                    return;
+                    return true;
                 }
                 catch (Grpc.Core.RpcException e)
                 {
                     last = e;
+                    return false;
                 }
-            }
-
-            await Task.Delay(50);
+            },
+            ok => ok, timeout);
+        if (!answered)
+        {
+            throw new TimeoutException($"no CRI server answered on {socketPath} within {timeout}: {last?.Message}\n{diagnostics?.Invoke()}");
         }
-
-        throw new TimeoutException($"no CRI server answered on {socketPath} within {timeout}: {last?.Message}\n{diagnostics?.Invoke()}");
     }
 }

@@ -170,13 +170,16 @@ public class SafeExtractorTests
     [Fact]
     public void Random_bytes_never_crash_the_extractor_or_write_outside_it()
     {
-        using var dir = new TempDir();
         Gen.Byte.Array[0, 4096].Sample(bytes =>
         {
-            var root = Directory.CreateTempSubdirectory("crest-prop-").FullName;
-            try
+            // The root sits three levels down beside a file it must not touch, so an entry that climbs out with ../ or
+            // follows a link upwards lands where the check below sees it. Each sample has its own (samples run in parallel).
+            using var dir = new TempDir("crest-prop");
+            var outside = dir.Combine("outside");
+            File.WriteAllText(outside, "untouched");
+            var root = dir.CreateDirectory("a", "b", "c", "root");
+            using (var x = new SafeExtractor(root, Unprivileged))
             {
-                using var x = new SafeExtractor(root, Unprivileged);
                 try
                 {
                     x.ExtractAsync(new MemoryStream(bytes), "random", CancellationToken.None).GetAwaiter().GetResult();
@@ -185,10 +188,11 @@ public class SafeExtractorTests
                 {
                 }
             }
-            finally
-            {
-                Directory.Delete(root, recursive: true);
-            }
+
+            Directory.Delete(root, recursive: true);
+            string[] expected = [dir.Combine("a"), dir.Combine("a", "b"), dir.Combine("a", "b", "c"), outside];
+            Assert.Equal(expected.Order(StringComparer.Ordinal), Directory.EnumerateFileSystemEntries(dir.Path, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal));
+            Assert.Equal("untouched", File.ReadAllText(outside));
         }, iter: 300);
     }
 
