@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Crest.Cri.Mapping;
 using Grpc.Core;
 using Runtime.V1;
 

@@ -1,3 +1,4 @@
+using Crest.Cri.Mapping;
 using Grpc.Core;
 using Runtime.V1;
 

@@ -1,3 +1,4 @@
+using Crest.Cri.Mapping;
 using Crest.Runtime;
 using Runtime.V1;
 
