@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.IO.Compression;
 using System.Text.Json;
-using Crest.Checkpoint;
+using Crest.Checkpoint.Format;
 using Crest.Cli.Output;
 using Crest.Core;
 using Crest.Cri.Mapping;
