@@ -154,7 +154,7 @@ internal static class CheckpointScenario
     {
         try
         {
-            var metadata = await Crest.Checkpoint.ArchiveMetadataReader.ReadAsync(archive, CancellationToken.None);
+            var metadata = await Crest.Checkpoint.Format.ArchiveMetadataReader.ReadAsync(archive, CancellationToken.None);
             return metadata.Statistics is { } s ? s.FrozenTimeUs / 1000.0 : null;
         }
         catch (Crest.Core.CrestException)

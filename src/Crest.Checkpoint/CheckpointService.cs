@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Crest.Checkpoint.Format;
 using Crest.Core;
 using Crest.Linux;
 using Crest.Runtime;

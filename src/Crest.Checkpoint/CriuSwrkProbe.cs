@@ -1,5 +1,5 @@
 using Crest.Core;
-using Crest.Cri.Api.Criu;
+using Crest.Criu.Api;
 using Crest.Linux;
 using Google.Protobuf;
 

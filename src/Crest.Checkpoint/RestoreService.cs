@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json;
+using Crest.Checkpoint.Format;
 using Crest.Core;
 using Crest.Images;
 using Crest.Linux;
@@ -34,12 +35,7 @@ public sealed class RestoreService(
     ILogger<RestoreService> logger)
 {
     /// <summary>The annotation keys that mark an image as a checkpoint (checkpointctl/containerd, CRI-O, Podman).</summary>
-    public static readonly IReadOnlyList<string> CheckpointImageAnnotations =
-    [
-        "org.criu.checkpoint.container.name",
-        "io.kubernetes.cri-o.annotations.checkpoint.name",
-        "io.podman.annotations.checkpoint.name",
-    ];
+    public static readonly IReadOnlyList<string> CheckpointImageAnnotations = Format.CheckpointImageAnnotations.Markers;
 
     /// <summary>At start: checkpoints a crashed crestd was unpacking for CreateContainer are removed (they hold memory pages).</summary>
     public int SweepStaging()

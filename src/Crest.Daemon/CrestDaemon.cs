@@ -1,4 +1,5 @@
 using Crest.Checkpoint;
+using Crest.Checkpoint.Format;
 using Crest.Core;
 using Crest.Daemon.Config;
 using Crest.Daemon.Cri;

@@ -11,7 +11,7 @@ public sealed record CheckpointSwitch(bool Enabled, bool RestoreViaCreate);
 /// a CNI network with all its plugins exists (NetworkReady), and CRIU is present and new enough
 /// (CheckpointReady, Crest's own condition: a node without CRIU still runs pods).
 /// </summary>
-public sealed class NodeStatusService(
+public sealed partial class NodeStatusService(
     RuntimeOptions runtime,
     CniOptions cni,
     CheckpointSwitch checkpoint,

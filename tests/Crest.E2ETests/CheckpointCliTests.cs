@@ -593,7 +593,7 @@ public partial class CheckpointCliTests
             return edited;
         }
 
-        Task<string> EditCores(string name, Action<Crest.Cri.Api.CriuImages.core_entry> edit) =>
+        Task<string> EditCores(string name, Action<Crest.Criu.Api.Images.core_entry> edit) =>
             EditImages(name, (entry, data) => System.Text.RegularExpressions.Regex.IsMatch(entry, @"^checkpoint/core-\d+\.img$") ? EditCore(data, edit) : data);
 
         var widened = await Restore("hostile", await EditCores("hostile", core =>
@@ -605,7 +605,7 @@ public partial class CheckpointCliTests
         }), "{}");
         Assert.Equal(1, widened.ExitCode);
         Assert.Contains("CAP_SYS_ADMIN beyond the grant", widened.Stderr, StringComparison.Ordinal);
-        var foreign = await Restore("foreign", await EditCores("foreign", core => core.Mtype = Crest.Cri.Api.CriuImages.core_entry.Types.march.Aarch64), "{}");
+        var foreign = await Restore("foreign", await EditCores("foreign", core => core.Mtype = Crest.Criu.Api.Images.core_entry.Types.march.Aarch64), "{}");
         Assert.Equal(1, foreign.ExitCode);
         Assert.Contains("was made on aarch64", foreign.Stderr, StringComparison.Ordinal);
 
@@ -622,9 +622,9 @@ public partial class CheckpointCliTests
         // A mount CRIU would make itself that the container never had: the node's disk at /mnt.
         var mounted = await Restore("mounted", await EditImages("mounted", (entry, data) =>
             System.Text.RegularExpressions.Regex.IsMatch(entry, @"^checkpoint/mountpoints-\d+\.img$")
-                ? [.. data, .. Framed(new Crest.Cri.Api.CriuImages.mnt_entry
+                ? [.. data, .. Framed(new Crest.Criu.Api.Images.mnt_entry
                 {
-                    Fstype = (uint)Crest.Cri.Api.CriuImages.fstype.Auto, Fsname = "ext4", MntId = 9999, RootDev = 0xfd00, ParentMntId = 1,
+                    Fstype = (uint)Crest.Criu.Api.Images.fstype.Auto, Fsname = "ext4", MntId = 9999, RootDev = 0xfd00, ParentMntId = 1,
                     Flags = 0, Root = "/", Mountpoint = "/mnt", Source = "/dev/vda", Options = "",
                 })]
                 : data), "{}");
@@ -703,10 +703,10 @@ public partial class CheckpointCliTests
     }
 
     /// <summary>Rewrites a CRIU core image (magics, then one length-prefixed core_entry) after <paramref name="edit"/>.</summary>
-    private static byte[] EditCore(byte[] image, Action<Crest.Cri.Api.CriuImages.core_entry> edit)
+    private static byte[] EditCore(byte[] image, Action<Crest.Criu.Api.Images.core_entry> edit)
     {
         var size = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(image.AsSpan(8));
-        var core = Crest.Cri.Api.CriuImages.core_entry.Parser.ParseFrom(image.AsSpan(12, size));
+        var core = Crest.Criu.Api.Images.core_entry.Parser.ParseFrom(image.AsSpan(12, size));
         edit(core);
         var payload = Google.Protobuf.MessageExtensions.ToByteArray(core);
         var result = new byte[12 + payload.Length];

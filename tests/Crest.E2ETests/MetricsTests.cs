@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Formats.Tar;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
@@ -54,24 +53,15 @@ public class MetricsTests
         prometheus.BeginOutputReadLine();
         try
         {
-            var rootfs = dir.Combine("rootfs.tar");
-            await using (var f = File.Create(rootfs))
-            await using (var t = new TarWriter(f, TarEntryFormat.Pax))
-            {
-                TestImages.Dir(t, "bin");
-                TestImages.File(t, "bin/busybox", await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct), mode: 0x1ED);
-                TestImages.Symlink(t, "bin/sh", "busybox");
-            }
-
-            await RunAsync([.. r, "image", "import", rootfs, "localhost/e2e/busybox:v1"]);
+            await ImportBusyboxAsync(dir, r);
             var pod = await WritePodAsync(dir, "metrics", "uid-metrics");
             var container = dir.Combine("sleeper.json");
             await File.WriteAllTextAsync(container, """
                 {"metadata": {"name": "sleeper"}, "image": {"image": "localhost/e2e/busybox:v1"},
                  "command": ["/bin/busybox", "sleep", "600"], "log_path": "sleeper.log", "linux": {} }
                 """, Ct);
-            var podId = await RunAsync([.. r, "runp", pod]);
-            try
+            await using var pods = new OwnedPods(r);
+            var podId = await pods.RunAsync(pod);
             {
                 var id = await RunAsync([.. r, "create", podId, container, pod]);
                 await RunAsync([.. r, "start", id]);
@@ -81,7 +71,7 @@ public class MetricsTests
                 var checkpoints = await QueryUntilAsync(http, "crest_checkpoint_duration_seconds_count", v => v >= 1, () => promLog.ToString());
                 var calls = await QueryUntilAsync(http, "crest_cri_requests_total{method=\"CheckpointContainer\",code=\"OK\"}", v => v >= 1, () => promLog.ToString());
                 var running = await QueryUntilAsync(http, "crest_containers{state=\"running\"}", v => v >= 1, () => promLog.ToString());
-                var pods = await QueryUntilAsync(http, "crest_pods{state=\"ready\"}", v => v >= 1, () => promLog.ToString());
+                var readyPods = await QueryUntilAsync(http, "crest_pods{state=\"ready\"}", v => v >= 1, () => promLog.ToString());
                 using var direct = new HttpClient();
                 var text = await direct.GetStringAsync(new Uri($"http://127.0.0.1:{metricsPort}/metrics"), Ct);
                 using var elsewhere = await direct.GetAsync(new Uri($"http://127.0.0.1:{metricsPort}/"), Ct);
@@ -89,14 +79,10 @@ public class MetricsTests
                 Assert.Equal(1, checkpoints);
                 Assert.Equal(1, calls);
                 Assert.Equal(1, running);
-                Assert.Equal(1, pods);
+                Assert.Equal(1, readyPods);
                 Assert.Contains("process_cpu_seconds_total", text, StringComparison.Ordinal);
                 Assert.Contains("crest_checkpoint_size_bytes_bucket", text, StringComparison.Ordinal);
                 Assert.Equal(HttpStatusCode.NotFound, elsewhere.StatusCode);
-            }
-            finally
-            {
-                await Binaries.RunCrestAsync([.. r, "rmp", podId]);
             }
         }
         finally

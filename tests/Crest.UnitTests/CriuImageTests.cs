@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
-using Crest.Checkpoint;
+using Crest.Checkpoint.Format;
 using Crest.Core;
-using Crest.Cri.Api.CriuImages;
+using Crest.Criu.Api.Images;
 using Crest.TestKit;
 using CsCheck;
 using Google.Protobuf;

@@ -23,6 +23,19 @@ public class ErrorInterceptorTests
         protected override Task WriteResponseHeadersAsyncCore(Metadata responseHeaders) => Task.CompletedTask;
     }
 
+    private sealed class RecordingStream : IServerStreamWriter<string>
+    {
+        public List<string> Written { get; } = [];
+
+        public WriteOptions? WriteOptions { get; set; }
+
+        public Task WriteAsync(string message)
+        {
+            Written.Add(message);
+            return Task.CompletedTask;
+        }
+    }
+
     [Theory]
     [InlineData(ErrorKind.InvalidArgument, StatusCode.InvalidArgument)]
     [InlineData(ErrorKind.NotFound, StatusCode.NotFound)]
@@ -69,5 +82,86 @@ public class ErrorInterceptorTests
             "request", new FakeContext(DateTime.UtcNow.AddSeconds(-1), cts.Token), (_, _) => throw new OperationCanceledException(cts.Token)));
 
         Assert.Equal(StatusCode.DeadlineExceeded, e.StatusCode);
+    }
+
+    [Theory]
+    [InlineData(ErrorKind.InvalidArgument, StatusCode.InvalidArgument)]
+    [InlineData(ErrorKind.NotFound, StatusCode.NotFound)]
+    [InlineData(ErrorKind.FailedPrecondition, StatusCode.FailedPrecondition)]
+    [InlineData(ErrorKind.PermissionDenied, StatusCode.PermissionDenied)]
+    [InlineData(ErrorKind.Unavailable, StatusCode.Unavailable)]
+    [InlineData(ErrorKind.Internal, StatusCode.Internal)]
+    public async Task A_stream_that_fails_with_a_domain_error_ends_with_the_status_a_unary_call_would_return(ErrorKind kind, StatusCode code)
+    {
+        var interceptor = new ErrorInterceptor(NullLogger<ErrorInterceptor>.Instance);
+        var stream = new RecordingStream();
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => interceptor.ServerStreamingServerHandler<string, string>(
+            "request", stream, new FakeContext(DateTime.MaxValue, CancellationToken.None),
+            async (_, s, _) =>
+            {
+                await s.WriteAsync("layer 1 of 2");
+                throw new CrestException(kind, "pull of registry.local/app:1 failed: the registry answered 404");
+            }));
+
+        Assert.Equal(code, e.StatusCode);
+        Assert.Equal("pull of registry.local/app:1 failed: the registry answered 404", e.Status.Detail);
+        Assert.Equal(["layer 1 of 2"], stream.Written);
+    }
+
+    [Fact]
+    public async Task A_stream_that_fails_unexpectedly_ends_internal_with_the_method_named()
+    {
+        var interceptor = new ErrorInterceptor(NullLogger<ErrorInterceptor>.Instance);
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => interceptor.ServerStreamingServerHandler<string, string>(
+            "request", new RecordingStream(), new FakeContext(DateTime.MaxValue, CancellationToken.None),
+            (_, _, _) => throw new InvalidOperationException("bad state")));
+
+        Assert.Equal(StatusCode.Internal, e.StatusCode);
+        Assert.Contains("/runtime.v1.RuntimeService/Test: bad state", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_stream_the_client_leaves_reports_cancelled()
+    {
+        var interceptor = new ErrorInterceptor(NullLogger<ErrorInterceptor>.Instance);
+        using var cts = new CancellationTokenSource();
+        await cts.CancelAsync();
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => interceptor.ServerStreamingServerHandler<string, string>(
+            "request", new RecordingStream(), new FakeContext(DateTime.MaxValue, cts.Token), (_, _, _) => throw new OperationCanceledException(cts.Token)));
+
+        Assert.Equal(StatusCode.Cancelled, e.StatusCode);
+    }
+
+    [Fact]
+    public async Task A_stream_that_ends_normally_keeps_every_message()
+    {
+        var interceptor = new ErrorInterceptor(NullLogger<ErrorInterceptor>.Instance);
+        var stream = new RecordingStream();
+
+        await interceptor.ServerStreamingServerHandler<string, string>(
+            "request", stream, new FakeContext(DateTime.MaxValue, CancellationToken.None),
+            async (_, s, _) =>
+            {
+                await s.WriteAsync("created");
+                await s.WriteAsync("started");
+            });
+
+        Assert.Equal(["created", "started"], stream.Written);
+    }
+
+    [Fact]
+    public async Task A_status_chosen_by_an_adapter_passes_through_unchanged()
+    {
+        var interceptor = new ErrorInterceptor(NullLogger<ErrorInterceptor>.Instance);
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => interceptor.ServerStreamingServerHandler<string, string>(
+            "request", new RecordingStream(), new FakeContext(DateTime.MaxValue, CancellationToken.None),
+            (_, _, _) => throw new RpcException(new Status(StatusCode.Unknown, "container is in CONTAINER_EXITED state"))));
+
+        Assert.Equal(StatusCode.Unknown, e.StatusCode);
+        Assert.Equal("container is in CONTAINER_EXITED state", e.Status.Detail);
     }
 }

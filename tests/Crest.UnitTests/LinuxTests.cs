@@ -1,4 +1,5 @@
 using Crest.Checkpoint;
+using Crest.Checkpoint.Format;
 using Crest.Linux;
 
 namespace Crest.UnitTests;

@@ -2,9 +2,10 @@ using System.CommandLine;
 using System.Globalization;
 using System.IO.Compression;
 using System.Text.Json;
-using Crest.Checkpoint;
+using Crest.Checkpoint.Format;
 using Crest.Cli.Output;
 using Crest.Core;
+using Crest.Cri.Mapping;
 using Crest.Images;
 using Crest.Api.V1;
 using Runtime.V1;
@@ -196,7 +197,7 @@ internal static class CheckpointCommands
                 RestorePlan plan;
                 PolicyAssessment assessment;
                 var configPath = parse.GetValue(config);
-                var request = configPath is null ? new ContainerSpec { Name = "", Image = "" } : Spec(PodCommands.ReadConfig<ContainerConfig>(configPath));
+                var request = configPath is null ? new ContainerSpec { Name = "", Image = "" } : CriMapping.ToRestoreRequest(PodCommands.ReadConfig<ContainerConfig>(configPath));
                 try
                 {
                     var limits = new RestoreLimits();
@@ -248,34 +249,6 @@ internal static class CheckpointCommands
         }));
         return inspect;
     }
-
-    /// <summary>The parts of a container config the restore policy reads: mounts, devices and the security context.</summary>
-    private static ContainerSpec Spec(ContainerConfig config) => new()
-    {
-        Name = config.Metadata?.Name ?? "",
-        Image = config.Image?.Image ?? "",
-        Mounts = [.. config.Mounts.Select(m => new MountSpec(m.ContainerPath, m.HostPath, m.Readonly))],
-        Devices = [.. config.Devices.Select(d => new DeviceSpec(d.ContainerPath, d.HostPath, d.Permissions))],
-        Security = Security(config.Linux?.SecurityContext),
-    };
-
-    private static SecuritySpec Security(LinuxContainerSecurityContext? sc) => sc is null ? new SecuritySpec() : new SecuritySpec
-    {
-        Privileged = sc.Privileged,
-        MaskedPaths = sc.MaskedPaths.Count > 0 ? [.. sc.MaskedPaths] : null,
-        ReadonlyPaths = sc.ReadonlyPaths.Count > 0 ? [.. sc.ReadonlyPaths] : null,
-        AddCapabilities = [.. sc.Capabilities?.AddCapabilities ?? []],
-        DropCapabilities = [.. sc.Capabilities?.DropCapabilities ?? []],
-        RunAsUser = sc.RunAsUser?.Value,
-        RunAsGroup = sc.RunAsGroup?.Value,
-        SupplementalGroups = [.. sc.SupplementalGroups],
-        Seccomp = sc.Seccomp is null ? SeccompMode.Unconfined : sc.Seccomp.ProfileType switch
-        {
-            SecurityProfile.Types.ProfileType.RuntimeDefault => SeccompMode.RuntimeDefault,
-            SecurityProfile.Types.ProfileType.Localhost => SeccompMode.Localhost,
-            _ => SeccompMode.Unconfined,
-        },
-    };
 
     private static async Task WriteInspectAsync(CliContext ctx, RestorePlan plan, PolicyAssessment assessment, IReadOnlyDictionary<uint, IReadOnlyList<string>?> commandLines, IReadOnlyList<PolicyViolation>? verdict)
     {

@@ -180,9 +180,9 @@ public static class ConfigLoader
                     MaxRootfsDiffBytes = t.Long("max_rootfs_diff_bytes") ?? d.MaxRootfsDiffBytes,
                     MaxRootfsDiffEntries = t.Long("max_rootfs_diff_entries") ?? d.MaxRootfsDiffEntries,
                     MaxMetadataBytes = t.Long("max_metadata_bytes") ?? d.MaxMetadataBytes,
-                    RelaxedChecks = (t.Strings("relaxed_checks") ?? [.. d.RelaxedChecks]).Select(c => Checkpoint.RestorePolicy.Checks.Contains(c)
+                    RelaxedChecks = (t.Strings("relaxed_checks") ?? [.. d.RelaxedChecks]).Select(c => Checkpoint.Format.RestorePolicy.Checks.Contains(c)
                         ? c
-                        : throw Invalid(sourceName, "restore.relaxed_checks", $"a list of checks from {string.Join(", ", Checkpoint.RestorePolicy.Checks)}", c)).ToList(),
+                        : throw Invalid(sourceName, "restore.relaxed_checks", $"a list of checks from {string.Join(", ", Checkpoint.Format.RestorePolicy.Checks)}", c)).ToList(),
                 },
             };
         });

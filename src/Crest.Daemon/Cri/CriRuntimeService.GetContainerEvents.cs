@@ -1,3 +1,4 @@
+using Crest.Cri.Mapping;
 using Grpc.Core;
 using Runtime.V1;
 
@@ -5,6 +6,10 @@ namespace Crest.Daemon.Cri;
 
 internal sealed partial class CriRuntimeService
 {
+    /// <summary>
+    /// CRI GetContainerEvents: a stream of container lifecycle events (created, started, stopped, deleted) from the moment
+    /// of the call, each with its pod's status while the pod exists; it ends when the client leaves.
+    /// </summary>
     public override async Task GetContainerEvents(GetEventsRequest request, IServerStreamWriter<ContainerEventResponse> responseStream, ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(responseStream);

@@ -1,4 +1,5 @@
 using Crest.Core;
+using Crest.Cri.Mapping;
 using Grpc.Core;
 using Runtime.V1;
 

@@ -8,6 +8,10 @@ internal sealed partial class CriRuntimeService
 {
     private static readonly JsonSerializerOptions InfoJson = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
+    /// <summary>
+    /// CRI Status: the RuntimeReady, NetworkReady and CheckpointReady conditions from real checks, and each handler's
+    /// features (the default one also under the empty name). With <c>verbose</c>, <c>info</c> maps keys to JSON documents.
+    /// </summary>
     public override async Task<StatusResponse> Status(StatusRequest request, ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -27,7 +31,7 @@ internal sealed partial class CriRuntimeService
             Message = c.Message,
         }));
         // The CRI names the default handler with the empty string; every handler is listed by name too.
-        var handlers = status.Handlers.Where(h => h.Name == runtime.DefaultHandler).Select(h => (Name: "", Status: h))
+        var handlers = status.Handlers.Where(h => h.Name == nodeStatus.DefaultHandler).Select(h => (Name: "", Status: h))
             .Concat(status.Handlers.Select(h => (h.Name, Status: h)));
         // User namespaces need the node (kernel, id-mapped mounts under the root, reachable roots; checked once) and a
         // handler that answers: runc and crun both make a pod's user namespace and join it.
@@ -47,7 +51,7 @@ internal sealed partial class CriRuntimeService
 
             // containerd's key, read by critest: the parent of stateDir is where it checks id-mapped mount support.
             // Crest's container root filesystems (and the layers under them) live under the root.
-            response.Info["config"] = JsonSerializer.Serialize(new Dictionary<string, string> { ["stateDir"] = runtimeLayout.ContainerDir("") }, InfoJson);
+            response.Info["config"] = JsonSerializer.Serialize(new Dictionary<string, string> { ["stateDir"] = nodeStatus.ContainersDir }, InfoJson);
         }
 
         return response;

@@ -4,17 +4,15 @@ using Runtime.V1;
 namespace Crest.Daemon.Cri;
 
 /// <summary>
-/// The CRI RuntimeService: one partial file per RPC (<c>CriRuntimeService.Status.cs</c> holds Status),
-/// each a thin adapter that maps the request to a domain call and the answer back. Every RPC not
-/// overridden here answers Unimplemented (the generated base class does that) until its issue lands.
+/// The CRI RuntimeService: one partial file per RPC, named after it (<c>CriRuntimeService.StopContainer.cs</c> holds
+/// StopContainer), each a thin adapter that maps the request to one domain call and the answer back, with the RPC's CRI
+/// semantics in its doc comment. Every RPC not overridden answers Unimplemented (the generated base class does that).
 /// </summary>
 internal sealed partial class CriRuntimeService(
     NodeStatusService nodeStatus,
-    RuntimeOptions runtime,
     SandboxService sandboxes,
     ContainerService containers,
     PodService pods,
-    RuntimeLayout runtimeLayout,
     RuntimeEvents events,
     Crest.Checkpoint.CheckpointService checkpoints,
     Crest.Checkpoint.RestoreService restores,

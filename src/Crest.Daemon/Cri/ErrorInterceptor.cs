@@ -5,17 +5,37 @@ using Microsoft.Extensions.Logging;
 
 namespace Crest.Daemon.Cri;
 
-/// <summary>The one place where domain failures become gRPC status codes.</summary>
+/// <summary>
+/// The one place where domain failures become gRPC status codes, for unary calls and server-streaming ones
+/// (GetContainerEvents, PullWithProgress) alike: a stream that fails after some messages ends with the same status a
+/// unary call would have returned.
+/// </summary>
 internal sealed class ErrorInterceptor(ILogger<ErrorInterceptor> logger) : Interceptor
 {
-    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(
+    public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(
         TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {
         ArgumentNullException.ThrowIfNull(continuation);
+        return MapFailuresAsync(() => continuation(request, context), context);
+    }
+
+    public override Task ServerStreamingServerHandler<TRequest, TResponse>(
+        TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        ArgumentNullException.ThrowIfNull(continuation);
+        return MapFailuresAsync(async () =>
+        {
+            await continuation(request, responseStream, context);
+            return true;
+        }, context);
+    }
+
+    private async Task<T> MapFailuresAsync<T>(Func<Task<T>> call, ServerCallContext context)
+    {
         ArgumentNullException.ThrowIfNull(context);
         try
         {
-            return await continuation(request, context);
+            return await call();
         }
         catch (CrestException e)
         {

@@ -3,7 +3,7 @@ using System.IO.Compression;
 using Crest.Core;
 using Crest.Linux;
 
-namespace Crest.Checkpoint;
+namespace Crest.Checkpoint.Format;
 
 /// <summary>How the outer archive is compressed. Nobody compresses it on the CRI path; readers detect it.</summary>
 public enum ArchiveCompression
@@ -156,6 +156,14 @@ public static class ArchiveMetadataReader
 /// <summary>The annotations of a checkpoint OCI image: all three families, so containerd, CRI-O and Podman each detect it.</summary>
 public static class CheckpointImageAnnotations
 {
+    /// <summary>The annotation keys that mark an image as a checkpoint (checkpointctl/containerd, CRI-O, Podman).</summary>
+    public static readonly IReadOnlyList<string> Markers =
+    [
+        "org.criu.checkpoint.container.name",
+        "io.kubernetes.cri-o.annotations.checkpoint.name",
+        "io.podman.annotations.checkpoint.name",
+    ];
+
     public static Dictionary<string, string> For(ArchiveMetadata archive)
     {
         ArgumentNullException.ThrowIfNull(archive);

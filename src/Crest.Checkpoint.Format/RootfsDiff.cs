@@ -1,7 +1,7 @@
 using System.Formats.Tar;
 using Crest.Linux;
 
-namespace Crest.Checkpoint;
+namespace Crest.Checkpoint.Format;
 
 /// <summary>What a rootfs diff holds.</summary>
 public sealed record RootfsDiffSummary(long Entries, long Bytes, IReadOnlyList<string> Deleted);

@@ -1,9 +1,9 @@
 using System.Buffers.Binary;
 using Crest.Core;
-using Crest.Cri.Api.Criu;
+using Crest.Criu.Api;
 using Google.Protobuf;
 
-namespace Crest.Checkpoint;
+namespace Crest.Checkpoint.Format;
 
 /// <summary>What CRIU measured during a dump (its stats-dump file), times in microseconds.</summary>
 public sealed record DumpStatistics(uint FreezingTimeUs, uint FrozenTimeUs, uint MemdumpTimeUs, uint MemwriteTimeUs, ulong PagesScanned, ulong PagesWritten);

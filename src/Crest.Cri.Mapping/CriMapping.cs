@@ -4,14 +4,18 @@ using Runtime.V1;
 using CoreNamespaceMode = Crest.Core.NamespaceMode;
 using CorePortMapping = Crest.Core.PortMapping;
 
-namespace Crest.Daemon.Cri;
+namespace Crest.Cri.Mapping;
 
-/// <summary>CRI messages to domain records and back; the only place both worlds meet.</summary>
-internal static class CriMapping
+/// <summary>
+/// CRI messages to domain records and back; the only place both worlds meet. crestd's adapters and the crest CLI
+/// (<c>checkpoint inspect --config</c>) read a container config through the same <see cref="ToDomain(ContainerConfig)"/>.
+/// </summary>
+public static class CriMapping
 {
     public static PodSpec ToDomain(PodSandboxConfig config, string runtimeHandler)
     {
-        var md = config.Metadata ?? throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.InvalidArgument, "sandbox config needs metadata (name, uid, namespace)"));
+        ArgumentNullException.ThrowIfNull(config);
+        var md = config.Metadata ?? throw new CrestException(ErrorKind.InvalidArgument, "sandbox config needs metadata (name, uid, namespace)");
         var linux = config.Linux;
         var ns = linux?.SecurityContext?.NamespaceOptions;
         return new PodSpec
@@ -34,23 +38,40 @@ internal static class CriMapping
         };
     }
 
+    /// <summary>CreateContainer's config as the domain's spec; the CRI requires metadata and an image.</summary>
     public static ContainerSpec ToDomain(ContainerConfig config)
     {
-        var md = config.Metadata ?? throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.InvalidArgument, "container config needs metadata (name)"));
+        ArgumentNullException.ThrowIfNull(config);
+        var md = config.Metadata ?? throw new CrestException(ErrorKind.InvalidArgument, "container config needs metadata (name)");
         if (string.IsNullOrEmpty(config.Image?.Image))
         {
-            throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.InvalidArgument, $"container {md.Name} names no image"));
+            throw new CrestException(ErrorKind.InvalidArgument, $"container {md.Name} names no image");
         }
 
+        return Spec(config);
+    }
+
+    /// <summary>
+    /// A container config as a restore request, for <c>crest checkpoint inspect --config</c>: the mapping CreateContainer
+    /// uses, without requiring metadata or an image (the restore policy reads neither), so both judge the same request.
+    /// </summary>
+    public static ContainerSpec ToRestoreRequest(ContainerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return Spec(config);
+    }
+
+    private static ContainerSpec Spec(ContainerConfig config)
+    {
         var linux = config.Linux;
         var sc = linux?.SecurityContext;
         var r = linux?.Resources;
         return new ContainerSpec
         {
-            Name = md.Name,
-            Attempt = md.Attempt,
-            Image = config.Image.Image,
-            UserSpecifiedImage = string.IsNullOrEmpty(config.Image.UserSpecifiedImage) ? null : config.Image.UserSpecifiedImage,
+            Name = config.Metadata?.Name ?? "",
+            Attempt = config.Metadata?.Attempt ?? 0,
+            Image = config.Image?.Image ?? "",
+            UserSpecifiedImage = string.IsNullOrEmpty(config.Image?.UserSpecifiedImage) ? null : config.Image.UserSpecifiedImage,
             Command = [.. config.Command],
             Args = [.. config.Args],
             WorkingDir = config.WorkingDir,

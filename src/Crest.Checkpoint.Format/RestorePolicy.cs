@@ -2,7 +2,7 @@ using System.Globalization;
 using Crest.Core;
 using Crest.Oci;
 
-namespace Crest.Checkpoint;
+namespace Crest.Checkpoint.Format;
 
 /// <summary>What a checkpoint would put back, and every way it would exceed the request.</summary>
 public sealed record PolicyAssessment(IReadOnlyList<CriuThread> Threads, CriuIsolation Isolation, IReadOnlyList<PolicyViolation> Violations);

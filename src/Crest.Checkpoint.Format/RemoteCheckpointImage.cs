@@ -5,7 +5,7 @@ using Crest.Images;
 using Crest.Linux;
 using Crest.Oci;
 
-namespace Crest.Checkpoint;
+namespace Crest.Checkpoint.Format;
 
 /// <summary>
 /// A checkpoint image read straight from its registry, with no runtime: the manifest (through an index for this
@@ -39,10 +39,10 @@ public static class RemoteCheckpointImage
 
         var manifest = Deserialize(fetched.Content, OciJson.Default.ImageManifest, reference);
         Merge(annotations, manifest.Annotations);
-        if (!RestoreService.CheckpointImageAnnotations.Any(annotations.ContainsKey))
+        if (!CheckpointImageAnnotations.Markers.Any(annotations.ContainsKey))
         {
             throw new CrestException(ErrorKind.InvalidArgument,
-                $"image {reference} is not a checkpoint image: its manifest carries none of {string.Join(", ", RestoreService.CheckpointImageAnnotations)}");
+                $"image {reference} is not a checkpoint image: its manifest carries none of {string.Join(", ", CheckpointImageAnnotations.Markers)}");
         }
 
         if (manifest.Layers.Sum(l => Math.Max(0, l.Size)) > limits.MaxArchiveBytes)

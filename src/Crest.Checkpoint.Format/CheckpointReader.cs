@@ -4,7 +4,7 @@ using System.Text.Json.Nodes;
 using Crest.Core;
 using Crest.Linux;
 
-namespace Crest.Checkpoint;
+namespace Crest.Checkpoint.Format;
 
 /// <summary>Caps on what a checkpoint may expand to ([restore] in config.toml).</summary>
 public sealed record RestoreLimits

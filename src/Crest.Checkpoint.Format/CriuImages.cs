@@ -1,9 +1,9 @@
 using System.Buffers.Binary;
 using Crest.Core;
-using Crest.Cri.Api.CriuImages;
+using Crest.Criu.Api.Images;
 using Google.Protobuf;
 
-namespace Crest.Checkpoint;
+namespace Crest.Checkpoint.Format;
 
 /// <summary>One thread of a checkpointed process, as its CRIU core image describes it.</summary>
 public sealed record CriuThread(

@@ -1,6 +1,6 @@
 using System.Text.Json.Serialization;
 
-namespace Crest.Checkpoint;
+namespace Crest.Checkpoint.Format;
 
 /// <summary>The file names of a checkpoint archive, as checkpointctl's lib defines them and containerd, CRI-O and Podman write them.</summary>
 public static class CheckpointFiles

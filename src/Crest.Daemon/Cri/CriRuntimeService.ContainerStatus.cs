@@ -1,0 +1,56 @@
+using System.Text.Json;
+using Crest.Cri.Mapping;
+using Grpc.Core;
+using Runtime.V1;
+
+namespace Crest.Daemon.Cri;
+
+internal sealed partial class CriRuntimeService
+{
+    /// <summary>
+    /// CRI ContainerStatus: state, times, exit code, image, mounts and the user the processes run as; NotFound when there
+    /// is no such container. With <c>verbose</c>, <c>info["info"]</c> holds the pid, handler, snapshot and the OCI
+    /// runtime spec as JSON, as containerd returns them.
+    /// </summary>
+    public override async Task<ContainerStatusResponse> ContainerStatus(ContainerStatusRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var c = await containers.GetAsync(request.ContainerId, context.CancellationToken);
+        var status = new ContainerStatus
+        {
+            Id = c.Id,
+            Metadata = CriMapping.Metadata(c.Spec),
+            State = CriMapping.ToCri(c.State),
+            CreatedAt = CriMapping.Nanos(c.CreatedAt),
+            StartedAt = CriMapping.Nanos(c.StartedAt),
+            FinishedAt = CriMapping.Nanos(c.FinishedAt),
+            ExitCode = c.ExitCode,
+            Image = new ImageSpec { Image = c.Spec.Image, UserSpecifiedImage = c.Spec.UserSpecifiedImage ?? "" },
+            ImageRef = c.ImageRef,
+            ImageId = c.ImageId,
+            Reason = c.Reason,
+            Message = c.Message,
+            LogPath = c.LogFile,
+        };
+        status.Labels.Add(c.Spec.Labels.ToDictionary());
+        status.Annotations.Add(c.Spec.Annotations.ToDictionary());
+        status.Mounts.Add(c.Spec.Mounts.Select(CriMapping.ToCri));
+        status.User = CriMapping.ToCri(c.User);
+        var response = new ContainerStatusResponse { Status = status };
+        if (request.Verbose)
+        {
+            response.Info["info"] = JsonSerializer.Serialize(new
+            {
+                pid = c.Pid,
+                sandboxID = c.SandboxId,
+                runtimeHandler = c.RuntimeHandler,
+                snapshotKey = c.SnapshotKey,
+                restored = c.Restored,
+                runtimeSpec = await containers.ReadRuntimeSpecAsync(c.Id, context.CancellationToken),
+            });
+        }
+
+        return response;
+    }
+}
