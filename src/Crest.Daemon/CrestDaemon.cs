@@ -100,6 +100,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<ICommandRunner, ProcessCommandRunner>();
             builder.Services.AddSingleton<RuntimeHandlerProbe>();
             builder.Services.AddSingleton<ICriuProbe>(new CriuSwrkProbe(config.Checkpoint.CriuPath, config.Checkpoint.MinimumCriuVersion, time));
+            builder.Services.AddSingleton(new ServiceFacts(config.Metrics.Address, SystemdUnit()));
             builder.Services.AddSingleton<NodeStatusService>();
             var imageMetadata = new SqliteImageMetadataStore(store);
             var contentStore = new ContentStore(paths.Content);
@@ -274,6 +275,27 @@ public sealed class CrestDaemon : IAsyncDisposable
         foreach (var c in node.Conditions.Where(c => !c.Status))
         {
             DaemonLog.ConditionFalse(logger, c.Type, c.Reason, c.Message);
+        }
+    }
+
+    /// <summary>
+    /// The systemd unit running crestd, or null: systemd sets INVOCATION_ID for every service it starts, and the unit is
+    /// the last ".service" in crestd's cgroup path.
+    /// </summary>
+    private static string? SystemdUnit()
+    {
+        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("INVOCATION_ID")))
+        {
+            return null;
+        }
+
+        try
+        {
+            return File.ReadLines("/proc/self/cgroup").SelectMany(l => l.Split('/')).LastOrDefault(p => p.EndsWith(".service", StringComparison.Ordinal)) ?? "(a systemd service)";
+        }
+        catch (IOException)
+        {
+            return "(a systemd service)";
         }
     }
 

@@ -7,6 +7,12 @@ namespace Crest.Runtime;
 public sealed record CheckpointSwitch(bool Enabled, bool RestoreViaCreate);
 
 /// <summary>
+/// How crestd itself is served, for operators reading `crest info`: its Prometheus endpoint (empty when off) and
+/// whether systemd runs it (the unit's name when it does).
+/// </summary>
+public sealed record ServiceFacts(string MetricsAddress = "", string? SystemdUnit = null);
+
+/// <summary>
 /// Computes the CRI Status from real checks: the default OCI runtime and conmon answer (RuntimeReady),
 /// a CNI network with all its plugins exists (NetworkReady), and CRIU is present and new enough
 /// (CheckpointReady, Crest's own condition: a node without CRIU still runs pods).
@@ -17,7 +23,8 @@ public sealed partial class NodeStatusService(
     CheckpointSwitch checkpoint,
     RuntimeHandlerProbe handlerProbe,
     ICriuProbe criuProbe,
-    CrestPaths paths)
+    CrestPaths paths,
+    ServiceFacts? service = null)
 {
     public async Task<NodeStatus> GetAsync(CancellationToken ct)
     {
@@ -73,6 +80,11 @@ public sealed partial class NodeStatusService(
                 ["state"] = paths.State,
                 ["socket"] = paths.Socket,
                 ["database"] = paths.Database,
+            },
+            ["service"] = new Dictionary<string, object?>
+            {
+                ["metricsAddress"] = service?.MetricsAddress is { Length: > 0 } metrics ? $"http://{metrics}/metrics" : "off ([metrics] address)",
+                ["systemdUnit"] = service?.SystemdUnit ?? "none: crestd was not started by systemd (the package's unit is crestd.service)",
             },
         };
 

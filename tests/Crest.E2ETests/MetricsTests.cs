@@ -75,6 +75,7 @@ public class MetricsTests
                 using var direct = new HttpClient();
                 var text = await direct.GetStringAsync(new Uri($"http://127.0.0.1:{metricsPort}/metrics"), Ct);
                 using var elsewhere = await direct.GetAsync(new Uri($"http://127.0.0.1:{metricsPort}/"), Ct);
+                var info = await RunAsync([.. r, "info"]);
 
                 Assert.Equal(1, checkpoints);
                 Assert.Equal(1, calls);
@@ -83,6 +84,7 @@ public class MetricsTests
                 Assert.Contains("process_cpu_seconds_total", text, StringComparison.Ordinal);
                 Assert.Contains("crest_checkpoint_size_bytes_bucket", text, StringComparison.Ordinal);
                 Assert.Equal(HttpStatusCode.NotFound, elsewhere.StatusCode);
+                Assert.Contains($"\"metricsAddress\": \"http://127.0.0.1:{metricsPort}/metrics\"", info, StringComparison.Ordinal);
             }
         }
         finally

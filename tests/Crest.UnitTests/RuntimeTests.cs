@@ -88,13 +88,28 @@ public class NodeStatusServiceTests
     private static readonly CriuInfo GoodCriu = new("/usr/sbin/criu", "4.2.1", 40201, null);
 
     private static NodeStatusService Service(TempDir dir, RuntimeOptions runtime, CriuInfo criu, bool checkpointEnabled = true,
-        Func<CommandLine, CommandResult>? commands = null)
+        Func<CommandLine, CommandResult>? commands = null, ServiceFacts? service = null)
     {
         var conf = dir.CreateDirectory("net.d");
         CniFixture.WriteBridgeConflist(conf);
         return new NodeStatusService(runtime, new CniOptions(conf, [CniFixture.HostPluginDir]), new CheckpointSwitch(checkpointEnabled, false),
             new RuntimeHandlerProbe(new FakeCommands(commands ?? (_ => new CommandResult(0, "runc version 1.3.6\ncommit: x\n", "")))),
-            new FakeCriu(criu), new CrestPaths(dir.Path, dir.Path, dir.Combine("s.sock")));
+            new FakeCriu(criu), new CrestPaths(dir.Path, dir.Path, dir.Combine("s.sock")), service);
+    }
+
+    [Fact]
+    public async Task Verbose_status_says_where_metrics_are_served_and_which_unit_runs_crestd()
+    {
+        using var dir = new TempDir();
+        var served = await Service(dir, Runtime(), GoodCriu, service: new ServiceFacts("127.0.0.1:1338", "crestd.service")).GetAsync(TestContext.Current.CancellationToken);
+        var plain = await Service(dir, Runtime(), GoodCriu).GetAsync(TestContext.Current.CancellationToken);
+
+        var service = Assert.IsType<Dictionary<string, object?>>(served.Detail["service"]);
+        var none = Assert.IsType<Dictionary<string, object?>>(plain.Detail["service"]);
+        Assert.Equal("http://127.0.0.1:1338/metrics", service["metricsAddress"]);
+        Assert.Equal("crestd.service", service["systemdUnit"]);
+        Assert.StartsWith("off", (string)none["metricsAddress"]!, StringComparison.Ordinal);
+        Assert.StartsWith("none", (string)none["systemdUnit"]!, StringComparison.Ordinal);
     }
 
     private static RuntimeOptions Runtime(string runcPath = "/bin/sh", string conmon = "/bin/sh") =>
