@@ -40,7 +40,8 @@ public sealed partial class ImageService
 
         content.CleanIngest();
 
-        var all = (await metadata.ListSnapshotsAsync(ct).ConfigureAwait(false)).ToDictionary(s => s.Key, StringComparer.Ordinal);
+        // The snapshotter owns its records: GC asks it, not the store behind it.
+        var all = (await snapshots.ListAsync(ct).ConfigureAwait(false)).ToDictionary(s => s.Key, StringComparer.Ordinal);
         var live = new HashSet<string>(StringComparer.Ordinal);
         foreach (var key in images.SelectMany(i => i.LayerChainIds).Concat(await metadata.LeasedSnapshotsAsync(ct).ConfigureAwait(false)))
         {

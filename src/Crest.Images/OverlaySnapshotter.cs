@@ -9,6 +9,9 @@ public interface ISnapshotter
 
     Task<SnapshotRecord?> GetAsync(string key, CancellationToken ct);
 
+    /// <summary>Every committed snapshot: garbage collection weighs each against the images and leases.</summary>
+    Task<IReadOnlyList<SnapshotRecord>> ListAsync(CancellationToken ct);
+
     /// <summary>
     /// Makes the snapshot <paramref name="key"/> on top of <paramref name="parent"/>, filling a fresh private
     /// directory with <paramref name="fill"/>. Idempotent: an existing snapshot is returned without filling.
@@ -48,6 +51,8 @@ public sealed class OverlaySnapshotter : ISnapshotter
     public string Root { get; }
 
     public Task<SnapshotRecord?> GetAsync(string key, CancellationToken ct) => _metadata.GetSnapshotAsync(key, ct);
+
+    public Task<IReadOnlyList<SnapshotRecord>> ListAsync(CancellationToken ct) => _metadata.ListSnapshotsAsync(ct);
 
     public async Task<SnapshotRecord> CommitAsync(string key, string? parent, Func<string, CancellationToken, Task<long>> fill, CancellationToken ct)
     {

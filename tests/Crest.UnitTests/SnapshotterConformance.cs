@@ -2,20 +2,24 @@ using Crest.Core;
 using Crest.Images;
 using Crest.Store;
 using Crest.TestKit;
+using Crest.UnitTests.Fakes;
 
 namespace Crest.UnitTests;
 
-/// <summary>The checks the overlay snapshotter passes over every metadata store implementation.</summary>
+/// <summary>
+/// The checks every <see cref="ISnapshotter"/> passes: the overlay snapshotter over each metadata store, and the
+/// in-memory fake. One subclass per implementation.
+/// </summary>
 public abstract class SnapshotterConformance : IDisposable
 {
     private readonly TempDir _dir = new();
 
-    protected abstract Task<IImageMetadataStore> CreateMetadataAsync(string root);
+    /// <summary>A snapshotter whose layer directories live under <paramref name="snapshotRoot"/>; <paramref name="scratch"/> is for anything else it needs.</summary>
+    protected abstract Task<ISnapshotter> CreateAsync(string snapshotRoot, string scratch);
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private async Task<OverlaySnapshotter> SnapshotterAsync() =>
-        new(_dir.Combine("snapshots"), await CreateMetadataAsync(_dir.Path), TimeProvider.System);
+    private Task<ISnapshotter> SnapshotterAsync() => CreateAsync(_dir.Combine("snapshots"), _dir.Path);
 
     private static Func<string, CancellationToken, Task<long>> Write(string file, string text) => async (dir, ct) =>
     {
@@ -115,6 +119,69 @@ public abstract class SnapshotterConformance : IDisposable
         Assert.NotNull(await s.GetAsync("sha256:a", Ct));
     }
 
+    [Fact]
+    public async Task The_list_holds_every_committed_snapshot_and_no_removed_one()
+    {
+        var s = await SnapshotterAsync();
+        await s.CommitAsync("sha256:a", null, Write("f", "a"), Ct);
+        await s.CommitAsync("sha256:b", "sha256:a", Write("f", "b"), Ct);
+        await s.CommitAsync("sha256:c", "sha256:a", Write("f", "c"), Ct);
+
+        await s.RemoveAsync("sha256:c", Ct);
+
+        var listed = await s.ListAsync(Ct);
+        Assert.Equal(["sha256:a", "sha256:b"], listed.Select(r => r.Key).Order(StringComparer.Ordinal));
+        Assert.Equal("sha256:a", listed.Single(r => r.Key == "sha256:b").Parent);
+    }
+
+    [Fact]
+    public async Task Removing_a_snapshot_that_is_not_there_is_not_an_error()
+    {
+        var s = await SnapshotterAsync();
+
+        await s.RemoveAsync("sha256:never", Ct);
+
+        Assert.Empty(await s.ListAsync(Ct));
+    }
+
+    [Fact]
+    public async Task The_lower_dirs_of_a_missing_snapshot_are_not_found()
+    {
+        var s = await SnapshotterAsync();
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => s.LowerDirsAsync("sha256:never", Ct));
+
+        Assert.Equal(ErrorKind.NotFound, e.Kind);
+        Assert.Contains("snapshot sha256:never", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Two_commits_of_one_key_at_once_leave_one_snapshot()
+    {
+        var s = await SnapshotterAsync();
+        var bothFilling = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var filling = 0;
+        Func<string, CancellationToken, Task<long>> fill = async (dir, ct) =>
+        {
+            // Both fills are in flight before either finishes, as with two pulls sharing a layer.
+            if (Interlocked.Increment(ref filling) == 2)
+            {
+                bothFilling.SetResult();
+            }
+
+            await bothFilling.Task.WaitAsync(ct);
+            await File.WriteAllTextAsync(Path.Combine(dir, "f"), "layer", ct);
+            return 5;
+        };
+
+        var records = await Task.WhenAll(s.CommitAsync("sha256:a", null, fill, Ct), s.CommitAsync("sha256:a", null, fill, Ct));
+
+        Assert.Equal(records[0], records[1]);
+        Assert.Single(await s.ListAsync(Ct));
+        Assert.Single(Directory.EnumerateDirectories(s.Root));
+        Assert.Equal("layer", await File.ReadAllTextAsync(Path.Combine(Assert.Single(await s.LowerDirsAsync("sha256:a", Ct)), "f"), Ct));
+    }
+
     public void Dispose()
     {
         _dir.Dispose();
@@ -124,11 +191,19 @@ public abstract class SnapshotterConformance : IDisposable
 
 public sealed class SnapshotterOverSqliteTests : SnapshotterConformance
 {
-    protected override async Task<IImageMetadataStore> CreateMetadataAsync(string root) =>
-        new SqliteImageMetadataStore(await MetadataStore.OpenAsync(Path.Combine(root, "crest.db"), TimeProvider.System, TestContext.Current.CancellationToken));
+    protected override async Task<ISnapshotter> CreateAsync(string snapshotRoot, string scratch) =>
+        new OverlaySnapshotter(snapshotRoot, new SqliteImageMetadataStore(
+            await MetadataStore.OpenAsync(Path.Combine(scratch, "crest.db"), TimeProvider.System, TestContext.Current.CancellationToken)), TimeProvider.System);
 }
 
 public sealed class SnapshotterOverMemoryTests : SnapshotterConformance
 {
-    protected override Task<IImageMetadataStore> CreateMetadataAsync(string root) => Task.FromResult<IImageMetadataStore>(new MemoryImageMetadataStore());
+    protected override Task<ISnapshotter> CreateAsync(string snapshotRoot, string scratch) =>
+        Task.FromResult<ISnapshotter>(new OverlaySnapshotter(snapshotRoot, new MemoryImageMetadataStore(), TimeProvider.System));
+}
+
+public sealed class MemorySnapshotterTests : SnapshotterConformance
+{
+    protected override Task<ISnapshotter> CreateAsync(string snapshotRoot, string scratch) =>
+        Task.FromResult<ISnapshotter>(new MemorySnapshotter(snapshotRoot));
 }
