@@ -159,6 +159,25 @@ public static class RestorePolicy
     private static string Normalise(string path) => "/" + path.Trim('/');
 
     /// <summary>
+    /// Without run_as_user, the user comes from run_as_username or the image's USER, resolved in the rootfs once the
+    /// container's spec is built. A non-root user is a ceiling: every thread's uids must be it, and its groups those the
+    /// spec resolved. Root may become anyone, so a root user constrains nothing here (capabilities still do).
+    /// </summary>
+    public static IReadOnlyList<PolicyViolation> EvaluateResolvedUser(IReadOnlyList<CriuThread> threads, uint uid, uint gid, IReadOnlyCollection<uint> additionalGids)
+    {
+        ArgumentNullException.ThrowIfNull(threads);
+        if (uid == 0)
+        {
+            return [];
+        }
+
+        var violations = threads.Where(t => t.Uids.Any(u => u != uid)).Select(t => new PolicyViolation(t.Pid, t.Tid, t.Command, "users",
+            "uid (real/effective/saved/fs)", string.Join("/", t.Uids), $"uid {uid}, the user run_as_username or the image's USER resolves to")).ToList();
+        violations.AddRange(EvaluateResolvedGroups(threads, gid, additionalGids));
+        return violations;
+    }
+
+    /// <summary>
     /// With run_as_user set and run_as_group not, the runtime takes the group from the image's /etc/passwd (or 0),
     /// which is known only once the container's spec is built: every thread's gids must be that group, and its
     /// supplementary groups among it and the spec's additional gids.

@@ -140,9 +140,9 @@ public sealed class RestoreService(
                 Command = request.Command.Count == 0 && request.Args.Count == 0 ? plan.ProcessArgs : request.Command,
             };
             var record = await containers.CreateAsync(sandbox.Id, spec, new ContainerRestore(staging, plan.LogCopy), ct).ConfigureAwait(false);
-            if (request.Security.RunAsUser is not null && request.Security.RunAsGroup is null)
+            if (request.Security.RunAsUser is null || request.Security.RunAsGroup is null)
             {
-                await EnforceResolvedGroupsAsync(plan, record.Id, threads, ct).ConfigureAwait(false);
+                await EnforceResolvedUserAsync(plan, record.Id, threads, request.Security.RunAsUser is null, ct).ConfigureAwait(false);
             }
 
             CheckpointLog.PreparedRestore(logger, record.Id, plan.Source, plan.Engine.ToString(), baseImage);
@@ -181,15 +181,20 @@ public sealed class RestoreService(
     }
 
     /// <summary>The group check that needs the built spec (see <see cref="RestorePolicy.EvaluateResolvedGroups"/>); a refusal removes the container.</summary>
-    private async Task EnforceResolvedGroupsAsync(RestorePlan plan, string containerId, IReadOnlyList<CriuThread> threads, CancellationToken ct)
+    /// <summary>
+    /// The checks that need the user the container's spec resolved (from run_as_username or the image's USER, or the
+    /// group behind a bare run_as_user): known only once the container is created, which is undone if they fail.
+    /// </summary>
+    private async Task EnforceResolvedUserAsync(RestorePlan plan, string containerId, IReadOnlyList<CriuThread> threads, bool userResolved, CancellationToken ct)
     {
         var configPath = new RuntimeLayout(paths).Container(containerId).ConfigJson;
         var user = (System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllBytesAsync(configPath, ct).ConfigureAwait(false)) as System.Text.Json.Nodes.JsonObject)?["process"]?["user"];
+        var uid = user?["uid"]?.GetValue<uint>() ?? 0;
         var gid = user?["gid"]?.GetValue<uint>() ?? 0;
         var additional = (user?["additionalGids"] as System.Text.Json.Nodes.JsonArray ?? []).Select(g => g!.GetValue<uint>()).ToList();
         try
         {
-            Enforce(plan, RestorePolicy.EvaluateResolvedGroups(threads, gid, additional));
+            Enforce(plan, userResolved ? RestorePolicy.EvaluateResolvedUser(threads, uid, gid, additional) : RestorePolicy.EvaluateResolvedGroups(threads, gid, additional));
         }
         catch (CrestException)
         {

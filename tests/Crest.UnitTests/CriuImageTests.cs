@@ -423,4 +423,18 @@ public class CriuImageTests
         Assert.Equal("task 1 (sh): gid (real/effective/saved/fs) is 1000/1000/1000/1000 in the checkpoint, but the request allows gid 100, the run_as_user's group in the image", Assert.Single(wrongGid).ToString());
         Assert.Equal("supplementary groups", extraGroup.Field);
     }
+
+    [Fact]
+    public void Without_run_as_user_a_non_root_user_resolved_from_run_as_username_or_the_image_is_a_ceiling_and_root_is_none()
+    {
+        using var dir = new TempDir("crest-criu");
+        var core = CoreFor(0, 0, seccomp_mode.Disabled);
+        var rootThreads = CriuImages.ReadThreads(WriteCheckpoint(dir, (1, core)));
+
+        // run_as_username "www" (uid 1000) must not bring back a process that runs as root.
+        var violation = Assert.Single(RestorePolicy.EvaluateResolvedUser(rootThreads, 1000, 1000, []), v => v.Field.StartsWith("uid", StringComparison.Ordinal));
+        Assert.Contains("uid 1000, the user run_as_username or the image's USER resolves to", violation.ToString(), StringComparison.Ordinal);
+        // A root user (no USER, no run_as_*) may become anyone: nothing to check here.
+        Assert.Empty(RestorePolicy.EvaluateResolvedUser(rootThreads, 0, 0, []));
+    }
 }
