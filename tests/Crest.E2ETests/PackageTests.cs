@@ -92,9 +92,7 @@ public class PackageTests
             await using (var f = File.Create(rootfs))
             await using (var t = new TarWriter(f, TarEntryFormat.Pax))
             {
-                TestImages.Dir(t, "bin");
-                TestImages.File(t, "bin/busybox", await File.ReadAllBytesAsync(TestImages.BusyboxStatic, Ct), mode: 0x1ED);
-                TestImages.Symlink(t, "bin/sh", "busybox");
+                TestImages.BusyboxRootfs(t);
             }
 
             await MustAsync([.. r, "image", "import", rootfs, "localhost/e2e/busybox:v1"]);
