@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Security.Cryptography;
-using System.Text.Json;
 using Crest.Checkpoint.Format;
 using Crest.Core;
 using Crest.Images;

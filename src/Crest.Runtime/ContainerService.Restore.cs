@@ -36,7 +36,8 @@ public sealed partial class ContainerService
             {
                 Monitor = ConmonCreateOptions.ForContainer(c, sandbox, bundle),
                 ImagePath = bundle.RestoreImages,
-                // A record written before the plan carried CRIU options restores as Crest always did: file locks only.
+                // A record made by a crestd whose plans carried no CRIU options: the defaults (file locks), as its
+                // [restore] tcp_established is not known here.
                 Criu = c.RestoreCriu ?? new CriuRestoreOptions(),
             };
             // Not cancellable: once the runtime restores, the record must say so.
