@@ -20,8 +20,21 @@ public enum CheckpointSourceKind
 public sealed record CheckpointBindMount(string Source, string Destination, bool IsDirectory, uint Permissions);
 
 /// <summary>
-/// One restore, normalised from a Crest, containerd, CRI-O or Podman checkpoint: everything CreateContainer needs to
-/// know, read from untrusted files and checked. The runtime layer consumes it; only the checkpoint layer builds it.
+/// How CRIU puts the processes back (the flags of <c>runc restore</c>): chosen by the checkpoint layer to match how
+/// the checkpoint was dumped and what the node's [restore] settings allow, kept on the container from create to start.
+/// </summary>
+public sealed record CriuRestoreOptions
+{
+    /// <summary>Restore the file locks the processes held: every engine Crest reads dumps with them (<c>--file-locks</c>).</summary>
+    public bool FileLocks { get; init; } = true;
+    /// <summary>Re-establish the TCP connections that were open at the dump (<c>--tcp-established</c>, [restore] tcp_established).</summary>
+    public bool TcpEstablished { get; init; }
+}
+
+/// <summary>
+/// One restore, normalised from a Crest, containerd, CRI-O or Podman checkpoint: everything CreateContainer and
+/// StartContainer need to know, read from untrusted files and checked. Only the checkpoint layer builds it; the runtime
+/// layer executes it (<c>ContainerService.CreateAsync(sandbox, spec, plan)</c>, then <c>IOciRuntime.RestoreAsync</c> at start).
 /// </summary>
 public sealed record RestorePlan
 {
@@ -50,8 +63,13 @@ public sealed record RestorePlan
     public IReadOnlyList<string> MountDestinations { get; init; } = [];
     /// <summary>The name of the old log copy inside <see cref="StagingDir"/>, if the checkpoint has one.</summary>
     public string? LogCopy { get; init; }
-    /// <summary>The private (0700) directory the checkpoint was unpacked into.</summary>
+    /// <summary>
+    /// The private (0700) directory the checkpoint was unpacked into: CRIU's images (checkpoint/), the rootfs changes
+    /// (rootfs-diff.tar, deleted.files) and bind.mounts, which the runtime moves into the container at create.
+    /// </summary>
     public required string StagingDir { get; init; }
+    /// <summary>The flags CRIU restores with; the checkpoint layer sets them from the node's [restore] settings.</summary>
+    public CriuRestoreOptions Criu { get; init; } = new();
     /// <summary>Sizes, for logs and `crest checkpoint inspect`.</summary>
     public long RootfsDiffBytes { get; init; }
     public long CriuImageBytes { get; init; }

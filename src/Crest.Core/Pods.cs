@@ -207,6 +207,9 @@ public sealed record ContainerRecord
     /// </summary>
     public string? RestoreDir { get; init; }
 
+    /// <summary>How CRIU restores it at StartContainer: the restore plan's choice, recorded at create with <see cref="RestoreDir"/>.</summary>
+    public CriuRestoreOptions? RestoreCriu { get; init; }
+
     /// <summary>The container was made from a checkpoint (CRI-O reports this as info.restored).</summary>
     public bool Restored { get; init; }
 }

@@ -5,7 +5,8 @@ namespace Crest.Runtime;
 /// <summary>
 /// How conmon should create one container or pod infra process: what is the process's own. What is the handler's or
 /// the node's (runtime binary, its root, the exit and attach directories, the cgroup driver) the bound runtime adds,
-/// in <see cref="ToArguments"/>, the one place conmon's argv is built.
+/// in <see cref="ToArguments"/>, the one place conmon's argv is built (a restore adds its own words,
+/// <see cref="RuncRestoreOptions.ConmonArguments"/>).
 /// </summary>
 public sealed record ConmonCreateOptions
 {
@@ -19,12 +20,6 @@ public sealed record ConmonCreateOptions
     public string LogPath { get; init; } = "";
     public bool Terminal { get; init; }
     public bool Stdin { get; init; }
-
-    /// <summary>When set, conmon runs <c>runtime restore --image-path</c> from this CRIU image directory instead of <c>create</c>.</summary>
-    public string? RestoreImagePath { get; init; }
-
-    /// <summary>Extra options for <c>runtime restore</c> (conmon's --runtime-opt), such as --file-locks.</summary>
-    public IReadOnlyList<string> RestoreOptions { get; init; } = [];
 
     /// <summary>A container's conmon: its name as the kubelet's, pid files and persist dir in the container's state dir.</summary>
     public static ConmonCreateOptions ForContainer(ContainerRecord c, SandboxRecord sandbox, ContainerBundle bundle)
@@ -89,17 +84,6 @@ public sealed record ConmonCreateOptions
         if (binding.SystemdCgroup)
         {
             args.Add("-s");
-        }
-
-        if (RestoreImagePath is { } restore)
-        {
-            args.Add("--restore");
-            args.Add(restore);
-            foreach (var option in RestoreOptions)
-            {
-                args.Add("--runtime-opt");
-                args.Add(option);
-            }
         }
 
         return args;

@@ -61,15 +61,11 @@ public sealed class ContainerBundles(RuntimeLayout layout, ImageService images, 
     /// <summary>Whether anything is still mounted in the container's directory (after a reboot nothing is).</summary>
     public bool IsMounted(ContainerBundle bundle) => linux.MountsUnder(bundle.Dir).Count > 0;
 
-    /// <summary>
-    /// Applies the checkpoint kept in the bundle's restore directory to the new rootfs (diff, deletions, bind-mount
-    /// sources); returns the options <c>runtime restore</c> needs to match how the checkpoint was dumped.
-    /// </summary>
-    public async Task<IReadOnlyList<string>> ApplyCheckpointAsync(ContainerBundle bundle, ContainerRecord c, CancellationToken ct)
+    /// <summary>Applies the rootfs changes of the checkpoint kept in the bundle's restore directory to the new rootfs (diff, deletions, bind-mount sources).</summary>
+    public Task ApplyCheckpointAsync(ContainerBundle bundle, ContainerRecord c, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(bundle);
-        await restoreSteps.ApplyRootfsAsync(bundle.RestoreDir, bundle.Rootfs, c, ct).ConfigureAwait(false);
-        return restoreSteps.RuntimeOptions;
+        return restoreSteps.ApplyRootfsAsync(bundle.RestoreDir, bundle.Rootfs, c, ct);
     }
 
     public void UnmountRootfs(ContainerBundle bundle) => linux.Unmount(bundle.Rootfs);

@@ -14,11 +14,11 @@ public sealed partial class ContainerService
         await CreateAsync(sandboxId, spec, restore: null, ct).ConfigureAwait(false);
 
     /// <summary>
-    /// Creates a container; with <paramref name="restore"/> it is made from a checkpoint: the prepared checkpoint
-    /// directory moves into the container's private restore directory, the old log is put in place, and no
-    /// process is created until StartContainer restores it.
+    /// Creates a container; with <paramref name="restore"/> it is made from a checkpoint (the first half of executing
+    /// the plan): the unpacked checkpoint moves into the container's private restore directory, the old log is put in
+    /// place, the plan's CRIU options are recorded, and no process is created until StartContainer restores it.
     /// </summary>
-    public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec spec, ContainerRestore? restore, CancellationToken ct)
+    public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec spec, RestorePlan? restore, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(spec);
         var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
@@ -116,7 +116,7 @@ public sealed partial class ContainerService
                     await CopyLogAsync(Path.Combine(bundle.RestoreDir, logCopy), logFile, ct).ConfigureAwait(false);
                 }
 
-                record = record with { State = ContainerState.Created, RestoreDir = bundle.RestoreDir, Restored = true };
+                record = record with { State = ContainerState.Created, RestoreDir = bundle.RestoreDir, RestoreCriu = restore.Criu, Restored = true };
                 await store.PutContainerAsync(record, CancellationToken.None).ConfigureAwait(false);
                 RuntimeLog.ContainerCreated(logger, id, sandbox.Id);
                 events.Publish(id, sandbox.Id, LifecycleEvent.Created);

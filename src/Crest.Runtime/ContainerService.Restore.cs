@@ -6,9 +6,10 @@ namespace Crest.Runtime;
 public sealed partial class ContainerService
 {
     /// <summary>
-    /// StartContainer for a container made from a checkpoint: the rootfs diff and deletions are applied to the
-    /// new rootfs, missing bind-mount sources are recreated, and conmon runs <c>runtime restore</c> into the new
-    /// pod's namespaces and cgroup. A failure leaves the container EXITED (128, StartError) with the lines of
+    /// StartContainer for a container made from a checkpoint (the second half of executing the restore plan): the
+    /// rootfs diff and deletions are applied to the new rootfs, missing bind-mount sources are recreated, and the
+    /// runtime restores the processes (conmon running <c>runtime restore</c> with the plan's CRIU options) into the
+    /// new pod's namespaces and cgroup. A failure leaves the container EXITED (128, StartError) with the lines of
     /// CRIU's restore.log that say why, and nothing running or registered with the runtime.
     /// </summary>
     private async Task RestoreLockedAsync(ContainerRecord c, IOciRuntime runtime, CancellationToken ct)
@@ -25,19 +26,22 @@ public sealed partial class ContainerService
         var started = time.GetUtcNow();
         try
         {
-            if (!File.Exists(Path.Combine(restoreDir, "checkpoint", "inventory.img")))
+            if (!File.Exists(Path.Combine(bundle.RestoreImages, "inventory.img")))
             {
                 throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id}: a complete checkpoint cannot be found (checkpoint/inventory.img is missing)");
             }
 
-            var restoreOptions = await bundles.ApplyCheckpointAsync(bundle, c, ct).ConfigureAwait(false);
-            var options = ConmonCreateOptions.ForContainer(c, sandbox, bundle) with
+            await bundles.ApplyCheckpointAsync(bundle, c, ct).ConfigureAwait(false);
+            var options = new RuncRestoreOptions
             {
-                RestoreImagePath = Path.Combine(restoreDir, "checkpoint"),
-                RestoreOptions = restoreOptions,
+                Monitor = ConmonCreateOptions.ForContainer(c, sandbox, bundle),
+                ImagePath = bundle.RestoreImages,
+                // A record made by a crestd whose plans carried no CRIU options: the defaults (file locks), as its
+                // [restore] tcp_established is not known here.
+                Criu = c.RestoreCriu ?? new CriuRestoreOptions(),
             };
             // Not cancellable: once the runtime restores, the record must say so.
-            var pid = await runtime.CreateAsync(options, CancellationToken.None).ConfigureAwait(false);
+            var pid = await runtime.RestoreAsync(options, CancellationToken.None).ConfigureAwait(false);
             var running = c with { State = ContainerState.Running, Pid = pid, StartedAt = time.GetUtcNow(), RestoreDir = null };
             await store.PutContainerAsync(running, CancellationToken.None).ConfigureAwait(false);
             RuntimeLog.ContainerRestored(logger, c.Id, pid, (long)(time.GetUtcNow() - started).TotalMilliseconds);

@@ -18,8 +18,14 @@ public interface IOciRuntime
     /// <summary>The handler this runtime is bound to (its name is what records keep).</summary>
     RuntimeHandlerOptions Handler { get; }
 
-    /// <summary>Creates the container under a new conmon (or restores it, with a restore image path) and returns its init pid.</summary>
+    /// <summary>Creates the container under a new conmon and returns its init pid.</summary>
     Task<int> CreateAsync(ConmonCreateOptions options, CancellationToken ct);
+
+    /// <summary>
+    /// Restores a checkpointed container under a new conmon (CRIU through <c>runc restore</c>) and returns its init pid;
+    /// the container is running at once. A refusal carries the runtime's error; CRIU's own log is in the bundle.
+    /// </summary>
+    Task<int> RestoreAsync(RuncRestoreOptions options, CancellationToken ct);
 
     Task StartAsync(RuncStartOptions options, CancellationToken ct);
 
@@ -99,9 +105,21 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
 
     public OciRuntimeBinding Binding => binding;
 
-    public async Task<int> CreateAsync(ConmonCreateOptions options, CancellationToken ct)
+    public Task<int> CreateAsync(ConmonCreateOptions options, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(options);
+        return RunConmonAsync(options, conmon => options.ToArguments(conmon, binding), ct);
+    }
+
+    public Task<int> RestoreAsync(RuncRestoreOptions options, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return RunConmonAsync(options.Monitor, conmon => [.. options.Monitor.ToArguments(conmon, binding), .. options.ConmonArguments()], ct);
+    }
+
+    /// <summary>Starts conmon with <paramref name="arguments"/> and waits for the pid (or the runtime's error) on the sync pipe.</summary>
+    private async Task<int> RunConmonAsync(ConmonCreateOptions options, Func<string, IReadOnlyList<string>> arguments, CancellationToken ct)
+    {
         Directory.CreateDirectory(binding.ExitDir);
         Directory.CreateDirectory(options.PersistDir);
         Directory.CreateDirectory(binding.SocketDir);
@@ -114,7 +132,7 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
             ["PATH"] = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin",
             ["_OCI_SYNCPIPE"] = SyncFd.ToString(CultureInfo.InvariantCulture),
         };
-        var child = ChildProcess.Spawn(conmon, options.ToArguments(conmon, binding),
+        var child = ChildProcess.Spawn(conmon, arguments(conmon),
             [ChildFd.Null(0), ChildFd.Null(1), ChildFd.Null(2), new ChildFd(SyncFd, sync.WriteFd)], env);
         sync.CloseWrite();
         // conmon forks: the first process exits once its monitor runs; the sync pipe carries {"data": pid} or an error.

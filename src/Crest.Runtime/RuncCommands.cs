@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Crest.Core;
 using Crest.Oci;
 
 namespace Crest.Runtime;
@@ -115,6 +116,42 @@ public sealed record RuncCheckpointOptions : RuncCommand
         args.Add(ContainerId);
         return args;
     }
+}
+
+/// <summary>
+/// <c>runc restore</c> of a container created from a checkpoint, run by conmon (<c>--restore</c>) so the restored
+/// process gets the monitor, log and exit file a started one has. conmon itself adds <c>--detach --image-path IMAGES
+/// --work-path BUNDLE</c> (so CRIU's restore.log lands in the bundle); the CRIU flags reach runc as <c>--runtime-opt</c>.
+/// </summary>
+public sealed record RuncRestoreOptions
+{
+    /// <summary>The monitor that runs the restore and then watches the process, as for a created container.</summary>
+    public required ConmonCreateOptions Monitor { get; init; }
+    /// <summary>The directory of CRIU's images of the checkpoint.</summary>
+    public required string ImagePath { get; init; }
+    public CriuRestoreOptions Criu { get; init; } = new();
+
+    public string ContainerId => Monitor.ContainerId;
+
+    /// <summary>The flags of <c>runc restore</c> that <see cref="Criu"/> becomes.</summary>
+    public IReadOnlyList<string> RuntimeFlags()
+    {
+        var flags = new List<string>();
+        if (Criu.FileLocks)
+        {
+            flags.Add("--file-locks");
+        }
+
+        if (Criu.TcpEstablished)
+        {
+            flags.Add("--tcp-established");
+        }
+
+        return flags;
+    }
+
+    /// <summary>What conmon is told beyond a create's arguments: where the images are, and each runc flag.</summary>
+    public IReadOnlyList<string> ConmonArguments() => ["--restore", ImagePath, .. RuntimeFlags().SelectMany(flag => new[] { "--runtime-opt", flag })];
 }
 
 /// <summary>

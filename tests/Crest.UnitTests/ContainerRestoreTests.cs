@@ -15,9 +15,16 @@ public sealed class ContainerRestoreTests : IDisposable
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     /// <summary>A container created from a staged checkpoint (with or without CRIU's inventory), not started yet.</summary>
-    private async Task<ContainerRecord> CreatedFromCheckpointAsync(bool complete = true)
+    private async Task<ContainerRecord> CreatedFromCheckpointAsync(bool complete = true, CriuRestoreOptions? criu = null)
     {
         var pod = await _h.ReadyPodAsync(Ct);
+        var plan = await StagedPlanAsync(complete);
+        return await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), plan with { Criu = criu ?? new CriuRestoreOptions() }, Ct);
+    }
+
+    /// <summary>A restore plan as the checkpoint layer hands it over: the checkpoint unpacked into a private staging directory.</summary>
+    private async Task<RestorePlan> StagedPlanAsync(bool complete = true)
+    {
         var staging = Path.Combine(_h.Paths.Root, "restores", "r1");
         Directory.CreateDirectory(Path.Combine(staging, "checkpoint"));
         if (complete)
@@ -25,7 +32,18 @@ public sealed class ContainerRestoreTests : IDisposable
             await File.WriteAllBytesAsync(Path.Combine(staging, "checkpoint", "inventory.img"), [1, 2, 3], Ct);
         }
 
-        return await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), new ContainerRestore(staging, LogCopy: null), Ct);
+        return new RestorePlan
+        {
+            Engine = CheckpointEngine.Crest,
+            SourceKind = CheckpointSourceKind.Archive,
+            Source = "/var/lib/checkpoints/app.tar",
+            OriginalName = "app",
+            OriginalRuntime = "runc",
+            Annotations = new Dictionary<string, string>(),
+            Labels = new Dictionary<string, string>(),
+            CheckpointedAt = DateTimeOffset.UnixEpoch,
+            StagingDir = staging,
+        };
     }
 
     [Fact]
@@ -50,10 +68,50 @@ public sealed class ContainerRestoreTests : IDisposable
         Assert.Equal(ContainerState.Running, after.State);
         Assert.Null(after.RestoreDir);
         Assert.Equal([c.Id], _h.RestoreSteps.Applied);
-        var restore = Assert.Single(_h.Runtimes.Created, o => o.RestoreImagePath is not null);
-        Assert.Equal(Path.Combine(_h.Layout.Container(c.Id).RestoreDir, "checkpoint"), restore.RestoreImagePath);
-        Assert.Equal(["--file-locks"], restore.RestoreOptions);
+        var restore = Assert.Single(_h.Runtimes.Restored);
+        Assert.Equal(_h.Layout.Container(c.Id).RestoreImages, restore.ImagePath);
+        Assert.Equal(_h.Layout.Container(c.Id).BundleDir, restore.Monitor.Bundle);
+        Assert.Equal(["--file-locks"], restore.RuntimeFlags());
+        Assert.Equal([$"restore {c.Id}"], _h.Runtimes.Calls.Where(call => call.EndsWith(c.Id, StringComparison.Ordinal)));
         Assert.False(Directory.Exists(_h.Layout.Container(c.Id).RestoreDir));
+    }
+
+    [Fact]
+    public async Task The_plans_criu_options_chosen_at_create_are_what_start_restores_with()
+    {
+        var c = await CreatedFromCheckpointAsync(criu: new CriuRestoreOptions { TcpEstablished = true });
+
+        await _h.Containers.StartAsync(c.Id, Ct);
+
+        var restore = Assert.Single(_h.Runtimes.Restored);
+        Assert.Equal(["--file-locks", "--tcp-established"], restore.RuntimeFlags());
+    }
+
+    [Fact]
+    public async Task A_container_recorded_before_plans_carried_criu_options_restores_with_file_locks_only()
+    {
+        var c = await CreatedFromCheckpointAsync(criu: new CriuRestoreOptions { TcpEstablished = true });
+        await _h.Store.PutContainerAsync(c with { RestoreCriu = null }, Ct);
+
+        await _h.Containers.StartAsync(c.Id, Ct);
+
+        Assert.Equal(["--file-locks"], Assert.Single(_h.Runtimes.Restored).RuntimeFlags());
+    }
+
+    [Fact]
+    public async Task Create_puts_the_checkpoints_log_where_the_new_container_logs()
+    {
+        await _h.ImportImageAsync(Ct);
+        var logs = Path.Combine(_h.Paths.Root, "pod-logs");
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod() with { LogDirectory = logs }, Ct);
+        var plan = await StagedPlanAsync();
+        await File.WriteAllTextAsync(Path.Combine(plan.StagingDir, "container.log"), "2026-12-03T09:00:00Z stdout F counted 41\n", Ct);
+
+        var c = await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container() with { LogPath = "app/0.log" }, plan with { LogCopy = "container.log" }, Ct);
+
+        Assert.Equal(Path.Combine(logs, "app", "0.log"), c.LogFile);
+        Assert.Contains("counted 41", await File.ReadAllTextAsync(c.LogFile, Ct), StringComparison.Ordinal);
+        Assert.False(Directory.Exists(plan.StagingDir));
     }
 
     [Fact]

@@ -17,6 +17,21 @@ public abstract class OciRuntimeConformance : IDisposable
     /// <summary>A runtime that knows container <paramref name="id"/> in runc's <paramref name="status"/>.</summary>
     protected abstract IOciRuntime RuntimeWith(string id, string status);
 
+    /// <summary>A runtime whose restore succeeds, or is refused with <paramref name="refusal"/> as the runtime's own error.</summary>
+    protected abstract IOciRuntime RuntimeRestoring(string? refusal = null);
+
+    /// <summary>A restore of container <paramref name="id"/> from CRIU images under the test directory.</summary>
+    protected RuncRestoreOptions Restore(string id, bool tcpEstablished = false)
+    {
+        var bundle = new ContainerBundle(id, Dir.Combine("containers/" + id), Dir.Combine("state/" + id), Dir.Combine("exits/" + id), Dir.Combine("attach/" + id));
+        return new RuncRestoreOptions
+        {
+            Monitor = ConmonCreateOptions.ForContainer(RuntimeStoreConformance.Container(id, "s1"), RuntimeStoreConformance.Sandbox("s1"), bundle),
+            ImagePath = bundle.RestoreImages,
+            Criu = new CriuRestoreOptions { TcpEstablished = tcpEstablished },
+        };
+    }
+
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     [Fact]
@@ -92,6 +107,27 @@ public abstract class OciRuntimeConformance : IDisposable
     }
 
     [Fact]
+    public async Task A_restore_returns_the_pid_of_the_restored_process()
+    {
+        var runtime = RuntimeRestoring();
+
+        var pid = await runtime.RestoreAsync(Restore("c1"), Ct);
+
+        Assert.True(pid > 0, $"pid {pid}");
+    }
+
+    [Fact]
+    public async Task A_restore_the_runtime_refuses_fails_naming_the_container_and_the_runtimes_reason()
+    {
+        var runtime = RuntimeRestoring(refusal: "criu failed: type NS errno 0");
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => runtime.RestoreAsync(Restore("c1"), Ct));
+
+        Assert.Contains("c1", e.Message, StringComparison.Ordinal);
+        Assert.Contains("criu failed", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Update_of_a_stopped_container_fails_and_of_a_running_one_succeeds()
     {
         var running = RuntimeWith("c1", "running");
@@ -117,6 +153,31 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
         _runc.Containers[id] = status;
         return new ConmonOciRuntime(new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", "/run/crest/runtime/runc", "conmon",
             Dir.Combine("exits"), Dir.Combine("attach"), SystemdCgroup: false), _runc, new RecordingLinux());
+    }
+
+    /// <summary>conmon played by a script: it writes its argv beside itself and answers on the sync pipe as conmon does.</summary>
+    protected override IOciRuntime RuntimeRestoring(string? refusal = null)
+    {
+        var conmon = Dir.Combine("conmon");
+        var answer = refusal is null ? """{"data": 4242}""" : $$"""{"data": -1, "message": "{{refusal}}"}""";
+        File.WriteAllText(conmon, $"#!/bin/sh\nprintf '%s\\n' \"$@\" > '{Dir.Combine("conmon.args")}'\nprintf '%s' '{answer}' >&3\n");
+        File.SetUnixFileMode(conmon, (UnixFileMode)0x1ED);
+        return new ConmonOciRuntime(new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", "/run/crest/runtime/runc", conmon,
+            Dir.Combine("exits"), Dir.Combine("attach"), SystemdCgroup: false), _runc, new RecordingLinux());
+    }
+
+    [Fact]
+    public async Task A_restore_hands_conmon_the_images_and_the_plans_criu_flags_after_the_monitors_own_arguments()
+    {
+        var runtime = RuntimeRestoring();
+        var restore = Restore("c1", tcpEstablished: true);
+
+        await runtime.RestoreAsync(restore, TestContext.Current.CancellationToken);
+
+        var args = await File.ReadAllLinesAsync(Dir.Combine("conmon.args"), TestContext.Current.CancellationToken);
+        Assert.Equal(restore.Monitor.Bundle, args[args.ToList().IndexOf("-b") + 1]);
+        Assert.Equal(["--restore", restore.ImagePath, "--runtime-opt", "--file-locks", "--runtime-opt", "--tcp-established"], args[^6..]);
+        Assert.Empty(_runc.Invocations);
     }
 
     [Fact]
@@ -160,6 +221,27 @@ public sealed class FakeOciRuntimeTests : OciRuntimeConformance
         _runtimes ??= new FakeOciRuntimes(Dir.Combine("exits"));
         _runtimes.Know(id, status);
         return _runtimes.For("runc");
+    }
+
+    protected override IOciRuntime RuntimeRestoring(string? refusal = null)
+    {
+        _runtimes ??= new FakeOciRuntimes(Dir.Combine("exits"));
+        if (refusal is not null)
+        {
+            _runtimes.Failures["restore"] = new CrestException(ErrorKind.FailedPrecondition, $"container c1: the OCI runtime could not create it: {refusal}");
+        }
+
+        return _runtimes.For("runc");
+    }
+
+    [Fact]
+    public async Task A_restored_container_is_running_without_a_start()
+    {
+        var runtime = RuntimeRestoring();
+
+        await runtime.RestoreAsync(Restore("c1"), TestContext.Current.CancellationToken);
+
+        Assert.Equal("running", (await runtime.StateAsync(new RuncStateOptions { ContainerId = "c1" }, TestContext.Current.CancellationToken))?.Status);
     }
 }
 

@@ -23,8 +23,11 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     /// <summary>A verb ("create", "start", "checkpoint", ...) that fails with this exception.</summary>
     public Dictionary<string, Exception> Failures { get; } = new(StringComparer.Ordinal);
 
-    /// <summary>What conmon was asked to create or restore, in order.</summary>
+    /// <summary>What conmon was asked to create, in order.</summary>
     public List<ConmonCreateOptions> Created { get; } = [];
+
+    /// <summary>What the runtime was asked to restore, in order.</summary>
+    public List<RuncRestoreOptions> Restored { get; } = [];
 
     /// <summary>What ExecSync returns; null makes every exec time out.</summary>
     public RuncExecResult? ExecResult { get; set; } = new(0, "", "", TimedOut: false);
@@ -119,24 +122,30 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
 
         public Task<int> CreateAsync(ConmonCreateOptions options, CancellationToken ct)
         {
-            runtimes.Enter(options.RestoreImagePath is null ? "create" : "restore", options.ContainerId);
+            runtimes.Enter("create", options.ContainerId);
             lock (runtimes._gate)
             {
                 runtimes.Created.Add(options);
             }
 
-            Directory.CreateDirectory(Path.GetDirectoryName(options.ConmonPidFile)!);
-            File.WriteAllText(options.ConmonPidFile, Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
-            int pid;
+            return Task.FromResult(runtimes.Monitor(options, "created"));
+        }
+
+        public Task<int> RestoreAsync(RuncRestoreOptions options, CancellationToken ct)
+        {
+            runtimes.Enter("restore", options.ContainerId);
             lock (runtimes._gate)
             {
-                pid = ++runtimes._nextPid;
-                runtimes._containers[options.ContainerId] = (options.RestoreImagePath is null ? "created" : "running", pid);
+                if (runtimes._containers.ContainsKey(options.ContainerId))
+                {
+                    throw new CrestException(ErrorKind.FailedPrecondition, $"container {options.ContainerId}: the OCI runtime could not create it: container with id exists");
+                }
+
+                runtimes.Restored.Add(options);
             }
 
-            runtimes.Started(pid);
-
-            return Task.FromResult(pid);
+            // CRIU puts the processes back running: there is no separate start.
+            return Task.FromResult(runtimes.Monitor(options.Monitor, "running"));
         }
 
         public Task StartAsync(RuncStartOptions options, CancellationToken ct) => runtimes.Transition(options, "running", "created");
@@ -203,6 +212,22 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     }
 
     private string ExitDirectory => exitDir;
+
+    /// <summary>What conmon leaves behind once the runtime has made the container: its pid file, and an init pid that is alive.</summary>
+    private int Monitor(ConmonCreateOptions options, string status)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(options.ConmonPidFile)!);
+        File.WriteAllText(options.ConmonPidFile, Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
+        int pid;
+        lock (_gate)
+        {
+            pid = ++_nextPid;
+            _containers[options.ContainerId] = (status, pid);
+        }
+
+        Started(pid);
+        return pid;
+    }
 
     private void Started(int pid) => alive?.Add(pid);
 

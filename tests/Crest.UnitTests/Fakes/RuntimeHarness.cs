@@ -118,8 +118,6 @@ internal sealed class FakeRestoreSteps : IRestoreSteps
 
     public Exception? Failure { get; set; }
 
-    public IReadOnlyList<string> RuntimeOptions => ["--file-locks"];
-
     public Task ApplyRootfsAsync(string restoreDir, string rootfs, ContainerRecord container, CancellationToken ct)
     {
         Applied.Add(container.Id);
