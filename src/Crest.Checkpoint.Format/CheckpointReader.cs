@@ -18,6 +18,21 @@ public sealed record RestoreLimits
     /// <summary>config.dump, spec.dump, status.dump, bind.mounts, deleted.files.</summary>
     public int MaxMetadataBytes { get; init; } = 4 << 20;
     public int MaxPathLength { get; init; } = 4096;
+
+    /// <summary>
+    /// Bytes the rootfs diff may expand to per compressed byte, once it passes <see cref="RatioCheckFloorBytes"/>; 0 turns
+    /// the check off. gzip reaches about 1000:1 on zeros, so a bomb is refused long before it fills a disk.
+    /// </summary>
+    public double MaxExpansionRatio { get; init; } = 100;
+
+    /// <summary>Expansion up to this many bytes is not checked for its ratio: small, very compressible diffs are normal.</summary>
+    public long RatioCheckFloorBytes { get; init; } = 64L << 20;
+
+    /// <summary>The directory whose filesystem a restore writes the rootfs diff to; null: its free space is not checked.</summary>
+    public string? TargetFilesystem { get; init; }
+
+    /// <summary>Bytes that must stay free on <see cref="TargetFilesystem"/> after the rootfs diff is written.</summary>
+    public long DiskReserveBytes { get; init; } = 1L << 30;
 }
 
 /// <summary>
@@ -321,9 +336,12 @@ public sealed class CheckpointReader(RestoreLimits limits)
 
         long bytes = 0;
         long entries = 0;
+        // What the node's disk can take, less the reserve, is a limit as real as the configured maximum.
+        var free = limits.TargetFilesystem is { } target ? new DriveInfo(target).AvailableFreeSpace - limits.DiskReserveBytes : long.MaxValue;
         try
         {
             using var file = new FileStream(FileKinds.OpenReadNoFollow(path), FileAccess.Read, 1 << 20);
+            var compressed = Math.Max(1, file.Length);
             using var stream = CheckpointArchive.OpenRead(file);
             using var reader = new TarReader(stream);
             while (reader.GetNextEntry(copyData: false) is { } entry)
@@ -333,6 +351,20 @@ public sealed class CheckpointReader(RestoreLimits limits)
                 {
                     throw new CrestException(ErrorKind.InvalidArgument,
                         $"the rootfs diff of checkpoint {source} expands past the configured limits ([restore] max_rootfs_diff_bytes = {limits.MaxRootfsDiffBytes}, max_rootfs_diff_entries = {limits.MaxRootfsDiffEntries}, paths up to {limits.MaxPathLength}); nothing was written");
+                }
+
+                if (limits.MaxExpansionRatio > 0 && bytes > limits.RatioCheckFloorBytes && bytes > compressed * limits.MaxExpansionRatio)
+                {
+                    throw new CrestException(ErrorKind.InvalidArgument,
+                        $"the rootfs diff of checkpoint {source} expands to more than {bytes} bytes from {compressed} compressed bytes (at member {entry.Name}), "
+                        + $"more than [restore] max_expansion_ratio = {limits.MaxExpansionRatio} allows; raise it for a checkpoint you trust; nothing was written");
+                }
+
+                if (bytes > free)
+                {
+                    throw new CrestException(ErrorKind.ResourceExhausted,
+                        $"the rootfs diff of checkpoint {source} expands to more than {bytes} bytes (at member {entry.Name}), more than the {Math.Max(0, free)} bytes free on "
+                        + $"{limits.TargetFilesystem} after [restore] disk_reserve_bytes = {limits.DiskReserveBytes}; free space on the node or lower the reserve; nothing was written");
                 }
             }
         }

@@ -145,6 +145,10 @@ public sealed class CrestDaemon : IAsyncDisposable
                     MaxArchiveEntries = config.Restore.MaxArchiveEntries,
                     MaxRootfsDiffBytes = config.Restore.MaxRootfsDiffBytes,
                     MaxRootfsDiffEntries = config.Restore.MaxRootfsDiffEntries,
+                    MaxExpansionRatio = config.Restore.MaxExpansionRatio,
+                    DiskReserveBytes = config.Restore.DiskReserveBytes,
+                    // Containers' root filesystems, where a restore writes the rootfs diff, live under the root.
+                    TargetFilesystem = paths.Root,
                     MaxMetadataBytes = (int)Math.Min(int.MaxValue, config.Restore.MaxMetadataBytes),
                 },
             };

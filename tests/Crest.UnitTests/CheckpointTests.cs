@@ -514,6 +514,28 @@ public class CheckpointTests
     }
 
     [Fact]
+    public async Task A_rootfs_diff_that_expands_too_far_per_compressed_byte_or_past_the_disks_free_space_is_refused_before_anything_is_written()
+    {
+        // 8 MiB of zeros, gzip-compressed to a few KiB: a ratio near 1000.
+        var files = ContainerdFiles();
+        files[CheckpointFiles.RootfsDiff] = Compress(Tar(t => AddFile(t, "zeros", new byte[8 << 20])), "gzip");
+        using var layout = new Layout(Tar(files));
+        using var disk = new TempDir();
+        var free = new DriveInfo(disk.Path).AvailableFreeSpace;
+
+        var bomb = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, new RestoreLimits { RatioCheckFloorBytes = 1 << 20 }));
+        var full = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout,
+            new RestoreLimits { MaxExpansionRatio = 0, TargetFilesystem = disk.Path, DiskReserveBytes = free - (4 << 20) }));
+        var trusted = await ReadAsync(layout, new RestoreLimits { MaxExpansionRatio = 0, RatioCheckFloorBytes = 1 << 20, TargetFilesystem = disk.Path });
+
+        Assert.Equal(ErrorKind.InvalidArgument, bomb.Kind);
+        Assert.Contains("(at member zeros), more than [restore] max_expansion_ratio = 100 allows", bomb.Message, StringComparison.Ordinal);
+        Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
+        Assert.Contains($"free on {disk.Path} after [restore] disk_reserve_bytes", full.Message, StringComparison.Ordinal);
+        Assert.Equal(8L << 20, trusted.RootfsDiffBytes);
+    }
+
+    [Fact]
     public async Task A_rootfs_diff_within_its_limits_reports_the_bytes_it_expands_to()
     {
         var files = ContainerdFiles();

@@ -64,6 +64,12 @@ public sealed record RestoreConfig(bool ViaCreate = false)
     public long MaxRootfsDiffEntries { get; init; } = 1_000_000;
     public long MaxMetadataBytes { get; init; } = 4 << 20;
 
+    /// <summary>Bytes a rootfs diff may expand to per compressed byte (past 64 MiB); 0 turns the check off.</summary>
+    public long MaxExpansionRatio { get; init; } = 100;
+
+    /// <summary>Bytes that must stay free on the root's filesystem after a restore writes its rootfs diff.</summary>
+    public long DiskReserveBytes { get; init; } = 1L << 30;
+
     /// <summary>Restore policy checks reported but not enforced: capabilities, users, seccomp, namespaces, mounts, devices.</summary>
     public IReadOnlyList<string> RelaxedChecks { get; init; } = [];
 }
