@@ -139,18 +139,8 @@ public sealed class CrestDaemon : IAsyncDisposable
                 ViaCreate = config.Restore.ViaCreate && config.Checkpoint.Enabled,
                 TcpEstablished = config.Restore.TcpEstablished,
                 RelaxedChecks = config.Restore.RelaxedChecks.ToHashSet(StringComparer.Ordinal),
-                Limits = new RestoreLimits
-                {
-                    MaxArchiveBytes = config.Restore.MaxArchiveBytes,
-                    MaxArchiveEntries = config.Restore.MaxArchiveEntries,
-                    MaxRootfsDiffBytes = config.Restore.MaxRootfsDiffBytes,
-                    MaxRootfsDiffEntries = config.Restore.MaxRootfsDiffEntries,
-                    MaxExpansionRatio = config.Restore.MaxExpansionRatio,
-                    DiskReserveBytes = config.Restore.DiskReserveBytes,
-                    // Containers' root filesystems, where a restore writes the rootfs diff, live under the root.
-                    TargetFilesystem = paths.Root,
-                    MaxMetadataBytes = (int)Math.Min(int.MaxValue, config.Restore.MaxMetadataBytes),
-                },
+                // Containers' root filesystems, where a restore writes the rootfs diff, live under the root.
+                Limits = config.Restore.Limits with { TargetFilesystem = paths.Root },
             };
             builder.Services.AddSingleton(restoreOptions);
             builder.Services.AddSingleton<IRestoreSteps, RestoreSteps>();

@@ -49,6 +49,9 @@ public class ConfigLoaderTests
             min_criu_version = "4.3"
             [restore]
             via_create = true
+            max_rootfs_diff_bytes = 1048576
+            max_expansion_ratio = 0
+            disk_reserve_bytes = 0
             [streaming]
             address = "0.0.0.0"
             port = 10010
@@ -66,6 +69,7 @@ public class ConfigLoaderTests
         Assert.Equal(["/opt/cni"], config.Cni.PluginDirs);
         Assert.Equal(new CheckpointConfig(false, "/opt/criu", 40300), config.Checkpoint);
         Assert.True(config.Restore.ViaCreate);
+        Assert.Equal(new Crest.Checkpoint.Format.RestoreLimits { MaxRootfsDiffBytes = 1 << 20, MaxExpansionRatio = 0, DiskReserveBytes = 0 }, config.Restore.Limits);
         Assert.Equal(new Crest.Daemon.Streaming.StreamingConfig("0.0.0.0", 10010), config.Streaming);
         Assert.Equal(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 1338), config.Metrics.Endpoint);
     }

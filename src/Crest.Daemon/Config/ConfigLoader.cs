@@ -175,17 +175,20 @@ public static class ConfigLoader
                 Restore = new RestoreConfig(t.Bool("via_create") ?? d.ViaCreate)
                 {
                     TcpEstablished = t.Bool("tcp_established") ?? d.TcpEstablished,
-                    MaxArchiveBytes = t.Long("max_archive_bytes") ?? d.MaxArchiveBytes,
-                    MaxArchiveEntries = t.Long("max_archive_entries") ?? d.MaxArchiveEntries,
-                    MaxRootfsDiffBytes = t.Long("max_rootfs_diff_bytes") ?? d.MaxRootfsDiffBytes,
-                    MaxRootfsDiffEntries = t.Long("max_rootfs_diff_entries") ?? d.MaxRootfsDiffEntries,
-                    MaxMetadataBytes = t.Long("max_metadata_bytes") ?? d.MaxMetadataBytes,
-                    MaxExpansionRatio = t.Long("max_expansion_ratio") is { } ratio
-                        ? ratio >= 0 ? ratio : throw Invalid(sourceName, "restore.max_expansion_ratio", "0 (no check) or a positive integer", ratio)
-                        : d.MaxExpansionRatio,
-                    DiskReserveBytes = t.Long("disk_reserve_bytes") is { } reserve
-                        ? reserve >= 0 ? reserve : throw Invalid(sourceName, "restore.disk_reserve_bytes", "a number of bytes, 0 or more", reserve)
-                        : d.DiskReserveBytes,
+                    Limits = new Checkpoint.Format.RestoreLimits
+                    {
+                        MaxArchiveBytes = t.Long("max_archive_bytes") ?? d.Limits.MaxArchiveBytes,
+                        MaxArchiveEntries = t.Long("max_archive_entries") ?? d.Limits.MaxArchiveEntries,
+                        MaxRootfsDiffBytes = t.Long("max_rootfs_diff_bytes") ?? d.Limits.MaxRootfsDiffBytes,
+                        MaxRootfsDiffEntries = t.Long("max_rootfs_diff_entries") ?? d.Limits.MaxRootfsDiffEntries,
+                        MaxMetadataBytes = (int)Math.Min(int.MaxValue, t.Long("max_metadata_bytes") ?? d.Limits.MaxMetadataBytes),
+                        MaxExpansionRatio = t.Integer("max_expansion_ratio") is { } ratio
+                            ? ratio >= 0 ? ratio : throw Invalid(sourceName, "restore.max_expansion_ratio", "0 (no check) or a positive integer", ratio)
+                            : d.Limits.MaxExpansionRatio,
+                        DiskReserveBytes = t.Integer("disk_reserve_bytes") is { } reserve
+                            ? reserve >= 0 ? reserve : throw Invalid(sourceName, "restore.disk_reserve_bytes", "a number of bytes, 0 or more", reserve)
+                            : d.Limits.DiskReserveBytes,
+                    },
                     RelaxedChecks = (t.Strings("relaxed_checks") ?? [.. d.RelaxedChecks]).Select(c => Checkpoint.Format.RestorePolicy.Checks.Contains(c)
                         ? c
                         : throw Invalid(sourceName, "restore.relaxed_checks", $"a list of checks from {string.Join(", ", Checkpoint.Format.RestorePolicy.Checks)}", c)).ToList(),

@@ -58,17 +58,8 @@ public sealed record RestoreConfig(bool ViaCreate = false)
     /// <summary>Restore established TCP connections (needs checkpoints made with tcp_established).</summary>
     public bool TcpEstablished { get; init; }
 
-    public long MaxArchiveBytes { get; init; } = 64L << 30;
-    public long MaxArchiveEntries { get; init; } = 100_000;
-    public long MaxRootfsDiffBytes { get; init; } = 16L << 30;
-    public long MaxRootfsDiffEntries { get; init; } = 1_000_000;
-    public long MaxMetadataBytes { get; init; } = 4 << 20;
-
-    /// <summary>Bytes a rootfs diff may expand to per compressed byte (past 64 MiB); 0 turns the check off.</summary>
-    public long MaxExpansionRatio { get; init; } = 100;
-
-    /// <summary>Bytes that must stay free on the root's filesystem after a restore writes its rootfs diff.</summary>
-    public long DiskReserveBytes { get; init; } = 1L << 30;
+    /// <summary>What a checkpoint may expand to; its defaults are the format's own (<see cref="Checkpoint.Format.RestoreLimits"/>).</summary>
+    public Checkpoint.Format.RestoreLimits Limits { get; init; } = new();
 
     /// <summary>Restore policy checks reported but not enforced: capabilities, users, seccomp, namespaces, mounts, devices.</summary>
     public IReadOnlyList<string> RelaxedChecks { get; init; } = [];
