@@ -255,12 +255,16 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
     private async Task KillExecAsync(string pidFile, Task<CommandResult> run, CancellationTokenSource lastResort)
     {
         var giveUp = DateTime.UtcNow + ExecKillGrace;
+        var killed = false;
         while (!run.IsCompleted && DateTime.UtcNow < giveUp)
         {
-            // The pid file appears once the command has started; a timeout shorter than the start finds none yet.
-            if (ReadPid(pidFile) is { } pid)
+            // The pid file appears once the command has started; a timeout shorter than the start finds none yet. The
+            // tree is killed once (KillProcessTree makes its own passes for late forks): once the client has reaped the
+            // command, its pid may belong to another process.
+            if (!killed && ReadPid(pidFile) is { } pid)
             {
                 linux.KillProcessTree(pid);
+                killed = true;
             }
 
             await Task.WhenAny(run, Task.Delay(TimeSpan.FromMilliseconds(50), CancellationToken.None)).ConfigureAwait(false);
