@@ -164,23 +164,7 @@ public class PackageTests
 
     private static Task<(int ExitCode, string Output)> CrestAsync(string[] args) => ToolAsync("/usr/bin/crest", args);
 
-    private static async Task<(int ExitCode, string Output)> ToolAsync(string program, params string[] args)
-    {
-        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-
-        start.Environment.Remove("CONTAINER_RUNTIME_ENDPOINT");
-        using var p = Process.Start(start)!;
-        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
-        var stderr = p.StandardError.ReadToEndAsync(Ct);
-        await p.WaitForExitAsync(Ct);
-        // Standard output carries the result; diagnostics follow it so a failure shows them.
-        var err = await stderr;
-        return (p.ExitCode, await stdout + (err.Length > 0 ? "\n" + err : ""));
-    }
+    private static Task<(int ExitCode, string Output)> ToolAsync(string program, params string[] args) => CheckpointSteps.Tool(program, args);
 
     private static string RepositoryRoot()
     {
