@@ -143,7 +143,7 @@ public sealed class RestoreService(
             var record = await containers.CreateAsync(sandbox.Id, spec, plan with { Criu = CriuOptions() }, ct).ConfigureAwait(false);
             if (request.Security.RunAsUser is null || request.Security.RunAsGroup is null)
             {
-                await EnforceResolvedUserAsync(plan, record.Id, threads, request.Security.RunAsUser is null, ct).ConfigureAwait(false);
+                await EnforceResolvedUserAsync(plan, record, threads, request.Security.RunAsUser is null).ConfigureAwait(false);
             }
 
             CheckpointLog.PreparedRestore(logger, record.Id, plan.Source, plan.Engine.ToString(), baseImage);
@@ -184,25 +184,23 @@ public sealed class RestoreService(
         return threads;
     }
 
-    /// <summary>The group check that needs the built spec (see <see cref="RestorePolicy.EvaluateResolvedGroups"/>); a refusal removes the container.</summary>
     /// <summary>
     /// The checks that need the user the container's spec resolved (from run_as_username or the image's USER, or the
     /// group behind a bare run_as_user): known only once the container is created, which is undone if they fail.
     /// </summary>
-    private async Task EnforceResolvedUserAsync(RestorePlan plan, string containerId, IReadOnlyList<CriuThread> threads, bool userResolved, CancellationToken ct)
+    private async Task EnforceResolvedUserAsync(RestorePlan plan, ContainerRecord container, IReadOnlyList<CriuThread> threads, bool userResolved)
     {
-        var configPath = new RuntimeLayout(paths).Container(containerId).ConfigJson;
-        var user = (System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllBytesAsync(configPath, ct).ConfigureAwait(false)) as System.Text.Json.Nodes.JsonObject)?["process"]?["user"];
-        var uid = user?["uid"]?.GetValue<uint>() ?? 0;
-        var gid = user?["gid"]?.GetValue<uint>() ?? 0;
-        var additional = (user?["additionalGids"] as System.Text.Json.Nodes.JsonArray ?? []).Select(g => g!.GetValue<uint>()).ToList();
+        // The record holds what the spec's process.user was built from.
+        var user = container.User ?? new ProcessUser(0, 0, []);
         try
         {
-            Enforce(plan, userResolved ? RestorePolicy.EvaluateResolvedUser(threads, uid, gid, additional) : RestorePolicy.EvaluateResolvedGroups(threads, gid, additional));
+            Enforce(plan, userResolved
+                ? RestorePolicy.EvaluateResolvedUser(threads, user.Uid, user.Gid, user.Groups)
+                : RestorePolicy.EvaluateResolvedGroups(threads, user.Gid, user.Groups));
         }
         catch (CrestException)
         {
-            await containers.RemoveAsync(containerId, CancellationToken.None).ConfigureAwait(false);
+            await containers.RemoveAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
             throw;
         }
     }
