@@ -22,6 +22,15 @@ internal static partial class CheckpointLog
 
     [LoggerMessage(406, LogLevel.Warning, "restore from {Source}: policy check {Check} is relaxed by configuration; allowing: {Violation}")]
     public static partial void PolicyRelaxed(ILogger logger, string source, string check, string violation);
+
+    [LoggerMessage(407, LogLevel.Information, "checkpointed pod sandbox {SandboxId} to {Output}: {Containers} containers, {Bytes} bytes in {TotalMs} ms; the pod was frozen {FrozenMs} ms")]
+    public static partial void PodCheckpointed(ILogger logger, string sandboxId, string output, int containers, long bytes, long totalMs, long frozenMs);
+
+    [LoggerMessage(408, LogLevel.Information, "restored pod sandbox {SandboxId} from {Source}: {Containers} containers created in {TotalMs} ms")]
+    public static partial void PodRestored(ILogger logger, string sandboxId, string source, int containers, long totalMs);
+
+    [LoggerMessage(409, LogLevel.Warning, "restore of pod from {Source} failed; removing the half-made pod sandbox {SandboxId}: {Error}")]
+    public static partial void PodRestoreRollback(ILogger logger, string source, string sandboxId, string error);
 }
 
 /// <summary>Checkpoint metrics (System.Diagnostics.Metrics, meter "Crest.Checkpoint").</summary>
@@ -68,4 +77,41 @@ internal static class CheckpointMetrics
             Pages.Add((long)s.PagesWritten);
         }
     }
+}
+
+/// <summary>Pod checkpoint and restore metrics (meter "Crest.Checkpoint.Pod"): crest_pod_checkpoint_* and crest_pod_restore_*.</summary>
+internal static class PodCheckpointMetrics
+{
+    private static readonly Meter Meter = new("Crest.Checkpoint.Pod");
+    private static readonly Counter<long> Checkpoints = Meter.CreateCounter<long>("crest_pod_checkpoint_total", null, "CheckpointPod calls by result (ok, error)");
+    private static readonly Histogram<double> Duration = Meter.CreateHistogram<double>("crest_pod_checkpoint_duration_seconds", "s", "Time of a whole CheckpointPod");
+    private static readonly Histogram<double> Frozen = Meter.CreateHistogram<double>("crest_pod_checkpoint_frozen_seconds", "s", "Time a pod was frozen during CheckpointPod (first pause to last resume)");
+    private static readonly Histogram<long> Size = Meter.CreateHistogram<long>("crest_pod_checkpoint_size_bytes", "By", "Bytes a pod checkpoint wrote");
+    private static readonly Counter<long> Restores = Meter.CreateCounter<long>("crest_pod_restore_total", null, "RestorePod calls by result (ok, error)");
+    private static readonly Histogram<double> RestoreDuration = Meter.CreateHistogram<double>("crest_pod_restore_duration_seconds", "s", "Time of a whole RestorePod (the pod sandbox and its containers created)");
+    private static readonly Counter<long> RestoredContainers = Meter.CreateCounter<long>("crest_pod_restore_containers_total", null, "Containers created by RestorePod");
+
+    public static void Checkpointed(PodCheckpointResult r)
+    {
+        Checkpoints.Add(1, new KeyValuePair<string, object?>("result", "ok"));
+        Duration.Record(r.Total.TotalSeconds);
+        Frozen.Record(r.Frozen.TotalSeconds);
+        Size.Record(r.Bytes);
+    }
+
+    /// <summary>Counts a failed pod checkpoint; false, for an exception filter.</summary>
+    public static bool CheckpointFailed()
+    {
+        Checkpoints.Add(1, new KeyValuePair<string, object?>("result", "error"));
+        return false;
+    }
+
+    public static void Restored(TimeSpan elapsed, int containers)
+    {
+        Restores.Add(1, new KeyValuePair<string, object?>("result", "ok"));
+        RestoreDuration.Record(elapsed.TotalSeconds);
+        RestoredContainers.Add(containers);
+    }
+
+    public static void RestoreFailed() => Restores.Add(1, new KeyValuePair<string, object?>("result", "error"));
 }

@@ -95,6 +95,19 @@ public sealed class RestoreService(
                 $"{request.Image} is a checkpoint, but restore via CreateContainer is disabled by configuration; set [restore] via_create = true in config.toml to allow it");
         }
 
+        return await CreateFromCheckpointAsync(sandboxId, request, request.Image, kind, request.UserSpecifiedImage is { Length: > 0 } u ? u : request.Image, null, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Creates a container restored from the checkpoint at <paramref name="source"/> (an archive, or a local checkpoint
+    /// image) with <paramref name="request"/>'s config: the plan is read, checked against the request and handed to
+    /// the runtime. <paramref name="checkpointName"/> is what the container's checkpointImage annotation says it came
+    /// from; <paramref name="criu"/> overrides the node's CRIU choices (a pod checkpoint restores as it was dumped). CreateContainer calls it when restore through CreateContainer is enabled; RestorePod for each container.
+    /// </summary>
+    public async Task<ContainerRecord> CreateFromCheckpointAsync(string sandboxId, ContainerSpec request, string source, CheckpointSourceKind kind, string checkpointName,
+        CriuRestoreOptions? criu, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
         var staging = Path.Combine(paths.Root, "restores", Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
@@ -102,12 +115,12 @@ public sealed class RestoreService(
         Directory.CreateDirectory(staging, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         try
         {
-            var plan = await ReadAsync(request.Image, kind, staging, ct).ConfigureAwait(false);
+            var plan = await ReadAsync(source, kind, staging, ct).ConfigureAwait(false);
             var missing = plan.MountDestinations.Where(d => !request.Mounts.Any(m => "/" + m.ContainerPath.Trim('/') == d)).ToList();
             if (missing.Count > 0)
             {
                 throw new CrestException(ErrorKind.InvalidArgument,
-                    $"restoring {request.Image} expects following bind mounts defined ({string.Join(", ", missing)}); declare them in the container config's mounts");
+                    $"restoring {source} (container {request.Name}) expects following bind mounts defined ({string.Join(", ", missing)}); declare them in the container config's mounts");
             }
 
             var threads = EnforcePolicy(plan, request);
@@ -134,13 +147,13 @@ public sealed class RestoreService(
             {
                 Image = baseImage,
                 UserSpecifiedImage = request.UserSpecifiedImage,
-                Annotations = AdaptAnnotations(plan, request, sandbox, logger),
+                Annotations = AdaptAnnotations(plan, request, sandbox, checkpointName, logger),
                 RuntimeAnnotations = request.Annotations,
                 // The spec needs a program; CRIU puts back the real one. The checkpoint's argv is only a placeholder here.
                 Command = request.Command.Count == 0 && request.Args.Count == 0 ? plan.ProcessArgs : request.Command,
             };
             // The plan is complete: the runtime executes it (create now, CRIU at StartContainer) with the node's CRIU choices.
-            var record = await containers.CreateAsync(sandbox.Id, spec, plan with { Criu = CriuOptions() }, ct).ConfigureAwait(false);
+            var record = await containers.CreateAsync(sandbox.Id, spec, plan with { Criu = criu ?? CriuOptions() }, ct).ConfigureAwait(false);
             if (request.Security.RunAsUser is null || request.Security.RunAsGroup is null)
             {
                 await EnforceResolvedUserAsync(plan, record, threads, request.Security.RunAsUser is null).ConfigureAwait(false);
@@ -300,7 +313,7 @@ public sealed class RestoreService(
     /// from the request (the kubelet compares them), cdi.k8s.io/* dropped (they would grant devices), and
     /// restored, checkpointedAt and checkpointImage added.
     /// </summary>
-    internal static Dictionary<string, string> AdaptAnnotations(RestorePlan plan, ContainerSpec request, SandboxRecord sandbox, ILogger logger)
+    internal static Dictionary<string, string> AdaptAnnotations(RestorePlan plan, ContainerSpec request, SandboxRecord sandbox, string checkpointName, ILogger logger)
     {
         var result = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (k, v) in plan.Annotations)
@@ -329,7 +342,7 @@ public sealed class RestoreService(
 
         result["restored"] = "true";
         result["checkpointedAt"] = plan.CheckpointedAt.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.FFFFFFF'Z'", CultureInfo.InvariantCulture);
-        result["checkpointImage"] = request.UserSpecifiedImage is { Length: > 0 } u ? u : request.Image;
+        result["checkpointImage"] = checkpointName;
         return result;
     }
 }

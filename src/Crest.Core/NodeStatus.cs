@@ -9,6 +9,9 @@ public sealed record RuntimeCondition(string Type, bool Status, string Reason, s
     /// <summary>Crest's own condition: can this node checkpoint and restore (CRIU present, new enough, enabled)?</summary>
     public const string CheckpointReady = "CheckpointReady";
 
+    /// <summary>Crest's own condition: CheckpointPod and RestorePod (KEP-5823) are served and usable on this node.</summary>
+    public const string PodCheckpointReady = "PodCheckpointReady";
+
     public static RuntimeCondition Ready(string type) => new(type, true, "", "");
 }
 

@@ -153,6 +153,9 @@ public sealed class CrestDaemon : IAsyncDisposable
                 Compression = CheckpointArchive.ParseCompression(config.Checkpoint.Compression),
             });
             builder.Services.AddSingleton<CheckpointService>();
+            builder.Services.AddSingleton<PodCheckpointService>();
+            builder.Services.AddSingleton<PodRestoreService>();
+            builder.Services.AddSingleton<CheckpointServices>();
             builder.Services.AddSingleton<PodService>();
             builder.Services.AddSingleton<RuntimeEvents>();
             builder.Services.AddHostedService<Hosting.ExitWatcher>();

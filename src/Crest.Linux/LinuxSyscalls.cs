@@ -59,7 +59,13 @@ public interface ILinux
 
     /// <summary>A TCP connection to 127.0.0.1:<paramref name="port"/> made inside the network namespace file <paramref name="netnsPath"/>.</summary>
     Task<System.Net.Sockets.Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout);
+
+    SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct);
+
+    SysVShmSummary RestoreSysVSharedMemory(string ipcNamespaceFile, string inputFile, long maxTotalBytes, CancellationToken ct);
 }
+
+public sealed record SysVShmSummary(int Segments, long TotalBytes, int MarkedForDestruction);
 
 [Flags]
 public enum MountOptions : ulong
@@ -266,6 +272,10 @@ public sealed class LinuxSyscalls : ILinux
 
     public Task<System.Net.Sockets.Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
         NetworkNamespaces.ConnectLoopbackAsync(netnsPath, port, timeout);
+
+    public SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct) => new(0, 0, 0);
+
+    public SysVShmSummary RestoreSysVSharedMemory(string ipcNamespaceFile, string inputFile, long maxTotalBytes, CancellationToken ct) => new(0, 0, 0);
 
     /// <summary>CapEff within CapBnd from the text of /proc/PID/status.</summary>
     public static ulong ParseHeldCapabilities(string status)

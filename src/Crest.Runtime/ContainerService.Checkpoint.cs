@@ -62,4 +62,136 @@ public sealed partial class ContainerService
 
         return new ContainerDump(c, sandbox, paused, dumped, captured);
     }
+
+    /// <summary>One container of a pod checkpoint: where CRIU writes, and what is captured while the pod is frozen.</summary>
+    public sealed record PodDumpTarget(string ContainerId, string ImagePath, string WorkPath, Func<ContainerRecord, string, CancellationToken, Task> CaptureRootfs);
+
+    /// <summary>What a pod dump did: each container's dump, and the pod's frozen window (first pause to last resume).</summary>
+    public sealed record PodDump(IReadOnlyList<ContainerDump> Containers, TimeSpan Frozen, TimeSpan SharedCapture);
+
+    /// <summary>
+    /// Checkpoints several containers of one pod as one moment: every container is paused before any is dumped, each
+    /// is dumped by CRIU (leave running) and its rootfs changes captured, then <paramref name="captureShared"/> saves
+    /// what the pod's containers share while all are still frozen. Then every paused container is resumed, whatever
+    /// failed or was cancelled, unless <paramref name="killAfterDump"/> and every dump succeeded: then each is killed
+    /// while still frozen (SIGKILL is delivered at the thaw), so nothing runs on past the checkpoint.
+    /// </summary>
+    public async Task<PodDump> DumpPodAsync(string sandboxId, IReadOnlyList<PodDumpTarget> targets, bool tcpEstablished,
+        Func<CancellationToken, Task> captureShared, bool killAfterDump, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(targets);
+        ArgumentNullException.ThrowIfNull(captureShared);
+        var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
+        // Locks in id order, so two pod checkpoints sharing containers never wait on each other crosswise.
+        var held = new List<IDisposable>();
+        try
+        {
+            foreach (var id in targets.Select(t => t.ContainerId).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal))
+            {
+                held.Add(await _locks.AcquireAsync(id, ct).ConfigureAwait(false));
+            }
+
+            var records = new List<ContainerRecord>();
+            foreach (var t in targets)
+            {
+                var c = await GetAsync(t.ContainerId, ct).ConfigureAwait(false);
+                if (c.SandboxId != sandbox.Id)
+                {
+                    throw new CrestException(ErrorKind.InvalidArgument, $"container {c.Id} belongs to pod sandbox {c.SandboxId}, not to {sandbox.Id}");
+                }
+
+                if (c.State != ContainerState.Running)
+                {
+                    throw new CrestException(ErrorKind.FailedPrecondition,
+                        $"container {c.Id} ({c.Spec.Name}) of pod sandbox {sandbox.Id} is in CONTAINER_{c.State.ToString().ToUpperInvariant()} state; every container of a pod checkpoint must be running (name the running ones in container_ids)");
+                }
+
+                records.Add(c);
+            }
+
+            if (sandbox.Spec.Namespaces.HasPodUserNamespace)
+            {
+                throw new CrestException(ErrorKind.FailedPrecondition,
+                    $"pod sandbox {sandbox.Id} has its own user namespace (userns_options); checkpoints cover pods in the node's user namespace only");
+            }
+
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var dumps = new List<ContainerDump>();
+            var paused = new List<ContainerRecord>();
+            TimeSpan shared = default;
+            var killed = false;
+            try
+            {
+                foreach (var c in records)
+                {
+                    // Added before the call: a pause that took effect is undone even if the call reports an error.
+                    paused.Add(c);
+                    await runtimes.For(c.RuntimeHandler).PauseAsync(new RuncPauseOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
+                }
+
+                for (var i = 0; i < records.Count; i++)
+                {
+                    var c = records[i];
+                    var t = targets[i];
+                    var start = clock.Elapsed;
+                    try
+                    {
+                        await runtimes.For(c.RuntimeHandler).CheckpointAsync(new RuncCheckpointOptions
+                        {
+                            ContainerId = c.Id,
+                            ImagePath = t.ImagePath,
+                            WorkPath = t.WorkPath,
+                            TcpEstablished = tcpEstablished,
+                        }, ct).ConfigureAwait(false);
+                    }
+                    catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition && e.Kind != ErrorKind.DeadlineExceeded)
+                    {
+                        throw new CrestException(e.Kind, $"container {c.Id} ({c.Spec.Name}) could not be dumped: {e.Message}", e);
+                    }
+
+                    var dumped = clock.Elapsed;
+                    await t.CaptureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
+                    dumps.Add(new ContainerDump(c, sandbox, default, dumped - start, clock.Elapsed - dumped));
+                }
+
+                var sharedStart = clock.Elapsed;
+                await captureShared(ct).ConfigureAwait(false);
+                shared = clock.Elapsed - sharedStart;
+                if (killAfterDump)
+                {
+                    foreach (var c in records)
+                    {
+                        await runtimes.For(c.RuntimeHandler).KillAsync(new RuncKillOptions { ContainerId = c.Id, Signal = 9 }, CancellationToken.None).ConfigureAwait(false);
+                    }
+
+                    killed = true;
+                }
+            }
+            finally
+            {
+                // Every container paused above is resumed (a killed one then dies), whatever failed or was cancelled.
+                foreach (var c in paused)
+                {
+                    try
+                    {
+                        await runtimes.For(c.RuntimeHandler).ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
+                    }
+                    catch (CrestException e) when (killed)
+                    {
+                        RuntimeLog.ResumeAfterKillFailed(logger, c.Id, e.Message);
+                    }
+                }
+            }
+
+            var frozen = clock.Elapsed;
+            return new PodDump(dumps.Select(d => d with { Paused = frozen }).ToList(), frozen, shared);
+        }
+        finally
+        {
+            foreach (var h in held)
+            {
+                h.Dispose();
+            }
+        }
+    }
 }

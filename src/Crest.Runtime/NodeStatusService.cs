@@ -40,6 +40,7 @@ public sealed partial class NodeStatusService(
                 ? RuntimeCondition.Ready(RuntimeCondition.NetworkReady)
                 : new RuntimeCondition(RuntimeCondition.NetworkReady, false, "NetworkPluginNotReady", network.Problem!),
             CheckpointCondition(criu),
+            PodCheckpointCondition(criu),
         };
 
         var detail = new Dictionary<string, object?>(StringComparer.Ordinal)
@@ -125,5 +126,14 @@ public sealed partial class NodeStatusService(
         return criu.Usable
             ? RuntimeCondition.Ready(RuntimeCondition.CheckpointReady)
             : new RuntimeCondition(RuntimeCondition.CheckpointReady, false, "CriuNotUsable", criu.Problem!);
+    }
+
+    /// <summary>KEP-5823's CheckpointPod and RestorePod are served: true exactly when container checkpoint is ready.</summary>
+    private RuntimeCondition PodCheckpointCondition(CriuInfo criu)
+    {
+        var container = CheckpointCondition(criu);
+        return container.Status
+            ? RuntimeCondition.Ready(RuntimeCondition.PodCheckpointReady)
+            : container with { Type = RuntimeCondition.PodCheckpointReady };
     }
 }

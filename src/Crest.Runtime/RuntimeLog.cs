@@ -27,4 +27,7 @@ internal static partial class RuntimeLog
 
     [LoggerMessage(231, LogLevel.Information, "user namespaces for pods are available (id-mapped mounts work under {Root})")]
     public static partial void UserNamespacesAvailable(ILogger logger, string root);
+
+    [LoggerMessage(232, LogLevel.Warning, "container {ContainerId} was killed after its pod checkpoint, but resuming it failed: {Error}")]
+    public static partial void ResumeAfterKillFailed(ILogger logger, string containerId, string error);
 }

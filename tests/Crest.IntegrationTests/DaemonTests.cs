@@ -41,7 +41,7 @@ public class DaemonTests
             Assert.True(c.Status, $"{c.Type}: {c.Reason}: {c.Message}");
         }
 
-        Assert.Equal(["RuntimeReady", "NetworkReady", "CheckpointReady"], status.Status.Conditions.Select(c => c.Type));
+        Assert.Equal(["RuntimeReady", "NetworkReady", "CheckpointReady", "PodCheckpointReady"], status.Status.Conditions.Select(c => c.Type));
         Assert.Equal(["", "runc", "crun"], status.RuntimeHandlers.Select(h => h.Name));
         using var criu = JsonDocument.Parse(status.Info["criu"]);
         Assert.True(criu.RootElement.GetProperty("versionNumber").GetInt32() >= 40200, status.Info["criu"]);

@@ -784,7 +784,7 @@ public class CheckpointTests
             RuntimeHandler = "runc",
         };
 
-        var result = RestoreService.AdaptAnnotations(plan, request, sandbox, NullLogger.Instance);
+        var result = RestoreService.AdaptAnnotations(plan, request, sandbox, request.UserSpecifiedImage is { Length: > 0 } u ? u : request.Image, NullLogger.Instance);
 
         Assert.Equal(
             ["checkpointImage", "checkpointedAt", "io.kubernetes.container.hash", "io.kubernetes.container.restartCount", "io.kubernetes.pod.uid", "restored", "safe.annotation"],

@@ -15,6 +15,9 @@ public class PodCheckpointApiTests
         Assert.Equal(2, CheckpointPodRequest.OutputPathFieldNumber);
         Assert.Equal(3, CheckpointPodRequest.ContainerIdsFieldNumber);
         Assert.Equal(4, CheckpointPodRequest.OptionsFieldNumber);
+        Assert.Equal(5, CheckpointPodRequest.PostCheckpointStateFieldNumber);
+        Assert.Equal(0, (int)PostCheckpointState.PostCheckpointRunning);
+        Assert.Equal(1, (int)PostCheckpointState.PostCheckpointStopped);
         Assert.Equal(1, RestorePodRequest.CheckpointPathFieldNumber);
         Assert.Equal(2, RestorePodRequest.ConfigFieldNumber);
         Assert.Equal(3, RestorePodRequest.RuntimeHandlerFieldNumber);

@@ -160,6 +160,9 @@ public class NodeStatusServiceTests
         Assert.False(checkpoint.Status);
         Assert.Equal("CriuNotUsable", checkpoint.Reason);
         Assert.Contains("too old", checkpoint.Message, StringComparison.Ordinal);
+        var pod = status.Conditions.Single(c => c.Type == RuntimeCondition.PodCheckpointReady);
+        Assert.False(pod.Status);
+        Assert.Equal("CriuNotUsable", pod.Reason);
     }
 
     [Fact]
@@ -169,6 +172,7 @@ public class NodeStatusServiceTests
         var status = await Service(dir, Runtime(), GoodCriu, checkpointEnabled: false).GetAsync(TestContext.Current.CancellationToken);
 
         Assert.Equal("CheckpointDisabled", status.Conditions.Single(c => c.Type == RuntimeCondition.CheckpointReady).Reason);
+        Assert.Equal("CheckpointDisabled", status.Conditions.Single(c => c.Type == RuntimeCondition.PodCheckpointReady).Reason);
     }
 
     [Fact]

@@ -14,7 +14,7 @@ internal sealed partial class CriRuntimeService
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
-        await checkpoints.CheckpointAsync(request.ContainerId, request.Location, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken);
+        await checkpoints.Containers.CheckpointAsync(request.ContainerId, request.Location, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken);
         return new CheckpointContainerResponse();
     }
 }

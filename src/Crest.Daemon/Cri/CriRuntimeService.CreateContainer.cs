@@ -16,8 +16,8 @@ internal sealed partial class CriRuntimeService
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
         var spec = CriMapping.ToDomain(request.Config ?? new ContainerConfig());
-        var c = await restores.DetectAsync(spec.Image, context.CancellationToken) is { } checkpoint
-            ? await restores.CreateAsync(request.PodSandboxId, spec, checkpoint, context.CancellationToken)
+        var c = await checkpoints.Restores.DetectAsync(spec.Image, context.CancellationToken) is { } checkpoint
+            ? await checkpoints.Restores.CreateAsync(request.PodSandboxId, spec, checkpoint, context.CancellationToken)
             : await containers.CreateAsync(request.PodSandboxId, spec, context.CancellationToken);
         return new CreateContainerResponse { ContainerId = c.Id };
     }

@@ -14,8 +14,7 @@ internal sealed partial class CriRuntimeService(
     ContainerService containers,
     PodService pods,
     RuntimeEvents events,
-    Crest.Checkpoint.CheckpointService checkpoints,
-    Crest.Checkpoint.RestoreService restores,
+    Crest.Checkpoint.CheckpointServices checkpoints,
     Streaming.StreamingServer streaming) : RuntimeService.RuntimeServiceBase
 {
     /// <summary>The version of the kubelet runtime API this server speaks (the Version RPC's "version" field).</summary>

@@ -146,6 +146,10 @@ public sealed class RecordingLinux : ILinux
     public Task<Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
         Task.FromException<Socket>(new CrestException(ErrorKind.Unavailable, $"port {port} in {netnsPath} refused the connection (no namespaces in unit tests)"));
 
+    public SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct) => new(0, 0, 0);
+
+    public SysVShmSummary RestoreSysVSharedMemory(string ipcNamespaceFile, string inputFile, long maxTotalBytes, CancellationToken ct) => new(0, 0, 0);
+
     private void Record(string call)
     {
         lock (_gate)

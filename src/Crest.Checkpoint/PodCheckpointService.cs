@@ -1,0 +1,390 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using Crest.Checkpoint.Format;
+using Crest.Core;
+using Crest.Linux;
+using Crest.Runtime;
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Checkpoint;
+
+/// <summary>What the pod is left as after CheckpointPod (KEP-5823 post_checkpoint_state).</summary>
+public enum PodStateAfterCheckpoint
+{
+    /// <summary>Every container resumed (the default; also what a failed checkpoint always leaves).</summary>
+    Running,
+
+    /// <summary>For migration: the containers are killed while still frozen and the pod is stopped.</summary>
+    Stopped,
+}
+
+/// <summary>A CheckpointPod request as the domain sees it.</summary>
+public sealed record PodCheckpointRequest
+{
+    public required string SandboxId { get; init; }
+    /// <summary>An absolute directory: new (its parent must exist) or empty. Crest writes there and nowhere else.</summary>
+    public required string OutputPath { get; init; }
+    /// <summary>The containers to include; empty means every container of the pod (all must be running).</summary>
+    public IReadOnlyList<string> ContainerIds { get; init; } = [];
+    public IReadOnlyDictionary<string, string> Options { get; init; } = new Dictionary<string, string>();
+    public PodStateAfterCheckpoint After { get; init; } = PodStateAfterCheckpoint.Running;
+}
+
+/// <summary>What one pod checkpoint did and measured.</summary>
+public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IReadOnlyList<PodCheckpointContainer> Containers, long Bytes, TimeSpan Total, TimeSpan Frozen);
+
+/// <summary>
+/// CRI CheckpointPod (KEP-5823): one freeze for the selected containers of a pod. Every container is paused before any
+/// is dumped; CRIU dumps each (leave running), its rootfs changes are captured, and the pod's shared state (its
+/// /dev/shm, the System V shared memory of its IPC namespace) is saved once, all while frozen; then every container is
+/// resumed, on success and failure alike (or, for <see cref="PodStateAfterCheckpoint.Stopped"/>, killed and the pod
+/// stopped). Only then are the container archives and pod.json written, into the output directory and nowhere else;
+/// a failure or an expired deadline removes what was written there.
+/// </summary>
+public sealed class PodCheckpointService(
+    ContainerService containers,
+    SandboxService sandboxes,
+    PodService pods,
+    RuntimeLayout layout,
+    ICriuProbe criu,
+    ILinux linux,
+    CheckpointOptions options,
+    TimeProvider time,
+    ILogger<PodCheckpointService> logger)
+{
+    /// <summary>The option keys CheckpointPod accepts (any other is refused, as KEP-5823 asks).</summary>
+    public const string TcpEstablishedOption = "tcp-established";
+
+    public static readonly IReadOnlyList<string> KnownOptions = [TcpEstablishedOption];
+
+    public async Task<PodCheckpointResult> CheckpointAsync(PodCheckpointRequest request, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var total = Stopwatch.StartNew();
+        if (!options.Enabled)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, "checkpoint is disabled by configuration ([checkpoint] enabled = false)");
+        }
+
+        var tcpEstablished = ParseOptions(request.Options, options.TcpEstablished);
+        var sandbox = await sandboxes.GetAsync(request.SandboxId, ct).ConfigureAwait(false);
+        if (sandbox.State != SandboxState.Ready)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} is {sandbox.State.ToString().ToUpperInvariant()}; only a ready pod can be checkpointed");
+        }
+
+        var selected = await SelectAsync(sandbox, request.ContainerIds, ct).ConfigureAwait(false);
+        var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
+        if (probe.Problem is { } problem)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"cannot checkpoint pod sandbox {sandbox.Id}: {problem}");
+        }
+
+        var output = PrepareOutput(request.OutputPath, out var createdOutput);
+        var works = new List<string>();
+        var succeeded = false;
+        try
+        {
+            var parts = new List<ContainerPart>();
+            foreach (var c in selected)
+            {
+                var work = Path.Combine(layout.ContainerDir(c.Id), "checkpoint-work-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+                works.Add(work);
+                Directory.CreateDirectory(work, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                Directory.CreateDirectory(Path.Combine(work, CheckpointFiles.CriuImages), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                var spec = await ContainerCheckpointWriter.ReadSpecAsync(layout, c.Id, ct).ConfigureAwait(false);
+                parts.Add(new ContainerPart(c, work, spec, ContainerCheckpointWriter.MountDestinations(spec)));
+            }
+
+            Directory.CreateDirectory(Path.Combine(output, PodCheckpointFiles.ContainersDir), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            Directory.CreateDirectory(Path.Combine(output, PodCheckpointFiles.SharedDir), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            var shared = new PodCheckpointShared();
+            var bundle = sandboxes.Bundle(sandbox.Id);
+            var targets = parts.Select(p => new ContainerService.PodDumpTarget(p.Container.Id, Path.Combine(p.Work, CheckpointFiles.CriuImages), p.Work,
+                async (c, upper, innerCt) =>
+                {
+                    await using var diffFile = NewFile(Path.Combine(p.Work, CheckpointFiles.RootfsDiff));
+                    p.Diff = await RootfsDiff.WriteAsync(upper, diffFile, p.Excluded, innerCt).ConfigureAwait(false);
+                    p.LogLength = c.LogFile.Length > 0 && FileKinds.IsRegularFile(c.LogFile) ? new FileInfo(c.LogFile).Length : 0;
+                })).ToList();
+
+            var dump = await containers.DumpPodAsync(sandbox.Id, targets, tcpEstablished, async innerCt =>
+            {
+                // The pod's shared state, saved once while every selected container is frozen.
+                if (FileKinds.IsDirectory(bundle.Shm))
+                {
+                    await using var shmFile = NewFile(Path.Combine(output, PodCheckpointFiles.DevShm));
+                    var summary = await RootfsDiff.WriteAsync(bundle.Shm, shmFile, [], innerCt).ConfigureAwait(false);
+                    shared = shared with { DevShm = true, DevShmBytes = summary.Bytes };
+                }
+
+                if (sandbox.PinnedNamespaces.TryGetValue("ipc", out var ipc))
+                {
+                    var summary = linux.SaveSysVSharedMemory(ipc, Path.Combine(output, PodCheckpointFiles.SysVShm), innerCt);
+                    shared = shared with { SysVShm = true, SysVShmSegments = summary.Segments, SysVShmBytes = summary.TotalBytes };
+                }
+            }, request.After == PodStateAfterCheckpoint.Stopped, ct).ConfigureAwait(false);
+
+            // Everything below runs with the pod resumed: metadata, archives, the manifest.
+            var checkpointedAt = time.GetUtcNow();
+            var written = new List<PodCheckpointContainer>();
+            long bytes = 0;
+            for (var i = 0; i < parts.Count; i++)
+            {
+                var p = parts[i];
+                await ContainerCheckpointWriter.WriteMetadataAsync(p.Work, dump.Containers[i], p.Spec, p.Diff!, p.LogLength, checkpointedAt, ct).ConfigureAwait(false);
+                if (!File.Exists(Path.Combine(p.Work, CheckpointFiles.CriuImages, "inventory.img")))
+                {
+                    throw new CrestException(ErrorKind.Internal, $"checkpoint of container {p.Container.Id}: CRIU reported success but wrote no inventory.img");
+                }
+
+                var archive = Path.Combine(output, PodCheckpointFiles.ContainerArchive(p.Container.Spec.Name));
+                var size = await ContainerCheckpointWriter.WriteArchiveAsync(p.Work, archive, options.Compression, ct).ConfigureAwait(false);
+                bytes += size;
+                written.Add(new PodCheckpointContainer
+                {
+                    Name = p.Container.Spec.Name,
+                    Id = p.Container.Id,
+                    Image = p.Container.Spec.Image,
+                    ImageRef = p.Container.ImageRef,
+                    Spec = p.Container.Spec,
+                    ArchiveBytes = size,
+                });
+            }
+
+            var hostname = await CopyPodFilesAsync(bundle, output, ct).ConfigureAwait(false);
+            var manifest = new PodCheckpointManifest
+            {
+                EngineVersion = typeof(PodCheckpointService).Assembly.GetName().Version?.ToString() ?? "",
+                CheckpointedAt = checkpointedAt,
+                SandboxId = sandbox.Id,
+                Pod = sandbox.Spec,
+                Ips = sandbox.Ips,
+                RuntimeHandler = sandbox.RuntimeHandler,
+                Containers = written,
+                Shared = shared with { Hostname = hostname },
+                FrozenMilliseconds = (long)dump.Frozen.TotalMilliseconds,
+                TcpEstablished = tcpEstablished,
+                PostCheckpointState = request.After == PodStateAfterCheckpoint.Stopped ? "stopped" : "running",
+            };
+            await PodCheckpointManifests.WriteAsync(output, manifest, ct).ConfigureAwait(false);
+            if (request.After == PodStateAfterCheckpoint.Stopped)
+            {
+                await pods.StopAsync(sandbox.Id, ct).ConfigureAwait(false);
+            }
+
+            succeeded = true;
+            var result = new PodCheckpointResult(sandbox.Id, output, written, bytes + shared.DevShmBytes + shared.SysVShmBytes, total.Elapsed, dump.Frozen);
+            CheckpointLog.PodCheckpointed(logger, sandbox.Id, output, written.Count, result.Bytes, (long)result.Total.TotalMilliseconds, (long)result.Frozen.TotalMilliseconds);
+            PodCheckpointMetrics.Checkpointed(result);
+            return result;
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            PodCheckpointMetrics.CheckpointFailed();
+            throw new CrestException(ErrorKind.DeadlineExceeded,
+                $"checkpoint of pod sandbox {sandbox.Id} was cancelled or ran out of time before it finished; every container was resumed and nothing was left in {output}");
+        }
+        catch (Exception) when (PodCheckpointMetrics.CheckpointFailed())
+        {
+            throw; // never reached: the filter counts the failure and declines
+        }
+        finally
+        {
+            foreach (var w in works)
+            {
+                ContainerCheckpointWriter.RemoveFresh(w);
+            }
+
+            if (!succeeded)
+            {
+                RemoveOutput(output, createdOutput);
+            }
+        }
+    }
+
+    /// <summary>The known options, checked; returns whether established TCP connections are dumped.</summary>
+    internal static bool ParseOptions(IReadOnlyDictionary<string, string> requested, bool tcpEstablishedDefault)
+    {
+        var tcp = tcpEstablishedDefault;
+        foreach (var (key, value) in requested)
+        {
+            switch (key)
+            {
+                case TcpEstablishedOption:
+                    tcp = value switch
+                    {
+                        "true" => true,
+                        "false" => false,
+                        _ => throw new CrestException(ErrorKind.InvalidArgument, $"CheckpointPod option {key}=\"{value}\": the value must be true or false"),
+                    };
+                    break;
+                default:
+                    throw new CrestException(ErrorKind.InvalidArgument,
+                        $"CheckpointPod option \"{key}\" is not known to Crest; the known options are {string.Join(", ", KnownOptions)}");
+            }
+        }
+
+        return tcp;
+    }
+
+    private async Task<IReadOnlyList<ContainerRecord>> SelectAsync(SandboxRecord sandbox, IReadOnlyList<string> ids, CancellationToken ct)
+    {
+        var inPod = (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandbox.Id).ToList();
+        List<ContainerRecord> selected;
+        if (ids.Count == 0)
+        {
+            selected = inPod;
+            if (selected.Count == 0)
+            {
+                throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} has no containers to checkpoint");
+            }
+        }
+        else
+        {
+            selected = [];
+            foreach (var id in ids)
+            {
+                var c = await containers.GetAsync(id, ct).ConfigureAwait(false);
+                if (c.SandboxId != sandbox.Id)
+                {
+                    throw new CrestException(ErrorKind.InvalidArgument, $"container {c.Id} is not in pod sandbox {sandbox.Id} (it belongs to {c.SandboxId})");
+                }
+
+                if (selected.Any(s => s.Id == c.Id))
+                {
+                    throw new CrestException(ErrorKind.InvalidArgument, $"container {c.Id} is named twice in container_ids");
+                }
+
+                selected.Add(c);
+            }
+        }
+
+        if (selected.FirstOrDefault(c => c.State != ContainerState.Running) is { } stopped)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"container {stopped.Id} ({stopped.Spec.Name}) of pod sandbox {sandbox.Id} is in CONTAINER_{stopped.State.ToString().ToUpperInvariant()} state; "
+                + "every container of a pod checkpoint must be running (name the running ones in container_ids)");
+        }
+
+        if (selected.GroupBy(c => c.Spec.Name, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } twice)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} has {twice.Count()} selected containers named {twice.Key}; a pod checkpoint names each container once");
+        }
+
+        if (selected.FirstOrDefault(c => !PodCheckpointFiles.IsValidContainerName(c.Spec.Name)) is { } odd)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"container {odd.Id} is named \"{odd.Spec.Name}\", which a pod checkpoint cannot use as a file name");
+        }
+
+        return selected;
+    }
+
+    /// <summary>
+    /// The output directory: absolute, not a link; an existing one must be empty, a new one is made (0700) in an
+    /// existing parent. <paramref name="created"/> says which, so a failure removes only what Crest made.
+    /// </summary>
+    internal static string PrepareOutput(string path, out bool created)
+    {
+        if (string.IsNullOrWhiteSpace(path) || !Path.IsPathRooted(path))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path \"{path}\" must be an absolute path to a directory");
+        }
+
+        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+        if (FileKinds.IsSymlink(full))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path {full} is a symbolic link; Crest never writes a checkpoint through a link");
+        }
+
+        if (File.Exists(full))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path {full} is a file; give a new or empty directory");
+        }
+
+        if (Directory.Exists(full))
+        {
+            if (Directory.EnumerateFileSystemEntries(full).Any())
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path {full} is not empty; Crest writes a pod checkpoint only into a new or empty directory");
+            }
+
+            created = false;
+            return full;
+        }
+
+        var parent = Path.GetDirectoryName(full);
+        if (parent is null || !Directory.Exists(parent))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path {full}: the directory {parent} does not exist; create it first");
+        }
+
+        Directory.CreateDirectory(full, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        created = true;
+        return full;
+    }
+
+    private static void RemoveOutput(string output, bool created)
+    {
+        if (!Directory.Exists(output) || FileKinds.IsSymlink(output))
+        {
+            return;
+        }
+
+        if (created)
+        {
+            Directory.Delete(output, recursive: true);
+            return;
+        }
+
+        foreach (var entry in Directory.EnumerateFileSystemEntries(output))
+        {
+            ContainerCheckpointWriter.RemoveFresh(entry);
+        }
+    }
+
+    /// <summary>The pod's hostname, hosts and resolv.conf as its containers saw them; returns the hostname.</summary>
+    private static async Task<string> CopyPodFilesAsync(SandboxBundle bundle, string output, CancellationToken ct)
+    {
+        var hostname = "";
+        foreach (var (source, name) in new[] { (bundle.HostnameFile, PodCheckpointFiles.Hostname), (bundle.HostsFile, PodCheckpointFiles.Hosts), (bundle.ResolvConfFile, PodCheckpointFiles.ResolvConf) })
+        {
+            if (!FileKinds.IsRegularFile(source))
+            {
+                continue;
+            }
+
+            var bytes = await File.ReadAllBytesAsync(source, ct).ConfigureAwait(false);
+            await using (var f = NewFile(Path.Combine(output, name)))
+            {
+                await f.WriteAsync(bytes, ct).ConfigureAwait(false);
+            }
+
+            if (name == PodCheckpointFiles.Hostname)
+            {
+                hostname = System.Text.Encoding.UTF8.GetString(bytes).Trim();
+            }
+        }
+
+        return hostname;
+    }
+
+    private static FileStream NewFile(string path) => new(path, new FileStreamOptions
+    {
+        Mode = FileMode.CreateNew,
+        Access = FileAccess.Write,
+        UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+        BufferSize = 1 << 20,
+    });
+
+    /// <summary>One selected container while its checkpoint is made.</summary>
+    private sealed class ContainerPart(ContainerRecord container, string work, System.Text.Json.Nodes.JsonObject spec, List<string> excluded)
+    {
+        public ContainerRecord Container { get; } = container;
+        public string Work { get; } = work;
+        public System.Text.Json.Nodes.JsonObject Spec { get; } = spec;
+        public List<string> Excluded { get; } = excluded;
+        public RootfsDiffSummary? Diff { get; set; }
+        public long LogLength { get; set; }
+    }
+}

@@ -1,0 +1,170 @@
+using System.Diagnostics;
+using Crest.Checkpoint.Format;
+using Crest.Core;
+using Crest.Linux;
+using Crest.Runtime;
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Checkpoint;
+
+/// <summary>A RestorePod request as the domain sees it.</summary>
+public sealed record PodRestoreRequest
+{
+    /// <summary>A pod checkpoint directory (what CheckpointPod wrote).</summary>
+    public required string CheckpointPath { get; init; }
+    /// <summary>The new pod's config (the kubelet's, with node-local updates); its runtime handler is the request's.</summary>
+    public required PodSpec Pod { get; init; }
+    public IReadOnlyDictionary<string, string> Options { get; init; } = new Dictionary<string, string>();
+    /// <summary>One config per checkpointed container, matched by metadata name.</summary>
+    public required IReadOnlyList<ContainerSpec> Containers { get; init; }
+}
+
+/// <summary>What RestorePod made: the new pod sandbox and each container, CREATED, by name.</summary>
+public sealed record PodRestoreResult(SandboxRecord Sandbox, IReadOnlyList<RestoredPodContainer> Containers, TimeSpan Total);
+
+public sealed record RestoredPodContainer(string Name, string ContainerId);
+
+/// <summary>
+/// CRI RestorePod (KEP-5823): a new pod sandbox (its own IP from CNI) made from the request's config, the pod's shared
+/// state put back into it (/dev/shm, System V shared memory with the segment ids CRIU re-attaches), then one restored
+/// container per checkpointed container, each through the same plan and checks as a container restore (policy against
+/// its config, bind mounts declared again, base image by digest). The containers are left CREATED; StartContainer
+/// restores each. A failure removes everything this call made.
+/// </summary>
+public sealed class PodRestoreService(
+    RestoreService restores,
+    SandboxService sandboxes,
+    PodService pods,
+    ILinux linux,
+    RestoreOptions options,
+    ILogger<PodRestoreService> logger)
+{
+    /// <summary>RestorePod accepts no option keys yet; any key is refused, as KEP-5823 asks.</summary>
+    public static readonly IReadOnlyList<string> KnownOptions = [];
+
+    /// <summary>The largest /dev/shm a pod checkpoint may bring back (the pod's tmpfs is 64 MiB).</summary>
+    private const long MaxDevShmBytes = 64L << 20;
+
+    public async Task<PodRestoreResult> RestoreAsync(PodRestoreRequest request, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var clock = Stopwatch.StartNew();
+        foreach (var key in request.Options.Keys)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"RestorePod option \"{key}\" is not known to Crest; RestorePod takes no options yet");
+        }
+
+        if (string.IsNullOrWhiteSpace(request.CheckpointPath) || !Path.IsPathRooted(request.CheckpointPath))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"RestorePod checkpoint_path \"{request.CheckpointPath}\" must be an absolute path to a pod checkpoint");
+        }
+
+        SandboxRecord? sandbox = null;
+        try
+        {
+            var dir = request.CheckpointPath;
+            var manifest = await PodCheckpointManifests.ReadAsync(dir, options.Limits.MaxMetadataBytes, ct).ConfigureAwait(false);
+            var plan = Match(manifest, request.Containers, dir);
+            sandbox = await sandboxes.RunAsync(request.Pod, ct).ConfigureAwait(false);
+            await RestoreSharedAsync(manifest, dir, sandbox, ct).ConfigureAwait(false);
+
+            var restored = new List<RestoredPodContainer>();
+            var criu = new CriuRestoreOptions { FileLocks = true, TcpEstablished = manifest.TcpEstablished };
+            foreach (var (spec, part) in plan)
+            {
+                var archive = Path.Combine(dir, PodCheckpointFiles.ContainerArchive(part.Name));
+                var c = await restores.CreateFromCheckpointAsync(sandbox.Id, spec, archive, CheckpointSourceKind.Archive, dir, criu, ct).ConfigureAwait(false);
+                restored.Add(new RestoredPodContainer(spec.Name, c.Id));
+            }
+
+            var result = new PodRestoreResult(sandbox, restored, clock.Elapsed);
+            CheckpointLog.PodRestored(logger, sandbox.Id, dir, restored.Count, (long)result.Total.TotalMilliseconds);
+            PodCheckpointMetrics.Restored(result.Total, restored.Count);
+            return result;
+        }
+        catch (Exception e)
+        {
+            PodCheckpointMetrics.RestoreFailed();
+            if (sandbox is not null)
+            {
+                // Everything this call made goes: the containers created so far and the pod sandbox.
+                CheckpointLog.PodRestoreRollback(logger, request.CheckpointPath, sandbox.Id, e.Message);
+                await pods.StopAsync(sandbox.Id, CancellationToken.None).ConfigureAwait(false);
+                await pods.RemoveAsync(sandbox.Id, CancellationToken.None).ConfigureAwait(false);
+            }
+
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Pairs each checkpointed container with the request's config of the same name; a checkpointed container without
+    /// a config, or a config naming no checkpointed container, is refused before anything is made.
+    /// </summary>
+    internal static IReadOnlyList<(ContainerSpec Spec, PodCheckpointContainer Part)> Match(PodCheckpointManifest manifest, IReadOnlyList<ContainerSpec> configs, string source)
+    {
+        if (configs.Count == 0)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument,
+                $"RestorePod of {source} has no container_configs; send one ContainerConfig per checkpointed container ({string.Join(", ", manifest.Containers.Select(c => c.Name))})");
+        }
+
+        var byName = manifest.Containers.ToDictionary(c => c.Name, StringComparer.Ordinal);
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var pairs = new List<(ContainerSpec, PodCheckpointContainer)>();
+        foreach (var spec in configs)
+        {
+            if (!byName.TryGetValue(spec.Name, out var part))
+            {
+                throw new CrestException(ErrorKind.InvalidArgument,
+                    $"container config \"{spec.Name}\" names no container of pod checkpoint {source}; it holds {string.Join(", ", manifest.Containers.Select(c => c.Name))}");
+            }
+
+            if (!seen.Add(spec.Name))
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"container config \"{spec.Name}\" is given twice");
+            }
+
+            pairs.Add((spec, part));
+        }
+
+        var missing = manifest.Containers.Where(c => !seen.Contains(c.Name)).Select(c => c.Name).ToList();
+        if (missing.Count > 0)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument,
+                $"pod checkpoint {source} holds containers with no config in the request: {string.Join(", ", missing)}; send one ContainerConfig for each");
+        }
+
+        return pairs;
+    }
+
+    /// <summary>The pod's /dev/shm and System V shared memory, put into the new pod before any container is restored.</summary>
+    private async Task RestoreSharedAsync(PodCheckpointManifest manifest, string dir, SandboxRecord sandbox, CancellationToken ct)
+    {
+        if (manifest.Shared.DevShm)
+        {
+            var shm = sandboxes.Bundle(sandbox.Id).Shm;
+            await using var file = new FileStream(FileKinds.OpenReadNoFollow(Path.Combine(dir, PodCheckpointFiles.DevShm)), FileAccess.Read, 1 << 16);
+            using var extractor = new SafeExtractor(shm, ExtractionPolicy.ImageLayer with
+            {
+                AllowDevices = false,
+                Whiteouts = WhiteoutMode.Reject,
+                MaxBytes = MaxDevShmBytes,
+                MaxEntries = 100_000,
+                MaxPathLength = options.Limits.MaxPathLength,
+            });
+            await extractor.ExtractAsync(file, $"the /dev/shm of pod checkpoint {dir}", ct).ConfigureAwait(false);
+        }
+
+        if (manifest.Shared.SysVShm)
+        {
+            if (!sandbox.PinnedNamespaces.TryGetValue("ipc", out var ipc))
+            {
+                throw new CrestException(ErrorKind.FailedPrecondition,
+                    $"pod checkpoint {dir} holds System V shared memory, but the new pod sandbox {sandbox.Id} has no IPC namespace of its own to put it in");
+            }
+
+            linux.RestoreSysVSharedMemory(ipc, Path.Combine(dir, PodCheckpointFiles.SysVShm), options.Limits.MaxArchiveBytes, ct);
+        }
+    }
+}
