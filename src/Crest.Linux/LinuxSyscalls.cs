@@ -60,12 +60,15 @@ public interface ILinux
     /// <summary>A TCP connection to 127.0.0.1:<paramref name="port"/> made inside the network namespace file <paramref name="netnsPath"/>.</summary>
     Task<System.Net.Sockets.Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout);
 
+    /// <summary>
+    /// Saves the System V shared memory of the IPC namespace file <paramref name="ipcNamespaceFile"/> to a new 0600
+    /// <paramref name="outputFile"/> (which must not exist; it is removed again on failure). See <see cref="SysVSharedMemory.Save"/>.
+    /// </summary>
     SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct);
 
+    /// <summary>Recreates the segments saved in <paramref name="inputFile"/> in the IPC namespace file; see <see cref="SysVSharedMemory.Restore"/>.</summary>
     SysVShmSummary RestoreSysVSharedMemory(string ipcNamespaceFile, string inputFile, long maxTotalBytes, CancellationToken ct);
 }
-
-public sealed record SysVShmSummary(int Segments, long TotalBytes, int MarkedForDestruction);
 
 [Flags]
 public enum MountOptions : ulong
@@ -273,9 +276,33 @@ public sealed class LinuxSyscalls : ILinux
     public Task<System.Net.Sockets.Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
         NetworkNamespaces.ConnectLoopbackAsync(netnsPath, port, timeout);
 
-    public SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct) => new(0, 0, 0);
+    public SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct)
+    {
+        var output = new FileStream(outputFile, new FileStreamOptions
+        {
+            Mode = FileMode.CreateNew,
+            Access = FileAccess.Write,
+            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+        });
+        try
+        {
+            using (output)
+            {
+                return SysVSharedMemory.Save(ipcNamespaceFile, output, ct);
+            }
+        }
+        catch
+        {
+            File.Delete(outputFile);
+            throw;
+        }
+    }
 
-    public SysVShmSummary RestoreSysVSharedMemory(string ipcNamespaceFile, string inputFile, long maxTotalBytes, CancellationToken ct) => new(0, 0, 0);
+    public SysVShmSummary RestoreSysVSharedMemory(string ipcNamespaceFile, string inputFile, long maxTotalBytes, CancellationToken ct)
+    {
+        using var input = new FileStream(inputFile, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        return SysVSharedMemory.Restore(ipcNamespaceFile, input, maxTotalBytes, ct);
+    }
 
     /// <summary>CapEff within CapBnd from the text of /proc/PID/status.</summary>
     public static ulong ParseHeldCapabilities(string status)

@@ -1,3 +1,4 @@
+using Crest.Core;
 using Crest.Linux;
 using Crest.TestKit;
 using Crest.UnitTests.Fakes;
@@ -44,6 +45,17 @@ public abstract class LinuxConformance : IDisposable
     public void The_node_has_a_host_name()
     {
         Assert.False(string.IsNullOrWhiteSpace(Create().HostName()));
+    }
+
+    [Fact]
+    public void Saving_shared_memory_from_a_missing_ipc_namespace_fails_and_leaves_no_image()
+    {
+        var output = Path.Combine(_dir.CreateDirectory("shm"), "shm.img");
+
+        var e = Assert.Throws<CrestException>(() => Create().SaveSysVSharedMemory(Path.Combine(_dir.CreateDirectory("ns"), "ipc"), output, CancellationToken.None));
+
+        Assert.Equal(ErrorKind.FailedPrecondition, e.Kind);
+        Assert.False(File.Exists(output));
     }
 
     public void Dispose()

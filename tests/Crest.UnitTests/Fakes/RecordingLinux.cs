@@ -146,9 +146,41 @@ public sealed class RecordingLinux : ILinux
     public Task<Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
         Task.FromException<Socket>(new CrestException(ErrorKind.Unavailable, $"port {port} in {netnsPath} refused the connection (no namespaces in unit tests)"));
 
-    public SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct) => new(0, 0, 0);
+    /// <summary>What the fake writes as a shared memory image and expects to read back.</summary>
+    public const string SysVShmMarker = "recording-linux sysv shm\n";
 
-    public SysVShmSummary RestoreSysVSharedMemory(string ipcNamespaceFile, string inputFile, long maxTotalBytes, CancellationToken ct) => new(0, 0, 0);
+    /// <summary>The fake has no namespaces: a namespace file must merely exist; the image is a marker, counted as no segments.</summary>
+    public SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct)
+    {
+        Record($"SaveSysVSharedMemory {ipcNamespaceFile} {outputFile}");
+        RequireNamespaceFile(ipcNamespaceFile);
+        using (var output = new FileStream(outputFile, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))
+        {
+            output.Write(System.Text.Encoding.ASCII.GetBytes(SysVShmMarker));
+        }
+
+        return new SysVShmSummary(0, 0, 0);
+    }
+
+    public SysVShmSummary RestoreSysVSharedMemory(string ipcNamespaceFile, string inputFile, long maxTotalBytes, CancellationToken ct)
+    {
+        Record($"RestoreSysVSharedMemory {ipcNamespaceFile} {inputFile}");
+        RequireNamespaceFile(ipcNamespaceFile);
+        if (File.ReadAllText(inputFile) != SysVShmMarker)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"shared memory image {inputFile} is not the recording fake's marker");
+        }
+
+        return new SysVShmSummary(0, 0, 0);
+    }
+
+    private static void RequireNamespaceFile(string ipcNamespaceFile)
+    {
+        if (!File.Exists(ipcNamespaceFile))
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"IPC namespace {ipcNamespaceFile} cannot be opened: No such file or directory");
+        }
+    }
 
     private void Record(string call)
     {
