@@ -48,6 +48,7 @@ public sealed class PodCheckpointService(
     RuntimeLayout layout,
     ICriuProbe criu,
     ILinux linux,
+    PodOperationJournal journal,
     CheckpointOptions options,
     TimeProvider time,
     ILogger<PodCheckpointService> logger)
@@ -81,6 +82,7 @@ public sealed class PodCheckpointService(
         }
 
         var output = PrepareOutput(request.OutputPath, out var createdOutput);
+        var token = journal.Begin(new PodOperationJournal.Entry { Kind = PodOperationJournal.CheckpointKind, Output = output, CreatedOutput = createdOutput });
         var works = new List<string>();
         var succeeded = false;
         try
@@ -150,6 +152,7 @@ public sealed class PodCheckpointService(
                     Spec = p.Container.Spec,
                     ArchiveBytes = size,
                 });
+                CrashPoints.Hit(CrashPoints.PodCheckpointWriting);
             }
 
             var hostname = await CopyPodFilesAsync(bundle, output, ct).ConfigureAwait(false);
@@ -200,7 +203,31 @@ public sealed class PodCheckpointService(
             {
                 RemoveOutput(output, createdOutput);
             }
+
+            journal.End(token);
         }
+    }
+
+    /// <summary>
+    /// At start, before serving: the output of every pod checkpoint a crashed crestd left unfinished (no pod.json) is
+    /// removed as a failed call would have removed it. The containers it had paused are resumed by the container
+    /// recovery. Returns how many were cleaned.
+    /// </summary>
+    public int SweepInterrupted()
+    {
+        var n = 0;
+        foreach (var (token, entry) in journal.Interrupted().Where(e => e.Entry.Kind == PodOperationJournal.CheckpointKind))
+        {
+            if (entry.Output is { } output && Path.IsPathRooted(output) && !PodCheckpointManifests.IsPodCheckpoint(output))
+            {
+                RemoveOutput(output, entry.CreatedOutput);
+                n++;
+            }
+
+            journal.End(token);
+        }
+
+        return n;
     }
 
     /// <summary>The known options, checked; returns whether established TCP connections are dumped.</summary>

@@ -36,6 +36,7 @@ public sealed class PodRestoreService(
     SandboxService sandboxes,
     PodService pods,
     ILinux linux,
+    PodOperationJournal journal,
     RestoreOptions options,
     ILogger<PodRestoreService> logger)
 {
@@ -60,12 +61,14 @@ public sealed class PodRestoreService(
         }
 
         SandboxRecord? sandbox = null;
+        var token = journal.Begin(new PodOperationJournal.Entry { Kind = PodOperationJournal.RestoreKind });
         try
         {
             var dir = request.CheckpointPath;
             var manifest = await PodCheckpointManifests.ReadAsync(dir, options.Limits.MaxMetadataBytes, ct).ConfigureAwait(false);
             var plan = Match(manifest, request.Containers, dir);
             sandbox = await sandboxes.RunAsync(request.Pod, ct).ConfigureAwait(false);
+            journal.Update(token, new PodOperationJournal.Entry { Kind = PodOperationJournal.RestoreKind, SandboxId = sandbox.Id });
             await RestoreSharedAsync(manifest, dir, sandbox, ct).ConfigureAwait(false);
 
             var restored = new List<RestoredPodContainer>();
@@ -75,6 +78,7 @@ public sealed class PodRestoreService(
                 var archive = Path.Combine(dir, PodCheckpointFiles.ContainerArchive(part.Name));
                 var c = await restores.CreateFromCheckpointAsync(sandbox.Id, spec, archive, CheckpointSourceKind.Archive, dir, criu, ct).ConfigureAwait(false);
                 restored.Add(new RestoredPodContainer(spec.Name, c.Id));
+                CrashPoints.Hit(CrashPoints.PodRestoreContainers);
             }
 
             var result = new PodRestoreResult(sandbox, restored, clock.Elapsed);
@@ -95,6 +99,32 @@ public sealed class PodRestoreService(
 
             throw;
         }
+        finally
+        {
+            journal.End(token);
+        }
+    }
+
+    /// <summary>
+    /// At start, after the pods and containers were recovered and before serving: the pod sandbox (and the containers
+    /// in it) of every RestorePod a crashed crestd left unfinished is removed, as a failed call would have. Returns how many.
+    /// </summary>
+    public async Task<int> SweepInterruptedAsync(CancellationToken ct)
+    {
+        var n = 0;
+        foreach (var (token, entry) in journal.Interrupted().Where(e => e.Entry.Kind == PodOperationJournal.RestoreKind))
+        {
+            if (entry.SandboxId is { } id)
+            {
+                await pods.StopAsync(id, ct).ConfigureAwait(false);
+                await pods.RemoveAsync(id, ct).ConfigureAwait(false);
+                n++;
+            }
+
+            journal.End(token);
+        }
+
+        return n;
     }
 
     /// <summary>

@@ -153,6 +153,7 @@ public sealed class CrestDaemon : IAsyncDisposable
                 Compression = CheckpointArchive.ParseCompression(config.Checkpoint.Compression),
             });
             builder.Services.AddSingleton<CheckpointService>();
+            builder.Services.AddSingleton<PodOperationJournal>();
             builder.Services.AddSingleton<PodCheckpointService>();
             builder.Services.AddSingleton<PodRestoreService>();
             builder.Services.AddSingleton<CheckpointServices>();
@@ -198,6 +199,8 @@ public sealed class CrestDaemon : IAsyncDisposable
             var (kept, rolledBack) = await app.Services.GetRequiredService<ContainerService>().RecoverAsync(ct).ConfigureAwait(false);
             rolledBack += await app.Services.GetRequiredService<SandboxService>().RecoverAsync(ct).ConfigureAwait(false);
             rolledBack += app.Services.GetRequiredService<RestoreService>().SweepStaging();
+            rolledBack += app.Services.GetRequiredService<PodCheckpointService>().SweepInterrupted();
+            rolledBack += await app.Services.GetRequiredService<PodRestoreService>().SweepInterruptedAsync(ct).ConfigureAwait(false);
             if (kept + rolledBack > 0)
             {
                 DaemonLog.Recovered(logger, kept, rolledBack);

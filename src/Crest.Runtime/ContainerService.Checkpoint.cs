@@ -166,6 +166,8 @@ public sealed partial class ContainerService
 
                     killed = true;
                 }
+
+                CrashPoints.Hit(CrashPoints.PodCheckpointFrozen);
             }
             finally
             {

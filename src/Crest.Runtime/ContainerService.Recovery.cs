@@ -7,7 +7,8 @@ public sealed partial class ContainerService
 {
     /// <summary>
     /// On start: half-made containers (still Creating) are rolled back; the rest take their state from
-    /// conmon's exit files, so running ones stay running and exited ones show their exit code.
+    /// conmon's exit files, so running ones stay running and exited ones show their exit code. A container a crashed
+    /// crestd left paused in the middle of a checkpoint is resumed, and that checkpoint's work directories removed.
     /// </summary>
     public async Task<(int Kept, int RolledBack)> RecoverAsync(CancellationToken ct)
     {
@@ -38,6 +39,15 @@ public sealed partial class ContainerService
                     await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = "the node restarted before this container was restored; create it again", FinishedAt = time.GetUtcNow(), RestoreDir = null }, ct).ConfigureAwait(false);
                 }
 
+                if (c.State == ContainerState.Running && runtimes.TryFor(c.RuntimeHandler) is { } owner
+                    && await owner.StateAsync(new RuncStateOptions { ContainerId = c.Id }, ct).ConfigureAwait(false) is { Status: "paused" })
+                {
+                    // Crest pauses only while it checkpoints; a pause that outlived its crestd is undone.
+                    await owner.ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, ct).ConfigureAwait(false);
+                    RuntimeLog.ResumedAfterRestart(logger, c.Id);
+                }
+
+                RemoveCheckpointWork(bundles.For(c.Id));
                 await RefreshAsync(c, ct).ConfigureAwait(false);
                 kept++;
             }
@@ -49,5 +59,19 @@ public sealed partial class ContainerService
         }
 
         return (kept, rolledBack);
+    }
+
+    /// <summary>The CRIU work directories of checkpoints a crashed crestd did not finish (they hold memory pages).</summary>
+    private static void RemoveCheckpointWork(ContainerBundle bundle)
+    {
+        if (!Directory.Exists(bundle.Dir))
+        {
+            return;
+        }
+
+        foreach (var work in Directory.EnumerateDirectories(bundle.Dir, "checkpoint-work-*"))
+        {
+            Directory.Delete(work, recursive: true);
+        }
     }
 }

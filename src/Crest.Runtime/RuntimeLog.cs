@@ -30,4 +30,7 @@ internal static partial class RuntimeLog
 
     [LoggerMessage(232, LogLevel.Warning, "container {ContainerId} was killed after its pod checkpoint, but resuming it failed: {Error}")]
     public static partial void ResumeAfterKillFailed(ILogger logger, string containerId, string error);
+
+    [LoggerMessage(233, LogLevel.Warning, "container {ContainerId} was left paused by a checkpoint that crestd did not finish; resumed it")]
+    public static partial void ResumedAfterRestart(ILogger logger, string containerId);
 }
