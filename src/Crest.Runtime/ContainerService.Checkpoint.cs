@@ -118,6 +118,7 @@ public sealed partial class ContainerService
             var clock = System.Diagnostics.Stopwatch.StartNew();
             var dumps = new List<ContainerDump>();
             var paused = new List<ContainerRecord>();
+            var stillPaused = new List<string>();
             TimeSpan shared = default;
             var killed = false;
             try
@@ -171,18 +172,29 @@ public sealed partial class ContainerService
             }
             finally
             {
-                // Every container paused above is resumed (a killed one then dies), whatever failed or was cancelled.
+                // Every container paused above is resumed (a killed one then dies), whatever failed or was cancelled;
+                // one that cannot be resumed does not keep the others frozen.
                 foreach (var c in paused)
                 {
                     try
                     {
                         await runtimes.For(c.RuntimeHandler).ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
                     }
-                    catch (CrestException e) when (killed)
+                    catch (CrestException e)
                     {
-                        RuntimeLog.ResumeAfterKillFailed(logger, c.Id, e.Message);
+                        RuntimeLog.ResumeAfterPodDumpFailed(logger, c.Id, e.Message);
+                        if (!killed)
+                        {
+                            stillPaused.Add(c.Id);
+                        }
                     }
                 }
+            }
+
+            if (stillPaused.Count > 0)
+            {
+                throw new CrestException(ErrorKind.Internal,
+                    $"pod sandbox {sandbox.Id} was checkpointed, but resuming containers {string.Join(", ", stillPaused)} failed; they may still be frozen (crestd's log has the runtime's error; `runc resume` them, or restart crestd, which resumes them)");
             }
 
             var frozen = clock.Elapsed;

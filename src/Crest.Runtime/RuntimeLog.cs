@@ -28,8 +28,8 @@ internal static partial class RuntimeLog
     [LoggerMessage(231, LogLevel.Information, "user namespaces for pods are available (id-mapped mounts work under {Root})")]
     public static partial void UserNamespacesAvailable(ILogger logger, string root);
 
-    [LoggerMessage(232, LogLevel.Warning, "container {ContainerId} was killed after its pod checkpoint, but resuming it failed: {Error}")]
-    public static partial void ResumeAfterKillFailed(ILogger logger, string containerId, string error);
+    [LoggerMessage(232, LogLevel.Warning, "resuming container {ContainerId} after its pod's dump failed: {Error}")]
+    public static partial void ResumeAfterPodDumpFailed(ILogger logger, string containerId, string error);
 
     [LoggerMessage(233, LogLevel.Warning, "container {ContainerId} was left paused by a checkpoint that crestd did not finish; resumed it")]
     public static partial void ResumedAfterRestart(ILogger logger, string containerId);

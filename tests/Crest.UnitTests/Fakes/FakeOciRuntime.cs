@@ -8,7 +8,7 @@ namespace Crest.UnitTests.Fakes;
 /// runc and conmon without processes: containers move through created, running, paused and stopped as runc's state
 /// machine does, and what conmon would leave behind is written where crestd reads it (the conmon pid file, naming this
 /// test process, and the exit file with 128 + signal when a container is killed). Every call is recorded as
-/// "verb id"; <see cref="Failures"/> makes a verb fail as the real runtime's error would.
+/// "verb id"; <see cref="Failures"/> makes a verb ("checkpoint") or one container's verb ("checkpoint c2") fail as the real runtime's error would.
 /// </summary>
 /// <param name="exitDir">Where conmon's exit files go (the layout's exit dir).</param>
 /// <param name="alive">The pids that exist (a recording ILinux's): created init pids join it, killed ones leave.</param>
@@ -78,7 +78,7 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
             _calls.Add($"{verb} {id}");
         }
 
-        if (Failures.TryGetValue(verb, out var failure))
+        if (Failures.TryGetValue(verb, out var failure) || Failures.TryGetValue($"{verb} {id}", out failure))
         {
             throw failure;
         }
