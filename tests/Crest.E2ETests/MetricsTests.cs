@@ -66,12 +66,19 @@ public class MetricsTests
                 var id = await RunAsync([.. r, "create", podId, container, pod]);
                 await RunAsync([.. r, "start", id]);
                 await RunAsync([.. r, "checkpoint", "--export", dir.Combine("sleeper.tar"), id]);
+                using (var channel = UnixGrpc.Channel(crestd.Socket))
+                {
+                    await new Runtime.V1.RuntimeService.RuntimeServiceClient(channel).CheckpointPodAsync(
+                        new Runtime.V1.CheckpointPodRequest { PodSandboxId = podId, OutputPath = dir.Combine("pod-ckpt") }, cancellationToken: Ct);
+                }
 
                 using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{promPort}") };
                 var checkpoints = await QueryUntilAsync(http, "crest_checkpoint_duration_seconds_count", v => v >= 1, () => promLog.ToString());
                 var calls = await QueryUntilAsync(http, "crest_cri_requests_total{method=\"CheckpointContainer\",code=\"OK\"}", v => v >= 1, () => promLog.ToString());
                 var running = await QueryUntilAsync(http, "crest_containers{state=\"running\"}", v => v >= 1, () => promLog.ToString());
                 var readyPods = await QueryUntilAsync(http, "crest_pods{state=\"ready\"}", v => v >= 1, () => promLog.ToString());
+                var podCheckpoints = await QueryUntilAsync(http, "crest_pod_checkpoint_total{result=\"ok\"}", v => v >= 1, () => promLog.ToString());
+                var podFrozen = await QueryUntilAsync(http, "crest_pod_checkpoint_frozen_seconds_count", v => v >= 1, () => promLog.ToString());
                 using var direct = new HttpClient();
                 var text = await direct.GetStringAsync(new Uri($"http://127.0.0.1:{metricsPort}/metrics"), Ct);
                 using var elsewhere = await direct.GetAsync(new Uri($"http://127.0.0.1:{metricsPort}/"), Ct);
@@ -81,6 +88,8 @@ public class MetricsTests
                 Assert.Equal(1, calls);
                 Assert.Equal(1, running);
                 Assert.Equal(1, readyPods);
+                Assert.Equal(1, podCheckpoints);
+                Assert.Equal(1, podFrozen);
                 Assert.Contains("process_cpu_seconds_total", text, StringComparison.Ordinal);
                 Assert.Contains("crest_checkpoint_size_bytes_bucket", text, StringComparison.Ordinal);
                 Assert.Equal(HttpStatusCode.NotFound, elsewhere.StatusCode);
