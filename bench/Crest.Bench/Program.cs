@@ -24,13 +24,15 @@ for (var i = 0; i < args.Length - 1; i++)
 }
 
 // --checkpoint-only: just the checkpoint/restore rows (they take the longest to iterate on).
+// --pod-checkpoint-only: just the pod checkpoint/restore rows (crestd alone: containerd 2.1 has no CheckpointPod).
 // --critest-only: just the critest --benchmark rows (they need --critest and --critest-mirrors; scripts/bench.sh passes them).
 var checkpointOnly = args.Contains("--checkpoint-only");
+var podCheckpointOnly = args.Contains("--pod-checkpoint-only");
 var critestOnly = args.Contains("--critest-only");
 
 var subjects = Subjects.Create(crestdPath);
 var report = new Report(runs, calls);
-if (!checkpointOnly && !critestOnly)
+if (!checkpointOnly && !podCheckpointOnly && !critestOnly)
 {
     foreach (var subject in subjects)
     {
@@ -94,7 +96,7 @@ if (!checkpointOnly && !critestOnly)
     }
 }
 
-if (!checkpointOnly)
+if (!checkpointOnly && !podCheckpointOnly)
 {
     if (critestDir is not null && mirrorsDir is not null)
     {
@@ -113,7 +115,7 @@ if (!checkpointOnly)
     }
 }
 
-if (!critestOnly)
+if (!critestOnly && !podCheckpointOnly)
 {
     Console.Error.WriteLine("bench: checkpoint and restore through CRI (idle, 256 MiB, 1 GiB); bare runc checkpoint and restore of Crest's container are the floor");
     using (var work = new Crest.TestKit.TempDir("crest-bench-cr"))
@@ -156,6 +158,50 @@ if (!critestOnly)
             }
         }
     }
+}
+
+if (!critestOnly && !checkpointOnly)
+{
+    Console.Error.WriteLine($"bench: pod checkpoint and restore of a 3-container pod (3 idle; 256 MiB + 2 idle), {runs} runs each, crest only (containerd 2.1 has no CheckpointPod)");
+    using var work = new Crest.TestKit.TempDir("crest-bench-pod-cr");
+    var (busybox, pause) = PodScenario.WriteArchives(work.Path);
+    var crest = subjects.Single(s => s.Name == "crest");
+    await using var running = await crest.StartAsync();
+    await PodScenario.LoadImagesAsync(crest.Name, running.Socket, busybox, pause);
+
+    // One untimed run first, so the JIT of the pod checkpoint and restore paths is not in the first sample.
+    await PodCheckpointScenario.RunAsync(running, "warm-up", 0, work.CreateDirectory("warm-up"), 999);
+    var n = 0;
+    foreach (var (variant, bytes) in PodCheckpointScenario.Variants)
+    {
+        var rows = new List<(string Scenario, string Unit, string NotApplicable, Func<PodCheckpointScenario.Sample, double> Value)>
+        {
+            ($"pod checkpoint {variant}: CheckpointPod total", "ms", "no CheckpointPod", s => s.CheckpointPodMs),
+            ($"pod checkpoint {variant}: pod frozen window (pod.json)", "ms", "no CheckpointPod", s => s.PodFrozenMs),
+            ($"pod checkpoint {variant}: 3× CheckpointContainer total (sum of calls)", "ms", "not run: Crest-only comparison", s => s.ContainersMs),
+            ($"pod checkpoint {variant}: 3× CheckpointContainer CRIU frozen (sum, stats-dump)", "ms", "not run: Crest-only comparison", s => s.ContainersFrozenMs),
+            ($"pod checkpoint {variant}: size, pod directory", "MiB", "no CheckpointPod", s => s.PodBytes / 1048576.0),
+            ($"pod checkpoint {variant}: size, 3 container archives", "MiB", "not run: Crest-only comparison", s => s.ContainersBytes / 1048576.0),
+            ($"pod restore {variant}: RestorePod", "ms", "no CheckpointPod", s => s.RestorePodMs),
+            ($"pod restore {variant}: RestorePod + 3 StartContainer (all RUNNING)", "ms", "no CheckpointPod", s => s.RestoreMs),
+        };
+        for (var r = 0; r < runs; r++)
+        {
+            Console.Error.WriteLine($"bench: pod checkpoint {variant}, run {r + 1} of {runs}");
+            var sample = await PodCheckpointScenario.RunAsync(running, variant, bytes, work.CreateDirectory($"pod-{n}"), n++);
+            foreach (var row in rows)
+            {
+                report.Add(row.Scenario, row.Unit, crest.Name, row.Value(sample));
+            }
+        }
+
+        foreach (var row in rows)
+        {
+            report.NotApplicable(row.Scenario, "containerd", row.NotApplicable);
+        }
+    }
+
+    report.Note("pod checkpoint rows: a fresh 3-container pod per run (a counter logging every 0.2 s, a sleep, and a second sleep or busybox awk holding 256 MiB of touched memory), after one untimed warm-up run. CheckpointPod is the whole CRI call; the pod frozen window is pod.json's frozenMilliseconds (first container paused to last resumed, CRIU dumps and the pod's /dev/shm included). Then the same three containers, still running, are checkpointed one after another with CheckpointContainer: the sum of the three calls, and the sum of CRIU's frozen times from each archive's stats-dump. The pod is then stopped and removed; RestorePod is timed alone and with the three StartContainer calls until ContainerStatus reports all RUNNING, and the restored counter must continue from its checkpointed value (the run fails otherwise).");
 }
 
 Directory.CreateDirectory(output);

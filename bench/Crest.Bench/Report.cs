@@ -11,14 +11,20 @@ internal sealed class Report(int runs, int calls)
 
     private readonly List<(string Scenario, string Unit, string Subject, double Value)> _samples = [];
     private readonly List<string> _notes = [];
+    private readonly Dictionary<(string Scenario, string Subject), string> _notApplicable = [];
 
     public void Add(string scenario, string unit, string subject, double value) => _samples.Add((scenario, unit, subject, value));
+
+    /// <summary>Why a subject has no value for a scenario (e.g. containerd has no CheckpointPod); shown in its cells instead of a dash.</summary>
+    public void NotApplicable(string scenario, string subject, string reason) => _notApplicable[(scenario, subject)] = reason;
 
     /// <summary>A line printed under the table (and kept in the JSON): how a group of rows was measured, or what is missing.</summary>
     public void Note(string note) => _notes.Add(note);
 
     public string Markdown(IReadOnlyList<string> subjects, string host)
     {
+        // A subject with nothing to show in any row (bare runc outside the checkpoint rows) gets no columns.
+        subjects = subjects.Where(s => _samples.Any(x => x.Subject == s) || _notApplicable.Keys.Any(k => k.Subject == s)).ToList();
         var sb = new StringBuilder();
         sb.AppendLine(CultureInfo.InvariantCulture, $"# Crest benchmarks, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         sb.AppendLine();
@@ -46,7 +52,7 @@ internal sealed class Report(int runs, int calls)
             foreach (var s in subjects)
             {
                 var values = Values(scenario, s);
-                sb.Append(values.Count == 0 ? " – | – |" : string.Create(CultureInfo.InvariantCulture, $" {Fmt(values.Min())} | {Fmt(Median(values))} |"));
+                sb.Append(values.Count == 0 ? (_notApplicable.TryGetValue((scenario, s), out var why) ? $" n/a ({why}) | n/a |" : " – | – |") : string.Create(CultureInfo.InvariantCulture, $" {Fmt(values.Min())} | {Fmt(Median(values))} |"));
             }
 
             var (crest, containerd) = (Values(scenario, "crest"), Values(scenario, "containerd"));
@@ -74,6 +80,7 @@ internal sealed class Report(int runs, int calls)
         calls,
         cores = Environment.ProcessorCount,
         notes = _notes,
+        notApplicable = _notApplicable.Select(x => new { scenario = x.Key.Scenario, subject = x.Key.Subject, reason = x.Value }),
         samples = _samples.GroupBy(x => (x.Scenario, x.Subject)).Select(g => new
         {
             scenario = g.Key.Scenario,
