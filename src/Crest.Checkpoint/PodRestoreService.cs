@@ -37,6 +37,7 @@ public sealed class PodRestoreService(
     PodService pods,
     ILinux linux,
     PodOperationJournal journal,
+    RestoreNetworkHolds holds,
     RestoreOptions options,
     ILogger<PodRestoreService> logger)
 {
@@ -79,6 +80,12 @@ public sealed class PodRestoreService(
                 var c = await restores.CreateFromCheckpointAsync(sandbox.Id, spec, archive, CheckpointSourceKind.Archive, dir, criu, ct).ConfigureAwait(false);
                 restored.Add(new RestoredPodContainer(spec.Name, c.Id));
                 CrashPoints.Hit(CrashPoints.PodRestoreContainers);
+            }
+
+            if (manifest.TcpEstablished && restored.Count > 1)
+            {
+                // Connections between the containers must outlast the one-by-one starts: see RestoreNetworkHolds.
+                await holds.HoldAsync(sandbox, restored.Select(c => c.ContainerId).ToList(), ct).ConfigureAwait(false);
             }
 
             var result = new PodRestoreResult(sandbox, restored, clock.Elapsed);

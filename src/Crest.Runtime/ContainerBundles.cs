@@ -68,6 +68,13 @@ public sealed class ContainerBundles(RuntimeLayout layout, ImageService images, 
         return restoreSteps.ApplyRootfsAsync(bundle.RestoreDir, bundle.Rootfs, c, ct);
     }
 
+    /// <summary>Tells the checkpoint layer that a restored container's restore ran (see <see cref="IRestoreSteps.RestoreFinishedAsync"/>).</summary>
+    public Task RestoreFinishedAsync(ContainerRecord c, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(c);
+        return restoreSteps.RestoreFinishedAsync(c, ct);
+    }
+
     public void UnmountRootfs(ContainerBundle bundle) => linux.Unmount(bundle.Rootfs);
 
     /// <summary>Detaches every id-mapped layer bind under the container directory and removes their mount points.</summary>

@@ -68,6 +68,7 @@ public sealed partial class ContainerService
 
                 return Task.CompletedTask;
             }).ConfigureAwait(false);
+            await Step(c.Id, () => bundles.RestoreFinishedAsync(c, CancellationToken.None)).ConfigureAwait(false);
         }
     }
 

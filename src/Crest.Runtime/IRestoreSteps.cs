@@ -11,4 +11,7 @@ public interface IRestoreSteps
 {
     /// <summary>Applies the checkpoint's rootfs diff and deletions to <paramref name="rootfs"/> and recreates missing bind-mount sources.</summary>
     Task ApplyRootfsAsync(string restoreDir, string rootfs, ContainerRecord container, CancellationToken ct);
+
+    /// <summary>StartContainer ran the restore of <paramref name="container"/> (it is now RUNNING, or EXITED with StartError).</summary>
+    Task RestoreFinishedAsync(ContainerRecord container, CancellationToken ct);
 }

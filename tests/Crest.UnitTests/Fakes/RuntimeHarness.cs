@@ -123,4 +123,12 @@ internal sealed class FakeRestoreSteps : IRestoreSteps
         Applied.Add(container.Id);
         return Failure is null ? Task.CompletedTask : Task.FromException(Failure);
     }
+
+    public List<string> Finished { get; } = [];
+
+    public Task RestoreFinishedAsync(ContainerRecord container, CancellationToken ct)
+    {
+        Finished.Add(container.Id);
+        return Task.CompletedTask;
+    }
 }

@@ -1,0 +1,124 @@
+using Crest.Checkpoint;
+using Crest.Core;
+using Crest.Runtime;
+using Crest.TestKit;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Crest.UnitTests;
+
+/// <summary>
+/// A restored pod's TCP traffic is held (incoming TCP dropped in its network namespace) from RestorePod until every
+/// restored container has run its restore, so connections between them survive any start order.
+/// </summary>
+public sealed class RestoreNetworkHoldTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+    private readonly RecordingCommands _commands = new();
+    private readonly FakeTimeProvider _time = new();
+    private readonly RestoreNetworkHolds _holds;
+    private readonly SandboxRecord _pod;
+
+    public RestoreNetworkHoldTests()
+    {
+        var layout = new RuntimeLayout(new CrestPaths(_dir.Combine("root"), _dir.Combine("state"), _dir.Combine("state", "crest.sock")));
+        _holds = new RestoreNetworkHolds(_commands, layout, _time, NullLogger<RestoreNetworkHolds>.Instance);
+        var netns = _dir.Combine("netns-pod");
+        File.WriteAllText(netns, "");
+        Directory.CreateDirectory(layout.SandboxDir("pod"));
+        _pod = new SandboxRecord { Id = "pod", Spec = Fakes.RuntimeHarness.Pod(), State = SandboxState.Ready, CreatedAt = DateTimeOffset.UnixEpoch, RuntimeHandler = "runc", NetnsPath = netns };
+    }
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>A RestoreSteps whose holds run no command (for tests of the rootfs steps).</summary>
+    internal static RestoreSteps NewRestoreSteps(RestoreOptions? options = null)
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "crest-unit-holds");
+        var layout = new RuntimeLayout(new CrestPaths(dir, dir, Path.Combine(dir, "s.sock")));
+        return new RestoreSteps(options ?? new RestoreOptions(), new RestoreNetworkHolds(new RecordingCommands(), layout, TimeProvider.System, NullLogger<RestoreNetworkHolds>.Instance));
+    }
+
+    [Fact]
+    public async Task The_hold_drops_incoming_tcp_in_the_pods_namespace_until_the_last_restored_container_ran()
+    {
+        await _holds.HoldAsync(_pod, ["c1", "c2"], Ct);
+        Assert.Equal([$"nsenter --net={_pod.NetnsPath} iptables -w -I INPUT -p tcp -m comment --comment crest-restore-hold -j DROP",
+            $"nsenter --net={_pod.NetnsPath} ip6tables -w -I INPUT -p tcp -m comment --comment crest-restore-hold -j DROP"], _commands.Lines);
+
+        await _holds.LeftCreatedAsync("pod", "c2", Ct);
+        Assert.Equal(2, _commands.Lines.Count);
+
+        await _holds.LeftCreatedAsync("pod", "c1", Ct);
+        Assert.Equal([" -D INPUT", " -D INPUT"], _commands.Lines.Skip(2).Select(l => l.Contains(" -D INPUT", StringComparison.Ordinal) ? " -D INPUT" : l));
+        await _holds.LeftCreatedAsync("pod", "c1", Ct);
+        Assert.Equal(4, _commands.Lines.Count);
+    }
+
+    [Fact]
+    public async Task A_hold_ends_after_its_limit_when_a_container_is_never_started()
+    {
+        await _holds.HoldAsync(_pod, ["c1", "c2"], Ct);
+        await _holds.LeftCreatedAsync("pod", "c1", Ct);
+
+        _time.Advance(RestoreNetworkHolds.Limit + TimeSpan.FromSeconds(1));
+
+        await Eventually.UntilAsync(() => _commands.Lines.Count == 4, "the hold to be released after its limit", ct: Ct);
+        Assert.All(_commands.Lines.Skip(2), l => Assert.Contains(" -D INPUT", l, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_restart_releases_every_hold_a_previous_crestd_left()
+    {
+        await _holds.HoldAsync(_pod, ["c1"], Ct);
+
+        Assert.Equal(1, await _holds.ReleaseAllAsync(Ct));
+        Assert.Equal(0, await _holds.ReleaseAllAsync(Ct));
+        Assert.Equal(4, _commands.Lines.Count);
+    }
+
+    [Fact]
+    public async Task A_failing_iptables_fails_the_hold_with_what_to_do()
+    {
+        _commands.ExitCode = 4;
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => _holds.HoldAsync(_pod, ["c1", "c2"], Ct));
+
+        Assert.Equal(ErrorKind.FailedPrecondition, e.Kind);
+        Assert.Contains("iptables", e.Message, StringComparison.Ordinal);
+    }
+
+    public void Dispose()
+    {
+        _holds.Dispose();
+        _dir.Dispose();
+    }
+
+    private sealed class RecordingCommands : ICommandRunner
+    {
+        private readonly List<string> _lines = [];
+
+        public int ExitCode { get; set; }
+
+        public IReadOnlyList<string> Lines
+        {
+            get
+            {
+                lock (_lines)
+                {
+                    return [.. _lines];
+                }
+            }
+        }
+
+        public Task<CommandResult> RunAsync(CommandLine command, CancellationToken ct)
+        {
+            lock (_lines)
+            {
+                _lines.Add(command.ToString());
+            }
+
+            return Task.FromResult(new CommandResult(ExitCode, "", ExitCode == 0 ? "" : "iptables: failed"));
+        }
+    }
+}
