@@ -154,6 +154,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             });
             builder.Services.AddSingleton<CheckpointService>();
             builder.Services.AddSingleton<PodCheckpointService>();
+            builder.Services.AddSingleton<PodCheckpointSources>();
             builder.Services.AddSingleton<PodRestoreService>();
             builder.Services.AddSingleton<CheckpointServices>();
             builder.Services.AddSingleton<PodService>();
