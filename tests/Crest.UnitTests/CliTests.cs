@@ -189,3 +189,26 @@ public class CriLogTests
         Assert.Equal("abcdef", Assert.Single(joiner.Add("2026-11-28T10:00:00Z stdout F def")).Content);
     }
 }
+
+public class PodCheckpointCliTests
+{
+    [Fact]
+    public void Checkpoint_options_are_key_value_pairs_and_the_value_may_hold_an_equals_sign()
+    {
+        var options = PodCheckpointCommands.ParseOptions(["tcp-established=true", "note=a=b", "empty="]);
+
+        Assert.Equal("true", options["tcp-established"]);
+        Assert.Equal("a=b", options["note"]);
+        Assert.Equal("", options["empty"]);
+    }
+
+    [Theory]
+    [InlineData("novalue")]
+    [InlineData("=x")]
+    public void A_checkpoint_option_without_a_key_is_a_usage_error(string pair) =>
+        Assert.Throws<CliUsageException>(() => PodCheckpointCommands.ParseOptions([pair]));
+
+    [Fact]
+    public void A_checkpoint_option_given_twice_is_a_usage_error() =>
+        Assert.Contains("twice", Assert.Throws<CliUsageException>(() => PodCheckpointCommands.ParseOptions(["a=1", "a=2"])).Message, StringComparison.Ordinal);
+}
