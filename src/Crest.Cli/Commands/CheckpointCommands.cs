@@ -441,37 +441,11 @@ internal static class CheckpointCommands
     private static async Task BuildImageAsync(ParseResult parse, GlobalOptions global, TextWriter output, string archivePath, string name, bool push, CancellationToken ct)
     {
         var metadata = await ReadArchiveAsync(archivePath, ct);
-        var (imageId, digest) = await ImportImageAsync(parse, global, output, archivePath, name, CheckpointImageAnnotations.For(metadata), push, ct);
+        var (imageId, digest) = await CheckpointImageImport.ImportAsync(parse, global, output, archivePath, name, CheckpointImageAnnotations.For(metadata), push, ct);
         await output.WriteLineAsync($"Checkpoint image {name} {imageId}");
         if (digest is not null)
         {
             await output.WriteLineAsync($"Pushed {name} {digest}");
         }
-    }
-
-    /// <summary>
-    /// Stores a checkpoint OCI image in the runtime's image store (one layer holding the tar's files at /, with
-    /// <paramref name="annotations"/> on its manifest) and, if asked, pushes it: the one path container and pod
-    /// checkpoint images take. Returns the image id and, when pushed, the manifest digest.
-    /// </summary>
-    internal static async Task<(string ImageId, string? PushedDigest)> ImportImageAsync(ParseResult parse, GlobalOptions global, TextWriter output, string tarPath, string name,
-        IReadOnlyDictionary<string, string> annotations, bool push, CancellationToken ct)
-    {
-        var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
-        using var connection = new CriConnection(ctx.ImageEndpoint, parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(30) : ctx.Timeout);
-        var client = new CrestImages.CrestImagesClient(connection.Channel);
-        var request = new ImportRootfsRequest { Path = tarPath, Name = name };
-        foreach (var (k, v) in annotations)
-        {
-            request.Annotations[k] = v;
-        }
-        var imported = await CliRunner.CallAsync(connection, "crest.v1.CrestImages/ImportRootfs", o => client.ImportRootfsAsync(request, o).ResponseAsync, ct);
-        if (!push)
-        {
-            return (imported.ImageId, null);
-        }
-
-        var pushed = await CliRunner.CallAsync(connection, "crest.v1.CrestImages/Push", o => client.PushAsync(new PushRequest { Image = name }, o).ResponseAsync, ct);
-        return (imported.ImageId, pushed.ManifestDigest);
     }
 }

@@ -115,7 +115,7 @@ internal static class PodCheckpointCommands
                             await progress.WriteLineAsync($"Pushing {imageName}");
                         }
 
-                        (imageId, digest) = await CheckpointCommands.ImportImageAsync(parse, global, progress, tar, imageName, annotations, parse.GetValue(push), ct);
+                        (imageId, digest) = await CheckpointImageImport.ImportAsync(parse, global, progress, tar, imageName, annotations, parse.GetValue(push), ct);
                     }
                     finally
                     {
