@@ -157,6 +157,34 @@ public partial class PodCheckpointCliTests
     }
 
     [Fact]
+    public async Task A_pod_checkpoint_directory_restores_in_place_and_is_left_as_it_was()
+    {
+        using var dir = new TempDir("crest-e2e-poddir");
+        await using var s = await StartAsync(dir);
+        var (podId, _, _) = await RunPodAsync(s);
+        var checkpoint = dir.Combine("duo-checkpoint");
+
+        var written = await RunAsync([.. s.R, "checkpoint", "pod", podId, "--dir", Path.GetRelativePath(Environment.CurrentDirectory, checkpoint)]);
+
+        Assert.Equal(checkpoint, written);
+        var files = Directory.EnumerateFiles(checkpoint, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal).ToList();
+        Assert.Contains(Path.Combine(checkpoint, "pod.json"), files);
+        Assert.Contains(Path.Combine(checkpoint, "containers", "counter.tar"), files);
+        var table = await RunAsync([.. s.R, "checkpoint", "inspect", checkpoint]);
+        Assert.Contains("e2e/duo", table, StringComparison.Ordinal);
+        Assert.Contains("sleeper", table, StringComparison.Ordinal);
+
+        await s.Pods.RemoveAsync(podId);
+        var lastBefore = LastCount(await File.ReadAllTextAsync(s.CounterLog, Ct));
+        File.Delete(s.CounterLog);
+        var restoreStarted = DateTimeOffset.UtcNow;
+        using var restored = JsonDocument.Parse(await RunAsync([.. s.R, "restore", "pod", checkpoint, "--config", s.PodConfig, "--start", "-o", "json"]));
+
+        await AssertRestoredAsync(s, restored.RootElement, lastBefore, restoreStarted);
+        Assert.Equal(files, Directory.EnumerateFiles(checkpoint, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
     public async Task A_pod_checkpoint_image_pushed_to_a_registry_and_pulled_back_restores_by_reference()
     {
         using var dir = new TempDir("crest-e2e-podimg");

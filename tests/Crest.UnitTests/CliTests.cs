@@ -247,6 +247,10 @@ public class PodCheckpointInspectTests
         using var doc = JsonDocument.Parse(output.ToString());
         Assert.Equal("web", doc.RootElement.GetProperty("pod").GetString());
         Assert.Equal(42, doc.RootElement.GetProperty("containers")[0].GetProperty("archiveBytes").GetInt64());
+        var table = new StringWriter();
+        await PodCheckpointCommands.WriteInspectAsync(new CliContext(CriEndpoint.Parse("/x.sock"), CriEndpoint.Parse("/x.sock"), TimeSpan.FromSeconds(1), OutputFormat.Table, table), tar, manifest);
+        Assert.Contains("default/web", table.ToString(), StringComparison.Ordinal);
+        Assert.Matches(@"app\s+c0ffee\s+42\s+busybox", table.ToString());
     }
 
     [Fact]
