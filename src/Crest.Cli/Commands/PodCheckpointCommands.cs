@@ -29,7 +29,7 @@ internal static class PodCheckpointCommands
         var export = new Option<string?>("--export", "-e") { Description = "write the pod checkpoint as one uncompressed tar FILE" };
         var image = new Option<string?>("--image") { Description = "build a pod checkpoint OCI image NAME[:TAG] in the runtime's image store" };
         var push = new Option<bool>("--push") { Description = "push the --image to its registry" };
-        var containers = new Option<string[]>("--container") { Description = "a container ID to include (repeatable; default: every running container of the pod)", AllowMultipleArgumentsPerToken = false };
+        var containers = new Option<string[]>("--container") { Description = "a container ID to include (repeatable; default: every running container of the pod)" };
         var stop = new Option<bool>("--stop") { Description = "leave the pod's containers stopped after the checkpoint (post_checkpoint_state STOPPED)" };
         var options = new Option<string[]>("--option") { Description = "a CheckpointPod option KEY=VALUE (repeatable)" };
         var command = new Command("pod", "Checkpoint a pod's running containers at one instant (CheckpointPod) into a directory, a tar or an OCI image")
