@@ -100,6 +100,16 @@ public sealed class CheckpointReader(RestoreLimits limits)
     /// </summary>
     public RestorePlan ReadImageLayers(IReadOnlyList<string> layerDirsTopFirst, string image, string stagingDir, CancellationToken ct)
     {
+        CopyImageLayers(layerDirsTopFirst, image, stagingDir, ct);
+        return Read(stagingDir, image, CheckpointSourceKind.Image);
+    }
+
+    /// <summary>
+    /// The copy half of <see cref="ReadImageLayers"/>, for images whose files are not one container checkpoint (a pod
+    /// checkpoint image holds a pod checkpoint directory).
+    /// </summary>
+    public void CopyImageLayers(IReadOnlyList<string> layerDirsTopFirst, string image, string stagingDir, CancellationToken ct)
+    {
         ArgumentNullException.ThrowIfNull(layerDirsTopFirst);
         long bytes = 0;
         long entries = 0;
@@ -179,8 +189,6 @@ public sealed class CheckpointReader(RestoreLimits limits)
                 }
             }
         }
-
-        return Read(stagingDir, image, CheckpointSourceKind.Image);
     }
 
     /// <summary>Reads and normalises the metadata of an unpacked checkpoint.</summary>

@@ -27,6 +27,12 @@ public static partial class PodCheckpointFiles
     /// <summary>The version this Crest writes; a reader refuses any other.</summary>
     public const int FormatVersion = 1;
 
+    /// <summary>The image annotation that marks a pod checkpoint OCI image (its one layer holds the directory at /); the value is the format version.</summary>
+    public const string ImageAnnotation = "io.crest.checkpoint.pod";
+
+    /// <summary>The image annotation listing the image's container names, comma-separated (informational).</summary>
+    public const string ImageContainersAnnotation = "io.crest.checkpoint.pod.containers";
+
     /// <summary>The value of <see cref="PodCheckpointManifest.Kind"/>.</summary>
     public const string Kind = "crest.pod-checkpoint";
 

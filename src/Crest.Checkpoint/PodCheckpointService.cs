@@ -122,8 +122,10 @@ public sealed class PodCheckpointService(
 
                 if (sandbox.PinnedNamespaces.TryGetValue("ipc", out var ipc))
                 {
-                    var summary = linux.SaveSysVSharedMemory(ipc, Path.Combine(output, PodCheckpointFiles.SysVShm), innerCt);
-                    shared = shared with { SysVShm = true, SysVShmSegments = summary.Segments, SysVShmBytes = summary.TotalBytes };
+                    var image = Path.Combine(output, PodCheckpointFiles.SysVShm);
+                    var summary = linux.SaveSysVSharedMemory(ipc, image, innerCt);
+                    // Announced only when written: every reader refuses a manifest naming a missing file (the seam's stub writes none).
+                    shared = shared with { SysVShm = FileKinds.IsRegularFile(image), SysVShmSegments = summary.Segments, SysVShmBytes = summary.TotalBytes };
                 }
             }, request.After == PodStateAfterCheckpoint.Stopped, ct).ConfigureAwait(false);
 

@@ -10,7 +10,7 @@ namespace Crest.Checkpoint;
 /// <summary>A RestorePod request as the domain sees it.</summary>
 public sealed record PodRestoreRequest
 {
-    /// <summary>A pod checkpoint directory (what CheckpointPod wrote).</summary>
+    /// <summary>A pod checkpoint: the directory CheckpointPod wrote, that directory as a tar, or a local pod checkpoint image (<see cref="PodCheckpointSources"/>).</summary>
     public required string CheckpointPath { get; init; }
     /// <summary>The new pod's config (the kubelet's, with node-local updates); its runtime handler is the request's.</summary>
     public required PodSpec Pod { get; init; }
@@ -35,6 +35,7 @@ public sealed class PodRestoreService(
     RestoreService restores,
     SandboxService sandboxes,
     PodService pods,
+    PodCheckpointSources sources,
     ILinux linux,
     PodOperationJournal journal,
     RestoreNetworkHolds holds,
@@ -56,18 +57,15 @@ public sealed class PodRestoreService(
             throw new CrestException(ErrorKind.InvalidArgument, $"RestorePod option \"{key}\" is not known to Crest; RestorePod takes no options yet");
         }
 
-        if (string.IsNullOrWhiteSpace(request.CheckpointPath) || !Path.IsPathRooted(request.CheckpointPath))
-        {
-            throw new CrestException(ErrorKind.InvalidArgument, $"RestorePod checkpoint_path \"{request.CheckpointPath}\" must be an absolute path to a pod checkpoint");
-        }
-
         SandboxRecord? sandbox = null;
         var token = journal.Begin(new PodOperationJournal.Entry { Kind = PodOperationJournal.RestoreKind });
+        OpenedPodCheckpoint? source = null;
         try
         {
-            var dir = request.CheckpointPath;
+            source = await sources.OpenAsync(request.CheckpointPath, ct).ConfigureAwait(false);
+            var dir = source.Directory;
             var manifest = await PodCheckpointManifests.ReadAsync(dir, options.Limits.MaxMetadataBytes, ct).ConfigureAwait(false);
-            var plan = Match(manifest, request.Containers, dir);
+            var plan = Match(manifest, request.Containers, source.Source);
             sandbox = await sandboxes.RunAsync(request.Pod, ct).ConfigureAwait(false);
             journal.Update(token, new PodOperationJournal.Entry { Kind = PodOperationJournal.RestoreKind, SandboxId = sandbox.Id });
             await RestoreSharedAsync(manifest, dir, sandbox, ct).ConfigureAwait(false);
@@ -77,7 +75,7 @@ public sealed class PodRestoreService(
             foreach (var (spec, part) in plan)
             {
                 var archive = Path.Combine(dir, PodCheckpointFiles.ContainerArchive(part.Name));
-                var c = await restores.CreateFromCheckpointAsync(sandbox.Id, spec, archive, CheckpointSourceKind.Archive, dir, criu, ct).ConfigureAwait(false);
+                var c = await restores.CreateFromCheckpointAsync(sandbox.Id, spec, archive, CheckpointSourceKind.Archive, source.Source, criu, ct).ConfigureAwait(false);
                 restored.Add(new RestoredPodContainer(spec.Name, c.Id));
                 CrashPoints.Hit(CrashPoints.PodRestoreContainers);
             }
@@ -89,7 +87,7 @@ public sealed class PodRestoreService(
             }
 
             var result = new PodRestoreResult(sandbox, restored, clock.Elapsed);
-            CheckpointLog.PodRestored(logger, sandbox.Id, dir, restored.Count, (long)result.Total.TotalMilliseconds);
+            CheckpointLog.PodRestored(logger, sandbox.Id, source.Source, restored.Count, (long)result.Total.TotalMilliseconds);
             PodCheckpointMetrics.Restored(result.Total, restored.Count);
             return result;
         }
@@ -108,6 +106,7 @@ public sealed class PodRestoreService(
         }
         finally
         {
+            source?.Dispose();
             journal.End(token);
         }
     }

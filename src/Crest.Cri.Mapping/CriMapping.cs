@@ -119,6 +119,96 @@ public static class CriMapping
         };
     }
 
+    /// <summary>
+    /// A recorded container spec back as the CreateContainer config it came from: the inverse of
+    /// <see cref="ToDomain(ContainerConfig)"/> for every field that reads. <c>crest restore pod</c> sends it when the
+    /// caller gives no container configs.
+    /// </summary>
+    public static ContainerConfig ToCri(ContainerSpec spec)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        var config = new ContainerConfig
+        {
+            Metadata = Metadata(spec),
+            Image = new ImageSpec { Image = spec.Image, UserSpecifiedImage = spec.UserSpecifiedImage ?? "" },
+            WorkingDir = spec.WorkingDir,
+            LogPath = spec.LogPath,
+            Stdin = spec.Stdin,
+            StdinOnce = spec.StdinOnce,
+            Tty = spec.Tty,
+        };
+        config.Command.Add(spec.Command);
+        config.Args.Add(spec.Args);
+        config.Envs.Add(spec.Envs.Select(e => new KeyValue { Key = e.Key, Value = e.Value }));
+        config.Mounts.Add(spec.Mounts.Select(ToCri));
+        config.Devices.Add(spec.Devices.Select(d => new Device { ContainerPath = d.ContainerPath, HostPath = d.HostPath, Permissions = d.Permissions }));
+        foreach (var (k, v) in spec.Labels)
+        {
+            config.Labels[k] = v;
+        }
+
+        foreach (var (k, v) in spec.Annotations)
+        {
+            config.Annotations[k] = v;
+        }
+
+        var r = spec.Resources;
+        var s = spec.Security;
+        var sc = new LinuxContainerSecurityContext
+        {
+            Privileged = s.Privileged,
+            Capabilities = new Capability(),
+            RunAsUser = s.RunAsUser is { } uid ? new Int64Value { Value = uid } : null,
+            RunAsGroup = s.RunAsGroup is { } gid ? new Int64Value { Value = gid } : null,
+            RunAsUsername = s.RunAsUsername ?? "",
+            SupplementalGroupsPolicy = s.SupplementalGroupsPolicy == Core.SupplementalGroupsPolicy.Strict
+                ? global::Runtime.V1.SupplementalGroupsPolicy.Strict
+                : global::Runtime.V1.SupplementalGroupsPolicy.Merge,
+            ReadonlyRootfs = s.ReadOnlyRootfs,
+            NoNewPrivs = s.NoNewPrivileges,
+            // No profile reads back as unconfined with no path, as an explicit unconfined one would not.
+            Seccomp = s.Seccomp == SeccompMode.Unconfined && s.SeccompLocalhostPath is null ? null : new SecurityProfile
+            {
+                ProfileType = s.Seccomp switch
+                {
+                    SeccompMode.RuntimeDefault => SecurityProfile.Types.ProfileType.RuntimeDefault,
+                    SeccompMode.Localhost => SecurityProfile.Types.ProfileType.Localhost,
+                    _ => SecurityProfile.Types.ProfileType.Unconfined,
+                },
+                LocalhostRef = s.SeccompLocalhostPath ?? "",
+            },
+            NamespaceOptions = ToCri(s.Namespaces),
+        };
+        sc.Capabilities.AddCapabilities.Add(s.AddCapabilities);
+        sc.Capabilities.DropCapabilities.Add(s.DropCapabilities);
+        sc.SupplementalGroups.Add(s.SupplementalGroups);
+        sc.MaskedPaths.Add(s.MaskedPaths ?? []);
+        sc.ReadonlyPaths.Add(s.ReadonlyPaths ?? []);
+        config.Linux = new LinuxContainerConfig
+        {
+            Resources = new LinuxContainerResources
+            {
+                CpuPeriod = r.CpuPeriod,
+                CpuQuota = r.CpuQuota,
+                CpuShares = r.CpuShares,
+                MemoryLimitInBytes = r.MemoryLimitBytes,
+                CpusetCpus = r.CpusetCpus,
+                CpusetMems = r.CpusetMems,
+            },
+            SecurityContext = sc,
+        };
+        return config;
+    }
+
+    private static global::Runtime.V1.NamespaceOption ToCri(Core.NamespaceOptions ns) => new()
+    {
+        Network = (global::Runtime.V1.NamespaceMode)(int)ns.Network,
+        Pid = (global::Runtime.V1.NamespaceMode)(int)ns.Pid,
+        Ipc = (global::Runtime.V1.NamespaceMode)(int)ns.Ipc,
+        TargetId = ns.TargetId ?? "",
+        UsernsOptions = ns.User is { } user ? ToCri(user) : null,
+    };
+
     /// <summary>A container's mount as ContainerStatus reports it: what was asked, propagation included.</summary>
     public static Mount ToCri(MountSpec m) => new()
     {

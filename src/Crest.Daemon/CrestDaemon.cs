@@ -156,6 +156,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<CheckpointService>();
             builder.Services.AddSingleton<PodOperationJournal>();
             builder.Services.AddSingleton<PodCheckpointService>();
+            builder.Services.AddSingleton<PodCheckpointSources>();
             builder.Services.AddSingleton<PodRestoreService>();
             builder.Services.AddSingleton<CheckpointServices>();
             builder.Services.AddSingleton<PodService>();

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Crest.Cli;
 using Crest.Cli.Commands;
+using Crest.Checkpoint.Format;
 using Crest.Cli.Output;
 using Runtime.V1;
 
@@ -187,5 +188,84 @@ public class CriLogTests
 
         Assert.Empty(joiner.Add("2026-11-28T10:00:00Z stdout P abc"));
         Assert.Equal("abcdef", Assert.Single(joiner.Add("2026-11-28T10:00:00Z stdout F def")).Content);
+    }
+}
+
+public class PodCheckpointCliTests
+{
+    [Fact]
+    public void Checkpoint_options_are_key_value_pairs_and_the_value_may_hold_an_equals_sign()
+    {
+        var options = PodCheckpointCommands.ParseOptions(["tcp-established=true", "note=a=b", "empty="]);
+
+        Assert.Equal("true", options["tcp-established"]);
+        Assert.Equal("a=b", options["note"]);
+        Assert.Equal("", options["empty"]);
+    }
+
+    [Theory]
+    [InlineData("novalue")]
+    [InlineData("=x")]
+    public void A_checkpoint_option_without_a_key_is_a_usage_error(string pair) =>
+        Assert.Throws<CliUsageException>(() => PodCheckpointCommands.ParseOptions([pair]));
+
+    [Fact]
+    public void A_checkpoint_option_given_twice_is_a_usage_error() =>
+        Assert.Contains("twice", Assert.Throws<CliUsageException>(() => PodCheckpointCommands.ParseOptions(["a=1", "a=2"])).Message, StringComparison.Ordinal);
+}
+
+public class PodCheckpointInspectTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static PodCheckpointManifest Manifest() => new()
+    {
+        CheckpointedAt = DateTimeOffset.UnixEpoch,
+        SandboxId = "0123456789abcdef",
+        Pod = new Crest.Core.PodSpec { Name = "web", Uid = "uid-web", Namespace = "default" },
+        Containers = [new PodCheckpointContainer { Name = "app", Id = "c0ffee", Image = "busybox", Spec = new Crest.Core.ContainerSpec { Name = "app", Image = "busybox" }, ArchiveBytes = 42 }],
+        FrozenMilliseconds = 12,
+    };
+
+    [Fact]
+    public async Task An_exported_pod_checkpoint_is_recognised_by_its_manifest_and_shown()
+    {
+        using var dir = new Crest.TestKit.TempDir();
+        var tar = dir.Combine("pod.tar");
+        await using (var file = File.Create(tar))
+        await using (var w = new System.Formats.Tar.TarWriter(file))
+        {
+            Crest.TestKit.TestImages.File(w, "containers/app.tar", [1, 2, 3]);
+            Crest.TestKit.TestImages.File(w, "pod.json", PodCheckpointManifests.Serialize(Manifest()));
+        }
+
+        var manifest = await PodCheckpointCommands.ReadManifestIfPodAsync(tar, Ct);
+
+        Assert.NotNull(manifest);
+        var output = new StringWriter();
+        await PodCheckpointCommands.WriteInspectAsync(new CliContext(CriEndpoint.Parse("/x.sock"), CriEndpoint.Parse("/x.sock"), TimeSpan.FromSeconds(1), OutputFormat.Json, output), tar, manifest);
+        using var doc = JsonDocument.Parse(output.ToString());
+        Assert.Equal("web", doc.RootElement.GetProperty("pod").GetString());
+        Assert.Equal(42, doc.RootElement.GetProperty("containers")[0].GetProperty("archiveBytes").GetInt64());
+        var table = new StringWriter();
+        await PodCheckpointCommands.WriteInspectAsync(new CliContext(CriEndpoint.Parse("/x.sock"), CriEndpoint.Parse("/x.sock"), TimeSpan.FromSeconds(1), OutputFormat.Table, table), tar, manifest);
+        Assert.Contains("default/web", table.ToString(), StringComparison.Ordinal);
+        Assert.Matches(@"app\s+c0ffee\s+42\s+busybox", table.ToString());
+    }
+
+    [Fact]
+    public async Task A_container_checkpoint_archive_is_not_taken_for_a_pod_checkpoint()
+    {
+        using var dir = new Crest.TestKit.TempDir();
+        var tar = dir.Combine("container.tar");
+        await using (var file = File.Create(tar))
+        await using (var w = new System.Formats.Tar.TarWriter(file))
+        {
+            Crest.TestKit.TestImages.File(w, "config.dump", "{}"u8.ToArray());
+            Crest.TestKit.TestImages.File(w, "nested/pod.json", "{}"u8.ToArray());
+        }
+
+        Assert.Null(await PodCheckpointCommands.ReadManifestIfPodAsync(tar, Ct));
+        Assert.Null(await PodCheckpointCommands.ReadManifestIfPodAsync(dir.Path, Ct));
     }
 }

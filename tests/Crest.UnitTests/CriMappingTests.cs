@@ -126,6 +126,26 @@ public class CriMappingTests
     }
 
     [Fact]
+    public void A_recorded_container_spec_maps_back_to_the_config_it_came_from()
+    {
+        var config = RichConfig();
+
+        var back = CriMapping.ToCri(CriMapping.ToDomain(config));
+
+        Assert.Equal(config, back);
+    }
+
+    [Fact]
+    public void A_minimal_spec_survives_the_trip_through_CRI_unchanged()
+    {
+        var spec = new ContainerSpec { Name = "sleeper", Image = "busybox:latest", Command = ["sleep", "3600"] };
+
+        var again = CriMapping.ToDomain(CriMapping.ToCri(spec));
+
+        Assert.Equal(JsonSerializer.Serialize(spec), JsonSerializer.Serialize(again));
+    }
+
+    [Fact]
     public void Checkpoint_inspect_judges_the_same_request_CreateContainer_would_make()
     {
         var config = RichConfig();

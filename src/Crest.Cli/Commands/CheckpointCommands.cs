@@ -33,6 +33,7 @@ internal static class CheckpointCommands
         };
         var checkpoint = new Command("checkpoint", "Checkpoint a running container into an archive (it keeps running)") { id, export, compress, stats, image, push, deadline };
         checkpoint.Subcommands.Add(Inspect(global, output));
+        checkpoint.Subcommands.Add(PodCheckpointCommands.Checkpoint(global, output));
         checkpoint.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
             var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
@@ -120,6 +121,7 @@ internal static class CheckpointCommands
         var pid = new Option<string?>("--pid") { Description = "pid namespace: pod (shared, the CRI default) or container (private, as the kubelet and Podman use); must match the checkpoint" };
         var noStart = new Option<bool>("--no-start") { Description = "only create the container (crictl create), do not start it" };
         var restore = new Command("restore", "Restore a checkpoint into a pod: CreateContainer with the checkpoint as the image, then StartContainer") { source, pod, name, config, pid, noStart };
+        restore.Subcommands.Add(PodCheckpointCommands.Restore(global, output));
         restore.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
             var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
@@ -189,6 +191,12 @@ internal static class CheckpointCommands
         {
             var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
             var source = parse.GetValue(archive)!;
+            if (await PodCheckpointCommands.ReadManifestIfPodAsync(source, ct) is { } pod)
+            {
+                await PodCheckpointCommands.WriteInspectAsync(ctx, source, pod);
+                return;
+            }
+
             var path = File.Exists(source) ? Path.GetFullPath(source) : null;
             var staging = Directory.CreateTempSubdirectory("crest-inspect-");
             var planDir = staging.FullName;
@@ -433,17 +441,11 @@ internal static class CheckpointCommands
     private static async Task BuildImageAsync(ParseResult parse, GlobalOptions global, TextWriter output, string archivePath, string name, bool push, CancellationToken ct)
     {
         var metadata = await ReadArchiveAsync(archivePath, ct);
-        var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
-        using var connection = new CriConnection(ctx.ImageEndpoint, parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(30) : ctx.Timeout);
-        var client = new CrestImages.CrestImagesClient(connection.Channel);
-        var request = new ImportRootfsRequest { Path = archivePath, Name = name };
-        request.Annotations.Add(CheckpointImageAnnotations.For(metadata));
-        var imported = await CliRunner.CallAsync(connection, "crest.v1.CrestImages/ImportRootfs", o => client.ImportRootfsAsync(request, o).ResponseAsync, ct);
-        await output.WriteLineAsync($"Checkpoint image {name} {imported.ImageId}");
-        if (push)
+        var (imageId, digest) = await CheckpointImageImport.ImportAsync(parse, global, output, archivePath, name, CheckpointImageAnnotations.For(metadata), push, ct);
+        await output.WriteLineAsync($"Checkpoint image {name} {imageId}");
+        if (digest is not null)
         {
-            var pushed = await CliRunner.CallAsync(connection, "crest.v1.CrestImages/Push", o => client.PushAsync(new PushRequest { Image = name }, o).ResponseAsync, ct);
-            await output.WriteLineAsync($"Pushed {name} {pushed.ManifestDigest}");
+            await output.WriteLineAsync($"Pushed {name} {digest}");
         }
     }
 }
