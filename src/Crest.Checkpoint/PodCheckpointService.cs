@@ -124,7 +124,7 @@ public sealed class PodCheckpointService(
                 {
                     var image = Path.Combine(output, PodCheckpointFiles.SysVShm);
                     var summary = linux.SaveSysVSharedMemory(ipc, image, innerCt);
-                    // Announced only when written: every reader refuses a manifest naming a missing file (the seam's stub writes none).
+                    // Announced only when written: every reader refuses a manifest naming a missing file (a fake seam may write none).
                     shared = shared with { SysVShm = FileKinds.IsRegularFile(image), SysVShmSegments = summary.Segments, SysVShmBytes = summary.TotalBytes };
                 }
             }, request.After == PodStateAfterCheckpoint.Stopped, ct).ConfigureAwait(false);

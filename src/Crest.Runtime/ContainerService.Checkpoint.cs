@@ -180,13 +180,14 @@ public sealed partial class ContainerService
                     {
                         await runtimes.For(c.RuntimeHandler).ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
                     }
-                    catch (CrestException e)
+                    catch (CrestException e) when (!killed)
                     {
                         RuntimeLog.ResumeAfterPodDumpFailed(logger, c.Id, e.Message);
-                        if (!killed)
-                        {
-                            stillPaused.Add(c.Id);
-                        }
+                        stillPaused.Add(c.Id);
+                    }
+                    catch (CrestException)
+                    {
+                        // Killed while frozen: the runtime may have thawed it to deliver SIGKILL ("container not paused").
                     }
                 }
             }
