@@ -47,9 +47,17 @@ public partial class PodCheckpointTests
     public async Task A_two_container_pod_is_checkpointed_in_one_freeze_and_restored_into_a_new_pod_where_the_counter_goes_on()
     {
         await using var d = await StartAsync();
+        using var events = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        events.CancelAfter(TimeSpan.FromMinutes(2));
+        using var stream = d.Runtime.GetContainerEvents(new GetEventsRequest(), cancellationToken: events.Token);
         var pod = PodTests.Pod(d, "pair");
         var podId = (await d.Runtime.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod }, cancellationToken: Ct)).PodSandboxId;
         var counter = await StartContainerAsync(d, podId, pod, Counter("counter"));
+        // The stream is subscribed once it carries the counter's creation.
+        while (await stream.ResponseStream.MoveNext(events.Token) && stream.ResponseStream.Current.ContainerId != counter)
+        {
+        }
+
         var idle = await StartContainerAsync(d, podId, pod, PodTests.Container("idle", "sleep 1000"));
         var log = Path.Combine(pod.LogDirectory, "counter.log");
         await CountPassesAsync(log, 3);
@@ -103,6 +111,22 @@ public partial class PodCheckpointTests
         Assert.True(LastCount(after) > atCheckpoint, $"restored counter at {LastCount(after)}, checkpointed at {atCheckpoint}, original reached {before}");
         var status = await d.Runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = restored.PodSandboxId }, cancellationToken: Ct);
         Assert.Equal(PodSandboxState.SandboxReady, status.Status.State);
+
+        // Every container the pod restore made was announced as created, then as started.
+        var wanted = restored.RestoredContainers.Select(c => c.ContainerId).ToHashSet();
+        var seen = new List<(string, ContainerEventType)>();
+        while (seen.Count < 4 && await stream.ResponseStream.MoveNext(events.Token))
+        {
+            if (wanted.Contains(stream.ResponseStream.Current.ContainerId))
+            {
+                seen.Add((stream.ResponseStream.Current.ContainerId, stream.ResponseStream.Current.ContainerEventType));
+            }
+        }
+
+        foreach (var id in wanted)
+        {
+            Assert.Equal([ContainerEventType.ContainerCreatedEvent, ContainerEventType.ContainerStartedEvent], seen.Where(e => e.Item1 == id).Select(e => e.Item2));
+        }
     }
 
     [Fact]
