@@ -130,34 +130,27 @@ public sealed partial class ContainerService
                     await runtimes.For(c.RuntimeHandler).PauseAsync(new RuncPauseOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
                 }
 
-                for (var i = 0; i < records.Count; i++)
+                // The frozen window is the sum of what runs in it, so the containers are dumped side by side (one CRIU
+                // per core) and the shared state is captured alongside; each CRIU works on its own container's images.
+                var each = new ContainerDump?[records.Count];
+                var dumping = Parallel.ForEachAsync(Enumerable.Range(0, records.Count),
+                    new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, Environment.ProcessorCount), CancellationToken = ct },
+                    async (i, innerCt) => each[i] = await DumpOneAsync(records[i], targets[i], sandbox, tcpEstablished, innerCt).ConfigureAwait(false));
+                var sharing = CaptureTimedAsync(captureShared, ct);
+                try
                 {
-                    var c = records[i];
-                    var t = targets[i];
-                    var start = clock.Elapsed;
-                    try
-                    {
-                        await runtimes.For(c.RuntimeHandler).CheckpointAsync(new RuncCheckpointOptions
-                        {
-                            ContainerId = c.Id,
-                            ImagePath = t.ImagePath,
-                            WorkPath = t.WorkPath,
-                            TcpEstablished = tcpEstablished,
-                        }, ct).ConfigureAwait(false);
-                    }
-                    catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition && e.Kind != ErrorKind.DeadlineExceeded)
-                    {
-                        throw new CrestException(e.Kind, $"container {c.Id} ({c.Spec.Name}) could not be dumped: {e.Message}", e);
-                    }
-
-                    var dumped = clock.Elapsed;
-                    await t.CaptureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
-                    dumps.Add(new ContainerDump(c, sandbox, default, dumped - start, clock.Elapsed - dumped));
+                    await dumping.ConfigureAwait(false);
+                }
+                catch (Exception)
+                {
+                    // The capture never runs on past the resume; the dump's error is the one reported.
+                    await sharing.ContinueWith(_ => { }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default).ConfigureAwait(false);
+                    throw;
                 }
 
-                var sharedStart = clock.Elapsed;
-                await captureShared(ct).ConfigureAwait(false);
-                shared = clock.Elapsed - sharedStart;
+                shared = await sharing.ConfigureAwait(false);
+
+                dumps.AddRange(each.Select(d => d!));
                 if (killAfterDump)
                 {
                     foreach (var c in records)
@@ -208,5 +201,36 @@ public sealed partial class ContainerService
                 h.Dispose();
             }
         }
+    }
+
+    /// <summary>One container of a pod dump: CRIU through the runtime, then its rootfs changes, while it is frozen.</summary>
+    private async Task<ContainerDump> DumpOneAsync(ContainerRecord c, PodDumpTarget t, SandboxRecord sandbox, bool tcpEstablished, CancellationToken ct)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        try
+        {
+            await runtimes.For(c.RuntimeHandler).CheckpointAsync(new RuncCheckpointOptions
+            {
+                ContainerId = c.Id,
+                ImagePath = t.ImagePath,
+                WorkPath = t.WorkPath,
+                TcpEstablished = tcpEstablished,
+            }, ct).ConfigureAwait(false);
+        }
+        catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition && e.Kind != ErrorKind.DeadlineExceeded)
+        {
+            throw new CrestException(e.Kind, $"container {c.Id} ({c.Spec.Name}) could not be dumped: {e.Message}", e);
+        }
+
+        var dumped = clock.Elapsed;
+        await t.CaptureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
+        return new ContainerDump(c, sandbox, default, dumped, clock.Elapsed - dumped);
+    }
+
+    private static async Task<TimeSpan> CaptureTimedAsync(Func<CancellationToken, Task> capture, CancellationToken ct)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await capture(ct).ConfigureAwait(false);
+        return clock.Elapsed;
     }
 }
