@@ -220,4 +220,44 @@ public partial class PodCheckpointCliTests
         await AssertRestoredAsync(s, restored.RootElement, lastBefore, restoreStarted);
         Assert.Empty(Directory.EnumerateFileSystemEntries(dir.Combine("root", "restores")));
     }
+
+    [Fact]
+    public async Task A_pod_exported_on_one_node_restores_on_another_node_with_its_own_roots_and_network()
+    {
+        using var dir = new TempDir("crest-e2e-podnode");
+        await using var s = await StartAsync(dir);
+        var (podId, _, _) = await RunPodAsync(s);
+        var export = dir.Combine("duo.tar");
+        var podIp = await InspectPodIpAsync(s.R, podId);
+        Assert.False(string.IsNullOrEmpty(podIp));
+        await RunAsync([.. s.R, "checkpoint", "pod", podId, "--export", export, "--stop"]);
+        var lastBefore = LastCount(await File.ReadAllTextAsync(s.CounterLog, Ct));
+
+        // Node B: another crestd with its own roots, socket and streaming port, the same image imported.
+        using var other = new TempDir("crest-e2e-podnode-b");
+        await using var crestdB = await CrestdProcess.StartReadyAsync(other);
+        string[] rB = ["-r", crestdB.Endpoint];
+        await using var podsB = new OwnedPods(rB);
+        await ImportBusyboxAsync(other, rB);
+        var podConfigB = await WritePodAsync(other, "duo", "uid-duo");
+        var restoreStarted = DateTimeOffset.UtcNow;
+        using var restored = JsonDocument.Parse(await RunAsync([.. rB, "restore", "pod", export, "--config", podConfigB, "--start", "-o", "json"]));
+        var podB = restored.RootElement.GetProperty("podSandboxId").GetString()!;
+
+        var logB = other.Combine("logs-duo", "counter.log");
+        var log = await CountPassesAsync(logB, lastBefore + 2, "the counter restored on node B does not count: " + crestdB.Log);
+        var afterRestore = Counts(log).Where(c => c.At >= restoreStarted).Select(c => c.Count).ToList();
+        Assert.True(afterRestore.Count > 0 && afterRestore[0] > 1 && afterRestore[0] <= lastBefore + 1, $"node B's counter began at {afterRestore.FirstOrDefault()}, checkpointed at {lastBefore}");
+        Assert.Equal(podB, await RunAsync([.. rB, "pods", "-q"]));
+        // The restored pod has an address of its own from CNI (host-local hands out the next free one, not the one node A released).
+        var ipB = await InspectPodIpAsync(rB, podB);
+        Assert.False(string.IsNullOrEmpty(ipB));
+        Assert.NotEqual(podIp, ipB);
+    }
+
+    private static async Task<string?> InspectPodIpAsync(string[] r, string podId)
+    {
+        using var doc = JsonDocument.Parse(await RunAsync([.. r, "inspectp", podId]));
+        return doc.RootElement.GetProperty("status").TryGetProperty("network", out var net) && net.TryGetProperty("ip", out var ip) ? ip.GetString() : null;
+    }
 }
