@@ -18,6 +18,12 @@ public static class CrashPoints
     /// <summary>RestorePod: the new pod sandbox made and its shared state restored, the first container created, the others not.</summary>
     public const string PodRestoreContainers = "pod-restore-containers";
 
+    /// <summary>StartContainer of a restored container: the restore recorded as begun, CRIU not run yet.</summary>
+    public const string ContainerRestoreBegun = "container-restore-begun";
+
+    /// <summary>StartContainer of a restored container: CRIU restored the process, the record still says CREATED.</summary>
+    public const string ContainerRestoreUnrecorded = "container-restore-unrecorded";
+
     private static readonly string? Armed = Environment.GetEnvironmentVariable(Variable);
 
     /// <summary>Dies here (SIGKILL) when this crash point is armed.</summary>

@@ -210,6 +210,12 @@ public sealed record ContainerRecord
     /// <summary>How CRIU restores it at StartContainer: the restore plan's choice, recorded at create with <see cref="RestoreDir"/>.</summary>
     public CriuRestoreOptions? RestoreCriu { get; init; }
 
+    /// <summary>
+    /// When StartContainer handed a restored container to CRIU, recorded before CRIU runs: a crestd that restarts and
+    /// finds it still CREATED knows the restore was interrupted (the process is adopted if it runs, else StartError).
+    /// </summary>
+    public DateTimeOffset? RestoreStartedAt { get; init; }
+
     /// <summary>The container was made from a checkpoint (CRI-O reports this as info.restored).</summary>
     public bool Restored { get; init; }
 }

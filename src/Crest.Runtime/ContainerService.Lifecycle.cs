@@ -13,7 +13,9 @@ public sealed partial class ContainerService
         c = await GetAsync(c.Id, ct).ConfigureAwait(false);
         if (c.State != ContainerState.Created)
         {
-            throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; only a CREATED container can be started");
+            throw new CrestException(ErrorKind.FailedPrecondition, c.Reason == "StartError"
+                ? $"container {c.Id} is EXITED after a failed start ({c.Message}); only a CREATED container can be started: create it again"
+                : $"container {c.Id} is {c.State}; only a CREATED container can be started");
         }
 
         var runtime = runtimes.For(c.RuntimeHandler);

@@ -29,8 +29,33 @@ public sealed partial class ContainerService
                 if (c.State == ContainerState.Created && runtimes.TryFor(c.RuntimeHandler) is { } runtime
                     && await runtime.StateAsync(new RuncStateOptions { ContainerId = c.Id }, ct).ConfigureAwait(false) is { Status: "running" } running)
                 {
-                    // crestd died between runc start (or restore) and recording it.
-                    await store.PutContainerAsync(c with { State = ContainerState.Running, StartedAt = time.GetUtcNow(), Pid = running.Pid > 0 ? running.Pid : c.Pid, RestoreDir = null }, ct).ConfigureAwait(false);
+                    // crestd died between runc start (or restore) and recording it: the process is adopted.
+                    await store.PutContainerAsync(c with { State = ContainerState.Running, StartedAt = time.GetUtcNow(), Pid = running.Pid > 0 ? running.Pid : c.Pid, RestoreDir = null, RestoreStartedAt = null }, ct).ConfigureAwait(false);
+                    if (c.RestoreStartedAt is not null)
+                    {
+                        RuntimeLog.InterruptedRestoreAdopted(logger, c.Id);
+                    }
+                }
+                else if (c.State == ContainerState.Created && c.RestoreStartedAt is { } begun)
+                {
+                    // crestd died while CRIU restored it and nothing runs: whatever the runtime kept of it goes, and the
+                    // container says why. StartContainer refuses it from now on; a new CreateContainer restores again.
+                    if (runtimes.TryFor(c.RuntimeHandler) is { } interrupted)
+                    {
+                        await Step(c.Id, () => interrupted.DeleteAsync(new RuncDeleteOptions { ContainerId = c.Id }, ct)).ConfigureAwait(false);
+                    }
+
+                    await store.PutContainerAsync(c with
+                    {
+                        State = ContainerState.Exited,
+                        ExitCode = 128,
+                        Reason = "StartError",
+                        Message = $"the restore that began at {begun.UtcDateTime:O} did not complete: crestd stopped while CRIU was restoring this container; create it again from the checkpoint",
+                        FinishedAt = time.GetUtcNow(),
+                        RestoreDir = null,
+                        RestoreStartedAt = null,
+                    }, ct).ConfigureAwait(false);
+                    RuntimeLog.InterruptedRestoreFailed(logger, c.Id);
                 }
                 else if (c.State == ContainerState.Created && c.RestoreDir is not null && !bundles.IsMounted(bundles.For(c.Id)))
                 {

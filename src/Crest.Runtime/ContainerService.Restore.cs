@@ -40,9 +40,14 @@ public sealed partial class ContainerService
                 // [restore] tcp_established is not known here.
                 Criu = c.RestoreCriu ?? new CriuRestoreOptions(),
             };
+            // Recorded first, so that a crestd that dies while CRIU runs finds out at its restart (RecoverAsync).
+            c = c with { RestoreStartedAt = time.GetUtcNow() };
+            await store.PutContainerAsync(c, CancellationToken.None).ConfigureAwait(false);
+            CrashPoints.Hit(CrashPoints.ContainerRestoreBegun);
             // Not cancellable: once the runtime restores, the record must say so.
             var pid = await runtime.RestoreAsync(options, CancellationToken.None).ConfigureAwait(false);
-            var running = c with { State = ContainerState.Running, Pid = pid, StartedAt = time.GetUtcNow(), RestoreDir = null };
+            CrashPoints.Hit(CrashPoints.ContainerRestoreUnrecorded);
+            var running = c with { State = ContainerState.Running, Pid = pid, StartedAt = time.GetUtcNow(), RestoreDir = null, RestoreStartedAt = null };
             await store.PutContainerAsync(running, CancellationToken.None).ConfigureAwait(false);
             RuntimeLog.ContainerRestored(logger, c.Id, pid, (long)(time.GetUtcNow() - started).TotalMilliseconds);
             events.Publish(c.Id, c.SandboxId, LifecycleEvent.Started);
@@ -52,7 +57,7 @@ public sealed partial class ContainerService
             // Whatever went wrong (the archive's data is untrusted), the container ends EXITED and can be removed.
             var why = e.Message + CriuLogExcerpt(bundle.RestoreLog);
             await Step(c.Id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = c.Id }, CancellationToken.None)).ConfigureAwait(false);
-            await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = why, FinishedAt = time.GetUtcNow(), RestoreDir = null },
+            await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = why, FinishedAt = time.GetUtcNow(), RestoreDir = null, RestoreStartedAt = null },
                 CancellationToken.None).ConfigureAwait(false);
             events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
             throw new CrestException(e is CrestException ce ? ce.Kind : ErrorKind.Internal, $"container {c.Id} could not be restored: {why}", e);

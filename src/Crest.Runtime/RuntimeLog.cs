@@ -31,6 +31,12 @@ internal static partial class RuntimeLog
     [LoggerMessage(232, LogLevel.Warning, "resuming container {ContainerId} after its pod's dump failed: {Error}")]
     public static partial void ResumeAfterPodDumpFailed(ILogger logger, string containerId, string error);
 
+    [LoggerMessage(234, LogLevel.Warning, "container {ContainerId} was being restored when crestd stopped; its process runs, so it is adopted as RUNNING")]
+    public static partial void InterruptedRestoreAdopted(ILogger logger, string containerId);
+
+    [LoggerMessage(235, LogLevel.Warning, "container {ContainerId} was being restored when crestd stopped and nothing of it runs; it is EXITED with StartError")]
+    public static partial void InterruptedRestoreFailed(ILogger logger, string containerId);
+
     [LoggerMessage(233, LogLevel.Warning, "container {ContainerId} was left paused by a checkpoint that crestd did not finish; resumed it")]
     public static partial void ResumedAfterRestart(ILogger logger, string containerId);
 }
