@@ -71,7 +71,7 @@ public sealed class PodRestoreService(
             await RestoreSharedAsync(manifest, dir, sandbox, ct).ConfigureAwait(false);
 
             var restored = new List<RestoredPodContainer>();
-            var criu = new CriuRestoreOptions { FileLocks = true, TcpEstablished = manifest.TcpEstablished };
+            var criu = new CriuRestoreOptions { FileLocks = true, TcpEstablished = manifest.TcpEstablished, SysVShmRecreated = manifest.Shared.SysVShm };
             foreach (var (spec, part) in plan)
             {
                 var archive = Path.Combine(dir, PodCheckpointFiles.ContainerArchive(part.Name));

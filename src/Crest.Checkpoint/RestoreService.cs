@@ -116,6 +116,15 @@ public sealed class RestoreService(
         try
         {
             var plan = await ReadAsync(source, kind, staging, ct).ConfigureAwait(false);
+            if (criu?.SysVShmRecreated == true && Directory.Exists(Path.Combine(staging, CheckpointFiles.CriuImages)))
+            {
+                // Every container of a pod dumps the whole pod IPC namespace; its segments are already back (same ids).
+                foreach (var image in Directory.EnumerateFiles(Path.Combine(staging, CheckpointFiles.CriuImages), "ipcns-shm-*.img"))
+                {
+                    File.Delete(image);
+                }
+            }
+
             var missing = plan.MountDestinations.Where(d => !request.Mounts.Any(m => "/" + m.ContainerPath.Trim('/') == d)).ToList();
             if (missing.Count > 0)
             {

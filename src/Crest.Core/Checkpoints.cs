@@ -29,6 +29,11 @@ public sealed record CriuRestoreOptions
     public bool FileLocks { get; init; } = true;
     /// <summary>Re-establish the TCP connections that were open at the dump (<c>--tcp-established</c>, [restore] tcp_established).</summary>
     public bool TcpEstablished { get; init; }
+    /// <summary>
+    /// The pod's System V shared memory was recreated in its IPC namespace before this restore (RestorePod): CRIU's own
+    /// copy of the segments is left out, since CRIU would create them again in the joined namespace and fail with EEXIST.
+    /// </summary>
+    public bool SysVShmRecreated { get; init; }
 }
 
 /// <summary>
