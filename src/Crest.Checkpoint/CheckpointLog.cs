@@ -29,14 +29,17 @@ internal static partial class CheckpointLog
     [LoggerMessage(408, LogLevel.Information, "restored pod sandbox {SandboxId} from {Source}: {Containers} containers created in {TotalMs} ms")]
     public static partial void PodRestored(ILogger logger, string sandboxId, string source, int containers, long totalMs);
 
-    [LoggerMessage(410, LogLevel.Information, "holding the TCP traffic of restored pod sandbox {SandboxId} until its {Containers} containers are started")]
-    public static partial void NetworkHeld(ILogger logger, string sandboxId, int containers);
+    [LoggerMessage(410, LogLevel.Information, "holding restored pod sandbox {SandboxId} (its processes stopped; its TCP traffic: {Network}) until its {Containers} containers are started")]
+    public static partial void PodHeld(ILogger logger, string sandboxId, int containers, bool network);
 
-    [LoggerMessage(411, LogLevel.Information, "released the TCP traffic of restored pod sandbox {SandboxId}: {Why}")]
-    public static partial void NetworkReleased(ILogger logger, string sandboxId, string why);
+    [LoggerMessage(411, LogLevel.Information, "released restored pod sandbox {SandboxId}, its containers continue: {Why}")]
+    public static partial void PodReleased(ILogger logger, string sandboxId, string why);
 
-    [LoggerMessage(412, LogLevel.Warning, "releasing the TCP traffic of restored pod sandbox {SandboxId} failed: {Error}")]
-    public static partial void NetworkReleaseFailed(ILogger logger, string sandboxId, string error);
+    [LoggerMessage(412, LogLevel.Warning, "releasing restored pod sandbox {SandboxId} failed: {Error}")]
+    public static partial void PodReleaseFailed(ILogger logger, string sandboxId, string error);
+
+    [LoggerMessage(413, LogLevel.Debug, "restored pod sandbox {SandboxId}: container {ContainerId} continued ({Processes} processes)")]
+    public static partial void PodContinued(ILogger logger, string sandboxId, string containerId, int processes);
 
     [LoggerMessage(409, LogLevel.Warning, "restore of pod from {Source} failed; removing the half-made pod sandbox {SandboxId}: {Error}")]
     public static partial void PodRestoreRollback(ILogger logger, string source, string sandboxId, string error);

@@ -38,7 +38,7 @@ public sealed class PodRestoreService(
     PodCheckpointSources sources,
     ILinux linux,
     PodOperationJournal journal,
-    RestoreNetworkHolds holds,
+    PodRestoreHolds holds,
     RestoreOptions options,
     ILogger<PodRestoreService> logger)
 {
@@ -71,19 +71,23 @@ public sealed class PodRestoreService(
             await RestoreSharedAsync(manifest, dir, sandbox, ct).ConfigureAwait(false);
 
             var restored = new List<RestoredPodContainer>();
-            var criu = new CriuRestoreOptions { FileLocks = true, TcpEstablished = manifest.TcpEstablished, SysVShmRecreated = manifest.Shared.SysVShm };
+            var held = new List<PodRestoreHolds.HeldContainer>();
+            // Several containers come back one StartContainer at a time: each is left stopped until the last is back.
+            var together = plan.Count > 1;
+            var criu = new CriuRestoreOptions { FileLocks = true, TcpEstablished = manifest.TcpEstablished, SysVShmRecreated = manifest.Shared.SysVShm, LeaveStopped = together };
             foreach (var (spec, part) in plan)
             {
                 var archive = Path.Combine(dir, PodCheckpointFiles.ContainerArchive(part.Name));
                 var c = await restores.CreateFromCheckpointAsync(sandbox.Id, spec, archive, CheckpointSourceKind.Archive, source.Source, criu, ct).ConfigureAwait(false);
                 restored.Add(new RestoredPodContainer(spec.Name, c.Id));
+                held.Add(new PodRestoreHolds.HeldContainer(c.Id, Crest.Oci.SpecBuilder.CgroupsPathOf(sandbox, c.Id)));
                 CrashPoints.Hit(CrashPoints.PodRestoreContainers);
             }
 
-            if (manifest.TcpEstablished && restored.Count > 1)
+            if (together)
             {
-                // Connections between the containers must outlast the one-by-one starts: see RestoreNetworkHolds.
-                await holds.HoldAsync(sandbox, restored.Select(c => c.ContainerId).ToList(), ct).ConfigureAwait(false);
+                // See PodRestoreHolds: the containers continue together, and connections between them outlast the starts.
+                await holds.HoldAsync(sandbox, held, holdNetwork: manifest.TcpEstablished, ct).ConfigureAwait(false);
             }
 
             var result = new PodRestoreResult(sandbox, restored, clock.Elapsed);

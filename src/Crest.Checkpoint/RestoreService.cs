@@ -152,12 +152,19 @@ public sealed class RestoreService(
                     + "the CRI default when namespace_options is absent); restore it with linux.security_context.namespace_options.pid = CONTAINER, as the kubelet sends");
             }
 
+            var runtimeAnnotations = request.Annotations;
+            if (criu?.LeaveStopped == true)
+            {
+                // runc hands CRIU the configuration file this annotation names (org.criu.config): leave-stopped.
+                runtimeAnnotations = new Dictionary<string, string>(request.Annotations, StringComparer.Ordinal) { ["org.criu.config"] = await LeaveStoppedConfigAsync(ct).ConfigureAwait(false) };
+            }
+
             var spec = request with
             {
                 Image = baseImage,
                 UserSpecifiedImage = request.UserSpecifiedImage,
                 Annotations = AdaptAnnotations(plan, request, sandbox, checkpointName, logger),
-                RuntimeAnnotations = request.Annotations,
+                RuntimeAnnotations = runtimeAnnotations,
                 // The spec needs a program; CRIU puts back the real one. The checkpoint's argv is only a placeholder here.
                 Command = request.Command.Count == 0 && request.Args.Count == 0 ? plan.ProcessArgs : request.Command,
             };
@@ -183,6 +190,21 @@ public sealed class RestoreService(
                 Directory.Delete(staging, recursive: true);
             }
         }
+    }
+
+    /// <summary>The CRIU configuration file that leaves restored processes stopped, written once under the root.</summary>
+    private async Task<string> LeaveStoppedConfigAsync(CancellationToken ct)
+    {
+        var path = Path.Combine(paths.Root, "criu", "leave-stopped.conf");
+        if (!FileKinds.IsRegularFile(path))
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            var temp = path + "." + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4));
+            await File.WriteAllTextAsync(temp, "leave-stopped\n", ct).ConfigureAwait(false);
+            File.Move(temp, path, overwrite: true);
+        }
+
+        return path;
     }
 
     /// <summary>How CRIU restores: file locks as every engine dumps them, established TCP connections only when [restore] allows it.</summary>

@@ -11,7 +11,7 @@ namespace Crest.Checkpoint;
 /// deleted.files applied through <see cref="SafeExtractor"/> (the archive is untrusted), the root directory's mode
 /// CRIU checks, and missing bind-mount sources made.
 /// </summary>
-public sealed class RestoreSteps(RestoreOptions options, RestoreNetworkHolds holds) : IRestoreSteps
+public sealed class RestoreSteps(RestoreOptions options, PodRestoreHolds holds) : IRestoreSteps
 {
     /// <summary>A restored pod's held network is released once its last restored container has run its restore.</summary>
     public Task RestoreFinishedAsync(ContainerRecord container, CancellationToken ct)

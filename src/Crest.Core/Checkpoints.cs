@@ -34,6 +34,13 @@ public sealed record CriuRestoreOptions
     /// copy of the segments is left out, since CRIU would create them again in the joined namespace and fail with EEXIST.
     /// </summary>
     public bool SysVShmRecreated { get; init; }
+
+    /// <summary>
+    /// CRIU leaves the restored processes stopped (SIGSTOP) instead of resuming them: a pod's containers come back one
+    /// StartContainer at a time, and none may run (and change a shared file or send on a connection) before its peers
+    /// are back; the last one's restore continues them all (RestorePod, PodRestoreHolds).
+    /// </summary>
+    public bool LeaveStopped { get; init; }
 }
 
 /// <summary>

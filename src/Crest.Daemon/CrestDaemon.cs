@@ -143,7 +143,7 @@ public sealed class CrestDaemon : IAsyncDisposable
                 Limits = config.Restore.Limits with { TargetFilesystem = paths.Root },
             };
             builder.Services.AddSingleton(restoreOptions);
-            builder.Services.AddSingleton<RestoreNetworkHolds>();
+            builder.Services.AddSingleton<PodRestoreHolds>();
             builder.Services.AddSingleton<IRestoreSteps, RestoreSteps>();
             builder.Services.AddSingleton<RestoreService>();
             builder.Services.AddSingleton(new CheckpointOptions
@@ -203,7 +203,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             rolledBack += app.Services.GetRequiredService<RestoreService>().SweepStaging();
             rolledBack += app.Services.GetRequiredService<PodCheckpointService>().SweepInterrupted();
             rolledBack += await app.Services.GetRequiredService<PodRestoreService>().SweepInterruptedAsync(ct).ConfigureAwait(false);
-            await app.Services.GetRequiredService<RestoreNetworkHolds>().ReleaseAllAsync(ct).ConfigureAwait(false);
+            await app.Services.GetRequiredService<PodRestoreHolds>().ReleaseAllAsync(ct).ConfigureAwait(false);
             if (kept + rolledBack > 0)
             {
                 DaemonLog.Recovered(logger, kept, rolledBack);

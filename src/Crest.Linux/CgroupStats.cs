@@ -39,6 +39,27 @@ public static class CgroupStats
         return new CgroupUsage(Number(Path.Combine(cpuacct, "cpuacct.usage")), used, used > inactiveFile ? used - inactiveFile : 0, Field(v1stat, "total_rss"));
     }
 
+    /// <summary>
+    /// The processes in the cgroup at <paramref name="cgroupsPath"/> (as given to runc with cgroupfs), from the unified
+    /// hierarchy or the v1 pids controller (memory's when there is none); empty if it is gone.
+    /// </summary>
+    public static IReadOnlyList<int> Processes(string cgroupsPath, string root = "/sys/fs/cgroup")
+    {
+        var path = cgroupsPath.TrimStart('/');
+        var dir = CgroupLayout.Detect() == CgroupMode.Unified
+            ? Path.Combine(root, path)
+            : Directory.Exists(Path.Combine(root, "pids")) ? Path.Combine(root, "pids", path) : Path.Combine(root, "memory", path);
+        var procs = Path.Combine(dir, "cgroup.procs");
+        try
+        {
+            return [.. File.ReadLines(procs).Select(l => int.TryParse(l, NumberStyles.None, CultureInfo.InvariantCulture, out var pid) ? pid : 0).Where(pid => pid > 0)];
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            return [];
+        }
+    }
+
     private static ulong Number(string file) =>
         File.Exists(file) && ulong.TryParse(File.ReadAllText(file).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
 

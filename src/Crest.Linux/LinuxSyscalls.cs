@@ -54,6 +54,9 @@ public interface ILinux
     /// <summary>CPU and memory counters of the cgroup at <paramref name="cgroupsPath"/> (as given to runc with cgroupfs); null if it is gone.</summary>
     CgroupUsage? CgroupUsage(string cgroupsPath);
 
+    /// <summary>The processes in the cgroup at <paramref name="cgroupsPath"/> (as given to runc with cgroupfs); empty if it is gone.</summary>
+    IReadOnlyList<int> CgroupProcesses(string cgroupsPath);
+
     /// <summary>The received and sent byte counters of interface <paramref name="name"/> as process <paramref name="pid"/> sees it; null if it has none.</summary>
     (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name);
 
@@ -243,6 +246,8 @@ public sealed class LinuxSyscalls : ILinux
     public ulong HeldCapabilities() => ParseHeldCapabilities(File.ReadAllText("/proc/self/status"));
 
     public CgroupUsage? CgroupUsage(string cgroupsPath) => CgroupStats.Read(cgroupsPath);
+
+    public IReadOnlyList<int> CgroupProcesses(string cgroupsPath) => CgroupStats.Processes(cgroupsPath);
 
     public (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name)
     {

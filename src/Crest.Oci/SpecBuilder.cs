@@ -220,7 +220,7 @@ public static class SpecBuilder
             {
                 Namespaces = namespaces,
                 Resources = resources,
-                CgroupsPath = $"{sandbox.CgroupsPath}/crest-{ctx.ContainerId}",
+                CgroupsPath = CgroupsPathOf(sandbox, ctx.ContainerId),
                 MaskedPaths = privileged ? null : security.MaskedPaths ?? DefaultMaskedPaths,
                 ReadonlyPaths = privileged ? null : security.ReadonlyPaths ?? DefaultReadonlyPaths,
                 Seccomp = privileged ? null : security.Seccomp switch
@@ -245,6 +245,13 @@ public static class SpecBuilder
     {
         var options = mounts.SelectMany(m => m.Options ?? []).ToHashSet(StringComparer.Ordinal);
         return options.Contains("rshared") ? "rshared" : options.Contains("rslave") ? "rslave" : null;
+    }
+
+    /// <summary>The cgroup (cgroupfs path, as runc and crun take it) of a container or, by the sandbox's id, the infra of <paramref name="sandbox"/>.</summary>
+    public static string CgroupsPathOf(SandboxRecord sandbox, string containerId)
+    {
+        ArgumentNullException.ThrowIfNull(sandbox);
+        return $"{sandbox.CgroupsPath}/crest-{containerId}";
     }
 
     /// <summary>
@@ -297,7 +304,7 @@ public static class SpecBuilder
             {
                 Namespaces = namespaces,
                 Resources = new SpecResources { Devices = [new SpecDeviceRule(false, "rwm")] },
-                CgroupsPath = $"{sandbox.CgroupsPath}/crest-{sandbox.Id}",
+                CgroupsPath = CgroupsPathOf(sandbox, sandbox.Id),
                 Sysctl = pod.Sysctls.Count == 0 ? null : pod.Sysctls,
                 MaskedPaths = DefaultMaskedPaths,
                 ReadonlyPaths = DefaultReadonlyPaths,

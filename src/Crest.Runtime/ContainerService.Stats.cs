@@ -1,6 +1,7 @@
 using Crest.Core;
 using Crest.Images;
 using Crest.Linux;
+using Crest.Oci;
 
 namespace Crest.Runtime;
 
@@ -15,7 +16,7 @@ public sealed partial class ContainerService
     {
         var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
         var sandbox = await sandboxes.FindAsync(c.SandboxId, ct).ConfigureAwait(false);
-        var cgroup = sandbox is null || c.State != ContainerState.Running ? null : linux.CgroupUsage($"{sandbox.CgroupsPath}/crest-{c.Id}");
+        var cgroup = sandbox is null || c.State != ContainerState.Running ? null : linux.CgroupUsage(SpecBuilder.CgroupsPathOf(sandbox, c.Id));
         var upper = bundles.For(c.Id).Upper;
         var writable = ImageService.Usage(upper, upper);
         return new ContainerUsage(c, time.GetUtcNow(), cgroup, writable.Bytes, writable.Inodes, upper);
@@ -33,7 +34,7 @@ public sealed partial class ContainerService
             usages.Add(await StatsAsync(c.Id, ct).ConfigureAwait(false));
         }
 
-        var infra = linux.CgroupUsage($"{sandbox.CgroupsPath}/crest-{sandbox.Id}");
+        var infra = linux.CgroupUsage(SpecBuilder.CgroupsPathOf(sandbox, sandbox.Id));
         var cgroups = usages.Select(u => u.Cgroup).Append(infra).OfType<CgroupUsage>().ToList();
         return new PodUsage(sandbox, time.GetUtcNow(), usages,
             (ulong)cgroups.Sum(g => (decimal)g.CpuUsageNanoseconds), (ulong)cgroups.Sum(g => (decimal)g.MemoryWorkingSetBytes), (ulong)cgroups.Sum(g => (decimal)g.MemoryUsageBytes),

@@ -225,24 +225,11 @@ public partial class PodCheckpointScenarioTests
         }
     }
 
-    /// <summary>
-    /// Why the TCP scenarios are skipped. Each StartContainer is its own CRIU restore, and CRIU unlocks the network at the
-    /// end of each: the first end restored takes its socket out of repair mode (a window probe, or the client's next
-    /// line) while the peer's socket does not exist yet, the pod's loopback answers with a reset, and that end's nc
-    /// exits; the second end then meets the same fate. Seen in both start orders: the restored server's log stops at the
-    /// checkpoint's copy, the server's nc is gone and the client container EXITED (0, its nc ended). Dropping the new
-    /// pod's loopback output (iptables -I OUTPUT -o lo -j DROP in its netns) from RestorePod until the last container
-    /// is started made both orders pass: a pod-level network lock during restore is the missing piece.
-    /// </summary>
-    private const string NeedsPodNetworkLock =
-        "an established connection between two containers of a pod breaks at restore in either start order: each container's CRIU restore "
-        + "unlocks the network on its own, so the first end restored is reset by the pod's loopback before its peer exists; needs a pod-level network lock held from RestorePod until the last StartContainer";
-
-    [Fact(Skip = NeedsPodNetworkLock)]
+    [Fact]
     public Task An_established_tcp_connection_over_the_pods_loopback_carries_on_when_the_server_is_started_first() =>
         TcpConnectionCarriesOnAsync("server", "client");
 
-    [Fact(Skip = NeedsPodNetworkLock)]
+    [Fact]
     public Task An_established_tcp_connection_over_the_pods_loopback_carries_on_when_the_client_is_started_first() =>
         TcpConnectionCarriesOnAsync("client", "server");
 
@@ -252,7 +239,7 @@ public partial class PodCheckpointScenarioTests
     public Task Dev_shm_files_held_open_and_a_sysv_segment_come_back_and_the_consumer_reads_on_where_it_stopped() =>
         SharedMemoryAsync(["consumer", "producer"]);
 
-    [Fact(Skip = NeedsPodRestoreBarrier)]
+    [Fact]
     public Task Dev_shm_files_held_open_come_back_when_the_producer_is_started_first() =>
         SharedMemoryAsync(["producer", "consumer"]);
 
@@ -383,15 +370,10 @@ public partial class PodCheckpointScenarioTests
         + "a pod left running after the checkpoint goes on writing into the shared volume, so only post_checkpoint_state STOPPED keeps it restorable";
 
     /// <summary>
-    /// Why a reader of a shared file must be started before its writer: each StartContainer is its own CRIU restore, and
-    /// a writer restored first appends at once, so its reader's restore finds the file longer than at the dump
-    /// ("File data/items has bad size 35 (expect 28)", "File dev/shm/journal has bad size 35 (expect 28)").
-    /// Kubernetes starts sidecars (restartable init containers) first, so the tests that pass start readers first.
+    /// Each StartContainer is its own CRIU restore; a writer that ran as soon as it was restored would make its reader's
+    /// restore find the file longer than at the dump ("File data/items has bad size 35 (expect 28)"). RestorePod leaves
+    /// every restored process stopped until the last container is back (PodRestoreHolds), so any start order works.
     /// </summary>
-    private const string NeedsPodRestoreBarrier =
-        "a writer restored before the reader of the same file appends at once, and CRIU then refuses the reader's descriptor (restore.log: \"File <path> has bad size 35 (expect 28)\"); "
-        + "restored containers are not held until the whole pod is restored (a pod-level restore barrier is missing)";
-
     [Fact]
     public Task A_sidecar_goes_on_reading_a_shared_host_directory_and_the_app_goes_on_writing_from_its_number() =>
         SidecarAsync(PostCheckpointState.PostCheckpointStopped, ["sidecar", "app"]);
@@ -400,7 +382,7 @@ public partial class PodCheckpointScenarioTests
     public Task A_sidecar_goes_on_reading_a_shared_host_directory_written_on_after_a_checkpoint_that_left_the_pod_running() =>
         SidecarAsync(PostCheckpointState.PostCheckpointRunning, ["sidecar", "app"]);
 
-    [Fact(Skip = NeedsPodRestoreBarrier)]
+    [Fact]
     public Task A_sidecar_goes_on_reading_a_shared_host_directory_when_the_app_is_started_first() =>
         SidecarAsync(PostCheckpointState.PostCheckpointStopped, ["app", "sidecar"]);
 

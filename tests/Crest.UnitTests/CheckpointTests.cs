@@ -991,7 +991,7 @@ public class CheckpointTests
         await File.WriteAllTextAsync(Path.Combine(rootfs, "etc", "motd"), "welcome", Ct);
         await File.WriteAllTextAsync(Path.Combine(rootfs, "etc", "hosts"), "image hosts", Ct);
 
-        await RestoreNetworkHoldTests.NewRestoreSteps().ApplyRootfsAsync(restoreDir, rootfs, Container(), Ct);
+        await PodRestoreHoldTests.NewRestoreSteps().ApplyRootfsAsync(restoreDir, rootfs, Container(), Ct);
 
         Assert.False(File.Exists(Path.Combine(rootfs, "etc", "motd")));
         Assert.False(File.Exists(Path.Combine(rootfs, "etc", ".wh.motd")));
@@ -1021,7 +1021,7 @@ public class CheckpointTests
         var restoreDir = dir.CreateDirectory("restore");
         await File.WriteAllTextAsync(Path.Combine(restoreDir, CheckpointFiles.DeletedFiles), JsonSerializer.Serialize(new List<string> { hostile }, CheckpointJson.Default.ListString), Ct);
 
-        var e = await Record.ExceptionAsync(() => RestoreNetworkHoldTests.NewRestoreSteps().ApplyRootfsAsync(restoreDir, rootfs, Container(), Ct));
+        var e = await Record.ExceptionAsync(() => PodRestoreHoldTests.NewRestoreSteps().ApplyRootfsAsync(restoreDir, rootfs, Container(), Ct));
 
         Assert.True(e is null or CrestException, $"expected a CrestException or nothing, got {e}");
         Assert.True(File.Exists(sentinel), $"deleted.files entry {hostile} removed a file outside the rootfs");

@@ -140,6 +140,11 @@ public sealed class RecordingLinux : ILinux
 
     public CgroupUsage? CgroupUsage(string cgroupsPath) => Cgroups.GetValueOrDefault(cgroupsPath);
 
+    /// <summary>The processes each cgroup path holds, as a test sets them.</summary>
+    public Dictionary<string, List<int>> CgroupMembers { get; } = new(StringComparer.Ordinal);
+
+    public IReadOnlyList<int> CgroupProcesses(string cgroupsPath) => CgroupMembers.GetValueOrDefault(cgroupsPath) ?? [];
+
     public (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name) =>
         Interfaces.TryGetValue((pid, name), out var counters) ? counters : null;
 

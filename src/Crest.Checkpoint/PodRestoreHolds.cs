@@ -19,14 +19,15 @@ public sealed record RestoreHoldRule(string NetnsPath, bool Add, bool Ipv6)
 }
 
 /// <summary>
-/// Established TCP connections between the containers of a restored pod survive any start order. StartContainer
-/// restores one container at a time; a packet from a restored container to a peer that is not restored yet would find
-/// no socket and be answered with a reset, which kills the connection. So while a pod restored with its connections
-/// has containers still CREATED, every incoming TCP packet in its network namespace is dropped (the senders retransmit,
-/// as TCP does after a loss); the hold ends when the last of them has been started (or failed to), or after
-/// <see cref="Limit"/>, whichever comes first, and at crestd's start.
+/// A restored pod comes back as one: StartContainer restores one container at a time, and a container that ran before
+/// its peers are back would change what they are restored against (a shared file's size, which CRIU checks; a packet
+/// to a socket that is not there yet, answered with a reset that kills the connection). So while a multi-container pod
+/// restore has containers still CREATED, each restored container is left stopped by CRIU (leave-stopped) and, when the
+/// checkpoint holds established connections, every incoming TCP packet in the pod's network namespace is dropped (the
+/// senders retransmit, as TCP does after a loss). When the last of them has run its restore (or failed to), or after
+/// <see cref="Limit"/>, or at crestd's start, the rule goes and every restored container gets SIGCONT, together.
 /// </summary>
-public sealed class RestoreNetworkHolds(ICommandRunner commands, RuntimeLayout layout, TimeProvider time, ILogger<RestoreNetworkHolds> logger) : IDisposable
+public sealed class PodRestoreHolds(ICommandRunner commands, ILinux linux, RuntimeLayout layout, TimeProvider time, ILogger<PodRestoreHolds> logger) : IDisposable
 {
     /// <summary>The longest a hold lasts when the caller never starts every container.</summary>
     public static readonly TimeSpan Limit = TimeSpan.FromSeconds(60);
@@ -35,32 +36,43 @@ public sealed class RestoreNetworkHolds(ICommandRunner commands, RuntimeLayout l
 
     public void Dispose() => _gate.Dispose();
 
-    private sealed record Hold(string NetnsPath, List<string> Pending);
+    /// <summary>One restored container of a held pod, and its cgroup (as given to the runtime), whose processes are continued.</summary>
+    public sealed record HeldContainer(string Id, string CgroupsPath);
+
+    private sealed record Hold(string? NetnsPath, List<HeldContainer> Containers, List<string> Pending);
 
     private string FileOf(string sandboxId) => Path.Combine(layout.SandboxDir(sandboxId), "restore-hold.json");
 
-    /// <summary>Holds the pod's TCP traffic until every container in <paramref name="pending"/> has left CREATED.</summary>
-    public async Task HoldAsync(SandboxRecord sandbox, IReadOnlyList<string> pending, CancellationToken ct)
+    /// <summary>
+    /// Holds the restored pod until every container in <paramref name="containers"/> has left CREATED; its TCP traffic
+    /// too when <paramref name="holdNetwork"/> (the checkpoint holds established connections).
+    /// </summary>
+    public async Task HoldAsync(SandboxRecord sandbox, IReadOnlyList<HeldContainer> containers, bool holdNetwork, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(sandbox);
-        if (sandbox.NetnsPath is not { } netns || pending.Count == 0)
+        ArgumentNullException.ThrowIfNull(containers);
+        if (containers.Count == 0)
         {
             return;
         }
 
+        var netns = holdNetwork ? sandbox.NetnsPath : null;
         await _gate.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            await File.WriteAllBytesAsync(FileOf(sandbox.Id), JsonSerializer.SerializeToUtf8Bytes(new Hold(netns, [.. pending])), ct).ConfigureAwait(false);
-            await RunAsync(new RestoreHoldRule(netns, Add: true, Ipv6: false), required: true, ct).ConfigureAwait(false);
-            await RunAsync(new RestoreHoldRule(netns, Add: true, Ipv6: true), required: false, ct).ConfigureAwait(false);
+            await File.WriteAllBytesAsync(FileOf(sandbox.Id), JsonSerializer.SerializeToUtf8Bytes(new Hold(netns, [.. containers], [.. containers.Select(c => c.Id)])), ct).ConfigureAwait(false);
+            if (netns is not null)
+            {
+                await RunAsync(new RestoreHoldRule(netns, Add: true, Ipv6: false), required: true, ct).ConfigureAwait(false);
+                await RunAsync(new RestoreHoldRule(netns, Add: true, Ipv6: true), required: false, ct).ConfigureAwait(false);
+            }
         }
         finally
         {
             _gate.Release();
         }
 
-        CheckpointLog.NetworkHeld(logger, sandbox.Id, pending.Count);
+        CheckpointLog.PodHeld(logger, sandbox.Id, containers.Count, netns is not null);
         _ = ReleaseLaterAsync(sandbox.Id);
     }
 
@@ -141,21 +153,35 @@ public sealed class RestoreNetworkHolds(ICommandRunner commands, RuntimeLayout l
         }
         catch (Exception e) when (e is CrestException or IOException)
         {
-            CheckpointLog.NetworkReleaseFailed(logger, sandboxId, e.Message);
+            CheckpointLog.PodReleaseFailed(logger, sandboxId, e.Message);
         }
     }
 
     private async Task ReleaseLockedAsync(string sandboxId, Hold hold, string why)
     {
         // The namespace may be gone with its pod: then so is the rule.
-        if (File.Exists(hold.NetnsPath))
+        if (hold.NetnsPath is { } netns && File.Exists(netns))
         {
-            await RunAsync(new RestoreHoldRule(hold.NetnsPath, Add: false, Ipv6: false), required: false, CancellationToken.None).ConfigureAwait(false);
-            await RunAsync(new RestoreHoldRule(hold.NetnsPath, Add: false, Ipv6: true), required: false, CancellationToken.None).ConfigureAwait(false);
+            await RunAsync(new RestoreHoldRule(netns, Add: false, Ipv6: false), required: false, CancellationToken.None).ConfigureAwait(false);
+            await RunAsync(new RestoreHoldRule(netns, Add: false, Ipv6: true), required: false, CancellationToken.None).ConfigureAwait(false);
+        }
+
+        foreach (var c in hold.Containers)
+        {
+            // Every process CRIU left stopped, not only each container's first one (`runc kill --all` reaches only that
+            // one when the container shares the pod's pid namespace). A container whose restore failed, or that was
+            // removed, has none left.
+            var processes = linux.CgroupProcesses(c.CgroupsPath);
+            foreach (var pid in processes)
+            {
+                linux.Kill(pid, 18);
+            }
+
+            CheckpointLog.PodContinued(logger, sandboxId, c.Id, processes.Count);
         }
 
         File.Delete(FileOf(sandboxId));
-        CheckpointLog.NetworkReleased(logger, sandboxId, why);
+        CheckpointLog.PodReleased(logger, sandboxId, why);
     }
 
     private Hold? Read(string sandboxId)
