@@ -76,14 +76,25 @@ public sealed class PodRestoreHolds(ICommandRunner commands, ILinux linux, Runti
         _ = ReleaseLaterAsync(sandbox.Id);
     }
 
-    /// <summary>A restored container left CREATED (its restore ran, well or not): the last one releases the hold.</summary>
-    public async Task LeftCreatedAsync(string sandboxId, string containerId, CancellationToken ct)
+    /// <summary>
+    /// A restored container left CREATED (its restore ran, well or not): the last one releases the hold. One that CRIU
+    /// left stopped (<paramref name="leftStopped"/>) while its pod is no longer held (the hold ran out, or crestd
+    /// restarted in between) is continued at once.
+    /// </summary>
+    public async Task LeftCreatedAsync(SandboxRecord sandbox, string containerId, bool leftStopped, CancellationToken ct)
     {
+        ArgumentNullException.ThrowIfNull(sandbox);
+        var sandboxId = sandbox.Id;
         await _gate.WaitAsync(ct).ConfigureAwait(false);
         try
         {
             if (Read(sandboxId) is not { } hold)
             {
+                if (leftStopped)
+                {
+                    Continue(sandboxId, new HeldContainer(containerId, Crest.Oci.SpecBuilder.CgroupsPathOf(sandbox, containerId)));
+                }
+
                 return;
             }
 
@@ -168,20 +179,27 @@ public sealed class PodRestoreHolds(ICommandRunner commands, ILinux linux, Runti
 
         foreach (var c in hold.Containers)
         {
-            // Every process CRIU left stopped, not only each container's first one (`runc kill --all` reaches only that
-            // one when the container shares the pod's pid namespace). A container whose restore failed, or that was
-            // removed, has none left.
-            var processes = linux.CgroupProcesses(c.CgroupsPath);
-            foreach (var pid in processes)
-            {
-                linux.Kill(pid, 18);
-            }
-
-            CheckpointLog.PodContinued(logger, sandboxId, c.Id, processes.Count);
+            Continue(sandboxId, c);
         }
 
         File.Delete(FileOf(sandboxId));
         CheckpointLog.PodReleased(logger, sandboxId, why);
+    }
+
+    /// <summary>
+    /// SIGCONT to every process CRIU left stopped, not only each container's first one (`runc kill --all` reaches only
+    /// that one when the container shares the pod's pid namespace). A container whose restore failed, or that was
+    /// removed, has none left.
+    /// </summary>
+    private void Continue(string sandboxId, HeldContainer c)
+    {
+        var processes = linux.CgroupProcesses(c.CgroupsPath);
+        foreach (var pid in processes)
+        {
+            linux.Kill(pid, 18);
+        }
+
+        CheckpointLog.PodContinued(logger, sandboxId, c.Id, processes.Count);
     }
 
     private Hold? Read(string sandboxId)

@@ -14,10 +14,10 @@ namespace Crest.Checkpoint;
 public sealed class RestoreSteps(RestoreOptions options, PodRestoreHolds holds) : IRestoreSteps
 {
     /// <summary>A restored pod's held network is released once its last restored container has run its restore.</summary>
-    public Task RestoreFinishedAsync(ContainerRecord container, CancellationToken ct)
+    public Task RestoreFinishedAsync(ContainerRecord container, SandboxRecord sandbox, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(container);
-        return holds.LeftCreatedAsync(container.SandboxId, container.Id, ct);
+        return holds.LeftCreatedAsync(sandbox, container.Id, container.RestoreCriu?.LeaveStopped == true, ct);
     }
 
     public async Task ApplyRootfsAsync(string restoreDir, string rootfs, ContainerRecord container, CancellationToken ct)

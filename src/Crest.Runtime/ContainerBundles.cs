@@ -69,10 +69,10 @@ public sealed class ContainerBundles(RuntimeLayout layout, ImageService images, 
     }
 
     /// <summary>Tells the checkpoint layer that a restored container's restore ran (see <see cref="IRestoreSteps.RestoreFinishedAsync"/>).</summary>
-    public Task RestoreFinishedAsync(ContainerRecord c, CancellationToken ct)
+    public Task RestoreFinishedAsync(ContainerRecord c, SandboxRecord sandbox, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(c);
-        return restoreSteps.RestoreFinishedAsync(c, ct);
+        return restoreSteps.RestoreFinishedAsync(c, sandbox, ct);
     }
 
     public void UnmountRootfs(ContainerBundle bundle) => linux.Unmount(bundle.Rootfs);

@@ -73,7 +73,7 @@ public sealed partial class ContainerService
 
                 return Task.CompletedTask;
             }).ConfigureAwait(false);
-            await Step(c.Id, () => bundles.RestoreFinishedAsync(c, CancellationToken.None)).ConfigureAwait(false);
+            await Step(c.Id, () => bundles.RestoreFinishedAsync(c, sandbox, CancellationToken.None)).ConfigureAwait(false);
         }
     }
 

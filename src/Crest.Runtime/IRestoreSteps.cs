@@ -12,6 +12,6 @@ public interface IRestoreSteps
     /// <summary>Applies the checkpoint's rootfs diff and deletions to <paramref name="rootfs"/> and recreates missing bind-mount sources.</summary>
     Task ApplyRootfsAsync(string restoreDir, string rootfs, ContainerRecord container, CancellationToken ct);
 
-    /// <summary>StartContainer ran the restore of <paramref name="container"/> (it is now RUNNING, or EXITED with StartError).</summary>
-    Task RestoreFinishedAsync(ContainerRecord container, CancellationToken ct);
+    /// <summary>StartContainer ran the restore of <paramref name="container"/> in <paramref name="sandbox"/> (it is now RUNNING, or EXITED with StartError).</summary>
+    Task RestoreFinishedAsync(ContainerRecord container, SandboxRecord sandbox, CancellationToken ct);
 }

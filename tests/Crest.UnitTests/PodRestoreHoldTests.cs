@@ -30,7 +30,7 @@ public sealed class PodRestoreHoldTests : IDisposable
         var netns = _dir.Combine("netns-pod");
         File.WriteAllText(netns, "");
         Directory.CreateDirectory(layout.SandboxDir("pod"));
-        _pod = new SandboxRecord { Id = "pod", Spec = Fakes.RuntimeHarness.Pod(), State = SandboxState.Ready, CreatedAt = DateTimeOffset.UnixEpoch, RuntimeHandler = "runc", NetnsPath = netns };
+        _pod = new SandboxRecord { Id = "pod", Spec = Fakes.RuntimeHarness.Pod(), State = SandboxState.Ready, CreatedAt = DateTimeOffset.UnixEpoch, RuntimeHandler = "runc", NetnsPath = netns, CgroupsPath = "/crest" };
     }
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
@@ -55,14 +55,14 @@ public sealed class PodRestoreHoldTests : IDisposable
         Assert.Equal([$"nsenter --net={_pod.NetnsPath} iptables -w -I INPUT -p tcp -m comment --comment crest-restore-hold -j DROP",
             $"nsenter --net={_pod.NetnsPath} ip6tables -w -I INPUT -p tcp -m comment --comment crest-restore-hold -j DROP"], _commands.Lines);
 
-        await _holds.LeftCreatedAsync("pod", "c2", Ct);
+        await _holds.LeftCreatedAsync(_pod, "c2", true, Ct);
         Assert.Equal(2, _commands.Lines.Count);
         Assert.Empty(Continued);
 
-        await _holds.LeftCreatedAsync("pod", "c1", Ct);
+        await _holds.LeftCreatedAsync(_pod, "c1", true, Ct);
         Assert.Equal(["Kill 11 18", "Kill 111 18", "Kill 12 18"], Continued);
         Assert.Equal([" -D INPUT", " -D INPUT"], _commands.Lines.Skip(2).Select(l => l.Contains(" -D INPUT", StringComparison.Ordinal) ? " -D INPUT" : l));
-        await _holds.LeftCreatedAsync("pod", "c1", Ct);
+        await _holds.LeftCreatedAsync(_pod, "c1", true, Ct);
         Assert.Equal(4, _commands.Lines.Count);
     }
 
@@ -70,10 +70,10 @@ public sealed class PodRestoreHoldTests : IDisposable
     public async Task Without_established_connections_only_the_processes_are_held()
     {
         await _holds.HoldAsync(_pod, Both, holdNetwork: false, Ct);
-        await _holds.LeftCreatedAsync("pod", "c1", Ct);
+        await _holds.LeftCreatedAsync(_pod, "c1", true, Ct);
         Assert.Empty(Continued);
 
-        await _holds.LeftCreatedAsync("pod", "c2", Ct);
+        await _holds.LeftCreatedAsync(_pod, "c2", true, Ct);
 
         Assert.Empty(_commands.Lines);
         Assert.Equal(["Kill 11 18", "Kill 111 18", "Kill 12 18"], Continued);
@@ -83,7 +83,7 @@ public sealed class PodRestoreHoldTests : IDisposable
     public async Task A_hold_ends_after_its_limit_when_a_container_is_never_started()
     {
         await _holds.HoldAsync(_pod, Both, holdNetwork: true, Ct);
-        await _holds.LeftCreatedAsync("pod", "c1", Ct);
+        await _holds.LeftCreatedAsync(_pod, "c1", true, Ct);
 
         _time.Advance(PodRestoreHolds.Limit + TimeSpan.FromSeconds(1));
 
@@ -99,6 +99,15 @@ public sealed class PodRestoreHoldTests : IDisposable
         Assert.Equal(1, await _holds.ReleaseAllAsync(Ct));
         Assert.Equal(0, await _holds.ReleaseAllAsync(Ct));
         Assert.Equal(4, _commands.Lines.Count);
+    }
+
+    [Fact]
+    public async Task A_container_restored_stopped_after_its_pods_hold_ended_is_continued_at_once()
+    {
+        await _holds.LeftCreatedAsync(_pod, "c1", leftStopped: true, Ct);
+        await _holds.LeftCreatedAsync(_pod, "c2", leftStopped: false, Ct);
+
+        Assert.Equal(["Kill 11 18", "Kill 111 18"], Continued);
     }
 
     [Fact]

@@ -126,7 +126,7 @@ internal sealed class FakeRestoreSteps : IRestoreSteps
 
     public List<string> Finished { get; } = [];
 
-    public Task RestoreFinishedAsync(ContainerRecord container, CancellationToken ct)
+    public Task RestoreFinishedAsync(ContainerRecord container, SandboxRecord sandbox, CancellationToken ct)
     {
         Finished.Add(container.Id);
         return Task.CompletedTask;
