@@ -180,6 +180,79 @@ public class PodCheckpointCrashTests
         }
     }
 
+    [Theory]
+    [InlineData(CrashPoints.ContainerRestoreBegun)]
+    [InlineData(CrashPoints.ContainerRestoreUnrecorded)]
+    public async Task Crestd_killed_while_StartContainer_restores_leaves_the_container_running_or_exited_with_the_reason(string crashPoint)
+    {
+        RequireTools();
+        using var dir = new TempDir("crest-e2e-rsc");
+        var crestd = await CrestdProcess.StartReadyAsync(dir);
+        var n = await PrepareAsync(dir, crestd);
+        var output = dir.Combine("pod-ckpt");
+        var log = dir.Combine("logs-pair", "counter.log");
+        try
+        {
+            await using (var pods = new OwnedPods(n.R))
+            {
+                var (podId, _, _) = await RunPairAsync(n, pods);
+                await CountPassesAsync(log, 3);
+                using (var channel = UnixGrpc.Channel(crestd.Socket))
+                {
+                    await new RuntimeService.RuntimeServiceClient(channel).CheckpointPodAsync(new CheckpointPodRequest { PodSandboxId = podId, OutputPath = output }, cancellationToken: Ct);
+                }
+
+                await RunAsync([.. n.R, "stopp", podId]);
+                await pods.RemoveAsync(podId);
+            }
+
+            await crestd.StopAsync();
+            await crestd.DisposeAsync();
+            crestd = await CrestdProcess.StartReadyAsync(dir, environment: new Dictionary<string, string> { [CrashPoints.Variable] = crashPoint });
+            var request = await RestoreRequestAsync(dir, output);
+            Dictionary<string, string> ids;
+            using (var channel = UnixGrpc.Channel(crestd.Socket))
+            {
+                var client = new RuntimeService.RuntimeServiceClient(channel);
+                var restored = await client.RestorePodAsync(request, cancellationToken: Ct);
+                ids = restored.RestoredContainers.ToDictionary(c => c.Name, c => c.ContainerId);
+                var start = client.StartContainerAsync(new StartContainerRequest { ContainerId = ids["counter"] }, cancellationToken: Ct);
+                await Assert.ThrowsAsync<RpcException>(() => start.ResponseAsync);
+            }
+
+            await WaitExitAsync(crestd);
+            await crestd.DisposeAsync();
+            crestd = await CrestdProcess.StartReadyAsync(dir);
+            await using var after = new OwnedPods(n.R);
+            var status = (await InspectAsync(n.R, ids["counter"])).GetProperty("status");
+            if (crashPoint == CrashPoints.ContainerRestoreBegun)
+            {
+                // CRIU never ran: the container says so, and starting it again is refused with what to do.
+                Assert.Equal("CONTAINER_EXITED", status.GetProperty("state").GetString());
+                Assert.Equal("StartError", status.GetProperty("reason").GetString());
+                Assert.Contains("did not complete", status.GetProperty("message").GetString(), StringComparison.Ordinal);
+                var again = await Binaries.RunCrestAsync([.. n.R, "start", ids["counter"]]);
+                Assert.NotEqual(0, again.ExitCode);
+                Assert.Contains("create it again", again.Stderr, StringComparison.Ordinal);
+            }
+            else
+            {
+                // CRIU restored it before crestd died: the process is adopted, and (held stopped for its pod) continued.
+                Assert.Equal("CONTAINER_RUNNING", status.GetProperty("state").GetString());
+                var atRestart = LastCount(await ReadLogAsync(log));
+                await CountPassesAsync(log, atRestart + 2, "the adopted counter does not count: " + crestd.Log);
+            }
+
+            // The pod's other container restores normally afterwards.
+            await RunAsync([.. n.R, "start", ids["idle"]]);
+            Assert.Equal("CONTAINER_RUNNING", await StateAsync(n.R, ids["idle"]));
+        }
+        finally
+        {
+            await crestd.DisposeAsync();
+        }
+    }
+
     /// <summary>A RestorePod request as a kubelet would send it: the pod's config and the containers' configs, from the test's crictl files.</summary>
     private static async Task<RestorePodRequest> RestoreRequestAsync(TempDir dir, string checkpoint)
     {
