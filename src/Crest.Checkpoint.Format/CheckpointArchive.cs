@@ -82,6 +82,42 @@ public static class CheckpointArchive
 }
 
 /// <summary>The small files of an archive a tool needs without unpacking it (checkpoint images, --stats, inspect).</summary>
+/// <summary>What a container checkpoint archive says about System V shared memory, read without unpacking it.</summary>
+public static class ArchiveSysVShm
+{
+    /// <summary>
+    /// The ids of the System V segments the checkpointed processes had attached: the archive's checkpoint/mm-*.img
+    /// files (each at most <paramref name="maxImageBytes"/>) read straight from the tar, nothing written to disk.
+    /// </summary>
+    public static async Task<IReadOnlySet<ulong>> AttachedAsync(string archivePath, int maxImageBytes, CancellationToken ct)
+    {
+        var images = new List<(string, ReadOnlyMemory<byte>)>();
+        await using var file = new FileStream(FileKinds.OpenReadNoFollow(archivePath), FileAccess.Read, 1 << 16);
+        await using var stream = CheckpointArchive.OpenRead(file);
+        using var tar = new TarReader(stream);
+        while (await tar.GetNextEntryAsync(copyData: false, ct).ConfigureAwait(false) is { } entry)
+        {
+            var name = entry.Name.TrimStart('.', '/');
+            if (entry.EntryType is not (TarEntryType.RegularFile or TarEntryType.V7RegularFile) || !name.StartsWith(CheckpointFiles.CriuImages + "/mm-", StringComparison.Ordinal)
+                || !name.EndsWith(".img", StringComparison.Ordinal) || name.IndexOf('/', CheckpointFiles.CriuImages.Length + 1) >= 0)
+            {
+                continue;
+            }
+
+            if (entry.Length > maxImageBytes || entry.DataStream is null)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath}: {name} is {entry.Length} bytes, more than the {maxImageBytes} an mm image may have");
+            }
+
+            var bytes = new byte[entry.Length];
+            await entry.DataStream.ReadExactlyAsync(bytes, ct).ConfigureAwait(false);
+            images.Add((name, bytes));
+        }
+
+        return CriuImages.SysVAttachments(images);
+    }
+}
+
 public sealed record ArchiveMetadata(ConfigDump Config, IReadOnlyDictionary<string, string> SpecAnnotations, DumpStatistics? Statistics, long Entries, long Bytes, IReadOnlyDictionary<string, long> Sizes);
 
 public static class ArchiveMetadataReader

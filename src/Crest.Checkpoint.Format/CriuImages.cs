@@ -396,6 +396,34 @@ public static class CriuImages
         return (devices, bytes);
     }
 
+    /// <summary>CRIU's mark of a VMA that maps a System V shared memory segment (criu/include/image.h, VMA_AREA_SYSVIPC).</summary>
+    private const uint VmaAreaSysVIpc = 1u << 10;
+
+    /// <summary>
+    /// The System V shared memory segments the checkpointed processes had attached, by id: every VMA marked
+    /// VMA_AREA_SYSVIPC in the mm-PID.img files given (name and bytes, each bounds-checked as any image).
+    /// </summary>
+    public static IReadOnlySet<ulong> SysVAttachments(IEnumerable<(string Name, ReadOnlyMemory<byte> Bytes)> mmImages)
+    {
+        ArgumentNullException.ThrowIfNull(mmImages);
+        var ids = new HashSet<ulong>();
+        foreach (var (name, bytes) in mmImages)
+        {
+            foreach (var raw in Entries(bytes, MmMagic, name))
+            {
+                foreach (var vma in Parse(mm_entry.Parser, raw, name).Vmas)
+                {
+                    if ((vma.Status & VmaAreaSysVIpc) != 0)
+                    {
+                        ids.Add(vma.Shmid);
+                    }
+                }
+            }
+        }
+
+        return ids;
+    }
+
     /// <summary>
     /// A process's command line as the kernel would show it in /proc/PID/cmdline: the bytes between mm-PID.img's
     /// arg_start and arg_end, found through pagemap-PID.img in the pages image. Null when the pages are not in this

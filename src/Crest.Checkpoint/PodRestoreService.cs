@@ -66,19 +66,22 @@ public sealed class PodRestoreService(
             var dir = source.Directory;
             var manifest = await PodCheckpointManifests.ReadAsync(dir, options.Limits.MaxMetadataBytes, ct).ConfigureAwait(false);
             var plan = Match(manifest, request.Containers, source.Source);
+            var sysvCreator = await SysVCreatorAsync(dir, plan, source.Source, ct).ConfigureAwait(false);
             sandbox = await sandboxes.RunAsync(request.Pod, ct).ConfigureAwait(false);
             journal.Update(token, new PodOperationJournal.Entry { Kind = PodOperationJournal.RestoreKind, SandboxId = sandbox.Id });
-            await RestoreSharedAsync(manifest, dir, sandbox, ct).ConfigureAwait(false);
+            await RestoreSharedAsync(manifest, dir, sandbox, recreateSysV: sysvCreator is null, ct).ConfigureAwait(false);
 
             var restored = new List<RestoredPodContainer>();
             var held = new List<PodRestoreHolds.HeldContainer>();
             // Several containers come back one StartContainer at a time: each is left stopped until the last is back.
             var together = plan.Count > 1;
-            var criu = new CriuRestoreOptions { FileLocks = true, TcpEstablished = manifest.TcpEstablished, SysVShmRecreated = manifest.Shared.SysVShm, LeaveStopped = together };
+            var criu = new CriuRestoreOptions { FileLocks = true, TcpEstablished = manifest.TcpEstablished, LeaveStopped = together };
             foreach (var (spec, part) in plan)
             {
                 var archive = Path.Combine(dir, PodCheckpointFiles.ContainerArchive(part.Name));
-                var c = await restores.CreateFromCheckpointAsync(sandbox.Id, spec, archive, CheckpointSourceKind.Archive, source.Source, criu, ct).ConfigureAwait(false);
+                // Only the container that has segments attached creates them through CRIU (which then re-attaches them).
+                var own = criu with { LeaveOutSysVShm = part.Name != sysvCreator };
+                var c = await restores.CreateFromCheckpointAsync(sandbox.Id, spec, archive, CheckpointSourceKind.Archive, source.Source, own, ct).ConfigureAwait(false);
                 restored.Add(new RestoredPodContainer(spec.Name, c.Id));
                 held.Add(new PodRestoreHolds.HeldContainer(c.Id, Crest.Oci.SpecBuilder.CgroupsPathOf(sandbox, c.Id)));
                 CrashPoints.Hit(CrashPoints.PodRestoreContainers);
@@ -179,7 +182,35 @@ public sealed class PodRestoreService(
     }
 
     /// <summary>The pod's /dev/shm and System V shared memory, put into the new pod before any container is restored.</summary>
-    private async Task RestoreSharedAsync(PodCheckpointManifest manifest, string dir, SandboxRecord sandbox, CancellationToken ct)
+    /// <summary>
+    /// Which container's CRIU recreates the pod's System V segments: CRIU re-attaches a segment only in the restore that
+    /// created it (it looks attachments up among the segments its own images create), so the one container whose
+    /// processes had segments attached creates them all; with none attached Crest recreates them (null). Two containers
+    /// with attachments cannot both be restored by CRIU: refused before anything is made.
+    /// </summary>
+    private async Task<string?> SysVCreatorAsync(string dir, IReadOnlyList<(ContainerSpec Spec, PodCheckpointContainer Part)> plan, string source, CancellationToken ct)
+    {
+        var attaching = new List<string>();
+        foreach (var (_, part) in plan)
+        {
+            var archive = Path.Combine(dir, PodCheckpointFiles.ContainerArchive(part.Name));
+            if ((await ArchiveSysVShm.AttachedAsync(archive, options.Limits.MaxMetadataBytes, ct).ConfigureAwait(false)).Count > 0)
+            {
+                attaching.Add(part.Name);
+            }
+        }
+
+        return attaching.Count switch
+        {
+            0 => null,
+            1 => attaching[0],
+            _ => throw new CrestException(ErrorKind.FailedPrecondition,
+                $"pod checkpoint {source}: containers {string.Join(", ", attaching)} each had System V shared memory attached; CRIU re-attaches segments only in the one restore "
+                + "that creates them, so only one container of a pod may have segments attached (use POSIX shared memory in /dev/shm, which any number can share)"),
+        };
+    }
+
+    private async Task RestoreSharedAsync(PodCheckpointManifest manifest, string dir, SandboxRecord sandbox, bool recreateSysV, CancellationToken ct)
     {
         if (manifest.Shared.DevShm)
         {
@@ -196,7 +227,7 @@ public sealed class PodRestoreService(
             await extractor.ExtractAsync(file, $"the /dev/shm of pod checkpoint {dir}", ct).ConfigureAwait(false);
         }
 
-        if (manifest.Shared.SysVShm)
+        if (manifest.Shared.SysVShm && recreateSysV)
         {
             if (!sandbox.PinnedNamespaces.TryGetValue("ipc", out var ipc))
             {

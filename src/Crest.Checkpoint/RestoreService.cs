@@ -116,9 +116,9 @@ public sealed class RestoreService(
         try
         {
             var plan = await ReadAsync(source, kind, staging, ct).ConfigureAwait(false);
-            if (criu?.SysVShmRecreated == true && Directory.Exists(Path.Combine(staging, CheckpointFiles.CriuImages)))
+            if (criu?.LeaveOutSysVShm == true && Directory.Exists(Path.Combine(staging, CheckpointFiles.CriuImages)))
             {
-                // Every container of a pod dumps the whole pod IPC namespace; its segments are already back (same ids).
+                // Every container of a pod dumps the whole pod IPC namespace; another restore (or Crest) creates its segments.
                 foreach (var image in Directory.EnumerateFiles(Path.Combine(staging, CheckpointFiles.CriuImages), "ipcns-shm-*.img"))
                 {
                     File.Delete(image);

@@ -30,10 +30,11 @@ public sealed record CriuRestoreOptions
     /// <summary>Re-establish the TCP connections that were open at the dump (<c>--tcp-established</c>, [restore] tcp_established).</summary>
     public bool TcpEstablished { get; init; }
     /// <summary>
-    /// The pod's System V shared memory was recreated in its IPC namespace before this restore (RestorePod): CRIU's own
-    /// copy of the segments is left out, since CRIU would create them again in the joined namespace and fail with EEXIST.
+    /// CRIU's copy of the pod's System V segments (ipcns-shm images) is left out of this restore: every container of a
+    /// pod dumps the whole pod IPC namespace, and CRIU creates the segments in the joined namespace, so exactly one
+    /// restore (the container that has segments attached, else Crest itself) may create them; another would fail with EEXIST.
     /// </summary>
-    public bool SysVShmRecreated { get; init; }
+    public bool LeaveOutSysVShm { get; init; }
 
     /// <summary>
     /// CRIU leaves the restored processes stopped (SIGSTOP) instead of resuming them: a pod's containers come back one

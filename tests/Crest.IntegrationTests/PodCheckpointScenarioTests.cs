@@ -300,53 +300,72 @@ public partial class PodCheckpointScenarioTests
         }
         """;
 
-    /// <summary>
-    /// Why attached segments cannot come back yet. CRIU restores every container's copy of the pod's IPC namespace even
-    /// into the joined namespace, with shmget(IPC_CREAT | IPC_EXCL), and finds the segment a process had attached only
-    /// in that copy: with the copy, the second restore (or any after RestorePod recreated the segments) fails "Failed to
-    /// create shm set: File exists"; without it, "Can't find sysv shmem for 0" (shmem.c). Needs CRIU to treat a joined
-    /// IPC namespace as external (collect the segments, create none).
-    /// </summary>
-    private const string AttachedSysVNeedsCriu =
-        "CRIU re-creates the pod IPC namespace's segments at every container restore (EEXIST once they exist) and finds an attached segment only in that copy "
-        + "(restore.log without it: \"Can't find sysv shmem for 0\"); needs CRIU to treat the joined IPC namespace as external";
-
-    [Fact(Skip = AttachedSysVNeedsCriu)]
-    public async Task A_sysv_segment_attached_by_two_containers_is_reattached_by_id_and_its_counter_goes_on()
+    /// <summary>A static program that attaches a System V segment and counts in it (busybox cannot attach one).</summary>
+    private static Func<string, ContainerConfig> ShmCounter(DaemonHarness d)
     {
         Requires.Binary("gcc");
-        await using var d = await StartAsync();
-        // busybox cannot attach System V memory: a small static program does, bound into both containers.
         var source = d.Dir.Combine("shmcount.c");
-        await File.WriteAllTextAsync(source, ShmCounterSource, Ct);
+        File.WriteAllText(source, ShmCounterSource);
         var binary = d.Dir.Combine("shmcount");
         var cc = Run("gcc", "-static", "-O2", "-o", binary, source);
         Assert.True(cc.Code == 0, cc.Error);
-        ContainerConfig Attached(string name)
+        return name =>
         {
             var c = PodTests.Container(name);
             c.Command.Clear();
             c.Command.Add("/shmcount");
             c.Mounts.Add(new Mount { ContainerPath = "/shmcount", HostPath = binary, Readonly = true });
             return c;
-        }
+        };
+    }
 
-        var running = await RunPodAsync(d, PodTests.Pod(d, "sysv"), Attached("left"), Attached("right"));
-        await PassesAsync(running.Log("right"), "shm", 4);
-        var output = d.Dir.Combine("sysv-ckpt");
+    /// <summary>
+    /// A process with a System V segment attached (a database's shared buffers, say) in a pod with another container: CRIU
+    /// re-attaches a segment only in the restore that creates it, so RestorePod lets that container's CRIU create the
+    /// pod's segments and leaves them out of the others' (and does not recreate them itself). Started last, it still
+    /// finds its segment with the counter where it was.
+    /// </summary>
+    [Fact]
+    public async Task A_sysv_segment_attached_in_one_container_comes_back_attached_and_its_counter_goes_on()
+    {
+        await using var d = await StartAsync();
+        var attached = ShmCounter(d);
+        var idle = PodTests.Container("idle", "sleep 100000");
+        var running = await RunPodAsync(d, PodTests.Pod(d, "sysv1"), attached("db"), idle);
+        await PassesAsync(running.Log("db"), "shm", 4);
+        var output = d.Dir.Combine("sysv1-ckpt");
         await CheckpointAsync(d, running.Id, output);
-        var atCheckpoint = Math.Max(Last(running.Log("left"), "shm"), Last(running.Log("right"), "shm"));
+        var atCheckpoint = Last(running.Log("db"), "shm");
         await RemovePodAsync(d, running.Id);
-        var before = Math.Max(Last(running.Log("left"), "shm"), Last(running.Log("right"), "shm"));
 
-        var restored = await RestoreAsync(d, "sysv", output, [Attached("left"), Attached("right")]);
-        // Both go on incrementing the one counter in the restored segment: values beyond the checkpoint's, no restart.
-        foreach (var name in new[] { "left", "right" })
-        {
-            var log = await PassesAsync(restored.Log(name), "shm", atCheckpoint + 4);
-            var values = Numbers(log, "shm");
-            Assert.True(values.Zip(values.Skip(1)).All(p => p.First < p.Second), $"{name}'s values should only grow (checkpoint near {atCheckpoint}, original reached {before}): {string.Join(' ', values)}");
-        }
+        var restored = await RestoreAsync(d, "sysv1", output, [attached("db"), idle], startOrder: ["idle", "db"]);
+
+        var log = await PassesAsync(restored.Log("db"), "shm", atCheckpoint + 4);
+        var values = Numbers(log, "shm");
+        Assert.True(values.Zip(values.Skip(1)).All(p => p.First < p.Second), $"the counter in the segment should only grow (checkpoint near {atCheckpoint}): {string.Join(' ', values)}");
+    }
+
+    /// <summary>Two containers with segments attached cannot both be restored by CRIU: RestorePod refuses before it makes anything.</summary>
+    [Fact]
+    public async Task A_pod_whose_two_containers_have_sysv_segments_attached_is_refused_before_anything_is_made()
+    {
+        await using var d = await StartAsync();
+        var attached = ShmCounter(d);
+        var running = await RunPodAsync(d, PodTests.Pod(d, "sysv2"), attached("left"), attached("right"));
+        await PassesAsync(running.Log("right"), "shm", 4);
+        var output = d.Dir.Combine("sysv2-ckpt");
+        await CheckpointAsync(d, running.Id, output);
+        await RemovePodAsync(d, running.Id);
+
+        var request = new RestorePodRequest { CheckpointPath = output, Config = PodTests.Pod(d, "sysv2") };
+        request.Config.Metadata.Attempt = 2;
+        request.ContainerConfigs.Add(attached("left"));
+        request.ContainerConfigs.Add(attached("right"));
+        var e = await Assert.ThrowsAsync<RpcException>(() => d.Runtime.RestorePodAsync(request, cancellationToken: Ct).ResponseAsync);
+
+        Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+        Assert.Contains("left, right", e.Status.Detail, StringComparison.Ordinal);
+        Assert.Empty((await d.Runtime.ListPodSandboxAsync(new ListPodSandboxRequest(), cancellationToken: Ct)).Items);
     }
 
     [GeneratedRegex(@"Shared memory id: (\d+)")]
