@@ -64,6 +64,42 @@ public class DiskSafetyTests
         }
     }
 
+    [Fact]
+    public async Task A_checkpoint_archive_that_would_not_fit_on_a_small_staging_disk_is_refused_before_its_pages_are_written()
+    {
+        Requires.Root();
+        using var work = new TempDir("crest-disk");
+        var archive = work.Combine("checkpoint.tar");
+        await using (var file = File.Create(archive))
+        await using (var tar = new System.Formats.Tar.TarWriter(file))
+        {
+            var pages = new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.RegularFile, "checkpoint/pages-1.img")
+            {
+                DataStream = new MemoryStream(new byte[80 << 20]),
+            };
+            await tar.WriteEntryAsync(pages, Ct);
+        }
+
+        var disk = work.CreateDirectory("disk");
+        await RunAsync("mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", disk);
+        try
+        {
+            var staging = Directory.CreateDirectory(Path.Combine(disk, "staging")).FullName;
+            var limits = new Crest.Checkpoint.Format.RestoreLimits { TargetFilesystem = disk, DiskReserveBytes = Reserve };
+
+            var full = await Assert.ThrowsAsync<CrestException>(() => new Crest.Checkpoint.Format.CheckpointReader(limits).ReadArchiveAsync(archive, staging, Ct));
+
+            Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
+            Assert.Contains($"checkpoint archive {archive} was refused at entry \"checkpoint/pages-1.img\" (83886080 bytes)", full.Message, StringComparison.Ordinal);
+            Assert.Contains($"bytes free on {staging} after [restore] disk_reserve_bytes = {Reserve}", full.Message, StringComparison.Ordinal);
+            Assert.False(File.Exists(Path.Combine(staging, "checkpoint", "pages-1.img")), "no byte of the pages may be written");
+        }
+        finally
+        {
+            await RunAsync("umount", disk);
+        }
+    }
+
     private static PullImageRequest Pull(string image) => new() { Image = new ImageSpec { Image = image } };
 
     private static async Task<string> PushAsync(LocalRegistry registry, TempDir work, string name, LayerCompression compression)
