@@ -223,14 +223,7 @@ public sealed partial class ImageService
             return;
         }
 
-        // Measured again for each blob: other pulls and containers write to the same disk meanwhile.
-        if (options.BudgetOf(options.ContentFilesystem) is { } disk && descriptor.Size > disk.Available)
-        {
-            throw new CrestException(ErrorKind.ResourceExhausted,
-                $"pull of image {reference} was refused before downloading blob {digest}: its descriptor declares {descriptor.Size} bytes, more than {disk.Describe()}; "
-                + "free space on the node (remove unused images) or lower the reserve");
-        }
-
+        RequireSpaceForBlob($"pull of image {reference}", "downloading", digest, descriptor.Size);
         for (var attempt = 1; ; attempt++)
         {
             try
@@ -243,6 +236,20 @@ public sealed partial class ImageService
             {
                 ImagesLog.RetryingBlob(logger, digest.ToString(), reference.ToString(), attempt, e.Message);
             }
+        }
+    }
+
+    /// <summary>
+    /// Refuses a blob that declares more bytes than the content store's filesystem can take, before it is copied in.
+    /// Measured again for each blob: other pulls and containers write to the same disk meanwhile.
+    /// </summary>
+    private void RequireSpaceForBlob(string operation, string verb, Digest digest, long declaredSize)
+    {
+        if (options.BudgetOf(options.ContentFilesystem) is { } disk && declaredSize > disk.Available)
+        {
+            throw new CrestException(ErrorKind.ResourceExhausted,
+                $"{operation} was refused before {verb} blob {digest}: it declares {declaredSize} bytes, more than {disk.Describe()}; "
+                + "free space on the node (remove unused images) or lower the reserve");
         }
     }
 

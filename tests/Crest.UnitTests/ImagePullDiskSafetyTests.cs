@@ -116,6 +116,28 @@ public sealed class ImagePullDiskSafetyTests : IDisposable
     }
 
     [Fact]
+    public async Task An_oci_archive_whose_blob_would_not_fit_in_the_content_store_is_refused_before_the_blob_is_stored()
+    {
+        var layout = _dir.Combine("layout");
+        TestImages.WriteLayout(layout, [new TestLayer(LayerCompression.None, t => TestImages.File(t, "big", new byte[4 << 20]))]);
+        var archive = _dir.Combine("image.tar");
+        TestImages.TarDirectory(layout, archive);
+        var images = Images(new ImageServiceOptions(new ExtractionLimits { DiskReserveBytes = Reserve })
+        {
+            ContentFilesystem = _dir.Path,
+            FreeBytesOf = _ => Reserve + (2 << 20),
+        });
+
+        var full = await Assert.ThrowsAsync<CrestException>(() => images.LoadArchiveAsync(archive, Image, Ct));
+
+        Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
+        Assert.Contains($"load of archive {archive} was refused before storing blob sha256:", full.Message, StringComparison.Ordinal);
+        Assert.Contains($"more than the 2097152 bytes free on {_dir.Path} after [images] disk_reserve_bytes = 1048576", full.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(_content.List(), d => _content.SizeOf(d) > 2 << 20);
+        await AssertNothingKeptAsync();
+    }
+
+    [Fact]
     public async Task A_blob_larger_than_the_content_stores_free_space_is_refused_before_it_is_downloaded()
     {
         var (layer, config) = Publish(new TestLayer(LayerCompression.None, t => TestImages.File(t, "small", [1, 2, 3])));
@@ -129,7 +151,7 @@ public sealed class ImagePullDiskSafetyTests : IDisposable
         var full = await Assert.ThrowsAsync<CrestException>(() => images.PullAsync(Image, null, null, Ct));
 
         Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
-        Assert.Contains($"pull of image {Image} was refused before downloading blob {config}: its descriptor declares ", full.Message, StringComparison.Ordinal);
+        Assert.Contains($"pull of image {Image} was refused before downloading blob {config}: it declares ", full.Message, StringComparison.Ordinal);
         Assert.Contains($"more than the 10 bytes free on {_dir.Path} after [images] disk_reserve_bytes = 1048576", full.Message, StringComparison.Ordinal);
         Assert.False(_registry.BlobRequests.ContainsKey(Digest.Parse(config)));
         await AssertNothingKeptAsync();
