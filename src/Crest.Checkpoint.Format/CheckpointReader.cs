@@ -20,19 +20,30 @@ public sealed record RestoreLimits
     public int MaxPathLength { get; init; } = 4096;
 
     /// <summary>
-    /// Bytes the rootfs diff may expand to per compressed byte, once it passes <see cref="RatioCheckFloorBytes"/>; 0 turns
-    /// the check off. gzip reaches about 1000:1 on zeros, so a bomb is refused long before it fills a disk.
+    /// Bytes the rootfs diff or a compressed archive may expand to per compressed byte, once it passes
+    /// <see cref="RatioCheckFloorBytes"/>; 0 turns the check off. gzip reaches about 1000:1 on zeros, so a bomb is
+    /// refused long before it fills a disk.
     /// </summary>
     public double MaxExpansionRatio { get; init; } = 100;
 
     /// <summary>Expansion up to this many bytes is not checked for its ratio: small, very compressible diffs are normal.</summary>
     public long RatioCheckFloorBytes { get; init; } = 64L << 20;
 
-    /// <summary>The directory whose filesystem a restore writes the rootfs diff to; null: its free space is not checked.</summary>
+    /// <summary>
+    /// The directory whose filesystem a restore writes the rootfs diff to; null: free space is not checked at all. When
+    /// set, archives and image layers are also checked against the free space of the staging directory they unpack to.
+    /// </summary>
     public string? TargetFilesystem { get; init; }
 
-    /// <summary>Bytes that must stay free on <see cref="TargetFilesystem"/> after the rootfs diff is written.</summary>
+    /// <summary>Bytes that must stay free on <see cref="TargetFilesystem"/> (and the staging filesystem) after a restore writes.</summary>
     public long DiskReserveBytes { get; init; } = 1L << 30;
+
+    /// <summary>Free bytes of the filesystem holding a path; tests inject a small disk here.</summary>
+    public Func<string, long> FreeBytesOf { get; init; } = DiskBudget.FreeBytesOf;
+
+    /// <summary>What the filesystem of <paramref name="dir"/> can take now, or null when free space is not checked.</summary>
+    internal DiskBudget? BudgetOf(string dir) =>
+        TargetFilesystem is null ? null : DiskBudget.Measure(dir, DiskReserveBytes, "[restore] disk_reserve_bytes", FreeBytesOf);
 }
 
 /// <summary>
@@ -77,16 +88,23 @@ public sealed class CheckpointReader(RestoreLimits limits)
     /// </summary>
     public async Task UnpackAsync(Stream file, string dir, string what, CancellationToken ct)
     {
-        await using var tar = CheckpointArchive.OpenRead(file);
+        // The compressed bytes the decompressor consumed, against the bytes written: a bomb stops while it expands.
+        var counted = new CountingReadStream(file, leaveOpen: true);
+        await using var tar = CheckpointArchive.OpenRead(counted);
         using var extractor = new SafeExtractor(dir, ExtractionPolicy.FilesOnly with
         {
             MaxBytes = limits.MaxArchiveBytes,
+            MaxBytesSetting = "[restore] max_archive_bytes",
             MaxEntries = limits.MaxArchiveEntries,
             MaxPathLength = limits.MaxPathLength,
+            MaxExpansionRatio = limits.MaxExpansionRatio,
+            RatioCheckFloorBytes = limits.RatioCheckFloorBytes,
+            RatioSetting = "[restore] max_expansion_ratio",
+            Disk = limits.BudgetOf(dir),
         });
         try
         {
-            await extractor.ExtractAsync(tar, what, ct).ConfigureAwait(false);
+            await extractor.ExtractAsync(tar, what, () => counted.BytesRead, ct).ConfigureAwait(false);
         }
         catch (InvalidDataException e)
         {
@@ -113,6 +131,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
         ArgumentNullException.ThrowIfNull(layerDirsTopFirst);
         long bytes = 0;
         long entries = 0;
+        var disk = limits.BudgetOf(stagingDir);
         foreach (var layer in layerDirsTopFirst.Reverse())
         {
             var pending = new Stack<string>();
@@ -143,10 +162,19 @@ public sealed class CheckpointReader(RestoreLimits limits)
                     }
                     else if (FileKinds.IsRegularFile(full))
                     {
-                        bytes += new FileInfo(full).Length;
+                        var size = new FileInfo(full).Length;
+                        bytes += size;
                         if (bytes > limits.MaxArchiveBytes)
                         {
-                            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image} holds more than {limits.MaxArchiveBytes} bytes, the configured limit");
+                            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image} holds more than {limits.MaxArchiveBytes} bytes, the configured limit ([restore] max_archive_bytes)");
+                        }
+
+                        // Refused before the copy that would eat into the reserve; the caller removes the staging directory.
+                        if (disk is not null && bytes > disk.Available)
+                        {
+                            throw new CrestException(ErrorKind.ResourceExhausted,
+                                $"checkpoint image {image} was refused at /{name} ({size} bytes): staging it takes at least {bytes} bytes, more than {disk.Describe()}; "
+                                + "free space on the node or lower the reserve");
                         }
 
                         try
@@ -345,7 +373,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
         long bytes = 0;
         long entries = 0;
         // What the node's disk can take, less the reserve, is a limit as real as the configured maximum.
-        var free = limits.TargetFilesystem is { } target ? new DriveInfo(target).AvailableFreeSpace - limits.DiskReserveBytes : long.MaxValue;
+        var free = limits.TargetFilesystem is { } target ? limits.FreeBytesOf(target) - limits.DiskReserveBytes : long.MaxValue;
         try
         {
             using var file = new FileStream(FileKinds.OpenReadNoFollow(path), FileAccess.Read, 1 << 20);

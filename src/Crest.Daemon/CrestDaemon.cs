@@ -122,7 +122,12 @@ public sealed class CrestDaemon : IAsyncDisposable
             {
                 Timeout = TimeSpan.FromMinutes(30),
             }));
-            builder.Services.AddSingleton(ImageServiceOptions.Default);
+            // A blob is downloaded into the content store and a layer unpacked into the snapshots: their disks are checked.
+            builder.Services.AddSingleton(new ImageServiceOptions(config.Images)
+            {
+                ContentFilesystem = paths.Content,
+                SnapshotFilesystem = paths.Snapshots,
+            });
             builder.Services.AddSingleton<Crest.Images.ImageService>();
             builder.Services.AddSingleton<Crest.Linux.ILinux, Crest.Linux.LinuxSyscalls>();
             builder.Services.AddSingleton<IRuntimeStore>(new SqliteRuntimeStore(store));

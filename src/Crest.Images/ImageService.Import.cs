@@ -130,6 +130,7 @@ public sealed partial class ImageService
                 {
                     if (entry.DataStream is { } data)
                     {
+                        RequireSpaceForBlob($"load of archive {archivePath}", "storing", digest, entry.Length);
                         await content.IngestAsync(data, digest, entry.Length, null, ct).ConfigureAwait(false);
                     }
 

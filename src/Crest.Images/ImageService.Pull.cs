@@ -125,6 +125,7 @@ public sealed partial class ImageService
         }
 
         var chains = ChainIds(config.RootFs.DiffIds);
+        RequireSpaceForLayers(what, manifest.Layers);
         using var downloads = new SemaphoreSlim(options.ParallelDownloads);
         // One failed layer stops the others: nothing keeps downloading after the pull has failed.
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -222,6 +223,7 @@ public sealed partial class ImageService
             return;
         }
 
+        RequireSpaceForBlob($"pull of image {reference}", "downloading", digest, descriptor.Size);
         for (var attempt = 1; ; attempt++)
         {
             try
@@ -237,21 +239,61 @@ public sealed partial class ImageService
         }
     }
 
+    /// <summary>
+    /// Refuses a blob that declares more bytes than the content store's filesystem can take, before it is copied in.
+    /// Measured again for each blob: other pulls and containers write to the same disk meanwhile.
+    /// </summary>
+    private void RequireSpaceForBlob(string operation, string verb, Digest digest, long declaredSize)
+    {
+        if (options.BudgetOf(options.ContentFilesystem) is { } disk && declaredSize > disk.Available)
+        {
+            throw new CrestException(ErrorKind.ResourceExhausted,
+                $"{operation} was refused before {verb} blob {digest}: it declares {declaredSize} bytes, more than {disk.Describe()}; "
+                + "free space on the node (remove unused images) or lower the reserve");
+        }
+    }
+
+    /// <summary>
+    /// Refuses a pull whose layers not yet on this node declare more bytes than the content store's filesystem can take,
+    /// before any of them is downloaded (the downloads run in parallel, so one blob at a time would not see the sum).
+    /// </summary>
+    private void RequireSpaceForLayers(string image, IReadOnlyList<Descriptor> layers)
+    {
+        if (options.BudgetOf(options.ContentFilesystem) is not { } disk)
+        {
+            return;
+        }
+
+        var missing = layers.Where(l => !content.Exists(Digest.Parse(l.Digest))).ToList();
+        var declared = missing.Sum(l => Math.Max(0, l.Size));
+        if (declared > disk.Available)
+        {
+            throw new CrestException(ErrorKind.ResourceExhausted,
+                $"pull of image {image} was refused before downloading its layers: the {missing.Count} layer{(missing.Count == 1 ? "" : "s")} not yet on this node ({string.Join(", ", missing.Select(l => l.Digest))}) "
+                + $"declare {declared} bytes, more than {disk.Describe()}; free space on the node (remove unused images) or lower the reserve");
+        }
+    }
+
     /// <summary>Unpacks one layer blob into a snapshot directory, verifying the uncompressed bytes against the diff ID.</summary>
     private async Task<long> UnpackLayerAsync(Digest blob, Digest diffId, string dir, string image, CancellationToken ct)
     {
-        var what = $"layer {blob} of {image}";
-        await using var compressed = content.OpenRead(blob);
+        var what = $"layer {blob} of image {image}";
+        // The compressed bytes the decompressor consumed, against the bytes written: a bomb stops while it expands.
+        await using var compressed = new CountingReadStream(content.OpenRead(blob));
         await using var hashing = new HashingReadStream(LayerStreams.Decompress(compressed));
         using var extractor = new SafeExtractor(dir, ExtractionPolicy.ImageLayer with
         {
             MaxEntries = options.Limits.MaxEntries,
             MaxBytes = options.Limits.MaxBytes,
+            MaxExpansionRatio = options.Limits.MaxExpansionRatio,
+            RatioCheckFloorBytes = options.Limits.RatioCheckFloorBytes,
+            RatioSetting = "[images] max_expansion_ratio",
+            Disk = options.BudgetOf(options.SnapshotFilesystem),
         });
         ExtractionResult result;
         try
         {
-            result = await extractor.ExtractAsync(hashing, what, ct).ConfigureAwait(false);
+            result = await extractor.ExtractAsync(hashing, what, () => compressed.BytesRead, ct).ConfigureAwait(false);
         }
         catch (InvalidDataException e)
         {

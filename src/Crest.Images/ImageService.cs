@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Text;
 using System.Text.Json;
 using Crest.Core;
+using Crest.Linux;
 using Crest.Oci;
 using Microsoft.Extensions.Logging;
 
@@ -19,10 +20,35 @@ public sealed record FilesystemUsage(string Path, long Bytes, long Inodes);
 public sealed record ImageServiceOptions(ExtractionLimits Limits, int ParallelDownloads = 3)
 {
     public static ImageServiceOptions Default { get; } = new(new ExtractionLimits());
+
+    /// <summary>The content store's directory, whose free space a blob must fit in before it is downloaded; null: not checked.</summary>
+    public string? ContentFilesystem { get; init; }
+
+    /// <summary>The snapshots' directory, whose free space a layer must fit in as it unpacks; null: not checked.</summary>
+    public string? SnapshotFilesystem { get; init; }
+
+    /// <summary>Free bytes of the filesystem holding a path; tests inject a small disk here.</summary>
+    public Func<string, long> FreeBytesOf { get; init; } = DiskBudget.FreeBytesOf;
+
+    internal DiskBudget? BudgetOf(string? filesystem) =>
+        filesystem is null ? null : DiskBudget.Measure(filesystem, Limits.DiskReserveBytes, "[images] disk_reserve_bytes", FreeBytesOf);
 }
 
-/// <summary>Limits an image layer unpacks within.</summary>
-public sealed record ExtractionLimits(long MaxEntries = 2_000_000, long MaxBytes = 1L << 40);
+/// <summary>Limits an image layer unpacks within ([images] in config.toml).</summary>
+public sealed record ExtractionLimits(long MaxEntries = 2_000_000, long MaxBytes = 1L << 40)
+{
+    /// <summary>
+    /// Bytes a layer may unpack to per compressed byte once past <see cref="RatioCheckFloorBytes"/>; 0 turns the check off.
+    /// Real layers stay far below 200:1 (text compresses about 5:1); a gzip of zeros reaches about 1000:1.
+    /// </summary>
+    public double MaxExpansionRatio { get; init; } = 200;
+
+    /// <summary>Expansion up to this many bytes is not checked for its ratio: small, very compressible layers are normal.</summary>
+    public long RatioCheckFloorBytes { get; init; } = 64L << 20;
+
+    /// <summary>Bytes that must stay free on the content store's and the snapshots' filesystems after a pull.</summary>
+    public long DiskReserveBytes { get; init; } = 1L << 30;
+}
 
 /// <summary>
 /// Images: pull (verified, shared between concurrent callers, layers unpacked once per chain ID),

@@ -25,6 +25,25 @@ public sealed record ExtractionPolicy
 
     public long MaxBytes { get; init; } = 1L << 40;
 
+    /// <summary>The setting behind <see cref="MaxBytes"/>, named in errors ("[restore] max_archive_bytes").</summary>
+    public string? MaxBytesSetting { get; init; }
+
+    /// <summary>
+    /// Bytes that may be written per compressed byte read (counted by the caller, see
+    /// <see cref="SafeExtractor.ExtractAsync(Stream, string, Func{long}?, CancellationToken)"/>) once the extraction has
+    /// written <see cref="RatioCheckFloorBytes"/>; 0 turns the check off. A decompression bomb is stopped while it expands.
+    /// </summary>
+    public double MaxExpansionRatio { get; init; }
+
+    /// <summary>Expansion up to this many bytes is not checked for its ratio: small, very compressible archives are normal.</summary>
+    public long RatioCheckFloorBytes { get; init; } = 64L << 20;
+
+    /// <summary>The setting behind <see cref="MaxExpansionRatio"/>, named in errors ("[images] max_expansion_ratio").</summary>
+    public string RatioSetting { get; init; } = "max_expansion_ratio";
+
+    /// <summary>What the target filesystem can take, measured when the extraction began; null: not checked.</summary>
+    public DiskBudget? Disk { get; init; }
+
     public int MaxPathLength { get; init; } = 4096;
 
     /// <summary>Image layers: everything a layer may hold, whiteouts in overlay form.</summary>
@@ -73,6 +92,7 @@ public sealed class SafeExtractor : IDisposable
     private readonly string _rootPath;
     private readonly ExtractionPolicy _policy;
     private readonly List<(string Path, DateTimeOffset Modified)> _directoryTimes = [];
+    private Func<long>? _compressedBytesRead;
 
     public SafeExtractor(string root, ExtractionPolicy policy)
     {
@@ -87,8 +107,15 @@ public sealed class SafeExtractor : IDisposable
     }
 
     /// <summary>Extracts every entry of <paramref name="tar"/>; <paramref name="what"/> names the archive in errors.</summary>
-    public async Task<ExtractionResult> ExtractAsync(Stream tar, string what, CancellationToken ct)
+    public Task<ExtractionResult> ExtractAsync(Stream tar, string what, CancellationToken ct) => ExtractAsync(tar, what, null, ct);
+
+    /// <summary>
+    /// Extracts every entry of <paramref name="tar"/>, a decompressed stream; <paramref name="compressedBytesRead"/> says how
+    /// many compressed bytes the decompressor has consumed so far, for <see cref="ExtractionPolicy.MaxExpansionRatio"/>.
+    /// </summary>
+    public async Task<ExtractionResult> ExtractAsync(Stream tar, string what, Func<long>? compressedBytesRead, CancellationToken ct)
     {
+        _compressedBytesRead = compressedBytesRead;
         long entries = 0;
         long bytes = 0;
         using var reader = new TarReader(tar, leaveOpen: true);
@@ -364,7 +391,16 @@ public sealed class SafeExtractor : IDisposable
     {
         if (entry.Length < 0 || bytesSoFar + entry.Length > _policy.MaxBytes)
         {
-            throw Refuse(what, entry.Name, $"the archive expands to more than {_policy.MaxBytes} bytes, the configured limit");
+            throw Refuse(what, entry.Name, $"the archive expands to more than {_policy.MaxBytes} bytes, the configured limit"
+                + (_policy.MaxBytesSetting is { } setting ? $" ({setting})" : ""));
+        }
+
+        // The header declares the entry's size: one that would not fit is refused before a byte of it is written.
+        if (_policy.Disk is { } disk && bytesSoFar + entry.Length > disk.Available)
+        {
+            throw new CrestException(ErrorKind.ResourceExhausted,
+                $"{what} was refused at entry \"{entry.Name}\" ({entry.Length} bytes): the archive expands to at least {bytesSoFar + entry.Length} bytes, "
+                + $"more than {disk.Describe()}; free space on the node or lower the reserve");
         }
 
         ReplaceNonDirectory(parent, leaf, what, entry.Name);
@@ -386,6 +422,8 @@ public sealed class SafeExtractor : IDisposable
                     {
                         throw Refuse(what, entry.Name, "the entry holds more data than its header declares");
                     }
+
+                    CheckExpansion(what, entry.Name, bytesSoFar + written);
 
                     try
                     {
@@ -703,6 +741,23 @@ public sealed class SafeExtractor : IDisposable
             var errno = Marshal.GetLastPInvokeError();
             var kind = errno == Interop.ENOSPC ? ErrorKind.ResourceExhausted : ErrorKind.Internal;
             throw new CrestException(kind, $"extracting {what}: entry \"{entryName}\": {operation} failed: {Marshal.GetPInvokeErrorMessage(errno)}");
+        }
+    }
+
+    /// <summary>Refuses, before the bytes are written, an archive that has grown too far beyond the compressed bytes read for it.</summary>
+    private void CheckExpansion(string what, string entryName, long total)
+    {
+        if (_policy.MaxExpansionRatio <= 0 || _compressedBytesRead is null || total <= _policy.RatioCheckFloorBytes)
+        {
+            return;
+        }
+
+        var compressed = Math.Max(1, _compressedBytesRead());
+        if (total > compressed * _policy.MaxExpansionRatio)
+        {
+            throw Refuse(what, entryName,
+                $"the archive expands to more than {total} bytes from {compressed} compressed bytes, more than {_policy.RatioSetting} = {_policy.MaxExpansionRatio} allows; "
+                + "raise it for an archive you trust");
         }
     }
 

@@ -535,6 +535,86 @@ public class CheckpointTests
         Assert.Equal(8L << 20, trusted.RootfsDiffBytes);
     }
 
+    /// <summary>A whole checkpoint archive, gzip-compressed, whose CRIU pages are 16 MiB of zeros: a ratio near 1000.</summary>
+    private static byte[] ArchiveWithZeroPages(string compression)
+    {
+        var files = ContainerdFiles();
+        files["checkpoint/pages-1.img"] = new byte[16 << 20];
+        return compression == "none" ? Tar(files) : Compress(Tar(files), compression);
+    }
+
+    [Theory]
+    [InlineData("gzip")]
+    [InlineData("zstd")]
+    public async Task A_compressed_checkpoint_archive_that_expands_too_far_per_compressed_byte_is_stopped_while_it_unpacks(string compression)
+    {
+        using var layout = new Layout(ArchiveWithZeroPages(compression));
+
+        var bomb = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, new RestoreLimits { RatioCheckFloorBytes = 1 << 20 }));
+        var staged = new FileInfo(Path.Combine(layout.Staging, "checkpoint", "pages-1.img"));
+
+        Assert.Equal(ErrorKind.InvalidArgument, bomb.Kind);
+        Assert.Contains($"checkpoint archive {layout.Archive} was refused at entry \"checkpoint/pages-1.img\": the archive expands to more than ", bomb.Message, StringComparison.Ordinal);
+        Assert.Contains("compressed bytes, more than [restore] max_expansion_ratio = 100 allows", bomb.Message, StringComparison.Ordinal);
+        Assert.True(!staged.Exists || staged.Length < 16 << 20, "the pages must not have been written out whole");
+    }
+
+    [Fact]
+    public async Task A_checkpoint_archive_that_would_not_fit_on_the_staging_disk_is_refused_before_its_entry_is_written_and_a_trusted_one_unpacks()
+    {
+        using var layout = new Layout(ArchiveWithZeroPages("none"));
+        // A disk with 8 MiB left after a 1 MiB reserve: the 16 MiB of pages do not fit.
+        var small = new RestoreLimits { TargetFilesystem = layout.Root, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20 };
+
+        var full = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, small));
+
+        Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
+        Assert.Contains($"checkpoint archive {layout.Archive} was refused at entry \"checkpoint/pages-1.img\" (16777216 bytes)", full.Message, StringComparison.Ordinal);
+        Assert.Contains($"more than the 8388608 bytes free on {layout.Staging} after [restore] disk_reserve_bytes = 1048576", full.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(layout.Staging, "checkpoint", "pages-1.img")), "not a byte of the entry that does not fit may be written");
+
+        using var roomy = new Layout(ArchiveWithZeroPages("gzip"));
+        var plan = await ReadAsync(roomy, new RestoreLimits { MaxExpansionRatio = 0, RatioCheckFloorBytes = 1 << 20, TargetFilesystem = roomy.Root, FreeBytesOf = _ => 2L << 30 });
+        Assert.Equal(16L << 20, new FileInfo(Path.Combine(roomy.Staging, "checkpoint", "pages-1.img")).Length);
+        Assert.Equal("counter", plan.OriginalName);
+    }
+
+    [Fact]
+    public async Task A_pod_checkpoint_archive_refused_for_its_expansion_leaves_no_staging_directory_behind()
+    {
+        using var layout = new Layout(ArchiveWithZeroPages("gzip"));
+        var restores = Path.Combine(layout.Root, "restores");
+
+        var bomb = await Assert.ThrowsAsync<CrestException>(() =>
+            PodCheckpointSources.OpenArchiveAsync(layout.Archive, restores, new RestoreLimits { RatioCheckFloorBytes = 1 << 20 }, Ct));
+
+        Assert.Contains($"pod checkpoint archive {layout.Archive} was refused at entry \"checkpoint/pages-1.img\"", bomb.Message, StringComparison.Ordinal);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(restores));
+    }
+
+    [Fact]
+    public void Checkpoint_image_layers_that_would_not_fit_on_the_staging_disk_are_refused_before_the_file_that_does_not_fit_is_copied()
+    {
+        using var dir = new TempDir("crest-ckpt-layers");
+        var layer = dir.CreateDirectory("layer");
+        foreach (var (name, content) in ContainerdFiles())
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(layer, name))!);
+            File.WriteAllBytes(Path.Combine(layer, name), content);
+        }
+
+        File.WriteAllBytes(Path.Combine(layer, "checkpoint", "pages-1.img"), new byte[16 << 20]);
+        var staging = dir.CreateDirectory("staging");
+        var small = new RestoreLimits { TargetFilesystem = dir.Path, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20 };
+
+        var full = Assert.Throws<CrestException>(() => new CheckpointReader(small).ReadImageLayers([layer], "localhost/ckpt:v1", staging, Ct));
+
+        Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
+        Assert.Contains("checkpoint image localhost/ckpt:v1 was refused at /checkpoint/pages-1.img (16777216 bytes)", full.Message, StringComparison.Ordinal);
+        Assert.Contains($"more than the 8388608 bytes free on {staging} after [restore] disk_reserve_bytes = 1048576", full.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(staging, "checkpoint", "pages-1.img")));
+    }
+
     [Fact]
     public async Task A_rootfs_diff_within_its_limits_reports_the_bytes_it_expands_to()
     {

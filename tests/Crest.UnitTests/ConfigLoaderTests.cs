@@ -52,6 +52,9 @@ public class ConfigLoaderTests
             max_rootfs_diff_bytes = 1048576
             max_expansion_ratio = 0
             disk_reserve_bytes = 0
+            [images]
+            max_expansion_ratio = 500
+            disk_reserve_bytes = 2147483648
             [streaming]
             address = "0.0.0.0"
             port = 10010
@@ -70,6 +73,7 @@ public class ConfigLoaderTests
         Assert.Equal(new CheckpointConfig(false, "/opt/criu", 40300), config.Checkpoint);
         Assert.True(config.Restore.ViaCreate);
         Assert.Equal(new Crest.Checkpoint.Format.RestoreLimits { MaxRootfsDiffBytes = 1 << 20, MaxExpansionRatio = 0, DiskReserveBytes = 0 }, config.Restore.Limits);
+        Assert.Equal(new Crest.Images.ExtractionLimits { MaxExpansionRatio = 500, DiskReserveBytes = 2L << 30 }, config.Images);
         Assert.Equal(new Crest.Daemon.Streaming.StreamingConfig("0.0.0.0", 10010), config.Streaming);
         Assert.Equal(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 1338), config.Metrics.Endpoint);
     }
@@ -105,6 +109,8 @@ public class ConfigLoaderTests
     [InlineData("[metrics]\naddress = \"127.0.0.1\"", "metrics.address must be an IP address and port")]
     [InlineData("[streaming]\nport = 70000", "streaming.port must be a TCP port from 0 (any free port) to 65535")]
     [InlineData("[streaming]\nport = \"10010\"", "streaming.port must be an integer")]
+    [InlineData("[images]\nmax_expansion_ratio = -1", "images.max_expansion_ratio must be 0 (no check) or a positive integer")]
+    [InlineData("[images]\ndisk_reserve_bytes = -5", "images.disk_reserve_bytes must be a number of bytes, 0 or more")]
     public void A_value_of_the_wrong_shape_says_what_was_expected(string toml, string expected)
     {
         var e = Assert.Throws<CrestException>(() => ConfigLoader.Parse(toml, "c.toml"));

@@ -195,6 +195,22 @@ public static class ConfigLoader
                 },
             };
         });
+        reader.Table("images", t =>
+        {
+            var d = defaults.Images;
+            config = config with
+            {
+                Images = d with
+                {
+                    MaxExpansionRatio = t.Integer("max_expansion_ratio") is { } ratio
+                        ? ratio >= 0 ? ratio : throw Invalid(sourceName, "images.max_expansion_ratio", "0 (no check) or a positive integer", ratio)
+                        : d.MaxExpansionRatio,
+                    DiskReserveBytes = t.Integer("disk_reserve_bytes") is { } reserve
+                        ? reserve >= 0 ? reserve : throw Invalid(sourceName, "images.disk_reserve_bytes", "a number of bytes, 0 or more", reserve)
+                        : d.DiskReserveBytes,
+                },
+            };
+        });
         reader.Table("streaming", t =>
         {
             var address = t.String("address") ?? defaults.Streaming.Address;

@@ -22,6 +22,9 @@ public sealed record CrestConfig
 
     public RestoreConfig Restore { get; init; } = new();
 
+    /// <summary>What a pulled layer may unpack to and the disk it must leave free ([images]).</summary>
+    public Crest.Images.ExtractionLimits Images { get; init; } = new();
+
     public Streaming.StreamingConfig Streaming { get; init; } = new();
 
     public MetricsConfig Metrics { get; init; } = new();
