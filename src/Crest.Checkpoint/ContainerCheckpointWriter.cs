@@ -173,6 +173,7 @@ internal static class ContainerCheckpointWriter
             {
                 await CheckpointArchive.WriteAsync(work, output, compression, ct).ConfigureAwait(false);
                 await output.FlushAsync(ct).ConfigureAwait(false);
+                CrashPoints.Hit(CrashPoints.CheckpointArchiveWriting);
                 output.Flush(flushToDisk: true);
                 bytes = output.Length;
             }
