@@ -54,6 +54,15 @@ public static class CrashPoints
     /// <summary>CheckpointContainer (and each container archive of CheckpointPod): the archive written to its temporary file beside the location, not renamed.</summary>
     public const string CheckpointArchiveWriting = "checkpoint-archive-writing";
 
+    /// <summary>PullImage (any download into the content store): part of a blob written to its ingest file, the rest not yet.</summary>
+    public const string ImagePullIngesting = "image-pull-ingesting";
+
+    /// <summary>PullImage: every blob stored and every layer unpacked into a committed snapshot, the image not yet recorded.</summary>
+    public const string ImagePullUnpacked = "image-pull-unpacked";
+
+    /// <summary>Image GC (RemoveImage): the image record deleted and unreferenced blobs removed, its snapshots not yet.</summary>
+    public const string ImageGcCollecting = "image-gc-collecting";
+
     private static readonly string? Armed = Environment.GetEnvironmentVariable(Variable);
 
     /// <summary>Dies here (SIGKILL) when this crash point is armed.</summary>

@@ -44,9 +44,13 @@ public partial class CrashPointTests
             var podConfig = await WritePodAsync(dir, "crashed", "uid-crashed");
             var failed = await Binaries.RunCrestAsync([.. r, "runp", podConfig]);
             Assert.NotEqual(0, failed.ExitCode);
-            (crestd, var touched) = await RestartAfterCrashAsync(dir, crestd);
+            var leasesAtCrash = 0;
+            (crestd, var touched) = await RestartAfterCrashAsync(dir, crestd, ids => leasesAtCrash = LeasesOf(ids).Count);
 
             await using var pods = new OwnedPods(r);
+            // The crash left a half-made pod behind (so the checks below look at something), and the restart undid it.
+            Assert.NotEmpty(touched);
+            Assert.Equal(point == CrashPoints.SandboxNetnsMade ? 0 : 1, leasesAtCrash);
             Assert.Equal("", await RunAsync([.. r, "pods", "-q"]));
             await AssertNothingLeakedAsync(dir, crestd, touched);
 
@@ -81,6 +85,7 @@ public partial class CrashPointTests
             (crestd, var touched) = await RestartAfterCrashAsync(dir, crestd);
 
             Assert.Equal("SANDBOX_READY", await PodStateAsync(crestd, podId));
+            Assert.Contains(touched, id => id != podId); // the half-made container left traces, which the restart removed
             Assert.Equal("", await RunAsync([.. r, "ps", "-a", "-q"]));
             await AssertNothingLeakedAsync(dir, crestd, touched);
 
@@ -183,11 +188,64 @@ public partial class CrashPointTests
         }
     }
 
+    [Theory]
+    [InlineData(CrashPoints.ImagePullIngesting, "pull")]
+    [InlineData(CrashPoints.ImagePullUnpacked, "pull")]
+    [InlineData(CrashPoints.ImageGcCollecting, "rmi")]
+    public async Task Crestd_killed_inside_PullImage_or_image_GC_leaves_no_half_image_and_no_unreferenced_content(string point, string verb)
+    {
+        Requires.Root();
+        await using var registry = await LocalRegistry.StartAsync();
+        using var layout = new TempDir("crest-layout");
+        TestImages.WriteLayout(layout.Path, TestImages.StandardLayers(), "v1");
+        var reference = $"{registry.Host}/e2e/busybox:v1";
+        await TestImages.PushAsync(layout.Path, "v1", reference);
+        using var dir = new TempDir("crest-e2e-cpi");
+        var crestd = await CrestdProcess.StartReadyAsync(dir, environment: verb == "pull" ? Armed(point) : null);
+        try
+        {
+            string[] r = ["-r", crestd.Endpoint];
+            if (verb == "rmi")
+            {
+                await RunAsync([.. r, "pull", reference]);
+                await crestd.StopAsync();
+                await crestd.DisposeAsync();
+                crestd = await CrestdProcess.StartReadyAsync(dir, environment: Armed(point));
+            }
+
+            var content = dir.Combine("root", "content");
+            var snapshots = dir.Combine("root", "snapshots");
+            var failed = await Binaries.RunCrestAsync([.. r, verb, reference]);
+            Assert.NotEqual(0, failed.ExitCode);
+            var leftAtCrash = 0;
+            (crestd, _) = await RestartAfterCrashAsync(dir, crestd, _ => leftAtCrash = Entries(content).Count + Entries(snapshots).Count);
+
+            // The crash left content behind (so the checks look at something); the restart kept none of it without an image.
+            Assert.True(leftAtCrash > 0, "the crash point left nothing on disk to check");
+            Assert.Equal("", await RunAsync([.. r, "images", "-q"]));
+            Assert.True(Entries(content).Count + Entries(snapshots).Count == 0,
+                $"content or snapshots that no image references were kept: {string.Join(", ", Entries(content).Concat(Entries(snapshots)))}\n{crestd.Log}");
+
+            await RunAsync([.. r, "pull", reference]);
+            Assert.NotEqual("", await RunAsync([.. r, "images", "-q"]));
+            await RunAsync([.. r, "rmi", reference]);
+            Assert.Empty(Entries(content).Concat(Entries(snapshots)));
+        }
+        finally
+        {
+            await crestd.DisposeAsync();
+        }
+    }
+
+    /// <summary>The files and snapshot directories below a content store or snapshotter root (its empty skeleton aside).</summary>
+    private static List<string> Entries(string root) =>
+        Directory.Exists(root) ? Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Concat(Directory.EnumerateDirectories(root, "*", SearchOption.TopDirectoryOnly).Where(d => root.EndsWith("snapshots", StringComparison.Ordinal))).ToList() : [];
+
     /// <summary>
     /// Waits for the armed crestd to die by SIGKILL and starts crestd again on the same roots; returns it and every
     /// object id the dead crestd left traces of.
     /// </summary>
-    private static async Task<(CrestdProcess Crestd, IReadOnlyCollection<string> Touched)> RestartAfterCrashAsync(TempDir dir, CrestdProcess crashed)
+    private static async Task<(CrestdProcess Crestd, IReadOnlyCollection<string> Touched)> RestartAfterCrashAsync(TempDir dir, CrestdProcess crashed, Action<IReadOnlyCollection<string>>? beforeRestart = null)
     {
         using (var cts = CancellationTokenSource.CreateLinkedTokenSource(Ct))
         {
@@ -197,6 +255,7 @@ public partial class CrashPointTests
 
         Assert.True(crashed.Process.ExitCode == 137, $"crestd was to die by SIGKILL at the crash point; it exited {crashed.Process.ExitCode}: {crashed.Log}");
         var touched = Touched(dir);
+        beforeRestart?.Invoke(touched);
         await crashed.DisposeAsync();
         return (await CrestdProcess.StartReadyAsync(dir), touched);
     }
