@@ -60,7 +60,7 @@ public static class CrashPoints
     /// <summary>PullImage: every blob stored and every layer unpacked into a committed snapshot, the image not yet recorded.</summary>
     public const string ImagePullUnpacked = "image-pull-unpacked";
 
-    /// <summary>Image GC (RemoveImage): the image record deleted and unreferenced blobs removed, its snapshots not yet.</summary>
+    /// <summary>Image GC (RemoveImage) with something to collect: the image record deleted and unreferenced blobs removed, its snapshots not yet.</summary>
     public const string ImageGcCollecting = "image-gc-collecting";
 
     private static readonly string? Armed = Environment.GetEnvironmentVariable(Variable);
