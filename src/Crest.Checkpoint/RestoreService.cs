@@ -116,6 +116,7 @@ public sealed class RestoreService(
         try
         {
             var plan = await ReadAsync(source, kind, staging, ct).ConfigureAwait(false);
+            CrashPoints.Hit(CrashPoints.RestoreStagingUnpacked);
             if (criu?.SysVShmRecreated == true && Directory.Exists(Path.Combine(staging, CheckpointFiles.CriuImages)))
             {
                 // Every container of a pod dumps the whole pod IPC namespace; its segments are already back (same ids).

@@ -63,6 +63,9 @@ public static class CrashPoints
     /// <summary>Image GC (RemoveImage) with something to collect: the image record deleted and unreferenced blobs removed, its snapshots not yet.</summary>
     public const string ImageGcCollecting = "image-gc-collecting";
 
+    /// <summary>CreateContainer restoring a checkpoint: the archive unpacked into its staging directory under &lt;root&gt;/restores, no plan checked, no container.</summary>
+    public const string RestoreStagingUnpacked = "restore-staging-unpacked";
+
     private static readonly string? Armed = Environment.GetEnvironmentVariable(Variable);
 
     /// <summary>Dies here (SIGKILL) when this crash point is armed.</summary>

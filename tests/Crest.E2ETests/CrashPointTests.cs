@@ -237,6 +237,59 @@ public partial class CrashPointTests
         }
     }
 
+    [Fact]
+    public async Task Crestd_killed_while_CreateContainer_unpacks_a_checkpoint_leaves_no_staging_and_no_container_and_the_restore_works_again()
+    {
+        RequireTools();
+        Requires.Binary("criu");
+        const string restoreOn = "[restore]\nvia_create = true\n";
+        using var dir = new TempDir("crest-e2e-cpu");
+        var crestd = await CrestdProcess.StartReadyAsync(dir, restoreOn);
+        try
+        {
+            string[] r = ["-r", crestd.Endpoint];
+            await ImportBusyboxAsync(dir, r);
+            var podConfig = await WritePodAsync(dir, "crashed", "uid-crashed");
+            var counter = await CounterWorkload.WriteConfigAsync(dir, "localhost/e2e/busybox:v1");
+            await using var pods = new OwnedPods(r);
+            var podId = await pods.RunAsync(podConfig);
+            var id = await RunAsync([.. r, "create", podId, counter, podConfig]);
+            await RunAsync([.. r, "start", id]);
+            var log = dir.Combine("logs-crashed", "counter.log");
+            await CountPassesAsync(log, 2);
+            var archive = dir.Combine("counter.tar");
+            await RunAsync([.. r, "checkpoint", "--export", archive, id]);
+            await RunAsync([.. r, "rm", id]);
+            var restoreConfig = dir.Combine("restore.json");
+            await File.WriteAllTextAsync(restoreConfig, $$"""
+                {"metadata": {"name": "counter", "attempt": 2}, "image": {"image": "{{archive}}"}, "log_path": "restored.log", "linux": {} }
+                """, Ct);
+            await crestd.StopAsync();
+            await crestd.DisposeAsync();
+            crestd = await CrestdProcess.StartReadyAsync(dir, restoreOn, Armed(CrashPoints.RestoreStagingUnpacked));
+
+            var failed = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, podConfig]);
+            Assert.NotEqual(0, failed.ExitCode);
+            var staged = 0;
+            (crestd, var touched) = await RestartAfterCrashAsync(dir, crestd, _ => staged = Directory.EnumerateFileSystemEntries(dir.Combine("root", "restores")).Count(), restoreOn);
+
+            Assert.Equal(1, staged);
+            Assert.Empty(Directory.EnumerateFileSystemEntries(dir.Combine("root", "restores")));
+            Assert.Equal("", await RunAsync([.. r, "ps", "-a", "-q"]));
+            await AssertNothingLeakedAsync(dir, crestd, touched);
+
+            var restored = await RunAsync([.. r, "create", podId, restoreConfig, podConfig]);
+            var restoredLog = dir.Combine("logs-crashed", "restored.log");
+            var atCheckpoint = LastCount(await ReadLogAsync(restoredLog)); // the checkpoint's log, copied at create
+            await RunAsync([.. r, "start", restored]);
+            await CountPassesAsync(restoredLog, atCheckpoint + 2, "the container restored after the crash does not go on counting");
+        }
+        finally
+        {
+            await crestd.DisposeAsync();
+        }
+    }
+
     /// <summary>The files and snapshot directories below a content store or snapshotter root (its empty skeleton aside).</summary>
     private static List<string> Entries(string root) =>
         Directory.Exists(root) ? Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Concat(Directory.EnumerateDirectories(root, "*", SearchOption.TopDirectoryOnly).Where(d => root.EndsWith("snapshots", StringComparison.Ordinal))).ToList() : [];
@@ -245,7 +298,7 @@ public partial class CrashPointTests
     /// Waits for the armed crestd to die by SIGKILL and starts crestd again on the same roots; returns it and every
     /// object id the dead crestd left traces of.
     /// </summary>
-    private static async Task<(CrestdProcess Crestd, IReadOnlyCollection<string> Touched)> RestartAfterCrashAsync(TempDir dir, CrestdProcess crashed, Action<IReadOnlyCollection<string>>? beforeRestart = null)
+    private static async Task<(CrestdProcess Crestd, IReadOnlyCollection<string> Touched)> RestartAfterCrashAsync(TempDir dir, CrestdProcess crashed, Action<IReadOnlyCollection<string>>? beforeRestart = null, string extraConfig = "")
     {
         using (var cts = CancellationTokenSource.CreateLinkedTokenSource(Ct))
         {
@@ -257,7 +310,7 @@ public partial class CrashPointTests
         var touched = Touched(dir);
         beforeRestart?.Invoke(touched);
         await crashed.DisposeAsync();
-        return (await CrestdProcess.StartReadyAsync(dir), touched);
+        return (await CrestdProcess.StartReadyAsync(dir, extraConfig), touched);
     }
 
     /// <summary>Every object id (64 hex digits) with a directory, a file, a runc container or a conmon process under the test's roots.</summary>
