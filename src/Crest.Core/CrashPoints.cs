@@ -66,6 +66,9 @@ public static class CrashPoints
     /// <summary>CreateContainer restoring a checkpoint: the archive unpacked into its staging directory under &lt;root&gt;/restores, no plan checked, no container.</summary>
     public const string RestoreStagingUnpacked = "restore-staging-unpacked";
 
+    /// <summary>StartContainer: <c>runc start</c> done, the record still CREATED.</summary>
+    public const string ContainerStartedUnrecorded = "container-started-unrecorded";
+
     private static readonly string? Armed = Environment.GetEnvironmentVariable(Variable);
 
     /// <summary>Dies here (SIGKILL) when this crash point is armed.</summary>

@@ -99,6 +99,43 @@ public partial class CrashPointTests
         }
     }
 
+    [Fact]
+    public async Task Crestd_killed_inside_StartContainer_after_runc_start_leaves_the_container_running_and_adopted()
+    {
+        RequireTools();
+        using var dir = new TempDir("crest-e2e-cpt");
+        var crestd = await CrestdProcess.StartReadyAsync(dir, environment: Armed(CrashPoints.ContainerStartedUnrecorded));
+        try
+        {
+            string[] r = ["-r", crestd.Endpoint];
+            await ImportBusyboxAsync(dir, r);
+            var podConfig = await WritePodAsync(dir, "crashed", "uid-crashed");
+            var counter = await CounterWorkload.WriteConfigAsync(dir, "localhost/e2e/busybox:v1");
+            await using var pods = new OwnedPods(r);
+            var podId = await pods.RunAsync(podConfig);
+            var id = await RunAsync([.. r, "create", podId, counter, podConfig]);
+
+            var failed = await Binaries.RunCrestAsync([.. r, "start", id]);
+            Assert.NotEqual(0, failed.ExitCode);
+            (crestd, var touched) = await RestartAfterCrashAsync(dir, crestd);
+
+            Assert.Equal("CONTAINER_RUNNING", await StateAsync(r, id));
+            await AssertNothingLeakedAsync(dir, crestd, touched);
+            var log = dir.Combine("logs-crashed", "counter.log");
+            var atRestart = LastCount(await ReadLogAsync(log));
+            await CountPassesAsync(log, atRestart + 2, "the adopted counter does not count");
+            // Started once: a second StartContainer is refused rather than starting it again.
+            Assert.NotEqual(0, (await Binaries.RunCrestAsync([.. r, "start", id])).ExitCode);
+            await RunAsync([.. r, "stop", id]);
+            Assert.Equal("CONTAINER_EXITED", await StateAsync(r, id));
+            await AssertNothingLeakedAsync(dir, crestd, touched);
+        }
+        finally
+        {
+            await crestd.DisposeAsync();
+        }
+    }
+
     [Theory]
     [InlineData(CrashPoints.PodStopContainersStopped, "stopp")]
     [InlineData(CrashPoints.PodStopNetworkDeleted, "stopp")]
