@@ -115,7 +115,7 @@ public sealed class CheckpointService(
             }
 
             var archiveClock = Stopwatch.StartNew();
-            var bytes = await ContainerCheckpointWriter.WriteArchiveAsync(work, target, options.Compression, token).ConfigureAwait(false);
+            var bytes = await ContainerCheckpointWriter.WriteArchiveAsync(work, target, options.Compression, token, partialRecord: work + ContainerService.PartialArchiveRecordSuffix).ConfigureAwait(false);
             var result = new CheckpointResult(container.Id, target, bytes, total.Elapsed, dump.Paused, dump.CriuDump, dump.RootfsCapture, archiveClock.Elapsed, stats);
             CheckpointLog.Checkpointed(logger, container.Id, target, bytes, (long)result.Total.TotalMilliseconds, (long)result.Paused.TotalMilliseconds,
                 stats?.FrozenTimeUs ?? 0, stats?.PagesWritten ?? 0);

@@ -156,12 +156,22 @@ internal static class ContainerCheckpointWriter
         }
     }
 
-    /// <summary>Writes the archive to a new 0600 file beside <paramref name="target"/>, then renames it over the target.</summary>
-    internal static async Task<long> WriteArchiveAsync(string work, string target, ArchiveCompression compression, CancellationToken ct)
+    /// <summary>
+    /// Writes the archive to a new 0600 file beside <paramref name="target"/>, then renames it over the target. With
+    /// <paramref name="partialRecord"/>, the temporary file's path is written there first and the record removed at the
+    /// end, so that a crestd killed in between finds and removes the temporary file when it starts again
+    /// (<see cref="ContainerService.RecoverAsync"/>).
+    /// </summary>
+    internal static async Task<long> WriteArchiveAsync(string work, string target, ArchiveCompression compression, CancellationToken ct, string? partialRecord = null)
     {
-        var temp = Path.Combine(Path.GetDirectoryName(target)!, $".{Path.GetFileName(target)}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}.crest-partial");
+        var temp = Path.Combine(Path.GetDirectoryName(target)!, $".{Path.GetFileName(target)}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}{ContainerService.PartialArchiveSuffix}");
         try
         {
+            if (partialRecord is not null)
+            {
+                await File.WriteAllTextAsync(partialRecord, temp, ct).ConfigureAwait(false);
+            }
+
             long bytes;
             await using (var output = new FileStream(temp, new FileStreamOptions
             {
@@ -173,6 +183,7 @@ internal static class ContainerCheckpointWriter
             {
                 await CheckpointArchive.WriteAsync(work, output, compression, ct).ConfigureAwait(false);
                 await output.FlushAsync(ct).ConfigureAwait(false);
+                CrashPoints.Hit(CrashPoints.CheckpointArchiveWriting);
                 output.Flush(flushToDisk: true);
                 bytes = output.Length;
             }
@@ -189,6 +200,11 @@ internal static class ContainerCheckpointWriter
             if (File.Exists(temp))
             {
                 File.Delete(temp);
+            }
+
+            if (partialRecord is not null && File.Exists(partialRecord))
+            {
+                File.Delete(partialRecord);
             }
         }
     }

@@ -116,6 +116,7 @@ public sealed class RestoreService(
         try
         {
             var plan = await ReadAsync(source, kind, staging, ct).ConfigureAwait(false);
+            CrashPoints.Hit(CrashPoints.RestoreStagingUnpacked);
             if (criu?.LeaveOutSysVShm == true && Directory.Exists(Path.Combine(staging, CheckpointFiles.CriuImages)))
             {
                 // Every container of a pod dumps the whole pod IPC namespace; another restore (or Crest) creates its segments.

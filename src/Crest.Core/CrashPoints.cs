@@ -24,6 +24,51 @@ public static class CrashPoints
     /// <summary>StartContainer of a restored container: CRIU restored the process, the record still says CREATED.</summary>
     public const string ContainerRestoreUnrecorded = "container-restore-unrecorded";
 
+    /// <summary>RunPodSandbox: the pod's network namespace file made, not yet recorded, CNI not run.</summary>
+    public const string SandboxNetnsMade = "sandbox-netns-made";
+
+    /// <summary>RunPodSandbox: CNI ADD done (an address leased, a veth made), its result not yet recorded.</summary>
+    public const string SandboxCniAdded = "sandbox-cni-added";
+
+    /// <summary>RunPodSandbox: the infra process created and started, its pid not yet recorded, the pod still Creating.</summary>
+    public const string SandboxInfraStarted = "sandbox-infra-started";
+
+    /// <summary>CreateContainer: the overlay rootfs mounted, no spec written, no runtime container.</summary>
+    public const string ContainerRootfsMounted = "container-rootfs-mounted";
+
+    /// <summary>CreateContainer: <c>runc create</c> done under conmon, the record still Creating.</summary>
+    public const string ContainerRuncCreated = "container-runc-created";
+
+    /// <summary>StopPodSandbox: every container of the pod stopped, the infra and the network not yet.</summary>
+    public const string PodStopContainersStopped = "pod-stop-containers-stopped";
+
+    /// <summary>StopPodSandbox: the infra killed and CNI DEL done, the netns file not yet removed, the pod still recorded ready.</summary>
+    public const string PodStopNetworkDeleted = "pod-stop-network-deleted";
+
+    /// <summary>RemovePodSandbox: every container of the pod removed, the sandbox itself not yet.</summary>
+    public const string PodRemoveContainersRemoved = "pod-remove-containers-removed";
+
+    /// <summary>CheckpointContainer: the container paused and dumped by CRIU, not yet resumed.</summary>
+    public const string CheckpointFrozen = "checkpoint-frozen";
+
+    /// <summary>CheckpointContainer (and each container archive of CheckpointPod): the archive written to its temporary file beside the location, not renamed.</summary>
+    public const string CheckpointArchiveWriting = "checkpoint-archive-writing";
+
+    /// <summary>PullImage (any download into the content store): part of a blob written to its ingest file, the rest not yet.</summary>
+    public const string ImagePullIngesting = "image-pull-ingesting";
+
+    /// <summary>PullImage: every blob stored and every layer unpacked into a committed snapshot, the image not yet recorded.</summary>
+    public const string ImagePullUnpacked = "image-pull-unpacked";
+
+    /// <summary>Image GC (RemoveImage) with something to collect: the image record deleted and unreferenced blobs removed, its snapshots not yet.</summary>
+    public const string ImageGcCollecting = "image-gc-collecting";
+
+    /// <summary>CreateContainer restoring a checkpoint: the archive unpacked into its staging directory under &lt;root&gt;/restores, no plan checked, no container.</summary>
+    public const string RestoreStagingUnpacked = "restore-staging-unpacked";
+
+    /// <summary>StartContainer: <c>runc start</c> done, the record still CREATED.</summary>
+    public const string ContainerStartedUnrecorded = "container-started-unrecorded";
+
     private static readonly string? Armed = Environment.GetEnvironmentVariable(Variable);
 
     /// <summary>Dies here (SIGKILL) when this crash point is armed.</summary>

@@ -209,6 +209,9 @@ public sealed class CrestDaemon : IAsyncDisposable
             rolledBack += app.Services.GetRequiredService<PodCheckpointService>().SweepInterrupted();
             rolledBack += await app.Services.GetRequiredService<PodRestoreService>().SweepInterruptedAsync(ct).ConfigureAwait(false);
             await app.Services.GetRequiredService<PodRestoreHolds>().ReleaseAllAsync(ct).ConfigureAwait(false);
+            // After container recovery (a rolled-back container releases its image lease): a pull or an image GC cut short
+            // left blobs and snapshots no image references, which nothing else would collect until some image is removed.
+            await app.Services.GetRequiredService<ImageService>().CollectGarbageAsync(ct).ConfigureAwait(false);
             if (kept + rolledBack > 0)
             {
                 DaemonLog.Recovered(logger, kept, rolledBack);

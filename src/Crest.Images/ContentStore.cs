@@ -119,6 +119,10 @@ public sealed class ContentStore : IContentStore
                 hash.AppendData(buffer, 0, n);
                 await file.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
                 progress?.Invoke(total);
+                if (maxSize is { } declared && total < declared)
+                {
+                    CrashPoints.Hit(CrashPoints.ImagePullIngesting);
+                }
             }
         }
         catch (IOException e) when (e is not FileNotFoundException)

@@ -208,6 +208,7 @@ public sealed partial class ImageService
         var record = new ImageRecord(configDigest, manifestDigest, targetDigest, targetMediaType, chains.Count > 0 ? chains[^1] : null,
             manifest.Config.Size + manifest.Layers.Sum(l => l.Size), existing?.CreatedAt ?? time.GetUtcNow(), tags, digests,
             [.. blobs.Distinct(), .. existing?.Blobs ?? []], chains);
+        CrashPoints.Hit(CrashPoints.ImagePullUnpacked);
         await metadata.PutImageAsync(record, ct).ConfigureAwait(false);
         ImagesLog.Pulled(logger, what, configDigest.ToString(), record.Size);
         report(new PullProgress("complete", null, record.Size, record.Size, configDigest.ToString()));

@@ -39,6 +39,10 @@ public sealed partial class ImageService
         }
 
         content.CleanIngest();
+        if (blobsRemoved > 0)
+        {
+            CrashPoints.Hit(CrashPoints.ImageGcCollecting);
+        }
 
         // The snapshotter owns its records: GC asks it, not the store behind it.
         var all = (await snapshots.ListAsync(ct).ConfigureAwait(false)).ToDictionary(s => s.Key, StringComparer.Ordinal);

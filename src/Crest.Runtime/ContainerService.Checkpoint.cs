@@ -49,6 +49,7 @@ public sealed partial class ContainerService
                 WorkPath = workPath,
                 TcpEstablished = tcpEstablished,
             }, ct).ConfigureAwait(false);
+            CrashPoints.Hit(CrashPoints.CheckpointFrozen);
             dumped = clock.Elapsed;
             await captureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
             captured = clock.Elapsed - dumped;

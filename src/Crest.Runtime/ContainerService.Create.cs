@@ -71,6 +71,7 @@ public sealed partial class ContainerService
         {
             var bundle = bundles.For(id);
             details = await bundles.MountRootfsAsync(bundle, spec.Image, sandbox, ct).ConfigureAwait(false);
+            CrashPoints.Hit(CrashPoints.ContainerRootfsMounted);
             var user = ContainerUser.Resolve(spec.Security, details.Config.Config?.User, bundle.Rootfs, spec.Name);
             record = record with { User = user };
             SpecSeccomp? localhostSeccomp = null;
@@ -124,6 +125,7 @@ public sealed partial class ContainerService
             }
 
             var pid = await runtime.CreateAsync(ConmonCreateOptions.ForContainer(record, sandbox, bundle), ct).ConfigureAwait(false);
+            CrashPoints.Hit(CrashPoints.ContainerRuncCreated);
             record = record with { State = ContainerState.Created, Pid = pid };
             await store.PutContainerAsync(record, CancellationToken.None).ConfigureAwait(false);
             RuntimeLog.ContainerCreated(logger, id, sandbox.Id);

@@ -36,6 +36,7 @@ public sealed partial class ContainerService
             throw;
         }
 
+        CrashPoints.Hit(CrashPoints.ContainerStartedUnrecorded);
         await store.PutContainerAsync(c with { State = ContainerState.Running, StartedAt = time.GetUtcNow() }, CancellationToken.None).ConfigureAwait(false);
         events.Publish(c.Id, c.SandboxId, LifecycleEvent.Started);
     }

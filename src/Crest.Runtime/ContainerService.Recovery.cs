@@ -1,4 +1,5 @@
 using Crest.Core;
+using Crest.Linux;
 
 namespace Crest.Runtime;
 
@@ -86,12 +87,33 @@ public sealed partial class ContainerService
         return (kept, rolledBack);
     }
 
-    /// <summary>The CRIU work directories of checkpoints a crashed crestd did not finish (they hold memory pages).</summary>
+    /// <summary>Ends the name of a checkpoint archive being written, beside its location, until it is renamed into place.</summary>
+    public const string PartialArchiveSuffix = ".crest-partial";
+
+    /// <summary>Ends the name of the file beside a checkpoint's work directory that names its archive being written.</summary>
+    public const string PartialArchiveRecordSuffix = ".archive";
+
+    /// <summary>
+    /// The CRIU work directories of checkpoints a crashed crestd did not finish (they hold memory pages), and the
+    /// temporary archives they were writing beside the checkpoint's location.
+    /// </summary>
     private static void RemoveCheckpointWork(ContainerBundle bundle)
     {
         if (!Directory.Exists(bundle.Dir))
         {
             return;
+        }
+
+        foreach (var record in Directory.EnumerateFiles(bundle.Dir, "checkpoint-work-*" + PartialArchiveRecordSuffix))
+        {
+            // The record is crestd's own (root's, under its root dir); only a regular file with the temporary suffix goes.
+            var partial = File.ReadAllText(record).Trim();
+            if (partial.EndsWith(PartialArchiveSuffix, StringComparison.Ordinal) && FileKinds.IsRegularFile(partial))
+            {
+                File.Delete(partial);
+            }
+
+            File.Delete(record);
         }
 
         foreach (var work in Directory.EnumerateDirectories(bundle.Dir, "checkpoint-work-*"))

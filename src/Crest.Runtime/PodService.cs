@@ -1,3 +1,5 @@
+using Crest.Core;
+
 namespace Crest.Runtime;
 
 /// <summary>Pod-level operations that span the pod's containers: stop and remove.</summary>
@@ -18,6 +20,8 @@ public sealed class PodService(SandboxService sandboxes, ContainerService contai
             await containers.StopAsync(c.Id, TimeSpan.Zero, ct).ConfigureAwait(false);
         }
 
+        CrashPoints.Hit(CrashPoints.PodStopContainersStopped);
+
         await sandboxes.StopAsync(sandbox, ct).ConfigureAwait(false);
     }
 
@@ -35,6 +39,8 @@ public sealed class PodService(SandboxService sandboxes, ContainerService contai
         {
             await containers.RemoveAsync(c.Id, ct).ConfigureAwait(false);
         }
+
+        CrashPoints.Hit(CrashPoints.PodRemoveContainersRemoved);
 
         await sandboxes.RemoveAsync(sandbox, ct).ConfigureAwait(false);
     }

@@ -88,9 +88,11 @@ public sealed partial class SandboxService(
             {
                 var netns = bundle.NetnsFile;
                 linux.CreateNetworkNamespace(netns);
+                CrashPoints.Hit(CrashPoints.SandboxNetnsMade);
                 sandbox = sandbox with { NetnsPath = netns };
                 await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
                 var attachment = await cni.AddAsync(id, netns, spec, ct).ConfigureAwait(false);
+                CrashPoints.Hit(CrashPoints.SandboxCniAdded);
                 sandbox = sandbox with { Ips = attachment.Ips, CniResult = attachment.Result, CniNetwork = attachment.Network, CniConfig = attachment.Config };
                 await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
             }
@@ -106,6 +108,7 @@ public sealed partial class SandboxService(
             await File.WriteAllBytesAsync(bundle.ConfigJson, JsonSerializer.SerializeToUtf8Bytes(infraSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
             var pid = await runtime.CreateAsync(ConmonCreateOptions.ForInfra(sandbox, bundle), ct).ConfigureAwait(false);
             await runtime.StartAsync(new RuncStartOptions { ContainerId = id }, ct).ConfigureAwait(false);
+            CrashPoints.Hit(CrashPoints.SandboxInfraStarted);
             sandbox = sandbox with { InfraPid = pid };
             await store.PutSandboxAsync(sandbox, ct).ConfigureAwait(false);
             if (podRoot is { } owner)
@@ -216,6 +219,7 @@ public sealed partial class SandboxService(
         if (sandbox.NetnsPath is { } netns && File.Exists(netns))
         {
             await cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, sandbox.CniConfig, ct).ConfigureAwait(false);
+            CrashPoints.Hit(CrashPoints.PodStopNetworkDeleted);
             linux.RemoveNetworkNamespace(netns);
         }
 

@@ -140,8 +140,17 @@ internal sealed class CrestdProcess : IAsyncDisposable
         return Process.ExitCode;
     }
 
+    private bool _disposed;
+
+    /// <summary>Kills crestd if it still runs; a second call (a test that restarted crestd and failed midway) does nothing.</summary>
     public async ValueTask DisposeAsync()
     {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
         if (!Process.HasExited)
         {
             Process.Kill();
