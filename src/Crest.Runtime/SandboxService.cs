@@ -295,6 +295,8 @@ public sealed partial class SandboxService(
                 Directory.Delete(bundle.Dir, recursive: true);
             }
 
+            // conmon links the infra's bundle here too.
+            ContainerBundles.DeleteAttachLink(Path.Combine(layout.SocketDir, sandbox.Id));
             return Task.CompletedTask;
         }).ConfigureAwait(false);
         return failures;
