@@ -60,6 +60,7 @@ public sealed class ContainerConcurrencyTests : IDisposable
             if (withRemove)
             {
                 calls.Add(() => _h.Containers.RemoveAsync(c.Id, Ct));
+                calls.Add(() => _h.Containers.UpdateResourcesAsync(c.Id, new ResourceSpec { CpuShares = 512 }, Ct));
             }
 
             random.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(calls));
