@@ -135,15 +135,16 @@ internal static class SoakScenario
 
         leaks += records;
         Console.WriteLine($"  {"CRI records (pods + containers)",-36} end {records,4}{(records == 0 ? "" : "  LEAK")}");
-        // Pools (SQLite connections, HTTP/2 streams, the thread pool's epoll) settle at a few descriptors either way.
-        var fdLeak = after.OpenFds > before.OpenFds + 8;
-        leaks += fdLeak ? 1 : 0;
-        Console.WriteLine($"  {"crestd open fds",-36} start {before.OpenFds,4}  end {after.OpenFds,4}{(fdLeak ? "  LEAK (more than 8 over the start)" : "")}");
-        var grown = after.FdsByKind.Select(k => (k.Key, Delta: k.Value - before.FdsByKind.GetValueOrDefault(k.Key))).Where(k => k.Delta != 0).OrderByDescending(k => k.Delta).ToList();
-        if (grown.Count > 0)
-        {
-            Console.WriteLine($"    fds by kind, end - start: {string.Join(", ", grown.Select(k => $"{k.Key} {k.Delta:+0;-0}"))}");
-        }
+        // SQLite's connection pool keeps one open database per connection ever used at once (it grows to the peak number
+        // of concurrent calls, not with the number of calls): counted on its own, bounded. Every other descriptor must be
+        // back within a few of the start (assemblies loaded late, the thread pool's and Kestrel's own).
+        static int Db(SoakCensus c) => c.FdsByKind.GetValueOrDefault("crest.db");
+        static int Others(SoakCensus c) => c.OpenFds - Db(c) - c.FdsByKind.GetValueOrDefault("crest.db-wal");
+        var fdLeak = Others(after) > Others(before) + 8;
+        var poolLeak = Db(after) > 32;
+        leaks += (fdLeak ? 1 : 0) + (poolLeak ? 1 : 0);
+        Console.WriteLine($"  {"crestd open fds",-36} start {before.OpenFds,4}  end {after.OpenFds,4}{(fdLeak ? "  LEAK (more than 8 over the start, SQLite's pool aside)" : "")}");
+        Console.WriteLine($"  {"  of which SQLite pooled connections",-36} start {Db(before),4}  end {Db(after),4}{(poolLeak ? "  LEAK (over 32)" : "  (a pool: grows to the peak of concurrent calls)")}");
         // SQLite checkpoints the WAL at 1000 pages (4 MiB) and reuses it from the start; a WAL far beyond that is never checkpointed.
         var walLeak = after.WalBytes > 16L << 20;
         leaks += walLeak ? 1 : 0;
