@@ -117,6 +117,7 @@ internal static class SoakScenario
         }
 
         RemoveCgroupParent(tag);
+        await RemoveBridgeAsync(bridge);
         return leaks == 0 && failures.Count == 0 ? 0 : 1;
     }
 
@@ -353,6 +354,18 @@ internal static class SoakScenario
                 Console.Error.WriteLine($"soak: cgroup {dir} stays: {e.Message}");
             }
         }
+    }
+
+    /// <summary>The soak's bridge: the CNI bridge plugin makes it on the first ADD and never removes it.</summary>
+    private static async Task RemoveBridgeAsync(string bridge)
+    {
+        if (!Directory.Exists($"/sys/class/net/{bridge}"))
+        {
+            return;
+        }
+
+        using var ip = Process.Start(new ProcessStartInfo("ip", ["link", "delete", bridge]) { UseShellExecute = false })!;
+        await ip.WaitForExitAsync();
     }
 
     /// <summary>Failed calls, counted by kind, with the first few messages.</summary>
