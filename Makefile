@@ -1,5 +1,5 @@
 # The two commands of the README are `make demo` and `make test`; both install what they need.
-.PHONY: deps build test demo bench critest deb clean
+.PHONY: deps build test demo bench soak critest deb clean
 
 deps:
 	./scripts/install-deps.sh
@@ -15,6 +15,10 @@ demo:
 
 bench:
 	./scripts/bench.sh
+
+# Not in CI: minutes of churn against one crestd, then its leaks (scripts/soak.sh; ARGS="--cycles 150 --checkpoints 10").
+soak:
+	./scripts/soak.sh $(ARGS)
 
 clean:
 	dotnet clean Crest.slnx -v q

@@ -23,6 +23,12 @@ for (var i = 0; i < args.Length - 1; i++)
     }
 }
 
+// --soak [--cycles N] [--clients N] [--checkpoints N]: make soak (issue 18), crestd alone; prints leaks and RSS, exit 1 on a leak.
+if (args.Contains("--soak"))
+{
+    return await SoakScenario.RunAsync(SoakOptions.Parse(args, crestdPath));
+}
+
 // --checkpoint-only: just the checkpoint/restore rows (they take the longest to iterate on).
 // --pod-checkpoint-only: just the pod checkpoint/restore rows (crestd alone: containerd 2.1 has no CheckpointPod).
 // --critest-only: just the critest --benchmark rows (they need --critest and --critest-mirrors; scripts/bench.sh passes them).

@@ -18,11 +18,20 @@ internal sealed record Mirrors(string Dir)
 /// <summary>A CRI runtime under measurement: how to start it on fresh temporary roots (with registry mirrors, if given).</summary>
 internal sealed record Subject(string Name, Func<TempDir, string, Mirrors?, (ProcessStartInfo Start, string Socket)> Prepare)
 {
-    public async Task<RunningSubject> StartAsync(Mirrors? mirrors = null)
+    /// <summary>Starts the subject; <paramref name="writeCni"/> writes its CNI conf dir (default: the tests' shared bridge).</summary>
+    public async Task<RunningSubject> StartAsync(Mirrors? mirrors = null, Action<TempDir, string>? writeCni = null)
     {
         var dir = new TempDir("crest-bench");
         var cni = dir.CreateDirectory("cni");
-        CniFixture.WriteBridgeConflist(cni);
+        if (writeCni is null)
+        {
+            CniFixture.WriteBridgeConflist(cni);
+        }
+        else
+        {
+            writeCni(dir, cni);
+        }
+
         var (start, socket) = Prepare(dir, cni, mirrors);
         start.RedirectStandardOutput = true;
         start.RedirectStandardError = true;
@@ -51,6 +60,8 @@ internal sealed class RunningSubject(Process process, TempDir dir, string socket
 {
     public string Socket => socket;
 
+    public int Pid => process.Id;
+
     /// <summary>The subject's temporary roots (crestd: root/ and state/).</summary>
     public TempDir Dir => dir;
 
@@ -73,16 +84,30 @@ internal sealed class RunningSubject(Process process, TempDir dir, string socket
 
 internal static class Subjects
 {
+    /// <summary>A path this project was built with (AssemblyMetadata in the csproj): crestd's and crest's build outputs.</summary>
+    public static string BuiltPath(string key) => Path.GetFullPath(typeof(Subjects).Assembly
+        .GetCustomAttributes(typeof(System.Reflection.AssemblyMetadataAttribute), false)
+        .Cast<System.Reflection.AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!);
+
     public static IReadOnlyList<Subject> Create(string? crestdPath)
     {
-        var crestd = crestdPath ?? Path.GetFullPath(typeof(Subjects).Assembly
-            .GetCustomAttributes(typeof(System.Reflection.AssemblyMetadataAttribute), false)
-            .Cast<System.Reflection.AssemblyMetadataAttribute>().Single(a => a.Key == "CrestdPath").Value!);
         var containerd = ExecutableSearch.Resolve("containerd")
             ?? throw new InvalidOperationException("containerd is not installed; run make deps");
         return
         [
-            new Subject("crest", (dir, cni, mirrors) =>
+            Crest(crestdPath),
+            // With mirrors, containerd pulls its pause image like any other (its default, registry.k8s.io/pause:3.10).
+            new Subject("containerd", (dir, cni, mirrors) => mirrors is null
+                ? ContainerdPeer.Prepare(containerd, dir, cni)
+                : ContainerdPeer.Prepare(containerd, dir, cni, mirrors.ContainerdHosts, CritestScenario.PauseImage)),
+        ];
+    }
+
+    /// <summary>crestd on its own temporary roots, restores through CreateContainer enabled.</summary>
+    public static Subject Crest(string? crestdPath)
+    {
+        var crestd = crestdPath ?? BuiltPath("CrestdPath");
+        return new Subject("crest", (dir, cni, mirrors) =>
             {
                 var config = dir.Combine("config.toml");
                 File.WriteAllText(config, $"[cni]\nconf_dir = \"{cni}\"\nplugin_dirs = [\"{CniFixture.HostPluginDir}\"]\n[log]\nlevel = \"warn\"\n[restore]\nvia_create = true\n");
@@ -98,11 +123,6 @@ internal static class Subjects
                 }
 
                 return (start, dir.Combine("state", "crest.sock"));
-            }),
-            // With mirrors, containerd pulls its pause image like any other (its default, registry.k8s.io/pause:3.10).
-            new Subject("containerd", (dir, cni, mirrors) => mirrors is null
-                ? ContainerdPeer.Prepare(containerd, dir, cni)
-                : ContainerdPeer.Prepare(containerd, dir, cni, mirrors.ContainerdHosts, CritestScenario.PauseImage)),
-        ];
+            });
     }
 }

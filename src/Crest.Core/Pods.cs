@@ -231,6 +231,13 @@ public interface IRuntimeStore
 
     Task DeleteSandboxAsync(string id, CancellationToken ct);
 
+    /// <summary>
+    /// Writes the record only if its sandbox is still on record in state <paramref name="expected"/>; false otherwise.
+    /// For writers that hold no lock on the sandbox (a list noticing a dead infra), so a record removed or moved on
+    /// meanwhile is never written back.
+    /// </summary>
+    Task<bool> TryUpdateSandboxAsync(SandboxRecord sandbox, SandboxState expected, CancellationToken ct);
+
     Task PutContainerAsync(ContainerRecord container, CancellationToken ct);
 
     Task<ContainerRecord?> GetContainerAsync(string id, CancellationToken ct);
@@ -238,4 +245,7 @@ public interface IRuntimeStore
     Task<IReadOnlyList<ContainerRecord>> ListContainersAsync(CancellationToken ct);
 
     Task DeleteContainerAsync(string id, CancellationToken ct);
+
+    /// <summary>The same as <see cref="TryUpdateSandboxAsync"/> for a container (a list reading conmon's exit file).</summary>
+    Task<bool> TryUpdateContainerAsync(ContainerRecord container, ContainerState expected, CancellationToken ct);
 }

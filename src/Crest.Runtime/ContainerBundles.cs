@@ -116,9 +116,23 @@ public sealed class ContainerBundles(RuntimeLayout layout, ImageService images, 
             File.Delete(bundle.ExitFile);
         }
 
-        if (Directory.Exists(bundle.AttachDir))
+        DeleteAttachLink(bundle.AttachDir);
+    }
+
+    /// <summary>
+    /// Removes conmon's attach entry (<c>--socket-dir-path</c>/ID, a link to the bundle). Checked as a link, not as a
+    /// directory: once the bundle is gone the link dangles and Directory.Exists no longer sees it.
+    /// </summary>
+    public static void DeleteAttachLink(string path)
+    {
+        var entry = new FileInfo(path);
+        if (entry.LinkTarget is not null)
         {
-            Directory.Delete(bundle.AttachDir, recursive: true);
+            entry.Delete();
+        }
+        else if (Directory.Exists(path))
+        {
+            Directory.Delete(path, recursive: true);
         }
     }
 

@@ -107,6 +107,9 @@ public sealed partial class ContainerService
     {
         ArgumentNullException.ThrowIfNull(resources);
         var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        // Under the lock and read again: the record written below must not bring back a container removed meanwhile.
+        using var exclusive = await _locks.AcquireAsync(c.Id, ct).ConfigureAwait(false);
+        c = await GetAsync(c.Id, ct).ConfigureAwait(false);
         if (c.State is not (ContainerState.Created or ContainerState.Running))
         {
             throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; only a created or running container can be updated");

@@ -37,7 +37,7 @@ public sealed partial class ContainerService(
         var matches = (await store.ListContainersAsync(ct).ConfigureAwait(false)).Where(c => c.Id.StartsWith(idOrPrefix, StringComparison.Ordinal)).ToList();
         return matches.Count switch
         {
-            1 => await RefreshAsync(matches[0], ct).ConfigureAwait(false),
+            1 => await RefreshAsync(matches[0], ct).ConfigureAwait(false) ?? throw Gone(idOrPrefix),
             0 => throw new CrestException(ErrorKind.NotFound, $"container {idOrPrefix} does not exist"),
             _ => throw new CrestException(ErrorKind.InvalidArgument, $"container ID prefix {idOrPrefix} is ambiguous: {matches.Count} containers match"),
         };
@@ -48,9 +48,9 @@ public sealed partial class ContainerService(
         var result = new List<ContainerRecord>();
         foreach (var c in await store.ListContainersAsync(ct).ConfigureAwait(false))
         {
-            if (c.State != ContainerState.Creating)
+            if (c.State != ContainerState.Creating && await RefreshAsync(c, ct).ConfigureAwait(false) is { } current)
             {
-                result.Add(await RefreshAsync(c, ct).ConfigureAwait(false));
+                result.Add(current);
             }
         }
 
@@ -66,8 +66,14 @@ public sealed partial class ContainerService(
         }
     }
 
-    /// <summary>Reads conmon's exit file for a container that was created or running.</summary>
-    private async Task<ContainerRecord> RefreshAsync(ContainerRecord c, CancellationToken ct)
+    private static CrestException Gone(string idOrPrefix) => new(ErrorKind.NotFound, $"container {idOrPrefix} does not exist (it was removed meanwhile)");
+
+    /// <summary>
+    /// Reads conmon's exit file for a container that was created or running; null if the container was removed meanwhile.
+    /// Callers hold no lock on the container (a list must not wait for a checkpoint), so the record is only written
+    /// if it is still on record in the state it was read in: a removal or a stop racing this never sees its work undone.
+    /// </summary>
+    private async Task<ContainerRecord?> RefreshAsync(ContainerRecord c, CancellationToken ct)
     {
         if (c.State is not (ContainerState.Running or ContainerState.Created) || (c.State == ContainerState.Created && c.RestoreDir is not null))
         {
@@ -75,46 +81,68 @@ public sealed partial class ContainerService(
         }
 
         var bundle = bundles.For(c.Id);
-        if (!File.Exists(bundle.ExitFile))
+        ContainerRecord updated;
+        string? text = null;
+        try
         {
-            // No exit file and no conmon: the monitor died (or the node rebooted and /run was emptied).
-            if (!ConmonAlive(bundle))
-            {
-                await MarkLostAsync(c, "its conmon monitor is gone and recorded no exit code (killed, or the node rebooted)", ct).ConfigureAwait(false);
-                return (await store.GetContainerAsync(c.Id, ct).ConfigureAwait(false))!;
-            }
-
-            return c;
+            text = File.Exists(bundle.ExitFile) ? await File.ReadAllTextAsync(bundle.ExitFile, ct).ConfigureAwait(false) : null;
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            // Removed between the check and the read: a teardown is running; what is on record now says.
+            return await store.GetContainerAsync(c.Id, ct).ConfigureAwait(false);
         }
 
-        var text = (await File.ReadAllTextAsync(bundle.ExitFile, ct).ConfigureAwait(false)).Trim();
-        var code = int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) ? n : 255;
-        var oom = File.Exists(bundle.OomMarker);
-        var exitedAt = File.GetLastWriteTimeUtc(bundle.ExitFile);
-        var updated = c with
+        if (text is null)
         {
-            State = ContainerState.Exited,
-            ExitCode = code,
-            // A process that exits at once can write its exit file before StartContainer recorded the start.
-            FinishedAt = c.StartedAt is { } started && started > exitedAt ? started : exitedAt,
-            Reason = oom ? "OOMKilled" : code == 0 ? "Completed" : "Error",
-        };
-        await store.PutContainerAsync(updated, ct).ConfigureAwait(false);
+            // No exit file and no conmon: the monitor died (or the node rebooted and /run was emptied).
+            if (ConmonAlive(bundle))
+            {
+                return c;
+            }
+
+            updated = Lost(c, "its conmon monitor is gone and recorded no exit code (killed, or the node rebooted)");
+        }
+        else
+        {
+            var code = int.TryParse(text.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) ? n : 255;
+            var oom = File.Exists(bundle.OomMarker);
+            var exitedAt = File.GetLastWriteTimeUtc(bundle.ExitFile);
+            updated = c with
+            {
+                State = ContainerState.Exited,
+                ExitCode = code,
+                // A process that exits at once can write its exit file before StartContainer recorded the start.
+                FinishedAt = c.StartedAt is { } started && started > exitedAt ? started : exitedAt,
+                Reason = oom ? "OOMKilled" : code == 0 ? "Completed" : "Error",
+            };
+        }
+
+        if (!await store.TryUpdateContainerAsync(updated, c.State, ct).ConfigureAwait(false))
+        {
+            // Someone else moved it on (started, stopped, removed) since it was read.
+            return await store.GetContainerAsync(c.Id, ct).ConfigureAwait(false);
+        }
+
         events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
         return updated;
     }
 
+    private ContainerRecord Lost(ContainerRecord c, string why) => c with
+    {
+        State = ContainerState.Exited,
+        ExitCode = 255,
+        Reason = "Unknown",
+        Message = why,
+        FinishedAt = time.GetUtcNow(),
+    };
+
     private async Task MarkLostAsync(ContainerRecord c, string why, CancellationToken ct)
     {
-        await store.PutContainerAsync(c with
+        if (await store.TryUpdateContainerAsync(Lost(c, why), c.State, ct).ConfigureAwait(false))
         {
-            State = ContainerState.Exited,
-            ExitCode = 255,
-            Reason = "Unknown",
-            Message = why,
-            FinishedAt = time.GetUtcNow(),
-        }, ct).ConfigureAwait(false);
-        events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
+            events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
+        }
     }
 
     private bool ConmonAlive(ContainerBundle bundle)

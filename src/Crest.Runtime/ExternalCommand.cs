@@ -62,8 +62,12 @@ public sealed class ProcessCommandRunner : ICommandRunner
         }
 
         process.StandardInput.Close();
-        var stdout = process.StandardOutput.ReadToEndAsync(ct);
-        var stderr = process.StandardError.ReadToEndAsync(ct);
+        // Disposed here: Process.Dispose leaves streams read synchronously open until a finalizer runs, and a soak of
+        // a few hundred pods left hundreds of pipe ends open in crestd that way.
+        using var output = process.StandardOutput;
+        using var error = process.StandardError;
+        var stdout = output.ReadToEndAsync(ct);
+        var stderr = error.ReadToEndAsync(ct);
         try
         {
             await process.WaitForExitAsync(ct).ConfigureAwait(false);

@@ -15,6 +15,13 @@ public sealed class PodService(SandboxService sandboxes, ContainerService contai
         }
 
         using var exclusive = await sandboxes.LockAsync(sandbox.Id, ct).ConfigureAwait(false);
+        // Read again under the lock: a removal that ran while this call waited must not be written back.
+        sandbox = await sandboxes.FindAsync(sandbox.Id, ct).ConfigureAwait(false);
+        if (sandbox is null)
+        {
+            return;
+        }
+
         foreach (var c in (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandbox.Id))
         {
             await containers.StopAsync(c.Id, TimeSpan.Zero, ct).ConfigureAwait(false);
@@ -35,6 +42,13 @@ public sealed class PodService(SandboxService sandboxes, ContainerService contai
         }
 
         using var exclusive = await sandboxes.LockAsync(sandbox.Id, ct).ConfigureAwait(false);
+        // Read again under the lock: a removal that ran while this call waited must not be written back.
+        sandbox = await sandboxes.FindAsync(sandbox.Id, ct).ConfigureAwait(false);
+        if (sandbox is null)
+        {
+            return;
+        }
+
         foreach (var c in (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandbox.Id))
         {
             await containers.RemoveAsync(c.Id, ct).ConfigureAwait(false);

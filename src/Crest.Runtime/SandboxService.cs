@@ -153,7 +153,8 @@ public sealed partial class SandboxService(
         var matches = all.Where(s => s.Id.StartsWith(idOrPrefix, StringComparison.Ordinal)).ToList();
         return matches.Count switch
         {
-            1 => await RefreshAsync(matches[0], ct).ConfigureAwait(false),
+            1 => await RefreshAsync(matches[0], ct).ConfigureAwait(false)
+                ?? throw new CrestException(ErrorKind.NotFound, $"pod sandbox {idOrPrefix} does not exist (it was removed meanwhile)"),
             0 => throw new CrestException(ErrorKind.NotFound, $"pod sandbox {idOrPrefix} does not exist"),
             _ => throw new CrestException(ErrorKind.InvalidArgument, $"pod sandbox ID prefix {idOrPrefix} is ambiguous: {matches.Count} sandboxes match"),
         };
@@ -176,9 +177,9 @@ public sealed partial class SandboxService(
         var result = new List<SandboxRecord>();
         foreach (var s in await store.ListSandboxesAsync(ct).ConfigureAwait(false))
         {
-            if (s.State != SandboxState.Creating)
+            if (s.State != SandboxState.Creating && await RefreshAsync(s, ct).ConfigureAwait(false) is { } current)
             {
-                result.Add(await RefreshAsync(s, ct).ConfigureAwait(false));
+                result.Add(current);
             }
         }
 
@@ -248,13 +249,16 @@ public sealed partial class SandboxService(
     public string? UserNamespaceProblem => userNamespaces.Problem;
 
     /// <summary>A Ready sandbox whose infra process is gone is NotReady (the kubelet then recreates it).</summary>
-    private async Task<SandboxRecord> RefreshAsync(SandboxRecord s, CancellationToken ct)
+    private async Task<SandboxRecord?> RefreshAsync(SandboxRecord s, CancellationToken ct)
     {
         // conmon writes the infra's exit file when it dies; a vanished pid covers a dead conmon.
         if (s.State == SandboxState.Ready && (File.Exists(layout.Sandbox(s.Id).ExitFile) || !linux.IsAlive(s.InfraPid)))
         {
-            s = s with { State = SandboxState.NotReady };
-            await store.PutSandboxAsync(s, ct).ConfigureAwait(false);
+            // Only if still Ready on record: a stop or removal racing this list keeps its result (no record comes back).
+            var notReady = s with { State = SandboxState.NotReady };
+            return await store.TryUpdateSandboxAsync(notReady, SandboxState.Ready, ct).ConfigureAwait(false)
+                ? notReady
+                : await store.GetSandboxAsync(s.Id, ct).ConfigureAwait(false);
         }
 
         return s;
@@ -295,6 +299,8 @@ public sealed partial class SandboxService(
                 Directory.Delete(bundle.Dir, recursive: true);
             }
 
+            // conmon links the infra's bundle here too.
+            ContainerBundles.DeleteAttachLink(Path.Combine(layout.SocketDir, sandbox.Id));
             return Task.CompletedTask;
         }).ConfigureAwait(false);
         return failures;

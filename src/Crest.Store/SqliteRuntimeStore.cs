@@ -24,6 +24,12 @@ public sealed class SqliteRuntimeStore(MetadataStore store) : IRuntimeStore
 
     public Task DeleteSandboxAsync(string id, CancellationToken ct) => DeleteAsync("sandboxes", id, ct);
 
+    public Task<bool> TryUpdateSandboxAsync(SandboxRecord sandbox, SandboxState expected, CancellationToken ct) =>
+        UpdateIfAsync("sandboxes", sandbox.Id, sandbox.State.ToString(), expected.ToString(), JsonSerializer.Serialize(sandbox, Json), ct);
+
+    public Task<bool> TryUpdateContainerAsync(ContainerRecord container, ContainerState expected, CancellationToken ct) =>
+        UpdateIfAsync("containers", container.Id, container.State.ToString(), expected.ToString(), JsonSerializer.Serialize(container, Json), ct);
+
     public Task PutContainerAsync(ContainerRecord container, CancellationToken ct) =>
         PutAsync("containers", container.Id, container.SandboxId, container.State.ToString(), JsonSerializer.Serialize(container, Json), ct);
 
@@ -49,6 +55,18 @@ public sealed class SqliteRuntimeStore(MetadataStore store) : IRuntimeStore
         }
 
         await cmd.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
+    }
+
+    private async Task<bool> UpdateIfAsync(string table, string id, string state, string expected, string document, CancellationToken ct)
+    {
+        await using var c = await store.OpenConnectionAsync(ct).ConfigureAwait(false);
+        await using var cmd = c.CreateCommand();
+        cmd.CommandText = $"UPDATE {table} SET state = $state, document = $doc WHERE id = $id AND state = $expected;";
+        cmd.Parameters.AddWithValue("$id", id);
+        cmd.Parameters.AddWithValue("$state", state);
+        cmd.Parameters.AddWithValue("$expected", expected);
+        cmd.Parameters.AddWithValue("$doc", document);
+        return await cmd.ExecuteNonQueryAsync(ct).ConfigureAwait(false) == 1;
     }
 
     private async Task<T?> GetAsync<T>(string table, string id, CancellationToken ct)

@@ -94,6 +94,28 @@ public abstract class RuntimeStoreConformance : IDisposable
     }
 
     [Fact]
+    public async Task A_conditional_update_writes_only_a_record_still_in_the_expected_state()
+    {
+        var store = await CreateAsync(_dir.Path);
+        await store.PutSandboxAsync(Sandbox("s1"), Ct);
+        await store.PutContainerAsync(Container("c1", "s1", ContainerState.Running), Ct);
+
+        Assert.True(await store.TryUpdateContainerAsync(Container("c1", "s1", ContainerState.Exited) with { ExitCode = 137 }, ContainerState.Running, Ct));
+        Assert.False(await store.TryUpdateContainerAsync(Container("c1", "s1", ContainerState.Exited) with { ExitCode = 1 }, ContainerState.Running, Ct));
+        Assert.Equal(137, (await store.GetContainerAsync("c1", Ct))!.ExitCode);
+        Assert.False(await store.TryUpdateSandboxAsync(Sandbox("s1", SandboxState.NotReady), SandboxState.NotReady, Ct));
+        Assert.True(await store.TryUpdateSandboxAsync(Sandbox("s1", SandboxState.NotReady), SandboxState.Ready, Ct));
+
+        // A record deleted meanwhile is never written back.
+        await store.DeleteContainerAsync("c1", Ct);
+        await store.DeleteSandboxAsync("s1", Ct);
+        Assert.False(await store.TryUpdateContainerAsync(Container("c1", "s1", ContainerState.Exited), ContainerState.Exited, Ct));
+        Assert.False(await store.TryUpdateSandboxAsync(Sandbox("s1", SandboxState.NotReady), SandboxState.Ready, Ct));
+        Assert.Empty(await store.ListContainersAsync(Ct));
+        Assert.Empty(await store.ListSandboxesAsync(Ct));
+    }
+
+    [Fact]
     public async Task The_restore_fields_of_a_container_survive()
     {
         var store = await CreateAsync(_dir.Path);

@@ -30,6 +30,22 @@ public sealed class SandboxServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task Removal_deletes_conmons_attach_links_to_the_infra_and_container_bundles()
+    {
+        // conmon links <state>/attach/ID to each bundle; once the bundle is deleted the link dangles (the soak found hundreds).
+        var pod = await _h.ReadyPodAsync(Ct);
+        var c = await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), Ct);
+        Directory.CreateDirectory(_h.Layout.SocketDir);
+        var links = new[] { (pod.Id, _h.Layout.Sandbox(pod.Id).BundleDir), (c.Id, _h.Layout.Container(c.Id).Dir) }
+            .Select(l => File.CreateSymbolicLink(Path.Combine(_h.Layout.SocketDir, l.Item1), l.Item2).FullName).ToList();
+
+        await _h.Pods.RemoveAsync(pod.Id, Ct);
+
+        Assert.All(links, l => Assert.Null(new FileInfo(l).LinkTarget));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_h.Layout.SocketDir));
+    }
+
+    [Fact]
     public async Task A_failed_network_add_rolls_the_pod_back()
     {
         _h.Network.AddFailure = new CrestException(ErrorKind.Internal, "CNI plugin bridge ADD failed: no IPs left");

@@ -229,13 +229,31 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
         return pid;
     }
 
-    private void Started(int pid) => alive?.Add(pid);
+    private void Started(int pid)
+    {
+        if (alive is not null)
+        {
+            lock (alive)
+            {
+                alive.Add(pid);
+            }
+        }
+    }
 
     private void Exited(string id)
     {
+        int pid;
         lock (_gate)
         {
-            alive?.Remove(_containers[id].Pid);
+            pid = _containers[id].Pid;
+        }
+
+        if (alive is not null)
+        {
+            lock (alive)
+            {
+                alive.Remove(pid);
+            }
         }
     }
 }

@@ -16,6 +16,12 @@ public sealed class MemoryRuntimeStore : IRuntimeStore
 
     public Task DeleteSandboxAsync(string id, CancellationToken ct) => _sandboxes.Delete(id);
 
+    public Task<bool> TryUpdateSandboxAsync(SandboxRecord sandbox, SandboxState expected, CancellationToken ct) =>
+        _sandboxes.UpdateIf(sandbox, s => s.State == expected);
+
+    public Task<bool> TryUpdateContainerAsync(ContainerRecord container, ContainerState expected, CancellationToken ct) =>
+        _containers.UpdateIf(container, c => c.State == expected);
+
     public Task PutContainerAsync(ContainerRecord container, CancellationToken ct) => _containers.Put(container);
 
     public Task<ContainerRecord?> GetContainerAsync(string id, CancellationToken ct) => _containers.Get(id);
@@ -48,6 +54,22 @@ public sealed class MemoryRuntimeStore : IRuntimeStore
             }
 
             return Task.CompletedTask;
+        }
+
+        public Task<bool> UpdateIf(T record, Func<T, bool> current)
+        {
+            ArgumentNullException.ThrowIfNull(record);
+            lock (_gate)
+            {
+                var at = _rows.FindIndex(r => idOf(r) == idOf(record));
+                if (at < 0 || !current(_rows[at]))
+                {
+                    return Task.FromResult(false);
+                }
+
+                _rows[at] = record;
+                return Task.FromResult(true);
+            }
         }
 
         public Task<T?> Get(string id)

@@ -105,7 +105,19 @@ public sealed class RecordingLinux : ILinux
         return IsAlive(pid);
     }
 
-    public bool IsAlive(int pid) => pid > 0 && (pid == Environment.ProcessId || Alive.Contains(pid));
+    public bool IsAlive(int pid)
+    {
+        if (pid <= 0 || pid == Environment.ProcessId)
+        {
+            return pid > 0;
+        }
+
+        // The fake runtime changes the set from other threads (tests fire calls at once); both lock the set itself.
+        lock (Alive)
+        {
+            return Alive.Contains(pid);
+        }
+    }
 
     public IReadOnlyList<string> MountsUnder(string prefix)
     {
@@ -120,7 +132,10 @@ public sealed class RecordingLinux : ILinux
     public void KillProcessTree(int pid)
     {
         Record($"KillProcessTree {pid}");
-        Alive.Remove(pid);
+        lock (Alive)
+        {
+            Alive.Remove(pid);
+        }
     }
 
     public string HostName() => "node";
