@@ -521,11 +521,11 @@ public class CheckpointTests
         files[CheckpointFiles.RootfsDiff] = Compress(Tar(t => AddFile(t, "zeros", new byte[8 << 20])), "gzip");
         using var layout = new Layout(Tar(files));
         using var disk = new TempDir();
-        var free = new DriveInfo(disk.Path).AvailableFreeSpace;
 
         var bomb = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, new RestoreLimits { RatioCheckFloorBytes = 1 << 20 }));
+        // A disk with 4 MiB left above the reserve (a fixed probe: the real free space moves while other tests write).
         var full = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout,
-            new RestoreLimits { MaxExpansionRatio = 0, TargetFilesystem = disk.Path, DiskReserveBytes = free - (4 << 20) }));
+            new RestoreLimits { MaxExpansionRatio = 0, TargetFilesystem = disk.Path, DiskReserveBytes = 60L << 20, FreeBytesOf = _ => 64L << 20 }));
         var trusted = await ReadAsync(layout, new RestoreLimits { MaxExpansionRatio = 0, RatioCheckFloorBytes = 1 << 20, TargetFilesystem = disk.Path });
 
         Assert.Equal(ErrorKind.InvalidArgument, bomb.Kind);
