@@ -249,7 +249,10 @@ public sealed class CrestDaemon : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _app.StopAsync(CancellationToken.None).ConfigureAwait(false);
+        // The store is registered as an instance, which the container does not dispose: its pooled connections go here.
+        var store = _app.Services.GetService<MetadataStore>();
         await _app.DisposeAsync().ConfigureAwait(false);
+        store?.Dispose();
         TryDeleteSocket(Config.Paths.Socket);
         DaemonLog.Stopped(_logger);
         _lock.Dispose();

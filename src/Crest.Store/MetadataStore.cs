@@ -6,9 +6,10 @@ namespace Crest.Store;
 
 /// <summary>
 /// Crest's metadata database: one SQLite file in WAL mode, schema brought up to date on open.
-/// Connections are opened per operation (SQLite pools them).
+/// Connections are opened per operation (SQLite pools them); <see cref="Dispose"/> closes the pooled ones, so a stopped
+/// crestd holds the database file no longer.
 /// </summary>
-public sealed class MetadataStore
+public sealed class MetadataStore : IDisposable
 {
     private readonly string _connectionString;
 
@@ -20,6 +21,13 @@ public sealed class MetadataStore
     }
 
     public string Path { get; }
+
+    /// <summary>Closes this store's pooled connections (connections in use close when they are returned).</summary>
+    public void Dispose()
+    {
+        using var connection = new SqliteConnection(_connectionString);
+        SqliteConnection.ClearPool(connection);
+    }
 
     public int SchemaVersion { get; }
 
