@@ -255,7 +255,9 @@ public class PodSecurityTests
 
         var pods = await d.Runtime.ListPodSandboxStatsAsync(new ListPodSandboxStatsRequest(), cancellationToken: Ct);
         var pod = Assert.Single(pods.Stats);
-        Assert.True(pod.Linux.Memory.WorkingSetBytes.Value >= after.Memory.WorkingSetBytes.Value);
+        // Read a moment later: the blob's page cache may have turned inactive since, which leaves the working set (a few MiB).
+        Assert.True(pod.Linux.Memory.WorkingSetBytes.Value >= after.Memory.WorkingSetBytes.Value - (8 << 20),
+            $"pod working set {pod.Linux.Memory.WorkingSetBytes.Value}, its container's a moment before {after.Memory.WorkingSetBytes.Value}");
         Assert.Equal(id, Assert.Single(pod.Linux.Containers).Attributes.Id);
         Assert.Equal("eth0", pod.Linux.Network.DefaultInterface.Name);
     }
