@@ -133,22 +133,7 @@ public class PodCheckpointCrashTests
         var output = dir.Combine("pod-ckpt");
         try
         {
-            await using (var pods = new OwnedPods(n.R))
-            {
-                var (podId, _, _) = await RunPairAsync(n, pods);
-                await CountPassesAsync(dir.Combine("logs-pair", "counter.log"), 3);
-                using (var channel = UnixGrpc.Channel(crestd.Socket))
-                {
-                    await new RuntimeService.RuntimeServiceClient(channel).CheckpointPodAsync(new CheckpointPodRequest { PodSandboxId = podId, OutputPath = output }, cancellationToken: Ct);
-                }
-
-                await RunAsync([.. n.R, "stopp", podId]);
-                await pods.RemoveAsync(podId);
-            }
-
-            await crestd.StopAsync();
-            await crestd.DisposeAsync();
-            crestd = await CrestdProcess.StartReadyAsync(dir, environment: new Dictionary<string, string> { [CrashPoints.Variable] = CrashPoints.PodRestoreContainers });
+            crestd = await CheckpointPairThenRestartAsync(n, crestd, output, CrashPoints.PodRestoreContainers);
             var request = await RestoreRequestAsync(dir, output);
             using (var channel = UnixGrpc.Channel(crestd.Socket))
             {
@@ -193,22 +178,7 @@ public class PodCheckpointCrashTests
         var log = dir.Combine("logs-pair", "counter.log");
         try
         {
-            await using (var pods = new OwnedPods(n.R))
-            {
-                var (podId, _, _) = await RunPairAsync(n, pods);
-                await CountPassesAsync(log, 3);
-                using (var channel = UnixGrpc.Channel(crestd.Socket))
-                {
-                    await new RuntimeService.RuntimeServiceClient(channel).CheckpointPodAsync(new CheckpointPodRequest { PodSandboxId = podId, OutputPath = output }, cancellationToken: Ct);
-                }
-
-                await RunAsync([.. n.R, "stopp", podId]);
-                await pods.RemoveAsync(podId);
-            }
-
-            await crestd.StopAsync();
-            await crestd.DisposeAsync();
-            crestd = await CrestdProcess.StartReadyAsync(dir, environment: new Dictionary<string, string> { [CrashPoints.Variable] = crashPoint });
+            crestd = await CheckpointPairThenRestartAsync(n, crestd, output, crashPoint);
             var request = await RestoreRequestAsync(dir, output);
             Dictionary<string, string> ids;
             using (var channel = UnixGrpc.Channel(crestd.Socket))
@@ -251,6 +221,30 @@ public class PodCheckpointCrashTests
         {
             await crestd.DisposeAsync();
         }
+    }
+
+    /// <summary>
+    /// Runs the pair, checkpoints the pod into <paramref name="output"/>, removes it, stops crestd and starts it again on
+    /// the same roots with <paramref name="crashPoint"/> armed; returns the new crestd (the old one is disposed).
+    /// </summary>
+    private static async Task<CrestdProcess> CheckpointPairThenRestartAsync(Node n, CrestdProcess crestd, string output, string crashPoint)
+    {
+        await using (var pods = new OwnedPods(n.R))
+        {
+            var (podId, _, _) = await RunPairAsync(n, pods);
+            await CountPassesAsync(n.Dir.Combine("logs-pair", "counter.log"), 3);
+            using (var channel = UnixGrpc.Channel(crestd.Socket))
+            {
+                await new RuntimeService.RuntimeServiceClient(channel).CheckpointPodAsync(new CheckpointPodRequest { PodSandboxId = podId, OutputPath = output }, cancellationToken: Ct);
+            }
+
+            await RunAsync([.. n.R, "stopp", podId]);
+            await pods.RemoveAsync(podId);
+        }
+
+        await crestd.StopAsync();
+        await crestd.DisposeAsync();
+        return await CrestdProcess.StartReadyAsync(n.Dir, environment: new Dictionary<string, string> { [CrashPoints.Variable] = crashPoint });
     }
 
     /// <summary>A RestorePod request as a kubelet would send it: the pod's config and the containers' configs, from the test's crictl files.</summary>
