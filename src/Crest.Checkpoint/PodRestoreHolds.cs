@@ -116,7 +116,7 @@ public sealed class PodRestoreHolds(ICommandRunner commands, ILinux linux, Runti
     /// <summary>At start: holds a previous crestd left are released (the containers it was waiting for may never come).</summary>
     public async Task<int> ReleaseAllAsync(CancellationToken ct)
     {
-        var root = Path.GetDirectoryName(layout.SandboxDir("x"))!;
+        var root = layout.SandboxesDir;
         if (!Directory.Exists(root))
         {
             return 0;

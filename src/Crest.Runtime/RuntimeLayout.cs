@@ -5,7 +5,10 @@ namespace Crest.Runtime;
 /// <summary>Where the runtime layer keeps per-pod and per-container files, under crestd's roots.</summary>
 public sealed class RuntimeLayout(CrestPaths paths)
 {
-    public string SandboxDir(string id) => Path.Combine(paths.State, "sandboxes", id);
+    /// <summary>Where every pod sandbox's directory is.</summary>
+    public string SandboxesDir => Path.Combine(paths.State, "sandboxes");
+
+    public string SandboxDir(string id) => Path.Combine(SandboxesDir, id);
 
     public string NetnsFile(string id) => Path.Combine(paths.State, "netns", id);
 
