@@ -42,8 +42,12 @@ public sealed record RestoreLimits
     public Func<string, long> FreeBytesOf { get; init; } = DiskBudget.FreeBytesOf;
 
     /// <summary>What the filesystem of <paramref name="dir"/> can take now, or null when free space is not checked.</summary>
-    internal DiskBudget? BudgetOf(string dir) =>
-        TargetFilesystem is null ? null : DiskBudget.Measure(dir, DiskReserveBytes, "[restore] disk_reserve_bytes", FreeBytesOf);
+    /// <summary>Where concurrent restores, pulls and loads count what they write; tests that fake free space use one of their own.</summary>
+    public DiskLedger Disks { get; init; } = DiskLedger.Shared;
+
+    /// <summary>Opens a budget on the filesystem of <paramref name="dir"/>, or null when free space is not checked; the caller closes it.</summary>
+    public DiskBudget? BudgetOf(string dir) =>
+        TargetFilesystem is null ? null : Disks.Open(dir, DiskReserveBytes, "[restore] disk_reserve_bytes", FreeBytesOf);
 }
 
 /// <summary>
@@ -91,6 +95,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
         // The compressed bytes the decompressor consumed, against the bytes written: a bomb stops while it expands.
         var counted = new CountingReadStream(file, leaveOpen: true);
         await using var tar = CheckpointArchive.OpenRead(counted);
+        using var disk = limits.BudgetOf(dir);
         using var extractor = new SafeExtractor(dir, ExtractionPolicy.FilesOnly with
         {
             MaxBytes = limits.MaxArchiveBytes,
@@ -100,7 +105,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
             MaxExpansionRatio = limits.MaxExpansionRatio,
             RatioCheckFloorBytes = limits.RatioCheckFloorBytes,
             RatioSetting = "[restore] max_expansion_ratio",
-            Disk = limits.BudgetOf(dir),
+            Disk = disk,
         });
         try
         {
@@ -131,7 +136,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
         ArgumentNullException.ThrowIfNull(layerDirsTopFirst);
         long bytes = 0;
         long entries = 0;
-        var disk = limits.BudgetOf(stagingDir);
+        using var disk = limits.BudgetOf(stagingDir);
         foreach (var layer in layerDirsTopFirst.Reverse())
         {
             var pending = new Stack<string>();
@@ -170,7 +175,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
                         }
 
                         // Refused before the copy that would eat into the reserve; the caller removes the staging directory.
-                        if (disk is not null && bytes > disk.Available)
+                        if (disk is not null && !disk.TryTake(size))
                         {
                             throw new CrestException(ErrorKind.ResourceExhausted,
                                 $"checkpoint image {image} was refused at /{name} ({size} bytes): staging it takes at least {bytes} bytes, more than {disk.Describe()}; "
@@ -372,8 +377,9 @@ public sealed class CheckpointReader(RestoreLimits limits)
 
         long bytes = 0;
         long entries = 0;
-        // What the node's disk can take, less the reserve, is a limit as real as the configured maximum.
-        var free = limits.TargetFilesystem is { } target ? limits.FreeBytesOf(target) - limits.DiskReserveBytes : long.MaxValue;
+        // What the node's disk can take, less the reserve and what restores and pulls beside this one are writing there,
+        // is a limit as real as the configured maximum.
+        using var disk = limits.TargetFilesystem is { } target ? limits.BudgetOf(target) : null;
         try
         {
             using var file = new FileStream(FileKinds.OpenReadNoFollow(path), FileAccess.Read, 1 << 20);
@@ -396,11 +402,11 @@ public sealed class CheckpointReader(RestoreLimits limits)
                         + $"more than [restore] max_expansion_ratio = {limits.MaxExpansionRatio} allows; raise it for a checkpoint you trust; nothing was written");
                 }
 
-                if (bytes > free)
+                if (disk is not null && bytes > disk.Limit)
                 {
                     throw new CrestException(ErrorKind.ResourceExhausted,
-                        $"the rootfs diff of checkpoint {source} expands to more than {bytes} bytes (at member {entry.Name}), more than the {Math.Max(0, free)} bytes free on "
-                        + $"{limits.TargetFilesystem} after [restore] disk_reserve_bytes = {limits.DiskReserveBytes}; free space on the node or lower the reserve; nothing was written");
+                        $"the rootfs diff of checkpoint {source} expands to more than {bytes} bytes (at member {entry.Name}), more than {disk.Describe()}; "
+                        + "free space on the node or lower the reserve; nothing was written");
                 }
             }
         }

@@ -59,6 +59,16 @@ public static class RemoteCheckpointImage
                 throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {reference}: layer {i} has digest \"{layer.Digest}\", which is not a sha256 digest");
             }
 
+            // The download is as large as the layer declares (a longer one is refused as it streams) and must fit on the disk.
+            using (var disk = limits.BudgetOf(workDir))
+            {
+                if (disk is not null && !disk.TryTake(Math.Max(0, layer.Size)))
+                {
+                    throw new CrestException(ErrorKind.ResourceExhausted,
+                        $"checkpoint image {reference} was refused before downloading layer {i} ({layer.Size} bytes): more than {disk.Describe()}; free space on the node or lower the reserve");
+                }
+            }
+
             var blob = Path.Combine(workDir, $"layer-{i}");
             await using (var output = new FileStream(blob, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.ReadWrite, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))
             {
@@ -71,6 +81,11 @@ public static class RemoteCheckpointImage
                     while ((n = await input.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
                     {
                         total += n;
+                        if (total > layer.Size)
+                        {
+                            throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {reference}: layer {i} is larger than the {layer.Size} bytes its manifest declares");
+                        }
+
                         if (total > limits.MaxArchiveBytes)
                         {
                             throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {reference}: layer {i} is larger than {limits.MaxArchiveBytes} bytes, the configured limit");

@@ -24,12 +24,15 @@ public sealed class RestoreSteps(RestoreOptions options, PodRestoreHolds holds) 
     {
         ArgumentNullException.ThrowIfNull(container);
         var limits = options.Limits;
+        // Checked when the checkpoint was read; checked again as it is written, against what other writers took since.
+        using var disk = limits.BudgetOf(rootfs);
         using var extractor = new SafeExtractor(rootfs, ExtractionPolicy.ImageLayer with
         {
             Whiteouts = WhiteoutMode.Delete,
             MaxBytes = limits.MaxRootfsDiffBytes,
             MaxEntries = limits.MaxRootfsDiffEntries,
             MaxPathLength = limits.MaxPathLength,
+            Disk = disk,
         });
         var diff = Path.Combine(restoreDir, CheckpointFiles.RootfsDiff);
         if (FileKinds.IsRegularFile(diff))

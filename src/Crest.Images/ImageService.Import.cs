@@ -27,7 +27,13 @@ public sealed partial class ImageService
         try
         {
             await using var file = File.OpenRead(tarPath);
-            await using var tar = LayerStreams.Decompress(file);
+            // The layer is stored decompressed: the bytes, the expansion and the content store's disk are checked as it
+            // streams in, so a small bomb stops long before it fills the disk.
+            var compressed = new CountingReadStream(file, leaveOpen: true);
+            using var disk = options.BudgetOf(options.ContentFilesystem);
+            await using var tar = new ExpansionGuardStream(LayerStreams.Decompress(compressed), () => compressed.BytesRead, $"rootfs archive {tarPath}",
+                new ExpansionGuard(options.Limits.MaxBytes, "the limit for one image layer", options.Limits.MaxExpansionRatio, options.Limits.RatioCheckFloorBytes,
+                    "[images] max_expansion_ratio", disk));
             (layer, size) = await content.WriteStreamAsync(tar, ct).ConfigureAwait(false);
         }
         catch (FileNotFoundException e)
@@ -75,6 +81,8 @@ public sealed partial class ImageService
         using var shared = await _gcLock.ReadAsync(ct).ConfigureAwait(false);
         byte[]? indexJson = null;
         var sawLayout = false;
+        // Each blob is taken from the content store's disk before it is stored; loads and pulls beside this one count.
+        using var disk = options.BudgetOf(options.ContentFilesystem);
         try
         {
             await using var file = File.OpenRead(archivePath);
@@ -130,7 +138,13 @@ public sealed partial class ImageService
                 {
                     if (entry.DataStream is { } data)
                     {
-                        RequireSpaceForBlob($"load of archive {archivePath}", "storing", digest, entry.Length);
+                        if (disk is not null && !disk.TryTake(entry.Length))
+                        {
+                            throw new CrestException(ErrorKind.ResourceExhausted,
+                                $"load of archive {archivePath} was refused before storing blob {digest}: it declares {entry.Length} bytes, more than {disk.Describe()} "
+                                + $"(less the {disk.Taken} bytes this load has stored); free space on the node (remove unused images) or lower the reserve");
+                        }
+
                         await content.IngestAsync(data, digest, entry.Length, null, ct).ConfigureAwait(false);
                     }
 

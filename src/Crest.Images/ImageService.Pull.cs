@@ -125,7 +125,7 @@ public sealed partial class ImageService
         }
 
         var chains = ChainIds(config.RootFs.DiffIds);
-        RequireSpaceForLayers(what, manifest.Layers);
+        using var held = HoldSpaceForLayers(what, manifest.Layers);
         using var downloads = new SemaphoreSlim(options.ParallelDownloads);
         // One failed layer stops the others: nothing keeps downloading after the pull has failed.
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -181,7 +181,7 @@ public sealed partial class ImageService
                 await snapshots.CommitAsync(chain, parentChain, async (dir, token) =>
                 {
                     report(new PullProgress("unpacking", layer.Digest, 0, layer.Size));
-                    return await UnpackLayerAsync(Digest.Parse(layer.Digest), diffId, dir, what, token).ConfigureAwait(false);
+                    return await UnpackLayerAsync(Digest.Parse(layer.Digest), diffId, dir, what, held, token).ConfigureAwait(false);
                 }, ct).ConfigureAwait(false);
                 report(new PullProgress("done", layer.Digest, layer.Size, layer.Size));
                 parent = chain;
@@ -246,7 +246,15 @@ public sealed partial class ImageService
     /// </summary>
     private void RequireSpaceForBlob(string operation, string verb, Digest digest, long declaredSize)
     {
-        if (options.BudgetOf(options.ContentFilesystem) is { } disk && declaredSize > disk.Available)
+        // Free space now, on its own: a pull's blobs were held in sum by HoldSpaceForLayers, and counting that hold again
+        // here would refuse the pull's own layers.
+        if (options.ContentFilesystem is not { } filesystem)
+        {
+            return;
+        }
+
+        using var disk = DiskBudget.Measure(filesystem, options.Limits.DiskReserveBytes, "[images] disk_reserve_bytes", options.FreeBytesOf);
+        if (declaredSize > disk.Available)
         {
             throw new CrestException(ErrorKind.ResourceExhausted,
                 $"{operation} was refused before {verb} blob {digest}: it declares {declaredSize} bytes, more than {disk.Describe()}; "
@@ -256,18 +264,24 @@ public sealed partial class ImageService
 
     /// <summary>
     /// Refuses a pull whose layers not yet on this node declare more bytes than the content store's filesystem can take,
-    /// before any of them is downloaded (the downloads run in parallel, so one blob at a time would not see the sum).
+    /// before any of them is downloaded (the downloads run in parallel, so one blob at a time would not see the sum), and
+    /// holds those bytes until the pull ends, so that pulls and restores beside it count them as taken.
     /// </summary>
-    private void RequireSpaceForLayers(string image, IReadOnlyList<Descriptor> layers)
+    private DiskBudget? HoldSpaceForLayers(string image, IReadOnlyList<Descriptor> layers)
     {
         if (options.BudgetOf(options.ContentFilesystem) is not { } disk)
         {
-            return;
+            return null;
         }
 
         var missing = layers.Where(l => !content.Exists(Digest.Parse(l.Digest))).ToList();
         var declared = missing.Sum(l => Math.Max(0, l.Size));
-        if (declared > disk.Available)
+        if (disk.TryHold(declared))
+        {
+            return disk;
+        }
+
+        using (disk)
         {
             throw new CrestException(ErrorKind.ResourceExhausted,
                 $"pull of image {image} was refused before downloading its layers: the {missing.Count} layer{(missing.Count == 1 ? "" : "s")} not yet on this node ({string.Join(", ", missing.Select(l => l.Digest))}) "
@@ -276,12 +290,14 @@ public sealed partial class ImageService
     }
 
     /// <summary>Unpacks one layer blob into a snapshot directory, verifying the uncompressed bytes against the diff ID.</summary>
-    private async Task<long> UnpackLayerAsync(Digest blob, Digest diffId, string dir, string image, CancellationToken ct)
+    private async Task<long> UnpackLayerAsync(Digest blob, Digest diffId, string dir, string image, DiskBudget? pull, CancellationToken ct)
     {
         var what = $"layer {blob} of image {image}";
         // The compressed bytes the decompressor consumed, against the bytes written: a bomb stops while it expands.
         await using var compressed = new CountingReadStream(content.OpenRead(blob));
         await using var hashing = new HashingReadStream(LayerStreams.Decompress(compressed));
+        // The pull's own held downloads are not counted against its unpacks.
+        using var disk = options.BudgetOf(options.SnapshotFilesystem, pull);
         using var extractor = new SafeExtractor(dir, ExtractionPolicy.ImageLayer with
         {
             MaxEntries = options.Limits.MaxEntries,
@@ -289,7 +305,7 @@ public sealed partial class ImageService
             MaxExpansionRatio = options.Limits.MaxExpansionRatio,
             RatioCheckFloorBytes = options.Limits.RatioCheckFloorBytes,
             RatioSetting = "[images] max_expansion_ratio",
-            Disk = options.BudgetOf(options.SnapshotFilesystem),
+            Disk = disk,
         });
         ExtractionResult result;
         try

@@ -30,8 +30,12 @@ public sealed record ImageServiceOptions(ExtractionLimits Limits, int ParallelDo
     /// <summary>Free bytes of the filesystem holding a path; tests inject a small disk here.</summary>
     public Func<string, long> FreeBytesOf { get; init; } = DiskBudget.FreeBytesOf;
 
-    internal DiskBudget? BudgetOf(string? filesystem) =>
-        filesystem is null ? null : DiskBudget.Measure(filesystem, Limits.DiskReserveBytes, "[images] disk_reserve_bytes", FreeBytesOf);
+    /// <summary>Where concurrent pulls, loads and restores count what they write; tests that fake free space use one of their own.</summary>
+    public DiskLedger Disks { get; init; } = DiskLedger.Shared;
+
+    /// <summary>Opens a budget on <paramref name="filesystem"/> (null when it is not checked); <paramref name="sameOperation"/>'s holds are its own.</summary>
+    internal DiskBudget? BudgetOf(string? filesystem, DiskBudget? sameOperation = null) =>
+        filesystem is null ? null : Disks.Open(filesystem, Limits.DiskReserveBytes, "[images] disk_reserve_bytes", FreeBytesOf, sameOperation);
 }
 
 /// <summary>Limits an image layer unpacks within ([images] in config.toml).</summary>

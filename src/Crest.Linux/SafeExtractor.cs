@@ -41,7 +41,10 @@ public sealed record ExtractionPolicy
     /// <summary>The setting behind <see cref="MaxExpansionRatio"/>, named in errors ("[images] max_expansion_ratio").</summary>
     public string RatioSetting { get; init; } = "max_expansion_ratio";
 
-    /// <summary>What the target filesystem can take, measured when the extraction began; null: not checked.</summary>
+    /// <summary>
+    /// What the target filesystem can take: each regular file is taken from it before a byte is written, so extractions
+    /// running side by side share one free space. The caller opened it and closes it; null: not checked.
+    /// </summary>
     public DiskBudget? Disk { get; init; }
 
     public int MaxPathLength { get; init; } = 4096;
@@ -396,7 +399,7 @@ public sealed class SafeExtractor : IDisposable
         }
 
         // The header declares the entry's size: one that would not fit is refused before a byte of it is written.
-        if (_policy.Disk is { } disk && bytesSoFar + entry.Length > disk.Available)
+        if (_policy.Disk is { } disk && !disk.TryTake(entry.Length))
         {
             throw new CrestException(ErrorKind.ResourceExhausted,
                 $"{what} was refused at entry \"{entry.Name}\" ({entry.Length} bytes): the archive expands to at least {bytesSoFar + entry.Length} bytes, "

@@ -525,7 +525,7 @@ public class CheckpointTests
         var bomb = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, new RestoreLimits { RatioCheckFloorBytes = 1 << 20 }));
         // A disk with 4 MiB left above the reserve (a fixed probe: the real free space moves while other tests write).
         var full = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout,
-            new RestoreLimits { MaxExpansionRatio = 0, TargetFilesystem = disk.Path, DiskReserveBytes = 60L << 20, FreeBytesOf = _ => 64L << 20 }));
+            new RestoreLimits { MaxExpansionRatio = 0, TargetFilesystem = disk.Path, DiskReserveBytes = 60L << 20, FreeBytesOf = _ => 64L << 20, Disks = new DiskLedger() }));
         var trusted = await ReadAsync(layout, new RestoreLimits { MaxExpansionRatio = 0, RatioCheckFloorBytes = 1 << 20, TargetFilesystem = disk.Path });
 
         Assert.Equal(ErrorKind.InvalidArgument, bomb.Kind);
@@ -564,7 +564,7 @@ public class CheckpointTests
     {
         using var layout = new Layout(ArchiveWithZeroPages("none"));
         // A disk with 8 MiB left after a 1 MiB reserve: the 16 MiB of pages do not fit.
-        var small = new RestoreLimits { TargetFilesystem = layout.Root, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20 };
+        var small = new RestoreLimits { TargetFilesystem = layout.Root, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20, Disks = new DiskLedger() };
 
         var full = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout, small));
 
@@ -574,7 +574,7 @@ public class CheckpointTests
         Assert.False(File.Exists(Path.Combine(layout.Staging, "checkpoint", "pages-1.img")), "not a byte of the entry that does not fit may be written");
 
         using var roomy = new Layout(ArchiveWithZeroPages("gzip"));
-        var plan = await ReadAsync(roomy, new RestoreLimits { MaxExpansionRatio = 0, RatioCheckFloorBytes = 1 << 20, TargetFilesystem = roomy.Root, FreeBytesOf = _ => 2L << 30 });
+        var plan = await ReadAsync(roomy, new RestoreLimits { MaxExpansionRatio = 0, RatioCheckFloorBytes = 1 << 20, TargetFilesystem = roomy.Root, FreeBytesOf = _ => 2L << 30, Disks = new DiskLedger() });
         Assert.Equal(16L << 20, new FileInfo(Path.Combine(roomy.Staging, "checkpoint", "pages-1.img")).Length);
         Assert.Equal("counter", plan.OriginalName);
     }
@@ -605,7 +605,7 @@ public class CheckpointTests
 
         File.WriteAllBytes(Path.Combine(layer, "checkpoint", "pages-1.img"), new byte[16 << 20]);
         var staging = dir.CreateDirectory("staging");
-        var small = new RestoreLimits { TargetFilesystem = dir.Path, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20 };
+        var small = new RestoreLimits { TargetFilesystem = dir.Path, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20, Disks = new DiskLedger() };
 
         var full = Assert.Throws<CrestException>(() => new CheckpointReader(small).ReadImageLayers([layer], "localhost/ckpt:v1", staging, Ct));
 

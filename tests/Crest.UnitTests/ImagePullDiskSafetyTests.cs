@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Crest.Core;
 using Crest.Images;
+using Crest.Linux;
 using Crest.TestKit;
 using Crest.UnitTests.Fakes;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -41,8 +42,26 @@ public sealed class ImagePullDiskSafetyTests : IDisposable
         return ((string)manifest["layers"]![0]!["digest"]!, (string)manifest["config"]!["digest"]!);
     }
 
-    private ImageService Images(ImageServiceOptions options) =>
-        new(_content, _snapshots, _metadata, _registry, options, TimeProvider.System, NullLogger<ImageService>.Instance);
+    /// <summary>
+    /// An image service whose disk budgets use <paramref name="ledger"/>, by default one of its own: free space here is
+    /// faked, so other tests running in this process must not be counted on it.
+    /// </summary>
+    private ImageService Images(ImageServiceOptions options, DiskLedger? ledger = null) =>
+        new(_content, _snapshots, _metadata, _registry, options with { Disks = ledger ?? new DiskLedger() }, TimeProvider.System, NullLogger<ImageService>.Instance);
+
+    /// <summary>A root filesystem tarball of one file of <paramref name="size"/> zero bytes, gzip-compressed when asked.</summary>
+    private string RootfsTar(int size, bool gzip)
+    {
+        using var plain = new MemoryStream();
+        using (var t = new System.Formats.Tar.TarWriter(plain, leaveOpen: true))
+        {
+            TestImages.File(t, "zeros", new byte[size]);
+        }
+
+        var path = _dir.Combine(gzip ? "rootfs.tar.gz" : "rootfs.tar");
+        File.WriteAllBytes(path, TestImages.Compress(plain.ToArray(), gzip ? LayerCompression.Gzip : LayerCompression.None).Blob);
+        return path;
+    }
 
     /// <summary>No image recorded, no snapshot recorded, no snapshot directory left.</summary>
     private async Task AssertNothingKeptAsync()
@@ -154,6 +173,78 @@ public sealed class ImagePullDiskSafetyTests : IDisposable
         Assert.Contains($"pull of image {Image} was refused before downloading blob {config}: it declares ", full.Message, StringComparison.Ordinal);
         Assert.Contains($"more than the 10 bytes free on {_dir.Path} after [images] disk_reserve_bytes = 1048576", full.Message, StringComparison.Ordinal);
         Assert.False(_registry.BlobRequests.ContainsKey(Digest.Parse(config)));
+        await AssertNothingKeptAsync();
+    }
+
+    [Fact]
+    public async Task A_pull_beside_another_that_holds_the_space_is_refused_before_any_download_and_pulls_once_that_one_ends()
+    {
+        var (layer, _) = Publish(new TestLayer(LayerCompression.None, t => TestImages.File(t, "big", new byte[4 << 20])));
+        Func<string, long> sixMiB = _ => Reserve + (6 << 20);
+        var ledger = new DiskLedger();
+        var images = Images(new ImageServiceOptions(new ExtractionLimits { DiskReserveBytes = Reserve })
+        {
+            ContentFilesystem = _dir.Path,
+            SnapshotFilesystem = _snapshots.Root,
+            FreeBytesOf = sixMiB,
+        }, ledger);
+
+        // Another pull on the same disk has declared 3 MiB of layers it is still downloading: 4 MiB more does not fit in 6.
+        var other = ledger.Open(_dir.Path, Reserve, "[images] disk_reserve_bytes", sixMiB);
+        try
+        {
+            Assert.True(other.TryHold(3 << 20));
+            var full = await Assert.ThrowsAsync<CrestException>(() => images.PullAsync(Image, null, null, Ct));
+
+            Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
+            Assert.Contains($"the 1 layer not yet on this node ({layer}) declare ", full.Message, StringComparison.Ordinal);
+            Assert.Contains("and the 3145728 bytes that pulls and restores running beside it take there", full.Message, StringComparison.Ordinal);
+            Assert.False(_registry.BlobRequests.ContainsKey(Digest.Parse(layer)), "the layer must not be downloaded");
+        }
+        finally
+        {
+            other.Dispose();
+        }
+
+        // Alone, the pull fits: its own held download does not count against its own unpack, and it closes its budgets.
+        var record = await images.PullAsync(Image, null, null, Ct);
+        Assert.Equal(Image, record.RepoTags.Single());
+        Assert.Equal(0, ledger.OpenAccounts);
+    }
+
+    [Fact]
+    public async Task An_imported_rootfs_that_expands_too_far_per_compressed_byte_is_stopped_while_it_streams_in()
+    {
+        var tar = RootfsTar(32 << 20, gzip: true);
+        var images = Images(new ImageServiceOptions(new ExtractionLimits { MaxExpansionRatio = 50, RatioCheckFloorBytes = 1 << 20 }));
+
+        var bomb = await Assert.ThrowsAsync<CrestException>(() => images.ImportRootfsAsync(tar, Image, Ct));
+
+        Assert.Equal(ErrorKind.InvalidArgument, bomb.Kind);
+        Assert.Contains($"rootfs archive {tar} was refused: it expands to more than ", bomb.Message, StringComparison.Ordinal);
+        Assert.Contains("more than [images] max_expansion_ratio = 50 allows", bomb.Message, StringComparison.Ordinal);
+        Assert.Empty(_content.List());
+        await AssertNothingKeptAsync();
+    }
+
+    [Fact]
+    public async Task An_imported_rootfs_that_would_not_fit_in_the_content_store_is_refused_as_it_streams_in()
+    {
+        var tar = RootfsTar(4 << 20, gzip: false);
+        var ledger = new DiskLedger();
+        var images = Images(new ImageServiceOptions(new ExtractionLimits { DiskReserveBytes = Reserve })
+        {
+            ContentFilesystem = _dir.Path,
+            FreeBytesOf = _ => Reserve + (2 << 20),
+        }, ledger);
+
+        var full = await Assert.ThrowsAsync<CrestException>(() => images.ImportRootfsAsync(tar, Image, Ct));
+
+        Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
+        Assert.Contains($"rootfs archive {tar} was refused: it expands to at least ", full.Message, StringComparison.Ordinal);
+        Assert.Contains($"more than the 2097152 bytes free on {_dir.Path} after [images] disk_reserve_bytes = 1048576", full.Message, StringComparison.Ordinal);
+        Assert.Empty(_content.List());
+        Assert.Equal(0, ledger.OpenAccounts);
         await AssertNothingKeptAsync();
     }
 }

@@ -208,7 +208,8 @@ internal static class CheckpointCommands
                 var request = configPath is null ? new ContainerSpec { Name = "", Image = "" } : CriMapping.ToRestoreRequest(PodCommands.ReadConfig<ContainerConfig>(configPath));
                 try
                 {
-                    var limits = new RestoreLimits();
+                    // Inspection unpacks into a temporary directory: its disk keeps the reserve, as a restore's does.
+                    var limits = new RestoreLimits { TargetFilesystem = staging.FullName };
                     if (path is not null)
                     {
                         plan = await new CheckpointReader(limits).ReadArchiveAsync(path, staging.FullName, ct);
