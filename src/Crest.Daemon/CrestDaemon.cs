@@ -167,12 +167,15 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<PodService>();
             builder.Services.AddSingleton<RuntimeEvents>();
             builder.Services.AddHostedService<Hosting.ExitWatcher>();
+            builder.Services.AddSingleton<Hosting.CallActivity>();
+            builder.Services.AddHostedService<Hosting.MemoryTrimmer>();
             builder.Services.AddSingleton<Metrics.ObjectMetrics>();
             builder.Services.AddSingleton<Streaming.StreamRequestCache>();
             builder.Services.AddSingleton<Streaming.StreamingServer>();
             builder.Services.AddGrpc(o =>
             {
                 // Outermost: the metrics see the status code the error interceptor chose.
+                o.Interceptors.Add<Hosting.CallActivity>();
                 o.Interceptors.Add<Metrics.CriMetricsInterceptor>();
                 o.Interceptors.Add<ErrorInterceptor>();
                 o.EnableDetailedErrors = false;
