@@ -118,8 +118,9 @@ public sealed class CheckpointReader(RestoreLimits limits)
     }
 
     /// <summary>
-    /// Copies a checkpoint image's unpacked layers (lowest first, so upper layers win) into <paramref name="stagingDir"/>:
-    /// regular files and directories only, each opened with O_NOFOLLOW; a link or device in the image is an error.
+    /// Stages a checkpoint image's unpacked layers (lowest first, so upper layers win) in <paramref name="stagingDir"/>:
+    /// regular files and directories only, each opened with O_NOFOLLOW; a link or device in the image is an error. Files
+    /// are hard-linked where the layer and the staging directory share a filesystem, and copied otherwise.
     /// </summary>
     public RestorePlan ReadImageLayers(IReadOnlyList<string> layerDirsTopFirst, string image, string stagingDir, CancellationToken ct)
     {
@@ -174,14 +175,6 @@ public sealed class CheckpointReader(RestoreLimits limits)
                             throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint image {image} holds more than {limits.MaxArchiveBytes} bytes, the configured limit ([restore] max_archive_bytes)");
                         }
 
-                        // Refused before the copy that would eat into the reserve; the caller removes the staging directory.
-                        if (disk is not null && !disk.TryTake(size))
-                        {
-                            throw new CrestException(ErrorKind.ResourceExhausted,
-                                $"checkpoint image {image} was refused at /{name} ({size} bytes): staging it takes at least {bytes} bytes, more than {disk.Describe()}; "
-                                + "free space on the node or lower the reserve");
-                        }
-
                         try
                         {
                             // A file from a lower layer is replaced by the upper layer's (a directory in its way is an error).
@@ -191,6 +184,22 @@ public sealed class CheckpointReader(RestoreLimits limits)
                             }
 
                             using var input = new FileStream(FileKinds.OpenReadNoFollow(full), FileAccess.Read);
+                            // The layer's files are Crest's (unpacked at pull) and nothing writes to staged checkpoint
+                            // files, so a hard link stages them with no copy: CRIU reads its pages where the pull put
+                            // them, and the staged name outlives an image removed meanwhile.
+                            if (FileKinds.TryLinkOpenFile(input.SafeFileHandle, destination))
+                            {
+                                continue;
+                            }
+
+                            // Refused before the copy that would eat into the reserve; the caller removes the staging directory.
+                            if (disk is not null && !disk.TryTake(size))
+                            {
+                                throw new CrestException(ErrorKind.ResourceExhausted,
+                                    $"checkpoint image {image} was refused at /{name} ({size} bytes): staging it takes at least {bytes} bytes, more than {disk.Describe()}; "
+                                    + "free space on the node or lower the reserve");
+                            }
+
                             using var output = new FileStream(destination, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
                             input.CopyTo(output);
                             // The layer's modification time goes with the copy, as the archive's would (see CheckpointTime).

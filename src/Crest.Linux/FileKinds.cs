@@ -42,6 +42,18 @@ public static partial class FileKinds
         return handle;
     }
 
+    /// <summary>
+    /// Gives the open regular file <paramref name="file"/> a second name, <paramref name="destination"/> (a new hard
+    /// link, through /proc/self/fd so the file is the one opened, not whatever its path names now). False when the
+    /// filesystem or the kernel will not link it (another filesystem, the link limit): copy it instead.
+    /// </summary>
+    public static bool TryLinkOpenFile(Microsoft.Win32.SafeHandles.SafeFileHandle file, string destination)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        const int AT_SYMLINK_FOLLOW = 0x400;
+        return Interop.LinkAt(Interop.AT_FDCWD, $"/proc/self/fd/{file.DangerousGetHandle()}", Interop.AT_FDCWD, destination, AT_SYMLINK_FOLLOW) == 0;
+    }
+
     /// <summary>Opens a regular file for reading with O_NOFOLLOW: a symlink in its place fails instead of being followed.</summary>
     public static Microsoft.Win32.SafeHandles.SafeFileHandle OpenReadNoFollow(string path)
     {

@@ -593,7 +593,7 @@ public class CheckpointTests
     }
 
     [Fact]
-    public void Checkpoint_image_layers_that_would_not_fit_on_the_staging_disk_are_refused_before_the_file_that_does_not_fit_is_copied()
+    public void Checkpoint_image_layers_on_the_staging_filesystem_are_staged_as_hard_links_taking_no_space()
     {
         using var dir = new TempDir("crest-ckpt-layers");
         var layer = dir.CreateDirectory("layer");
@@ -605,14 +605,55 @@ public class CheckpointTests
 
         File.WriteAllBytes(Path.Combine(layer, "checkpoint", "pages-1.img"), new byte[16 << 20]);
         var staging = dir.CreateDirectory("staging");
+        // 8 MiB free after the reserve: a copy of the 16 MiB of pages would not fit; a second name for them does.
         var small = new RestoreLimits { TargetFilesystem = dir.Path, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20, Disks = new DiskLedger() };
 
-        var full = Assert.Throws<CrestException>(() => new CheckpointReader(small).ReadImageLayers([layer], "localhost/ckpt:v1", staging, Ct));
+        var plan = new CheckpointReader(small).ReadImageLayers([layer], "localhost/ckpt:v1", staging, Ct);
 
-        Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
-        Assert.Contains("checkpoint image localhost/ckpt:v1 was refused at /checkpoint/pages-1.img (16777216 bytes)", full.Message, StringComparison.Ordinal);
-        Assert.Contains($"more than the 8388608 bytes free on {staging} after [restore] disk_reserve_bytes = 1048576", full.Message, StringComparison.Ordinal);
-        Assert.False(File.Exists(Path.Combine(staging, "checkpoint", "pages-1.img")));
+        Assert.Equal("counter", plan.OriginalName);
+        var staged = Path.Combine(staging, "checkpoint", "pages-1.img");
+        Assert.Equal(2UL, LinkCount(staged));
+        File.Delete(Path.Combine(layer, "checkpoint", "pages-1.img"));
+        Assert.Equal(16L << 20, new FileInfo(staged).Length);
+    }
+
+    private static ulong LinkCount(string path)
+    {
+        var output = Process.Start(new ProcessStartInfo("stat", ["-c", "%h", path]) { RedirectStandardOutput = true })!;
+        var text = output.StandardOutput.ReadToEnd();
+        output.WaitForExit();
+        return ulong.Parse(text.Trim(), CultureInfo.InvariantCulture);
+    }
+
+    [Fact]
+    public void Checkpoint_image_layers_copied_from_another_filesystem_that_would_not_fit_on_the_staging_disk_are_refused_before_the_file_that_does_not_fit_is_copied()
+    {
+        using var dir = new TempDir("crest-ckpt-layers");
+        // The layer on /dev/shm (tmpfs) and the staging directory on the temp dir's disk: no hard link across, so a copy.
+        var layer = Path.Combine("/dev/shm", $"crest-ckpt-layer-{Guid.NewGuid():N}");
+        try
+        {
+            foreach (var (name, content) in ContainerdFiles())
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(layer, name))!);
+                File.WriteAllBytes(Path.Combine(layer, name), content);
+            }
+
+            File.WriteAllBytes(Path.Combine(layer, "checkpoint", "pages-1.img"), new byte[16 << 20]);
+            var staging = dir.CreateDirectory("staging");
+            var small = new RestoreLimits { TargetFilesystem = dir.Path, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20, Disks = new DiskLedger() };
+
+            var full = Assert.Throws<CrestException>(() => new CheckpointReader(small).ReadImageLayers([layer], "localhost/ckpt:v1", staging, Ct));
+
+            Assert.Equal(ErrorKind.ResourceExhausted, full.Kind);
+            Assert.Contains("checkpoint image localhost/ckpt:v1 was refused at /checkpoint/pages-1.img (16777216 bytes)", full.Message, StringComparison.Ordinal);
+            Assert.Contains($"more than the 8388608 bytes free on {staging} after [restore] disk_reserve_bytes = 1048576", full.Message, StringComparison.Ordinal);
+            Assert.False(File.Exists(Path.Combine(staging, "checkpoint", "pages-1.img")));
+        }
+        finally
+        {
+            Directory.Delete(layer, recursive: true);
+        }
     }
 
     [Fact]
