@@ -15,7 +15,7 @@ internal static class CheckpointScenario
 {
     public static readonly (string Name, long Bytes)[] Workloads = [("idle counter", 0), ("256 MiB touched", 256L << 20), ("1 GiB touched", 1L << 30)];
 
-    public sealed record Sample(double CheckpointMs, double? FrozenMs, long ArchiveBytes, double? BareRuncMs, double? RestoreMs, double? BareRuncRestoreMs);
+    public sealed record Sample(double CheckpointMs, double? FrozenMs, long ArchiveBytes, double? BareRuncMs, double? BareFrozenMs, double? RestoreMs, double? BareRuncRestoreMs);
 
     private static ContainerConfig Workload(long bytes, string name, string log) => new()
     {
@@ -71,6 +71,7 @@ internal static class CheckpointScenario
         var size = new FileInfo(archive).Length;
 
         double? bare = null;
+        double? bareFrozen = null;
         double? bareRestore = null;
         if (bareRunc)
         {
@@ -80,6 +81,8 @@ internal static class CheckpointScenario
             clock.Restart();
             await RuncAsync(runcRoot, "checkpoint", "--leave-running", "--file-locks", "--image-path", images, "--work-path", images, c.ContainerId);
             bare = clock.Elapsed.TotalMilliseconds;
+            var bareStats = Path.Combine(images, "stats-dump");
+            bareFrozen = File.Exists(bareStats) ? Crest.Checkpoint.Format.CriuStats.ParseDump(await File.ReadAllBytesAsync(bareStats), bareStats).FrozenTimeUs / 1000.0 : null;
 
             // The restore floor: the original stops, and runc restores the images into a copy of its bundle (same rootfs,
             // the pod's namespaces, a cgroup of its own), with stdio on /dev/null.
@@ -127,7 +130,7 @@ internal static class CheckpointScenario
             File.Delete(archive);
         }
 
-        return new Sample(checkpointMs, frozen, size, bare, restoreMs, bareRestore);
+        return new Sample(checkpointMs, frozen, size, bare, bareFrozen, restoreMs, bareRestore);
     }
 
     /// <summary>Runs runc with stdio on /dev/null (a restored process inherits them as its stdout and stderr).</summary>

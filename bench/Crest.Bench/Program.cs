@@ -151,6 +151,11 @@ if (!critestOnly && !podCheckpointOnly)
                         report.Add($"checkpoint {name}: total", "ms", "bare runc", bare);
                     }
 
+                    if (sample.BareFrozenMs is { } bareFrozen)
+                    {
+                        report.Add($"checkpoint {name}: CRIU frozen", "ms", "bare runc", bareFrozen);
+                    }
+
                     if (sample.RestoreMs is { } restore)
                     {
                         report.Add($"restore {name}: create + start", "ms", subject.Name, restore);
