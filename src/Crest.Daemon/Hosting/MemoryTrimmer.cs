@@ -34,11 +34,17 @@ internal sealed partial class MemoryTrimmer(CallActivity activity, TimeProvider 
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        var afterLastTrim = ProcessMemory.ResidentBytes();
-        var callsAtLastTrim = activity.Started;
         using var timer = new PeriodicTimer(MemoryTrimPolicy.CheckInterval, time);
         try
         {
+            // Start-up (configuration, the store's migrations, recovery, image GC, Kestrel) is a burst of its own: what
+            // it allocated once is given back at the first check, so the idle daemon holds only what serving needs.
+            await timer.WaitForNextTickAsync(stoppingToken);
+            var startup = ProcessMemory.ResidentBytes();
+            Trim();
+            var afterLastTrim = ProcessMemory.ResidentBytes();
+            var callsAtLastTrim = activity.Started;
+            Trimmed(logger, startup >> 20, afterLastTrim >> 20);
             while (await timer.WaitForNextTickAsync(stoppingToken))
             {
                 var resident = ProcessMemory.ResidentBytes();
