@@ -81,7 +81,77 @@ internal static class PodScenario
         }
     }
 
-    public static async Task<(TimeSpan Up, TimeSpan Down)> CycleAsync(string socket, string logDir, int n)
+    /// <summary>The per-call rows: (row, value of a cycle); each is a target (crest median at or under containerd's).</summary>
+    private static readonly (string Row, Func<Cycle, double> Value)[] CallRows =
+    [
+        ("RunPodSandbox", c => c.RunPod),
+        ("CreateContainer", c => c.Create),
+        ("StartContainer", c => c.Start),
+        ("StopContainer (timeout 0)", c => c.Stop),
+        ("RemoveContainer", c => c.Remove),
+        ("StopPodSandbox + RemovePodSandbox", c => c.StopPod),
+    ];
+
+    /// <summary>
+    /// Pod lifecycles with every CRI call timed: both subjects run side by side on fresh roots, one untimed cycle each,
+    /// then <paramref name="runs"/> cycles each, alternating crest and containerd, so load from elsewhere on the machine
+    /// falls on both alike.
+    /// </summary>
+    public static async Task RunCallsAsync(Report report, IReadOnlyList<Subject> subjects, int runs)
+    {
+        using var work = new TempDir("crest-bench-pods");
+        var (busybox, pause) = WriteArchives(work.Path);
+        var running = new List<(Subject Subject, RunningSubject Daemon, string Logs)>();
+        try
+        {
+            foreach (var subject in subjects)
+            {
+                var daemon = await subject.StartAsync();
+                running.Add((subject, daemon, work.CreateDirectory("logs-" + subject.Name)));
+                await LoadImagesAsync(subject.Name, daemon.Socket, busybox, pause);
+                await CycleAsync(daemon.Socket, running[^1].Logs, 999);
+            }
+
+            for (var r = 0; r < runs; r++)
+            {
+                foreach (var (subject, daemon, logs) in r % 2 == 0 ? running : Enumerable.Reverse(running))
+                {
+                    var cycle = await CycleAsync(daemon.Socket, logs, r);
+                    foreach (var (row, value) in CallRows)
+                    {
+                        report.Add(row, "ms", subject.Name, value(cycle));
+                    }
+
+                    report.Add("pod + container up (run, create, start)", "ms", subject.Name, cycle.Up);
+                    report.Add("pod + container down (stop, remove)", "ms", subject.Name, cycle.Down);
+                }
+            }
+        }
+        finally
+        {
+            foreach (var (_, daemon, _) in running)
+            {
+                await daemon.DisposeAsync();
+            }
+        }
+
+        foreach (var (row, _) in CallRows)
+        {
+            report.Target(row, 1.0);
+        }
+
+        report.Note($"per-call rows: one pod with one busybox sleep container per cycle (images loaded offline), each CRI call timed from the client; both daemons running at once, one untimed cycle each, then {runs} cycles each in alternating order. Target: crest median at or under containerd's (ratio ≤ 1.00).");
+    }
+
+    /// <summary>One pod cycle's CRI calls, each timed alone (milliseconds); StopPod is StopPodSandbox + RemovePodSandbox.</summary>
+    public sealed record Cycle(double RunPod, double Create, double Start, double Stop, double Remove, double StopPod)
+    {
+        public double Up => RunPod + Create + Start;
+
+        public double Down => Stop + Remove + StopPod;
+    }
+
+    public static async Task<Cycle> CycleAsync(string socket, string logDir, int n)
     {
         using var channel = UnixGrpc.Channel(socket);
         var rt = new RuntimeService.RuntimeServiceClient(channel);
@@ -101,17 +171,26 @@ internal static class PodScenario
             Linux = new LinuxContainerConfig(),
         };
         var deadline = DateTime.UtcNow.AddMinutes(2);
-        var up = Stopwatch.StartNew();
+        var clock = Stopwatch.StartNew();
+        double Lap()
+        {
+            var ms = clock.Elapsed.TotalMilliseconds;
+            clock.Restart();
+            return ms;
+        }
+
         var p = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod }, deadline: deadline);
+        var runPod = Lap();
         var c = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p.PodSandboxId, Config = container, SandboxConfig = pod }, deadline: deadline);
+        var create = Lap();
         await rt.StartContainerAsync(new StartContainerRequest { ContainerId = c.ContainerId }, deadline: deadline);
-        up.Stop();
-        var down = Stopwatch.StartNew();
+        var start = Lap();
         await rt.StopContainerAsync(new StopContainerRequest { ContainerId = c.ContainerId, Timeout = 0 }, deadline: deadline);
+        var stop = Lap();
         await rt.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = c.ContainerId }, deadline: deadline);
+        var remove = Lap();
         await rt.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = p.PodSandboxId }, deadline: deadline);
         await rt.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = p.PodSandboxId }, deadline: deadline);
-        down.Stop();
-        return (up.Elapsed, down.Elapsed);
+        return new Cycle(runPod, create, start, stop, remove, Lap());
     }
 }

@@ -35,10 +35,12 @@ if (args.Contains("--soak"))
 var checkpointOnly = args.Contains("--checkpoint-only");
 var podCheckpointOnly = args.Contains("--pod-checkpoint-only");
 var critestOnly = args.Contains("--critest-only");
+// --calls-only: just the per-call pod lifecycle rows (RunPodSandbox, CreateContainer, ... each timed), both runtimes interleaved.
+var callsOnly = args.Contains("--calls-only");
 
 var subjects = Subjects.Create(crestdPath);
 var report = new Report(runs, calls);
-if (!checkpointOnly && !podCheckpointOnly && !critestOnly)
+if (!checkpointOnly && !podCheckpointOnly && !critestOnly && !callsOnly)
 {
     foreach (var subject in subjects)
     {
@@ -81,28 +83,15 @@ if (!checkpointOnly && !podCheckpointOnly && !critestOnly)
             }
         }
     }
-
-    Console.Error.WriteLine("bench: pod lifecycle (run pod + create + start, then stop + remove)");
-    using (var work = new Crest.TestKit.TempDir("crest-bench-pods"))
-    {
-        var (busybox, pause) = PodScenario.WriteArchives(work.Path);
-        foreach (var subject in subjects)
-        {
-            await using var running = await subject.StartAsync();
-            await PodScenario.LoadImagesAsync(subject.Name, running.Socket, busybox, pause);
-
-            await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), 999);
-            for (var r = 0; r < runs; r++)
-            {
-                var (up, down) = await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), r);
-                report.Add("pod + container up (run, create, start)", "ms", subject.Name, up.TotalMilliseconds);
-                report.Add("pod + container down (stop, remove)", "ms", subject.Name, down.TotalMilliseconds);
-            }
-        }
-    }
 }
 
-if (!checkpointOnly && !podCheckpointOnly)
+if (!checkpointOnly && !podCheckpointOnly && !critestOnly)
+{
+    Console.Error.WriteLine($"bench: pod lifecycle, each CRI call timed: both runtimes running, {runs} cycles each, interleaved");
+    await PodScenario.RunCallsAsync(report, subjects, runs);
+}
+
+if (!checkpointOnly && !podCheckpointOnly && !callsOnly)
 {
     if (critestDir is not null && mirrorsDir is not null)
     {
@@ -121,7 +110,7 @@ if (!checkpointOnly && !podCheckpointOnly)
     }
 }
 
-if (!critestOnly && !podCheckpointOnly)
+if (!critestOnly && !podCheckpointOnly && !callsOnly)
 {
     Console.Error.WriteLine("bench: checkpoint and restore through CRI (idle, 256 MiB, 1 GiB); bare runc checkpoint and restore of Crest's container are the floor");
     using (var work = new Crest.TestKit.TempDir("crest-bench-cr"))
@@ -166,7 +155,7 @@ if (!critestOnly && !podCheckpointOnly)
     }
 }
 
-if (!critestOnly && !checkpointOnly)
+if (!critestOnly && !checkpointOnly && !callsOnly)
 {
     Console.Error.WriteLine($"bench: pod checkpoint and restore of a 3-container pod (3 idle; 256 MiB + 2 idle), {runs} runs each, crest only (containerd 2.1 has no CheckpointPod)");
     using var work = new Crest.TestKit.TempDir("crest-bench-pod-cr");
