@@ -77,6 +77,16 @@ public abstract class OciRuntimeConformance : IDisposable
     }
 
     [Fact]
+    public async Task Delete_forgets_a_container_that_still_runs()
+    {
+        var runtime = RuntimeWith("c1", "running");
+
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, Ct);
+
+        Assert.Null(await runtime.StateAsync(new RuncStateOptions { ContainerId = "c1" }, Ct));
+    }
+
+    [Fact]
     public async Task Pause_then_resume_leaves_the_container_running()
     {
         var runtime = RuntimeWith("c1", "running");
@@ -195,6 +205,21 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
     }
 
     [Fact]
+    public async Task A_stopped_container_is_deleted_without_force_and_one_still_running_with_it()
+    {
+        // runc 1.2+ sleeps 100 ms after the kill of delete --force, even for a container that no longer runs.
+        var runtime = RuntimeWith("c1", "stopped");
+        RuntimeWith("c2", "running");
+
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, TestContext.Current.CancellationToken);
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c2" }, TestContext.Current.CancellationToken);
+
+        Assert.Equal(
+            [["--root=/run/crest/runtime/runc", "delete", "c1"], ["--root=/run/crest/runtime/runc", "delete", "c2"], ["--root=/run/crest/runtime/runc", "delete", "--force", "c2"]],
+            _runc.Invocations.Select(i => i.Arguments.ToArray()).ToArray());
+    }
+
+    [Fact]
     public void Conmon_gets_the_systemd_flag_for_containers_and_infra_alike_when_the_driver_is_systemd()
     {
         var binding = new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", "/root", "conmon", "/exits", "/attach", SystemdCgroup: true);
@@ -278,9 +303,11 @@ internal sealed class ScriptedRunc : ICommandRunner
                 return Done(0);
             case "kill":
                 return Done(1, "", "container not running");
-            case "delete":
+            case "delete" when status == "stopped" || args.Contains("--force"):
                 Containers.Remove(id);
                 return Done(0);
+            case "delete":
+                return Done(1, "", $"cannot delete container {id} that is not stopped: {status}");
             case "state":
                 return Done(0, $$"""{"id":"{{id}}","status":"{{status}}","pid":{{(status == "stopped" ? 0 : 4242).ToString(CultureInfo.InvariantCulture)}}}""");
             case "update" when status is "created" or "running" or "paused":
