@@ -16,6 +16,17 @@ internal static class PodScenario
     public const string BusyboxName = "localhost/crest-bench/busybox:v1";
     public const string PauseName = "localhost/crest-bench/pause:v1";
 
+    private static readonly TestLayer BusyboxLayer = new(LayerCompression.Gzip, t =>
+    {
+        TestImages.Dir(t, "bin");
+        TestImages.File(t, "bin/busybox", File.ReadAllBytes(TestImages.BusyboxStatic), mode: 0x1ED);
+        TestImages.Symlink(t, "bin/sh", "busybox");
+    });
+
+    /// <summary>The busybox image as an OCI layout (tag v1), to push to a registry.</summary>
+    public static void WriteBusyboxLayout(string layout) =>
+        TestImages.WriteLayout(layout, [BusyboxLayer], "v1", config => config["config"]!["Cmd"] = new JsonArray(JsonValue.Create("/bin/sh")));
+
     /// <summary>Writes OCI archives for the busybox and pause images, each named by the io.containerd.image.name annotation.</summary>
     public static (string Busybox, string Pause) WriteArchives(string dir)
     {
@@ -36,12 +47,7 @@ internal static class PodScenario
             return archive;
         }
 
-        var busybox = Archive(BusyboxName, new TestLayer(LayerCompression.Gzip, t =>
-        {
-            TestImages.Dir(t, "bin");
-            TestImages.File(t, "bin/busybox", File.ReadAllBytes(TestImages.BusyboxStatic), mode: 0x1ED);
-            TestImages.Symlink(t, "bin/sh", "busybox");
-        }), ["/bin/sh"]);
+        var busybox = Archive(BusyboxName, BusyboxLayer, ["/bin/sh"]);
         var pause = Archive(PauseName, new TestLayer(LayerCompression.Gzip, t =>
             TestImages.File(t, "pause", File.ReadAllBytes("/usr/bin/catatonit"), mode: 0x1ED)), ["/pause", "-P"]);
         return (busybox, pause);

@@ -113,21 +113,28 @@ if (!checkpointOnly && !podCheckpointOnly && !callsOnly)
 if (!critestOnly && !podCheckpointOnly && !callsOnly)
 {
     Console.Error.WriteLine("bench: checkpoint and restore through CRI (idle, 256 MiB, 1 GiB); bare runc checkpoint and restore of Crest's container are the floor");
+    await using (var registry = await Crest.TestKit.LocalRegistry.StartAsync())
     using (var work = new Crest.TestKit.TempDir("crest-bench-cr"))
     {
-        var (busybox, pause) = PodScenario.WriteArchives(work.Path);
+        var (_, pause) = PodScenario.WriteArchives(work.Path);
+        var image = await CheckpointScenario.PushBusyboxAsync(registry, work.Path);
         var crRuns = Math.Max(1, Math.Min(runs, 3));
         foreach (var subject in subjects)
         {
             await using var running = await subject.StartAsync();
-            await PodScenario.LoadImagesAsync(subject.Name, running.Socket, busybox, pause);
+            // The workload's image is pulled from the loopback registry by both, so both restores can resolve it by name.
+            await Scenarios.PullAsync(running.Socket, image);
+            if (subject.Name != "crest")
+            {
+                await PodScenario.LoadIntoContainerdAsync(running.Socket, pause);
+            }
 
             var n = 0;
             foreach (var (name, bytes) in CheckpointScenario.Workloads)
             {
                 for (var r = 0; r < crRuns; r++)
                 {
-                    var sample = await CheckpointScenario.RunAsync(running, subject.Name, bytes, work.CreateDirectory($"{subject.Name}-{n}"), n++, bareRunc: subject.Name == "crest");
+                    var sample = await CheckpointScenario.RunAsync(running, image, subject.Name, bytes, work.CreateDirectory($"{subject.Name}-{n}"), n++, bareRunc: subject.Name == "crest");
                     report.Add($"checkpoint {name}: total", "ms", subject.Name, sample.CheckpointMs);
                     if (sample.FrozenMs is { } frozen)
                     {
