@@ -59,7 +59,8 @@ public sealed class ConmonExits : IDisposable
 
             try
             {
-                await waiter.Task.WaitAsync(left, _time, ct).ConfigureAwait(false);
+                // A timer takes at most about 49 days; a longer stop timeout just waits again.
+                await waiter.Task.WaitAsync(left < MaxTimer ? left : MaxTimer, _time, ct).ConfigureAwait(false);
             }
             catch (TimeoutException)
             {
@@ -67,6 +68,8 @@ public sealed class ConmonExits : IDisposable
             }
         }
     }
+
+    private static readonly TimeSpan MaxTimer = TimeSpan.FromDays(1);
 
     public void Dispose()
     {
