@@ -34,7 +34,7 @@ public interface IOciRuntime
 
     /// <summary>
     /// Deletes the runtime's record of the container, killing what still runs; a container the runtime does not know is
-    /// not an error.
+    /// not an error (and costs no runtime process).
     /// </summary>
     Task DeleteAsync(RuncDeleteOptions options, CancellationToken ct);
 
@@ -194,6 +194,12 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
     public async Task DeleteAsync(RuncDeleteOptions options, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(options);
+        if (!Directory.Exists(Path.Combine(binding.RuntimeRoot, options.ContainerId)))
+        {
+            // runc and crun keep a container's state in <root>/<id>: without it there is nothing to delete (already deleted at stop).
+            return;
+        }
+
         var r = await RunAsync(options, ct).ConfigureAwait(false);
         if (r.ExitCode != 0 && !options.Force && !NotRunning(r.StandardError))
         {

@@ -161,7 +161,10 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
     protected override IOciRuntime RuntimeWith(string id, string status)
     {
         _runc.Containers[id] = status;
-        return new ConmonOciRuntime(new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", "/run/crest/runtime/runc", "conmon",
+        // runc keeps each container's state in <root>/<id>.
+        _runc.Root = Dir.Combine("runtime/runc");
+        Directory.CreateDirectory(Path.Combine(_runc.Root, id));
+        return new ConmonOciRuntime(new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", _runc.Root, "conmon",
             Dir.Combine("exits"), Dir.Combine("attach"), SystemdCgroup: false), _runc, new RecordingLinux());
     }
 
@@ -199,9 +202,9 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
         await runtime.KillAsync(new RuncKillOptions { ContainerId = "c1", Signal = 15 }, TestContext.Current.CancellationToken);
 
         Assert.All(_runc.Invocations, i => Assert.Equal("/usr/bin/runc", i.Program));
-        Assert.Equal(["--root=/run/crest/runtime/runc", "update", "--resources", "-", "c1"], _runc.Invocations[0].Arguments);
+        Assert.Equal([$"--root={_runc.Root}", "update", "--resources", "-", "c1"], _runc.Invocations[0].Arguments);
         Assert.Contains("1048576", _runc.Invocations[0].StandardInput, StringComparison.Ordinal);
-        Assert.Equal(["--root=/run/crest/runtime/runc", "kill", "--all", "c1", "15"], _runc.Invocations[1].Arguments);
+        Assert.Equal([$"--root={_runc.Root}", "kill", "--all", "c1", "15"], _runc.Invocations[1].Arguments);
     }
 
     [Fact]
@@ -215,8 +218,20 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
         await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c2" }, TestContext.Current.CancellationToken);
 
         Assert.Equal(
-            [["--root=/run/crest/runtime/runc", "delete", "c1"], ["--root=/run/crest/runtime/runc", "delete", "c2"], ["--root=/run/crest/runtime/runc", "delete", "--force", "c2"]],
+            [[$"--root={_runc.Root}", "delete", "c1"], [$"--root={_runc.Root}", "delete", "c2"], [$"--root={_runc.Root}", "delete", "--force", "c2"]],
             _runc.Invocations.Select(i => i.Arguments.ToArray()).ToArray());
+    }
+
+    [Fact]
+    public async Task Deleting_a_container_the_runtime_keeps_no_state_for_runs_no_runtime_process()
+    {
+        var runtime = RuntimeWith("c1", "stopped");
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, TestContext.Current.CancellationToken);
+
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, TestContext.Current.CancellationToken);
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "never-created" }, TestContext.Current.CancellationToken);
+
+        Assert.Single(_runc.Invocations);
     }
 
     [Fact]
@@ -275,6 +290,9 @@ internal sealed class ScriptedRunc : ICommandRunner
 {
     public Dictionary<string, string> Containers { get; } = new(StringComparer.Ordinal);
 
+    /// <summary>runc's --root, where each container it knows has a state directory.</summary>
+    public string Root { get; set; } = "/run/crest/runtime/runc";
+
     public List<CommandLine> Invocations { get; } = [];
 
     public Task<CommandResult> RunAsync(CommandLine command, CancellationToken ct)
@@ -305,6 +323,11 @@ internal sealed class ScriptedRunc : ICommandRunner
                 return Done(1, "", "container not running");
             case "delete" when status == "stopped" || args.Contains("--force"):
                 Containers.Remove(id);
+                if (Directory.Exists(Path.Combine(Root, id)))
+                {
+                    Directory.Delete(Path.Combine(Root, id));
+                }
+
                 return Done(0);
             case "delete":
                 return Done(1, "", $"cannot delete container {id} that is not stopped: {status}");
