@@ -17,10 +17,10 @@ internal static class CheckpointScenario
 
     public sealed record Sample(double CheckpointMs, double? FrozenMs, long ArchiveBytes, double? BareRuncMs, double? BareFrozenMs, double? RestoreMs, double? BareRuncRestoreMs);
 
-    private static ContainerConfig Workload(long bytes, string name, string log) => new()
+    private static ContainerConfig Workload(string image, long bytes, string name, string log) => new()
     {
         Metadata = new ContainerMetadata { Name = name },
-        Image = new ImageSpec { Image = PodScenario.BusyboxName },
+        Image = new ImageSpec { Image = image },
         Command =
         {
             bytes == 0
@@ -31,8 +31,22 @@ internal static class CheckpointScenario
         Linux = new LinuxContainerConfig(),
     };
 
+    /// <summary>
+    /// Pushes the bench's busybox to <paramref name="registry"/> and returns its name there. Both runtimes pull it from
+    /// there, so each checkpoint names an image its restore can find by reference (containerd's restore of an image
+    /// imported without a registry fails: it records a bare sha256 ID and then tries to pull that, containerd#12876).
+    /// </summary>
+    public static async Task<string> PushBusyboxAsync(Crest.TestKit.LocalRegistry registry, string dir)
+    {
+        var layout = Path.Combine(dir, "busybox-layout");
+        PodScenario.WriteBusyboxLayout(layout);
+        var image = $"{registry.Host}/crest-bench/busybox:v1";
+        await TestImages.PushAsync(layout, "v1", image);
+        return image;
+    }
+
     /// <summary>Runs one workload in a fresh pod, checkpoints it (and, for Crest, runs bare runc on it), then restores the archive into a new pod.</summary>
-    public static async Task<Sample> RunAsync(RunningSubject subject, string name, long bytes, string work, int n, bool bareRunc)
+    public static async Task<Sample> RunAsync(RunningSubject subject, string image, string name, long bytes, string work, int n, bool bareRunc)
     {
         using var channel = UnixGrpc.Channel(subject.Socket);
         var rt = new RuntimeService.RuntimeServiceClient(channel);
@@ -48,7 +62,7 @@ internal static class CheckpointScenario
         var deadline = DateTime.UtcNow.AddMinutes(10);
         var pod = Pod("a");
         var p = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod }, deadline: deadline);
-        var c = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p.PodSandboxId, Config = Workload(bytes, "work", "work.log"), SandboxConfig = pod }, deadline: deadline);
+        var c = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p.PodSandboxId, Config = Workload(image, bytes, "work", "work.log"), SandboxConfig = pod }, deadline: deadline);
         await rt.StartContainerAsync(new StartContainerRequest { ContainerId = c.ContainerId }, deadline: deadline);
         var log = Path.Combine(logs, "work.log");
         var ready = Stopwatch.StartNew();
@@ -112,7 +126,7 @@ internal static class CheckpointScenario
         var p2 = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod2 }, deadline: deadline);
         try
         {
-            var config = Workload(bytes, "work", "restored.log");
+            var config = Workload(image, bytes, "work", "restored.log");
             config.Image = new ImageSpec { Image = archive };
             clock.Restart();
             var r = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p2.PodSandboxId, Config = config, SandboxConfig = pod2 }, deadline: deadline);

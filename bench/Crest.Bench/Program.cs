@@ -35,10 +35,12 @@ if (args.Contains("--soak"))
 var checkpointOnly = args.Contains("--checkpoint-only");
 var podCheckpointOnly = args.Contains("--pod-checkpoint-only");
 var critestOnly = args.Contains("--critest-only");
+// --calls-only: just the per-call pod lifecycle rows (RunPodSandbox, CreateContainer, ... each timed), both runtimes interleaved.
+var callsOnly = args.Contains("--calls-only");
 
 var subjects = Subjects.Create(crestdPath);
 var report = new Report(runs, calls);
-if (!checkpointOnly && !podCheckpointOnly && !critestOnly)
+if (!checkpointOnly && !podCheckpointOnly && !critestOnly && !callsOnly)
 {
     foreach (var subject in subjects)
     {
@@ -83,28 +85,15 @@ if (!checkpointOnly && !podCheckpointOnly && !critestOnly)
             }
         }
     }
-
-    Console.Error.WriteLine("bench: pod lifecycle (run pod + create + start, then stop + remove)");
-    using (var work = new Crest.TestKit.TempDir("crest-bench-pods"))
-    {
-        var (busybox, pause) = PodScenario.WriteArchives(work.Path);
-        foreach (var subject in subjects)
-        {
-            await using var running = await subject.StartAsync();
-            await PodScenario.LoadImagesAsync(subject.Name, running.Socket, busybox, pause);
-
-            await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), 999);
-            for (var r = 0; r < runs; r++)
-            {
-                var (up, down) = await PodScenario.CycleAsync(running.Socket, work.CreateDirectory("logs-" + subject.Name), r);
-                report.Add("pod + container up (run, create, start)", "ms", subject.Name, up.TotalMilliseconds);
-                report.Add("pod + container down (stop, remove)", "ms", subject.Name, down.TotalMilliseconds);
-            }
-        }
-    }
 }
 
-if (!checkpointOnly && !podCheckpointOnly)
+if (!checkpointOnly && !podCheckpointOnly && !critestOnly)
+{
+    Console.Error.WriteLine($"bench: pod lifecycle, each CRI call timed: both runtimes running, {runs} cycles each, interleaved");
+    await PodScenario.RunCallsAsync(report, subjects, runs);
+}
+
+if (!checkpointOnly && !podCheckpointOnly && !callsOnly)
 {
     if (critestDir is not null && mirrorsDir is not null)
     {
@@ -123,24 +112,31 @@ if (!checkpointOnly && !podCheckpointOnly)
     }
 }
 
-if (!critestOnly && !podCheckpointOnly)
+if (!critestOnly && !podCheckpointOnly && !callsOnly)
 {
     Console.Error.WriteLine("bench: checkpoint and restore through CRI (idle, 256 MiB, 1 GiB); bare runc checkpoint and restore of Crest's container are the floor");
+    await using (var registry = await Crest.TestKit.LocalRegistry.StartAsync())
     using (var work = new Crest.TestKit.TempDir("crest-bench-cr"))
     {
-        var (busybox, pause) = PodScenario.WriteArchives(work.Path);
+        var (_, pause) = PodScenario.WriteArchives(work.Path);
+        var image = await CheckpointScenario.PushBusyboxAsync(registry, work.Path);
         var crRuns = Math.Max(1, Math.Min(runs, 3));
         foreach (var subject in subjects)
         {
             await using var running = await subject.StartAsync();
-            await PodScenario.LoadImagesAsync(subject.Name, running.Socket, busybox, pause);
+            // The workload's image is pulled from the loopback registry by both, so both restores can resolve it by name.
+            await Scenarios.PullAsync(running.Socket, image);
+            if (subject.Name != "crest")
+            {
+                await PodScenario.LoadIntoContainerdAsync(running.Socket, pause);
+            }
 
             var n = 0;
             foreach (var (name, bytes) in CheckpointScenario.Workloads)
             {
                 for (var r = 0; r < crRuns; r++)
                 {
-                    var sample = await CheckpointScenario.RunAsync(running, subject.Name, bytes, work.CreateDirectory($"{subject.Name}-{n}"), n++, bareRunc: subject.Name == "crest");
+                    var sample = await CheckpointScenario.RunAsync(running, image, subject.Name, bytes, work.CreateDirectory($"{subject.Name}-{n}"), n++, bareRunc: subject.Name == "crest");
                     report.Add($"checkpoint {name}: total", "ms", subject.Name, sample.CheckpointMs);
                     if (sample.FrozenMs is { } frozen)
                     {
@@ -173,7 +169,7 @@ if (!critestOnly && !podCheckpointOnly)
     }
 }
 
-if (!critestOnly && !checkpointOnly)
+if (!critestOnly && !checkpointOnly && !callsOnly)
 {
     Console.Error.WriteLine($"bench: pod checkpoint and restore of a 3-container pod (3 idle; 256 MiB + 2 idle), {runs} runs each, crest only (containerd 2.1 has no CheckpointPod)");
     using var work = new Crest.TestKit.TempDir("crest-bench-pod-cr");

@@ -12,11 +12,15 @@ internal sealed class Report(int runs, int calls)
     private readonly List<(string Scenario, string Unit, string Subject, double Value)> _samples = [];
     private readonly List<string> _notes = [];
     private readonly Dictionary<(string Scenario, string Subject), string> _notApplicable = [];
+    private readonly Dictionary<string, double> _targets = [];
 
     public void Add(string scenario, string unit, string subject, double value) => _samples.Add((scenario, unit, subject, value));
 
     /// <summary>Why a subject has no value for a scenario (e.g. containerd has no CheckpointPod); shown in its cells instead of a dash.</summary>
     public void NotApplicable(string scenario, string subject, string reason) => _notApplicable[(scenario, subject)] = reason;
+
+    /// <summary>Marks a row as a target: it holds when crest's median / containerd's is at most <paramref name="maxRatio"/>.</summary>
+    public void Target(string scenario, double maxRatio) => _targets[scenario] = maxRatio;
 
     /// <summary>A line printed under the table (and kept in the JSON): how a group of rows was measured, or what is missing.</summary>
     public void Note(string note) => _notes.Add(note);
@@ -29,7 +33,7 @@ internal sealed class Report(int runs, int calls)
         sb.AppendLine(CultureInfo.InvariantCulture, $"# Crest benchmarks, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         sb.AppendLine();
         sb.AppendLine(CultureInfo.InvariantCulture, $"{runs} runs per scenario on {host} ({Environment.ProcessorCount} cores); Version round trip: median of {calls} sequential calls per run.");
-        sb.AppendLine("Lower is better; ratio = crest median / containerd median.");
+        sb.AppendLine("Lower is better; ratio = crest median / containerd median; target: the ratio a row must reach, and whether it does.");
         sb.AppendLine();
         sb.Append("| scenario | unit |");
         foreach (var s in subjects)
@@ -37,14 +41,14 @@ internal sealed class Report(int runs, int calls)
             sb.Append(CultureInfo.InvariantCulture, $" {s} min | {s} median |");
         }
 
-        sb.AppendLine(" ratio |");
+        sb.AppendLine(" ratio | target |");
         sb.Append("|---|---|");
         foreach (var _ in subjects)
         {
             sb.Append("---:|---:|");
         }
 
-        sb.AppendLine("---:|");
+        sb.AppendLine("---:|---|");
         foreach (var scenario in _samples.Select(x => x.Scenario).Distinct())
         {
             var unit = _samples.First(x => x.Scenario == scenario).Unit;
@@ -56,9 +60,11 @@ internal sealed class Report(int runs, int calls)
             }
 
             var (crest, containerd) = (Values(scenario, "crest"), Values(scenario, "containerd"));
-            sb.AppendLine(crest.Count > 0 && containerd.Count > 0
-                ? string.Create(CultureInfo.InvariantCulture, $" {Median(crest) / Median(containerd):0.00} |")
-                : " – |");
+            var ratio = crest.Count > 0 && containerd.Count > 0 ? Median(crest) / Median(containerd) : (double?)null;
+            sb.Append(ratio is { } r ? string.Create(CultureInfo.InvariantCulture, $" {r:0.00} |") : " – |");
+            sb.AppendLine(!_targets.TryGetValue(scenario, out var max) ? " |"
+                : ratio is not { } held ? string.Create(CultureInfo.InvariantCulture, $" ≤ {max:0.00}: not measured |")
+                : string.Create(CultureInfo.InvariantCulture, $" ≤ {max:0.00}: {(Math.Round(held, 2) <= max ? "holds" : "misses")} |"));
         }
 
         if (_notes.Count > 0)
@@ -80,6 +86,7 @@ internal sealed class Report(int runs, int calls)
         calls,
         cores = Environment.ProcessorCount,
         notes = _notes,
+        targets = _targets.Select(t => new { scenario = t.Key, maxRatio = t.Value }),
         notApplicable = _notApplicable.Select(x => new { scenario = x.Key.Scenario, subject = x.Key.Subject, reason = x.Value }),
         samples = _samples.GroupBy(x => (x.Scenario, x.Subject)).Select(g => new
         {

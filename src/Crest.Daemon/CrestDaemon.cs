@@ -132,6 +132,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<Crest.Linux.ILinux, Crest.Linux.LinuxSyscalls>();
             builder.Services.AddSingleton<IRuntimeStore>(new SqliteRuntimeStore(store));
             builder.Services.AddSingleton<RuntimeLayout>();
+            builder.Services.AddSingleton<ConmonExits>();
             builder.Services.AddSingleton<IOciRuntimeFactory, ConmonOciRuntimeFactory>();
             builder.Services.AddSingleton<INetwork, CniNetwork>();
             builder.Services.AddSingleton<ContainerBundles>();

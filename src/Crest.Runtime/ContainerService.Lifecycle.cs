@@ -75,6 +75,7 @@ public sealed partial class ContainerService
             if (await WaitExitAsync(c.Id, timeout, ct).ConfigureAwait(false))
             {
                 await GetAsync(c.Id, ct).ConfigureAwait(false);
+                await DeleteStoppedAsync(runtime, c.Id).ConfigureAwait(false);
                 return;
             }
         }
@@ -100,7 +101,16 @@ public sealed partial class ContainerService
         }
 
         await GetAsync(c.Id, ct).ConfigureAwait(false);
+        await DeleteStoppedAsync(runtime, c.Id).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// Once a stop has seen the exit, the runtime forgets the container (its cgroups and state) at once, as containerd's
+    /// shim deletes a task when it exits: RemoveContainer then has no runtime process to wait for. Best effort: a failure
+    /// is logged and the removal deletes it again.
+    /// </summary>
+    private Task DeleteStoppedAsync(IOciRuntime runtime, string id) =>
+        Step(id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = id }, CancellationToken.None));
 
     /// <summary>Applies new CPU and memory limits to a created or running container, and records them.</summary>
     public async Task UpdateResourcesAsync(string idOrPrefix, ResourceSpec resources, CancellationToken ct)

@@ -21,6 +21,7 @@ public sealed partial class ContainerService(
     IOciRuntimeFactory runtimes,
     ILinux linux,
     RuntimeEvents events,
+    ConmonExits exits,
     TimeProvider time,
     ILogger<ContainerService> logger)
 {
@@ -157,22 +158,8 @@ public sealed partial class ContainerService(
         }
     }
 
-    private async Task<bool> WaitExitAsync(string id, TimeSpan timeout, CancellationToken ct)
-    {
-        var exitFile = bundles.For(id).ExitFile;
-        var deadline = time.GetUtcNow() + timeout;
-        while (!File.Exists(exitFile))
-        {
-            if (time.GetUtcNow() >= deadline)
-            {
-                return false;
-            }
-
-            await Task.Delay(25, ct).ConfigureAwait(false);
-        }
-
-        return true;
-    }
+    /// <summary>Whether conmon records the container's exit within <paramref name="timeout"/> (woken by the exit file, not polled).</summary>
+    private Task<bool> WaitExitAsync(string id, TimeSpan timeout, CancellationToken ct) => exits.WaitAsync(id, timeout, ct);
 
     /// <summary>Undoes everything a container holds, step by step; a step that fails is logged and the next still runs.</summary>
     private async Task TearDownAsync(ContainerRecord c, CancellationToken ct)

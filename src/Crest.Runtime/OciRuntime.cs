@@ -32,7 +32,10 @@ public interface IOciRuntime
     /// <summary>Signals every process of the container; a container that no longer runs is not an error.</summary>
     Task KillAsync(RuncKillOptions options, CancellationToken ct);
 
-    /// <summary>Deletes the runtime's record of the container (forcefully); a container the runtime does not know is not an error.</summary>
+    /// <summary>
+    /// Deletes the runtime's record of the container, killing what still runs; a container the runtime does not know is
+    /// not an error (and costs no runtime process).
+    /// </summary>
     Task DeleteAsync(RuncDeleteOptions options, CancellationToken ct);
 
     /// <summary>The runtime's view of the container, or null when it does not know it.</summary>
@@ -190,7 +193,21 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
 
     public async Task DeleteAsync(RuncDeleteOptions options, CancellationToken ct)
     {
+        ArgumentNullException.ThrowIfNull(options);
+        if (!Directory.Exists(Path.Combine(binding.RuntimeRoot, options.ContainerId)))
+        {
+            // runc and crun keep a container's state in <root>/<id>: without it there is nothing to delete (already deleted at stop).
+            return;
+        }
+
         var r = await RunAsync(options, ct).ConfigureAwait(false);
+        if (r.ExitCode != 0 && !options.Force && !NotRunning(r.StandardError))
+        {
+            // Still running (or refused for another reason): the forced delete kills it first, as this call promises.
+            options = options with { Force = true };
+            r = await RunAsync(options, ct).ConfigureAwait(false);
+        }
+
         if (r.ExitCode != 0 && !NotRunning(r.StandardError))
         {
             throw Failed(options, r);

@@ -44,12 +44,17 @@ public sealed record RuncKillOptions : RuncCommand
     protected override IEnumerable<string> CommandArguments() => ["kill", "--all", ContainerId, Signal.ToString(CultureInfo.InvariantCulture)];
 }
 
-/// <summary><c>runc delete --force</c>: forgets the container, killing what still runs.</summary>
+/// <summary>
+/// <c>runc delete</c>: forgets a stopped container (its cgroups and state); with <see cref="Force"/>, kills what still runs
+/// first. runc 1.2+ sleeps 100 ms after that kill even when nothing ran, so a force is only for a container still running.
+/// </summary>
 public sealed record RuncDeleteOptions : RuncCommand
 {
-    public override string Verb => "delete";
+    public bool Force { get; init; }
 
-    protected override IEnumerable<string> CommandArguments() => ["delete", "--force", ContainerId];
+    public override string Verb => Force ? "delete --force" : "delete";
+
+    protected override IEnumerable<string> CommandArguments() => Force ? ["delete", "--force", ContainerId] : ["delete", ContainerId];
 }
 
 /// <summary><c>runc state</c>: the runtime's view of the container (status and init pid).</summary>

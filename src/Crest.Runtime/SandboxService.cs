@@ -20,6 +20,7 @@ public sealed partial class SandboxService(
     INetwork cni,
     RuntimeLayout layout,
     UserNamespaces userNamespaces,
+    ConmonExits exits,
     TimeProvider time,
     ILogger<SandboxService> logger)
 {
@@ -216,7 +217,7 @@ public sealed partial class SandboxService(
     {
         ArgumentNullException.ThrowIfNull(sandbox);
         await runtimes.For(sandbox.RuntimeHandler).KillAsync(new RuncKillOptions { ContainerId = sandbox.Id, Signal = 9 }, ct).ConfigureAwait(false);
-        await WaitGoneAsync(sandbox.InfraPid, TimeSpan.FromSeconds(10), ct).ConfigureAwait(false);
+        await WaitGoneAsync(sandbox, TimeSpan.FromSeconds(10), ct).ConfigureAwait(false);
         if (sandbox.NetnsPath is { } netns && File.Exists(netns))
         {
             await cni.DelAsync(sandbox.Id, netns, sandbox.Spec, sandbox.CniResult, sandbox.CniConfig, ct).ConfigureAwait(false);
@@ -270,8 +271,13 @@ public sealed partial class SandboxService(
         var failures = new List<string>();
         // The record's handler, or the default one when the record's is no longer configured.
         var runtime = runtimes.TryFor(sandbox.RuntimeHandler) ?? runtimes.For("");
-        await Step(sandbox.Id, () => runtime.KillAsync(new RuncKillOptions { ContainerId = sandbox.Id, Signal = 9 }, ct)).ConfigureAwait(false);
-        await Step(sandbox.Id, () => WaitGoneAsync(sandbox.InfraPid, TimeSpan.FromSeconds(10), ct)).ConfigureAwait(false);
+        if (InfraMayRun(sandbox))
+        {
+            // A stopped pod's infra is gone already (its exit recorded): no second kill.
+            await Step(sandbox.Id, () => runtime.KillAsync(new RuncKillOptions { ContainerId = sandbox.Id, Signal = 9 }, ct)).ConfigureAwait(false);
+            await Step(sandbox.Id, () => WaitGoneAsync(sandbox, TimeSpan.FromSeconds(10), ct)).ConfigureAwait(false);
+        }
+
         await Step(sandbox.Id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = sandbox.Id }, ct)).ConfigureAwait(false);
         if (sandbox.NetnsPath is { } netns && File.Exists(netns))
         {
@@ -319,14 +325,26 @@ public sealed partial class SandboxService(
         }
     }
 
-    private async Task WaitGoneAsync(int pid, TimeSpan timeout, CancellationToken ct)
+    /// <summary>Whether the infra process may still run: conmon has recorded no exit for it and its pid is alive.</summary>
+    private bool InfraMayRun(SandboxRecord sandbox) =>
+        !File.Exists(layout.Sandbox(sandbox.Id).ExitFile) && (sandbox.InfraPid <= 0 || linux.IsAlive(sandbox.InfraPid));
+
+    /// <summary>Waits (bounded) until the killed infra is gone: woken by conmon's exit file, not by polling the pid.</summary>
+    private async Task WaitGoneAsync(SandboxRecord sandbox, TimeSpan timeout, CancellationToken ct)
     {
         var deadline = time.GetUtcNow() + timeout;
-        while (pid > 0 && linux.IsAlive(pid) && time.GetUtcNow() < deadline)
+        while (sandbox.InfraPid > 0 && linux.IsAlive(sandbox.InfraPid) && time.GetUtcNow() < deadline)
         {
-            await Task.Delay(20, ct).ConfigureAwait(false);
+            // The exit file wakes this at once; the pid is looked at again now and then for an infra whose conmon died.
+            if (await exits.WaitAsync(sandbox.Id, DeadMonitorCheck, ct).ConfigureAwait(false))
+            {
+                return;
+            }
         }
     }
+
+    /// <summary>How often a wait for a killed infra looks at its pid, in case its conmon is gone and writes no exit file.</summary>
+    private static readonly TimeSpan DeadMonitorCheck = TimeSpan.FromMilliseconds(250);
 
     private static readonly string[] PinnedTypes = ["ipc", "uts", "pid", "user"];
 

@@ -82,8 +82,14 @@ public sealed class MetadataStore : IDisposable
     {
         var connection = new SqliteConnection(_connectionString);
         await connection.OpenAsync(ct).ConfigureAwait(false);
+        // A writer finding another's write lock waits in SQLite's busy handler (sleeps of 1 to 100 ms) instead of getting
+        // SQLITE_BUSY, which Microsoft.Data.Sqlite retries only after a 150 ms sleep: two writes racing (a stop and the
+        // exit watcher recording the same exit) cost the second 150 ms that way.
+        await ExecuteAsync(connection, BusyTimeout, ct).ConfigureAwait(false);
         return connection;
     }
+
+    private const string BusyTimeout = "PRAGMA busy_timeout = 30000;";
 
     private static string ConnectionString(string path) => new SqliteConnectionStringBuilder
     {

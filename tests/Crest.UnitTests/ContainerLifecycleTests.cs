@@ -41,6 +41,20 @@ public sealed class ContainerLifecycleTests : IDisposable
     }
 
     [Fact]
+    public async Task A_stop_that_saw_the_exit_has_the_runtime_forget_the_container_so_removal_needs_no_runtime_call()
+    {
+        var pod = await _h.ReadyPodAsync(Ct);
+        var c = await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), Ct);
+        await _h.Containers.StartAsync(c.Id, Ct);
+
+        await _h.Containers.StopAsync(c.Id, TimeSpan.Zero, Ct);
+
+        Assert.Equal(ContainerState.Exited, (await _h.Containers.GetAsync(c.Id, Ct)).State);
+        Assert.Null(_h.Runtimes.StatusOf(c.Id));
+        Assert.Equal($"delete {c.Id}", _h.Runtimes.Calls.Last(call => call.EndsWith(c.Id, StringComparison.Ordinal)));
+    }
+
+    [Fact]
     public async Task Starting_a_running_container_is_a_failed_precondition()
     {
         var pod = await _h.ReadyPodAsync(Ct);

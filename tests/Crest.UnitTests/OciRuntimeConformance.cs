@@ -77,6 +77,16 @@ public abstract class OciRuntimeConformance : IDisposable
     }
 
     [Fact]
+    public async Task Delete_forgets_a_container_that_still_runs()
+    {
+        var runtime = RuntimeWith("c1", "running");
+
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, Ct);
+
+        Assert.Null(await runtime.StateAsync(new RuncStateOptions { ContainerId = "c1" }, Ct));
+    }
+
+    [Fact]
     public async Task Pause_then_resume_leaves_the_container_running()
     {
         var runtime = RuntimeWith("c1", "running");
@@ -151,7 +161,10 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
     protected override IOciRuntime RuntimeWith(string id, string status)
     {
         _runc.Containers[id] = status;
-        return new ConmonOciRuntime(new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", "/run/crest/runtime/runc", "conmon",
+        // runc keeps each container's state in <root>/<id>.
+        _runc.Root = Dir.Combine("runtime/runc");
+        Directory.CreateDirectory(Path.Combine(_runc.Root, id));
+        return new ConmonOciRuntime(new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", _runc.Root, "conmon",
             Dir.Combine("exits"), Dir.Combine("attach"), SystemdCgroup: false), _runc, new RecordingLinux());
     }
 
@@ -189,9 +202,36 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
         await runtime.KillAsync(new RuncKillOptions { ContainerId = "c1", Signal = 15 }, TestContext.Current.CancellationToken);
 
         Assert.All(_runc.Invocations, i => Assert.Equal("/usr/bin/runc", i.Program));
-        Assert.Equal(["--root=/run/crest/runtime/runc", "update", "--resources", "-", "c1"], _runc.Invocations[0].Arguments);
+        Assert.Equal([$"--root={_runc.Root}", "update", "--resources", "-", "c1"], _runc.Invocations[0].Arguments);
         Assert.Contains("1048576", _runc.Invocations[0].StandardInput, StringComparison.Ordinal);
-        Assert.Equal(["--root=/run/crest/runtime/runc", "kill", "--all", "c1", "15"], _runc.Invocations[1].Arguments);
+        Assert.Equal([$"--root={_runc.Root}", "kill", "--all", "c1", "15"], _runc.Invocations[1].Arguments);
+    }
+
+    [Fact]
+    public async Task A_stopped_container_is_deleted_without_force_and_one_still_running_with_it()
+    {
+        // runc 1.2+ sleeps 100 ms after the kill of delete --force, even for a container that no longer runs.
+        var runtime = RuntimeWith("c1", "stopped");
+        RuntimeWith("c2", "running");
+
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, TestContext.Current.CancellationToken);
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c2" }, TestContext.Current.CancellationToken);
+
+        Assert.Equal(
+            [[$"--root={_runc.Root}", "delete", "c1"], [$"--root={_runc.Root}", "delete", "c2"], [$"--root={_runc.Root}", "delete", "--force", "c2"]],
+            _runc.Invocations.Select(i => i.Arguments.ToArray()).ToArray());
+    }
+
+    [Fact]
+    public async Task Deleting_a_container_the_runtime_keeps_no_state_for_runs_no_runtime_process()
+    {
+        var runtime = RuntimeWith("c1", "stopped");
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, TestContext.Current.CancellationToken);
+
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "c1" }, TestContext.Current.CancellationToken);
+        await runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = "never-created" }, TestContext.Current.CancellationToken);
+
+        Assert.Single(_runc.Invocations);
     }
 
     [Fact]
@@ -250,6 +290,9 @@ internal sealed class ScriptedRunc : ICommandRunner
 {
     public Dictionary<string, string> Containers { get; } = new(StringComparer.Ordinal);
 
+    /// <summary>runc's --root, where each container it knows has a state directory.</summary>
+    public string Root { get; set; } = "/run/crest/runtime/runc";
+
     public List<CommandLine> Invocations { get; } = [];
 
     public Task<CommandResult> RunAsync(CommandLine command, CancellationToken ct)
@@ -278,9 +321,16 @@ internal sealed class ScriptedRunc : ICommandRunner
                 return Done(0);
             case "kill":
                 return Done(1, "", "container not running");
-            case "delete":
+            case "delete" when status == "stopped" || args.Contains("--force"):
                 Containers.Remove(id);
+                if (Directory.Exists(Path.Combine(Root, id)))
+                {
+                    Directory.Delete(Path.Combine(Root, id));
+                }
+
                 return Done(0);
+            case "delete":
+                return Done(1, "", $"cannot delete container {id} that is not stopped: {status}");
             case "state":
                 return Done(0, $$"""{"id":"{{id}}","status":"{{status}}","pid":{{(status == "stopped" ? 0 : 4242).ToString(CultureInfo.InvariantCulture)}}}""");
             case "update" when status is "created" or "running" or "paused":

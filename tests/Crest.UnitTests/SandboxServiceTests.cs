@@ -46,6 +46,20 @@ public sealed class SandboxServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task Removing_a_stopped_pod_does_not_kill_its_infra_again_and_deletes_it_without_force()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+
+        await _h.Pods.StopAsync(pod.Id, Ct);
+        await _h.Pods.RemoveAsync(pod.Id, Ct);
+
+        // Stop killed it and conmon recorded the exit: the removal has nothing left to kill (each runc call is a process).
+        Assert.Single(_h.Runtimes.Calls, call => call.StartsWith("kill", StringComparison.Ordinal) && call.EndsWith(pod.Id, StringComparison.Ordinal));
+        Assert.Contains($"delete {pod.Id}", _h.Runtimes.Calls);
+        Assert.Empty(await _h.Store.ListSandboxesAsync(Ct));
+    }
+
+    [Fact]
     public async Task A_failed_network_add_rolls_the_pod_back()
     {
         _h.Network.AddFailure = new CrestException(ErrorKind.Internal, "CNI plugin bridge ADD failed: no IPs left");

@@ -37,6 +37,36 @@ public class MetadataStoreTests
     }
 
     [Fact]
+    public async Task A_write_waiting_for_anothers_lock_goes_on_soon_after_it_is_released()
+    {
+        using var dir = new TempDir();
+        var ct = TestContext.Current.CancellationToken;
+        using var store = await MetadataStore.OpenAsync(dir.Combine("crest.db"), TimeProvider.System, ct);
+        var runtime = new SqliteRuntimeStore(store);
+        await using var holder = await store.OpenConnectionAsync(ct);
+        await using (var begin = holder.CreateCommand())
+        {
+            begin.CommandText = "BEGIN IMMEDIATE;";
+            await begin.ExecuteNonQueryAsync(ct);
+        }
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var write = Task.Run(() => runtime.PutSandboxAsync(RuntimeStoreConformance.Sandbox("s1"), ct), ct);
+        await Task.Delay(40, ct);
+        await using (var commit = holder.CreateCommand())
+        {
+            commit.CommandText = "COMMIT;";
+            await commit.ExecuteNonQueryAsync(ct);
+        }
+
+        await write;
+
+        // Microsoft.Data.Sqlite's own retry of a busy write sleeps 150 ms; SQLite's busy handler wakes within a few.
+        Assert.True(clock.Elapsed < TimeSpan.FromMilliseconds(145), $"the write took {clock.Elapsed.TotalMilliseconds:0} ms");
+        Assert.NotNull(await runtime.GetSandboxAsync("s1", ct));
+    }
+
+    [Fact]
     public async Task A_store_from_a_newer_crestd_is_refused_and_left_untouched()
     {
         using var dir = new TempDir();

@@ -3,31 +3,32 @@ using Microsoft.Extensions.Hosting;
 
 namespace Crest.Daemon.Hosting;
 
-/// <summary>Watches conmon's exit directory so a container that exits on its own is recorded (and announced) at once, not at the next list.</summary>
-internal sealed class ExitWatcher(RuntimeLayout layout, ContainerService containers) : BackgroundService
+/// <summary>Records a container that exits on its own at once (and announces it), not at the next list: conmon's exit files as they appear.</summary>
+internal sealed class ExitWatcher(ConmonExits exits, ContainerService containers) : BackgroundService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        Directory.CreateDirectory(layout.ExitDir);
-        var created = System.Threading.Channels.Channel.CreateUnbounded<string>();
-        using var watcher = new FileSystemWatcher(layout.ExitDir) { EnableRaisingEvents = true };
-        watcher.Created += (_, e) => created.Writer.TryWrite(e.Name ?? "");
-        watcher.Renamed += (_, e) => created.Writer.TryWrite(e.Name ?? "");
-        await foreach (var name in created.Reader.ReadAllAsync(stoppingToken))
+        var exited = System.Threading.Channels.Channel.CreateUnbounded<string>();
+        void Enqueue(string id) => exited.Writer.TryWrite(id);
+        exits.Exited += Enqueue;
+        try
         {
-            if (name.Length == 64)
+            await foreach (var id in exited.Reader.ReadAllAsync(stoppingToken))
             {
                 try
                 {
-                    // conmon writes the file, then fills it: give it a moment before reading the exit code.
-                    await Task.Delay(50, stoppingToken);
-                    await containers.ObserveExitAsync(name, stoppingToken);
+                    // conmon renames the exit file into place whole: it can be read at once.
+                    await containers.ObserveExitAsync(id, stoppingToken);
                 }
                 catch (Exception e) when (e is Core.CrestException or IOException)
                 {
                     _ = e;
                 }
             }
+        }
+        finally
+        {
+            exits.Exited -= Enqueue;
         }
     }
 }

@@ -159,7 +159,10 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
                 runtimes.Exited(options.ContainerId);
                 // conmon records the exit as a shell would: 128 + the signal.
                 Directory.CreateDirectory(runtimes.ExitDirectory);
-                File.WriteAllText(Path.Combine(runtimes.ExitDirectory, options.ContainerId), (128 + options.Signal).ToString(CultureInfo.InvariantCulture));
+                // As conmon does (g_file_set_contents): a temporary file renamed into place, so a reader never sees it half written.
+                var exitFile = Path.Combine(runtimes.ExitDirectory, options.ContainerId);
+                File.WriteAllText(exitFile + ".tmp", (128 + options.Signal).ToString(CultureInfo.InvariantCulture));
+                File.Move(exitFile + ".tmp", exitFile, overwrite: true);
             }
 
             return Task.CompletedTask;

@@ -26,14 +26,18 @@ internal sealed class RuntimeHarness : IDisposable
         Runtimes = new FakeOciRuntimes(Layout.ExitDir, Linux.Alive, "runc", "crun");
         Images = new ImageService(new MemoryContentStore(), new OverlaySnapshotter(_dir.Combine("snapshots"), ImageMetadata, TimeProvider.System), ImageMetadata,
             new NoRegistry(), ImageServiceOptions.Default, TimeProvider.System, NullLogger<ImageService>.Instance);
-        Sandboxes = new SandboxService(Store, Linux, Runtimes, Network, Layout, new UserNamespaces(Paths, NullLogger<UserNamespaces>.Instance),
+        Exits = new ConmonExits(Layout, TimeProvider.System);
+        Sandboxes = new SandboxService(Store, Linux, Runtimes, Network, Layout, new UserNamespaces(Paths, NullLogger<UserNamespaces>.Instance), Exits,
             TimeProvider.System, NullLogger<SandboxService>.Instance);
         Containers = new ContainerService(Store, Sandboxes, new ContainerBundles(Layout, Images, ImageMetadata, Linux, RestoreSteps), Runtimes, Linux,
-            new RuntimeEvents(TimeProvider.System), TimeProvider.System, NullLogger<ContainerService>.Instance);
+            new RuntimeEvents(TimeProvider.System), Exits, TimeProvider.System, NullLogger<ContainerService>.Instance);
         Pods = new PodService(Sandboxes, Containers);
     }
 
     public CrestPaths Paths { get; }
+
+    /// <summary>The watch on conmon's exit directory, where the fake runtime writes exits as conmon does.</summary>
+    public ConmonExits Exits { get; }
 
     public RuntimeLayout Layout { get; }
 
@@ -94,7 +98,11 @@ internal sealed class RuntimeHarness : IDisposable
         return c;
     }
 
-    public void Dispose() => _dir.Dispose();
+    public void Dispose()
+    {
+        Exits.Dispose();
+        _dir.Dispose();
+    }
 
     /// <summary>No registry: CreateContainer never pulls, and these tests never push.</summary>
     private sealed class NoRegistry : IRegistryClient
