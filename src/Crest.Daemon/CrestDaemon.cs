@@ -164,6 +164,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<PodCheckpointSources>();
             builder.Services.AddSingleton<PodRestoreService>();
             builder.Services.AddSingleton<CheckpointServices>();
+            builder.Services.AddSingleton<MigrationService>();
             builder.Services.AddSingleton<PodService>();
             builder.Services.AddSingleton<RuntimeEvents>();
             builder.Services.AddHostedService<Hosting.ExitWatcher>();
@@ -193,6 +194,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             app.MapGrpcService<CriRuntimeService>();
             app.MapGrpcService<CriImageService>();
             app.MapGrpcService<CrestImagesService>();
+            app.MapGrpcService<CrestMigrationService>();
 
             var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("crestd");
             if (staleRemoved)
@@ -207,6 +209,8 @@ public sealed class CrestDaemon : IAsyncDisposable
             rolledBack += await app.Services.GetRequiredService<SandboxService>().RecoverAsync(ct).ConfigureAwait(false);
             rolledBack += app.Services.GetRequiredService<RestoreService>().SweepStaging();
             rolledBack += app.Services.GetRequiredService<PodCheckpointService>().SweepInterrupted();
+            // A migration cut by a restart is over: its source was resumed by container recovery above.
+            rolledBack += app.Services.GetRequiredService<MigrationService>().SweepArchives();
             rolledBack += await app.Services.GetRequiredService<PodRestoreService>().SweepInterruptedAsync(ct).ConfigureAwait(false);
             await app.Services.GetRequiredService<PodRestoreHolds>().ReleaseAllAsync(ct).ConfigureAwait(false);
             // After container recovery (a rolled-back container releases its image lease): a pull or an image GC cut short

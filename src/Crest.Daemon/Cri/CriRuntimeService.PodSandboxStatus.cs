@@ -52,6 +52,8 @@ internal sealed partial class CriRuntimeService
                 cniNetwork = s.CniNetwork,
                 cniResult = s.CniResult is null ? (JsonElement?)null : JsonDocument.Parse(s.CniResult).RootElement,
                 runtimeHandler = s.RuntimeHandler,
+                // crest migrate recreates a container's log_path relative to it on another node.
+                logDirectory = s.Spec.LogDirectory,
             });
         }
 
