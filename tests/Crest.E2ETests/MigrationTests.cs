@@ -89,7 +89,7 @@ public sealed class MigrationTests
         Assert.Contains(lastOnA + 1, counts);
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
-        TestContext.Current.SendDiagnosticMessage($"stop-copy migration: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch");
+        TestContext.Current.SendDiagnosticMessage($"stop-copy migration: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch\n{migrated.Stderr}");
     }
 
     /// <summary>
@@ -135,7 +135,7 @@ public sealed class MigrationTests
         Assert.All(after, l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
         Assert.True(r.GetProperty("bytesDuringSwitch").GetInt64() > bytes, $"the checkpoint moved {r.GetProperty("bytesDuringSwitch")} bytes, less than the {bytes} the workload holds");
         TestContext.Current.TestOutputHelper?.WriteLine(
-            $"stop-copy {mib} MiB: downtime {r.GetProperty("downtimeMs")} ms, frozen {r.GetProperty("frozenMs")} ms, total {r.GetProperty("totalMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch");
+            $"stop-copy {mib} MiB: downtime {r.GetProperty("downtimeMs")} ms, frozen {r.GetProperty("frozenMs")} ms, total {r.GetProperty("totalMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch\n{migrated.Stderr}");
     }
 
     [Fact]

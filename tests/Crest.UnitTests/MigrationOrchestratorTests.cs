@@ -256,6 +256,20 @@ public sealed class MigrationOrchestratorTests
     }
 
     [Fact]
+    public async Task A_source_that_cannot_be_killed_after_the_switch_is_never_resumed_and_the_operator_is_told()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.FailAt = "killfrozen";
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        Assert.Single(target.Running);
+        Assert.Empty(source.Running);
+        Assert.DoesNotContain("resume c1", source.Calls);
+        Assert.Contains("rm c1) before it is resumed", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task An_undo_that_cannot_resume_the_source_says_so()
     {
         var (source, target, orchestrator, _) = Nodes();

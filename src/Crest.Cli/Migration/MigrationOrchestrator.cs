@@ -89,9 +89,22 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
 
         // The target runs with all its state: the source must never run again.
         var frozenFor = time.GetElapsedTime(switchStarted);
-        await source.KillFrozenAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
-        var (lastSource, _) = await source.LogTimesAsync(container.Id, null, CancellationToken.None).ConfigureAwait(false);
-        await source.RemoveContainerAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+        DateTimeOffset? lastSource;
+        try
+        {
+            await source.KillFrozenAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+            (lastSource, _) = await source.LogTimesAsync(container.Id, null, CancellationToken.None).ConfigureAwait(false);
+            await source.RemoveContainerAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            // Not undone: the target runs with the state. A source left frozen must not be resumed (crestd's restart
+            // recovery would), so the operator is told to remove it.
+            throw new MigrationFailedException(
+                $"container {container.Id} now runs on {target.Name} as {restored}, but ending the frozen source on {source.Name} failed: {Describe(e)}; "
+                + $"remove it there (crest -r {source.Name} rm {container.Id}) before it is resumed", e);
+        }
+
         await source.DropArchiveAsync(frozen.ArchiveToken, CancellationToken.None).ConfigureAwait(false);
         await target.DropArchiveAsync(targetToken!, CancellationToken.None).ConfigureAwait(false);
         progress($"done: removed {container.Id} from {source.Name}");
