@@ -46,7 +46,8 @@ public sealed class MigrationService(
         var location = ArchivePath(token);
         var result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true).ConfigureAwait(false);
         CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);
-        return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Paused, result.CriuDump, result.Total);
+        // Frozen from the pause until now: the dump, and the archive written while it stayed frozen.
+        return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total);
     }
 
     /// <summary>The migration failed: the frozen source runs on (a container not frozen is left as it is).</summary>

@@ -86,6 +86,10 @@ public sealed class CrestDaemon : IAsyncDisposable
                 }
 
                 k.AddServerHeader = false;
+                // A live migration's checkpoint archive streams in over one HTTP/2 stream (crest.v1.CrestMigration
+                // WriteArchive): Kestrel's default windows (128/96 KiB) hold it to a few tens of MB/s.
+                k.Limits.Http2.InitialConnectionWindowSize = 16 << 20;
+                k.Limits.Http2.InitialStreamWindowSize = 8 << 20;
             });
 
             var time = TimeProvider.System;

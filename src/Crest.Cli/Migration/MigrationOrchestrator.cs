@@ -1,4 +1,6 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
 
 namespace Crest.Cli.Migration;
 
@@ -66,9 +68,9 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
         {
             progress($"freeze: checkpointing {container.Id} on {source.Name}; it stays frozen until the target runs");
             frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, ct).ConfigureAwait(false);
-            progress(string.Create(CultureInfo.InvariantCulture, $"freeze: archive of {frozen.ArchiveBytes} bytes ready after {frozen.Paused.TotalMilliseconds:0} ms frozen"));
+            progress(string.Create(CultureInfo.InvariantCulture, $"freeze: archive of {frozen.ArchiveBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began"));
 
-            var (token, path, bytes) = await target.WriteArchiveAsync(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct).ConfigureAwait(false);
+            var (token, path, bytes) = await target.WriteArchiveAsync(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), ct).ConfigureAwait(false);
             targetToken = token;
             if (bytes != frozen.ArchiveBytes)
             {
@@ -195,6 +197,46 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
             ? $"undone: the container runs on {source.Name} as before, and nothing of it is left on {target.Name}"
             : $"undo incomplete ({string.Join("; ", problems)}); check both nodes with crest ps -a";
     }
+
+    /// <summary>
+    /// Reads the source's chunks up to <see cref="ReadAheadChunks"/> ahead of the target's writes, so the two hops
+    /// (source to client, client to target) overlap instead of taking turns; a source failure reaches the writer.
+    /// </summary>
+    private static async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadAhead(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, [EnumeratorCancellation] CancellationToken ct)
+    {
+        var buffered = Channel.CreateBounded<ReadOnlyMemory<byte>>(ReadAheadChunks);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var pump = Task.Run(async () =>
+        {
+            try
+            {
+                await foreach (var chunk in chunks.WithCancellation(stop.Token).ConfigureAwait(false))
+                {
+                    await buffered.Writer.WriteAsync(chunk, stop.Token).ConfigureAwait(false);
+                }
+
+                buffered.Writer.Complete();
+            }
+            catch (Exception e)
+            {
+                buffered.Writer.Complete(e);
+            }
+        }, CancellationToken.None);
+        try
+        {
+            await foreach (var chunk in buffered.Reader.ReadAllAsync(ct).ConfigureAwait(false))
+            {
+                yield return chunk;
+            }
+        }
+        finally
+        {
+            await stop.CancelAsync().ConfigureAwait(false);
+            await pump.ConfigureAwait(false);
+        }
+    }
+
+    private const int ReadAheadChunks = 16;
 
     private static string Describe(Exception e) => e switch
     {
