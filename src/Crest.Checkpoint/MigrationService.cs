@@ -23,6 +23,7 @@ public sealed class MigrationService(
     CheckpointService checkpoints,
     ContainerService containers,
     CrestPaths paths,
+    RestoreOptions restore,
     ICriuProbe criu,
     ILogger<MigrationService> logger)
 {
@@ -79,7 +80,16 @@ public sealed class MigrationService(
     public async Task<(string Token, string Path, long Bytes)> ReceiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(chunks);
+        if (!restore.ViaCreate)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                "this node does not restore checkpoints through CreateContainer ([restore] via_create = false, or [checkpoint] enabled = false), so it cannot be a migration's target; set [restore] via_create = true in its config.toml");
+        }
+
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        // What a sender may put here: the restore's archive cap, and the disk less its reserve (the restore checks again as it unpacks).
+        var limits = restore.Limits;
+        var cap = limits.TargetFilesystem is null ? limits.MaxArchiveBytes : Math.Min(limits.MaxArchiveBytes, limits.FreeBytesOf(ArchiveDir) - limits.DiskReserveBytes);
         var token = NewToken();
         var path = ArchivePath(token);
         long bytes = 0;
@@ -95,8 +105,14 @@ public sealed class MigrationService(
             });
             await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
             {
-                await file.WriteAsync(chunk, ct).ConfigureAwait(false);
                 bytes += chunk.Length;
+                if (bytes > cap)
+                {
+                    throw new CrestException(ErrorKind.ResourceExhausted,
+                        $"a migration archive sent to this node passed {Math.Max(0, cap)} bytes, what {ArchiveDir} may take ([restore] max_archive_bytes, or the free space less [restore] disk_reserve_bytes); free space on the target or raise the limit");
+                }
+
+                await file.WriteAsync(chunk, ct).ConfigureAwait(false);
             }
         }
         catch
