@@ -95,7 +95,8 @@ public sealed class MigrationTests
     /// <summary>
     /// A workload holding <paramref name="mib"/> MiB of touched memory (busybox awk: a string of that size, and a
     /// "count N len L mid ok" line every 0.1 s, ok while the string's middle still holds its spaces) migrates stop-copy; the memory arrives whole (the string's length and content
-    /// are checked after the switch), and the measured downtime is reported.
+    /// are checked after the switch), and the measured downtime is reported. It has a pid namespace of its own, as the
+    /// kubelet asks for, which the restore on the target must ask for again.
     /// </summary>
     [Theory]
     [InlineData(64)]
@@ -112,7 +113,8 @@ public sealed class MigrationTests
         var script = $"BEGIN{{s=sprintf(\"%{bytes}s\",\"\"); while(1){{i++; print \"count \" i \" len \" length(s) \" mid \" (substr(s,{bytes / 2},4) == \"    \" ? \"ok\" : \"lost\"); fflush(); system(\"exec /bin/busybox sleep 0.1\")}}}}";
         await File.WriteAllTextAsync(config, $$"""
             {"metadata": {"name": "memory"}, "image": {"image": "{{image}}"},
-             "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "memory.log", "linux": {} }
+             "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "memory.log",
+             "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"}}} }
             """, Ct);
         var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
         await RunAsync([.. nodes.A.R, "start", id]);
