@@ -114,7 +114,7 @@ public sealed class MigrationTests
         await File.WriteAllTextAsync(config, $$"""
             {"metadata": {"name": "memory"}, "image": {"image": "{{image}}"},
              "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "memory.log",
-             "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"}}} }
+             "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
             """, Ct);
         var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
         await RunAsync([.. nodes.A.R, "start", id]);
