@@ -18,7 +18,17 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
 
     public async Task<NodeCapabilities> CapabilitiesAsync(CancellationToken ct)
     {
-        var response = await CallAsync("crest.v1.CrestMigration/Capabilities", o => _migration.CapabilitiesAsync(new MigrationCapabilitiesRequest(), o).ResponseAsync, ct).ConfigureAwait(false);
+        MigrationCapabilitiesResponse response;
+        try
+        {
+            response = await CallAsync("crest.v1.CrestMigration/Capabilities", o => _migration.CapabilitiesAsync(new MigrationCapabilitiesRequest(), o).ResponseAsync, ct).ConfigureAwait(false);
+        }
+        catch (CliFailure e) when (e.ExitCode == ExitCodes.NotCri)
+        {
+            // containerd and CRI-O answer CRI but not Crest's own service.
+            throw new CliFailure(ExitCodes.RuntimeError, $"{Name} does not serve crest.v1.CrestMigration: crest migrate needs crestd on both nodes ({e.Message})");
+        }
+
         var problems = new Dictionary<MigrationStrategy, string?>();
         foreach (var s in response.Strategies)
         {
