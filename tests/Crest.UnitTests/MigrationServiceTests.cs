@@ -68,6 +68,28 @@ public sealed class MigrationServiceTests : IDisposable
         Assert.Contains("via_create = true", e.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task A_freeze_that_fails_after_the_dump_resumes_the_container_and_holds_no_archive()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await _h.RecordRunningAsync("c1", pod.Id, Ct);
+        var bundle = _h.Layout.Container(c.Id);
+        Directory.CreateDirectory(Path.GetDirectoryName(bundle.ConfigJson)!);
+        await File.WriteAllTextAsync(bundle.ConfigJson, """{"mounts": [], "annotations": {}}""", Ct);
+        Directory.CreateDirectory(bundle.Upper);
+        var service = Service(new RestoreOptions { ViaCreate = true });
+
+        // The fake runtime's checkpoint writes no CRIU images, so the checkpoint fails after the dump left it frozen.
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.FreezeAsync(c.Id, TimeSpan.Zero, Ct));
+
+        Assert.Contains("inventory.img", e.Message, StringComparison.Ordinal);
+
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+        Assert.Contains("pause c1", _h.Runtimes.Calls);
+        Assert.Equal("resume c1", _h.Runtimes.Calls.Last(call => call.Split(' ')[0] is "pause" or "resume"));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
+    }
+
     [Theory]
     [InlineData("../../etc/passwd")]
     [InlineData("0123456789abcdef0123456X")]
