@@ -1,5 +1,5 @@
 # The two commands of the README are `make demo` and `make test`; both install what they need.
-.PHONY: deps build test demo bench soak critest deb clean
+.PHONY: deps build test demo demo-migrate bench soak critest deb clean
 
 deps:
 	./scripts/install-deps.sh
@@ -14,6 +14,10 @@ test:
 
 demo:
 	./scripts/demo.sh
+
+# Two crestd nodes on this machine and `crest migrate` moving a running counter from one to the other.
+demo-migrate:
+	./scripts/demo-migrate.sh
 
 bench:
 	./scripts/bench.sh

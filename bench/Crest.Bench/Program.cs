@@ -29,6 +29,12 @@ if (args.Contains("--soak"))
     return await SoakScenario.RunAsync(SoakOptions.Parse(args, crestdPath));
 }
 
+// --migration-only [--runs N]: just the live migration rows (issue 15; crestd alone, two nodes on this machine).
+if (args.Contains("--migration-only"))
+{
+    return await MigrationScenario.RunOnlyAsync(runs, output, crestdPath);
+}
+
 // --checkpoint-only: just the checkpoint/restore rows (they take the longest to iterate on).
 // --pod-checkpoint-only: just the pod checkpoint/restore rows (crestd alone: containerd 2.1 has no CheckpointPod).
 // --critest-only: just the critest --benchmark rows (they need --critest and --critest-mirrors; scripts/bench.sh passes them).
@@ -211,6 +217,12 @@ if (!critestOnly && !checkpointOnly && !callsOnly)
     }
 
     report.Note("pod checkpoint rows: a fresh 3-container pod per run (a counter logging every 0.2 s, a sleep, and a second sleep or busybox awk holding 256 MiB of touched memory), after one untimed warm-up run. CheckpointPod is the whole CRI call; the pod frozen window is pod.json's frozenMilliseconds (first container paused to last resumed, CRIU dumps and the pod's /dev/shm included). Then the same three containers, still running, are checkpointed one after another with CheckpointContainer: the sum of the three calls, and the sum of CRIU's frozen times from each archive's stats-dump. The pod is then stopped and removed; RestorePod is timed alone and with the three StartContainer calls until ContainerStatus reports all RUNNING, and the restored counter must continue from its checkpointed value (the run fails otherwise).");
+}
+
+// Live migration between two crestd (issue 15): crest only, at most 3 runs per size (each moves up to 256 MiB).
+if (!critestOnly && !checkpointOnly && !podCheckpointOnly)
+{
+    await MigrationScenario.AddRowsAsync(report, Math.Max(1, Math.Min(runs, 3)), crestdPath);
 }
 
 Directory.CreateDirectory(output);

@@ -38,6 +38,12 @@ internal static partial class CheckpointLog
     [LoggerMessage(412, LogLevel.Warning, "releasing restored pod sandbox {SandboxId} failed: {Error}")]
     public static partial void PodReleaseFailed(ILogger logger, string sandboxId, string error);
 
+    [LoggerMessage(414, LogLevel.Information, "froze container {ContainerId} for migration: checkpoint archive of {Bytes} bytes held for the target after {TotalMs} ms")]
+    public static partial void MigrationFrozen(ILogger logger, string containerId, long bytes, long totalMs);
+
+    [LoggerMessage(415, LogLevel.Information, "migration of container {ContainerId} ended on this node as its source: resumed (if it was frozen)")]
+    public static partial void MigrationSourceResumed(ILogger logger, string containerId);
+
     [LoggerMessage(413, LogLevel.Debug, "restored pod sandbox {SandboxId}: container {ContainerId} continued ({Processes} processes)")]
     public static partial void PodContinued(ILogger logger, string sandboxId, string containerId, int processes);
 

@@ -49,7 +49,11 @@ public sealed class CheckpointService(
     TimeProvider time,
     ILogger<CheckpointService> logger)
 {
-    public async Task<CheckpointResult> CheckpointAsync(string idOrPrefix, string location, TimeSpan timeout, CancellationToken ct)
+    /// <summary>
+    /// Checkpoints a running container into the archive at <paramref name="location"/>. With <paramref name="leaveFrozen"/>
+    /// (a migration's source) the container stays paused after a successful checkpoint; if anything fails, it is resumed.
+    /// </summary>
+    public async Task<CheckpointResult> CheckpointAsync(string idOrPrefix, string location, TimeSpan timeout, CancellationToken ct, bool leaveFrozen = false)
     {
         var total = Stopwatch.StartNew();
         if (!options.Enabled)
@@ -81,6 +85,7 @@ public sealed class CheckpointService(
         var work = Path.Combine(layout.ContainerDir(container.Id), "checkpoint-work-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
         RootfsDiffSummary? diff = null;
         long logLength = 0;
+        var frozen = false;
         try
         {
             Directory.CreateDirectory(work, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
@@ -99,7 +104,8 @@ public sealed class CheckpointService(
                     // The log copy ends where the log stood while frozen: lines written after the resume belong to the
                     // original, not to what a restore replays. Only the length is taken now; the copy comes later.
                     logLength = container.LogFile.Length > 0 && FileKinds.IsRegularFile(container.LogFile) ? new FileInfo(container.LogFile).Length : 0;
-                }, token).ConfigureAwait(false);
+                }, token, leaveFrozen).ConfigureAwait(false);
+                frozen = leaveFrozen;
             }
             catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition)
             {
@@ -120,6 +126,7 @@ public sealed class CheckpointService(
             CheckpointLog.Checkpointed(logger, container.Id, target, bytes, (long)result.Total.TotalMilliseconds, (long)result.Paused.TotalMilliseconds,
                 stats?.FrozenTimeUs ?? 0, stats?.PagesWritten ?? 0);
             CheckpointMetrics.Record(result);
+            frozen = false;
             return result;
         }
         catch (Exception) when (CheckpointMetrics.CheckpointFailed())
@@ -134,6 +141,11 @@ public sealed class CheckpointService(
         finally
         {
             ContainerCheckpointWriter.RemoveFresh(work);
+            if (frozen)
+            {
+                // A migration's source left frozen by a good dump, but no archive came of it: it runs on.
+                await containers.ThawAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+            }
         }
     }
 

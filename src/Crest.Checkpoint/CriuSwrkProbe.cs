@@ -35,6 +35,11 @@ public sealed class CriuSwrkProbe(string criuPath, int minimumVersion, TimeProvi
         }
 
         var info = await AskVersionAsync(resolved, ct).ConfigureAwait(false);
+        if (info.Version is not null)
+        {
+            info = info with { Features = await AskFeaturesAsync(resolved, ct).ConfigureAwait(false) };
+        }
+
         // Only an answer is cached: a failed probe (a timeout, a crash) is asked again next time.
         if (info.Version is not null)
         {
@@ -49,6 +54,41 @@ public sealed class CriuSwrkProbe(string criuPath, int minimumVersion, TimeProvi
 
     private async Task<CriuInfo> AskVersionAsync(string path, CancellationToken ct)
     {
+        var (response, problem) = await AskAsync(path, new criu_req { Type = criu_req_type.Version }, "VERSION", ct).ConfigureAwait(false);
+        if (response is null)
+        {
+            return new CriuInfo(path, null, 0, problem);
+        }
+
+        if (!response.Success || response.Version is null)
+        {
+            return new CriuInfo(path, null, 0, $"CRIU at {path} refused a VERSION request (errno {response.CrErrno}: {response.CrErrmsg})");
+        }
+
+        var v = response.Version;
+        var number = CriuVersion.Number(v.MajorNumber, v.MinorNumber, v.Sublevel, v.HasGitid && v.Gitid.Length > 0);
+        var text = $"{v.MajorNumber}.{v.MinorNumber}" + (v.Sublevel > 0 ? $".{v.Sublevel}" : "");
+        var tooOld = number < minimumVersion
+            ? $"CRIU {text} at {path} is too old: Crest needs CRIU >= {CriuVersion.Format(minimumVersion)} (older versions fail or hang on current kernels); install criu from Debian forky (make deps)"
+            : null;
+        return new CriuInfo(path, text, number, tooOld);
+    }
+
+    /// <summary>
+    /// CRIU's FEATURE_CHECK for memory tracking and lazy pages: the kernel checks <c>criu check --feature
+    /// mem_dirty_track</c> and <c>uffd-noncoop</c> run. A feature CRIU cannot confirm counts as missing.
+    /// </summary>
+    private async Task<CriuFeatures> AskFeaturesAsync(string path, CancellationToken ct)
+    {
+        var request = new criu_req { Type = criu_req_type.FeatureCheck, Features = new criu_features { MemTrack = true, LazyPages = true } };
+        var (response, _) = await AskAsync(path, request, "FEATURE_CHECK", ct).ConfigureAwait(false);
+        var features = response?.Features;
+        return new CriuFeatures(features is { HasMemTrack: true, MemTrack: true }, features is { HasLazyPages: true, LazyPages: true });
+    }
+
+    /// <summary>One request over a fresh <c>criu swrk</c>; the answer, or null and what went wrong.</summary>
+    private async Task<(criu_resp? Response, string Problem)> AskAsync(string path, criu_req request, string what, CancellationToken ct)
+    {
         using var socket = new SeqPacketPair();
         const int ChildSocketFd = 3;
         ChildProcess child;
@@ -59,36 +99,19 @@ public sealed class CriuSwrkProbe(string criuPath, int minimumVersion, TimeProvi
         }
         catch (IOException e)
         {
-            return new CriuInfo(path, null, 0, $"CRIU at {path} could not be started: {e.Message}");
+            return (null, $"CRIU at {path} could not be started: {e.Message}");
         }
 
         socket.CloseRemote();
         try
         {
-            socket.Send(new criu_req { Type = criu_req_type.Version }.ToByteArray());
+            socket.Send(request.ToByteArray());
             var answer = await Task.Run(() => socket.Receive(64 * 1024, time.GetUtcNow() + AnswerTimeout, time), ct).WaitAsync(ct).ConfigureAwait(false);
-            if (answer is null)
-            {
-                return new CriuInfo(path, null, 0, $"CRIU at {path} closed its RPC socket without answering a VERSION request");
-            }
-
-            var response = criu_resp.Parser.ParseFrom(answer);
-            if (!response.Success || response.Version is null)
-            {
-                return new CriuInfo(path, null, 0, $"CRIU at {path} refused a VERSION request (errno {response.CrErrno}: {response.CrErrmsg})");
-            }
-
-            var v = response.Version;
-            var number = CriuVersion.Number(v.MajorNumber, v.MinorNumber, v.Sublevel, v.HasGitid && v.Gitid.Length > 0);
-            var text = $"{v.MajorNumber}.{v.MinorNumber}" + (v.Sublevel > 0 ? $".{v.Sublevel}" : "");
-            var problem = number < minimumVersion
-                ? $"CRIU {text} at {path} is too old: Crest needs CRIU >= {CriuVersion.Format(minimumVersion)} (older versions fail or hang on current kernels); install criu from Debian forky (make deps)"
-                : null;
-            return new CriuInfo(path, text, number, problem);
+            return answer is null ? (null, $"CRIU at {path} closed its RPC socket without answering a {what} request") : (criu_resp.Parser.ParseFrom(answer), "");
         }
         catch (Exception e) when (e is IOException or TimeoutException or InvalidProtocolBufferException)
         {
-            return new CriuInfo(path, null, 0, $"CRIU at {path} did not answer a VERSION request: {e.Message}");
+            return (null, $"CRIU at {path} did not answer a {what} request: {e.Message}");
         }
         finally
         {

@@ -15,6 +15,8 @@ internal sealed class CriConnection : IDisposable
         Timeout = timeout;
         var handler = new SocketsHttpHandler
         {
+            // crest migrate reads a checkpoint archive over one stream (ReadArchive): a larger first window than 64 KiB.
+            InitialHttp2StreamWindowSize = 8 << 20,
             ConnectCallback = async (_, ct) =>
             {
                 var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);

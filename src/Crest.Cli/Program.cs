@@ -7,6 +7,7 @@ var root = new RootCommand("crest: a crictl-style client for any CRI runtime, wi
 global.AddTo(root);
 root.Subcommands.Add(VersionCommand.Create(global, Console.Out));
 root.Subcommands.Add(InfoCommand.Create(global, Console.Out));
+root.Subcommands.Add(MigrateCommand.Create(global, Console.Out));
 foreach (var command in ImageCommands.Create(global, Console.Out).Concat(PodCommands.Create(global, Console.Out)).Concat(StreamCommands.Create(global, Console.Out)).Concat(CheckpointCommands.Create(global, Console.Out)))
 {
     root.Subcommands.Add(command);

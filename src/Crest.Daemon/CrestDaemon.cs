@@ -86,6 +86,10 @@ public sealed class CrestDaemon : IAsyncDisposable
                 }
 
                 k.AddServerHeader = false;
+                // A live migration's checkpoint archive streams in over one HTTP/2 stream (crest.v1.CrestMigration
+                // WriteArchive): Kestrel's default windows (128/96 KiB) hold it to a few tens of MB/s.
+                k.Limits.Http2.InitialConnectionWindowSize = 16 << 20;
+                k.Limits.Http2.InitialStreamWindowSize = 8 << 20;
             });
 
             var time = TimeProvider.System;
@@ -165,6 +169,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<PodCheckpointSources>();
             builder.Services.AddSingleton<PodRestoreService>();
             builder.Services.AddSingleton<CheckpointServices>();
+            builder.Services.AddSingleton<MigrationService>();
             builder.Services.AddSingleton<PodService>();
             builder.Services.AddSingleton<RuntimeEvents>();
             builder.Services.AddHostedService<Hosting.ExitWatcher>();
@@ -197,6 +202,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             app.MapGrpcService<CriRuntimeService>();
             app.MapGrpcService<CriImageService>();
             app.MapGrpcService<CrestImagesService>();
+            app.MapGrpcService<CrestMigrationService>();
 
             var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("crestd");
             if (staleRemoved)
@@ -211,6 +217,8 @@ public sealed class CrestDaemon : IAsyncDisposable
             rolledBack += await app.Services.GetRequiredService<SandboxService>().RecoverAsync(ct).ConfigureAwait(false);
             rolledBack += app.Services.GetRequiredService<RestoreService>().SweepStaging();
             rolledBack += app.Services.GetRequiredService<PodCheckpointService>().SweepInterrupted();
+            // A migration cut by a restart is over: its source was resumed by container recovery above.
+            rolledBack += app.Services.GetRequiredService<MigrationService>().SweepArchives();
             rolledBack += await app.Services.GetRequiredService<PodRestoreService>().SweepInterruptedAsync(ct).ConfigureAwait(false);
             await app.Services.GetRequiredService<PodRestoreHolds>().ReleaseAllAsync(ct).ConfigureAwait(false);
             // After container recovery (a rolled-back container releases its image lease): a pull or an image GC cut short

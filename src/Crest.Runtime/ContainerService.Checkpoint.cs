@@ -13,9 +13,12 @@ public sealed partial class ContainerService
     /// (<c>checkpoint --leave-running</c>), <paramref name="captureRootfs"/> on the overlay upper directory while
     /// the processes are still frozen (so memory and files agree), then resume, whatever failed.
     /// Nothing else happens while the container is paused: the archive is built afterwards by the caller.
+    /// With <paramref name="leaveFrozen"/> (a stop-and-copy migration's source) a dump that succeeded leaves the container
+    /// paused, so nothing runs on past the checkpoint; the caller then thaws it (<see cref="ThawAsync"/>) or kills it
+    /// (<see cref="KillFrozenAsync"/>). A failed dump is resumed either way.
     /// </summary>
     public async Task<ContainerDump> DumpAsync(string idOrPrefix, string imagePath, string workPath, bool tcpEstablished,
-        Func<ContainerRecord, string, CancellationToken, Task> captureRootfs, CancellationToken ct)
+        Func<ContainerRecord, string, CancellationToken, Task> captureRootfs, CancellationToken ct, bool leaveFrozen = false)
     {
         ArgumentNullException.ThrowIfNull(captureRootfs);
         var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
@@ -38,6 +41,7 @@ public sealed partial class ContainerService
         var runtime = runtimes.For(c.RuntimeHandler);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         TimeSpan dumped = default, captured = default, paused;
+        var succeeded = false;
         try
         {
             // Inside the try and not cancellable: a pause that took effect is always undone below.
@@ -53,11 +57,16 @@ public sealed partial class ContainerService
             dumped = clock.Elapsed;
             await captureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
             captured = clock.Elapsed - dumped;
+            succeeded = true;
         }
         finally
         {
-            // Never leave the container frozen, whatever failed or was cancelled.
-            await runtime.ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
+            // Never leave the container frozen, whatever failed or was cancelled (a migration keeps a good dump's freeze).
+            if (!(leaveFrozen && succeeded))
+            {
+                await runtime.ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
+            }
+
             paused = clock.Elapsed;
         }
 

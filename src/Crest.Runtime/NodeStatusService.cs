@@ -61,7 +61,17 @@ public sealed partial class NodeStatusService(
                 ["version"] = criu.Version,
                 ["versionNumber"] = criu.VersionNumber,
                 ["problem"] = criu.Problem,
+                // criu check --feature mem_dirty_track and uffd-noncoop, through CRIU's FEATURE_CHECK.
+                ["memoryTracking"] = criu.Features?.MemoryTracking,
+                ["lazyPages"] = criu.Features?.LazyPages,
             },
+            // crest migrate's strategies on this node (docs/user-guide.md, Live migration).
+            ["liveMigration"] = new JsonArray([.. MigrationSupport.From(criu).Select(s => (JsonNode)new JsonObject
+            {
+                ["strategy"] = s.Strategy,
+                ["supported"] = s.Supported,
+                ["reason"] = s.Reason,
+            })]),
             ["checkpoint"] = new JsonObject
             {
                 ["enabled"] = checkpoint.Enabled,

@@ -11,7 +11,11 @@ public static class CniFixture
     /// and gave a just-freed address to a new pod while the host still held the old pod's MAC for it (a stale
     /// neighbour entry), so connections to the new pod hung.
     /// </summary>
-    public static string WriteBridgeConflist(string confDir, string name = "crest-test")
+    /// <remarks>
+    /// Another node on the same machine passes its own <paramref name="bridge"/> and <paramref name="subnet"/> (and
+    /// name, which is host-local's allocation directory), so two crestd never share a bridge or an address pool.
+    /// </remarks>
+    public static string WriteBridgeConflist(string confDir, string name = "crest-test", string bridge = "crtest1", string subnet = "10.124.0.0/16")
     {
         Directory.CreateDirectory(confDir);
         var path = Path.Combine(confDir, "10-" + name + ".conflist");
@@ -20,7 +24,7 @@ public static class CniFixture
               "cniVersion": "1.0.0",
               "name": "{{name}}",
               "plugins": [
-                { "type": "bridge", "bridge": "crtest1", "isGateway": true, "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.124.0.0/16" }]] } },
+                { "type": "bridge", "bridge": "{{bridge}}", "isGateway": true, "ipam": { "type": "host-local", "ranges": [[{ "subnet": "{{subnet}}" }]] } },
                 { "type": "portmap", "capabilities": { "portMappings": true } },
                 { "type": "loopback" }
               ]

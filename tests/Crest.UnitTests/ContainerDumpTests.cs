@@ -38,6 +38,46 @@ public sealed class ContainerDumpTests : IDisposable
     }
 
     [Fact]
+    public async Task A_migration_dump_leaves_the_container_frozen_until_it_is_thawed()
+    {
+        var c = await RunningContainerAsync();
+
+        await _h.Containers.DumpAsync(c.Id, "/images", "/work", false, NoCapture, Ct, leaveFrozen: true);
+
+        Assert.Equal("paused", _h.Runtimes.StatusOf(c.Id));
+        await _h.Containers.ThawAsync(c.Id, Ct);
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+        // Thawing again (a retried undo) changes nothing.
+        await _h.Containers.ThawAsync(c.Id, Ct);
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_failed_migration_dump_is_resumed_even_though_it_was_to_stay_frozen()
+    {
+        var c = await RunningContainerAsync();
+        _h.Runtimes.Failures["checkpoint"] = new CrestException(ErrorKind.Internal, "runc checkpoint failed");
+
+        await Assert.ThrowsAsync<CrestException>(() => _h.Containers.DumpAsync(c.Id, "/images", "/work", false, NoCapture, Ct, leaveFrozen: true));
+
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_frozen_migration_source_is_killed_without_running_on()
+    {
+        var c = await RunningContainerAsync();
+        await _h.Containers.DumpAsync(c.Id, "/images", "/work", false, NoCapture, Ct, leaveFrozen: true);
+
+        await _h.Containers.KillFrozenAsync(c.Id, Ct);
+
+        // SIGKILL reached it while frozen: no resume came before the kill.
+        var steps = _h.Runtimes.Calls.SkipWhile(call => call != "checkpoint c1").Where(call => call.Split(' ')[0] is "kill" or "resume").ToList();
+        Assert.Equal("kill c1", steps[0]);
+        Assert.Equal("stopped", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
     public async Task A_failed_checkpoint_still_resumes_the_container()
     {
         var c = await RunningContainerAsync();

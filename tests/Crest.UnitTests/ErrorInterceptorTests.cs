@@ -110,6 +110,19 @@ public class ErrorInterceptorTests
     }
 
     [Fact]
+    public async Task A_client_stream_that_fails_with_a_domain_error_ends_with_its_status()
+    {
+        var interceptor = new ErrorInterceptor(NullLogger<ErrorInterceptor>.Instance);
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => interceptor.ClientStreamingServerHandler<string, string>(
+            null!, new FakeContext(DateTime.MaxValue, CancellationToken.None),
+            (_, _) => throw new CrestException(ErrorKind.ResourceExhausted, "a migration archive sent to this node passed 10 bytes")));
+
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.Equal("a migration archive sent to this node passed 10 bytes", e.Status.Detail);
+    }
+
+    [Fact]
     public async Task A_stream_that_fails_unexpectedly_ends_internal_with_the_method_named()
     {
         var interceptor = new ErrorInterceptor(NullLogger<ErrorInterceptor>.Instance);

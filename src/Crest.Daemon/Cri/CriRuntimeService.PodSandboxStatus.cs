@@ -52,6 +52,8 @@ internal sealed partial class CriRuntimeService
                 ["cniNetwork"] = s.CniNetwork,
                 ["cniResult"] = s.CniResult is null ? null : JsonNode.Parse(s.CniResult),
                 ["runtimeHandler"] = s.RuntimeHandler,
+                // crest migrate recreates a container's log_path relative to it on another node.
+                ["logDirectory"] = s.Spec.LogDirectory,
             }.ToJsonString();
         }
 

@@ -6,8 +6,8 @@ using Microsoft.Extensions.Logging;
 namespace Crest.Daemon.Cri;
 
 /// <summary>
-/// The one place where domain failures become gRPC status codes, for unary calls and server-streaming ones
-/// (GetContainerEvents, PullWithProgress) alike: a stream that fails after some messages ends with the same status a
+/// The one place where domain failures become gRPC status codes, for unary calls, server-streaming ones
+/// (GetContainerEvents, PullWithProgress) and client-streaming ones (WriteArchive) alike: a stream that fails after some messages ends with the same status a
 /// unary call would have returned.
 /// </summary>
 internal sealed class ErrorInterceptor(ILogger<ErrorInterceptor> logger) : Interceptor
@@ -28,6 +28,14 @@ internal sealed class ErrorInterceptor(ILogger<ErrorInterceptor> logger) : Inter
             await continuation(request, responseStream, context);
             return true;
         }, context);
+    }
+
+    /// <summary>Client streams (crest.v1.CrestMigration WriteArchive) end with the same status a unary call would.</summary>
+    public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(
+        IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        ArgumentNullException.ThrowIfNull(continuation);
+        return MapFailuresAsync(() => continuation(requestStream, context), context);
     }
 
     private async Task<T> MapFailuresAsync<T>(Func<Task<T>> call, ServerCallContext context)

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# make demo-migrate: two crestd "nodes" on this machine (own roots, sockets, streaming ports and CNI bridges), one
+# loopback registry both pull from, a counter running on node A, and `crest migrate` moving it to node B (stop-copy).
+# Prints the migration's progress and result (downtime, bytes moved) and the counter's log across the switch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+echo "demo-migrate: building (Release)"
+dotnet build Crest.slnx -c Release -v q -clp:ErrorsOnly
+
+crestd=src/Crest.Daemon/bin/Release/net10.0/crestd
+crest=src/Crest.Cli/bin/Release/net10.0/crest
+work=$(mktemp -d /tmp/crest-demo-migrate-XXXXXX)
+pids=()
+registry_pid=
+cleanup() {
+  for node in a b; do
+    ep="unix://$work/$node/state/crest.sock"
+    for p in $("$crest" -r "$ep" pods -q 2>/dev/null); do "$crest" -r "$ep" rmp "$p" >/dev/null 2>&1 || true; done
+  done
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; fi
+  ip link delete crdemoa 2>/dev/null || true
+  ip link delete crdemob 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+start_node() { # name bridge subnet
+  local dir="$work/$1"
+  mkdir -p "$dir/cni" "$dir/logs"
+  cat > "$dir/cni/10-demo-$1.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "demo-migrate-$1", "plugins": [
+  {"type": "bridge", "bridge": "$2", "isGateway": true, "ipam": {"type": "host-local", "ranges": [[{"subnet": "$3"}]]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}, {"type": "loopback"}]}
+JSON
+  # A migration's target restores through CreateContainer, which is off by default.
+  printf '[cni]\nconf_dir = "%s"\nplugin_dirs = ["/usr/lib/cni"]\n[restore]\nvia_create = true\n' "$dir/cni" > "$dir/config.toml"
+  "$crestd" --config "$dir/config.toml" --root "$dir/root" --state "$dir/state" > "$dir/crestd.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 300); do
+    "$crest" -r "unix://$dir/state/crest.sock" version >/dev/null 2>&1 && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$dir/crestd.log"; echo "demo-migrate: crestd $1 exited"; exit 1; }
+    sleep 0.1
+  done
+  echo "demo-migrate: crestd $1 did not answer"; exit 1
+}
+
+step "two nodes: crestd A (bridge crdemoa, 10.127.0.0/16) and crestd B (bridge crdemob, 10.128.0.0/16) under $work"
+start_node a crdemoa 10.127.0.0/16
+start_node b crdemob 10.128.0.0/16
+a="unix://$work/a/state/crest.sock"
+b="unix://$work/b/state/crest.sock"
+echo "node A: $a"
+echo "node B: $b"
+"$crest" -r "$a" info -o json | sed -n '/"liveMigration"/,/]/p'
+
+step "a loopback registry both nodes share; busybox pushed there and pulled on A (so A knows its digest)"
+port=
+for _ in $(seq 1 50); do
+  candidate=$((20000 + RANDOM % 20000))
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; break; fi
+done
+[ -n "$port" ] || { echo "demo-migrate: no free loopback port for the registry"; exit 1; }
+mkdir -p "$work/registry" "$work/rootfs/bin"
+cat > "$work/registry.yml" <<YML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $work/registry}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$port}
+YML
+docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+cp /bin/busybox "$work/rootfs/bin/busybox"
+ln -s busybox "$work/rootfs/bin/sh"
+tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
+image="127.0.0.1:$port/demo/busybox:v1"
+"$crest" -r "$a" image import "$work/rootfs.tar" "$image" >/dev/null
+"$crest" -r "$a" image push "$image"
+"$crest" -r "$a" rmi "$image" >/dev/null
+"$crest" -r "$a" pull "$image"
+
+step "a counter running on node A"
+cat > "$work/pod-a.json" <<JSON
+{"metadata": {"name": "counter", "uid": "demo-a", "namespace": "default", "attempt": 1},
+ "hostname": "counter", "log_directory": "$work/a/logs", "linux": {} }
+JSON
+cat > "$work/pod-b.json" <<JSON
+{"metadata": {"name": "counter", "uid": "demo-b", "namespace": "default", "attempt": 1},
+ "hostname": "counter", "log_directory": "$work/b/logs", "linux": {} }
+JSON
+cat > "$work/counter.json" <<JSON
+{"metadata": {"name": "counter"}, "image": {"image": "$image"},
+ "command": ["/bin/busybox", "sh", "-c", "i=0; while true; do i=\$((i+1)); echo count \$i; sleep 0.1; done"],
+ "log_path": "counter.log", "linux": {} }
+JSON
+pod=$("$crest" -r "$a" runp "$work/pod-a.json")
+ctr=$("$crest" -r "$a" create "$pod" "$work/counter.json" "$work/pod-a.json")
+"$crest" -r "$a" start "$ctr" >/dev/null
+for _ in $(seq 1 100); do
+  [ "$(grep -c count "$work/a/logs/counter.log" 2>/dev/null || echo 0)" -ge 10 ] && break
+  sleep 0.1
+done
+"$crest" -r "$a" ps
+echo "counter on A: $(tail -n 1 "$work/a/logs/counter.log")"
+
+step "crest -r A migrate $ctr --to B --pod-config pod-b.json (stop-copy)"
+"$crest" -r "$a" migrate "$ctr" --to "$b" --pod-config "$work/pod-b.json"
+
+step "after the switch: nothing on A, the counter on B"
+echo "node A containers: $("$crest" -r "$a" ps -a -q | wc -l)"
+"$crest" -r "$b" ps
+sleep 1
+last_a=$(tail -n 1 "$work/a/logs/counter.log")
+echo "last line written on A:   $last_a"
+echo "the log on B around it (B's log starts with A's lines, carried by the checkpoint):"
+grep -A3 -F "$last_a" "$work/b/logs/counter.log" | sed 's/^/  /'
+echo "latest on B:              $(tail -n 1 "$work/b/logs/counter.log")"
+
+step "--strategy pre-copy on this kernel"
+"$crest" -r "$a" migrate "$ctr" --to "$b" --pod-config "$work/pod-b.json" --strategy pre-copy || true

@@ -1,0 +1,219 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using Crest.Core;
+using Crest.Runtime;
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Checkpoint;
+
+/// <summary>What a migration source's freeze produced: the archive it holds for the target, and how long CRIU took.</summary>
+public sealed record MigrationCheckpoint(string ContainerId, string ArchiveToken, long ArchiveBytes, TimeSpan Paused, TimeSpan CriuDump, TimeSpan Total);
+
+/// <summary>The log timestamps a migration's downtime is measured from (the runtime stamps each line as the workload writes it).</summary>
+public sealed record LogTimes(DateTimeOffset? LastLine, DateTimeOffset? FirstLineAfter);
+
+/// <summary>
+/// Both ends of a stop-and-copy live migration on one node. The source: <see cref="FreezeAsync"/> checkpoints the
+/// container and leaves it frozen, holding the archive under <c>&lt;root&gt;/migrations/</c> until the caller
+/// drops it; <see cref="ResumeAsync"/> (the migration failed) or <see cref="KillFrozenAsync"/> (the target runs) ends
+/// the freeze. The target: <see cref="ReceiveAsync"/> stores the archive, which CRI CreateContainer then restores
+/// from. The orchestration (which node does what, and when) is the client's: see <c>crest migrate</c>.
+/// </summary>
+public sealed class MigrationService(
+    CheckpointService checkpoints,
+    ContainerService containers,
+    CrestPaths paths,
+    RestoreOptions restore,
+    ICriuProbe criu,
+    ILogger<MigrationService> logger)
+{
+    private const string ArchiveSuffix = ".tar";
+
+    /// <summary>Where this node keeps migration archives: sent (a frozen source's) and received (a target's).</summary>
+    public string ArchiveDir => Path.Combine(paths.Root, "migrations");
+
+    /// <summary>The strategies this node supports, from CRIU's feature check of the kernel.</summary>
+    public async Task<IReadOnlyList<MigrationStrategySupport>> CapabilitiesAsync(CancellationToken ct) =>
+        MigrationSupport.From(await criu.ProbeAsync(ct).ConfigureAwait(false));
+
+    /// <summary>
+    /// The source's switch-over: checkpoint the running container into a fresh archive and leave it frozen. Any
+    /// failure resumes it (CheckpointService), so a refused freeze leaves it running as before.
+    /// </summary>
+    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, CancellationToken ct)
+    {
+        Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var token = NewToken();
+        var location = ArchivePath(token);
+        var result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true).ConfigureAwait(false);
+        CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);
+        // Frozen from the pause until now: the dump, and the archive written while it stayed frozen.
+        return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total);
+    }
+
+    /// <summary>The migration failed: the frozen source runs on (a container not frozen is left as it is).</summary>
+    public async Task ResumeAsync(string idOrPrefix, CancellationToken ct)
+    {
+        await containers.ThawAsync(idOrPrefix, ct).ConfigureAwait(false);
+        CheckpointLog.MigrationSourceResumed(logger, idOrPrefix);
+    }
+
+    /// <summary>The target runs: the frozen source is killed without running on; the caller removes it through CRI.</summary>
+    public Task KillFrozenAsync(string idOrPrefix, CancellationToken ct) => containers.KillFrozenAsync(idOrPrefix, ct);
+
+    /// <summary>A held archive, for reading (the source sends it).</summary>
+    public FileStream OpenArchive(string token)
+    {
+        var path = ArchivePath(token);
+        if (!File.Exists(path))
+        {
+            throw new CrestException(ErrorKind.NotFound, $"migration archive {token} is not on this node (not under {ArchiveDir}); freeze the container first");
+        }
+
+        return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20, useAsync: true);
+    }
+
+    /// <summary>
+    /// Stores an archive sent by a migration's source (the target's half); returns its token and the absolute path
+    /// that CRI CreateContainer restores from. A broken transfer leaves nothing behind.
+    /// </summary>
+    public async Task<(string Token, string Path, long Bytes)> ReceiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(chunks);
+        if (!restore.ViaCreate)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                "this node does not restore checkpoints through CreateContainer ([restore] via_create = false, or [checkpoint] enabled = false), so it cannot be a migration's target; set [restore] via_create = true in its config.toml");
+        }
+
+        Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        // What a sender may put here: the restore's archive cap, and the disk less its reserve (the restore checks again as it unpacks).
+        var limits = restore.Limits;
+        var cap = limits.TargetFilesystem is null ? limits.MaxArchiveBytes : Math.Min(limits.MaxArchiveBytes, limits.FreeBytesOf(ArchiveDir) - limits.DiskReserveBytes);
+        var token = NewToken();
+        var path = ArchivePath(token);
+        long bytes = 0;
+        try
+        {
+            await using var file = new FileStream(path, new FileStreamOptions
+            {
+                Mode = FileMode.CreateNew,
+                Access = FileAccess.Write,
+                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                BufferSize = 1 << 20,
+                Options = FileOptions.Asynchronous,
+            });
+            await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
+            {
+                bytes += chunk.Length;
+                if (bytes > cap)
+                {
+                    throw new CrestException(ErrorKind.ResourceExhausted,
+                        $"a migration archive sent to this node passed {Math.Max(0, cap)} bytes, what {ArchiveDir} may take ([restore] max_archive_bytes, or the free space less [restore] disk_reserve_bytes); free space on the target or raise the limit");
+                }
+
+                await file.WriteAsync(chunk, ct).ConfigureAwait(false);
+            }
+        }
+        catch
+        {
+            File.Delete(path);
+            throw;
+        }
+
+        return (token, path, bytes);
+    }
+
+    /// <summary>Deletes a held archive; an unknown token is not an error (a retried cleanup).</summary>
+    public void DropArchive(string token) => File.Delete(ArchivePath(token));
+
+    /// <summary>
+    /// The container's CRI log timestamps: its last line, and the first line stamped after <paramref name="after"/>
+    /// (a restored container's log begins with the source's lines, which the checkpoint carries).
+    /// </summary>
+    public async Task<LogTimes> LogTimesAsync(string idOrPrefix, DateTimeOffset? after, CancellationToken ct)
+    {
+        var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        if (c.LogFile.Length == 0 || !File.Exists(c.LogFile))
+        {
+            return new LogTimes(null, null);
+        }
+
+        DateTimeOffset? last = null, firstAfter = null;
+        using var reader = new StreamReader(new FileStream(c.LogFile, FileMode.Open, FileAccess.Read, FileShare.ReadWrite));
+        while (await reader.ReadLineAsync(ct).ConfigureAwait(false) is { } line)
+        {
+            if (LineTime(line) is not { } at)
+            {
+                continue;
+            }
+
+            last = at;
+            if (firstAfter is null && after is { } a && at > a)
+            {
+                firstAfter = at;
+            }
+        }
+
+        return new LogTimes(last, firstAfter);
+    }
+
+    /// <summary>
+    /// A CRI log line's timestamp (RFC 3339 with up to nanoseconds, as conmon writes it), to 100 ns: .NET parses at most
+    /// seven fraction digits, so the rest are dropped. Null for a line that does not start with one.
+    /// </summary>
+    internal static DateTimeOffset? LineTime(string line)
+    {
+        var space = line.IndexOf(' ', StringComparison.Ordinal);
+        if (space <= 0)
+        {
+            return null;
+        }
+
+        var stamp = line[..space];
+        var dot = stamp.IndexOf('.', StringComparison.Ordinal);
+        if (dot > 0)
+        {
+            var end = dot + 1;
+            while (end < stamp.Length && char.IsAsciiDigit(stamp[end]))
+            {
+                end++;
+            }
+
+            var fraction = stamp[(dot + 1)..end];
+            stamp = stamp[..dot] + (fraction.Length > 0 ? "." + fraction[..Math.Min(7, fraction.Length)] : "") + stamp[end..];
+        }
+
+        return DateTimeOffset.TryParse(stamp, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var at) ? at : null;
+    }
+
+    /// <summary>Removes archives a crashed or abandoned migration left (at start, before serving).</summary>
+    public int SweepArchives()
+    {
+        if (!Directory.Exists(ArchiveDir))
+        {
+            return 0;
+        }
+
+        var removed = 0;
+        foreach (var file in Directory.EnumerateFiles(ArchiveDir, "*" + ArchiveSuffix))
+        {
+            File.Delete(file);
+            removed++;
+        }
+
+        return removed;
+    }
+
+    private string ArchivePath(string token)
+    {
+        if (token.Length != 24 || !token.All(char.IsAsciiHexDigitLower))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"migration archive token \"{token}\" is not one this node handed out (24 lowercase hex digits)");
+        }
+
+        return Path.Combine(ArchiveDir, token + ArchiveSuffix);
+    }
+
+    private static string NewToken() => Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(12));
+}

@@ -1,0 +1,252 @@
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using Crest.Api.V1;
+using Google.Protobuf;
+using Grpc.Core;
+using Runtime.V1;
+
+namespace Crest.Cli.Migration;
+
+/// <summary>A crestd node over its socket: CRI runtime.v1 for pods and containers, crest.v1.CrestMigration for the rest.</summary>
+internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNode
+{
+    private readonly RuntimeService.RuntimeServiceClient _runtime = new(connection.Channel);
+    private readonly ImageService.ImageServiceClient _images = new(connection.Channel);
+    private readonly CrestMigration.CrestMigrationClient _migration = new(connection.Channel);
+
+    public string Name => connection.Endpoint.ToString();
+
+    public async Task<NodeCapabilities> CapabilitiesAsync(CancellationToken ct)
+    {
+        MigrationCapabilitiesResponse response;
+        try
+        {
+            response = await CallAsync("crest.v1.CrestMigration/Capabilities", o => _migration.CapabilitiesAsync(new MigrationCapabilitiesRequest(), o).ResponseAsync, ct).ConfigureAwait(false);
+        }
+        catch (CliFailure e) when (e.ExitCode == ExitCodes.NotCri)
+        {
+            // containerd and CRI-O answer CRI but not Crest's own service.
+            throw new CliFailure(ExitCodes.RuntimeError, $"{Name} does not serve crest.v1.CrestMigration: crest migrate needs crestd on both nodes ({e.Message})");
+        }
+
+        var problems = new Dictionary<MigrationStrategy, string?>();
+        foreach (var s in response.Strategies)
+        {
+            if (s.Strategy is "stop-copy" or "post-copy" or "pre-copy")
+            {
+                problems[MigrationStrategies.Parse(s.Strategy)] = s.Supported ? null : s.Reason;
+            }
+        }
+
+        return new NodeCapabilities(problems);
+    }
+
+    public async Task<SourceContainer> InspectAsync(string containerId, CancellationToken ct)
+    {
+        var status = (await CallAsync("ContainerStatus", o => _runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = containerId, Verbose = true }, o).ResponseAsync, ct).ConfigureAwait(false));
+        var s = status.Status;
+        if (s.State != ContainerState.ContainerRunning)
+        {
+            throw new CliFailure(ExitCodes.RuntimeError, $"container {s.Id} on {Name} is {s.State.ToString().ToUpperInvariant()}; only a running container can be migrated");
+        }
+
+        string podId = "";
+        var privatePid = false;
+        if (status.Info.TryGetValue("info", out var infoJson))
+        {
+            using var info = JsonDocument.Parse(infoJson);
+            podId = info.RootElement.TryGetProperty("sandboxID", out var sb) ? sb.GetString() ?? "" : "";
+            // A pid namespace of its own (no path to join): the kubelet's CONTAINER mode, which the restore must ask for again.
+            if (info.RootElement.TryGetProperty("runtimeSpec", out var spec) && spec.ValueKind == JsonValueKind.Object
+                && spec.TryGetProperty("linux", out var linux) && linux.TryGetProperty("namespaces", out var namespaces))
+            {
+                privatePid = namespaces.EnumerateArray().Any(n => n.GetProperty("type").GetString() == "pid" && !n.TryGetProperty("path", out _));
+            }
+        }
+
+        var image = await CallAsync("ImageStatus", o => _images.ImageStatusAsync(new ImageStatusRequest { Image = new ImageSpec { Image = s.ImageRef } }, o).ResponseAsync, ct).ConfigureAwait(false);
+        var digestRef = image.Image?.RepoDigests.FirstOrDefault();
+
+        var logPath = Path.GetFileName(s.LogPath);
+        if (podId.Length > 0)
+        {
+            var pod = await CallAsync("PodSandboxStatus", o => _runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId, Verbose = true }, o).ResponseAsync, ct).ConfigureAwait(false);
+            if (pod.Info.TryGetValue("info", out var podInfo))
+            {
+                using var doc = JsonDocument.Parse(podInfo);
+                if (doc.RootElement.TryGetProperty("logDirectory", out var dir) && dir.GetString() is { Length: > 0 } logDir
+                    && s.LogPath.StartsWith(logDir.TrimEnd('/') + "/", StringComparison.Ordinal))
+                {
+                    logPath = Path.GetRelativePath(logDir, s.LogPath);
+                }
+            }
+        }
+
+        return new SourceContainer(s.Id, s.Metadata?.Name ?? "migrated", podId, s.Image?.Image ?? s.ImageRef, digestRef, logPath, privatePid,
+            s.Labels.ToDictionary(), s.Annotations.ToDictionary(), [.. s.Mounts]);
+    }
+
+    public async Task<long> PullImageAsync(string image, CancellationToken ct)
+    {
+        var pulled = await CallAsync("PullImage", o => _images.PullImageAsync(new PullImageRequest { Image = new ImageSpec { Image = image } }, o).ResponseAsync, ct).ConfigureAwait(false);
+        var status = await CallAsync("ImageStatus", o => _images.ImageStatusAsync(new ImageStatusRequest { Image = new ImageSpec { Image = pulled.ImageRef } }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return (long)(status.Image?.Size ?? 0);
+    }
+
+    public async Task CheckPodAsync(string podId, CancellationToken ct)
+    {
+        var pod = await CallAsync("PodSandboxStatus", o => _runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
+        if (pod.Status.State != PodSandboxState.SandboxReady)
+        {
+            throw new CliFailure(ExitCodes.RuntimeError, $"pod {podId} on {Name} is not ready; migrate into a ready pod or give --pod-config to make one");
+        }
+    }
+
+    public async Task<string> RunPodAsync(PodSandboxConfig config, CancellationToken ct) =>
+        (await CallAsync("RunPodSandbox", o => _runtime.RunPodSandboxAsync(new RunPodSandboxRequest { Config = config }, o).ResponseAsync, ct).ConfigureAwait(false)).PodSandboxId;
+
+    public async Task RemovePodAsync(string podId, CancellationToken ct)
+    {
+        await CallAsync("StopPodSandbox", o => _runtime.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
+        await CallAsync("RemovePodSandbox", o => _runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
+    }
+
+    public async Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, CancellationToken ct)
+    {
+        var r = await CallAsync("crest.v1.CrestMigration/Freeze", o => _migration.FreezeAsync(new FreezeRequest { ContainerId = containerId, Timeout = timeoutSeconds }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return new FrozenSource(r.ArchiveToken, r.ArchiveBytes, TimeSpan.FromMilliseconds(r.PausedMs));
+    }
+
+    public Task ResumeAsync(string containerId, CancellationToken ct) =>
+        CallAsync("crest.v1.CrestMigration/Resume", o => _migration.ResumeAsync(new ResumeRequest { ContainerId = containerId }, o).ResponseAsync, ct);
+
+    public Task KillFrozenAsync(string containerId, CancellationToken ct) =>
+        CallAsync("crest.v1.CrestMigration/KillFrozen", o => _migration.KillFrozenAsync(new KillFrozenRequest { ContainerId = containerId }, o).ResponseAsync, ct);
+
+    public async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, [EnumeratorCancellation] CancellationToken ct)
+    {
+        using var call = _migration.ReadArchive(new ReadArchiveRequest { ArchiveToken = token }, connection.CallOptions(ct));
+        while (await Explained("crest.v1.CrestMigration/ReadArchive", () => call.ResponseStream.MoveNext(ct)).ConfigureAwait(false))
+        {
+            yield return call.ResponseStream.Current.Data.Memory;
+        }
+    }
+
+    public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+    {
+        using var call = _migration.WriteArchive(connection.CallOptions(ct));
+        await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
+        {
+            await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.WriteAsync(new ArchiveChunk { Data = ByteString.CopyFrom(chunk.Span) }, ct)).ConfigureAwait(false);
+        }
+
+        await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.CompleteAsync()).ConfigureAwait(false);
+        var r = await Explained("crest.v1.CrestMigration/WriteArchive", () => call.ResponseAsync).ConfigureAwait(false);
+        return (r.ArchiveToken, r.Path, r.Bytes);
+    }
+
+    public Task DropArchiveAsync(string token, CancellationToken ct) =>
+        CallAsync("crest.v1.CrestMigration/DropArchive", o => _migration.DropArchiveAsync(new DropArchiveRequest { ArchiveToken = token }, o).ResponseAsync, ct);
+
+    public async Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        var pod = await CallAsync("PodSandboxStatus", o => _runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
+        var sandboxConfig = new PodSandboxConfig { Metadata = pod.Status.Metadata };
+        sandboxConfig.Labels.Add(pod.Status.Labels);
+        sandboxConfig.Annotations.Add(pod.Status.Annotations);
+        var config = new ContainerConfig
+        {
+            Metadata = new ContainerMetadata { Name = source.Name },
+            Image = new ImageSpec { Image = archivePath },
+            LogPath = source.LogPath,
+            Linux = new LinuxContainerConfig
+            {
+                SecurityContext = new LinuxContainerSecurityContext
+                {
+                    NamespaceOptions = new NamespaceOption { Pid = source.PrivatePidNamespace ? NamespaceMode.Container : NamespaceMode.Pod },
+                },
+            },
+        };
+        foreach (var (key, value) in source.Labels)
+        {
+            config.Labels[key] = value;
+        }
+
+        foreach (var (key, value) in source.Annotations)
+        {
+            config.Annotations[key] = value;
+        }
+
+        config.Mounts.Add(source.Mounts);
+        var created = await CallAsync("CreateContainer", o => _runtime.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = podId, Config = config, SandboxConfig = sandboxConfig }, o).ResponseAsync, ct).ConfigureAwait(false);
+        try
+        {
+            await CallAsync("StartContainer", o => _runtime.StartContainerAsync(new StartContainerRequest { ContainerId = created.ContainerId }, o).ResponseAsync, ct).ConfigureAwait(false);
+        }
+        catch (CliFailure e)
+        {
+            // The orchestrator removes what it knows of; a container that failed to start is removed here.
+            await RemoveContainerAsync(created.ContainerId, CancellationToken.None).ConfigureAwait(false);
+            throw new CliFailure(e.ExitCode, $"{e.Message} (container {created.ContainerId} on {Name} removed)");
+        }
+
+        return created.ContainerId;
+    }
+
+    public async Task<string> StateAsync(string containerId, CancellationToken ct)
+    {
+        var status = await CallAsync("ContainerStatus", o => _runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = containerId }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return status.Status.State switch
+        {
+            ContainerState.ContainerCreated => "CONTAINER_CREATED",
+            ContainerState.ContainerRunning => "CONTAINER_RUNNING",
+            ContainerState.ContainerExited => $"CONTAINER_EXITED ({status.Status.Reason} {status.Status.ExitCode}: {status.Status.Message})",
+            _ => "CONTAINER_UNKNOWN",
+        };
+    }
+
+    public async Task RemoveContainerAsync(string containerId, CancellationToken ct)
+    {
+        await CallAsync("StopContainer", o => _runtime.StopContainerAsync(new StopContainerRequest { ContainerId = containerId, Timeout = 0 }, o).ResponseAsync, ct).ConfigureAwait(false);
+        await CallAsync("RemoveContainer", o => _runtime.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = containerId }, o).ResponseAsync, ct).ConfigureAwait(false);
+    }
+
+    public async Task<(DateTimeOffset? Last, DateTimeOffset? FirstAfter)> LogTimesAsync(string containerId, DateTimeOffset? after, CancellationToken ct)
+    {
+        var r = await CallAsync("crest.v1.CrestMigration/LogTimes", o => _migration.LogTimesAsync(new LogTimesRequest
+        {
+            ContainerId = containerId,
+            AfterUnixNanos = after is { } a ? (a.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks) * 100 : 0,
+        }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return (FromNanos(r.LastLineUnixNanos), FromNanos(r.FirstLineAfterUnixNanos));
+    }
+
+    private static DateTimeOffset? FromNanos(long nanos) => nanos > 0 ? DateTimeOffset.UnixEpoch.AddTicks(nanos / 100) : null;
+
+    private Task<T> CallAsync<T>(string rpc, Func<CallOptions, Task<T>> call, CancellationToken ct) => CliRunner.CallAsync(connection, rpc, call, ct);
+
+    private async Task<T> Explained<T>(string rpc, Func<Task<T>> call)
+    {
+        try
+        {
+            return await call().ConfigureAwait(false);
+        }
+        catch (RpcException e)
+        {
+            throw connection.Explain(e, rpc);
+        }
+    }
+
+    private async Task Explained(string rpc, Func<Task> call)
+    {
+        try
+        {
+            await call().ConfigureAwait(false);
+        }
+        catch (RpcException e)
+        {
+            throw connection.Explain(e, rpc);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+namespace Crest.Cli.Migration;
+
+/// <summary>
+/// One node as a migration drives it: plain CRI calls and Crest's crest.v1.CrestMigration service on the same socket.
+/// The real node is <see cref="GrpcMigrationNode"/>; unit tests drive the orchestration over a fake.
+/// </summary>
+internal interface IMigrationNode
+{
+    /// <summary>The endpoint, for messages.</summary>
+    string Name { get; }
+
+    Task<NodeCapabilities> CapabilitiesAsync(CancellationToken ct);
+
+    /// <summary>A running container as the target must recreate it; fails if it does not run.</summary>
+    Task<SourceContainer> InspectAsync(string containerId, CancellationToken ct);
+
+    /// <summary>Pulls an image (by digest) and returns its size in bytes.</summary>
+    Task<long> PullImageAsync(string image, CancellationToken ct);
+
+    /// <summary>Checks that a pod exists and is ready.</summary>
+    Task CheckPodAsync(string podId, CancellationToken ct);
+
+    Task<string> RunPodAsync(Runtime.V1.PodSandboxConfig config, CancellationToken ct);
+
+    Task RemovePodAsync(string podId, CancellationToken ct);
+
+    /// <summary>Source: checkpoint and leave frozen.</summary>
+    Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, CancellationToken ct);
+
+    Task ResumeAsync(string containerId, CancellationToken ct);
+
+    Task KillFrozenAsync(string containerId, CancellationToken ct);
+
+    IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, CancellationToken ct);
+
+    /// <summary>Target: stores an archive; its token and the path to restore from.</summary>
+    Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct);
+
+    Task DropArchiveAsync(string token, CancellationToken ct);
+
+    /// <summary>Target: CreateContainer from the archive at <paramref name="archivePath"/> into <paramref name="podId"/>, then StartContainer.</summary>
+    Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, CancellationToken ct);
+
+    /// <summary>The container's CRI state, e.g. CONTAINER_RUNNING.</summary>
+    Task<string> StateAsync(string containerId, CancellationToken ct);
+
+    /// <summary>Stops and removes a container.</summary>
+    Task RemoveContainerAsync(string containerId, CancellationToken ct);
+
+    /// <summary>The container log's last line time, and its first line after <paramref name="after"/>.</summary>
+    Task<(DateTimeOffset? Last, DateTimeOffset? FirstAfter)> LogTimesAsync(string containerId, DateTimeOffset? after, CancellationToken ct);
+}

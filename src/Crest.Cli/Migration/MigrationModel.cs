@@ -1,0 +1,77 @@
+namespace Crest.Cli.Migration;
+
+/// <summary>How a container's memory moves (docs/user-guide.md, Live migration).</summary>
+internal enum MigrationStrategy
+{
+    /// <summary>Freeze, dump everything, copy, restore: down for the whole dump, copy and restore.</summary>
+    StopCopy,
+
+    /// <summary>Restore at once and fault memory in over the network (CRIU lazy pages). Not built yet: refused.</summary>
+    PostCopy,
+
+    /// <summary>Copy memory while running, then only what changed (needs soft-dirty tracking). Not built yet: refused.</summary>
+    PreCopy,
+}
+
+/// <summary>What <c>crest migrate</c> was asked: which container, into which pod on the target (an existing one, or one to make).</summary>
+internal sealed record MigrationRequest(string ContainerId, MigrationStrategy Strategy, string? TargetPodId, Runtime.V1.PodSandboxConfig? TargetPodConfig)
+{
+    /// <summary>The checkpoint's deadline on the source (0: the node's default).</summary>
+    public long FreezeTimeoutSeconds { get; init; }
+}
+
+/// <summary>The source container as the target needs to recreate it.</summary>
+internal sealed record SourceContainer(
+    string Id,
+    string Name,
+    string PodId,
+    string Image,
+    string? BaseImageDigestReference,
+    string LogPath,
+    bool PrivatePidNamespace,
+    IReadOnlyDictionary<string, string> Labels,
+    IReadOnlyDictionary<string, string> Annotations,
+    IReadOnlyList<Runtime.V1.Mount> Mounts);
+
+/// <summary>The source's frozen checkpoint.</summary>
+internal sealed record FrozenSource(string ArchiveToken, long ArchiveBytes, TimeSpan Paused);
+
+/// <summary>Which strategies one node supports, with reasons for the others.</summary>
+internal sealed record NodeCapabilities(IReadOnlyDictionary<MigrationStrategy, string?> Problems);
+
+/// <summary>What a finished migration did and measured.</summary>
+internal sealed record MigrationReport(
+    string SourceContainerId,
+    string TargetContainerId,
+    string TargetPodId,
+    MigrationStrategy Strategy,
+    long BytesBeforeSwitch,
+    long BytesDuringSwitch,
+    TimeSpan Frozen,
+    TimeSpan? Downtime,
+    DateTimeOffset? LastSourceLine,
+    DateTimeOffset? FirstTargetLine,
+    TimeSpan Total);
+
+/// <summary>A migration that failed, after the undo: <see cref="Exception.Message"/> says what failed and where the container runs now.</summary>
+internal sealed class MigrationFailedException(string message, Exception? inner = null) : Exception(message, inner)
+{
+}
+
+internal static class MigrationStrategies
+{
+    public static string Name(MigrationStrategy s) => s switch
+    {
+        MigrationStrategy.StopCopy => "stop-copy",
+        MigrationStrategy.PostCopy => "post-copy",
+        _ => "pre-copy",
+    };
+
+    public static MigrationStrategy Parse(string? text) => (text ?? "stop-copy").Trim().ToLowerInvariant() switch
+    {
+        "stop-copy" => MigrationStrategy.StopCopy,
+        "post-copy" => MigrationStrategy.PostCopy,
+        "pre-copy" => MigrationStrategy.PreCopy,
+        _ => throw new CliUsageException($"--strategy {text}: expected stop-copy, post-copy or pre-copy"),
+    };
+}

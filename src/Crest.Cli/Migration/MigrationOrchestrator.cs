@@ -1,0 +1,246 @@
+using System.Globalization;
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+
+namespace Crest.Cli.Migration;
+
+/// <summary>
+/// Drives a stop-and-copy live migration between two nodes, in this order:
+/// <list type="number">
+/// <item>check both nodes support the strategy; inspect the running source container;</item>
+/// <item>pre-stage while it runs: the target pulls the base image by digest, and the target pod is checked or made;</item>
+/// <item>freeze: the source checkpoints the container and keeps it frozen (nothing runs on past the checkpoint);</item>
+/// <item>transfer: the archive streams from the source through this client to the target;</item>
+/// <item>restore on the target (CreateContainer from the archive, StartContainer) and check it runs;</item>
+/// <item>only then kill the frozen source and remove it.</item>
+/// </list>
+/// Any failure before the last step removes what was made on the target and resumes the source, so exactly one copy
+/// runs whatever failed. The downtime is measured from the container's CRI log: the source's last line to the target's
+/// first new one.
+/// </summary>
+internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNode target, Action<string> progress, TimeProvider time)
+{
+    /// <summary>How long the target's first log line is awaited for the downtime measurement.</summary>
+    internal static readonly TimeSpan Settle = TimeSpan.FromSeconds(5);
+
+    private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(50);
+
+    public async Task<MigrationReport> RunAsync(MigrationRequest request, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var started = time.GetTimestamp();
+        await CheckStrategyAsync(request.Strategy, ct).ConfigureAwait(false);
+
+        var container = await source.InspectAsync(request.ContainerId, ct).ConfigureAwait(false);
+        progress($"source: container {container.Id} ({container.Name}) runs in pod {container.PodId} on {source.Name}");
+
+        // Pre-staging: everything that is not the container's state moves while it still runs.
+        long before = 0;
+        if (container.BaseImageDigestReference is { } digestRef)
+        {
+            progress($"pre-stage: {target.Name} pulls the base image {digestRef}");
+            before += await target.PullImageAsync(digestRef, ct).ConfigureAwait(false);
+        }
+        else
+        {
+            progress($"pre-stage: base image {container.Image} has no registry digest; {target.Name} must already hold it (the restore checks it)");
+        }
+
+        string podId;
+        var madePod = false;
+        if (request.TargetPodId is { } existing)
+        {
+            await target.CheckPodAsync(existing, ct).ConfigureAwait(false);
+            podId = existing;
+        }
+        else
+        {
+            podId = await target.RunPodAsync(request.TargetPodConfig ?? throw new CliUsageException("migrate needs --pod POD or --pod-config pod.json on the target"), ct).ConfigureAwait(false);
+            madePod = true;
+            progress($"pre-stage: made pod {podId} on {target.Name}");
+        }
+
+        FrozenSource? frozen = null;
+        string? targetToken = null;
+        string? restored = null;
+        var switchStarted = time.GetTimestamp();
+        try
+        {
+            progress($"freeze: checkpointing {container.Id} on {source.Name}; it stays frozen until the target runs");
+            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, ct).ConfigureAwait(false);
+            progress(string.Create(CultureInfo.InvariantCulture, $"freeze: archive of {frozen.ArchiveBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began"));
+
+            var (token, path, bytes) = await target.WriteArchiveAsync(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), ct).ConfigureAwait(false);
+            targetToken = token;
+            if (bytes != frozen.ArchiveBytes)
+            {
+                throw new InvalidOperationException($"the target received {bytes} bytes of the checkpoint archive, the source sent {frozen.ArchiveBytes}");
+            }
+
+            progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
+            restored = await target.RestoreAsync(podId, path, container, ct).ConfigureAwait(false);
+            progress($"restore: container {restored} started in pod {podId} on {target.Name}");
+            await ExpectRunningAsync(restored, ct).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            var undo = await UndoAsync(container.Id, frozen, targetToken, restored, madePod ? podId : null).ConfigureAwait(false);
+            throw new MigrationFailedException(
+                $"migration of container {container.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}", e);
+        }
+
+        // The target runs with all its state: the source must never run again.
+        var frozenFor = time.GetElapsedTime(switchStarted);
+        DateTimeOffset? lastSource;
+        try
+        {
+            await source.KillFrozenAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+            (lastSource, _) = await source.LogTimesAsync(container.Id, null, CancellationToken.None).ConfigureAwait(false);
+            await source.RemoveContainerAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            // Not undone: the target runs with the state. A source left frozen must not be resumed (crestd's restart
+            // recovery would), so the operator is told to remove it.
+            throw new MigrationFailedException(
+                $"container {container.Id} now runs on {target.Name} as {restored}, but ending the frozen source on {source.Name} failed: {Describe(e)}; "
+                + $"remove it there (crest -r {source.Name} rm {container.Id}) before it is resumed", e);
+        }
+
+        await source.DropArchiveAsync(frozen.ArchiveToken, CancellationToken.None).ConfigureAwait(false);
+        await target.DropArchiveAsync(targetToken!, CancellationToken.None).ConfigureAwait(false);
+        progress($"done: removed {container.Id} from {source.Name}");
+
+        var firstTarget = lastSource is null ? null : await FirstTargetLineAsync(restored!, lastSource.Value, ct).ConfigureAwait(false);
+        return new MigrationReport(container.Id, restored!, podId, request.Strategy, before, frozen.ArchiveBytes, frozenFor,
+            firstTarget - lastSource, lastSource, firstTarget, time.GetElapsedTime(started));
+    }
+
+    private async Task CheckStrategyAsync(MigrationStrategy strategy, CancellationToken ct)
+    {
+        foreach (var node in new[] { source, target })
+        {
+            var capabilities = await node.CapabilitiesAsync(ct).ConfigureAwait(false);
+            if (capabilities.Problems.GetValueOrDefault(strategy) is { } problem)
+            {
+                throw new MigrationFailedException($"--strategy {MigrationStrategies.Name(strategy)} is refused by {node.Name}: {problem}");
+            }
+        }
+    }
+
+    /// <summary>The restored container reports CONTAINER_RUNNING (StartContainer returned after CRIU restored it).</summary>
+    private async Task ExpectRunningAsync(string id, CancellationToken ct)
+    {
+        var state = await target.StateAsync(id, ct).ConfigureAwait(false);
+        if (state != "CONTAINER_RUNNING")
+        {
+            throw new InvalidOperationException($"the restored container {id} on {target.Name} is {state}, not CONTAINER_RUNNING");
+        }
+    }
+
+    /// <summary>The target's first log line after the source's last, awaited for at most <see cref="Settle"/>.</summary>
+    private async Task<DateTimeOffset?> FirstTargetLineAsync(string id, DateTimeOffset lastSource, CancellationToken ct)
+    {
+        var waited = time.GetTimestamp();
+        while (true)
+        {
+            var (_, first) = await target.LogTimesAsync(id, lastSource, ct).ConfigureAwait(false);
+            if (first is not null || time.GetElapsedTime(waited) > Settle)
+            {
+                return first;
+            }
+
+            await Task.Delay(Poll, time, ct).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Undoes a failed switch: the target's half-made container, archive and pod go, the source runs on.</summary>
+    private async Task<string> UndoAsync(string sourceId, FrozenSource? frozen, string? targetToken, string? restored, string? madePod)
+    {
+        var problems = new List<string>();
+        async Task Try(string what, Func<Task> step)
+        {
+            try
+            {
+                await step().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                problems.Add($"{what}: {Describe(e)}");
+            }
+        }
+
+        // Target first: its copy must be gone before the source runs again.
+        if (restored is not null)
+        {
+            await Try($"removing the restored container {restored} on {target.Name}", () => target.RemoveContainerAsync(restored, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        if (targetToken is not null)
+        {
+            await Try($"dropping the archive on {target.Name}", () => target.DropArchiveAsync(targetToken, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        if (madePod is not null)
+        {
+            await Try($"removing pod {madePod} on {target.Name}", () => target.RemovePodAsync(madePod, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        // Resumed whether or not the freeze answered: a freeze cut off in flight may have frozen it.
+        await Try($"resuming {sourceId} on {source.Name}", () => source.ResumeAsync(sourceId, CancellationToken.None)).ConfigureAwait(false);
+        if (frozen is not null)
+        {
+            await Try($"dropping the archive on {source.Name}", () => source.DropArchiveAsync(frozen.ArchiveToken, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        return problems.Count == 0
+            ? $"undone: the container runs on {source.Name} as before, and nothing of it is left on {target.Name}"
+            : $"undo incomplete ({string.Join("; ", problems)}); check both nodes with crest ps -a";
+    }
+
+    /// <summary>
+    /// Reads the source's chunks up to <see cref="ReadAheadChunks"/> ahead of the target's writes, so the two hops
+    /// (source to client, client to target) overlap instead of taking turns; a source failure reaches the writer.
+    /// </summary>
+    private static async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadAhead(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, [EnumeratorCancellation] CancellationToken ct)
+    {
+        var buffered = Channel.CreateBounded<ReadOnlyMemory<byte>>(ReadAheadChunks);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var pump = Task.Run(async () =>
+        {
+            try
+            {
+                await foreach (var chunk in chunks.WithCancellation(stop.Token).ConfigureAwait(false))
+                {
+                    await buffered.Writer.WriteAsync(chunk, stop.Token).ConfigureAwait(false);
+                }
+
+                buffered.Writer.Complete();
+            }
+            catch (Exception e)
+            {
+                buffered.Writer.Complete(e);
+            }
+        }, CancellationToken.None);
+        try
+        {
+            await foreach (var chunk in buffered.Reader.ReadAllAsync(ct).ConfigureAwait(false))
+            {
+                yield return chunk;
+            }
+        }
+        finally
+        {
+            await stop.CancelAsync().ConfigureAwait(false);
+            await pump.ConfigureAwait(false);
+        }
+    }
+
+    private const int ReadAheadChunks = 16;
+
+    private static string Describe(Exception e) => e switch
+    {
+        CliFailure f => f.Message,
+        _ => e.Message,
+    };
+}

@@ -1,0 +1,26 @@
+using Crest.Api.V1;
+using Grpc.Core;
+
+namespace Crest.Daemon.Cri;
+
+internal sealed partial class CrestMigrationService
+{
+    /// <summary>
+    /// Checkpoints a running container and leaves it frozen, holding the archive for ReadArchive. FailedPrecondition
+    /// when it is not running; any failure leaves it running as it was.
+    /// </summary>
+    public override async Task<FreezeResponse> Freeze(FreezeRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var frozen = await migrations.FreezeAsync(request.ContainerId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken);
+        return new FreezeResponse
+        {
+            ContainerId = frozen.ContainerId,
+            ArchiveToken = frozen.ArchiveToken,
+            ArchiveBytes = frozen.ArchiveBytes,
+            PausedMs = (long)frozen.Paused.TotalMilliseconds,
+            CriuDumpMs = (long)frozen.CriuDump.TotalMilliseconds,
+        };
+    }
+}

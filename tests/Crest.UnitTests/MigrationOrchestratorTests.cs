@@ -1,0 +1,334 @@
+using System.Runtime.CompilerServices;
+using Crest.Cli;
+using Crest.Cli.Migration;
+
+namespace Crest.UnitTests;
+
+/// <summary>
+/// The migration's safety rule, step by step over fake nodes: whatever step fails, exactly one copy of the container
+/// runs afterwards (the source, resumed), and nothing the migration made on the target is left.
+/// </summary>
+public sealed class MigrationOrchestratorTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>A node: its containers and their states, pods, archives, the calls it saw, and a step made to fail.</summary>
+    private sealed class FakeNode(string name) : IMigrationNode
+    {
+        public Dictionary<string, string> Containers { get; } = new(StringComparer.Ordinal);
+
+        public HashSet<string> Pods { get; } = new(StringComparer.Ordinal);
+
+        public HashSet<string> Archives { get; } = new(StringComparer.Ordinal);
+
+        public List<string> Calls { get; } = [];
+
+        public string? FailAt { get; set; }
+
+        public Dictionary<string, string?> Problems { get; } = new(StringComparer.Ordinal);
+
+        public string Name => name;
+
+        /// <summary>Containers that would execute: running and not frozen.</summary>
+        public IEnumerable<string> Running => Containers.Where(kv => kv.Value == "running").Select(kv => kv.Key);
+
+        private int _next;
+
+        private void Step(string call)
+        {
+            Calls.Add(call);
+            if (FailAt == call.Split(' ')[0])
+            {
+                throw new CliFailure(ExitCodes.RuntimeError, $"{call} failed on {name}");
+            }
+        }
+
+        public Task<NodeCapabilities> CapabilitiesAsync(CancellationToken ct) => Task.FromResult(new NodeCapabilities(new Dictionary<MigrationStrategy, string?>
+        {
+            [MigrationStrategy.StopCopy] = Problems.GetValueOrDefault("stop-copy"),
+            [MigrationStrategy.PostCopy] = Problems.GetValueOrDefault("post-copy", "post-copy is not built"),
+            [MigrationStrategy.PreCopy] = Problems.GetValueOrDefault("pre-copy", "Dirty tracking is OFF"),
+        }));
+
+        public Task<SourceContainer> InspectAsync(string containerId, CancellationToken ct)
+        {
+            Step("inspect " + containerId);
+            return Task.FromResult(new SourceContainer(containerId, "counter", "pod-a", "registry/busybox:v1", "registry/busybox@sha256:aa", "counter.log", true,
+                new Dictionary<string, string>(), new Dictionary<string, string>(), []));
+        }
+
+        public Task<long> PullImageAsync(string image, CancellationToken ct)
+        {
+            Step("pull " + image);
+            return Task.FromResult(1000L);
+        }
+
+        public Task CheckPodAsync(string podId, CancellationToken ct)
+        {
+            Step("checkpod " + podId);
+            return Pods.Contains(podId) ? Task.CompletedTask : throw new CliFailure(ExitCodes.RuntimeError, $"pod {podId} not found");
+        }
+
+        public Task<string> RunPodAsync(global::Runtime.V1.PodSandboxConfig config, CancellationToken ct)
+        {
+            Step("runp");
+            var id = $"pod-{name}-{++_next}";
+            Pods.Add(id);
+            return Task.FromResult(id);
+        }
+
+        public Task RemovePodAsync(string podId, CancellationToken ct)
+        {
+            Step("rmp " + podId);
+            Pods.Remove(podId);
+            return Task.CompletedTask;
+        }
+
+        public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, CancellationToken ct)
+        {
+            Step("freeze " + containerId);
+            Containers[containerId] = "frozen";
+            Archives.Add("src-archive");
+            return Task.FromResult(new FrozenSource("src-archive", 4096, TimeSpan.FromMilliseconds(300)));
+        }
+
+        public Task ResumeAsync(string containerId, CancellationToken ct)
+        {
+            Step("resume " + containerId);
+            if (Containers[containerId] == "frozen")
+            {
+                Containers[containerId] = "running";
+            }
+
+            return Task.CompletedTask;
+        }
+
+        public Task KillFrozenAsync(string containerId, CancellationToken ct)
+        {
+            Step("killfrozen " + containerId);
+            Containers[containerId] = "exited";
+            return Task.CompletedTask;
+        }
+
+        public async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, [EnumeratorCancellation] CancellationToken ct)
+        {
+            Step("read " + token);
+            await Task.Yield();
+            yield return new byte[2048];
+            Step("read-rest " + token);
+            yield return new byte[2048];
+        }
+
+        public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+        {
+            Step("write");
+            long bytes = 0;
+            await foreach (var c in chunks.WithCancellation(ct))
+            {
+                bytes += c.Length;
+            }
+
+            // As the real node: a cut transfer stores nothing.
+            Archives.Add("dst-archive");
+
+            return ("dst-archive", "/target/migrations/dst-archive.tar", bytes);
+        }
+
+        public Task DropArchiveAsync(string token, CancellationToken ct)
+        {
+            Step("drop " + token);
+            Archives.Remove(token);
+            return Task.CompletedTask;
+        }
+
+        public Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, CancellationToken ct)
+        {
+            Step("restore " + podId);
+            var id = "restored-" + ++_next;
+            Containers[id] = FailAt == "state" ? "exited" : "running";
+            return Task.FromResult(id);
+        }
+
+        public Task<string> StateAsync(string containerId, CancellationToken ct)
+        {
+            Calls.Add("state " + containerId);
+            return Task.FromResult(Containers[containerId] == "running" ? "CONTAINER_RUNNING" : "CONTAINER_EXITED (Error 1: restore failed)");
+        }
+
+        public Task RemoveContainerAsync(string containerId, CancellationToken ct)
+        {
+            Step("rm " + containerId);
+            Containers.Remove(containerId);
+            return Task.CompletedTask;
+        }
+
+        public Task<(DateTimeOffset? Last, DateTimeOffset? FirstAfter)> LogTimesAsync(string containerId, DateTimeOffset? after, CancellationToken ct)
+        {
+            Calls.Add("logtimes " + containerId);
+            var t0 = new DateTimeOffset(2026, 12, 3, 12, 0, 0, TimeSpan.Zero);
+            return Task.FromResult<(DateTimeOffset?, DateTimeOffset?)>(name == "a" ? (t0, null) : (t0.AddMilliseconds(900), t0.AddMilliseconds(800)));
+        }
+    }
+
+    private static (FakeNode Source, FakeNode Target, MigrationOrchestrator Orchestrator, List<string> Progress) Nodes()
+    {
+        var source = new FakeNode("a");
+        source.Containers["c1"] = "running";
+        var target = new FakeNode("b");
+        var progress = new List<string>();
+        return (source, target, new MigrationOrchestrator(source, target, progress.Add, TimeProvider.System), progress);
+    }
+
+    private static MigrationRequest NewPod() => new("c1", MigrationStrategy.StopCopy, null, new global::Runtime.V1.PodSandboxConfig());
+
+    [Fact]
+    public async Task A_migration_pre_stages_then_freezes_copies_restores_and_only_then_removes_the_source()
+    {
+        var (source, target, orchestrator, progress) = Nodes();
+
+        var report = await orchestrator.RunAsync(NewPod(), Ct);
+
+        Assert.Equal(["inspect c1", "read src-archive", "read-rest src-archive", "killfrozen c1", "logtimes c1", "rm c1", "drop src-archive"],
+            source.Calls.Where(c => !c.StartsWith("freeze", StringComparison.Ordinal)));
+        Assert.Equal(["pull registry/busybox@sha256:aa", "runp", "write", "restore pod-b-1"], target.Calls.Take(4));
+        // The base image moves before the freeze, the checkpoint during it.
+        Assert.True(target.Calls.IndexOf("pull registry/busybox@sha256:aa") < target.Calls.IndexOf("write"));
+        Assert.Empty(source.Containers);
+        Assert.Equal([report.TargetContainerId], target.Running);
+        Assert.Empty(source.Archives);
+        Assert.Empty(target.Archives);
+        Assert.Equal(1000, report.BytesBeforeSwitch);
+        Assert.Equal(4096, report.BytesDuringSwitch);
+        Assert.Equal(TimeSpan.FromMilliseconds(800), report.Downtime);
+        Assert.Contains(progress, p => p.StartsWith("freeze:", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("source", "freeze")]
+    [InlineData("source", "read")]
+    [InlineData("source", "read-rest")]
+    [InlineData("target", "write")]
+    [InlineData("target", "restore")]
+    [InlineData("target", "state")]
+    public async Task A_failure_at_any_step_of_the_switch_leaves_exactly_the_source_running_and_nothing_on_the_target(string node, string step)
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        (node == "source" ? source : target).FailAt = step;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        Assert.Equal(["c1"], source.Running);
+        Assert.Empty(target.Running);
+        Assert.Empty(target.Containers);
+        Assert.Empty(target.Pods);
+        Assert.Empty(target.Archives);
+        Assert.Empty(source.Archives);
+        Assert.Contains("undone: the container runs on a as before", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("killfrozen c1", source.Calls);
+    }
+
+    [Theory]
+    [InlineData("pull")]
+    [InlineData("runp")]
+    public async Task A_failure_while_pre_staging_never_touches_the_running_source(string step)
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        target.FailAt = step;
+
+        await Assert.ThrowsAsync<CliFailure>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        Assert.Equal(["inspect c1"], source.Calls);
+        Assert.Equal(["c1"], source.Running);
+        Assert.Empty(target.Pods);
+    }
+
+    [Fact]
+    public async Task An_existing_target_pod_is_kept_when_the_migration_fails()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        target.Pods.Add("pod-b");
+        target.FailAt = "restore";
+
+        await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(new MigrationRequest("c1", MigrationStrategy.StopCopy, "pod-b", null), Ct));
+
+        Assert.Equal(["pod-b"], target.Pods);
+        Assert.Equal(["c1"], source.Running);
+    }
+
+    [Fact]
+    public async Task A_source_that_cannot_be_killed_after_the_switch_is_never_resumed_and_the_operator_is_told()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.FailAt = "killfrozen";
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        Assert.Single(target.Running);
+        Assert.Empty(source.Running);
+        Assert.DoesNotContain("resume c1", source.Calls);
+        Assert.Contains("rm c1) before it is resumed", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task An_undo_that_cannot_resume_the_source_says_so()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        target.FailAt = "restore";
+        source.FailAt = "resume";
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        Assert.Contains("undo incomplete (resuming c1 on a:", e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("pre-copy", "Dirty tracking is OFF")]
+    [InlineData("post-copy", "post-copy is not built")]
+    public async Task A_strategy_a_node_cannot_do_is_refused_with_its_reason_before_anything_happens(string name, string reason)
+    {
+        var strategy = MigrationStrategies.Parse(name);
+        var (source, target, orchestrator, _) = Nodes();
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod() with { Strategy = strategy }, Ct));
+
+        Assert.Contains(reason, e.Message, StringComparison.Ordinal);
+        Assert.Contains("refused by a", e.Message, StringComparison.Ordinal);
+        Assert.Empty(source.Calls);
+        Assert.Empty(target.Calls);
+    }
+
+    [Fact]
+    public void The_migration_service_messages_keep_their_field_numbers()
+    {
+        Assert.Equal(1, Crest.Api.V1.FreezeRequest.ContainerIdFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.FreezeRequest.TimeoutFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.FreezeResponse.ArchiveTokenFieldNumber);
+        Assert.Equal(3, Crest.Api.V1.FreezeResponse.ArchiveBytesFieldNumber);
+        Assert.Equal(4, Crest.Api.V1.FreezeResponse.PausedMsFieldNumber);
+        Assert.Equal(5, Crest.Api.V1.FreezeResponse.CriuDumpMsFieldNumber);
+        Assert.Equal(1, Crest.Api.V1.ArchiveChunk.DataFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.WriteArchiveResponse.PathFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.LogTimesRequest.AfterUnixNanosFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.LogTimesResponse.FirstLineAfterUnixNanosFieldNumber);
+        Assert.Equal(3, Crest.Api.V1.StrategySupport.ReasonFieldNumber);
+    }
+
+    [Fact]
+    public void A_cri_log_line_time_keeps_its_fraction_to_100_ns()
+    {
+        var at = Crest.Checkpoint.MigrationService.LineTime("2026-12-03T13:00:01.123456789+00:00 stdout F count 7");
+
+        Assert.Equal(new DateTimeOffset(2026, 12, 3, 13, 0, 1, TimeSpan.Zero).AddTicks(1234567), at);
+        Assert.Null(Crest.Checkpoint.MigrationService.LineTime("not a log line"));
+    }
+
+    [Fact]
+    public void Pre_copy_is_refused_on_a_kernel_without_soft_dirty_and_post_copy_until_it_is_built()
+    {
+        var support = Crest.Core.MigrationSupport.From(new Crest.Core.CriuInfo("/usr/sbin/criu", "4.2.1", 40201, null, new Crest.Core.CriuFeatures(MemoryTracking: false, LazyPages: true)));
+
+        Assert.True(support.Single(s => s.Strategy == "stop-copy").Supported);
+        Assert.Contains("Dirty tracking is OFF", support.Single(s => s.Strategy == "pre-copy").Reason, StringComparison.Ordinal);
+        Assert.Contains("not built", support.Single(s => s.Strategy == "post-copy").Reason, StringComparison.Ordinal);
+    }
+}
