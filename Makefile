@@ -4,8 +4,10 @@
 deps:
 	./scripts/install-deps.sh
 
+# Everything in Release, then crest and crestd as Native AOT binaries in artifacts/bin (scripts/build.sh).
+# CREST_JIT=1 make build skips the AOT publish; the scripts and tests then run the JIT builds.
 build: deps
-	dotnet build Crest.slnx -c Release -v q -clp:ErrorsOnly
+	./scripts/build.sh
 
 test:
 	./scripts/test.sh
@@ -27,5 +29,5 @@ clean:
 critest:
 	./scripts/critest.sh
 
-deb:
+deb: build
 	./scripts/deb.sh

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 . "$repo/scripts/lib/critest-env.sh"
 ./scripts/install-deps.sh
-dotnet build Crest.slnx -c Release -v q -clp:ErrorsOnly
+./scripts/build.sh
 
 critest_dir=$(critest_locate "$repo")
 critest_args=()

@@ -25,10 +25,11 @@ fi
 if [ "${CRITEST_SKIP_BUILD:-}" != 1 ]; then
   ./scripts/install-deps.sh || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
   echo "critest: building (Release)"
-  dotnet build Crest.slnx -c Release -v q -clp:ErrorsOnly || { echo "critest: the build failed"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+  ./scripts/build.sh || { echo "critest: the build failed"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 fi
 
-crestd=$repo/src/Crest.Daemon/bin/Release/net10.0/crestd
+. "$repo/scripts/lib/binaries.sh"
+crest_binaries "$repo" || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 work=$(mktemp -d /tmp/crest-critest-XXXXXX)
 # A user-namespaced pod's root (an unmapped "other" on the host) must reach the container root filesystems under it,
 # or crestd announces no user namespace support; mktemp's 0700 would hide them.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make deb: crest_VERSION_amd64.deb with dpkg-deb. crestd and crest are published self-contained (the .NET runtime
-# travels with them, so the node needs no dotnet package) into /usr/lib/crest, linked from /usr/bin; the unit goes
+# make deb: crest_VERSION_amd64.deb with dpkg-deb. crestd and crest are the Native AOT binaries of make build
+# (artifacts/bin; no .NET runtime needed on the node) in /usr/lib/crest, linked from /usr/bin; the unit goes
 # to /usr/lib/systemd/system (Debian's merged /usr: /lib/systemd/system is the same directory); /etc/crest/config.toml
 # is a conffile holding every key commented out with its default (taken from docs/config.md, so the two never differ).
 # Usage: scripts/deb.sh [OUTDIR]   (default artifacts/deb); prints the package's path last.
@@ -12,11 +12,15 @@ stage=$(mktemp -d /tmp/crest-deb-XXXXXX)
 chmod 0755 "$stage"
 trap 'rm -rf "$stage"' EXIT
 
-echo "deb: publishing crestd and crest $version (self-contained, linux-x64)" >&2
-for project in src/Crest.Daemon src/Crest.Cli; do
-  dotnet publish "$project" -c Release -r linux-x64 --self-contained -p:DebugType=none -p:GenerateDocumentationFile=false \
-    -o "$stage/usr/lib/crest" -v q -clp:ErrorsOnly >&2
+bin=artifacts/bin
+for f in crestd crest libe_sqlite3.so; do
+  [ -f "$bin/$f" ] || { echo "deb: $bin/$f is missing: run make build first (make deb does)" >&2; exit 1; }
 done
+echo "deb: packaging crestd and crest $version (Native AOT, linux-x64) from $bin" >&2
+mkdir -p "$stage/usr/lib/crest"
+# crestd's SQLite library is loaded from beside it; the .dbg symbol files stay out of the package.
+install -m 0755 "$bin/crestd" "$bin/crest" "$stage/usr/lib/crest/"
+install -m 0644 "$bin/libe_sqlite3.so" "$stage/usr/lib/crest/"
 
 mkdir -p "$stage/usr/bin" "$stage/usr/lib/systemd/system" "$stage/etc/crest" "$stage/usr/share/doc/crest" "$stage/DEBIAN"
 ln -s ../lib/crest/crestd "$stage/usr/bin/crestd"
@@ -36,6 +40,6 @@ install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debia
 
 mkdir -p "$out"
 deb="$out/crest_${version}_amd64.deb"
-# gzip at a low level: the payload is mostly .NET assemblies, and xz would add a minute for little.
+# gzip at a low level: xz would add a minute for little.
 dpkg-deb --root-owner-group -Zgzip -z3 --build "$stage" "$deb" >&2
 echo "$deb"

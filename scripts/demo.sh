@@ -7,11 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
-echo "demo: building (Release)"
-dotnet build Crest.slnx -c Release -v q -clp:ErrorsOnly
-
-crestd=src/Crest.Daemon/bin/Release/net10.0/crestd
-crest=src/Crest.Cli/bin/Release/net10.0/crest
+echo "demo: building (Release; crest and crestd as Native AOT binaries, CREST_JIT=1 for the JIT builds)"
+./scripts/build.sh
+. scripts/lib/binaries.sh
+crest_binaries "$(pwd)"
 work=$(mktemp -d /tmp/crest-demo-XXXXXX)
 pid=
 registry_pid=

@@ -20,6 +20,7 @@ BASE_PACKAGES=(
   docker-registry skopeo apache2-utils jq tmux util-linux procps make
   systemd  # systemd-analyze verifies the packaged unit in the package test
   prometheus  # a real Prometheus scrapes crestd in the metrics test (policy-rc.d keeps its service from starting)
+  clang lld zlib1g-dev  # the Native AOT publish of crest and crestd: ILC's native link (clang driving lld) and its zlib
 )
 # From forky, each for a reason named above. Podman 5.8 is the compatibility oracle of the cross-engine tests;
 # without recommends it brings 12 packages (netavark, libseccomp2 2.6, libgpgme45, libsubid6 and shadow's
@@ -162,6 +163,7 @@ check_versions() {
   [ -x /usr/lib/cni/bridge ] || die "CNI plugins are missing under /usr/lib/cni"
   [ -f "$CRI_API_PROTO" ] || die "the CRI api.proto is missing at $CRI_API_PROTO (package golang-github-kubernetes-cri-api-dev)"
   [ -f "$CRIU_RPC_PROTO" ] || die "the CRIU rpc.proto is missing at $CRIU_RPC_PROTO (package libcriu-dev)"
+  command -v clang >/dev/null && command -v ld.lld >/dev/null || die "clang or ld.lld is missing: the Native AOT publish links with them (packages clang, lld)"
   command -v dotnet >/dev/null || die "the .NET SDK is not on PATH: Crest builds with .NET 10"
   dotnet --version >/dev/null || die "'dotnet --version' fails after the install; the .NET SDK no longer runs on this machine"
 }

@@ -12,6 +12,6 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 if [ "${SOAK_NO_BUILD:-}" != 1 ]; then
   ./scripts/install-deps.sh
-  dotnet build Crest.slnx -c Release -v q -clp:ErrorsOnly
+  ./scripts/build.sh
 fi
 exec dotnet bench/Crest.Bench/bin/Release/net10.0/Crest.Bench.dll --soak "$@"

@@ -63,6 +63,8 @@ if (!checkpointOnly && !podCheckpointOnly && !critestOnly)
                 // One value per run: the median of its calls; the table then shows min and median over runs.
                 report.Add("Version round trip", "µs", subject.Name, samples[samples.Count / 2] * 1000);
             }
+
+            await CliScenario.RunAsync(report, subject.Name, running.Socket, critestDir, runs);
         }
     }
 

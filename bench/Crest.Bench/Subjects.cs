@@ -85,9 +85,7 @@ internal sealed class RunningSubject(Process process, TempDir dir, string socket
 internal static class Subjects
 {
     /// <summary>A path this project was built with (AssemblyMetadata in the csproj): crestd's and crest's build outputs.</summary>
-    public static string BuiltPath(string key) => Path.GetFullPath(typeof(Subjects).Assembly
-        .GetCustomAttributes(typeof(System.Reflection.AssemblyMetadataAttribute), false)
-        .Cast<System.Reflection.AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!);
+    public static string BuiltPath(string key) => CrestBinaries.Resolve(typeof(Subjects).Assembly, key);
 
     public static IReadOnlyList<Subject> Create(string? crestdPath)
     {

@@ -96,15 +96,22 @@ public sealed record PodCheckpointShared
 /// <summary>Writes and reads pod.json; the reader treats the file as untrusted.</summary>
 public static class PodCheckpointManifests
 {
-    private static readonly JsonSerializerOptions Json = new()
+    // Generated serialization (crest and crestd are Native AOT binaries); each enum the manifest reaches is written as
+    // its camelCase name, so an enum added to PodSpec or ContainerSpec needs its converter here.
+    private static readonly PodCheckpointJson Json = new(new JsonSerializerOptions
     {
         PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
         WriteIndented = true,
-        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.CamelCase) },
+        Converters =
+        {
+            new JsonStringEnumConverter<NamespaceMode>(JsonNamingPolicy.CamelCase),
+            new JsonStringEnumConverter<SeccompMode>(JsonNamingPolicy.CamelCase),
+            new JsonStringEnumConverter<SupplementalGroupsPolicy>(JsonNamingPolicy.CamelCase),
+        },
         UnmappedMemberHandling = JsonUnmappedMemberHandling.Skip,
-    };
+    });
 
-    public static byte[] Serialize(PodCheckpointManifest manifest) => JsonSerializer.SerializeToUtf8Bytes(manifest, Json);
+    public static byte[] Serialize(PodCheckpointManifest manifest) => JsonSerializer.SerializeToUtf8Bytes(manifest, Json.PodCheckpointManifest);
 
     /// <summary>Writes pod.json into <paramref name="dir"/> (0600, flushed to disk): the last file of a pod checkpoint.</summary>
     public static async Task WriteAsync(string dir, PodCheckpointManifest manifest, CancellationToken ct)
@@ -170,7 +177,7 @@ public static class PodCheckpointManifests
                     $"{where} has format version {version}; this Crest reads version {PodCheckpointFiles.FormatVersion} (a newer Crest wrote it? restore it there)");
             }
 
-            manifest = doc.Deserialize<PodCheckpointManifest>(Json);
+            manifest = doc.Deserialize(Json.PodCheckpointManifest);
         }
         catch (Exception e) when (e is JsonException or FormatException or InvalidOperationException)
         {
@@ -230,3 +237,6 @@ public static class PodCheckpointManifests
         return manifest;
     }
 }
+
+[JsonSerializable(typeof(PodCheckpointManifest))]
+internal sealed partial class PodCheckpointJson : JsonSerializerContext;

@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Crest.Checkpoint.Format;
@@ -54,7 +55,7 @@ internal static class ContainerCheckpointWriter
             annotations[key] = value;
         }
 
-        await WriteJsonAsync(work, CheckpointFiles.SpecDump, JsonSerializer.SerializeToUtf8Bytes(spec), ct).ConfigureAwait(false);
+        await WriteJsonAsync(work, CheckpointFiles.SpecDump, Encoding.UTF8.GetBytes(spec.ToJsonString()), ct).ConfigureAwait(false);
 
         var status = new StatusDump
         {

@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using Crest.Core;
 using Crest.Linux;
 
@@ -62,7 +63,7 @@ public sealed class PodOperationJournal(CrestPaths paths)
             var token = Path.GetFileNameWithoutExtension(file);
             try
             {
-                if (FileKinds.IsRegularFile(file) && JsonSerializer.Deserialize<Entry>(File.ReadAllBytes(file)) is { } entry)
+                if (FileKinds.IsRegularFile(file) && JsonSerializer.Deserialize(File.ReadAllBytes(file), PodOperationJournalJson.Default.Entry) is { } entry)
                 {
                     result.Add((token, entry));
                     continue;
@@ -82,7 +83,10 @@ public sealed class PodOperationJournal(CrestPaths paths)
     {
         var path = Path.Combine(Dir, token + ".json");
         var temp = path + ".tmp";
-        File.WriteAllBytes(temp, JsonSerializer.SerializeToUtf8Bytes(entry));
+        File.WriteAllBytes(temp, JsonSerializer.SerializeToUtf8Bytes(entry, PodOperationJournalJson.Default.Entry));
         File.Move(temp, path, overwrite: true);
     }
 }
+
+[JsonSerializable(typeof(PodOperationJournal.Entry))]
+internal sealed partial class PodOperationJournalJson : JsonSerializerContext;

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using Crest.Core;
 using Crest.Linux;
 using Crest.Runtime;
@@ -39,7 +40,7 @@ public sealed class PodRestoreHolds(ICommandRunner commands, ILinux linux, Runti
     /// <summary>One restored container of a held pod, and its cgroup (as given to the runtime), whose processes are continued.</summary>
     public sealed record HeldContainer(string Id, string CgroupsPath);
 
-    private sealed record Hold(string? NetnsPath, List<HeldContainer> Containers, List<string> Pending);
+    internal sealed record Hold(string? NetnsPath, List<HeldContainer> Containers, List<string> Pending);
 
     private string FileOf(string sandboxId) => Path.Combine(layout.SandboxDir(sandboxId), "restore-hold.json");
 
@@ -60,7 +61,7 @@ public sealed class PodRestoreHolds(ICommandRunner commands, ILinux linux, Runti
         await _gate.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            await File.WriteAllBytesAsync(FileOf(sandbox.Id), JsonSerializer.SerializeToUtf8Bytes(new Hold(netns, [.. containers], [.. containers.Select(c => c.Id)])), ct).ConfigureAwait(false);
+            await File.WriteAllBytesAsync(FileOf(sandbox.Id), JsonSerializer.SerializeToUtf8Bytes(new Hold(netns, [.. containers], [.. containers.Select(c => c.Id)]), PodRestoreHoldJson.Default.Hold), ct).ConfigureAwait(false);
             if (netns is not null)
             {
                 await RunAsync(new RestoreHoldRule(netns, Add: true, Ipv6: false), required: true, ct).ConfigureAwait(false);
@@ -101,7 +102,7 @@ public sealed class PodRestoreHolds(ICommandRunner commands, ILinux linux, Runti
             hold.Pending.Remove(containerId);
             if (hold.Pending.Count > 0)
             {
-                await File.WriteAllBytesAsync(FileOf(sandboxId), JsonSerializer.SerializeToUtf8Bytes(hold), ct).ConfigureAwait(false);
+                await File.WriteAllBytesAsync(FileOf(sandboxId), JsonSerializer.SerializeToUtf8Bytes(hold, PodRestoreHoldJson.Default.Hold), ct).ConfigureAwait(false);
                 return;
             }
 
@@ -212,7 +213,7 @@ public sealed class PodRestoreHolds(ICommandRunner commands, ILinux linux, Runti
 
         try
         {
-            return JsonSerializer.Deserialize<Hold>(File.ReadAllBytes(file));
+            return JsonSerializer.Deserialize(File.ReadAllBytes(file), PodRestoreHoldJson.Default.Hold);
         }
         catch (JsonException)
         {
@@ -230,3 +231,6 @@ public sealed class PodRestoreHolds(ICommandRunner commands, ILinux linux, Runti
         }
     }
 }
+
+[JsonSerializable(typeof(PodRestoreHolds.Hold))]
+internal sealed partial class PodRestoreHoldJson : JsonSerializerContext;

@@ -1,3 +1,5 @@
+using System.Text.Json.Nodes;
+
 namespace Crest.Core;
 
 /// <summary>A readiness condition as the CRI reports it; a false condition always has a reason and message.</summary>
@@ -33,8 +35,8 @@ public sealed record OciRuntimeFeatures(IReadOnlyList<string> MountOptions, IRea
     public bool RecursiveReadOnlyMounts => MountOptions.Contains("rro");
 }
 
-/// <summary>What the CRI Status RPC reports: conditions, the handlers, and detail for verbose callers.</summary>
+/// <summary>What the CRI Status RPC reports: conditions, the handlers, and detail for verbose callers (a JSON document per key).</summary>
 public sealed record NodeStatus(
     IReadOnlyList<RuntimeCondition> Conditions,
     IReadOnlyList<RuntimeHandlerStatus> Handlers,
-    IReadOnlyDictionary<string, object?> Detail);
+    IReadOnlyDictionary<string, JsonNode?> Detail);

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using Crest.Core;
 using Crest.Linux;
 
@@ -43,46 +44,46 @@ public sealed partial class NodeStatusService(
             PodCheckpointCondition(criu),
         };
 
-        var detail = new Dictionary<string, object?>(StringComparer.Ordinal)
+        var detail = new Dictionary<string, JsonNode?>(StringComparer.Ordinal)
         {
-            ["ociRuntimes"] = handlers.Select(h => new Dictionary<string, object?>
+            ["ociRuntimes"] = new JsonArray([.. handlers.Select(h => (JsonNode)new JsonObject
             {
                 ["name"] = h.Name,
                 ["path"] = h.BinaryPath,
                 ["version"] = h.Version,
                 ["default"] = h.Name == runtime.DefaultHandler,
                 ["problem"] = h.Problem,
-            }).ToList(),
-            ["conmon"] = new Dictionary<string, object?> { ["path"] = conmon ?? runtime.ConmonPath, ["found"] = conmon is not null },
-            ["criu"] = new Dictionary<string, object?>
+            })]),
+            ["conmon"] = new JsonObject { ["path"] = conmon ?? runtime.ConmonPath, ["found"] = conmon is not null },
+            ["criu"] = new JsonObject
             {
                 ["path"] = criu.Path,
                 ["version"] = criu.Version,
                 ["versionNumber"] = criu.VersionNumber,
                 ["problem"] = criu.Problem,
             },
-            ["checkpoint"] = new Dictionary<string, object?>
+            ["checkpoint"] = new JsonObject
             {
                 ["enabled"] = checkpoint.Enabled,
                 ["restoreViaCreate"] = checkpoint.RestoreViaCreate,
             },
-            ["cni"] = new Dictionary<string, object?>
+            ["cni"] = new JsonObject
             {
                 ["confDir"] = cni.ConfDir,
-                ["pluginDirs"] = cni.PluginDirs,
+                ["pluginDirs"] = Strings(cni.PluginDirs),
                 ["configFile"] = network.ConfigFile,
                 ["network"] = network.NetworkName,
-                ["plugins"] = network.PluginTypes,
+                ["plugins"] = Strings(network.PluginTypes),
             },
             ["cgroupDriver"] = runtime.CgroupDriver == CgroupDriver.Systemd ? "systemd" : "cgroupfs",
-            ["paths"] = new Dictionary<string, object?>
+            ["paths"] = new JsonObject
             {
                 ["root"] = paths.Root,
                 ["state"] = paths.State,
                 ["socket"] = paths.Socket,
                 ["database"] = paths.Database,
             },
-            ["service"] = new Dictionary<string, object?>
+            ["service"] = new JsonObject
             {
                 ["metricsAddress"] = service?.MetricsAddress is { Length: > 0 } metrics ? $"http://{metrics}/metrics" : "off ([metrics] address)",
                 ["systemdUnit"] = service?.SystemdUnit ?? "none: crestd was not started by systemd (the package's unit is crestd.service)",
@@ -91,6 +92,8 @@ public sealed partial class NodeStatusService(
 
         return new NodeStatus(conditions, handlers, detail);
     }
+
+    private static JsonArray Strings(IEnumerable<string> values) => new([.. values.Select(v => (JsonNode?)v)]);
 
     private RuntimeCondition RuntimeReadyCondition(IReadOnlyList<RuntimeHandlerStatus> handlers, string? conmon)
     {

@@ -60,7 +60,7 @@ public sealed class SqliteImageMetadataStore(MetadataStore store) : IImageMetada
             """, ct,
             ("$id", image.Id.ToString()), ("$manifest", image.ManifestDigest.ToString()), ("$target", image.TargetDigest.ToString()),
             ("$mt", image.TargetMediaType), ("$chain", (object?)image.ChainId ?? DBNull.Value), ("$size", image.Size),
-            ("$created", image.CreatedAt.ToString("O", CultureInfo.InvariantCulture)), ("$layers", JsonSerializer.Serialize(image.LayerChainIds)))
+            ("$created", image.CreatedAt.ToString("O", CultureInfo.InvariantCulture)), ("$layers", JsonSerializer.Serialize(image.LayerChainIds.ToList(), RuntimeStoreJson.Default.ListString)))
             .ConfigureAwait(false);
         foreach (var tag in image.RepoTags)
         {
@@ -175,7 +175,7 @@ public sealed class SqliteImageMetadataStore(MetadataStore store) : IImageMetada
                 Digest.Parse(r.GetString(0)), Digest.Parse(r.GetString(1)), Digest.Parse(r.GetString(2)), r.GetString(3),
                 r.IsDBNull(4) ? null : r.GetString(4), r.GetInt64(5),
                 DateTimeOffset.Parse(r.GetString(6), CultureInfo.InvariantCulture, DateTimeStyles.RoundtripKind),
-                [], [], [], JsonSerializer.Deserialize<List<string>>(r.GetString(7)) ?? []);
+                [], [], [], JsonSerializer.Deserialize(r.GetString(7), RuntimeStoreJson.Default.ListString) ?? []);
         }
 
         var tags = new List<string>();

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using System.Text.Json.Serialization.Metadata;
 using Crest.Core;
 using Microsoft.Data.Sqlite;
 
@@ -9,33 +10,28 @@ namespace Crest.Store;
 /// <summary>Sandboxes and containers as JSON documents keyed by ID, with the fields lists filter on as columns.</summary>
 public sealed class SqliteRuntimeStore(MetadataStore store) : IRuntimeStore
 {
-    private static readonly JsonSerializerOptions Json = new()
-    {
-        Converters = { new JsonStringEnumConverter() },
-    };
-
     public Task PutSandboxAsync(SandboxRecord sandbox, CancellationToken ct) =>
-        PutAsync("sandboxes", sandbox.Id, null, sandbox.State.ToString(), JsonSerializer.Serialize(sandbox, Json), ct);
+        PutAsync("sandboxes", sandbox.Id, null, sandbox.State.ToString(), JsonSerializer.Serialize(sandbox, RuntimeStoreJson.Default.SandboxRecord), ct);
 
     public async Task<SandboxRecord?> GetSandboxAsync(string id, CancellationToken ct) =>
-        await GetAsync<SandboxRecord>("sandboxes", id, ct).ConfigureAwait(false);
+        await GetAsync("sandboxes", id, RuntimeStoreJson.Default.SandboxRecord, ct).ConfigureAwait(false);
 
-    public Task<IReadOnlyList<SandboxRecord>> ListSandboxesAsync(CancellationToken ct) => ListAsync<SandboxRecord>("sandboxes", ct);
+    public Task<IReadOnlyList<SandboxRecord>> ListSandboxesAsync(CancellationToken ct) => ListAsync("sandboxes", RuntimeStoreJson.Default.SandboxRecord, ct);
 
     public Task DeleteSandboxAsync(string id, CancellationToken ct) => DeleteAsync("sandboxes", id, ct);
 
     public Task<bool> TryUpdateSandboxAsync(SandboxRecord sandbox, SandboxState expected, CancellationToken ct) =>
-        UpdateIfAsync("sandboxes", sandbox.Id, sandbox.State.ToString(), expected.ToString(), JsonSerializer.Serialize(sandbox, Json), ct);
+        UpdateIfAsync("sandboxes", sandbox.Id, sandbox.State.ToString(), expected.ToString(), JsonSerializer.Serialize(sandbox, RuntimeStoreJson.Default.SandboxRecord), ct);
 
     public Task<bool> TryUpdateContainerAsync(ContainerRecord container, ContainerState expected, CancellationToken ct) =>
-        UpdateIfAsync("containers", container.Id, container.State.ToString(), expected.ToString(), JsonSerializer.Serialize(container, Json), ct);
+        UpdateIfAsync("containers", container.Id, container.State.ToString(), expected.ToString(), JsonSerializer.Serialize(container, RuntimeStoreJson.Default.ContainerRecord), ct);
 
     public Task PutContainerAsync(ContainerRecord container, CancellationToken ct) =>
-        PutAsync("containers", container.Id, container.SandboxId, container.State.ToString(), JsonSerializer.Serialize(container, Json), ct);
+        PutAsync("containers", container.Id, container.SandboxId, container.State.ToString(), JsonSerializer.Serialize(container, RuntimeStoreJson.Default.ContainerRecord), ct);
 
-    public Task<ContainerRecord?> GetContainerAsync(string id, CancellationToken ct) => GetAsync<ContainerRecord>("containers", id, ct);
+    public Task<ContainerRecord?> GetContainerAsync(string id, CancellationToken ct) => GetAsync("containers", id, RuntimeStoreJson.Default.ContainerRecord, ct);
 
-    public Task<IReadOnlyList<ContainerRecord>> ListContainersAsync(CancellationToken ct) => ListAsync<ContainerRecord>("containers", ct);
+    public Task<IReadOnlyList<ContainerRecord>> ListContainersAsync(CancellationToken ct) => ListAsync("containers", RuntimeStoreJson.Default.ContainerRecord, ct);
 
     public Task DeleteContainerAsync(string id, CancellationToken ct) => DeleteAsync("containers", id, ct);
 
@@ -69,7 +65,7 @@ public sealed class SqliteRuntimeStore(MetadataStore store) : IRuntimeStore
         return await cmd.ExecuteNonQueryAsync(ct).ConfigureAwait(false) == 1;
     }
 
-    private async Task<T?> GetAsync<T>(string table, string id, CancellationToken ct)
+    private async Task<T?> GetAsync<T>(string table, string id, JsonTypeInfo<T> type, CancellationToken ct)
         where T : class
     {
         await using var c = await store.OpenConnectionAsync(ct).ConfigureAwait(false);
@@ -77,10 +73,10 @@ public sealed class SqliteRuntimeStore(MetadataStore store) : IRuntimeStore
         cmd.CommandText = $"SELECT document FROM {table} WHERE id = $id;";
         cmd.Parameters.AddWithValue("$id", id);
         var doc = (string?)await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false);
-        return doc is null ? null : JsonSerializer.Deserialize<T>(doc, Json);
+        return doc is null ? null : JsonSerializer.Deserialize(doc, type);
     }
 
-    private async Task<IReadOnlyList<T>> ListAsync<T>(string table, CancellationToken ct)
+    private async Task<IReadOnlyList<T>> ListAsync<T>(string table, JsonTypeInfo<T> type, CancellationToken ct)
     {
         await using var c = await store.OpenConnectionAsync(ct).ConfigureAwait(false);
         await using var cmd = c.CreateCommand();
@@ -89,7 +85,7 @@ public sealed class SqliteRuntimeStore(MetadataStore store) : IRuntimeStore
         var list = new List<T>();
         while (await r.ReadAsync(ct).ConfigureAwait(false))
         {
-            list.Add(JsonSerializer.Deserialize<T>(r.GetString(0), Json)!);
+            list.Add(JsonSerializer.Deserialize(r.GetString(0), type)!);
         }
 
         return list;
@@ -104,3 +100,10 @@ public sealed class SqliteRuntimeStore(MetadataStore store) : IRuntimeStore
         await cmd.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
     }
 }
+
+/// <summary>The stored documents' JSON, generated at build time (crestd is a Native AOT binary); enums as their names.</summary>
+[JsonSourceGenerationOptions(UseStringEnumConverter = true)]
+[JsonSerializable(typeof(SandboxRecord))]
+[JsonSerializable(typeof(ContainerRecord))]
+[JsonSerializable(typeof(List<string>))]
+internal sealed partial class RuntimeStoreJson : JsonSerializerContext;

@@ -3,16 +3,12 @@ using System.Text;
 
 namespace Crest.E2ETests;
 
-/// <summary>The built crestd and crest, run as separate processes exactly as an operator runs them.</summary>
+/// <summary>The built crestd and crest (Native AOT, or the JIT builds with CREST_JIT=1), run as separate processes exactly as an operator runs them.</summary>
 internal static class Binaries
 {
-    public static string Crestd { get; } = Built("CrestdPath");
+    public static string Crestd { get; } = global::Crest.TestKit.CrestBinaries.Resolve(typeof(Binaries).Assembly, "CrestdPath");
 
-    public static string Crest { get; } = Built("CrestPath");
-
-    private static string Built(string key) => Path.GetFullPath(typeof(Binaries).Assembly
-        .GetCustomAttributes(typeof(System.Reflection.AssemblyMetadataAttribute), false)
-        .Cast<System.Reflection.AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!);
+    public static string Crest { get; } = global::Crest.TestKit.CrestBinaries.Resolve(typeof(Binaries).Assembly, "CrestPath");
 
     /// <summary>Runs crest with <paramref name="args"/> and returns its exit code and output.</summary>
     public static async Task<(int ExitCode, string Stdout, string Stderr)> RunCrestAsync(IEnumerable<string> args, IDictionary<string, string>? env = null, string? stdin = null)

@@ -104,10 +104,10 @@ public class NodeStatusServiceTests
         var served = await Service(dir, Runtime(), GoodCriu, service: new ServiceFacts("127.0.0.1:1338", "crestd.service")).GetAsync(TestContext.Current.CancellationToken);
         var plain = await Service(dir, Runtime(), GoodCriu).GetAsync(TestContext.Current.CancellationToken);
 
-        var service = Assert.IsType<Dictionary<string, object?>>(served.Detail["service"]);
-        var none = Assert.IsType<Dictionary<string, object?>>(plain.Detail["service"]);
-        Assert.Equal("http://127.0.0.1:1338/metrics", service["metricsAddress"]);
-        Assert.Equal("crestd.service", service["systemdUnit"]);
+        var service = Assert.IsType<System.Text.Json.Nodes.JsonObject>(served.Detail["service"]);
+        var none = Assert.IsType<System.Text.Json.Nodes.JsonObject>(plain.Detail["service"]);
+        Assert.Equal("http://127.0.0.1:1338/metrics", (string?)service["metricsAddress"]);
+        Assert.Equal("crestd.service", (string?)service["systemdUnit"]);
         Assert.StartsWith("off", (string)none["metricsAddress"]!, StringComparison.Ordinal);
         Assert.StartsWith("none", (string)none["systemdUnit"]!, StringComparison.Ordinal);
     }

@@ -408,12 +408,12 @@ internal static class CheckpointCommands
 
         if (ctx.Format == OutputFormat.Json)
         {
-            await ctx.Out.WriteLineAsync(JsonSerializer.Serialize(new Dictionary<string, object>
+            await ctx.Out.WriteLineAsync(new System.Text.Json.Nodes.JsonObject
             {
                 ["freezing_time_us"] = s.FreezingTimeUs, ["frozen_time_us"] = s.FrozenTimeUs, ["memdump_time_us"] = s.MemdumpTimeUs,
                 ["memwrite_time_us"] = s.MemwriteTimeUs, ["pages_scanned"] = s.PagesScanned, ["pages_written"] = s.PagesWritten,
                 ["archive_bytes"] = new FileInfo(location).Length,
-            }));
+            }.ToJsonString());
             return;
         }
 

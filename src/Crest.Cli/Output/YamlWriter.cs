@@ -104,7 +104,7 @@ internal static partial class YamlWriter
     {
         if (s.Length == 0 || NeedsQuotes(s))
         {
-            return JsonSerializer.Serialize(s);
+            return System.Text.Json.Nodes.JsonValue.Create(s).ToJsonString();
         }
 
         return s;

@@ -2,6 +2,7 @@ using Crest.Core;
 using Crest.Runtime;
 using Tomlyn;
 using Tomlyn.Model;
+using Tomlyn.Serialization;
 
 namespace Crest.Daemon.Config;
 
@@ -77,7 +78,7 @@ public static class ConfigLoader
         TomlTable doc;
         try
         {
-            doc = TomlSerializer.Deserialize<TomlTable>(text) ?? new TomlTable();
+            doc = TomlSerializer.Deserialize(text, ConfigToml.Default.TomlTable) ?? new TomlTable();
         }
         catch (TomlException e)
         {
@@ -398,3 +399,10 @@ public static class ConfigLoader
         }
     }
 }
+
+/// <summary>
+/// config.toml is read as an untyped table and walked by hand (<see cref="ConfigLoader"/>); the table's reader is
+/// generated at build time because crestd is a Native AOT binary, which has no reflection-based TOML binding.
+/// </summary>
+[TomlSerializable(typeof(TomlTable))]
+internal sealed partial class ConfigToml : TomlSerializerContext;

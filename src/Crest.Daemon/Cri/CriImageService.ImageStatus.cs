@@ -41,7 +41,8 @@ internal sealed partial class CriImageService
                     ["size"] = l.Size,
                 })]),
                 ["imageSpec"] = JsonNode.Parse(details.RawConfig),
-                ["annotations"] = JsonSerializer.SerializeToNode(await images.AnnotationsAsync(details, context.CancellationToken)),
+                ["annotations"] = new JsonObject((await images.AnnotationsAsync(details, context.CancellationToken))
+                    .Select(a => KeyValuePair.Create(a.Key, (JsonNode?)a.Value))),
             };
             response.Info["info"] = info.ToJsonString(new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
         }

@@ -1,4 +1,4 @@
-using System.Text.Json;
+using System.Text.Json.Nodes;
 using Crest.Cri.Mapping;
 using Grpc.Core;
 using Runtime.V1;
@@ -40,15 +40,16 @@ internal sealed partial class CriRuntimeService
         var response = new ContainerStatusResponse { Status = status };
         if (request.Verbose)
         {
-            response.Info["info"] = JsonSerializer.Serialize(new
+            var runtimeSpec = await containers.ReadRuntimeSpecAsync(c.Id, context.CancellationToken);
+            response.Info["info"] = new JsonObject
             {
-                pid = c.Pid,
-                sandboxID = c.SandboxId,
-                runtimeHandler = c.RuntimeHandler,
-                snapshotKey = c.SnapshotKey,
-                restored = c.Restored,
-                runtimeSpec = await containers.ReadRuntimeSpecAsync(c.Id, context.CancellationToken),
-            });
+                ["pid"] = c.Pid,
+                ["sandboxID"] = c.SandboxId,
+                ["runtimeHandler"] = c.RuntimeHandler,
+                ["snapshotKey"] = c.SnapshotKey,
+                ["restored"] = c.Restored,
+                ["runtimeSpec"] = runtimeSpec is { } spec ? JsonValue.Create(spec) : null,
+            }.ToJsonString();
         }
 
         return response;

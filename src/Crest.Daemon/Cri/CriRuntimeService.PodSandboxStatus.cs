@@ -1,4 +1,4 @@
-using System.Text.Json;
+using System.Text.Json.Nodes;
 using Crest.Cri.Mapping;
 using Grpc.Core;
 using Runtime.V1;
@@ -44,15 +44,15 @@ internal sealed partial class CriRuntimeService
         var response = new PodSandboxStatusResponse { Status = status };
         if (request.Verbose)
         {
-            response.Info["info"] = JsonSerializer.Serialize(new
+            response.Info["info"] = new JsonObject
             {
-                pid = s.InfraPid,
-                netns = s.NetnsPath,
-                cgroupsPath = s.CgroupsPath,
-                cniNetwork = s.CniNetwork,
-                cniResult = s.CniResult is null ? (JsonElement?)null : JsonDocument.Parse(s.CniResult).RootElement,
-                runtimeHandler = s.RuntimeHandler,
-            });
+                ["pid"] = s.InfraPid,
+                ["netns"] = s.NetnsPath,
+                ["cgroupsPath"] = s.CgroupsPath,
+                ["cniNetwork"] = s.CniNetwork,
+                ["cniResult"] = s.CniResult is null ? null : JsonNode.Parse(s.CniResult),
+                ["runtimeHandler"] = s.RuntimeHandler,
+            }.ToJsonString();
         }
 
         return response;

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Grpc.Core;
 using Runtime.V1;
 
@@ -46,12 +47,12 @@ internal sealed partial class CriRuntimeService
             // Verbose info is a map of JSON documents, as containerd and CRI-O return it.
             foreach (var (key, value) in status.Detail)
             {
-                response.Info[key] = JsonSerializer.Serialize(value, InfoJson);
+                response.Info[key] = value?.ToJsonString(InfoJson) ?? "null";
             }
 
             // containerd's key, read by critest: the parent of stateDir is where it checks id-mapped mount support.
             // Crest's container root filesystems (and the layers under them) live under the root.
-            response.Info["config"] = JsonSerializer.Serialize(new Dictionary<string, string> { ["stateDir"] = nodeStatus.ContainersDir }, InfoJson);
+            response.Info["config"] = new JsonObject { ["stateDir"] = nodeStatus.ContainersDir }.ToJsonString(InfoJson);
         }
 
         return response;
