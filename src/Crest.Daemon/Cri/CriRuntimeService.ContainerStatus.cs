@@ -48,7 +48,8 @@ internal sealed partial class CriRuntimeService
                 ["runtimeHandler"] = c.RuntimeHandler,
                 ["snapshotKey"] = c.SnapshotKey,
                 ["restored"] = c.Restored,
-                ["runtimeSpec"] = runtimeSpec is { } spec ? JsonValue.Create(spec) : null,
+                // JsonValue.Create takes no object or array: the spec is parsed into nodes.
+                ["runtimeSpec"] = runtimeSpec is { } spec ? JsonNode.Parse(spec.GetRawText()) : null,
             }.ToJsonString();
         }
 
