@@ -6,11 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
-echo "demo-migrate: building (Release)"
-dotnet build Crest.slnx -c Release -v q -clp:ErrorsOnly
-
-crestd=src/Crest.Daemon/bin/Release/net10.0/crestd
-crest=src/Crest.Cli/bin/Release/net10.0/crest
+echo "demo-migrate: building (Release; crest and crestd as Native AOT binaries, CREST_JIT=1 for the JIT builds)"
+./scripts/build.sh
+. scripts/lib/binaries.sh
+. scripts/lib/demo-env.sh
+crest_binaries "$(pwd)"
 work=$(mktemp -d /tmp/crest-demo-migrate-XXXXXX)
 pids=()
 registry_pid=
@@ -59,28 +59,8 @@ echo "node B: $b"
 "$crest" -r "$a" info -o json | sed -n '/"liveMigration"/,/]/p'
 
 step "a loopback registry both nodes share; busybox pushed there and pulled on A (so A knows its digest)"
-port=
-for _ in $(seq 1 50); do
-  candidate=$((20000 + RANDOM % 20000))
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; break; fi
-done
-[ -n "$port" ] || { echo "demo-migrate: no free loopback port for the registry"; exit 1; }
-mkdir -p "$work/registry" "$work/rootfs/bin"
-cat > "$work/registry.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$port}
-YML
-docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
-cp /bin/busybox "$work/rootfs/bin/busybox"
-ln -s busybox "$work/rootfs/bin/sh"
-tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
+demo_start_registry "$work" demo-migrate || exit 1
+demo_busybox_rootfs "$work"
 image="127.0.0.1:$port/demo/busybox:v1"
 "$crest" -r "$a" image import "$work/rootfs.tar" "$image" >/dev/null
 "$crest" -r "$a" image push "$image"

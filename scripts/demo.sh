@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 echo "demo: building (Release; crest and crestd as Native AOT binaries, CREST_JIT=1 for the JIT builds)"
 ./scripts/build.sh
 . scripts/lib/binaries.sh
+. scripts/lib/demo-env.sh
 crest_binaries "$(pwd)"
 work=$(mktemp -d /tmp/crest-demo-XXXXXX)
 pid=
@@ -51,28 +52,8 @@ step "crest info -o json | the CRIU crestd found"
 "$crest" -r "$endpoint" info -o json | sed -n '/"criu"/,/}/p' || true
 
 step "images: a loopback registry, a busybox rootfs imported, pushed, removed and pulled back"
-port=
-for _ in $(seq 1 50); do
-  candidate=$((20000 + RANDOM % 20000))
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; break; fi
-done
-[ -n "$port" ] || { echo "demo: no free loopback port for the registry"; exit 1; }
-mkdir -p "$work/registry" "$work/rootfs/bin"
-cat > "$work/registry.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $work/registry}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$port}
-YML
-docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
-cp /bin/busybox "$work/rootfs/bin/busybox"
-ln -s busybox "$work/rootfs/bin/sh"
-tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
+demo_start_registry "$work" demo || exit 1
+demo_busybox_rootfs "$work"
 image="127.0.0.1:$port/demo/busybox:v1"
 "$crest" -r "$endpoint" image import "$work/rootfs.tar" "$image"
 "$crest" -r "$endpoint" image push "$image"
