@@ -250,7 +250,7 @@ public sealed class DiskBudget : IDisposable
 /// Counts the bytes a consumer read through it: the compressed side of a decompressor, so an extraction can compare
 /// what it wrote with what it was given (the expansion ratio of a decompression bomb).
 /// </summary>
-public sealed class CountingReadStream(Stream inner, bool leaveOpen = false) : Stream
+public class CountingReadStream(Stream inner, bool leaveOpen = false) : Stream
 {
     public long BytesRead { get; private set; }
 
@@ -306,10 +306,17 @@ public sealed class CountingReadStream(Stream inner, bool leaveOpen = false) : S
         }
 
         await base.DisposeAsync().ConfigureAwait(false);
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>Sees each chunk before it is counted, with the bytes read before it; a subclass refuses a chunk by throwing.</summary>
+    protected virtual void OnRead(long bytesBefore, int n)
+    {
     }
 
     private int Count(int n)
     {
+        OnRead(BytesRead, n);
         BytesRead += n;
         return n;
     }
@@ -320,63 +327,11 @@ public sealed class CountingReadStream(Stream inner, bool leaveOpen = false) : S
 /// against a byte cap, an expansion ratio over the compressed bytes consumed and a disk budget before the caller
 /// writes it, so a decompression bomb stops while it expands. <paramref name="what"/> names the archive in errors.
 /// </summary>
-public sealed class ExpansionGuardStream(Stream inner, Func<long> compressedBytesRead, string what, ExpansionGuard guard) : Stream
+public sealed class ExpansionGuardStream(Stream inner, Func<long> compressedBytesRead, string what, ExpansionGuard guard) : CountingReadStream(inner)
 {
-    public long BytesRead { get; private set; }
-
-    public override bool CanRead => true;
-
-    public override bool CanSeek => false;
-
-    public override bool CanWrite => false;
-
-    public override long Length => throw new NotSupportedException();
-
-    public override long Position
+    protected override void OnRead(long bytesBefore, int n)
     {
-        get => BytesRead;
-        set => throw new NotSupportedException();
-    }
-
-    public override int Read(byte[] buffer, int offset, int count) => Check(inner.Read(buffer, offset, count));
-
-    public override int Read(Span<byte> buffer) => Check(inner.Read(buffer));
-
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
-        Check(await inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false));
-
-    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
-        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
-
-    public override void Flush()
-    {
-    }
-
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-    public override void SetLength(long value) => throw new NotSupportedException();
-
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing)
-        {
-            inner.Dispose();
-        }
-
-        base.Dispose(disposing);
-    }
-
-    public override async ValueTask DisposeAsync()
-    {
-        await inner.DisposeAsync().ConfigureAwait(false);
-        await base.DisposeAsync().ConfigureAwait(false);
-    }
-
-    private int Check(int n)
-    {
-        var total = BytesRead + n;
+        var total = bytesBefore + n;
         if (total > guard.MaxBytes)
         {
             throw new CrestException(ErrorKind.InvalidArgument,
@@ -399,9 +354,6 @@ public sealed class ExpansionGuardStream(Stream inner, Func<long> compressedByte
             throw new CrestException(ErrorKind.ResourceExhausted,
                 $"{what} was refused: it expands to at least {total} bytes, more than {disk.Describe()}; free space on the node or lower the reserve; nothing was kept");
         }
-
-        BytesRead = total;
-        return n;
     }
 }
 

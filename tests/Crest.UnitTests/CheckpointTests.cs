@@ -596,14 +596,7 @@ public class CheckpointTests
     public void Checkpoint_image_layers_on_the_staging_filesystem_are_staged_as_hard_links_taking_no_space()
     {
         using var dir = new TempDir("crest-ckpt-layers");
-        var layer = dir.CreateDirectory("layer");
-        foreach (var (name, content) in ContainerdFiles())
-        {
-            Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(layer, name))!);
-            File.WriteAllBytes(Path.Combine(layer, name), content);
-        }
-
-        File.WriteAllBytes(Path.Combine(layer, "checkpoint", "pages-1.img"), new byte[16 << 20]);
+        var layer = WriteCheckpointLayerWith16MiBOfPages(dir.CreateDirectory("layer"));
         var staging = dir.CreateDirectory("staging");
         // 8 MiB free after the reserve: a copy of the 16 MiB of pages would not fit; a second name for them does.
         var small = new RestoreLimits { TargetFilesystem = dir.Path, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20, Disks = new DiskLedger() };
@@ -615,6 +608,19 @@ public class CheckpointTests
         Assert.Equal(2UL, LinkCount(staged));
         File.Delete(Path.Combine(layer, "checkpoint", "pages-1.img"));
         Assert.Equal(16L << 20, new FileInfo(staged).Length);
+    }
+
+    /// <summary>An unpacked checkpoint image layer in <paramref name="layer"/>: containerd's files and 16 MiB of pages.</summary>
+    private static string WriteCheckpointLayerWith16MiBOfPages(string layer)
+    {
+        foreach (var (name, content) in ContainerdFiles())
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(layer, name))!);
+            File.WriteAllBytes(Path.Combine(layer, name), content);
+        }
+
+        File.WriteAllBytes(Path.Combine(layer, "checkpoint", "pages-1.img"), new byte[16 << 20]);
+        return layer;
     }
 
     private static ulong LinkCount(string path)
@@ -633,13 +639,7 @@ public class CheckpointTests
         var layer = Path.Combine("/dev/shm", $"crest-ckpt-layer-{Guid.NewGuid():N}");
         try
         {
-            foreach (var (name, content) in ContainerdFiles())
-            {
-                Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(layer, name))!);
-                File.WriteAllBytes(Path.Combine(layer, name), content);
-            }
-
-            File.WriteAllBytes(Path.Combine(layer, "checkpoint", "pages-1.img"), new byte[16 << 20]);
+            WriteCheckpointLayerWith16MiBOfPages(layer);
             var staging = dir.CreateDirectory("staging");
             var small = new RestoreLimits { TargetFilesystem = dir.Path, DiskReserveBytes = 1 << 20, FreeBytesOf = _ => 9 << 20, Disks = new DiskLedger() };
 
