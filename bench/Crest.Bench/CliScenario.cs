@@ -24,6 +24,7 @@ internal static class CliScenario
         foreach (var (row, command) in new[] { ("CLI `version`, whole process", new[] { "version" }), ("CLI `ps -a`, whole process", new[] { "ps", "-a" }) })
         {
             Console.Error.WriteLine($"bench: {subject}: {Path.GetFileName(client)} {string.Join(' ', command)}, {runs} runs");
+            report.Target(row, 1.0);
             await RunOnceAsync(client, [.. global, .. command]);
             for (var r = 0; r < runs; r++)
             {

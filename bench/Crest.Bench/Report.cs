@@ -12,15 +12,27 @@ internal sealed class Report(int runs, int calls)
     private readonly List<(string Scenario, string Unit, string Subject, double Value)> _samples = [];
     private readonly List<string> _notes = [];
     private readonly Dictionary<(string Scenario, string Subject), string> _notApplicable = [];
-    private readonly Dictionary<string, double> _targets = [];
+    private readonly Dictionary<string, TargetSpec> _targets = [];
 
     public void Add(string scenario, string unit, string subject, double value) => _samples.Add((scenario, unit, subject, value));
 
     /// <summary>Why a subject has no value for a scenario (e.g. containerd has no CheckpointPod); shown in its cells instead of a dash.</summary>
     public void NotApplicable(string scenario, string subject, string reason) => _notApplicable[(scenario, subject)] = reason;
 
-    /// <summary>Marks a row as a target: it holds when crest's median / containerd's is at most <paramref name="maxRatio"/>.</summary>
-    public void Target(string scenario, double maxRatio) => _targets[scenario] = maxRatio;
+    /// <summary>Marks a row as a target: it holds when crest's median / <paramref name="against"/>'s is at most <paramref name="maxRatio"/>.</summary>
+    public void Target(string scenario, double maxRatio, string against = "containerd") => _targets[scenario] = new TargetSpec(against, maxRatio, null);
+
+    /// <summary>Marks a row as a target: it holds when crest's median is at most <paramref name="against"/>'s plus <paramref name="margin"/> (the row's unit).</summary>
+    public void TargetWithin(string scenario, double margin, string against) => _targets[scenario] = new TargetSpec(against, null, margin);
+
+    private sealed record TargetSpec(string Against, double? MaxRatio, double? Margin)
+    {
+        public string Describe() => MaxRatio is { } r
+            ? string.Create(CultureInfo.InvariantCulture, $"≤ {r:0.00}×{(Against == "containerd" ? "" : " " + Against)}")
+            : string.Create(CultureInfo.InvariantCulture, $"≤ {Against} + {Margin:0.##}");
+
+        public bool Holds(double crest, double reference) => MaxRatio is { } r ? Math.Round(crest / reference, 2) <= r : crest <= reference + Margin!.Value;
+    }
 
     /// <summary>A line printed under the table (and kept in the JSON): how a group of rows was measured, or what is missing.</summary>
     public void Note(string note) => _notes.Add(note);
@@ -33,7 +45,7 @@ internal sealed class Report(int runs, int calls)
         sb.AppendLine(CultureInfo.InvariantCulture, $"# Crest benchmarks, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         sb.AppendLine();
         sb.AppendLine(CultureInfo.InvariantCulture, $"{runs} runs per scenario on {host} ({Environment.ProcessorCount} cores); Version round trip: median of {calls} sequential calls per run.");
-        sb.AppendLine("Lower is better; ratio = crest median / containerd median; target: the ratio a row must reach, and whether it does.");
+        sb.AppendLine("Lower is better; ratio = crest median / containerd median; target: what crest's median must reach (a ratio to containerd's median unless another column is named, or that column plus a margin), and whether it does.");
         sb.AppendLine();
         sb.Append("| scenario | unit |");
         foreach (var s in subjects)
@@ -62,9 +74,15 @@ internal sealed class Report(int runs, int calls)
             var (crest, containerd) = (Values(scenario, "crest"), Values(scenario, "containerd"));
             var ratio = crest.Count > 0 && containerd.Count > 0 ? Median(crest) / Median(containerd) : (double?)null;
             sb.Append(ratio is { } r ? string.Create(CultureInfo.InvariantCulture, $" {r:0.00} |") : " – |");
-            sb.AppendLine(!_targets.TryGetValue(scenario, out var max) ? " |"
-                : ratio is not { } held ? string.Create(CultureInfo.InvariantCulture, $" ≤ {max:0.00}: not measured |")
-                : string.Create(CultureInfo.InvariantCulture, $" ≤ {max:0.00}: {(Math.Round(held, 2) <= max ? "holds" : "misses")} |"));
+            if (!_targets.TryGetValue(scenario, out var target))
+            {
+                sb.AppendLine(" |");
+                continue;
+            }
+
+            var reference = Values(scenario, target.Against);
+            sb.AppendLine(crest.Count == 0 || reference.Count == 0 ? $" {target.Describe()}: not measured |"
+                : $" {target.Describe()}: {(target.Holds(Median(crest), Median(reference)) ? "holds" : "misses")} |");
         }
 
         if (_notes.Count > 0)
@@ -86,7 +104,7 @@ internal sealed class Report(int runs, int calls)
         calls,
         cores = Environment.ProcessorCount,
         notes = _notes,
-        targets = _targets.Select(t => new { scenario = t.Key, maxRatio = t.Value }),
+        targets = _targets.Select(t => new { scenario = t.Key, against = t.Value.Against, maxRatio = t.Value.MaxRatio, margin = t.Value.Margin }),
         notApplicable = _notApplicable.Select(x => new { scenario = x.Key.Scenario, subject = x.Key.Subject, reason = x.Value }),
         samples = _samples.GroupBy(x => (x.Scenario, x.Subject)).Select(g => new
         {
