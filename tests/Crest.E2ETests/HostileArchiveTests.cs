@@ -108,14 +108,15 @@ public partial class CheckpointCliTests
         // asks for the manifest by digest. Either way nothing is left behind and crestd goes on serving.
         using var blackHole = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
         blackHole.Start();
-        var held = new List<System.Net.Sockets.TcpClient>();
+        // Filled by the accept loop while the test goes on (a client may retry), so a concurrent collection.
+        var held = new System.Collections.Concurrent.ConcurrentQueue<System.Net.Sockets.TcpClient>();
         var requests = new System.Collections.Concurrent.ConcurrentQueue<string>();
         _ = Task.Run(async () =>
         {
             while (true)
             {
                 var client = await blackHole.AcceptTcpClientAsync(Ct);
-                held.Add(client);
+                held.Enqueue(client);
                 var buffer = new byte[4096];
                 var n = await client.GetStream().ReadAsync(buffer, Ct);
                 requests.Enqueue(Encoding.ASCII.GetString(buffer, 0, n));
@@ -156,7 +157,9 @@ public partial class CheckpointCliTests
 
         Assert.Contains(requests, q => q.StartsWith($"GET /v2/e2e/busybox/manifests/{missingDigest} ", StringComparison.Ordinal));
         Assert.DoesNotContain(requests, q => q.Contains("/manifests/v1", StringComparison.Ordinal));
-        foreach (var c in held)
+        // No more connections once the listener stops; then every held one is closed.
+        blackHole.Stop();
+        while (held.TryDequeue(out var c))
         {
             c.Dispose();
         }
