@@ -58,7 +58,21 @@ public sealed class CrestDaemon : IAsyncDisposable
         {
             var staleRemoved = await SocketGuard.PrepareAsync(paths.Socket, ct).ConfigureAwait(false);
 
-            var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = "crestd" });
+            // crestd's configuration is config.toml, never an appsettings.json from wherever it was started. The host's
+            // default watches appsettings.json under its content root (the working directory) and so puts an inotify
+            // watch on every directory below it: the whole filesystem for a crestd started in / by systemd. No reload,
+            // the binary's own directory as the content root, and no JSON sources.
+            var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+            {
+                Args = ["--hostBuilder:reloadConfigOnChange=false"],
+                ApplicationName = "crestd",
+                ContentRootPath = AppContext.BaseDirectory,
+            });
+            foreach (var json in builder.Configuration.Sources.OfType<Microsoft.Extensions.Configuration.Json.JsonConfigurationSource>().ToList())
+            {
+                builder.Configuration.Sources.Remove(json);
+            }
+
             builder.Logging.ClearProviders();
             builder.Logging.SetMinimumLevel(ParseLevel(config.Log.Level));
             // Kestrel and gRPC chatter stays out of crestd's log unless asked for.

@@ -77,13 +77,17 @@ internal sealed class CrestdProcess : IAsyncDisposable
 
     public static CrestdProcess Start(params string[] args) => Start(null, args);
 
-    public static CrestdProcess Start(IDictionary<string, string>? environment, params string[] args)
+    public static CrestdProcess Start(IDictionary<string, string>? environment, params string[] args) => StartIn(null, environment, args);
+
+    /// <summary>Starts crestd with <paramref name="workingDirectory"/> as its working directory (null: the test's).</summary>
+    public static CrestdProcess StartIn(string? workingDirectory, IDictionary<string, string>? environment, params string[] args)
     {
         var start = new ProcessStartInfo(Binaries.Crestd)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
+            WorkingDirectory = workingDirectory ?? "",
         };
         foreach (var (k, v) in environment ?? new Dictionary<string, string>())
         {

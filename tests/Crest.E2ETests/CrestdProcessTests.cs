@@ -5,6 +5,42 @@ namespace Crest.E2ETests;
 public class CrestdProcessTests
 {
     [Fact]
+    public async Task Crestd_started_in_a_directory_tree_watches_only_its_exit_directory()
+    {
+        // systemd starts crestd in /. The web host's default watched appsettings.json under the working directory with
+        // an inotify watch on every directory below it: the whole filesystem, and 1.4 s before the socket answered.
+        using var dir = new Crest.TestKit.TempDir("crest-e2e-cwd");
+        var cwd = dir.CreateDirectory("cwd");
+        for (var i = 0; i < 100; i++)
+        {
+            Directory.CreateDirectory(Path.Combine(cwd, $"d{i}", "sub"));
+        }
+
+        await File.WriteAllTextAsync(Path.Combine(cwd, "appsettings.json"), "{}", TestContext.Current.CancellationToken);
+        var config = CrestdProcess.WriteConfig(dir);
+        await using var crestd = CrestdProcess.StartIn(cwd, null, "--config", config, "--root", dir.Combine("root"), "--state", dir.Combine("state"));
+        await Crest.TestKit.UnixGrpc.WaitForCriAsync(crestd.Socket, TimeSpan.FromSeconds(30), () => crestd.Log);
+
+        var watched = InotifyWatches(crestd.Process.Id);
+        Assert.True(watched.Count <= 2, $"crestd holds {watched.Count} inotify watches (the exit directory is the one it needs): {string.Join(", ", watched.Take(5))}");
+    }
+
+    /// <summary>Every inotify watch a process holds, one line of /proc/PID/fdinfo each.</summary>
+    private static List<string> InotifyWatches(int pid)
+    {
+        var watches = new List<string>();
+        foreach (var fd in Directory.EnumerateFileSystemEntries($"/proc/{pid}/fd"))
+        {
+            if (new FileInfo(fd).LinkTarget == "anon_inode:inotify")
+            {
+                watches.AddRange(File.ReadLines($"/proc/{pid}/fdinfo/{Path.GetFileName(fd)}").Where(l => l.StartsWith("inotify wd:", StringComparison.Ordinal)));
+            }
+        }
+
+        return watches;
+    }
+
+    [Fact]
     public async Task Sigterm_stops_crestd_cleanly_and_removes_its_socket()
     {
         using var dir = new TempDir("crest-e2e");
