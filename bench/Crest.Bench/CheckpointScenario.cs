@@ -15,7 +15,7 @@ internal static class CheckpointScenario
 {
     public static readonly (string Name, long Bytes)[] Workloads = [("idle counter", 0), ("256 MiB touched", 256L << 20), ("1 GiB touched", 1L << 30)];
 
-    public sealed record Sample(double CheckpointMs, double? FrozenMs, long ArchiveBytes, double? BareRuncMs, double? BareFrozenMs, double? RestoreMs, double? BareRuncRestoreMs);
+    public sealed record Sample(double CheckpointMs, double? FrozenMs, long ArchiveBytes, double? BareRuncMs, double? BareFrozenMs, double? RestoreMs, double? BareRuncRestoreMs, double? ImageRestoreMs = null);
 
     private static ContainerConfig Workload(string image, long bytes, string name, string log) => new()
     {
@@ -121,6 +121,15 @@ internal static class CheckpointScenario
         await rt.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = p.PodSandboxId }, deadline: deadline);
         await rt.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = p.PodSandboxId }, deadline: deadline);
 
+        // Crest only (bareRunc marks it): the same archive as a local checkpoint image (crest checkpoint-image, untimed),
+        // restored below after the archive: CRIU then reads the pages where the image's layer holds them.
+        string? checkpointImage = null;
+        if (bareRunc)
+        {
+            checkpointImage = $"localhost/bench/checkpoint-{n}:v1";
+            await CrestCliAsync(subject.Socket, "checkpoint-image", archive, checkpointImage);
+        }
+
         double? restoreMs = null;
         var pod2 = Pod("b");
         var p2 = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod2 }, deadline: deadline);
@@ -144,7 +153,52 @@ internal static class CheckpointScenario
             File.Delete(archive);
         }
 
-        return new Sample(checkpointMs, frozen, size, bare, bareFrozen, restoreMs, bareRestore);
+        double? imageRestoreMs = null;
+        if (checkpointImage is not null)
+        {
+            var pod3 = Pod("c");
+            var p3 = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod3 }, deadline: deadline);
+            try
+            {
+                var config = Workload(image, bytes, "work", "from-image.log");
+                config.Image = new ImageSpec { Image = checkpointImage };
+                clock.Restart();
+                var r = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p3.PodSandboxId, Config = config, SandboxConfig = pod3 }, deadline: deadline);
+                await rt.StartContainerAsync(new StartContainerRequest { ContainerId = r.ContainerId }, deadline: deadline);
+                imageRestoreMs = clock.Elapsed.TotalMilliseconds;
+            }
+            catch (Grpc.Core.RpcException e)
+            {
+                Console.Error.WriteLine($"bench: restore from checkpoint image on {name} failed: {e.Status.Detail}");
+            }
+            finally
+            {
+                await rt.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = p3.PodSandboxId }, deadline: deadline);
+                await rt.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = p3.PodSandboxId }, deadline: deadline);
+                await CrestCliAsync(subject.Socket, "rmi", checkpointImage);
+            }
+        }
+
+        return new Sample(checkpointMs, frozen, size, bare, bareFrozen, restoreMs, bareRestore, imageRestoreMs);
+    }
+
+    /// <summary>Runs the crest CLI against <paramref name="socket"/>; a failure throws with its stderr.</summary>
+    private static async Task CrestCliAsync(string socket, params string[] args)
+    {
+        using var crest = Process.Start(new ProcessStartInfo(Subjects.BuiltPath("CrestPath"), ["-r", "unix://" + socket, "-t", "10m", .. args])
+        {
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        })!;
+        var stdout = crest.StandardOutput.ReadToEndAsync();
+        var stderr = await crest.StandardError.ReadToEndAsync();
+        await crest.WaitForExitAsync();
+        _ = await stdout;
+        if (crest.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"crest {string.Join(' ', args)} failed: {stderr}");
+        }
     }
 
     /// <summary>Runs runc with stdio on /dev/null (a restored process inherits them as its stdout and stderr).</summary>

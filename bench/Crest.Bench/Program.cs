@@ -56,6 +56,7 @@ foreach (var (name, bytes) in CheckpointScenario.Workloads)
     if (bytes >= 256L << 20)
     {
         report.Target($"restore {name}: create + start", 1.10, "bare runc");
+        report.Target($"restore {name} from a checkpoint image: create + start", 1.10, "bare runc");
     }
 }
 
@@ -182,6 +183,12 @@ if (!critestOnly && !podCheckpointOnly && !callsOnly)
                     if (sample.BareRuncRestoreMs is { } bareRestore)
                     {
                         report.Add($"restore {name}: create + start", "ms", "bare runc", bareRestore);
+                        report.Add($"restore {name} from a checkpoint image: create + start", "ms", "bare runc", bareRestore);
+                    }
+
+                    if (sample.ImageRestoreMs is { } imageRestore)
+                    {
+                        report.Add($"restore {name} from a checkpoint image: create + start", "ms", subject.Name, imageRestore);
                     }
                 }
             }
