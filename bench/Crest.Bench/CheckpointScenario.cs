@@ -130,51 +130,51 @@ internal static class CheckpointScenario
             await CrestCliAsync(subject.Socket, "checkpoint-image", archive, checkpointImage);
         }
 
-        double? restoreMs = null;
-        var pod2 = Pod("b");
-        var p2 = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod2 }, deadline: deadline);
+        // CreateContainer + StartContainer of the checkpoint in a fresh pod, timed; the pod is removed whatever happened.
+        async Task<double?> RestoreAsync(string suffix, string checkpoint, string log, string what)
+        {
+            var restorePod = Pod(suffix);
+            var sandbox = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = restorePod }, deadline: deadline);
+            try
+            {
+                var config = Workload(image, bytes, "work", log);
+                config.Image = new ImageSpec { Image = checkpoint };
+                clock.Restart();
+                var r = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = sandbox.PodSandboxId, Config = config, SandboxConfig = restorePod }, deadline: deadline);
+                await rt.StartContainerAsync(new StartContainerRequest { ContainerId = r.ContainerId }, deadline: deadline);
+                return clock.Elapsed.TotalMilliseconds;
+            }
+            catch (Grpc.Core.RpcException e)
+            {
+                Console.Error.WriteLine($"bench: {what} on {name} failed: {e.Status.Detail}");
+                return null;
+            }
+            finally
+            {
+                await rt.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = sandbox.PodSandboxId }, deadline: deadline);
+                await rt.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = sandbox.PodSandboxId }, deadline: deadline);
+            }
+        }
+
+        double? restoreMs;
         try
         {
-            var config = Workload(image, bytes, "work", "restored.log");
-            config.Image = new ImageSpec { Image = archive };
-            clock.Restart();
-            var r = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p2.PodSandboxId, Config = config, SandboxConfig = pod2 }, deadline: deadline);
-            await rt.StartContainerAsync(new StartContainerRequest { ContainerId = r.ContainerId }, deadline: deadline);
-            restoreMs = clock.Elapsed.TotalMilliseconds;
-        }
-        catch (Grpc.Core.RpcException e)
-        {
-            Console.Error.WriteLine($"bench: restore on {name} failed: {e.Status.Detail}");
+            restoreMs = await RestoreAsync("b", archive, "restored.log", "restore");
         }
         finally
         {
-            await rt.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = p2.PodSandboxId }, deadline: deadline);
-            await rt.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = p2.PodSandboxId }, deadline: deadline);
             File.Delete(archive);
         }
 
         double? imageRestoreMs = null;
         if (checkpointImage is not null)
         {
-            var pod3 = Pod("c");
-            var p3 = await rt.RunPodSandboxAsync(new RunPodSandboxRequest { Config = pod3 }, deadline: deadline);
             try
             {
-                var config = Workload(image, bytes, "work", "from-image.log");
-                config.Image = new ImageSpec { Image = checkpointImage };
-                clock.Restart();
-                var r = await rt.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = p3.PodSandboxId, Config = config, SandboxConfig = pod3 }, deadline: deadline);
-                await rt.StartContainerAsync(new StartContainerRequest { ContainerId = r.ContainerId }, deadline: deadline);
-                imageRestoreMs = clock.Elapsed.TotalMilliseconds;
-            }
-            catch (Grpc.Core.RpcException e)
-            {
-                Console.Error.WriteLine($"bench: restore from checkpoint image on {name} failed: {e.Status.Detail}");
+                imageRestoreMs = await RestoreAsync("c", checkpointImage, "from-image.log", "restore from checkpoint image");
             }
             finally
             {
-                await rt.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = p3.PodSandboxId }, deadline: deadline);
-                await rt.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = p3.PodSandboxId }, deadline: deadline);
                 await CrestCliAsync(subject.Socket, "rmi", checkpointImage);
             }
         }
