@@ -36,7 +36,7 @@ public static class CrashPoints
     /// <summary>CreateContainer: the overlay rootfs mounted, no spec written, no runtime container.</summary>
     public const string ContainerRootfsMounted = "container-rootfs-mounted";
 
-    /// <summary>CreateContainer: <c>runc create</c> done under conmon, the record still Creating.</summary>
+    /// <summary>StartContainer: conmon and <c>runc create</c> done, the process's pid not yet recorded (the record CREATED with no process).</summary>
     public const string ContainerRuncCreated = "container-runc-created";
 
     /// <summary>StopPodSandbox: every container of the pod stopped, the infra and the network not yet.</summary>

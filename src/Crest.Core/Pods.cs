@@ -218,6 +218,13 @@ public sealed record ContainerRecord
 
     /// <summary>The container was made from a checkpoint (CRI-O reports this as info.restored).</summary>
     public bool Restored { get; init; }
+
+    /// <summary>
+    /// CREATED with no process yet: as in containerd, the runtime (conmon + <c>runc create</c>, or CRIU for a restore)
+    /// runs at StartContainer, so a created container holds a rootfs and a bundle but nothing that runs or can exit.
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool AwaitsProcess => State == ContainerState.Created && Pid == 0;
 }
 
 /// <summary>Seam over where sandbox and container records live.</summary>

@@ -184,22 +184,11 @@ public static class SpecBuilder
             mounts.Add(new SpecMount { Destination = m.ContainerPath, Type = "bind", Source = m.HostPath, Options = options });
         }
 
-        var resources = new SpecResources
+        var resources = Limits(spec.Resources) with
         {
             Devices = privileged
                 ? [new SpecDeviceRule(true, "rwm")]
                 : [new SpecDeviceRule(false, "rwm"), .. ctx.Devices.Select(d => new SpecDeviceRule(true, d.Permissions, d.Type, d.Major, d.Minor))],
-            Memory = spec.Resources.MemoryLimitBytes > 0 ? new SpecMemory(spec.Resources.MemoryLimitBytes) : null,
-            Cpu = spec.Resources is { CpuShares: 0, CpuQuota: 0, CpuPeriod: 0, CpusetCpus: "", CpusetMems: "" }
-                ? null
-                : new SpecCpu
-                {
-                    Shares = spec.Resources.CpuShares > 0 ? (ulong)spec.Resources.CpuShares : null,
-                    Quota = spec.Resources.CpuQuota != 0 ? spec.Resources.CpuQuota : null,
-                    Period = spec.Resources.CpuPeriod > 0 ? (ulong)spec.Resources.CpuPeriod : null,
-                    Cpus = spec.Resources.CpusetCpus.Length > 0 ? spec.Resources.CpusetCpus : null,
-                    Mems = spec.Resources.CpusetMems.Length > 0 ? spec.Resources.CpusetMems : null,
-                },
         };
 
         return new RuntimeSpec
@@ -248,6 +237,26 @@ public static class SpecBuilder
     }
 
     /// <summary>The cgroup (cgroupfs path, as runc and crun take it) of a container or, by the sandbox's id, the infra of <paramref name="sandbox"/>.</summary>
+    /// <summary>The memory and CPU limits of a container's resources (unset ones left to the runtime), for config.json and runc update.</summary>
+    public static SpecResources Limits(ResourceSpec r)
+    {
+        ArgumentNullException.ThrowIfNull(r);
+        return new SpecResources
+        {
+            Memory = r.MemoryLimitBytes > 0 ? new SpecMemory(r.MemoryLimitBytes) : null,
+            Cpu = r is { CpuShares: 0, CpuQuota: 0, CpuPeriod: 0, CpusetCpus: "", CpusetMems: "" }
+                ? null
+                : new SpecCpu
+                {
+                    Shares = r.CpuShares > 0 ? (ulong)r.CpuShares : null,
+                    Quota = r.CpuQuota != 0 ? r.CpuQuota : null,
+                    Period = r.CpuPeriod > 0 ? (ulong)r.CpuPeriod : null,
+                    Cpus = r.CpusetCpus.Length > 0 ? r.CpusetCpus : null,
+                    Mems = r.CpusetMems.Length > 0 ? r.CpusetMems : null,
+                },
+        };
+    }
+
     public static string CgroupsPathOf(SandboxRecord sandbox, string containerId)
     {
         ArgumentNullException.ThrowIfNull(sandbox);

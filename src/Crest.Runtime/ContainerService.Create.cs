@@ -7,7 +7,8 @@ using Crest.Oci;
 
 namespace Crest.Runtime;
 
-// CreateContainer: the record first (Creating), then rootfs, spec and conmon; every step undone if a later one fails.
+// CreateContainer: the record first (Creating), then rootfs and spec; every step undone if a later one fails. Nothing runs
+// until StartContainer, which hands the bundle to conmon and the runtime (as containerd makes its task at start).
 public sealed partial class ContainerService
 {
     public async Task<ContainerRecord> CreateAsync(string sandboxId, ContainerSpec spec, CancellationToken ct) =>
@@ -108,6 +109,7 @@ public sealed partial class ContainerService
             }
 
             Directory.CreateDirectory(bundle.StateDir);
+            record = record with { State = ContainerState.Created };
             if (restore is not null)
             {
                 Directory.Move(restore.StagingDir, bundle.RestoreDir);
@@ -117,16 +119,10 @@ public sealed partial class ContainerService
                     await CopyLogAsync(Path.Combine(bundle.RestoreDir, logCopy), logFile, ct).ConfigureAwait(false);
                 }
 
-                record = record with { State = ContainerState.Created, RestoreDir = bundle.RestoreDir, RestoreCriu = restore.Criu, Restored = true };
-                await store.PutContainerAsync(record, CancellationToken.None).ConfigureAwait(false);
-                RuntimeLog.ContainerCreated(logger, id, sandbox.Id);
-                events.Publish(id, sandbox.Id, LifecycleEvent.Created);
-                return record;
+                record = record with { RestoreDir = bundle.RestoreDir, RestoreCriu = restore.Criu, Restored = true };
             }
 
-            var pid = await runtime.CreateAsync(ConmonCreateOptions.ForContainer(record, sandbox, bundle), ct).ConfigureAwait(false);
-            CrashPoints.Hit(CrashPoints.ContainerRuncCreated);
-            record = record with { State = ContainerState.Created, Pid = pid };
+            // No process yet (AwaitsProcess): conmon and runc create run at StartContainer.
             await store.PutContainerAsync(record, CancellationToken.None).ConfigureAwait(false);
             RuntimeLog.ContainerCreated(logger, id, sandbox.Id);
             events.Publish(id, sandbox.Id, LifecycleEvent.Created);

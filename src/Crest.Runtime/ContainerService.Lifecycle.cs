@@ -1,9 +1,10 @@
+using System.Text.Json;
 using Crest.Core;
 using Crest.Oci;
 
 namespace Crest.Runtime;
 
-// The state machine after create: CREATED -> RUNNING (start) -> EXITED (stop, or the process ends) -> gone (remove).
+// The state machine after create: CREATED (no process yet) -> RUNNING (start: conmon, runc create and start) -> EXITED (stop, or the process ends) -> gone (remove).
 public sealed partial class ContainerService
 {
     public async Task StartAsync(string idOrPrefix, CancellationToken ct)
@@ -25,14 +26,31 @@ public sealed partial class ContainerService
             return;
         }
 
+        var sandbox = await sandboxes.GetAsync(c.SandboxId, ct).ConfigureAwait(false);
+        if (sandbox.State != SandboxState.Ready)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} is {sandbox.State}, not ready; container {c.Id} cannot be started in it");
+        }
+
         try
         {
-            // Not cancellable: once runc start runs, the record must say so.
+            // Neither step is cancellable: once the runtime has the container, the record must say so.
+            if (c.AwaitsProcess)
+            {
+                var pid = await runtime.CreateAsync(ConmonCreateOptions.ForContainer(c, sandbox, bundles.For(c.Id)), CancellationToken.None).ConfigureAwait(false);
+                CrashPoints.Hit(CrashPoints.ContainerRuncCreated);
+                c = c with { Pid = pid };
+                await store.PutContainerAsync(c, CancellationToken.None).ConfigureAwait(false);
+            }
+
             await runtime.StartAsync(new RuncStartOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
         }
         catch (CrestException e)
         {
+            // A bad executable, a mount the runtime refuses: the container ends EXITED, and the runtime forgets it.
+            await Step(c.Id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = c.Id, Force = true }, CancellationToken.None)).ConfigureAwait(false);
             await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = e.Message, FinishedAt = time.GetUtcNow() }, CancellationToken.None).ConfigureAwait(false);
+            events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
             throw;
         }
 
@@ -60,9 +78,9 @@ public sealed partial class ContainerService
             return;
         }
 
-        if (c.State == ContainerState.Created && c.RestoreDir is not null)
+        if (c.AwaitsProcess)
         {
-            // Made from a checkpoint and never started: there is no process and no monitor to ask.
+            // Never started: there is no process and no monitor to ask.
             await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 0, Reason = "Completed", FinishedAt = time.GetUtcNow() }, ct).ConfigureAwait(false);
             events.Publish(c.Id, c.SandboxId, LifecycleEvent.Stopped);
             return;
@@ -125,20 +143,27 @@ public sealed partial class ContainerService
             throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is {c.State}; only a created or running container can be updated");
         }
 
-        var spec = new SpecResources
+        var limits = SpecBuilder.Limits(resources);
+        if (c.AwaitsProcess)
         {
-            Memory = resources.MemoryLimitBytes > 0 ? new SpecMemory(resources.MemoryLimitBytes) : null,
-            Cpu = new SpecCpu
-            {
-                Shares = resources.CpuShares > 0 ? (ulong)resources.CpuShares : null,
-                Quota = resources.CpuQuota != 0 ? resources.CpuQuota : null,
-                Period = resources.CpuPeriod > 0 ? (ulong)resources.CpuPeriod : null,
-                Cpus = resources.CpusetCpus.Length > 0 ? resources.CpusetCpus : null,
-                Mems = resources.CpusetMems.Length > 0 ? resources.CpusetMems : null,
-            },
-        };
-        await runtimes.For(c.RuntimeHandler).UpdateAsync(new RuncUpdateOptions { ContainerId = c.Id, Resources = spec }, ct).ConfigureAwait(false);
+            // Not in the runtime yet: the limits go into config.json, which StartContainer hands to it.
+            await UpdateBundleLimitsAsync(bundles.For(c.Id), limits, ct).ConfigureAwait(false);
+        }
+        else
+        {
+            await runtimes.For(c.RuntimeHandler).UpdateAsync(new RuncUpdateOptions { ContainerId = c.Id, Resources = limits }, ct).ConfigureAwait(false);
+        }
+
         await store.PutContainerAsync(c with { Spec = c.Spec with { Resources = resources } }, ct).ConfigureAwait(false);
+    }
+
+    private static async Task UpdateBundleLimitsAsync(ContainerBundle bundle, SpecResources limits, CancellationToken ct)
+    {
+        var spec = JsonSerializer.Deserialize(await File.ReadAllBytesAsync(bundle.ConfigJson, ct).ConfigureAwait(false), RuntimeSpecJson.Default.RuntimeSpec)
+            ?? throw new CrestException(ErrorKind.Internal, $"{bundle.ConfigJson} holds no runtime spec");
+        var resources = (spec.Linux.Resources ?? new SpecResources()) with { Memory = limits.Memory, Cpu = limits.Cpu };
+        spec = spec with { Linux = spec.Linux with { Resources = resources } };
+        await File.WriteAllBytesAsync(bundle.ConfigJson, JsonSerializer.SerializeToUtf8Bytes(spec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
     }
 
     /// <summary>Removes a container (stopping it first if needed), its rootfs mount, files and lease. Idempotent.</summary>

@@ -27,8 +27,10 @@ public sealed partial class ContainerService
                     continue;
                 }
 
-                if (c.State == ContainerState.Created && runtimes.TryFor(c.RuntimeHandler) is { } runtime
-                    && await runtime.StateAsync(new RuncStateOptions { ContainerId = c.Id }, ct).ConfigureAwait(false) is { Status: "running" } running)
+                var runtimeState = c.State == ContainerState.Created && runtimes.TryFor(c.RuntimeHandler) is { } runtime
+                    ? await runtime.StateAsync(new RuncStateOptions { ContainerId = c.Id }, ct).ConfigureAwait(false)
+                    : null;
+                if (runtimeState is { Status: "running" } running)
                 {
                     // crestd died between runc start (or restore) and recording it: the process is adopted.
                     await store.PutContainerAsync(c with { State = ContainerState.Running, StartedAt = time.GetUtcNow(), Pid = running.Pid > 0 ? running.Pid : c.Pid, RestoreDir = null, RestoreStartedAt = null }, ct).ConfigureAwait(false);
@@ -36,6 +38,12 @@ public sealed partial class ContainerService
                     {
                         RuntimeLog.InterruptedRestoreAdopted(logger, c.Id);
                     }
+                }
+                else if (c.AwaitsProcess && c.RestoreDir is null && runtimeState is { Status: "created", Pid: > 0 } made)
+                {
+                    // crestd died in StartContainer between runc create and recording it: the created process is
+                    // adopted, and a StartContainer that comes again runs only runc start.
+                    await store.PutContainerAsync(c with { Pid = made.Pid }, ct).ConfigureAwait(false);
                 }
                 else if (c.State == ContainerState.Created && c.RestoreStartedAt is { } begun)
                 {
@@ -58,11 +66,11 @@ public sealed partial class ContainerService
                     }, ct).ConfigureAwait(false);
                     RuntimeLog.InterruptedRestoreFailed(logger, c.Id);
                 }
-                else if (c.State == ContainerState.Created && c.RestoreDir is not null && !bundles.IsMounted(bundles.For(c.Id)))
+                else if (c.AwaitsProcess && !bundles.IsMounted(bundles.For(c.Id)))
                 {
-                    // Made from a checkpoint, never started, and its rootfs is no longer mounted (the node rebooted):
-                    // a restore into the bare directory must not happen.
-                    await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = "the node restarted before this container was restored; create it again", FinishedAt = time.GetUtcNow(), RestoreDir = null }, ct).ConfigureAwait(false);
+                    // Never started, and its rootfs is no longer mounted (the node rebooted): a start or restore into
+                    // the bare directory must not happen.
+                    await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = $"the node restarted before this container was {(c.RestoreDir is null ? "started" : "restored")}; create it again", FinishedAt = time.GetUtcNow(), RestoreDir = null }, ct).ConfigureAwait(false);
                 }
 
                 if (c.State == ContainerState.Running && runtimes.TryFor(c.RuntimeHandler) is { } owner

@@ -8,8 +8,8 @@ namespace Crest.Runtime;
 
 /// <summary>
 /// Containers: a rootfs that is one overlay mount over the image's snapshot chain (the snapshot leased for
-/// the container's life), config.json from the CRI config and the image, created by conmon + runc/crun at
-/// CreateContainer and started at StartContainer. State comes from conmon's exit files, so it survives crestd.
+/// the container's life) and config.json from the CRI config and the image, both made at CreateContainer; conmon +
+/// runc/crun create and start it at StartContainer, as containerd makes its task only at start. State comes from conmon's exit files, so it survives crestd.
 /// One partial file per concern: Create, Lifecycle (start, stop, update, remove), Recovery, Restore (the start of a
 /// container made from a checkpoint), Checkpoint (the dump), Stats, Log, Exec, Streaming. This file holds what they
 /// share: lookups, the state read from conmon's files, and teardown.
@@ -76,7 +76,7 @@ public sealed partial class ContainerService(
     /// </summary>
     private async Task<ContainerRecord?> RefreshAsync(ContainerRecord c, CancellationToken ct)
     {
-        if (c.State is not (ContainerState.Running or ContainerState.Created) || (c.State == ContainerState.Created && c.RestoreDir is not null))
+        if (c.State is not (ContainerState.Running or ContainerState.Created) || c.AwaitsProcess)
         {
             return c;
         }

@@ -63,14 +63,12 @@ public partial class CrashPointTests
         }
     }
 
-    [Theory]
-    [InlineData(CrashPoints.ContainerRootfsMounted)]
-    [InlineData(CrashPoints.ContainerRuncCreated)]
-    public async Task Crestd_killed_inside_CreateContainer_leaves_no_half_made_container_and_the_create_works_again(string point)
+    [Fact]
+    public async Task Crestd_killed_inside_CreateContainer_leaves_no_half_made_container_and_the_create_works_again()
     {
         RequireTools();
         using var dir = new TempDir("crest-e2e-cpc");
-        var crestd = await CrestdProcess.StartReadyAsync(dir, environment: Armed(point));
+        var crestd = await CrestdProcess.StartReadyAsync(dir, environment: Armed(CrashPoints.ContainerRootfsMounted));
         try
         {
             string[] r = ["-r", crestd.Endpoint];
@@ -92,6 +90,40 @@ public partial class CrashPointTests
             var id = await RunAsync([.. r, "create", podId, counter, podConfig]);
             await RunAsync([.. r, "start", id]);
             await CountPassesAsync(dir.Combine("logs-crashed", "counter.log"), 2, "the container created again after the crash does not run");
+        }
+        finally
+        {
+            await crestd.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Crestd_killed_inside_StartContainer_after_runc_create_leaves_a_created_container_that_starts_once()
+    {
+        RequireTools();
+        using var dir = new TempDir("crest-e2e-cpr");
+        var crestd = await CrestdProcess.StartReadyAsync(dir, environment: Armed(CrashPoints.ContainerRuncCreated));
+        try
+        {
+            string[] r = ["-r", crestd.Endpoint];
+            await ImportBusyboxAsync(dir, r);
+            var podConfig = await WritePodAsync(dir, "crashed", "uid-crashed");
+            var counter = await CounterWorkload.WriteConfigAsync(dir, "localhost/e2e/busybox:v1");
+            await using var pods = new OwnedPods(r);
+            var podId = await pods.RunAsync(podConfig);
+            var id = await RunAsync([.. r, "create", podId, counter, podConfig]);
+
+            var failed = await Binaries.RunCrestAsync([.. r, "start", id]);
+            Assert.NotEqual(0, failed.ExitCode);
+            (crestd, var touched) = await RestartAfterCrashAsync(dir, crestd);
+
+            // The process runc created is adopted, not made twice: the container is still CREATED and starts once.
+            Assert.Equal("CONTAINER_CREATED", await StateAsync(r, id));
+            await RunAsync([.. r, "start", id]);
+            await CountPassesAsync(dir.Combine("logs-crashed", "counter.log"), 2, "the container started after the crash does not run");
+            await RunAsync([.. r, "stop", id]);
+            Assert.Equal("CONTAINER_EXITED", await StateAsync(r, id));
+            await AssertNothingLeakedAsync(dir, crestd, touched);
         }
         finally
         {

@@ -18,13 +18,17 @@ public sealed class ContainerLifecycleTests : IDisposable
         var created = await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), Ct);
         var bundle = _h.Layout.Container(created.Id);
         Assert.Equal(ContainerState.Created, created.State);
-        Assert.Equal("created", _h.Runtimes.StatusOf(created.Id));
+        Assert.Null(_h.Runtimes.StatusOf(created.Id)); // nothing runs until StartContainer
+        Assert.Equal(0, created.Pid);
         Assert.Contains(bundle.Rootfs, _h.Linux.Mounts);
         Assert.True(File.Exists(bundle.ConfigJson));
         Assert.Contains(created.SnapshotKey!, await _h.ImageMetadata.LeasedSnapshotsAsync(Ct));
 
         await _h.Containers.StartAsync(created.Id, Ct);
-        Assert.Equal(ContainerState.Running, (await _h.Containers.GetAsync(created.Id, Ct)).State);
+        var running = await _h.Containers.GetAsync(created.Id, Ct);
+        Assert.Equal(ContainerState.Running, running.State);
+        Assert.Equal("running", _h.Runtimes.StatusOf(created.Id));
+        Assert.True(running.Pid > 0);
 
         await _h.Containers.StopAsync(created.Id, TimeSpan.FromSeconds(5), Ct);
         var stopped = await _h.Containers.GetAsync(created.Id, Ct);
@@ -99,17 +103,70 @@ public sealed class ContainerLifecycleTests : IDisposable
     }
 
     [Fact]
-    public async Task A_create_the_runtime_refuses_is_rolled_back_with_its_mount_and_lease()
+    public async Task A_create_that_fails_after_the_mount_is_rolled_back_with_its_mount_and_lease()
     {
         var pod = await _h.ReadyPodAsync(Ct);
-        _h.Runtimes.Failures["create"] = new CrestException(ErrorKind.FailedPrecondition, "the OCI runtime could not create it");
+        var spec = RuntimeHarness.Container();
+        spec = spec with { Security = spec.Security with { Seccomp = SeccompMode.Localhost, SeccompLocalhostPath = "/nonexistent/profile.json" } };
 
-        await Assert.ThrowsAsync<CrestException>(() => _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), Ct));
+        var e = await Assert.ThrowsAsync<CrestException>(() => _h.Containers.CreateAsync(pod.Id, spec, Ct));
+
+        Assert.Contains("/nonexistent/profile.json", e.Message, StringComparison.Ordinal);
 
         Assert.Empty(await _h.Store.ListContainersAsync(Ct));
         Assert.DoesNotContain(_h.Linux.Mounts, m => m.StartsWith(_h.Paths.Containers, StringComparison.Ordinal));
         Assert.Empty(await _h.ImageMetadata.LeasedSnapshotsAsync(Ct));
         Assert.Empty(Directory.Exists(_h.Paths.Containers) ? Directory.EnumerateFileSystemEntries(_h.Paths.Containers) : []);
+    }
+
+    [Fact]
+    public async Task A_runtime_that_cannot_create_the_process_fails_the_start_and_leaves_the_container_exited_with_start_error()
+    {
+        var pod = await _h.ReadyPodAsync(Ct);
+        var c = await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), Ct);
+        _h.Runtimes.Failures["create"] = new CrestException(ErrorKind.FailedPrecondition, "the OCI runtime could not create it: exec: \"/no/such\": no such file or directory");
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => _h.Containers.StartAsync(c.Id, Ct));
+
+        Assert.Contains("no such file or directory", e.Message, StringComparison.Ordinal);
+        var after = await _h.Containers.GetAsync(c.Id, Ct);
+        Assert.Equal((ContainerState.Exited, 128, "StartError"), (after.State, after.ExitCode, after.Reason));
+        Assert.Contains("/no/such", after.Message, StringComparison.Ordinal);
+        Assert.Null(_h.Runtimes.StatusOf(c.Id));
+        await _h.Containers.RemoveAsync(c.Id, Ct);
+        Assert.Empty(await _h.Store.ListContainersAsync(Ct));
+        Assert.Empty(await _h.ImageMetadata.LeasedSnapshotsAsync(Ct));
+    }
+
+    [Fact]
+    public async Task Stopping_a_created_container_that_never_ran_ends_it_without_asking_the_runtime()
+    {
+        var pod = await _h.ReadyPodAsync(Ct);
+        var c = await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), Ct);
+
+        await _h.Containers.StopAsync(c.Id, TimeSpan.FromSeconds(5), Ct);
+
+        var after = await _h.Containers.GetAsync(c.Id, Ct);
+        Assert.Equal(ContainerState.Exited, after.State);
+        Assert.DoesNotContain(_h.Runtimes.Calls, call => call.EndsWith(c.Id, StringComparison.Ordinal));
+        await Assert.ThrowsAsync<CrestException>(() => _h.Containers.StartAsync(c.Id, Ct));
+    }
+
+    [Fact]
+    public async Task New_limits_for_a_created_container_go_into_its_config_json_and_reach_the_runtime_at_start()
+    {
+        var pod = await _h.ReadyPodAsync(Ct);
+        var c = await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), Ct);
+
+        await _h.Containers.UpdateResourcesAsync(c.Id, new ResourceSpec(CpuPeriod: 100_000, CpuQuota: 50_000, MemoryLimitBytes: 64 << 20), Ct);
+
+        Assert.DoesNotContain(_h.Runtimes.Calls, call => call.StartsWith("update", StringComparison.Ordinal));
+        using var config = System.Text.Json.JsonDocument.Parse(await File.ReadAllBytesAsync(_h.Layout.Container(c.Id).ConfigJson, Ct));
+        var resources = config.RootElement.GetProperty("linux").GetProperty("resources");
+        Assert.Equal(64 << 20, resources.GetProperty("memory").GetProperty("limit").GetInt64());
+        Assert.Equal(50_000, resources.GetProperty("cpu").GetProperty("quota").GetInt64());
+        Assert.Equal(System.Text.Json.JsonValueKind.Array, resources.GetProperty("devices").ValueKind); // the rest of the spec is kept
+        Assert.Equal(64 << 20, (await _h.Containers.GetAsync(c.Id, Ct)).Spec.Resources.MemoryLimitBytes);
     }
 
     [Fact]

@@ -40,6 +40,38 @@ public sealed class ContainerRecoveryTests : IDisposable
     }
 
     [Fact]
+    public async Task A_process_the_runtime_created_during_a_start_crestd_did_not_finish_is_adopted_and_the_next_start_only_starts_it()
+    {
+        var pod = await _h.ReadyPodAsync(Ct);
+        var made = await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), Ct);
+        // conmon and runc create ran; crestd died before recording the pid.
+        var bundle = _h.Layout.Container(made.Id);
+        Directory.CreateDirectory(bundle.StateDir);
+        await File.WriteAllTextAsync(bundle.ConmonPidFile, Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture), Ct);
+        _h.Runtimes.Know(made.Id, "created", 555);
+
+        await _h.Containers.RecoverAsync(Ct);
+
+        var c = await _h.Containers.GetAsync(made.Id, Ct);
+        Assert.Equal((ContainerState.Created, 555), (c.State, c.Pid));
+        await _h.Containers.StartAsync(made.Id, Ct);
+        Assert.Equal(ContainerState.Running, (await _h.Containers.GetAsync(made.Id, Ct)).State);
+        Assert.DoesNotContain($"create {made.Id}", _h.Runtimes.Calls);
+    }
+
+    [Fact]
+    public async Task A_created_container_whose_rootfs_a_reboot_unmounted_is_exited_rather_than_started_on_a_bare_directory()
+    {
+        await _h.Store.PutContainerAsync(RuntimeStoreConformance.Container("c1", "s1", ContainerState.Created), Ct);
+
+        await _h.Containers.RecoverAsync(Ct);
+
+        var c = await _h.Containers.GetAsync("c1", Ct);
+        Assert.Equal((ContainerState.Exited, 128, "StartError"), (c.State, c.ExitCode, c.Reason));
+        Assert.Contains("before this container was started", c.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_running_container_with_an_exit_file_is_exited_with_its_code()
     {
         await _h.RecordRunningAsync("c1", "s1", Ct);
