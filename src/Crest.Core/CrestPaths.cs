@@ -23,6 +23,9 @@ public sealed record CrestPaths(string Root, string State, string Socket)
     /// <summary>Per-container bundles and private checkpoint/restore directories.</summary>
     public string Containers => Path.Combine(Root, "containers");
 
+    /// <summary>Removed containers' directories waiting to be deleted in the background (the same filesystem as <see cref="Containers"/>).</summary>
+    public string Trash => Path.Combine(Root, "trash");
+
     /// <summary>Held with an exclusive lock while a crestd owns the state directory.</summary>
     public string DaemonLock => Path.Combine(State, "crestd.lock");
 

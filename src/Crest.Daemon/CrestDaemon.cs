@@ -153,6 +153,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<ConmonExits>();
             builder.Services.AddSingleton<IOciRuntimeFactory, ConmonOciRuntimeFactory>();
             builder.Services.AddSingleton<INetwork, CniNetwork>();
+            builder.Services.AddSingleton<DirectoryReaper>();
             builder.Services.AddSingleton<ContainerBundles>();
             builder.Services.AddSingleton<UserNamespaces>();
             builder.Services.AddSingleton<SandboxService>();

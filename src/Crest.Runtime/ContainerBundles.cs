@@ -10,7 +10,7 @@ namespace Crest.Runtime;
 /// snapshot chain (leased for the container's life), a checkpoint's rootfs changes applied before a restore, and the
 /// removal of all of it.
 /// </summary>
-public sealed class ContainerBundles(RuntimeLayout layout, ImageService images, IImageMetadataStore imageMetadata, ILinux linux, IRestoreSteps restoreSteps)
+public sealed class ContainerBundles(RuntimeLayout layout, ImageService images, IImageMetadataStore imageMetadata, ILinux linux, IRestoreSteps restoreSteps, DirectoryReaper reaper)
 {
     public ContainerBundle For(string id) => layout.Container(id);
 
@@ -97,14 +97,14 @@ public sealed class ContainerBundles(RuntimeLayout layout, ImageService images, 
         }
     }
 
-    /// <summary>Removes the container's directories and conmon's files for it; call only once nothing is mounted there.</summary>
-    public static void DeleteFiles(ContainerBundle bundle)
+    /// <summary>
+    /// Removes the container's directories and conmon's files for it; call only once nothing is mounted there. The
+    /// container directory (rootfs, writable layer, bundle) leaves at once and is deleted in the background.
+    /// </summary>
+    public void DeleteFiles(ContainerBundle bundle)
     {
         ArgumentNullException.ThrowIfNull(bundle);
-        if (Directory.Exists(bundle.Dir))
-        {
-            Directory.Delete(bundle.Dir, recursive: true);
-        }
+        reaper.Discard(bundle.Dir);
 
         if (Directory.Exists(bundle.StateDir))
         {

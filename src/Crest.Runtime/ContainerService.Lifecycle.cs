@@ -123,12 +123,15 @@ public sealed partial class ContainerService
     }
 
     /// <summary>
-    /// Once a stop has seen the exit, the runtime forgets the container (its cgroups and state) at once, as containerd's
-    /// shim deletes a task when it exits: RemoveContainer then has no runtime process to wait for. Best effort: a failure
-    /// is logged and the removal deletes it again.
+    /// Once a stop has seen the exit, the runtime forgets the container (its cgroups and state) and its rootfs is
+    /// unmounted at once, as containerd's shim deletes a task and unmounts its rootfs when it exits: RemoveContainer then
+    /// has no runtime process to wait for and no mount to undo. Best effort: a failure is logged and the removal does it again.
     /// </summary>
-    private Task DeleteStoppedAsync(IOciRuntime runtime, string id) =>
-        Step(id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = id }, CancellationToken.None));
+    private async Task DeleteStoppedAsync(IOciRuntime runtime, string id)
+    {
+        await Step(id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = id }, CancellationToken.None)).ConfigureAwait(false);
+        await Step(id, () => { bundles.UnmountRootfs(bundles.For(id)); return Task.CompletedTask; }).ConfigureAwait(false);
+    }
 
     /// <summary>Applies new CPU and memory limits to a created or running container, and records them.</summary>
     public async Task UpdateResourcesAsync(string idOrPrefix, ResourceSpec resources, CancellationToken ct)

@@ -35,11 +35,14 @@ public sealed class ContainerLifecycleTests : IDisposable
         Assert.Equal(ContainerState.Exited, stopped.State);
         Assert.Equal(128 + 15, stopped.ExitCode);
         Assert.Equal("Error", stopped.Reason);
+        Assert.DoesNotContain(bundle.Rootfs, _h.Linux.Mounts); // unmounted once the stop saw the exit
+        Assert.True(Directory.Exists(bundle.Upper)); // what it wrote stays until removal
 
         await _h.Containers.RemoveAsync(created.Id, Ct);
         Assert.Empty(await _h.Containers.ListAsync(Ct));
-        Assert.DoesNotContain(bundle.Rootfs, _h.Linux.Mounts);
         Assert.False(Directory.Exists(bundle.Dir));
+        await _h.Reaper.IdleAsync().WaitAsync(TimeSpan.FromSeconds(10), Ct);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_h.Paths.Trash));
         Assert.Empty(await _h.ImageMetadata.LeasedSnapshotsAsync(Ct));
         Assert.Null(_h.Runtimes.StatusOf(created.Id));
     }

@@ -27,9 +27,10 @@ internal sealed class RuntimeHarness : IDisposable
         Images = new ImageService(new MemoryContentStore(), new OverlaySnapshotter(_dir.Combine("snapshots"), ImageMetadata, TimeProvider.System), ImageMetadata,
             new NoRegistry(), ImageServiceOptions.Default, TimeProvider.System, NullLogger<ImageService>.Instance);
         Exits = new ConmonExits(Layout, TimeProvider.System);
+        Reaper = new DirectoryReaper(Paths, Linux, NullLogger<DirectoryReaper>.Instance);
         Sandboxes = new SandboxService(Store, Linux, Runtimes, Network, Layout, new UserNamespaces(Paths, NullLogger<UserNamespaces>.Instance), Exits,
             TimeProvider.System, NullLogger<SandboxService>.Instance);
-        Containers = new ContainerService(Store, Sandboxes, new ContainerBundles(Layout, Images, ImageMetadata, Linux, RestoreSteps), Runtimes, Linux,
+        Containers = new ContainerService(Store, Sandboxes, new ContainerBundles(Layout, Images, ImageMetadata, Linux, RestoreSteps, Reaper), Runtimes, Linux,
             new RuntimeEvents(TimeProvider.System), Exits, TimeProvider.System, NullLogger<ContainerService>.Instance);
         Pods = new PodService(Sandboxes, Containers);
     }
@@ -40,6 +41,9 @@ internal sealed class RuntimeHarness : IDisposable
     public ConmonExits Exits { get; }
 
     public RuntimeLayout Layout { get; }
+
+    /// <summary>Deletes removed containers' directories in the background; tests wait on <see cref="DirectoryReaper.IdleAsync"/>.</summary>
+    public DirectoryReaper Reaper { get; }
 
     public MemoryRuntimeStore Store { get; } = new();
 
@@ -101,6 +105,7 @@ internal sealed class RuntimeHarness : IDisposable
     public void Dispose()
     {
         Exits.Dispose();
+        Reaper.DisposeAsync().AsTask().GetAwaiter().GetResult();
         _dir.Dispose();
     }
 
