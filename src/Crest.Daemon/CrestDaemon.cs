@@ -49,6 +49,7 @@ public sealed class CrestDaemon : IAsyncDisposable
     public static async Task<CrestDaemon> StartAsync(CrestConfig config, CancellationToken ct, Action<ILoggingBuilder>? configureLogging = null)
     {
         ArgumentNullException.ThrowIfNull(config);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         var paths = config.Paths;
         Directory.CreateDirectory(paths.Root);
         Directory.CreateDirectory(paths.State);
@@ -107,7 +108,9 @@ public sealed class CrestDaemon : IAsyncDisposable
             });
 
             var time = TimeProvider.System;
+            var hostConfigured = clock.Elapsed;
             var store = await MetadataStore.OpenAsync(paths.Database, time, ct).ConfigureAwait(false);
+            var storeOpened = clock.Elapsed;
             builder.Services.AddSingleton(time);
             builder.Services.AddSingleton(config);
             builder.Services.AddSingleton(paths);
@@ -204,6 +207,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             });
 
             Metrics.MetricsEndpoint.Configure();
+            var servicesAdded = clock.Elapsed;
             var app = builder.Build();
             app.Services.GetRequiredService<Metrics.ObjectMetrics>();
             app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(30) });
@@ -227,6 +231,7 @@ public sealed class CrestDaemon : IAsyncDisposable
 
             DaemonLog.StoreOpened(logger, store.Path, store.SchemaVersion);
             app.Lifetime.ApplicationStopping.Register(() => DaemonLog.Stopping(logger));
+            var built = clock.Elapsed;
             // Reconcile before serving: containers take their state from conmon's exit files, half-made ones are undone.
             var (kept, rolledBack) = await app.Services.GetRequiredService<ContainerService>().RecoverAsync(ct).ConfigureAwait(false);
             rolledBack += await app.Services.GetRequiredService<SandboxService>().RecoverAsync(ct).ConfigureAwait(false);
@@ -244,8 +249,13 @@ public sealed class CrestDaemon : IAsyncDisposable
                 DaemonLog.Recovered(logger, kept, rolledBack);
             }
 
+            var recovered = clock.Elapsed;
             await app.StartAsync(ct).ConfigureAwait(false);
             started = app;
+            using var self = System.Diagnostics.Process.GetCurrentProcess();
+            DaemonLog.StartPhases(logger, (long)(DateTime.Now - self.StartTime).TotalMilliseconds, clock.ElapsedMilliseconds, hostConfigured.TotalMilliseconds, (storeOpened - hostConfigured).TotalMilliseconds,
+                (servicesAdded - storeOpened).TotalMilliseconds, (built - servicesAdded).TotalMilliseconds, (recovered - built).TotalMilliseconds,
+                (clock.Elapsed - recovered).TotalMilliseconds);
             // Only root and the socket's group may talk CRI: the API can run anything on the node.
             File.SetUnixFileMode(paths.Socket, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
             DaemonLog.Serving(logger, CriRuntimeService.CrestVersion, paths.Socket, paths.Root, paths.State, config.SourceFile ?? "(defaults)");

@@ -41,6 +41,9 @@ internal static partial class DaemonLog
     [LoggerMessage(32, LogLevel.Warning, "port-forward into pod {SandboxId} port {Port} failed: {Reason}")]
     public static partial void PortForwardFailed(ILogger logger, string sandboxId, int port, string reason);
 
+    [LoggerMessage(34, LogLevel.Information, "listening {SinceExec} ms after exec, {Total} ms after the daemon's start: host configured {Host:F1} ms, store opened {Store:F1} ms, services added {Services:F1} ms, host built {Build:F1} ms, recovery {Recovery:F1} ms, Kestrel started {Listen:F1} ms")]
+    public static partial void StartPhases(ILogger logger, long sinceExec, long total, double host, double store, double services, double build, double recovery, double listen);
+
     [LoggerMessage(33, LogLevel.Information, "streaming server (exec, attach, port-forward) on {Url}")]
     public static partial void StreamingServing(ILogger logger, string url);
 }
