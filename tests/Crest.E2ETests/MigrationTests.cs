@@ -53,21 +53,29 @@ public sealed class MigrationTests
         return (id, log);
     }
 
-    [Fact]
-    public async Task A_running_counter_migrates_stop_copy_to_the_other_node_and_counts_on_from_where_it_froze()
+    [Theory]
+    [InlineData("stop-copy")]
+    [InlineData("post-copy")]
+    public async Task A_running_counter_migrates_to_the_other_node_and_counts_on_from_where_it_froze(string strategy)
     {
         RequireTools();
         await using var nodes = await TwoNodes.StartAsync("mig");
+        if (strategy == "post-copy")
+        {
+            await RequirePostCopyAsync(nodes);
+        }
+
         var image = await RegistryBusyboxOnAAsync(nodes);
         var (id, logA) = await RunCounterOnAAsync(nodes, image);
         var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
 
-        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "-o", "json"]);
+        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--strategy", strategy, "-o", "json"]);
 
         Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
         using var report = JsonDocument.Parse(migrated.Stdout);
         var r = report.RootElement;
         var newId = r.GetProperty("containerId").GetString()!;
+        Assert.Equal(strategy, r.GetProperty("strategy").GetString());
         // Progress went to stderr, step by step: pre-staging before the freeze.
         Assert.True(migrated.Stderr.IndexOf("pre-stage:", StringComparison.Ordinal) < migrated.Stderr.IndexOf("freeze:", StringComparison.Ordinal), migrated.Stderr);
         Assert.True(r.GetProperty("bytesBeforeSwitch").GetInt64() > 0, "the base image was not pre-staged on B: " + migrated.Stdout);
@@ -89,7 +97,8 @@ public sealed class MigrationTests
         Assert.Contains(lastOnA + 1, counts);
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
-        TestContext.Current.SendDiagnosticMessage($"stop-copy migration: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch\n{migrated.Stderr}");
+        TestContext.Current.SendDiagnosticMessage($"{strategy} migration: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after\n{migrated.Stderr}");
+        TestContext.Current.TestOutputHelper?.WriteLine($"{strategy} counter: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after");
     }
 
     /// <summary>
