@@ -69,10 +69,10 @@ public sealed partial class LazyPageTransfers(string criuPath, ILogger<LazyPageT
         var argv = options.Arguments(criu);
         var daemon = ChildProcess.Spawn(criu, argv, [ChildFd.Null(0), ChildFd.Null(1), ChildFd.Null(2)], newSession: true);
         var exit = daemon.WaitAsync(CancellationToken.None);
-        var deadline = DateTime.UtcNow + SocketWait;
+        var waited = System.Diagnostics.Stopwatch.StartNew();
         while (!File.Exists(socket))
         {
-            if (exit.IsCompleted || DateTime.UtcNow > deadline)
+            if (exit.IsCompleted || waited.Elapsed > SocketWait)
             {
                 if (!exit.IsCompleted)
                 {
