@@ -52,7 +52,7 @@ public sealed partial class LazyPageTransfers(string criuPath, ILogger<LazyPageT
 
     private readonly ConcurrentDictionary<string, Transfer> _transfers = new(StringComparer.Ordinal);
 
-    private sealed record Transfer(ChildProcess Daemon, string LogPath, Task<LazyPagesState> Done);
+    private sealed record Transfer(ChildProcess Daemon, Task<int> Exit, string LogPath, Task<LazyPagesState> Done);
 
     /// <summary>
     /// Starts the daemon for <paramref name="containerId"/> and waits until its socket exists (the restore connects to it).
@@ -87,7 +87,7 @@ public sealed partial class LazyPageTransfers(string criuPath, ILogger<LazyPageT
         }
 
         var done = WatchAsync(containerId, exit, log, onFailure, onEnd);
-        _transfers[containerId] = new Transfer(daemon, log, done);
+        _transfers[containerId] = new Transfer(daemon, exit, log, done);
         RuntimeLog.LazyPagesStarted(logger, containerId, options.Address, options.Port);
     }
 
@@ -96,7 +96,12 @@ public sealed partial class LazyPageTransfers(string criuPath, ILogger<LazyPageT
     {
         if (_transfers.TryGetValue(containerId, out var t))
         {
-            _ = ChildProcess.SignalGroup(t.Daemon.Pid, 9);
+            if (!t.Exit.IsCompleted)
+            {
+                // Not yet reaped, so its process group is still the daemon's.
+                _ = ChildProcess.SignalGroup(t.Daemon.Pid, 9);
+            }
+
             await t.Done.ConfigureAwait(false);
         }
     }
