@@ -34,7 +34,11 @@ public sealed record CheckpointResult(
     TimeSpan CriuDump,
     TimeSpan RootfsCapture,
     TimeSpan ArchiveWrite,
-    DumpStatistics? Criu);
+    DumpStatistics? Criu)
+{
+    /// <summary>Post-copy: the CRIU that serves the memory the archive leaves out, and owns the dump's work directory.</summary>
+    public LazyCheckpoint? PageServer { get; init; }
+}
 
 /// <summary>
 /// CRI CheckpointContainer: pause, CRIU dump (leave running), rootfs changes from the overlay upper directory,
@@ -53,7 +57,8 @@ public sealed class CheckpointService(
     /// Checkpoints a running container into the archive at <paramref name="location"/>. With <paramref name="leaveFrozen"/>
     /// (a migration's source) the container stays paused after a successful checkpoint; if anything fails, it is resumed.
     /// </summary>
-    public async Task<CheckpointResult> CheckpointAsync(string idOrPrefix, string location, TimeSpan timeout, CancellationToken ct, bool leaveFrozen = false)
+    public async Task<CheckpointResult> CheckpointAsync(string idOrPrefix, string location, TimeSpan timeout, CancellationToken ct, bool leaveFrozen = false,
+        string? lazyPageServer = null)
     {
         var total = Stopwatch.StartNew();
         if (!options.Enabled)
@@ -86,6 +91,8 @@ public sealed class CheckpointService(
         RootfsDiffSummary? diff = null;
         long logLength = 0;
         var frozen = false;
+        LazyCheckpoint? pageServer = null;
+        var keepWork = false;
         try
         {
             Directory.CreateDirectory(work, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
@@ -104,8 +111,9 @@ public sealed class CheckpointService(
                     // The log copy ends where the log stood while frozen: lines written after the resume belong to the
                     // original, not to what a restore replays. Only the length is taken now; the copy comes later.
                     logLength = container.LogFile.Length > 0 && FileKinds.IsRegularFile(container.LogFile) ? new FileInfo(container.LogFile).Length : 0;
-                }, token, leaveFrozen).ConfigureAwait(false);
-                frozen = leaveFrozen;
+                }, token, leaveFrozen, lazyPageServer).ConfigureAwait(false);
+                frozen = leaveFrozen || lazyPageServer is not null;
+                pageServer = dump.PageServer;
             }
             catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition)
             {
@@ -127,7 +135,11 @@ public sealed class CheckpointService(
                 stats?.FrozenTimeUs ?? 0, stats?.PagesWritten ?? 0);
             CheckpointMetrics.Record(result);
             frozen = false;
-            return result;
+            // The page server goes on with the work directory (dump.log); its owner removes both.
+            var served = pageServer;
+            pageServer = null;
+            keepWork = served is not null;
+            return result with { PageServer = served };
         }
         catch (Exception) when (CheckpointMetrics.CheckpointFailed())
         {
@@ -140,7 +152,17 @@ public sealed class CheckpointService(
         }
         finally
         {
-            ContainerCheckpointWriter.RemoveFresh(work);
+            if (pageServer is not null)
+            {
+                // No archive came of a post-copy dump: CRIU stops serving and lets go of the processes first.
+                await pageServer.KillAsync().ConfigureAwait(false);
+            }
+
+            if (!keepWork)
+            {
+                ContainerCheckpointWriter.RemoveFresh(work);
+            }
+
             if (frozen)
             {
                 // A migration's source left frozen by a good dump, but no archive came of it: it runs on.

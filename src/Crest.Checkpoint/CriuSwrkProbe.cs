@@ -83,7 +83,7 @@ public sealed class CriuSwrkProbe(string criuPath, int minimumVersion, TimeProvi
         var request = new criu_req { Type = criu_req_type.FeatureCheck, Features = new criu_features { MemTrack = true, LazyPages = true } };
         var (response, _) = await AskAsync(path, request, "FEATURE_CHECK", ct).ConfigureAwait(false);
         var features = response?.Features;
-        return new CriuFeatures(features is { HasMemTrack: true, MemTrack: true }, features is { HasLazyPages: true, LazyPages: true });
+        return new CriuFeatures(features is { HasMemTrack: true, MemTrack: true }, features is { HasLazyPages: true, LazyPages: true }, PipeLimits.PageServerProblem());
     }
 
     /// <summary>One request over a fresh <c>criu swrk</c>; the answer, or null and what went wrong.</summary>

@@ -7,7 +7,11 @@ using Microsoft.Extensions.Logging;
 namespace Crest.Checkpoint;
 
 /// <summary>What a migration source's freeze produced: the archive it holds for the target, and how long CRIU took.</summary>
-public sealed record MigrationCheckpoint(string ContainerId, string ArchiveToken, long ArchiveBytes, TimeSpan Paused, TimeSpan CriuDump, TimeSpan Total);
+public sealed record MigrationCheckpoint(string ContainerId, string ArchiveToken, long ArchiveBytes, TimeSpan Paused, TimeSpan CriuDump, TimeSpan Total)
+{
+    /// <summary>Post-copy: the <c>HOST:PORT</c> the source serves the memory from until the target has all of it.</summary>
+    public string? PageServer { get; init; }
+}
 
 /// <summary>The log timestamps a migration's downtime is measured from (the runtime stamps each line as the workload writes it).</summary>
 public sealed record LogTimes(DateTimeOffset? LastLine, DateTimeOffset? FirstLineAfter);
@@ -29,6 +33,9 @@ public sealed class MigrationService(
 {
     private const string ArchiveSuffix = ".tar";
 
+    /// <summary>Post-copy sources' page servers, by container id: each ends when its target disconnects, or is killed.</summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, LazyCheckpoint> _pageServers = new(StringComparer.Ordinal);
+
     /// <summary>Where this node keeps migration archives: sent (a frozen source's) and received (a target's).</summary>
     public string ArchiveDir => Path.Combine(paths.Root, "migrations");
 
@@ -40,26 +47,86 @@ public sealed class MigrationService(
     /// The source's switch-over: checkpoint the running container into a fresh archive and leave it frozen. Any
     /// failure resumes it (CheckpointService), so a refused freeze leaves it running as before.
     /// </summary>
-    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, CancellationToken ct)
+    /// <remarks>
+    /// With <paramref name="pageServerAddress"/> (post-copy) the archive holds everything but the memory, which CRIU
+    /// serves from a page server on that address (a free port is chosen) until the target's lazy-pages daemon has all of
+    /// it; the source stays frozen meanwhile, and is resumed or killed as after a stop-copy freeze.
+    /// </remarks>
+    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, CancellationToken ct, string? pageServerAddress = null)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        if (pageServerAddress is not null)
+        {
+            var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
+            if (MigrationSupport.From(probe).FirstOrDefault(s => s.Strategy == "post-copy") is { Supported: false, Reason: var reason })
+            {
+                throw new CrestException(ErrorKind.FailedPrecondition, $"container {idOrPrefix} cannot be migrated post-copy from this node: {reason}");
+            }
+        }
+
+        var pageServer = pageServerAddress is null ? null : FreePageServerEndpoint(pageServerAddress);
         var token = NewToken();
         var location = ArchivePath(token);
-        var result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true).ConfigureAwait(false);
+        var result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer).ConfigureAwait(false);
+        if (result.PageServer is { } served)
+        {
+            _pageServers[result.ContainerId] = served;
+            _ = served.Exit.ContinueWith(_ => ContainerCheckpointWriter.RemoveFresh(served.WorkPath), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+        }
+
         CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);
         // Frozen from the pause until now: the dump, and the archive written while it stayed frozen.
-        return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total);
+        return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total) { PageServer = result.PageServer?.PageServer };
     }
 
-    /// <summary>The migration failed: the frozen source runs on (a container not frozen is left as it is).</summary>
+    /// <summary>
+    /// The migration failed: the frozen source runs on (a container not frozen is left as it is). A post-copy source's
+    /// page server is killed first: its CRIU holds the processes until it ends.
+    /// </summary>
     public async Task ResumeAsync(string idOrPrefix, CancellationToken ct)
     {
-        await containers.ThawAsync(idOrPrefix, ct).ConfigureAwait(false);
-        CheckpointLog.MigrationSourceResumed(logger, idOrPrefix);
+        var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        if (_pageServers.TryRemove(c.Id, out var served))
+        {
+            await served.KillAsync().ConfigureAwait(false);
+        }
+
+        await containers.ThawAsync(c.Id, ct).ConfigureAwait(false);
+        CheckpointLog.MigrationSourceResumed(logger, c.Id);
     }
 
-    /// <summary>The target runs: the frozen source is killed without running on; the caller removes it through CRI.</summary>
-    public Task KillFrozenAsync(string idOrPrefix, CancellationToken ct) => containers.KillFrozenAsync(idOrPrefix, ct);
+    /// <summary>
+    /// The target runs: the frozen source is killed without running on; the caller removes it through CRI. A post-copy
+    /// source's page server has ended by now (the target had every page); one still running is killed first.
+    /// </summary>
+    public async Task KillFrozenAsync(string idOrPrefix, CancellationToken ct)
+    {
+        var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        if (_pageServers.TryRemove(c.Id, out var served))
+        {
+            await served.KillAsync().ConfigureAwait(false);
+        }
+
+        await containers.KillFrozenAsync(c.Id, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>A post-copy target's transfer: pages so far, or (with <paramref name="wait"/>) how it ended; null when the container has none.</summary>
+    public Task<LazyPagesState?> LazyPagesAsync(string idOrPrefix, bool wait, CancellationToken ct) => containers.LazyPagesStateAsync(idOrPrefix, wait, ct);
+
+    /// <summary>An <c>ADDRESS:PORT</c> with a port free on <paramref name="address"/> now (the page server binds it next).</summary>
+    private static string FreePageServerEndpoint(string address)
+    {
+        if (!System.Net.IPAddress.TryParse(address, out var ip))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"post-copy page server address \"{address}\" is not an IP address of this node");
+        }
+
+        var probe = new System.Net.Sockets.TcpListener(ip, 0);
+        probe.Start();
+        var port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        return ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{ip}]:{port}" : $"{ip}:{port}";
+    }
 
     /// <summary>A held archive, for reading (the source sends it).</summary>
     public FileStream OpenArchive(string token)

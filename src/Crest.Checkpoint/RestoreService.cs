@@ -154,6 +154,13 @@ public sealed class RestoreService(
             }
 
             var runtimeAnnotations = request.Annotations;
+            if (request.Annotations.TryGetValue(CriuRestoreOptions.LazyPagesFromAnnotation, out var pageServer))
+            {
+                // A post-copy migration's target: the memory comes from the source's page server while it runs.
+                criu = (criu ?? CriuOptions()) with { LazyPagesFrom = pageServer };
+                runtimeAnnotations = request.Annotations.Where(kv => kv.Key != CriuRestoreOptions.LazyPagesFromAnnotation).ToDictionary(StringComparer.Ordinal);
+            }
+
             if (criu?.LeaveStopped == true)
             {
                 // runc hands CRIU the configuration file this annotation names (org.criu.config): leave-stopped.

@@ -30,6 +30,17 @@ public sealed record CriuRestoreOptions
     /// <summary>Re-establish the TCP connections that were open at the dump (<c>--tcp-established</c>, [restore] tcp_established).</summary>
     public bool TcpEstablished { get; init; }
     /// <summary>
+    /// Post-copy: the checkpoint holds no memory; it is fetched from the migration source's page server at this
+    /// <c>HOST:PORT</c> by a <c>criu lazy-pages</c> daemon while the restored processes run (<c>--lazy-pages</c>).
+    /// </summary>
+    public string? LazyPagesFrom { get; init; }
+
+    /// <summary>
+    /// The CreateContainer annotation by which a migration asks for a post-copy restore: its value becomes
+    /// <see cref="LazyPagesFrom"/>, and it is not passed on to the container.
+    /// </summary>
+    public const string LazyPagesFromAnnotation = "io.crest.migration.lazy-pages-from";
+    /// <summary>
     /// CRIU's copy of the pod's System V segments (ipcns-shm images) is left out of this restore: every container of a
     /// pod dumps the whole pod IPC namespace, and CRIU creates the segments in the joined namespace, so exactly one
     /// restore (the container that has segments attached, else Crest itself) may create them; another would fail with EEXIST.

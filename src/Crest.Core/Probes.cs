@@ -15,9 +15,10 @@ public sealed record CriuInfo(string Path, string? Version, int VersionNumber, s
 /// Kernel features live migration strategies need, as CRIU checks them. <paramref name="MemoryTracking"/>: soft-dirty
 /// page tracking (<c>criu check --feature mem_dirty_track</c>; memory pre-copy and pre-dump need it; a kernel built
 /// without CONFIG_MEM_SOFT_DIRTY lacks it). <paramref name="LazyPages"/>: userfaultfd with non-cooperative events
-/// (<c>uffd-noncoop</c>; post-copy restores with <c>--lazy-pages</c> need it).
+/// (<c>uffd-noncoop</c>; post-copy restores with <c>--lazy-pages</c> need it). <paramref name="PageServerProblem"/>:
+/// why CRIU's lazy page server would fail on this node although the kernel has userfaultfd (null: it would not).
 /// </summary>
-public sealed record CriuFeatures(bool MemoryTracking, bool LazyPages);
+public sealed record CriuFeatures(bool MemoryTracking, bool LazyPages, string? PageServerProblem = null);
 
 /// <summary>Asks the CRIU binary for its version (seam: the real one speaks CRIU's RPC over criu swrk).</summary>
 public interface ICriuProbe
@@ -43,9 +44,11 @@ public static class MigrationSupport
         return
         [
             new("stop-copy", true, null),
-            new("post-copy", false, features.LazyPages
-                ? "post-copy (CRIU lazy pages) is not built in this version of Crest yet, although this kernel supports it (userfaultfd, uffd-noncoop); use --strategy stop-copy"
-                : "post-copy needs userfaultfd with non-cooperative events, which this kernel lacks (criu check --feature uffd-noncoop fails); use --strategy stop-copy"),
+            !features.LazyPages
+                ? new("post-copy", false, "post-copy needs userfaultfd with non-cooperative events, which this kernel lacks (criu check --feature uffd-noncoop fails); use --strategy stop-copy")
+                : features.PageServerProblem is { } pageServer
+                    ? new("post-copy", false, pageServer + "; or use --strategy stop-copy")
+                    : new("post-copy", true, null),
             new("pre-copy", false, features.MemoryTracking
                 ? "pre-copy is not built in this version of Crest yet, although this kernel tracks dirty memory (soft-dirty); use --strategy stop-copy"
                 : "pre-copy needs soft-dirty memory tracking, which this kernel lacks (criu check --feature mem_dirty_track: \"Dirty tracking is OFF\"; the kernel needs CONFIG_MEM_SOFT_DIRTY); use --strategy stop-copy"),

@@ -161,6 +161,9 @@ public sealed class ChildProcess
         }
     }
 
+    /// <summary>Sends <paramref name="signal"/> to every process of a process group (a child spawned in a new session leads one).</summary>
+    public static bool SignalGroup(int pgid, int signal) => pgid > 0 && Interop.Kill(-pgid, signal) == 0;
+
     /// <summary>Sends <paramref name="signal"/> to any process; false when it does not exist (or is not ours to signal).</summary>
     public static bool Signal(int pid, int signal) => pid > 0 && Interop.Kill(pid, signal) == 0;
 

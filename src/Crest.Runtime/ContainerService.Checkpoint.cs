@@ -6,7 +6,11 @@ namespace Crest.Runtime;
 public sealed partial class ContainerService
 {
     /// <summary>A container's result of a CRIU dump taken while it was paused.</summary>
-    public sealed record ContainerDump(ContainerRecord Container, SandboxRecord Sandbox, TimeSpan Paused, TimeSpan CriuDump, TimeSpan RootfsCapture);
+    public sealed record ContainerDump(ContainerRecord Container, SandboxRecord Sandbox, TimeSpan Paused, TimeSpan CriuDump, TimeSpan RootfsCapture)
+    {
+        /// <summary>A post-copy dump's CRIU, still serving the memory (null for a complete dump).</summary>
+        public LazyCheckpoint? PageServer { get; init; }
+    }
 
     /// <summary>
     /// Checkpoints a running container and leaves it running: pause (cgroup freezer), CRIU dump through the runtime
@@ -15,11 +19,15 @@ public sealed partial class ContainerService
     /// Nothing else happens while the container is paused: the archive is built afterwards by the caller.
     /// With <paramref name="leaveFrozen"/> (a stop-and-copy migration's source) a dump that succeeded leaves the container
     /// paused, so nothing runs on past the checkpoint; the caller then thaws it (<see cref="ThawAsync"/>) or kills it
-    /// (<see cref="KillFrozenAsync"/>). A failed dump is resumed either way.
+    /// (<see cref="KillFrozenAsync"/>). A failed dump is resumed either way. With <paramref name="lazyPageServer"/>
+    /// (post-copy, always left frozen) CRIU writes everything but the memory and keeps serving that from a page server at
+    /// that <c>HOST:PORT</c> (<see cref="ContainerDump.PageServer"/>); the cgroup freezer keeps the container frozen
+    /// whatever CRIU does when its client goes (CRIU restores the freezer state it found).
     /// </summary>
     public async Task<ContainerDump> DumpAsync(string idOrPrefix, string imagePath, string workPath, bool tcpEstablished,
-        Func<ContainerRecord, string, CancellationToken, Task> captureRootfs, CancellationToken ct, bool leaveFrozen = false)
+        Func<ContainerRecord, string, CancellationToken, Task> captureRootfs, CancellationToken ct, bool leaveFrozen = false, string? lazyPageServer = null)
     {
+        leaveFrozen |= lazyPageServer is not null;
         ArgumentNullException.ThrowIfNull(captureRootfs);
         var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
         using var exclusive = await _locks.AcquireAsync(c.Id, ct).ConfigureAwait(false);
@@ -42,17 +50,28 @@ public sealed partial class ContainerService
         var clock = System.Diagnostics.Stopwatch.StartNew();
         TimeSpan dumped = default, captured = default, paused;
         var succeeded = false;
+        LazyCheckpoint? pageServer = null;
         try
         {
             // Inside the try and not cancellable: a pause that took effect is always undone below.
             await runtime.PauseAsync(new RuncPauseOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
-            await runtime.CheckpointAsync(new RuncCheckpointOptions
+            var checkpoint = new RuncCheckpointOptions
             {
                 ContainerId = c.Id,
                 ImagePath = imagePath,
                 WorkPath = workPath,
                 TcpEstablished = tcpEstablished,
-            }, ct).ConfigureAwait(false);
+                LazyPageServer = lazyPageServer,
+            };
+            if (lazyPageServer is null)
+            {
+                await runtime.CheckpointAsync(checkpoint, ct).ConfigureAwait(false);
+            }
+            else
+            {
+                pageServer = await runtime.StartLazyCheckpointAsync(checkpoint, ct).ConfigureAwait(false);
+            }
+
             CrashPoints.Hit(CrashPoints.CheckpointFrozen);
             dumped = clock.Elapsed;
             await captureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
@@ -64,13 +83,19 @@ public sealed partial class ContainerService
             // Never leave the container frozen, whatever failed or was cancelled (a migration keeps a good dump's freeze).
             if (!(leaveFrozen && succeeded))
             {
+                if (pageServer is not null)
+                {
+                    // CRIU still holds the processes; it lets go when it dies.
+                    await pageServer.KillAsync().ConfigureAwait(false);
+                }
+
                 await runtime.ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
             }
 
             paused = clock.Elapsed;
         }
 
-        return new ContainerDump(c, sandbox, paused, dumped, captured);
+        return new ContainerDump(c, sandbox, paused, dumped, captured) { PageServer = pageServer };
     }
 
     /// <summary>One container of a pod checkpoint: where CRIU writes, and what is captured while the pod is frozen.</summary>

@@ -189,6 +189,13 @@ public sealed partial class ContainerService
             await StopLockedAsync(c.Id, TimeSpan.Zero, ct).ConfigureAwait(false);
         }
 
+        if (lazyPages is not null)
+        {
+            // A post-copy restore removed before its memory arrived (a migration undone): its daemon goes too.
+            await lazyPages.StopAsync(c.Id).ConfigureAwait(false);
+            lazyPages.Forget(c.Id);
+        }
+
         await TearDownAsync(c, ct).ConfigureAwait(false);
         await store.DeleteContainerAsync(c.Id, ct).ConfigureAwait(false);
         events.Publish(c.Id, c.SandboxId, LifecycleEvent.Deleted);

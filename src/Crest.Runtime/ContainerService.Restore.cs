@@ -24,6 +24,9 @@ public sealed partial class ContainerService
         // The record's restore directory is the bundle's (CreateAsync moved the checkpoint there).
         var restoreDir = c.RestoreDir!;
         var started = time.GetUtcNow();
+        var lazy = false;
+        // Signalled once the runtime's restore returned: killing processes CRIU is still restoring hangs the restore.
+        var restoreReturned = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         try
         {
             if (!File.Exists(Path.Combine(bundle.RestoreImages, "inventory.img")))
@@ -44,6 +47,12 @@ public sealed partial class ContainerService
             c = c with { RestoreStartedAt = time.GetUtcNow() };
             await store.PutContainerAsync(c, CancellationToken.None).ConfigureAwait(false);
             CrashPoints.Hit(CrashPoints.ContainerRestoreBegun);
+            if (options.Criu.LazyPagesFrom is { } pageServer)
+            {
+                await StartLazyPagesAsync(c, runtime, bundle, pageServer, restoreDir, restoreReturned.Task, ct).ConfigureAwait(false);
+                lazy = true;
+            }
+
             // Not cancellable: once the runtime restores, the record must say so.
             var pid = await runtime.RestoreAsync(options, CancellationToken.None).ConfigureAwait(false);
             CrashPoints.Hit(CrashPoints.ContainerRestoreUnrecorded);
@@ -56,6 +65,11 @@ public sealed partial class ContainerService
         {
             // Whatever went wrong (the archive's data is untrusted), the container ends EXITED and can be removed.
             var why = e.Message + CriuLogExcerpt(bundle.RestoreLog);
+            if (lazy && lazyPages is not null)
+            {
+                await lazyPages.StopAsync(c.Id).ConfigureAwait(false);
+            }
+
             await Step(c.Id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = c.Id }, CancellationToken.None)).ConfigureAwait(false);
             await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = why, FinishedAt = time.GetUtcNow(), RestoreDir = null, RestoreStartedAt = null },
                 CancellationToken.None).ConfigureAwait(false);
@@ -64,9 +78,11 @@ public sealed partial class ContainerService
         }
         finally
         {
+            restoreReturned.TrySetResult();
+            // A post-copy restore's images stay until its lazy-pages daemon ends (it removes them then).
             await Step(c.Id, () =>
             {
-                if (Directory.Exists(restoreDir))
+                if (!lazy && Directory.Exists(restoreDir))
                 {
                     Directory.Delete(restoreDir, recursive: true);
                 }
@@ -75,6 +91,49 @@ public sealed partial class ContainerService
             }).ConfigureAwait(false);
             await Step(c.Id, () => bundles.RestoreFinishedAsync(c, sandbox, CancellationToken.None)).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// Post-copy: starts the container's <c>criu lazy-pages</c> before the restore connects to it, with the watchdog that
+    /// kills the restored container if the daemon ends before every page arrived.
+    /// </summary>
+    private async Task StartLazyPagesAsync(ContainerRecord c, IOciRuntime runtime, ContainerBundle bundle, string pageServer, string restoreDir, Task restoreReturned, CancellationToken ct)
+    {
+        if (lazyPages is null)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is a post-copy restore, but this node has no lazy-pages support configured");
+        }
+
+        var colon = pageServer.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(pageServer.AsSpan(colon + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) || port is 0 or > 65535)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"container {c.Id}: the post-copy page server \"{pageServer}\" is not HOST:PORT");
+        }
+
+        await lazyPages.StartAsync(c.Id,
+            new CriuLazyPagesOptions { ImagePath = bundle.RestoreImages, WorkPath = bundle.BundleDir, Address = pageServer[..colon].Trim('[', ']'), Port = port },
+            onFailure: async _ =>
+            {
+                // A daemon lost during the restore fails the restore itself (CRIU cannot hand it the userfaultfd).
+                await restoreReturned.ConfigureAwait(false);
+                await runtime.KillAsync(new RuncKillOptions { ContainerId = c.Id, Signal = 9 }, CancellationToken.None).ConfigureAwait(false);
+            },
+            onEnd: () =>
+            {
+                if (Directory.Exists(restoreDir))
+                {
+                    Directory.Delete(restoreDir, recursive: true);
+                }
+
+                return Task.CompletedTask;
+            }, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>A post-copy restored container's transfer, or null when it has none.</summary>
+    public async Task<LazyPagesState?> LazyPagesStateAsync(string idOrPrefix, bool wait, CancellationToken ct)
+    {
+        var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        return lazyPages is null ? null : await lazyPages.StateAsync(c.Id, wait, ct).ConfigureAwait(false);
     }
 
     /// <summary>The error lines of a CRIU log (dump.log, restore.log), or its last lines, for an error message.</summary>

@@ -23,7 +23,8 @@ public sealed partial class ContainerService(
     RuntimeEvents events,
     ConmonExits exits,
     TimeProvider time,
-    ILogger<ContainerService> logger)
+    ILogger<ContainerService> logger,
+    LazyPageTransfers? lazyPages = null)
 {
     private readonly KeyedLock _locks = new();
     private readonly Lazy<IReadOnlyList<string>> _nodeCapabilities = new(() => SpecBuilder.CapabilityNames(linux.HeldCapabilities()));

@@ -53,6 +53,12 @@ public interface IOciRuntime
     Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct);
 
     /// <summary>
+    /// Starts a post-copy dump (<see cref="RuncCheckpointOptions.LazyPageServer"/> set) and returns once CRIU has written
+    /// the images and serves the memory; the runtime keeps running until the page server's client disconnects.
+    /// </summary>
+    Task<LazyCheckpoint> StartLazyCheckpointAsync(RuncCheckpointOptions options, CancellationToken ct);
+
+    /// <summary>
     /// Runs a command in a running container to completion (ExecSync). Past <paramref name="timeout"/> (when positive)
     /// the command and what it started are killed by the runtime's pid file and the result says it timed out;
     /// <paramref name="ct"/> ending kills it the same way and throws.
@@ -233,6 +239,46 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
     public Task ResumeAsync(RuncResumeOptions options, CancellationToken ct) => RunOrThrowAsync(options, ct);
 
     public Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct) => RunOrThrowAsync(options, ct);
+
+    public async Task<LazyCheckpoint> StartLazyCheckpointAsync(RuncCheckpointOptions options, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.LazyPageServer is not { } server)
+        {
+            throw new ArgumentException("a lazy checkpoint needs a page server address", nameof(options));
+        }
+
+        const int StatusFd = 3;
+        using var status = new Pipe();
+        options = options with { StatusFd = StatusFd };
+        // A session of its own, so runc and the CRIU it starts are killed together (LazyCheckpoint.KillAsync).
+        var runc = ChildProcess.Spawn(binding.RuntimePath, [binding.RuntimePath, .. options.Arguments(binding.RuntimeRoot)],
+            [ChildFd.Null(0), ChildFd.Null(1), ChildFd.Null(2), new ChildFd(StatusFd, status.WriteFd)], newSession: true);
+        status.CloseWrite();
+        var lazy = new LazyCheckpoint(runc, options.WorkPath, server);
+        await using var reader = status.OpenReader();
+        var one = new byte[1];
+        int read;
+        try
+        {
+            // CRIU writes one byte once the images are out and the page server listens; EOF means it ended first.
+            read = await Task.Run(() => reader.Read(one, 0, 1), CancellationToken.None).WaitAsync(ct).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            await lazy.KillAsync().ConfigureAwait(false);
+            throw;
+        }
+
+        if (read != 1)
+        {
+            var code = await lazy.Exit.ConfigureAwait(false);
+            throw new CrestException(ErrorKind.Internal,
+                $"container {options.ContainerId}: {Path.GetFileName(binding.RuntimePath)} {options.Verb} exited with code {code.ToString(CultureInfo.InvariantCulture)} before its page server listened");
+        }
+
+        return lazy;
+    }
 
     public async Task<RuncExecResult> ExecAsync(RuncExecOptions options, TimeSpan timeout, CancellationToken ct)
     {

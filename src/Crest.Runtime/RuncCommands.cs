@@ -103,7 +103,16 @@ public sealed record RuncCheckpointOptions : RuncCommand
     public bool FileLocks { get; init; } = true;
     public bool TcpEstablished { get; init; }
 
-    public override string Verb => "checkpoint";
+    /// <summary>
+    /// Post-copy: memory is not written but served to a restore's <c>criu lazy-pages</c> from a page server listening at
+    /// this <c>HOST:PORT</c> (<c>--lazy-pages --page-server</c>); CRIU runs until the other side disconnects.
+    /// </summary>
+    public string? LazyPageServer { get; init; }
+
+    /// <summary>With <see cref="LazyPageServer"/>: the descriptor CRIU writes one byte to once the images are written and it serves pages.</summary>
+    public int? StatusFd { get; init; }
+
+    public override string Verb => LazyPageServer is null ? "checkpoint" : "checkpoint --lazy-pages";
 
     protected override IEnumerable<string> CommandArguments()
     {
@@ -116,6 +125,15 @@ public sealed record RuncCheckpointOptions : RuncCommand
         if (TcpEstablished)
         {
             args.Add("--tcp-established");
+        }
+
+        if (LazyPageServer is { } server)
+        {
+            args.AddRange(["--lazy-pages", "--page-server", server]);
+            if (StatusFd is { } fd)
+            {
+                args.AddRange(["--status-fd", fd.ToString(CultureInfo.InvariantCulture)]);
+            }
         }
 
         args.Add(ContainerId);
@@ -152,6 +170,12 @@ public sealed record RuncRestoreOptions
             flags.Add("--tcp-established");
         }
 
+        if (Criu.LazyPagesFrom is not null)
+        {
+            // CRIU connects to the lazy-pages daemon's socket in its work directory (the bundle), which Crest started first.
+            flags.Add("--lazy-pages");
+        }
+
         return flags;
     }
 
@@ -180,3 +204,31 @@ public sealed record RuncExecOptions : RuncCommand
 
 /// <summary>The outcome of an exec run to completion; <see cref="TimedOut"/> when its timeout killed it first.</summary>
 public sealed record RuncExecResult(int ExitCode, string StandardOutput, string StandardError, bool TimedOut);
+
+/// <summary>
+/// <c>criu lazy-pages --page-server</c>: the target half of a post-copy restore. It listens on
+/// <c>lazy-pages.socket</c> in <see cref="WorkPath"/> for the restoring CRIU, then fetches every page of the restored
+/// processes from the source's page server into their memory through userfaultfd, on fault first and then the rest.
+/// </summary>
+public sealed record CriuLazyPagesOptions
+{
+    /// <summary>The checkpoint's images (the restore's image path).</summary>
+    public required string ImagePath { get; init; }
+    /// <summary>The restore's work path (conmon makes it the bundle): the socket and the log go there.</summary>
+    public required string WorkPath { get; init; }
+    public required string Address { get; init; }
+    public required int Port { get; init; }
+    public string LogFile { get; init; } = LazyPagesLog;
+
+    /// <summary>The daemon's log, in <see cref="WorkPath"/>.</summary>
+    public const string LazyPagesLog = "lazy-pages.log";
+
+    /// <summary>The socket the restoring CRIU connects to, in <see cref="WorkPath"/>.</summary>
+    public const string Socket = "lazy-pages.socket";
+
+    public IReadOnlyList<string> Arguments(string criuPath) =>
+    [
+        criuPath, "lazy-pages", "--page-server", "--address", Address, "--port", Port.ToString(CultureInfo.InvariantCulture),
+        "--images-dir", ImagePath, "--work-dir", WorkPath, "--log-file", LogFile, "-v4",
+    ];
+}

@@ -39,4 +39,16 @@ internal static partial class RuntimeLog
 
     [LoggerMessage(233, LogLevel.Warning, "container {ContainerId} was left paused by a checkpoint that crestd did not finish; resumed it")]
     public static partial void ResumedAfterRestart(ILogger logger, string containerId);
+
+    [LoggerMessage(236, LogLevel.Information, "container {ContainerId}: criu lazy-pages fetches its memory from the page server at {Address}:{Port}")]
+    public static partial void LazyPagesStarted(ILogger logger, string containerId, string address, int port);
+
+    [LoggerMessage(237, LogLevel.Information, "container {ContainerId}: post-copy finished, {Pages} of {Total} pages fetched")]
+    public static partial void LazyPagesFinished(ILogger logger, string containerId, long pages, long total);
+
+    [LoggerMessage(238, LogLevel.Error, "container {ContainerId}: criu lazy-pages ended with exit code {ExitCode} after {Pages} of {Total} pages; killing the restored container")]
+    public static partial void LazyPagesFailed(ILogger logger, string containerId, int exitCode, long pages, long total);
+
+    [LoggerMessage(239, LogLevel.Warning, "container {ContainerId}: cleaning up after criu lazy-pages failed: {Error}")]
+    public static partial void LazyPagesCleanupFailed(ILogger logger, string containerId, string error);
 }

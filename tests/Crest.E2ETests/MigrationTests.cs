@@ -53,21 +53,29 @@ public sealed class MigrationTests
         return (id, log);
     }
 
-    [Fact]
-    public async Task A_running_counter_migrates_stop_copy_to_the_other_node_and_counts_on_from_where_it_froze()
+    [Theory]
+    [InlineData("stop-copy")]
+    [InlineData("post-copy")]
+    public async Task A_running_counter_migrates_to_the_other_node_and_counts_on_from_where_it_froze(string strategy)
     {
         RequireTools();
         await using var nodes = await TwoNodes.StartAsync("mig");
+        if (strategy == "post-copy")
+        {
+            await RequirePostCopyAsync(nodes);
+        }
+
         var image = await RegistryBusyboxOnAAsync(nodes);
         var (id, logA) = await RunCounterOnAAsync(nodes, image);
         var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
 
-        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "-o", "json"]);
+        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--strategy", strategy, "-o", "json"]);
 
         Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
         using var report = JsonDocument.Parse(migrated.Stdout);
         var r = report.RootElement;
         var newId = r.GetProperty("containerId").GetString()!;
+        Assert.Equal(strategy, r.GetProperty("strategy").GetString());
         // Progress went to stderr, step by step: pre-staging before the freeze.
         Assert.True(migrated.Stderr.IndexOf("pre-stage:", StringComparison.Ordinal) < migrated.Stderr.IndexOf("freeze:", StringComparison.Ordinal), migrated.Stderr);
         Assert.True(r.GetProperty("bytesBeforeSwitch").GetInt64() > 0, "the base image was not pre-staged on B: " + migrated.Stdout);
@@ -89,7 +97,8 @@ public sealed class MigrationTests
         Assert.Contains(lastOnA + 1, counts);
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
-        TestContext.Current.SendDiagnosticMessage($"stop-copy migration: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch\n{migrated.Stderr}");
+        TestContext.Current.SendDiagnosticMessage($"{strategy} migration: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after\n{migrated.Stderr}");
+        TestContext.Current.TestOutputHelper?.WriteLine($"{strategy} counter: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after");
     }
 
     /// <summary>
@@ -167,7 +176,7 @@ public sealed class MigrationTests
     }
 
     [Fact]
-    public async Task Pre_copy_and_post_copy_are_refused_with_the_reason_and_crest_info_reports_the_strategies()
+    public async Task Pre_copy_is_refused_with_the_reason_and_crest_info_reports_the_strategies()
     {
         RequireTools();
         await using var nodes = await TwoNodes.StartAsync("migstrat");
@@ -178,8 +187,11 @@ public sealed class MigrationTests
         Assert.True(strategies["stop-copy"].GetProperty("supported").GetBoolean());
         var (dirty, _) = await Tool("criu", "check", "--feature", "mem_dirty_track");
         Assert.Equal(dirty == 0, info.RootElement.GetProperty("criu").GetProperty("memoryTracking").GetBoolean());
+        var (uffd, _) = await Tool("criu", "check", "--feature", "uffd-noncoop");
+        Assert.Equal(uffd == 0, info.RootElement.GetProperty("criu").GetProperty("lazyPages").GetBoolean());
 
-        foreach (var strategy in new[] { "pre-copy", "post-copy" })
+        // Every strategy the node cannot do is refused with its reason, before anything happens.
+        foreach (var strategy in strategies.Where(s => !s.Value.GetProperty("supported").GetBoolean()).Select(s => s.Key))
         {
             var refused = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", "any", "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--strategy", strategy]);
 
@@ -190,9 +202,164 @@ public sealed class MigrationTests
 
         if (dirty != 0)
         {
+            Assert.False(strategies["pre-copy"].GetProperty("supported").GetBoolean());
             Assert.Contains("Dirty tracking is OFF", strategies["pre-copy"].GetProperty("reason").GetString(), StringComparison.Ordinal);
         }
 
         Assert.Equal("", await RunAsync([.. nodes.B.R, "pods", "-q"]));
+    }
+
+    /// <summary>Skips unless this node offers post-copy (userfaultfd, and a pipe limit CRIU's page server can live with).</summary>
+    private static async Task RequirePostCopyAsync(TwoNodes nodes)
+    {
+        using var info = JsonDocument.Parse(await RunAsync([.. nodes.A.R, "info", "-o", "json"]));
+        var postCopy = info.RootElement.GetProperty("liveMigration").EnumerateArray().Single(s => s.GetProperty("strategy").GetString() == "post-copy");
+        Assert.SkipUnless(postCopy.GetProperty("supported").GetBoolean(), "post-copy is not available on this node: " + postCopy.GetProperty("reason").GetString());
+    }
+
+    /// <summary>
+    /// The awk workload of <see cref="A_workload_holding_memory_migrates_with_it_and_its_downtime_is_measured"/>:
+    /// <paramref name="bytes"/> of spaces in one string and a "count N len L mid ok" line every 0.1 s. busybox awk's
+    /// length() is strlen(), so each line reads the whole string: a page that arrived as zeros shortens it.
+    /// </summary>
+    private static async Task<string> RunMemoryWorkloadOnAAsync(TwoNodes nodes, string image, long bytes)
+    {
+        var pod = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a");
+        var podId = await nodes.A.Pods.RunAsync(pod);
+        var config = nodes.A.Dir.Combine("memory.json");
+        var script = $"BEGIN{{s=sprintf(\"%{bytes}s\",\"\"); while(1){{i++; print \"count \" i \" len \" length(s) \" mid \" (substr(s,{bytes / 2},4) == \"    \" ? \"ok\" : \"lost\"); fflush(); system(\"exec /bin/busybox sleep 0.1\")}}}}";
+        await File.WriteAllTextAsync(config, $$"""
+            {"metadata": {"name": "memory"}, "image": {"image": "{{image}}"},
+             "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "memory.log",
+             "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
+            """, Ct);
+        var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
+        await RunAsync([.. nodes.A.R, "start", id]);
+        await Eventually.UntilAsync(() => ReadLogAsync(nodes.A.Dir.Combine("logs-mig", "memory.log")), log => log.Contains("count 3 ", StringComparison.Ordinal),
+            $"the {bytes >> 20} MiB workload to start counting", describe: l => l, ct: Ct);
+        return id;
+    }
+
+    [Fact]
+    public async Task A_workload_holding_memory_migrates_post_copy_and_its_memory_arrives_whole_while_it_runs()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("migpost");
+        await RequirePostCopyAsync(nodes);
+        var image = await RegistryBusyboxOnAAsync(nodes);
+        const long bytes = 64L << 20;
+        var id = await RunMemoryWorkloadOnAAsync(nodes, image, bytes);
+        var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
+
+        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--strategy", "post-copy", "-o", "json"]);
+
+        Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
+        using var report = JsonDocument.Parse(migrated.Stdout);
+        var r = report.RootElement;
+        var newId = r.GetProperty("containerId").GetString()!;
+        Assert.Equal("post-copy", r.GetProperty("strategy").GetString());
+        // The archive left the memory out; the memory came after the switch, from the source's page server.
+        Assert.True(r.GetProperty("bytesDuringSwitch").GetInt64() < bytes / 4, $"the post-copy archive holds {r.GetProperty("bytesDuringSwitch")} bytes");
+        Assert.True(r.GetProperty("bytesAfterSwitch").GetInt64() >= bytes, $"only {r.GetProperty("bytesAfterSwitch")} bytes arrived after the switch");
+        Assert.Contains("post-copy: all ", migrated.Stderr, StringComparison.Ordinal);
+
+        // Exactly one copy: none left on A, one running on B.
+        Assert.Equal("", await RunAsync([.. nodes.A.R, "ps", "-a", "-q"]));
+        Assert.Equal(newId, await RunAsync([.. nodes.B.R, "ps", "-q"]));
+        var lastOnA = LastCount(await File.ReadAllTextAsync(nodes.A.Dir.Combine("logs-mig", "memory.log"), Ct));
+        var log = await Eventually.UntilAsync(() => ReadLogAsync(nodes.B.Dir.Combine("logs-mig", "memory.log")), l => l.Contains($"count {lastOnA + 3} ", StringComparison.Ordinal),
+            "the post-copy migrated workload to count on", describe: l => l[^Math.Min(400, l.Length)..], ct: Ct);
+        // It went on from its last count on A, and every line since saw the whole string.
+        var counts = CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        Assert.Equal(Enumerable.Range(1, counts.Count), counts);
+        var after = log.Split('\n').SkipWhile(l => !l.Contains($"count {lastOnA + 1} ", StringComparison.Ordinal)).Where(l => l.Contains("count", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(after);
+        Assert.All(after, l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
+        TestContext.Current.TestOutputHelper?.WriteLine(
+            $"post-copy 64 MiB: downtime {r.GetProperty("downtimeMs")} ms, frozen {r.GetProperty("frozenMs")} ms, pages {r.GetProperty("pageTransferMs")} ms, total {r.GetProperty("totalMs")} ms, "
+            + $"{r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after\n{migrated.Stderr}");
+    }
+
+    /// <summary>Processes whose command line contains every one of <paramref name="words"/>.</summary>
+    private static List<int> ProcessesWith(params string[] words)
+    {
+        var found = new List<int>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out var pid))
+            {
+                continue;
+            }
+
+            try
+            {
+                var cmdline = File.ReadAllText(Path.Combine(dir, "cmdline")).Replace('\0', ' ');
+                if (words.All(w => cmdline.Contains(w, StringComparison.Ordinal)))
+                {
+                    found.Add(pid);
+                }
+            }
+            catch (IOException)
+            {
+            }
+            catch (UnauthorizedAccessException)
+            {
+            }
+        }
+
+        return found;
+    }
+
+    [Fact]
+    public async Task A_post_copy_whose_page_source_dies_kills_the_target_copy_and_the_source_runs_on_exactly_once()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("migpostfail");
+        await RequirePostCopyAsync(nodes);
+        var image = await RegistryBusyboxOnAAsync(nodes);
+        // Large enough that its pages are still streaming when the page source is killed.
+        const long bytes = 512L << 20;
+        var id = await RunMemoryWorkloadOnAAsync(nodes, image, bytes);
+        var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
+
+        var migrating = Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--strategy", "post-copy"]);
+        // The page source dies while B fetches from it: SIGKILL to A's runc checkpoint and its CRIU.
+        var rootA = nodes.A.Dir.Combine("root");
+        var rootB = nodes.B.Dir.Combine("root");
+        // Once B's restore handed the processes over (they run and fault pages in), the page source dies.
+        bool RestoredOnB() => Directory.Exists(Path.Combine(rootB, "containers"))
+            && Directory.EnumerateFiles(Path.Combine(rootB, "containers"), "restore.log", SearchOption.AllDirectories)
+                .Any(f => File.ReadAllText(f).Contains("Restore finished successfully", StringComparison.Ordinal));
+        await Eventually.UntilAsync(() => migrating.IsCompleted || RestoredOnB(), "B's post-copy restore to finish", TimeSpan.FromSeconds(60), Ct);
+        if (migrating.IsCompleted)
+        {
+            Assert.Fail("the migration ended before its page source could be killed: " + (await migrating).Stderr);
+        }
+        var runcCheckpoint = ProcessesWith("checkpoint", "--lazy-pages", rootA);
+        Assert.NotEmpty(runcCheckpoint);
+        foreach (var pid in runcCheckpoint)
+        {
+            // runc leads the process group of the CRIU it started.
+            _ = await Tool("kill", "-KILL", "--", "-" + pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
+
+        var migrated = await migrating;
+
+        Assert.Equal(1, migrated.ExitCode);
+        Assert.Contains("broke", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Contains("undone: the container runs on", migrated.Stderr, StringComparison.Ordinal);
+        // Exactly one copy: nothing on B, the source on A resumed and counting on, its memory whole.
+        Assert.Equal("", await RunAsync([.. nodes.B.R, "ps", "-a", "-q"]));
+        Assert.Equal("CONTAINER_RUNNING", await StateAsync(nodes.A.R, id));
+        var logA = nodes.A.Dir.Combine("logs-mig", "memory.log");
+        var before = LastCount(await File.ReadAllTextAsync(logA, Ct));
+        var log = await Eventually.UntilAsync(() => ReadLogAsync(logA), l => LastCount(l) > before + 2,
+            "the source to count on after the failed post-copy", describe: l => l[^Math.Min(400, l.Length)..], ct: Ct);
+        Assert.All(log.Split('\n').Where(l => l.Contains("count", StringComparison.Ordinal)), l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
+        // One copy of the workload on this machine: the source's.
+        Assert.Single(ProcessesWith("busybox", "awk", $"%{bytes}s"));
+        TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
     }
 }

@@ -84,12 +84,12 @@ public sealed class MigrationOrchestratorTests
             return Task.CompletedTask;
         }
 
-        public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, CancellationToken ct)
+        public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, CancellationToken ct)
         {
             Step("freeze " + containerId);
             Containers[containerId] = "frozen";
             Archives.Add("src-archive");
-            return Task.FromResult(new FrozenSource("src-archive", 4096, TimeSpan.FromMilliseconds(300)));
+            return Task.FromResult(new FrozenSource("src-archive", 4096, TimeSpan.FromMilliseconds(300)) { PageServer = pageServerAddress is null ? null : pageServerAddress + ":7000" });
         }
 
         public Task ResumeAsync(string containerId, CancellationToken ct)
@@ -141,12 +141,30 @@ public sealed class MigrationOrchestratorTests
             return Task.CompletedTask;
         }
 
-        public Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, CancellationToken ct)
+        public Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, CancellationToken ct)
         {
-            Step("restore " + podId);
+            Step("restore " + podId + (lazyPagesFrom is null ? "" : " lazy-from " + lazyPagesFrom));
             var id = "restored-" + ++_next;
             Containers[id] = FailAt == "state" ? "exited" : "running";
             return Task.FromResult(id);
+        }
+
+        /// <summary>Post-copy: the transfer ends after two polls, with every page, or (FailAt "pages") short, its copy killed.</summary>
+        public Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct)
+        {
+            Calls.Add("pages " + containerId);
+            if (Calls.Count(c => c.StartsWith("pages ", StringComparison.Ordinal)) < 2)
+            {
+                return Task.FromResult(new LazyPagesProgress(true, false, false, 0, 0, null));
+            }
+
+            if (FailAt == "pages")
+            {
+                Containers[containerId] = "exited";
+                return Task.FromResult(new LazyPagesProgress(true, true, false, 10, 16384, "criu lazy-pages ended with exit code 1 after 10 of 16384 pages"));
+            }
+
+            return Task.FromResult(new LazyPagesProgress(true, true, true, 16384, 16384, null));
         }
 
         public Task<string> StateAsync(string containerId, CancellationToken ct)
@@ -281,6 +299,42 @@ public sealed class MigrationOrchestratorTests
         Assert.Contains("undo incomplete (resuming c1 on a:", e.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task A_post_copy_restores_against_the_sources_page_server_and_kills_the_source_only_after_every_page_arrived()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.Problems["post-copy"] = null;
+        target.Problems["post-copy"] = null;
+
+        var report = await orchestrator.RunAsync(NewPod() with { Strategy = MigrationStrategy.PostCopy, PageServerAddress = "10.0.0.1" }, Ct);
+
+        Assert.Contains("restore pod-b-1 lazy-from 10.0.0.1:7000", target.Calls);
+        var lastPoll = target.Calls.FindLastIndex(c => c.StartsWith("pages ", StringComparison.Ordinal));
+        Assert.True(lastPoll > target.Calls.IndexOf("restore pod-b-1 lazy-from 10.0.0.1:7000"));
+        Assert.Contains("killfrozen c1", source.Calls);
+        Assert.Empty(source.Containers);
+        Assert.Equal([report.TargetContainerId], target.Running);
+        Assert.Equal(16384L * 4096, report.BytesAfterSwitch);
+        Assert.NotNull(report.PageTransfer);
+    }
+
+    [Fact]
+    public async Task A_post_copy_whose_pages_stop_arriving_leaves_exactly_the_source_running()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.Problems["post-copy"] = null;
+        target.Problems["post-copy"] = null;
+        target.FailAt = "pages";
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod() with { Strategy = MigrationStrategy.PostCopy }, Ct));
+
+        Assert.Contains("after 10 of 16384 pages", e.Message, StringComparison.Ordinal);
+        Assert.Equal(["c1"], source.Running);
+        Assert.Empty(target.Running);
+        Assert.Empty(target.Containers);
+        Assert.DoesNotContain("killfrozen c1", source.Calls);
+    }
+
     [Theory]
     [InlineData("pre-copy", "Dirty tracking is OFF")]
     [InlineData("post-copy", "post-copy is not built")]
@@ -311,6 +365,11 @@ public sealed class MigrationOrchestratorTests
         Assert.Equal(2, Crest.Api.V1.LogTimesRequest.AfterUnixNanosFieldNumber);
         Assert.Equal(2, Crest.Api.V1.LogTimesResponse.FirstLineAfterUnixNanosFieldNumber);
         Assert.Equal(3, Crest.Api.V1.StrategySupport.ReasonFieldNumber);
+        Assert.Equal(3, Crest.Api.V1.FreezeRequest.PageServerAddressFieldNumber);
+        Assert.Equal(6, Crest.Api.V1.FreezeResponse.PageServerFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.LazyPagesRequest.WaitFieldNumber);
+        Assert.Equal(3, Crest.Api.V1.LazyPagesResponse.SucceededFieldNumber);
+        Assert.Equal(6, Crest.Api.V1.LazyPagesResponse.ProblemFieldNumber);
     }
 
     [Fact]
@@ -323,12 +382,27 @@ public sealed class MigrationOrchestratorTests
     }
 
     [Fact]
-    public void Pre_copy_is_refused_on_a_kernel_without_soft_dirty_and_post_copy_until_it_is_built()
+    public void Pre_copy_is_refused_on_a_kernel_without_soft_dirty_and_post_copy_is_offered_with_userfaultfd()
     {
         var support = Crest.Core.MigrationSupport.From(new Crest.Core.CriuInfo("/usr/sbin/criu", "4.2.1", 40201, null, new Crest.Core.CriuFeatures(MemoryTracking: false, LazyPages: true)));
 
         Assert.True(support.Single(s => s.Strategy == "stop-copy").Supported);
         Assert.Contains("Dirty tracking is OFF", support.Single(s => s.Strategy == "pre-copy").Reason, StringComparison.Ordinal);
-        Assert.Contains("not built", support.Single(s => s.Strategy == "post-copy").Reason, StringComparison.Ordinal);
+        Assert.True(support.Single(s => s.Strategy == "post-copy").Supported);
+    }
+
+    [Fact]
+    public void Post_copy_is_refused_with_the_page_server_problem_when_the_pipe_limit_would_break_criu()
+    {
+        var problem = Crest.Linux.PipeLimits.PageServerProblem("1048576\n", "Name:\tcrestd\nCapEff:\t000001fffeffffff\n");
+        var support = Crest.Core.MigrationSupport.From(new Crest.Core.CriuInfo("/usr/sbin/criu", "4.2.1", 40201, null, new Crest.Core.CriuFeatures(false, true, problem)));
+
+        var postCopy = support.Single(s => s.Strategy == "post-copy");
+        Assert.False(postCopy.Supported);
+        Assert.Contains("fs.pipe-max-size (1048576)", postCopy.Reason, StringComparison.Ordinal);
+        Assert.Contains("Bad file descriptor", postCopy.Reason, StringComparison.Ordinal);
+        // Raised far enough, or with CAP_SYS_RESOURCE (bit 24), there is no problem.
+        Assert.Null(Crest.Linux.PipeLimits.PageServerProblem("4194304", "CapEff:\t000001fffeffffff\n"));
+        Assert.Null(Crest.Linux.PipeLimits.PageServerProblem("1048576", "CapEff:\t000001ffffffffff\n"));
     }
 }

@@ -21,11 +21,12 @@ internal static class MigrateCommand
         var pod = new Option<string?>("--pod", "-p") { Description = "an existing ready pod on the target to restore into" };
         var podConfig = new Option<string?>("--pod-config") { Description = "a pod config (crictl JSON/YAML) for a new pod on the target; removed again if the migration fails" };
         var via = new Option<string?>("--via") { Description = "REGISTRY/REPO to carry the checkpoint through (not built yet: the archive streams directly)" };
-        var strategy = new Option<string?>("--strategy") { Description = "stop-copy (default); post-copy and pre-copy are refused with the reason" };
+        var strategy = new Option<string?>("--strategy") { Description = "stop-copy (default) or post-copy (memory faulted in from the source after the switch); pre-copy is refused with the reason" };
+        var pageServer = new Option<string?>("--page-server-address") { Description = "post-copy: the source node's IP address its page server listens on, reachable from the target (default 127.0.0.1: both nodes on one host)" };
         var deadline = new Option<long>("--timeout-seconds") { Description = "the source checkpoint's deadline (below the node's default, the default applies)" };
         var command = new Command("migrate", "Live-migrate a running container to another crestd node: pre-stage, freeze, copy, restore, then remove the source")
         {
-            id, to, pod, podConfig, via, strategy, deadline,
+            id, to, pod, podConfig, via, strategy, deadline, pageServer,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -46,6 +47,7 @@ internal static class MigrateCommand
             var request = new MigrationRequest(parse.GetValue(id)!, chosen, podId, podConfigPath is null ? null : PodCommands.ReadConfig<PodSandboxConfig>(podConfigPath))
             {
                 FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
+                PageServerAddress = parse.GetValue(pageServer) ?? "127.0.0.1",
             };
             var timeout = parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout;
             using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);
@@ -80,6 +82,8 @@ internal static class MigrateCommand
                 ["strategy"] = MigrationStrategies.Name(r.Strategy),
                 ["bytesBeforeSwitch"] = r.BytesBeforeSwitch,
                 ["bytesDuringSwitch"] = r.BytesDuringSwitch,
+                ["bytesAfterSwitch"] = r.BytesAfterSwitch,
+                ["pageTransferMs"] = r.PageTransfer is { } pt ? (long)pt.TotalMilliseconds : null,
                 ["frozenMs"] = (long)r.Frozen.TotalMilliseconds,
                 ["downtimeMs"] = r.Downtime is { } d ? (long)d.TotalMilliseconds : null,
                 ["lastSourceLine"] = r.LastSourceLine?.UtcDateTime.ToString("O", CultureInfo.InvariantCulture),
@@ -93,7 +97,8 @@ internal static class MigrateCommand
         await ctx.Out.WriteLineAsync($"Migrated {r.SourceContainerId} -> {r.TargetContainerId} (pod {r.TargetPodId}), {MigrationStrategies.Name(r.Strategy)}");
         await ctx.Out.WriteLineAsync($"Downtime:  {Ms(r.Downtime)} ms (the workload's last log line on the source to its first on the target)");
         await ctx.Out.WriteLineAsync($"Frozen:    {Ms(r.Frozen)} ms (freeze to the target running)");
-        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base image), {r.BytesDuringSwitch} bytes during it (checkpoint)"));
+        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base image), {r.BytesDuringSwitch} bytes during it (checkpoint)")
+            + (r.Strategy == MigrationStrategy.PostCopy ? string.Create(CultureInfo.InvariantCulture, $", {r.BytesAfterSwitch} bytes after it (memory, in {Ms(r.PageTransfer)} ms)") : ""));
         await ctx.Out.WriteLineAsync($"Total:     {Ms(r.Total)} ms");
     }
 }

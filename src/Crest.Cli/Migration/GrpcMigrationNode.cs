@@ -111,10 +111,21 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         await CallAsync("RemovePodSandbox", o => _runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
     }
 
-    public async Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, CancellationToken ct)
+    public async Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, CancellationToken ct)
     {
-        var r = await CallAsync("crest.v1.CrestMigration/Freeze", o => _migration.FreezeAsync(new FreezeRequest { ContainerId = containerId, Timeout = timeoutSeconds }, o).ResponseAsync, ct).ConfigureAwait(false);
-        return new FrozenSource(r.ArchiveToken, r.ArchiveBytes, TimeSpan.FromMilliseconds(r.PausedMs));
+        var r = await CallAsync("crest.v1.CrestMigration/Freeze", o => _migration.FreezeAsync(new FreezeRequest
+        {
+            ContainerId = containerId,
+            Timeout = timeoutSeconds,
+            PageServerAddress = pageServerAddress ?? "",
+        }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return new FrozenSource(r.ArchiveToken, r.ArchiveBytes, TimeSpan.FromMilliseconds(r.PausedMs)) { PageServer = r.PageServer.Length > 0 ? r.PageServer : null };
+    }
+
+    public async Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct)
+    {
+        var r = await CallAsync("crest.v1.CrestMigration/LazyPages", o => _migration.LazyPagesAsync(new LazyPagesRequest { ContainerId = containerId, Wait = wait }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return new LazyPagesProgress(r.Present, r.Finished, r.Succeeded, r.Pages, r.TotalPages, r.Problem.Length > 0 ? r.Problem : null);
     }
 
     public Task ResumeAsync(string containerId, CancellationToken ct) =>
@@ -148,7 +159,7 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
     public Task DropArchiveAsync(string token, CancellationToken ct) =>
         CallAsync("crest.v1.CrestMigration/DropArchive", o => _migration.DropArchiveAsync(new DropArchiveRequest { ArchiveToken = token }, o).ResponseAsync, ct);
 
-    public async Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, CancellationToken ct)
+    public async Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(source);
         var pod = await CallAsync("PodSandboxStatus", o => _runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
@@ -176,6 +187,11 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         foreach (var (key, value) in source.Annotations)
         {
             config.Annotations[key] = value;
+        }
+
+        if (lazyPagesFrom is not null)
+        {
+            config.Annotations[Crest.Core.CriuRestoreOptions.LazyPagesFromAnnotation] = lazyPagesFrom;
         }
 
         config.Mounts.Add(source.Mounts);

@@ -24,8 +24,8 @@ internal interface IMigrationNode
 
     Task RemovePodAsync(string podId, CancellationToken ct);
 
-    /// <summary>Source: checkpoint and leave frozen.</summary>
-    Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, CancellationToken ct);
+    /// <summary>Source: checkpoint and leave frozen; with <paramref name="pageServerAddress"/> (post-copy) the memory is served from a page server there.</summary>
+    Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, CancellationToken ct);
 
     Task ResumeAsync(string containerId, CancellationToken ct);
 
@@ -38,8 +38,14 @@ internal interface IMigrationNode
 
     Task DropArchiveAsync(string token, CancellationToken ct);
 
-    /// <summary>Target: CreateContainer from the archive at <paramref name="archivePath"/> into <paramref name="podId"/>, then StartContainer.</summary>
-    Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, CancellationToken ct);
+    /// <summary>
+    /// Target: CreateContainer from the archive at <paramref name="archivePath"/> into <paramref name="podId"/>, then
+    /// StartContainer; with <paramref name="lazyPagesFrom"/> (post-copy) the memory is fetched from that page server.
+    /// </summary>
+    Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, CancellationToken ct);
+
+    /// <summary>Target: a post-copy restore's memory transfer now, or (with <paramref name="wait"/>) once it ended.</summary>
+    Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct);
 
     /// <summary>The container's CRI state, e.g. CONTAINER_RUNNING.</summary>
     Task<string> StateAsync(string containerId, CancellationToken ct);

@@ -6,7 +6,7 @@ internal enum MigrationStrategy
     /// <summary>Freeze, dump everything, copy, restore: down for the whole dump, copy and restore.</summary>
     StopCopy,
 
-    /// <summary>Restore at once and fault memory in over the network (CRIU lazy pages). Not built yet: refused.</summary>
+    /// <summary>Restore at once without memory and fault it in from the source's page server (CRIU lazy pages).</summary>
     PostCopy,
 
     /// <summary>Copy memory while running, then only what changed (needs soft-dirty tracking). Not built yet: refused.</summary>
@@ -18,6 +18,12 @@ internal sealed record MigrationRequest(string ContainerId, MigrationStrategy St
 {
     /// <summary>The checkpoint's deadline on the source (0: the node's default).</summary>
     public long FreezeTimeoutSeconds { get; init; }
+
+    /// <summary>Post-copy: the source node's IP address its page server listens on, which the target connects to.</summary>
+    public string PageServerAddress { get; init; } = "127.0.0.1";
+
+    /// <summary>Post-copy: how long the memory may take to arrive before the target's copy is given up.</summary>
+    public TimeSpan PageTransferTimeout { get; init; } = TimeSpan.FromMinutes(10);
 }
 
 /// <summary>The source container as the target needs to recreate it.</summary>
@@ -34,7 +40,14 @@ internal sealed record SourceContainer(
     IReadOnlyList<Runtime.V1.Mount> Mounts);
 
 /// <summary>The source's frozen checkpoint.</summary>
-internal sealed record FrozenSource(string ArchiveToken, long ArchiveBytes, TimeSpan Paused);
+internal sealed record FrozenSource(string ArchiveToken, long ArchiveBytes, TimeSpan Paused)
+{
+    /// <summary>Post-copy: HOST:PORT of the source's page server.</summary>
+    public string? PageServer { get; init; }
+}
+
+/// <summary>A post-copy target's memory transfer: pages fetched of all, and how it ended.</summary>
+internal sealed record LazyPagesProgress(bool Present, bool Finished, bool Succeeded, long Pages, long TotalPages, string? Problem);
 
 /// <summary>Which strategies one node supports, with reasons for the others.</summary>
 internal sealed record NodeCapabilities(IReadOnlyDictionary<MigrationStrategy, string?> Problems);
@@ -51,7 +64,14 @@ internal sealed record MigrationReport(
     TimeSpan? Downtime,
     DateTimeOffset? LastSourceLine,
     DateTimeOffset? FirstTargetLine,
-    TimeSpan Total);
+    TimeSpan Total)
+{
+    /// <summary>Post-copy: memory fetched by the target after it started running (pages of 4 KiB).</summary>
+    public long BytesAfterSwitch { get; init; }
+
+    /// <summary>Post-copy: from the target running to its last page arriving.</summary>
+    public TimeSpan? PageTransfer { get; init; }
+}
 
 /// <summary>A migration that failed, after the undo: <see cref="Exception.Message"/> says what failed and where the container runs now.</summary>
 internal sealed class MigrationFailedException(string message, Exception? inner = null) : Exception(message, inner)

@@ -12,8 +12,12 @@ namespace Crest.Cli.Migration;
 /// <item>freeze: the source checkpoints the container and keeps it frozen (nothing runs on past the checkpoint);</item>
 /// <item>transfer: the archive streams from the source through this client to the target;</item>
 /// <item>restore on the target (CreateContainer from the archive, StartContainer) and check it runs;</item>
+/// <item>post-copy only: wait until the target's lazy-pages daemon has fetched every page from the source's page server;</item>
 /// <item>only then kill the frozen source and remove it.</item>
 /// </list>
+/// Post-copy moves the same steps, but the archive leaves the memory out: the target runs at once and faults it in
+/// from the source's page server, and the source stays frozen (its memory whole) until the last page arrived. If the
+/// transfer breaks, the target's watchdog kills its copy (unfetched pages would read as zeros) and the source resumes.
 /// Any failure before the last step removes what was made on the target and resumes the source, so exactly one copy
 /// runs whatever failed. The downtime is measured from the container's CRI log: the source's last line to the target's
 /// first new one.
@@ -63,12 +67,24 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
         FrozenSource? frozen = null;
         string? targetToken = null;
         string? restored = null;
+        var postCopy = request.Strategy == MigrationStrategy.PostCopy;
         var switchStarted = time.GetTimestamp();
+        TimeSpan frozenFor = default;
+        TimeSpan? pageTransfer = null;
+        long bytesAfter = 0;
         try
         {
-            progress($"freeze: checkpointing {container.Id} on {source.Name}; it stays frozen until the target runs");
-            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, ct).ConfigureAwait(false);
-            progress(string.Create(CultureInfo.InvariantCulture, $"freeze: archive of {frozen.ArchiveBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began"));
+            progress(postCopy
+                ? $"freeze: checkpointing {container.Id} on {source.Name} without its memory, which a page server on {request.PageServerAddress} serves; it stays frozen until the target has all of it"
+                : $"freeze: checkpointing {container.Id} on {source.Name}; it stays frozen until the target runs");
+            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, postCopy ? request.PageServerAddress : null, ct).ConfigureAwait(false);
+            if (postCopy && frozen.PageServer is null)
+            {
+                throw new InvalidOperationException($"{source.Name} froze the container but named no page server for its memory");
+            }
+
+            progress(string.Create(CultureInfo.InvariantCulture, $"freeze: archive of {frozen.ArchiveBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began")
+                + (postCopy ? $"; memory served from {frozen.PageServer}" : ""));
 
             var (token, path, bytes) = await target.WriteArchiveAsync(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), ct).ConfigureAwait(false);
             targetToken = token;
@@ -78,9 +94,18 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
             }
 
             progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
-            restored = await target.RestoreAsync(podId, path, container, ct).ConfigureAwait(false);
+            restored = await target.RestoreAsync(podId, path, container, postCopy ? frozen.PageServer : null, ct).ConfigureAwait(false);
             progress($"restore: container {restored} started in pod {podId} on {target.Name}");
             await ExpectRunningAsync(restored, ct).ConfigureAwait(false);
+            frozenFor = time.GetElapsedTime(switchStarted);
+            if (postCopy)
+            {
+                var transfer = time.GetTimestamp();
+                var pages = await AwaitPagesAsync(restored, request.PageTransferTimeout, ct).ConfigureAwait(false);
+                pageTransfer = time.GetElapsedTime(transfer);
+                bytesAfter = pages.Pages * PageSize;
+                progress(string.Create(CultureInfo.InvariantCulture, $"post-copy: all {pages.Pages} pages ({bytesAfter} bytes) arrived, {pageTransfer.Value.TotalMilliseconds:0} ms after the target started"));
+            }
         }
         catch (Exception e)
         {
@@ -90,7 +115,6 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
         }
 
         // The target runs with all its state: the source must never run again.
-        var frozenFor = time.GetElapsedTime(switchStarted);
         DateTimeOffset? lastSource;
         try
         {
@@ -113,7 +137,52 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
 
         var firstTarget = lastSource is null ? null : await FirstTargetLineAsync(restored!, lastSource.Value, ct).ConfigureAwait(false);
         return new MigrationReport(container.Id, restored!, podId, request.Strategy, before, frozen.ArchiveBytes, frozenFor,
-            firstTarget - lastSource, lastSource, firstTarget, time.GetElapsedTime(started));
+            firstTarget - lastSource, lastSource, firstTarget, time.GetElapsedTime(started))
+        {
+            BytesAfterSwitch = bytesAfter,
+            PageTransfer = pageTransfer,
+        };
+    }
+
+    private const long PageSize = 4096;
+
+    /// <summary>
+    /// Post-copy: polls the target until its lazy-pages daemon ended; a transfer that ended short (the target killed its
+    /// copy) or took longer than <paramref name="timeout"/> is a failure, which the caller undoes.
+    /// </summary>
+    private async Task<LazyPagesProgress> AwaitPagesAsync(string restored, TimeSpan timeout, CancellationToken ct)
+    {
+        var waited = time.GetTimestamp();
+        var reported = time.GetTimestamp();
+        while (true)
+        {
+            var p = await target.LazyPagesAsync(restored, wait: false, ct).ConfigureAwait(false);
+            if (!p.Present)
+            {
+                throw new InvalidOperationException($"the restored container {restored} on {target.Name} has no post-copy transfer (did its crestd restart?)");
+            }
+
+            if (p.Finished)
+            {
+                return p.Succeeded
+                    ? p
+                    : throw new InvalidOperationException($"the memory transfer to {restored} on {target.Name} broke: {p.Problem}");
+            }
+
+            if (time.GetElapsedTime(waited) > timeout)
+            {
+                throw new TimeoutException(string.Create(CultureInfo.InvariantCulture,
+                    $"the memory of {restored} did not arrive on {target.Name} within {timeout.TotalSeconds:0} s ({p.Pages} of {p.TotalPages} pages)"));
+            }
+
+            if (time.GetElapsedTime(reported) > TimeSpan.FromSeconds(1))
+            {
+                progress($"post-copy: {restored} runs on {target.Name} while its memory arrives");
+                reported = time.GetTimestamp();
+            }
+
+            await Task.Delay(Poll, time, ct).ConfigureAwait(false);
+        }
     }
 
     private async Task CheckStrategyAsync(MigrationStrategy strategy, CancellationToken ct)

@@ -7,13 +7,15 @@ internal sealed partial class CrestMigrationService
 {
     /// <summary>
     /// Checkpoints a running container and leaves it frozen, holding the archive for ReadArchive. FailedPrecondition
-    /// when it is not running; any failure leaves it running as it was.
+    /// when it is not running; any failure leaves it running as it was. With page_server_address (post-copy) the memory
+    /// stays out of the archive and is served from a page server until the target has it.
     /// </summary>
     public override async Task<FreezeResponse> Freeze(FreezeRequest request, ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
-        var frozen = await migrations.FreezeAsync(request.ContainerId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken);
+        var frozen = await migrations.FreezeAsync(request.ContainerId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken,
+            request.PageServerAddress.Length > 0 ? request.PageServerAddress : null);
         return new FreezeResponse
         {
             ContainerId = frozen.ContainerId,
@@ -21,6 +23,7 @@ internal sealed partial class CrestMigrationService
             ArchiveBytes = frozen.ArchiveBytes,
             PausedMs = (long)frozen.Paused.TotalMilliseconds,
             CriuDumpMs = (long)frozen.CriuDump.TotalMilliseconds,
+            PageServer = frozen.PageServer ?? "",
         };
     }
 }

@@ -200,6 +200,9 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
             return runtimes.Transition(options, null, "running", "paused");
         }
 
+        public Task<LazyCheckpoint> StartLazyCheckpointAsync(RuncCheckpointOptions options, CancellationToken ct) =>
+            throw new NotSupportedException("the fake runtime has no page server");
+
         public Task<RuncExecResult> ExecAsync(RuncExecOptions options, TimeSpan timeout, CancellationToken ct)
         {
             runtimes.Enter("exec", options.ContainerId);
