@@ -143,6 +143,25 @@ bind_v2_controllers_to_v1() {
   done
 }
 
+# Post-copy migration: CRIU's page server sizes its pipe to 3,354,624 bytes with F_SETPIPE_SZ, which a root without
+# CAP_SYS_RESOURCE (containers, some VMs) may do only up to fs.pipe-max-size; CRIU 4.2 ignores the failure and its
+# page server then fails at the first page. Raised to 4 MiB (never lowered), and kept across reboots in sysctl.d.
+PIPE_MAX_WANTED=4194304
+raise_pipe_max_size() {
+  local now
+  now=$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)
+  if [ ! -f /etc/sysctl.d/60-crest.conf ] && [ -d /etc/sysctl.d ]; then
+    printf '# Crest: CRIU page server for post-copy migration (3,354,624-byte pipes)\nfs.pipe-max-size = %s\n' "$PIPE_MAX_WANTED" > /etc/sysctl.d/60-crest.conf
+  fi
+  if [ "$now" -lt "$PIPE_MAX_WANTED" ]; then
+    if echo "$PIPE_MAX_WANTED" > /proc/sys/fs/pipe-max-size 2>/dev/null; then
+      log "fs.pipe-max-size raised from $now to $PIPE_MAX_WANTED (CRIU's page server for post-copy migration)"
+    else
+      log "warning: fs.pipe-max-size is $now and cannot be raised here; post-copy migration is refused on this node (crest info says why)"
+    fi
+  fi
+}
+
 check_versions() {
   local v
   v=$(criu_version)
@@ -172,6 +191,7 @@ main() {
   [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages)"
   install_cni_default_network
   bind_v2_controllers_to_v1
+  raise_pipe_max_size
   if everything_present; then
     check_versions
     log "all dependencies present (criu $(criu_version), containerd $(containerd_version), runc $(runc --version | awk 'NR==1{print $3}'), podman $(podman_version))"
