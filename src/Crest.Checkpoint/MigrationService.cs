@@ -25,6 +25,7 @@ public sealed class MigrationService(
     CrestPaths paths,
     RestoreOptions restore,
     ICriuProbe criu,
+    MigrationNetworkLock networkLock,
     ILogger<MigrationService> logger)
 {
     private const string ArchiveSuffix = ".tar";
@@ -40,12 +41,37 @@ public sealed class MigrationService(
     /// The source's switch-over: checkpoint the running container into a fresh archive and leave it frozen. Any
     /// failure resumes it (CheckpointService), so a refused freeze leaves it running as before.
     /// </summary>
-    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, CancellationToken ct)
+    /// <remarks>
+    /// With <paramref name="tcpEstablished"/> CRIU dumps the established TCP connections (<c>--tcp-established</c>), and
+    /// the pod's TCP traffic is locked before the dump (<see cref="MigrationNetworkLock"/>) until <see cref="ResumeAsync"/>
+    /// or the pod's removal: the target, given the pod's address, takes the connections over.
+    /// </remarks>
+    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, bool tcpEstablished, CancellationToken ct)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var token = NewToken();
         var location = ArchivePath(token);
-        var result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true).ConfigureAwait(false);
+        CheckpointResult result;
+        if (!tcpEstablished)
+        {
+            result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true).ConfigureAwait(false);
+        }
+        else
+        {
+            var container = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+            await networkLock.LockAsync(container, ct).ConfigureAwait(false);
+            try
+            {
+                result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, tcpEstablished: true).ConfigureAwait(false);
+            }
+            catch
+            {
+                // The checkpoint resumed the container: it runs on, with its network.
+                await networkLock.UnlockAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+                throw;
+            }
+        }
+
         CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);
         // Frozen from the pause until now: the dump, and the archive written while it stayed frozen.
         return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total);
@@ -55,6 +81,8 @@ public sealed class MigrationService(
     public async Task ResumeAsync(string idOrPrefix, CancellationToken ct)
     {
         await containers.ThawAsync(idOrPrefix, ct).ConfigureAwait(false);
+        // A freeze that moved TCP connections locked the pod's network; lifted whether or not the freeze answered.
+        await networkLock.UnlockAsync(idOrPrefix, ct).ConfigureAwait(false);
         CheckpointLog.MigrationSourceResumed(logger, idOrPrefix);
     }
 

@@ -170,7 +170,7 @@ public sealed class RestoreService(
                 Command = request.Command.Count == 0 && request.Args.Count == 0 ? plan.ProcessArgs : request.Command,
             };
             // The plan is complete: the runtime executes it (create now, CRIU at StartContainer) with the node's CRIU choices.
-            var record = await containers.CreateAsync(sandbox.Id, spec, plan with { Criu = criu ?? CriuOptions() }, ct).ConfigureAwait(false);
+            var record = await containers.CreateAsync(sandbox.Id, spec, plan with { Criu = criu ?? CriuOptions(plan) }, ct).ConfigureAwait(false);
             if (request.Security.RunAsUser is null || request.Security.RunAsGroup is null)
             {
                 await EnforceResolvedUserAsync(plan, record, threads, request.Security.RunAsUser is null).ConfigureAwait(false);
@@ -208,8 +208,20 @@ public sealed class RestoreService(
         return path;
     }
 
-    /// <summary>How CRIU restores: file locks as every engine dumps them, established TCP connections only when [restore] allows it.</summary>
-    private CriuRestoreOptions CriuOptions() => new() { FileLocks = true, TcpEstablished = options.TcpEstablished };
+    /// <summary>
+    /// How CRIU restores: file locks as every engine dumps them; established TCP connections when [restore] allows it or
+    /// when the checkpoint holds some (a migration that keeps the pod's address dumps them): CRIU refuses such a
+    /// checkpoint without <c>--tcp-established</c>, so asking for it only turns a certain failure into an attempt.
+    /// </summary>
+    private CriuRestoreOptions CriuOptions(RestorePlan plan) => new()
+    {
+        FileLocks = true,
+        TcpEstablished = options.TcpEstablished || HoldsEstablishedTcp(Path.Combine(plan.StagingDir, CheckpointFiles.CriuImages)),
+    };
+
+    /// <summary>CRIU writes one tcp-stream image per TCP connection it dumped with <c>--tcp-established</c>.</summary>
+    internal static bool HoldsEstablishedTcp(string criuImages) =>
+        Directory.Exists(criuImages) && Directory.EnumerateFiles(criuImages, "tcp-stream-*.img").Any();
 
     /// <summary>
     /// Reads the credentials, capabilities, seccomp state, namespaces, mounts and device nodes CRIU would put back and

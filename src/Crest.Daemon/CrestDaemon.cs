@@ -183,6 +183,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<PodCheckpointSources>();
             builder.Services.AddSingleton<PodRestoreService>();
             builder.Services.AddSingleton<CheckpointServices>();
+            builder.Services.AddSingleton<MigrationNetworkLock>();
             builder.Services.AddSingleton<MigrationService>();
             builder.Services.AddSingleton<PodService>();
             builder.Services.AddSingleton<RuntimeEvents>();
