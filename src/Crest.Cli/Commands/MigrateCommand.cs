@@ -23,9 +23,13 @@ internal static class MigrateCommand
         var via = new Option<string?>("--via") { Description = "REGISTRY/REPO to carry the checkpoint through (not built yet: the archive streams directly)" };
         var strategy = new Option<string?>("--strategy") { Description = "stop-copy (default); post-copy and pre-copy are refused with the reason" };
         var deadline = new Option<long>("--timeout-seconds") { Description = "the source checkpoint's deadline (below the node's default, the default applies)" };
+        var keepAddress = new Option<bool>("--keep-address")
+        {
+            Description = "give the new target pod (--pod-config) the source pod's address and move established TCP connections; the source pod is removed after the switch. Needs a target network with the CNI ips capability, and a network that routes the address to the target",
+        };
         var command = new Command("migrate", "Live-migrate a running container to another crestd node: pre-stage, freeze, copy, restore, then remove the source")
         {
-            id, to, pod, podConfig, via, strategy, deadline,
+            id, to, pod, podConfig, via, strategy, deadline, keepAddress,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -46,6 +50,7 @@ internal static class MigrateCommand
             var request = new MigrationRequest(parse.GetValue(id)!, chosen, podId, podConfigPath is null ? null : PodCommands.ReadConfig<PodSandboxConfig>(podConfigPath))
             {
                 FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
+                KeepAddress = parse.GetValue(keepAddress),
             };
             var timeout = parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout;
             using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);

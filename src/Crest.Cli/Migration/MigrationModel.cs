@@ -18,6 +18,12 @@ internal sealed record MigrationRequest(string ContainerId, MigrationStrategy St
 {
     /// <summary>The checkpoint's deadline on the source (0: the node's default).</summary>
     public long FreezeTimeoutSeconds { get; init; }
+
+    /// <summary>
+    /// The target pod gets the source pod's address (annotation <see cref="Core.PodAnnotations.NetworkIps"/>), established
+    /// TCP connections move with the container, and the source pod is removed after the switch (<c>--keep-address</c>).
+    /// </summary>
+    public bool KeepAddress { get; init; }
 }
 
 /// <summary>The source container as the target needs to recreate it.</summary>
@@ -31,7 +37,11 @@ internal sealed record SourceContainer(
     bool PrivatePidNamespace,
     IReadOnlyDictionary<string, string> Labels,
     IReadOnlyDictionary<string, string> Annotations,
-    IReadOnlyList<Runtime.V1.Mount> Mounts);
+    IReadOnlyList<Runtime.V1.Mount> Mounts)
+{
+    /// <summary>The source pod's addresses (PodSandboxStatus), first the primary one; empty when it has none of its own.</summary>
+    public IReadOnlyList<string> PodIps { get; init; } = [];
+}
 
 /// <summary>The source's frozen checkpoint.</summary>
 internal sealed record FrozenSource(string ArchiveToken, long ArchiveBytes, TimeSpan Paused);

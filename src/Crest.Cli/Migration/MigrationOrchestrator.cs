@@ -18,7 +18,7 @@ namespace Crest.Cli.Migration;
 /// runs whatever failed. The downtime is measured from the container's CRI log: the source's last line to the target's
 /// first new one.
 /// </summary>
-internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNode target, Action<string> progress, TimeProvider time)
+internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigrationNode target, Action<string> progress, TimeProvider time)
 {
     /// <summary>How long the target's first log line is awaited for the downtime measurement.</summary>
     internal static readonly TimeSpan Settle = TimeSpan.FromSeconds(5);
@@ -29,6 +29,7 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
     {
         ArgumentNullException.ThrowIfNull(request);
         var started = time.GetTimestamp();
+        CheckKeepAddress(request);
         await CheckStrategyAsync(request.Strategy, ct).ConfigureAwait(false);
 
         var container = await source.InspectAsync(request.ContainerId, ct).ConfigureAwait(false);
@@ -55,7 +56,8 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
         }
         else
         {
-            podId = await target.RunPodAsync(request.TargetPodConfig ?? throw new CliUsageException("migrate needs --pod POD or --pod-config pod.json on the target"), ct).ConfigureAwait(false);
+            var podConfig = request.TargetPodConfig ?? throw new CliUsageException("migrate needs --pod POD or --pod-config pod.json on the target");
+            podId = await target.RunPodAsync(request.KeepAddress ? WithSourceAddress(podConfig, container) : podConfig, ct).ConfigureAwait(false);
             madePod = true;
             progress($"pre-stage: made pod {podId} on {target.Name}");
         }
@@ -66,8 +68,13 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
         var switchStarted = time.GetTimestamp();
         try
         {
+            if (request.KeepAddress)
+            {
+                await ExpectSourceAddressAsync(podId, container, ct).ConfigureAwait(false);
+            }
+
             progress($"freeze: checkpointing {container.Id} on {source.Name}; it stays frozen until the target runs");
-            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, ct).ConfigureAwait(false);
+            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, request.KeepAddress, ct).ConfigureAwait(false);
             progress(string.Create(CultureInfo.InvariantCulture, $"freeze: archive of {frozen.ArchiveBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began"));
 
             var (token, path, bytes) = await target.WriteArchiveAsync(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), ct).ConfigureAwait(false);
@@ -97,6 +104,10 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
             await source.KillFrozenAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
             (lastSource, _) = await source.LogTimesAsync(container.Id, null, CancellationToken.None).ConfigureAwait(false);
             await source.RemoveContainerAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+            if (request.KeepAddress)
+            {
+                await RemoveSourcePodAsync(container).ConfigureAwait(false);
+            }
         }
         catch (Exception e)
         {
