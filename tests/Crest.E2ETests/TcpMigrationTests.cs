@@ -1,0 +1,170 @@
+using System.Collections.Concurrent;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using Crest.TestKit;
+
+using static Crest.E2ETests.CheckpointSteps;
+
+namespace Crest.E2ETests;
+
+/// <summary>
+/// <c>crest migrate --keep-address</c> between two nodes whose pod networks are separate namespaces with the same pod
+/// subnet (<see cref="TcpMigrationTopology"/>): a client outside both keeps one TCP connection to a server in the
+/// container through the migration and the route switch, and the same connection goes on being answered by the same
+/// process, with no reset.
+/// </summary>
+public sealed class TcpMigrationTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private const int Port = 7000;
+
+    /// <summary>
+    /// busybox nc accepts one connection and runs a shell loop on it: each line read is answered "N LINE", N counted
+    /// in the shell's memory, and "served N" goes to the CRI log.
+    /// </summary>
+    private const string Server = "n=0; while read l; do n=$((n+1)); echo \"$n $l\"; echo \"served $n\" >&2; done";
+
+    [Fact]
+    public async Task An_established_connection_survives_a_migration_that_keeps_the_pod_address_and_gets_answers_after_the_route_switch()
+    {
+        Requires.Root();
+        Requires.Binary("conmon");
+        Requires.Binary("criu");
+        Requires.Binary("runc");
+        await using var topology = await TcpMigrationTopology.StartAsync();
+        var (a, b) = (topology.A, topology.B);
+        var image = await topology.LoadBusyboxAsync();
+        var podA = await WritePodAsync(a.Dir, "tcp", "uid-tcp-a");
+        var podAId = await a.Pods.RunAsync(podA);
+        var podIp = await PodIpAsync(a.R, podAId);
+        Assert.StartsWith("10.131.0.", podIp, StringComparison.Ordinal);
+        var config = a.Dir.Combine("server.json");
+        await File.WriteAllTextAsync(config, $$"""
+            {"metadata": {"name": "server"}, "image": {"image": "{{image}}"},
+             "command": ["/bin/busybox", "nc", "-l", "-p", "{{Port}}", "-e", "/bin/sh", "-c", {{JsonSerializer.Serialize(Server)}}], "log_path": "server.log"}
+            """, Ct);
+        var id = await RunAsync([.. a.R, "create", podAId, config, podA]);
+        await RunAsync([.. a.R, "start", id]);
+        await topology.RoutePodAsync(podIp, node: 0);
+
+        Socket socket;
+        try
+        {
+            socket = await topology.ConnectAsync(podIp, Port, Ct);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            Assert.Fail($"{e.Message}\ncontainer {id}: {await StateAsync(a.R, id)}, log: {await ReadLogAsync(a.Dir.Combine("logs-tcp", "server.log"))}\n{await topology.DescribeAsync()}");
+            throw;
+        }
+
+        using var owned = socket;
+        await using var stream = new NetworkStream(socket, ownsSocket: false);
+        using var reader = new StreamReader(stream, Encoding.ASCII);
+        var replies = new ConcurrentQueue<int>();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        // One line every 0.1 s, each answer awaited (for up to a minute: segments lost to the switch are retransmitted).
+        var client = Task.Run(async () =>
+        {
+            try
+            {
+                for (var i = 1; !stop.IsCancellationRequested; i++)
+                {
+                    await stream.WriteAsync(Encoding.ASCII.GetBytes($"ping {i}\n"), Ct);
+                    using var wait = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+                    wait.CancelAfter(TimeSpan.FromMinutes(1));
+                    var line = await reader.ReadLineAsync(wait.Token) ?? throw new IOException($"the server closed the connection after {i - 1} answers");
+                    Assert.Equal($"{i} ping {i}", line);
+                    replies.Enqueue(i);
+                    await Task.Delay(TimeSpan.FromMilliseconds(100), stop.Token);
+                }
+            }
+            catch (Exception) when (stop.IsCancellationRequested)
+            {
+                // The test ended the exchange (and shut the socket down under a pending read).
+            }
+        }, CancellationToken.None);
+        try
+        {
+            await Eventually.UntilAsync(() => client.IsCompleted || replies.Count >= 5, "the client's first five answers from node A", ct: Ct);
+            var podB = await WritePodAsync(b.Dir, "tcp", "uid-tcp-b");
+
+            var migrated = await Binaries.RunCrestAsync([.. a.R, "migrate", id, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address", "-o", "json"]);
+
+            Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {a.Crestd.Log}\nB: {b.Crestd.Log}");
+            Assert.False(client.IsCompleted, $"the client stopped during the migration: {client.Exception?.InnerException?.Message}");
+            using var report = JsonDocument.Parse(migrated.Stdout);
+            var newId = report.RootElement.GetProperty("containerId").GetString()!;
+            var podBId = report.RootElement.GetProperty("podSandboxId").GetString()!;
+            // The target pod has the source pod's address (node B alone would have given 10.131.0.2), the source pod is gone.
+            Assert.Equal(podIp, await PodIpAsync(b.R, podBId));
+            Assert.Equal("", await RunAsync([.. a.R, "pods", "-q"]));
+            Assert.Equal("CONTAINER_RUNNING", await StateAsync(b.R, newId));
+
+            // The network's part: the client's route to the address now goes to node B.
+            var atSwitch = replies.Count;
+            await topology.RoutePodAsync(podIp, node: 1);
+
+            await Eventually.UntilAsync(() => client.IsCompleted || replies.Count >= atSwitch + 10,
+                $"ten more answers on the same connection after the route switch (had {atSwitch})", TimeSpan.FromMinutes(2), Ct);
+            Assert.False(client.IsCompleted, $"the connection broke: {client.Exception?.InnerException?.GetType().Name}: {client.Exception?.InnerException?.Message}\nB: {b.Crestd.Log}");
+            // The restored process answers: its log on B goes on counting the same connection's lines.
+            var logB = b.Dir.Combine("logs-tcp", "server.log");
+            await Eventually.UntilAsync(async () => (await ReadLogAsync(logB)).Contains($"served {atSwitch + 5}", StringComparison.Ordinal),
+                "the restored server on node B to log the lines it answered", ct: Ct);
+            TestContext.Current.SendDiagnosticMessage(
+                $"TCP migration: {replies.Count} answers on one connection, {atSwitch} before the route switch; downtime {report.RootElement.GetProperty("downtimeMs")} ms, frozen {report.RootElement.GetProperty("frozenMs")} ms\n{migrated.Stderr}");
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            try
+            {
+                socket.Shutdown(SocketShutdown.Both);
+            }
+            catch (SocketException)
+            {
+                // Already broken: the client task says how.
+            }
+
+            await Task.WhenAny(client, Task.Delay(TimeSpan.FromSeconds(5), CancellationToken.None));
+        }
+
+        // Every answer came in order on the one connection: the client saw no reset and no gap.
+        await client;
+        Assert.Equal(Enumerable.Range(1, replies.Count), replies);
+    }
+
+    [Fact]
+    public async Task Keeping_the_address_on_a_network_without_the_ips_capability_is_refused_and_the_source_runs_on()
+    {
+        Requires.Root();
+        Requires.Binary("conmon");
+        Requires.Binary("criu");
+        Requires.Binary("runc");
+        await using var nodes = await TwoNodes.StartAsync("tcpnoips");
+        await ImportBusyboxAsync(nodes.A.Dir, nodes.A.R);
+        var podA = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a");
+        var podAId = await nodes.A.Pods.RunAsync(podA);
+        var config = await CounterWorkload.WriteConfigAsync(nodes.A.Dir, "localhost/e2e/busybox:v1");
+        var id = await RunAsync([.. nodes.A.R, "create", podAId, config, podA]);
+        await RunAsync([.. nodes.A.R, "start", id]);
+        var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
+
+        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--keep-address"]);
+
+        Assert.Equal(1, migrated.ExitCode);
+        Assert.Contains("declares the ips capability", migrated.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("freeze:", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Equal("CONTAINER_RUNNING", await StateAsync(nodes.A.R, id));
+        Assert.Equal("", await RunAsync([.. nodes.B.R, "pods", "-q"]));
+    }
+
+    private static async Task<string> PodIpAsync(string[] r, string podId)
+    {
+        using var status = JsonDocument.Parse(await RunAsync([.. r, "inspectp", podId]));
+        return status.RootElement.GetProperty("status").GetProperty("network").GetProperty("ip").GetString()!;
+    }
+}
