@@ -56,6 +56,6 @@ internal sealed partial class MigrationOrchestrator
     private async Task RemoveSourcePodAsync(SourceContainer container)
     {
         await source.RemovePodAsync(container.PodId, CancellationToken.None).ConfigureAwait(false);
-        progress($"done: removed pod {container.PodId} from {source.Name}; its address {string.Join(",", container.PodIps)} now lives on {target.Name}");
+        progress($"source pod: removed {container.PodId} from {source.Name}; its address {string.Join(",", container.PodIps)} now lives on {target.Name}");
     }
 }
