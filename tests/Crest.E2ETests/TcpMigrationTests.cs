@@ -155,6 +155,7 @@ public sealed class TcpMigrationTests
 
         var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--keep-address"]);
 
+        TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
         Assert.Equal(1, migrated.ExitCode);
         Assert.Contains("declares the ips capability", migrated.Stderr, StringComparison.Ordinal);
         Assert.DoesNotContain("freeze:", migrated.Stderr, StringComparison.Ordinal);
