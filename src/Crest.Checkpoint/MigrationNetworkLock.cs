@@ -22,11 +22,16 @@ public sealed record MigrationLockRule(string NetnsPath, string Chain, bool Add,
 /// what the peer sends (bytes the target never gets) and, when the source is killed, answer with a reset that ends
 /// the connection the target has just restored. So from before the dump, every TCP segment in or out of the source
 /// pod's network namespace is dropped: the peer retransmits until its traffic reaches the target. The lock is lifted
-/// when the migration is undone (the source runs on); after a migration that succeeded it goes with the pod.
+/// when the migration is undone (the source runs on); after a migration that succeeded it goes with the pod. A marker
+/// in the pod's state directory names the locked container, so crestd's start (<see cref="SweepAsync"/>) lifts a lock
+/// whose source its recovery resumed.
 /// </summary>
-public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService sandboxes, ContainerService containers, ILogger<MigrationNetworkLock> logger)
+public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService sandboxes, ContainerService containers, RuntimeLayout layout,
+    ILogger<MigrationNetworkLock> logger)
 {
     private static readonly string[] Chains = ["INPUT", "OUTPUT"];
+
+    private string MarkerOf(string sandboxId) => Path.Combine(layout.SandboxDir(sandboxId), "migration-lock");
 
     /// <summary>
     /// Locks the pod network of <paramref name="container"/>. Refused while another container of the pod runs: the
@@ -53,6 +58,7 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
 
         try
         {
+            await File.WriteAllTextAsync(MarkerOf(sandbox.Id), container.Id, ct).ConfigureAwait(false);
             foreach (var chain in Chains)
             {
                 await RunAsync(new MigrationLockRule(netns, chain, Add: true, Ipv6: false), required: true, ct).ConfigureAwait(false);
@@ -62,6 +68,7 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
         catch
         {
             await UnlockNetnsAsync(netns).ConfigureAwait(false);
+            File.Delete(MarkerOf(sandbox.Id));
             throw;
         }
 
@@ -77,6 +84,45 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
         {
             CheckpointLog.MigrationNetworkUnlocked(logger, container.Id, sandbox.Id);
         }
+
+        File.Delete(MarkerOf(sandbox.Id));
+    }
+
+    /// <summary>
+    /// At start, after container recovery: a lock whose container runs again (recovery resumed a source that a
+    /// restart cut off mid-migration) is lifted. One whose container is gone or stopped stays: that source was killed
+    /// after its copy ran elsewhere, and its pod, which still holds the address, must not answer the peer.
+    /// </summary>
+    public async Task<int> SweepAsync(CancellationToken ct)
+    {
+        if (!Directory.Exists(layout.SandboxesDir))
+        {
+            return 0;
+        }
+
+        var lifted = 0;
+        // One level: a pod's directory also holds its shm mount, which is not walked.
+        foreach (var marker in Directory.EnumerateDirectories(layout.SandboxesDir).Select(d => MarkerOf(Path.GetFileName(d))).Where(File.Exists))
+        {
+            var containerId = (await File.ReadAllTextAsync(marker, ct).ConfigureAwait(false)).Trim();
+            ContainerRecord container;
+            try
+            {
+                container = await containers.GetAsync(containerId, ct).ConfigureAwait(false);
+            }
+            catch (CrestException e) when (e.Kind == ErrorKind.NotFound)
+            {
+                continue;
+            }
+
+            if (container.State == ContainerState.Running)
+            {
+                await UnlockAsync(container.Id, ct).ConfigureAwait(false);
+                lifted++;
+            }
+        }
+
+        return lifted;
     }
 
     /// <summary>Deletes every lock rule; true when one was there.</summary>

@@ -234,6 +234,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             rolledBack += app.Services.GetRequiredService<PodCheckpointService>().SweepInterrupted();
             // A migration cut by a restart is over: its source was resumed by container recovery above.
             rolledBack += app.Services.GetRequiredService<MigrationService>().SweepArchives();
+            rolledBack += await app.Services.GetRequiredService<MigrationNetworkLock>().SweepAsync(ct).ConfigureAwait(false);
             rolledBack += await app.Services.GetRequiredService<PodRestoreService>().SweepInterruptedAsync(ct).ConfigureAwait(false);
             await app.Services.GetRequiredService<PodRestoreHolds>().ReleaseAllAsync(ct).ConfigureAwait(false);
             // After container recovery (a rolled-back container releases its image lease): a pull or an image GC cut short

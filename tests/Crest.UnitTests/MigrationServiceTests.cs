@@ -45,7 +45,7 @@ public sealed class MigrationServiceTests : IDisposable
 
     private MigrationService Service(RestoreOptions restore) => new(
         new CheckpointService(_h.Containers, _h.Layout, new Criu(), new CheckpointOptions(), TimeProvider.System, NullLogger<CheckpointService>.Instance),
-        _h.Containers, _h.Paths, restore, new Criu(), new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, NullLogger<MigrationNetworkLock>.Instance),
+        _h.Containers, _h.Paths, restore, new Criu(), new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance),
         NullLogger<MigrationService>.Instance);
 
     private static async IAsyncEnumerable<ReadOnlyMemory<byte>> Chunks(int count, int size)
@@ -176,12 +176,33 @@ public sealed class MigrationServiceTests : IDisposable
     {
         var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
         var c = await RunningWithConfigAsync("c1", pod.Id);
-        await new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, NullLogger<MigrationNetworkLock>.Instance).LockAsync(c, Ct);
+        await new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance).LockAsync(c, Ct);
         Assert.NotEmpty(_commands.Active);
 
         await Service(new RestoreOptions()).ResumeAsync(c.Id, Ct);
 
         Assert.Empty(_commands.Active);
+    }
+
+    [Fact]
+    public async Task A_restart_lifts_the_lock_of_a_source_its_recovery_resumed_and_keeps_that_of_a_killed_source()
+    {
+        var network = new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance);
+        var resumed = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod("resumed"), Ct);
+        await network.LockAsync(await RunningWithConfigAsync("c1", resumed.Id), Ct);
+        var killed = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod("killed"), Ct);
+        await network.LockAsync(await RunningWithConfigAsync("c2", killed.Id), Ct);
+        // c2's copy runs elsewhere: killed and removed, its pod not yet.
+        await File.WriteAllTextAsync(Path.Combine(_h.Layout.SandboxDir(killed.Id), "migration-lock"), "gone", Ct);
+
+        var lifted = await network.SweepAsync(Ct);
+
+        Assert.Equal(1, lifted);
+        var killedNetns = (await _h.Sandboxes.GetAsync(killed.Id, Ct)).NetnsPath!;
+        Assert.NotEmpty(_commands.Active);
+        Assert.All(_commands.Active, rule => Assert.Contains(killedNetns, rule, StringComparison.Ordinal));
+        Assert.False(File.Exists(Path.Combine(_h.Layout.SandboxDir(resumed.Id), "migration-lock")));
+        Assert.True(File.Exists(Path.Combine(_h.Layout.SandboxDir(killed.Id), "migration-lock")));
     }
 
     [Fact]
