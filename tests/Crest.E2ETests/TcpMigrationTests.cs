@@ -39,7 +39,7 @@ public sealed class TcpMigrationTests
     {
         var a = topology.A;
         var image = await topology.LoadBusyboxAsync();
-        var podA = await WritePodAsync(a.Dir, "tcp", "uid-tcp-a");
+        var podA = await WritePodAsync(a.Dir, "tcp", $"uid-{topology.Prefix}-a");
         var podAId = await a.Pods.RunAsync(podA);
         var podIp = await PodIpAsync(a.R, podAId);
         Assert.StartsWith("10.131.0.", podIp, StringComparison.Ordinal);
@@ -160,7 +160,7 @@ public sealed class TcpMigrationTests
         try
         {
             await client.AnswersAsync(5, "the client's first five answers from node A");
-            var podB = await WritePodAsync(b.Dir, "tcp", "uid-tcp-b");
+            var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
 
             var migrating = Binaries.RunCrestAsync([.. a.R, "migrate", id, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address", "-o", "json"]);
             // The network's part, as a controller watching the target would do it: once a container runs on node B, the
@@ -215,7 +215,7 @@ public sealed class TcpMigrationTests
         try
         {
             await client.AnswersAsync(5, "the client's first five answers from node A");
-            var podB = await WritePodAsync(b.Dir, "tcp", "uid-tcp-b");
+            var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
 
             var migrated = await Binaries.RunCrestAsync([.. a.R, "migrate", id, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address"]);
 
@@ -242,23 +242,33 @@ public sealed class TcpMigrationTests
     public async Task Keeping_the_address_on_a_network_without_the_ips_capability_is_refused_and_the_source_runs_on()
     {
         RequireTools();
-        await using var nodes = await TwoNodes.StartAsync("tcpnoips");
-        await ImportBusyboxAsync(nodes.A.Dir, nodes.A.R);
-        var podA = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a");
-        var podAId = await nodes.A.Pods.RunAsync(podA);
-        var config = await CounterWorkload.WriteConfigAsync(nodes.A.Dir, "localhost/e2e/busybox:v1");
-        var id = await RunAsync([.. nodes.A.R, "create", podAId, config, podA]);
-        await RunAsync([.. nodes.A.R, "start", id]);
-        var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
+        await using var topology = await TcpMigrationTopology.StartAsync(ipsOnB: false);
+        var (a, b) = (topology.A, topology.B);
+        var (id, _, socket) = await ServeOnAAsync(topology);
+        var client = new LineClient(socket);
+        try
+        {
+            await client.AnswersAsync(3, "the client's first answers from node A");
+            var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
 
-        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--keep-address"]);
+            var migrated = await Binaries.RunCrestAsync([.. a.R, "migrate", id, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address"]);
 
-        TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
-        Assert.Equal(1, migrated.ExitCode);
-        Assert.Contains("declares the ips capability", migrated.Stderr, StringComparison.Ordinal);
-        Assert.DoesNotContain("freeze:", migrated.Stderr, StringComparison.Ordinal);
-        Assert.Equal("CONTAINER_RUNNING", await StateAsync(nodes.A.R, id));
-        Assert.Equal("", await RunAsync([.. nodes.B.R, "pods", "-q"]));
+            TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
+            Assert.Equal(1, migrated.ExitCode);
+            Assert.Contains("declares the ips capability", migrated.Stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain("freeze:", migrated.Stderr, StringComparison.Ordinal);
+            Assert.Equal("CONTAINER_RUNNING", await StateAsync(a.R, id));
+            Assert.Equal("", await RunAsync([.. b.R, "pods", "-q"]));
+            var before = client.Replies.Count;
+            await client.AnswersAsync(before + 3, "more answers from node A after the refusal");
+            Assert.False(client.Exchange.IsCompleted, $"the connection broke: {client.Failure}");
+        }
+        finally
+        {
+            await client.DisposeAsync();
+        }
+
+        await client.Exchange;
     }
 
     private static async Task<string> PodIpAsync(string[] r, string podId)

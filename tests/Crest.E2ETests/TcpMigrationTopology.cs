@@ -36,7 +36,8 @@ internal sealed class TcpMigrationTopology : IAsyncDisposable
         Prefix = prefix;
     }
 
-    private string Prefix { get; }
+    /// <summary>Unique to this topology (namespace names begin with it); pods name their UIDs after it.</summary>
+    public string Prefix { get; }
 
     public TwoNodes.Node A => _nodes[0];
 
@@ -49,9 +50,10 @@ internal sealed class TcpMigrationTopology : IAsyncDisposable
 
     /// <summary>
     /// Builds the namespaces and links, then starts both nodes. Node A hands pod addresses out from 10.131.0.50 and
-    /// node B from 10.131.0.2, so an address B gives without being asked differs from A's.
+    /// node B from 10.131.0.2, so an address B gives without being asked differs from A's. Without
+    /// <paramref name="ipsOnB"/> node B's network does not declare the ips capability.
     /// </summary>
-    public static async Task<TcpMigrationTopology> StartAsync()
+    public static async Task<TcpMigrationTopology> StartAsync(bool ipsOnB = true)
     {
         Requires.Root();
         Requires.Binary("ip");
@@ -61,8 +63,8 @@ internal sealed class TcpMigrationTopology : IAsyncDisposable
         try
         {
             await topology.BuildNetworkAsync();
-            topology._nodes.Add(await StartNodeAsync(topology.Prefix + "-a", "10.131.0.50"));
-            topology._nodes.Add(await StartNodeAsync(topology.Prefix + "-b", null));
+            topology._nodes.Add(await StartNodeAsync(topology.Prefix + "-a", "10.131.0.50", ips: true));
+            topology._nodes.Add(await StartNodeAsync(topology.Prefix + "-b", null, ipsOnB));
             return topology;
         }
         catch
@@ -97,7 +99,7 @@ internal sealed class TcpMigrationTopology : IAsyncDisposable
         }
     }
 
-    private static async Task<TwoNodes.Node> StartNodeAsync(string name, string? rangeStart)
+    private static async Task<TwoNodes.Node> StartNodeAsync(string name, string? rangeStart, bool ips)
     {
         var dir = new TempDir("crest-e2e-" + name);
         try
@@ -111,7 +113,7 @@ internal sealed class TcpMigrationTopology : IAsyncDisposable
                   "cniVersion": "1.0.0",
                   "name": "crest-{{name}}",
                   "plugins": [
-                    { "type": "bridge", "bridge": "crtcp0", "isGateway": true, "ipMasq": false, "capabilities": { "ips": true },
+                    { "type": "bridge", "bridge": "crtcp0", "isGateway": true, "ipMasq": false, "capabilities": { "ips": {{(ips ? "true" : "false")}} },
                       "ipam": { "type": "host-local", "ranges": [[{ "subnet": "{{PodSubnet}}"{{start}} }]], "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": "{{dir.CreateDirectory("ipam")}}" } },
                     { "type": "loopback" }
                   ]
