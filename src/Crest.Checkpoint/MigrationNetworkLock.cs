@@ -75,11 +75,19 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
         CheckpointLog.MigrationNetworkLocked(logger, container.Id, sandbox.Id);
     }
 
-    /// <summary>Lifts the lock of the pod of <paramref name="idOrPrefix"/>, if there is one (the undo calls it whatever happened before).</summary>
+    /// <summary>
+    /// Lifts the lock of the pod of <paramref name="idOrPrefix"/>, if there is one (the undo calls it whatever happened
+    /// before; without the marker, written before the first rule, there is none and nothing runs).
+    /// </summary>
     public async Task UnlockAsync(string idOrPrefix, CancellationToken ct)
     {
         var container = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
         var sandbox = await sandboxes.GetAsync(container.SandboxId, ct).ConfigureAwait(false);
+        if (!File.Exists(MarkerOf(sandbox.Id)))
+        {
+            return;
+        }
+
         if (sandbox.NetnsPath is { } netns && File.Exists(netns) && await UnlockNetnsAsync(netns).ConfigureAwait(false))
         {
             CheckpointLog.MigrationNetworkUnlocked(logger, container.Id, sandbox.Id);

@@ -185,6 +185,17 @@ public sealed class MigrationServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task Resume_of_a_source_that_was_never_locked_runs_no_iptables()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await RunningWithConfigAsync("c1", pod.Id);
+
+        await Service(new RestoreOptions()).ResumeAsync(c.Id, Ct);
+
+        Assert.Empty(_commands.Lines);
+    }
+
+    [Fact]
     public async Task A_restart_lifts_the_lock_of_a_source_its_recovery_resumed_and_keeps_that_of_a_killed_source()
     {
         var network = new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance);
