@@ -44,6 +44,12 @@ internal static partial class CheckpointLog
     [LoggerMessage(415, LogLevel.Information, "migration of container {ContainerId} ended on this node as its source: resumed (if it was frozen)")]
     public static partial void MigrationSourceResumed(ILogger logger, string containerId);
 
+    [LoggerMessage(430, LogLevel.Information, "locked the TCP traffic of pod sandbox {SandboxId} for the migration of container {ContainerId}: its established connections move")]
+    public static partial void MigrationNetworkLocked(ILogger logger, string containerId, string sandboxId);
+
+    [LoggerMessage(431, LogLevel.Information, "unlocked the TCP traffic of pod sandbox {SandboxId}: the migration of container {ContainerId} was undone")]
+    public static partial void MigrationNetworkUnlocked(ILogger logger, string containerId, string sandboxId);
+
     [LoggerMessage(413, LogLevel.Debug, "restored pod sandbox {SandboxId}: container {ContainerId} continued ({Processes} processes)")]
     public static partial void PodContinued(ILogger logger, string sandboxId, string containerId, int processes);
 

@@ -56,9 +56,11 @@ public sealed class CheckpointService(
     /// <summary>
     /// Checkpoints a running container into the archive at <paramref name="location"/>. With <paramref name="leaveFrozen"/>
     /// (a migration's source) the container stays paused after a successful checkpoint; if anything fails, it is resumed.
+    /// <paramref name="tcpEstablished"/>, when given, decides whether CRIU dumps established TCP connections instead of
+    /// [checkpoint] tcp_established (a migration that moves the pod's address asks for them).
     /// </summary>
     public async Task<CheckpointResult> CheckpointAsync(string idOrPrefix, string location, TimeSpan timeout, CancellationToken ct, bool leaveFrozen = false,
-        string? lazyPageServer = null)
+        string? lazyPageServer = null, bool? tcpEstablished = null)
     {
         var total = Stopwatch.StartNew();
         if (!options.Enabled)
@@ -103,7 +105,7 @@ public sealed class CheckpointService(
             ContainerService.ContainerDump dump;
             try
             {
-                dump = await containers.DumpAsync(container.Id, images, work, options.TcpEstablished, async (_, upper, innerCt) =>
+                dump = await containers.DumpAsync(container.Id, images, work, tcpEstablished ?? options.TcpEstablished, async (_, upper, innerCt) =>
                 {
                     await using var output = new FileStream(Path.Combine(work, CheckpointFiles.RootfsDiff),
                         new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite, BufferSize = 1 << 20 });

@@ -29,6 +29,7 @@ public sealed class MigrationService(
     CrestPaths paths,
     RestoreOptions restore,
     ICriuProbe criu,
+    MigrationNetworkLock networkLock,
     ILogger<MigrationService> logger)
 {
     private const string ArchiveSuffix = ".tar";
@@ -51,8 +52,11 @@ public sealed class MigrationService(
     /// With <paramref name="pageServerAddress"/> (post-copy) the archive holds everything but the memory, which CRIU
     /// serves from a page server on that address (a free port is chosen) until the target's lazy-pages daemon has all of
     /// it; the source stays frozen meanwhile, and is resumed or killed as after a stop-copy freeze.
+    /// With <paramref name="tcpEstablished"/> CRIU dumps the established TCP connections (<c>--tcp-established</c>), and
+    /// the pod's TCP traffic is locked before the dump (<see cref="MigrationNetworkLock"/>) until <see cref="ResumeAsync"/>
+    /// or the pod's removal: the target, given the pod's address, takes the connections over.
     /// </remarks>
-    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, CancellationToken ct, string? pageServerAddress = null)
+    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, bool tcpEstablished, CancellationToken ct, string? pageServerAddress = null)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         if (pageServerAddress is not null)
@@ -67,7 +71,27 @@ public sealed class MigrationService(
         var pageServer = pageServerAddress is null ? null : FreePageServerEndpoint(pageServerAddress);
         var token = NewToken();
         var location = ArchivePath(token);
-        var result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer).ConfigureAwait(false);
+        CheckpointResult result;
+        if (!tcpEstablished)
+        {
+            result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer).ConfigureAwait(false);
+        }
+        else
+        {
+            var container = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+            await networkLock.LockAsync(container, ct).ConfigureAwait(false);
+            try
+            {
+                result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, tcpEstablished: true).ConfigureAwait(false);
+            }
+            catch
+            {
+                // The checkpoint resumed the container: it runs on, with its network.
+                await networkLock.UnlockAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+                throw;
+            }
+        }
+
         if (result.PageServer is { } served)
         {
             _pageServers[result.ContainerId] = served;
@@ -92,6 +116,8 @@ public sealed class MigrationService(
         }
 
         await containers.ThawAsync(c.Id, ct).ConfigureAwait(false);
+        // A freeze that moved TCP connections locked the pod's network; lifted whether or not the freeze answered.
+        await networkLock.UnlockAsync(c.Id, ct).ConfigureAwait(false);
         CheckpointLog.MigrationSourceResumed(logger, c.Id);
     }
 

@@ -157,14 +157,14 @@ public sealed class RestoreService(
             if (request.Annotations.TryGetValue(CriuRestoreOptions.LazyPagesFromAnnotation, out var pageServer))
             {
                 // A post-copy migration's target: the memory comes from the source's page server while it runs.
-                criu = (criu ?? CriuOptions()) with { LazyPagesFrom = pageServer };
+                criu = (criu ?? CriuOptions(plan)) with { LazyPagesFrom = pageServer };
                 runtimeAnnotations = request.Annotations.Where(kv => kv.Key != CriuRestoreOptions.LazyPagesFromAnnotation).ToDictionary(StringComparer.Ordinal);
             }
 
             if (criu?.LeaveStopped == true)
             {
                 // runc hands CRIU the configuration file this annotation names (org.criu.config): leave-stopped.
-                runtimeAnnotations = new Dictionary<string, string>(request.Annotations, StringComparer.Ordinal) { ["org.criu.config"] = await LeaveStoppedConfigAsync(ct).ConfigureAwait(false) };
+                runtimeAnnotations = new Dictionary<string, string>(runtimeAnnotations, StringComparer.Ordinal) { ["org.criu.config"] = await LeaveStoppedConfigAsync(ct).ConfigureAwait(false) };
             }
 
             var spec = request with
@@ -177,7 +177,7 @@ public sealed class RestoreService(
                 Command = request.Command.Count == 0 && request.Args.Count == 0 ? plan.ProcessArgs : request.Command,
             };
             // The plan is complete: the runtime executes it (create now, CRIU at StartContainer) with the node's CRIU choices.
-            var record = await containers.CreateAsync(sandbox.Id, spec, plan with { Criu = criu ?? CriuOptions() }, ct).ConfigureAwait(false);
+            var record = await containers.CreateAsync(sandbox.Id, spec, plan with { Criu = criu ?? CriuOptions(plan) }, ct).ConfigureAwait(false);
             if (request.Security.RunAsUser is null || request.Security.RunAsGroup is null)
             {
                 await EnforceResolvedUserAsync(plan, record, threads, request.Security.RunAsUser is null).ConfigureAwait(false);
@@ -215,8 +215,20 @@ public sealed class RestoreService(
         return path;
     }
 
-    /// <summary>How CRIU restores: file locks as every engine dumps them, established TCP connections only when [restore] allows it.</summary>
-    private CriuRestoreOptions CriuOptions() => new() { FileLocks = true, TcpEstablished = options.TcpEstablished };
+    /// <summary>
+    /// How CRIU restores: file locks as every engine dumps them; established TCP connections when [restore] allows it or
+    /// when the checkpoint holds some (a migration that keeps the pod's address dumps them): CRIU refuses such a
+    /// checkpoint without <c>--tcp-established</c>, so asking for it only turns a certain failure into an attempt.
+    /// </summary>
+    private CriuRestoreOptions CriuOptions(RestorePlan plan) => new()
+    {
+        FileLocks = true,
+        TcpEstablished = options.TcpEstablished || HoldsEstablishedTcp(Path.Combine(plan.StagingDir, CheckpointFiles.CriuImages)),
+    };
+
+    /// <summary>CRIU writes one tcp-stream image per TCP connection it dumped with <c>--tcp-established</c>.</summary>
+    internal static bool HoldsEstablishedTcp(string criuImages) =>
+        Directory.Exists(criuImages) && Directory.EnumerateFiles(criuImages, "tcp-stream-*.img").Any();
 
     /// <summary>
     /// Reads the credentials, capabilities, seccomp state, namespaces, mounts and device nodes CRIU would put back and

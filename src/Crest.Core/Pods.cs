@@ -35,6 +35,17 @@ public sealed record PortMapping(string Protocol, int ContainerPort, int HostPor
 
 public sealed record DnsConfig(IReadOnlyList<string> Servers, IReadOnlyList<string> Searches, IReadOnlyList<string> Options);
 
+/// <summary>Pod annotations Crest itself understands (CRI has no field for them).</summary>
+public static class PodAnnotations
+{
+    /// <summary>
+    /// The addresses the pod network is asked to give the pod, comma-separated (IP or IP/prefix each): passed to CNI
+    /// plugins with the <c>ips</c> capability as <c>runtimeConfig.ips</c> (host-local honours it). A live migration
+    /// that keeps the pod's address (<c>crest migrate --keep-address</c>) sets it on the target pod.
+    /// </summary>
+    public const string NetworkIps = "io.crest.network.ips";
+}
+
 /// <summary>What a pod was asked to be (from CRI PodSandboxConfig), as the domain sees it.</summary>
 public sealed record PodSpec
 {

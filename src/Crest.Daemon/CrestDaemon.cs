@@ -188,6 +188,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<PodCheckpointSources>();
             builder.Services.AddSingleton<PodRestoreService>();
             builder.Services.AddSingleton<CheckpointServices>();
+            builder.Services.AddSingleton<MigrationNetworkLock>();
             builder.Services.AddSingleton<MigrationService>();
             builder.Services.AddSingleton<PodService>();
             builder.Services.AddSingleton<RuntimeEvents>();
@@ -240,6 +241,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             rolledBack += app.Services.GetRequiredService<PodCheckpointService>().SweepInterrupted();
             // A migration cut by a restart is over: its source was resumed by container recovery above.
             rolledBack += app.Services.GetRequiredService<MigrationService>().SweepArchives();
+            rolledBack += await app.Services.GetRequiredService<MigrationNetworkLock>().SweepAsync(ct).ConfigureAwait(false);
             rolledBack += await app.Services.GetRequiredService<PodRestoreService>().SweepInterruptedAsync(ct).ConfigureAwait(false);
             await app.Services.GetRequiredService<PodRestoreHolds>().ReleaseAllAsync(ct).ConfigureAwait(false);
             // After container recovery (a rolled-back container releases its image lease): a pull or an image GC cut short

@@ -19,7 +19,8 @@ public interface INetwork
 
 /// <summary>
 /// Runs the configured CNI network (a .conflist: each plugin in order on ADD, in reverse on DEL, as the
-/// CNI spec and libcni do), passing the pod's port mappings to plugins with the portMappings capability.
+/// CNI spec and libcni do), passing the pod's port mappings to plugins with the portMappings capability and the
+/// addresses asked for by <see cref="PodAnnotations.NetworkIps"/> to plugins with the ips capability (CNI conventions).
 /// </summary>
 public sealed class CniNetwork(CniOptions options, ICommandRunner commands) : INetwork
 {
@@ -30,10 +31,18 @@ public sealed class CniNetwork(CniOptions options, ICommandRunner commands) : IN
         ArgumentNullException.ThrowIfNull(pod);
         var config = CurrentConfig();
         var (name, version, plugins) = Parse(config);
+        var requested = RequestedIps(pod, strict: true);
+        if (requested.Count > 0 && !plugins.Any(p => HasCapability(p, "ips")))
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"pod {pod.Namespace}/{pod.Name} asks for the address {string.Join(",", requested)} (annotation {PodAnnotations.NetworkIps}), but no plugin of CNI network {name} "
+                + "declares the ips capability, so none would honour it; add \"capabilities\": {\"ips\": true} to the plugin whose IPAM gives the address (e.g. bridge with host-local), or leave the annotation out");
+        }
+
         JsonNode? previous = null;
         foreach (var plugin in plugins)
         {
-            var stdin = PluginConfig(plugin, name, version, previous, pod);
+            var stdin = PluginConfig(plugin, name, version, previous, pod, requested);
             var result = await InvokeAsync("ADD", sandboxId, netns, pod, plugin, stdin, ct).ConfigureAwait(false);
             previous = JsonNode.Parse(result);
         }
@@ -48,10 +57,11 @@ public sealed class CniNetwork(CniOptions options, ICommandRunner commands) : IN
         ArgumentNullException.ThrowIfNull(pod);
         var (name, version, plugins) = Parse(configUsedAtAdd ?? CurrentConfig());
         var previous = cachedResult is null ? null : JsonNode.Parse(cachedResult);
+        var requested = RequestedIps(pod, strict: false);
         var failures = new List<string>();
         foreach (var plugin in plugins.AsEnumerable().Reverse())
         {
-            var stdin = PluginConfig(plugin, name, version, previous, pod);
+            var stdin = PluginConfig(plugin, name, version, previous, pod, requested);
             try
             {
                 await InvokeAsync("DEL", sandboxId, netns ?? "", pod, plugin, stdin, ct).ConfigureAwait(false);
@@ -87,7 +97,45 @@ public sealed class CniNetwork(CniOptions options, ICommandRunner commands) : IN
         return (name, version, plugins);
     }
 
-    private static string PluginConfig(JsonObject plugin, string name, string version, JsonNode? previous, PodSpec pod)
+    private static bool HasCapability(JsonObject plugin, string capability) =>
+        plugin["capabilities"]?[capability] is JsonValue v && v.TryGetValue<bool>(out var on) && on;
+
+    /// <summary>
+    /// The addresses <see cref="PodAnnotations.NetworkIps"/> asks for, each an IP or IP/prefix. <paramref name="strict"/>
+    /// (ADD) refuses a malformed entry; DEL passes on what parses, as its ADD did.
+    /// </summary>
+    internal static IReadOnlyList<string> RequestedIps(PodSpec pod, bool strict)
+    {
+        if (!pod.Annotations.TryGetValue(PodAnnotations.NetworkIps, out var value) || string.IsNullOrWhiteSpace(value))
+        {
+            return [];
+        }
+
+        var ips = new List<string>();
+        foreach (var entry in value.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            var slash = entry.IndexOf('/', StringComparison.Ordinal);
+            var host = slash < 0 ? entry : entry[..slash];
+            // Four dotted parts for IPv4: .NET also takes inet_aton's short forms (10.124.0), which CNI plugins do not.
+            var valid = System.Net.IPAddress.TryParse(host, out var address)
+                && (address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 || host.Count(c => c == '.') == 3)
+                && (slash < 0 || (int.TryParse(entry[(slash + 1)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var prefix)
+                    && prefix <= (address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? 128 : 32)));
+            if (valid)
+            {
+                ips.Add(entry);
+            }
+            else if (strict)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument,
+                    $"pod {pod.Namespace}/{pod.Name}: annotation {PodAnnotations.NetworkIps} holds \"{entry}\", which is not an IP address or IP/prefix; give addresses like 10.88.0.7 or 10.88.0.7/16, comma-separated");
+            }
+        }
+
+        return ips;
+    }
+
+    private static string PluginConfig(JsonObject plugin, string name, string version, JsonNode? previous, PodSpec pod, IReadOnlyList<string> ips)
     {
         var config = plugin.DeepClone().AsObject();
         config["name"] = name;
@@ -99,18 +147,26 @@ public sealed class CniNetwork(CniOptions options, ICommandRunner commands) : IN
 
         // The kubelet lists every declared containerPort; only those with a host port are mappings (portmap rejects 0).
         var mappings = pod.PortMappings.Where(p => p.HostPort > 0).ToList();
-        if (config["capabilities"]?["portMappings"]?.GetValue<bool>() == true && mappings.Count > 0)
+        var runtimeConfig = new JsonObject();
+        if (HasCapability(config, "portMappings") && mappings.Count > 0)
         {
-            config["runtimeConfig"] = new JsonObject
+            runtimeConfig["portMappings"] = new JsonArray([.. mappings.Select(p => (JsonNode)new JsonObject
             {
-                ["portMappings"] = new JsonArray([.. mappings.Select(p => (JsonNode)new JsonObject
-                {
-                    ["hostPort"] = p.HostPort,
-                    ["containerPort"] = p.ContainerPort,
-                    ["protocol"] = p.Protocol.ToLowerInvariant(),
-                    ["hostIP"] = p.HostIp ?? "",
-                })]),
-            };
+                ["hostPort"] = p.HostPort,
+                ["containerPort"] = p.ContainerPort,
+                ["protocol"] = p.Protocol.ToLowerInvariant(),
+                ["hostIP"] = p.HostIp ?? "",
+            })]);
+        }
+
+        if (HasCapability(config, "ips") && ips.Count > 0)
+        {
+            runtimeConfig["ips"] = new JsonArray([.. ips.Select(ip => (JsonNode)JsonValue.Create(ip))]);
+        }
+
+        if (runtimeConfig.Count > 0)
+        {
+            config["runtimeConfig"] = runtimeConfig;
         }
 
         return config.ToJsonString();

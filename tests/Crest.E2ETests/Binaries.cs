@@ -80,9 +80,19 @@ internal sealed class CrestdProcess : IAsyncDisposable
     public static CrestdProcess Start(IDictionary<string, string>? environment, params string[] args) => StartIn(null, environment, args);
 
     /// <summary>Starts crestd with <paramref name="workingDirectory"/> as its working directory (null: the test's).</summary>
-    public static CrestdProcess StartIn(string? workingDirectory, IDictionary<string, string>? environment, params string[] args)
+    public static CrestdProcess StartIn(string? workingDirectory, IDictionary<string, string>? environment, params string[] args) =>
+        StartWith(Binaries.Crestd, [], workingDirectory, environment, args);
+
+    /// <summary>
+    /// Starts crestd in the network namespace <paramref name="netnsPath"/> (nsenter execs it, so the process is crestd's):
+    /// the CNI bridge and the pods' routes are made there, as on a node of their own.
+    /// </summary>
+    public static CrestdProcess StartInNetns(string netnsPath, params string[] args) =>
+        StartWith("nsenter", ["--net=" + netnsPath, "--", Binaries.Crestd], null, null, args);
+
+    private static CrestdProcess StartWith(string program, string[] prefix, string? workingDirectory, IDictionary<string, string>? environment, string[] args)
     {
-        var start = new ProcessStartInfo(Binaries.Crestd)
+        var start = new ProcessStartInfo(program)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -94,7 +104,7 @@ internal sealed class CrestdProcess : IAsyncDisposable
             start.Environment[k] = v;
         }
 
-        foreach (var a in args)
+        foreach (var a in prefix.Concat(args))
         {
             start.ArgumentList.Add(a);
         }

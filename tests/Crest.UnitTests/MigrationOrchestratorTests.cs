@@ -54,7 +54,10 @@ public sealed class MigrationOrchestratorTests
         {
             Step("inspect " + containerId);
             return Task.FromResult(new SourceContainer(containerId, "counter", "pod-a", "registry/busybox:v1", "registry/busybox@sha256:aa", "counter.log", true,
-                new Dictionary<string, string>(), new Dictionary<string, string>(), []));
+                new Dictionary<string, string>(), new Dictionary<string, string>(), [])
+            {
+                PodIps = ["10.125.0.7"],
+            });
         }
 
         public Task<long> PullImageAsync(string image, CancellationToken ct)
@@ -69,12 +72,28 @@ public sealed class MigrationOrchestratorTests
             return Pods.Contains(podId) ? Task.CompletedTask : throw new CliFailure(ExitCodes.RuntimeError, $"pod {podId} not found");
         }
 
+        /// <summary>The config each pod was made with.</summary>
+        public Dictionary<string, global::Runtime.V1.PodSandboxConfig> PodConfigs { get; } = new(StringComparer.Ordinal);
+
+        /// <summary>What the network gives a pod that asks for no address, or ignores what it asked for.</summary>
+        public string NetworkGives { get; set; } = "10.126.0.2";
+
+        public bool NetworkHonoursIps { get; set; } = true;
+
         public Task<string> RunPodAsync(global::Runtime.V1.PodSandboxConfig config, CancellationToken ct)
         {
             Step("runp");
             var id = $"pod-{name}-{++_next}";
             Pods.Add(id);
+            PodConfigs[id] = config;
             return Task.FromResult(id);
+        }
+
+        public Task<IReadOnlyList<string>> PodIpsAsync(string podId, CancellationToken ct)
+        {
+            Step("podips " + podId);
+            var asked = PodConfigs.GetValueOrDefault(podId)?.Annotations.GetValueOrDefault(Crest.Core.PodAnnotations.NetworkIps);
+            return Task.FromResult<IReadOnlyList<string>>([NetworkHonoursIps && asked is not null ? asked : NetworkGives]);
         }
 
         public Task RemovePodAsync(string podId, CancellationToken ct)
@@ -84,9 +103,9 @@ public sealed class MigrationOrchestratorTests
             return Task.CompletedTask;
         }
 
-        public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, CancellationToken ct)
+        public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, CancellationToken ct)
         {
-            Step("freeze " + containerId);
+            Step("freeze " + containerId + (tcpEstablished ? " tcp-established" : ""));
             Containers[containerId] = "frozen";
             Archives.Add("src-archive");
             return Task.FromResult(new FrozenSource("src-archive", 4096, TimeSpan.FromMilliseconds(300)) { PageServer = pageServerAddress is null ? null : pageServerAddress + ":7000" });
@@ -356,6 +375,7 @@ public sealed class MigrationOrchestratorTests
     {
         Assert.Equal(1, Crest.Api.V1.FreezeRequest.ContainerIdFieldNumber);
         Assert.Equal(2, Crest.Api.V1.FreezeRequest.TimeoutFieldNumber);
+        Assert.Equal(4, Crest.Api.V1.FreezeRequest.TcpEstablishedFieldNumber);
         Assert.Equal(2, Crest.Api.V1.FreezeResponse.ArchiveTokenFieldNumber);
         Assert.Equal(3, Crest.Api.V1.FreezeResponse.ArchiveBytesFieldNumber);
         Assert.Equal(4, Crest.Api.V1.FreezeResponse.PausedMsFieldNumber);
@@ -404,5 +424,66 @@ public sealed class MigrationOrchestratorTests
         // Raised far enough, or with CAP_SYS_RESOURCE (bit 24), there is no problem.
         Assert.Null(Crest.Linux.PipeLimits.PageServerProblem("4194304", "CapEff:\t000001fffeffffff\n"));
         Assert.Null(Crest.Linux.PipeLimits.PageServerProblem("1048576", "CapEff:\t000001ffffffffff\n"));
+    }
+
+    private static MigrationRequest KeepingAddress() => NewPod() with { KeepAddress = true };
+
+    [Fact]
+    public async Task Keeping_the_address_makes_the_target_pod_with_the_source_pods_address_moves_tcp_and_removes_the_source_pod_after_the_switch()
+    {
+        var (source, target, orchestrator, progress) = Nodes();
+        source.Pods.Add("pod-a");
+
+        await orchestrator.RunAsync(KeepingAddress(), Ct);
+
+        Assert.Equal("10.125.0.7", target.PodConfigs["pod-b-1"].Annotations[Crest.Core.PodAnnotations.NetworkIps]);
+        // The address is checked before the freeze, and the freeze moves the connections.
+        Assert.True(target.Calls.IndexOf("podips pod-b-1") < target.Calls.IndexOf("write"));
+        Assert.Contains("freeze c1 tcp-established", source.Calls);
+        // The source pod goes only after the target runs and the source container is gone.
+        Assert.Equal(["killfrozen c1", "logtimes c1", "rm c1", "rmp pod-a"], source.Calls.SkipWhile(c => c != "killfrozen c1").Take(4));
+        Assert.Empty(source.Pods);
+        Assert.Contains(progress, p => p.Contains("now lives on b", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_migration_that_does_not_keep_the_address_moves_no_tcp_and_leaves_the_source_pod()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.Pods.Add("pod-a");
+
+        await orchestrator.RunAsync(NewPod(), Ct);
+
+        Assert.Contains("freeze c1", source.Calls);
+        Assert.False(target.PodConfigs["pod-b-1"].Annotations.ContainsKey(Crest.Core.PodAnnotations.NetworkIps));
+        Assert.DoesNotContain(target.Calls, c => c.StartsWith("podips", StringComparison.Ordinal));
+        Assert.Equal(["pod-a"], source.Pods);
+    }
+
+    [Fact]
+    public async Task A_target_network_that_gives_another_address_fails_the_migration_before_the_freeze_and_the_pod_goes()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        target.NetworkHonoursIps = false;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(KeepingAddress(), Ct));
+
+        Assert.Contains("got the address 10.126.0.2, not the source pod's 10.125.0.7", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(source.Calls, c => c.StartsWith("freeze", StringComparison.Ordinal));
+        Assert.Equal(["c1"], source.Running);
+        Assert.Empty(target.Pods);
+    }
+
+    [Fact]
+    public async Task Keeping_the_address_into_an_existing_pod_is_refused_before_anything_happens()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        target.Pods.Add("pod-b");
+
+        var e = await Assert.ThrowsAsync<CliUsageException>(() => orchestrator.RunAsync(new MigrationRequest("c1", MigrationStrategy.StopCopy, "pod-b", null) { KeepAddress = true }, Ct));
+
+        Assert.Contains("--keep-address needs --pod-config", e.Message, StringComparison.Ordinal);
+        Assert.Empty(source.Calls);
+        Assert.Empty(target.Calls);
     }
 }

@@ -1,6 +1,7 @@
 using Crest.Checkpoint;
 using Crest.Checkpoint.Format;
 using Crest.Core;
+using Crest.Runtime;
 using Crest.UnitTests.Fakes;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -11,6 +12,30 @@ public sealed class MigrationServiceTests : IDisposable
 {
     private readonly RuntimeHarness _h = new();
 
+    private readonly IptablesRules _commands = new();
+
+    /// <summary>iptables as the lock uses it: -I adds a rule, -D removes one or fails when there is none.</summary>
+    private sealed class IptablesRules : ICommandRunner
+    {
+        public List<string> Lines { get; } = [];
+
+        public List<string> Active { get; } = [];
+
+        public Task<CommandResult> RunAsync(CommandLine command, CancellationToken ct)
+        {
+            var line = command.ToString();
+            Lines.Add(line);
+            var rule = line.Replace(" -I ", " ", StringComparison.Ordinal).Replace(" -D ", " ", StringComparison.Ordinal);
+            if (line.Contains(" -I ", StringComparison.Ordinal))
+            {
+                Active.Add(rule);
+                return Task.FromResult(new CommandResult(0, "", ""));
+            }
+
+            return Task.FromResult(Active.Remove(rule) ? new CommandResult(0, "", "") : new CommandResult(1, "", "iptables: Bad rule (does a matching rule exist in that chain?)."));
+        }
+    }
+
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     private sealed class Criu : ICriuProbe
@@ -20,7 +45,8 @@ public sealed class MigrationServiceTests : IDisposable
 
     private MigrationService Service(RestoreOptions restore) => new(
         new CheckpointService(_h.Containers, _h.Layout, new Criu(), new CheckpointOptions(), TimeProvider.System, NullLogger<CheckpointService>.Instance),
-        _h.Containers, _h.Paths, restore, new Criu(), NullLogger<MigrationService>.Instance);
+        _h.Containers, _h.Paths, restore, new Criu(), new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance),
+        NullLogger<MigrationService>.Instance);
 
     private static async IAsyncEnumerable<ReadOnlyMemory<byte>> Chunks(int count, int size)
     {
@@ -80,7 +106,7 @@ public sealed class MigrationServiceTests : IDisposable
         var service = Service(new RestoreOptions { ViaCreate = true });
 
         // The fake runtime's checkpoint writes no CRIU images, so the checkpoint fails after the dump left it frozen.
-        var e = await Assert.ThrowsAsync<CrestException>(() => service.FreezeAsync(c.Id, TimeSpan.Zero, Ct));
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.FreezeAsync(c.Id, TimeSpan.Zero, tcpEstablished: false, Ct));
 
         Assert.Contains("inventory.img", e.Message, StringComparison.Ordinal);
 
@@ -88,6 +114,120 @@ public sealed class MigrationServiceTests : IDisposable
         Assert.Contains("pause c1", _h.Runtimes.Calls);
         Assert.Equal("resume c1", _h.Runtimes.Calls.Last(call => call.Split(' ')[0] is "pause" or "resume"));
         Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
+    }
+
+    private async Task<ContainerRecord> RunningWithConfigAsync(string id, string podId)
+    {
+        var c = await _h.RecordRunningAsync(id, podId, Ct);
+        var bundle = _h.Layout.Container(c.Id);
+        Directory.CreateDirectory(Path.GetDirectoryName(bundle.ConfigJson)!);
+        await File.WriteAllTextAsync(bundle.ConfigJson, """{"mounts": [], "annotations": {}}""", Ct);
+        Directory.CreateDirectory(bundle.Upper);
+        return c;
+    }
+
+    [Fact]
+    public async Task A_freeze_that_moves_tcp_connections_locks_the_pod_network_dumps_them_and_a_failure_unlocks_and_resumes()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await RunningWithConfigAsync("c1", pod.Id);
+        var service = Service(new RestoreOptions { ViaCreate = true });
+
+        // The fake runtime's checkpoint writes no CRIU images, so the checkpoint fails after the dump.
+        await Assert.ThrowsAsync<CrestException>(() => service.FreezeAsync(c.Id, TimeSpan.Zero, tcpEstablished: true, Ct));
+
+        var netns = (await _h.Sandboxes.GetAsync(pod.Id, Ct)).NetnsPath!;
+        Assert.Contains($"nsenter --net={netns} iptables -w -I INPUT -p tcp -m comment --comment {MigrationLockRule.Comment} -j DROP", _commands.Lines);
+        Assert.Contains($"nsenter --net={netns} iptables -w -I OUTPUT -p tcp -m comment --comment {MigrationLockRule.Comment} -j DROP", _commands.Lines);
+        Assert.True(Assert.Single(_h.Runtimes.Checkpointed).TcpEstablished);
+        Assert.Empty(_commands.Active);
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_freeze_without_tcp_connections_leaves_the_network_alone()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await RunningWithConfigAsync("c1", pod.Id);
+
+        await Assert.ThrowsAsync<CrestException>(() => Service(new RestoreOptions { ViaCreate = true }).FreezeAsync(c.Id, TimeSpan.Zero, tcpEstablished: false, Ct));
+
+        Assert.Empty(_commands.Lines);
+        Assert.False(Assert.Single(_h.Runtimes.Checkpointed).TcpEstablished);
+    }
+
+    [Fact]
+    public async Task Moving_tcp_connections_is_refused_while_another_container_of_the_pod_runs()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await RunningWithConfigAsync("c1", pod.Id);
+        await _h.RecordRunningAsync("c2", pod.Id, Ct);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => Service(new RestoreOptions { ViaCreate = true }).FreezeAsync(c.Id, TimeSpan.Zero, tcpEstablished: true, Ct));
+
+        Assert.Equal(ErrorKind.FailedPrecondition, e.Kind);
+        Assert.Contains("c2", e.Message, StringComparison.Ordinal);
+        Assert.Empty(_commands.Lines);
+        Assert.Empty(_h.Runtimes.Checkpointed);
+    }
+
+    [Fact]
+    public async Task Resume_lifts_the_lock_of_a_frozen_source()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await RunningWithConfigAsync("c1", pod.Id);
+        await new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance).LockAsync(c, Ct);
+        Assert.NotEmpty(_commands.Active);
+
+        await Service(new RestoreOptions()).ResumeAsync(c.Id, Ct);
+
+        Assert.Empty(_commands.Active);
+    }
+
+    [Fact]
+    public async Task Resume_of_a_source_that_was_never_locked_runs_no_iptables()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await RunningWithConfigAsync("c1", pod.Id);
+
+        await Service(new RestoreOptions()).ResumeAsync(c.Id, Ct);
+
+        Assert.Empty(_commands.Lines);
+    }
+
+    [Fact]
+    public async Task A_restart_lifts_the_lock_of_a_source_its_recovery_resumed_and_keeps_that_of_a_killed_source()
+    {
+        var network = new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance);
+        var resumed = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod("resumed"), Ct);
+        await network.LockAsync(await RunningWithConfigAsync("c1", resumed.Id), Ct);
+        var killed = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod("killed"), Ct);
+        await network.LockAsync(await RunningWithConfigAsync("c2", killed.Id), Ct);
+        // c2's copy runs elsewhere: killed and removed, its pod not yet.
+        await File.WriteAllTextAsync(Path.Combine(_h.Layout.SandboxDir(killed.Id), "migration-lock"), "gone", Ct);
+
+        var lifted = await network.SweepAsync(Ct);
+
+        Assert.Equal(1, lifted);
+        var killedNetns = (await _h.Sandboxes.GetAsync(killed.Id, Ct)).NetnsPath!;
+        Assert.NotEmpty(_commands.Active);
+        Assert.All(_commands.Active, rule => Assert.Contains(killedNetns, rule, StringComparison.Ordinal));
+        Assert.False(File.Exists(Path.Combine(_h.Layout.SandboxDir(resumed.Id), "migration-lock")));
+        Assert.True(File.Exists(Path.Combine(_h.Layout.SandboxDir(killed.Id), "migration-lock")));
+    }
+
+    [Fact]
+    public void A_checkpoint_holding_established_connections_is_restored_with_them()
+    {
+        var images = _h.Paths.Root + "/images-tcp";
+        Directory.CreateDirectory(images);
+        File.WriteAllBytes(Path.Combine(images, "inventory.img"), []);
+        Assert.False(RestoreService.HoldsEstablishedTcp(images));
+
+        File.WriteAllBytes(Path.Combine(images, "tcp-stream-5a3c.img"), []);
+
+        Assert.True(RestoreService.HoldsEstablishedTcp(images));
+        Assert.False(RestoreService.HoldsEstablishedTcp(_h.Paths.Root + "/absent"));
     }
 
     [Theory]

@@ -24,9 +24,13 @@ internal static class MigrateCommand
         var strategy = new Option<string?>("--strategy") { Description = "stop-copy (default) or post-copy (memory faulted in from the source after the switch); pre-copy is refused with the reason" };
         var pageServer = new Option<string?>("--page-server-address") { Description = "post-copy: the source node's IP address its page server listens on, reachable from the target (default 127.0.0.1: both nodes on one host)" };
         var deadline = new Option<long>("--timeout-seconds") { Description = "the source checkpoint's deadline (below the node's default, the default applies)" };
+        var keepAddress = new Option<bool>("--keep-address")
+        {
+            Description = "give the new target pod (--pod-config) the source pod's address and move established TCP connections; the source pod is removed after the switch. Needs a target network with the CNI ips capability, and a network that routes the address to the target",
+        };
         var command = new Command("migrate", "Live-migrate a running container to another crestd node: pre-stage, freeze, copy, restore, then remove the source")
         {
-            id, to, pod, podConfig, via, strategy, deadline, pageServer,
+            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -48,6 +52,7 @@ internal static class MigrateCommand
             {
                 FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
                 PageServerAddress = parse.GetValue(pageServer) ?? "127.0.0.1",
+                KeepAddress = parse.GetValue(keepAddress),
             };
             var timeout = parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout;
             using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);

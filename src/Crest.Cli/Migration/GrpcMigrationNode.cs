@@ -68,9 +68,11 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         var digestRef = image.Image?.RepoDigests.FirstOrDefault();
 
         var logPath = Path.GetFileName(s.LogPath);
+        IReadOnlyList<string> podIps = [];
         if (podId.Length > 0)
         {
             var pod = await CallAsync("PodSandboxStatus", o => _runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId, Verbose = true }, o).ResponseAsync, ct).ConfigureAwait(false);
+            podIps = IpsOf(pod.Status);
             if (pod.Info.TryGetValue("info", out var podInfo))
             {
                 using var doc = JsonDocument.Parse(podInfo);
@@ -83,8 +85,17 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         }
 
         return new SourceContainer(s.Id, s.Metadata?.Name ?? "migrated", podId, s.Image?.Image ?? s.ImageRef, digestRef, logPath, privatePid,
-            s.Labels.ToDictionary(), s.Annotations.ToDictionary(), [.. s.Mounts]);
+            s.Labels.ToDictionary(), s.Annotations.ToDictionary(), [.. s.Mounts])
+        {
+            PodIps = podIps,
+        };
     }
+
+    public async Task<IReadOnlyList<string>> PodIpsAsync(string podId, CancellationToken ct) =>
+        IpsOf((await CallAsync("PodSandboxStatus", o => _runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false)).Status);
+
+    private static IReadOnlyList<string> IpsOf(PodSandboxStatus status) =>
+        status.Network is not { } network || network.Ip.Length == 0 ? [] : [network.Ip, .. network.AdditionalIps.Select(a => a.Ip).Where(ip => ip.Length > 0)];
 
     public async Task<long> PullImageAsync(string image, CancellationToken ct)
     {
@@ -111,13 +122,14 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         await CallAsync("RemovePodSandbox", o => _runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
     }
 
-    public async Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, CancellationToken ct)
+    public async Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, CancellationToken ct)
     {
         var r = await CallAsync("crest.v1.CrestMigration/Freeze", o => _migration.FreezeAsync(new FreezeRequest
         {
             ContainerId = containerId,
             Timeout = timeoutSeconds,
             PageServerAddress = pageServerAddress ?? "",
+            TcpEstablished = tcpEstablished,
         }, o).ResponseAsync, ct).ConfigureAwait(false);
         return new FrozenSource(r.ArchiveToken, r.ArchiveBytes, TimeSpan.FromMilliseconds(r.PausedMs)) { PageServer = r.PageServer.Length > 0 ? r.PageServer : null };
     }

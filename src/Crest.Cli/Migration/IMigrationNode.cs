@@ -24,8 +24,15 @@ internal interface IMigrationNode
 
     Task RemovePodAsync(string podId, CancellationToken ct);
 
-    /// <summary>Source: checkpoint and leave frozen; with <paramref name="pageServerAddress"/> (post-copy) the memory is served from a page server there.</summary>
-    Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, CancellationToken ct);
+    /// <summary>The addresses the pod network gave a pod (PodSandboxStatus), first the primary one.</summary>
+    Task<IReadOnlyList<string>> PodIpsAsync(string podId, CancellationToken ct);
+
+    /// <summary>
+    /// Source: checkpoint and leave frozen; with <paramref name="pageServerAddress"/> (post-copy) the memory is served from
+    /// a page server there; with <paramref name="tcpEstablished"/> established TCP connections are dumped and the pod's
+    /// TCP traffic stays locked until <see cref="ResumeAsync"/> or the pod's removal.
+    /// </summary>
+    Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, CancellationToken ct);
 
     Task ResumeAsync(string containerId, CancellationToken ct);
 

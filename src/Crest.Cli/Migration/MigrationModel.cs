@@ -24,6 +24,11 @@ internal sealed record MigrationRequest(string ContainerId, MigrationStrategy St
 
     /// <summary>Post-copy: how long the memory may take to arrive before the target's copy is given up.</summary>
     public TimeSpan PageTransferTimeout { get; init; } = TimeSpan.FromMinutes(10);
+    /// <summary>
+    /// The target pod gets the source pod's address (annotation <see cref="Core.PodAnnotations.NetworkIps"/>), established
+    /// TCP connections move with the container, and the source pod is removed after the switch (<c>--keep-address</c>).
+    /// </summary>
+    public bool KeepAddress { get; init; }
 }
 
 /// <summary>The source container as the target needs to recreate it.</summary>
@@ -37,7 +42,11 @@ internal sealed record SourceContainer(
     bool PrivatePidNamespace,
     IReadOnlyDictionary<string, string> Labels,
     IReadOnlyDictionary<string, string> Annotations,
-    IReadOnlyList<Runtime.V1.Mount> Mounts);
+    IReadOnlyList<Runtime.V1.Mount> Mounts)
+{
+    /// <summary>The source pod's addresses (PodSandboxStatus), first the primary one; empty when it has none of its own.</summary>
+    public IReadOnlyList<string> PodIps { get; init; } = [];
+}
 
 /// <summary>The source's frozen checkpoint.</summary>
 internal sealed record FrozenSource(string ArchiveToken, long ArchiveBytes, TimeSpan Paused)

@@ -22,7 +22,7 @@ namespace Crest.Cli.Migration;
 /// runs whatever failed. The downtime is measured from the container's CRI log: the source's last line to the target's
 /// first new one.
 /// </summary>
-internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNode target, Action<string> progress, TimeProvider time)
+internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigrationNode target, Action<string> progress, TimeProvider time)
 {
     /// <summary>How long the target's first log line is awaited for the downtime measurement.</summary>
     internal static readonly TimeSpan Settle = TimeSpan.FromSeconds(5);
@@ -33,6 +33,7 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
     {
         ArgumentNullException.ThrowIfNull(request);
         var started = time.GetTimestamp();
+        CheckKeepAddress(request);
         await CheckStrategyAsync(request.Strategy, ct).ConfigureAwait(false);
 
         var container = await source.InspectAsync(request.ContainerId, ct).ConfigureAwait(false);
@@ -59,7 +60,8 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
         }
         else
         {
-            podId = await target.RunPodAsync(request.TargetPodConfig ?? throw new CliUsageException("migrate needs --pod POD or --pod-config pod.json on the target"), ct).ConfigureAwait(false);
+            var podConfig = request.TargetPodConfig ?? throw new CliUsageException("migrate needs --pod POD or --pod-config pod.json on the target");
+            podId = await target.RunPodAsync(request.KeepAddress ? WithSourceAddress(podConfig, container) : podConfig, ct).ConfigureAwait(false);
             madePod = true;
             progress($"pre-stage: made pod {podId} on {target.Name}");
         }
@@ -74,10 +76,15 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
         long bytesAfter = 0;
         try
         {
+            if (request.KeepAddress)
+            {
+                await ExpectSourceAddressAsync(podId, container, ct).ConfigureAwait(false);
+            }
+
             progress(postCopy
                 ? $"freeze: checkpointing {container.Id} on {source.Name} without its memory, which a page server on {request.PageServerAddress} serves; it stays frozen until the target has all of it"
                 : $"freeze: checkpointing {container.Id} on {source.Name}; it stays frozen until the target runs");
-            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, postCopy ? request.PageServerAddress : null, ct).ConfigureAwait(false);
+            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, postCopy ? request.PageServerAddress : null, request.KeepAddress, ct).ConfigureAwait(false);
             if (postCopy && frozen.PageServer is null)
             {
                 throw new InvalidOperationException($"{source.Name} froze the container but named no page server for its memory");
@@ -121,6 +128,10 @@ internal sealed class MigrationOrchestrator(IMigrationNode source, IMigrationNod
             await source.KillFrozenAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
             (lastSource, _) = await source.LogTimesAsync(container.Id, null, CancellationToken.None).ConfigureAwait(false);
             await source.RemoveContainerAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+            if (request.KeepAddress)
+            {
+                await RemoveSourcePodAsync(container).ConfigureAwait(false);
+            }
         }
         catch (Exception e)
         {

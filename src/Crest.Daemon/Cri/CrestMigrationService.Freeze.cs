@@ -8,13 +8,14 @@ internal sealed partial class CrestMigrationService
     /// <summary>
     /// Checkpoints a running container and leaves it frozen, holding the archive for ReadArchive. FailedPrecondition
     /// when it is not running; any failure leaves it running as it was. With page_server_address (post-copy) the memory
-    /// stays out of the archive and is served from a page server until the target has it.
+    /// stays out of the archive and is served from a page server until the target has it. With tcp_established the
+    /// established TCP connections are dumped and the pod's TCP traffic stays locked until Resume or the pod's removal.
     /// </summary>
     public override async Task<FreezeResponse> Freeze(FreezeRequest request, ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
-        var frozen = await migrations.FreezeAsync(request.ContainerId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken,
+        var frozen = await migrations.FreezeAsync(request.ContainerId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), request.TcpEstablished, context.CancellationToken,
             request.PageServerAddress.Length > 0 ? request.PageServerAddress : null);
         return new FreezeResponse
         {

@@ -29,6 +29,9 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     /// <summary>What the runtime was asked to restore, in order.</summary>
     public List<RuncRestoreOptions> Restored { get; } = [];
 
+    /// <summary>Every checkpoint asked for, in order.</summary>
+    public List<RuncCheckpointOptions> Checkpointed { get; } = [];
+
     /// <summary>What ExecSync returns; null makes every exec time out.</summary>
     public RuncExecResult? ExecResult { get; set; } = new(0, "", "", TimedOut: false);
 
@@ -197,6 +200,7 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
         public Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct)
         {
             ct.ThrowIfCancellationRequested();
+            runtimes.Checkpointed.Add(options);
             return runtimes.Transition(options, null, "running", "paused");
         }
 

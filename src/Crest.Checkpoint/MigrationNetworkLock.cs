@@ -1,0 +1,171 @@
+using Crest.Core;
+using Crest.Runtime;
+using Microsoft.Extensions.Logging;
+
+namespace Crest.Checkpoint;
+
+/// <summary>
+/// <c>nsenter --net=NETNS iptables -w -I|-D INPUT|OUTPUT -p tcp -m comment --comment crest-migration-lock -j DROP</c>:
+/// one of the rules that keep a migration source's pod from sending or taking any TCP segment (ip6tables for IPv6).
+/// </summary>
+public sealed record MigrationLockRule(string NetnsPath, string Chain, bool Add, bool Ipv6)
+{
+    public const string Comment = "crest-migration-lock";
+
+    public CommandLine ToCommandLine() => new("nsenter",
+        ["--net=" + NetnsPath, Ipv6 ? "ip6tables" : "iptables", "-w", Add ? "-I" : "-D", Chain, "-p", "tcp", "-m", "comment", "--comment", Comment, "-j", "DROP"]);
+}
+
+/// <summary>
+/// The source's network during a migration that moves established TCP connections. CRIU's dump with
+/// <c>--leave-running</c> unlocks the connections it dumped, so the frozen source's kernel would go on acknowledging
+/// what the peer sends (bytes the target never gets) and, when the source is killed, answer with a reset that ends
+/// the connection the target has just restored. So from before the dump, every TCP segment in or out of the source
+/// pod's network namespace is dropped: the peer retransmits until its traffic reaches the target. The lock is lifted
+/// when the migration is undone (the source runs on); after a migration that succeeded it goes with the pod. A marker
+/// in the pod's state directory names the locked container, so crestd's start (<see cref="SweepAsync"/>) lifts a lock
+/// whose source its recovery resumed.
+/// </summary>
+public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService sandboxes, ContainerService containers, RuntimeLayout layout,
+    ILogger<MigrationNetworkLock> logger)
+{
+    private static readonly string[] Chains = ["INPUT", "OUTPUT"];
+
+    private string MarkerOf(string sandboxId) => Path.Combine(layout.SandboxDir(sandboxId), "migration-lock");
+
+    /// <summary>
+    /// Locks the pod network of <paramref name="container"/>. Refused while another container of the pod runs: the
+    /// lock (and the address, which such a migration moves) are the whole pod's.
+    /// </summary>
+    public async Task LockAsync(ContainerRecord container, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(container);
+        var sandbox = await sandboxes.GetAsync(container.SandboxId, ct).ConfigureAwait(false);
+        if (sandbox.NetnsPath is not { } netns || sandbox.Spec.Namespaces.Network == NamespaceMode.Node)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"container {container.Id} runs in pod sandbox {sandbox.Id}, which uses the node's network; only a pod with a network namespace of its own can move its address and TCP connections");
+        }
+
+        var others = (await containers.ListAsync(ct).ConfigureAwait(false))
+            .Where(c => c.SandboxId == sandbox.Id && c.Id != container.Id && c.State == ContainerState.Running).Select(c => c.Id).ToList();
+        if (others.Count > 0)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"container {container.Id} shares pod sandbox {sandbox.Id} with running containers {string.Join(", ", others)}; moving its TCP connections moves the pod's address, "
+                + "which they use too: stop them first, or migrate without keeping the address");
+        }
+
+        try
+        {
+            await File.WriteAllTextAsync(MarkerOf(sandbox.Id), container.Id, ct).ConfigureAwait(false);
+            foreach (var chain in Chains)
+            {
+                await RunAsync(new MigrationLockRule(netns, chain, Add: true, Ipv6: false), required: true, ct).ConfigureAwait(false);
+                await RunAsync(new MigrationLockRule(netns, chain, Add: true, Ipv6: true), required: false, ct).ConfigureAwait(false);
+            }
+        }
+        catch
+        {
+            await UnlockNetnsAsync(netns).ConfigureAwait(false);
+            File.Delete(MarkerOf(sandbox.Id));
+            throw;
+        }
+
+        CheckpointLog.MigrationNetworkLocked(logger, container.Id, sandbox.Id);
+    }
+
+    /// <summary>
+    /// Lifts the lock of the pod of <paramref name="idOrPrefix"/>, if there is one (the undo calls it whatever happened
+    /// before; without the marker, written before the first rule, there is none and nothing runs).
+    /// </summary>
+    public async Task UnlockAsync(string idOrPrefix, CancellationToken ct)
+    {
+        var container = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        var sandbox = await sandboxes.GetAsync(container.SandboxId, ct).ConfigureAwait(false);
+        if (!File.Exists(MarkerOf(sandbox.Id)))
+        {
+            return;
+        }
+
+        if (sandbox.NetnsPath is { } netns && File.Exists(netns) && await UnlockNetnsAsync(netns).ConfigureAwait(false))
+        {
+            CheckpointLog.MigrationNetworkUnlocked(logger, container.Id, sandbox.Id);
+        }
+
+        File.Delete(MarkerOf(sandbox.Id));
+    }
+
+    /// <summary>
+    /// At start, after container recovery: a lock whose container runs again (recovery resumed a source that a
+    /// restart cut off mid-migration) is lifted. One whose container is gone or stopped stays: that source was killed
+    /// after its copy ran elsewhere, and its pod, which still holds the address, must not answer the peer.
+    /// </summary>
+    public async Task<int> SweepAsync(CancellationToken ct)
+    {
+        if (!Directory.Exists(layout.SandboxesDir))
+        {
+            return 0;
+        }
+
+        var lifted = 0;
+        // One level: a pod's directory also holds its shm mount, which is not walked.
+        foreach (var marker in Directory.EnumerateDirectories(layout.SandboxesDir).Select(d => MarkerOf(Path.GetFileName(d))).Where(File.Exists))
+        {
+            var containerId = (await File.ReadAllTextAsync(marker, ct).ConfigureAwait(false)).Trim();
+            ContainerRecord container;
+            try
+            {
+                container = await containers.GetAsync(containerId, ct).ConfigureAwait(false);
+            }
+            catch (CrestException e) when (e.Kind == ErrorKind.NotFound)
+            {
+                continue;
+            }
+
+            if (container.State == ContainerState.Running)
+            {
+                await UnlockAsync(container.Id, ct).ConfigureAwait(false);
+                lifted++;
+            }
+        }
+
+        return lifted;
+    }
+
+    /// <summary>Deletes every lock rule; true when one was there.</summary>
+    private async Task<bool> UnlockNetnsAsync(string netns)
+    {
+        var removed = false;
+        foreach (var chain in Chains)
+        {
+            foreach (var ipv6 in new[] { false, true })
+            {
+                // Inserted once per lock; -D fails when none is left (a few rounds for locks a crash may have repeated).
+                for (var round = 0; round < 4 && await RunAsync(new MigrationLockRule(netns, chain, Add: false, ipv6), required: false, CancellationToken.None).ConfigureAwait(false); round++)
+                {
+                    removed = true;
+                }
+            }
+        }
+
+        return removed;
+    }
+
+    private async Task<bool> RunAsync(MigrationLockRule rule, bool required, CancellationToken ct)
+    {
+        var result = await commands.RunAsync(rule.ToCommandLine(), ct).ConfigureAwait(false);
+        if (result.ExitCode == 0)
+        {
+            return true;
+        }
+
+        if (required)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"locking the TCP traffic of pod network {rule.NetnsPath} for the migration failed ({rule.ToCommandLine()}: {result.StandardError.Trim()}); the node needs iptables");
+        }
+
+        return false;
+    }
+}
