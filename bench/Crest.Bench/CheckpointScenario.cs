@@ -104,7 +104,19 @@ internal static class CheckpointScenario
 
             // The restore floor: the original stops, and runc restores the images into a copy of its bundle (same rootfs,
             // the pod's namespaces, a cgroup of its own), with stdio on /dev/null.
-            await rt.StopContainerAsync(new StopContainerRequest { ContainerId = c.ContainerId, Timeout = 0 }, deadline: deadline);
+            // Killed through runc, not StopContainer, which unmounts the rootfs that the copy of the bundle uses.
+            await RuncAsync(runcRoot, "kill", c.ContainerId, "KILL");
+            var exited = Stopwatch.StartNew();
+            while ((await rt.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = c.ContainerId }, deadline: deadline)).Status.State != ContainerState.ContainerExited)
+            {
+                if (exited.Elapsed > TimeSpan.FromSeconds(30))
+                {
+                    throw new TimeoutException($"{name}: container {c.ContainerId} did not exit within 30 s of SIGKILL");
+                }
+
+                await Task.Delay(20);
+            }
+
             var containerDir = subject.Dir.Combine("root", "containers", c.ContainerId);
             var bundle = Path.Combine(work, $"runc-bundle-{n}");
             Directory.CreateDirectory(bundle);
