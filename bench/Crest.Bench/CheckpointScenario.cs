@@ -78,9 +78,6 @@ internal static class CheckpointScenario
 
         await Task.Delay(500);
         var archive = Path.Combine(work, $"cp-{n}.tar");
-        // Every timed dump starts from written-back page cache: the gigabytes the previous steps wrote (archives, images,
-        // unpacked restores) would otherwise be flushed while CRIU writes, slowing whichever dump came after the most.
-        await SettleWritebackAsync();
         var clock = Stopwatch.StartNew();
         await rt.CheckpointContainerAsync(new CheckpointContainerRequest { ContainerId = c.ContainerId, Location = archive, Timeout = 600 }, deadline: deadline);
         var checkpointMs = clock.Elapsed.TotalMilliseconds;
@@ -95,7 +92,6 @@ internal static class CheckpointScenario
             var runcRoot = $"--root={subject.Dir.Combine("state", "runtime", "runc")}";
             var images = Path.Combine(work, $"runc-{n}");
             Directory.CreateDirectory(images);
-            await SettleWritebackAsync();
             clock.Restart();
             await RuncAsync(runcRoot, "checkpoint", "--leave-running", "--file-locks", "--image-path", images, "--work-path", images, c.ContainerId);
             bare = clock.Elapsed.TotalMilliseconds;
@@ -218,13 +214,6 @@ internal static class CheckpointScenario
     }
 
     /// <summary>Runs runc with stdio on /dev/null (a restored process inherits them as its stdout and stderr).</summary>
-    /// <summary><c>sync</c>: dirty pages written back before a timed dump (untimed).</summary>
-    private static async Task SettleWritebackAsync()
-    {
-        using var sync = Process.Start(new ProcessStartInfo("sync") { UseShellExecute = false })!;
-        await sync.WaitForExitAsync();
-    }
-
     private static async Task RuncAsync(params string[] args)
     {
         var error = Path.GetTempFileName();

@@ -195,7 +195,7 @@ if (!critestOnly && !podCheckpointOnly && !callsOnly)
         }
     }
 
-    report.Note("checkpoint rows: a busybox awk process holding the named amount of touched memory in a fresh pod per run; CheckpointContainer is the whole CRI call, CRIU frozen is CRIU's own frozen time from the archive's stats-dump; for Crest, bare `runc checkpoint --leave-running` of the same container right after is the floor. `sync` runs (untimed) before every timed dump, so each starts from written-back page cache rather than flushing what the previous runs wrote. Restore rows: CreateContainer + StartContainer into a fresh pod; bare runc restores the same images into a copy of the container's bundle.");
+    report.Note("checkpoint rows: a busybox awk process holding the named amount of touched memory in a fresh pod per run; CheckpointContainer is the whole CRI call, CRIU frozen is CRIU's own frozen time from the archive's stats-dump; for Crest, bare `runc checkpoint --leave-running` of the same container right after is the floor. Restore rows: CreateContainer + StartContainer into a fresh pod; bare runc restores the same images into a copy of the container's bundle.");
 }
 
 if (!critestOnly && !checkpointOnly && !callsOnly)
