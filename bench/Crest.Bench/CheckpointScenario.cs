@@ -133,15 +133,6 @@ internal static class CheckpointScenario
         await rt.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = p.PodSandboxId }, deadline: deadline);
         await rt.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = p.PodSandboxId }, deadline: deadline);
 
-        // Crest only (bareRunc marks it): the same archive as a local checkpoint image (crest checkpoint-image, untimed),
-        // restored below after the archive: CRIU then reads the pages where the image's layer holds them.
-        string? checkpointImage = null;
-        if (bareRunc)
-        {
-            checkpointImage = $"localhost/bench/checkpoint-{n}:v1";
-            await CrestCliAsync(subject.Socket, "checkpoint-image", archive, checkpointImage);
-        }
-
         // CreateContainer + StartContainer of the checkpoint in a fresh pod, timed; the pod is removed whatever happened.
         async Task<double?> RestoreAsync(string suffix, string checkpoint, string log, string what)
         {
@@ -169,9 +160,18 @@ internal static class CheckpointScenario
         }
 
         double? restoreMs;
+        string? checkpointImage = null;
         try
         {
             restoreMs = await RestoreAsync("b", archive, "restored.log", "restore");
+            // Crest only (bareRunc marks it): the same archive as a local checkpoint image (crest checkpoint-image, untimed),
+            // restored below: CRIU then reads the pages where the image's layer holds them. Made after the archive's
+            // restore, whose unpacking would otherwise compete with writing back the image's gigabyte.
+            if (bareRunc)
+            {
+                checkpointImage = $"localhost/bench/checkpoint-{n}:v1";
+                await CrestCliAsync(subject.Socket, "checkpoint-image", archive, checkpointImage);
+            }
         }
         finally
         {
