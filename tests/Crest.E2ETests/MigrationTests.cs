@@ -116,19 +116,7 @@ public sealed class MigrationTests
         await using var nodes = await TwoNodes.StartAsync("migmem");
         var image = await RegistryBusyboxOnAAsync(nodes);
         var bytes = (long)mib << 20;
-        var pod = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a");
-        var podId = await nodes.A.Pods.RunAsync(pod);
-        var config = nodes.A.Dir.Combine("memory.json");
-        var script = $"BEGIN{{s=sprintf(\"%{bytes}s\",\"\"); while(1){{i++; print \"count \" i \" len \" length(s) \" mid \" (substr(s,{bytes / 2},4) == \"    \" ? \"ok\" : \"lost\"); fflush(); system(\"exec /bin/busybox sleep 0.1\")}}}}";
-        await File.WriteAllTextAsync(config, $$"""
-            {"metadata": {"name": "memory"}, "image": {"image": "{{image}}"},
-             "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "memory.log",
-             "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
-            """, Ct);
-        var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
-        await RunAsync([.. nodes.A.R, "start", id]);
-        await Eventually.UntilAsync(() => ReadLogAsync(nodes.A.Dir.Combine("logs-mig", "memory.log")), log => log.Contains("count 3 ", StringComparison.Ordinal),
-            $"the {mib} MiB workload to start counting", describe: l => l, ct: Ct);
+        var id = await RunMemoryWorkloadOnAAsync(nodes, image, bytes);
         var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
 
         var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "-o", "json"]);
