@@ -1,3 +1,4 @@
+using System.Text.Json;
 using System.Text.Json.Serialization;
 
 namespace Crest.Oci;
@@ -146,3 +147,14 @@ public sealed record SpecSyscallArg(
 [JsonSerializable(typeof(SpecSeccomp))]
 [JsonSerializable(typeof(SpecResources))]
 public sealed partial class RuntimeSpecJson : JsonSerializerContext;
+
+/// <summary>A bundle's config.json, read and written through the source-generated context.</summary>
+public static class RuntimeSpecFile
+{
+    public static async Task WriteAsync(string path, RuntimeSpec spec, CancellationToken ct) =>
+        await File.WriteAllBytesAsync(path, JsonSerializer.SerializeToUtf8Bytes(spec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
+
+    /// <summary>The spec in <paramref name="path"/>, or null when the file holds JSON null.</summary>
+    public static async Task<RuntimeSpec?> ReadAsync(string path, CancellationToken ct) =>
+        JsonSerializer.Deserialize(await File.ReadAllBytesAsync(path, ct).ConfigureAwait(false), RuntimeSpecJson.Default.RuntimeSpec);
+}

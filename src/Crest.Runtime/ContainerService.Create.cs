@@ -102,7 +102,7 @@ public sealed partial class ContainerService
                 NodeCapabilities = _nodeCapabilities.Value,
             });
             Directory.CreateDirectory(bundle.BundleDir);
-            await File.WriteAllBytesAsync(bundle.ConfigJson, JsonSerializer.SerializeToUtf8Bytes(runtimeSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
+            await RuntimeSpecFile.WriteAsync(bundle.ConfigJson, runtimeSpec, ct).ConfigureAwait(false);
             if (logFile.Length > 0)
             {
                 Directory.CreateDirectory(Path.GetDirectoryName(logFile)!);

@@ -60,7 +60,7 @@ public sealed partial class ContainerService
         RuntimeSpec? spec;
         try
         {
-            spec = JsonSerializer.Deserialize(await File.ReadAllBytesAsync(config, ct).ConfigureAwait(false), RuntimeSpecJson.Default.RuntimeSpec);
+            spec = await RuntimeSpecFile.ReadAsync(config, ct).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or JsonException)
         {

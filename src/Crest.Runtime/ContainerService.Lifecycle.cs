@@ -162,11 +162,11 @@ public sealed partial class ContainerService
 
     private static async Task UpdateBundleLimitsAsync(ContainerBundle bundle, SpecResources limits, CancellationToken ct)
     {
-        var spec = JsonSerializer.Deserialize(await File.ReadAllBytesAsync(bundle.ConfigJson, ct).ConfigureAwait(false), RuntimeSpecJson.Default.RuntimeSpec)
+        var spec = await RuntimeSpecFile.ReadAsync(bundle.ConfigJson, ct).ConfigureAwait(false)
             ?? throw new CrestException(ErrorKind.Internal, $"{bundle.ConfigJson} holds no runtime spec");
         var resources = (spec.Linux.Resources ?? new SpecResources()) with { Memory = limits.Memory, Cpu = limits.Cpu };
         spec = spec with { Linux = spec.Linux with { Resources = resources } };
-        await File.WriteAllBytesAsync(bundle.ConfigJson, JsonSerializer.SerializeToUtf8Bytes(spec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
+        await RuntimeSpecFile.WriteAsync(bundle.ConfigJson, spec, ct).ConfigureAwait(false);
     }
 
     /// <summary>Removes a container (stopping it first if needed), its rootfs mount, files and lease. Idempotent.</summary>

@@ -106,7 +106,7 @@ public sealed partial class SandboxService(
 
             Directory.CreateDirectory(bundle.BundleDir);
             var infraSpec = SpecBuilder.ForInfra(sandbox, bundle.Rootfs, CatatonitPath, bundle.Shm, hostname);
-            await File.WriteAllBytesAsync(bundle.ConfigJson, JsonSerializer.SerializeToUtf8Bytes(infraSpec, RuntimeSpecJson.Default.RuntimeSpec), ct).ConfigureAwait(false);
+            await RuntimeSpecFile.WriteAsync(bundle.ConfigJson, infraSpec, ct).ConfigureAwait(false);
             var pid = await runtime.CreateAsync(ConmonCreateOptions.ForInfra(sandbox, bundle), ct).ConfigureAwait(false);
             await runtime.StartAsync(new RuncStartOptions { ContainerId = id }, ct).ConfigureAwait(false);
             CrashPoints.Hit(CrashPoints.SandboxInfraStarted);
