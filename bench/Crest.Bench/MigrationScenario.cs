@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Reflection;
 using System.Text.Json;
 using Crest.TestKit;
 
@@ -7,14 +8,26 @@ namespace Crest.Bench;
 
 /// <summary>
 /// Live migration rows (issue 15, <c>--migration-only</c>): two crestd on this machine (own roots, sockets and CNI
-/// bridges, one loopback registry), and <c>crest migrate</c> of a busybox awk process holding 64 or 256 MiB of touched
-/// memory that logs a line every 0.1 s. Each run migrates a fresh workload from A to B; the downtime is the one crest
-/// measures (the workload's last log line on A to its first on B), and the memory is checked on B (every line after
-/// the switch must still see the string whole). Post-copy is refused by this version, so it has no rows.
+/// bridges, one loopback registry), and <c>crest migrate</c> of <c>bench/workloads/memory-dirtier.c</c> (built static
+/// here) holding 64 MiB, 256 MiB or 1 GiB and rewriting 1 or 32 MiB/s of it, a line every 10 ms. Each run migrates a
+/// fresh workload from A to B, stop-copy and post-copy. Rows: crest's downtime (the workload's last CRI log line on A
+/// to its first on B), the workload's own gap across the switch, the frozen window, the whole command, and the extra
+/// work the rewrites took on B in the two seconds after the switch (pages faulting in). Every run then has the
+/// workload check all its memory on B against what it wrote and fails on a single wrong word.
 /// </summary>
 internal static class MigrationScenario
 {
-    public static readonly (string Name, int MiB)[] Workloads = [("64 MiB", 64), ("256 MiB", 256)];
+    public static readonly int[] SizesMiB = [64, 256, 1024];
+
+    public static readonly int[] DirtyMiBPerSecond = [1, 32];
+
+    /// <summary>The workload's tick; its gap across the switch is the downtime to this resolution.</summary>
+    private const int TickMs = 10;
+
+    /// <summary>How long after the switch the rewrites' extra time is summed.</summary>
+    private static readonly TimeSpan FaultInWindow = TimeSpan.FromSeconds(2);
+
+    private const string WorkloadPath = "bin/memory-dirtier";
 
     public static async Task<int> RunOnlyAsync(int runs, string output, string? crestdPath)
     {
@@ -34,7 +47,7 @@ internal static class MigrationScenario
     {
         string? postCopyProblem = null;
         var crest = Subjects.BuiltPath("CrestPath");
-        Console.Error.WriteLine($"bench: live migration stop-copy and post-copy between two crestd (64, 256 MiB), {runs} runs each");
+        Console.Error.WriteLine($"bench: live migration stop-copy and post-copy between two crestd ({string.Join(", ", SizesMiB)} MiB, rewriting {string.Join(" or ", DirtyMiBPerSecond)} MiB/s), {runs} runs each");
         await using var registry = await LocalRegistry.StartAsync();
         var subject = Subjects.Crest(crestdPath);
         await using var a = await subject.StartAsync(writeCni: (_, cni) => CniFixture.WriteBridgeConflist(cni, "crest-bench-mig-a", "crbmiga", "10.129.0.0/16"));
@@ -43,12 +56,19 @@ internal static class MigrationScenario
         {
             string[] ra = ["-r", "unix://" + a.Socket];
             string[] rb = ["-r", "unix://" + b.Socket];
-            var image = $"{registry.Host}/bench/busybox:v1";
+            var image = $"{registry.Host}/bench/memory-dirtier:v1";
             var rootfs = a.Dir.Combine("rootfs.tar");
+            var workload = await BuildWorkloadAsync(a.Dir.Combine("memory-dirtier"));
             await using (var f = File.Create(rootfs))
             await using (var t = new System.Formats.Tar.TarWriter(f, System.Formats.Tar.TarEntryFormat.Pax))
             {
                 TestImages.BusyboxRootfs(t);
+                var entry = new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.RegularFile, WorkloadPath)
+                {
+                    Mode = (UnixFileMode)0x1ED,
+                    DataStream = new MemoryStream(await File.ReadAllBytesAsync(workload)),
+                };
+                t.WriteEntry(entry);
             }
 
             await Crest(crest, [.. ra, "image", "import", rootfs, image]);
@@ -64,16 +84,23 @@ internal static class MigrationScenario
             }
 
             var n = 0;
-            foreach (var strategy in postCopyProblem is null ? new[] { "stop-copy", "post-copy" } : ["stop-copy"])
+            foreach (var mib in SizesMiB)
             {
-                foreach (var (name, mib) in Workloads)
+                foreach (var rate in DirtyMiBPerSecond)
                 {
-                    for (var r = 0; r < runs; r++, n++)
+                    // Runs alternate the strategies, so both see the same machine state.
+                    for (var r = 0; r < runs; r++)
                     {
-                        var (downtime, frozen, total) = await MigrateOnceAsync(crest, a, ra, b, rb, image, (long)mib << 20, n, strategy);
-                        report.Add($"migrate {strategy} {name}: downtime", "ms", "crest", downtime);
-                        report.Add($"migrate {strategy} {name}: frozen", "ms", "crest", frozen);
-                        report.Add($"migrate {strategy} {name}: total", "ms", "crest", total);
+                        foreach (var strategy in postCopyProblem is null ? new[] { "stop-copy", "post-copy" } : ["stop-copy"])
+                        {
+                            var m = await MigrateOnceAsync(crest, a, ra, b, rb, image, mib, rate, n++, strategy);
+                            var row = $"migrate {strategy} {Size(mib)}, {rate} MiB/s rewritten";
+                            report.Add($"{row}: downtime", "ms", "crest", m.Downtime);
+                            report.Add($"{row}: workload's gap", "ms", "crest", m.WorkloadGap);
+                            report.Add($"{row}: frozen", "ms", "crest", m.Frozen);
+                            report.Add($"{row}: total", "ms", "crest", m.Total);
+                            report.Add($"{row}: fault-in slowdown", "ms", "crest", m.FaultIn);
+                        }
                     }
                 }
             }
@@ -87,41 +114,114 @@ internal static class MigrationScenario
             }
         }
 
-        report.Note("migration rows: two crestd on this machine (own roots, sockets, CNI bridges; one loopback registry), `crest migrate --strategy stop-copy` of a fresh busybox awk process holding 64 or 256 MiB of touched memory and logging a line every 0.1 s. downtime: the workload's last CRI log line on A to its first on B, as crest prints it; frozen: freeze to the target running; total: the whole command, pre-staging included. Every run checks the memory on B (each line after the switch sees the string whole) and fails otherwise. post-copy rows: `--strategy post-copy`, the same workload; this workload reads its whole string (strlen) before each line, so it needs all its memory before its first line on B: the worst case for post-copy, whose downtime therefore includes the page transfer. " + (postCopyProblem is null ? "" : "No post-copy rows in this run: " + postCopyProblem));
+        report.Note($"migration rows: two crestd on this machine (own roots, sockets, CNI bridges; one loopback registry), `crest migrate --strategy stop-copy|post-copy` of a fresh bench/workloads/memory-dirtier process holding the size given and rewriting that many MiB/s of it, a few pages every {TickMs} ms, each tick one log line. downtime: the workload's last CRI log line on A to its first on B, as crest prints it; workload's gap: the wall time between the workload's last tick on A and its first on B, less one tick, from its own clock readings; frozen: freeze to the target running; total: the whole command, pre-staging included; fault-in slowdown: how much longer the rewrites took on B in the {FaultInWindow.TotalSeconds:0} s after the switch than their median on A, summed (post-copy pages that fault in from A). Every run then has the workload check every word of its memory on B against what it wrote (SIGUSR1, `verify ok`) and fails otherwise. "
+            + (postCopyProblem is null ? "" : "No post-copy rows in this run: " + postCopyProblem));
     }
 
-    private static async Task<(double Downtime, double Frozen, double Total)> MigrateOnceAsync(
-        string crest, RunningSubject a, string[] ra, RunningSubject b, string[] rb, string image, long bytes, int n, string strategy)
+    private static string Size(int mib) => mib >= 1024 ? $"{mib / 1024} GiB" : $"{mib} MiB";
+
+    /// <summary>Builds the workload static with clang (installed for the Native AOT link; the image has no libc).</summary>
+    private static async Task<string> BuildWorkloadAsync(string output)
+    {
+        var workloads = typeof(MigrationScenario).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == "WorkloadsDir").Value!;
+        var source = Path.GetFullPath(Path.Combine(workloads, "memory-dirtier.c"));
+        var start = new ProcessStartInfo("clang", ["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", output, source]) { RedirectStandardError = true };
+        using var p = Process.Start(start)!;
+        var stderr = await p.StandardError.ReadToEndAsync();
+        await p.WaitForExitAsync();
+        return p.ExitCode == 0 ? output : throw new InvalidOperationException($"bench: building {source} failed ({p.ExitCode}): {stderr}");
+    }
+
+    private sealed record Migration(double Downtime, double WorkloadGap, double Frozen, double Total, double FaultIn);
+
+    /// <summary>One tick line of the workload: its number, when it began (wall clock), and its rewrite's duration.</summary>
+    private sealed record Tick(long Number, DateTimeOffset At, double WorkMs, double GapMs)
+    {
+        public static Tick? Parse(string line)
+        {
+            var at = line.IndexOf("tick ", StringComparison.Ordinal);
+            if (at < 0)
+            {
+                return null;
+            }
+
+            var f = line[(at + 5)..].Split(' ');
+            if (f.Length < 7 || f[1] != "at" || f[3] != "work_us" || f[5] != "gap_us")
+            {
+                return null;
+            }
+
+            var seconds = decimal.Parse(f[2], CultureInfo.InvariantCulture);
+            var when = DateTimeOffset.FromUnixTimeMilliseconds(0).AddTicks((long)(seconds * TimeSpan.TicksPerSecond));
+            return new Tick(long.Parse(f[0], CultureInfo.InvariantCulture), when,
+                double.Parse(f[4], CultureInfo.InvariantCulture) / 1000, double.Parse(f[6], CultureInfo.InvariantCulture) / 1000);
+        }
+    }
+
+    private static async Task<Migration> MigrateOnceAsync(
+        string crest, RunningSubject a, string[] ra, RunningSubject b, string[] rb, string image, int mib, int rate, int n, string strategy)
     {
         var podA = Pod(a, $"mig{n}", "a");
         var podB = Pod(b, $"mig{n}", "b");
         var config = a.Dir.Combine($"memory-{n}.json");
-        var script = $"BEGIN{{s=sprintf(\"%{bytes}s\",\"\"); while(1){{i++; print \"count \" i \" len \" length(s) \" mid \" (substr(s,{bytes / 2},4) == \"    \" ? \"ok\" : \"lost\"); fflush(); system(\"exec /bin/busybox sleep 0.1\")}}}}";
         await File.WriteAllTextAsync(config, $$"""
             {"metadata": {"name": "memory"}, "image": {"image": "{{image}}"},
-             "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "memory.log", "linux": {} }
+             "command": ["/{{WorkloadPath}}", "{{mib}}", "{{rate}}", "{{TickMs}}"], "log_path": "memory.log", "linux": {} }
             """);
         var pod = (await Crest(crest, [.. ra, "runp", podA.Config])).Trim();
-        var id = (await Crest(crest, [.. ra, "create", pod, config, podA.Config])).Trim();
-        await Crest(crest, [.. ra, "start", id]);
-        await Until(() => Read(podA.Log).Contains("count 3 ", StringComparison.Ordinal), $"the {bytes >> 20} MiB workload on A to count");
-
-        var migrated = await Crest(crest, [.. ra, "migrate", id, "--to", "unix://" + b.Socket, "--pod-config", podB.Config, "--strategy", strategy, "-o", "json"]);
-        using var doc = JsonDocument.Parse(migrated);
-        var r = doc.RootElement;
-        var newPod = r.GetProperty("podSandboxId").GetString()!;
-        var lastOnA = Read(podA.Log).Split('\n').Last(l => l.Contains(" count ", StringComparison.Ordinal));
-        var last = int.Parse(lastOnA.Split(" count ")[1].Split(' ')[0], CultureInfo.InvariantCulture);
-        await Until(() => Read(podB.Log).Contains($"count {last + 3} ", StringComparison.Ordinal), "the migrated workload to count on B");
-        var after = Read(podB.Log).Split('\n').SkipWhile(l => !l.Contains($"count {last + 1} ", StringComparison.Ordinal)).Where(l => l.Contains(" count ", StringComparison.Ordinal)).ToList();
-        if (after.Count == 0 || after.Any(l => !l.EndsWith($" len {bytes} mid ok", StringComparison.Ordinal)))
+        string? newPod = null;
+        try
         {
-            throw new InvalidOperationException($"the memory did not arrive whole on B: {string.Join(" | ", after.Take(3))}");
-        }
+            var id = (await Crest(crest, [.. ra, "create", pod, config, podA.Config])).Trim();
+            await Crest(crest, [.. ra, "start", id]);
+            await Until(() => Ticks(podA.Log).Count >= 100, $"the {mib} MiB workload on A to tick 100 times");
 
-        await Crest(crest, [.. ra, "rmp", pod]);
-        await Crest(crest, [.. rb, "rmp", newPod]);
-        return (r.GetProperty("downtimeMs").GetDouble(), r.GetProperty("frozenMs").GetDouble(), r.GetProperty("totalMs").GetDouble());
+            var migrated = await Crest(crest, [.. ra, "migrate", id, "--to", "unix://" + b.Socket, "--pod-config", podB.Config, "--strategy", strategy, "-o", "json"]);
+            using var doc = JsonDocument.Parse(migrated);
+            var r = doc.RootElement;
+            newPod = r.GetProperty("podSandboxId").GetString()!;
+            var moved = r.GetProperty("containerId").GetString()!;
+            var onA = Ticks(podA.Log);
+            var lastOnA = onA[^1];
+            await Until(() => Ticks(podB.Log).Any(t => t.Number > lastOnA.Number && t.At > lastOnA.At + FaultInWindow), "the migrated workload to tick on B for the fault-in window");
+            var onB = Ticks(podB.Log).Where(t => t.Number > lastOnA.Number).ToList();
+            var first = onB[0];
+            if (first.Number != lastOnA.Number + 1)
+            {
+                throw new InvalidOperationException($"the workload on B went on from tick {first.Number}, A's last was {lastOnA.Number}: ticks were lost or repeated");
+            }
+
+            var usual = Median(onA.TakeLast(100).Select(t => t.WorkMs).ToList());
+            var faultIn = onB.Where(t => t.At <= first.At + FaultInWindow).Sum(t => Math.Max(0, t.WorkMs - usual));
+
+            // Every word of the memory, checked by the workload against what it wrote.
+            await Crest(crest, [.. rb, "exec", moved, "/bin/busybox", "killall", "-USR1", "memory-dirtier"]);
+            await Until(() => Read(podB.Log).Contains("verify ", StringComparison.Ordinal), "the workload's memory check on B");
+            var verdict = Read(podB.Log).Split('\n').First(l => l.Contains("verify ", StringComparison.Ordinal));
+            if (!verdict.Contains("verify ok", StringComparison.Ordinal))
+            {
+                throw new InvalidOperationException($"the memory did not arrive whole on B ({strategy}, {mib} MiB): {verdict}");
+            }
+
+            return new Migration(r.GetProperty("downtimeMs").GetDouble(), first.GapMs - TickMs, r.GetProperty("frozenMs").GetDouble(), r.GetProperty("totalMs").GetDouble(), faultIn);
+        }
+        finally
+        {
+            await Crest(crest, [.. ra, "rmp", pod]);
+            if (newPod is not null)
+            {
+                await Crest(crest, [.. rb, "rmp", newPod]);
+            }
+        }
+    }
+
+    private static List<Tick> Ticks(string log) =>
+        [.. Read(log).Split('\n').Select(Tick.Parse).OfType<Tick>()];
+
+    private static double Median(List<double> values)
+    {
+        values.Sort();
+        return values.Count == 0 ? 0 : values.Count % 2 == 1 ? values[values.Count / 2] : (values[values.Count / 2 - 1] + values[values.Count / 2]) / 2;
     }
 
     private static (string Config, string Log) Pod(RunningSubject node, string name, string side)

@@ -242,7 +242,7 @@ if (!critestOnly && !checkpointOnly && !callsOnly)
     report.Note("pod checkpoint rows: a fresh 3-container pod per run (a counter logging every 0.2 s, a sleep, and a second sleep or busybox awk holding 256 MiB of touched memory), after one untimed warm-up run. CheckpointPod is the whole CRI call; the pod frozen window is pod.json's frozenMilliseconds (first container paused to last resumed, CRIU dumps and the pod's /dev/shm included). Then the same three containers, still running, are checkpointed one after another with CheckpointContainer: the sum of the three calls, and the sum of CRIU's frozen times from each archive's stats-dump. The pod is then stopped and removed; RestorePod is timed alone and with the three StartContainer calls until ContainerStatus reports all RUNNING, and the restored counter must continue from its checkpointed value (the run fails otherwise).");
 }
 
-// Live migration between two crestd (issue 15): crest only, at most 3 runs per size (each moves up to 256 MiB).
+// Live migration between two crestd (issue 15): crest only, at most 3 runs per row (12 rows of workload and strategy, up to 1 GiB each).
 if (!critestOnly && !checkpointOnly && !podCheckpointOnly)
 {
     await MigrationScenario.AddRowsAsync(report, Math.Max(1, Math.Min(runs, 3)), crestdPath);
