@@ -240,6 +240,9 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
 
     public Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct) => RunOrThrowAsync(options, ct);
 
+    /// <summary>The file in a lazy checkpoint's work directory that keeps the runtime's standard error.</summary>
+    public const string LazyCheckpointStderr = "runtime-checkpoint.stderr";
+
     public async Task<LazyCheckpoint> StartLazyCheckpointAsync(RuncCheckpointOptions options, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -251,9 +254,16 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
         const int StatusFd = 3;
         using var status = new Pipe();
         options = options with { StatusFd = StatusFd };
-        // A session of its own, so runc and the CRIU it starts are killed together (LazyCheckpoint.KillAsync).
-        var runc = ChildProcess.Spawn(binding.RuntimePath, [binding.RuntimePath, .. options.Arguments(binding.RuntimeRoot)],
-            [ChildFd.Null(0), ChildFd.Null(1), ChildFd.Null(2), new ChildFd(StatusFd, status.WriteFd)], newSession: true);
+        // runc's own words (a refusal before CRIU runs leaves no dump.log) go to a file beside dump.log.
+        var stderrPath = Path.Combine(options.WorkPath, LazyCheckpointStderr);
+        ChildProcess runc;
+        using (var stderr = new FileStream(stderrPath, new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))
+        {
+            // A session of its own, so runc and the CRIU it starts are killed together (LazyCheckpoint.KillAsync).
+            runc = ChildProcess.Spawn(binding.RuntimePath, [binding.RuntimePath, .. options.Arguments(binding.RuntimeRoot)],
+                [ChildFd.Null(0), ChildFd.Null(1), new ChildFd(2, (int)stderr.SafeFileHandle.DangerousGetHandle()), new ChildFd(StatusFd, status.WriteFd)], newSession: true);
+        }
+
         status.CloseWrite();
         var lazy = new LazyCheckpoint(runc, options.WorkPath, server);
         await using var reader = status.OpenReader();
@@ -273,10 +283,14 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
         if (read != 1)
         {
             var code = await lazy.Exit.ConfigureAwait(false);
+            var said = File.Exists(stderrPath) ? File.ReadLines(stderrPath).Where(l => l.Length > 0).TakeLast(5).ToList() : [];
             throw new CrestException(ErrorKind.Internal,
-                $"container {options.ContainerId}: {Path.GetFileName(binding.RuntimePath)} {options.Verb} exited with code {code.ToString(CultureInfo.InvariantCulture)} before its page server listened");
+                $"container {options.ContainerId}: {Path.GetFileName(binding.RuntimePath)} {options.Verb} exited with code {code.ToString(CultureInfo.InvariantCulture)} before its page server listened"
+                + (said.Count == 0 ? "" : $"; it said ({stderrPath}):\n" + string.Join('\n', said.Select(l => "  " + l.Trim()))));
         }
 
+        // The work directory becomes the archive; runc keeps its descriptor of the unlinked file.
+        File.Delete(stderrPath);
         return lazy;
     }
 

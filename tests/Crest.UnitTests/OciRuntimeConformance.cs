@@ -194,6 +194,25 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
     }
 
     [Fact]
+    public async Task A_lazy_checkpoint_the_runtime_refuses_before_criu_runs_says_what_the_runtime_said()
+    {
+        // The runtime is a script: it refuses as runc does for an unknown container, before any dump.log exists.
+        var runtimePath = Dir.Combine("refusing-runc");
+        File.WriteAllText(runtimePath, "#!/bin/sh\necho 'container \"c9\" does not exist' >&2\nexit 1\n");
+        File.SetUnixFileMode(runtimePath, (UnixFileMode)0x1ED);
+        var runtime = new ConmonOciRuntime(new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), runtimePath, Dir.Combine("root"), "conmon",
+            Dir.Combine("exits"), Dir.Combine("attach"), SystemdCgroup: false), _runc, new RecordingLinux());
+        var work = Dir.CreateDirectory("work");
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => runtime.StartLazyCheckpointAsync(
+            new RuncCheckpointOptions { ContainerId = "c9", ImagePath = Path.Combine(work, "images"), WorkPath = work, LazyPageServer = "127.0.0.1:4100" },
+            TestContext.Current.CancellationToken));
+
+        Assert.Contains("before its page server listened", e.Message, StringComparison.Ordinal);
+        Assert.Contains("container \"c9\" does not exist", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Every_command_goes_to_the_bound_binary_with_the_handlers_root_first()
     {
         var runtime = RuntimeWith("c1", "running");
