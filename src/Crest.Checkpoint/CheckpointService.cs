@@ -22,6 +22,9 @@ public sealed record CheckpointOptions
     public TimeSpan DefaultTimeout { get; init; } = TimeSpan.FromMinutes(5);
     /// <summary>Compression of the outer archive on the CRI path (none: what the kubelet and other engines expect).</summary>
     public ArchiveCompression Compression { get; init; } = ArchiveCompression.None;
+
+    /// <summary>Where CRIU writes the images while the container is frozen ([checkpoint] work_in_memory).</summary>
+    public CheckpointWorkMemory WorkMemory { get; init; } = CheckpointWorkMemory.Auto;
 }
 
 /// <summary>What one checkpoint did and measured.</summary>
@@ -97,7 +100,8 @@ public sealed class CheckpointService(
         var keepWork = false;
         try
         {
-            Directory.CreateDirectory(work, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            // A post-copy dump leaves the memory in CRIU's page pipes; only a full dump's pages go to memory.
+            var workspace = await containers.PrepareCheckpointWorkAsync(container, work, lazyPageServer is null ? options.WorkMemory : CheckpointWorkMemory.Never, token).ConfigureAwait(false);
             var images = Path.Combine(work, CheckpointFiles.CriuImages);
             Directory.CreateDirectory(images, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
             var spec = await ContainerCheckpointWriter.ReadSpecAsync(layout, container.Id, token).ConfigureAwait(false);
@@ -134,7 +138,7 @@ public sealed class CheckpointService(
             var bytes = await ContainerCheckpointWriter.WriteArchiveAsync(work, target, options.Compression, token, partialRecord: work + ContainerService.PartialArchiveRecordSuffix).ConfigureAwait(false);
             var result = new CheckpointResult(container.Id, target, bytes, total.Elapsed, dump.Paused, dump.CriuDump, dump.RootfsCapture, archiveClock.Elapsed, stats);
             CheckpointLog.Checkpointed(logger, container.Id, target, bytes, (long)result.Total.TotalMilliseconds, (long)result.Paused.TotalMilliseconds,
-                stats?.FrozenTimeUs ?? 0, stats?.PagesWritten ?? 0);
+                stats?.FrozenTimeUs ?? 0, stats?.PagesWritten ?? 0, workspace.InMemory ? "memory (tmpfs)" : "disk");
             CheckpointMetrics.Record(result);
             frozen = false;
             // The page server goes on with the work directory (dump.log); its owner removes both.
@@ -162,7 +166,7 @@ public sealed class CheckpointService(
 
             if (!keepWork)
             {
-                ContainerCheckpointWriter.RemoveFresh(work);
+                containers.RemoveCheckpointWork(work);
             }
 
             if (frozen)

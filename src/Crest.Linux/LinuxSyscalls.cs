@@ -57,6 +57,9 @@ public interface ILinux
     /// <summary>The processes in the cgroup at <paramref name="cgroupsPath"/> (as given to runc with cgroupfs); empty if it is gone.</summary>
     IReadOnlyList<int> CgroupProcesses(string cgroupsPath);
 
+    /// <summary>The node's memory available for new allocations without swapping (/proc/meminfo MemAvailable), in bytes.</summary>
+    long MemoryAvailableBytes();
+
     /// <summary>The received and sent byte counters of interface <paramref name="name"/> as process <paramref name="pid"/> sees it; null if it has none.</summary>
     (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name);
 
@@ -246,6 +249,8 @@ public sealed class LinuxSyscalls : ILinux
     public ulong HeldCapabilities() => ParseHeldCapabilities(File.ReadAllText("/proc/self/status"));
 
     public CgroupUsage? CgroupUsage(string cgroupsPath) => CgroupStats.Read(cgroupsPath);
+
+    public long MemoryAvailableBytes() => MemoryInfo.AvailableBytes(File.ReadAllText("/proc/meminfo"));
 
     public IReadOnlyList<int> CgroupProcesses(string cgroupsPath) => CgroupStats.Processes(cgroupsPath);
 

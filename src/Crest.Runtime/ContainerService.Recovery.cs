@@ -105,7 +105,7 @@ public sealed partial class ContainerService
     /// The CRIU work directories of checkpoints a crashed crestd did not finish (they hold memory pages), and the
     /// temporary archives they were writing beside the checkpoint's location.
     /// </summary>
-    private static void RemoveCheckpointWork(ContainerBundle bundle)
+    private void RemoveCheckpointWork(ContainerBundle bundle)
     {
         if (!Directory.Exists(bundle.Dir))
         {
@@ -126,7 +126,8 @@ public sealed partial class ContainerService
 
         foreach (var work in Directory.EnumerateDirectories(bundle.Dir, "checkpoint-work-*"))
         {
-            Directory.Delete(work, recursive: true);
+            // Its tmpfs, when the images went to memory, is unmounted first.
+            RemoveCheckpointWork(work);
         }
     }
 }

@@ -246,10 +246,14 @@ public partial class CrashPointTests
             await CountPassesAsync(log, atRestart + 2, "the counter did not go on after crestd restarted: it was left frozen");
             Assert.Empty(Directory.EnumerateFileSystemEntries(output));
             Assert.Empty(Directory.EnumerateDirectories(dir.Combine("root", "containers"), "checkpoint-work-*", SearchOption.AllDirectories));
+            // The images went to a tmpfs on the work directory (a small container, [checkpoint] work_in_memory = auto): unmounted too.
+            Assert.DoesNotContain(MountPointsBelow(dir.Path), m => m.Contains("checkpoint-work-", StringComparison.Ordinal));
 
             await RunAsync([.. r, "checkpoint", "--export", archive, id]);
             Assert.True(File.Exists(archive), crestd.Log);
             Assert.Equal("CONTAINER_RUNNING", await StateAsync(r, id));
+            Assert.Contains("pages written to memory (tmpfs)", crestd.Log, StringComparison.Ordinal);
+            Assert.DoesNotContain(MountPointsBelow(dir.Path), m => m.Contains("checkpoint-work-", StringComparison.Ordinal));
         }
         finally
         {

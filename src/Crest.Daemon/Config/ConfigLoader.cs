@@ -165,6 +165,9 @@ public static class ConfigLoader
                     Compression = t.String("compression") is { } c
                         ? (c is "none" or "gzip" or "zstd" ? c : throw Invalid(sourceName, "checkpoint.compression", "one of \"none\", \"gzip\", \"zstd\"", c))
                         : defaults.Checkpoint.Compression,
+                    WorkInMemory = t.String("work_in_memory") is { } w
+                        ? (w is "auto" or "never" ? w : throw Invalid(sourceName, "checkpoint.work_in_memory", "one of \"auto\", \"never\"", w))
+                        : defaults.Checkpoint.WorkInMemory,
                 },
             };
         });

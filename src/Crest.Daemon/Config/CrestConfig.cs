@@ -53,6 +53,9 @@ public sealed record CheckpointConfig(bool Enabled = true, string CriuPath = "cr
 
     /// <summary>Compression of archives written through CRI: none (what other engines read), gzip or zstd.</summary>
     public string Compression { get; init; } = "none";
+
+    /// <summary>CRIU's images while the container is frozen: auto (a tmpfs when the node has the memory) or never (the disk).</summary>
+    public string WorkInMemory { get; init; } = "auto";
 }
 
 /// <summary>Restore through CreateContainer is off by default, as in containerd >= 2.2.7 and CRI-O's checkpoint_only.</summary>

@@ -65,8 +65,12 @@ public sealed class RecordingLinux : ILinux
         lock (_gate)
         {
             _mounts.Add(target);
+            MountedWith[target] = (fsType, data);
         }
     }
+
+    /// <summary>The filesystem type and data of each mount made, by target.</summary>
+    public Dictionary<string, (string? FsType, string? Data)> MountedWith { get; } = new(StringComparer.Ordinal);
 
     public void Unmount(string target)
     {
@@ -154,6 +158,11 @@ public sealed class RecordingLinux : ILinux
     public void Chown(string path, uint uid, uint gid) => Record($"Chown {path} {uid}:{gid}");
 
     public CgroupUsage? CgroupUsage(string cgroupsPath) => Cgroups.GetValueOrDefault(cgroupsPath);
+
+    /// <summary>What MemAvailable says, as a test sets it.</summary>
+    public long MemoryAvailable { get; set; } = 8L << 30;
+
+    public long MemoryAvailableBytes() => MemoryAvailable;
 
     /// <summary>The processes each cgroup path holds, as a test sets them.</summary>
     public Dictionary<string, List<int>> CgroupMembers { get; } = new(StringComparer.Ordinal);

@@ -1,0 +1,80 @@
+using Crest.Core;
+using Crest.Linux;
+using Crest.Runtime;
+using Crest.UnitTests.Fakes;
+
+namespace Crest.UnitTests;
+
+/// <summary>Where a checkpoint's CRIU images go while the container is frozen: a tmpfs when the node has the memory.</summary>
+public sealed class CheckpointWorkTests : IDisposable
+{
+    private const long MiB = 1L << 20;
+
+    private readonly RuntimeHarness _h = new();
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Theory]
+    [InlineData(100 * MiB, 4096 * MiB, 2048 * MiB)] // fits: the tmpfs may take half of what is available
+    [InlineData(1984 * MiB, 4096 * MiB, 2048 * MiB)] // exactly the half less the headroom
+    [InlineData(1985 * MiB, 4096 * MiB, null)] // one MiB more: the disk
+    [InlineData(100 * MiB, 0, null)] // nothing available (or unreadable): the disk
+    public void The_images_go_to_memory_only_when_the_container_fits_in_half_of_what_is_available(long containerBytes, long availableBytes, long? limit)
+    {
+        Assert.Equal(limit, CheckpointWorkRule.MemoryLimit(CheckpointWorkMemory.Auto, (ulong)containerBytes, availableBytes));
+        Assert.Null(CheckpointWorkRule.MemoryLimit(CheckpointWorkMemory.Never, (ulong)containerBytes, availableBytes));
+    }
+
+    [Fact]
+    public void MemAvailable_is_read_from_meminfo_in_bytes()
+    {
+        const string meminfo = "MemTotal:       24684256 kB\nMemFree:        18886660 kB\nMemAvailable:   22279932 kB\nBuffers:          123 kB\n";
+
+        Assert.Equal(22279932L * 1024, MemoryInfo.AvailableBytes(meminfo));
+        Assert.Throws<CrestException>(() => MemoryInfo.AvailableBytes("MemTotal: 1 kB\n"));
+    }
+
+    [Fact]
+    public async Task A_small_container_checkpoints_into_a_private_tmpfs_sized_to_half_the_available_memory_and_removal_unmounts_it()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await _h.RecordRunningAsync("c1", pod.Id, Ct);
+        _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c1"] = new CgroupUsage(1, (ulong)(300 * MiB), (ulong)(300 * MiB), (ulong)(250 * MiB));
+        _h.Linux.MemoryAvailable = 4096 * MiB;
+        var path = Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-test");
+
+        var work = await _h.Containers.PrepareCheckpointWorkAsync(c, path, CheckpointWorkMemory.Auto, Ct);
+
+        Assert.True(work.InMemory);
+        Assert.Equal(("tmpfs", $"size={2048 * MiB},mode=0700"), _h.Linux.MountedWith[path]);
+        Assert.Contains(path, _h.Linux.MountsUnder(path));
+
+        _h.Containers.RemoveCheckpointWork(path);
+
+        Assert.Empty(_h.Linux.MountsUnder(path));
+        Assert.False(Directory.Exists(path));
+    }
+
+    [Fact]
+    public async Task A_container_too_large_for_memory_or_a_node_set_to_never_checkpoints_onto_the_disk()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await _h.RecordRunningAsync("c1", pod.Id, Ct);
+        _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c1"] = new CgroupUsage(1, (ulong)(3000 * MiB), (ulong)(3000 * MiB), (ulong)(2900 * MiB));
+        _h.Linux.MemoryAvailable = 4096 * MiB;
+        var large = Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-large");
+        var never = Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-never");
+
+        var onDisk = await _h.Containers.PrepareCheckpointWorkAsync(c, large, CheckpointWorkMemory.Auto, Ct);
+        var set = await _h.Containers.PrepareCheckpointWorkAsync(c, never, CheckpointWorkMemory.Never, Ct);
+
+        Assert.False(onDisk.InMemory);
+        Assert.False(set.InMemory);
+        Assert.True(Directory.Exists(large));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(large));
+        Assert.DoesNotContain(large, _h.Linux.MountedWith.Keys);
+        Assert.DoesNotContain(never, _h.Linux.MountedWith.Keys);
+    }
+
+    public void Dispose() => _h.Dispose();
+}
