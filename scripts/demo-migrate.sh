@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo-migrate: two crestd "nodes" on this machine (own roots, sockets, streaming ports and CNI bridges), one
-# loopback registry both pull from, a counter running on node A, and `crest migrate` moving it to node B (stop-copy).
+# loopback registry both pull from, a counter running on node A, `crest migrate` moving it to node B (stop-copy)
+# and back to A (post-copy, where the kernel allows it).
 # Prints the migration's progress and result (downtime, bytes moved) and the counter's log across the switch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,6 +104,23 @@ echo "last line written on A:   $last_a"
 echo "the log on B around it (B's log starts with A's lines, carried by the checkpoint):"
 grep -A3 -F "$last_a" "$work/b/logs/counter.log" | sed 's/^/  /'
 echo "latest on B:              $(tail -n 1 "$work/b/logs/counter.log")"
+
+step "crest -r B migrate it back --to A --strategy post-copy: A restores it at once and its memory follows from B's page server"
+if "$crest" -r "$b" info -o json | jq -e '.liveMigration[] | select(.strategy == "post-copy") | .supported' >/dev/null; then
+  cat > "$work/pod-a2.json" <<JSON
+{"metadata": {"name": "counter-back", "uid": "demo-a2", "namespace": "default", "attempt": 1},
+ "hostname": "counter", "log_directory": "$work/a/logs2", "linux": {} }
+JSON
+  mkdir -p "$work/a/logs2"
+  on_b=$("$crest" -r "$b" ps -q | head -n 1)
+  "$crest" -r "$b" migrate "$on_b" --to "$a" --pod-config "$work/pod-a2.json" --strategy post-copy
+  echo "node B containers: $("$crest" -r "$b" ps -a -q | wc -l)"
+  "$crest" -r "$a" ps
+  for _ in $(seq 1 50); do [ -s "$work/a/logs2/counter.log" ] && break; sleep 0.1; done
+  echo "latest on A again:        $(tail -n 1 "$work/a/logs2/counter.log")"
+else
+  echo "post-copy is not available on this node: $("$crest" -r "$b" info -o json | jq -r '.liveMigration[] | select(.strategy == "post-copy") | .reason')"
+fi
 
 step "--strategy pre-copy on this kernel"
 "$crest" -r "$a" migrate "$ctr" --to "$b" --pod-config "$work/pod-b.json" --strategy pre-copy || true
