@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Security.Cryptography;
+using Crest.Checkpoint.Format;
 using Crest.Core;
 using Crest.Runtime;
 using Microsoft.Extensions.Logging;
@@ -11,7 +12,15 @@ public sealed record MigrationCheckpoint(string ContainerId, string ArchiveToken
 {
     /// <summary>Post-copy: the <c>HOST:PORT</c> the source serves the memory from until the target has all of it.</summary>
     public string? PageServer { get; init; }
+
+    /// <summary>The rootfs diff the archive carries (after rounds: only what changed since the last): entries and file bytes.</summary>
+    public long RootfsEntries { get; init; }
+
+    public long RootfsBytes { get; init; }
 }
+
+/// <summary>One round of a migration source's rootfs, held as an archive (ReadArchive, DropArchive) until the target has it.</summary>
+public sealed record RootfsRoundArchive(string RoundsToken, int Round, string ArchiveToken, long ArchiveBytes, long Files, long Bytes, int Deleted);
 
 /// <summary>The log timestamps a migration's downtime is measured from (the runtime stamps each line as the workload writes it).</summary>
 public sealed record LogTimes(DateTimeOffset? LastLine, DateTimeOffset? FirstLineAfter);
@@ -30,12 +39,32 @@ public sealed class MigrationService(
     RestoreOptions restore,
     ICriuProbe criu,
     MigrationNetworkLock networkLock,
+    RuntimeLayout layout,
+    RootfsStaging rootfsStaging,
     ILogger<MigrationService> logger)
 {
     private const string ArchiveSuffix = ".tar";
 
     /// <summary>Post-copy sources' page servers, by container id: each ends when its target disconnects, or is killed.</summary>
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, LazyCheckpoint> _pageServers = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Sources' rootfs rounds by token: what the target holds so far (the last round's baseline and each round's SHA-256).
+    /// In memory only: a crestd restarted between rounds and the freeze has forgotten them, and the freeze is refused.
+    /// </summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, RootfsRoundsSent> _rootfsRounds = new(StringComparer.Ordinal);
+
+    private sealed class RootfsRoundsSent(string containerId)
+    {
+        public string ContainerId => containerId;
+
+        /// <summary>One round (or the freeze) at a time: each compares against the one before.</summary>
+        public SemaphoreSlim Turn { get; } = new(1, 1);
+
+        public RootfsBaseline? Baseline { get; set; }
+
+        public List<string> Rounds { get; } = [];
+    }
 
     /// <summary>Where this node keeps migration archives: sent (a frozen source's) and received (a target's).</summary>
     public string ArchiveDir => Path.Combine(paths.Root, "migrations");
@@ -56,7 +85,12 @@ public sealed class MigrationService(
     /// the pod's TCP traffic is locked before the dump (<see cref="MigrationNetworkLock"/>) until <see cref="ResumeAsync"/>
     /// or the pod's removal: the target, given the pod's address, takes the connections over.
     /// </remarks>
-    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, bool tcpEstablished, CancellationToken ct, string? pageServerAddress = null)
+    /// <remarks>
+    /// With <paramref name="rootfsRounds"/> (the token of <see cref="PrepareRootfsRoundAsync"/>) the archive's rootfs diff
+    /// holds only what changed since the last round, and names the rounds it sits on; the token is spent by a good freeze.
+    /// </remarks>
+    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, bool tcpEstablished, CancellationToken ct, string? pageServerAddress = null,
+        string? rootfsRounds = null)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         if (pageServerAddress is not null)
@@ -72,24 +106,49 @@ public sealed class MigrationService(
         var token = NewToken();
         var location = ArchivePath(token);
         CheckpointResult result;
-        if (!tcpEstablished)
+        RootfsRoundsSent? sent = null;
+        RootfsDelta? delta = null;
+        if (rootfsRounds is not null)
         {
-            result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer).ConfigureAwait(false);
+            var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+            sent = RoundsSent(rootfsRounds, c.Id);
+            await sent.Turn.WaitAsync(ct).ConfigureAwait(false);
+            delta = sent.Baseline is { } baseline
+                ? new RootfsDelta(baseline, [.. sent.Rounds])
+                : throw new CrestException(ErrorKind.FailedPrecondition, $"rootfs rounds {rootfsRounds} of container {c.Id} have no finished round yet; freeze without them, or after a round");
         }
-        else
+
+        try
         {
-            var container = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
-            await networkLock.LockAsync(container, ct).ConfigureAwait(false);
-            try
+            if (!tcpEstablished)
             {
-                result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, tcpEstablished: true).ConfigureAwait(false);
+                result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, rootfsDelta: delta).ConfigureAwait(false);
             }
-            catch
+            else
             {
-                // The checkpoint resumed the container: it runs on, with its network.
-                await networkLock.UnlockAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
-                throw;
+                var container = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+                await networkLock.LockAsync(container, ct).ConfigureAwait(false);
+                try
+                {
+                    result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, tcpEstablished: true, rootfsDelta: delta).ConfigureAwait(false);
+                }
+                catch
+                {
+                    // The checkpoint resumed the container: it runs on, with its network.
+                    await networkLock.UnlockAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+                    throw;
+                }
             }
+
+            if (rootfsRounds is not null)
+            {
+                // Spent: the archive names the rounds, and nothing compares against them again.
+                _rootfsRounds.TryRemove(rootfsRounds, out _);
+            }
+        }
+        finally
+        {
+            sent?.Turn.Release();
         }
 
         if (result.PageServer is { } served)
@@ -100,7 +159,123 @@ public sealed class MigrationService(
 
         CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);
         // Frozen from the pause until now: the dump, and the archive written while it stayed frozen.
-        return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total) { PageServer = result.PageServer?.PageServer };
+        return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total)
+        {
+            PageServer = result.PageServer?.PageServer,
+            RootfsEntries = result.RootfsEntries,
+            RootfsBytes = result.RootfsBytes,
+        };
+    }
+
+    /// <summary>
+    /// A source's pre-staging of the rootfs while the container runs: writes the next round (the first: the whole upper
+    /// directory; later ones: what changed since the previous round began, and what was deleted since) and holds it as
+    /// an archive for <see cref="OpenArchive"/>. Returns the token that names these rounds in the next round and in
+    /// <see cref="FreezeAsync"/>. A round that fails leaves the rounds as they were.
+    /// </summary>
+    public async Task<RootfsRoundArchive> PrepareRootfsRoundAsync(string idOrPrefix, string? roundsToken, CancellationToken ct)
+    {
+        var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        if (c.State != ContainerState.Running)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"container {c.Id} is in CONTAINER_{c.State.ToString().ToUpperInvariant()} state; only a running container's rootfs is pre-staged for a migration");
+        }
+
+        string token;
+        RootfsRoundsSent sent;
+        if (roundsToken is null)
+        {
+            token = NewToken();
+            sent = new RootfsRoundsSent(c.Id);
+            // A new migration of the container supersedes rounds an abandoned one left.
+            foreach (var stale in _rootfsRounds.Where(kv => kv.Value.ContainerId == c.Id).Select(kv => kv.Key).ToList())
+            {
+                _rootfsRounds.TryRemove(stale, out _);
+            }
+
+            _rootfsRounds[token] = sent;
+        }
+        else
+        {
+            token = roundsToken;
+            sent = RoundsSent(roundsToken, c.Id);
+        }
+
+        Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        await sent.Turn.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            var excluded = ContainerCheckpointWriter.MountDestinations(await ContainerCheckpointWriter.ReadSpecAsync(layout, c.Id, ct).ConfigureAwait(false));
+            var archiveToken = NewToken();
+            var path = ArchivePath(archiveToken);
+            RootfsRound round;
+            long archiveBytes;
+            string sha;
+            try
+            {
+                await using (var file = new FileStream(path, new FileStreamOptions
+                {
+                    Mode = FileMode.CreateNew,
+                    Access = FileAccess.ReadWrite,
+                    UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                    BufferSize = 1 << 20,
+                }))
+                {
+                    round = await RootfsRounds.WriteAsync(layout.Container(c.Id).Upper, file, excluded, sent.Baseline, final: false, ct).ConfigureAwait(false);
+                    await file.FlushAsync(ct).ConfigureAwait(false);
+                    archiveBytes = file.Length;
+                    file.Position = 0;
+                    sha = Convert.ToHexStringLower(await SHA256.HashDataAsync(file, ct).ConfigureAwait(false));
+                }
+            }
+            catch
+            {
+                File.Delete(path);
+                throw;
+            }
+
+            sent.Baseline = round.Next;
+            sent.Rounds.Add(sha);
+            var deleted = round.Deleted.Count(d => !Path.GetFileName(d).StartsWith(".wh.", StringComparison.Ordinal));
+            CheckpointLog.MigrationRootfsRound(logger, c.Id, sent.Rounds.Count, round.Files, round.Bytes, deleted, archiveBytes, archiveToken);
+            return new RootfsRoundArchive(token, sent.Rounds.Count, archiveToken, archiveBytes, round.Files, round.Bytes, deleted);
+        }
+        finally
+        {
+            sent.Turn.Release();
+        }
+    }
+
+    /// <summary>The target's half of a rootfs round: stored under the staging token (a new staging when null).</summary>
+    public async Task<StagedRootfsRound> ReceiveRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+    {
+        var staged = await rootfsStaging.ReceiveAsync(stagingToken, chunks, ct).ConfigureAwait(false);
+        CheckpointLog.MigrationRootfsRoundStaged(logger, staged.Round, staged.Bytes, staged.StagingToken);
+        return staged;
+    }
+
+    /// <summary>
+    /// Forgets rootfs rounds: a source's record of what it sent, or a target's staged rounds (whichever this node holds
+    /// under the token). An unknown token is not an error (a retried cleanup).
+    /// </summary>
+    public void DropRootfsRounds(string token)
+    {
+        _rootfsRounds.TryRemove(token, out _);
+        rootfsStaging.Drop(token);
+    }
+
+    private RootfsRoundsSent RoundsSent(string token, string containerId)
+    {
+        if (!_rootfsRounds.TryGetValue(token, out var sent))
+        {
+            throw new CrestException(ErrorKind.NotFound,
+                $"rootfs rounds {token} are not known on this node (never made here, already frozen, dropped, or crestd restarted since); start the rounds again with an empty token");
+        }
+
+        return sent.ContainerId == containerId
+            ? sent
+            : throw new CrestException(ErrorKind.InvalidArgument, $"rootfs rounds {token} are container {sent.ContainerId}'s, not container {containerId}'s");
     }
 
     /// <summary>
@@ -280,7 +455,7 @@ public sealed class MigrationService(
         return DateTimeOffset.TryParse(stamp, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var at) ? at : null;
     }
 
-    /// <summary>Removes archives a crashed or abandoned migration left (at start, before serving).</summary>
+    /// <summary>Removes archives and staged rootfs rounds a crashed or abandoned migration left (at start, before serving).</summary>
     public int SweepArchives()
     {
         if (!Directory.Exists(ArchiveDir))
@@ -288,7 +463,7 @@ public sealed class MigrationService(
             return 0;
         }
 
-        var removed = 0;
+        var removed = rootfsStaging.Sweep();
         foreach (var file in Directory.EnumerateFiles(ArchiveDir, "*" + ArchiveSuffix))
         {
             File.Delete(file);

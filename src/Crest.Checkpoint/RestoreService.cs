@@ -32,6 +32,7 @@ public sealed class RestoreService(
     SandboxService sandboxes,
     CrestPaths paths,
     RestoreOptions options,
+    RootfsStaging rootfsStaging,
     ILogger<RestoreService> logger)
 {
     /// <summary>The annotation keys that mark an image as a checkpoint (checkpointctl/containerd, CRI-O, Podman).</summary>
@@ -154,6 +155,12 @@ public sealed class RestoreService(
             }
 
             var runtimeAnnotations = request.Annotations;
+            ClaimStagedRounds(plan, request.Annotations.GetValueOrDefault(RestorePlan.RootfsStagingAnnotation), staging);
+            if (request.Annotations.ContainsKey(RestorePlan.RootfsStagingAnnotation))
+            {
+                runtimeAnnotations = runtimeAnnotations.Where(kv => kv.Key != RestorePlan.RootfsStagingAnnotation).ToDictionary(StringComparer.Ordinal);
+            }
+
             if (request.Annotations.TryGetValue(CriuRestoreOptions.LazyPagesFromAnnotation, out var pageServer))
             {
                 // A post-copy migration's target: the memory comes from the source's page server while it runs.
@@ -198,6 +205,34 @@ public sealed class RestoreService(
                 Directory.Delete(staging, recursive: true);
             }
         }
+    }
+
+    /// <summary>
+    /// A migration's frozen checkpoint carries only the rootfs changes since the rounds staged here before its freeze: the
+    /// request must name that staging, which is checked against the rounds the checkpoint names and moved into the
+    /// restore's directory (StartContainer applies the rounds, then the delta). A complete checkpoint takes no staging.
+    /// </summary>
+    private void ClaimStagedRounds(RestorePlan plan, string? stagingToken, string staging)
+    {
+        if (plan.StagedRootfsRounds is not { } rounds)
+        {
+            if (stagingToken is not null)
+            {
+                throw new CrestException(ErrorKind.InvalidArgument,
+                    $"CreateContainer names rootfs staging {stagingToken} (annotation {RestorePlan.RootfsStagingAnnotation}), but checkpoint {plan.Source} is complete, not a delta on staged rounds; drop the annotation");
+            }
+
+            return;
+        }
+
+        if (stagingToken is null)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"checkpoint {plan.Source} holds only the rootfs changes since {rounds.Count} rounds staged before its freeze ({CheckpointFiles.RootfsRounds}), but CreateContainer names no staging "
+                + $"(annotation {RestorePlan.RootfsStagingAnnotation}); it can be restored only by the migration that staged them (crest migrate)");
+        }
+
+        rootfsStaging.Claim(stagingToken, rounds, Path.Combine(staging, CheckpointFiles.StagedRootfsRounds), plan.Source);
     }
 
     /// <summary>The CRIU configuration file that leaves restored processes stopped, written once under the root.</summary>

@@ -1042,6 +1042,9 @@ public class CheckpointTests
 
     // ---- 9. rootfs diff round trip ----------------------------------------------------------------------
 
+    /// <summary>A container record made from a checkpoint, for the rootfs steps.</summary>
+    internal static ContainerRecord RestoredContainer() => Container();
+
     private static ContainerRecord Container() => new()
     {
         Id = new string('c', 64),
@@ -1054,7 +1057,7 @@ public class CheckpointTests
         RuntimeHandler = "runc",
     };
 
-    private static async Task MknodWhiteoutAsync(string path)
+    internal static async Task MknodWhiteoutAsync(string path)
     {
         var mknod = Requires.Binary("mknod");
         var start = new ProcessStartInfo(mknod) { UseShellExecute = false, RedirectStandardError = true };

@@ -88,6 +88,15 @@ internal static class MigrateCommand
                 ["bytesBeforeSwitch"] = r.BytesBeforeSwitch,
                 ["bytesDuringSwitch"] = r.BytesDuringSwitch,
                 ["bytesAfterSwitch"] = r.BytesAfterSwitch,
+                ["rootfsRounds"] = new JsonArray([.. r.RootfsRounds.Select(x => (JsonNode)new JsonObject
+                {
+                    ["round"] = x.Round,
+                    ["files"] = x.Files,
+                    ["bytes"] = x.Bytes,
+                    ["deleted"] = x.Deleted,
+                    ["archiveBytes"] = x.ArchiveBytes,
+                })]),
+                ["frozenRootfsBytes"] = r.FrozenRootfsBytes,
                 ["pageTransferMs"] = r.PageTransfer is { } pt ? (long)pt.TotalMilliseconds : null,
                 ["frozenMs"] = (long)r.Frozen.TotalMilliseconds,
                 ["downtimeMs"] = r.Downtime is { } d ? (long)d.TotalMilliseconds : null,
@@ -102,7 +111,7 @@ internal static class MigrateCommand
         await ctx.Out.WriteLineAsync($"Migrated {r.SourceContainerId} -> {r.TargetContainerId} (pod {r.TargetPodId}), {MigrationStrategies.Name(r.Strategy)}");
         await ctx.Out.WriteLineAsync($"Downtime:  {Ms(r.Downtime)} ms (the workload's last log line on the source to its first on the target)");
         await ctx.Out.WriteLineAsync($"Frozen:    {Ms(r.Frozen)} ms (freeze to the target running)");
-        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base image), {r.BytesDuringSwitch} bytes during it (checkpoint)")
+        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base image, {r.RootfsRounds.Count} rootfs rounds), {r.BytesDuringSwitch} bytes during it (checkpoint, {r.FrozenRootfsBytes} of them rootfs)")
             + (r.Strategy == MigrationStrategy.PostCopy ? string.Create(CultureInfo.InvariantCulture, $", {r.BytesAfterSwitch} bytes after it (memory, in {Ms(r.PageTransfer)} ms)") : ""));
         await ctx.Out.WriteLineAsync($"Total:     {Ms(r.Total)} ms");
     }
