@@ -169,6 +169,12 @@ public static class RootfsRounds
             }
         }
 
+        if (entries == 0)
+        {
+            // TarWriter writes nothing at all without an entry; a reader needs the end-of-archive blocks.
+            await output.WriteAsync(new byte[2 * 512], ct).ConfigureAwait(false);
+        }
+
         return new RootfsRound(entries, files, bytes, deleted, new RootfsBaseline(started, current));
     }
 

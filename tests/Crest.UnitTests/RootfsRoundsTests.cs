@@ -90,6 +90,8 @@ public sealed class RootfsRoundsTests : IDisposable
         Assert.Equal(10_001, first.Round.Bytes);
         Assert.Empty(second.Entries);
         Assert.Equal(0, second.Round.Bytes);
+        // Still a tar a restore can read (TarWriter alone writes no bytes without an entry).
+        Assert.Equal(1024, second.Tar.Length);
     }
 
     [Fact]
