@@ -28,9 +28,13 @@ internal static class MigrateCommand
         {
             Description = "give the new target pod (--pod-config) the source pod's address and move established TCP connections; the source pod is removed after the switch. Needs a target network with the CNI ips capability, and a network that routes the address to the target",
         };
+        var noRootfsRounds = new Option<bool>("--no-rootfs-rounds")
+        {
+            Description = "carry the whole rootfs diff in the frozen window instead of sending it in rounds while the container runs (for comparison)",
+        };
         var command = new Command("migrate", "Live-migrate a running container to another crestd node: pre-stage, freeze, copy, restore, then remove the source")
         {
-            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress,
+            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress, noRootfsRounds,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -53,6 +57,7 @@ internal static class MigrateCommand
                 FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
                 PageServerAddress = parse.GetValue(pageServer) ?? "127.0.0.1",
                 KeepAddress = parse.GetValue(keepAddress),
+                RootfsRounds = !parse.GetValue(noRootfsRounds),
             };
             var timeout = parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout;
             using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);

@@ -29,6 +29,12 @@ internal sealed record MigrationRequest(string ContainerId, MigrationStrategy St
     /// TCP connections move with the container, and the source pod is removed after the switch (<c>--keep-address</c>).
     /// </summary>
     public bool KeepAddress { get; init; }
+
+    /// <summary>
+    /// Pre-stage the rootfs in rounds while the container runs (the default); false carries the whole rootfs diff in the
+    /// frozen window, as a checkpoint does (<c>--no-rootfs-rounds</c>: for comparison, or a source without the rounds).
+    /// </summary>
+    public bool RootfsRounds { get; init; } = true;
 }
 
 /// <summary>The source container as the target needs to recreate it.</summary>

@@ -84,7 +84,11 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                 await ExpectSourceAddressAsync(podId, container, ct).ConfigureAwait(false);
             }
 
-            await StageRootfsAsync(container.Id, rootfs, ct).ConfigureAwait(false);
+            if (request.RootfsRounds)
+            {
+                await StageRootfsAsync(container.Id, rootfs, ct).ConfigureAwait(false);
+            }
+
             before += rootfs.BytesSent;
             switchStarted = time.GetTimestamp();
 
