@@ -26,7 +26,7 @@ public sealed record RestoreOptions
 /// synchronously if missing, the metadata adapted to the new pod, CRIU's options chosen) and hands it to
 /// <see cref="ContainerService"/>, which executes it: the container is created now and restored by StartContainer.
 /// </summary>
-public sealed class RestoreService(
+public sealed partial class RestoreService(
     ImageService images,
     ContainerService containers,
     SandboxService sandboxes,
@@ -154,18 +154,13 @@ public sealed class RestoreService(
                     + "the CRI default when namespace_options is absent); restore it with linux.security_context.namespace_options.pid = CONTAINER, as the kubelet sends");
             }
 
-            var runtimeAnnotations = request.Annotations;
-            ClaimStagedRounds(plan, request.Annotations.GetValueOrDefault(RestorePlan.RootfsStagingAnnotation), staging);
-            if (request.Annotations.ContainsKey(RestorePlan.RootfsStagingAnnotation))
-            {
-                runtimeAnnotations = runtimeAnnotations.Where(kv => kv.Key != RestorePlan.RootfsStagingAnnotation).ToDictionary(StringComparer.Ordinal);
-            }
+            var runtimeAnnotations = ClaimStagedRounds(plan, request.Annotations, staging);
 
             if (request.Annotations.TryGetValue(CriuRestoreOptions.LazyPagesFromAnnotation, out var pageServer))
             {
                 // A post-copy migration's target: the memory comes from the source's page server while it runs.
                 criu = (criu ?? CriuOptions(plan)) with { LazyPagesFrom = pageServer };
-                runtimeAnnotations = request.Annotations.Where(kv => kv.Key != CriuRestoreOptions.LazyPagesFromAnnotation).ToDictionary(StringComparer.Ordinal);
+                runtimeAnnotations = runtimeAnnotations.Where(kv => kv.Key != CriuRestoreOptions.LazyPagesFromAnnotation).ToDictionary(StringComparer.Ordinal);
             }
 
             if (criu?.LeaveStopped == true)
@@ -205,34 +200,6 @@ public sealed class RestoreService(
                 Directory.Delete(staging, recursive: true);
             }
         }
-    }
-
-    /// <summary>
-    /// A migration's frozen checkpoint carries only the rootfs changes since the rounds staged here before its freeze: the
-    /// request must name that staging, which is checked against the rounds the checkpoint names and moved into the
-    /// restore's directory (StartContainer applies the rounds, then the delta). A complete checkpoint takes no staging.
-    /// </summary>
-    private void ClaimStagedRounds(RestorePlan plan, string? stagingToken, string staging)
-    {
-        if (plan.StagedRootfsRounds is not { } rounds)
-        {
-            if (stagingToken is not null)
-            {
-                throw new CrestException(ErrorKind.InvalidArgument,
-                    $"CreateContainer names rootfs staging {stagingToken} (annotation {RestorePlan.RootfsStagingAnnotation}), but checkpoint {plan.Source} is complete, not a delta on staged rounds; drop the annotation");
-            }
-
-            return;
-        }
-
-        if (stagingToken is null)
-        {
-            throw new CrestException(ErrorKind.FailedPrecondition,
-                $"checkpoint {plan.Source} holds only the rootfs changes since {rounds.Count} rounds staged before its freeze ({CheckpointFiles.RootfsRounds}), but CreateContainer names no staging "
-                + $"(annotation {RestorePlan.RootfsStagingAnnotation}); it can be restored only by the migration that staged them (crest migrate)");
-        }
-
-        rootfsStaging.Claim(stagingToken, rounds, Path.Combine(staging, CheckpointFiles.StagedRootfsRounds), plan.Source);
     }
 
     /// <summary>The CRIU configuration file that leaves restored processes stopped, written once under the root.</summary>
