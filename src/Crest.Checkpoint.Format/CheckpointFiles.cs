@@ -22,6 +22,19 @@ public static class CheckpointFiles
     public const string RestoreLog = "restore.log";
     public const string NetworkStatus = "network.status";
 
+    /// <summary>
+    /// Crest's own mark on a live migration's frozen checkpoint whose rootfs-diff.tar holds only what changed since the
+    /// rootfs rounds staged on the target before the freeze (<see cref="RootfsRoundsRecord"/>). Absent from every other
+    /// checkpoint: an archive without it is complete, as every engine writes it.
+    /// </summary>
+    public const string RootfsRounds = "crest-rootfs-rounds.json";
+
+    /// <summary>
+    /// Where a migration target's restore keeps the staged rounds it applies before the archive's rootfs-diff.tar: made by
+    /// the target itself, never taken from an archive.
+    /// </summary>
+    public const string StagedRootfsRounds = "crest-staged-rootfs";
+
     /// <summary>The spec.dump annotation checkpointctl uses to tell engines apart.</summary>
     public const string ContainerManagerAnnotation = "io.container.manager";
 
@@ -31,7 +44,7 @@ public static class CheckpointFiles
     /// <summary>The small metadata files a restore reads before it unpacks anything else.</summary>
     public static readonly IReadOnlySet<string> Metadata = new HashSet<string>(StringComparer.Ordinal)
     {
-        ConfigDump, SpecDump, StatusDump, BindMounts, DeletedFiles, NetworkStatus,
+        ConfigDump, SpecDump, StatusDump, BindMounts, DeletedFiles, NetworkStatus, RootfsRounds,
     };
 }
 
@@ -108,7 +121,14 @@ public sealed record StatusMount
     [JsonPropertyName("readonly")] public bool ReadOnly { get; init; }
 }
 
+/// <summary>crest-rootfs-rounds.json: the rounds a frozen delta sits on, each by the SHA-256 of its tar, in the order they were sent.</summary>
+public sealed record RootfsRoundsRecord
+{
+    [JsonPropertyName("rounds")] public List<string> Rounds { get; init; } = [];
+}
+
 [JsonSourceGenerationOptions(WriteIndented = false)]
+[JsonSerializable(typeof(RootfsRoundsRecord))]
 [JsonSerializable(typeof(ConfigDump))]
 [JsonSerializable(typeof(StatusDump))]
 [JsonSerializable(typeof(List<BindMountDump>))]

@@ -309,6 +309,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
             .ToList();
 
         ValidateDeletedFiles(dir, source);
+        var stagedRounds = ReadStagedRounds(dir, source);
         var diffBytes = ScanRootfsDiff(dir, source);
         var logCopy = new[] { CheckpointFiles.ContainerLog, CheckpointFiles.CrioLog, CheckpointFiles.PodmanLog }.FirstOrDefault(f => FileKinds.IsRegularFile(Path.Combine(dir, f)));
         return new RestorePlan
@@ -332,6 +333,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
             LogCopy = logCopy,
             StagingDir = dir,
             RootfsDiffBytes = diffBytes,
+            StagedRootfsRounds = stagedRounds,
             CriuImageBytes = Directory.EnumerateFiles(Path.Combine(dir, CheckpointFiles.CriuImages)).Sum(f => new FileInfo(f).Length),
         };
     }
@@ -350,6 +352,37 @@ public sealed class CheckpointReader(RestoreLimits limits)
 
         var inventory = File.GetLastWriteTimeUtc(Path.Combine(dir, CheckpointFiles.CriuImages, "inventory.img"));
         return inventory > DateTime.UnixEpoch ? new DateTimeOffset(inventory, TimeSpan.Zero) : default;
+    }
+
+    /// <summary>The most rounds a frozen delta may sit on (a migration sends a few).</summary>
+    public const int MaxStagedRootfsRounds = 64;
+
+    /// <summary>
+    /// crest-rootfs-rounds.json, when present: the rounds the archive's rootfs diff sits on, each a SHA-256 in lowercase
+    /// hex. Only the restore that has those rounds staged can apply it; the staging directory's name is the target's own.
+    /// </summary>
+    private List<string>? ReadStagedRounds(string dir, string source)
+    {
+        if (Directory.Exists(Path.Combine(dir, CheckpointFiles.StagedRootfsRounds)) || File.Exists(Path.Combine(dir, CheckpointFiles.StagedRootfsRounds)))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument,
+                $"checkpoint {source} holds \"{CheckpointFiles.StagedRootfsRounds}\", a name only the restoring node makes; the archive was not written by a checkpoint");
+        }
+
+        var record = ReadJson(dir, CheckpointFiles.RootfsRounds, source, required: false, n => n.Deserialize(CheckpointJson.Default.RootfsRoundsRecord));
+        if (record is null)
+        {
+            return null;
+        }
+
+        if (record.Rounds.Count is 0 or > MaxStagedRootfsRounds
+            || record.Rounds.Any(r => r is null || r.Length != 64 || !r.All(char.IsAsciiHexDigitLower)))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument,
+                $"failed to read \"{CheckpointFiles.RootfsRounds}\" of checkpoint {source}: expected 1 to {MaxStagedRootfsRounds} rounds, each the SHA-256 of a round in lowercase hex");
+        }
+
+        return record.Rounds;
     }
 
     /// <summary>

@@ -50,6 +50,12 @@ internal static partial class CheckpointLog
     [LoggerMessage(431, LogLevel.Information, "unlocked the TCP traffic of pod sandbox {SandboxId}: the migration of container {ContainerId} was undone")]
     public static partial void MigrationNetworkUnlocked(ILogger logger, string containerId, string sandboxId);
 
+    [LoggerMessage(440, LogLevel.Information, "rootfs round {Round} of container {ContainerId} for migration: {Files} files, {Bytes} bytes, {Deleted} deletions ({ArchiveBytes} bytes held as {ArchiveToken})")]
+    public static partial void MigrationRootfsRound(ILogger logger, string containerId, int round, long files, long bytes, int deleted, long archiveBytes, string archiveToken);
+
+    [LoggerMessage(441, LogLevel.Information, "staged rootfs round {Round} ({Bytes} bytes) for a migration to this node under {StagingToken}")]
+    public static partial void MigrationRootfsRoundStaged(ILogger logger, int round, long bytes, string stagingToken);
+
     [LoggerMessage(413, LogLevel.Debug, "restored pod sandbox {SandboxId}: container {ContainerId} continued ({Processes} processes)")]
     public static partial void PodContinued(ILogger logger, string sandboxId, string containerId, int processes);
 

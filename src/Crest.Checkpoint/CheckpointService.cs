@@ -41,7 +41,18 @@ public sealed record CheckpointResult(
 {
     /// <summary>Post-copy: the CRIU that serves the memory the archive leaves out, and owns the dump's work directory.</summary>
     public LazyCheckpoint? PageServer { get; init; }
+
+    /// <summary>The rootfs diff in the archive: its entries and the bytes of its regular files (a delta's only, after rounds).</summary>
+    public long RootfsEntries { get; init; }
+
+    public long RootfsBytes { get; init; }
 }
+
+/// <summary>
+/// A migration's rootfs rounds staged on the target before the freeze: the frozen checkpoint's rootfs diff holds only
+/// what changed since <see cref="Baseline"/>, and names <see cref="Rounds"/> (each round's SHA-256) in crest-rootfs-rounds.json.
+/// </summary>
+public sealed record RootfsDelta(RootfsBaseline Baseline, IReadOnlyList<string> Rounds);
 
 /// <summary>
 /// CRI CheckpointContainer: pause, CRIU dump (leave running), rootfs changes from the overlay upper directory,
@@ -60,10 +71,12 @@ public sealed class CheckpointService(
     /// Checkpoints a running container into the archive at <paramref name="location"/>. With <paramref name="leaveFrozen"/>
     /// (a migration's source) the container stays paused after a successful checkpoint; if anything fails, it is resumed.
     /// <paramref name="tcpEstablished"/>, when given, decides whether CRIU dumps established TCP connections instead of
-    /// [checkpoint] tcp_established (a migration that moves the pod's address asks for them).
+    /// [checkpoint] tcp_established (a migration that moves the pod's address asks for them). With <paramref name="rootfsDelta"/>
+    /// (a migration whose rounds are staged on the target) the rootfs diff holds only what changed since the last round,
+    /// deleted.files every deletion as of the freeze, and the archive is marked as a delta (crest-rootfs-rounds.json).
     /// </summary>
     public async Task<CheckpointResult> CheckpointAsync(string idOrPrefix, string location, TimeSpan timeout, CancellationToken ct, bool leaveFrozen = false,
-        string? lazyPageServer = null, bool? tcpEstablished = null)
+        string? lazyPageServer = null, bool? tcpEstablished = null, RootfsDelta? rootfsDelta = null)
     {
         var total = Stopwatch.StartNew();
         if (!options.Enabled)
@@ -113,7 +126,16 @@ public sealed class CheckpointService(
                 {
                     await using var output = new FileStream(Path.Combine(work, CheckpointFiles.RootfsDiff),
                         new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite, BufferSize = 1 << 20 });
-                    diff = await RootfsDiff.WriteAsync(upper, output, excluded, innerCt).ConfigureAwait(false);
+                    if (rootfsDelta is null)
+                    {
+                        diff = await RootfsDiff.WriteAsync(upper, output, excluded, innerCt).ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        var delta = await RootfsRounds.WriteAsync(upper, output, excluded, rootfsDelta.Baseline, final: true, innerCt).ConfigureAwait(false);
+                        diff = new RootfsDiffSummary(delta.Entries, delta.Bytes, delta.Deleted);
+                    }
+
                     // The log copy ends where the log stood while frozen: lines written after the resume belong to the
                     // original, not to what a restore replays. Only the length is taken now; the copy comes later.
                     logLength = container.LogFile.Length > 0 && FileKinds.IsRegularFile(container.LogFile) ? new FileInfo(container.LogFile).Length : 0;
@@ -128,6 +150,12 @@ public sealed class CheckpointService(
 
             var checkpointedAt = time.GetUtcNow();
             await ContainerCheckpointWriter.WriteMetadataAsync(work, dump, spec, diff!, logLength, checkpointedAt, token).ConfigureAwait(false);
+            if (rootfsDelta is not null)
+            {
+                await File.WriteAllBytesAsync(Path.Combine(work, CheckpointFiles.RootfsRounds),
+                    JsonSerializer.SerializeToUtf8Bytes(new RootfsRoundsRecord { Rounds = [.. rootfsDelta.Rounds] }, CheckpointJson.Default.RootfsRoundsRecord), token).ConfigureAwait(false);
+            }
+
             var stats = ContainerCheckpointWriter.ReadStats(Path.Combine(work, CheckpointFiles.StatsDump));
             if (!File.Exists(Path.Combine(images, "inventory.img")))
             {
@@ -145,7 +173,7 @@ public sealed class CheckpointService(
             var served = pageServer;
             pageServer = null;
             keepWork = served is not null;
-            return result with { PageServer = served };
+            return result with { PageServer = served, RootfsEntries = diff!.Entries, RootfsBytes = diff.Bytes };
         }
         catch (Exception) when (CheckpointMetrics.CheckpointFailed())
         {

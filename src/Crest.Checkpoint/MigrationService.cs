@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Security.Cryptography;
+using Crest.Checkpoint.Format;
 using Crest.Core;
 using Crest.Runtime;
 using Microsoft.Extensions.Logging;
@@ -11,25 +12,33 @@ public sealed record MigrationCheckpoint(string ContainerId, string ArchiveToken
 {
     /// <summary>Post-copy: the <c>HOST:PORT</c> the source serves the memory from until the target has all of it.</summary>
     public string? PageServer { get; init; }
+
+    /// <summary>The rootfs diff the archive carries (after rounds: only what changed since the last): entries and file bytes.</summary>
+    public long RootfsEntries { get; init; }
+
+    public long RootfsBytes { get; init; }
 }
 
 /// <summary>The log timestamps a migration's downtime is measured from (the runtime stamps each line as the workload writes it).</summary>
 public sealed record LogTimes(DateTimeOffset? LastLine, DateTimeOffset? FirstLineAfter);
 
 /// <summary>
-/// Both ends of a stop-and-copy live migration on one node. The source: <see cref="FreezeAsync"/> checkpoints the
+/// Both ends of a stop-and-copy live migration on one node. The source: <see cref="PrepareRootfsRoundAsync"/> writes
+/// rounds of the running container's rootfs (the target stages them: <see cref="ReceiveRootfsRoundAsync"/>), then <see cref="FreezeAsync"/> checkpoints the
 /// container and leaves it frozen, holding the archive under <c>&lt;root&gt;/migrations/</c> until the caller
 /// drops it; <see cref="ResumeAsync"/> (the migration failed) or <see cref="KillFrozenAsync"/> (the target runs) ends
 /// the freeze. The target: <see cref="ReceiveAsync"/> stores the archive, which CRI CreateContainer then restores
 /// from. The orchestration (which node does what, and when) is the client's: see <c>crest migrate</c>.
 /// </summary>
-public sealed class MigrationService(
+public sealed partial class MigrationService(
     CheckpointService checkpoints,
     ContainerService containers,
     CrestPaths paths,
     RestoreOptions restore,
     ICriuProbe criu,
     MigrationNetworkLock networkLock,
+    RuntimeLayout layout,
+    RootfsStaging rootfsStaging,
     ILogger<MigrationService> logger)
 {
     private const string ArchiveSuffix = ".tar";
@@ -56,7 +65,12 @@ public sealed class MigrationService(
     /// the pod's TCP traffic is locked before the dump (<see cref="MigrationNetworkLock"/>) until <see cref="ResumeAsync"/>
     /// or the pod's removal: the target, given the pod's address, takes the connections over.
     /// </remarks>
-    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, bool tcpEstablished, CancellationToken ct, string? pageServerAddress = null)
+    /// <remarks>
+    /// With <paramref name="rootfsRounds"/> (the token of <see cref="PrepareRootfsRoundAsync"/>) the archive's rootfs diff
+    /// holds only what changed since the last round, and names the rounds it sits on; the token is spent by a good freeze.
+    /// </remarks>
+    public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, bool tcpEstablished, CancellationToken ct, string? pageServerAddress = null,
+        string? rootfsRounds = null)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         if (pageServerAddress is not null)
@@ -72,24 +86,49 @@ public sealed class MigrationService(
         var token = NewToken();
         var location = ArchivePath(token);
         CheckpointResult result;
-        if (!tcpEstablished)
+        RootfsRoundsSent? sent = null;
+        RootfsDelta? delta = null;
+        if (rootfsRounds is not null)
         {
-            result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer).ConfigureAwait(false);
+            var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+            sent = RoundsSent(rootfsRounds, c.Id);
+            await sent.Turn.WaitAsync(ct).ConfigureAwait(false);
+            delta = sent.Baseline is { } baseline
+                ? new RootfsDelta(baseline, [.. sent.Rounds])
+                : throw new CrestException(ErrorKind.FailedPrecondition, $"rootfs rounds {rootfsRounds} of container {c.Id} have no finished round yet; freeze without them, or after a round");
         }
-        else
+
+        try
         {
-            var container = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
-            await networkLock.LockAsync(container, ct).ConfigureAwait(false);
-            try
+            if (!tcpEstablished)
             {
-                result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, tcpEstablished: true).ConfigureAwait(false);
+                result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, rootfsDelta: delta).ConfigureAwait(false);
             }
-            catch
+            else
             {
-                // The checkpoint resumed the container: it runs on, with its network.
-                await networkLock.UnlockAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
-                throw;
+                var container = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+                await networkLock.LockAsync(container, ct).ConfigureAwait(false);
+                try
+                {
+                    result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, tcpEstablished: true, rootfsDelta: delta).ConfigureAwait(false);
+                }
+                catch
+                {
+                    // The checkpoint resumed the container: it runs on, with its network.
+                    await networkLock.UnlockAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
+                    throw;
+                }
             }
+
+            if (rootfsRounds is not null)
+            {
+                // Spent: the archive names the rounds, and nothing compares against them again.
+                _rootfsRounds.TryRemove(rootfsRounds, out _);
+            }
+        }
+        finally
+        {
+            sent?.Turn.Release();
         }
 
         if (result.PageServer is { } served)
@@ -100,7 +139,12 @@ public sealed class MigrationService(
 
         CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);
         // Frozen from the pause until now: the dump, and the archive written while it stayed frozen.
-        return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total) { PageServer = result.PageServer?.PageServer };
+        return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total)
+        {
+            PageServer = result.PageServer?.PageServer,
+            RootfsEntries = result.RootfsEntries,
+            RootfsBytes = result.RootfsBytes,
+        };
     }
 
     /// <summary>
@@ -280,7 +324,7 @@ public sealed class MigrationService(
         return DateTimeOffset.TryParse(stamp, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var at) ? at : null;
     }
 
-    /// <summary>Removes archives a crashed or abandoned migration left (at start, before serving).</summary>
+    /// <summary>Removes archives and staged rootfs rounds a crashed or abandoned migration left (at start, before serving).</summary>
     public int SweepArchives()
     {
         if (!Directory.Exists(ArchiveDir))
@@ -288,7 +332,7 @@ public sealed class MigrationService(
             return 0;
         }
 
-        var removed = 0;
+        var removed = rootfsStaging.Sweep();
         foreach (var file in Directory.EnumerateFiles(ArchiveDir, "*" + ArchiveSuffix))
         {
             File.Delete(file);

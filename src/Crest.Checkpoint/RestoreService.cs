@@ -26,12 +26,13 @@ public sealed record RestoreOptions
 /// synchronously if missing, the metadata adapted to the new pod, CRIU's options chosen) and hands it to
 /// <see cref="ContainerService"/>, which executes it: the container is created now and restored by StartContainer.
 /// </summary>
-public sealed class RestoreService(
+public sealed partial class RestoreService(
     ImageService images,
     ContainerService containers,
     SandboxService sandboxes,
     CrestPaths paths,
     RestoreOptions options,
+    RootfsStaging rootfsStaging,
     ILogger<RestoreService> logger)
 {
     /// <summary>The annotation keys that mark an image as a checkpoint (checkpointctl/containerd, CRI-O, Podman).</summary>
@@ -153,12 +154,13 @@ public sealed class RestoreService(
                     + "the CRI default when namespace_options is absent); restore it with linux.security_context.namespace_options.pid = CONTAINER, as the kubelet sends");
             }
 
-            var runtimeAnnotations = request.Annotations;
+            var runtimeAnnotations = ClaimStagedRounds(plan, request.Annotations, staging);
+
             if (request.Annotations.TryGetValue(CriuRestoreOptions.LazyPagesFromAnnotation, out var pageServer))
             {
                 // A post-copy migration's target: the memory comes from the source's page server while it runs.
                 criu = (criu ?? CriuOptions(plan)) with { LazyPagesFrom = pageServer };
-                runtimeAnnotations = request.Annotations.Where(kv => kv.Key != CriuRestoreOptions.LazyPagesFromAnnotation).ToDictionary(StringComparer.Ordinal);
+                runtimeAnnotations = runtimeAnnotations.Where(kv => kv.Key != CriuRestoreOptions.LazyPagesFromAnnotation).ToDictionary(StringComparer.Ordinal);
             }
 
             if (criu?.LeaveStopped == true)

@@ -34,6 +34,13 @@ public sealed class RestoreSteps(RestoreOptions options, PodRestoreHolds holds) 
             MaxPathLength = limits.MaxPathLength,
             Disk = disk,
         });
+        // A migration's rounds, staged before the freeze, come first, in order; the checkpoint's diff is what changed since.
+        foreach (var round in RootfsStaging.ClaimedRounds(restoreDir))
+        {
+            await using var file = new FileStream(FileKinds.OpenReadNoFollow(round), FileAccess.Read, 1 << 20);
+            await extractor.ExtractAsync(file, $"staged rootfs round {Path.GetFileNameWithoutExtension(round)} of container {container.Id}", ct).ConfigureAwait(false);
+        }
+
         var diff = Path.Combine(restoreDir, CheckpointFiles.RootfsDiff);
         if (FileKinds.IsRegularFile(diff))
         {

@@ -94,6 +94,18 @@ public sealed record RestorePlan
     public required string StagingDir { get; init; }
     /// <summary>The flags CRIU restores with; the checkpoint layer sets them from the node's [restore] settings.</summary>
     public CriuRestoreOptions Criu { get; init; } = new();
+    /// <summary>
+    /// A live migration's frozen checkpoint: its rootfs diff holds only what changed since these rounds (SHA-256 of each
+    /// round's tar, in order), staged on this node before the freeze; null for a complete checkpoint.
+    /// </summary>
+    public IReadOnlyList<string>? StagedRootfsRounds { get; init; }
+
+    /// <summary>
+    /// The CreateContainer annotation by which a migration names the rootfs rounds this node staged for the restore (the
+    /// token WriteRootfsRound answered); not passed on to the container.
+    /// </summary>
+    public const string RootfsStagingAnnotation = "io.crest.migration.rootfs-staging";
+
     /// <summary>Sizes, for logs and `crest checkpoint inspect`.</summary>
     public long RootfsDiffBytes { get; init; }
     public long CriuImageBytes { get; init; }

@@ -174,6 +174,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton(restoreOptions);
             builder.Services.AddSingleton<PodRestoreHolds>();
             builder.Services.AddSingleton<IRestoreSteps, RestoreSteps>();
+            builder.Services.AddSingleton<RootfsStaging>();
             builder.Services.AddSingleton<RestoreService>();
             builder.Services.AddSingleton(new CheckpointOptions
             {

@@ -98,6 +98,52 @@ public static partial class FileKinds
         return n == 1 && value[0] == (byte)'y';
     }
 
+    /// <summary>
+    /// A file's identity and change times (lstat through statx, nanoseconds): what a rootfs round compares to decide
+    /// whether a file changed since the previous round. False when the path does not exist (any more).
+    /// </summary>
+    public static unsafe bool TryStamp(string path, out FileStamp stamp)
+    {
+        // STATX_BASIC_STATS; the offsets are the kernel's struct statx, one layout on every architecture.
+        var buffer = stackalloc byte[256];
+        if (StatX(-100, path, 0x100, 0x7ff, buffer) != 0)
+        {
+            stamp = default;
+            return false;
+        }
+
+        static long Nanos(byte* at) => (*(long*)at * 1_000_000_000L) + *(uint*)(at + 8);
+        stamp = new FileStamp(
+            Inode: *(ulong*)(buffer + 32),
+            Mode: *(ushort*)(buffer + 28),
+            Uid: *(uint*)(buffer + 20),
+            Gid: *(uint*)(buffer + 24),
+            Size: *(long*)(buffer + 40),
+            ChangedUnixNanos: Nanos(buffer + 96),
+            ModifiedUnixNanos: Nanos(buffer + 112));
+        return true;
+    }
+
+    /// <summary>
+    /// The kernel's coarse wall clock (CLOCK_REALTIME_COARSE) in Unix nanoseconds: the clock file timestamps are taken
+    /// from, so a file changed after this call has a change time at or after what it returns (fine-grained timestamps
+    /// are never earlier than the coarse clock).
+    /// </summary>
+    public static unsafe long CoarseRealtimeNanos()
+    {
+        const int CLOCK_REALTIME_COARSE = 5;
+        var ts = stackalloc long[2];
+        if (ClockGetTime(CLOCK_REALTIME_COARSE, ts) != 0)
+        {
+            throw new IOException($"clock_gettime(CLOCK_REALTIME_COARSE) failed: {Interop.Errno()}");
+        }
+
+        return (ts[0] * 1_000_000_000L) + ts[1];
+    }
+
+    [LibraryImport("libc", EntryPoint = "clock_gettime", SetLastError = true)]
+    private static unsafe partial int ClockGetTime(int clock, long* timespec);
+
     [LibraryImport("libc", EntryPoint = "lgetxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static unsafe partial nint LGetXattr(string path, string name, byte* value, nuint size);
 
@@ -117,4 +163,12 @@ public static partial class FileKinds
 
     [LibraryImport("libc", EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static unsafe partial int StatX(int dirFd, string path, int flags, uint mask, byte* statxBuffer);
+}
+
+/// <summary>What <see cref="FileKinds.TryStamp"/> reads of a file: its inode, type and mode bits, owner, size, and change and modification times.</summary>
+public readonly record struct FileStamp(ulong Inode, uint Mode, uint Uid, uint Gid, long Size, long ChangedUnixNanos, long ModifiedUnixNanos)
+{
+    public bool IsRegularFile => (Mode & 0xF000) == 0x8000;
+
+    public bool IsDirectory => (Mode & 0xF000) == 0x4000;
 }

@@ -23,14 +23,14 @@ public sealed class MigrationTests
     }
 
     /// <summary>busybox pushed to the shared registry and pulled back on node A, so A's image has a registry digest.</summary>
-    private static async Task<string> RegistryBusyboxOnAAsync(TwoNodes nodes)
+    private static async Task<string> RegistryBusyboxOnAAsync(TwoNodes nodes, bool motdAndRoot = false)
     {
         var image = $"{nodes.Registry.Host}/e2e/busybox:v1";
         var rootfs = nodes.A.Dir.Combine("rootfs.tar");
         await using (var f = File.Create(rootfs))
         await using (var t = new System.Formats.Tar.TarWriter(f, System.Formats.Tar.TarEntryFormat.Pax))
         {
-            TestImages.BusyboxRootfs(t);
+            TestImages.BusyboxRootfs(t, motdAndRoot);
         }
 
         await RunAsync([.. nodes.A.R, "image", "import", rootfs, image]);
@@ -135,6 +135,80 @@ public sealed class MigrationTests
         Assert.True(r.GetProperty("bytesDuringSwitch").GetInt64() > bytes, $"the checkpoint moved {r.GetProperty("bytesDuringSwitch")} bytes, less than the {bytes} the workload holds");
         TestContext.Current.TestOutputHelper?.WriteLine(
             $"stop-copy {mib} MiB: downtime {r.GetProperty("downtimeMs")} ms, frozen {r.GetProperty("frozenMs")} ms, total {r.GetProperty("totalMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch\n{migrated.Stderr}");
+    }
+
+    /// <summary>
+    /// The rootfs moves before the freeze: a workload that wrote 20 MiB of random bytes, deleted an image file and a file
+    /// of its own, and keeps appending a line to a small file while it runs. The first rootfs round carries the large
+    /// file, the frozen window only the last lines; on the target the large file's checksum, every line of the small file
+    /// and the deletions are as on the source.
+    /// </summary>
+    [Fact]
+    public async Task The_rootfs_moves_in_rounds_before_the_freeze_and_the_frozen_window_carries_only_its_last_changes()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("migfs");
+        var image = await RegistryBusyboxOnAAsync(nodes, motdAndRoot: true);
+        var pod = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a");
+        var podId = await nodes.A.Pods.RunAsync(pod);
+        const string script = "rm /etc/motd; mkdir -p /data; /bin/busybox dd if=/dev/urandom of=/data/big bs=1048576 count=20 2>/dev/null; "
+            + "echo \"big $(/bin/busybox sha256sum /data/big)\"; echo doomed > /data/doomed; "
+            + "i=0; while true; do i=$((i+1)); echo \"line $i\" >> /data/small; [ $i = 2 ] && rm /data/doomed; echo count $i; sleep 0.1; done";
+        var config = await CounterWorkload.WriteConfigAsync(nodes.A.Dir, image, script: script);
+        var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
+        await RunAsync([.. nodes.A.R, "start", id]);
+        var logA = nodes.A.Dir.Combine("logs-mig", "counter.log");
+        var started = await CountPassesAsync(logA, 5);
+        var bigSum = System.Text.RegularExpressions.Regex.Match(started, "big ([0-9a-f]{64})").Groups[1].Value;
+        Assert.Equal(64, bigSum.Length);
+        var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
+
+        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "-o", "json"]);
+
+        Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
+        using var report = JsonDocument.Parse(migrated.Stdout);
+        var r = report.RootElement;
+        var newId = r.GetProperty("containerId").GetString()!;
+        var rounds = r.GetProperty("rootfsRounds").EnumerateArray().ToList();
+        // Round 1 carried the large file while the container ran; the frozen window only what changed since the last round.
+        Assert.NotEmpty(rounds);
+        Assert.True(rounds[0].GetProperty("bytes").GetInt64() >= 20L << 20, "round 1 did not carry the 20 MiB file: " + migrated.Stdout);
+        Assert.Contains("pre-stage: rootfs round 1:", migrated.Stderr, StringComparison.Ordinal);
+        Assert.True(rounds[0].GetProperty("deleted").GetInt64() >= 1, "round 1 did not carry the deletion of the image's /etc/motd: " + migrated.Stdout);
+        var frozenRootfs = r.GetProperty("frozenRootfsBytes").GetInt64();
+        Assert.True(frozenRootfs < 1L << 20, $"the frozen window carried {frozenRootfs} rootfs bytes: " + migrated.Stderr);
+        Assert.True(r.GetProperty("bytesBeforeSwitch").GetInt64() >= 20L << 20, "the rounds are not counted before the switch: " + migrated.Stdout);
+        Assert.True(r.GetProperty("bytesDuringSwitch").GetInt64() < 20L << 20, "the checkpoint carried the large file again: " + migrated.Stdout);
+
+        // On the target: the large file whole, every line of the small one, the deletions kept.
+        var lastOnA = LastCount(await File.ReadAllTextAsync(logA, Ct));
+        await CountPassesAsync(nodes.B.Dir.Combine("logs-mig", "counter.log"), lastOnA + 2, "the migrated workload does not run on B: " + nodes.B.Crestd.Log);
+        var sum = await RunAsync([.. nodes.B.R, "exec", "-s", newId, "/bin/busybox", "sha256sum", "/data/big"]);
+        Assert.StartsWith(bigSum, sum, StringComparison.Ordinal);
+        var small = (await RunAsync([.. nodes.B.R, "exec", "-s", newId, "/bin/busybox", "cat", "/data/small"])).Split('\n');
+        Assert.True(small.Length > lastOnA, $"the small file on B has {small.Length} lines, the source wrote {lastOnA}");
+        Assert.Equal(Enumerable.Range(1, small.Length).Select(i => $"line {i}"), small);
+        Assert.Equal(0, (await Binaries.RunCrestAsync([.. nodes.B.R, "exec", "-s", newId, "/bin/sh", "-c", "test -e /root"])).ExitCode);
+        Assert.Equal(1, (await Binaries.RunCrestAsync([.. nodes.B.R, "exec", "-s", newId, "/bin/sh", "-c", "test -e /etc/motd"])).ExitCode);
+        Assert.Equal(1, (await Binaries.RunCrestAsync([.. nodes.B.R, "exec", "-s", newId, "/bin/sh", "-c", "test -e /data/doomed"])).ExitCode);
+        // Nothing staged is left on either node.
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
+
+        // The way back without rounds, for comparison: the frozen window carries the large file.
+        var podA = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a2");
+        var back = await Binaries.RunCrestAsync([.. nodes.B.R, "migrate", newId, "--to", nodes.A.Crestd.Endpoint, "--pod-config", podA, "--no-rootfs-rounds", "-o", "json"]);
+        Assert.True(back.ExitCode == 0, $"migrate back failed ({back.ExitCode}): {back.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
+        using var backReport = JsonDocument.Parse(back.Stdout);
+        var b = backReport.RootElement;
+        Assert.Empty(b.GetProperty("rootfsRounds").EnumerateArray());
+        Assert.True(b.GetProperty("frozenRootfsBytes").GetInt64() >= 20L << 20, "without rounds the frozen window did not carry the large file: " + back.Stdout);
+        var backId = b.GetProperty("containerId").GetString()!;
+        Assert.StartsWith(bigSum, await RunAsync([.. nodes.A.R, "exec", "-s", backId, "/bin/busybox", "sha256sum", "/data/big"]), StringComparison.Ordinal);
+        TestContext.Current.TestOutputHelper?.WriteLine(
+            $"rootfs rounds: {string.Join(", ", rounds.Select(x => $"{x.GetProperty("files")} files {x.GetProperty("bytes")} bytes"))}; frozen window rootfs {frozenRootfs} bytes, "
+            + $"{r.GetProperty("bytesDuringSwitch")} bytes during the switch, frozen {r.GetProperty("frozenMs")} ms, downtime {r.GetProperty("downtimeMs")} ms\n"
+            + $"without rounds: frozen window rootfs {b.GetProperty("frozenRootfsBytes")} bytes, {b.GetProperty("bytesDuringSwitch")} bytes during the switch, frozen {b.GetProperty("frozenMs")} ms, downtime {b.GetProperty("downtimeMs")} ms\n{migrated.Stderr}\n{back.Stderr}");
     }
 
     [Fact]

@@ -180,6 +180,49 @@ public class CheckpointTests
             expected.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => kv.Key + "=" + kv.Value),
             actual.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => kv.Key + "=" + kv.Value));
 
+    // ---- a live migration's frozen delta -----------------------------------------------------------------
+
+    [Fact]
+    public async Task A_frozen_delta_names_the_staged_rounds_it_sits_on_and_a_complete_archive_names_none()
+    {
+        var rounds = new[] { new string('a', 64), new string('b', 64) };
+        var files = ContainerdFiles();
+        files[CheckpointFiles.RootfsRounds] = JsonSerializer.SerializeToUtf8Bytes(new RootfsRoundsRecord { Rounds = [.. rounds] }, CheckpointJson.Default.RootfsRoundsRecord);
+        using var delta = new Layout(Tar(files));
+        using var complete = new Layout(Tar(ContainerdFiles()));
+
+        Assert.Equal(rounds, (await ReadAsync(delta)).StagedRootfsRounds);
+        Assert.Null((await ReadAsync(complete)).StagedRootfsRounds);
+    }
+
+    [Theory]
+    [InlineData("{\"rounds\": []}", "expected 1 to 64 rounds")]
+    [InlineData("{\"rounds\": [\"../../etc\"]}", "each the SHA-256 of a round")]
+    [InlineData("[1]", "crest-rootfs-rounds.json")]
+    public async Task A_malformed_rounds_record_is_refused(string record, string expected)
+    {
+        var files = ContainerdFiles();
+        files[CheckpointFiles.RootfsRounds] = System.Text.Encoding.UTF8.GetBytes(record);
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task An_archive_cannot_bring_its_own_staged_rounds()
+    {
+        var files = ContainerdFiles();
+        files[CheckpointFiles.StagedRootfsRounds + "/0001.tar"] = [0];
+        using var layout = new Layout(Tar(files));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => ReadAsync(layout));
+
+        Assert.Contains("a name only the restoring node makes", e.Message, StringComparison.Ordinal);
+    }
+
     // ---- 1. containerd ----------------------------------------------------------------------------------
 
     [Fact]
@@ -1042,6 +1085,9 @@ public class CheckpointTests
 
     // ---- 9. rootfs diff round trip ----------------------------------------------------------------------
 
+    /// <summary>A container record made from a checkpoint, for the rootfs steps.</summary>
+    internal static ContainerRecord RestoredContainer() => Container();
+
     private static ContainerRecord Container() => new()
     {
         Id = new string('c', 64),
@@ -1054,7 +1100,7 @@ public class CheckpointTests
         RuntimeHandler = "runc",
     };
 
-    private static async Task MknodWhiteoutAsync(string path)
+    internal static async Task MknodWhiteoutAsync(string path)
     {
         var mknod = Requires.Binary("mknod");
         var start = new ProcessStartInfo(mknod) { UseShellExecute = false, RedirectStandardError = true };

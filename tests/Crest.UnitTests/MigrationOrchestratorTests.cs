@@ -21,6 +21,16 @@ public sealed class MigrationOrchestratorTests
 
         public HashSet<string> Archives { get; } = new(StringComparer.Ordinal);
 
+        /// <summary>Rootfs rounds this node holds by token: a source's record of what it sent, a target's staged rounds.</summary>
+        public HashSet<string> RootfsRounds { get; } = new(StringComparer.Ordinal);
+
+        /// <summary>Source: the bytes each rootfs round sends, in order (the last repeats); the rounds the target staged.</summary>
+        public List<long> RoundArchiveBytes { get; } = [8L << 20, 64L << 10];
+
+        public int StagedRounds { get; private set; }
+
+        private readonly Dictionary<string, long> _archiveBytes = new(StringComparer.Ordinal);
+
         public List<string> Calls { get; } = [];
 
         public string? FailAt { get; set; }
@@ -103,12 +113,56 @@ public sealed class MigrationOrchestratorTests
             return Task.CompletedTask;
         }
 
-        public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, CancellationToken ct)
+        public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, CancellationToken ct)
         {
-            Step("freeze " + containerId + (tcpEstablished ? " tcp-established" : ""));
+            Step("freeze " + containerId + (tcpEstablished ? " tcp-established" : "") + (rootfsRounds is null ? "" : " after " + rootfsRounds));
             Containers[containerId] = "frozen";
             Archives.Add("src-archive");
-            return Task.FromResult(new FrozenSource("src-archive", 4096, TimeSpan.FromMilliseconds(300)) { PageServer = pageServerAddress is null ? null : pageServerAddress + ":7000" });
+            if (rootfsRounds is not null)
+            {
+                RootfsRounds.Remove(rootfsRounds);
+            }
+
+            return Task.FromResult(new FrozenSource("src-archive", 4096, TimeSpan.FromMilliseconds(300))
+            {
+                PageServer = pageServerAddress is null ? null : pageServerAddress + ":7000",
+                RootfsBytes = rootfsRounds is null ? 8L << 20 : 512,
+            });
+        }
+
+        private int _rounds;
+
+        public Task<SourceRootfsRound> PrepareRootfsRoundAsync(string containerId, string? roundsToken, CancellationToken ct)
+        {
+            Step("round " + (roundsToken ?? "new"));
+            var round = ++_rounds;
+            var token = roundsToken ?? "rounds-a";
+            RootfsRounds.Add(token);
+            var bytes = RoundArchiveBytes[Math.Min(round, RoundArchiveBytes.Count) - 1];
+            var archive = $"round-{round}";
+            Archives.Add(archive);
+            _archiveBytes[archive] = bytes;
+            return Task.FromResult(new SourceRootfsRound(token, round, archive, bytes, 3, bytes - 2048, round - 1));
+        }
+
+        public async Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+        {
+            Step("stage " + (stagingToken ?? "new"));
+            long bytes = 0;
+            await foreach (var c in chunks.WithCancellation(ct))
+            {
+                bytes += c.Length;
+            }
+
+            RootfsRounds.Add("staging-b");
+            return ("staging-b", ++StagedRounds, bytes);
+        }
+
+        public Task DropRootfsRoundsAsync(string token, CancellationToken ct)
+        {
+            Step("droprounds " + token);
+            RootfsRounds.Remove(token);
+            return Task.CompletedTask;
         }
 
         public Task ResumeAsync(string containerId, CancellationToken ct)
@@ -131,11 +185,13 @@ public sealed class MigrationOrchestratorTests
 
         public async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, [EnumeratorCancellation] CancellationToken ct)
         {
-            Step("read " + token);
+            var round = token.StartsWith("round-", StringComparison.Ordinal);
+            Step((round ? "readround " : "read ") + token);
             await Task.Yield();
-            yield return new byte[2048];
-            Step("read-rest " + token);
-            yield return new byte[2048];
+            var half = (int)(_archiveBytes.GetValueOrDefault(token, 4096) / 2);
+            yield return new byte[half];
+            Step((round ? "readround-rest " : "read-rest ") + token);
+            yield return new byte[half];
         }
 
         public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
@@ -160,13 +216,22 @@ public sealed class MigrationOrchestratorTests
             return Task.CompletedTask;
         }
 
-        public Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, CancellationToken ct)
+        public Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, string? rootfsStaging, CancellationToken ct)
         {
             Step("restore " + podId + (lazyPagesFrom is null ? "" : " lazy-from " + lazyPagesFrom));
+            if (rootfsStaging is not null)
+            {
+                // Claimed by the restore, success or not.
+                RootfsRounds.Remove(rootfsStaging);
+                RestoredWithStaging = rootfsStaging;
+            }
+
             var id = "restored-" + ++_next;
             Containers[id] = FailAt == "state" ? "exited" : "running";
             return Task.FromResult(id);
         }
+
+        public string? RestoredWithStaging { get; private set; }
 
         /// <summary>Post-copy: the transfer ends after two polls, with every page, or (FailAt "pages") short, its copy killed.</summary>
         public Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct)
@@ -225,22 +290,32 @@ public sealed class MigrationOrchestratorTests
 
         var report = await orchestrator.RunAsync(NewPod(), Ct);
 
-        Assert.Equal(["inspect c1", "read src-archive", "read-rest src-archive", "killfrozen c1", "logtimes c1", "rm c1", "drop src-archive"],
-            source.Calls.Where(c => !c.StartsWith("freeze", StringComparison.Ordinal)));
-        Assert.Equal(["pull registry/busybox@sha256:aa", "runp", "write", "restore pod-b-1"], target.Calls.Take(4));
+        Assert.Equal(["inspect c1", "round new", "readround round-1", "readround-rest round-1", "drop round-1", "round rounds-a", "readround round-2", "readround-rest round-2", "drop round-2",
+            "freeze c1 after rounds-a", "read src-archive", "read-rest src-archive", "killfrozen c1", "logtimes c1", "rm c1", "drop src-archive"], source.Calls);
+        Assert.Equal(["pull registry/busybox@sha256:aa", "runp", "stage new", "stage staging-b", "write", "restore pod-b-1"], target.Calls.Take(6));
+        Assert.Equal("staging-b", target.RestoredWithStaging);
         // The base image moves before the freeze, the checkpoint during it.
         Assert.True(target.Calls.IndexOf("pull registry/busybox@sha256:aa") < target.Calls.IndexOf("write"));
         Assert.Empty(source.Containers);
         Assert.Equal([report.TargetContainerId], target.Running);
         Assert.Empty(source.Archives);
         Assert.Empty(target.Archives);
-        Assert.Equal(1000, report.BytesBeforeSwitch);
+        // Before the switch: the base image and both rootfs rounds; the frozen window carried only the last changes.
+        Assert.Equal(1000 + (8L << 20) + (64L << 10), report.BytesBeforeSwitch);
         Assert.Equal(4096, report.BytesDuringSwitch);
+        Assert.Equal([1, 2], report.RootfsRounds.Select(r => r.Round));
+        Assert.Equal(512, report.FrozenRootfsBytes);
+        Assert.Empty(source.RootfsRounds);
+        Assert.Empty(target.RootfsRounds);
+        Assert.Contains(progress, p => p.StartsWith("pre-stage: rootfs round 1: 3 files", StringComparison.Ordinal));
         Assert.Equal(TimeSpan.FromMilliseconds(800), report.Downtime);
         Assert.Contains(progress, p => p.StartsWith("freeze:", StringComparison.Ordinal));
     }
 
     [Theory]
+    [InlineData("source", "round")]
+    [InlineData("source", "readround-rest")]
+    [InlineData("target", "stage")]
     [InlineData("source", "freeze")]
     [InlineData("source", "read")]
     [InlineData("source", "read-rest")]
@@ -262,6 +337,36 @@ public sealed class MigrationOrchestratorTests
         Assert.Empty(source.Archives);
         Assert.Contains("undone: the container runs on a as before", e.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("killfrozen c1", source.Calls);
+        // The rootfs rounds go too: nothing staged is left on the target, and the source forgot what it sent.
+        Assert.Empty(target.RootfsRounds);
+        Assert.Empty(source.RootfsRounds);
+        Assert.DoesNotContain(source.Archives, a => a.StartsWith("round-", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData(new long[0], true)]
+    [InlineData(new long[] { 20L << 20 }, true)]
+    [InlineData(new long[] { 900L << 10 }, false)]
+    [InlineData(new long[] { 20L << 20, 1L << 20 }, false)]
+    [InlineData(new long[] { 20L << 20, 8L << 20 }, true)]
+    [InlineData(new long[] { 20L << 20, 20L << 20 }, false)]
+    [InlineData(new long[] { 40L << 20, 30L << 20, 20L << 20, 10L << 20 }, false)]
+    public void Rootfs_rounds_go_on_while_the_last_was_large_and_shrinking_and_stop_after_the_most(long[] sent, bool another)
+    {
+        Assert.Equal(another, RootfsRoundRule.AnotherRound(sent));
+    }
+
+    [Fact]
+    public async Task A_container_whose_rootfs_keeps_changing_is_frozen_after_the_most_rounds()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.RoundArchiveBytes.Clear();
+        source.RoundArchiveBytes.AddRange([64L << 20, 32L << 20, 16L << 20, 8L << 20]);
+
+        var report = await orchestrator.RunAsync(NewPod(), Ct);
+
+        Assert.Equal(RootfsRoundRule.MaxRounds, report.RootfsRounds.Count);
+        Assert.Equal(RootfsRoundRule.MaxRounds, target.StagedRounds);
     }
 
     [Theory]
@@ -390,6 +495,13 @@ public sealed class MigrationOrchestratorTests
         Assert.Equal(2, Crest.Api.V1.LazyPagesRequest.WaitFieldNumber);
         Assert.Equal(3, Crest.Api.V1.LazyPagesResponse.SucceededFieldNumber);
         Assert.Equal(6, Crest.Api.V1.LazyPagesResponse.ProblemFieldNumber);
+        Assert.Equal(5, Crest.Api.V1.FreezeRequest.RootfsRoundsTokenFieldNumber);
+        Assert.Equal(8, Crest.Api.V1.FreezeResponse.RootfsBytesFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.PrepareRootfsRoundRequest.RoundsTokenFieldNumber);
+        Assert.Equal(3, Crest.Api.V1.PrepareRootfsRoundResponse.ArchiveTokenFieldNumber);
+        Assert.Equal(1, Crest.Api.V1.RootfsRoundChunk.StagingTokenFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.RootfsRoundChunk.DataFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.WriteRootfsRoundResponse.RoundFieldNumber);
     }
 
     [Fact]
@@ -439,9 +551,9 @@ public sealed class MigrationOrchestratorTests
         Assert.Equal("10.125.0.7", target.PodConfigs["pod-b-1"].Annotations[Crest.Core.PodAnnotations.NetworkIps]);
         // The address is checked before the freeze, and the freeze moves the connections.
         Assert.True(target.Calls.IndexOf("podips pod-b-1") < target.Calls.IndexOf("write"));
-        Assert.Contains("freeze c1 tcp-established", source.Calls);
         // The source pod goes only after the target runs and the source container is gone.
         Assert.Equal(["killfrozen c1", "logtimes c1", "rm c1", "rmp pod-a"], source.Calls.SkipWhile(c => c != "killfrozen c1").Take(4));
+        Assert.Contains("freeze c1 tcp-established after rounds-a", source.Calls);
         Assert.Empty(source.Pods);
         Assert.Contains(progress, p => p.Contains("now lives on b", StringComparison.Ordinal));
     }
@@ -454,7 +566,7 @@ public sealed class MigrationOrchestratorTests
 
         await orchestrator.RunAsync(NewPod(), Ct);
 
-        Assert.Contains("freeze c1", source.Calls);
+        Assert.Contains("freeze c1 after rounds-a", source.Calls);
         Assert.False(target.PodConfigs["pod-b-1"].Annotations.ContainsKey(Crest.Core.PodAnnotations.NetworkIps));
         Assert.DoesNotContain(target.Calls, c => c.StartsWith("podips", StringComparison.Ordinal));
         Assert.Equal(["pod-a"], source.Pods);

@@ -46,7 +46,7 @@ public sealed class MigrationServiceTests : IDisposable
     private MigrationService Service(RestoreOptions restore) => new(
         new CheckpointService(_h.Containers, _h.Layout, new Criu(), new CheckpointOptions(), TimeProvider.System, NullLogger<CheckpointService>.Instance),
         _h.Containers, _h.Paths, restore, new Criu(), new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance),
-        NullLogger<MigrationService>.Instance);
+        _h.Layout, new RootfsStaging(_h.Paths, restore), NullLogger<MigrationService>.Instance);
 
     private static async IAsyncEnumerable<ReadOnlyMemory<byte>> Chunks(int count, int size)
     {
@@ -124,6 +124,38 @@ public sealed class MigrationServiceTests : IDisposable
         await File.WriteAllTextAsync(bundle.ConfigJson, """{"mounts": [], "annotations": {}}""", Ct);
         Directory.CreateDirectory(bundle.Upper);
         return c;
+    }
+
+    [Fact]
+    public async Task Rootfs_rounds_are_held_as_archives_belong_to_their_container_and_survive_a_failed_freeze_until_dropped()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c1 = await RunningWithConfigAsync("c1", pod.Id);
+        var c2 = await RunningWithConfigAsync("c2", pod.Id);
+        await File.WriteAllTextAsync(Path.Combine(_h.Layout.Container(c1.Id).Upper, "data"), "round one", Ct);
+        var service = Service(new RestoreOptions { ViaCreate = true });
+
+        var first = await service.PrepareRootfsRoundAsync(c1.Id, null, Ct);
+        var second = await service.PrepareRootfsRoundAsync(c1.Id, first.RoundsToken, Ct);
+
+        Assert.Equal((1, 1L, 9L), (first.Round, first.Files, first.Bytes));
+        Assert.Equal((2, first.RoundsToken), (second.Round, second.RoundsToken));
+        await using (var held = service.OpenArchive(first.ArchiveToken))
+        {
+            Assert.Equal(first.ArchiveBytes, held.Length);
+        }
+
+        var other = await Assert.ThrowsAsync<CrestException>(() => service.PrepareRootfsRoundAsync(c2.Id, first.RoundsToken, Ct));
+        Assert.Contains($"container {c1.Id}'s, not container {c2.Id}'s", other.Message, StringComparison.Ordinal);
+        var unknown = await Assert.ThrowsAsync<CrestException>(() => service.FreezeAsync(c1.Id, TimeSpan.Zero, tcpEstablished: false, Ct, rootfsRounds: new string('f', 24)));
+        Assert.Equal(ErrorKind.NotFound, unknown.Kind);
+        Assert.Empty(_h.Runtimes.Checkpointed);
+
+        // The fake runtime writes no CRIU images: the freeze fails after the dump, and the rounds stay for a retry or the undo.
+        await Assert.ThrowsAsync<CrestException>(() => service.FreezeAsync(c1.Id, TimeSpan.Zero, tcpEstablished: false, Ct, rootfsRounds: first.RoundsToken));
+        Assert.Equal(3, (await service.PrepareRootfsRoundAsync(c1.Id, first.RoundsToken, Ct)).Round);
+        service.DropRootfsRounds(first.RoundsToken);
+        Assert.Equal(ErrorKind.NotFound, (await Assert.ThrowsAsync<CrestException>(() => service.PrepareRootfsRoundAsync(c1.Id, first.RoundsToken, Ct))).Kind);
     }
 
     [Fact]

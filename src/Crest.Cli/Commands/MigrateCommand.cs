@@ -28,9 +28,13 @@ internal static class MigrateCommand
         {
             Description = "give the new target pod (--pod-config) the source pod's address and move established TCP connections; the source pod is removed after the switch. Needs a target network with the CNI ips capability, and a network that routes the address to the target",
         };
+        var noRootfsRounds = new Option<bool>("--no-rootfs-rounds")
+        {
+            Description = "carry the whole rootfs diff in the frozen window instead of sending it in rounds while the container runs (for comparison)",
+        };
         var command = new Command("migrate", "Live-migrate a running container to another crestd node: pre-stage, freeze, copy, restore, then remove the source")
         {
-            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress,
+            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress, noRootfsRounds,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -53,6 +57,7 @@ internal static class MigrateCommand
                 FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
                 PageServerAddress = parse.GetValue(pageServer) ?? "127.0.0.1",
                 KeepAddress = parse.GetValue(keepAddress),
+                RootfsRounds = !parse.GetValue(noRootfsRounds),
             };
             var timeout = parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout;
             using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);
@@ -88,6 +93,15 @@ internal static class MigrateCommand
                 ["bytesBeforeSwitch"] = r.BytesBeforeSwitch,
                 ["bytesDuringSwitch"] = r.BytesDuringSwitch,
                 ["bytesAfterSwitch"] = r.BytesAfterSwitch,
+                ["rootfsRounds"] = new JsonArray([.. r.RootfsRounds.Select(x => (JsonNode)new JsonObject
+                {
+                    ["round"] = x.Round,
+                    ["files"] = x.Files,
+                    ["bytes"] = x.Bytes,
+                    ["deleted"] = x.Deleted,
+                    ["archiveBytes"] = x.ArchiveBytes,
+                })]),
+                ["frozenRootfsBytes"] = r.FrozenRootfsBytes,
                 ["pageTransferMs"] = r.PageTransfer is { } pt ? (long)pt.TotalMilliseconds : null,
                 ["frozenMs"] = (long)r.Frozen.TotalMilliseconds,
                 ["downtimeMs"] = r.Downtime is { } d ? (long)d.TotalMilliseconds : null,
@@ -102,7 +116,7 @@ internal static class MigrateCommand
         await ctx.Out.WriteLineAsync($"Migrated {r.SourceContainerId} -> {r.TargetContainerId} (pod {r.TargetPodId}), {MigrationStrategies.Name(r.Strategy)}");
         await ctx.Out.WriteLineAsync($"Downtime:  {Ms(r.Downtime)} ms (the workload's last log line on the source to its first on the target)");
         await ctx.Out.WriteLineAsync($"Frozen:    {Ms(r.Frozen)} ms (freeze to the target running)");
-        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base image), {r.BytesDuringSwitch} bytes during it (checkpoint)")
+        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base image, {r.RootfsRounds.Count} rootfs rounds), {r.BytesDuringSwitch} bytes during it (checkpoint, {r.FrozenRootfsBytes} of them rootfs)")
             + (r.Strategy == MigrationStrategy.PostCopy ? string.Create(CultureInfo.InvariantCulture, $", {r.BytesAfterSwitch} bytes after it (memory, in {Ms(r.PageTransfer)} ms)") : ""));
         await ctx.Out.WriteLineAsync($"Total:     {Ms(r.Total)} ms");
     }

@@ -122,7 +122,7 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         await CallAsync("RemovePodSandbox", o => _runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
     }
 
-    public async Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, CancellationToken ct)
+    public async Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, CancellationToken ct)
     {
         var r = await CallAsync("crest.v1.CrestMigration/Freeze", o => _migration.FreezeAsync(new FreezeRequest
         {
@@ -130,9 +130,47 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
             Timeout = timeoutSeconds,
             PageServerAddress = pageServerAddress ?? "",
             TcpEstablished = tcpEstablished,
+            RootfsRoundsToken = rootfsRounds ?? "",
         }, o).ResponseAsync, ct).ConfigureAwait(false);
-        return new FrozenSource(r.ArchiveToken, r.ArchiveBytes, TimeSpan.FromMilliseconds(r.PausedMs)) { PageServer = r.PageServer.Length > 0 ? r.PageServer : null };
+        return new FrozenSource(r.ArchiveToken, r.ArchiveBytes, TimeSpan.FromMilliseconds(r.PausedMs))
+        {
+            PageServer = r.PageServer.Length > 0 ? r.PageServer : null,
+            RootfsEntries = r.RootfsEntries,
+            RootfsBytes = r.RootfsBytes,
+        };
     }
+
+    public async Task<SourceRootfsRound> PrepareRootfsRoundAsync(string containerId, string? roundsToken, CancellationToken ct)
+    {
+        var r = await CallAsync("crest.v1.CrestMigration/PrepareRootfsRound",
+            o => _migration.PrepareRootfsRoundAsync(new PrepareRootfsRoundRequest { ContainerId = containerId, RoundsToken = roundsToken ?? "" }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return new SourceRootfsRound(r.RoundsToken, r.Round, r.ArchiveToken, r.ArchiveBytes, r.Files, r.Bytes, r.Deleted);
+    }
+
+    public async Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+    {
+        using var call = _migration.WriteRootfsRound(connection.CallOptions(ct));
+        var first = true;
+        await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
+        {
+            var message = new RootfsRoundChunk { StagingToken = first ? stagingToken ?? "" : "", Data = ByteString.CopyFrom(chunk.Span) };
+            first = false;
+            await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.WriteAsync(message, ct)).ConfigureAwait(false);
+        }
+
+        if (first)
+        {
+            // An empty round still names its staging.
+            await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.WriteAsync(new RootfsRoundChunk { StagingToken = stagingToken ?? "" }, ct)).ConfigureAwait(false);
+        }
+
+        await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.CompleteAsync()).ConfigureAwait(false);
+        var r = await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.ResponseAsync).ConfigureAwait(false);
+        return (r.StagingToken, r.Round, r.Bytes);
+    }
+
+    public Task DropRootfsRoundsAsync(string token, CancellationToken ct) =>
+        CallAsync("crest.v1.CrestMigration/DropRootfsRounds", o => _migration.DropRootfsRoundsAsync(new DropRootfsRoundsRequest { Token = token }, o).ResponseAsync, ct);
 
     public async Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct)
     {
@@ -171,7 +209,7 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
     public Task DropArchiveAsync(string token, CancellationToken ct) =>
         CallAsync("crest.v1.CrestMigration/DropArchive", o => _migration.DropArchiveAsync(new DropArchiveRequest { ArchiveToken = token }, o).ResponseAsync, ct);
 
-    public async Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, CancellationToken ct)
+    public async Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, string? rootfsStaging, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(source);
         var pod = await CallAsync("PodSandboxStatus", o => _runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
@@ -204,6 +242,11 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         if (lazyPagesFrom is not null)
         {
             config.Annotations[Crest.Core.CriuRestoreOptions.LazyPagesFromAnnotation] = lazyPagesFrom;
+        }
+
+        if (rootfsStaging is not null)
+        {
+            config.Annotations[Crest.Core.RestorePlan.RootfsStagingAnnotation] = rootfsStaging;
         }
 
         config.Mounts.Add(source.Mounts);

@@ -32,7 +32,20 @@ internal interface IMigrationNode
     /// a page server there; with <paramref name="tcpEstablished"/> established TCP connections are dumped and the pod's
     /// TCP traffic stays locked until <see cref="ResumeAsync"/> or the pod's removal.
     /// </summary>
-    Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, CancellationToken ct);
+    /// <remarks>With <paramref name="rootfsRounds"/> (<see cref="PrepareRootfsRoundAsync"/>'s token) the archive carries only the rootfs changes since the last round.</remarks>
+    Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, CancellationToken ct);
+
+    /// <summary>
+    /// Source, while the container runs: the next round of its rootfs diff (the first: all of it; later: what changed since
+    /// the previous round), held for <see cref="ReadArchiveAsync"/>; <paramref name="roundsToken"/> is null for the first.
+    /// </summary>
+    Task<SourceRootfsRound> PrepareRootfsRoundAsync(string containerId, string? roundsToken, CancellationToken ct);
+
+    /// <summary>Target: stores one rootfs round under the staging (a new one when null); its token, round number and bytes.</summary>
+    Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct);
+
+    /// <summary>Either node: forgets rootfs rounds (the source's record, or the target's staged rounds).</summary>
+    Task DropRootfsRoundsAsync(string token, CancellationToken ct);
 
     Task ResumeAsync(string containerId, CancellationToken ct);
 
@@ -49,7 +62,8 @@ internal interface IMigrationNode
     /// Target: CreateContainer from the archive at <paramref name="archivePath"/> into <paramref name="podId"/>, then
     /// StartContainer; with <paramref name="lazyPagesFrom"/> (post-copy) the memory is fetched from that page server.
     /// </summary>
-    Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, CancellationToken ct);
+    /// <remarks>With <paramref name="rootfsStaging"/> the restore applies the rootfs rounds staged under it before the archive's delta.</remarks>
+    Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, string? rootfsStaging, CancellationToken ct);
 
     /// <summary>Target: a post-copy restore's memory transfer now, or (with <paramref name="wait"/>) once it ended.</summary>
     Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct);

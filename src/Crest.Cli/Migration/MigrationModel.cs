@@ -29,6 +29,12 @@ internal sealed record MigrationRequest(string ContainerId, MigrationStrategy St
     /// TCP connections move with the container, and the source pod is removed after the switch (<c>--keep-address</c>).
     /// </summary>
     public bool KeepAddress { get; init; }
+
+    /// <summary>
+    /// Pre-stage the rootfs in rounds while the container runs (the default); false carries the whole rootfs diff in the
+    /// frozen window, as a checkpoint does (<c>--no-rootfs-rounds</c>: for comparison, or a source without the rounds).
+    /// </summary>
+    public bool RootfsRounds { get; init; } = true;
 }
 
 /// <summary>The source container as the target needs to recreate it.</summary>
@@ -53,6 +59,40 @@ internal sealed record FrozenSource(string ArchiveToken, long ArchiveBytes, Time
 {
     /// <summary>Post-copy: HOST:PORT of the source's page server.</summary>
     public string? PageServer { get; init; }
+
+    /// <summary>The rootfs diff the archive carries: entries and bytes of regular files (after rounds, only the last changes).</summary>
+    public long RootfsEntries { get; init; }
+
+    public long RootfsBytes { get; init; }
+}
+
+/// <summary>One round of the source's rootfs, held on the source as an archive until the target has it.</summary>
+internal sealed record SourceRootfsRound(string RoundsToken, int Round, string ArchiveToken, long ArchiveBytes, long Files, long Bytes, long Deleted);
+
+/// <summary>What one rootfs round moved before the freeze: regular files, their bytes, deletions, and the bytes sent.</summary>
+internal sealed record RootfsRoundReport(int Round, long Files, long Bytes, long Deleted, long ArchiveBytes);
+
+/// <summary>
+/// When pre-staging the rootfs stops and the container is frozen: after the first round (everything), another round
+/// follows while the last one sent more than <see cref="SmallRoundBytes"/> (a smaller one is cheaper to carry in the
+/// frozen window than to chase), while it was smaller than the one before (a workload that writes as fast as rounds
+/// send will not converge), and at most <see cref="MaxRounds"/> rounds in all.
+/// </summary>
+internal static class RootfsRoundRule
+{
+    public const int MaxRounds = 4;
+
+    public const long SmallRoundBytes = 1L << 20;
+
+    /// <summary>Whether to send another round after rounds that sent <paramref name="archiveBytes"/> (in order).</summary>
+    public static bool AnotherRound(IReadOnlyList<long> archiveBytes)
+    {
+        ArgumentNullException.ThrowIfNull(archiveBytes);
+        return archiveBytes.Count == 0
+            || (archiveBytes.Count < MaxRounds
+                && archiveBytes[^1] > SmallRoundBytes
+                && (archiveBytes.Count < 2 || archiveBytes[^1] < archiveBytes[^2]));
+    }
 }
 
 /// <summary>A post-copy target's memory transfer: pages fetched of all, and how it ended.</summary>
@@ -80,6 +120,12 @@ internal sealed record MigrationReport(
 
     /// <summary>Post-copy: from the target running to its last page arriving.</summary>
     public TimeSpan? PageTransfer { get; init; }
+
+    /// <summary>The rootfs rounds sent before the freeze (their bytes are in <see cref="BytesBeforeSwitch"/>).</summary>
+    public IReadOnlyList<RootfsRoundReport> RootfsRounds { get; init; } = [];
+
+    /// <summary>The rootfs bytes (regular files) the frozen window carried: with rounds, only what changed since the last.</summary>
+    public long FrozenRootfsBytes { get; init; }
 }
 
 /// <summary>A migration that failed, after the undo: <see cref="Exception.Message"/> says what failed and where the container runs now.</summary>

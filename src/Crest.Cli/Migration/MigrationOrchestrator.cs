@@ -8,8 +8,10 @@ namespace Crest.Cli.Migration;
 /// Drives a stop-and-copy live migration between two nodes, in this order:
 /// <list type="number">
 /// <item>check both nodes support the strategy; inspect the running source container;</item>
-/// <item>pre-stage while it runs: the target pulls the base image by digest, and the target pod is checked or made;</item>
-/// <item>freeze: the source checkpoints the container and keeps it frozen (nothing runs on past the checkpoint);</item>
+/// <item>pre-stage while it runs: the target pulls the base image by digest, the target pod is checked or made, and the
+/// rootfs moves in rounds (all of it, then what changed since the last round, until a round is small);</item>
+/// <item>freeze: the source checkpoints the container and keeps it frozen (nothing runs on past the checkpoint); its
+/// rootfs diff holds only what changed since the last round;</item>
 /// <item>transfer: the archive streams from the source through this client to the target;</item>
 /// <item>restore on the target (CreateContainer from the archive, StartContainer) and check it runs;</item>
 /// <item>post-copy only: wait until the target's lazy-pages daemon has fetched every page from the source's page server;</item>
@@ -74,6 +76,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         TimeSpan frozenFor = default;
         TimeSpan? pageTransfer = null;
         long bytesAfter = 0;
+        var rootfs = new RootfsPreStaging();
         try
         {
             if (request.KeepAddress)
@@ -81,16 +84,26 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                 await ExpectSourceAddressAsync(podId, container, ct).ConfigureAwait(false);
             }
 
+            if (request.RootfsRounds)
+            {
+                await StageRootfsAsync(container.Id, rootfs, ct).ConfigureAwait(false);
+            }
+
+            before += rootfs.BytesSent;
+            switchStarted = time.GetTimestamp();
+
             progress(postCopy
                 ? $"freeze: checkpointing {container.Id} on {source.Name} without its memory, which a page server on {request.PageServerAddress} serves; it stays frozen until the target has all of it"
                 : $"freeze: checkpointing {container.Id} on {source.Name}; it stays frozen until the target runs");
-            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, postCopy ? request.PageServerAddress : null, request.KeepAddress, ct).ConfigureAwait(false);
+            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, postCopy ? request.PageServerAddress : null, request.KeepAddress, rootfs.SourceToken, ct).ConfigureAwait(false);
             if (postCopy && frozen.PageServer is null)
             {
                 throw new InvalidOperationException($"{source.Name} froze the container but named no page server for its memory");
             }
 
             progress(string.Create(CultureInfo.InvariantCulture, $"freeze: archive of {frozen.ArchiveBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began")
+                + string.Create(CultureInfo.InvariantCulture, $"; rootfs in the frozen window: {frozen.RootfsEntries} entries, {frozen.RootfsBytes} bytes")
+                + (rootfs.Rounds.Count > 0 ? string.Create(CultureInfo.InvariantCulture, $" (the rest came in {rootfs.Rounds.Count} rounds before it)") : "")
                 + (postCopy ? $"; memory served from {frozen.PageServer}" : ""));
 
             var (token, path, bytes) = await target.WriteArchiveAsync(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), ct).ConfigureAwait(false);
@@ -101,7 +114,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             }
 
             progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
-            restored = await target.RestoreAsync(podId, path, container, postCopy ? frozen.PageServer : null, ct).ConfigureAwait(false);
+            restored = await target.RestoreAsync(podId, path, container, postCopy ? frozen.PageServer : null, rootfs.TargetToken, ct).ConfigureAwait(false);
             progress($"restore: container {restored} started in pod {podId} on {target.Name}");
             await ExpectRunningAsync(restored, ct).ConfigureAwait(false);
             frozenFor = time.GetElapsedTime(switchStarted);
@@ -117,8 +130,9 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         catch (Exception e)
         {
             var undo = await UndoAsync(container.Id, frozen, targetToken, restored, madePod ? podId : null).ConfigureAwait(false);
+            var rootfsUndo = await DropRootfsRoundsAsync(rootfs).ConfigureAwait(false);
             throw new MigrationFailedException(
-                $"migration of container {container.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}", e);
+                $"migration of container {container.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}" + (rootfsUndo is null ? "" : $" ({rootfsUndo})"), e);
         }
 
         // The target runs with all its state: the source must never run again.
@@ -152,6 +166,8 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         {
             BytesAfterSwitch = bytesAfter,
             PageTransfer = pageTransfer,
+            RootfsRounds = rootfs.Rounds,
+            FrozenRootfsBytes = frozen.RootfsBytes,
         };
     }
 
