@@ -99,13 +99,15 @@ public sealed class MigrationService(
         }
 
         CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);
+        CrashPoints.Hit(CrashPoints.MigrationSourceFrozen);
         // Frozen from the pause until now: the dump, and the archive written while it stayed frozen.
         return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total) { PageServer = result.PageServer?.PageServer };
     }
 
     /// <summary>
-    /// The migration failed: the frozen source runs on (a container not frozen is left as it is). A post-copy source's
-    /// page server is killed first: its CRIU holds the processes until it ends.
+    /// The migration failed: the frozen source runs on (a container not frozen is left as it is) and its migration hold
+    /// ends. A post-copy source's page server is killed first: its CRIU holds the processes until it ends (one that an
+    /// earlier crestd left is found through the hold, <see cref="ContainerService.ThawAsync"/>).
     /// </summary>
     public async Task ResumeAsync(string idOrPrefix, CancellationToken ct)
     {
@@ -128,6 +130,7 @@ public sealed class MigrationService(
     public async Task KillFrozenAsync(string idOrPrefix, CancellationToken ct)
     {
         var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
+        CrashPoints.Hit(CrashPoints.MigrationSourceKilling);
         if (_pageServers.TryRemove(c.Id, out var served))
         {
             await served.KillAsync().ConfigureAwait(false);
@@ -206,6 +209,10 @@ public sealed class MigrationService(
                 }
 
                 await file.WriteAsync(chunk, ct).ConfigureAwait(false);
+                if (bytes == chunk.Length)
+                {
+                    CrashPoints.Hit(CrashPoints.MigrationArchiveReceiving);
+                }
             }
         }
         catch

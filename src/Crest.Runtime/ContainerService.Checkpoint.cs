@@ -76,6 +76,13 @@ public sealed partial class ContainerService
             dumped = clock.Elapsed;
             await captureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
             captured = clock.Elapsed - dumped;
+            if (leaveFrozen)
+            {
+                // Recorded while still frozen and locked: from here on a crestd that restarts keeps it frozen
+                // (RecoverAsync), since the target may already run its copy; a failure to record resumes it below.
+                await HoldForMigrationAsync(c.Id, pageServer?.Pid ?? 0, ct).ConfigureAwait(false);
+            }
+
             succeeded = true;
         }
         finally
