@@ -68,6 +68,11 @@ internal static class MigrateCommand
             {
                 throw new CliFailure(ExitCodes.RuntimeError, e.Message);
             }
+            catch (NodeUnavailableException e)
+            {
+                // Before the freeze: nothing was changed on the source.
+                throw new CliFailure(ExitCodes.Unreachable, e.Message);
+            }
 
             await WriteReportAsync(ctx, report);
         }));
