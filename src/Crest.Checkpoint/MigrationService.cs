@@ -125,18 +125,22 @@ public sealed class MigrationService(
 
     /// <summary>
     /// The target runs: the frozen source is killed without running on; the caller removes it through CRI. A post-copy
-    /// source's page server has ended by now (the target had every page); one still running is killed first.
+    /// source's page server has ended by now (the target had every page); one still running is killed once the
+    /// container is frozen again, before the kill.
     /// </summary>
     public async Task KillFrozenAsync(string idOrPrefix, CancellationToken ct)
     {
         var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
         CrashPoints.Hit(CrashPoints.MigrationSourceKilling);
-        if (_pageServers.TryRemove(c.Id, out var served))
+        if (!_pageServers.TryRemove(c.Id, out var served))
         {
-            await served.KillAsync().ConfigureAwait(false);
+            await containers.KillFrozenAsync(c.Id, ct).ConfigureAwait(false);
+            return;
         }
 
-        await containers.KillFrozenAsync(c.Id, ct).ConfigureAwait(false);
+        // CRIU may have let the freezer go while it serves (its ptrace holds the processes): it goes once they are frozen again.
+        await containers.KillFrozenAsync(c.Id, ct, served.KillAsync).ConfigureAwait(false);
+        await served.KillAsync().ConfigureAwait(false);
     }
 
     /// <summary>A post-copy target's transfer: pages so far, or (with <paramref name="wait"/>) how it ended; null when the container has none.</summary>

@@ -29,15 +29,17 @@ public sealed partial class ContainerService
             await runtime.ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, ct).ConfigureAwait(false);
         }
 
-        // After the thaw: a crestd that dies in between finds a held container running, and drops the hold then.
+        // After the thaw: a crestd that dies in between keeps the hold, and the Resume the client repeats drops it.
         await EndHoldAsync(c.Id, "resumed", CancellationToken.None).ConfigureAwait(false);
     }
 
     /// <summary>
     /// Ends a frozen migration source: SIGKILL while it is still frozen, then the thaw that delivers it, so not one more
     /// instruction of it runs after the checkpoint. Its exit arrives through conmon as for any container, and ends its hold.
+    /// <paramref name="endPageServer"/> (post-copy: the caller's page server) runs once the container is frozen again,
+    /// before the kill.
     /// </summary>
-    public async Task KillFrozenAsync(string idOrPrefix, CancellationToken ct)
+    public async Task KillFrozenAsync(string idOrPrefix, CancellationToken ct, Func<Task>? endPageServer = null)
     {
         var c = await GetAsync(idOrPrefix, ct).ConfigureAwait(false);
         using var exclusive = await _locks.AcquireAsync(c.Id, ct).ConfigureAwait(false);
@@ -47,16 +49,28 @@ public sealed partial class ContainerService
             return;
         }
 
-        await KillWhileFrozenAsync(c, ct).ConfigureAwait(false);
+        await KillWhileFrozenAsync(c, ct, endPageServer).ConfigureAwait(false);
         await WaitExitAsync(c.Id, TimeSpan.FromSeconds(10), ct).ConfigureAwait(false);
         await EndHoldAsync(c.Id, "killed", CancellationToken.None).ConfigureAwait(false);
     }
 
     /// <summary>SIGKILL to a frozen container, then the thaw (cgroup v1 delivers the signal only then); the caller waits for the exit.</summary>
-    private async Task KillWhileFrozenAsync(ContainerRecord c, CancellationToken ct)
+    private async Task KillWhileFrozenAsync(ContainerRecord c, CancellationToken ct, Func<Task>? endPageServer = null)
     {
-        await EndLeftoverPageServerAsync(c, ct).ConfigureAwait(false);
         var runtime = runtimes.For(c.RuntimeHandler);
+        if (await runtime.StateAsync(new RuncStateOptions { ContainerId = c.Id }, ct).ConfigureAwait(false) is { Status: "running" })
+        {
+            // A post-copy page server's CRIU holds the processes itself and has let the freezer go until it ends: frozen
+            // again first, so that killing that CRIU (below) lets nothing run.
+            await runtime.PauseAsync(new RuncPauseOptions { ContainerId = c.Id }, ct).ConfigureAwait(false);
+        }
+
+        if (endPageServer is not null)
+        {
+            await endPageServer().ConfigureAwait(false);
+        }
+
+        await EndLeftoverPageServerAsync(c, ct).ConfigureAwait(false);
         await runtime.KillAsync(new RuncKillOptions { ContainerId = c.Id, Signal = 9 }, ct).ConfigureAwait(false);
         try
         {

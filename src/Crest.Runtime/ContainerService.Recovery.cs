@@ -77,11 +77,13 @@ public sealed partial class ContainerService
                 var ownerState = c.State == ContainerState.Running && runtimes.TryFor(c.RuntimeHandler) is { } owner
                     ? await owner.StateAsync(new RuncStateOptions { ContainerId = c.Id }, ct).ConfigureAwait(false)
                     : null;
-                if (ownerState is { Status: "paused" } && c.MigrationHold is { } hold)
+                if (c.State == ContainerState.Running && c.MigrationHold is { } hold)
                 {
                     // A live migration's source: its copy may already run on the target, so only the migration (or an
                     // operator: crest resume, crest rm) may end the freeze. Its CRIU work (a page server's) stays too.
-                    RuntimeLog.MigrationHoldKept(logger, c.Id, hold.Since);
+                    // The runtime may call it running: a post-copy page server's CRIU holds the processes itself and
+                    // gives the freezer back only when it ends.
+                    RuntimeLog.MigrationHoldKept(logger, c.Id, hold.Since, ownerState?.Status ?? "unknown");
                     await RefreshAsync(c, ct).ConfigureAwait(false);
                     kept++;
                     continue;
@@ -92,12 +94,6 @@ public sealed partial class ContainerService
                     // Crest pauses otherwise only while it checkpoints; a pause that outlived its crestd is undone.
                     await runtimes.For(c.RuntimeHandler).ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, ct).ConfigureAwait(false);
                     RuntimeLog.ResumedAfterRestart(logger, c.Id);
-                }
-                else if (ownerState is { Status: "running" } && c.MigrationHold is { } stale)
-                {
-                    // Thawed behind Crest's back (or by a Resume that died before it dropped the hold): nothing is held.
-                    await store.PutContainerAsync(c with { MigrationHold = null }, ct).ConfigureAwait(false);
-                    RuntimeLog.MigrationHoldStale(logger, c.Id, stale.Since);
                 }
 
                 RemoveCheckpointWork(bundles.For(c.Id));

@@ -58,11 +58,8 @@ internal static partial class RuntimeLog
     [LoggerMessage(241, LogLevel.Information, "container {ContainerId}: the migration hold of {Since:O} ended ({How})")]
     public static partial void MigrationHoldEnded(ILogger logger, string containerId, DateTimeOffset since, string how);
 
-    [LoggerMessage(242, LogLevel.Warning, "container {ContainerId} is frozen for a live migration since {Since:O}; kept frozen (its copy may run on the target): the migration ends it, or crest resume / crest rm")]
-    public static partial void MigrationHoldKept(ILogger logger, string containerId, DateTimeOffset since);
-
-    [LoggerMessage(243, LogLevel.Warning, "container {ContainerId} had a migration hold of {Since:O} but runs, unfrozen outside Crest; the hold is dropped")]
-    public static partial void MigrationHoldStale(ILogger logger, string containerId, DateTimeOffset since);
+    [LoggerMessage(242, LogLevel.Warning, "container {ContainerId} is held for a live migration since {Since:O} (runtime state {State}); kept frozen, not resumed (its copy may run on the target): the migration ends it, or crest resume / crest rm")]
+    public static partial void MigrationHoldKept(ILogger logger, string containerId, DateTimeOffset since, string state);
 
     [LoggerMessage(244, LogLevel.Warning, "container {ContainerId}: killing the post-copy page server (runc pid {Pid}) an earlier crestd left serving")]
     public static partial void LeftoverPageServerKilled(ILogger logger, string containerId, int pid);

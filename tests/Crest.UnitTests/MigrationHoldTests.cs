@@ -108,14 +108,28 @@ public sealed class MigrationHoldTests : IDisposable
     }
 
     [Fact]
-    public async Task A_hold_whose_container_runs_again_after_a_restart_is_dropped()
+    public async Task A_held_container_the_runtime_calls_running_keeps_its_hold_at_restart()
     {
+        // A post-copy page server's CRIU holds the processes and lets the freezer go until it ends.
         var c = await FrozenForMigrationAsync("c1");
         _h.Runtimes.Know(c.Id, "running", 4242);
 
         await _h.Containers.RecoverAsync(Ct);
 
-        Assert.Null((await _h.Store.GetContainerAsync(c.Id, Ct))!.MigrationHold);
+        Assert.NotNull((await _h.Store.GetContainerAsync(c.Id, Ct))!.MigrationHold);
+    }
+
+    [Fact]
+    public async Task Killing_a_held_container_the_runtime_calls_running_freezes_it_first()
+    {
+        var c = await FrozenForMigrationAsync("c1");
+        _h.Runtimes.Know(c.Id, "running", 4242);
+        var before = _h.Runtimes.Calls.Count;
+
+        await _h.Containers.KillFrozenAsync(c.Id, Ct);
+
+        var calls = _h.Runtimes.Calls.Skip(before).Where(call => call.Split(' ')[0] is "pause" or "kill" or "resume").ToList();
+        Assert.Equal(["pause c1", "kill c1"], calls.Take(2));
     }
 
     public void Dispose() => _h.Dispose();
