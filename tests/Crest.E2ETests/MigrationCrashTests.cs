@@ -64,10 +64,10 @@ public sealed class MigrationCrashTests
         await nodes.A.RestartAsync();
         var migrated = await migrating;
 
-        // The restart kept the held source frozen; the client, which waited for A, resumed it.
-        Assert.Contains("kept frozen", nodes.A.Crestd.Log, StringComparison.Ordinal);
-        Assert.Contains($"waiting for {nodes.A.Crestd.Endpoint} to answer (resuming {id}", migrated.Stderr, StringComparison.Ordinal);
         await AssertOnlyTheSourceRunsAsync(nodes, id, logA, migrated);
+        // The client waited for A and resumed the source, which A's restart had kept frozen.
+        Assert.Contains($"waiting for {nodes.A.Crestd.Endpoint} to answer (resuming {id}", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Contains("kept frozen", nodes.A.Crestd.Log, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -88,7 +88,6 @@ public sealed class MigrationCrashTests
 
         Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}");
         Assert.Contains($"waiting for {nodes.A.Crestd.Endpoint} to answer (killing the frozen {id})", migrated.Stderr, StringComparison.Ordinal);
-        Assert.Contains("kept frozen", nodes.A.Crestd.Log, StringComparison.Ordinal);
         using var report = JsonDocument.Parse(migrated.Stdout);
         var newId = report.RootElement.GetProperty("containerId").GetString()!;
         // Exactly one copy: none left on A, one running on B, counting on from where A froze.
@@ -99,6 +98,7 @@ public sealed class MigrationCrashTests
         var counts = CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
         Assert.Equal(Enumerable.Range(1, counts.Count), counts);
         Assert.Equal(logAtCrash, await ReadLogAsync(logA));
+        Assert.Contains("kept frozen", nodes.A.Crestd.Log, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -127,7 +127,6 @@ public sealed class MigrationCrashTests
         var migrated = await migrating;
 
         Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
-        Assert.True(nodes.A.Crestd.Log.Contains("kept frozen", StringComparison.Ordinal), $"A's restart did not keep the source frozen: {nodes.A.Crestd.Log}\nmigrate: {migrated.Stderr}");
         using var report = JsonDocument.Parse(migrated.Stdout);
         Assert.True(report.RootElement.GetProperty("bytesAfterSwitch").GetInt64() >= bytes, migrated.Stdout);
         var newId = report.RootElement.GetProperty("containerId").GetString()!;
@@ -142,6 +141,7 @@ public sealed class MigrationCrashTests
         Assert.All(after, l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
         Assert.Equal(logAtCrash, await ReadLogAsync(logA));
         Assert.Single(ProcessesWith("busybox", "awk", $"%{bytes}s"));
+        Assert.True(nodes.A.Crestd.Log.Contains("kept frozen", StringComparison.Ordinal), $"A's restart did not keep the source frozen: {nodes.A.Crestd.Log}\nmigrate: {migrated.Stderr}");
         TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
     }
 
