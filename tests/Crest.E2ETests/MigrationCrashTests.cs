@@ -185,4 +185,45 @@ public sealed class MigrationCrashTests
         Assert.True(migrated.Stderr.IndexOf("undo: removed the restored container", StringComparison.Ordinal) < migrated.Stderr.IndexOf("undone:", StringComparison.Ordinal), migrated.Stderr);
         await AssertOnlyTheSourceRunsAsync(nodes, id, logA, migrated);
     }
+
+    [Fact]
+    public async Task A_target_that_stays_down_leaves_the_source_frozen_and_held_and_the_commands_the_client_names_end_it()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("migcrf", environmentB: Armed(CrashPoints.ContainerRestoreUnrecorded));
+        var image = await RegistryBusyboxOnAAsync(nodes);
+        var (id, logA) = await RunCounterOnAAsync(nodes, image);
+        var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
+
+        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--wait-for-node", "2"]);
+
+        // B may run a copy, and it did not answer: the source is not resumed, and the client says what ends it.
+        Assert.True(migrated.ExitCode == 1, $"migrate was to fail ({migrated.ExitCode}): {migrated.Stderr}");
+        Assert.Contains($"undo stopped: {nodes.B.Crestd.Endpoint} did not answer within 2 s", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"crest -r {nodes.A.Crestd.Endpoint} resume {id}", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"crest -r {nodes.A.Crestd.Endpoint} rm {id}", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Equal(137, await nodes.B.WaitForCrashAsync(TimeSpan.FromSeconds(10)));
+        // crest inspect shows the hold.
+        var status = (await InspectAsync(nodes.A.R, id)).GetProperty("status");
+        Assert.Equal("CONTAINER_RUNNING", status.GetProperty("state").GetString());
+        Assert.Equal("FrozenForMigration", status.GetProperty("reason").GetString());
+        Assert.Contains("frozen for a live migration since", status.GetProperty("message").GetString(), StringComparison.Ordinal);
+        var frozenLog = await ReadLogAsync(logA);
+
+        // B comes back with the restored copy adopted; the operator removes it there, then resumes the source.
+        await nodes.B.RestartAsync();
+        var copy = await RunAsync([.. nodes.B.R, "ps", "-a", "-q"]);
+        Assert.NotEqual("", copy);
+        Assert.Equal(frozenLog, await ReadLogAsync(logA));
+        await RunAsync([.. nodes.B.R, "rm", copy]);
+        var podOnB = await RunAsync([.. nodes.B.R, "pods", "-q"]);
+        await RunAsync([.. nodes.B.R, "stopp", podOnB]);
+        await RunAsync([.. nodes.B.R, "rmp", podOnB]);
+        Assert.Equal(id, await RunAsync([.. nodes.A.R, "resume", id]));
+
+        await CountPassesAsync(logA, LastCount(frozenLog) + 2, "the source did not run after crest resume");
+        var after = (await InspectAsync(nodes.A.R, id)).GetProperty("status");
+        Assert.False(after.TryGetProperty("reason", out var reason) && reason.GetString() == "FrozenForMigration", after.ToString());
+        Assert.Equal("", await RunAsync([.. nodes.B.R, "ps", "-a", "-q"]));
+    }
 }

@@ -28,9 +28,13 @@ internal static class MigrateCommand
         {
             Description = "give the new target pod (--pod-config) the source pod's address and move established TCP connections; the source pod is removed after the switch. Needs a target network with the CNI ips capability, and a network that routes the address to the target",
         };
+        var waitForNode = new Option<int?>("--wait-for-node")
+        {
+            Description = "seconds the ending steps (kill or resume the source, remove the target's copy) wait for a node whose crestd does not answer (default 60)",
+        };
         var command = new Command("migrate", "Live-migrate a running container to another crestd node: pre-stage, freeze, copy, restore, then remove the source")
         {
-            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress,
+            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress, waitForNode,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -58,7 +62,12 @@ internal static class MigrateCommand
             using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);
             using var targetConnection = new CriConnection(CriEndpoint.Parse(parse.GetValue(to)!), timeout);
             var orchestrator = new MigrationOrchestrator(new GrpcMigrationNode(sourceConnection), new GrpcMigrationNode(targetConnection),
-                line => CliRunner.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {line}"), TimeProvider.System);
+                line => CliRunner.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {line}"), TimeProvider.System)
+            {
+                NodeReturnTimeout = parse.GetValue(waitForNode) is { } seconds
+                    ? (seconds >= 0 ? TimeSpan.FromSeconds(seconds) : throw new CliUsageException($"--wait-for-node {seconds}: expected a number of seconds, 0 or more"))
+                    : MigrationOrchestrator.DefaultNodeReturnTimeout,
+            };
             MigrationReport report;
             try
             {
