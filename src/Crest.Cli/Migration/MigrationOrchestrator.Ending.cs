@@ -140,7 +140,8 @@ internal sealed partial class MigrationOrchestrator
                 return $"undo stopped: {unknown}, and a restored copy may run there, so {s.SourceId} stays frozen on {source.Name} "
                     + $"(a restart of that crestd keeps it frozen). End it by hand: list the copy on {target.Name} with crest -r {target.Name} ps -a "
                     + $"(label {MigrationLabels.MigrationId}={migrationId}); if it runs there, keep it and crest -r {source.Name} rm {s.SourceId}; "
-                    + $"if there is none (or once you removed it with crest -r {target.Name} rm ID), crest -r {source.Name} resume {s.SourceId}";
+                    + $"if there is none (or once you removed it with crest -r {target.Name} rm ID), crest -r {source.Name} resume {s.SourceId}"
+                    + (s.MadePod is { } pod ? $"; the pod this migration made there is {pod} (crest -r {target.Name} stopp {pod}, then rmp)" : "");
             }
         }
         else
