@@ -132,5 +132,19 @@ public sealed class MigrationHoldTests : IDisposable
         Assert.Equal(["pause c1", "kill c1"], calls.Take(2));
     }
 
+    [Fact]
+    public async Task A_held_source_is_not_checkpointed_again_so_no_failed_dump_can_resume_it()
+    {
+        var c = await FrozenForMigrationAsync("c1");
+        var work = Path.Combine(_h.Paths.Root, "work-again");
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => _h.Containers.DumpAsync(c.Id, Path.Combine(work, "images"), work, tcpEstablished: false, (_, _, _) => Task.CompletedTask, Ct));
+
+        Assert.Equal(ErrorKind.FailedPrecondition, e.Kind);
+        Assert.Contains("frozen for a live migration", e.Message, StringComparison.Ordinal);
+        Assert.Equal("paused", _h.Runtimes.StatusOf(c.Id));
+        Assert.Single(_h.Runtimes.Calls, call => call == "pause c1");
+    }
+
     public void Dispose() => _h.Dispose();
 }
