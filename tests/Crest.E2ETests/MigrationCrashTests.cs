@@ -35,6 +35,17 @@ public sealed class MigrationCrashTests
         Assert.True(node.Crestd.Process.ExitCode == 137, $"crestd was to die by SIGKILL; it exited {node.Crestd.Process.ExitCode}: {node.Crestd.Log}");
     }
 
+    /// <summary>Waits (bounded) until B's post-copy restore handed the processes over (they run and fault pages in), the migration still going.</summary>
+    private static async Task RestoredOnBAsync(TwoNodes nodes, Task<(int ExitCode, string Stdout, string Stderr)> migrating)
+    {
+        var containersB = nodes.B.Dir.Combine("root", "containers");
+        bool Restored() => Directory.Exists(containersB)
+            && Directory.EnumerateFiles(containersB, "restore.log", SearchOption.AllDirectories)
+                .Any(f => File.ReadAllText(f).Contains("Restore finished successfully", StringComparison.Ordinal));
+        await Crest.TestKit.Eventually.UntilAsync(() => migrating.IsCompleted || Restored(), "B's post-copy restore to finish", TimeSpan.FromSeconds(90), Ct);
+        Assert.False(migrating.IsCompleted, "the migration ended before a crestd could be killed: " + (migrating.IsCompleted ? (await migrating).Stderr : ""));
+    }
+
     /// <summary>The failed migration was undone: the source counts on from where it froze, and nothing of it is on the target.</summary>
     private static async Task AssertOnlyTheSourceRunsAsync(TwoNodes nodes, string id, string logA, (int ExitCode, string Stdout, string Stderr) migrated)
     {
@@ -115,12 +126,7 @@ public sealed class MigrationCrashTests
         var logA = nodes.A.Dir.Combine("logs-mig", "memory.log");
 
         var migrating = MigrateAsync(nodes, id, podB, "post-copy");
-        var rootB = nodes.B.Dir.Combine("root");
-        bool RestoredOnB() => Directory.Exists(Path.Combine(rootB, "containers"))
-            && Directory.EnumerateFiles(Path.Combine(rootB, "containers"), "restore.log", SearchOption.AllDirectories)
-                .Any(f => File.ReadAllText(f).Contains("Restore finished successfully", StringComparison.Ordinal));
-        await Crest.TestKit.Eventually.UntilAsync(() => migrating.IsCompleted || RestoredOnB(), "B's post-copy restore to finish", TimeSpan.FromSeconds(90), Ct);
-        Assert.False(migrating.IsCompleted, "the migration ended before A's crestd could be killed: " + (migrating.IsCompleted ? (await migrating).Stderr : ""));
+        await RestoredOnBAsync(nodes, migrating);
         await nodes.A.KillAsync();
         var logAtCrash = await ReadLogAsync(logA);
         await nodes.A.RestartAsync();
@@ -225,5 +231,49 @@ public sealed class MigrationCrashTests
         var after = (await InspectAsync(nodes.A.R, id)).GetProperty("status");
         Assert.False(after.TryGetProperty("reason", out var reason) && reason.GetString() == "FrozenForMigration", after.ToString());
         Assert.Equal("", await RunAsync([.. nodes.B.R, "ps", "-a", "-q"]));
+    }
+
+    [Fact]
+    public async Task Target_crestd_killed_while_its_post_copy_copy_faults_pages_in_leaves_exactly_one_copy()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("migcrg");
+        await RequirePostCopyAsync(nodes);
+        var image = await RegistryBusyboxOnAAsync(nodes);
+        const long bytes = 512L << 20;
+        var id = await RunMemoryWorkloadOnAAsync(nodes, image, bytes);
+        var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
+        var logA = nodes.A.Dir.Combine("logs-mig", "memory.log");
+
+        var migrating = MigrateAsync(nodes, id, podB, "post-copy");
+        await RestoredOnBAsync(nodes, migrating);
+        await nodes.B.KillAsync();
+        await nodes.B.RestartAsync();
+        var migrated = await migrating;
+
+        // Either end is one copy: the client gave B's copy up (its transfer no longer known) and resumed A, or the
+        // pages had all arrived before B's crestd died and A was killed.
+        TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
+        string logOfTheCopy;
+        if (migrated.ExitCode == 0)
+        {
+            Assert.Equal("", await RunAsync([.. nodes.A.R, "ps", "-a", "-q"]));
+            Assert.NotEqual("", await RunAsync([.. nodes.B.R, "ps", "-q"]));
+            logOfTheCopy = nodes.B.Dir.Combine("logs-mig", "memory.log");
+        }
+        else
+        {
+            Assert.True(migrated.ExitCode == 1, $"migrate ({migrated.ExitCode}): {migrated.Stderr}\nB: {nodes.B.Crestd.Log}");
+            Assert.Contains("undone: the container runs on", migrated.Stderr, StringComparison.Ordinal);
+            Assert.Equal("", await RunAsync([.. nodes.B.R, "ps", "-a", "-q"]));
+            Assert.Equal("CONTAINER_RUNNING", await StateAsync(nodes.A.R, id));
+            logOfTheCopy = logA;
+        }
+
+        var before = LastCount(await ReadLogAsync(logOfTheCopy));
+        var log = await Crest.TestKit.Eventually.UntilAsync(() => ReadLogAsync(logOfTheCopy), l => LastCount(l) > before + 2,
+            "the one copy to count on", describe: l => l[^Math.Min(400, l.Length)..], ct: Ct);
+        Assert.All(log.Split('\n').Where(l => l.Contains("count", StringComparison.Ordinal)), l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
+        Assert.Single(ProcessesWith("busybox", "awk", $"%{bytes}s"));
     }
 }
