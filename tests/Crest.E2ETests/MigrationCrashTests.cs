@@ -12,6 +12,7 @@ namespace Crest.E2ETests;
 /// the target if the switch had happened (the source, frozen since its checkpoint, never ran again), else on the source
 /// (nothing of it left on the target), and the client says which.
 /// </summary>
+[Collection(TwoNodes.Collection)]
 public sealed class MigrationCrashTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;

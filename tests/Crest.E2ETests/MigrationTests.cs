@@ -10,6 +10,7 @@ namespace Crest.E2ETests;
 /// CNI and a loopback registry: the counter moves and goes on from where it was, and a failed migration leaves exactly
 /// one copy running, the source.
 /// </summary>
+[Collection(TwoNodes.Collection)]
 public sealed class MigrationTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;

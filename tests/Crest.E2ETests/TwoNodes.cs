@@ -10,6 +10,12 @@ namespace Crest.E2ETests;
 /// </summary>
 internal sealed class TwoNodes : IAsyncDisposable
 {
+    /// <summary>
+    /// The test collection of every class that starts two nodes: their bridges and subnets are fixed, and tests count the
+    /// workload's processes machine-wide, so such classes run one after the other.
+    /// </summary>
+    public const string Collection = "two crestd nodes";
+
     private TwoNodes(LocalRegistry registry, Node a, Node b)
     {
         Registry = registry;
