@@ -637,4 +637,17 @@ public sealed class MigrationOrchestratorTests
         Assert.Contains("undo incomplete (removing pod pod-b-1 on b", e.Message, StringComparison.Ordinal);
         Assert.True(source.Calls.IndexOf("resume c1") >= 0);
     }
+
+    [Fact]
+    public async Task A_target_that_stops_answering_after_the_switch_leaves_the_downtime_unknown_and_the_migration_done()
+    {
+        var (source, target, orchestrator, progress) = Nodes();
+        target.CrashAt = "logtimes";
+
+        var report = await orchestrator.RunAsync(NewPod(), Ct);
+
+        Assert.Null(report.Downtime);
+        Assert.Empty(source.Containers);
+        Assert.Contains(progress, p => p.StartsWith("downtime unknown:", StringComparison.Ordinal));
+    }
 }

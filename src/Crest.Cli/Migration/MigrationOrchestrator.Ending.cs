@@ -98,6 +98,23 @@ internal sealed partial class MigrationOrchestrator
         }
     }
 
+    /// <summary>
+    /// The target's first log line for the downtime; unknown (not a failure: the migration is done) when the target's
+    /// crestd does not answer any more.
+    /// </summary>
+    private async Task<DateTimeOffset?> FirstTargetLineOrUnknownAsync(string restored, DateTimeOffset lastSource, CancellationToken ct)
+    {
+        try
+        {
+            return await FirstTargetLineAsync(restored, lastSource, ct).ConfigureAwait(false);
+        }
+        catch (NodeUnavailableException e)
+        {
+            progress($"downtime unknown: {Describe(e)}");
+            return null;
+        }
+    }
+
     /// <summary>After the switch: an archive is dropped, best effort (a restarted crestd deleted its archives anyway).</summary>
     private async Task DropArchiveAsync(IMigrationNode node, string token)
     {

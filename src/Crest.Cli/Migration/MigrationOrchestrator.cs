@@ -131,7 +131,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         await DropArchiveAsync(target, targetToken!).ConfigureAwait(false);
         progress($"done: removed {container.Id} from {source.Name}");
 
-        var firstTarget = lastSource is null ? null : await FirstTargetLineAsync(restored!, lastSource.Value, ct).ConfigureAwait(false);
+        var firstTarget = lastSource is null ? null : await FirstTargetLineOrUnknownAsync(restored!, lastSource.Value, ct).ConfigureAwait(false);
         return new MigrationReport(container.Id, restored!, podId, request.Strategy, before, frozen.ArchiveBytes, frozenFor,
             firstTarget - lastSource, lastSource, firstTarget, time.GetElapsedTime(started))
         {
