@@ -99,7 +99,8 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
     /// <summary>
     /// At start, after container recovery: a lock whose container runs again (recovery resumed a source that a
     /// restart cut off mid-migration) is lifted. One whose container is gone or stopped stays: that source was killed
-    /// after its copy ran elsewhere, and its pod, which still holds the address, must not answer the peer.
+    /// after its copy ran elsewhere, and its pod, which still holds the address, must not answer the peer. So does one
+    /// whose container is still held frozen (<see cref="ContainerRecord.MigrationHold"/>): Resume lifts it, or the pod's removal.
     /// </summary>
     public async Task<int> SweepAsync(CancellationToken ct)
     {
@@ -123,7 +124,8 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
                 continue;
             }
 
-            if (container.State == ContainerState.Running)
+            // A source still held frozen keeps its lock: the migration may yet kill it, and its sockets must not reset the peer.
+            if (container.State == ContainerState.Running && container.MigrationHold is null)
             {
                 await UnlockAsync(container.Id, ct).ConfigureAwait(false);
                 lifted++;

@@ -138,6 +138,7 @@ public sealed partial class MigrationService(
         }
 
         CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);
+        CrashPoints.Hit(CrashPoints.MigrationSourceFrozen);
         // Frozen from the pause until now: the dump, and the archive written while it stayed frozen.
         return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total)
         {
@@ -148,8 +149,9 @@ public sealed partial class MigrationService(
     }
 
     /// <summary>
-    /// The migration failed: the frozen source runs on (a container not frozen is left as it is). A post-copy source's
-    /// page server is killed first: its CRIU holds the processes until it ends.
+    /// The migration failed: the frozen source runs on (a container not frozen is left as it is) and its migration hold
+    /// ends. A post-copy source's page server is killed first: its CRIU holds the processes until it ends (one that an
+    /// earlier crestd left is found through the hold, <see cref="ContainerService.ThawAsync"/>).
     /// </summary>
     public async Task ResumeAsync(string idOrPrefix, CancellationToken ct)
     {
@@ -167,17 +169,22 @@ public sealed partial class MigrationService(
 
     /// <summary>
     /// The target runs: the frozen source is killed without running on; the caller removes it through CRI. A post-copy
-    /// source's page server has ended by now (the target had every page); one still running is killed first.
+    /// source's page server has ended by now (the target had every page); one still running is killed once the
+    /// container is frozen again, before the kill.
     /// </summary>
     public async Task KillFrozenAsync(string idOrPrefix, CancellationToken ct)
     {
         var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
-        if (_pageServers.TryRemove(c.Id, out var served))
+        CrashPoints.Hit(CrashPoints.MigrationSourceKilling);
+        if (!_pageServers.TryRemove(c.Id, out var served))
         {
-            await served.KillAsync().ConfigureAwait(false);
+            await containers.KillFrozenAsync(c.Id, ct).ConfigureAwait(false);
+            return;
         }
 
-        await containers.KillFrozenAsync(c.Id, ct).ConfigureAwait(false);
+        // CRIU may have let the freezer go while it serves (its ptrace holds the processes): it goes once they are frozen again.
+        await containers.KillFrozenAsync(c.Id, ct, served.KillAsync).ConfigureAwait(false);
+        await served.KillAsync().ConfigureAwait(false);
     }
 
     /// <summary>A post-copy target's transfer: pages so far, or (with <paramref name="wait"/>) how it ended; null when the container has none.</summary>
@@ -250,6 +257,10 @@ public sealed partial class MigrationService(
                 }
 
                 await file.WriteAsync(chunk, ct).ConfigureAwait(false);
+                if (bytes == chunk.Length)
+                {
+                    CrashPoints.Hit(CrashPoints.MigrationArchiveReceiving);
+                }
             }
         }
         catch

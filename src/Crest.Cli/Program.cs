@@ -8,6 +8,7 @@ global.AddTo(root);
 root.Subcommands.Add(VersionCommand.Create(global, Console.Out));
 root.Subcommands.Add(InfoCommand.Create(global, Console.Out));
 root.Subcommands.Add(MigrateCommand.Create(global, Console.Out));
+root.Subcommands.Add(ResumeCommand.Create(global, Console.Out));
 foreach (var command in ImageCommands.Create(global, Console.Out).Concat(PodCommands.Create(global, Console.Out)).Concat(StreamCommands.Create(global, Console.Out)).Concat(CheckpointCommands.Create(global, Console.Out)))
 {
     root.Subcommands.Add(command);

@@ -69,6 +69,15 @@ public static class CrashPoints
     /// <summary>StartContainer: <c>runc start</c> done, the record still CREATED.</summary>
     public const string ContainerStartedUnrecorded = "container-started-unrecorded";
 
+    /// <summary>Migration Freeze on the source: the container frozen and held, its archive written under &lt;root&gt;/migrations, Freeze not answered.</summary>
+    public const string MigrationSourceFrozen = "migration-source-frozen";
+
+    /// <summary>Migration WriteArchive on the target: the first chunk of the archive written, the rest not received.</summary>
+    public const string MigrationArchiveReceiving = "migration-archive-receiving";
+
+    /// <summary>Migration KillFrozen on the source (the target runs the copy): called, the frozen source not killed yet.</summary>
+    public const string MigrationSourceKilling = "migration-source-killing";
+
     private static readonly string? Armed = Environment.GetEnvironmentVariable(Variable);
 
     /// <summary>Dies here (SIGKILL) when this crash point is armed.</summary>

@@ -231,11 +231,28 @@ public sealed record ContainerRecord
     public bool Restored { get; init; }
 
     /// <summary>
+    /// Set while a live migration keeps this container frozen on its source (from its checkpoint until the migration
+    /// resumes or kills it): crestd's restart keeps such a container frozen instead of resuming it, as its copy may
+    /// already run on the target. Cleared by Resume, KillFrozen, a stop or removal, and by the container's exit.
+    /// </summary>
+    public MigrationHold? MigrationHold { get; init; }
+
+    /// <summary>
     /// CREATED with no process yet: as in containerd, the runtime (conmon + <c>runc create</c>, or CRIU for a restore)
     /// runs at StartContainer, so a created container holds a rootfs and a bundle but nothing that runs or can exit.
     /// </summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public bool AwaitsProcess => State == ContainerState.Created && Pid == 0;
+}
+
+/// <summary>
+/// A migration source left frozen on purpose: since when, and (post-copy) the <c>runc checkpoint --lazy-pages</c> process
+/// whose CRIU serves the memory, which leads a process group of its own and outlives a crestd that dies meanwhile.
+/// </summary>
+public sealed record MigrationHold(DateTimeOffset Since)
+{
+    /// <summary>Post-copy: the page server's runc process (and process group) id; 0 for a stop-copy freeze.</summary>
+    public int PageServerPid { get; init; }
 }
 
 /// <summary>Seam over where sandbox and container records live.</summary>

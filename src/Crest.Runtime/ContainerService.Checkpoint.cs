@@ -38,6 +38,7 @@ public sealed partial class ContainerService
                 $"container {c.Id} is in CONTAINER_{c.State.ToString().ToUpperInvariant()} state. only CONTAINER_RUNNING containers can be checkpointed");
         }
 
+        RefuseHeld(c);
         var sandbox = await sandboxes.GetAsync(c.SandboxId, ct).ConfigureAwait(false);
         if (sandbox.Spec.Namespaces.HasPodUserNamespace)
         {
@@ -76,6 +77,13 @@ public sealed partial class ContainerService
             dumped = clock.Elapsed;
             await captureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
             captured = clock.Elapsed - dumped;
+            if (leaveFrozen)
+            {
+                // Recorded while still frozen and locked: from here on a crestd that restarts keeps it frozen
+                // (RecoverAsync), since the target may already run its copy; a failure to record resumes it below.
+                await HoldForMigrationAsync(c.Id, pageServer?.Pid ?? 0, ct).ConfigureAwait(false);
+            }
+
             succeeded = true;
         }
         finally
@@ -96,6 +104,19 @@ public sealed partial class ContainerService
         }
 
         return new ContainerDump(c, sandbox, paused, dumped, captured) { PageServer = pageServer };
+    }
+
+    /// <summary>
+    /// A container a live migration holds frozen is not dumped again: a dump resumes what it paused when it fails, and
+    /// that source must not run while its copy may run on the target.
+    /// </summary>
+    private static void RefuseHeld(ContainerRecord c)
+    {
+        if (c.MigrationHold is { } hold)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"container {c.Id} is frozen for a live migration since {hold.Since.UtcDateTime:O} and cannot be checkpointed until that ends (the migration ends it, or crest resume / crest rm)");
+        }
     }
 
     /// <summary>One container of a pod checkpoint: where CRIU writes, and what is captured while the pod is frozen.</summary>
@@ -140,6 +161,8 @@ public sealed partial class ContainerService
                     throw new CrestException(ErrorKind.FailedPrecondition,
                         $"container {c.Id} ({c.Spec.Name}) of pod sandbox {sandbox.Id} is in CONTAINER_{c.State.ToString().ToUpperInvariant()} state; every container of a pod checkpoint must be running (name the running ones in container_ids)");
                 }
+
+                RefuseHeld(c);
 
                 records.Add(c);
             }

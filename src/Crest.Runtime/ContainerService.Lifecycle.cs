@@ -87,7 +87,12 @@ public sealed partial class ContainerService
         }
 
         var runtime = runtimes.For(c.RuntimeHandler);
-        if (c.State == ContainerState.Running && timeout > TimeSpan.Zero)
+        if (c.State == ContainerState.Running && c.MigrationHold is not null)
+        {
+            // Frozen for a migration whose copy may run elsewhere: killed while frozen, never thawed to handle SIGTERM.
+            await KillWhileFrozenAsync(c, ct).ConfigureAwait(false);
+        }
+        else if (c.State == ContainerState.Running && timeout > TimeSpan.Zero)
         {
             await runtime.KillAsync(new RuncKillOptions { ContainerId = c.Id, Signal = c.StopSignal }, ct).ConfigureAwait(false);
             if (await WaitExitAsync(c.Id, timeout, ct).ConfigureAwait(false))

@@ -9,7 +9,8 @@ public sealed partial class ContainerService
     /// <summary>
     /// On start: half-made containers (still Creating) are rolled back; the rest take their state from
     /// conmon's exit files, so running ones stay running and exited ones show their exit code. A container a crashed
-    /// crestd left paused in the middle of a checkpoint is resumed, and that checkpoint's work directories removed.
+    /// crestd left paused in the middle of a checkpoint is resumed, and that checkpoint's work directories removed; one
+    /// a live migration holds frozen (<see cref="ContainerRecord.MigrationHold"/>) stays frozen.
     /// </summary>
     public async Task<(int Kept, int RolledBack)> RecoverAsync(CancellationToken ct)
     {
@@ -73,11 +74,31 @@ public sealed partial class ContainerService
                     await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = $"the node restarted before this container was {(c.RestoreDir is null ? "started" : "restored")}; create it again", FinishedAt = time.GetUtcNow(), RestoreDir = null }, ct).ConfigureAwait(false);
                 }
 
-                if (c.State == ContainerState.Running && runtimes.TryFor(c.RuntimeHandler) is { } owner
-                    && await owner.StateAsync(new RuncStateOptions { ContainerId = c.Id }, ct).ConfigureAwait(false) is { Status: "paused" })
+                var ownerState = c.State == ContainerState.Running && runtimes.TryFor(c.RuntimeHandler) is { } owner
+                    ? await owner.StateAsync(new RuncStateOptions { ContainerId = c.Id }, ct).ConfigureAwait(false)
+                    : null;
+                if (c.State == ContainerState.Running && c.MigrationHold is { } hold)
                 {
-                    // Crest pauses only while it checkpoints; a pause that outlived its crestd is undone.
-                    await owner.ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, ct).ConfigureAwait(false);
+                    // A live migration's source: its copy may already run on the target, so only the migration (or an
+                    // operator: crest resume, crest rm) may end the freeze. A post-copy page server's CRIU work stays
+                    // too; a stop-copy freeze's (the archive was being written when crestd died) goes, with its tmpfs.
+                    // The runtime may call it running: a post-copy page server's CRIU holds the processes itself and
+                    // gives the freezer back only when it ends.
+                    if (hold.PageServerPid == 0)
+                    {
+                        RemoveCheckpointWork(bundles.For(c.Id));
+                    }
+
+                    RuntimeLog.MigrationHoldKept(logger, c.Id, hold.Since, ownerState?.Status ?? "unknown");
+                    await RefreshAsync(c, ct).ConfigureAwait(false);
+                    kept++;
+                    continue;
+                }
+
+                if (ownerState is { Status: "paused" })
+                {
+                    // Crest pauses otherwise only while it checkpoints; a pause that outlived its crestd is undone.
+                    await runtimes.For(c.RuntimeHandler).ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, ct).ConfigureAwait(false);
                     RuntimeLog.ResumedAfterRestart(logger, c.Id);
                 }
 

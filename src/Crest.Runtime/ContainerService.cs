@@ -117,6 +117,8 @@ public sealed partial class ContainerService(
                 // A process that exits at once can write its exit file before StartContainer recorded the start.
                 FinishedAt = c.StartedAt is { } started && started > exitedAt ? started : exitedAt,
                 Reason = oom ? "OOMKilled" : code == 0 ? "Completed" : "Error",
+                // A migration's hold ends with the process it kept frozen.
+                MigrationHold = null,
             };
         }
 
@@ -137,6 +139,7 @@ public sealed partial class ContainerService(
         Reason = "Unknown",
         Message = why,
         FinishedAt = time.GetUtcNow(),
+        MigrationHold = null,
     };
 
     private async Task MarkLostAsync(ContainerRecord c, string why, CancellationToken ct)

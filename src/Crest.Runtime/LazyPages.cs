@@ -16,6 +16,26 @@ public sealed class LazyCheckpoint(ChildProcess runc, string workPath, string pa
 {
     private readonly Task<int> _exit = runc.WaitAsync(CancellationToken.None);
 
+    /// <summary>runc's pid, which leads the process group of the CRIU serving the pages.</summary>
+    public int Pid => runc.Pid;
+
+    /// <summary>
+    /// Whether <paramref name="pid"/> is still the lazy checkpoint (<c>runc checkpoint --lazy-pages</c>) of
+    /// <paramref name="containerId"/>: a page server a crashed crestd left behind, and not a process that reused its pid.
+    /// </summary>
+    public static bool IsPageServerOf(int pid, string containerId)
+    {
+        try
+        {
+            var argv = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/cmdline").Split('\0');
+            return argv.Contains("checkpoint", StringComparer.Ordinal) && argv.Contains("--lazy-pages", StringComparer.Ordinal) && argv.Contains(containerId, StringComparer.Ordinal);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>The <c>HOST:PORT</c> the page server listens on.</summary>
     public string PageServer => pageServer;
 

@@ -51,4 +51,16 @@ internal static partial class RuntimeLog
 
     [LoggerMessage(239, LogLevel.Warning, "container {ContainerId}: cleaning up after criu lazy-pages failed: {Error}")]
     public static partial void LazyPagesCleanupFailed(ILogger logger, string containerId, string error);
+
+    [LoggerMessage(240, LogLevel.Information, "container {ContainerId} is held frozen for a live migration since {Since:O}; it stays frozen until the migration resumes or kills it")]
+    public static partial void MigrationHoldRecorded(ILogger logger, string containerId, DateTimeOffset since);
+
+    [LoggerMessage(241, LogLevel.Information, "container {ContainerId}: the migration hold of {Since:O} ended ({How})")]
+    public static partial void MigrationHoldEnded(ILogger logger, string containerId, DateTimeOffset since, string how);
+
+    [LoggerMessage(242, LogLevel.Warning, "container {ContainerId} is held for a live migration since {Since:O} (runtime state {State}); kept frozen, not resumed (its copy may run on the target): the migration ends it, or crest resume / crest rm")]
+    public static partial void MigrationHoldKept(ILogger logger, string containerId, DateTimeOffset since, string state);
+
+    [LoggerMessage(244, LogLevel.Warning, "container {ContainerId}: killing the post-copy page server (runc pid {Pid}) an earlier crestd left serving")]
+    public static partial void LeftoverPageServerKilled(ILogger logger, string containerId, int pid);
 }

@@ -10,11 +10,12 @@ namespace Crest.E2ETests;
 /// CNI and a loopback registry: the counter moves and goes on from where it was, and a failed migration leaves exactly
 /// one copy running, the source.
 /// </summary>
+[Collection(TwoNodes.Collection)]
 public sealed class MigrationTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private static void RequireTools()
+    internal static void RequireTools()
     {
         Requires.Root();
         Requires.Binary("conmon");
@@ -23,7 +24,7 @@ public sealed class MigrationTests
     }
 
     /// <summary>busybox pushed to the shared registry and pulled back on node A, so A's image has a registry digest.</summary>
-    private static async Task<string> RegistryBusyboxOnAAsync(TwoNodes nodes, bool motdAndRoot = false)
+    internal static async Task<string> RegistryBusyboxOnAAsync(TwoNodes nodes, bool motdAndRoot = false)
     {
         var image = $"{nodes.Registry.Host}/e2e/busybox:v1";
         var rootfs = nodes.A.Dir.Combine("rootfs.tar");
@@ -41,7 +42,7 @@ public sealed class MigrationTests
     }
 
     /// <summary>The counter running in a new pod on node A; its ID and log file once it has counted a little.</summary>
-    private static async Task<(string Id, string Log)> RunCounterOnAAsync(TwoNodes nodes, string image)
+    internal static async Task<(string Id, string Log)> RunCounterOnAAsync(TwoNodes nodes, string image)
     {
         var pod = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a");
         var podId = await nodes.A.Pods.RunAsync(pod);
@@ -272,7 +273,7 @@ public sealed class MigrationTests
     }
 
     /// <summary>Skips unless this node offers post-copy (userfaultfd, and a pipe limit CRIU's page server can live with).</summary>
-    private static async Task RequirePostCopyAsync(TwoNodes nodes)
+    internal static async Task RequirePostCopyAsync(TwoNodes nodes)
     {
         using var info = JsonDocument.Parse(await RunAsync([.. nodes.A.R, "info", "-o", "json"]));
         var postCopy = info.RootElement.GetProperty("liveMigration").EnumerateArray().Single(s => s.GetProperty("strategy").GetString() == "post-copy");
@@ -284,7 +285,7 @@ public sealed class MigrationTests
     /// <paramref name="bytes"/> of spaces in one string and a "count N len L mid ok" line every 0.1 s. busybox awk's
     /// length() is strlen(), so each line reads the whole string: a page that arrived as zeros shortens it.
     /// </summary>
-    private static async Task<string> RunMemoryWorkloadOnAAsync(TwoNodes nodes, string image, long bytes)
+    internal static async Task<string> RunMemoryWorkloadOnAAsync(TwoNodes nodes, string image, long bytes)
     {
         var pod = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a");
         var podId = await nodes.A.Pods.RunAsync(pod);
@@ -345,7 +346,7 @@ public sealed class MigrationTests
     }
 
     /// <summary>Processes whose command line contains every one of <paramref name="words"/>.</summary>
-    private static List<int> ProcessesWith(params string[] words)
+    internal static List<int> ProcessesWith(params string[] words)
     {
         var found = new List<int>();
         foreach (var dir in Directory.EnumerateDirectories("/proc"))

@@ -10,6 +10,12 @@ namespace Crest.E2ETests;
 /// </summary>
 internal sealed class TwoNodes : IAsyncDisposable
 {
+    /// <summary>
+    /// The test collection of every class that starts two nodes: their bridges and subnets are fixed, and tests count the
+    /// workload's processes machine-wide, so such classes run one after the other.
+    /// </summary>
+    public const string Collection = "two crestd nodes";
+
     private TwoNodes(LocalRegistry registry, Node a, Node b)
     {
         Registry = registry;
@@ -20,7 +26,40 @@ internal sealed class TwoNodes : IAsyncDisposable
     /// <summary>One node: its temp dir, crestd, the global flags that point crest at it, and the pods it owns.</summary>
     internal sealed record Node(TempDir Dir, CrestdProcess Crestd, string Bridge) : IAsyncDisposable
     {
+        /// <summary>The crestd now serving the node (another process after <see cref="RestartAsync"/>, on the same socket).</summary>
+        public CrestdProcess Crestd { get; private set; } = Crestd;
+
+        /// <summary>crestd's arguments, for a restart on the same roots (null: this node cannot be restarted).</summary>
+        public string[]? StartArguments { get; init; }
+
         public string[] R => ["-r", Crestd.Endpoint];
+
+        /// <summary>Waits (bounded) for crestd to die at its armed crash point and returns its exit code (137 for SIGKILL).</summary>
+        public async Task<int> WaitForCrashAsync(TimeSpan timeout)
+        {
+            using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+            cts.CancelAfter(timeout);
+            await Crestd.Process.WaitForExitAsync(cts.Token);
+            return Crestd.Process.ExitCode;
+        }
+
+        /// <summary>kill -9 of crestd now; what it started (conmon, runc, CRIU) lives on.</summary>
+        public async Task KillAsync()
+        {
+            Crestd.Process.Kill();
+            await Crestd.Process.WaitForExitAsync(TestContext.Current.CancellationToken);
+        }
+
+        /// <summary>Starts crestd again on the same roots, config and socket, with no crash point armed, and waits until it answers.</summary>
+        public async Task RestartAsync()
+        {
+            var args = StartArguments ?? throw new InvalidOperationException($"node {Dir.Path} was not started by TwoNodes and cannot be restarted");
+            var previous = Crestd;
+            await previous.DisposeAsync();
+            var crestd = CrestdProcess.Start(args);
+            Crestd = crestd;
+            await UnixGrpc.WaitForCriAsync(crestd.Socket, TimeSpan.FromSeconds(30), () => previous.Log + "\n--- restarted ---\n" + crestd.Log);
+        }
 
         public OwnedPods Pods { get; } = new("-r", Crestd.Endpoint);
 
@@ -44,8 +83,11 @@ internal sealed class TwoNodes : IAsyncDisposable
 
     public Node B { get; }
 
-    /// <summary>Starts the registry and both nodes (A: bridge crmiga, 10.125.0.0/16; B: crmigb, 10.126.0.0/16).</summary>
-    public static async Task<TwoNodes> StartAsync(string name)
+    /// <summary>
+    /// Starts the registry and both nodes (A: bridge crmiga, 10.125.0.0/16; B: crmigb, 10.126.0.0/16), each crestd with
+    /// <paramref name="environmentA"/> or <paramref name="environmentB"/> in its environment (a crash point to arm).
+    /// </summary>
+    public static async Task<TwoNodes> StartAsync(string name, IDictionary<string, string>? environmentA = null, IDictionary<string, string>? environmentB = null)
     {
         Requires.Root();
         Requires.Binary("docker-registry");
@@ -53,8 +95,8 @@ internal sealed class TwoNodes : IAsyncDisposable
         Node? a = null;
         try
         {
-            a = await StartNodeAsync(name + "-a", "crmiga", "10.125.0.0/16");
-            var b = await StartNodeAsync(name + "-b", "crmigb", "10.126.0.0/16");
+            a = await StartNodeAsync(name + "-a", "crmiga", "10.125.0.0/16", environmentA);
+            var b = await StartNodeAsync(name + "-b", "crmigb", "10.126.0.0/16", environmentB);
             return new TwoNodes(registry, a, b);
         }
         catch
@@ -69,7 +111,7 @@ internal sealed class TwoNodes : IAsyncDisposable
         }
     }
 
-    private static async Task<Node> StartNodeAsync(string name, string bridge, string subnet)
+    private static async Task<Node> StartNodeAsync(string name, string bridge, string subnet, IDictionary<string, string>? environment)
     {
         var dir = new TempDir("crest-e2e-" + name);
         try
@@ -84,7 +126,8 @@ internal sealed class TwoNodes : IAsyncDisposable
                 [restore]
                 via_create = true
                 """);
-            var crestd = CrestdProcess.Start("--config", config, "--root", dir.Combine("root"), "--state", dir.Combine("state"));
+            string[] args = ["--config", config, "--root", dir.Combine("root"), "--state", dir.Combine("state")];
+            var crestd = CrestdProcess.Start(environment, args);
             try
             {
                 await UnixGrpc.WaitForCriAsync(crestd.Socket, TimeSpan.FromSeconds(30), () => crestd.Log);
@@ -95,7 +138,7 @@ internal sealed class TwoNodes : IAsyncDisposable
                 throw;
             }
 
-            return new Node(dir, crestd, bridge);
+            return new Node(dir, crestd, bridge) { StartArguments = args };
         }
         catch
         {

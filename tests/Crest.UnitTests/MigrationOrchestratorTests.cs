@@ -44,12 +44,54 @@ public sealed class MigrationOrchestratorTests
 
         private int _next;
 
+        /// <summary>The call at which this node's crestd dies (before it acts, or with <see cref="CrashAfterEffect"/> after it acted and before it answered).</summary>
+        public string? CrashAt { get; set; }
+
+        public bool CrashAfterEffect { get; set; }
+
+        /// <summary>How many calls fail after the crash until the node answers again (its restart); int.MaxValue: it never does.</summary>
+        public int DownFor { get; set; } = int.MaxValue;
+
+        private int _down;
+
+        /// <summary>The migration label of each container restored here.</summary>
+        public Dictionary<string, string> MigrationIds { get; } = new(StringComparer.Ordinal);
+
         private void Step(string call)
         {
             Calls.Add(call);
-            if (FailAt == call.Split(' ')[0])
+            var verb = call.Split(' ')[0];
+            if (_down > 0)
+            {
+                _down--;
+                throw new NodeUnavailableException($"{call} on {name}: nothing is listening there");
+            }
+
+            if (CrashAt == verb && !CrashAfterEffect)
+            {
+                Crash(call);
+            }
+
+            if (FailAt == verb)
             {
                 throw new CliFailure(ExitCodes.RuntimeError, $"{call} failed on {name}");
+            }
+        }
+
+        /// <summary>The node dies now: this call and the next <see cref="DownFor"/> ones are not answered.</summary>
+        private void Crash(string call)
+        {
+            CrashAt = null;
+            _down = DownFor == int.MaxValue ? int.MaxValue : DownFor - 1;
+            throw new NodeUnavailableException($"{call} on {name} got no answer, its crestd is down or restarting");
+        }
+
+        /// <summary>The node acted on the call, then died before it answered.</summary>
+        private void AnswerLost(string call)
+        {
+            if (CrashAt == call.Split(' ')[0] && CrashAfterEffect)
+            {
+                Crash(call);
             }
         }
 
@@ -123,6 +165,7 @@ public sealed class MigrationOrchestratorTests
                 RootfsRounds.Remove(rootfsRounds);
             }
 
+            AnswerLost("freeze");
             return Task.FromResult(new FrozenSource("src-archive", 4096, TimeSpan.FromMilliseconds(300))
             {
                 PageServer = pageServerAddress is null ? null : pageServerAddress + ":7000",
@@ -180,6 +223,7 @@ public sealed class MigrationOrchestratorTests
         {
             Step("killfrozen " + containerId);
             Containers[containerId] = "exited";
+            AnswerLost("killfrozen");
             return Task.CompletedTask;
         }
 
@@ -228,10 +272,18 @@ public sealed class MigrationOrchestratorTests
 
             var id = "restored-" + ++_next;
             Containers[id] = FailAt == "state" ? "exited" : "running";
+            MigrationIds[id] = source.Labels[MigrationLabels.MigrationId];
+            AnswerLost("restore");
             return Task.FromResult(id);
         }
 
         public string? RestoredWithStaging { get; private set; }
+
+        public Task<IReadOnlyList<string>> FindRestoredAsync(string migrationId, CancellationToken ct)
+        {
+            Step("find " + migrationId);
+            return Task.FromResult<IReadOnlyList<string>>([.. MigrationIds.Where(m => m.Value == migrationId && Containers.ContainsKey(m.Key)).Select(m => m.Key)]);
+        }
 
         /// <summary>Post-copy: the transfer ends after two polls, with every page, or (FailAt "pages") short, its copy killed.</summary>
         public Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct)
@@ -266,7 +318,7 @@ public sealed class MigrationOrchestratorTests
 
         public Task<(DateTimeOffset? Last, DateTimeOffset? FirstAfter)> LogTimesAsync(string containerId, DateTimeOffset? after, CancellationToken ct)
         {
-            Calls.Add("logtimes " + containerId);
+            Step("logtimes " + containerId);
             var t0 = new DateTimeOffset(2026, 12, 3, 12, 0, 0, TimeSpan.Zero);
             return Task.FromResult<(DateTimeOffset?, DateTimeOffset?)>(name == "a" ? (t0, null) : (t0.AddMilliseconds(900), t0.AddMilliseconds(800)));
         }
@@ -278,7 +330,7 @@ public sealed class MigrationOrchestratorTests
         source.Containers["c1"] = "running";
         var target = new FakeNode("b");
         var progress = new List<string>();
-        return (source, target, new MigrationOrchestrator(source, target, progress.Add, TimeProvider.System), progress);
+        return (source, target, new MigrationOrchestrator(source, target, progress.Add, TimeProvider.System) { NodeReturnTimeout = TimeSpan.FromSeconds(2) }, progress);
     }
 
     private static MigrationRequest NewPod() => new("c1", MigrationStrategy.StopCopy, null, new global::Runtime.V1.PodSandboxConfig());
@@ -408,7 +460,7 @@ public sealed class MigrationOrchestratorTests
         Assert.Single(target.Running);
         Assert.Empty(source.Running);
         Assert.DoesNotContain("resume c1", source.Calls);
-        Assert.Contains("rm c1) before it is resumed", e.Message, StringComparison.Ordinal);
+        Assert.Contains("crest -r a rm c1; never crest resume it", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -597,5 +649,117 @@ public sealed class MigrationOrchestratorTests
         Assert.Contains("--keep-address needs --pod-config", e.Message, StringComparison.Ordinal);
         Assert.Empty(source.Calls);
         Assert.Empty(target.Calls);
+    }
+
+    [Fact]
+    public async Task A_source_whose_crestd_restarts_before_the_kill_is_killed_once_it_answers_and_never_resumed()
+    {
+        var (source, target, orchestrator, progress) = Nodes();
+        source.CrashAt = "killfrozen";
+        source.DownFor = 3;
+
+        var report = await orchestrator.RunAsync(NewPod(), Ct);
+
+        Assert.Empty(source.Containers);
+        Assert.Equal([report.TargetContainerId], target.Running);
+        Assert.DoesNotContain("resume c1", source.Calls);
+        Assert.Equal(4, source.Calls.Count(c => c == "killfrozen c1"));
+        Assert.Contains(progress, p => p.StartsWith("waiting for a to answer (killing the frozen c1)", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_source_that_does_not_come_back_after_the_switch_stays_frozen_and_the_operator_is_told_to_remove_it()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.CrashAt = "killfrozen";
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        Assert.Equal("frozen", source.Containers["c1"]);
+        Assert.Single(target.Running);
+        Assert.DoesNotContain("resume c1", source.Calls);
+        Assert.Contains("a did not answer within 2 s", e.Message, StringComparison.Ordinal);
+        Assert.Contains("crest -r a rm c1", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_source_whose_crestd_dies_in_the_freeze_is_resumed_once_it_is_back_and_the_target_pod_goes()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.CrashAt = "freeze";
+        source.CrashAfterEffect = true;
+        source.DownFor = 2;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        Assert.Contains("undone: the container runs on a as before", e.Message, StringComparison.Ordinal);
+        Assert.Equal(["c1"], source.Running);
+        Assert.Empty(target.Pods);
+        // Nothing was restored: the target is not asked for copies, and the source is resumed before the target's pod goes.
+        Assert.DoesNotContain(target.Calls, c => c.StartsWith("find", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_restore_whose_answer_is_lost_is_found_by_its_label_and_removed_before_the_source_resumes()
+    {
+        var (source, target, orchestrator, progress) = Nodes();
+        target.CrashAt = "restore";
+        target.CrashAfterEffect = true;
+        target.DownFor = 3;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        Assert.Contains("undone: the container runs on a as before", e.Message, StringComparison.Ordinal);
+        Assert.Equal(["c1"], source.Running);
+        Assert.Empty(target.Containers);
+        Assert.Empty(target.Pods);
+        Assert.Contains(progress, p => p.Contains("removed the restored container restored-2", StringComparison.Ordinal));
+        // The copy went before the source ran again.
+        Assert.Contains("rm restored-2", target.Calls);
+        Assert.Contains("resume c1", source.Calls);
+    }
+
+    [Fact]
+    public async Task A_target_that_does_not_come_back_after_the_restore_was_asked_for_leaves_the_source_frozen_and_says_how_to_end_it()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        target.CrashAt = "restore";
+        target.CrashAfterEffect = true;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        Assert.DoesNotContain("resume c1", source.Calls);
+        Assert.Equal("frozen", source.Containers["c1"]);
+        Assert.Contains("undo stopped: b did not answer within 2 s", e.Message, StringComparison.Ordinal);
+        Assert.Contains("c1 stays frozen on a", e.Message, StringComparison.Ordinal);
+        Assert.Contains("crest -r a resume c1", e.Message, StringComparison.Ordinal);
+        Assert.Contains("crest -r a rm c1", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_target_that_dies_while_receiving_the_archive_does_not_keep_the_source_frozen()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        target.CrashAt = "write";
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod(), Ct));
+
+        // No restore was asked for, so no copy can run there: the source resumes although the target never comes back.
+        Assert.Equal(["c1"], source.Running);
+        Assert.Contains("undo incomplete (removing pod pod-b-1 on b", e.Message, StringComparison.Ordinal);
+        Assert.True(source.Calls.IndexOf("resume c1") >= 0);
+    }
+
+    [Fact]
+    public async Task A_target_that_stops_answering_after_the_switch_leaves_the_downtime_unknown_and_the_migration_done()
+    {
+        var (source, target, orchestrator, progress) = Nodes();
+        target.CrashAt = "logtimes";
+
+        var report = await orchestrator.RunAsync(NewPod(), Ct);
+
+        Assert.Null(report.Downtime);
+        Assert.Empty(source.Containers);
+        Assert.Contains(progress, p => p.StartsWith("downtime unknown:", StringComparison.Ordinal));
     }
 }

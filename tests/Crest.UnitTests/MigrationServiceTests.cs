@@ -249,6 +249,23 @@ public sealed class MigrationServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task A_restart_keeps_the_lock_of_a_source_still_held_frozen_for_its_migration()
+    {
+        var network = new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance);
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await RunningWithConfigAsync("c1", pod.Id);
+        await network.LockAsync(c, Ct);
+        await _h.Store.PutContainerAsync(c with { MigrationHold = new MigrationHold(DateTimeOffset.UtcNow) }, Ct);
+
+        var lifted = await network.SweepAsync(Ct);
+
+        // The migration may yet kill it: its sockets must not answer the peer that now talks to the target.
+        Assert.Equal(0, lifted);
+        Assert.NotEmpty(_commands.Active);
+        Assert.True(File.Exists(Path.Combine(_h.Layout.SandboxDir(pod.Id), "migration-lock")));
+    }
+
+    [Fact]
     public void A_checkpoint_holding_established_connections_is_restored_with_them()
     {
         var images = _h.Paths.Root + "/images-tcp";

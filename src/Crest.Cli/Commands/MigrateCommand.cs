@@ -32,9 +32,13 @@ internal static class MigrateCommand
         {
             Description = "carry the whole rootfs diff in the frozen window instead of sending it in rounds while the container runs (for comparison)",
         };
+        var waitForNode = new Option<int?>("--wait-for-node")
+        {
+            Description = "seconds the ending steps (kill or resume the source, remove the target's copy) wait for a node whose crestd does not answer (default 60)",
+        };
         var command = new Command("migrate", "Live-migrate a running container to another crestd node: pre-stage, freeze, copy, restore, then remove the source")
         {
-            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress, noRootfsRounds,
+            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress, noRootfsRounds, waitForNode,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -63,7 +67,12 @@ internal static class MigrateCommand
             using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);
             using var targetConnection = new CriConnection(CriEndpoint.Parse(parse.GetValue(to)!), timeout);
             var orchestrator = new MigrationOrchestrator(new GrpcMigrationNode(sourceConnection), new GrpcMigrationNode(targetConnection),
-                line => CliRunner.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {line}"), TimeProvider.System);
+                line => CliRunner.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {line}"), TimeProvider.System)
+            {
+                NodeReturnTimeout = parse.GetValue(waitForNode) is { } seconds
+                    ? (seconds >= 0 ? TimeSpan.FromSeconds(seconds) : throw new CliUsageException($"--wait-for-node {seconds}: expected a number of seconds, 0 or more"))
+                    : MigrationOrchestrator.DefaultNodeReturnTimeout,
+            };
             MigrationReport report;
             try
             {
@@ -72,6 +81,11 @@ internal static class MigrateCommand
             catch (MigrationFailedException e)
             {
                 throw new CliFailure(ExitCodes.RuntimeError, e.Message);
+            }
+            catch (NodeUnavailableException e)
+            {
+                // Before the freeze: nothing was changed on the source.
+                throw new CliFailure(ExitCodes.Unreachable, e.Message);
             }
 
             await WriteReportAsync(ctx, report);

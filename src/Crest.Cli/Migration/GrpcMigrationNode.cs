@@ -21,7 +21,7 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         MigrationCapabilitiesResponse response;
         try
         {
-            response = await CallAsync("crest.v1.CrestMigration/Capabilities", o => _migration.CapabilitiesAsync(new MigrationCapabilitiesRequest(), o).ResponseAsync, ct).ConfigureAwait(false);
+            response = await CliRunner.CallAsync(connection, "crest.v1.CrestMigration/Capabilities", o => _migration.CapabilitiesAsync(new MigrationCapabilitiesRequest(), o).ResponseAsync, ct).ConfigureAwait(false);
         }
         catch (CliFailure e) when (e.ExitCode == ExitCodes.NotCri)
         {
@@ -257,7 +257,8 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         }
         catch (CliFailure e)
         {
-            // The orchestrator removes what it knows of; a container that failed to start is removed here.
+            // The orchestrator removes what it knows of; a container that failed to start is removed here. One whose
+            // node went away meanwhile (NodeUnavailableException) may run there: the undo finds it by its label.
             await RemoveContainerAsync(created.ContainerId, CancellationToken.None).ConfigureAwait(false);
             throw new CliFailure(e.ExitCode, $"{e.Message} (container {created.ContainerId} on {Name} removed)");
         }
@@ -295,13 +296,48 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
 
     private static DateTimeOffset? FromNanos(long nanos) => nanos > 0 ? DateTimeOffset.UnixEpoch.AddTicks(nanos / 100) : null;
 
-    private Task<T> CallAsync<T>(string rpc, Func<CallOptions, Task<T>> call, CancellationToken ct) => CliRunner.CallAsync(connection, rpc, call, ct);
+    public async Task<IReadOnlyList<string>> FindRestoredAsync(string migrationId, CancellationToken ct)
+    {
+        var filter = new ContainerFilter();
+        filter.LabelSelector[MigrationLabels.MigrationId] = migrationId;
+        var r = await CallAsync("ListContainers", o => _runtime.ListContainersAsync(new ListContainersRequest { Filter = filter }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return [.. r.Containers.Select(c => c.Id)];
+    }
+
+    /// <summary>One call; a node that does not answer (no socket, refused, or cut off) is <see cref="NodeUnavailableException"/>.</summary>
+    private async Task<T> CallAsync<T>(string rpc, Func<CallOptions, Task<T>> call, CancellationToken ct)
+    {
+        try
+        {
+            connection.CheckSocketExists();
+            return await call(connection.CallOptions(ct)).ConfigureAwait(false);
+        }
+        catch (CliFailure e) when (e.ExitCode == ExitCodes.Unreachable)
+        {
+            throw new NodeUnavailableException($"{rpc} on {Name}: {e.Message}", e);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+        {
+            throw Unavailable(rpc, e);
+        }
+        catch (RpcException e)
+        {
+            throw connection.Explain(e, rpc);
+        }
+    }
+
+    private NodeUnavailableException Unavailable(string rpc, RpcException e) =>
+        new($"{rpc} on {Name} got no answer, its crestd is down or restarting ({e.Status.Detail})", e);
 
     private async Task<T> Explained<T>(string rpc, Func<Task<T>> call)
     {
         try
         {
             return await call().ConfigureAwait(false);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+        {
+            throw Unavailable(rpc, e);
         }
         catch (RpcException e)
         {
@@ -314,6 +350,10 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         try
         {
             await call().ConfigureAwait(false);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+        {
+            throw Unavailable(rpc, e);
         }
         catch (RpcException e)
         {

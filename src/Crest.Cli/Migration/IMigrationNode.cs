@@ -2,7 +2,8 @@ namespace Crest.Cli.Migration;
 
 /// <summary>
 /// One node as a migration drives it: plain CRI calls and Crest's crest.v1.CrestMigration service on the same socket.
-/// The real node is <see cref="GrpcMigrationNode"/>; unit tests drive the orchestration over a fake.
+/// The real node is <see cref="GrpcMigrationNode"/>; unit tests drive the orchestration over a fake. A call to a node
+/// whose crestd does not answer fails with <see cref="NodeUnavailableException"/>.
 /// </summary>
 internal interface IMigrationNode
 {
@@ -67,6 +68,12 @@ internal interface IMigrationNode
 
     /// <summary>Target: a post-copy restore's memory transfer now, or (with <paramref name="wait"/>) once it ended.</summary>
     Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct);
+
+    /// <summary>
+    /// Target: the containers carrying <see cref="MigrationLabels.MigrationId"/> = <paramref name="migrationId"/>, whatever
+    /// their state: a restore whose answer was lost (its crestd died) is found by what the migration labelled it with.
+    /// </summary>
+    Task<IReadOnlyList<string>> FindRestoredAsync(string migrationId, CancellationToken ct);
 
     /// <summary>The container's CRI state, e.g. CONTAINER_RUNNING.</summary>
     Task<string> StateAsync(string containerId, CancellationToken ct);

@@ -133,6 +133,20 @@ internal sealed class MigrationFailedException(string message, Exception? inner 
 {
 }
 
+/// <summary>
+/// A node that did not answer a call: its crestd is down or restarting (the socket is gone or refuses connections, or the
+/// call was cut off). The orchestrator waits a bounded time for it to come back before it gives up an ending step.
+/// </summary>
+internal sealed class NodeUnavailableException(string message, Exception? inner = null) : Exception(message, inner)
+{
+}
+
+/// <summary>The label a migration puts on the container it restores on the target, so that an undo finds it by the migration's id.</summary>
+internal static class MigrationLabels
+{
+    public const string MigrationId = "io.crest.migration.id";
+}
+
 internal static class MigrationStrategies
 {
     public static string Name(MigrationStrategy s) => s switch

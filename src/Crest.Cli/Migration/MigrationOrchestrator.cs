@@ -21,7 +21,7 @@ namespace Crest.Cli.Migration;
 /// from the source's page server, and the source stays frozen (its memory whole) until the last page arrived. If the
 /// transfer breaks, the target's watchdog kills its copy (unfetched pages would read as zeros) and the source resumes.
 /// Any failure before the last step removes what was made on the target and resumes the source, so exactly one copy
-/// runs whatever failed. The downtime is measured from the container's CRI log: the source's last line to the target's
+/// runs whatever failed; a node whose crestd restarts meanwhile is waited for (MigrationOrchestrator.Ending.cs). The downtime is measured from the container's CRI log: the source's last line to the target's
 /// first new one.
 /// </summary>
 internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigrationNode target, Action<string> progress, TimeProvider time)
@@ -71,6 +71,9 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         FrozenSource? frozen = null;
         string? targetToken = null;
         string? restored = null;
+        // Labels the restored container: a restore whose answer is lost is found on the target by it (UndoAsync).
+        var migrationId = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+        var restoreSent = false;
         var postCopy = request.Strategy == MigrationStrategy.PostCopy;
         var switchStarted = time.GetTimestamp();
         TimeSpan frozenFor = default;
@@ -114,7 +117,8 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             }
 
             progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
-            restored = await target.RestoreAsync(podId, path, container, postCopy ? frozen.PageServer : null, rootfs.TargetToken, ct).ConfigureAwait(false);
+            restoreSent = true;
+            restored = await target.RestoreAsync(podId, path, Labelled(container, migrationId), postCopy ? frozen.PageServer : null, rootfs.TargetToken, ct).ConfigureAwait(false);
             progress($"restore: container {restored} started in pod {podId} on {target.Name}");
             await ExpectRunningAsync(restored, ct).ConfigureAwait(false);
             frozenFor = time.GetElapsedTime(switchStarted);
@@ -129,38 +133,19 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         }
         catch (Exception e)
         {
-            var undo = await UndoAsync(container.Id, frozen, targetToken, restored, madePod ? podId : null).ConfigureAwait(false);
+            var undo = await UndoAsync(new SwitchState(container.Id, frozen, targetToken, restored, restoreSent ? migrationId : null, madePod ? podId : null)).ConfigureAwait(false);
             var rootfsUndo = await DropRootfsRoundsAsync(rootfs).ConfigureAwait(false);
             throw new MigrationFailedException(
                 $"migration of container {container.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}" + (rootfsUndo is null ? "" : $" ({rootfsUndo})"), e);
         }
 
         // The target runs with all its state: the source must never run again.
-        DateTimeOffset? lastSource;
-        try
-        {
-            await source.KillFrozenAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
-            (lastSource, _) = await source.LogTimesAsync(container.Id, null, CancellationToken.None).ConfigureAwait(false);
-            await source.RemoveContainerAsync(container.Id, CancellationToken.None).ConfigureAwait(false);
-            if (request.KeepAddress)
-            {
-                await RemoveSourcePodAsync(container).ConfigureAwait(false);
-            }
-        }
-        catch (Exception e)
-        {
-            // Not undone: the target runs with the state. A source left frozen must not be resumed (crestd's restart
-            // recovery would), so the operator is told to remove it.
-            throw new MigrationFailedException(
-                $"container {container.Id} now runs on {target.Name} as {restored}, but ending the frozen source on {source.Name} failed: {Describe(e)}; "
-                + $"remove it there (crest -r {source.Name} rm {container.Id}) before it is resumed", e);
-        }
-
-        await source.DropArchiveAsync(frozen.ArchiveToken, CancellationToken.None).ConfigureAwait(false);
-        await target.DropArchiveAsync(targetToken!, CancellationToken.None).ConfigureAwait(false);
+        var lastSource = await EndSourceAsync(container, restored!, request.KeepAddress).ConfigureAwait(false);
+        await DropArchiveAsync(source, frozen.ArchiveToken).ConfigureAwait(false);
+        await DropArchiveAsync(target, targetToken!).ConfigureAwait(false);
         progress($"done: removed {container.Id} from {source.Name}");
 
-        var firstTarget = lastSource is null ? null : await FirstTargetLineAsync(restored!, lastSource.Value, ct).ConfigureAwait(false);
+        var firstTarget = lastSource is null ? null : await FirstTargetLineOrUnknownAsync(restored!, lastSource.Value, ct).ConfigureAwait(false);
         return new MigrationReport(container.Id, restored!, podId, request.Strategy, before, frozen.ArchiveBytes, frozenFor,
             firstTarget - lastSource, lastSource, firstTarget, time.GetElapsedTime(started))
         {
@@ -248,50 +233,6 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
 
             await Task.Delay(Poll, time, ct).ConfigureAwait(false);
         }
-    }
-
-    /// <summary>Undoes a failed switch: the target's half-made container, archive and pod go, the source runs on.</summary>
-    private async Task<string> UndoAsync(string sourceId, FrozenSource? frozen, string? targetToken, string? restored, string? madePod)
-    {
-        var problems = new List<string>();
-        async Task Try(string what, Func<Task> step)
-        {
-            try
-            {
-                await step().ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                problems.Add($"{what}: {Describe(e)}");
-            }
-        }
-
-        // Target first: its copy must be gone before the source runs again.
-        if (restored is not null)
-        {
-            await Try($"removing the restored container {restored} on {target.Name}", () => target.RemoveContainerAsync(restored, CancellationToken.None)).ConfigureAwait(false);
-        }
-
-        if (targetToken is not null)
-        {
-            await Try($"dropping the archive on {target.Name}", () => target.DropArchiveAsync(targetToken, CancellationToken.None)).ConfigureAwait(false);
-        }
-
-        if (madePod is not null)
-        {
-            await Try($"removing pod {madePod} on {target.Name}", () => target.RemovePodAsync(madePod, CancellationToken.None)).ConfigureAwait(false);
-        }
-
-        // Resumed whether or not the freeze answered: a freeze cut off in flight may have frozen it.
-        await Try($"resuming {sourceId} on {source.Name}", () => source.ResumeAsync(sourceId, CancellationToken.None)).ConfigureAwait(false);
-        if (frozen is not null)
-        {
-            await Try($"dropping the archive on {source.Name}", () => source.DropArchiveAsync(frozen.ArchiveToken, CancellationToken.None)).ConfigureAwait(false);
-        }
-
-        return problems.Count == 0
-            ? $"undone: the container runs on {source.Name} as before, and nothing of it is left on {target.Name}"
-            : $"undo incomplete ({string.Join("; ", problems)}); check both nodes with crest ps -a";
     }
 
     /// <summary>
