@@ -114,7 +114,7 @@ internal static class MigrationScenario
             }
         }
 
-        report.Note($"migration rows: two crestd on this machine (own roots, sockets, CNI bridges; one loopback registry), `crest migrate --strategy stop-copy|post-copy` of a fresh bench/workloads/memory-dirtier process holding the size given and rewriting that many MiB/s of it, a few pages every {TickMs} ms, each tick one log line. downtime: the workload's last CRI log line on A to its first on B, as crest prints it; workload's gap: the wall time between the workload's last tick on A and its first on B, less one tick, from its own clock readings; frozen: freeze to the target running; total: the whole command, pre-staging included; fault-in slowdown: how much longer the rewrites took on B in the {FaultInWindow.TotalSeconds:0} s after the switch than their median on A, summed (post-copy pages that fault in from A). Every run then has the workload check every word of its memory on B against what it wrote (SIGUSR1, `verify ok`) and fails otherwise. "
+        report.Note($"migration rows: two crestd on this machine (own roots, sockets, CNI bridges; one loopback registry), `crest migrate --strategy stop-copy|post-copy` of a fresh bench/workloads/memory-dirtier process holding the size given and rewriting that many MiB/s of it, a few pages every {TickMs} ms, each tick one log line. downtime: the workload's last CRI log line on A to its first on B, as crest prints it; workload's gap: the longest wall time between two of the workload's ticks across the switch (its first three on B), less one tick, from its own clock readings; frozen: freeze to the target running; total: the whole command, pre-staging included; fault-in slowdown: how much longer the rewrites of the ticks begun on B took in the {FaultInWindow.TotalSeconds:0} s after the switch than their median on A, summed (post-copy pages that fault in from A). Every run then has the workload check every word of its memory on B against what it wrote (SIGUSR1, `verify ok`) and fails otherwise. "
             + (postCopyProblem is null ? "" : "No post-copy rows in this run: " + postCopyProblem));
     }
 
@@ -191,8 +191,14 @@ internal static class MigrationScenario
                 throw new InvalidOperationException($"the workload on B went on from tick {first.Number}, A's last was {lastOnA.Number}: ticks were lost or repeated");
             }
 
+            // A tick that read its clock on A before the freeze and printed on B carries the switch inside it: its
+            // rewrite time holds the downtime, and the gap shows in the tick after it. Such ticks began before A's last
+            // one could be followed by another there.
+            var switched = onB.Where(t => t.At > lastOnA.At + TimeSpan.FromMilliseconds(2 * TickMs)).ToList();
+            var resumed = switched.Count > 0 ? switched[0] : first;
             var usual = Median(onA.TakeLast(100).Select(t => t.WorkMs).ToList());
-            var faultIn = onB.Where(t => t.At <= first.At + FaultInWindow).Sum(t => Math.Max(0, t.WorkMs - usual));
+            var faultIn = switched.Where(t => t.At <= resumed.At + FaultInWindow).Sum(t => Math.Max(0, t.WorkMs - usual));
+            var gap = onB.Take(3).Max(t => t.GapMs) - TickMs;
 
             // Every word of the memory, checked by the workload against what it wrote.
             await Crest(crest, [.. rb, "exec", moved, "/bin/busybox", "killall", "-USR1", "memory-dirtier"]);
@@ -203,7 +209,7 @@ internal static class MigrationScenario
                 throw new InvalidOperationException($"the memory did not arrive whole on B ({strategy}, {mib} MiB): {verdict}");
             }
 
-            return new Migration(r.GetProperty("downtimeMs").GetDouble(), first.GapMs - TickMs, r.GetProperty("frozenMs").GetDouble(), r.GetProperty("totalMs").GetDouble(), faultIn);
+            return new Migration(r.GetProperty("downtimeMs").GetDouble(), gap, r.GetProperty("frozenMs").GetDouble(), r.GetProperty("totalMs").GetDouble(), faultIn);
         }
         finally
         {
