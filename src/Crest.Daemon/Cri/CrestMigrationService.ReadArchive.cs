@@ -6,9 +6,13 @@ namespace Crest.Daemon.Cri;
 
 internal sealed partial class CrestMigrationService
 {
-    private const int ChunkBytes = 1 << 20;
+    /// <summary>
+    /// 64 KiB: each chunk a client receives is a new array, and one of 85,000 bytes or more is allocated on the large
+    /// object heap, whose churn kept the relaying client's background GC busy for a fifth of a gigabyte's transfer.
+    /// </summary>
+    private const int ChunkBytes = 64 << 10;
 
-    /// <summary>Streams a held migration archive in 1 MiB chunks. NotFound for a token this node does not hold.</summary>
+    /// <summary>Streams a held migration archive in 64 KiB chunks. NotFound for a token this node does not hold.</summary>
     public override async Task ReadArchive(ReadArchiveRequest request, IServerStreamWriter<ArchiveChunk> responseStream, ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(request);
