@@ -42,6 +42,9 @@ public sealed record CheckpointResult(
     /// <summary>Post-copy: the CRIU that serves the memory the archive leaves out, and owns the dump's work directory.</summary>
     public LazyCheckpoint? PageServer { get; init; }
 
+    /// <summary>A held checkpoint's work directory, which the archive is streamed from (no archive was written; ArchiveBytes is 0).</summary>
+    public string? HeldWork { get; init; }
+
     /// <summary>The rootfs diff in the archive: its entries and the bytes of its regular files (a delta's only, after rounds).</summary>
     public long RootfsEntries { get; init; }
 
@@ -75,8 +78,14 @@ public sealed class CheckpointService(
     /// (a migration whose rounds are staged on the target) the rootfs diff holds only what changed since the last round,
     /// deleted.files every deletion as of the freeze, and the archive is marked as a delta (crest-rootfs-rounds.json).
     /// </summary>
+    /// <remarks>
+    /// With <paramref name="holdWork"/> (a stop-copy migration's source, left frozen) no archive is written at
+    /// <paramref name="location"/>: the work directory is kept (<see cref="CheckpointResult.HeldWork"/>) and the archive is
+    /// made from it as it streams to the target (<see cref="ContainerCheckpointWriter.StreamArchiveAsync"/>); its owner
+    /// removes it with <see cref="ContainerService.RemoveCheckpointWork"/>. The frozen window then holds no archive write.
+    /// </remarks>
     public async Task<CheckpointResult> CheckpointAsync(string idOrPrefix, string location, TimeSpan timeout, CancellationToken ct, bool leaveFrozen = false,
-        string? lazyPageServer = null, bool? tcpEstablished = null, RootfsDelta? rootfsDelta = null)
+        string? lazyPageServer = null, bool? tcpEstablished = null, RootfsDelta? rootfsDelta = null, bool holdWork = false)
     {
         var total = Stopwatch.StartNew();
         if (!options.Enabled)
@@ -163,16 +172,20 @@ public sealed class CheckpointService(
             }
 
             var archiveClock = Stopwatch.StartNew();
-            var bytes = await ContainerCheckpointWriter.WriteArchiveAsync(work, target, options.Compression, token, partialRecord: work + ContainerService.PartialArchiveRecordSuffix).ConfigureAwait(false);
-            var result = new CheckpointResult(container.Id, target, bytes, total.Elapsed, dump.Paused, dump.CriuDump, dump.RootfsCapture, archiveClock.Elapsed, stats);
-            CheckpointLog.Checkpointed(logger, container.Id, target, bytes, (long)result.Total.TotalMilliseconds, (long)result.Paused.TotalMilliseconds,
+            var bytes = holdWork ? 0
+                : await ContainerCheckpointWriter.WriteArchiveAsync(work, target, options.Compression, token, partialRecord: work + ContainerService.PartialArchiveRecordSuffix).ConfigureAwait(false);
+            var result = new CheckpointResult(container.Id, holdWork ? work : target, bytes, total.Elapsed, dump.Paused, dump.CriuDump, dump.RootfsCapture, archiveClock.Elapsed, stats)
+            {
+                HeldWork = holdWork ? work : null,
+            };
+            CheckpointLog.Checkpointed(logger, container.Id, result.Location, bytes, (long)result.Total.TotalMilliseconds, (long)result.Paused.TotalMilliseconds,
                 stats?.FrozenTimeUs ?? 0, stats?.PagesWritten ?? 0, workspace.InMemory ? "memory (tmpfs)" : "disk");
             CheckpointMetrics.Record(result);
             frozen = false;
             // The page server goes on with the work directory (dump.log); its owner removes both.
             var served = pageServer;
             pageServer = null;
-            keepWork = served is not null;
+            keepWork = served is not null || holdWork;
             return result with { PageServer = served, RootfsEntries = diff!.Entries, RootfsBytes = diff.Bytes };
         }
         catch (Exception) when (CheckpointMetrics.CheckpointFailed())

@@ -163,6 +163,10 @@ internal static class ContainerCheckpointWriter
     /// end, so that a crestd killed in between finds and removes the temporary file when it starts again
     /// (<see cref="ContainerService.RecoverAsync"/>).
     /// </summary>
+    /// <summary>The archive of a held work directory, written into <paramref name="output"/> as it is made (uncompressed).</summary>
+    internal static Task StreamArchiveAsync(string work, Stream output, CancellationToken ct) =>
+        CheckpointArchive.WriteAsync(work, output, ArchiveCompression.None, ct);
+
     internal static async Task<long> WriteArchiveAsync(string work, string target, ArchiveCompression compression, CancellationToken ct, string? partialRecord = null)
     {
         var temp = Path.Combine(Path.GetDirectoryName(target)!, $".{Path.GetFileName(target)}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}{ContainerService.PartialArchiveSuffix}");

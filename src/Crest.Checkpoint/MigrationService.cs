@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Security.Cryptography;
 using Crest.Checkpoint.Format;
 using Crest.Core;
+using Crest.Linux;
 using Crest.Runtime;
 using Microsoft.Extensions.Logging;
 
@@ -102,7 +103,7 @@ public sealed partial class MigrationService(
         {
             if (!tcpEstablished)
             {
-                result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, rootfsDelta: delta).ConfigureAwait(false);
+                result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, rootfsDelta: delta, holdWork: pageServer is null).ConfigureAwait(false);
             }
             else
             {
@@ -110,7 +111,7 @@ public sealed partial class MigrationService(
                 await networkLock.LockAsync(container, ct).ConfigureAwait(false);
                 try
                 {
-                    result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, tcpEstablished: true, rootfsDelta: delta).ConfigureAwait(false);
+                    result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, tcpEstablished: true, rootfsDelta: delta, holdWork: pageServer is null).ConfigureAwait(false);
                 }
                 catch
                 {
@@ -137,9 +138,15 @@ public sealed partial class MigrationService(
             _ = served.Exit.ContinueWith(_ => ContainerCheckpointWriter.RemoveFresh(served.WorkPath), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
         }
 
+        if (result.HeldWork is { } work)
+        {
+            // A stop-copy freeze keeps CRIU's work directory (a tmpfs when it fit in memory) and streams the archive from it.
+            await File.WriteAllTextAsync(HeldWorkRecord(token), work, ct).ConfigureAwait(false);
+        }
+
         CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);
         CrashPoints.Hit(CrashPoints.MigrationSourceFrozen);
-        // Frozen from the pause until now: the dump, and the archive written while it stayed frozen.
+        // Frozen from the pause until now: the dump (and, post-copy, the small archive written while it stayed frozen).
         return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total)
         {
             PageServer = result.PageServer?.PageServer,
@@ -204,6 +211,42 @@ public sealed partial class MigrationService(
         probe.Stop();
         return ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{ip}]:{port}" : $"{ip}:{port}";
     }
+
+    /// <summary>
+    /// Writes a held archive into <paramref name="output"/> (the source sends it): a file under <see cref="ArchiveDir"/>
+    /// (a post-copy freeze's, a rootfs round), or the archive of a stop-copy freeze's held work directory, made as it goes.
+    /// </summary>
+    public async Task SendArchiveAsync(string token, Stream output, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        var record = HeldWorkRecord(token);
+        if (File.Exists(record))
+        {
+            await ContainerCheckpointWriter.StreamArchiveAsync(HeldWork(record), output, ct).ConfigureAwait(false);
+            return;
+        }
+
+        await using var file = OpenArchive(token);
+        await file.CopyToAsync(output, 64 << 10, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>The held work directory a record names: a checkpoint work directory of a container of this node.</summary>
+    private string HeldWork(string record)
+    {
+        var work = File.ReadAllText(record).Trim();
+        var containersDir = Path.Combine(paths.Root, "containers") + "/";
+        if (!work.StartsWith(containersDir, StringComparison.Ordinal) || !Path.GetFileName(work).StartsWith("checkpoint-work-", StringComparison.Ordinal)
+            || FileKinds.IsSymlink(work) || !Directory.Exists(work))
+        {
+            throw new CrestException(ErrorKind.NotFound, $"the checkpoint behind migration archive {Path.GetFileNameWithoutExtension(record)} is gone ({work}); freeze the container again");
+        }
+
+        return work;
+    }
+
+    private string HeldWorkRecord(string token) => Path.ChangeExtension(ArchivePath(token), HeldWorkSuffix);
+
+    private const string HeldWorkSuffix = ".work";
 
     /// <summary>A held archive, for reading (the source sends it).</summary>
     public FileStream OpenArchive(string token)
@@ -273,7 +316,21 @@ public sealed partial class MigrationService(
     }
 
     /// <summary>Deletes a held archive; an unknown token is not an error (a retried cleanup).</summary>
-    public void DropArchive(string token) => File.Delete(ArchivePath(token));
+    public void DropArchive(string token)
+    {
+        File.Delete(ArchivePath(token));
+        var record = HeldWorkRecord(token);
+        if (File.Exists(record))
+        {
+            var work = File.ReadAllText(record).Trim();
+            if (work.StartsWith(Path.Combine(paths.Root, "containers") + "/", StringComparison.Ordinal))
+            {
+                containers.RemoveCheckpointWork(work);
+            }
+
+            File.Delete(record);
+        }
+    }
 
     /// <summary>
     /// The container's CRI log timestamps: its last line, and the first line stamped after <paramref name="after"/>
@@ -344,7 +401,8 @@ public sealed partial class MigrationService(
         }
 
         var removed = rootfsStaging.Sweep();
-        foreach (var file in Directory.EnumerateFiles(ArchiveDir, "*" + ArchiveSuffix))
+        // A held work directory itself went with its container's recovery, which runs first.
+        foreach (var file in Directory.EnumerateFiles(ArchiveDir, "*" + ArchiveSuffix).Concat(Directory.EnumerateFiles(ArchiveDir, "*" + HeldWorkSuffix)))
         {
             File.Delete(file);
             removed++;

@@ -177,6 +177,8 @@ public sealed partial class ContainerService(
         await Step(c.Id, () => { bundles.UnmountRootfs(bundle); return Task.CompletedTask; }).ConfigureAwait(false);
         // Left mounted only if crestd died while building the rootfs; a recursive delete must never walk into an image layer.
         await Step(c.Id, () => { bundles.UnmountIdMapped(bundle); return Task.CompletedTask; }).ConfigureAwait(false);
+        // A checkpoint's work a migration still held (its tmpfs too): the directory reaper never deletes below a mount.
+        await Step(c.Id, () => { RemoveCheckpointWork(bundle); return Task.CompletedTask; }).ConfigureAwait(false);
         await Step(c.Id, () => { bundles.DeleteFiles(bundle); return Task.CompletedTask; }).ConfigureAwait(false);
         await Step(c.Id, () => bundles.ReleaseImageAsync(bundle, ct)).ConfigureAwait(false);
     }

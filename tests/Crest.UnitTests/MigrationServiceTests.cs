@@ -95,6 +95,57 @@ public sealed class MigrationServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task A_stop_copy_freezes_held_checkpoint_streams_as_a_tar_of_its_files_and_dropping_it_removes_the_checkpoint()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var work = Directory.CreateDirectory(Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-0123456789ab")).FullName;
+        Directory.CreateDirectory(Path.Combine(work, "checkpoint"));
+        await File.WriteAllTextAsync(Path.Combine(work, "checkpoint", "inventory.img"), "images", Ct);
+        await File.WriteAllTextAsync(Path.Combine(work, "config.dump"), "{}", Ct);
+        Directory.CreateDirectory(service.ArchiveDir);
+        var token = new string('a', 24);
+        // What FreezeAsync records for a stop-copy freeze: the work directory the archive is made from.
+        await File.WriteAllTextAsync(Path.Combine(service.ArchiveDir, token + ".work"), work, Ct);
+
+        using var sent = new MemoryStream();
+        await service.SendArchiveAsync(token, sent, Ct);
+        sent.Position = 0;
+        var names = new List<string>();
+        using (var tar = new System.Formats.Tar.TarReader(sent))
+        {
+            while (await tar.GetNextEntryAsync(cancellationToken: Ct) is { } entry)
+            {
+                names.Add(entry.Name.TrimEnd('/'));
+            }
+        }
+
+        Assert.Contains("checkpoint/inventory.img", names);
+        Assert.Contains("config.dump", names);
+
+        service.DropArchive(token);
+
+        Assert.False(Directory.Exists(work));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
+        await Assert.ThrowsAsync<CrestException>(() => service.SendArchiveAsync(token, Stream.Null, Ct));
+    }
+
+    [Fact]
+    public async Task A_held_checkpoint_record_naming_a_directory_outside_the_containers_is_not_followed()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        Directory.CreateDirectory(service.ArchiveDir);
+        var elsewhere = Directory.CreateDirectory(Path.Combine(_h.Paths.Root, "elsewhere", "checkpoint-work-0123456789ab")).FullName;
+        var token = new string('b', 24);
+        await File.WriteAllTextAsync(Path.Combine(service.ArchiveDir, token + ".work"), elsewhere, Ct);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.SendArchiveAsync(token, Stream.Null, Ct));
+
+        Assert.Equal(ErrorKind.NotFound, e.Kind);
+        service.DropArchive(token);
+        Assert.True(Directory.Exists(elsewhere));
+    }
+
+    [Fact]
     public async Task A_freeze_that_fails_after_the_dump_resumes_the_container_and_holds_no_archive()
     {
         var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);

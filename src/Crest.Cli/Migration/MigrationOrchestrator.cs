@@ -79,6 +79,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         TimeSpan frozenFor = default;
         TimeSpan? pageTransfer = null;
         long bytesAfter = 0;
+        long archiveBytes = 0;
         var rootfs = new RootfsPreStaging();
         try
         {
@@ -104,17 +105,24 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                 throw new InvalidOperationException($"{source.Name} froze the container but named no page server for its memory");
             }
 
-            progress(string.Create(CultureInfo.InvariantCulture, $"freeze: archive of {frozen.ArchiveBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began")
+            progress((frozen.ArchiveBytes > 0
+                    ? string.Create(CultureInfo.InvariantCulture, $"freeze: archive of {frozen.ArchiveBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began")
+                    : string.Create(CultureInfo.InvariantCulture, $"freeze: checkpoint ready {frozen.Paused.TotalMilliseconds:0} ms after the freeze began (its archive is made as it streams)"))
                 + string.Create(CultureInfo.InvariantCulture, $"; rootfs in the frozen window: {frozen.RootfsEntries} entries, {frozen.RootfsBytes} bytes")
                 + (rootfs.Rounds.Count > 0 ? string.Create(CultureInfo.InvariantCulture, $" (the rest came in {rootfs.Rounds.Count} rounds before it)") : "")
                 + (postCopy ? $"; memory served from {frozen.PageServer}" : ""));
 
-            var (token, path, bytes) = await target.WriteArchiveAsync(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), ct).ConfigureAwait(false);
+            var relayed = new RelayCount();
+            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), relayed, ct), ct).ConfigureAwait(false);
             targetToken = token;
-            if (bytes != frozen.ArchiveBytes)
+            // A streamed archive's size is known once it was sent (0 from the freeze).
+            var sent = frozen.ArchiveBytes > 0 ? frozen.ArchiveBytes : relayed.Bytes;
+            if (bytes != sent)
             {
-                throw new InvalidOperationException($"the target received {bytes} bytes of the checkpoint archive, the source sent {frozen.ArchiveBytes}");
+                throw new InvalidOperationException($"the target received {bytes} bytes of the checkpoint archive, the source sent {sent}");
             }
+
+            archiveBytes = bytes;
 
             progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
             restoreSent = true;
@@ -146,7 +154,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         progress($"done: removed {container.Id} from {source.Name}");
 
         var firstTarget = lastSource is null ? null : await FirstTargetLineOrUnknownAsync(restored!, lastSource.Value, ct).ConfigureAwait(false);
-        return new MigrationReport(container.Id, restored!, podId, request.Strategy, before, frozen.ArchiveBytes, frozenFor,
+        return new MigrationReport(container.Id, restored!, podId, request.Strategy, before, archiveBytes, frozenFor,
             firstTarget - lastSource, lastSource, firstTarget, time.GetElapsedTime(started))
         {
             BytesAfterSwitch = bytesAfter,
@@ -273,7 +281,22 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         }
     }
 
-    private const int ReadAheadChunks = 16;
+    private const int ReadAheadChunks = 64;
+
+    private sealed class RelayCount
+    {
+        public long Bytes { get; set; }
+    }
+
+    /// <summary>Passes the chunks on, counting their bytes into <paramref name="count"/>.</summary>
+    private static async IAsyncEnumerable<ReadOnlyMemory<byte>> Counted(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, RelayCount count, [EnumeratorCancellation] CancellationToken ct)
+    {
+        await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
+        {
+            count.Bytes += chunk.Length;
+            yield return chunk;
+        }
+    }
 
     private static string Describe(Exception e) => e switch
     {
