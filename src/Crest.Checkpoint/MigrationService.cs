@@ -171,7 +171,27 @@ public sealed partial class MigrationService(
         await containers.ThawAsync(c.Id, ct).ConfigureAwait(false);
         // A freeze that moved TCP connections locked the pod's network; lifted whether or not the freeze answered.
         await networkLock.UnlockAsync(c.Id, ct).ConfigureAwait(false);
+        // The checkpoint a stop-copy freeze held for the target (in memory when it fit) is of no use once it runs on.
+        DropHeldCheckpointsOf(c.Id);
         CheckpointLog.MigrationSourceResumed(logger, c.Id);
+    }
+
+    /// <summary>Drops every held checkpoint of container <paramref name="containerId"/> (a resume by hand leaves no token to drop).</summary>
+    private void DropHeldCheckpointsOf(string containerId)
+    {
+        if (!Directory.Exists(ArchiveDir))
+        {
+            return;
+        }
+
+        var containerDir = Path.Combine(paths.Root, "containers", containerId) + "/";
+        foreach (var record in Directory.EnumerateFiles(ArchiveDir, "*" + HeldWorkSuffix))
+        {
+            if (File.ReadAllText(record).Trim().StartsWith(containerDir, StringComparison.Ordinal))
+            {
+                DropArchive(Path.GetFileNameWithoutExtension(record));
+            }
+        }
     }
 
     /// <summary>

@@ -130,6 +130,25 @@ public sealed class MigrationServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task Resuming_a_source_drops_the_checkpoint_its_stop_copy_freeze_held_and_only_that()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await _h.RecordRunningAsync("c1", pod.Id, Ct);
+        Directory.CreateDirectory(service.ArchiveDir);
+        var held = Directory.CreateDirectory(Path.Combine(_h.Layout.ContainerDir(c.Id), "checkpoint-work-0123456789ab")).FullName;
+        var other = Directory.CreateDirectory(Path.Combine(_h.Layout.ContainerDir("c2"), "checkpoint-work-ba9876543210")).FullName;
+        await File.WriteAllTextAsync(Path.Combine(service.ArchiveDir, new string('c', 24) + ".work"), held, Ct);
+        await File.WriteAllTextAsync(Path.Combine(service.ArchiveDir, new string('d', 24) + ".work"), other, Ct);
+
+        await service.ResumeAsync(c.Id, Ct);
+
+        Assert.False(Directory.Exists(held));
+        Assert.True(Directory.Exists(other));
+        Assert.Equal([new string('d', 24) + ".work"], Directory.EnumerateFiles(service.ArchiveDir).Select(Path.GetFileName));
+    }
+
+    [Fact]
     public async Task A_held_checkpoint_record_naming_a_directory_outside_the_containers_is_not_followed()
     {
         var service = Service(new RestoreOptions { ViaCreate = true });
