@@ -8,6 +8,9 @@ internal static partial class CheckpointLog
     [LoggerMessage(400, LogLevel.Information, "checkpointed container {ContainerId} to {Location} ({Bytes} bytes) in {TotalMs} ms; paused {PausedMs} ms, CRIU frozen {FrozenUs} us, {Pages} pages written to {Where}")]
     public static partial void Checkpointed(ILogger logger, string containerId, string location, long bytes, long totalMs, long pausedMs, uint frozenUs, ulong pages, string where);
 
+    [LoggerMessage(442, LogLevel.Warning, "checkpoint of container {ContainerId}: its work directory {Work} was not removed ({Reason}); crestd removes it at its next start")]
+    public static partial void WorkNotRemoved(ILogger logger, string containerId, string work, string reason);
+
     [LoggerMessage(401, LogLevel.Information, "prepared container {ContainerId} for restore from {Source} ({Engine} checkpoint, base image {BaseImage})")]
     public static partial void PreparedRestore(ILogger logger, string containerId, string source, string engine, string baseImage);
 

@@ -207,7 +207,15 @@ public sealed class CheckpointService(
 
             if (!keepWork)
             {
-                containers.RemoveCheckpointWork(work);
+                try
+                {
+                    containers.RemoveCheckpointWork(work);
+                }
+                catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
+                {
+                    // The thaw below matters more; a restart's recovery removes what is left.
+                    CheckpointLog.WorkNotRemoved(logger, container.Id, work, e.Message);
+                }
             }
 
             if (frozen)

@@ -94,9 +94,13 @@ public sealed partial class MigrationService(
             var c = await containers.GetAsync(idOrPrefix, ct).ConfigureAwait(false);
             sent = RoundsSent(rootfsRounds, c.Id);
             await sent.Turn.WaitAsync(ct).ConfigureAwait(false);
-            delta = sent.Baseline is { } baseline
-                ? new RootfsDelta(baseline, [.. sent.Rounds])
-                : throw new CrestException(ErrorKind.FailedPrecondition, $"rootfs rounds {rootfsRounds} of container {c.Id} have no finished round yet; freeze without them, or after a round");
+            if (sent.Baseline is not { } baseline)
+            {
+                sent.Turn.Release();
+                throw new CrestException(ErrorKind.FailedPrecondition, $"rootfs rounds {rootfsRounds} of container {c.Id} have no finished round yet; freeze without them, or after a round");
+            }
+
+            delta = new RootfsDelta(baseline, [.. sent.Rounds]);
         }
 
         try
@@ -140,8 +144,18 @@ public sealed partial class MigrationService(
 
         if (result.HeldWork is { } work)
         {
-            // A stop-copy freeze keeps CRIU's work directory (a tmpfs when it fit in memory) and streams the archive from it.
-            await File.WriteAllTextAsync(HeldWorkRecord(token), work, ct).ConfigureAwait(false);
+            // A stop-copy freeze keeps CRIU's work directory (a tmpfs when it fit in memory) and streams the archive from
+            // it. Without its record nothing could find it again: it goes, and the freeze fails (the client resumes).
+            try
+            {
+                await File.WriteAllTextAsync(HeldWorkRecord(token), work, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch
+            {
+                File.Delete(HeldWorkRecord(token));
+                containers.RemoveCheckpointWork(work);
+                throw;
+            }
         }
 
         CheckpointLog.MigrationFrozen(logger, result.ContainerId, result.ArchiveBytes, (long)result.Total.TotalMilliseconds);

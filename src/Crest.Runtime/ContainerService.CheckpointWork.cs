@@ -1,4 +1,5 @@
 using Crest.Core;
+using Crest.Images;
 using Crest.Linux;
 using Crest.Oci;
 
@@ -31,8 +32,9 @@ public static class CheckpointWorkRule
     public const long Headroom = 64L << 20;
 
     /// <summary>
-    /// The tmpfs limit for a container using <paramref name="containerBytes"/> (its cgroup's memory, page cache included,
-    /// which is at least what CRIU writes of it) on a node with <paramref name="availableBytes"/> available: half of what
+    /// The tmpfs limit for a checkpoint that writes at most <paramref name="containerBytes"/> (the container's cgroup memory,
+    /// page cache included, which is at least what CRIU writes of it, plus its upper dir and log) on a node with
+    /// <paramref name="availableBytes"/> available (less what other checkpoints' tmpfs may still take): half of what
     /// is available, when the container and the headroom fit in that half; null (the disk) otherwise. The limit is a
     /// ceiling, not an allocation: a tmpfs takes memory only for what is written to it.
     /// </summary>
@@ -65,16 +67,43 @@ public sealed partial class ContainerService
         }
 
         var sandbox = await sandboxes.GetAsync(container.SandboxId, ct).ConfigureAwait(false);
-        if (linux.CgroupUsage(SpecBuilder.CgroupsPathOf(sandbox, container.Id)) is not { } usage
-            || CheckpointWorkRule.MemoryLimit(mode, usage.MemoryUsageBytes, linux.MemoryAvailableBytes()) is not { } limit)
+        if (linux.CgroupUsage(SpecBuilder.CgroupsPathOf(sandbox, container.Id)) is not { } usage)
         {
             return new CheckpointWork(path, null);
         }
 
-        linux.Mount("tmpfs", path, "tmpfs", MountOptions.NoSuid | MountOptions.NoDev | MountOptions.NoExec,
-            FormattableString.Invariant($"size={limit},mode=0700"));
-        return new CheckpointWork(path, limit);
+        long available;
+        try
+        {
+            available = linux.MemoryAvailableBytes();
+        }
+        catch (CrestException)
+        {
+            return new CheckpointWork(path, null);
+        }
+
+        // What goes in: CRIU's images (at most the container's memory), the rootfs diff (its upper dir) and the log copy.
+        var upper = bundles.For(container.Id).Upper;
+        var log = container.LogFile.Length > 0 && FileKinds.IsRegularFile(container.LogFile) ? new FileInfo(container.LogFile).Length : 0;
+        var estimate = usage.MemoryUsageBytes + (ulong)ImageService.Usage(upper, upper).Bytes + (ulong)log;
+        lock (_checkpointMemory)
+        {
+            // Checkpoints running at once share what is available: each counts what the others may still write.
+            var reserved = _checkpointMemory.Values.Sum();
+            if (CheckpointWorkRule.MemoryLimit(mode, estimate, available - reserved) is not { } limit)
+            {
+                return new CheckpointWork(path, null);
+            }
+
+            linux.Mount("tmpfs", path, "tmpfs", MountOptions.NoSuid | MountOptions.NoDev | MountOptions.NoExec,
+                FormattableString.Invariant($"size={limit},mode=0700"));
+            _checkpointMemory[path] = (long)Math.Min(estimate, long.MaxValue);
+            return new CheckpointWork(path, limit);
+        }
     }
+
+    /// <summary>The memory each checkpoint's tmpfs may still take, by work directory, until it is removed.</summary>
+    private readonly Dictionary<string, long> _checkpointMemory = new(StringComparer.Ordinal);
 
     /// <summary>Unmounts a checkpoint's work directory (when it is a mount) and deletes it; a missing one is not an error.</summary>
     public void RemoveCheckpointWork(string path)
@@ -88,6 +117,11 @@ public sealed partial class ContainerService
             // A tmpfs goes with what is in it; a plain directory is not a mount point, which unmount ignores.
             linux.Unmount(path);
             Directory.Delete(path, recursive: true);
+        }
+
+        lock (_checkpointMemory)
+        {
+            _checkpointMemory.Remove(path);
         }
     }
 }

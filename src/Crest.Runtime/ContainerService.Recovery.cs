@@ -81,7 +81,8 @@ public sealed partial class ContainerService
                 {
                     // A live migration's source: its copy may already run on the target, so only the migration (or an
                     // operator: crest resume, crest rm) may end the freeze. A post-copy page server's CRIU work stays
-                    // too; a stop-copy freeze's (the archive was being written when crestd died) goes, with its tmpfs.
+                    // too; a stop-copy freeze's held checkpoint goes, with its tmpfs: its record is swept at this start,
+                    // so a later ReadArchive fails and the client undoes the migration.
                     // The runtime may call it running: a post-copy page server's CRIU holds the processes itself and
                     // gives the freezer back only when it ends.
                     if (hold.PageServerPid == 0)

@@ -56,6 +56,30 @@ public sealed class CheckpointWorkTests : IDisposable
     }
 
     [Fact]
+    public async Task Checkpoints_at_once_share_the_available_memory_and_a_removed_one_gives_its_share_back()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var big = await _h.RecordRunningAsync("c1", pod.Id, Ct);
+        var small = await _h.RecordRunningAsync("c2", pod.Id, Ct);
+        _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c1"] = new CgroupUsage(1, (ulong)(1500 * MiB), 0, 0);
+        _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c2"] = new CgroupUsage(1, (ulong)(1300 * MiB), 0, 0);
+        _h.Linux.MemoryAvailable = 4096 * MiB;
+        var first = Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-first");
+        var second = Path.Combine(_h.Layout.ContainerDir("c2"), "checkpoint-work-second");
+        var third = Path.Combine(_h.Layout.ContainerDir("c2"), "checkpoint-work-third");
+
+        var one = await _h.Containers.PrepareCheckpointWorkAsync(big, first, CheckpointWorkMemory.Auto, Ct);
+        // 4096 - 1500 left: half of it (1298 MiB) cannot take 1300 MiB and the headroom.
+        var two = await _h.Containers.PrepareCheckpointWorkAsync(small, second, CheckpointWorkMemory.Auto, Ct);
+        _h.Containers.RemoveCheckpointWork(first);
+        var three = await _h.Containers.PrepareCheckpointWorkAsync(small, third, CheckpointWorkMemory.Auto, Ct);
+
+        Assert.True(one.InMemory);
+        Assert.False(two.InMemory);
+        Assert.True(three.InMemory);
+    }
+
+    [Fact]
     public async Task A_container_too_large_for_memory_or_a_node_set_to_never_checkpoints_onto_the_disk()
     {
         var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
