@@ -222,15 +222,5 @@ internal static class ContainerCheckpointWriter
 
     private static long UnixNanoseconds(DateTimeOffset t) => (t - DateTimeOffset.UnixEpoch).Ticks * 100;
 
-    internal static void RemoveFresh(string path)
-    {
-        if (FileKinds.IsSymlink(path) || File.Exists(path))
-        {
-            File.Delete(path);
-        }
-        else if (Directory.Exists(path))
-        {
-            Directory.Delete(path, recursive: true);
-        }
-    }
+    internal static void RemoveFresh(string path) => FileKinds.Remove(path);
 }

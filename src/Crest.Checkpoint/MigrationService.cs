@@ -139,7 +139,7 @@ public sealed partial class MigrationService(
         if (result.PageServer is { } served)
         {
             _pageServers[result.ContainerId] = served;
-            _ = served.Exit.ContinueWith(_ => ContainerCheckpointWriter.RemoveFresh(served.WorkPath), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+            _ = served.Exit.ContinueWith(_ => containers.RemoveCheckpointWork(served.WorkPath), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
         }
 
         if (result.HeldWork is { } work)
@@ -198,7 +198,7 @@ public sealed partial class MigrationService(
             return;
         }
 
-        var containerDir = Path.Combine(paths.Root, "containers", containerId) + "/";
+        var containerDir = Path.Combine(paths.Containers, containerId) + "/";
         foreach (var record in Directory.EnumerateFiles(ArchiveDir, "*" + HeldWorkSuffix))
         {
             if (File.ReadAllText(record).Trim().StartsWith(containerDir, StringComparison.Ordinal))
@@ -268,15 +268,17 @@ public sealed partial class MigrationService(
     private string HeldWork(string record)
     {
         var work = File.ReadAllText(record).Trim();
-        var containersDir = Path.Combine(paths.Root, "containers") + "/";
-        if (!work.StartsWith(containersDir, StringComparison.Ordinal) || !Path.GetFileName(work).StartsWith("checkpoint-work-", StringComparison.Ordinal)
-            || FileKinds.IsSymlink(work) || !Directory.Exists(work))
+        if (!IsCheckpointWork(work) || FileKinds.IsSymlink(work) || !Directory.Exists(work))
         {
             throw new CrestException(ErrorKind.NotFound, $"the checkpoint behind migration archive {Path.GetFileNameWithoutExtension(record)} is gone ({work}); freeze the container again");
         }
 
         return work;
     }
+
+    /// <summary>Whether a held-work record names a checkpoint work directory of one of this node's containers.</summary>
+    private bool IsCheckpointWork(string work) =>
+        work.StartsWith(paths.Containers + "/", StringComparison.Ordinal) && Path.GetFileName(work).StartsWith("checkpoint-work-", StringComparison.Ordinal);
 
     private string HeldWorkRecord(string token) => Path.ChangeExtension(ArchivePath(token), HeldWorkSuffix);
 
@@ -313,32 +315,19 @@ public sealed partial class MigrationService(
         var cap = limits.TargetFilesystem is null ? limits.MaxArchiveBytes : Math.Min(limits.MaxArchiveBytes, limits.FreeBytesOf(ArchiveDir) - limits.DiskReserveBytes);
         var token = NewToken();
         var path = ArchivePath(token);
-        long bytes = 0;
+        long bytes;
         try
         {
-            await using var file = new FileStream(path, new FileStreamOptions
-            {
-                Mode = FileMode.CreateNew,
-                Access = FileAccess.Write,
-                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-                BufferSize = 1 << 20,
-                Options = FileOptions.Asynchronous,
-            });
-            await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
-            {
-                bytes += chunk.Length;
-                if (bytes > cap)
+            bytes = await ReceivedFile.WriteAsync(path, chunks, cap,
+                () => new CrestException(ErrorKind.ResourceExhausted,
+                    $"a migration archive sent to this node passed {Math.Max(0, cap)} bytes, what {ArchiveDir} may take ([restore] max_archive_bytes, or the free space less [restore] disk_reserve_bytes); free space on the target or raise the limit"),
+                (chunk, total) =>
                 {
-                    throw new CrestException(ErrorKind.ResourceExhausted,
-                        $"a migration archive sent to this node passed {Math.Max(0, cap)} bytes, what {ArchiveDir} may take ([restore] max_archive_bytes, or the free space less [restore] disk_reserve_bytes); free space on the target or raise the limit");
-                }
-
-                await file.WriteAsync(chunk, ct).ConfigureAwait(false);
-                if (bytes == chunk.Length)
-                {
-                    CrashPoints.Hit(CrashPoints.MigrationArchiveReceiving);
-                }
-            }
+                    if (total == chunk.Length)
+                    {
+                        CrashPoints.Hit(CrashPoints.MigrationArchiveReceiving);
+                    }
+                }, ct).ConfigureAwait(false);
         }
         catch
         {
@@ -357,7 +346,7 @@ public sealed partial class MigrationService(
         if (File.Exists(record))
         {
             var work = File.ReadAllText(record).Trim();
-            if (work.StartsWith(Path.Combine(paths.Root, "containers") + "/", StringComparison.Ordinal))
+            if (IsCheckpointWork(work))
             {
                 containers.RemoveCheckpointWork(work);
             }

@@ -65,33 +65,13 @@ public sealed class RootfsStaging(CrestPaths paths, RestoreOptions restore)
 
         var round = rounds.Count + 1;
         var temp = Path.Combine(dir, $".{round:D4}.partial");
-        long bytes = 0;
         try
         {
             using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            await using (var file = new FileStream(temp, new FileStreamOptions
-            {
-                Mode = FileMode.CreateNew,
-                Access = FileAccess.Write,
-                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-                BufferSize = 1 << 20,
-                Options = FileOptions.Asynchronous,
-            }))
-            {
-                await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
-                {
-                    bytes += chunk.Length;
-                    if (bytes > cap)
-                    {
-                        throw new CrestException(ErrorKind.ResourceExhausted,
-                            $"rootfs round {round} of staging {token} passed {Math.Max(0, cap)} bytes, what is left for it ({staged} bytes staged already; [restore] max_archive_bytes, or the free space of {Dir} less [restore] disk_reserve_bytes); free space on the target or raise the limit");
-                    }
-
-                    hash.AppendData(chunk.Span);
-                    await file.WriteAsync(chunk, ct).ConfigureAwait(false);
-                }
-            }
-
+            var bytes = await ReceivedFile.WriteAsync(temp, chunks, cap,
+                () => new CrestException(ErrorKind.ResourceExhausted,
+                    $"rootfs round {round} of staging {token} passed {Math.Max(0, cap)} bytes, what is left for it ({staged} bytes staged already; [restore] max_archive_bytes, or the free space of {Dir} less [restore] disk_reserve_bytes); free space on the target or raise the limit"),
+                (chunk, _) => hash.AppendData(chunk.Span), ct).ConfigureAwait(false);
             var sha = Convert.ToHexStringLower(hash.GetHashAndReset());
             File.Move(temp, Path.Combine(dir, $"{round:D4}-{sha}.tar"));
             return new StagedRootfsRound(token, round, bytes, sha);

@@ -21,6 +21,19 @@ public static partial class FileKinds
 
     public static bool IsSymlink(string path) => TryGetMode(path, out var mode) && (mode & S_IFMT) == S_IFLNK;
 
+    /// <summary>Deletes <paramref name="path"/>: a link or file itself (never what a link points to), or a directory tree; a missing one is not an error.</summary>
+    public static void Remove(string path)
+    {
+        if (IsSymlink(path) || File.Exists(path))
+        {
+            File.Delete(path);
+        }
+        else if (Directory.Exists(path))
+        {
+            Directory.Delete(path, recursive: true);
+        }
+    }
+
     /// <summary>Creates or truncates a file for writing (mode 0600 when new) with O_NOFOLLOW: a symlink planted at the path fails instead of being written through.</summary>
     public static Microsoft.Win32.SafeHandles.SafeFileHandle CreateNoFollow(string path)
     {

@@ -108,16 +108,13 @@ public sealed partial class ContainerService
     /// <summary>Unmounts a checkpoint's work directory (when it is a mount) and deletes it; a missing one is not an error.</summary>
     public void RemoveCheckpointWork(string path)
     {
-        if (FileKinds.IsSymlink(path) || File.Exists(path))
-        {
-            File.Delete(path);
-        }
-        else if (Directory.Exists(path))
+        if (FileKinds.IsDirectory(path))
         {
             // A tmpfs goes with what is in it; a plain directory is not a mount point, which unmount ignores.
             linux.Unmount(path);
-            Directory.Delete(path, recursive: true);
         }
+
+        FileKinds.Remove(path);
 
         lock (_checkpointMemory)
         {
