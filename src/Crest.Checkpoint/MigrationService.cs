@@ -21,6 +21,9 @@ public sealed record MigrationCheckpoint(string ContainerId, string ArchiveToken
 }
 
 /// <summary>The log timestamps a migration's downtime is measured from (the runtime stamps each line as the workload writes it).</summary>
+/// <summary>An archive a migration's target received: an archive file, or (<paramref name="Unpacked"/>) a checkpoint directory.</summary>
+public sealed record ReceivedArchive(string Token, string Path, long Bytes, bool Unpacked);
+
 public sealed record LogTimes(DateTimeOffset? LastLine, DateTimeOffset? FirstLineAfter);
 
 /// <summary>
@@ -298,9 +301,12 @@ public sealed partial class MigrationService(
 
     /// <summary>
     /// Stores an archive sent by a migration's source (the target's half); returns its token and the absolute path
-    /// that CRI CreateContainer restores from. A broken transfer leaves nothing behind.
+    /// that CRI CreateContainer restores from. With <paramref name="unpack"/>, the archive is unpacked as it arrives,
+    /// under the restore's checks and caps, into a checkpoint directory (<see cref="CrestPaths.ReceivedCheckpoint"/>)
+    /// that one CreateContainer consumes: nothing is written twice, and unpacking overlaps the transfer. A broken
+    /// transfer, or an archive the checks refuse, leaves nothing behind.
     /// </summary>
-    public async Task<(string Token, string Path, long Bytes)> ReceiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+    public async Task<ReceivedArchive> ReceiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(chunks);
         if (!restore.ViaCreate)
@@ -309,18 +315,28 @@ public sealed partial class MigrationService(
                 "this node does not restore checkpoints through CreateContainer ([restore] via_create = false, or [checkpoint] enabled = false), so it cannot be a migration's target; set [restore] via_create = true in its config.toml");
         }
 
-        Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         // What a sender may put here: the restore's archive cap, and the disk less its reserve (the restore checks again as it unpacks).
         var limits = restore.Limits;
-        var cap = limits.TargetFilesystem is null ? limits.MaxArchiveBytes : Math.Min(limits.MaxArchiveBytes, limits.FreeBytesOf(ArchiveDir) - limits.DiskReserveBytes);
+        var into = unpack ? paths.Restores : ArchiveDir;
+        Directory.CreateDirectory(into, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var cap = limits.TargetFilesystem is null ? limits.MaxArchiveBytes : Math.Min(limits.MaxArchiveBytes, limits.FreeBytesOf(into) - limits.DiskReserveBytes);
+        var tooLarge = () => new CrestException(ErrorKind.ResourceExhausted,
+            $"a migration archive sent to this node passed {Math.Max(0, cap)} bytes, what {into} may take ([restore] max_archive_bytes, or the free space less [restore] disk_reserve_bytes); free space on the target or raise the limit");
         var token = NewToken();
-        var path = ArchivePath(token);
-        long bytes;
+        var path = unpack ? paths.ReceivedCheckpoint(token) : ArchivePath(token);
         try
         {
-            bytes = await ReceivedFile.WriteAsync(path, chunks, cap,
-                () => new CrestException(ErrorKind.ResourceExhausted,
-                    $"a migration archive sent to this node passed {Math.Max(0, cap)} bytes, what {ArchiveDir} may take ([restore] max_archive_bytes, or the free space less [restore] disk_reserve_bytes); free space on the target or raise the limit"),
+            if (unpack)
+            {
+                Directory.CreateDirectory(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                await using var stream = await ChunkReadStream.OpenAsync(chunks, cap, tooLarge, ct).ConfigureAwait(false);
+                CrashPoints.Hit(CrashPoints.MigrationArchiveReceiving);
+                await new CheckpointReader(limits).UnpackAsync(stream, path, "the migration archive sent to this node", ct).ConfigureAwait(false);
+                await stream.DrainAsync().ConfigureAwait(false);
+                return new ReceivedArchive(token, path, stream.BytesReceived, Unpacked: true);
+            }
+
+            var bytes = await ReceivedFile.WriteAsync(path, chunks, cap, tooLarge,
                 (chunk, total) =>
                 {
                     if (total == chunk.Length)
@@ -328,20 +344,20 @@ public sealed partial class MigrationService(
                         CrashPoints.Hit(CrashPoints.MigrationArchiveReceiving);
                     }
                 }, ct).ConfigureAwait(false);
+            return new ReceivedArchive(token, path, bytes, Unpacked: false);
         }
         catch
         {
-            File.Delete(path);
+            FileKinds.Remove(path);
             throw;
         }
-
-        return (token, path, bytes);
     }
 
     /// <summary>Deletes a held archive; an unknown token is not an error (a retried cleanup).</summary>
     public void DropArchive(string token)
     {
-        File.Delete(ArchivePath(token));
+        FileKinds.Remove(ArchivePath(token));
+        FileKinds.Remove(paths.ReceivedCheckpoint(token));
         var record = HeldWorkRecord(token);
         if (File.Exists(record))
         {

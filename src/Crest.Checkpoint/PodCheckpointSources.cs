@@ -96,7 +96,7 @@ public sealed class PodCheckpointSources(ImageService images, CrestPaths paths, 
         };
     }
 
-    private string RestoresRoot => Path.Combine(paths.Root, "restores");
+    private string RestoresRoot => paths.Restores;
 
     /// <summary>Unpacks the pod checkpoint tar at <paramref name="archive"/> into a fresh staging directory under <paramref name="restoresRoot"/>.</summary>
     public static async Task<OpenedPodCheckpoint> OpenArchiveAsync(string archive, string restoresRoot, RestoreLimits limits, CancellationToken ct)

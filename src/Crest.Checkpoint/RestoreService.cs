@@ -41,7 +41,7 @@ public sealed partial class RestoreService(
     /// <summary>At start: checkpoints a crashed crestd was unpacking for CreateContainer are removed (they hold memory pages).</summary>
     public int SweepStaging()
     {
-        var root = Path.Combine(paths.Root, "restores");
+        var root = paths.Restores;
         if (!Directory.Exists(root))
         {
             return 0;
@@ -78,6 +78,12 @@ public sealed partial class RestoreService(
             return CheckpointSourceKind.Archive;
         }
 
+        if (paths.IsReceivedCheckpoint(image))
+        {
+            // A migration archive this node unpacked as it arrived (WriteArchive with unpack); gone once restored.
+            return FileKinds.IsDirectory(image) ? CheckpointSourceKind.Received : throw ReceivedGone(image, null);
+        }
+
         if (await images.InspectAsync(image, ct).ConfigureAwait(false) is not { } details)
         {
             return null;
@@ -111,9 +117,18 @@ public sealed partial class RestoreService(
         ArgumentNullException.ThrowIfNull(request);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
-        var staging = Path.Combine(paths.Root, "restores", Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
+        var staging = Path.Combine(paths.Restores, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
         Directory.CreateDirectory(Path.GetDirectoryName(staging)!, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        Directory.CreateDirectory(staging, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        if (kind == CheckpointSourceKind.Received)
+        {
+            // Claimed by a rename: one restore consumes what arrived, and a second CreateContainer naming it finds nothing.
+            ClaimReceived(source, staging);
+        }
+        else
+        {
+            Directory.CreateDirectory(staging, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+
         try
         {
             var plan = await ReadAsync(source, kind, staging, ct).ConfigureAwait(false);
@@ -201,6 +216,22 @@ public sealed partial class RestoreService(
             }
         }
     }
+
+    /// <summary>Moves a received checkpoint into <paramref name="staging"/>; NotFound when it is gone (restored once already, or dropped).</summary>
+    private static void ClaimReceived(string received, string staging)
+    {
+        try
+        {
+            Directory.Move(received, staging);
+        }
+        catch (DirectoryNotFoundException e)
+        {
+            throw ReceivedGone(received, e);
+        }
+    }
+
+    private static CrestException ReceivedGone(string received, Exception? inner) =>
+        new(ErrorKind.NotFound, $"the migration checkpoint {received} is not on this node: it was restored already, dropped, or crestd restarted since it arrived; send it again", inner);
 
     /// <summary>The CRIU configuration file that leaves restored processes stopped, written once under the root.</summary>
     private async Task<string> LeaveStoppedConfigAsync(CancellationToken ct)
@@ -295,6 +326,12 @@ public sealed partial class RestoreService(
         if (kind == CheckpointSourceKind.Archive)
         {
             return await reader.ReadArchiveAsync(source, staging, ct).ConfigureAwait(false);
+        }
+
+        if (kind == CheckpointSourceKind.Received)
+        {
+            // Unpacked as it arrived, under the same extraction checks and caps as an archive (MigrationService.ReceiveAsync).
+            return reader.Read(staging, source, kind);
         }
 
         var details = await images.InspectAsync(source, ct).ConfigureAwait(false)

@@ -9,11 +9,14 @@ public enum CheckpointEngine
     Podman,
 }
 
-/// <summary>Where a checkpoint comes from: an archive on the node, or a checkpoint image in the local store.</summary>
+/// <summary>Where a checkpoint comes from: an archive on the node, a checkpoint image in the local store, or a migration archive unpacked on receipt.</summary>
 public enum CheckpointSourceKind
 {
     Archive,
     Image,
+
+    /// <summary>A directory <see cref="CrestPaths.ReceivedCheckpoint"/> names: unpacked from a migration peer's archive under the restore's checks, consumed by one restore.</summary>
+    Received,
 }
 
 /// <summary>A bind mount recorded in a checkpoint (CRI-O's bind.mounts).</summary>

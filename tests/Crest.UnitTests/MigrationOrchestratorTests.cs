@@ -238,9 +238,13 @@ public sealed class MigrationOrchestratorTests
             yield return new byte[half];
         }
 
-        public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+        /// <summary>What the last WriteArchive asked: unpack the archive on receipt.</summary>
+        public bool? AskedToUnpack { get; private set; }
+
+        public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, CancellationToken ct)
         {
             Step("write");
+            AskedToUnpack = unpack;
             long bytes = 0;
             await foreach (var c in chunks.WithCancellation(ct))
             {
@@ -346,6 +350,8 @@ public sealed class MigrationOrchestratorTests
             "freeze c1 after rounds-a", "read src-archive", "read-rest src-archive", "killfrozen c1", "logtimes c1", "rm c1", "drop src-archive"], source.Calls);
         Assert.Equal(["pull registry/busybox@sha256:aa", "runp", "stage new", "stage staging-b", "write", "restore pod-b-1"], target.Calls.Take(6));
         Assert.Equal("staging-b", target.RestoredWithStaging);
+        // The target unpacks the checkpoint as it arrives, so the restore does not unpack it again.
+        Assert.True(target.AskedToUnpack);
         // The base image moves before the freeze, the checkpoint during it.
         Assert.True(target.Calls.IndexOf("pull registry/busybox@sha256:aa") < target.Calls.IndexOf("write"));
         Assert.Empty(source.Containers);

@@ -62,7 +62,9 @@ public sealed class MigrationServiceTests : IDisposable
     {
         var service = Service(new RestoreOptions { ViaCreate = true });
 
-        var (token, path, bytes) = await service.ReceiveAsync(Chunks(3, 1000), Ct);
+        var (token, path, bytes, unpacked) = await service.ReceiveAsync(Chunks(3, 1000), unpack: false, Ct);
+
+        Assert.False(unpacked);
 
         Assert.Equal(3000, bytes);
         Assert.Equal(3000, new FileInfo(path).Length);
@@ -76,7 +78,7 @@ public sealed class MigrationServiceTests : IDisposable
     {
         var service = Service(new RestoreOptions { ViaCreate = true, Limits = new RestoreLimits { MaxArchiveBytes = 2500 } });
 
-        var e = await Assert.ThrowsAsync<CrestException>(() => service.ReceiveAsync(Chunks(3, 1000), Ct));
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.ReceiveAsync(Chunks(3, 1000), unpack: false, Ct));
 
         Assert.Equal(ErrorKind.ResourceExhausted, e.Kind);
         Assert.Contains("max_archive_bytes", e.Message, StringComparison.Ordinal);
@@ -88,10 +90,108 @@ public sealed class MigrationServiceTests : IDisposable
     {
         var service = Service(new RestoreOptions { ViaCreate = false });
 
-        var e = await Assert.ThrowsAsync<CrestException>(() => service.ReceiveAsync(Chunks(1, 10), Ct));
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.ReceiveAsync(Chunks(1, 10), unpack: true, Ct));
 
         Assert.Equal(ErrorKind.FailedPrecondition, e.Kind);
         Assert.Contains("via_create = true", e.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>A tar of <paramref name="files"/> (plus <paramref name="more"/>), sent in chunks of <paramref name="chunk"/> bytes.</summary>
+    private static (IAsyncEnumerable<ReadOnlyMemory<byte>> Chunks, long Bytes) TarChunks(IReadOnlyDictionary<string, string> files, int chunk, Action<System.Formats.Tar.TarWriter>? more = null)
+    {
+        using var ms = new MemoryStream();
+        using (var tar = new System.Formats.Tar.TarWriter(ms, System.Formats.Tar.TarEntryFormat.Pax, leaveOpen: true))
+        {
+            foreach (var (name, content) in files)
+            {
+                tar.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.RegularFile, name)
+                {
+                    DataStream = new MemoryStream(System.Text.Encoding.UTF8.GetBytes(content)),
+                });
+            }
+
+            more?.Invoke(tar);
+        }
+
+        var bytes = ms.ToArray();
+        return (Split(bytes, chunk), bytes.Length);
+    }
+
+    private static async IAsyncEnumerable<ReadOnlyMemory<byte>> Split(byte[] bytes, int chunk)
+    {
+        for (var at = 0; at < bytes.Length; at += chunk)
+        {
+            await Task.Yield();
+            yield return bytes.AsMemory(at, Math.Min(chunk, bytes.Length - at));
+        }
+    }
+
+    [Fact]
+    public async Task An_archive_unpacked_on_receipt_is_a_private_checkpoint_directory_that_only_its_token_names()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var (chunks, sent) = TarChunks(new Dictionary<string, string>
+        {
+            ["config.dump"] = "{}",
+            ["checkpoint/inventory.img"] = new string('i', 5000),
+        }, chunk: 1000);
+
+        var received = await service.ReceiveAsync(chunks, unpack: true, Ct);
+
+        Assert.True(received.Unpacked);
+        Assert.Equal(sent, received.Bytes);
+        Assert.Equal(_h.Paths.ReceivedCheckpoint(received.Token), received.Path);
+        Assert.True(_h.Paths.IsReceivedCheckpoint(received.Path));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(received.Path));
+        Assert.Equal(new string('i', 5000), await File.ReadAllTextAsync(Path.Combine(received.Path, "checkpoint", "inventory.img"), Ct));
+        // Nothing stored twice: no archive file beside the unpacked checkpoint.
+        Assert.False(Directory.Exists(service.ArchiveDir) && Directory.EnumerateFileSystemEntries(service.ArchiveDir).Any());
+        service.DropArchive(received.Token);
+        Assert.False(Directory.Exists(received.Path));
+    }
+
+    [Fact]
+    public async Task An_archive_unpacked_on_receipt_that_escapes_or_links_is_refused_and_leaves_nothing()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var (escaping, _) = TarChunks(new Dictionary<string, string> { ["config.dump"] = "{}", ["../outside"] = "x" }, chunk: 512);
+        var (linking, _) = TarChunks(new Dictionary<string, string> { ["config.dump"] = "{}" }, chunk: 512,
+            tar => tar.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.SymbolicLink, "checkpoint") { LinkName = "/etc" }));
+
+        var e1 = await Assert.ThrowsAsync<CrestException>(() => service.ReceiveAsync(escaping, unpack: true, Ct));
+        var e2 = await Assert.ThrowsAsync<CrestException>(() => service.ReceiveAsync(linking, unpack: true, Ct));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e1.Kind);
+        Assert.Equal(ErrorKind.InvalidArgument, e2.Kind);
+        Assert.Contains("migration archive", e1.Message, StringComparison.Ordinal);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_h.Paths.Restores));
+        Assert.False(File.Exists(Path.Combine(_h.Paths.Root, "outside")));
+    }
+
+    [Fact]
+    public async Task An_archive_unpacked_on_receipt_over_the_restore_limit_is_refused_and_leaves_nothing()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true, Limits = new RestoreLimits { MaxArchiveBytes = 2500 } });
+        var (chunks, _) = TarChunks(new Dictionary<string, string> { ["config.dump"] = "{}", ["checkpoint/pages-1.img"] = new string('p', 8000) }, chunk: 1000);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.ReceiveAsync(chunks, unpack: true, Ct));
+
+        Assert.Equal(ErrorKind.ResourceExhausted, e.Kind);
+        Assert.Contains("max_archive_bytes", e.Message, StringComparison.Ordinal);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_h.Paths.Restores));
+    }
+
+    [Fact]
+    public void Only_a_received_checkpoints_own_path_names_one()
+    {
+        var token = new string('a', 24);
+
+        Assert.True(_h.Paths.IsReceivedCheckpoint(_h.Paths.ReceivedCheckpoint(token)));
+        Assert.False(_h.Paths.IsReceivedCheckpoint(_h.Paths.ReceivedCheckpoint(token) + "/.."));
+        Assert.False(_h.Paths.IsReceivedCheckpoint(_h.Paths.ReceivedCheckpoint(token[..23] + "A")));
+        Assert.False(_h.Paths.IsReceivedCheckpoint(_h.Paths.ReceivedCheckpoint(token[..23])));
+        Assert.False(_h.Paths.IsReceivedCheckpoint(Path.Combine(_h.Paths.Restores, token)));
+        Assert.False(_h.Paths.IsReceivedCheckpoint("/tmp/received-" + token));
     }
 
     [Fact]

@@ -193,12 +193,15 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         }
     }
 
-    public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+    public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, CancellationToken ct)
     {
         using var call = _migration.WriteArchive(connection.CallOptions(ct));
+        var first = true;
         await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
         {
-            await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.WriteAsync(new ArchiveChunk { Data = ByteString.CopyFrom(chunk.Span) }, ct)).ConfigureAwait(false);
+            var message = new ArchiveChunk { Data = ByteString.CopyFrom(chunk.Span), Unpack = first && unpack };
+            first = false;
+            await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.WriteAsync(message, ct)).ConfigureAwait(false);
         }
 
         await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.CompleteAsync()).ConfigureAwait(false);

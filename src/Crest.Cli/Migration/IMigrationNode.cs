@@ -54,8 +54,12 @@ internal interface IMigrationNode
 
     IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, CancellationToken ct);
 
-    /// <summary>Target: stores an archive; its token and the path to restore from.</summary>
-    Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct);
+    /// <summary>
+    /// Target: stores an archive; its token and the path to restore from. With <paramref name="unpack"/> a container
+    /// checkpoint is unpacked as it arrives and the path names that checkpoint directory, which one restore consumes (a
+    /// node that predates unpacking stores the file, and the path names it: either restores the same).
+    /// </summary>
+    Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, CancellationToken ct);
 
     Task DropArchiveAsync(string token, CancellationToken ct);
 

@@ -113,7 +113,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                 + (postCopy ? $"; memory served from {frozen.PageServer}" : ""));
 
             var relayed = new RelayCount();
-            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), relayed, ct), ct).ConfigureAwait(false);
+            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), relayed, ct), unpack: true, ct).ConfigureAwait(false);
             targetToken = token;
             // A streamed archive's size is known once it was sent (0 from the freeze).
             var sent = frozen.ArchiveBytes > 0 ? frozen.ArchiveBytes : relayed.Bytes;
