@@ -75,6 +75,13 @@ internal sealed class CrestdProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// The log once it holds <paramref name="text"/>, or as it is after the bound: crestd's output reaches the test
+    /// through a pipe, so a line logged before an RPC answered may still be on its way when the answer arrives.
+    /// </summary>
+    public Task<string> LoggedAsync(string text) =>
+        Crest.TestKit.Eventually.LastAsync(() => Task.FromResult(Log), log => log.Contains(text, StringComparison.Ordinal));
+
     public static CrestdProcess Start(params string[] args) => Start(null, args);
 
     public static CrestdProcess Start(IDictionary<string, string>? environment, params string[] args) => StartIn(null, environment, args);

@@ -252,7 +252,7 @@ public partial class CrashPointTests
             await RunAsync([.. r, "checkpoint", "--export", archive, id]);
             Assert.True(File.Exists(archive), crestd.Log);
             Assert.Equal("CONTAINER_RUNNING", await StateAsync(r, id));
-            Assert.Contains("pages written to memory (tmpfs)", crestd.Log, StringComparison.Ordinal);
+            Assert.Contains("pages written to memory (tmpfs)", await crestd.LoggedAsync("pages written to memory (tmpfs)"), StringComparison.Ordinal);
             Assert.DoesNotContain(MountPointsBelow(dir.Path), m => m.Contains("checkpoint-work-", StringComparison.Ordinal));
         }
         finally

@@ -79,7 +79,7 @@ public sealed class MigrationCrashTests
         await AssertOnlyTheSourceRunsAsync(nodes, id, logA, migrated);
         // The client waited for A and resumed the source, which A's restart had kept frozen.
         Assert.Contains($"waiting for {nodes.A.Crestd.Endpoint} to answer (resuming {id}", migrated.Stderr, StringComparison.Ordinal);
-        Assert.Contains("kept frozen", nodes.A.Crestd.Log, StringComparison.Ordinal);
+        Assert.Contains("kept frozen", await nodes.A.Crestd.LoggedAsync("kept frozen"), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -110,7 +110,7 @@ public sealed class MigrationCrashTests
         var counts = CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
         Assert.Equal(Enumerable.Range(1, counts.Count), counts);
         Assert.Equal(logAtCrash, await ReadLogAsync(logA));
-        Assert.Contains("kept frozen", nodes.A.Crestd.Log, StringComparison.Ordinal);
+        Assert.Contains("kept frozen", await nodes.A.Crestd.LoggedAsync("kept frozen"), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -187,7 +187,7 @@ public sealed class MigrationCrashTests
 
         // B's restart adopted the restored copy as running; the client found it by its migration label and removed it
         // before it resumed A.
-        Assert.Contains("adopted as RUNNING", nodes.B.Crestd.Log, StringComparison.Ordinal);
+        Assert.Contains("adopted as RUNNING", await nodes.B.Crestd.LoggedAsync("adopted as RUNNING"), StringComparison.Ordinal);
         Assert.Contains("undo: removed the restored container", migrated.Stderr, StringComparison.Ordinal);
         Assert.True(migrated.Stderr.IndexOf("undo: removed the restored container", StringComparison.Ordinal) < migrated.Stderr.IndexOf("undone:", StringComparison.Ordinal), migrated.Stderr);
         await AssertOnlyTheSourceRunsAsync(nodes, id, logA, migrated);

@@ -149,7 +149,7 @@ public partial class PodmanInteropTests
             Assert.True(checkpointedAt > startedAt.AddMinutes(-5) && checkpointedAt < DateTimeOffset.UtcNow.AddMinutes(5), $"checkpointedAt {checkpointedAt:O}");
         }
 
-        Assert.Contains($"(Podman checkpoint, base image {name})", crestd.Log, StringComparison.Ordinal);
+        Assert.Contains($"(Podman checkpoint, base image {name})", await crestd.LoggedAsync($"(Podman checkpoint, base image {name})"), StringComparison.Ordinal);
     }
 
     /// <summary>The highest "count N" in podman logs (plain lines, no CRI prefix).</summary>

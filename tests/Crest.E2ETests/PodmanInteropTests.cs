@@ -138,10 +138,10 @@ public partial class PodmanInteropTests
         var create = await Binaries.RunCrestAsync([.. r, "create", podId, restoreConfig, pod]);
         Assert.True(create.ExitCode == 0, $"Crest refused to restore the Podman archive: {create.Stderr}\n{crestd.Log}");
         var restored = create.Stdout.Trim();
-        Assert.Contains($"(Podman checkpoint, base image {name})", crestd.Log, StringComparison.Ordinal);
+        Assert.Contains($"(Podman checkpoint, base image {name})", await crestd.LoggedAsync($"(Podman checkpoint, base image {name})"), StringComparison.Ordinal);
 
         // The base image came from the registry, by the tag Podman recorded (with a warning: a tag can move).
-        Assert.Contains($"the checkpoint names no base image digest; using the tag {name}", crestd.Log, StringComparison.Ordinal);
+        Assert.Contains($"the checkpoint names no base image digest; using the tag {name}", await crestd.LoggedAsync($"the checkpoint names no base image digest; using the tag {name}"), StringComparison.Ordinal);
         Assert.Contains(name, await RunAsync([.. r, "inspecti", name]), StringComparison.Ordinal);
 
         var start = await Binaries.RunCrestAsync([.. r, "start", restored]);
