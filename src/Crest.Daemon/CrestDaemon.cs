@@ -190,6 +190,15 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<PodCheckpointSources>();
             builder.Services.AddSingleton<PodRestoreService>();
             builder.Services.AddSingleton<CheckpointServices>();
+            builder.Services.AddSingleton(new CriuKernelFactsOptions
+            {
+                Enabled = config.Checkpoint.Enabled && config.Checkpoint.KeepCriuKernelFacts,
+                CriuPath = config.Checkpoint.CriuPath,
+                CacheFile = Path.Combine(paths.Root, "criu", "kernel-facts.kdat"),
+                Probe = Hosting.CriuKernelFactsKeeper.ProbeCommand(),
+            });
+            builder.Services.AddSingleton<CriuKernelFactsCache>();
+            builder.Services.AddHostedService<Hosting.CriuKernelFactsKeeper>();
             builder.Services.AddSingleton<MigrationNetworkLock>();
             builder.Services.AddSingleton<MigrationService>();
             builder.Services.AddSingleton<PodService>();

@@ -63,5 +63,15 @@ root.SetAction(async (parse, ct) =>
     return 0;
 });
 
+// crestd's CRIU kernel-facts probe (CriuKernelFactsCache), which crestd runs under unshare --mount; not for operators.
+var probeCriu = new Option<string>("--criu") { Required = true };
+var probeRunDir = new Option<string>("--run-dir") { Required = true };
+var probeOut = new Option<string>("--out") { Required = true };
+var probe = new Command("criu-kernel-facts", "internal: gathers CRIU's kernel facts in a private mount namespace") { probeCriu, probeRunDir, probeOut };
+probe.Hidden = true;
+probe.SetAction((parse, ct) => Crest.Checkpoint.CriuKernelFactsCache.ProbeAsync(parse.GetValue(probeCriu)!, parse.GetValue(probeRunDir)!, parse.GetValue(probeOut)!,
+    new Crest.Linux.LinuxSyscalls(), new Crest.Runtime.ProcessCommandRunner(), Console.Error, ct));
+root.Subcommands.Add(probe);
+
 // The host handles SIGTERM/SIGINT as a graceful stop; System.CommandLine must not race it to exit.
 return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });

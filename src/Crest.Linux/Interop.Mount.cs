@@ -23,6 +23,12 @@ internal static partial class Interop
 
     [LibraryImport("libc", EntryPoint = "gettid")]
     internal static partial int GetTid();
+
+    /// <summary>statfs(2) into a buffer larger than struct statfs; its first field (f_type) is a long on 64-bit Linux.</summary>
+    [LibraryImport("libc", EntryPoint = "statfs", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static unsafe partial int StatFs(string path, byte* buffer);
+
+    internal const long TMPFS_MAGIC = 0x01021994;
 }
 
 /// <summary>The new mount API (Linux 5.12+, glibc 2.36+): a detached copy of a tree, id-mapped, then attached.</summary>

@@ -39,6 +39,9 @@ public interface ILinux
     /// <summary>The node's host name (gethostname(2), the whole name, domain included when it has one).</summary>
     string HostName();
 
+    /// <summary>True when <paramref name="path"/> lies on a tmpfs (statfs(2)); false when it does not or cannot be read.</summary>
+    bool IsTmpfs(string path);
+
     /// <summary>
     /// The capabilities this process holds, as a mask (bit N is capability N): its effective set within its
     /// bounding set. A container can be granted no more than this, whatever it asks for.
@@ -159,6 +162,12 @@ public sealed class LinuxSyscalls : ILinux
     public bool Kill(int pid, int signal) => pid > 0 && Interop.Kill(pid, signal) == 0;
 
     public string HostName() => System.Net.Dns.GetHostName();
+
+    public unsafe bool IsTmpfs(string path)
+    {
+        var buffer = stackalloc byte[256];
+        return Interop.StatFs(path, buffer) == 0 && *(long*)buffer == Interop.TMPFS_MAGIC;
+    }
 
     public void KillProcessTree(int pid)
     {

@@ -168,6 +168,7 @@ public static class ConfigLoader
                     WorkInMemory = t.String("work_in_memory") is { } w
                         ? (w is "auto" or "never" ? w : throw Invalid(sourceName, "checkpoint.work_in_memory", "one of \"auto\", \"never\"", w))
                         : defaults.Checkpoint.WorkInMemory,
+                    KeepCriuKernelFacts = t.Bool("keep_criu_kernel_facts") ?? defaults.Checkpoint.KeepCriuKernelFacts,
                 },
             };
         });

@@ -56,6 +56,9 @@ public sealed record CheckpointConfig(bool Enabled = true, string CriuPath = "cr
 
     /// <summary>CRIU's images while the container is frozen: auto (a tmpfs when the node has the memory) or never (the disk).</summary>
     public string WorkInMemory { get; init; } = "auto";
+
+    /// <summary>On a node whose /run is not a tmpfs, gather CRIU's kernel facts once and bind them onto /run/criu.kdat (CriuKernelFactsCache).</summary>
+    public bool KeepCriuKernelFacts { get; init; } = true;
 }
 
 /// <summary>Restore through CreateContainer is off by default, as in containerd >= 2.2.7 and CRI-O's checkpoint_only.</summary>

@@ -144,6 +144,11 @@ public sealed class RecordingLinux : ILinux
 
     public string HostName() => "node";
 
+    /// <summary>The paths <see cref="IsTmpfs"/> answers true for.</summary>
+    public HashSet<string> Tmpfs { get; } = new(StringComparer.Ordinal);
+
+    public bool IsTmpfs(string path) => Tmpfs.Contains(path);
+
     public ulong HeldCapabilities() => ulong.MaxValue >> 23;
 
     public void BindIdMapped(string source, string target, string userNamespaceFile)
