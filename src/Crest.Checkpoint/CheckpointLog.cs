@@ -62,6 +62,9 @@ internal static partial class CheckpointLog
     [LoggerMessage(450, LogLevel.Information, "froze pod sandbox {SandboxId} for migration: {Containers} containers held frozen, pod checkpoint of {Bytes} bytes held for the target after {TotalMs} ms")]
     public static partial void MigrationPodFrozen(ILogger logger, string sandboxId, int containers, long bytes, long totalMs);
 
+    [LoggerMessage(451, LogLevel.Warning, "freezing a pod for migration failed after its dump; resuming container {ContainerId} failed: {Error} (the client's undo resumes it again)")]
+    public static partial void MigrationPodResumeFailed(ILogger logger, string containerId, string error);
+
     [LoggerMessage(413, LogLevel.Debug, "restored pod sandbox {SandboxId}: container {ContainerId} continued ({Processes} processes)")]
     public static partial void PodContinued(ILogger logger, string sandboxId, string containerId, int processes);
 

@@ -214,10 +214,18 @@ public sealed class PodCheckpointService(
                 RemoveOutput(output, createdOutput);
                 if (frozenHeld)
                 {
-                    // A migration's held pod whose checkpoint could not be finished runs on.
+                    // A migration's held pod whose checkpoint could not be finished runs on; one container that cannot be
+                    // resumed does not keep the others frozen (the client's undo resumes each again).
                     foreach (var c in selected)
                     {
-                        await containers.ThawAsync(c.Id, CancellationToken.None).ConfigureAwait(false);
+                        try
+                        {
+                            await containers.ThawAsync(c.Id, CancellationToken.None).ConfigureAwait(false);
+                        }
+                        catch (CrestException e)
+                        {
+                            CheckpointLog.MigrationPodResumeFailed(logger, c.Id, e.Message);
+                        }
                     }
                 }
             }
