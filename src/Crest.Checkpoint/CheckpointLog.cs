@@ -59,6 +59,12 @@ internal static partial class CheckpointLog
     [LoggerMessage(441, LogLevel.Information, "staged rootfs round {Round} ({Bytes} bytes) for a migration to this node under {StagingToken}")]
     public static partial void MigrationRootfsRoundStaged(ILogger logger, int round, long bytes, string stagingToken);
 
+    [LoggerMessage(450, LogLevel.Information, "froze pod sandbox {SandboxId} for migration: {Containers} containers held frozen, pod checkpoint of {Bytes} bytes held for the target after {TotalMs} ms")]
+    public static partial void MigrationPodFrozen(ILogger logger, string sandboxId, int containers, long bytes, long totalMs);
+
+    [LoggerMessage(451, LogLevel.Warning, "freezing a pod for migration failed after its dump; resuming container {ContainerId} failed: {Error} (the client's undo resumes it again)")]
+    public static partial void MigrationPodResumeFailed(ILogger logger, string containerId, string error);
+
     [LoggerMessage(413, LogLevel.Debug, "restored pod sandbox {SandboxId}: container {ContainerId} continued ({Processes} processes)")]
     public static partial void PodContinued(ILogger logger, string sandboxId, string containerId, int processes);
 

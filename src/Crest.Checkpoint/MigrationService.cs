@@ -43,6 +43,7 @@ public sealed partial class MigrationService(
     MigrationNetworkLock networkLock,
     RuntimeLayout layout,
     RootfsStaging rootfsStaging,
+    PodCheckpointService podCheckpoints,
     ILogger<MigrationService> logger)
 {
     private const string ArchiveSuffix = ".tar";
@@ -256,6 +257,11 @@ public sealed partial class MigrationService(
     public async Task SendArchiveAsync(string token, Stream output, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(output);
+        if (await SendPodCheckpointAsync(token, output, ct).ConfigureAwait(false))
+        {
+            return;
+        }
+
         var record = HeldWorkRecord(token);
         if (File.Exists(record))
         {
@@ -358,6 +364,7 @@ public sealed partial class MigrationService(
     {
         FileKinds.Remove(ArchivePath(token));
         FileKinds.Remove(paths.ReceivedCheckpoint(token));
+        FileKinds.Remove(PodCheckpointPath(token));
         var record = HeldWorkRecord(token);
         if (File.Exists(record))
         {
@@ -439,7 +446,7 @@ public sealed partial class MigrationService(
             return 0;
         }
 
-        var removed = rootfsStaging.Sweep();
+        var removed = rootfsStaging.Sweep() + SweepPodCheckpoints();
         // A held work directory itself went with its container's recovery, which runs first.
         foreach (var file in Directory.EnumerateFiles(ArchiveDir, "*" + ArchiveSuffix).Concat(Directory.EnumerateFiles(ArchiveDir, "*" + HeldWorkSuffix)))
         {

@@ -28,6 +28,12 @@ public sealed record PodCheckpointRequest
     public IReadOnlyList<string> ContainerIds { get; init; } = [];
     public IReadOnlyDictionary<string, string> Options { get; init; } = new Dictionary<string, string>();
     public PodStateAfterCheckpoint After { get; init; } = PodStateAfterCheckpoint.Running;
+
+    /// <summary>
+    /// A whole-pod migration's source (not a CRI field): every container is left frozen and held after a good dump, as
+    /// a container migration's freeze leaves one (MigrationService.FreezePodAsync); a failure resumes them all.
+    /// </summary>
+    internal bool HoldFrozen { get; init; }
 }
 
 /// <summary>What one pod checkpoint did and measured.</summary>
@@ -85,6 +91,7 @@ public sealed class PodCheckpointService(
         var token = journal.Begin(new PodOperationJournal.Entry { Kind = PodOperationJournal.CheckpointKind, Output = output, CreatedOutput = createdOutput });
         var works = new List<string>();
         var succeeded = false;
+        var frozenHeld = false;
         try
         {
             var parts = new List<ContainerPart>();
@@ -127,9 +134,10 @@ public sealed class PodCheckpointService(
                     // Announced only when written: every reader refuses a manifest naming a missing file (a fake seam may write none).
                     shared = shared with { SysVShm = FileKinds.IsRegularFile(image), SysVShmSegments = summary.Segments, SysVShmBytes = summary.TotalBytes };
                 }
-            }, request.After == PodStateAfterCheckpoint.Stopped, ct).ConfigureAwait(false);
+            }, request.After == PodStateAfterCheckpoint.Stopped, ct, holdFrozen: request.HoldFrozen).ConfigureAwait(false);
+            frozenHeld = request.HoldFrozen;
 
-            // Everything below runs with the pod resumed: metadata, archives, the manifest.
+            // Everything below runs with the pod resumed (held frozen for a migration): metadata, archives, the manifest.
             var checkpointedAt = time.GetUtcNow();
             var written = new List<PodCheckpointContainer>();
             long bytes = 0;
@@ -170,7 +178,7 @@ public sealed class PodCheckpointService(
                 Shared = shared with { Hostname = hostname },
                 FrozenMilliseconds = (long)dump.Frozen.TotalMilliseconds,
                 TcpEstablished = tcpEstablished,
-                PostCheckpointState = request.After == PodStateAfterCheckpoint.Stopped ? "stopped" : "running",
+                PostCheckpointState = request.HoldFrozen ? "frozen" : request.After == PodStateAfterCheckpoint.Stopped ? "stopped" : "running",
             };
             await PodCheckpointManifests.WriteAsync(output, manifest, ct).ConfigureAwait(false);
             if (request.After == PodStateAfterCheckpoint.Stopped)
@@ -204,6 +212,22 @@ public sealed class PodCheckpointService(
             if (!succeeded)
             {
                 RemoveOutput(output, createdOutput);
+                if (frozenHeld)
+                {
+                    // A migration's held pod whose checkpoint could not be finished runs on; one container that cannot be
+                    // resumed does not keep the others frozen (the client's undo resumes each again).
+                    foreach (var c in selected)
+                    {
+                        try
+                        {
+                            await containers.ThawAsync(c.Id, CancellationToken.None).ConfigureAwait(false);
+                        }
+                        catch (CrestException e)
+                        {
+                            CheckpointLog.MigrationPodResumeFailed(logger, c.Id, e.Message);
+                        }
+                    }
+                }
             }
 
             journal.End(token);

@@ -78,6 +78,9 @@ public static class CrashPoints
     /// <summary>Migration KillFrozen on the source (the target runs the copy): called, the frozen source not killed yet.</summary>
     public const string MigrationSourceKilling = "migration-source-killing";
 
+    /// <summary>Migration FreezePod on the source: every container of the pod frozen and held, the pod checkpoint written under &lt;root&gt;/migrations, FreezePod not answered.</summary>
+    public const string MigrationPodFrozen = "migration-pod-frozen";
+
     private static readonly string? Armed = Environment.GetEnvironmentVariable(Variable);
 
     /// <summary>Dies here (SIGKILL) when this crash point is armed.</summary>

@@ -130,10 +130,13 @@ public sealed partial class ContainerService
     /// is dumped by CRIU (leave running) and its rootfs changes captured, then <paramref name="captureShared"/> saves
     /// what the pod's containers share while all are still frozen. Then every paused container is resumed, whatever
     /// failed or was cancelled, unless <paramref name="killAfterDump"/> and every dump succeeded: then each is killed
-    /// while still frozen (SIGKILL is delivered at the thaw), so nothing runs on past the checkpoint.
+    /// while still frozen (SIGKILL is delivered at the thaw), so nothing runs on past the checkpoint. With
+    /// <paramref name="holdFrozen"/> (a whole-pod migration's source) a good dump leaves every container frozen and held
+    /// (<see cref="MigrationHold"/>), as a container migration's freeze does; each then ends by <see cref="ThawAsync"/>
+    /// or <see cref="KillFrozenAsync"/>.
     /// </summary>
     public async Task<PodDump> DumpPodAsync(string sandboxId, IReadOnlyList<PodDumpTarget> targets, bool tcpEstablished,
-        Func<CancellationToken, Task> captureShared, bool killAfterDump, CancellationToken ct)
+        Func<CancellationToken, Task> captureShared, bool killAfterDump, CancellationToken ct, bool holdFrozen = false)
     {
         ArgumentNullException.ThrowIfNull(targets);
         ArgumentNullException.ThrowIfNull(captureShared);
@@ -179,6 +182,7 @@ public sealed partial class ContainerService
             var stillPaused = new List<string>();
             TimeSpan shared = default;
             var killed = false;
+            var heldFrozen = false;
             try
             {
                 foreach (var c in records)
@@ -218,14 +222,19 @@ public sealed partial class ContainerService
 
                     killed = true;
                 }
+                else if (holdFrozen)
+                {
+                    await HoldPodForMigrationAsync(records).ConfigureAwait(false);
+                    heldFrozen = true;
+                }
 
                 CrashPoints.Hit(CrashPoints.PodCheckpointFrozen);
             }
             finally
             {
                 // Every container paused above is resumed (a killed one then dies), whatever failed or was cancelled;
-                // one that cannot be resumed does not keep the others frozen.
-                foreach (var c in paused)
+                // one that cannot be resumed does not keep the others frozen. A held pod stays frozen.
+                foreach (var c in heldFrozen ? [] : paused)
                 {
                     try
                     {

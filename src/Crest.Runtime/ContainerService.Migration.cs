@@ -92,6 +92,32 @@ public sealed partial class ContainerService
         RuntimeLog.MigrationHoldRecorded(logger, id, hold.Since);
     }
 
+    /// <summary>
+    /// Records a migration hold on every container of a frozen pod dump (DumpPodAsync, under their locks); if one cannot be
+    /// recorded, the holds recorded so far end and the caller resumes them all.
+    /// </summary>
+    private async Task HoldPodForMigrationAsync(IReadOnlyList<ContainerRecord> records)
+    {
+        var recorded = new List<string>();
+        try
+        {
+            foreach (var c in records)
+            {
+                await HoldForMigrationAsync(c.Id, 0, CancellationToken.None).ConfigureAwait(false);
+                recorded.Add(c.Id);
+            }
+        }
+        catch
+        {
+            foreach (var id in recorded)
+            {
+                await EndHoldAsync(id, "resumed", CancellationToken.None).ConfigureAwait(false);
+            }
+
+            throw;
+        }
+    }
+
     /// <summary>Drops a container's migration hold, if it has one (the record is read again: an exit may have been recorded meanwhile).</summary>
     private async Task EndHoldAsync(string id, string how, CancellationToken ct)
     {

@@ -277,4 +277,37 @@ public sealed class MigrationCrashTests
         Assert.All(log.Split('\n').Where(l => l.Contains("count", StringComparison.Ordinal)), l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
         Assert.Single(ProcessesWith("busybox", "awk", $"%{bytes}s"));
     }
+
+    [Fact]
+    public async Task Source_crestd_killed_after_freezing_a_whole_pod_keeps_it_frozen_until_the_client_resumes_every_container()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("migcrp", environmentA: Armed(CrashPoints.MigrationPodFrozen));
+        var image = await RegistryBusyboxOnAAsync(nodes);
+        var (podId, logsA) = await PodMigrationTests.RunTwoCountersOnAAsync(nodes, image);
+        var podB = await WritePodAsync(nodes.B.Dir, "podmig", "uid-podmig-b");
+
+        var migrating = PodMigrationTests.MigratePodAsync(nodes, podId, podB);
+        await CrashedAsync(nodes.A, migrating);
+        await nodes.A.RestartAsync();
+        var migrated = await migrating;
+
+        // Exactly one copy, the source's: both counters resumed on A and counting on, nothing on B.
+        Assert.True(migrated.ExitCode == 1, $"migrate pod was to fail and undo ({migrated.ExitCode}): {migrated.Stderr}");
+        Assert.Contains("undone: the pod runs on", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"waiting for {nodes.A.Crestd.Endpoint} to answer (resuming", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Equal(podId, await RunAsync([.. nodes.A.R, "pods", "-q"]));
+        foreach (var log in logsA)
+        {
+            var text = await CountPassesAsync(log, LastCount(await ReadLogAsync(log)) + 2, "a source counter did not run again after the undo");
+            var counts = CountLine().Matches(text).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+            Assert.Equal(Enumerable.Range(1, counts.Count), counts);
+        }
+
+        Assert.Equal("", await RunAsync([.. nodes.B.R, "ps", "-a", "-q"]));
+        Assert.Equal("", await RunAsync([.. nodes.B.R, "pods", "-q"]));
+        Assert.Contains("kept frozen", await nodes.A.Crestd.LoggedAsync("kept frozen"), StringComparison.Ordinal);
+        // The restart swept the held pod checkpoint.
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
+    }
 }

@@ -8,12 +8,12 @@ namespace Crest.UnitTests;
 /// The migration's safety rule, step by step over fake nodes: whatever step fails, exactly one copy of the container
 /// runs afterwards (the source, resumed), and nothing the migration made on the target is left.
 /// </summary>
-public sealed class MigrationOrchestratorTests
+public sealed partial class MigrationOrchestratorTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     /// <summary>A node: its containers and their states, pods, archives, the calls it saw, and a step made to fail.</summary>
-    private sealed class FakeNode(string name) : IMigrationNode
+    private sealed partial class FakeNode(string name) : IMigrationNode
     {
         public Dictionary<string, string> Containers { get; } = new(StringComparer.Ordinal);
 
@@ -152,6 +152,10 @@ public sealed class MigrationOrchestratorTests
         {
             Step("rmp " + podId);
             Pods.Remove(podId);
+            foreach (var c in PodOf.Where(kv => kv.Value == podId).Select(kv => kv.Key).ToList())
+            {
+                Containers.Remove(c);
+            }
             return Task.CompletedTask;
         }
 

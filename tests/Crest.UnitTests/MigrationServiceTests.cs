@@ -46,7 +46,9 @@ public sealed class MigrationServiceTests : IDisposable
     private MigrationService Service(RestoreOptions restore) => new(
         new CheckpointService(_h.Containers, _h.Layout, new Criu(), new CheckpointOptions(), TimeProvider.System, NullLogger<CheckpointService>.Instance),
         _h.Containers, _h.Paths, restore, new Criu(), new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance),
-        _h.Layout, new RootfsStaging(_h.Paths, restore), NullLogger<MigrationService>.Instance);
+        _h.Layout, new RootfsStaging(_h.Paths, restore),
+        new PodCheckpointService(_h.Containers, _h.Sandboxes, _h.Pods, _h.Layout, new Criu(), _h.Linux, new PodOperationJournal(_h.Paths), new CheckpointOptions(), TimeProvider.System, NullLogger<PodCheckpointService>.Instance),
+        NullLogger<MigrationService>.Instance);
 
     private static async IAsyncEnumerable<ReadOnlyMemory<byte>> Chunks(int count, int size)
     {

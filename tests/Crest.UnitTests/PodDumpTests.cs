@@ -63,6 +63,40 @@ public sealed class PodDumpTests : IDisposable
     }
 
     [Fact]
+    public async Task A_pod_dump_held_for_a_migration_leaves_every_container_frozen_and_held_until_each_is_thawed()
+    {
+        var pod = await PodWithAsync("c1", "c2");
+
+        await _h.Containers.DumpPodAsync(pod.Id, Targets("c1", "c2"), false, _ => Task.CompletedTask, killAfterDump: false, Ct, holdFrozen: true);
+
+        AssertPhases(["pause c1", "pause c2"], ["checkpoint c1", "checkpoint c2"], []);
+        Assert.Equal("paused", _h.Runtimes.StatusOf("c1"));
+        Assert.Equal("paused", _h.Runtimes.StatusOf("c2"));
+        Assert.NotNull((await _h.Containers.GetAsync("c1", Ct)).MigrationHold);
+        Assert.NotNull((await _h.Containers.GetAsync("c2", Ct)).MigrationHold);
+
+        await _h.Containers.ThawAsync("c1", Ct);
+
+        Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
+        Assert.Null((await _h.Containers.GetAsync("c1", Ct)).MigrationHold);
+        Assert.Equal("paused", _h.Runtimes.StatusOf("c2"));
+    }
+
+    [Fact]
+    public async Task A_held_pod_dump_that_fails_holds_nothing_and_resumes_every_container()
+    {
+        var pod = await PodWithAsync("c1", "c2");
+        _h.Runtimes.Failures["checkpoint c2"] = new CrestException(ErrorKind.Internal, "runc checkpoint failed");
+
+        await Assert.ThrowsAsync<CrestException>(() => _h.Containers.DumpPodAsync(pod.Id, Targets("c1", "c2"), false, _ => Task.CompletedTask, false, Ct, holdFrozen: true));
+
+        Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
+        Assert.Equal("running", _h.Runtimes.StatusOf("c2"));
+        Assert.Null((await _h.Containers.GetAsync("c1", Ct)).MigrationHold);
+        Assert.Null((await _h.Containers.GetAsync("c2", Ct)).MigrationHold);
+    }
+
+    [Fact]
     public async Task A_container_that_fails_to_dump_fails_the_call_naming_it_and_every_container_is_resumed()
     {
         var pod = await PodWithAsync("c1", "c2", "c3");

@@ -40,6 +40,7 @@ internal static class MigrateCommand
         {
             id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress, noRootfsRounds, waitForNode,
         };
+        command.Subcommands.Add(MigratePodCommand.Create(global, output));
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
             var ctx = CliContext.From(parse, global, OutputFormat.Table, output);

@@ -8,7 +8,7 @@ using Runtime.V1;
 namespace Crest.Cli.Migration;
 
 /// <summary>A crestd node over its socket: CRI runtime.v1 for pods and containers, crest.v1.CrestMigration for the rest.</summary>
-internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNode
+internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMigrationNode
 {
     private readonly RuntimeService.RuntimeServiceClient _runtime = new(connection.Channel);
     private readonly ImageService.ImageServiceClient _images = new(connection.Channel);
@@ -219,10 +219,40 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
         var sandboxConfig = new PodSandboxConfig { Metadata = pod.Status.Metadata };
         sandboxConfig.Labels.Add(pod.Status.Labels);
         sandboxConfig.Annotations.Add(pod.Status.Annotations);
+        var config = ConfigOf(source, archivePath);
+        if (lazyPagesFrom is not null)
+        {
+            config.Annotations[Crest.Core.CriuRestoreOptions.LazyPagesFromAnnotation] = lazyPagesFrom;
+        }
+
+        if (rootfsStaging is not null)
+        {
+            config.Annotations[Crest.Core.RestorePlan.RootfsStagingAnnotation] = rootfsStaging;
+        }
+
+        var created = await CallAsync("CreateContainer", o => _runtime.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = podId, Config = config, SandboxConfig = sandboxConfig }, o).ResponseAsync, ct).ConfigureAwait(false);
+        try
+        {
+            await CallAsync("StartContainer", o => _runtime.StartContainerAsync(new StartContainerRequest { ContainerId = created.ContainerId }, o).ResponseAsync, ct).ConfigureAwait(false);
+        }
+        catch (CliFailure e)
+        {
+            // The orchestrator removes what it knows of; a container that failed to start is removed here. One whose
+            // node went away meanwhile (NodeUnavailableException) may run there: the undo finds it by its label.
+            await RemoveContainerAsync(created.ContainerId, CancellationToken.None).ConfigureAwait(false);
+            throw new CliFailure(e.ExitCode, $"{e.Message} (container {created.ContainerId} on {Name} removed)");
+        }
+
+        return created.ContainerId;
+    }
+
+    /// <summary>The container config that recreates <paramref name="source"/> from <paramref name="image"/> (a checkpoint, or its base image).</summary>
+    private static ContainerConfig ConfigOf(SourceContainer source, string image)
+    {
         var config = new ContainerConfig
         {
             Metadata = new ContainerMetadata { Name = source.Name },
-            Image = new ImageSpec { Image = archivePath },
+            Image = new ImageSpec { Image = image },
             LogPath = source.LogPath,
             Linux = new LinuxContainerConfig
             {
@@ -242,31 +272,8 @@ internal sealed class GrpcMigrationNode(CriConnection connection) : IMigrationNo
             config.Annotations[key] = value;
         }
 
-        if (lazyPagesFrom is not null)
-        {
-            config.Annotations[Crest.Core.CriuRestoreOptions.LazyPagesFromAnnotation] = lazyPagesFrom;
-        }
-
-        if (rootfsStaging is not null)
-        {
-            config.Annotations[Crest.Core.RestorePlan.RootfsStagingAnnotation] = rootfsStaging;
-        }
-
         config.Mounts.Add(source.Mounts);
-        var created = await CallAsync("CreateContainer", o => _runtime.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = podId, Config = config, SandboxConfig = sandboxConfig }, o).ResponseAsync, ct).ConfigureAwait(false);
-        try
-        {
-            await CallAsync("StartContainer", o => _runtime.StartContainerAsync(new StartContainerRequest { ContainerId = created.ContainerId }, o).ResponseAsync, ct).ConfigureAwait(false);
-        }
-        catch (CliFailure e)
-        {
-            // The orchestrator removes what it knows of; a container that failed to start is removed here. One whose
-            // node went away meanwhile (NodeUnavailableException) may run there: the undo finds it by its label.
-            await RemoveContainerAsync(created.ContainerId, CancellationToken.None).ConfigureAwait(false);
-            throw new CliFailure(e.ExitCode, $"{e.Message} (container {created.ContainerId} on {Name} removed)");
-        }
-
-        return created.ContainerId;
+        return config;
     }
 
     public async Task<string> StateAsync(string containerId, CancellationToken ct)

@@ -85,6 +85,25 @@ internal interface IMigrationNode
     /// <summary>Stops and removes a container.</summary>
     Task RemoveContainerAsync(string containerId, CancellationToken ct);
 
+    /// <summary>A ready pod and every container in it, each as <see cref="InspectAsync"/> sees it; fails unless all of them run.</summary>
+    Task<SourcePod> InspectPodAsync(string podId, CancellationToken ct);
+
+    /// <summary>
+    /// Source: checkpoints every container of the pod at one instant and leaves all of them frozen and held (each ends by
+    /// <see cref="ResumeAsync"/> or <see cref="KillFrozenAsync"/>); the pod checkpoint is held for <see cref="ReadArchiveAsync"/>.
+    /// </summary>
+    Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, CancellationToken ct);
+
+    /// <summary>
+    /// Target: CRI RestorePod from the pod checkpoint tar at <paramref name="checkpointPath"/> into a new pod made from
+    /// <paramref name="config"/>, one container config per source container, then StartContainer of each. A start that
+    /// fails removes the pod made.
+    /// </summary>
+    Task<RestoredPod> RestorePodAsync(string checkpointPath, Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, CancellationToken ct);
+
+    /// <summary>Target: the pods carrying <see cref="MigrationLabels.MigrationId"/> = <paramref name="migrationId"/> (a RestorePod whose answer was lost).</summary>
+    Task<IReadOnlyList<string>> FindRestoredPodsAsync(string migrationId, CancellationToken ct);
+
     /// <summary>The container log's last line time, and its first line after <paramref name="after"/>.</summary>
     Task<(DateTimeOffset? Last, DateTimeOffset? FirstAfter)> LogTimesAsync(string containerId, DateTimeOffset? after, CancellationToken ct);
 }

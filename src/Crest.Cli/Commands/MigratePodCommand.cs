@@ -1,0 +1,108 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Crest.Cli.Migration;
+using Crest.Cli.Output;
+using Runtime.V1;
+
+namespace Crest.Cli.Commands;
+
+/// <summary>
+/// <c>crest migrate pod POD --to ENDPOINT --pod-config pod.json</c>: moves a whole running pod (every container, stop-copy)
+/// from the node of <c>--runtime-endpoint</c> into a new pod on the node at <c>--to</c>, by
+/// <see cref="MigrationOrchestrator.RunPodAsync"/>. The pod checkpoint streams from the source through this client.
+/// </summary>
+internal static class MigratePodCommand
+{
+    public static Command Create(GlobalOptions global, TextWriter output)
+    {
+        var id = new Argument<string>("pod-id") { Description = "the ready pod to move, every container of it running (on --runtime-endpoint's node)" };
+        var to = new Option<string>("--to") { Description = "the target node's crestd endpoint (unix:///path/to.sock)", Required = true };
+        var podConfig = new Option<string>("--pod-config") { Description = "the config (crictl JSON/YAML) of the new pod on the target; removed again if the migration fails", Required = true };
+        var strategy = new Option<string?>("--strategy") { Description = "stop-copy (the default and the only one for a pod; post-copy and pre-copy are refused with the reason)" };
+        var deadline = new Option<long>("--timeout-seconds") { Description = "the source pod checkpoint's deadline (0: the call's own)" };
+        var waitForNode = new Option<int?>("--wait-for-node")
+        {
+            Description = "seconds the ending steps (kill or resume the source containers, remove the target's pod) wait for a node whose crestd does not answer (default 60)",
+        };
+        var command = new Command("pod", "Live-migrate a whole running pod to another crestd node: freeze every container at one instant, copy, restore into a new pod, then remove the source pod")
+        {
+            id, to, podConfig, strategy, deadline, waitForNode,
+        };
+        command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
+        {
+            var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
+            var request = new PodMigrationRequest(parse.GetValue(id)!, MigrationStrategies.Parse(parse.GetValue(strategy)), PodCommands.ReadConfig<PodSandboxConfig>(parse.GetValue(podConfig)!))
+            {
+                FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
+            };
+            var timeout = parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout;
+            using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);
+            using var targetConnection = new CriConnection(CriEndpoint.Parse(parse.GetValue(to)!), timeout);
+            var orchestrator = new MigrationOrchestrator(new GrpcMigrationNode(sourceConnection), new GrpcMigrationNode(targetConnection),
+                line => CliRunner.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {line}"), TimeProvider.System)
+            {
+                NodeReturnTimeout = parse.GetValue(waitForNode) is { } seconds
+                    ? (seconds >= 0 ? TimeSpan.FromSeconds(seconds) : throw new CliUsageException($"--wait-for-node {seconds}: expected a number of seconds, 0 or more"))
+                    : MigrationOrchestrator.DefaultNodeReturnTimeout,
+            };
+            PodMigrationReport report;
+            try
+            {
+                report = await orchestrator.RunPodAsync(request, ct);
+            }
+            catch (MigrationFailedException e)
+            {
+                throw new CliFailure(ExitCodes.RuntimeError, e.Message);
+            }
+            catch (NodeUnavailableException e)
+            {
+                // Before the freeze: nothing was changed on the source.
+                throw new CliFailure(ExitCodes.Unreachable, e.Message);
+            }
+
+            await WriteReportAsync(ctx, report);
+        }));
+        return command;
+    }
+
+    private static async Task WriteReportAsync(CliContext ctx, PodMigrationReport r)
+    {
+        static string Ms(TimeSpan? t) => t is { } v ? v.TotalMilliseconds.ToString("0", CultureInfo.InvariantCulture) : "unknown";
+        if (ctx.Format != OutputFormat.Table)
+        {
+            ctx.Renderer().Document(new JsonObject
+            {
+                ["sourcePodSandboxId"] = r.SourcePodId,
+                ["podSandboxId"] = r.TargetPodId,
+                ["strategy"] = "stop-copy",
+                ["containers"] = new JsonArray([.. r.Containers.Select(c => (JsonNode)new JsonObject
+                {
+                    ["name"] = c.Name,
+                    ["sourceContainerId"] = c.SourceContainerId,
+                    ["containerId"] = c.TargetContainerId,
+                    ["downtimeMs"] = c.Downtime is { } d ? (long)d.TotalMilliseconds : null,
+                    ["lastSourceLine"] = c.LastSourceLine?.UtcDateTime.ToString("O", CultureInfo.InvariantCulture),
+                    ["firstTargetLine"] = c.FirstTargetLine?.UtcDateTime.ToString("O", CultureInfo.InvariantCulture),
+                })]),
+                ["bytesBeforeSwitch"] = r.BytesBeforeSwitch,
+                ["bytesDuringSwitch"] = r.BytesDuringSwitch,
+                ["frozenMs"] = (long)r.Frozen.TotalMilliseconds,
+                ["downtimeMs"] = r.Downtime is { } dt ? (long)dt.TotalMilliseconds : null,
+                ["totalMs"] = (long)r.Total.TotalMilliseconds,
+            });
+            return;
+        }
+
+        await ctx.Out.WriteLineAsync($"Migrated pod {r.SourcePodId} -> {r.TargetPodId}, stop-copy");
+        foreach (var c in r.Containers)
+        {
+            await ctx.Out.WriteLineAsync($"  {c.Name}: {c.SourceContainerId} -> {c.TargetContainerId}, downtime {Ms(c.Downtime)} ms");
+        }
+
+        await ctx.Out.WriteLineAsync($"Downtime:  {Ms(r.Downtime)} ms (the longest of the containers': each one's last log line on the source to its first on the target)");
+        await ctx.Out.WriteLineAsync($"Frozen:    {Ms(r.Frozen)} ms (freeze to every container running on the target)");
+        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base images), {r.BytesDuringSwitch} bytes during it (the pod checkpoint)"));
+        await ctx.Out.WriteLineAsync($"Total:     {Ms(r.Total)} ms");
+    }
+}

@@ -1,0 +1,78 @@
+using Crest.Api.V1;
+using Runtime.V1;
+
+namespace Crest.Cli.Migration;
+
+// A whole pod's migration over the node's socket: the source's FreezePod (crest.v1.CrestMigration), the target's CRI
+// RestorePod (KEP-5823) and StartContainer, and ListPodSandbox by the migration's label for the undo.
+internal sealed partial class GrpcMigrationNode
+{
+    public async Task<SourcePod> InspectPodAsync(string podId, CancellationToken ct)
+    {
+        var pod = await CallAsync("PodSandboxStatus", o => _runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
+        if (pod.Status.State != PodSandboxState.SandboxReady)
+        {
+            throw new CliFailure(ExitCodes.RuntimeError, $"pod {pod.Status.Id} on {Name} is not ready; only a ready pod can be migrated");
+        }
+
+        var filter = new ContainerFilter { PodSandboxId = pod.Status.Id };
+        var listed = await CallAsync("ListContainers", o => _runtime.ListContainersAsync(new ListContainersRequest { Filter = filter }, o).ResponseAsync, ct).ConfigureAwait(false);
+        if (listed.Containers.Count == 0)
+        {
+            throw new CliFailure(ExitCodes.RuntimeError, $"pod {pod.Status.Id} on {Name} has no containers to migrate");
+        }
+
+        if (listed.Containers.FirstOrDefault(c => c.State != ContainerState.ContainerRunning) is { } stopped)
+        {
+            throw new CliFailure(ExitCodes.RuntimeError,
+                $"container {stopped.Id} ({stopped.Metadata?.Name}) of pod {pod.Status.Id} on {Name} is {stopped.State.ToString().ToUpperInvariant()}; every container of a migrated pod must run (remove the stopped ones first)");
+        }
+
+        var containers = new List<SourceContainer>();
+        foreach (var c in listed.Containers.OrderBy(c => c.CreatedAt))
+        {
+            containers.Add(await InspectAsync(c.Id, ct).ConfigureAwait(false));
+        }
+
+        return new SourcePod(pod.Status.Id, containers);
+    }
+
+    public async Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, CancellationToken ct)
+    {
+        var r = await CallAsync("crest.v1.CrestMigration/FreezePod",
+            o => _migration.FreezePodAsync(new FreezePodRequest { PodSandboxId = podId, Timeout = timeoutSeconds }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return new FrozenPod(r.ArchiveToken, [.. r.ContainerIds], TimeSpan.FromMilliseconds(r.PausedMs), r.CheckpointBytes);
+    }
+
+    public async Task<RestoredPod> RestorePodAsync(string checkpointPath, PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(containers);
+        var request = new RestorePodRequest { CheckpointPath = checkpointPath, Config = config };
+        request.ContainerConfigs.Add(containers.Select(c => ConfigOf(c, c.Image)));
+        var restored = await CallAsync("RestorePod", o => _runtime.RestorePodAsync(request, o).ResponseAsync, ct).ConfigureAwait(false);
+        try
+        {
+            foreach (var c in restored.RestoredContainers)
+            {
+                await CallAsync("StartContainer", o => _runtime.StartContainerAsync(new StartContainerRequest { ContainerId = c.ContainerId }, o).ResponseAsync, ct).ConfigureAwait(false);
+            }
+        }
+        catch (CliFailure e)
+        {
+            // The orchestrator removes what it knows of; a pod whose container failed to start is removed here. One whose
+            // node went away meanwhile (NodeUnavailableException) may run there: the undo finds it by its label.
+            await RemovePodAsync(restored.PodSandboxId, CancellationToken.None).ConfigureAwait(false);
+            throw new CliFailure(e.ExitCode, $"{e.Message} (pod {restored.PodSandboxId} on {Name} removed)");
+        }
+
+        return new RestoredPod(restored.PodSandboxId, restored.RestoredContainers.ToDictionary(c => c.Name, c => c.ContainerId, StringComparer.Ordinal));
+    }
+
+    public async Task<IReadOnlyList<string>> FindRestoredPodsAsync(string migrationId, CancellationToken ct)
+    {
+        var filter = new PodSandboxFilter();
+        filter.LabelSelector[MigrationLabels.MigrationId] = migrationId;
+        var r = await CallAsync("ListPodSandbox", o => _runtime.ListPodSandboxAsync(new ListPodSandboxRequest { Filter = filter }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return [.. r.Items.Select(p => p.Id)];
+    }
+}

@@ -1,0 +1,222 @@
+using System.Globalization;
+
+namespace Crest.Cli.Migration;
+
+// A whole pod, stop-copy: the source checkpoints every container at one instant and keeps them all frozen (FreezePod),
+// the pod checkpoint streams through this client to the target as one tar, the target restores it into a new pod
+// (CRI RestorePod, then StartContainer of each), and only once every restored container runs are the frozen sources
+// killed and removed, and the source pod with them. Any failure before that removes the target's pod (found by the
+// migration's label if its answer was lost) and resumes every source container, so exactly one copy of the pod runs.
+internal sealed partial class MigrationOrchestrator
+{
+    public async Task<PodMigrationReport> RunPodAsync(PodMigrationRequest request, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var started = time.GetTimestamp();
+        if (request.Strategy != MigrationStrategy.StopCopy)
+        {
+            throw new MigrationFailedException(
+                $"--strategy {MigrationStrategies.Name(request.Strategy)} is refused for a whole pod: a pod migrates stop-copy only (its containers are checkpointed at one instant into one pod checkpoint, "
+                + "and a post-copy page server serves one container's memory); leave --strategy out, or migrate its containers one by one with crest migrate CONTAINER --strategy post-copy");
+        }
+
+        await CheckStrategyAsync(MigrationStrategy.StopCopy, ct).ConfigureAwait(false);
+        var pod = await source.InspectPodAsync(request.PodId, ct).ConfigureAwait(false);
+        progress($"source: pod {pod.Id} on {source.Name} runs {pod.Containers.Count} containers ({string.Join(", ", pod.Containers.Select(c => c.Name))})");
+
+        // Pre-staging: the base images move while the pod still runs.
+        long before = 0;
+        foreach (var digestRef in pod.Containers.Select(c => c.BaseImageDigestReference).OfType<string>().Distinct(StringComparer.Ordinal))
+        {
+            progress($"pre-stage: {target.Name} pulls the base image {digestRef}");
+            before += await target.PullImageAsync(digestRef, ct).ConfigureAwait(false);
+        }
+
+        foreach (var c in pod.Containers.Where(c => c.BaseImageDigestReference is null))
+        {
+            progress($"pre-stage: base image {c.Image} of {c.Name} has no registry digest; {target.Name} must already hold it (the restore checks it)");
+        }
+
+        // Labels the restored pod and its containers: a RestorePod whose answer is lost is found on the target by it.
+        var migrationId = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+        FrozenPod? frozen = null;
+        string? targetToken = null;
+        RestoredPod? restored = null;
+        var restoreSent = false;
+        long bytesDuring = 0;
+        var switchStarted = time.GetTimestamp();
+        TimeSpan frozenFor;
+        try
+        {
+            progress($"freeze: checkpointing every container of pod {pod.Id} on {source.Name} at one instant; they stay frozen until the target runs");
+            frozen = await source.FreezePodAsync(pod.Id, request.FreezeTimeoutSeconds, ct).ConfigureAwait(false);
+            progress(string.Create(CultureInfo.InvariantCulture,
+                $"freeze: pod checkpoint of {frozen.CheckpointBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began; {frozen.ContainerIds.Count} containers held frozen"));
+
+            var relayed = new RelayCount();
+            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), relayed, ct), unpack: false, ct).ConfigureAwait(false);
+            targetToken = token;
+            if (bytes != relayed.Bytes)
+            {
+                throw new InvalidOperationException($"the target received {bytes} bytes of the pod checkpoint, the source sent {relayed.Bytes}");
+            }
+
+            bytesDuring = bytes;
+            progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
+            restoreSent = true;
+            var config = request.TargetPodConfig.Clone();
+            config.Labels[MigrationLabels.MigrationId] = migrationId;
+            restored = await target.RestorePodAsync(path, config, [.. pod.Containers.Select(c => Labelled(c, migrationId))], ct).ConfigureAwait(false);
+            progress($"restore: pod {restored.PodId} on {target.Name} runs {string.Join(", ", restored.ContainerIds.Select(kv => $"{kv.Key} as {kv.Value}"))}");
+            foreach (var c in pod.Containers)
+            {
+                var id = restored.ContainerIds.GetValueOrDefault(c.Name)
+                    ?? throw new InvalidOperationException($"the target's RestorePod did not restore container {c.Name} of pod {pod.Id}");
+                await ExpectRunningAsync(id, ct).ConfigureAwait(false);
+            }
+
+            frozenFor = time.GetElapsedTime(switchStarted);
+        }
+        catch (Exception e)
+        {
+            var undo = await UndoPodAsync(pod, frozen, targetToken, restored?.PodId, restoreSent ? migrationId : null).ConfigureAwait(false);
+            throw new MigrationFailedException($"migration of pod {pod.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}", e);
+        }
+
+        // Every container runs on the target with its state: no source container may run again.
+        var lastLines = await EndSourcePodAsync(pod, restored).ConfigureAwait(false);
+        await DropArchiveAsync(source, frozen.ArchiveToken).ConfigureAwait(false);
+        await DropArchiveAsync(target, targetToken!).ConfigureAwait(false);
+        progress($"done: removed pod {pod.Id} and its containers from {source.Name}");
+
+        var moves = new List<PodContainerMove>();
+        foreach (var c in pod.Containers)
+        {
+            var to = restored.ContainerIds[c.Name];
+            var last = lastLines.GetValueOrDefault(c.Id);
+            var first = last is null ? null : await FirstTargetLineOrUnknownAsync(to, last.Value, ct).ConfigureAwait(false);
+            moves.Add(new PodContainerMove(c.Name, c.Id, to, first - last, last, first));
+        }
+
+        var downtimes = moves.Select(m => m.Downtime).OfType<TimeSpan>().ToList();
+        return new PodMigrationReport(pod.Id, restored.PodId, moves, before, bytesDuring, frozenFor, downtimes.Count == 0 ? null : downtimes.Max(), time.GetElapsedTime(started));
+    }
+
+    /// <summary>
+    /// The target runs the pod: each frozen source container is killed (never resumed) and removed, then the source pod,
+    /// waiting for a source crestd that restarts meanwhile. Returns each source container's last log line time.
+    /// </summary>
+    private async Task<Dictionary<string, DateTimeOffset?>> EndSourcePodAsync(SourcePod pod, RestoredPod restored)
+    {
+        var lastLines = new Dictionary<string, DateTimeOffset?>(StringComparer.Ordinal);
+        var step = "";
+        try
+        {
+            foreach (var c in pod.Containers)
+            {
+                step = $"killing the frozen {c.Id}";
+                await WhenAnsweredAsync(source, step, () => source.KillFrozenAsync(c.Id, CancellationToken.None)).ConfigureAwait(false);
+            }
+
+            foreach (var c in pod.Containers)
+            {
+                step = $"reading the log times of {c.Id}";
+                var (last, _) = await WhenAnsweredAsync(source, step, () => source.LogTimesAsync(c.Id, null, CancellationToken.None)).ConfigureAwait(false);
+                lastLines[c.Id] = last;
+                step = $"removing {c.Id}";
+                await WhenAnsweredAsync(source, step, () => source.RemoveContainerAsync(c.Id, CancellationToken.None)).ConfigureAwait(false);
+            }
+
+            step = $"removing pod {pod.Id}";
+            await WhenAnsweredAsync(source, step, () => source.RemovePodAsync(pod.Id, CancellationToken.None)).ConfigureAwait(false);
+            return lastLines;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            var waited = e is NodeUnavailableException ? string.Create(CultureInfo.InvariantCulture, $" ({source.Name} did not answer within {NodeReturnTimeout.TotalSeconds:0} s)") : "";
+            throw new MigrationFailedException(
+                $"pod {pod.Id} now runs on {target.Name} as {restored.PodId}, but {step} on {source.Name} failed{waited}: {Describe(e)}; "
+                + $"its containers stay frozen there, and a restart of that crestd keeps them frozen. Remove them once {source.Name} answers: "
+                + $"crest -r {source.Name} stopp {pod.Id}, then crest -r {source.Name} rmp {pod.Id}; never crest resume them, their copies run on {target.Name}", e);
+        }
+    }
+
+    /// <summary>
+    /// Undoes a failed pod switch so that exactly one copy runs, the source's: when a restore was asked for, every pod
+    /// carrying the migration's label is removed from the target first, and the source containers are resumed only once
+    /// none is left (else they stay frozen and the message says how to end it by hand). Every source container is
+    /// resumed whether or not the freeze answered (one cut off in flight may have frozen them).
+    /// </summary>
+    private async Task<string> UndoPodAsync(SourcePod pod, FrozenPod? frozen, string? targetToken, string? restoredPod, string? migrationId)
+    {
+        var problems = new List<string>();
+        async Task Try(IMigrationNode node, string what, Func<Task> step)
+        {
+            try
+            {
+                await WhenAnsweredAsync(node, what, step).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                problems.Add($"{what}: {Describe(e)}");
+            }
+        }
+
+        if (migrationId is not null && await RemoveTargetPodsAsync(restoredPod, migrationId) is { } unknown)
+        {
+            return $"undo stopped: {unknown}, and a restored copy of the pod may run there, so the containers of pod {pod.Id} stay frozen on {source.Name} "
+                + $"(a restart of that crestd keeps them frozen). End it by hand: list the copy on {target.Name} with crest -r {target.Name} pods "
+                + $"(label {MigrationLabels.MigrationId}={migrationId}); if it runs there, keep it and remove the source (crest -r {source.Name} stopp {pod.Id}, then rmp); "
+                + $"if there is none (or once you removed it with crest -r {target.Name} stopp ID and rmp ID), crest -r {source.Name} resume each of {string.Join(", ", pod.Containers.Select(c => c.Id))}";
+        }
+
+        foreach (var c in pod.Containers)
+        {
+            await Try(source, $"resuming {c.Id} on {source.Name}", () => source.ResumeAsync(c.Id, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        if (targetToken is not null)
+        {
+            await Try(target, $"dropping the pod checkpoint on {target.Name}", () => target.DropArchiveAsync(targetToken, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        if (frozen is not null)
+        {
+            await Try(source, $"dropping the pod checkpoint on {source.Name}", () => source.DropArchiveAsync(frozen.ArchiveToken, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        return problems.Count == 0
+            ? $"undone: the pod runs on {source.Name} as before, and nothing of it is left on {target.Name}"
+            : $"undo incomplete ({string.Join("; ", problems)}); check both nodes with crest pods and crest ps -a";
+    }
+
+    /// <summary>Removes the restored pod (known by id, or found by the migration's label) from the target; null once none is left, else why that is not known.</summary>
+    private async Task<string?> RemoveTargetPodsAsync(string? restoredPod, string migrationId)
+    {
+        var step = $"finding the restored pod on {target.Name}";
+        try
+        {
+            var pods = new List<string>();
+            if (restoredPod is not null)
+            {
+                pods.Add(restoredPod);
+            }
+
+            pods.AddRange(await WhenAnsweredAsync(target, step, () => target.FindRestoredPodsAsync(migrationId, CancellationToken.None)).ConfigureAwait(false));
+            foreach (var p in pods.Distinct(StringComparer.Ordinal))
+            {
+                step = $"removing the restored pod {p} on {target.Name}";
+                await WhenAnsweredAsync(target, step, () => target.RemovePodAsync(p, CancellationToken.None)).ConfigureAwait(false);
+                progress($"undo: removed the restored pod {p} from {target.Name}");
+            }
+
+            return null;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return e is NodeUnavailableException
+                ? string.Create(CultureInfo.InvariantCulture, $"{target.Name} did not answer within {NodeReturnTimeout.TotalSeconds:0} s ({step}: {Describe(e)})")
+                : $"{step} failed: {Describe(e)}";
+        }
+    }
+}

@@ -1,0 +1,31 @@
+namespace Crest.Cli.Migration;
+
+/// <summary>What <c>crest migrate pod</c> was asked: which pod, into a new pod on the target made from <see cref="TargetPodConfig"/>.</summary>
+internal sealed record PodMigrationRequest(string PodId, MigrationStrategy Strategy, Runtime.V1.PodSandboxConfig TargetPodConfig)
+{
+    /// <summary>The pod checkpoint's deadline on the source (0: the call's own deadline only).</summary>
+    public long FreezeTimeoutSeconds { get; init; }
+}
+
+/// <summary>A ready source pod and its running containers, as the target must recreate them.</summary>
+internal sealed record SourcePod(string Id, IReadOnlyList<SourceContainer> Containers);
+
+/// <summary>The source's frozen pod: the held pod checkpoint's token, the containers held frozen, and how long the freeze took.</summary>
+internal sealed record FrozenPod(string ArchiveToken, IReadOnlyList<string> ContainerIds, TimeSpan Paused, long CheckpointBytes);
+
+/// <summary>The pod RestorePod made on the target, and its started containers by metadata name.</summary>
+internal sealed record RestoredPod(string PodId, IReadOnlyDictionary<string, string> ContainerIds);
+
+/// <summary>One container of a migrated pod: where it went, and its downtime from its own log (unknown when it logged nothing).</summary>
+internal sealed record PodContainerMove(string Name, string SourceContainerId, string TargetContainerId, TimeSpan? Downtime, DateTimeOffset? LastSourceLine, DateTimeOffset? FirstTargetLine);
+
+/// <summary>What a finished whole-pod migration did and measured; <see cref="Downtime"/> is the longest of the containers'.</summary>
+internal sealed record PodMigrationReport(
+    string SourcePodId,
+    string TargetPodId,
+    IReadOnlyList<PodContainerMove> Containers,
+    long BytesBeforeSwitch,
+    long BytesDuringSwitch,
+    TimeSpan Frozen,
+    TimeSpan? Downtime,
+    TimeSpan Total);

@@ -1,0 +1,27 @@
+using Crest.Api.V1;
+using Grpc.Core;
+
+namespace Crest.Daemon.Cri;
+
+internal sealed partial class CrestMigrationService
+{
+    /// <summary>
+    /// Checkpoints every container of a ready pod at one instant and leaves them all frozen and held, holding the pod
+    /// checkpoint for ReadArchive (as one tar) until DropArchive. FailedPrecondition when the pod is not ready or a
+    /// container does not run; any failure leaves every container running as it was. Resume or KillFrozen ends each.
+    /// </summary>
+    public override async Task<FreezePodResponse> FreezePod(FreezePodRequest request, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(context);
+        var frozen = await migrations.FreezePodAsync(request.PodSandboxId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken);
+        var response = new FreezePodResponse
+        {
+            ArchiveToken = frozen.ArchiveToken,
+            PausedMs = (long)frozen.Paused.TotalMilliseconds,
+            CheckpointBytes = frozen.Bytes,
+        };
+        response.ContainerIds.AddRange(frozen.ContainerIds);
+        return response;
+    }
+}

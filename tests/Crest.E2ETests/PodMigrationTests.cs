@@ -1,0 +1,137 @@
+using System.Text.Json;
+using Crest.TestKit;
+
+using static Crest.E2ETests.CheckpointSteps;
+using static Crest.E2ETests.MigrationTests;
+
+namespace Crest.E2ETests;
+
+/// <summary>
+/// <c>crest migrate pod</c> between two crestd nodes on this machine (<see cref="TwoNodes"/>), with real runc, conmon,
+/// CRIU and CNI: a pod of two counters moves whole, both count on from where they froze, the source pod is gone; a
+/// migration the target cannot restore leaves the source pod running, and nothing on the target.
+/// </summary>
+[Collection(TwoNodes.Collection)]
+public sealed class PodMigrationTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    internal static readonly string[] Counters = ["counter", "counter2"];
+
+    /// <summary>A pod of two counters on node A (each in a pid namespace of its own, as the kubelet asks); its ID and the counters' logs once both counted a little.</summary>
+    internal static async Task<(string PodId, string[] Logs)> RunTwoCountersOnAAsync(TwoNodes nodes, string image)
+    {
+        var pod = await WritePodAsync(nodes.A.Dir, "podmig", "uid-podmig-a");
+        var podId = await nodes.A.Pods.RunAsync(pod);
+        foreach (var name in Counters)
+        {
+            var config = nodes.A.Dir.Combine(name + ".json");
+            await File.WriteAllTextAsync(config, $$"""
+                {"metadata": {"name": "{{name}}"}, "image": {"image": "{{image}}"},
+                 "command": ["/bin/busybox", "sh", "-c", {{JsonSerializer.Serialize(CounterWorkload.Script)}}],
+                 "log_path": "{{name}}.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
+                """, Ct);
+            var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
+            await RunAsync([.. nodes.A.R, "start", id]);
+        }
+
+        var logs = Counters.Select(n => nodes.A.Dir.Combine("logs-podmig", n + ".log")).ToArray();
+        foreach (var log in logs)
+        {
+            await CountPassesAsync(log, 3);
+        }
+
+        return (podId, logs);
+    }
+
+    internal static Task<(int ExitCode, string Stdout, string Stderr)> MigratePodAsync(TwoNodes nodes, string podId, string podConfig, params string[] more) =>
+        Binaries.RunCrestAsync([.. nodes.A.R, "migrate", "pod", podId, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podConfig, "-o", "json", .. more]);
+
+    /// <summary>Each counter's log counts 1, 2, 3... with no gap or repeat (a restart from 0 would repeat).</summary>
+    private static List<int> Counts(string log) =>
+        CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+
+    [Fact]
+    public async Task A_pod_of_two_counters_migrates_whole_and_both_count_on_from_where_they_froze()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("podmig");
+        var image = await RegistryBusyboxOnAAsync(nodes);
+        var (podId, logsA) = await RunTwoCountersOnAAsync(nodes, image);
+        var podB = await WritePodAsync(nodes.B.Dir, "podmig", "uid-podmig-b");
+
+        var migrated = await MigratePodAsync(nodes, podId, podB);
+
+        Assert.True(migrated.ExitCode == 0, $"migrate pod failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
+        using var report = JsonDocument.Parse(migrated.Stdout);
+        var r = report.RootElement;
+        var podOnB = r.GetProperty("podSandboxId").GetString()!;
+        var moved = r.GetProperty("containers").EnumerateArray().ToDictionary(c => c.GetProperty("name").GetString()!, c => c.GetProperty("containerId").GetString()!);
+        Assert.Equal(Counters.Order(), moved.Keys.Order());
+        Assert.True(r.GetProperty("bytesBeforeSwitch").GetInt64() > 0, "the base image was not pre-staged on B: " + migrated.Stdout);
+        Assert.True(r.GetProperty("bytesDuringSwitch").GetInt64() > 0);
+        var downtime = r.GetProperty("downtimeMs").GetInt64();
+        Assert.InRange(downtime, 1, 60_000);
+
+        // Exactly one copy: nothing left on A (no container, no pod), the pod and both counters running on B.
+        Assert.Equal("", await RunAsync([.. nodes.A.R, "ps", "-a", "-q"]));
+        Assert.Equal("", await RunAsync([.. nodes.A.R, "pods", "-q"]));
+        Assert.Equal(podOnB, await RunAsync([.. nodes.B.R, "pods", "-q"]));
+        foreach (var id in moved.Values)
+        {
+            Assert.Equal("CONTAINER_RUNNING", await StateAsync(nodes.B.R, id));
+        }
+
+        // Each counter went on from its last count on A: no count lost, none repeated, no restart from 0.
+        for (var i = 0; i < Counters.Length; i++)
+        {
+            var lastOnA = LastCount(await File.ReadAllTextAsync(logsA[i], Ct));
+            var logB = nodes.B.Dir.Combine("logs-podmig", Counters[i] + ".log");
+            var counts = Counts(await CountPassesAsync(logB, lastOnA + 3, $"the migrated {Counters[i]} does not count on B: {nodes.B.Crestd.Log}"));
+            Assert.Equal(Enumerable.Range(counts[0], counts.Count), counts);
+            Assert.Contains(lastOnA + 1, counts);
+        }
+
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
+        TestContext.Current.TestOutputHelper?.WriteLine(
+            $"pod of two counters: downtime {downtime} ms ({string.Join(", ", r.GetProperty("containers").EnumerateArray().Select(c => $"{c.GetProperty("name")} {c.GetProperty("downtimeMs")} ms"))}), "
+            + $"frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, total {r.GetProperty("totalMs")} ms\n{migrated.Stderr}");
+    }
+
+    [Fact]
+    public async Task A_pod_the_target_cannot_restore_runs_on_at_the_source_and_nothing_is_left_on_the_target()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("podmigf");
+        // Imported on A only: no registry digest to pre-stage, and B's RestorePod cannot find the base image.
+        await ImportBusyboxAsync(nodes.A.Dir, nodes.A.R);
+        var (podId, logsA) = await RunTwoCountersOnAAsync(nodes, "localhost/e2e/busybox:v1");
+        var podB = await WritePodAsync(nodes.B.Dir, "podmig", "uid-podmig-b");
+
+        // Post-copy is refused for a pod before anything happens.
+        var postCopy = await MigratePodAsync(nodes, podId, podB, "--strategy", "post-copy");
+        Assert.Equal(1, postCopy.ExitCode);
+        Assert.Contains("--strategy post-copy is refused for a whole pod", postCopy.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("freeze:", postCopy.Stderr, StringComparison.Ordinal);
+
+        var migrated = await MigratePodAsync(nodes, podId, podB);
+
+        Assert.True(migrated.ExitCode == 1, $"migrate pod was to fail ({migrated.ExitCode}): {migrated.Stderr}");
+        Assert.Contains("freeze:", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Contains("undone: the pod runs on", migrated.Stderr, StringComparison.Ordinal);
+        // Both source counters were resumed and count on, without a restart.
+        Assert.Equal(podId, await RunAsync([.. nodes.A.R, "pods", "-q"]));
+        foreach (var log in logsA)
+        {
+            var before = LastCount(await ReadLogAsync(log));
+            var counts = Counts(await CountPassesAsync(log, before + 2, "a source counter did not resume after the failed migration"));
+            Assert.Equal(Enumerable.Range(1, counts.Count), counts);
+        }
+
+        Assert.Equal("", await RunAsync([.. nodes.B.R, "pods", "-q"]));
+        Assert.Equal("", await RunAsync([.. nodes.B.R, "ps", "-a", "-q"]));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
+    }
+}

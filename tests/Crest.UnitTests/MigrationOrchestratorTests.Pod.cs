@@ -1,0 +1,223 @@
+using Crest.Cli;
+using Crest.Cli.Migration;
+
+namespace Crest.UnitTests;
+
+/// <summary>
+/// A whole pod's migration over fake nodes: every container moves or none does. Whatever step fails, the target's pod
+/// goes and every source container runs again; after the switch the source containers are killed, never resumed.
+/// </summary>
+public sealed partial class MigrationOrchestratorTests
+{
+    private sealed partial class FakeNode
+    {
+        /// <summary>The pod each container belongs to (containers a pod removal takes along).</summary>
+        public Dictionary<string, string> PodOf { get; } = new(StringComparer.Ordinal);
+
+        /// <summary>The migration label of each pod restored here.</summary>
+        public Dictionary<string, string> PodMigrationIds { get; } = new(StringComparer.Ordinal);
+
+        public Task<SourcePod> InspectPodAsync(string podId, CancellationToken ct)
+        {
+            Step("inspectpod " + podId);
+            var ids = PodOf.Where(kv => kv.Value == podId).Select(kv => kv.Key).Order(StringComparer.Ordinal);
+            return Task.FromResult(new SourcePod(podId, [.. ids.Select(id => new SourceContainer(id, "name-" + id, podId, "registry/busybox:v1", "registry/busybox@sha256:aa", id + ".log", true,
+                new Dictionary<string, string>(), new Dictionary<string, string>(), []))]));
+        }
+
+        public Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, CancellationToken ct)
+        {
+            Step("freezepod " + podId);
+            var ids = PodOf.Where(kv => kv.Value == podId).Select(kv => kv.Key).Order(StringComparer.Ordinal).ToList();
+            foreach (var id in ids)
+            {
+                Containers[id] = "frozen";
+            }
+
+            Archives.Add("src-pod");
+            AnswerLost("freezepod");
+            return Task.FromResult(new FrozenPod("src-pod", ids, TimeSpan.FromMilliseconds(300), 8192));
+        }
+
+        public Task<RestoredPod> RestorePodAsync(string checkpointPath, global::Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, CancellationToken ct)
+        {
+            Step("restorepod " + checkpointPath);
+            var pod = $"pod-{Name}-{++_next}";
+            Pods.Add(pod);
+            PodMigrationIds[pod] = config.Labels[MigrationLabels.MigrationId];
+            var restored = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (var c in containers)
+            {
+                var id = "restored-" + ++_next;
+                Containers[id] = FailAt == "state" ? "exited" : "running";
+                PodOf[id] = pod;
+                MigrationIds[id] = c.Labels[MigrationLabels.MigrationId];
+                restored[c.Name] = id;
+            }
+
+            AnswerLost("restorepod");
+            return Task.FromResult(new RestoredPod(pod, restored));
+        }
+
+        public Task<IReadOnlyList<string>> FindRestoredPodsAsync(string migrationId, CancellationToken ct)
+        {
+            Step("findpods " + migrationId);
+            return Task.FromResult<IReadOnlyList<string>>([.. PodMigrationIds.Where(m => m.Value == migrationId && Pods.Contains(m.Key)).Select(m => m.Key)]);
+        }
+    }
+
+    private static (FakeNode Source, FakeNode Target, MigrationOrchestrator Orchestrator, List<string> Progress) PodNodes()
+    {
+        var (source, target, orchestrator, progress) = Nodes();
+        source.Containers.Clear();
+        source.Pods.Add("pod-a");
+        foreach (var id in new[] { "c1", "c2" })
+        {
+            source.Containers[id] = "running";
+            source.PodOf[id] = "pod-a";
+        }
+
+        return (source, target, orchestrator, progress);
+    }
+
+    private static PodMigrationRequest MovePod(MigrationStrategy strategy = MigrationStrategy.StopCopy) => new("pod-a", strategy, new global::Runtime.V1.PodSandboxConfig());
+
+    [Fact]
+    public void The_pod_freeze_is_a_new_rpc_with_new_messages_whose_field_numbers_are_pinned()
+    {
+        Assert.Equal(1, Crest.Api.V1.FreezePodRequest.PodSandboxIdFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.FreezePodRequest.TimeoutFieldNumber);
+        Assert.Equal(1, Crest.Api.V1.FreezePodResponse.ArchiveTokenFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.FreezePodResponse.ContainerIdsFieldNumber);
+        Assert.Equal(3, Crest.Api.V1.FreezePodResponse.PausedMsFieldNumber);
+        Assert.Equal(4, Crest.Api.V1.FreezePodResponse.CheckpointBytesFieldNumber);
+    }
+
+    [Fact]
+    public async Task A_pod_migration_freezes_every_container_copies_restores_the_pod_and_only_then_removes_the_source_pod()
+    {
+        var (source, target, orchestrator, _) = PodNodes();
+
+        var report = await orchestrator.RunPodAsync(MovePod(), Ct);
+
+        Assert.Equal(["inspectpod pod-a", "freezepod pod-a", "read src-pod", "read-rest src-pod", "killfrozen c1", "killfrozen c2",
+            "logtimes c1", "rm c1", "logtimes c2", "rm c2", "rmp pod-a", "drop src-pod"], source.Calls);
+        // One pull for the base image both containers share, before the freeze; the pod checkpoint is stored whole (RestorePod reads the tar).
+        Assert.Equal(["pull registry/busybox@sha256:aa", "write", "restorepod /target/migrations/dst-archive.tar"], target.Calls.Take(3));
+        Assert.False(target.AskedToUnpack);
+        Assert.Empty(source.Containers);
+        Assert.Empty(source.Pods);
+        Assert.Equal([report.TargetPodId], target.Pods);
+        Assert.Equal(2, target.Running.Count());
+        Assert.Equal(["name-c1", "name-c2"], report.Containers.Select(c => c.Name));
+        Assert.All(report.Containers, c => Assert.Equal("running", target.Containers[c.TargetContainerId]));
+        Assert.Empty(source.Archives);
+        Assert.Empty(target.Archives);
+        Assert.Equal(1000, report.BytesBeforeSwitch);
+        Assert.Equal(4096, report.BytesDuringSwitch);
+        Assert.Equal(TimeSpan.FromMilliseconds(800), report.Downtime);
+        // The restored pod and its containers carry the migration's label, which the undo finds them by.
+        Assert.Single(target.PodMigrationIds.Values.Distinct());
+        Assert.Equal(target.PodMigrationIds.Values.Single(), target.MigrationIds[report.Containers[0].TargetContainerId]);
+    }
+
+    [Theory]
+    [InlineData("source", "freezepod")]
+    [InlineData("source", "read")]
+    [InlineData("source", "read-rest")]
+    [InlineData("target", "write")]
+    [InlineData("target", "restorepod")]
+    [InlineData("target", "state")]
+    public async Task A_pod_migration_failing_at_any_step_leaves_every_source_container_running_and_nothing_on_the_target(string node, string step)
+    {
+        var (source, target, orchestrator, _) = PodNodes();
+        (node == "source" ? source : target).FailAt = step;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(), Ct));
+
+        Assert.Equal(["c1", "c2"], source.Running.Order(StringComparer.Ordinal));
+        Assert.Equal(["pod-a"], source.Pods);
+        Assert.Empty(target.Containers);
+        Assert.Empty(target.Pods);
+        Assert.Empty(target.Archives);
+        Assert.Empty(source.Archives);
+        Assert.Contains("undone: the pod runs on a as before", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(source.Calls, c => c.StartsWith("killfrozen", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("post-copy")]
+    [InlineData("pre-copy")]
+    public async Task A_pod_migration_other_than_stop_copy_is_refused_with_the_reason_before_anything_happens(string name)
+    {
+        var (source, target, orchestrator, _) = PodNodes();
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(MigrationStrategies.Parse(name)), Ct));
+
+        Assert.StartsWith($"--strategy {name} is refused for a whole pod: a pod migrates stop-copy only", e.Message, StringComparison.Ordinal);
+        Assert.Empty(source.Calls);
+        Assert.Empty(target.Calls);
+    }
+
+    [Fact]
+    public async Task A_source_whose_crestd_dies_after_freezing_the_pod_has_every_container_resumed_once_it_is_back()
+    {
+        var (source, target, orchestrator, _) = PodNodes();
+        source.CrashAt = "freezepod";
+        source.CrashAfterEffect = true;
+        source.DownFor = 2;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(), Ct));
+
+        Assert.Contains("undone: the pod runs on a as before", e.Message, StringComparison.Ordinal);
+        Assert.Equal(["c1", "c2"], source.Running.Order(StringComparer.Ordinal));
+        Assert.Empty(target.Pods);
+        Assert.DoesNotContain(target.Calls, c => c.StartsWith("findpods", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_restored_pod_whose_answer_is_lost_is_found_by_its_label_and_removed_before_the_source_resumes()
+    {
+        var (source, target, orchestrator, progress) = PodNodes();
+        target.CrashAt = "restorepod";
+        target.CrashAfterEffect = true;
+        target.DownFor = 3;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(), Ct));
+
+        Assert.Contains("undone: the pod runs on a as before", e.Message, StringComparison.Ordinal);
+        Assert.Equal(["c1", "c2"], source.Running.Order(StringComparer.Ordinal));
+        Assert.Empty(target.Pods);
+        Assert.Empty(target.Containers);
+        Assert.Contains(progress, p => p.Contains("removed the restored pod pod-b-1", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_target_that_does_not_come_back_after_the_pod_restore_was_asked_for_leaves_the_source_pod_frozen_and_says_how_to_end_it()
+    {
+        var (source, target, orchestrator, _) = PodNodes();
+        target.CrashAt = "restorepod";
+        target.CrashAfterEffect = true;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(), Ct));
+
+        Assert.DoesNotContain(source.Calls, c => c.StartsWith("resume", StringComparison.Ordinal));
+        Assert.Equal("frozen", source.Containers["c1"]);
+        Assert.Equal("frozen", source.Containers["c2"]);
+        Assert.Contains("undo stopped: b did not answer within 2 s", e.Message, StringComparison.Ordinal);
+        Assert.Contains("crest -r a resume each of c1, c2", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_source_container_that_cannot_be_killed_after_the_pod_switch_is_never_resumed_and_the_operator_is_told()
+    {
+        var (source, _, orchestrator, _) = PodNodes();
+        source.FailAt = "killfrozen";
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(), Ct));
+
+        Assert.DoesNotContain(source.Calls, c => c.StartsWith("resume", StringComparison.Ordinal));
+        Assert.Contains("pod pod-a now runs on b as pod-b-1", e.Message, StringComparison.Ordinal);
+        Assert.Contains("crest -r a stopp pod-a", e.Message, StringComparison.Ordinal);
+    }
+}
