@@ -47,6 +47,12 @@ public sealed partial class ContainerService
             c = c with { RestoreStartedAt = time.GetUtcNow() };
             await store.PutContainerAsync(c, CancellationToken.None).ConfigureAwait(false);
             CrashPoints.Hit(CrashPoints.ContainerRestoreBegun);
+            if (options.Criu.LeaveStopped)
+            {
+                // Named by the container's org.criu.config (CreateAsync); removed in finally, so later checkpoints leave it running.
+                await File.WriteAllTextAsync(bundle.CriuConfig, "leave-stopped\n", ct).ConfigureAwait(false);
+            }
+
             if (options.Criu.LazyPagesFrom is { } pageServer)
             {
                 await StartLazyPagesAsync(c, runtime, bundle, pageServer, restoreDir, restoreReturned.Task, ct).ConfigureAwait(false);
@@ -79,6 +85,11 @@ public sealed partial class ContainerService
         finally
         {
             restoreReturned.TrySetResult();
+            await Step(c.Id, () =>
+            {
+                File.Delete(bundle.CriuConfig);
+                return Task.CompletedTask;
+            }).ConfigureAwait(false);
             // A post-copy restore's images stay until its lazy-pages daemon ends (it removes them then).
             await Step(c.Id, () =>
             {
