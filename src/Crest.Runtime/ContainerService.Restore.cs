@@ -71,9 +71,13 @@ public sealed partial class ContainerService
         {
             // Whatever went wrong (the archive's data is untrusted), the container ends EXITED and can be removed.
             var why = e.Message + CriuLogExcerpt(bundle.RestoreLog);
+            // The restore is over: the lazy-pages watchdog waits for that before it acts, and StopAsync waits for the watchdog.
+            restoreReturned.TrySetResult();
             if (lazy && lazyPages is not null)
             {
                 await lazyPages.StopAsync(c.Id).ConfigureAwait(false);
+                // Why the daemon could not serve (its page source unreachable, for one) is in its own log.
+                why += CriuLogExcerpt(Path.Combine(bundle.BundleDir, CriuLazyPagesOptions.LazyPagesLog));
             }
 
             await Step(c.Id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = c.Id }, CancellationToken.None)).ConfigureAwait(false);
