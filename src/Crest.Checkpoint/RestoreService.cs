@@ -178,12 +178,6 @@ public sealed partial class RestoreService(
                 runtimeAnnotations = runtimeAnnotations.Where(kv => kv.Key != CriuRestoreOptions.LazyPagesFromAnnotation).ToDictionary(StringComparer.Ordinal);
             }
 
-            if (criu?.LeaveStopped == true)
-            {
-                // runc hands CRIU the configuration file this annotation names (org.criu.config): leave-stopped.
-                runtimeAnnotations = new Dictionary<string, string>(runtimeAnnotations, StringComparer.Ordinal) { ["org.criu.config"] = await LeaveStoppedConfigAsync(ct).ConfigureAwait(false) };
-            }
-
             var spec = request with
             {
                 Image = baseImage,
@@ -233,19 +227,24 @@ public sealed partial class RestoreService(
     private static CrestException ReceivedGone(string received, Exception? inner) =>
         new(ErrorKind.NotFound, $"the migration checkpoint {received} is not on this node: it was restored already, dropped, or crestd restarted since it arrived; send it again", inner);
 
-    /// <summary>The CRIU configuration file that leaves restored processes stopped, written once under the root.</summary>
-    private async Task<string> LeaveStoppedConfigAsync(CancellationToken ct)
+    /// <summary>
+    /// At start: the leave-stopped CRIU configuration an earlier crestd shared between restores is removed.
+    /// Containers it restored name it in org.criu.config, and runc hands it to CRIU on their checkpoints too, which then
+    /// left them stopped; CRIU skips a missing configuration file.
+    /// </summary>
+    public void DropSharedCriuConfig()
     {
-        var path = Path.Combine(paths.Root, "criu", "leave-stopped.conf");
-        if (!FileKinds.IsRegularFile(path))
+        var dir = Path.Combine(paths.Root, "criu");
+        var file = Path.Combine(dir, "leave-stopped.conf");
+        if (FileKinds.IsRegularFile(file))
         {
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            var temp = path + "." + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4));
-            await File.WriteAllTextAsync(temp, "leave-stopped\n", ct).ConfigureAwait(false);
-            File.Move(temp, path, overwrite: true);
+            File.Delete(file);
         }
 
-        return path;
+        if (Directory.Exists(dir) && !Directory.EnumerateFileSystemEntries(dir).Any())
+        {
+            Directory.Delete(dir);
+        }
     }
 
     /// <summary>

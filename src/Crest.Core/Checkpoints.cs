@@ -56,6 +56,9 @@ public sealed record CriuRestoreOptions
     /// are back; the last one's restore continues them all (RestorePod, PodRestoreHolds).
     /// </summary>
     public bool LeaveStopped { get; init; }
+
+    /// <summary>The OCI annotation by which runc and crun hand CRIU a configuration file, on every CRIU call for the container.</summary>
+    public const string ConfigAnnotation = "org.criu.config";
 }
 
 /// <summary>

@@ -249,6 +249,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             var (kept, rolledBack) = await app.Services.GetRequiredService<ContainerService>().RecoverAsync(ct).ConfigureAwait(false);
             rolledBack += await app.Services.GetRequiredService<SandboxService>().RecoverAsync(ct).ConfigureAwait(false);
             rolledBack += app.Services.GetRequiredService<RestoreService>().SweepStaging();
+            app.Services.GetRequiredService<RestoreService>().DropSharedCriuConfig();
             rolledBack += app.Services.GetRequiredService<PodCheckpointService>().SweepInterrupted();
             // A migration cut by a restart is over: its source was resumed by container recovery above.
             rolledBack += app.Services.GetRequiredService<MigrationService>().SweepArchives();

@@ -85,7 +85,7 @@ public sealed partial class ContainerService
             }
 
             var pod = sandboxes.Bundle(sandbox.Id);
-            var runtimeSpec = SpecBuilder.ForContainer(spec, new ContainerContext
+            var runtimeSpec = SpecBuilder.ForContainer(WithCriuConfig(spec, restore, bundle), new ContainerContext
             {
                 ContainerId = id,
                 Sandbox = sandbox,
@@ -135,6 +135,16 @@ public sealed partial class ContainerService
             throw;
         }
     }
+
+    /// <summary>
+    /// A restore that CRIU must leave stopped names the container's own CRIU configuration file (runc and crun have no
+    /// flag for it); StartContainer writes the file for the restore and removes it after, because the runtime passes the
+    /// file the annotation names to every later CRIU call for the container, its checkpoints too.
+    /// </summary>
+    private static ContainerSpec WithCriuConfig(ContainerSpec spec, RestorePlan? restore, ContainerBundle bundle) =>
+        restore?.Criu.LeaveStopped == true
+            ? spec with { RuntimeAnnotations = new Dictionary<string, string>(spec.RuntimeAnnotations ?? spec.Annotations, StringComparer.Ordinal) { [CriuRestoreOptions.ConfigAnnotation] = bundle.CriuConfig } }
+            : spec;
 
     /// <summary>A container lives in its pod's user namespace; a request that names another one is refused.</summary>
     private static void CheckUserNamespace(ContainerSpec spec, SandboxRecord sandbox)

@@ -28,6 +28,13 @@ public sealed partial class ContainerService
                     continue;
                 }
 
+                // No CRIU runs before serving: a leave-stopped restore's configuration that a crestd dying mid-restore
+                // left would stop the container again at its next checkpoint.
+                if (File.Exists(bundles.For(c.Id).CriuConfig))
+                {
+                    File.Delete(bundles.For(c.Id).CriuConfig);
+                }
+
                 var runtimeState = c.State == ContainerState.Created && runtimes.TryFor(c.RuntimeHandler) is { } runtime
                     ? await runtime.StateAsync(new RuncStateOptions { ContainerId = c.Id }, ct).ConfigureAwait(false)
                     : null;

@@ -47,6 +47,12 @@ public sealed partial class ContainerService
             c = c with { RestoreStartedAt = time.GetUtcNow() };
             await store.PutContainerAsync(c, CancellationToken.None).ConfigureAwait(false);
             CrashPoints.Hit(CrashPoints.ContainerRestoreBegun);
+            if (options.Criu.LeaveStopped)
+            {
+                // Named by the container's org.criu.config (CreateAsync); removed in finally, so later checkpoints leave it running.
+                await File.WriteAllTextAsync(bundle.CriuConfig, "leave-stopped\n", ct).ConfigureAwait(false);
+            }
+
             if (options.Criu.LazyPagesFrom is { } pageServer)
             {
                 await StartLazyPagesAsync(c, runtime, bundle, pageServer, restoreDir, restoreReturned.Task, ct).ConfigureAwait(false);
@@ -65,9 +71,13 @@ public sealed partial class ContainerService
         {
             // Whatever went wrong (the archive's data is untrusted), the container ends EXITED and can be removed.
             var why = e.Message + CriuLogExcerpt(bundle.RestoreLog);
+            // The restore is over: the lazy-pages watchdog waits for that before it acts, and StopAsync waits for the watchdog.
+            restoreReturned.TrySetResult();
             if (lazy && lazyPages is not null)
             {
                 await lazyPages.StopAsync(c.Id).ConfigureAwait(false);
+                // Why the daemon could not serve (its page source unreachable, for one) is in its own log.
+                why += CriuLogExcerpt(Path.Combine(bundle.BundleDir, CriuLazyPagesOptions.LazyPagesLog));
             }
 
             await Step(c.Id, () => runtime.DeleteAsync(new RuncDeleteOptions { ContainerId = c.Id }, CancellationToken.None)).ConfigureAwait(false);
@@ -79,6 +89,11 @@ public sealed partial class ContainerService
         finally
         {
             restoreReturned.TrySetResult();
+            await Step(c.Id, () =>
+            {
+                File.Delete(bundle.CriuConfig);
+                return Task.CompletedTask;
+            }).ConfigureAwait(false);
             // A post-copy restore's images stay until its lazy-pages daemon ends (it removes them then).
             await Step(c.Id, () =>
             {

@@ -99,6 +99,13 @@ public sealed record ContainerBundle(string Id, string Dir, string StateDir, str
     /// <summary>CRIU's log of a restore (the work path is the bundle).</summary>
     public string RestoreLog => Path.Combine(BundleDir, "restore.log");
 
+    /// <summary>
+    /// The CRIU configuration file the container's <c>org.criu.config</c> annotation names (a restore left stopped). runc
+    /// and crun hand it to CRIU on every call for the container, its later checkpoints too, so it exists only while
+    /// StartContainer restores: CRIU skips a configuration file that is not there.
+    /// </summary>
+    public string CriuConfig => Path.Combine(Dir, "criu.conf");
+
     /// <summary>The private directory a checkpoint is kept in between CreateContainer and StartContainer.</summary>
     public string RestoreDir => Path.Combine(Dir, "restore");
 

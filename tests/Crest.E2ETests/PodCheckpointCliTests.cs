@@ -255,6 +255,41 @@ public partial class PodCheckpointCliTests
         Assert.NotEqual(podIp, ipB);
     }
 
+    [Fact]
+    public async Task A_container_of_a_restored_pod_keeps_running_when_it_is_checkpointed_again()
+    {
+        // RestorePod leaves each of several containers stopped by CRIU until the last is back; that choice belongs to
+        // the restore alone, not to the container's later checkpoints (which leave it running).
+        using var dir = new TempDir("crest-e2e-podagain");
+        await using var s = await StartAsync(dir);
+        var (podId, _, _) = await RunPodAsync(s);
+        var export = dir.Combine("duo.tar");
+        await RunAsync([.. s.R, "checkpoint", "pod", podId, "--export", export, "--stop"]);
+        await s.Pods.RemoveAsync(podId);
+        using var restored = JsonDocument.Parse(await RunAsync([.. s.R, "restore", "pod", export, "--config", s.PodConfig, "--start", "-o", "json"]));
+        var newPod = restored.RootElement.GetProperty("podSandboxId").GetString()!;
+        var counter = restored.RootElement.GetProperty("containers").EnumerateArray().Single(c => c.GetProperty("name").GetString() == "counter").GetProperty("containerId").GetString()!;
+        await CountPassesAsync(s.CounterLog, LastCount(await ReadLogAsync(s.CounterLog)), "the restored counter does not count: " + s.Crestd.Log);
+
+        await RunAsync([.. s.R, "checkpoint", "--export", dir.Combine("counter-again.tar"), counter]);
+
+        await AssertStillCountingAsync(s, counter, "CheckpointContainer");
+
+        await RunAsync([.. s.R, "checkpoint", "pod", newPod, "--export", dir.Combine("duo-again.tar")]);
+
+        await AssertStillCountingAsync(s, counter, "CheckpointPod");
+    }
+
+    /// <summary>The container's process is not stopped (state T) and its counter goes on after the checkpoint.</summary>
+    private static async Task AssertStillCountingAsync(Setup s, string id, string after)
+    {
+        var pid = (await InspectAsync(s.R, id)).GetProperty("info").GetProperty("pid").GetInt32();
+        var state = File.ReadLines($"/proc/{pid}/status").Single(l => l.StartsWith("State:", StringComparison.Ordinal));
+        Assert.DoesNotContain("T (stopped)", state, StringComparison.Ordinal);
+        var atCheckpoint = LastCount(await ReadLogAsync(s.CounterLog));
+        await CountPassesAsync(s.CounterLog, atCheckpoint + 2, $"after {after} the restored counter stands still ({state.Trim()}): " + s.Crestd.Log);
+    }
+
     private static async Task<string?> InspectPodIpAsync(string[] r, string podId)
     {
         using var doc = JsonDocument.Parse(await RunAsync([.. r, "inspectp", podId]));

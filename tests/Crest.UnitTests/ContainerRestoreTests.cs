@@ -99,6 +99,63 @@ public sealed class ContainerRestoreTests : IDisposable
     }
 
     [Fact]
+    public async Task A_restore_left_stopped_gives_criu_its_configuration_for_that_restore_only()
+    {
+        var c = await CreatedFromCheckpointAsync(criu: new CriuRestoreOptions { FileLocks = true, LeaveStopped = true });
+        var bundle = _h.Layout.Container(c.Id);
+        string? duringRestore = null;
+        _h.Runtimes.DuringRestore = _ => duringRestore = File.ReadAllText(bundle.CriuConfig);
+
+        await _h.Containers.StartAsync(c.Id, Ct);
+
+        Assert.Equal(bundle.CriuConfig, CriuConfigAnnotation(bundle));
+        Assert.Equal("leave-stopped\n", duringRestore);
+        // The runtime hands the same file to the container's later checkpoints: gone, CRIU leaves those running.
+        Assert.False(File.Exists(bundle.CriuConfig));
+    }
+
+    [Fact]
+    public async Task A_restore_left_stopped_that_fails_leaves_no_criu_configuration()
+    {
+        var c = await CreatedFromCheckpointAsync(criu: new CriuRestoreOptions { LeaveStopped = true });
+        _h.Runtimes.Failures["restore"] = new CrestException(ErrorKind.FailedPrecondition, "the OCI runtime could not create it: criu failed");
+
+        await Assert.ThrowsAsync<CrestException>(() => _h.Containers.StartAsync(c.Id, Ct));
+
+        Assert.False(File.Exists(_h.Layout.Container(c.Id).CriuConfig));
+    }
+
+    [Fact]
+    public async Task A_restore_that_runs_at_once_names_no_criu_configuration()
+    {
+        var c = await CreatedFromCheckpointAsync();
+
+        await _h.Containers.StartAsync(c.Id, Ct);
+
+        Assert.Null(CriuConfigAnnotation(_h.Layout.Container(c.Id)));
+    }
+
+    [Fact]
+    public async Task A_criu_configuration_a_crashed_restore_left_is_removed_at_start()
+    {
+        var c = await CreatedFromCheckpointAsync(criu: new CriuRestoreOptions { LeaveStopped = true });
+        var bundle = _h.Layout.Container(c.Id);
+        await File.WriteAllTextAsync(bundle.CriuConfig, "leave-stopped\n", Ct);
+
+        await _h.Containers.RecoverAsync(Ct);
+
+        Assert.False(File.Exists(bundle.CriuConfig));
+    }
+
+    private static string? CriuConfigAnnotation(ContainerBundle bundle)
+    {
+        using var config = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(bundle.ConfigJson));
+        return config.RootElement.TryGetProperty("annotations", out var annotations) && annotations.TryGetProperty(CriuRestoreOptions.ConfigAnnotation, out var path)
+            ? path.GetString()
+            : null;
+    }
+
+    [Fact]
     public async Task Create_puts_the_checkpoints_log_where_the_new_container_logs()
     {
         await _h.ImportImageAsync(Ct);

@@ -29,6 +29,9 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     /// <summary>What the runtime was asked to restore, in order.</summary>
     public List<RuncRestoreOptions> Restored { get; } = [];
 
+    /// <summary>Runs inside each restore, as CRIU would (to see the files it reads then).</summary>
+    public Action<RuncRestoreOptions>? DuringRestore { get; set; }
+
     /// <summary>Every checkpoint asked for, in order.</summary>
     public List<RuncCheckpointOptions> Checkpointed { get; } = [];
 
@@ -146,6 +149,8 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
 
                 runtimes.Restored.Add(options);
             }
+
+            runtimes.DuringRestore?.Invoke(options);
 
             // CRIU puts the processes back running: there is no separate start.
             return Task.FromResult(runtimes.Monitor(options.Monitor, "running"));

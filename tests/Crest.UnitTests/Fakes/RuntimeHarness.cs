@@ -19,7 +19,8 @@ internal sealed class RuntimeHarness : IDisposable
 
     private readonly TempDir _dir = new();
 
-    public RuntimeHarness()
+    /// <param name="lazyPages">The post-copy daemons StartContainer runs (a stand-in criu); none by default.</param>
+    public RuntimeHarness(LazyPageTransfers? lazyPages = null)
     {
         Paths = new CrestPaths(_dir.Combine("root"), _dir.Combine("state"), _dir.Combine("state/crest.sock"));
         Layout = new RuntimeLayout(Paths);
@@ -31,7 +32,7 @@ internal sealed class RuntimeHarness : IDisposable
         Sandboxes = new SandboxService(Store, Linux, Runtimes, Network, Layout, new UserNamespaces(Paths, NullLogger<UserNamespaces>.Instance), Exits,
             TimeProvider.System, NullLogger<SandboxService>.Instance);
         Containers = new ContainerService(Store, Sandboxes, new ContainerBundles(Layout, Images, ImageMetadata, Linux, RestoreSteps, Reaper), Runtimes, Linux,
-            new RuntimeEvents(TimeProvider.System), Exits, TimeProvider.System, NullLogger<ContainerService>.Instance);
+            new RuntimeEvents(TimeProvider.System), Exits, TimeProvider.System, NullLogger<ContainerService>.Instance, lazyPages);
         Pods = new PodService(Sandboxes, Containers);
     }
 
