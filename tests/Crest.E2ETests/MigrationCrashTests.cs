@@ -147,7 +147,7 @@ public sealed class MigrationCrashTests
         Assert.NotEmpty(after);
         Assert.All(after, l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
         Assert.Equal(logAtCrash, await ReadLogAsync(logA));
-        Assert.Single(ProcessesWith("busybox", "awk", $"%{bytes}s"));
+        AssertOneMemoryWorkload(nodes);
         Assert.True(nodes.A.Crestd.Log.Contains("kept frozen", StringComparison.Ordinal), $"A's restart did not keep the source frozen: {nodes.A.Crestd.Log}\nmigrate: {migrated.Stderr}");
         TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
     }
@@ -275,7 +275,7 @@ public sealed class MigrationCrashTests
         var log = await Crest.TestKit.Eventually.UntilAsync(() => ReadLogAsync(logOfTheCopy), l => LastCount(l) > before + 2,
             "the one copy to count on", describe: l => l[^Math.Min(400, l.Length)..], ct: Ct);
         Assert.All(log.Split('\n').Where(l => l.Contains("count", StringComparison.Ordinal)), l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
-        Assert.Single(ProcessesWith("busybox", "awk", $"%{bytes}s"));
+        AssertOneMemoryWorkload(nodes);
     }
 
     [Fact]

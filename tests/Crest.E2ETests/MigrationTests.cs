@@ -285,12 +285,19 @@ public sealed class MigrationTests
     /// <paramref name="bytes"/> of spaces in one string and a "count N len L mid ok" line every 0.1 s. busybox awk's
     /// length() is strlen(), so each line reads the whole string: a page that arrived as zeros shortens it.
     /// </summary>
+    /// <summary>
+    /// What a memory workload's command line carries to tell it from another test's running at the same time (the
+    /// nodes' directory): its copies on either node are the processes whose command line holds it. (busybox awk writes
+    /// NULs into its program text as it parses it, so /proc shows the quotes around it as spaces.)
+    /// </summary>
+    internal static string MemoryWorkloadTag(TwoNodes nodes) => Path.GetFileName(nodes.A.Dir.Path);
+
     internal static async Task<string> RunMemoryWorkloadOnAAsync(TwoNodes nodes, string image, long bytes)
     {
         var pod = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a");
         var podId = await nodes.A.Pods.RunAsync(pod);
         var config = nodes.A.Dir.Combine("memory.json");
-        var script = $"BEGIN{{s=sprintf(\"%{bytes}s\",\"\"); while(1){{i++; print \"count \" i \" len \" length(s) \" mid \" (substr(s,{bytes / 2},4) == \"    \" ? \"ok\" : \"lost\"); fflush(); system(\"exec /bin/busybox sleep 0.1\")}}}}";
+        var script = $"BEGIN{{tag=\"{MemoryWorkloadTag(nodes)}\"; s=sprintf(\"%{bytes}s\",\"\"); while(1){{i++; print \"count \" i \" len \" length(s) \" mid \" (substr(s,{bytes / 2},4) == \"    \" ? \"ok\" : \"lost\"); fflush(); system(\"exec /bin/busybox sleep 0.1\")}}}}";
         await File.WriteAllTextAsync(config, $$"""
             {"metadata": {"name": "memory"}, "image": {"image": "{{image}}"},
              "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "memory.log",
@@ -343,6 +350,26 @@ public sealed class MigrationTests
         TestContext.Current.TestOutputHelper?.WriteLine(
             $"post-copy 64 MiB: downtime {r.GetProperty("downtimeMs")} ms, frozen {r.GetProperty("frozenMs")} ms, pages {r.GetProperty("pageTransferMs")} ms, total {r.GetProperty("totalMs")} ms, "
             + $"{r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after\n{migrated.Stderr}");
+    }
+
+    /// <summary>Exactly one copy of this test's memory workload runs on the machine (on either node).</summary>
+    internal static void AssertOneMemoryWorkload(TwoNodes nodes)
+    {
+        var copies = ProcessesWith("busybox", "awk", MemoryWorkloadTag(nodes));
+        Assert.True(copies.Count == 1, $"{copies.Count} copies of the workload tagged {MemoryWorkloadTag(nodes)} run; busybox awk processes: "
+            + string.Join(" | ", ProcessesWith("busybox", "awk").Select(pid => $"{pid}: {CommandLineOf(pid)[..Math.Min(200, CommandLineOf(pid).Length)]}")));
+    }
+
+    private static string CommandLineOf(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' ');
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return "(gone)";
+        }
     }
 
     /// <summary>Processes whose command line contains every one of <paramref name="words"/>.</summary>
@@ -422,7 +449,7 @@ public sealed class MigrationTests
             "the source to count on after the failed post-copy", describe: l => l[^Math.Min(400, l.Length)..], ct: Ct);
         Assert.All(log.Split('\n').Where(l => l.Contains("count", StringComparison.Ordinal)), l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
         // One copy of the workload on this machine: the source's.
-        Assert.Single(ProcessesWith("busybox", "awk", $"%{bytes}s"));
+        AssertOneMemoryWorkload(nodes);
         TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
     }
 }
