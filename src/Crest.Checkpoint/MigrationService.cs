@@ -20,10 +20,10 @@ public sealed record MigrationCheckpoint(string ContainerId, string ArchiveToken
     public long RootfsBytes { get; init; }
 }
 
-/// <summary>The log timestamps a migration's downtime is measured from (the runtime stamps each line as the workload writes it).</summary>
 /// <summary>An archive a migration's target received: an archive file, or (<paramref name="Unpacked"/>) a checkpoint directory.</summary>
 public sealed record ReceivedArchive(string Token, string Path, long Bytes, bool Unpacked);
 
+/// <summary>The log timestamps a migration's downtime is measured from (the runtime stamps each line as the workload writes it).</summary>
 public sealed record LogTimes(DateTimeOffset? LastLine, DateTimeOffset? FirstLineAfter);
 
 /// <summary>

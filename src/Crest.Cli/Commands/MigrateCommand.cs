@@ -64,34 +64,43 @@ internal static class MigrateCommand
                 KeepAddress = parse.GetValue(keepAddress),
                 RootfsRounds = !parse.GetValue(noRootfsRounds),
             };
-            var timeout = parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout;
-            using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);
-            using var targetConnection = new CriConnection(CriEndpoint.Parse(parse.GetValue(to)!), timeout);
-            var orchestrator = new MigrationOrchestrator(new GrpcMigrationNode(sourceConnection), new GrpcMigrationNode(targetConnection),
-                line => CliRunner.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {line}"), TimeProvider.System)
-            {
-                NodeReturnTimeout = parse.GetValue(waitForNode) is { } seconds
-                    ? (seconds >= 0 ? TimeSpan.FromSeconds(seconds) : throw new CliUsageException($"--wait-for-node {seconds}: expected a number of seconds, 0 or more"))
-                    : MigrationOrchestrator.DefaultNodeReturnTimeout,
-            };
-            MigrationReport report;
-            try
-            {
-                report = await orchestrator.RunAsync(request, ct);
-            }
-            catch (MigrationFailedException e)
-            {
-                throw new CliFailure(ExitCodes.RuntimeError, e.Message);
-            }
-            catch (NodeUnavailableException e)
-            {
-                // Before the freeze: nothing was changed on the source.
-                throw new CliFailure(ExitCodes.Unreachable, e.Message);
-            }
-
+            var report = await OrchestrateAsync(ctx, parse, global, to, waitForNode, (o, token) => o.RunAsync(request, token), ct);
             await WriteReportAsync(ctx, report);
         }));
         return command;
+    }
+
+    /// <summary>
+    /// Runs a migration between the node of <c>--runtime-endpoint</c> and the one at <paramref name="to"/> (a container's
+    /// or a pod's): the two connections, the orchestrator with its progress lines and <c>--wait-for-node</c>, and the exit
+    /// code a failure maps to (Unreachable before the freeze, RuntimeError after).
+    /// </summary>
+    internal static async Task<T> OrchestrateAsync<T>(CliContext ctx, ParseResult parse, GlobalOptions global, Option<string> to, Option<int?> waitForNode,
+        Func<MigrationOrchestrator, CancellationToken, Task<T>> run, CancellationToken ct)
+    {
+        var timeout = parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout;
+        using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);
+        using var targetConnection = new CriConnection(CriEndpoint.Parse(parse.GetValue(to)!), timeout);
+        var orchestrator = new MigrationOrchestrator(new GrpcMigrationNode(sourceConnection), new GrpcMigrationNode(targetConnection),
+            line => CliRunner.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {line}"), TimeProvider.System)
+        {
+            NodeReturnTimeout = parse.GetValue(waitForNode) is { } seconds
+                ? (seconds >= 0 ? TimeSpan.FromSeconds(seconds) : throw new CliUsageException($"--wait-for-node {seconds}: expected a number of seconds, 0 or more"))
+                : MigrationOrchestrator.DefaultNodeReturnTimeout,
+        };
+        try
+        {
+            return await run(orchestrator, ct);
+        }
+        catch (MigrationFailedException e)
+        {
+            throw new CliFailure(ExitCodes.RuntimeError, e.Message);
+        }
+        catch (NodeUnavailableException e)
+        {
+            // Before the freeze: nothing was changed on the source.
+            throw new CliFailure(ExitCodes.Unreachable, e.Message);
+        }
     }
 
     private static async Task WriteReportAsync(CliContext ctx, MigrationReport r)

@@ -36,31 +36,7 @@ internal static class MigratePodCommand
             {
                 FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
             };
-            var timeout = parse.GetValue(global.Timeout) is null ? TimeSpan.FromMinutes(10) : ctx.Timeout;
-            using var sourceConnection = new CriConnection(ctx.RuntimeEndpoint, timeout);
-            using var targetConnection = new CriConnection(CriEndpoint.Parse(parse.GetValue(to)!), timeout);
-            var orchestrator = new MigrationOrchestrator(new GrpcMigrationNode(sourceConnection), new GrpcMigrationNode(targetConnection),
-                line => CliRunner.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss.fff}] {line}"), TimeProvider.System)
-            {
-                NodeReturnTimeout = parse.GetValue(waitForNode) is { } seconds
-                    ? (seconds >= 0 ? TimeSpan.FromSeconds(seconds) : throw new CliUsageException($"--wait-for-node {seconds}: expected a number of seconds, 0 or more"))
-                    : MigrationOrchestrator.DefaultNodeReturnTimeout,
-            };
-            PodMigrationReport report;
-            try
-            {
-                report = await orchestrator.RunPodAsync(request, ct);
-            }
-            catch (MigrationFailedException e)
-            {
-                throw new CliFailure(ExitCodes.RuntimeError, e.Message);
-            }
-            catch (NodeUnavailableException e)
-            {
-                // Before the freeze: nothing was changed on the source.
-                throw new CliFailure(ExitCodes.Unreachable, e.Message);
-            }
-
+            var report = await MigrateCommand.OrchestrateAsync(ctx, parse, global, to, waitForNode, (o, token) => o.RunPodAsync(request, token), ct);
             await WriteReportAsync(ctx, report);
         }));
         return command;
