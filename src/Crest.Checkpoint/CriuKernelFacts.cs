@@ -68,6 +68,9 @@ public sealed partial class CriuKernelFactsCache(CriuKernelFactsOptions options,
     /// <summary>CRIU's cache file name in its run directory.</summary>
     public const string FileName = "criu.kdat";
 
+    /// <summary>crestd's lock beside CRIU's cache file, so that one crestd at a time gathers and binds.</summary>
+    public const string LockName = "crest-criu-kernel-facts.lock";
+
     /// <summary>Bind mounts stacked on the cache that a refresh takes off at most.</summary>
     private const int MaxStacked = 8;
 
@@ -93,10 +96,9 @@ public sealed partial class CriuKernelFactsCache(CriuKernelFactsOptions options,
         FileStream held;
         try
         {
-            // The cache file itself is the lock between crestds starting together (an advisory flock): an empty
-            // placeholder, or the facts an earlier crestd bound there. (A CRIU run may remove the placeholder meanwhile;
-            // two crestds may then both bind, one over the other, which is harmless.)
-            held = new FileStream(kdat, new FileStreamOptions
+            // One crestd at a time (an advisory flock on a file of crestd's own: CRIU removes an empty criu.kdat as stale,
+            // so the placeholder cannot be the lock); two binds stacked on criu.kdat would pin the lower one's file.
+            held = new FileStream(Path.Combine(options.RunDirectory, LockName), new FileStreamOptions
             {
                 Mode = FileMode.OpenOrCreate,
                 Access = FileAccess.ReadWrite,
@@ -110,27 +112,27 @@ public sealed partial class CriuKernelFactsCache(CriuKernelFactsOptions options,
         }
         catch (UnauthorizedAccessException e)
         {
-            Log.Failed(logger, $"{kdat} cannot be opened: {e.Message}");
+            Log.Failed(logger, $"{options.RunDirectory}/{LockName} cannot be opened: {e.Message}");
             return CriuKernelFactsOutcome.Failed;
         }
 
         using (held)
         {
-            if (held.Length > 0)
+            if (File.Exists(kdat) && new FileInfo(kdat).Length > 0)
             {
                 if (File.GetLastWriteTimeUtc(kdat) >= File.GetLastWriteTimeUtc(criu))
                 {
                     return CriuKernelFactsOutcome.AlreadyKept;
                 }
 
-                if (!linux.MountsUnder(kdat).Contains(kdat, StringComparer.Ordinal))
+                if (!IsMountPoint(kdat))
                 {
                     // Not one crestd bound: an operator's file, left as it is.
                     return CriuKernelFactsOutcome.AlreadyKept;
                 }
 
                 // CRIU was upgraded since: take the old facts off (every bind stacked there) and gather them again.
-                for (var i = 0; i < MaxStacked && linux.MountsUnder(kdat).Contains(kdat, StringComparer.Ordinal); i++)
+                for (var i = 0; i < MaxStacked && IsMountPoint(kdat); i++)
                 {
                     linux.Unmount(kdat);
                 }
@@ -139,6 +141,8 @@ public sealed partial class CriuKernelFactsCache(CriuKernelFactsOptions options,
             return await GatherAndBindAsync(criu, kdat, ct).ConfigureAwait(false);
         }
     }
+
+    private bool IsMountPoint(string path) => linux.MountsUnder(path).Contains(path, StringComparer.Ordinal);
 
     private async Task<CriuKernelFactsOutcome> GatherAndBindAsync(string criu, string kdat, CancellationToken ct)
     {
@@ -168,7 +172,7 @@ public sealed partial class CriuKernelFactsCache(CriuKernelFactsOptions options,
         File.Move(gathered, options.CacheFile, overwrite: true);
         for (var attempt = 1; ; attempt++)
         {
-            // A CRIU that runs meanwhile removes the empty placeholder as a stale cache: made again just before the bind.
+            // A CRIU that runs meanwhile removes the empty placeholder as a stale cache: made just before the bind.
             if (!File.Exists(kdat))
             {
                 using (new FileStream(kdat, new FileStreamOptions { Mode = FileMode.OpenOrCreate, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))

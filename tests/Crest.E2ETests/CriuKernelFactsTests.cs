@@ -3,6 +3,11 @@ using Crest.TestKit;
 
 namespace Crest.E2ETests;
 
+/// <summary>Alone: the test takes the node's binding off, which the crestds of tests running beside it would race to make again.</summary>
+[CollectionDefinition(nameof(CriuKernelFactsTests), DisableParallelization = true)]
+public sealed class CriuKernelFactsAlone;
+
+[Collection(nameof(CriuKernelFactsTests))]
 public class CriuKernelFactsTests
 {
     private const string Kdat = "/run/criu.kdat";
@@ -22,7 +27,6 @@ public class CriuKernelFactsTests
         using var dir = new TempDir("crest-e2e-kdat");
         await using var crestd = await CrestdProcess.StartReadyAsync(dir);
 
-        // Another test's crestd may be the one that binds them; either way the node has them.
         await Eventually.UntilAsync(() => File.Exists(Kdat) && new FileInfo(Kdat).Length > 0 && MountPoints().Contains(Kdat),
             $"{Kdat} bound to gathered facts", ct: ct);
         var log = dir.Combine("check.log");
@@ -30,13 +34,18 @@ public class CriuKernelFactsTests
         var text = await File.ReadAllTextAsync(log, ct);
         Assert.True(check.ExitCode == 0, $"criu check failed: {check.Error}\n{text}");
         Assert.Contains($"Loaded kdat cache from {Kdat}", text, StringComparison.Ordinal);
+        // One bind, not one stacked on another (that would pin the lower one's file).
+        Assert.Single(StackedMountPoints(), m => m == Kdat);
     }
 
     private static bool RunIsTmpfs() =>
         File.ReadLines("/proc/self/mountinfo").Select(l => l.Split(' ')).Any(f => f[4] == "/run" && f[Array.IndexOf(f, "-") + 1] == "tmpfs");
 
-    private static HashSet<string> MountPoints() =>
-        File.ReadLines("/proc/self/mountinfo").Select(l => l.Split(' ')[4]).ToHashSet(StringComparer.Ordinal);
+    private static HashSet<string> MountPoints() => [.. StackedMountPoints()];
+
+    /// <summary>Every mount point, once for each mount stacked on it.</summary>
+    private static List<string> StackedMountPoints() =>
+        [.. File.ReadLines("/proc/self/mountinfo").Select(l => l.Split(' ')[4])];
 
     private static (int ExitCode, string Error) Run(string program, params string[] args)
     {

@@ -52,6 +52,17 @@ public sealed class CriuKernelFactsTests : IDisposable
     }
 
     [Fact]
+    public async Task An_empty_placeholder_that_a_CRIU_run_removed_as_stale_is_made_again_before_the_bind()
+    {
+        await File.WriteAllBytesAsync(Kdat, [], TestContext.Current.CancellationToken);
+        _probe.OnRun = () => File.Delete(Kdat);
+
+        Assert.Equal(CriuKernelFactsOutcome.Kept, await Cache().EnsureAsync(TestContext.Current.CancellationToken));
+        Assert.True(File.Exists(Kdat));
+        Assert.Equal([$"Mount {Kdat}"], _linux.Calls);
+    }
+
+    [Fact]
     public async Task A_tmpfs_run_directory_is_left_to_CRIU()
     {
         _linux.Tmpfs.Add(_run);
@@ -116,10 +127,11 @@ public sealed class CriuKernelFactsTests : IDisposable
     [Fact]
     public async Task While_another_crestd_holds_the_file_it_is_left_to_that_one()
     {
-        await using var other = new FileStream(Kdat, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
+        await using var other = new FileStream(Path.Combine(_run, CriuKernelFactsCache.LockName), FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
 
         Assert.Equal(CriuKernelFactsOutcome.Busy, await Cache().EnsureAsync(TestContext.Current.CancellationToken));
         Assert.Empty(_probe.Runs);
+        Assert.Empty(_linux.Calls);
     }
 
     [Fact]
@@ -141,9 +153,13 @@ public sealed class CriuKernelFactsTests : IDisposable
 
         public int ExitCode { get; set; }
 
+        /// <summary>Runs while the probe runs (as another process would meanwhile).</summary>
+        public Action? OnRun { get; set; }
+
         public async Task<CommandResult> RunAsync(CommandLine command, CancellationToken ct)
         {
             Runs.Add(command);
+            OnRun?.Invoke();
             if (ExitCode != 0)
             {
                 return new CommandResult(ExitCode, "", "criu check failed");
