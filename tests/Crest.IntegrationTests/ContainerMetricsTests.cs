@@ -14,7 +14,7 @@ public class ContainerMetricsTests
     {
         await using var d = await StartWithImageAsync();
         var pod = Pod(d, "metered");
-        // A fixed writable-layer footprint and an idle process: the readings cannot move between the two calls.
+        // A fixed writable-layer footprint and an idle process: the readings barely move between the two calls.
         var (podId, id) = await RunAsync(d, pod, Container("metered", "/bin/busybox dd if=/dev/zero of=/tmp/blob bs=65536 count=16 2>/dev/null", "touch /tmp/ready", "sleep 600"));
         await WaitForAsync(d, id, "test -f /tmp/ready");
 
@@ -33,7 +33,11 @@ public class ContainerMetricsTests
         Assert.Equal(stats.WritableLayer.UsedBytes.Value, Value("container_fs_usage_bytes"));
         Assert.True(Value("container_fs_usage_bytes") >= 1 << 20, "the 1 MiB the container wrote is not in its filesystem usage");
         Assert.Equal(stats.Cpu.UsageCoreNanoSeconds.Value / 1_000_000_000, Value("container_cpu_usage_seconds_total"));
-        Assert.InRange(Value("container_memory_working_set_bytes"), stats.Memory.WorkingSetBytes.Value * 9 / 10, stats.Memory.WorkingSetBytes.Value * 11 / 10 + 65536);
+        // The working set counts the page cache of the 1 MiB file as long as the kernel keeps it on the active list; it may
+        // move it to the inactive one between the two readings (seen once: 667,648 bytes, then about 290,000).
+        const ulong PageCacheMoves = (1 << 20) + 65536;
+        var workingSetBytes = stats.Memory.WorkingSetBytes.Value;
+        Assert.InRange(Value("container_memory_working_set_bytes"), workingSetBytes * 9 / 10 - Math.Min(workingSetBytes * 9 / 10, PageCacheMoves), workingSetBytes * 11 / 10 + PageCacheMoves);
         Assert.InRange(Value("container_memory_rss"), 1UL, stats.Memory.UsageBytes.Value + 65536);
         Assert.Contains(podMetrics.Metrics, m => m.Name == "container_network_receive_bytes_total" && m.LabelValues.SequenceEqual([podId, "", "test", "metered", "POD", "eth0"]));
         Assert.All(container.Metrics.Concat(podMetrics.Metrics), m => Assert.Equal(
