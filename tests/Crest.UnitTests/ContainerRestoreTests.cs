@@ -18,32 +18,8 @@ public sealed class ContainerRestoreTests : IDisposable
     private async Task<ContainerRecord> CreatedFromCheckpointAsync(bool complete = true, CriuRestoreOptions? criu = null)
     {
         var pod = await _h.ReadyPodAsync(Ct);
-        var plan = await StagedPlanAsync(complete);
+        var plan = await _h.StagedRestorePlanAsync(complete, Ct);
         return await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), plan with { Criu = criu ?? new CriuRestoreOptions() }, Ct);
-    }
-
-    /// <summary>A restore plan as the checkpoint layer hands it over: the checkpoint unpacked into a private staging directory.</summary>
-    private async Task<RestorePlan> StagedPlanAsync(bool complete = true)
-    {
-        var staging = Path.Combine(_h.Paths.Root, "restores", "r1");
-        Directory.CreateDirectory(Path.Combine(staging, "checkpoint"));
-        if (complete)
-        {
-            await File.WriteAllBytesAsync(Path.Combine(staging, "checkpoint", "inventory.img"), [1, 2, 3], Ct);
-        }
-
-        return new RestorePlan
-        {
-            Engine = CheckpointEngine.Crest,
-            SourceKind = CheckpointSourceKind.Archive,
-            Source = "/var/lib/checkpoints/app.tar",
-            OriginalName = "app",
-            OriginalRuntime = "runc",
-            Annotations = new Dictionary<string, string>(),
-            Labels = new Dictionary<string, string>(),
-            CheckpointedAt = DateTimeOffset.UnixEpoch,
-            StagingDir = staging,
-        };
     }
 
     [Fact]
@@ -161,7 +137,7 @@ public sealed class ContainerRestoreTests : IDisposable
         await _h.ImportImageAsync(Ct);
         var logs = Path.Combine(_h.Paths.Root, "pod-logs");
         var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod() with { LogDirectory = logs }, Ct);
-        var plan = await StagedPlanAsync();
+        var plan = await _h.StagedRestorePlanAsync(true, Ct);
         await File.WriteAllTextAsync(Path.Combine(plan.StagingDir, "container.log"), "2026-12-03T09:00:00Z stdout F counted 41\n", Ct);
 
         var c = await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container() with { LogPath = "app/0.log" }, plan with { LogCopy = "container.log" }, Ct);

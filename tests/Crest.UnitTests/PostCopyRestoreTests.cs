@@ -44,20 +44,9 @@ public sealed class PostCopyRestoreTests : IDisposable
     private async Task<ContainerRecord> CreatedPostCopyAsync()
     {
         var pod = await _h.ReadyPodAsync(Ct);
-        var staging = Path.Combine(_h.Paths.Root, "restores", "r1");
-        Directory.CreateDirectory(Path.Combine(staging, "checkpoint"));
-        await File.WriteAllBytesAsync(Path.Combine(staging, "checkpoint", "inventory.img"), [1, 2, 3], Ct);
-        var plan = new RestorePlan
+        var plan = await _h.StagedRestorePlanAsync(true, Ct) with
         {
-            Engine = CheckpointEngine.Crest,
-            SourceKind = CheckpointSourceKind.Archive,
             Source = "/var/lib/crest/migrations/m.tar",
-            OriginalName = "app",
-            OriginalRuntime = "runc",
-            Annotations = new Dictionary<string, string>(),
-            Labels = new Dictionary<string, string>(),
-            CheckpointedAt = DateTimeOffset.UnixEpoch,
-            StagingDir = staging,
             Criu = new CriuRestoreOptions { FileLocks = true, LazyPagesFrom = "127.0.0.1:1" },
         };
         return await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), plan, Ct);

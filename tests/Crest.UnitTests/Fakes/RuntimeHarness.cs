@@ -84,6 +84,30 @@ internal sealed class RuntimeHarness : IDisposable
         await Images.ImportRootfsAsync(tar, Image, ct);
     }
 
+    /// <summary>A restore plan as the checkpoint layer hands it over: the checkpoint unpacked into a private staging directory.</summary>
+    public async Task<RestorePlan> StagedRestorePlanAsync(bool complete, CancellationToken ct)
+    {
+        var staging = Path.Combine(Paths.Root, "restores", "r1");
+        Directory.CreateDirectory(Path.Combine(staging, "checkpoint"));
+        if (complete)
+        {
+            await File.WriteAllBytesAsync(Path.Combine(staging, "checkpoint", "inventory.img"), [1, 2, 3], ct);
+        }
+
+        return new RestorePlan
+        {
+            Engine = CheckpointEngine.Crest,
+            SourceKind = CheckpointSourceKind.Archive,
+            Source = "/var/lib/checkpoints/app.tar",
+            OriginalName = "app",
+            OriginalRuntime = "runc",
+            Annotations = new Dictionary<string, string>(),
+            Labels = new Dictionary<string, string>(),
+            CheckpointedAt = DateTimeOffset.UnixEpoch,
+            StagingDir = staging,
+        };
+    }
+
     /// <summary>A ready pod with the image imported: where most container tests start.</summary>
     public async Task<SandboxRecord> ReadyPodAsync(CancellationToken ct)
     {
