@@ -64,13 +64,17 @@ public sealed partial class ContainerService
                 TcpEstablished = tcpEstablished,
                 LazyPageServer = lazyPageServer,
             };
-            if (lazyPageServer is null)
+            using (await WriteCriuConfigAsync(c.Id, runtime, CriuConfigFile.For(tcpEstablished), ct).ConfigureAwait(false))
             {
-                await runtime.CheckpointAsync(checkpoint, ct).ConfigureAwait(false);
-            }
-            else
-            {
-                pageServer = await runtime.StartLazyCheckpointAsync(checkpoint, ct).ConfigureAwait(false);
+                if (lazyPageServer is null)
+                {
+                    await runtime.CheckpointAsync(checkpoint, ct).ConfigureAwait(false);
+                }
+                else
+                {
+                    // CRIU has read its configuration by the time it serves pages.
+                    pageServer = await runtime.StartLazyCheckpointAsync(checkpoint, ct).ConfigureAwait(false);
+                }
             }
 
             CrashPoints.Hit(CrashPoints.CheckpointFrozen);
@@ -276,13 +280,17 @@ public sealed partial class ContainerService
         var clock = System.Diagnostics.Stopwatch.StartNew();
         try
         {
-            await runtimes.For(c.RuntimeHandler).CheckpointAsync(new RuncCheckpointOptions
+            var runtime = runtimes.For(c.RuntimeHandler);
+            using (await WriteCriuConfigAsync(c.Id, runtime, CriuConfigFile.For(tcpEstablished), ct).ConfigureAwait(false))
             {
-                ContainerId = c.Id,
-                ImagePath = t.ImagePath,
-                WorkPath = t.WorkPath,
-                TcpEstablished = tcpEstablished,
-            }, ct).ConfigureAwait(false);
+                await runtime.CheckpointAsync(new RuncCheckpointOptions
+                {
+                    ContainerId = c.Id,
+                    ImagePath = t.ImagePath,
+                    WorkPath = t.WorkPath,
+                    TcpEstablished = tcpEstablished,
+                }, ct).ConfigureAwait(false);
+            }
         }
         catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition && e.Kind != ErrorKind.DeadlineExceeded)
         {

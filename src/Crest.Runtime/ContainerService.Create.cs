@@ -85,7 +85,7 @@ public sealed partial class ContainerService
             }
 
             var pod = sandboxes.Bundle(sandbox.Id);
-            var runtimeSpec = SpecBuilder.ForContainer(WithCriuConfig(spec, restore, bundle), new ContainerContext
+            var runtimeSpec = SpecBuilder.ForContainer(WithCriuConfig(spec, bundle), new ContainerContext
             {
                 ContainerId = id,
                 Sandbox = sandbox,
@@ -137,14 +137,13 @@ public sealed partial class ContainerService
     }
 
     /// <summary>
-    /// A restore that CRIU must leave stopped names the container's own CRIU configuration file (runc and crun have no
-    /// flag for it); StartContainer writes the file for the restore and removes it after, because the runtime passes the
-    /// file the annotation names to every later CRIU call for the container, its checkpoints too.
+    /// Every container names its own CRIU configuration file (<see cref="CriuConfigFile"/>): the runtime hands it to CRIU
+    /// on every checkpoint and restore, and Crest writes it only for the run that needs options runc and crun have no
+    /// flag for. A request's own <c>org.criu.config</c> is replaced: a file it named could make CRIU, which runs as
+    /// root on the host, run any program (<c>action-script</c>).
     /// </summary>
-    private static ContainerSpec WithCriuConfig(ContainerSpec spec, RestorePlan? restore, ContainerBundle bundle) =>
-        restore?.Criu.LeaveStopped == true
-            ? spec with { RuntimeAnnotations = new Dictionary<string, string>(spec.RuntimeAnnotations ?? spec.Annotations, StringComparer.Ordinal) { [CriuRestoreOptions.ConfigAnnotation] = bundle.CriuConfig } }
-            : spec;
+    private static ContainerSpec WithCriuConfig(ContainerSpec spec, ContainerBundle bundle) =>
+        spec with { RuntimeAnnotations = new Dictionary<string, string>(spec.RuntimeAnnotations ?? spec.Annotations, StringComparer.Ordinal) { [CriuRestoreOptions.ConfigAnnotation] = bundle.CriuConfig } };
 
     /// <summary>A container lives in its pod's user namespace; a request that names another one is refused.</summary>
     private static void CheckUserNamespace(ContainerSpec spec, SandboxRecord sandbox)

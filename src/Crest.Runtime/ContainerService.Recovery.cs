@@ -28,8 +28,8 @@ public sealed partial class ContainerService
                     continue;
                 }
 
-                // No CRIU runs before serving: a leave-stopped restore's configuration that a crestd dying mid-restore
-                // left would stop the container again at its next checkpoint.
+                // No CRIU runs before serving: a CRIU run's configuration that a crestd dying mid-run left (a restore's
+                // leave-stopped) would apply to the container's next checkpoint.
                 if (File.Exists(bundles.For(c.Id).CriuConfig))
                 {
                     File.Delete(bundles.For(c.Id).CriuConfig);

@@ -27,6 +27,7 @@ public sealed partial class ContainerService
         var lazy = false;
         // Signalled once the runtime's restore returned: killing processes CRIU is still restoring hangs the restore.
         var restoreReturned = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        IDisposable? criuConfig = null;
         try
         {
             if (!File.Exists(Path.Combine(bundle.RestoreImages, "inventory.img")))
@@ -47,11 +48,9 @@ public sealed partial class ContainerService
             c = c with { RestoreStartedAt = time.GetUtcNow() };
             await store.PutContainerAsync(c, CancellationToken.None).ConfigureAwait(false);
             CrashPoints.Hit(CrashPoints.ContainerRestoreBegun);
-            if (options.Criu.LeaveStopped)
-            {
-                // Named by the container's org.criu.config (CreateAsync); removed in finally, so later checkpoints leave it running.
-                await File.WriteAllTextAsync(bundle.CriuConfig, "leave-stopped\n", ct).ConfigureAwait(false);
-            }
+            // Named by the container's org.criu.config (CreateAsync); removed in finally, so later checkpoints neither
+            // leave it stopped nor skip a network lock they need.
+            criuConfig = await WriteCriuConfigAsync(c.Id, runtime, CriuConfigFile.For(options.Criu.TcpEstablished, options.Criu.LeaveStopped), ct).ConfigureAwait(false);
 
             if (options.Criu.LazyPagesFrom is { } pageServer)
             {
@@ -91,7 +90,7 @@ public sealed partial class ContainerService
             restoreReturned.TrySetResult();
             await Step(c.Id, () =>
             {
-                File.Delete(bundle.CriuConfig);
+                criuConfig?.Dispose();
                 return Task.CompletedTask;
             }).ConfigureAwait(false);
             // A post-copy restore's images stay until its lazy-pages daemon ends (it removes them then).

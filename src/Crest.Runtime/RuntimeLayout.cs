@@ -100,9 +100,9 @@ public sealed record ContainerBundle(string Id, string Dir, string StateDir, str
     public string RestoreLog => Path.Combine(BundleDir, "restore.log");
 
     /// <summary>
-    /// The CRIU configuration file the container's <c>org.criu.config</c> annotation names (a restore left stopped). runc
-    /// and crun hand it to CRIU on every call for the container, its later checkpoints too, so it exists only while
-    /// StartContainer restores: CRIU skips a configuration file that is not there.
+    /// The CRIU configuration file the container's <c>org.criu.config</c> annotation names (<see cref="CriuConfigFile"/>).
+    /// runc and crun hand it to CRIU on every call for the container, so it exists only while the CRIU run it was
+    /// written for runs: CRIU skips a configuration file that is not there.
     /// </summary>
     public string CriuConfig => Path.Combine(Dir, "criu.conf");
 

@@ -105,23 +105,31 @@ public partial class CheckpointCliTests
         // The archive: 0600, uncompressed tar, the files every engine reads.
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(archive));
         var names = new List<string>();
-        string configDump = "", archivedLog = "";
+        string configDump = "", archivedLog = "", dumpLog = "";
         await using (var f = File.OpenRead(archive))
         using (var tar = new TarReader(f))
         {
             while (await tar.GetNextEntryAsync(copyData: true, Ct) is { } e)
             {
                 names.Add(e.Name);
-                if (e.Name is "config.dump" or "container.log")
+                if (e.Name is "config.dump" or "container.log" or "dump.log")
                 {
                     using var reader = new StreamReader(e.DataStream!);
                     var text = await reader.ReadToEndAsync(Ct);
-                    (configDump, archivedLog) = e.Name == "config.dump" ? (text, archivedLog) : (configDump, text);
+                    switch (e.Name)
+                    {
+                        case "config.dump": configDump = text; break;
+                        case "container.log": archivedLog = text; break;
+                        default: dumpLog = text; break;
+                    }
                 }
             }
         }
 
         Assert.Subset(names.ToHashSet(), new HashSet<string> { "config.dump", "spec.dump", "status.dump", "checkpoint/inventory.img", "stats-dump", "rootfs-diff.tar", "deleted.files", "container.log", "dump.log" });
+        // runc handed CRIU the container's own configuration (org.criu.config), which Crest wrote for this dump:
+        // no TCP connection moves, so CRIU's network lock is skipped (ContainerDumpTests has the file's content).
+        Assert.Contains($"Parsing config file {dir.Combine("root", "containers", id, "criu.conf")}", dumpLog, StringComparison.Ordinal);
         using (var config = JsonDocument.Parse(configDump))
         {
             Assert.Equal(id, config.RootElement.GetProperty("id").GetString());
@@ -159,6 +167,7 @@ public partial class CheckpointCliTests
         var restored = await RunAsync([.. r, "create", newPodId, restoreConfig, newPod]);
         Assert.NotEqual(id, restored);
         await RunAsync([.. r, "start", restored]);
+        Assert.Contains($"Parsing config file {dir.Combine("root", "containers", restored, "criu.conf")}", await File.ReadAllTextAsync(dir.Combine("root", "containers", restored, "bundle", "restore.log"), Ct), StringComparison.Ordinal);
 
         // The process continued from its memory: the new log starts with the old lines and goes on from the last count.
         var newLog = await WaitForCountAsync(dir.Combine("logs-restored", "counter.log"), lastBefore + 3);

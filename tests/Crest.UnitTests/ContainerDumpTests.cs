@@ -38,6 +38,59 @@ public sealed class ContainerDumpTests : IDisposable
     }
 
     [Fact]
+    public async Task A_dump_that_moves_no_tcp_connection_tells_criu_to_skip_its_network_lock_for_that_dump_only()
+    {
+        var c = await RunningContainerAsync();
+        var config = _h.Layout.Container(c.Id).CriuConfig;
+        string? duringDump = null;
+        _h.Runtimes.DuringCheckpoint = _ => duringDump = File.ReadAllText(config);
+
+        await _h.Containers.DumpAsync(c.Id, "/images", "/work", tcpEstablished: false, NoCapture, Ct);
+
+        Assert.Equal("network-lock skip\n", duringDump);
+        Assert.False(File.Exists(config));
+    }
+
+    [Fact]
+    public async Task A_dump_that_moves_tcp_connections_keeps_criu_network_lock()
+    {
+        var c = await RunningContainerAsync();
+        var config = _h.Layout.Container(c.Id).CriuConfig;
+        bool? configDuringDump = null;
+        _h.Runtimes.DuringCheckpoint = _ => configDuringDump = File.Exists(config);
+
+        await _h.Containers.DumpAsync(c.Id, "/images", "/work", tcpEstablished: true, NoCapture, Ct);
+
+        Assert.False(configDuringDump);
+    }
+
+    [Fact]
+    public async Task The_runtimes_own_criu_configuration_comes_before_crests_lines()
+    {
+        var c = await RunningContainerAsync();
+        var defaults = Path.Combine(Path.GetDirectoryName(_h.Layout.ExitDir)!, "runc.conf");
+        await File.WriteAllTextAsync(defaults, "# the operator's\nghost-limit 2M", Ct);
+        _h.Runtimes.CriuDefaultConfig = defaults;
+        string? duringDump = null;
+        _h.Runtimes.DuringCheckpoint = _ => duringDump = File.ReadAllText(_h.Layout.Container(c.Id).CriuConfig);
+
+        await _h.Containers.DumpAsync(c.Id, "/images", "/work", tcpEstablished: false, NoCapture, Ct);
+
+        Assert.Equal("# the operator's\nghost-limit 2M\nnetwork-lock skip\n", duringDump);
+    }
+
+    [Fact]
+    public async Task A_failed_dump_leaves_no_criu_configuration()
+    {
+        var c = await RunningContainerAsync();
+        _h.Runtimes.Failures["checkpoint"] = new CrestException(ErrorKind.Internal, "runc checkpoint failed");
+
+        await Assert.ThrowsAsync<CrestException>(() => _h.Containers.DumpAsync(c.Id, "/images", "/work", false, NoCapture, Ct));
+
+        Assert.False(File.Exists(_h.Layout.Container(c.Id).CriuConfig));
+    }
+
+    [Fact]
     public async Task A_migration_dump_leaves_the_container_frozen_until_it_is_thawed()
     {
         var c = await RunningContainerAsync();

@@ -48,6 +48,27 @@ public sealed class ContainerLifecycleTests : IDisposable
     }
 
     [Fact]
+    public async Task Every_container_names_its_own_criu_configuration_and_a_requests_own_is_replaced()
+    {
+        var pod = await _h.ReadyPodAsync(Ct);
+        var spec = RuntimeHarness.Container() with
+        {
+            Annotations = new Dictionary<string, string> { [CriuRestoreOptions.ConfigAnnotation] = "/var/lib/somewhere/action-script.conf", ["team"] = "a" },
+        };
+
+        var created = await _h.Containers.CreateAsync(pod.Id, spec, Ct);
+
+        var bundle = _h.Layout.Container(created.Id);
+        using var config = System.Text.Json.JsonDocument.Parse(await File.ReadAllBytesAsync(bundle.ConfigJson, Ct));
+        var annotations = config.RootElement.GetProperty("annotations");
+        Assert.Equal(bundle.CriuConfig, annotations.GetProperty(CriuRestoreOptions.ConfigAnnotation).GetString());
+        Assert.Equal("a", annotations.GetProperty("team").GetString());
+        // The CRI still shows what the request said.
+        Assert.Equal("/var/lib/somewhere/action-script.conf", created.Spec.Annotations[CriuRestoreOptions.ConfigAnnotation]);
+        Assert.False(File.Exists(bundle.CriuConfig));
+    }
+
+    [Fact]
     public async Task A_stop_that_saw_the_exit_has_the_runtime_forget_the_container_so_removal_needs_no_runtime_call()
     {
         var pod = await _h.ReadyPodAsync(Ct);

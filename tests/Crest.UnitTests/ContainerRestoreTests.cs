@@ -85,7 +85,7 @@ public sealed class ContainerRestoreTests : IDisposable
         await _h.Containers.StartAsync(c.Id, Ct);
 
         Assert.Equal(bundle.CriuConfig, CriuConfigAnnotation(bundle));
-        Assert.Equal("leave-stopped\n", duringRestore);
+        Assert.Equal("leave-stopped\nnetwork-lock skip\n", duringRestore);
         // The runtime hands the same file to the container's later checkpoints: gone, CRIU leaves those running.
         Assert.False(File.Exists(bundle.CriuConfig));
     }
@@ -102,13 +102,30 @@ public sealed class ContainerRestoreTests : IDisposable
     }
 
     [Fact]
-    public async Task A_restore_that_runs_at_once_names_no_criu_configuration()
+    public async Task A_restore_of_tcp_connections_keeps_criu_network_lock()
     {
-        var c = await CreatedFromCheckpointAsync();
+        var c = await CreatedFromCheckpointAsync(criu: new CriuRestoreOptions { TcpEstablished = true, LeaveStopped = true });
+        var bundle = _h.Layout.Container(c.Id);
+        string? duringRestore = null;
+        _h.Runtimes.DuringRestore = _ => duringRestore = File.ReadAllText(bundle.CriuConfig);
 
         await _h.Containers.StartAsync(c.Id, Ct);
 
-        Assert.Null(CriuConfigAnnotation(_h.Layout.Container(c.Id)));
+        Assert.Equal("leave-stopped\n", duringRestore);
+    }
+
+    [Fact]
+    public async Task A_restore_that_runs_at_once_skips_only_criu_network_lock()
+    {
+        var c = await CreatedFromCheckpointAsync();
+        var bundle = _h.Layout.Container(c.Id);
+        string? duringRestore = null;
+        _h.Runtimes.DuringRestore = _ => duringRestore = File.ReadAllText(bundle.CriuConfig);
+
+        await _h.Containers.StartAsync(c.Id, Ct);
+
+        Assert.Equal("network-lock skip\n", duringRestore);
+        Assert.False(File.Exists(bundle.CriuConfig));
     }
 
     [Fact]

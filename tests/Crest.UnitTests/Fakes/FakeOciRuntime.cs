@@ -35,6 +35,15 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     /// <summary>Every checkpoint asked for, in order.</summary>
     public List<RuncCheckpointOptions> Checkpointed { get; } = [];
 
+    /// <summary>Runs inside each checkpoint, as CRIU would (to see the files it reads then).</summary>
+    public Action<RuncCheckpointOptions>? DuringCheckpoint { get; set; }
+
+    /// <summary>
+    /// The handlers' default CRIU configuration (<see cref="RuntimeHandlerOptions.CriuDefaultConfig"/>): by default a
+    /// file that does not exist, so no test reads the host's /etc/criu.
+    /// </summary>
+    public string CriuDefaultConfig { get; set; } = Path.Combine(exitDir, "..", "no-criu-defaults.conf");
+
     /// <summary>What ExecSync returns; null makes every exec time out.</summary>
     public RuncExecResult? ExecResult { get; set; } = new(0, "", "", TimedOut: false);
 
@@ -74,7 +83,7 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     public IOciRuntime? TryFor(string handler)
     {
         var wanted = string.IsNullOrEmpty(handler) ? Handlers[0] : handler;
-        return Handlers.Contains(wanted) ? new Bound(this, new RuntimeHandlerOptions(wanted, "/usr/bin/" + wanted)) : null;
+        return Handlers.Contains(wanted) ? new Bound(this, new RuntimeHandlerOptions(wanted, "/usr/bin/" + wanted) { CriuDefaultConfig = CriuDefaultConfig }) : null;
     }
 
     private void Enter(string verb, string id)
@@ -206,6 +215,7 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
         {
             ct.ThrowIfCancellationRequested();
             runtimes.Checkpointed.Add(options);
+            runtimes.DuringCheckpoint?.Invoke(options);
             return runtimes.Transition(options, null, "running", "paused");
         }
 
