@@ -160,7 +160,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<ContainerBundles>();
             builder.Services.AddSingleton<UserNamespaces>();
             builder.Services.AddSingleton<SandboxService>();
-            builder.Services.AddSingleton(sp => new LazyPageTransfers(config.Checkpoint.CriuPath, sp.GetRequiredService<ILogger<LazyPageTransfers>>()));
+            builder.Services.AddSingleton(sp => new LazyPageTransfers(config.Checkpoint.CriuPath, time, sp.GetRequiredService<ILogger<LazyPageTransfers>>()));
             builder.Services.AddSingleton<ContainerService>();
             var restoreOptions = new RestoreOptions
             {

@@ -66,9 +66,11 @@ public sealed record LazyPagesState(string ContainerId, bool Finished, bool Succ
 /// the restored container is killed at once: once the daemon's userfaultfd closes, a page it never fetched would read as
 /// zeros, so that copy must not run on.
 /// </summary>
-public sealed partial class LazyPageTransfers(string criuPath, ILogger<LazyPageTransfers> logger)
+public sealed partial class LazyPageTransfers(string criuPath, TimeProvider time, ILogger<LazyPageTransfers> logger)
 {
     private static readonly TimeSpan SocketWait = TimeSpan.FromSeconds(10);
+
+    private static readonly TimeSpan SocketPoll = TimeSpan.FromMilliseconds(5);
 
     private readonly ConcurrentDictionary<string, Transfer> _transfers = new(StringComparer.Ordinal);
 
@@ -89,10 +91,11 @@ public sealed partial class LazyPageTransfers(string criuPath, ILogger<LazyPageT
         var argv = options.Arguments(criu);
         var daemon = ChildProcess.Spawn(criu, argv, [ChildFd.Null(0), ChildFd.Null(1), ChildFd.Null(2)], newSession: true);
         var exit = daemon.WaitAsync(CancellationToken.None);
-        var waited = System.Diagnostics.Stopwatch.StartNew();
+        // The injected clock, so a test can pass the wait without spending it.
+        var started = time.GetTimestamp();
         while (!File.Exists(socket))
         {
-            if (exit.IsCompleted || waited.Elapsed > SocketWait)
+            if (exit.IsCompleted || time.GetElapsedTime(started) > SocketWait)
             {
                 if (!exit.IsCompleted)
                 {
@@ -103,7 +106,20 @@ public sealed partial class LazyPageTransfers(string criuPath, ILogger<LazyPageT
                     $"container {containerId}: criu lazy-pages did not open {socket} within {SocketWait.TotalSeconds:0} s (page source {options.Address}:{options.Port})" + ContainerService.CriuLogExcerpt(log));
             }
 
-            await Task.Delay(5, ct).ConfigureAwait(false);
+            try
+            {
+                await Task.Delay(SocketPoll, time, ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // Nobody would track or stop a daemon whose start was abandoned.
+                if (!exit.IsCompleted)
+                {
+                    daemon.KillAndReap();
+                }
+
+                throw;
+            }
         }
 
         var done = WatchAsync(containerId, exit, log, onFailure, onEnd);

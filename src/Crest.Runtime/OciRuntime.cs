@@ -102,10 +102,20 @@ public sealed class ConmonOciRuntimeFactory(RuntimeOptions options, RuntimeLayou
     private string Wanted(string handler) => string.IsNullOrEmpty(handler) ? options.DefaultHandler : handler;
 }
 
-/// <summary>conmon + runc/crun, as CRI-O and Podman run containers.</summary>
-public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner commands, ILinux linux) : IOciRuntime
+/// <summary>
+/// How long conmon is given: to answer on its sync pipe (the runtime's create, or CRIU's restore, runs meanwhile), then
+/// for its first process to exit (it forks the monitor and exits at once, so one still there after this hangs).
+/// </summary>
+public sealed record ConmonTimeouts(TimeSpan SyncPipe, TimeSpan FirstProcessExit)
 {
-    private static readonly TimeSpan CreateTimeout = TimeSpan.FromMinutes(2);
+    public static ConmonTimeouts Default { get; } = new(TimeSpan.FromMinutes(2), TimeSpan.FromSeconds(10));
+}
+
+/// <summary>conmon + runc/crun, as CRI-O and Podman run containers.</summary>
+/// <param name="timeouts">what a conmon that hangs is given before it is killed; <see cref="ConmonTimeouts.Default"/> when null</param>
+public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner commands, ILinux linux, ConmonTimeouts? timeouts = null) : IOciRuntime
+{
+    private readonly ConmonTimeouts _timeouts = timeouts ?? ConmonTimeouts.Default;
 
     /// <summary>How long a timed-out exec's runtime client has to reap the killed command before it is killed too.</summary>
     private static readonly TimeSpan ExecKillGrace = TimeSpan.FromSeconds(5);
@@ -134,6 +144,12 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
         Directory.CreateDirectory(binding.SocketDir);
         var conmon = ExecutableSearch.Resolve(binding.ConmonPath)
             ?? throw new CrestException(ErrorKind.FailedPrecondition, $"conmon '{binding.ConmonPath}' was not found; install it (make deps)");
+        // A pid file an earlier conmon of this container left must not be taken for this one's monitor (KillConmon).
+        if (File.Exists(options.ConmonPidFile))
+        {
+            File.Delete(options.ConmonPidFile);
+        }
+
         using var sync = new Pipe();
         const int SyncFd = 3;
         var env = new Dictionary<string, string>(StringComparer.Ordinal)
@@ -147,14 +163,18 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
         // conmon forks: the first process exits once its monitor runs; the sync pipe carries {"data": pid} or an error.
         await using var reader = sync.OpenReader();
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(CreateTimeout);
+        timeout.CancelAfter(_timeouts.SyncPipe);
         var buffer = new byte[64 * 1024];
         var text = new StringBuilder();
+        var unanswered = false;
+        var firstHung = false;
         try
         {
             while (!text.ToString().Contains('}', StringComparison.Ordinal))
             {
-                var n = await reader.ReadAsync(buffer, timeout.Token).ConfigureAwait(false);
+                // A read of a pipe is not cancelled by its token once it blocks: the wait for it is, and the read ends
+                // once the pipe's writers are killed (KillConmon).
+                var n = await reader.ReadAsync(buffer, CancellationToken.None).AsTask().WaitAsync(timeout.Token).ConfigureAwait(false);
                 if (n == 0)
                 {
                     break;
@@ -163,9 +183,35 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
                 text.Append(Encoding.UTF8.GetString(buffer, 0, n));
             }
         }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            unanswered = true;
+        }
         finally
         {
-            await child.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+            // Bounded too: a first process that never exits would otherwise hold CreateContainer, StartContainer or a
+            // restore for ever, whatever the sync pipe said.
+            firstHung = !await ExitedWithinAsync(child, _timeouts.FirstProcessExit).ConfigureAwait(false);
+            if (firstHung || unanswered)
+            {
+                KillConmon(options, firstHung ? child : null);
+            }
+        }
+
+        if (unanswered)
+        {
+            throw new CrestException(ErrorKind.DeadlineExceeded,
+                $"container {options.ContainerId}: conmon did not report the container's pid within {_timeouts.SyncPipe.TotalSeconds:0.###} s "
+                + "(the runtime's create or CRIU's restore was still running); conmon and what it started were killed. Look for what hangs in "
+                + $"{Path.GetFileName(binding.RuntimePath)} (a hook, a mount, a frozen cgroup; the node's journal), then create the container again");
+        }
+
+        if (firstHung)
+        {
+            throw new CrestException(ErrorKind.Internal,
+                $"container {options.ContainerId}: conmon's first process (pid {child.Pid.ToString(CultureInfo.InvariantCulture)}) did not exit within "
+                + $"{_timeouts.FirstProcessExit.TotalSeconds:0.###} s once the sync pipe had answered or closed (conmon forks its monitor and exits at once); "
+                + $"it and its monitor were killed. Check that '{conmon}' is a working conmon ('{conmon} --version'), then create the container again");
         }
 
         var message = text.ToString();
@@ -184,6 +230,40 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
         }
 
         return data;
+    }
+
+    /// <summary>Whether conmon's first process exits (and is reaped) within <paramref name="limit"/>.</summary>
+    private static async Task<bool> ExitedWithinAsync(ChildProcess first, TimeSpan limit)
+    {
+        using var bound = new CancellationTokenSource(limit);
+        try
+        {
+            await first.WaitAsync(bound.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Kills a conmon that hangs: the monitor its first process named in the conmon pid file, with the runtime (or CRIU)
+    /// it started, then (when it has not exited) the first process and whatever is still below it, which is reaped.
+    /// </summary>
+    private void KillConmon(ConmonCreateOptions options, ChildProcess? first)
+    {
+        // Deleted before conmon started: a pid found there is this conmon's monitor.
+        if (ReadPid(options.ConmonPidFile) is { } monitor && monitor != first?.Pid)
+        {
+            linux.KillProcessTree(monitor);
+        }
+
+        if (first is not null)
+        {
+            linux.KillProcessTree(first.Pid);
+            first.KillAndReap();
+        }
     }
 
     public Task StartAsync(RuncStartOptions options, CancellationToken ct) => RunOrThrowAsync(options, ct);

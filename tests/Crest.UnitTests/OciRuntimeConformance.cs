@@ -179,6 +179,108 @@ public sealed class ConmonOciRuntimeTests : OciRuntimeConformance
             Dir.Combine("exits"), Dir.Combine("attach"), SystemdCgroup: false), _runc, new RecordingLinux());
     }
 
+    /// <summary>Short, so a hang is found in seconds; long enough for a shell to start on a busy machine.</summary>
+    private static readonly ConmonTimeouts Hurried = new(SyncPipe: TimeSpan.FromSeconds(3), FirstProcessExit: TimeSpan.FromSeconds(1));
+
+    /// <summary>Far past <see cref="Hurried"/>: a call still running then would have hung.</summary>
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// conmon played by a script that hangs: it starts a monitor that outlives it and keeps the sync pipe (its pid in the
+    /// -P file, as conmon writes it), then, when <paramref name="answers"/>, reports a pid; either way it never exits.
+    /// </summary>
+    private ConmonOciRuntime HangingConmon(bool answers)
+    {
+        var conmon = Dir.Combine("hanging-conmon");
+        var answer = answers ? """printf '%s' '{"data": 4242}' >&3""" : ":";
+        File.WriteAllText(conmon, $$"""
+            #!/bin/sh
+            while [ $# -gt 0 ]; do
+              if [ "$1" = -P ]; then pidfile="$2"; fi
+              shift
+            done
+            ( sleep 600 & echo $! > "$pidfile" )
+            echo $$ > '{{Dir.Combine("first.pid")}}'
+            {{answer}}
+            exec sleep 600
+            """);
+        File.SetUnixFileMode(conmon, (UnixFileMode)0x1ED);
+        return new ConmonOciRuntime(new OciRuntimeBinding(new RuntimeHandlerOptions("runc", "runc"), "/usr/bin/runc", "/run/crest/runtime/runc", conmon,
+            Dir.Combine("exits"), Dir.Combine("attach"), SystemdCgroup: false), _runc, new Crest.Linux.LinuxSyscalls(), Hurried);
+    }
+
+    [Fact]
+    public async Task A_conmon_that_never_reports_a_pid_is_killed_with_its_monitor_and_the_create_fails_naming_the_container()
+    {
+        var runtime = HangingConmon(answers: false);
+        var options = Restore("c1").Monitor;
+        try
+        {
+            var e = await Assert.ThrowsAsync<CrestException>(() => runtime.CreateAsync(options, TestContext.Current.CancellationToken).WaitAsync(Bound, TestContext.Current.CancellationToken));
+
+            Assert.Equal(ErrorKind.DeadlineExceeded, e.Kind);
+            Assert.Contains("container c1: conmon did not report the container's pid within 3 s", e.Message, StringComparison.Ordinal);
+            Assert.Contains("create the container again", e.Message, StringComparison.Ordinal);
+            await AssertEndedAsync(PidIn(Dir.Combine("first.pid")), "conmon's first process");
+            await AssertEndedAsync(PidIn(options.ConmonPidFile), "conmon's monitor");
+        }
+        finally
+        {
+            KillLeftovers(options);
+        }
+    }
+
+    [Fact]
+    public async Task A_conmon_whose_first_process_never_exits_after_reporting_a_pid_is_killed_and_the_restore_fails_saying_so()
+    {
+        var runtime = HangingConmon(answers: true);
+        var restore = Restore("c1");
+        try
+        {
+            var e = await Assert.ThrowsAsync<CrestException>(() => runtime.RestoreAsync(restore, TestContext.Current.CancellationToken).WaitAsync(Bound, TestContext.Current.CancellationToken));
+
+            var first = PidIn(Dir.Combine("first.pid"));
+            Assert.Contains($"container c1: conmon's first process (pid {first.ToString(CultureInfo.InvariantCulture)}) did not exit within 1 s", e.Message, StringComparison.Ordinal);
+            await AssertEndedAsync(first, "conmon's first process");
+            await AssertEndedAsync(PidIn(restore.Monitor.ConmonPidFile), "conmon's monitor");
+        }
+        finally
+        {
+            KillLeftovers(restore.Monitor);
+        }
+    }
+
+    private static int PidIn(string file) => int.Parse(File.ReadAllText(file).Trim(), CultureInfo.InvariantCulture);
+
+    /// <summary>Whether <paramref name="pid"/> still runs (a zombie no longer does: only its parent's wait is left).</summary>
+    private static bool Runs(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/stat");
+            return stat[stat.LastIndexOf(')') + 2] != 'Z';
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    private static Task AssertEndedAsync(int pid, string what) =>
+        Eventually.UntilAsync(() => !Runs(pid), $"{what} (pid {pid.ToString(CultureInfo.InvariantCulture)}) to be killed", TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+
+    /// <summary>A run that failed leaves no sleeping stand-ins behind.</summary>
+    private void KillLeftovers(ConmonCreateOptions options)
+    {
+        foreach (var file in new[] { Dir.Combine("first.pid"), options.ConmonPidFile })
+        {
+            if (File.Exists(file) && PidIn(file) is var pid && Runs(pid))
+            {
+                new Crest.Linux.LinuxSyscalls().KillProcessTree(pid);
+            }
+        }
+    }
+
     [Fact]
     public async Task A_restore_hands_conmon_the_images_and_the_plans_criu_flags_after_the_monitors_own_arguments()
     {

@@ -21,7 +21,7 @@ public sealed class PostCopyRestoreTests : IDisposable
 
     public PostCopyRestoreTests()
     {
-        _h = new RuntimeHarness(new LazyPageTransfers(_dir.Combine("criu"), NullLogger<LazyPageTransfers>.Instance));
+        _h = new RuntimeHarness(new LazyPageTransfers(_dir.Combine("criu"), TimeProvider.System, NullLogger<LazyPageTransfers>.Instance));
     }
 
     /// <summary>A stand-in for <c>criu lazy-pages</c>: opens its socket in the work directory, writes its log, then runs <paramref name="then"/>.</summary>
