@@ -37,7 +37,15 @@ public sealed record PodCheckpointRequest
 }
 
 /// <summary>What one pod checkpoint did and measured.</summary>
-public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IReadOnlyList<PodCheckpointContainer> Containers, long Bytes, TimeSpan Total, TimeSpan Frozen);
+public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IReadOnlyList<PodCheckpointContainer> Containers, long Bytes, TimeSpan Total, TimeSpan Frozen)
+{
+    /// <summary>
+    /// A migration's held checkpoint (<see cref="PodCheckpointRequest.HoldFrozen"/>): each container's CRIU work directory,
+    /// by container name, kept for its archive to be made as it streams (none was written; <see cref="PodCheckpointContainer.ArchiveBytes"/>
+    /// is its measured length). The caller owns them and removes them with <see cref="ContainerService.RemoveCheckpointWork"/>.
+    /// </summary>
+    public IReadOnlyDictionary<string, string>? HeldWork { get; init; }
+}
 
 /// <summary>
 /// CRI CheckpointPod (KEP-5823): one freeze for the selected containers of a pod. Every container is paused before any
@@ -45,7 +53,10 @@ public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IR
 /// /dev/shm, the System V shared memory of its IPC namespace) is saved once, all while frozen; then every container is
 /// resumed, on success and failure alike (or, for <see cref="PodStateAfterCheckpoint.Stopped"/>, killed and the pod
 /// stopped). Only then are the container archives and pod.json written, into the output directory and nowhere else;
-/// a failure or an expired deadline removes what was written there.
+/// a failure or an expired deadline removes what was written there. CRIU writes each container's images into a work
+/// directory of its own, a tmpfs when the node has the memory (<see cref="ContainerService.PrepareCheckpointWorkAsync"/>).
+/// A migration's held checkpoint (<see cref="PodCheckpointRequest.HoldFrozen"/>) writes no container archive at all:
+/// the work directories are handed to the caller, which makes the archives as it streams them after the freeze.
 /// </summary>
 public sealed class PodCheckpointService(
     ContainerService containers,
@@ -89,7 +100,7 @@ public sealed class PodCheckpointService(
 
         var output = PrepareOutput(request.OutputPath, out var createdOutput);
         var token = journal.Begin(new PodOperationJournal.Entry { Kind = PodOperationJournal.CheckpointKind, Output = output, CreatedOutput = createdOutput });
-        var works = new List<string>();
+        var works = new List<(string ContainerId, string Path)>();
         var succeeded = false;
         var frozenHeld = false;
         try
@@ -98,8 +109,8 @@ public sealed class PodCheckpointService(
             foreach (var c in selected)
             {
                 var work = Path.Combine(layout.ContainerDir(c.Id), "checkpoint-work-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
-                works.Add(work);
-                Directory.CreateDirectory(work, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                works.Add((c.Id, work));
+                await containers.PrepareCheckpointWorkAsync(c, work, options.WorkMemory, ct).ConfigureAwait(false);
                 Directory.CreateDirectory(Path.Combine(work, CheckpointFiles.CriuImages), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
                 var spec = await ContainerCheckpointWriter.ReadSpecAsync(layout, c.Id, ct).ConfigureAwait(false);
                 parts.Add(new ContainerPart(c, work, spec, ContainerCheckpointWriter.MountDestinations(spec)));
@@ -137,7 +148,8 @@ public sealed class PodCheckpointService(
             }, request.After == PodStateAfterCheckpoint.Stopped, ct, holdFrozen: request.HoldFrozen).ConfigureAwait(false);
             frozenHeld = request.HoldFrozen;
 
-            // Everything below runs with the pod resumed (held frozen for a migration): metadata, archives, the manifest.
+            // Everything below runs with the pod resumed: metadata, archives, the manifest. A migration's held pod is still
+            // frozen here, so it writes only the small metadata files and measures each archive; the archives are made as they stream.
             var checkpointedAt = time.GetUtcNow();
             var written = new List<PodCheckpointContainer>();
             long bytes = 0;
@@ -150,8 +162,9 @@ public sealed class PodCheckpointService(
                     throw new CrestException(ErrorKind.Internal, $"checkpoint of container {p.Container.Id}: CRIU reported success but wrote no inventory.img");
                 }
 
-                var archive = Path.Combine(output, PodCheckpointFiles.ContainerArchive(p.Container.Spec.Name));
-                var size = await ContainerCheckpointWriter.WriteArchiveAsync(p.Work, archive, options.Compression, ct).ConfigureAwait(false);
+                var size = request.HoldFrozen
+                    ? await CheckpointArchive.MeasureAsync(p.Work, ct).ConfigureAwait(false)
+                    : await ContainerCheckpointWriter.WriteArchiveAsync(p.Work, Path.Combine(output, PodCheckpointFiles.ContainerArchive(p.Container.Spec.Name)), options.Compression, ct).ConfigureAwait(false);
                 bytes += size;
                 written.Add(new PodCheckpointContainer
                 {
@@ -187,7 +200,10 @@ public sealed class PodCheckpointService(
             }
 
             succeeded = true;
-            var result = new PodCheckpointResult(sandbox.Id, output, written, bytes + shared.DevShmBytes + shared.SysVShmBytes, total.Elapsed, dump.Frozen);
+            var result = new PodCheckpointResult(sandbox.Id, output, written, bytes + shared.DevShmBytes + shared.SysVShmBytes, total.Elapsed, dump.Frozen)
+            {
+                HeldWork = request.HoldFrozen ? parts.ToDictionary(p => p.Container.Spec.Name, p => p.Work, StringComparer.Ordinal) : null,
+            };
             CheckpointLog.PodCheckpointed(logger, sandbox.Id, output, written.Count, result.Bytes, (long)result.Total.TotalMilliseconds, (long)result.Frozen.TotalMilliseconds);
             PodCheckpointMetrics.Checkpointed(result);
             return result;
@@ -204,9 +220,18 @@ public sealed class PodCheckpointService(
         }
         finally
         {
-            foreach (var w in works)
+            // A migration's good held checkpoint keeps its work directories: they are what it streams.
+            foreach (var (id, w) in succeeded && request.HoldFrozen ? [] : works)
             {
-                ContainerCheckpointWriter.RemoveFresh(w);
+                try
+                {
+                    containers.RemoveCheckpointWork(w);
+                }
+                catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
+                {
+                    // The resume below matters more; a restart's recovery removes what is left.
+                    CheckpointLog.WorkNotRemoved(logger, id, w, e.Message);
+                }
             }
 
             if (!succeeded)

@@ -35,6 +35,9 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     /// <summary>Every checkpoint asked for, in order.</summary>
     public List<RuncCheckpointOptions> Checkpointed { get; } = [];
 
+    /// <summary>Runs inside each checkpoint, as CRIU would (to write its images, or see what is frozen then).</summary>
+    public Action<RuncCheckpointOptions>? DuringCheckpoint { get; set; }
+
     /// <summary>What ExecSync returns; null makes every exec time out.</summary>
     public RuncExecResult? ExecResult { get; set; } = new(0, "", "", TimedOut: false);
 
@@ -205,7 +208,12 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
         public Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct)
         {
             ct.ThrowIfCancellationRequested();
-            runtimes.Checkpointed.Add(options);
+            lock (runtimes._gate)
+            {
+                runtimes.Checkpointed.Add(options);
+            }
+
+            runtimes.DuringCheckpoint?.Invoke(options);
             return runtimes.Transition(options, null, "running", "paused");
         }
 
