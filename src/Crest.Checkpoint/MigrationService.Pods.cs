@@ -5,7 +5,13 @@ using Crest.Linux;
 namespace Crest.Checkpoint;
 
 /// <summary>What a whole-pod migration's source froze: the pod checkpoint it holds, and the containers it holds frozen.</summary>
-public sealed record MigrationPodCheckpoint(string SandboxId, string ArchiveToken, IReadOnlyList<string> ContainerIds, long Bytes, TimeSpan Paused, TimeSpan Total);
+public sealed record MigrationPodCheckpoint(string SandboxId, string ArchiveToken, IReadOnlyList<string> ContainerIds, long Bytes, TimeSpan Paused, TimeSpan Total)
+{
+    /// <summary>The rootfs diffs written while frozen, over every container: entries and file bytes (after rounds: only what changed since the last).</summary>
+    public long RootfsEntries { get; init; }
+
+    public long RootfsBytes { get; init; }
+}
 
 // The source of a whole-pod stop-copy migration: the pod checkpoint (CheckpointPod's) with a third end state, every
 // container left frozen and held. As a container's stop-copy freeze does, it writes no archive: the pod's files and
@@ -23,9 +29,11 @@ public sealed partial class MigrationService
     /// Checkpoints every container of a ready pod at one instant and leaves them all frozen, each with a migration hold
     /// (so a crestd restart keeps them frozen), holding the pod checkpoint for <see cref="SendArchiveAsync"/>. Any
     /// failure resumes every container, and nothing is left. <paramref name="timeout"/> (zero: none of its own) bounds
-    /// the whole checkpoint.
+    /// the whole checkpoint. <paramref name="rootfsRounds"/> names, by container id, the rootfs rounds
+    /// (<see cref="PrepareRootfsRoundAsync"/>) staged on the target for it: that container's rootfs diff then holds only what
+    /// changed since its last round, as a container's freeze with rounds does; the tokens are spent by a good freeze.
     /// </summary>
-    public async Task<MigrationPodCheckpoint> FreezePodAsync(string sandboxId, TimeSpan timeout, CancellationToken ct)
+    public async Task<MigrationPodCheckpoint> FreezePodAsync(string sandboxId, TimeSpan timeout, CancellationToken ct, IReadOnlyDictionary<string, string>? rootfsRounds = null)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var token = NewToken();
@@ -35,12 +43,48 @@ public sealed partial class MigrationService
             deadline.CancelAfter(timeout);
         }
 
-        var result = await podCheckpoints.CheckpointAsync(new PodCheckpointRequest
+        PodCheckpointResult result;
+        var deltas = new Dictionary<string, RootfsDelta>(StringComparer.Ordinal);
+        var turns = new List<RootfsRoundsSent>();
+        try
         {
-            SandboxId = sandboxId,
-            OutputPath = PodCheckpointPath(token),
-            HoldFrozen = true,
-        }, deadline.Token).ConfigureAwait(false);
+            foreach (var (id, roundsToken) in rootfsRounds ?? new Dictionary<string, string>())
+            {
+                var c = await containers.GetAsync(id, ct).ConfigureAwait(false);
+                var sent = RoundsSent(roundsToken, c.Id);
+                // Held until the freeze ends, as a container's freeze holds it: no round of these runs meanwhile.
+                await sent.Turn.WaitAsync(ct).ConfigureAwait(false);
+                turns.Add(sent);
+                if (sent.Baseline is not { } baseline)
+                {
+                    throw new CrestException(ErrorKind.FailedPrecondition, $"rootfs rounds {roundsToken} of container {c.Id} have no finished round yet; freeze the pod without them, or after a round");
+                }
+
+                deltas[c.Id] = new RootfsDelta(baseline, [.. sent.Rounds]);
+            }
+
+            result = await podCheckpoints.CheckpointAsync(new PodCheckpointRequest
+            {
+                SandboxId = sandboxId,
+                OutputPath = PodCheckpointPath(token),
+                HoldFrozen = true,
+                RootfsDeltas = deltas,
+            }, deadline.Token).ConfigureAwait(false);
+
+            // Spent: each checkpoint names its rounds, and nothing compares against them again.
+            foreach (var roundsToken in (rootfsRounds ?? new Dictionary<string, string>()).Values)
+            {
+                _rootfsRounds.TryRemove(roundsToken, out _);
+            }
+        }
+        finally
+        {
+            foreach (var sent in turns)
+            {
+                sent.Turn.Release();
+            }
+        }
+
         try
         {
             // Without its record nothing could find the held work directories again: they go, and the freeze fails (the client resumes).
@@ -61,7 +105,11 @@ public sealed partial class MigrationService
 
         CheckpointLog.MigrationPodFrozen(logger, result.SandboxId, result.Containers.Count, result.Bytes, (long)result.Total.TotalMilliseconds);
         CrashPoints.Hit(CrashPoints.MigrationPodFrozen);
-        return new MigrationPodCheckpoint(result.SandboxId, token, [.. result.Containers.Select(c => c.Id)], result.Bytes, result.Total, result.Total);
+        return new MigrationPodCheckpoint(result.SandboxId, token, [.. result.Containers.Select(c => c.Id)], result.Bytes, result.Total, result.Total)
+        {
+            RootfsEntries = result.RootfsEntries,
+            RootfsBytes = result.RootfsBytes,
+        };
     }
 
     /// <summary>The held pod checkpoint of <paramref name="token"/> (checked like any archive token).</summary>

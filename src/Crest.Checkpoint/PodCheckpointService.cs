@@ -34,6 +34,12 @@ public sealed record PodCheckpointRequest
     /// a container migration's freeze leaves one (MigrationService.FreezePodAsync); a failure resumes them all.
     /// </summary>
     internal bool HoldFrozen { get; init; }
+
+    /// <summary>
+    /// A whole-pod migration whose containers' rootfs rounds are staged on the target (not a CRI field), by container id:
+    /// each such container's rootfs diff holds only what changed since its last round, and its checkpoint names the rounds.
+    /// </summary>
+    internal IReadOnlyDictionary<string, RootfsDelta> RootfsDeltas { get; init; } = new Dictionary<string, RootfsDelta>();
 }
 
 /// <summary>What one pod checkpoint did and measured.</summary>
@@ -45,6 +51,11 @@ public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IR
     /// is its measured length). The caller owns them and removes them with <see cref="ContainerService.RemoveCheckpointWork"/>.
     /// </summary>
     public IReadOnlyDictionary<string, string>? HeldWork { get; init; }
+
+    /// <summary>The rootfs diffs written while frozen, over every container: entries, and bytes of regular files (after rounds: the deltas only).</summary>
+    public long RootfsEntries { get; init; }
+
+    public long RootfsBytes { get; init; }
 }
 
 /// <summary>
@@ -92,6 +103,11 @@ public sealed class PodCheckpointService(
         }
 
         var selected = await SelectAsync(sandbox, request.ContainerIds, ct).ConfigureAwait(false);
+        if (request.RootfsDeltas.Keys.FirstOrDefault(id => selected.All(c => c.Id != id)) is { } stray)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"rootfs rounds were named for container {stray}, which is not one of the checkpointed containers of pod sandbox {sandbox.Id}");
+        }
+
         var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
         if (probe.Problem is { } problem)
         {
@@ -124,7 +140,7 @@ public sealed class PodCheckpointService(
                 async (c, upper, innerCt) =>
                 {
                     await using var diffFile = NewFile(Path.Combine(p.Work, CheckpointFiles.RootfsDiff));
-                    p.Diff = await RootfsDiff.WriteAsync(upper, diffFile, p.Excluded, innerCt).ConfigureAwait(false);
+                    p.Diff = await ContainerCheckpointWriter.WriteRootfsAsync(upper, diffFile, p.Excluded, request.RootfsDeltas.GetValueOrDefault(p.Container.Id), innerCt).ConfigureAwait(false);
                     p.LogLength = c.LogFile.Length > 0 && FileKinds.IsRegularFile(c.LogFile) ? new FileInfo(c.LogFile).Length : 0;
                 })).ToList();
 
@@ -157,6 +173,11 @@ public sealed class PodCheckpointService(
             {
                 var p = parts[i];
                 await ContainerCheckpointWriter.WriteMetadataAsync(p.Work, dump.Containers[i], p.Spec, p.Diff!, p.LogLength, checkpointedAt, ct).ConfigureAwait(false);
+                if (request.RootfsDeltas.GetValueOrDefault(p.Container.Id) is { } delta)
+                {
+                    await ContainerCheckpointWriter.WriteRootfsRoundsAsync(p.Work, delta, ct).ConfigureAwait(false);
+                }
+
                 if (!File.Exists(Path.Combine(p.Work, CheckpointFiles.CriuImages, "inventory.img")))
                 {
                     throw new CrestException(ErrorKind.Internal, $"checkpoint of container {p.Container.Id}: CRIU reported success but wrote no inventory.img");
@@ -203,6 +224,8 @@ public sealed class PodCheckpointService(
             var result = new PodCheckpointResult(sandbox.Id, output, written, bytes + shared.DevShmBytes + shared.SysVShmBytes, total.Elapsed, dump.Frozen)
             {
                 HeldWork = request.HoldFrozen ? parts.ToDictionary(p => p.Container.Spec.Name, p => p.Work, StringComparer.Ordinal) : null,
+                RootfsEntries = parts.Sum(p => p.Diff!.Entries),
+                RootfsBytes = parts.Sum(p => p.Diff!.Bytes),
             };
             CheckpointLog.PodCheckpointed(logger, sandbox.Id, output, written.Count, result.Bytes, (long)result.Total.TotalMilliseconds, (long)result.Frozen.TotalMilliseconds);
             PodCheckpointMetrics.Checkpointed(result);

@@ -114,4 +114,63 @@ public sealed partial class MigrationServiceTests
         Assert.Empty(Directory.EnumerateDirectories(_h.Layout.ContainerDir("c1"), "checkpoint-work-*"));
         Assert.Empty(Directory.EnumerateDirectories(_h.Layout.ContainerDir("c2"), "checkpoint-work-*"));
     }
+
+    [Fact]
+    public async Task A_pod_freeze_after_rootfs_rounds_makes_that_containers_checkpoint_a_delta_naming_its_rounds_and_spends_them()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        await File.WriteAllTextAsync(Path.Combine(_h.Layout.Container("c1").Upper, "data"), "round one", Ct);
+        // (An empty upper directory makes a 0-byte rootfs diff, which the checkpoint reader refuses.)
+        await File.WriteAllTextAsync(Path.Combine(_h.Layout.Container("c2").Upper, "data"), "no rounds", Ct);
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var round = await service.PrepareRootfsRoundAsync("c1", null, Ct);
+        service.DropArchive(round.ArchiveToken);
+        await File.WriteAllTextAsync(Path.Combine(_h.Layout.Container("c1").Upper, "later"), "after the round", Ct);
+
+        var frozen = await service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, new Dictionary<string, string> { ["c1"] = round.RoundsToken });
+
+        var sent = Path.Combine(_h.Paths.Root, "sent-pod.tar");
+        await using (var file = File.Create(sent))
+        {
+            await service.SendArchiveAsync(frozen.ArchiveToken, file, Ct);
+        }
+
+        var limits = new RestoreOptions().Limits;
+        using (var opened = await PodCheckpointSources.OpenArchiveAsync(sent, _h.Paths.Restores, limits, Ct))
+        {
+            var plans = new Dictionary<string, RestorePlan>(StringComparer.Ordinal);
+            foreach (var name in new[] { "c-c1", "c-c2" })
+            {
+                var staging = Directory.CreateDirectory(Path.Combine(_h.Paths.Root, "plan-" + name)).FullName;
+                plans[name] = await new CheckpointReader(limits).ReadArchiveAsync(Path.Combine(opened.Directory, PodCheckpointFiles.ContainerArchive(name)), staging, Ct);
+            }
+
+            // c1's checkpoint sits on the round the target staged; c2, named by no rounds, carries its whole rootfs diff.
+            Assert.Single(plans["c-c1"].StagedRootfsRounds!);
+            Assert.Null(plans["c-c2"].StagedRootfsRounds);
+        }
+
+        // Spent by the freeze: the rounds cannot be continued or named again.
+        Assert.Equal(ErrorKind.NotFound, (await Assert.ThrowsAsync<CrestException>(() => service.PrepareRootfsRoundAsync("c1", round.RoundsToken, Ct))).Kind);
+        service.DropArchive(frozen.ArchiveToken);
+    }
+
+    [Fact]
+    public async Task A_pod_freeze_naming_rounds_of_a_container_outside_the_pod_or_unknown_rounds_is_refused_before_any_pause()
+    {
+        var pod = await PodOfRunningAsync("c1");
+        var other = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod("other"), Ct);
+        await RunningWithConfigAsync("x1", other.Id);
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var round = await service.PrepareRootfsRoundAsync("x1", null, Ct);
+        service.DropArchive(round.ArchiveToken);
+
+        var stray = await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, new Dictionary<string, string> { ["x1"] = round.RoundsToken }));
+        var unknown = await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, new Dictionary<string, string> { ["c1"] = new string('f', 24) }));
+
+        Assert.Equal(ErrorKind.InvalidArgument, stray.Kind);
+        Assert.Equal(ErrorKind.NotFound, unknown.Kind);
+        Assert.DoesNotContain(_h.Runtimes.Calls, c => c.StartsWith("pause", StringComparison.Ordinal));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
+    }
 }
