@@ -14,7 +14,7 @@ public enum ArchiveCompression
 }
 
 /// <summary>Writes a checkpoint directory as the outer archive, and opens archives of any compression for reading.</summary>
-public static class CheckpointArchive
+public static partial class CheckpointArchive
 {
     public static ArchiveCompression ParseCompression(string text) => text.ToUpperInvariant() switch
     {
@@ -27,8 +27,9 @@ public static class CheckpointArchive
     /// <summary>
     /// Writes every file under <paramref name="directory"/> (names relative to it, directories first) as a POSIX
     /// tar to <paramref name="output"/>, compressed as asked. Files are read with O_NOFOLLOW; links are refused.
+    /// Each of <paramref name="nested"/> follows as one more file, the archive of its directory made as it is written.
     /// </summary>
-    public static async Task WriteAsync(string directory, Stream output, ArchiveCompression compression, CancellationToken ct)
+    public static async Task WriteAsync(string directory, Stream output, ArchiveCompression compression, CancellationToken ct, IReadOnlyList<NestedArchive>? nested = null)
     {
         Stream? compressed = compression switch
         {
@@ -40,32 +41,10 @@ public static class CheckpointArchive
         try
         {
             await using var tar = new TarWriter(target, TarEntryFormat.Pax, leaveOpen: true);
-            var pending = new Queue<string>();
-            pending.Enqueue("");
-            while (pending.Count > 0)
+            await WriteTreeAsync(tar, directory, lengthsOnly: false, ct).ConfigureAwait(false);
+            foreach (var n in nested ?? [])
             {
-                var relative = pending.Dequeue();
-                var dir = relative.Length == 0 ? directory : Path.Combine(directory, relative);
-                foreach (var full in Directory.EnumerateFileSystemEntries(dir).Order(StringComparer.Ordinal))
-                {
-                    ct.ThrowIfCancellationRequested();
-                    var name = relative.Length == 0 ? Path.GetFileName(full) : relative + "/" + Path.GetFileName(full);
-                    if (FileKinds.IsDirectory(full))
-                    {
-                        await tar.WriteEntryAsync(new PaxTarEntry(TarEntryType.Directory, name) { Mode = (UnixFileMode)0x1C0 }, ct).ConfigureAwait(false);
-                        pending.Enqueue(name);
-                    }
-                    else if (FileKinds.IsRegularFile(full))
-                    {
-                        await using var data = new FileStream(FileKinds.OpenReadNoFollow(full), FileAccess.Read, 1 << 20);
-                        var entry = new PaxTarEntry(TarEntryType.RegularFile, name) { Mode = (UnixFileMode)0x180, DataStream = data, ModificationTime = File.GetLastWriteTimeUtc(full) };
-                        await tar.WriteEntryAsync(entry, ct).ConfigureAwait(false);
-                    }
-                    else
-                    {
-                        throw new CrestException(ErrorKind.Internal, $"checkpoint file {full} is neither a regular file nor a directory");
-                    }
-                }
+                await tar.WriteEntryAsync(new PaxTarEntry(TarEntryType.RegularFile, n.EntryName) { Mode = (UnixFileMode)0x180, DataStream = new NestedArchiveData(n) }, ct).ConfigureAwait(false);
             }
         }
         finally
@@ -73,6 +52,42 @@ public static class CheckpointArchive
             if (compressed is not null)
             {
                 await compressed.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The entries of <paramref name="directory"/>'s tree, breadth first in ordinal order; with <paramref name="lengthsOnly"/>
+    /// each file's data is its length alone (<see cref="MeasureAsync"/>), so the headers are the same and no file is read.
+    /// </summary>
+    private static async Task WriteTreeAsync(TarWriter tar, string directory, bool lengthsOnly, CancellationToken ct)
+    {
+        var pending = new Queue<string>();
+        pending.Enqueue("");
+        while (pending.Count > 0)
+        {
+            var relative = pending.Dequeue();
+            var dir = relative.Length == 0 ? directory : Path.Combine(directory, relative);
+            foreach (var full in Directory.EnumerateFileSystemEntries(dir).Order(StringComparer.Ordinal))
+            {
+                ct.ThrowIfCancellationRequested();
+                var name = relative.Length == 0 ? Path.GetFileName(full) : relative + "/" + Path.GetFileName(full);
+                if (FileKinds.IsDirectory(full))
+                {
+                    // Its own time, not the writer's clock: the same tree always makes the same headers (MeasureAsync counts on it).
+                    await tar.WriteEntryAsync(new PaxTarEntry(TarEntryType.Directory, name) { Mode = (UnixFileMode)0x1C0, ModificationTime = File.GetLastWriteTimeUtc(full) }, ct).ConfigureAwait(false);
+                    pending.Enqueue(name);
+                }
+                else if (FileKinds.IsRegularFile(full))
+                {
+                    await using Stream data = lengthsOnly ? new LengthOnly(new FileInfo(full).Length) : new FileStream(FileKinds.OpenReadNoFollow(full), FileAccess.Read, 1 << 20);
+                    var entry = new PaxTarEntry(TarEntryType.RegularFile, name) { Mode = (UnixFileMode)0x180, DataStream = data, ModificationTime = File.GetLastWriteTimeUtc(full) };
+                    await tar.WriteEntryAsync(entry, ct).ConfigureAwait(false);
+                }
+                else
+                {
+                    throw new CrestException(ErrorKind.Internal, $"checkpoint file {full} is neither a regular file nor a directory");
+                }
             }
         }
     }

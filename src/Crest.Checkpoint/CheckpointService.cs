@@ -135,15 +135,7 @@ public sealed class CheckpointService(
                 {
                     await using var output = new FileStream(Path.Combine(work, CheckpointFiles.RootfsDiff),
                         new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite, BufferSize = 1 << 20 });
-                    if (rootfsDelta is null)
-                    {
-                        diff = await RootfsDiff.WriteAsync(upper, output, excluded, innerCt).ConfigureAwait(false);
-                    }
-                    else
-                    {
-                        var delta = await RootfsRounds.WriteAsync(upper, output, excluded, rootfsDelta.Baseline, final: true, innerCt).ConfigureAwait(false);
-                        diff = new RootfsDiffSummary(delta.Entries, delta.Bytes, delta.Deleted);
-                    }
+                    diff = await ContainerCheckpointWriter.WriteRootfsAsync(upper, output, excluded, rootfsDelta, innerCt).ConfigureAwait(false);
 
                     // The log copy ends where the log stood while frozen: lines written after the resume belong to the
                     // original, not to what a restore replays. Only the length is taken now; the copy comes later.
@@ -161,8 +153,7 @@ public sealed class CheckpointService(
             await ContainerCheckpointWriter.WriteMetadataAsync(work, dump, spec, diff!, logLength, checkpointedAt, token).ConfigureAwait(false);
             if (rootfsDelta is not null)
             {
-                await File.WriteAllBytesAsync(Path.Combine(work, CheckpointFiles.RootfsRounds),
-                    JsonSerializer.SerializeToUtf8Bytes(new RootfsRoundsRecord { Rounds = [.. rootfsDelta.Rounds] }, CheckpointJson.Default.RootfsRoundsRecord), token).ConfigureAwait(false);
+                await ContainerCheckpointWriter.WriteRootfsRoundsAsync(work, rootfsDelta, token).ConfigureAwait(false);
             }
 
             var stats = ContainerCheckpointWriter.ReadStats(Path.Combine(work, CheckpointFiles.StatsDump));

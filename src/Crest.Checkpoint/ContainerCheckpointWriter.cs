@@ -24,6 +24,27 @@ internal static class ContainerCheckpointWriter
             ?? throw new CrestException(ErrorKind.Internal, $"container {id}: {path} is not a JSON object");
     }
 
+    /// <summary>
+    /// The rootfs diff, written while the container is frozen: the whole upper directory, or with <paramref name="delta"/>
+    /// (a migration whose rootfs rounds are staged on the target) only what changed since the last round began, with
+    /// every deletion as of now.
+    /// </summary>
+    internal static async Task<RootfsDiffSummary> WriteRootfsAsync(string upper, Stream output, IReadOnlyCollection<string> excluded, RootfsDelta? delta, CancellationToken ct)
+    {
+        if (delta is null)
+        {
+            return await RootfsDiff.WriteAsync(upper, output, excluded, ct).ConfigureAwait(false);
+        }
+
+        var round = await RootfsRounds.WriteAsync(upper, output, excluded, delta.Baseline, final: true, ct).ConfigureAwait(false);
+        return new RootfsDiffSummary(round.Entries, round.Bytes, round.Deleted);
+    }
+
+    /// <summary>Marks a checkpoint as a delta on staged rounds: crest-rootfs-rounds.json names each round by its SHA-256.</summary>
+    internal static Task WriteRootfsRoundsAsync(string work, RootfsDelta delta, CancellationToken ct) =>
+        File.WriteAllBytesAsync(Path.Combine(work, CheckpointFiles.RootfsRounds),
+            JsonSerializer.SerializeToUtf8Bytes(new RootfsRoundsRecord { Rounds = [.. delta.Rounds] }, CheckpointJson.Default.RootfsRoundsRecord), ct);
+
     internal static List<string> MountDestinations(JsonObject spec) =>
         (spec["mounts"] as JsonArray ?? []).Select(m => m?["destination"]?.GetValue<string>()).OfType<string>().ToList();
 

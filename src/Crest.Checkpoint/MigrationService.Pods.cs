@@ -5,22 +5,35 @@ using Crest.Linux;
 namespace Crest.Checkpoint;
 
 /// <summary>What a whole-pod migration's source froze: the pod checkpoint it holds, and the containers it holds frozen.</summary>
-public sealed record MigrationPodCheckpoint(string SandboxId, string ArchiveToken, IReadOnlyList<string> ContainerIds, long Bytes, TimeSpan Paused, TimeSpan Total);
+public sealed record MigrationPodCheckpoint(string SandboxId, string ArchiveToken, IReadOnlyList<string> ContainerIds, long Bytes, TimeSpan Paused, TimeSpan Total)
+{
+    /// <summary>The rootfs diffs written while frozen, over every container: entries and file bytes (after rounds: only what changed since the last).</summary>
+    public long RootfsEntries { get; init; }
+
+    public long RootfsBytes { get; init; }
+}
 
 // The source of a whole-pod stop-copy migration: the pod checkpoint (CheckpointPod's) with a third end state, every
-// container left frozen and held, kept under <root>/migrations/<token>.pod until DropArchive; ReadArchive streams that
-// directory as one tar, which the target's RestorePod reads as a pod checkpoint tar.
+// container left frozen and held. As a container's stop-copy freeze does, it writes no archive: the pod's files and
+// pod.json are kept under <root>/migrations/<token>.pod, each container's CRIU work directory (a tmpfs when it fit in
+// memory) is held where CRIU wrote it, named by <token>.podwork, until DropArchive. ReadArchive streams them as one pod
+// checkpoint tar, each container's archive made inside it as it goes, which the target's RestorePod reads as any
+// pod checkpoint tar.
 public sealed partial class MigrationService
 {
     private const string PodSuffix = ".pod";
+
+    private const string PodHeldWorkSuffix = ".podwork";
 
     /// <summary>
     /// Checkpoints every container of a ready pod at one instant and leaves them all frozen, each with a migration hold
     /// (so a crestd restart keeps them frozen), holding the pod checkpoint for <see cref="SendArchiveAsync"/>. Any
     /// failure resumes every container, and nothing is left. <paramref name="timeout"/> (zero: none of its own) bounds
-    /// the whole checkpoint.
+    /// the whole checkpoint. <paramref name="rootfsRounds"/> names, by container id, the rootfs rounds
+    /// (<see cref="PrepareRootfsRoundAsync"/>) staged on the target for it: that container's rootfs diff then holds only what
+    /// changed since its last round, as a container's freeze with rounds does; the tokens are spent by a good freeze.
     /// </summary>
-    public async Task<MigrationPodCheckpoint> FreezePodAsync(string sandboxId, TimeSpan timeout, CancellationToken ct)
+    public async Task<MigrationPodCheckpoint> FreezePodAsync(string sandboxId, TimeSpan timeout, CancellationToken ct, IReadOnlyDictionary<string, string>? rootfsRounds = null)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var token = NewToken();
@@ -30,21 +43,85 @@ public sealed partial class MigrationService
             deadline.CancelAfter(timeout);
         }
 
-        var result = await podCheckpoints.CheckpointAsync(new PodCheckpointRequest
+        PodCheckpointResult result;
+        var deltas = new Dictionary<string, RootfsDelta>(StringComparer.Ordinal);
+        var turns = new List<RootfsRoundsSent>();
+        try
         {
-            SandboxId = sandboxId,
-            OutputPath = PodCheckpointPath(token),
-            HoldFrozen = true,
-        }, deadline.Token).ConfigureAwait(false);
+            foreach (var (id, roundsToken) in rootfsRounds ?? new Dictionary<string, string>())
+            {
+                var c = await containers.GetAsync(id, ct).ConfigureAwait(false);
+                var sent = RoundsSent(roundsToken, c.Id);
+                // Held until the freeze ends, as a container's freeze holds it: no round of these runs meanwhile.
+                await sent.Turn.WaitAsync(ct).ConfigureAwait(false);
+                turns.Add(sent);
+                if (sent.Baseline is not { } baseline)
+                {
+                    throw new CrestException(ErrorKind.FailedPrecondition, $"rootfs rounds {roundsToken} of container {c.Id} have no finished round yet; freeze the pod without them, or after a round");
+                }
+
+                deltas[c.Id] = new RootfsDelta(baseline, [.. sent.Rounds]);
+            }
+
+            result = await podCheckpoints.CheckpointAsync(new PodCheckpointRequest
+            {
+                SandboxId = sandboxId,
+                OutputPath = PodCheckpointPath(token),
+                HoldFrozen = true,
+                RootfsDeltas = deltas,
+            }, deadline.Token).ConfigureAwait(false);
+
+            // Spent: each checkpoint names its rounds, and nothing compares against them again.
+            foreach (var roundsToken in (rootfsRounds ?? new Dictionary<string, string>()).Values)
+            {
+                _rootfsRounds.TryRemove(roundsToken, out _);
+            }
+        }
+        finally
+        {
+            foreach (var sent in turns)
+            {
+                sent.Turn.Release();
+            }
+        }
+
+        try
+        {
+            // Without its record nothing could find the held work directories again: they go, and the freeze fails (the client resumes).
+            var lines = result.HeldWork!.Select(kv => kv.Key + "\t" + kv.Value);
+            await File.WriteAllLinesAsync(PodHeldWorkRecord(token), lines, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch
+        {
+            FileKinds.Remove(PodHeldWorkRecord(token));
+            FileKinds.Remove(PodCheckpointPath(token));
+            foreach (var work in result.HeldWork!.Values)
+            {
+                containers.RemoveCheckpointWork(work);
+            }
+
+            throw;
+        }
+
         CheckpointLog.MigrationPodFrozen(logger, result.SandboxId, result.Containers.Count, result.Bytes, (long)result.Total.TotalMilliseconds);
         CrashPoints.Hit(CrashPoints.MigrationPodFrozen);
-        return new MigrationPodCheckpoint(result.SandboxId, token, [.. result.Containers.Select(c => c.Id)], result.Bytes, result.Total, result.Total);
+        return new MigrationPodCheckpoint(result.SandboxId, token, [.. result.Containers.Select(c => c.Id)], result.Bytes, result.Total, result.Total)
+        {
+            RootfsEntries = result.RootfsEntries,
+            RootfsBytes = result.RootfsBytes,
+        };
     }
 
     /// <summary>The held pod checkpoint of <paramref name="token"/> (checked like any archive token).</summary>
     private string PodCheckpointPath(string token) => Path.ChangeExtension(ArchivePath(token), PodSuffix);
 
-    /// <summary>Streams a held pod checkpoint as one plain tar, made as it goes; false when the token names none.</summary>
+    /// <summary>The record of the container work directories a pod freeze holds: one line per container, its name, a tab, the directory.</summary>
+    private string PodHeldWorkRecord(string token) => Path.ChangeExtension(ArchivePath(token), PodHeldWorkSuffix);
+
+    /// <summary>
+    /// Streams a held pod checkpoint as one plain tar, made as it goes: the pod's files, then each container's archive
+    /// (<c>containers/NAME.tar</c>) made from its held work directory inside the tar; false when the token names none.
+    /// </summary>
     private async Task<bool> SendPodCheckpointAsync(string token, Stream output, CancellationToken ct)
     {
         var dir = PodCheckpointPath(token);
@@ -53,17 +130,72 @@ public sealed partial class MigrationService
             return false;
         }
 
-        await CheckpointArchive.WriteAsync(dir, output, ArchiveCompression.None, ct).ConfigureAwait(false);
+        var nested = new List<NestedArchive>();
+        foreach (var (name, work) in HeldPodWork(token))
+        {
+            if (!PodCheckpointFiles.IsValidContainerName(name) || !IsCheckpointWork(work) || FileKinds.IsSymlink(work) || !Directory.Exists(work))
+            {
+                throw new CrestException(ErrorKind.NotFound, $"the checkpoint of container {name} behind migration archive {token} is gone ({work}); freeze the pod again");
+            }
+
+            nested.Add(new NestedArchive(PodCheckpointFiles.ContainerArchive(name), work, await CheckpointArchive.MeasureAsync(work, ct).ConfigureAwait(false)));
+        }
+
+        await CheckpointArchive.WriteAsync(dir, output, ArchiveCompression.None, ct, nested).ConfigureAwait(false);
         return true;
     }
 
-    /// <summary>Removes the held pod checkpoints (at start: the containers they froze stay frozen until the client ends them).</summary>
+    /// <summary>The held work directories a pod freeze recorded, by container name (none when there is no record).</summary>
+    private List<(string Name, string Work)> HeldPodWork(string token)
+    {
+        var record = PodHeldWorkRecord(token);
+        if (!File.Exists(record))
+        {
+            return [];
+        }
+
+        return [.. File.ReadAllLines(record).Where(l => l.Length > 0).Select(l => l.Split('\t', 2)).Select(p => (p[0], p.Length > 1 ? p[1] : ""))];
+    }
+
+    /// <summary>Removes a held pod checkpoint: its directory, and the container work directories its record names.</summary>
+    private void DropPodCheckpoint(string token)
+    {
+        FileKinds.Remove(PodCheckpointPath(token));
+        foreach (var (_, work) in HeldPodWork(token))
+        {
+            if (IsCheckpointWork(work))
+            {
+                containers.RemoveCheckpointWork(work);
+            }
+        }
+
+        FileKinds.Remove(PodHeldWorkRecord(token));
+    }
+
+    /// <summary>The tokens of the held pod checkpoints that hold a work directory of container <paramref name="containerId"/>.</summary>
+    private List<string> PodCheckpointsHolding(string containerId)
+    {
+        var containerDir = Path.Combine(paths.Containers, containerId) + "/";
+        return Directory.EnumerateFiles(ArchiveDir, "*" + PodHeldWorkSuffix)
+            .Select(Path.GetFileNameWithoutExtension)
+            .OfType<string>()
+            .Where(token => HeldPodWork(token).Any(h => h.Work.StartsWith(containerDir, StringComparison.Ordinal)))
+            .ToList();
+    }
+
+    /// <summary>Removes the held pod checkpoints (at start: the containers they froze stay frozen until the client ends them; their work directories went with the containers' recovery).</summary>
     private int SweepPodCheckpoints()
     {
         var removed = 0;
         foreach (var dir in Directory.EnumerateDirectories(ArchiveDir, "*" + PodSuffix))
         {
             FileKinds.Remove(dir);
+            removed++;
+        }
+
+        foreach (var record in Directory.EnumerateFiles(ArchiveDir, "*" + PodHeldWorkSuffix))
+        {
+            File.Delete(record);
             removed++;
         }
 

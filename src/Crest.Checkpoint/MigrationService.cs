@@ -210,6 +210,12 @@ public sealed partial class MigrationService(
                 DropArchive(Path.GetFileNameWithoutExtension(record));
             }
         }
+
+        // A pod freeze's checkpoint is of no use once one of its containers runs on: the pod moves whole or not at all.
+        foreach (var token in PodCheckpointsHolding(containerId))
+        {
+            DropArchive(token);
+        }
     }
 
     /// <summary>
@@ -364,7 +370,7 @@ public sealed partial class MigrationService(
     {
         FileKinds.Remove(ArchivePath(token));
         FileKinds.Remove(paths.ReceivedCheckpoint(token));
-        FileKinds.Remove(PodCheckpointPath(token));
+        DropPodCheckpoint(token);
         var record = HeldWorkRecord(token);
         if (File.Exists(record))
         {

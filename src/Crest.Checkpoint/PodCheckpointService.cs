@@ -34,10 +34,29 @@ public sealed record PodCheckpointRequest
     /// a container migration's freeze leaves one (MigrationService.FreezePodAsync); a failure resumes them all.
     /// </summary>
     internal bool HoldFrozen { get; init; }
+
+    /// <summary>
+    /// A whole-pod migration whose containers' rootfs rounds are staged on the target (not a CRI field), by container id:
+    /// each such container's rootfs diff holds only what changed since its last round, and its checkpoint names the rounds.
+    /// </summary>
+    internal IReadOnlyDictionary<string, RootfsDelta> RootfsDeltas { get; init; } = new Dictionary<string, RootfsDelta>();
 }
 
 /// <summary>What one pod checkpoint did and measured.</summary>
-public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IReadOnlyList<PodCheckpointContainer> Containers, long Bytes, TimeSpan Total, TimeSpan Frozen);
+public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IReadOnlyList<PodCheckpointContainer> Containers, long Bytes, TimeSpan Total, TimeSpan Frozen)
+{
+    /// <summary>
+    /// A migration's held checkpoint (<see cref="PodCheckpointRequest.HoldFrozen"/>): each container's CRIU work directory,
+    /// by container name, kept for its archive to be made as it streams (none was written; <see cref="PodCheckpointContainer.ArchiveBytes"/>
+    /// is its measured length). The caller owns them and removes them with <see cref="ContainerService.RemoveCheckpointWork"/>.
+    /// </summary>
+    public IReadOnlyDictionary<string, string>? HeldWork { get; init; }
+
+    /// <summary>The rootfs diffs written while frozen, over every container: entries, and bytes of regular files (after rounds: the deltas only).</summary>
+    public long RootfsEntries { get; init; }
+
+    public long RootfsBytes { get; init; }
+}
 
 /// <summary>
 /// CRI CheckpointPod (KEP-5823): one freeze for the selected containers of a pod. Every container is paused before any
@@ -45,9 +64,12 @@ public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IR
 /// /dev/shm, the System V shared memory of its IPC namespace) is saved once, all while frozen; then every container is
 /// resumed, on success and failure alike (or, for <see cref="PodStateAfterCheckpoint.Stopped"/>, killed and the pod
 /// stopped). Only then are the container archives and pod.json written, into the output directory and nowhere else;
-/// a failure or an expired deadline removes what was written there.
+/// a failure or an expired deadline removes what was written there. CRIU writes each container's images into a work
+/// directory of its own, a tmpfs when the node has the memory (<see cref="ContainerService.PrepareCheckpointWorkAsync"/>).
+/// A migration's held checkpoint (<see cref="PodCheckpointRequest.HoldFrozen"/>) writes no container archive at all:
+/// the work directories are handed to the caller, which makes the archives as it streams them after the freeze.
 /// </summary>
-public sealed class PodCheckpointService(
+public sealed partial class PodCheckpointService(
     ContainerService containers,
     SandboxService sandboxes,
     PodService pods,
@@ -81,6 +103,11 @@ public sealed class PodCheckpointService(
         }
 
         var selected = await SelectAsync(sandbox, request.ContainerIds, ct).ConfigureAwait(false);
+        if (request.RootfsDeltas.Keys.FirstOrDefault(id => selected.All(c => c.Id != id)) is { } stray)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"rootfs rounds were named for container {stray}, which is not one of the checkpointed containers of pod sandbox {sandbox.Id}");
+        }
+
         var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
         if (probe.Problem is { } problem)
         {
@@ -89,7 +116,7 @@ public sealed class PodCheckpointService(
 
         var output = PrepareOutput(request.OutputPath, out var createdOutput);
         var token = journal.Begin(new PodOperationJournal.Entry { Kind = PodOperationJournal.CheckpointKind, Output = output, CreatedOutput = createdOutput });
-        var works = new List<string>();
+        var works = new List<(string ContainerId, string Path)>();
         var succeeded = false;
         var frozenHeld = false;
         try
@@ -98,8 +125,8 @@ public sealed class PodCheckpointService(
             foreach (var c in selected)
             {
                 var work = Path.Combine(layout.ContainerDir(c.Id), "checkpoint-work-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
-                works.Add(work);
-                Directory.CreateDirectory(work, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                works.Add((c.Id, work));
+                await containers.PrepareCheckpointWorkAsync(c, work, options.WorkMemory, ct).ConfigureAwait(false);
                 Directory.CreateDirectory(Path.Combine(work, CheckpointFiles.CriuImages), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
                 var spec = await ContainerCheckpointWriter.ReadSpecAsync(layout, c.Id, ct).ConfigureAwait(false);
                 parts.Add(new ContainerPart(c, work, spec, ContainerCheckpointWriter.MountDestinations(spec)));
@@ -113,7 +140,7 @@ public sealed class PodCheckpointService(
                 async (c, upper, innerCt) =>
                 {
                     await using var diffFile = NewFile(Path.Combine(p.Work, CheckpointFiles.RootfsDiff));
-                    p.Diff = await RootfsDiff.WriteAsync(upper, diffFile, p.Excluded, innerCt).ConfigureAwait(false);
+                    p.Diff = await ContainerCheckpointWriter.WriteRootfsAsync(upper, diffFile, p.Excluded, request.RootfsDeltas.GetValueOrDefault(p.Container.Id), innerCt).ConfigureAwait(false);
                     p.LogLength = c.LogFile.Length > 0 && FileKinds.IsRegularFile(c.LogFile) ? new FileInfo(c.LogFile).Length : 0;
                 })).ToList();
 
@@ -137,7 +164,8 @@ public sealed class PodCheckpointService(
             }, request.After == PodStateAfterCheckpoint.Stopped, ct, holdFrozen: request.HoldFrozen).ConfigureAwait(false);
             frozenHeld = request.HoldFrozen;
 
-            // Everything below runs with the pod resumed (held frozen for a migration): metadata, archives, the manifest.
+            // Everything below runs with the pod resumed: metadata, archives, the manifest. A migration's held pod is still
+            // frozen here, so it writes only the small metadata files and measures each archive; the archives are made as they stream.
             var checkpointedAt = time.GetUtcNow();
             var written = new List<PodCheckpointContainer>();
             long bytes = 0;
@@ -145,13 +173,19 @@ public sealed class PodCheckpointService(
             {
                 var p = parts[i];
                 await ContainerCheckpointWriter.WriteMetadataAsync(p.Work, dump.Containers[i], p.Spec, p.Diff!, p.LogLength, checkpointedAt, ct).ConfigureAwait(false);
+                if (request.RootfsDeltas.GetValueOrDefault(p.Container.Id) is { } delta)
+                {
+                    await ContainerCheckpointWriter.WriteRootfsRoundsAsync(p.Work, delta, ct).ConfigureAwait(false);
+                }
+
                 if (!File.Exists(Path.Combine(p.Work, CheckpointFiles.CriuImages, "inventory.img")))
                 {
                     throw new CrestException(ErrorKind.Internal, $"checkpoint of container {p.Container.Id}: CRIU reported success but wrote no inventory.img");
                 }
 
-                var archive = Path.Combine(output, PodCheckpointFiles.ContainerArchive(p.Container.Spec.Name));
-                var size = await ContainerCheckpointWriter.WriteArchiveAsync(p.Work, archive, options.Compression, ct).ConfigureAwait(false);
+                var size = request.HoldFrozen
+                    ? await CheckpointArchive.MeasureAsync(p.Work, ct).ConfigureAwait(false)
+                    : await ContainerCheckpointWriter.WriteArchiveAsync(p.Work, Path.Combine(output, PodCheckpointFiles.ContainerArchive(p.Container.Spec.Name)), options.Compression, ct).ConfigureAwait(false);
                 bytes += size;
                 written.Add(new PodCheckpointContainer
                 {
@@ -187,7 +221,12 @@ public sealed class PodCheckpointService(
             }
 
             succeeded = true;
-            var result = new PodCheckpointResult(sandbox.Id, output, written, bytes + shared.DevShmBytes + shared.SysVShmBytes, total.Elapsed, dump.Frozen);
+            var result = new PodCheckpointResult(sandbox.Id, output, written, bytes + shared.DevShmBytes + shared.SysVShmBytes, total.Elapsed, dump.Frozen)
+            {
+                HeldWork = request.HoldFrozen ? parts.ToDictionary(p => p.Container.Spec.Name, p => p.Work, StringComparer.Ordinal) : null,
+                RootfsEntries = parts.Sum(p => p.Diff!.Entries),
+                RootfsBytes = parts.Sum(p => p.Diff!.Bytes),
+            };
             CheckpointLog.PodCheckpointed(logger, sandbox.Id, output, written.Count, result.Bytes, (long)result.Total.TotalMilliseconds, (long)result.Frozen.TotalMilliseconds);
             PodCheckpointMetrics.Checkpointed(result);
             return result;
@@ -204,9 +243,18 @@ public sealed class PodCheckpointService(
         }
         finally
         {
-            foreach (var w in works)
+            // A migration's good held checkpoint keeps its work directories: they are what it streams.
+            foreach (var (id, w) in succeeded && request.HoldFrozen ? [] : works)
             {
-                ContainerCheckpointWriter.RemoveFresh(w);
+                try
+                {
+                    containers.RemoveCheckpointWork(w);
+                }
+                catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException)
+                {
+                    // The resume below matters more; a restart's recovery removes what is left.
+                    CheckpointLog.WorkNotRemoved(logger, id, w, e.Message);
+                }
             }
 
             if (!succeeded)
@@ -332,103 +380,6 @@ public sealed class PodCheckpointService(
 
         return selected;
     }
-
-    /// <summary>
-    /// The output directory: absolute, not a link; an existing one must be empty, a new one is made (0700) in an
-    /// existing parent. <paramref name="created"/> says which, so a failure removes only what Crest made.
-    /// </summary>
-    internal static string PrepareOutput(string path, out bool created)
-    {
-        if (string.IsNullOrWhiteSpace(path) || !Path.IsPathRooted(path))
-        {
-            throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path \"{path}\" must be an absolute path to a directory");
-        }
-
-        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
-        if (FileKinds.IsSymlink(full))
-        {
-            throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path {full} is a symbolic link; Crest never writes a checkpoint through a link");
-        }
-
-        if (File.Exists(full))
-        {
-            throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path {full} is a file; give a new or empty directory");
-        }
-
-        if (Directory.Exists(full))
-        {
-            if (Directory.EnumerateFileSystemEntries(full).Any())
-            {
-                throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path {full} is not empty; Crest writes a pod checkpoint only into a new or empty directory");
-            }
-
-            created = false;
-            return full;
-        }
-
-        var parent = Path.GetDirectoryName(full);
-        if (parent is null || !Directory.Exists(parent))
-        {
-            throw new CrestException(ErrorKind.InvalidArgument, $"pod checkpoint output_path {full}: the directory {parent} does not exist; create it first");
-        }
-
-        Directory.CreateDirectory(full, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        created = true;
-        return full;
-    }
-
-    private static void RemoveOutput(string output, bool created)
-    {
-        if (!Directory.Exists(output) || FileKinds.IsSymlink(output))
-        {
-            return;
-        }
-
-        if (created)
-        {
-            Directory.Delete(output, recursive: true);
-            return;
-        }
-
-        foreach (var entry in Directory.EnumerateFileSystemEntries(output))
-        {
-            ContainerCheckpointWriter.RemoveFresh(entry);
-        }
-    }
-
-    /// <summary>The pod's hostname, hosts and resolv.conf as its containers saw them; returns the hostname.</summary>
-    private static async Task<string> CopyPodFilesAsync(SandboxBundle bundle, string output, CancellationToken ct)
-    {
-        var hostname = "";
-        foreach (var (source, name) in new[] { (bundle.HostnameFile, PodCheckpointFiles.Hostname), (bundle.HostsFile, PodCheckpointFiles.Hosts), (bundle.ResolvConfFile, PodCheckpointFiles.ResolvConf) })
-        {
-            if (!FileKinds.IsRegularFile(source))
-            {
-                continue;
-            }
-
-            var bytes = await File.ReadAllBytesAsync(source, ct).ConfigureAwait(false);
-            await using (var f = NewFile(Path.Combine(output, name)))
-            {
-                await f.WriteAsync(bytes, ct).ConfigureAwait(false);
-            }
-
-            if (name == PodCheckpointFiles.Hostname)
-            {
-                hostname = System.Text.Encoding.UTF8.GetString(bytes).Trim();
-            }
-        }
-
-        return hostname;
-    }
-
-    private static FileStream NewFile(string path) => new(path, new FileStreamOptions
-    {
-        Mode = FileMode.CreateNew,
-        Access = FileAccess.Write,
-        UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-        BufferSize = 1 << 20,
-    });
 
     /// <summary>One selected container while its checkpoint is made.</summary>
     private sealed class ContainerPart(ContainerRecord container, string work, System.Text.Json.Nodes.JsonObject spec, List<string> excluded)

@@ -99,6 +99,86 @@ public sealed class PodMigrationTests
             + $"frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, total {r.GetProperty("totalMs")} ms\n{migrated.Stderr}");
     }
 
+    /// <summary>
+    /// Each container's rootfs moves in rounds before the pod freeze: a writer that wrote 20 MiB of random bytes and keeps
+    /// appending to a small file, beside a counter. The writer's first round carries the large file, the frozen window
+    /// only the last lines; on the target the large file's checksum and every line are as on the source. The way back
+    /// without rounds carries the large file in the frozen window, inside the writer's archive made as it streams.
+    /// </summary>
+    [Fact]
+    public async Task Each_containers_rootfs_moves_in_rounds_before_the_pod_freeze_and_the_frozen_window_carries_only_the_last_changes()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("podmigfs");
+        var image = await RegistryBusyboxOnAAsync(nodes);
+        var pod = await WritePodAsync(nodes.A.Dir, "podmig", "uid-podmig-a");
+        var podId = await nodes.A.Pods.RunAsync(pod);
+        const string writer = "mkdir -p /data; /bin/busybox dd if=/dev/urandom of=/data/big bs=1048576 count=20 2>/dev/null; "
+            + "echo \"big $(/bin/busybox sha256sum /data/big)\"; "
+            + "i=0; while true; do i=$((i+1)); echo \"line $i\" >> /data/small; echo count $i; sleep 0.1; done";
+        foreach (var (name, script) in new[] { ("writer", writer), ("counter", CounterWorkload.Script) })
+        {
+            var config = nodes.A.Dir.Combine(name + ".json");
+            await File.WriteAllTextAsync(config, $$"""
+                {"metadata": {"name": "{{name}}"}, "image": {"image": "{{image}}"},
+                 "command": ["/bin/busybox", "sh", "-c", {{JsonSerializer.Serialize(script)}}],
+                 "log_path": "{{name}}.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
+                """, Ct);
+            var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
+            await RunAsync([.. nodes.A.R, "start", id]);
+        }
+
+        var writerLogA = nodes.A.Dir.Combine("logs-podmig", "writer.log");
+        var started = await CountPassesAsync(writerLogA, 5);
+        var bigSum = System.Text.RegularExpressions.Regex.Match(started, "big ([0-9a-f]{64})").Groups[1].Value;
+        Assert.Equal(64, bigSum.Length);
+        var podB = await WritePodAsync(nodes.B.Dir, "podmig", "uid-podmig-b");
+
+        var migrated = await MigratePodAsync(nodes, podId, podB);
+
+        Assert.True(migrated.ExitCode == 0, $"migrate pod failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
+        using var report = JsonDocument.Parse(migrated.Stdout);
+        var r = report.RootElement;
+        var moved = r.GetProperty("containers").EnumerateArray().ToDictionary(c => c.GetProperty("name").GetString()!);
+        var rounds = moved["writer"].GetProperty("rootfsRounds").EnumerateArray().ToList();
+        Assert.NotEmpty(rounds);
+        Assert.True(rounds[0].GetProperty("bytes").GetInt64() >= 20L << 20, "the writer's round 1 did not carry the 20 MiB file: " + migrated.Stdout);
+        Assert.NotEmpty(moved["counter"].GetProperty("rootfsRounds").EnumerateArray());
+        var frozenRootfs = r.GetProperty("frozenRootfsBytes").GetInt64();
+        Assert.True(frozenRootfs < 1L << 20, $"the frozen window carried {frozenRootfs} rootfs bytes: " + migrated.Stderr);
+        Assert.True(r.GetProperty("bytesBeforeSwitch").GetInt64() >= 20L << 20, "the rounds are not counted before the switch: " + migrated.Stdout);
+        Assert.True(r.GetProperty("bytesDuringSwitch").GetInt64() < 20L << 20, "the pod checkpoint carried the large file again: " + migrated.Stdout);
+
+        // On the target: the large file whole, every line of the small one, and the counter counting on.
+        var writerB = moved["writer"].GetProperty("containerId").GetString()!;
+        var lastOnA = LastCount(await File.ReadAllTextAsync(writerLogA, Ct));
+        await CountPassesAsync(nodes.B.Dir.Combine("logs-podmig", "writer.log"), lastOnA + 2, "the migrated writer does not run on B: " + nodes.B.Crestd.Log);
+        await CountPassesAsync(nodes.B.Dir.Combine("logs-podmig", "counter.log"), LastCount(await File.ReadAllTextAsync(nodes.A.Dir.Combine("logs-podmig", "counter.log"), Ct)) + 2,
+            "the migrated counter does not run on B: " + nodes.B.Crestd.Log);
+        Assert.StartsWith(bigSum, await RunAsync([.. nodes.B.R, "exec", "-s", writerB, "/bin/busybox", "sha256sum", "/data/big"]), StringComparison.Ordinal);
+        var small = (await RunAsync([.. nodes.B.R, "exec", "-s", writerB, "/bin/busybox", "cat", "/data/small"])).Split('\n');
+        Assert.True(small.Length > lastOnA, $"the small file on B has {small.Length} lines, the source wrote {lastOnA}");
+        Assert.Equal(Enumerable.Range(1, small.Length).Select(i => $"line {i}"), small);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
+
+        // The way back without rounds, for comparison: the frozen window carries the large file.
+        var podA = await WritePodAsync(nodes.A.Dir, "podmig", "uid-podmig-a2");
+        var back = await Binaries.RunCrestAsync([.. nodes.B.R, "migrate", "pod", r.GetProperty("podSandboxId").GetString()!, "--to", nodes.A.Crestd.Endpoint, "--pod-config", podA,
+            "--no-rootfs-rounds", "-o", "json"]);
+        Assert.True(back.ExitCode == 0, $"migrate pod back failed ({back.ExitCode}): {back.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
+        using var backReport = JsonDocument.Parse(back.Stdout);
+        var b = backReport.RootElement;
+        Assert.All(b.GetProperty("containers").EnumerateArray(), c => Assert.Empty(c.GetProperty("rootfsRounds").EnumerateArray()));
+        Assert.True(b.GetProperty("frozenRootfsBytes").GetInt64() >= 20L << 20, "without rounds the frozen window did not carry the large file: " + back.Stdout);
+        var writerBack = b.GetProperty("containers").EnumerateArray().Single(c => c.GetProperty("name").GetString() == "writer").GetProperty("containerId").GetString()!;
+        Assert.StartsWith(bigSum, await RunAsync([.. nodes.A.R, "exec", "-s", writerBack, "/bin/busybox", "sha256sum", "/data/big"]), StringComparison.Ordinal);
+        TestContext.Current.TestOutputHelper?.WriteLine(
+            $"pod rootfs rounds: writer {string.Join(", ", rounds.Select(x => $"{x.GetProperty("files")} files {x.GetProperty("bytes")} bytes"))}; frozen window rootfs {frozenRootfs} bytes, "
+            + $"{r.GetProperty("bytesDuringSwitch")} bytes during the switch, frozen {r.GetProperty("frozenMs")} ms, downtime {r.GetProperty("downtimeMs")} ms\n"
+            + $"without rounds: frozen window rootfs {b.GetProperty("frozenRootfsBytes")} bytes, {b.GetProperty("bytesDuringSwitch")} bytes during the switch, frozen {b.GetProperty("frozenMs")} ms, downtime {b.GetProperty("downtimeMs")} ms\n{migrated.Stderr}\n{back.Stderr}");
+    }
+
     [Fact]
     public async Task A_pod_the_target_cannot_restore_runs_on_at_the_source_and_nothing_is_left_on_the_target()
     {

@@ -25,9 +25,17 @@ public sealed partial class MigrationOrchestratorTests
                 new Dictionary<string, string>(), new Dictionary<string, string>(), []))]));
         }
 
-        public Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, CancellationToken ct)
+        /// <summary>The staged rootfs rounds each restored container claimed, by container name.</summary>
+        public Dictionary<string, string> PodRestoredWithStaging { get; } = new(StringComparer.Ordinal);
+
+        public Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, CancellationToken ct)
         {
-            Step("freezepod " + podId);
+            Step("freezepod " + podId + (rootfsRounds.Count == 0 ? "" : " after " + string.Join(",", rootfsRounds.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => $"{r.Key}={r.Value}"))));
+            foreach (var token in rootfsRounds.Values)
+            {
+                RootfsRounds.Remove(token);
+            }
+
             var ids = PodOf.Where(kv => kv.Value == podId).Select(kv => kv.Key).Order(StringComparer.Ordinal).ToList();
             foreach (var id in ids)
             {
@@ -36,12 +44,20 @@ public sealed partial class MigrationOrchestratorTests
 
             Archives.Add("src-pod");
             AnswerLost("freezepod");
-            return Task.FromResult(new FrozenPod("src-pod", ids, TimeSpan.FromMilliseconds(300), 8192));
+            return Task.FromResult(new FrozenPod("src-pod", ids, TimeSpan.FromMilliseconds(300), 8192) { RootfsBytes = rootfsRounds.Count == 0 ? 16L << 20 : 1024 });
         }
 
-        public Task<RestoredPod> RestorePodAsync(string checkpointPath, global::Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, CancellationToken ct)
+        public Task<RestoredPod> RestorePodAsync(string checkpointPath, global::Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers,
+            IReadOnlyDictionary<string, string> rootfsStaging, CancellationToken ct)
         {
             Step("restorepod " + checkpointPath);
+            foreach (var (name, staging) in rootfsStaging)
+            {
+                // Claimed by the restore, success or not.
+                RootfsRounds.Remove(staging);
+                PodRestoredWithStaging[name] = staging;
+            }
+
             var pod = $"pod-{Name}-{++_next}";
             Pods.Add(pod);
             PodMigrationIds[pod] = config.Labels[MigrationLabels.MigrationId];
@@ -80,7 +96,8 @@ public sealed partial class MigrationOrchestratorTests
         return (source, target, orchestrator, progress);
     }
 
-    private static PodMigrationRequest MovePod(MigrationStrategy strategy = MigrationStrategy.StopCopy) => new("pod-a", strategy, new global::Runtime.V1.PodSandboxConfig());
+    private static PodMigrationRequest MovePod(MigrationStrategy strategy = MigrationStrategy.StopCopy, bool rootfsRounds = true) =>
+        new("pod-a", strategy, new global::Runtime.V1.PodSandboxConfig()) { RootfsRounds = rootfsRounds };
 
     [Fact]
     public void The_pod_freeze_is_a_new_rpc_with_new_messages_whose_field_numbers_are_pinned()
@@ -91,6 +108,9 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal(2, Crest.Api.V1.FreezePodResponse.ContainerIdsFieldNumber);
         Assert.Equal(3, Crest.Api.V1.FreezePodResponse.PausedMsFieldNumber);
         Assert.Equal(4, Crest.Api.V1.FreezePodResponse.CheckpointBytesFieldNumber);
+        Assert.Equal(3, Crest.Api.V1.FreezePodRequest.RootfsRoundsTokensFieldNumber);
+        Assert.Equal(5, Crest.Api.V1.FreezePodResponse.RootfsEntriesFieldNumber);
+        Assert.Equal(6, Crest.Api.V1.FreezePodResponse.RootfsBytesFieldNumber);
     }
 
     [Fact]
@@ -98,12 +118,14 @@ public sealed partial class MigrationOrchestratorTests
     {
         var (source, target, orchestrator, _) = PodNodes();
 
-        var report = await orchestrator.RunPodAsync(MovePod(), Ct);
+        var report = await orchestrator.RunPodAsync(MovePod(rootfsRounds: false), Ct);
 
         Assert.Equal(["inspectpod pod-a", "freezepod pod-a", "read src-pod", "read-rest src-pod", "killfrozen c1", "killfrozen c2",
             "logtimes c1", "rm c1", "logtimes c2", "rm c2", "rmp pod-a", "drop src-pod"], source.Calls);
         // One pull for the base image both containers share, before the freeze; the pod checkpoint is stored whole (RestorePod reads the tar).
         Assert.Equal(["pull registry/busybox@sha256:aa", "write", "restorepod /target/migrations/dst-archive.tar"], target.Calls.Take(3));
+        Assert.Empty(target.PodRestoredWithStaging);
+        Assert.Equal(16L << 20, report.FrozenRootfsBytes);
         Assert.False(target.AskedToUnpack);
         Assert.Empty(source.Containers);
         Assert.Empty(source.Pods);
@@ -121,7 +143,32 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal(target.PodMigrationIds.Values.Single(), target.MigrationIds[report.Containers[0].TargetContainerId]);
     }
 
+    [Fact]
+    public async Task Each_containers_rootfs_moves_in_rounds_before_the_pod_freeze_and_each_restore_claims_its_own_staged_rounds()
+    {
+        var (source, target, orchestrator, progress) = PodNodes();
+
+        var report = await orchestrator.RunPodAsync(MovePod(), Ct);
+
+        // c1 sends two rounds (the second is small), c2 one; the freeze names each container's rounds.
+        Assert.Equal(["inspectpod pod-a",
+            "round new", "readround round-1", "readround-rest round-1", "drop round-1", "round rounds-a", "readround round-2", "readround-rest round-2", "drop round-2",
+            "round new", "readround round-3", "readround-rest round-3", "drop round-3",
+            "freezepod pod-a after c1=rounds-a,c2=rounds-a2", "read src-pod"], source.Calls.Take(15));
+        Assert.Equal(["pull registry/busybox@sha256:aa", "stage new", "stage staging-b", "stage new", "write", "restorepod /target/migrations/dst-archive.tar"], target.Calls.Take(6));
+        Assert.Equal(new Dictionary<string, string> { ["name-c1"] = "staging-b", ["name-c2"] = "staging-b2" }, target.PodRestoredWithStaging);
+        Assert.Equal([2, 1], report.Containers.Select(c => c.RootfsRounds.Count));
+        Assert.Equal(1000 + (8L << 20) + (64L << 10) + (64L << 10), report.BytesBeforeSwitch);
+        Assert.Equal(1024, report.FrozenRootfsBytes);
+        Assert.Empty(source.RootfsRounds);
+        Assert.Empty(target.RootfsRounds);
+        Assert.Contains(progress, p => p.Contains("rootfs in the frozen window: 0 entries, 1024 bytes (the rest came in 3 rounds before it)", StringComparison.Ordinal));
+    }
+
     [Theory]
+    [InlineData("source", "round")]
+    [InlineData("source", "readround-rest")]
+    [InlineData("target", "stage")]
     [InlineData("source", "freezepod")]
     [InlineData("source", "read")]
     [InlineData("source", "read-rest")]
@@ -143,6 +190,9 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Empty(source.Archives);
         Assert.Contains("undone: the pod runs on a as before", e.Message, StringComparison.Ordinal);
         Assert.DoesNotContain(source.Calls, c => c.StartsWith("killfrozen", StringComparison.Ordinal));
+        // Every container's rootfs rounds go too: nothing staged is left on the target, and the source forgot what it sent.
+        Assert.Empty(target.RootfsRounds);
+        Assert.Empty(source.RootfsRounds);
     }
 
     [Theory]

@@ -179,11 +179,16 @@ public sealed partial class MigrationOrchestratorTests
 
         private int _rounds;
 
+        private int _roundSets;
+
+        private int _stagings;
+
         public Task<SourceRootfsRound> PrepareRootfsRoundAsync(string containerId, string? roundsToken, CancellationToken ct)
         {
             Step("round " + (roundsToken ?? "new"));
             var round = ++_rounds;
-            var token = roundsToken ?? "rounds-a";
+            // Each container's rounds have their own token (a pod's containers send theirs one after the other).
+            var token = roundsToken ?? (++_roundSets == 1 ? "rounds-a" : $"rounds-a{_roundSets}");
             RootfsRounds.Add(token);
             var bytes = RoundArchiveBytes[Math.Min(round, RoundArchiveBytes.Count) - 1];
             var archive = $"round-{round}";
@@ -201,8 +206,9 @@ public sealed partial class MigrationOrchestratorTests
                 bytes += c.Length;
             }
 
-            RootfsRounds.Add("staging-b");
-            return ("staging-b", ++StagedRounds, bytes);
+            var token = stagingToken ?? (++_stagings == 1 ? "staging-b" : $"staging-b{_stagings}");
+            RootfsRounds.Add(token);
+            return (token, ++StagedRounds, bytes);
         }
 
         public Task DropRootfsRoundsAsync(string token, CancellationToken ct)

@@ -8,7 +8,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace Crest.UnitTests;
 
 /// <summary>A migration target's side of the archive: what it takes, what it refuses, and that a refusal leaves nothing.</summary>
-public sealed class MigrationServiceTests : IDisposable
+public sealed partial class MigrationServiceTests : IDisposable
 {
     private readonly RuntimeHarness _h = new();
 

@@ -103,6 +103,16 @@ internal static class MigrateCommand
         }
     }
 
+    /// <summary>Rootfs rounds as the JSON report lists them (a container's, and each container's of a pod).</summary>
+    internal static JsonArray RoundsJson(IReadOnlyList<RootfsRoundReport> rounds) => new([.. rounds.Select(x => (JsonNode)new JsonObject
+    {
+        ["round"] = x.Round,
+        ["files"] = x.Files,
+        ["bytes"] = x.Bytes,
+        ["deleted"] = x.Deleted,
+        ["archiveBytes"] = x.ArchiveBytes,
+    })]);
+
     private static async Task WriteReportAsync(CliContext ctx, MigrationReport r)
     {
         static string Ms(TimeSpan? t) => t is { } v ? v.TotalMilliseconds.ToString("0", CultureInfo.InvariantCulture) : "unknown";
@@ -117,14 +127,7 @@ internal static class MigrateCommand
                 ["bytesBeforeSwitch"] = r.BytesBeforeSwitch,
                 ["bytesDuringSwitch"] = r.BytesDuringSwitch,
                 ["bytesAfterSwitch"] = r.BytesAfterSwitch,
-                ["rootfsRounds"] = new JsonArray([.. r.RootfsRounds.Select(x => (JsonNode)new JsonObject
-                {
-                    ["round"] = x.Round,
-                    ["files"] = x.Files,
-                    ["bytes"] = x.Bytes,
-                    ["deleted"] = x.Deleted,
-                    ["archiveBytes"] = x.ArchiveBytes,
-                })]),
+                ["rootfsRounds"] = RoundsJson(r.RootfsRounds),
                 ["frozenRootfsBytes"] = r.FrozenRootfsBytes,
                 ["pageTransferMs"] = r.PageTransfer is { } pt ? (long)pt.TotalMilliseconds : null,
                 ["frozenMs"] = (long)r.Frozen.TotalMilliseconds,

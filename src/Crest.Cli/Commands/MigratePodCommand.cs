@@ -21,13 +21,17 @@ internal static class MigratePodCommand
         var podConfig = new Option<string>("--pod-config") { Description = "the config (crictl JSON/YAML) of the new pod on the target; removed again if the migration fails", Required = true };
         var strategy = new Option<string?>("--strategy") { Description = "stop-copy (the default and the only one for a pod; post-copy and pre-copy are refused with the reason)" };
         var deadline = new Option<long>("--timeout-seconds") { Description = "the source pod checkpoint's deadline (0: the call's own)" };
+        var noRootfsRounds = new Option<bool>("--no-rootfs-rounds")
+        {
+            Description = "carry each container's whole rootfs diff in the frozen window instead of sending it in rounds while the pod runs (for comparison)",
+        };
         var waitForNode = new Option<int?>("--wait-for-node")
         {
             Description = "seconds the ending steps (kill or resume the source containers, remove the target's pod) wait for a node whose crestd does not answer (default 60)",
         };
         var command = new Command("pod", "Live-migrate a whole running pod to another crestd node: freeze every container at one instant, copy, restore into a new pod, then remove the source pod")
         {
-            id, to, podConfig, strategy, deadline, waitForNode,
+            id, to, podConfig, strategy, deadline, noRootfsRounds, waitForNode,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -35,6 +39,7 @@ internal static class MigratePodCommand
             var request = new PodMigrationRequest(parse.GetValue(id)!, MigrationStrategies.Parse(parse.GetValue(strategy)), PodCommands.ReadConfig<PodSandboxConfig>(parse.GetValue(podConfig)!))
             {
                 FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
+                RootfsRounds = !parse.GetValue(noRootfsRounds),
             };
             var report = await MigrateCommand.OrchestrateAsync(ctx, parse, global, to, waitForNode, (o, token) => o.RunPodAsync(request, token), ct);
             await WriteReportAsync(ctx, report);
@@ -60,9 +65,11 @@ internal static class MigratePodCommand
                     ["downtimeMs"] = c.Downtime is { } d ? (long)d.TotalMilliseconds : null,
                     ["lastSourceLine"] = c.LastSourceLine?.UtcDateTime.ToString("O", CultureInfo.InvariantCulture),
                     ["firstTargetLine"] = c.FirstTargetLine?.UtcDateTime.ToString("O", CultureInfo.InvariantCulture),
+                    ["rootfsRounds"] = MigrateCommand.RoundsJson(c.RootfsRounds),
                 })]),
                 ["bytesBeforeSwitch"] = r.BytesBeforeSwitch,
                 ["bytesDuringSwitch"] = r.BytesDuringSwitch,
+                ["frozenRootfsBytes"] = r.FrozenRootfsBytes,
                 ["frozenMs"] = (long)r.Frozen.TotalMilliseconds,
                 ["downtimeMs"] = r.Downtime is { } dt ? (long)dt.TotalMilliseconds : null,
                 ["totalMs"] = (long)r.Total.TotalMilliseconds,
@@ -78,7 +85,7 @@ internal static class MigratePodCommand
 
         await ctx.Out.WriteLineAsync($"Downtime:  {Ms(r.Downtime)} ms (the longest of the containers': each one's last log line on the source to its first on the target)");
         await ctx.Out.WriteLineAsync($"Frozen:    {Ms(r.Frozen)} ms (freeze to every container running on the target)");
-        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base images), {r.BytesDuringSwitch} bytes during it (the pod checkpoint)"));
+        await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base images, {r.Containers.Sum(c => c.RootfsRounds.Count)} rootfs rounds), {r.BytesDuringSwitch} bytes during it (the pod checkpoint, {r.FrozenRootfsBytes} of them rootfs)"));
         await ctx.Out.WriteLineAsync($"Total:     {Ms(r.Total)} ms");
     }
 }

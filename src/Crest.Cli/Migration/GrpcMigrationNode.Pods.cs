@@ -37,18 +37,41 @@ internal sealed partial class GrpcMigrationNode
         return new SourcePod(pod.Status.Id, containers);
     }
 
-    public async Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, CancellationToken ct)
+    public async Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, CancellationToken ct)
     {
-        var r = await CallAsync("crest.v1.CrestMigration/FreezePod",
-            o => _migration.FreezePodAsync(new FreezePodRequest { PodSandboxId = podId, Timeout = timeoutSeconds }, o).ResponseAsync, ct).ConfigureAwait(false);
-        return new FrozenPod(r.ArchiveToken, [.. r.ContainerIds], TimeSpan.FromMilliseconds(r.PausedMs), r.CheckpointBytes);
+        ArgumentNullException.ThrowIfNull(rootfsRounds);
+        var request = new FreezePodRequest { PodSandboxId = podId, Timeout = timeoutSeconds };
+        foreach (var (containerId, token) in rootfsRounds)
+        {
+            request.RootfsRoundsTokens[containerId] = token;
+        }
+
+        var r = await CallAsync("crest.v1.CrestMigration/FreezePod", o => _migration.FreezePodAsync(request, o).ResponseAsync, ct).ConfigureAwait(false);
+        return new FrozenPod(r.ArchiveToken, [.. r.ContainerIds], TimeSpan.FromMilliseconds(r.PausedMs), r.CheckpointBytes)
+        {
+            RootfsEntries = r.RootfsEntries,
+            RootfsBytes = r.RootfsBytes,
+        };
     }
 
-    public async Task<RestoredPod> RestorePodAsync(string checkpointPath, PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, CancellationToken ct)
+    public async Task<RestoredPod> RestorePodAsync(string checkpointPath, PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, IReadOnlyDictionary<string, string> rootfsStaging,
+        CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(containers);
+        ArgumentNullException.ThrowIfNull(rootfsStaging);
         var request = new RestorePodRequest { CheckpointPath = checkpointPath, Config = config };
-        request.ContainerConfigs.Add(containers.Select(c => ConfigOf(c, c.Image)));
+        foreach (var c in containers)
+        {
+            var containerConfig = ConfigOf(c, c.Image);
+            if (rootfsStaging.TryGetValue(c.Name, out var staging))
+            {
+                // Its restore claims the rounds staged before the freeze, as a container's CreateContainer does.
+                containerConfig.Annotations[Crest.Core.RestorePlan.RootfsStagingAnnotation] = staging;
+            }
+
+            request.ContainerConfigs.Add(containerConfig);
+        }
+
         var restored = await CallAsync("RestorePod", o => _runtime.RestorePodAsync(request, o).ResponseAsync, ct).ConfigureAwait(false);
         try
         {

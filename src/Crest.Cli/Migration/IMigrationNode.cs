@@ -91,15 +91,18 @@ internal interface IMigrationNode
     /// <summary>
     /// Source: checkpoints every container of the pod at one instant and leaves all of them frozen and held (each ends by
     /// <see cref="ResumeAsync"/> or <see cref="KillFrozenAsync"/>); the pod checkpoint is held for <see cref="ReadArchiveAsync"/>.
+    /// <paramref name="rootfsRounds"/>: by container id, the rounds of <see cref="PrepareRootfsRoundAsync"/> the target
+    /// staged for it, so that its checkpoint carries only the rootfs changes since its last round.
     /// </summary>
-    Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, CancellationToken ct);
+    Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, CancellationToken ct);
 
     /// <summary>
     /// Target: CRI RestorePod from the pod checkpoint tar at <paramref name="checkpointPath"/> into a new pod made from
     /// <paramref name="config"/>, one container config per source container, then StartContainer of each. A start that
-    /// fails removes the pod made.
+    /// fails removes the pod made. <paramref name="rootfsStaging"/>: by container name, the staged rootfs rounds
+    /// (<see cref="WriteRootfsRoundAsync"/>) its restore claims.
     /// </summary>
-    Task<RestoredPod> RestorePodAsync(string checkpointPath, Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, CancellationToken ct);
+    Task<RestoredPod> RestorePodAsync(string checkpointPath, Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, IReadOnlyDictionary<string, string> rootfsStaging, CancellationToken ct);
 
     /// <summary>Target: the pods carrying <see cref="MigrationLabels.MigrationId"/> = <paramref name="migrationId"/> (a RestorePod whose answer was lost).</summary>
     Task<IReadOnlyList<string>> FindRestoredPodsAsync(string migrationId, CancellationToken ct);

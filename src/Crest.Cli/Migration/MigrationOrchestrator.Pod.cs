@@ -2,7 +2,8 @@ using System.Globalization;
 
 namespace Crest.Cli.Migration;
 
-// A whole pod, stop-copy: the source checkpoints every container at one instant and keeps them all frozen (FreezePod),
+// A whole pod, stop-copy: each container's rootfs moves in rounds while the pod runs (as a container's does), then the
+// source checkpoints every container at one instant and keeps them all frozen (FreezePod),
 // the pod checkpoint streams through this client to the target as one tar, the target restores it into a new pod
 // (CRI RestorePod, then StartContainer of each), and only once every restored container runs are the frozen sources
 // killed and removed, and the source pod with them. Any failure before that removes the target's pod (found by the
@@ -39,6 +40,7 @@ internal sealed partial class MigrationOrchestrator
 
         // Labels the restored pod and its containers: a RestorePod whose answer is lost is found on the target by it.
         var migrationId = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+        var rootfs = pod.Containers.ToDictionary(c => c.Id, _ => new RootfsPreStaging(), StringComparer.Ordinal);
         FrozenPod? frozen = null;
         string? targetToken = null;
         RestoredPod? restored = null;
@@ -48,10 +50,24 @@ internal sealed partial class MigrationOrchestrator
         TimeSpan frozenFor;
         try
         {
+            if (request.RootfsRounds)
+            {
+                foreach (var c in pod.Containers)
+                {
+                    await StageRootfsAsync(c.Id, rootfs[c.Id], ct).ConfigureAwait(false);
+                }
+            }
+
+            before += rootfs.Values.Sum(r => r.BytesSent);
             progress($"freeze: checkpointing every container of pod {pod.Id} on {source.Name} at one instant; they stay frozen until the target runs");
-            frozen = await source.FreezePodAsync(pod.Id, request.FreezeTimeoutSeconds, ct).ConfigureAwait(false);
+            switchStarted = time.GetTimestamp();
+            var rounds = rootfs.Where(r => r.Value.SourceToken is not null).ToDictionary(r => r.Key, r => r.Value.SourceToken!, StringComparer.Ordinal);
+            frozen = await source.FreezePodAsync(pod.Id, request.FreezeTimeoutSeconds, rounds, ct).ConfigureAwait(false);
+            var roundCount = rootfs.Values.Sum(r => r.Rounds.Count);
             progress(string.Create(CultureInfo.InvariantCulture,
-                $"freeze: pod checkpoint of {frozen.CheckpointBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began; {frozen.ContainerIds.Count} containers held frozen"));
+                $"freeze: pod checkpoint of {frozen.CheckpointBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began; {frozen.ContainerIds.Count} containers held frozen; ")
+                + string.Create(CultureInfo.InvariantCulture, $"rootfs in the frozen window: {frozen.RootfsEntries} entries, {frozen.RootfsBytes} bytes")
+                + (roundCount > 0 ? string.Create(CultureInfo.InvariantCulture, $" (the rest came in {roundCount} rounds before it)") : ""));
 
             var relayed = new RelayCount();
             var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), relayed, ct), unpack: false, ct).ConfigureAwait(false);
@@ -66,7 +82,8 @@ internal sealed partial class MigrationOrchestrator
             restoreSent = true;
             var config = request.TargetPodConfig.Clone();
             config.Labels[MigrationLabels.MigrationId] = migrationId;
-            restored = await target.RestorePodAsync(path, config, [.. pod.Containers.Select(c => Labelled(c, migrationId))], ct).ConfigureAwait(false);
+            var staged = pod.Containers.Where(c => rootfs[c.Id].TargetToken is not null).ToDictionary(c => c.Name, c => rootfs[c.Id].TargetToken!, StringComparer.Ordinal);
+            restored = await target.RestorePodAsync(path, config, [.. pod.Containers.Select(c => Labelled(c, migrationId))], staged, ct).ConfigureAwait(false);
             progress($"restore: pod {restored.PodId} on {target.Name} runs {string.Join(", ", restored.ContainerIds.Select(kv => $"{kv.Key} as {kv.Value}"))}");
             foreach (var c in pod.Containers)
             {
@@ -80,7 +97,17 @@ internal sealed partial class MigrationOrchestrator
         catch (Exception e)
         {
             var undo = await UndoPodAsync(pod, frozen, targetToken, restored?.PodId, restoreSent ? migrationId : null).ConfigureAwait(false);
-            throw new MigrationFailedException($"migration of pod {pod.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}", e);
+            var rootfsUndo = new List<string>();
+            foreach (var staging in rootfs.Values)
+            {
+                if (await DropRootfsRoundsAsync(staging).ConfigureAwait(false) is { } problem)
+                {
+                    rootfsUndo.Add(problem);
+                }
+            }
+
+            throw new MigrationFailedException($"migration of pod {pod.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}"
+                + (rootfsUndo.Count == 0 ? "" : $" ({string.Join("; ", rootfsUndo)})"), e);
         }
 
         // Every container runs on the target with its state: no source container may run again.
@@ -95,11 +122,14 @@ internal sealed partial class MigrationOrchestrator
             var to = restored.ContainerIds[c.Name];
             var last = lastLines.GetValueOrDefault(c.Id);
             var first = last is null ? null : await FirstTargetLineOrUnknownAsync(to, last.Value, ct).ConfigureAwait(false);
-            moves.Add(new PodContainerMove(c.Name, c.Id, to, first - last, last, first));
+            moves.Add(new PodContainerMove(c.Name, c.Id, to, first - last, last, first) { RootfsRounds = rootfs[c.Id].Rounds });
         }
 
         var downtimes = moves.Select(m => m.Downtime).OfType<TimeSpan>().ToList();
-        return new PodMigrationReport(pod.Id, restored.PodId, moves, before, bytesDuring, frozenFor, downtimes.Count == 0 ? null : downtimes.Max(), time.GetElapsedTime(started));
+        return new PodMigrationReport(pod.Id, restored.PodId, moves, before, bytesDuring, frozenFor, downtimes.Count == 0 ? null : downtimes.Max(), time.GetElapsedTime(started))
+        {
+            FrozenRootfsBytes = frozen.RootfsBytes,
+        };
     }
 
     /// <summary>

@@ -5,19 +5,35 @@ internal sealed record PodMigrationRequest(string PodId, MigrationStrategy Strat
 {
     /// <summary>The pod checkpoint's deadline on the source (0: the call's own deadline only).</summary>
     public long FreezeTimeoutSeconds { get; init; }
+
+    /// <summary>
+    /// Each container's rootfs moves in rounds before the freeze (false: all of it in the frozen window, as a pod
+    /// checkpoint carries it; <c>--no-rootfs-rounds</c>).
+    /// </summary>
+    public bool RootfsRounds { get; init; } = true;
 }
 
 /// <summary>A ready source pod and its running containers, as the target must recreate them.</summary>
 internal sealed record SourcePod(string Id, IReadOnlyList<SourceContainer> Containers);
 
 /// <summary>The source's frozen pod: the held pod checkpoint's token, the containers held frozen, and how long the freeze took.</summary>
-internal sealed record FrozenPod(string ArchiveToken, IReadOnlyList<string> ContainerIds, TimeSpan Paused, long CheckpointBytes);
+internal sealed record FrozenPod(string ArchiveToken, IReadOnlyList<string> ContainerIds, TimeSpan Paused, long CheckpointBytes)
+{
+    /// <summary>The containers' rootfs diffs the checkpoint carries: entries and file bytes (after rounds, only the last changes).</summary>
+    public long RootfsEntries { get; init; }
+
+    public long RootfsBytes { get; init; }
+}
 
 /// <summary>The pod RestorePod made on the target, and its started containers by metadata name.</summary>
 internal sealed record RestoredPod(string PodId, IReadOnlyDictionary<string, string> ContainerIds);
 
 /// <summary>One container of a migrated pod: where it went, and its downtime from its own log (unknown when it logged nothing).</summary>
-internal sealed record PodContainerMove(string Name, string SourceContainerId, string TargetContainerId, TimeSpan? Downtime, DateTimeOffset? LastSourceLine, DateTimeOffset? FirstTargetLine);
+internal sealed record PodContainerMove(string Name, string SourceContainerId, string TargetContainerId, TimeSpan? Downtime, DateTimeOffset? LastSourceLine, DateTimeOffset? FirstTargetLine)
+{
+    /// <summary>The rootfs rounds that moved this container's rootfs before the freeze.</summary>
+    public IReadOnlyList<RootfsRoundReport> RootfsRounds { get; init; } = [];
+}
 
 /// <summary>What a finished whole-pod migration did and measured; <see cref="Downtime"/> is the longest of the containers'.</summary>
 internal sealed record PodMigrationReport(
@@ -28,4 +44,8 @@ internal sealed record PodMigrationReport(
     long BytesDuringSwitch,
     TimeSpan Frozen,
     TimeSpan? Downtime,
-    TimeSpan Total);
+    TimeSpan Total)
+{
+    /// <summary>The rootfs bytes the frozen window carried, over every container (after rounds: only the last changes).</summary>
+    public long FrozenRootfsBytes { get; init; }
+}

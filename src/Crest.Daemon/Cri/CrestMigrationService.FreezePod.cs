@@ -9,17 +9,21 @@ internal sealed partial class CrestMigrationService
     /// Checkpoints every container of a ready pod at one instant and leaves them all frozen and held, holding the pod
     /// checkpoint for ReadArchive (as one tar) until DropArchive. FailedPrecondition when the pod is not ready or a
     /// container does not run; any failure leaves every container running as it was. Resume or KillFrozen ends each.
+    /// A container named in rootfs_rounds_tokens carries only its rootfs changes since the last round the target has.
     /// </summary>
     public override async Task<FreezePodResponse> FreezePod(FreezePodRequest request, ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
-        var frozen = await migrations.FreezePodAsync(request.PodSandboxId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken);
+        var frozen = await migrations.FreezePodAsync(request.PodSandboxId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken,
+            request.RootfsRoundsTokens.Count > 0 ? request.RootfsRoundsTokens : null);
         var response = new FreezePodResponse
         {
             ArchiveToken = frozen.ArchiveToken,
             PausedMs = (long)frozen.Paused.TotalMilliseconds,
             CheckpointBytes = frozen.Bytes,
+            RootfsEntries = frozen.RootfsEntries,
+            RootfsBytes = frozen.RootfsBytes,
         };
         response.ContainerIds.AddRange(frozen.ContainerIds);
         return response;

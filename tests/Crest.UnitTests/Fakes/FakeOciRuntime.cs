@@ -35,7 +35,7 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     /// <summary>Every checkpoint asked for, in order.</summary>
     public List<RuncCheckpointOptions> Checkpointed { get; } = [];
 
-    /// <summary>Runs inside each checkpoint, as CRIU would (to see the files it reads then).</summary>
+    /// <summary>Runs inside each checkpoint, as CRIU would (to write its images, or see the files it reads then).</summary>
     public Action<RuncCheckpointOptions>? DuringCheckpoint { get; set; }
 
     /// <summary>
@@ -214,7 +214,11 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
         public Task CheckpointAsync(RuncCheckpointOptions options, CancellationToken ct)
         {
             ct.ThrowIfCancellationRequested();
-            runtimes.Checkpointed.Add(options);
+            lock (runtimes._gate)
+            {
+                runtimes.Checkpointed.Add(options);
+            }
+
             runtimes.DuringCheckpoint?.Invoke(options);
             return runtimes.Transition(options, null, "running", "paused");
         }

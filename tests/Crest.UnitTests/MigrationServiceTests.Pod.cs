@@ -1,0 +1,176 @@
+using Crest.Checkpoint;
+using Crest.Checkpoint.Format;
+using Crest.Core;
+using Crest.UnitTests.Fakes;
+
+namespace Crest.UnitTests;
+
+// A whole-pod migration's source: the freeze writes CRIU's images and nothing more; the container archives are made as
+// the pod checkpoint streams, in the form a target's RestorePod reads.
+public sealed partial class MigrationServiceTests
+{
+    /// <summary>A ready pod with running containers <paramref name="ids"/>, whose checkpoints write an inventory.img naming the container.</summary>
+    private async Task<SandboxRecord> PodOfRunningAsync(params string[] ids)
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        foreach (var id in ids)
+        {
+            await RunningWithConfigAsync(id, pod.Id);
+        }
+
+        _h.Runtimes.DuringCheckpoint = o => File.WriteAllText(Path.Combine(o.ImagePath, "inventory.img"), "images of " + o.ContainerId);
+        return pod;
+    }
+
+    /// <summary>Every container archive, finished or partial, under the node's root: a pod freeze is to leave none.</summary>
+    private List<string> ContainerArchivesUnderRoot() =>
+        [.. Directory.EnumerateFiles(_h.Paths.Root, "*", SearchOption.AllDirectories).Where(f =>
+            Path.GetFileName(Path.GetDirectoryName(f)) == PodCheckpointFiles.ContainersDir || f.EndsWith(Crest.Runtime.ContainerService.PartialArchiveSuffix, StringComparison.Ordinal))];
+
+    [Fact]
+    public async Task A_pod_freeze_writes_no_container_archive_and_its_stream_is_a_pod_checkpoint_tar_holding_each_containers_archive()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        var service = Service(new RestoreOptions { ViaCreate = true });
+
+        var frozen = await service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct);
+
+        // While the pod is frozen only CRIU's images and the rootfs diffs were written; no archive was built.
+        Assert.Equal("paused", _h.Runtimes.StatusOf("c1"));
+        Assert.Equal("paused", _h.Runtimes.StatusOf("c2"));
+        Assert.Empty(ContainerArchivesUnderRoot());
+
+        var sent = Path.Combine(_h.Paths.Root, "sent-pod.tar");
+        await using (var file = File.Create(sent))
+        {
+            await service.SendArchiveAsync(frozen.ArchiveToken, file, Ct);
+        }
+
+        // The target's RestorePod opens it as any pod checkpoint tar, and each container part as any checkpoint archive.
+        var limits = new RestoreOptions().Limits;
+        using (var opened = await PodCheckpointSources.OpenArchiveAsync(sent, _h.Paths.Restores, limits, Ct))
+        {
+            var manifest = await PodCheckpointManifests.ReadAsync(opened.Directory, 1 << 20, Ct);
+            Assert.Equal(["c-c1", "c-c2"], manifest.Containers.Select(c => c.Name).Order(StringComparer.Ordinal));
+            foreach (var c in manifest.Containers)
+            {
+                var archive = Path.Combine(opened.Directory, PodCheckpointFiles.ContainerArchive(c.Name));
+                Assert.Equal(c.ArchiveBytes, new FileInfo(archive).Length);
+                var unpacked = Directory.CreateDirectory(Path.Combine(_h.Paths.Root, "unpacked-" + c.Name)).FullName;
+                await using (var input = File.OpenRead(archive))
+                {
+                    await new CheckpointReader(limits).UnpackAsync(input, unpacked, archive, Ct);
+                }
+
+                Assert.Equal("images of " + c.Id, await File.ReadAllTextAsync(Path.Combine(unpacked, CheckpointFiles.CriuImages, "inventory.img"), Ct));
+                Assert.True(File.Exists(Path.Combine(unpacked, CheckpointFiles.ConfigDump)));
+                Assert.True(File.Exists(Path.Combine(unpacked, CheckpointFiles.RootfsDiff)));
+            }
+        }
+
+        service.DropArchive(frozen.ArchiveToken);
+
+        Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
+        Assert.Empty(Directory.EnumerateDirectories(_h.Layout.ContainerDir("c1"), "checkpoint-work-*"));
+        Assert.Empty(Directory.EnumerateDirectories(_h.Layout.ContainerDir("c2"), "checkpoint-work-*"));
+        await Assert.ThrowsAsync<CrestException>(() => service.SendArchiveAsync(frozen.ArchiveToken, Stream.Null, Ct));
+    }
+
+    [Fact]
+    public async Task Resuming_a_container_of_a_frozen_pod_drops_the_pod_checkpoint_and_the_work_it_held()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        await service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct);
+
+        await service.ResumeAsync("c1", Ct);
+
+        Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
+        Assert.Empty(Directory.EnumerateDirectories(_h.Layout.ContainerDir("c1"), "checkpoint-work-*"));
+        Assert.Empty(Directory.EnumerateDirectories(_h.Layout.ContainerDir("c2"), "checkpoint-work-*"));
+    }
+
+    [Fact]
+    public async Task A_pod_freeze_that_fails_resumes_every_container_and_holds_nothing()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        // c2's CRIU writes no images: the checkpoint fails after the dump left the pod frozen.
+        _h.Runtimes.DuringCheckpoint = o =>
+        {
+            if (o.ContainerId == "c1")
+            {
+                File.WriteAllText(Path.Combine(o.ImagePath, "inventory.img"), "images");
+            }
+        };
+        var service = Service(new RestoreOptions { ViaCreate = true });
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct));
+
+        Assert.Contains("inventory.img", e.Message, StringComparison.Ordinal);
+        Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
+        Assert.Equal("running", _h.Runtimes.StatusOf("c2"));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
+        Assert.Empty(Directory.EnumerateDirectories(_h.Layout.ContainerDir("c1"), "checkpoint-work-*"));
+        Assert.Empty(Directory.EnumerateDirectories(_h.Layout.ContainerDir("c2"), "checkpoint-work-*"));
+    }
+
+    [Fact]
+    public async Task A_pod_freeze_after_rootfs_rounds_makes_that_containers_checkpoint_a_delta_naming_its_rounds_and_spends_them()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        await File.WriteAllTextAsync(Path.Combine(_h.Layout.Container("c1").Upper, "data"), "round one", Ct);
+        // (An empty upper directory makes a 0-byte rootfs diff, which the checkpoint reader refuses.)
+        await File.WriteAllTextAsync(Path.Combine(_h.Layout.Container("c2").Upper, "data"), "no rounds", Ct);
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var round = await service.PrepareRootfsRoundAsync("c1", null, Ct);
+        service.DropArchive(round.ArchiveToken);
+        await File.WriteAllTextAsync(Path.Combine(_h.Layout.Container("c1").Upper, "later"), "after the round", Ct);
+
+        var frozen = await service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, new Dictionary<string, string> { ["c1"] = round.RoundsToken });
+
+        var sent = Path.Combine(_h.Paths.Root, "sent-pod.tar");
+        await using (var file = File.Create(sent))
+        {
+            await service.SendArchiveAsync(frozen.ArchiveToken, file, Ct);
+        }
+
+        var limits = new RestoreOptions().Limits;
+        using (var opened = await PodCheckpointSources.OpenArchiveAsync(sent, _h.Paths.Restores, limits, Ct))
+        {
+            var plans = new Dictionary<string, RestorePlan>(StringComparer.Ordinal);
+            foreach (var name in new[] { "c-c1", "c-c2" })
+            {
+                var staging = Directory.CreateDirectory(Path.Combine(_h.Paths.Root, "plan-" + name)).FullName;
+                plans[name] = await new CheckpointReader(limits).ReadArchiveAsync(Path.Combine(opened.Directory, PodCheckpointFiles.ContainerArchive(name)), staging, Ct);
+            }
+
+            // c1's checkpoint sits on the round the target staged; c2, named by no rounds, carries its whole rootfs diff.
+            Assert.Single(plans["c-c1"].StagedRootfsRounds!);
+            Assert.Null(plans["c-c2"].StagedRootfsRounds);
+        }
+
+        // Spent by the freeze: the rounds cannot be continued or named again.
+        Assert.Equal(ErrorKind.NotFound, (await Assert.ThrowsAsync<CrestException>(() => service.PrepareRootfsRoundAsync("c1", round.RoundsToken, Ct))).Kind);
+        service.DropArchive(frozen.ArchiveToken);
+    }
+
+    [Fact]
+    public async Task A_pod_freeze_naming_rounds_of_a_container_outside_the_pod_or_unknown_rounds_is_refused_before_any_pause()
+    {
+        var pod = await PodOfRunningAsync("c1");
+        var other = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod("other"), Ct);
+        await RunningWithConfigAsync("x1", other.Id);
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var round = await service.PrepareRootfsRoundAsync("x1", null, Ct);
+        service.DropArchive(round.ArchiveToken);
+
+        var stray = await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, new Dictionary<string, string> { ["x1"] = round.RoundsToken }));
+        var unknown = await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, new Dictionary<string, string> { ["c1"] = new string('f', 24) }));
+
+        Assert.Equal(ErrorKind.InvalidArgument, stray.Kind);
+        Assert.Equal(ErrorKind.NotFound, unknown.Kind);
+        Assert.DoesNotContain(_h.Runtimes.Calls, c => c.StartsWith("pause", StringComparison.Ordinal));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
+    }
+}
