@@ -160,7 +160,9 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<ContainerBundles>();
             builder.Services.AddSingleton<UserNamespaces>();
             builder.Services.AddSingleton<SandboxService>();
-            builder.Services.AddSingleton(sp => new LazyPageTransfers(config.Checkpoint.CriuPath, sp.GetRequiredService<ILogger<LazyPageTransfers>>()));
+            // Post-copy page transfers' key pairs, one private directory each, beside the migration archives.
+            builder.Services.AddSingleton(sp => new PageTransferIdentities(Path.Combine(paths.Root, "migrations", "page-tls"), sp.GetRequiredService<ICommandRunner>(), config.Checkpoint.CriuPath));
+            builder.Services.AddSingleton(sp => new LazyPageTransfers(config.Checkpoint.CriuPath, sp.GetRequiredService<ILogger<LazyPageTransfers>>(), sp.GetRequiredService<PageTransferIdentities>()));
             builder.Services.AddSingleton<ContainerService>();
             var restoreOptions = new RestoreOptions
             {
