@@ -160,8 +160,8 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<ContainerBundles>();
             builder.Services.AddSingleton<UserNamespaces>();
             builder.Services.AddSingleton<SandboxService>();
-            // Post-copy page transfers' key pairs, one private directory each, beside the migration archives.
-            builder.Services.AddSingleton(sp => new PageTransferIdentities(Path.Combine(paths.Root, "migrations", "page-tls"), sp.GetRequiredService<ICommandRunner>(), config.Checkpoint.CriuPath));
+            // Post-copy page transfers' key pairs, one private directory each under the node's root.
+            builder.Services.AddSingleton(sp => new PageTransferIdentities(Path.Combine(paths.Root, "page-tls"), sp.GetRequiredService<ICommandRunner>(), config.Checkpoint.CriuPath));
             builder.Services.AddSingleton(sp => new LazyPageTransfers(config.Checkpoint.CriuPath, sp.GetRequiredService<ILogger<LazyPageTransfers>>(), sp.GetRequiredService<PageTransferIdentities>()));
             builder.Services.AddSingleton<ContainerService>();
             var restoreOptions = new RestoreOptions

@@ -32,7 +32,7 @@ public sealed record PageTransferIdentity(string Token, string Certificate);
 
 /// <summary>
 /// The key pairs of this node's post-copy page transfers, one per migration, each in a 0700 directory of its own under
-/// <c>&lt;root&gt;/migrations/page-tls/</c> (the key 0600): made with <see cref="Create"/>, given the peer's certificate by
+/// <c>&lt;root&gt;/page-tls/</c> (the key 0600): made with <see cref="Create"/>, given the peer's certificate by
 /// <see cref="Pin"/>, removed when the transfer ends (<see cref="Remove"/>) and swept at crestd's start. The private key
 /// never leaves the node; only the certificates travel, through the <c>crest migrate</c> client.
 /// </summary>
@@ -58,7 +58,6 @@ public sealed class PageTransferIdentities(string root, ICommandRunner commands,
     {
         ArgumentNullException.ThrowIfNull(time);
         var token = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(12));
-        Directory.CreateDirectory(Path.GetDirectoryName(root)!, PrivateDirectory);
         Directory.CreateDirectory(root, PrivateDirectory);
         var dir = Directory.CreateDirectory(DirectoryOf(token), PrivateDirectory).FullName;
         try
