@@ -124,7 +124,17 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
 
     public async Task<PageClientIdentity> PreparePageClientAsync(CancellationToken ct)
     {
-        var r = await CallAsync("crest.v1.CrestMigration/PreparePageClient", o => _migration.PreparePageClientAsync(new PreparePageClientRequest(), o).ResponseAsync, ct).ConfigureAwait(false);
+        var r = await CallAsync("crest.v1.CrestMigration/PreparePageClient", async o =>
+        {
+            try
+            {
+                return await _migration.PreparePageClientAsync(new PreparePageClientRequest(), o).ResponseAsync.ConfigureAwait(false);
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unimplemented)
+            {
+                throw new CliFailure(ExitCodes.RuntimeError, $"{Name} cannot fetch post-copy memory over TLS (its crestd predates PreparePageClient); upgrade it, or migrate with --no-page-server-tls");
+            }
+        }, ct).ConfigureAwait(false);
         return new PageClientIdentity(r.IdentityToken, r.Certificate);
     }
 
