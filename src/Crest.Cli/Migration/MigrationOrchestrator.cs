@@ -89,6 +89,14 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                 await ExpectSourceAddressAsync(podId, container, ct).ConfigureAwait(false);
             }
 
+            // Before the switch's clock starts: the container still runs.
+            if (postCopy && request.PageServerTls)
+            {
+                // The target's key pair is made there and stays there; only its certificate travels, to the source.
+                pageClient = await target.PreparePageClientAsync(ct).ConfigureAwait(false);
+                progress($"pre-stage: {target.Name} made a key pair for fetching the memory over TLS; the source's page server will accept only its certificate");
+            }
+
             if (request.RootfsRounds)
             {
                 await StageRootfsAsync(container.Id, rootfs, ct).ConfigureAwait(false);
@@ -96,13 +104,6 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
 
             before += rootfs.BytesSent;
             switchStarted = time.GetTimestamp();
-
-            if (postCopy && request.PageServerTls)
-            {
-                // The target's key pair is made there and stays there; only its certificate travels, to the source.
-                pageClient = await target.PreparePageClientAsync(ct).ConfigureAwait(false);
-                progress($"pre-stage: {target.Name} made a key pair for fetching the memory over TLS; the source's page server will accept only its certificate");
-            }
 
             progress(postCopy
                 ? $"freeze: checkpointing {container.Id} on {source.Name} without its memory, which a page server on {request.PageServerAddress} serves; it stays frozen until the target has all of it"
