@@ -65,6 +65,9 @@ internal static partial class CheckpointLog
     [LoggerMessage(451, LogLevel.Warning, "freezing a pod for migration failed after its dump; resuming container {ContainerId} failed: {Error} (the client's undo resumes it again)")]
     public static partial void MigrationPodResumeFailed(ILogger logger, string containerId, string error);
 
+    [LoggerMessage(452, LogLevel.Information, "made post-copy page client identity {Token}: a fresh key pair whose certificate the source's page server will pin")]
+    public static partial void PageClientPrepared(ILogger logger, string token);
+
     [LoggerMessage(413, LogLevel.Debug, "restored pod sandbox {SandboxId}: container {ContainerId} continued ({Processes} processes)")]
     public static partial void PodContinued(ILogger logger, string sandboxId, string containerId, int processes);
 

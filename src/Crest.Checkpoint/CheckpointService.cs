@@ -85,7 +85,7 @@ public sealed class CheckpointService(
     /// removes it with <see cref="ContainerService.RemoveCheckpointWork"/>. The frozen window then holds no archive write.
     /// </remarks>
     public async Task<CheckpointResult> CheckpointAsync(string idOrPrefix, string location, TimeSpan timeout, CancellationToken ct, bool leaveFrozen = false,
-        string? lazyPageServer = null, bool? tcpEstablished = null, RootfsDelta? rootfsDelta = null, bool holdWork = false)
+        string? lazyPageServer = null, bool? tcpEstablished = null, RootfsDelta? rootfsDelta = null, bool holdWork = false, PageTransferTls? pageServerTls = null)
     {
         var total = Stopwatch.StartNew();
         if (!options.Enabled)
@@ -140,7 +140,7 @@ public sealed class CheckpointService(
                     // The log copy ends where the log stood while frozen: lines written after the resume belong to the
                     // original, not to what a restore replays. Only the length is taken now; the copy comes later.
                     logLength = container.LogFile.Length > 0 && FileKinds.IsRegularFile(container.LogFile) ? new FileInfo(container.LogFile).Length : 0;
-                }, token, leaveFrozen, lazyPageServer).ConfigureAwait(false);
+                }, token, leaveFrozen, lazyPageServer, pageServerTls).ConfigureAwait(false);
                 frozen = leaveFrozen || lazyPageServer is not null;
                 pageServer = dump.PageServer;
             }

@@ -14,6 +14,9 @@ public sealed record MigrationCheckpoint(string ContainerId, string ArchiveToken
     /// <summary>Post-copy: the <c>HOST:PORT</c> the source serves the memory from until the target has all of it.</summary>
     public string? PageServer { get; init; }
 
+    /// <summary>Post-copy over TLS: the page server's certificate (PEM), made for this freeze; the target pins it.</summary>
+    public string? PageServerCertificate { get; init; }
+
     /// <summary>The rootfs diff the archive carries (after rounds: only what changed since the last): entries and file bytes.</summary>
     public long RootfsEntries { get; init; }
 
@@ -44,6 +47,8 @@ public sealed partial class MigrationService(
     RuntimeLayout layout,
     RootfsStaging rootfsStaging,
     PodCheckpointService podCheckpoints,
+    PageTransferIdentities pageTransferIdentities,
+    TimeProvider time,
     ILogger<MigrationService> logger)
 {
     private const string ArchiveSuffix = ".tar";
@@ -74,8 +79,14 @@ public sealed partial class MigrationService(
     /// With <paramref name="rootfsRounds"/> (the token of <see cref="PrepareRootfsRoundAsync"/>) the archive's rootfs diff
     /// holds only what changed since the last round, and names the rounds it sits on; the token is spent by a good freeze.
     /// </remarks>
+    /// <remarks>
+    /// With <paramref name="pageClientCertificate"/> (the target's, from <see cref="PreparePageClientAsync"/>) the page
+    /// server speaks TLS: this node makes a key pair of its own for the freeze, pins that certificate as the only client it
+    /// accepts, and answers its own certificate (<see cref="MigrationCheckpoint.PageServerCertificate"/>). The key pair goes
+    /// when the page server ends.
+    /// </remarks>
     public async Task<MigrationCheckpoint> FreezeAsync(string idOrPrefix, TimeSpan timeout, bool tcpEstablished, CancellationToken ct, string? pageServerAddress = null,
-        string? rootfsRounds = null)
+        string? rootfsRounds = null, string? pageClientCertificate = null)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         if (pageServerAddress is not null)
@@ -85,7 +96,51 @@ public sealed partial class MigrationService(
             {
                 throw new CrestException(ErrorKind.FailedPrecondition, $"container {idOrPrefix} cannot be migrated post-copy from this node: {reason}");
             }
+
+            if (pageClientCertificate is not null)
+            {
+                await pageTransferIdentities.EnsureCriuTlsAsync(ct).ConfigureAwait(false);
+            }
         }
+        else if (pageClientCertificate is not null)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"container {idOrPrefix}: a page client certificate belongs to a post-copy freeze, which page_server_address asks for");
+        }
+
+        PageTransferIdentity? identity = null;
+        PageTransferTls? tls = null;
+        if (pageClientCertificate is not null)
+        {
+            identity = pageTransferIdentities.Create(time);
+            try
+            {
+                tls = pageTransferIdentities.Pin(identity.Token, pageClientCertificate);
+            }
+            catch
+            {
+                pageTransferIdentities.Remove(identity.Token);
+                throw;
+            }
+        }
+
+        try
+        {
+            return await FreezeWithAsync(idOrPrefix, timeout, tcpEstablished, pageServerAddress, rootfsRounds, identity, tls, ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            if (identity is not null)
+            {
+                pageTransferIdentities.Remove(identity.Token);
+            }
+
+            throw;
+        }
+    }
+
+    private async Task<MigrationCheckpoint> FreezeWithAsync(string idOrPrefix, TimeSpan timeout, bool tcpEstablished, string? pageServerAddress, string? rootfsRounds,
+        PageTransferIdentity? identity, PageTransferTls? tls, CancellationToken ct)
+    {
 
         var pageServer = pageServerAddress is null ? null : FreePageServerEndpoint(pageServerAddress);
         var token = NewToken();
@@ -111,7 +166,7 @@ public sealed partial class MigrationService(
         {
             if (!tcpEstablished)
             {
-                result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, rootfsDelta: delta, holdWork: pageServer is null).ConfigureAwait(false);
+                result = await checkpoints.CheckpointAsync(idOrPrefix, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, rootfsDelta: delta, holdWork: pageServer is null, pageServerTls: tls).ConfigureAwait(false);
             }
             else
             {
@@ -119,7 +174,7 @@ public sealed partial class MigrationService(
                 await networkLock.LockAsync(container, ct).ConfigureAwait(false);
                 try
                 {
-                    result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, tcpEstablished: true, rootfsDelta: delta, holdWork: pageServer is null).ConfigureAwait(false);
+                    result = await checkpoints.CheckpointAsync(container.Id, location, timeout, ct, leaveFrozen: true, lazyPageServer: pageServer, tcpEstablished: true, rootfsDelta: delta, holdWork: pageServer is null, pageServerTls: tls).ConfigureAwait(false);
                 }
                 catch
                 {
@@ -143,7 +198,15 @@ public sealed partial class MigrationService(
         if (result.PageServer is { } served)
         {
             _pageServers[result.ContainerId] = served;
-            _ = served.Exit.ContinueWith(_ => containers.RemoveCheckpointWork(served.WorkPath), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+            _ = served.Exit.ContinueWith(_ =>
+            {
+                containers.RemoveCheckpointWork(served.WorkPath);
+                // The page server's key pair served its one connection (or none, when it was killed).
+                if (identity is not null)
+                {
+                    pageTransferIdentities.Remove(identity.Token);
+                }
+            }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
         }
 
         if (result.HeldWork is { } work)
@@ -168,6 +231,7 @@ public sealed partial class MigrationService(
         return new MigrationCheckpoint(result.ContainerId, token, result.ArchiveBytes, result.Total, result.CriuDump, result.Total)
         {
             PageServer = result.PageServer?.PageServer,
+            PageServerCertificate = identity?.Certificate,
             RootfsEntries = result.RootfsEntries,
             RootfsBytes = result.RootfsBytes,
         };
@@ -236,6 +300,20 @@ public sealed partial class MigrationService(
         // CRIU may have let the freezer go while it serves (its ptrace holds the processes): it goes once they are frozen again.
         await containers.KillFrozenAsync(c.Id, ct, served.KillAsync).ConfigureAwait(false);
         await served.KillAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A post-copy target, before the source freezes: a fresh key pair and self-signed certificate for the
+    /// <c>criu lazy-pages</c> that will fetch the memory over TLS. The certificate goes to the source (Freeze), the key
+    /// stays here; the restore that names the token takes it over and removes it when its transfer ends, and
+    /// <see cref="DropArchive"/> of the token removes it before that.
+    /// </summary>
+    public async Task<PageTransferIdentity> PreparePageClientAsync(CancellationToken ct)
+    {
+        await pageTransferIdentities.EnsureCriuTlsAsync(ct).ConfigureAwait(false);
+        var identity = pageTransferIdentities.Create(time);
+        CheckpointLog.PageClientPrepared(logger, identity.Token);
+        return identity;
     }
 
     /// <summary>A post-copy target's transfer: pages so far, or (with <paramref name="wait"/>) how it ended; null when the container has none.</summary>
@@ -369,6 +447,8 @@ public sealed partial class MigrationService(
     public void DropArchive(string token)
     {
         FileKinds.Remove(ArchivePath(token));
+        // A target's page client identity that no restore took over (the migration failed before it).
+        pageTransferIdentities.Remove(token);
         FileKinds.Remove(paths.ReceivedCheckpoint(token));
         DropPodCheckpoint(token);
         var record = HeldWorkRecord(token);
@@ -452,7 +532,7 @@ public sealed partial class MigrationService(
             return 0;
         }
 
-        var removed = rootfsStaging.Sweep() + SweepPodCheckpoints();
+        var removed = rootfsStaging.Sweep() + SweepPodCheckpoints() + pageTransferIdentities.Sweep();
         // A held work directory itself went with its container's recovery, which runs first.
         foreach (var file in Directory.EnumerateFiles(ArchiveDir, "*" + ArchiveSuffix).Concat(Directory.EnumerateFiles(ArchiveDir, "*" + HeldWorkSuffix)))
         {

@@ -175,8 +175,26 @@ public sealed partial class RestoreService(
             {
                 // A post-copy migration's target: the memory comes from the source's page server while it runs.
                 criu = (criu ?? CriuOptions(plan)) with { LazyPagesFrom = pageServer };
-                runtimeAnnotations = runtimeAnnotations.Where(kv => kv.Key != CriuRestoreOptions.LazyPagesFromAnnotation).ToDictionary(StringComparer.Ordinal);
+                // Over TLS: this node's page client identity and the source's page server certificate.
+                var identity = request.Annotations.GetValueOrDefault(CriuRestoreOptions.PageClientIdentityAnnotation);
+                var serverCertificate = request.Annotations.GetValueOrDefault(CriuRestoreOptions.PageServerCertificateAnnotation);
+                if ((identity is null) != (serverCertificate is null))
+                {
+                    throw new CrestException(ErrorKind.InvalidArgument,
+                        $"a post-copy restore over TLS needs both annotations {CriuRestoreOptions.PageClientIdentityAnnotation} and {CriuRestoreOptions.PageServerCertificateAnnotation}; the request has only one");
+                }
+
+                criu = criu with { LazyPagesIdentity = identity, LazyPagesServerCertificate = serverCertificate };
             }
+
+            if (criu?.LazyPagesFrom is null && (request.Annotations.ContainsKey(CriuRestoreOptions.PageClientIdentityAnnotation) || request.Annotations.ContainsKey(CriuRestoreOptions.PageServerCertificateAnnotation)))
+            {
+                throw new CrestException(ErrorKind.InvalidArgument,
+                    $"the annotations {CriuRestoreOptions.PageClientIdentityAnnotation} and {CriuRestoreOptions.PageServerCertificateAnnotation} belong to a post-copy restore, which {CriuRestoreOptions.LazyPagesFromAnnotation} asks for; the request lacks it");
+            }
+
+            string[] migrationOnly = [CriuRestoreOptions.LazyPagesFromAnnotation, CriuRestoreOptions.PageClientIdentityAnnotation, CriuRestoreOptions.PageServerCertificateAnnotation];
+            runtimeAnnotations = runtimeAnnotations.Where(kv => !migrationOnly.Contains(kv.Key, StringComparer.Ordinal)).ToDictionary(StringComparer.Ordinal);
 
             var spec = request with
             {

@@ -43,6 +43,21 @@ public sealed record CriuRestoreOptions
     /// <see cref="LazyPagesFrom"/>, and it is not passed on to the container.
     /// </summary>
     public const string LazyPagesFromAnnotation = "io.crest.migration.lazy-pages-from";
+
+    /// <summary>
+    /// Post-copy over TLS: the token of this node's page client identity (its key pair, made by PreparePageClient), which
+    /// <c>criu lazy-pages</c> proves to the page server; with <see cref="LazyPagesServerCertificate"/>.
+    /// </summary>
+    public string? LazyPagesIdentity { get; init; }
+
+    /// <summary>Post-copy over TLS: the page server's certificate (PEM), the only one <c>criu lazy-pages</c> accepts.</summary>
+    public string? LazyPagesServerCertificate { get; init; }
+
+    /// <summary>The CreateContainer annotation that becomes <see cref="LazyPagesIdentity"/> (not passed on to the container).</summary>
+    public const string PageClientIdentityAnnotation = "io.crest.migration.page-client-identity";
+
+    /// <summary>The CreateContainer annotation that becomes <see cref="LazyPagesServerCertificate"/> (not passed on to the container).</summary>
+    public const string PageServerCertificateAnnotation = "io.crest.migration.page-server-certificate";
     /// <summary>
     /// CRIU's copy of the pod's System V segments (ipcns-shm images) is left out of this restore: every container of a
     /// pod dumps the whole pod IPC namespace, and CRIU creates the segments in the joined namespace, so exactly one

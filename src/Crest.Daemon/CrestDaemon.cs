@@ -160,7 +160,9 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<ContainerBundles>();
             builder.Services.AddSingleton<UserNamespaces>();
             builder.Services.AddSingleton<SandboxService>();
-            builder.Services.AddSingleton(sp => new LazyPageTransfers(config.Checkpoint.CriuPath, time, sp.GetRequiredService<ILogger<LazyPageTransfers>>()));
+            // Post-copy page transfers' key pairs, one private directory each under the node's root.
+            builder.Services.AddSingleton(sp => new PageTransferIdentities(Path.Combine(paths.Root, "page-tls"), sp.GetRequiredService<ICommandRunner>(), config.Checkpoint.CriuPath));
+            builder.Services.AddSingleton(sp => new LazyPageTransfers(config.Checkpoint.CriuPath, time, sp.GetRequiredService<ILogger<LazyPageTransfers>>(), sp.GetRequiredService<PageTransferIdentities>()));
             builder.Services.AddSingleton<ContainerService>();
             var restoreOptions = new RestoreOptions
             {

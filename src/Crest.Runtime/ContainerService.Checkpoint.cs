@@ -22,10 +22,11 @@ public sealed partial class ContainerService
     /// (<see cref="KillFrozenAsync"/>). A failed dump is resumed either way. With <paramref name="lazyPageServer"/>
     /// (post-copy, always left frozen) CRIU writes everything but the memory and keeps serving that from a page server at
     /// that <c>HOST:PORT</c> (<see cref="ContainerDump.PageServer"/>); the cgroup freezer keeps the container frozen
-    /// whatever CRIU does when its client goes (CRIU restores the freezer state it found).
+    /// whatever CRIU does when its client goes (CRIU restores the freezer state it found). With
+    /// <paramref name="pageServerTls"/> that page server speaks TLS (lines of the container's CRIU configuration file).
     /// </summary>
     public async Task<ContainerDump> DumpAsync(string idOrPrefix, string imagePath, string workPath, bool tcpEstablished,
-        Func<ContainerRecord, string, CancellationToken, Task> captureRootfs, CancellationToken ct, bool leaveFrozen = false, string? lazyPageServer = null)
+        Func<ContainerRecord, string, CancellationToken, Task> captureRootfs, CancellationToken ct, bool leaveFrozen = false, string? lazyPageServer = null, PageTransferTls? pageServerTls = null)
     {
         leaveFrozen |= lazyPageServer is not null;
         ArgumentNullException.ThrowIfNull(captureRootfs);
@@ -64,7 +65,8 @@ public sealed partial class ContainerService
                 TcpEstablished = tcpEstablished,
                 LazyPageServer = lazyPageServer,
             };
-            using (await WriteCriuConfigAsync(c.Id, runtime, CriuConfigFile.For(tcpEstablished), ct).ConfigureAwait(false))
+            var criuConfig = CriuConfigFile.For(tcpEstablished) with { PageServerTls = lazyPageServer is null ? null : pageServerTls };
+            using (await WriteCriuConfigAsync(c.Id, runtime, criuConfig, ct).ConfigureAwait(false))
             {
                 if (lazyPageServer is null)
                 {

@@ -124,8 +124,37 @@ public sealed partial class ContainerService
             throw new CrestException(ErrorKind.InvalidArgument, $"container {c.Id}: the post-copy page server \"{pageServer}\" is not HOST:PORT");
         }
 
-        await lazyPages.StartAsync(c.Id,
-            new CriuLazyPagesOptions { ImagePath = bundle.RestoreImages, WorkPath = bundle.BundleDir, Address = pageServer[..colon].Trim('[', ']'), Port = port },
+        // Over TLS: this node's key pair, prepared for this migration, and the source's certificate pinned as the only CA.
+        var identity = c.RestoreCriu?.LazyPagesIdentity;
+        try
+        {
+            PageTransferTls? tls = null;
+            if (identity is not null)
+            {
+                var identities = lazyPages.Identities
+                    ?? throw new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id} is a post-copy restore over TLS, but this node keeps no page transfer identities");
+                tls = identities.Pin(identity, c.RestoreCriu!.LazyPagesServerCertificate!);
+            }
+
+            await StartLazyPagesDaemonAsync(c, runtime, bundle, pageServer[..colon].Trim('[', ']'), port, tls, identity, restoreDir, restoreReturned, ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            // No daemon, so no watchdog to end the identity (PreparePageClient made it for this restore alone).
+            if (identity is not null)
+            {
+                lazyPages.Identities?.Remove(identity);
+            }
+
+            throw;
+        }
+    }
+
+    private async Task StartLazyPagesDaemonAsync(ContainerRecord c, IOciRuntime runtime, ContainerBundle bundle, string address, int port, PageTransferTls? tls, string? identity,
+        string restoreDir, Task restoreReturned, CancellationToken ct)
+    {
+        await lazyPages!.StartAsync(c.Id,
+            new CriuLazyPagesOptions { ImagePath = bundle.RestoreImages, WorkPath = bundle.BundleDir, Address = address, Port = port, Tls = tls },
             onFailure: async _ =>
             {
                 // A daemon lost during the restore fails the restore itself (CRIU cannot hand it the userfaultfd).
@@ -134,6 +163,12 @@ public sealed partial class ContainerService
             },
             onEnd: () =>
             {
+                // The key pair served this one connection: it goes with the transfer, whichever way it ended.
+                if (identity is not null)
+                {
+                    lazyPages.Identities?.Remove(identity);
+                }
+
                 if (Directory.Exists(restoreDir))
                 {
                     Directory.Delete(restoreDir, recursive: true);

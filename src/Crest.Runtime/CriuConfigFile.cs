@@ -24,6 +24,13 @@ public sealed record CriuConfigFile
     /// </summary>
     public bool SkipNetworkLock { get; init; }
 
+    /// <summary>
+    /// A post-copy dump's page server speaks TLS with these files (<c>tls</c>, <c>tls-cacert</c>, <c>tls-cert</c>,
+    /// <c>tls-key</c>): runc has no flag for them. CRIU reads the files when the target connects, after the dump wrote its
+    /// images, so they stay until the page transfer ends.
+    /// </summary>
+    public PageTransferTls? PageServerTls { get; init; }
+
     /// <summary>The configuration of a dump or restore: the network lock only where TCP connections move.</summary>
     public static CriuConfigFile For(bool tcpEstablished, bool leaveStopped = false) =>
         new() { SkipNetworkLock = !tcpEstablished, LeaveStopped = leaveStopped };
@@ -40,6 +47,11 @@ public sealed record CriuConfigFile
         if (SkipNetworkLock)
         {
             lines.Add("network-lock skip");
+        }
+
+        if (PageServerTls is { } tls)
+        {
+            lines.AddRange(tls.ConfigLines());
         }
 
         return lines;

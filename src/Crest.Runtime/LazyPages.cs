@@ -66,8 +66,11 @@ public sealed record LazyPagesState(string ContainerId, bool Finished, bool Succ
 /// the restored container is killed at once: once the daemon's userfaultfd closes, a page it never fetched would read as
 /// zeros, so that copy must not run on.
 /// </summary>
-public sealed partial class LazyPageTransfers(string criuPath, TimeProvider time, ILogger<LazyPageTransfers> logger)
+public sealed partial class LazyPageTransfers(string criuPath, TimeProvider time, ILogger<LazyPageTransfers> logger, PageTransferIdentities? identities = null)
 {
+    /// <summary>This node's page transfer key pairs: a transfer over TLS uses the one its migration prepared, and ends it.</summary>
+    public PageTransferIdentities? Identities => identities;
+
     private static readonly TimeSpan SocketWait = TimeSpan.FromSeconds(10);
 
     private static readonly TimeSpan SocketPoll = TimeSpan.FromMilliseconds(5);

@@ -220,6 +220,9 @@ public sealed record CriuLazyPagesOptions
     public required int Port { get; init; }
     public string LogFile { get; init; } = LazyPagesLog;
 
+    /// <summary>The connection to the page server speaks TLS with these files (the source pinned this node's certificate).</summary>
+    public PageTransferTls? Tls { get; init; }
+
     /// <summary>The daemon's log, in <see cref="WorkPath"/>.</summary>
     public const string LazyPagesLog = "lazy-pages.log";
 
@@ -229,6 +232,6 @@ public sealed record CriuLazyPagesOptions
     public IReadOnlyList<string> Arguments(string criuPath) =>
     [
         criuPath, "lazy-pages", "--page-server", "--address", Address, "--port", Port.ToString(CultureInfo.InvariantCulture),
-        "--images-dir", ImagePath, "--work-dir", WorkPath, "--log-file", LogFile, "-v4",
+        "--images-dir", ImagePath, "--work-dir", WorkPath, "--log-file", LogFile, "-v4", .. Tls?.Flags() ?? [],
     ];
 }

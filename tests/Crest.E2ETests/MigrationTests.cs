@@ -55,9 +55,10 @@ public sealed class MigrationTests
     }
 
     [Theory]
-    [InlineData("stop-copy")]
-    [InlineData("post-copy")]
-    public async Task A_running_counter_migrates_to_the_other_node_and_counts_on_from_where_it_froze(string strategy)
+    [InlineData("stop-copy", true)]
+    [InlineData("post-copy", true)]
+    [InlineData("post-copy", false)]
+    public async Task A_running_counter_migrates_to_the_other_node_and_counts_on_from_where_it_froze(string strategy, bool pageServerTls)
     {
         RequireTools();
         await using var nodes = await TwoNodes.StartAsync("mig");
@@ -70,13 +71,22 @@ public sealed class MigrationTests
         var (id, logA) = await RunCounterOnAAsync(nodes, image);
         var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
 
-        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--strategy", strategy, "-o", "json"]);
+        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--strategy", strategy, "-o", "json",
+            .. pageServerTls ? Array.Empty<string>() : ["--no-page-server-tls"]]);
 
         Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
         using var report = JsonDocument.Parse(migrated.Stdout);
         var r = report.RootElement;
         var newId = r.GetProperty("containerId").GetString()!;
         Assert.Equal(strategy, r.GetProperty("strategy").GetString());
+        if (strategy == "post-copy")
+        {
+            // Post-copy is over TLS unless turned off, and no key material outlives the transfer on either node.
+            Assert.Contains(pageServerTls ? " over TLS" : " in the clear", migrated.Stderr, StringComparison.Ordinal);
+            Assert.Empty(PageTransferKeys(nodes.A));
+            Assert.Empty(PageTransferKeys(nodes.B));
+        }
+
         // Progress went to stderr, step by step: pre-staging before the freeze.
         Assert.True(migrated.Stderr.IndexOf("pre-stage:", StringComparison.Ordinal) < migrated.Stderr.IndexOf("freeze:", StringComparison.Ordinal), migrated.Stderr);
         Assert.True(r.GetProperty("bytesBeforeSwitch").GetInt64() > 0, "the base image was not pre-staged on B: " + migrated.Stdout);
@@ -98,8 +108,9 @@ public sealed class MigrationTests
         Assert.Contains(lastOnA + 1, counts);
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
-        TestContext.Current.SendDiagnosticMessage($"{strategy} migration: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after\n{migrated.Stderr}");
-        TestContext.Current.TestOutputHelper?.WriteLine($"{strategy} counter: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after");
+        var variant = strategy + (strategy == "post-copy" ? (pageServerTls ? " (TLS)" : " (no TLS)") : "");
+        TestContext.Current.SendDiagnosticMessage($"{variant} migration: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after\n{migrated.Stderr}");
+        TestContext.Current.TestOutputHelper?.WriteLine($"{variant} counter: downtime {downtime} ms, frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after");
     }
 
     /// <summary>
@@ -272,6 +283,13 @@ public sealed class MigrationTests
         Assert.Equal("", await RunAsync([.. nodes.B.R, "pods", "-q"]));
     }
 
+    /// <summary>What a node keeps of post-copy page transfer key pairs (its root's page-tls directory).</summary>
+    internal static IEnumerable<string> PageTransferKeys(TwoNodes.Node node)
+    {
+        var dir = node.Dir.Combine("root", "page-tls");
+        return Directory.Exists(dir) ? Directory.EnumerateFileSystemEntries(dir, "*", SearchOption.AllDirectories).ToList() : [];
+    }
+
     /// <summary>Skips unless this node offers post-copy (userfaultfd, and a pipe limit CRIU's page server can live with).</summary>
     internal static async Task RequirePostCopyAsync(TwoNodes nodes)
     {
@@ -310,8 +328,10 @@ public sealed class MigrationTests
         return id;
     }
 
-    [Fact]
-    public async Task A_workload_holding_memory_migrates_post_copy_and_its_memory_arrives_whole_while_it_runs()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_workload_holding_memory_migrates_post_copy_and_its_memory_arrives_whole_while_it_runs(bool pageServerTls)
     {
         RequireTools();
         await using var nodes = await TwoNodes.StartAsync("migpost");
@@ -321,13 +341,15 @@ public sealed class MigrationTests
         var id = await RunMemoryWorkloadOnAAsync(nodes, image, bytes);
         var podB = await WritePodAsync(nodes.B.Dir, "mig", "uid-mig-b");
 
-        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--strategy", "post-copy", "-o", "json"]);
+        var migrated = await Binaries.RunCrestAsync([.. nodes.A.R, "migrate", id, "--to", nodes.B.Crestd.Endpoint, "--pod-config", podB, "--strategy", "post-copy", "-o", "json",
+            .. pageServerTls ? Array.Empty<string>() : ["--no-page-server-tls"]]);
 
         Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
         using var report = JsonDocument.Parse(migrated.Stdout);
         var r = report.RootElement;
         var newId = r.GetProperty("containerId").GetString()!;
         Assert.Equal("post-copy", r.GetProperty("strategy").GetString());
+        Assert.Contains(pageServerTls ? " over TLS" : " in the clear", migrated.Stderr, StringComparison.Ordinal);
         // The archive left the memory out; the memory came after the switch, from the source's page server.
         Assert.True(r.GetProperty("bytesDuringSwitch").GetInt64() < bytes / 4, $"the post-copy archive holds {r.GetProperty("bytesDuringSwitch")} bytes");
         Assert.True(r.GetProperty("bytesAfterSwitch").GetInt64() >= bytes, $"only {r.GetProperty("bytesAfterSwitch")} bytes arrived after the switch");
@@ -348,7 +370,7 @@ public sealed class MigrationTests
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
         TestContext.Current.TestOutputHelper?.WriteLine(
-            $"post-copy 64 MiB: downtime {r.GetProperty("downtimeMs")} ms, frozen {r.GetProperty("frozenMs")} ms, pages {r.GetProperty("pageTransferMs")} ms, total {r.GetProperty("totalMs")} ms, "
+            $"post-copy 64 MiB ({(pageServerTls ? "TLS" : "no TLS")}): downtime {r.GetProperty("downtimeMs")} ms, frozen {r.GetProperty("frozenMs")} ms, pages {r.GetProperty("pageTransferMs")} ms, total {r.GetProperty("totalMs")} ms, "
             + $"{r.GetProperty("bytesDuringSwitch")} bytes during the switch, {r.GetProperty("bytesAfterSwitch")} after\n{migrated.Stderr}");
     }
 

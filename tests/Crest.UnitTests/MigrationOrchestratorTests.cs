@@ -159,8 +159,20 @@ public sealed partial class MigrationOrchestratorTests
             return Task.CompletedTask;
         }
 
-        public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, CancellationToken ct)
+        /// <summary>The page client certificate the last freeze was given (post-copy over TLS).</summary>
+        public string? PageClientCertificate { get; private set; }
+
+        public Task<PageClientIdentity> PreparePageClientAsync(CancellationToken ct)
         {
+            Step("prepare-page-client");
+            // Held on the node like an archive, and dropped the same way.
+            Archives.Add("page-client-key");
+            return Task.FromResult(new PageClientIdentity("page-client-key", "target-cert"));
+        }
+
+        public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, string? pageClientCertificate, CancellationToken ct)
+        {
+            PageClientCertificate = pageClientCertificate;
             Step("freeze " + containerId + (tcpEstablished ? " tcp-established" : "") + (rootfsRounds is null ? "" : " after " + rootfsRounds));
             Containers[containerId] = "frozen";
             Archives.Add("src-archive");
@@ -173,6 +185,7 @@ public sealed partial class MigrationOrchestratorTests
             return Task.FromResult(new FrozenSource("src-archive", 4096, TimeSpan.FromMilliseconds(300))
             {
                 PageServer = pageServerAddress is null ? null : pageServerAddress + ":7000",
+                PageServerCertificate = pageClientCertificate is null ? null : "source-cert",
                 RootfsBytes = rootfsRounds is null ? 8L << 20 : 512,
             });
         }
@@ -274,9 +287,13 @@ public sealed partial class MigrationOrchestratorTests
             return Task.CompletedTask;
         }
 
-        public Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, string? rootfsStaging, CancellationToken ct)
+        /// <summary>Where the last restore was told to fetch its memory (post-copy).</summary>
+        public LazyPagesSource? LazyPages { get; private set; }
+
+        public Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, LazyPagesSource? lazyPages, string? rootfsStaging, CancellationToken ct)
         {
-            Step("restore " + podId + (lazyPagesFrom is null ? "" : " lazy-from " + lazyPagesFrom));
+            LazyPages = lazyPages;
+            Step("restore " + podId + (lazyPages is null ? "" : " lazy-from " + lazyPages.PageServer));
             if (rootfsStaging is not null)
             {
                 // Claimed by the restore, success or not.
@@ -508,6 +525,25 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal([report.TargetContainerId], target.Running);
         Assert.Equal(16384L * 4096, report.BytesAfterSwitch);
         Assert.NotNull(report.PageTransfer);
+        // Over TLS by default: the target's certificate went to the source, the source's to the target with the target's key token.
+        Assert.True(target.Calls.IndexOf("prepare-page-client") < source.Calls.IndexOf("freeze c1") || !source.Calls.Contains("prepare-page-client"));
+        Assert.Equal("target-cert", source.PageClientCertificate);
+        Assert.Equal(new LazyPagesSource("10.0.0.1:7000", "source-cert", "page-client-key"), target.LazyPages);
+        Assert.DoesNotContain("page-client-key", target.Archives);
+    }
+
+    [Fact]
+    public async Task A_post_copy_without_tls_makes_no_key_pair_and_sends_no_certificate()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.Problems["post-copy"] = null;
+        target.Problems["post-copy"] = null;
+
+        await orchestrator.RunAsync(NewPod() with { Strategy = MigrationStrategy.PostCopy, PageServerAddress = "10.0.0.1", PageServerTls = false }, Ct);
+
+        Assert.DoesNotContain("prepare-page-client", target.Calls);
+        Assert.Null(source.PageClientCertificate);
+        Assert.Equal(new LazyPagesSource("10.0.0.1:7000", null, null), target.LazyPages);
     }
 
     [Fact]
@@ -524,6 +560,7 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal(["c1"], source.Running);
         Assert.Empty(target.Running);
         Assert.Empty(target.Containers);
+        Assert.DoesNotContain("page-client-key", target.Archives);
         Assert.DoesNotContain("killfrozen c1", source.Calls);
     }
 

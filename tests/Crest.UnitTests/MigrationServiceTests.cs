@@ -38,6 +38,14 @@ public sealed partial class MigrationServiceTests : IDisposable
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
+    private readonly PageTransferIdentities _identities;
+
+    public MigrationServiceTests()
+    {
+        // CRIU's TLS check through the same fake runner: it answers as a CRIU built with GnuTLS would not object.
+        _identities = new PageTransferIdentities(Path.Combine(_h.Paths.Root, "migrations", "page-tls"), _commands, "/bin/sh");
+    }
+
     private sealed class Criu : ICriuProbe
     {
         public Task<CriuInfo> ProbeAsync(CancellationToken ct) => Task.FromResult(new CriuInfo("/usr/sbin/criu", "4.2.1", 40201, null, new CriuFeatures(false, true)));
@@ -48,7 +56,7 @@ public sealed partial class MigrationServiceTests : IDisposable
         _h.Containers, _h.Paths, restore, new Criu(), new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance),
         _h.Layout, new RootfsStaging(_h.Paths, restore),
         new PodCheckpointService(_h.Containers, _h.Sandboxes, _h.Pods, _h.Layout, new Criu(), _h.Linux, new PodOperationJournal(_h.Paths), new CheckpointOptions(), TimeProvider.System, NullLogger<PodCheckpointService>.Instance),
-        NullLogger<MigrationService>.Instance);
+        _identities, TimeProvider.System, NullLogger<MigrationService>.Instance);
 
     private static async IAsyncEnumerable<ReadOnlyMemory<byte>> Chunks(int count, int size)
     {
@@ -286,6 +294,83 @@ public sealed partial class MigrationServiceTests : IDisposable
         Assert.Contains("pause c1", _h.Runtimes.Calls);
         Assert.Equal("resume c1", _h.Runtimes.Calls.Last(call => call.Split(' ')[0] is "pause" or "resume"));
         Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
+    }
+
+    /// <summary>The target's certificate as PreparePageClient would make it, on another node.</summary>
+    private string TargetCertificate()
+    {
+        using var target = new Crest.TestKit.TempDir("target-node");
+        return new PageTransferIdentities(target.Combine("page-tls"), _commands, "/bin/sh").Create(TimeProvider.System).Certificate;
+    }
+
+    private static async Task WaitGoneAsync(string path)
+    {
+        // The page server's end is observed by a continuation.
+        for (var i = 0; i < 200 && Directory.Exists(path); i++)
+        {
+            await Task.Delay(50, Ct);
+        }
+    }
+
+    [Fact]
+    public async Task A_post_copy_freeze_over_tls_serves_with_a_key_pair_of_its_own_pins_the_target_and_removes_the_key_when_the_page_server_ends()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await RunningWithConfigAsync("c1", pod.Id);
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var targetCertificate = TargetCertificate();
+        string? duringDump = null;
+        _h.Runtimes.DuringCheckpoint = o =>
+        {
+            duringDump = File.ReadAllText(_h.Layout.Container(c.Id).CriuConfig);
+            // What CRIU writes before it serves pages, so the checkpoint completes.
+            File.WriteAllText(Path.Combine(o.ImagePath, "inventory.img"), "");
+        };
+
+        var frozen = await service.FreezeAsync(c.Id, TimeSpan.Zero, tcpEstablished: false, Ct, pageServerAddress: "127.0.0.1", pageClientCertificate: targetCertificate);
+
+        var dir = Assert.Single(Directory.EnumerateDirectories(_identities.Root));
+        var lines = duringDump!.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(["tls", $"tls-cacert {dir}/peer.pem", $"tls-cert {dir}/cert.pem", $"tls-key {dir}/key.pem", "tls-no-cn-verify"], lines.SkipWhile(l => l != "tls"));
+        Assert.Equal(targetCertificate.Trim(), File.ReadAllText(Path.Combine(dir, "peer.pem")).Trim());
+        Assert.Equal(File.ReadAllText(Path.Combine(dir, "cert.pem")).Trim(), frozen.PageServerCertificate!.Trim());
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(dir, "key.pem")));
+        Assert.Contains("/bin/sh check --tls --feature uffd-noncoop", _commands.Lines);
+
+        await service.ResumeAsync(c.Id, Ct);
+        await WaitGoneAsync(dir);
+
+        Assert.False(Directory.Exists(dir));
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_post_copy_freeze_over_tls_that_fails_leaves_no_key_material()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await RunningWithConfigAsync("c1", pod.Id);
+        var service = Service(new RestoreOptions { ViaCreate = true });
+
+        // The fake runtime writes no CRIU images: the checkpoint fails after the page server started.
+        await Assert.ThrowsAsync<CrestException>(() => service.FreezeAsync(c.Id, TimeSpan.Zero, tcpEstablished: false, Ct, pageServerAddress: "127.0.0.1", pageClientCertificate: TargetCertificate()));
+
+        Assert.True(!Directory.Exists(_identities.Root) || !Directory.EnumerateFileSystemEntries(_identities.Root).Any());
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_page_client_identity_that_no_restore_took_goes_with_drop_archive_and_with_the_start_sweep()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+
+        var dropped = await service.PreparePageClientAsync(Ct);
+        var left = await service.PreparePageClientAsync(Ct);
+        service.DropArchive(dropped.Token);
+
+        Assert.False(_identities.Exists(dropped.Token));
+        Assert.True(_identities.Exists(left.Token));
+        service.SweepArchives();
+        Assert.False(_identities.Exists(left.Token));
     }
 
     private async Task<ContainerRecord> RunningWithConfigAsync(string id, string podId)

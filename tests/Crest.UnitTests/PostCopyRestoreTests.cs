@@ -16,12 +16,19 @@ public sealed class PostCopyRestoreTests : IDisposable
 
     private readonly TempDir _dir = new();
     private readonly RuntimeHarness _h;
+    private readonly PageTransferIdentities _identities;
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     public PostCopyRestoreTests()
     {
-        _h = new RuntimeHarness(new LazyPageTransfers(_dir.Combine("criu"), TimeProvider.System, NullLogger<LazyPageTransfers>.Instance));
+        _identities = new PageTransferIdentities(_dir.Combine("page-tls"), new NoCommands(), "/bin/sh");
+        _h = new RuntimeHarness(new LazyPageTransfers(_dir.Combine("criu"), TimeProvider.System, NullLogger<LazyPageTransfers>.Instance, _identities));
+    }
+
+    private sealed class NoCommands : ICommandRunner
+    {
+        public Task<CommandResult> RunAsync(CommandLine command, CancellationToken ct) => Task.FromResult(new CommandResult(0, "", ""));
     }
 
     /// <summary>A stand-in for <c>criu lazy-pages</c>: opens its socket in the work directory, writes its log, then runs <paramref name="then"/>.</summary>
@@ -30,6 +37,7 @@ public sealed class PostCopyRestoreTests : IDisposable
         var criu = _dir.Combine("criu");
         File.WriteAllText(criu, $$"""
             #!/bin/sh
+            echo "$@" > "{{_dir.Combine("args")}}"
             while [ $# -gt 0 ]; do
               if [ "$1" = --work-dir ]; then work="$2"; fi
               shift
@@ -41,13 +49,13 @@ public sealed class PostCopyRestoreTests : IDisposable
         File.SetUnixFileMode(criu, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
     }
 
-    private async Task<ContainerRecord> CreatedPostCopyAsync()
+    private async Task<ContainerRecord> CreatedPostCopyAsync(string? identity = null, string? serverCertificate = null)
     {
         var pod = await _h.ReadyPodAsync(Ct);
         var plan = await _h.StagedRestorePlanAsync(true, Ct) with
         {
             Source = "/var/lib/crest/migrations/m.tar",
-            Criu = new CriuRestoreOptions { FileLocks = true, LazyPagesFrom = "127.0.0.1:1" },
+            Criu = new CriuRestoreOptions { FileLocks = true, LazyPagesFrom = "127.0.0.1:1", LazyPagesIdentity = identity, LazyPagesServerCertificate = serverCertificate },
         };
         return await _h.Containers.CreateAsync(pod.Id, RuntimeHarness.Container(), plan, Ct);
     }
@@ -69,6 +77,39 @@ public sealed class PostCopyRestoreTests : IDisposable
         Assert.Equal((ContainerState.Exited, 128, "StartError"), (after.State, after.ExitCode, after.Reason));
         var transfer = await _h.Containers.LazyPagesStateAsync(c.Id, wait: false, Ct);
         Assert.True(transfer is { Finished: true, Succeeded: false }, $"the lazy-pages daemon is not over: {transfer}");
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_post_copy_restore_over_tls_gives_lazy_pages_its_key_pair_and_the_source_certificate_and_removes_them_when_the_transfer_ends(bool restored)
+    {
+        LazyPagesDaemon(restored ? "exit 0" : "exec sleep 30");
+        var mine = _identities.Create(TimeProvider.System);
+        var source = _identities.Create(TimeProvider.System);
+        _identities.Remove(source.Token);
+        var c = await CreatedPostCopyAsync(mine.Token, source.Certificate);
+        if (!restored)
+        {
+            _h.Runtimes.Failures["restore"] = new CrestException(ErrorKind.FailedPrecondition, $"container {c.Id}: the OCI runtime could not create it: criu failed");
+        }
+
+        var start = _h.Containers.StartAsync(c.Id, Ct).WaitAsync(Bound, Ct);
+        if (restored)
+        {
+            await start;
+        }
+        else
+        {
+            await Assert.ThrowsAsync<CrestException>(() => start);
+        }
+
+        var ended = await _h.Containers.LazyPagesStateAsync(c.Id, wait: true, Ct).WaitAsync(Bound, Ct);
+
+        var dir = Path.Combine(_identities.Root, mine.Token);
+        Assert.Contains($"--tls --tls-cacert {dir}/peer.pem --tls-cert {dir}/cert.pem --tls-key {dir}/key.pem --tls-no-cn-verify", File.ReadAllText(_dir.Combine("args")), StringComparison.Ordinal);
+        Assert.True(ended is { Finished: true });
+        Assert.False(Directory.Exists(dir), "the page client's key pair outlived its transfer");
     }
 
     public void Dispose()

@@ -32,13 +32,17 @@ internal static class MigrateCommand
         {
             Description = "carry the whole rootfs diff in the frozen window instead of sending it in rounds while the container runs (for comparison)",
         };
+        var noPageServerTls = new Option<bool>("--no-page-server-tls")
+        {
+            Description = "post-copy: serve the memory in the clear, without TLS (anyone who reaches the page server's port can read it); for a CRIU built without TLS support, or for comparison",
+        };
         var waitForNode = new Option<int?>("--wait-for-node")
         {
             Description = "seconds the ending steps (kill or resume the source, remove the target's copy) wait for a node whose crestd does not answer (default 60)",
         };
         var command = new Command("migrate", "Live-migrate a running container to another crestd node: pre-stage, freeze, copy, restore, then remove the source")
         {
-            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress, noRootfsRounds, waitForNode,
+            id, to, pod, podConfig, via, strategy, deadline, pageServer, keepAddress, noRootfsRounds, noPageServerTls, waitForNode,
         };
         command.Subcommands.Add(MigratePodCommand.Create(global, output));
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
@@ -63,6 +67,7 @@ internal static class MigrateCommand
                 PageServerAddress = parse.GetValue(pageServer) ?? "127.0.0.1",
                 KeepAddress = parse.GetValue(keepAddress),
                 RootfsRounds = !parse.GetValue(noRootfsRounds),
+                PageServerTls = !parse.GetValue(noPageServerTls),
             };
             var report = await OrchestrateAsync(ctx, parse, global, to, waitForNode, (o, token) => o.RunAsync(request, token), ct);
             await WriteReportAsync(ctx, report);

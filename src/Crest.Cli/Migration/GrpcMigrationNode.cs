@@ -122,7 +122,23 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
         await CallAsync("RemovePodSandbox", o => _runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
     }
 
-    public async Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, CancellationToken ct)
+    public async Task<PageClientIdentity> PreparePageClientAsync(CancellationToken ct)
+    {
+        var r = await CallAsync("crest.v1.CrestMigration/PreparePageClient", async o =>
+        {
+            try
+            {
+                return await _migration.PreparePageClientAsync(new PreparePageClientRequest(), o).ResponseAsync.ConfigureAwait(false);
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unimplemented)
+            {
+                throw new CliFailure(ExitCodes.RuntimeError, $"{Name} cannot fetch post-copy memory over TLS (its crestd predates PreparePageClient); upgrade it, or migrate with --no-page-server-tls");
+            }
+        }, ct).ConfigureAwait(false);
+        return new PageClientIdentity(r.IdentityToken, r.Certificate);
+    }
+
+    public async Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, string? pageClientCertificate, CancellationToken ct)
     {
         var r = await CallAsync("crest.v1.CrestMigration/Freeze", o => _migration.FreezeAsync(new FreezeRequest
         {
@@ -131,10 +147,12 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
             PageServerAddress = pageServerAddress ?? "",
             TcpEstablished = tcpEstablished,
             RootfsRoundsToken = rootfsRounds ?? "",
+            PageClientCertificate = pageClientCertificate ?? "",
         }, o).ResponseAsync, ct).ConfigureAwait(false);
         return new FrozenSource(r.ArchiveToken, r.ArchiveBytes, TimeSpan.FromMilliseconds(r.PausedMs))
         {
             PageServer = r.PageServer.Length > 0 ? r.PageServer : null,
+            PageServerCertificate = r.PageServerCertificate.Length > 0 ? r.PageServerCertificate : null,
             RootfsEntries = r.RootfsEntries,
             RootfsBytes = r.RootfsBytes,
         };
@@ -212,7 +230,7 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
     public Task DropArchiveAsync(string token, CancellationToken ct) =>
         CallAsync("crest.v1.CrestMigration/DropArchive", o => _migration.DropArchiveAsync(new DropArchiveRequest { ArchiveToken = token }, o).ResponseAsync, ct);
 
-    public async Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, string? rootfsStaging, CancellationToken ct)
+    public async Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, LazyPagesSource? lazyPages, string? rootfsStaging, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(source);
         var pod = await CallAsync("PodSandboxStatus", o => _runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = podId }, o).ResponseAsync, ct).ConfigureAwait(false);
@@ -220,9 +238,14 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
         sandboxConfig.Labels.Add(pod.Status.Labels);
         sandboxConfig.Annotations.Add(pod.Status.Annotations);
         var config = ConfigOf(source, archivePath);
-        if (lazyPagesFrom is not null)
+        if (lazyPages is not null)
         {
-            config.Annotations[Crest.Core.CriuRestoreOptions.LazyPagesFromAnnotation] = lazyPagesFrom;
+            config.Annotations[Crest.Core.CriuRestoreOptions.LazyPagesFromAnnotation] = lazyPages.PageServer;
+            if (lazyPages is { ServerCertificate: { } certificate, ClientIdentity: { } identity })
+            {
+                config.Annotations[Crest.Core.CriuRestoreOptions.PageServerCertificateAnnotation] = certificate;
+                config.Annotations[Crest.Core.CriuRestoreOptions.PageClientIdentityAnnotation] = identity;
+            }
         }
 
         if (rootfsStaging is not null)

@@ -34,7 +34,11 @@ internal interface IMigrationNode
     /// TCP traffic stays locked until <see cref="ResumeAsync"/> or the pod's removal.
     /// </summary>
     /// <remarks>With <paramref name="rootfsRounds"/> (<see cref="PrepareRootfsRoundAsync"/>'s token) the archive carries only the rootfs changes since the last round.</remarks>
-    Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, CancellationToken ct);
+    /// <remarks>With <paramref name="pageClientCertificate"/> (post-copy over TLS) the page server accepts only that client and answers its own certificate.</remarks>
+    Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, string? pageClientCertificate, CancellationToken ct);
+
+    /// <summary>Target of a post-copy migration over TLS, before the freeze: a fresh key pair for its page client; the key stays there.</summary>
+    Task<PageClientIdentity> PreparePageClientAsync(CancellationToken ct);
 
     /// <summary>
     /// Source, while the container runs: the next round of its rootfs diff (the first: all of it; later: what changed since
@@ -65,10 +69,10 @@ internal interface IMigrationNode
 
     /// <summary>
     /// Target: CreateContainer from the archive at <paramref name="archivePath"/> into <paramref name="podId"/>, then
-    /// StartContainer; with <paramref name="lazyPagesFrom"/> (post-copy) the memory is fetched from that page server.
+    /// StartContainer; with <paramref name="lazyPages"/> (post-copy) the memory is fetched from that page server.
     /// </summary>
     /// <remarks>With <paramref name="rootfsStaging"/> the restore applies the rootfs rounds staged under it before the archive's delta.</remarks>
-    Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, string? lazyPagesFrom, string? rootfsStaging, CancellationToken ct);
+    Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, LazyPagesSource? lazyPages, string? rootfsStaging, CancellationToken ct);
 
     /// <summary>Target: a post-copy restore's memory transfer now, or (with <paramref name="wait"/>) once it ended.</summary>
     Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct);

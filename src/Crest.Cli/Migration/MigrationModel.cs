@@ -22,6 +22,12 @@ internal sealed record MigrationRequest(string ContainerId, MigrationStrategy St
     /// <summary>Post-copy: the source node's IP address its page server listens on, which the target connects to.</summary>
     public string PageServerAddress { get; init; } = "127.0.0.1";
 
+    /// <summary>
+    /// Post-copy: the page server speaks TLS, each side with a key pair of its own made for this migration and the other's
+    /// certificate pinned (<c>--no-page-server-tls</c> turns it off).
+    /// </summary>
+    public bool PageServerTls { get; init; } = true;
+
     /// <summary>Post-copy: how long the memory may take to arrive before the target's copy is given up.</summary>
     public TimeSpan PageTransferTimeout { get; init; } = TimeSpan.FromMinutes(10);
     /// <summary>
@@ -60,6 +66,9 @@ internal sealed record FrozenSource(string ArchiveToken, long ArchiveBytes, Time
     /// <summary>Post-copy: HOST:PORT of the source's page server.</summary>
     public string? PageServer { get; init; }
 
+    /// <summary>Post-copy over TLS: the page server's certificate (PEM), made for this freeze.</summary>
+    public string? PageServerCertificate { get; init; }
+
     /// <summary>The rootfs diff the archive carries: entries and bytes of regular files (after rounds, only the last changes).</summary>
     public long RootfsEntries { get; init; }
 
@@ -94,6 +103,15 @@ internal static class RootfsRoundRule
                 && (archiveBytes.Count < 2 || archiveBytes[^1] < archiveBytes[^2]));
     }
 }
+
+/// <summary>A target's page client key pair for one post-copy migration: its token on the target, and its certificate (PEM).</summary>
+internal sealed record PageClientIdentity(string Token, string Certificate);
+
+/// <summary>
+/// Where a post-copy restore fetches its memory: the source's page server, and over TLS the server's certificate and the
+/// token of the target's own key pair (both null without TLS).
+/// </summary>
+internal sealed record LazyPagesSource(string PageServer, string? ServerCertificate, string? ClientIdentity);
 
 /// <summary>A post-copy target's memory transfer: pages fetched of all, and how it ended.</summary>
 internal sealed record LazyPagesProgress(bool Present, bool Finished, bool Succeeded, long Pages, long TotalPages, string? Problem);

@@ -22,7 +22,11 @@ internal sealed partial class MigrationOrchestrator
     /// <summary>What a switch had done when it failed, for <see cref="UndoAsync"/>.</summary>
     /// <param name="MigrationId">Set once the restore was asked for: the label its container carries on the target.</param>
     /// <param name="MadePod">The target pod this migration made, removed again.</param>
-    private sealed record SwitchState(string SourceId, FrozenSource? Frozen, string? TargetToken, string? Restored, string? MigrationId, string? MadePod);
+    private sealed record SwitchState(string SourceId, FrozenSource? Frozen, string? TargetToken, string? Restored, string? MigrationId, string? MadePod)
+    {
+        /// <summary>Post-copy over TLS: the token of the target's page client key pair, removed with DropArchive.</summary>
+        public string? PageClient { get; init; }
+    }
 
     /// <summary>The source container carrying the migration's label, for the target's restore.</summary>
     private static SourceContainer Labelled(SourceContainer container, string migrationId) =>
@@ -170,6 +174,11 @@ internal sealed partial class MigrationOrchestrator
         if (s.TargetToken is not null)
         {
             await Try(target, $"dropping the archive on {target.Name}", () => target.DropArchiveAsync(s.TargetToken, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        if (s.PageClient is not null)
+        {
+            await Try(target, $"removing the page client key pair on {target.Name}", () => target.DropArchiveAsync(s.PageClient, CancellationToken.None)).ConfigureAwait(false);
         }
 
         if (s.MadePod is not null)

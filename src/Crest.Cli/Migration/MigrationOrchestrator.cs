@@ -81,11 +81,20 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         long bytesAfter = 0;
         long archiveBytes = 0;
         var rootfs = new RootfsPreStaging();
+        PageClientIdentity? pageClient = null;
         try
         {
             if (request.KeepAddress)
             {
                 await ExpectSourceAddressAsync(podId, container, ct).ConfigureAwait(false);
+            }
+
+            // Before the switch's clock starts: the container still runs.
+            if (postCopy && request.PageServerTls)
+            {
+                // The target's key pair is made there and stays there; only its certificate travels, to the source.
+                pageClient = await target.PreparePageClientAsync(ct).ConfigureAwait(false);
+                progress($"pre-stage: {target.Name} made a key pair for fetching the memory over TLS; the source's page server will accept only its certificate");
             }
 
             if (request.RootfsRounds)
@@ -99,10 +108,18 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             progress(postCopy
                 ? $"freeze: checkpointing {container.Id} on {source.Name} without its memory, which a page server on {request.PageServerAddress} serves; it stays frozen until the target has all of it"
                 : $"freeze: checkpointing {container.Id} on {source.Name}; it stays frozen until the target runs");
-            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, postCopy ? request.PageServerAddress : null, request.KeepAddress, rootfs.SourceToken, ct).ConfigureAwait(false);
+            frozen = await source.FreezeAsync(container.Id, request.FreezeTimeoutSeconds, postCopy ? request.PageServerAddress : null, request.KeepAddress, rootfs.SourceToken,
+                pageClient?.Certificate, ct).ConfigureAwait(false);
             if (postCopy && frozen.PageServer is null)
             {
                 throw new InvalidOperationException($"{source.Name} froze the container but named no page server for its memory");
+            }
+
+            if (pageClient is not null && frozen.PageServerCertificate is null)
+            {
+                // A crestd that predates TLS page servers ignores the certificate and would serve the memory in the clear.
+                throw new InvalidOperationException($"{source.Name} froze the container but answered no page server certificate, so its page server would not use TLS "
+                    + "(its crestd predates TLS page servers); upgrade it, or migrate with --no-page-server-tls");
             }
 
             progress((frozen.ArchiveBytes > 0
@@ -110,7 +127,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                     : string.Create(CultureInfo.InvariantCulture, $"freeze: checkpoint ready {frozen.Paused.TotalMilliseconds:0} ms after the freeze began (its archive is made as it streams)"))
                 + string.Create(CultureInfo.InvariantCulture, $"; rootfs in the frozen window: {frozen.RootfsEntries} entries, {frozen.RootfsBytes} bytes")
                 + (rootfs.Rounds.Count > 0 ? string.Create(CultureInfo.InvariantCulture, $" (the rest came in {rootfs.Rounds.Count} rounds before it)") : "")
-                + (postCopy ? $"; memory served from {frozen.PageServer}" : ""));
+                + (postCopy ? $"; memory served from {frozen.PageServer}" + (pageClient is null ? " in the clear" : " over TLS") : ""));
 
             var relayed = new RelayCount();
             var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), relayed, ct), unpack: true, ct).ConfigureAwait(false);
@@ -126,7 +143,8 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
 
             progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
             restoreSent = true;
-            restored = await target.RestoreAsync(podId, path, Labelled(container, migrationId), postCopy ? frozen.PageServer : null, rootfs.TargetToken, ct).ConfigureAwait(false);
+            var lazyPages = postCopy ? new LazyPagesSource(frozen.PageServer!, frozen.PageServerCertificate, pageClient?.Token) : null;
+            restored = await target.RestoreAsync(podId, path, Labelled(container, migrationId), lazyPages, rootfs.TargetToken, ct).ConfigureAwait(false);
             progress($"restore: container {restored} started in pod {podId} on {target.Name}");
             await ExpectRunningAsync(restored, ct).ConfigureAwait(false);
             frozenFor = time.GetElapsedTime(switchStarted);
@@ -141,7 +159,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         }
         catch (Exception e)
         {
-            var undo = await UndoAsync(new SwitchState(container.Id, frozen, targetToken, restored, restoreSent ? migrationId : null, madePod ? podId : null)).ConfigureAwait(false);
+            var undo = await UndoAsync(new SwitchState(container.Id, frozen, targetToken, restored, restoreSent ? migrationId : null, madePod ? podId : null) { PageClient = pageClient?.Token }).ConfigureAwait(false);
             var rootfsUndo = await DropRootfsRoundsAsync(rootfs).ConfigureAwait(false);
             throw new MigrationFailedException(
                 $"migration of container {container.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}" + (rootfsUndo is null ? "" : $" ({rootfsUndo})"), e);
@@ -151,6 +169,12 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         var lastSource = await EndSourceAsync(container, restored!, request.KeepAddress).ConfigureAwait(false);
         await DropArchiveAsync(source, frozen.ArchiveToken).ConfigureAwait(false);
         await DropArchiveAsync(target, targetToken!).ConfigureAwait(false);
+        if (pageClient is not null)
+        {
+            // Gone already with the transfer; dropped in case that crestd restarted meanwhile.
+            await DropArchiveAsync(target, pageClient.Token).ConfigureAwait(false);
+        }
+
         progress($"done: removed {container.Id} from {source.Name}");
 
         var firstTarget = lastSource is null ? null : await FirstTargetLineOrUnknownAsync(restored!, lastSource.Value, ct).ConfigureAwait(false);

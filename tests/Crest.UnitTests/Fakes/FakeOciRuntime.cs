@@ -223,8 +223,17 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
             return runtimes.Transition(options, null, "running", "paused");
         }
 
-        public Task<LazyCheckpoint> StartLazyCheckpointAsync(RuncCheckpointOptions options, CancellationToken ct) =>
-            throw new NotSupportedException("the fake runtime has no page server");
+        /// <summary>A post-copy dump: the page server is a stand-in process in a session of its own that serves until it is killed.</summary>
+        public Task<LazyCheckpoint> StartLazyCheckpointAsync(RuncCheckpointOptions options, CancellationToken ct)
+        {
+            ct.ThrowIfCancellationRequested();
+            runtimes.Checkpointed.Add(options);
+            runtimes.DuringCheckpoint?.Invoke(options);
+            runtimes.Enter("checkpoint", options.ContainerId);
+            var server = Crest.Linux.ChildProcess.Spawn("/bin/sleep", ["sleep", "600"],
+                [Crest.Linux.ChildFd.Null(0), Crest.Linux.ChildFd.Null(1), Crest.Linux.ChildFd.Null(2)], newSession: true);
+            return Task.FromResult(new LazyCheckpoint(server, options.WorkPath, options.LazyPageServer!));
+        }
 
         public Task<RuncExecResult> ExecAsync(RuncExecOptions options, TimeSpan timeout, CancellationToken ct)
         {
