@@ -833,7 +833,8 @@ public partial class CheckpointCliTests
         Assert.Equal("yes", annotations.GetProperty("from.crio").GetString());
         // The checkpoint's annotations are shown through the CRI, but the OCI runtime and CRIU see only the request's.
         var runtimeAnnotations = inspected.GetProperty("info").GetProperty("runtimeSpec").GetProperty("annotations");
-        Assert.False(runtimeAnnotations.TryGetProperty("org.criu.config", out _));
+        // org.criu.config names the container's own CRIU configuration, never the checkpoint's file.
+        Assert.EndsWith($"/containers/{restored}/criu.conf", runtimeAnnotations.GetProperty("org.criu.config").GetString(), StringComparison.Ordinal);
         Assert.False(runtimeAnnotations.TryGetProperty("from.crio", out _));
         Assert.Equal("B", runtimeAnnotations.GetProperty("io.kubernetes.container.hash").GetString());
         Assert.Equal("B", annotations.GetProperty("io.kubernetes.container.hash").GetString());
