@@ -1,10 +1,6 @@
-using System.Globalization;
-using System.Security.Cryptography;
 using Crest.Checkpoint.Format;
 using Crest.Core;
 using Crest.Linux;
-using Crest.Runtime;
-using Microsoft.Extensions.Logging;
 
 namespace Crest.Checkpoint;
 

@@ -1,8 +1,5 @@
-using System.Globalization;
 using System.Security.Cryptography;
-using Crest.Checkpoint.Format;
 using Crest.Core;
-using Crest.Linux;
 using Crest.Runtime;
 using Microsoft.Extensions.Logging;
 
