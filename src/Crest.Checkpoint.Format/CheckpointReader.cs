@@ -425,6 +425,12 @@ public sealed class CheckpointReader(RestoreLimits limits)
         try
         {
             using var file = new FileStream(FileKinds.OpenReadNoFollow(path), FileAccess.Read, 1 << 20);
+            if (file.Length == 0)
+            {
+                // Crest before 2026-12-04 wrote a container that changed nothing as an empty file (RootfsDiff.EmptyTarBytes).
+                return 0;
+            }
+
             var compressed = Math.Max(1, file.Length);
             using var stream = CheckpointArchive.OpenRead(file);
             using var reader = new TarReader(stream);

@@ -78,6 +78,15 @@ public static class RootfsDiff
             }
         }
 
+        if (entries == 0)
+        {
+            // .NET's TarWriter ends an archive (two zero blocks) only after an entry; an empty file is no tar to other readers.
+            await output.WriteAsync(new byte[EmptyTarBytes], ct).ConfigureAwait(false);
+        }
+
         return new RootfsDiffSummary(entries, bytes, deleted);
     }
+
+    /// <summary>The size of a tar with no entries: its end, two 512-byte zero blocks.</summary>
+    public const int EmptyTarBytes = 1024;
 }

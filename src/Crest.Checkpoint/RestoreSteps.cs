@@ -42,7 +42,8 @@ public sealed class RestoreSteps(RestoreOptions options, PodRestoreHolds holds) 
         }
 
         var diff = Path.Combine(restoreDir, CheckpointFiles.RootfsDiff);
-        if (FileKinds.IsRegularFile(diff))
+        // An empty file is an empty diff (the form Crest wrote for a container that changed nothing before 2026-12-04).
+        if (FileKinds.IsRegularFile(diff) && new FileInfo(diff).Length > 0)
         {
             await using var file = new FileStream(FileKinds.OpenReadNoFollow(diff), FileAccess.Read, 1 << 20);
             await using var tar = CheckpointArchive.OpenRead(file);

@@ -526,6 +526,18 @@ public class CheckpointTests
         Assert.False(File.Exists(Path.Combine(layout.Staging, "checkpoint", "pages-1.img")) && new FileInfo(Path.Combine(layout.Staging, "checkpoint", "pages-1.img")).Length > 16 * 1024);
     }
 
+    [Fact]
+    public async Task An_empty_rootfs_diff_file_as_earlier_crest_wrote_it_reads_as_no_changes()
+    {
+        var files = ContainerdFiles();
+        files[CheckpointFiles.RootfsDiff] = [];
+        using var layout = new Layout(Tar(files));
+
+        var plan = await ReadAsync(layout);
+
+        Assert.Equal(0, plan.RootfsDiffBytes);
+    }
+
     [Theory]
     [InlineData("bytes")]
     [InlineData("entries")]
@@ -1113,6 +1125,24 @@ public class CheckpointTests
         var error = await process.StandardError.ReadToEndAsync(Ct);
         await process.WaitForExitAsync(Ct);
         Assert.True(process.ExitCode == 0, $"mknod {path} c 0 0 failed: {error}");
+    }
+
+    [Fact]
+    public async Task A_container_that_changed_nothing_gets_a_rootfs_diff_every_tar_reader_reads_as_empty()
+    {
+        using var dir = new TempDir();
+        var upper = dir.CreateDirectory("upper");
+        using var diff = new MemoryStream();
+
+        var summary = await RootfsDiff.WriteAsync(upper, diff, [], Ct);
+
+        Assert.Equal(0, summary.Entries);
+        // A tar's end: two zero blocks. .NET's TarWriter writes none when it wrote no entry, and a 0-byte file is no tar.
+        Assert.Equal(1024, diff.Length);
+        diff.Position = 0;
+        using var stream = CheckpointArchive.OpenRead(diff);
+        using var reader = new TarReader(stream);
+        Assert.Null(await reader.GetNextEntryAsync(copyData: false, Ct));
     }
 
     [Fact]
