@@ -49,6 +49,9 @@ public sealed partial class ContainerService
         }
 
         var runtime = runtimes.For(c.RuntimeHandler);
+        // Written before the pause, not inside the freeze window; removed when the dump is over.
+        var criuConfig = CriuConfigFile.For(tcpEstablished) with { PageServerTls = lazyPageServer is null ? null : pageServerTls };
+        using var criuConfigFile = await WriteCriuConfigAsync(c.Id, runtime, criuConfig, ct).ConfigureAwait(false);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         TimeSpan dumped = default, captured = default, paused;
         var succeeded = false;
@@ -65,18 +68,13 @@ public sealed partial class ContainerService
                 TcpEstablished = tcpEstablished,
                 LazyPageServer = lazyPageServer,
             };
-            var criuConfig = CriuConfigFile.For(tcpEstablished) with { PageServerTls = lazyPageServer is null ? null : pageServerTls };
-            using (await WriteCriuConfigAsync(c.Id, runtime, criuConfig, ct).ConfigureAwait(false))
+            if (lazyPageServer is null)
             {
-                if (lazyPageServer is null)
-                {
-                    await runtime.CheckpointAsync(checkpoint, ct).ConfigureAwait(false);
-                }
-                else
-                {
-                    // CRIU has read its configuration by the time it serves pages.
-                    pageServer = await runtime.StartLazyCheckpointAsync(checkpoint, ct).ConfigureAwait(false);
-                }
+                await runtime.CheckpointAsync(checkpoint, ct).ConfigureAwait(false);
+            }
+            else
+            {
+                pageServer = await runtime.StartLazyCheckpointAsync(checkpoint, ct).ConfigureAwait(false);
             }
 
             CrashPoints.Hit(CrashPoints.CheckpointFrozen);
@@ -149,6 +147,7 @@ public sealed partial class ContainerService
         var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
         // Locks in id order, so two pod checkpoints sharing containers never wait on each other crosswise.
         var held = new List<IDisposable>();
+        var criuConfigs = new List<IDisposable>();
         try
         {
             foreach (var id in targets.Select(t => t.ContainerId).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal))
@@ -180,6 +179,12 @@ public sealed partial class ContainerService
             {
                 throw new CrestException(ErrorKind.FailedPrecondition,
                     $"pod sandbox {sandbox.Id} has its own user namespace (userns_options); checkpoints cover pods in the node's user namespace only");
+            }
+
+            // Each container's CRIU configuration is written before the first pause, not inside the pod's frozen window.
+            foreach (var c in records)
+            {
+                criuConfigs.Add(await WriteCriuConfigAsync(c.Id, runtimes.For(c.RuntimeHandler), CriuConfigFile.For(tcpEstablished), ct).ConfigureAwait(false));
             }
 
             var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -269,7 +274,8 @@ public sealed partial class ContainerService
         }
         finally
         {
-            foreach (var h in held)
+            // The configuration files go while their containers are still locked, so none is removed under another dump.
+            foreach (var h in criuConfigs.Concat(held))
             {
                 h.Dispose();
             }
@@ -282,17 +288,14 @@ public sealed partial class ContainerService
         var clock = System.Diagnostics.Stopwatch.StartNew();
         try
         {
-            var runtime = runtimes.For(c.RuntimeHandler);
-            using (await WriteCriuConfigAsync(c.Id, runtime, CriuConfigFile.For(tcpEstablished), ct).ConfigureAwait(false))
+            // Its CRIU configuration was written before the pod froze (DumpPodAsync).
+            await runtimes.For(c.RuntimeHandler).CheckpointAsync(new RuncCheckpointOptions
             {
-                await runtime.CheckpointAsync(new RuncCheckpointOptions
-                {
-                    ContainerId = c.Id,
-                    ImagePath = t.ImagePath,
-                    WorkPath = t.WorkPath,
-                    TcpEstablished = tcpEstablished,
-                }, ct).ConfigureAwait(false);
-            }
+                ContainerId = c.Id,
+                ImagePath = t.ImagePath,
+                WorkPath = t.WorkPath,
+                TcpEstablished = tcpEstablished,
+            }, ct).ConfigureAwait(false);
         }
         catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition && e.Kind != ErrorKind.DeadlineExceeded)
         {

@@ -42,6 +42,21 @@ public sealed class PodDumpTests : IDisposable
     private static bool IsDumpStep(string call) => call.Split(' ')[0] is "pause" or "checkpoint" or "resume" or "kill";
 
     [Fact]
+    public async Task Each_containers_criu_configuration_is_there_for_its_dump_and_gone_after()
+    {
+        var pod = await PodWithAsync("c1", "c2");
+        var seen = new System.Collections.Concurrent.ConcurrentDictionary<string, string>();
+        _h.Runtimes.DuringCheckpoint = o => seen[o.ContainerId] = File.ReadAllText(_h.Layout.Container(o.ContainerId).CriuConfig);
+
+        await _h.Containers.DumpPodAsync(pod.Id, Targets("c1", "c2"), tcpEstablished: false, _ => Task.CompletedTask, killAfterDump: false, Ct);
+
+        Assert.Equal("network-lock skip\n", seen["c1"]);
+        Assert.Equal("network-lock skip\n", seen["c2"]);
+        Assert.False(File.Exists(_h.Layout.Container("c1").CriuConfig));
+        Assert.False(File.Exists(_h.Layout.Container("c2").CriuConfig));
+    }
+
+    [Fact]
     public async Task Every_container_is_paused_before_the_first_dump_and_all_are_resumed_after_the_shared_state_is_captured()
     {
         var pod = await PodWithAsync("c1", "c2");
