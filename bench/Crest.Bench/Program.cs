@@ -164,6 +164,11 @@ if (!critestOnly && !podCheckpointOnly && !callsOnly)
                         report.Add($"checkpoint {name}: CRIU frozen", "ms", subject.Name, frozen);
                     }
 
+                    if (sample.FirstFrozenMs is { } firstFrozen)
+                    {
+                        report.Add($"checkpoint {name}: CRIU frozen, first dump of the process (untimed warm-up)", "ms", subject.Name, firstFrozen);
+                    }
+
                     report.Add($"checkpoint {name}: archive", "MiB", subject.Name, sample.ArchiveBytes / 1048576.0);
                     if (sample.BareRuncMs is { } bare)
                     {
@@ -195,7 +200,7 @@ if (!critestOnly && !podCheckpointOnly && !callsOnly)
         }
     }
 
-    report.Note("checkpoint rows: a busybox awk process holding the named amount of touched memory in a fresh pod per run; CheckpointContainer is the whole CRI call, CRIU frozen is CRIU's own frozen time from the archive's stats-dump; for Crest, bare `runc checkpoint --leave-running` of the same container right after is the floor. Restore rows: CreateContainer + StartContainer into a fresh pod; bare runc restores the same images into a copy of the container's bundle.");
+    report.Note("checkpoint rows: a busybox awk process holding the named amount of touched memory in a fresh pod per run; CheckpointContainer is the whole CRI call, CRIU frozen is CRIU's own frozen time from the archive's stats-dump; each subject first checkpoints the process once untimed (a process's first dump costs CRIU about twice the next at 1 GiB, whoever dumps it; reported as the first-dump row), then the timed checkpoint; for Crest, bare `runc checkpoint --leave-running` of the same container is the floor, run before Crest's on odd runs and after it on even ones, with the page cache written back (sync) before each timed dump. Restore rows: CreateContainer + StartContainer into a fresh pod; bare runc restores the same images into a copy of the container's bundle.");
 }
 
 if (!critestOnly && !checkpointOnly && !callsOnly)

@@ -170,7 +170,7 @@ public sealed class CheckpointService(
                 HeldWork = holdWork ? work : null,
             };
             CheckpointLog.Checkpointed(logger, container.Id, result.Location, bytes, (long)result.Total.TotalMilliseconds, (long)result.Paused.TotalMilliseconds,
-                stats?.FrozenTimeUs ?? 0, stats?.PagesWritten ?? 0, workspace.InMemory ? "memory (tmpfs)" : "disk");
+                stats?.FrozenTimeUs ?? 0, stats?.PagesWritten ?? 0, workspace.Describe());
             CheckpointMetrics.Record(result);
             frozen = false;
             // The page server goes on with the work directory (dump.log); its owner removes both.

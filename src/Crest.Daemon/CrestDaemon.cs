@@ -184,7 +184,7 @@ public sealed class CrestDaemon : IAsyncDisposable
                 TcpEstablished = config.Checkpoint.TcpEstablished,
                 DefaultTimeout = TimeSpan.FromSeconds(config.Checkpoint.TimeoutSeconds),
                 Compression = CheckpointArchive.ParseCompression(config.Checkpoint.Compression),
-                WorkMemory = config.Checkpoint.WorkInMemory == "never" ? CheckpointWorkMemory.Never : CheckpointWorkMemory.Auto,
+                WorkMemory = config.Checkpoint.WorkInMemory switch { "never" => CheckpointWorkMemory.Never, "tmpfs" => CheckpointWorkMemory.Tmpfs, _ => CheckpointWorkMemory.Auto },
             });
             builder.Services.AddSingleton<CheckpointService>();
             builder.Services.AddSingleton<PodOperationJournal>();

@@ -63,6 +63,9 @@ public interface ILinux
     /// <summary>The node's memory available for new allocations without swapping (/proc/meminfo MemAvailable), in bytes.</summary>
     long MemoryAvailableBytes();
 
+    /// <summary>The page cache's dirty bytes and the kernel's background writeback threshold (/proc/meminfo, vm.dirty_background_*).</summary>
+    DirtyPageCache DirtyPageCache();
+
     /// <summary>The received and sent byte counters of interface <paramref name="name"/> as process <paramref name="pid"/> sees it; null if it has none.</summary>
     (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name);
 
@@ -260,6 +263,10 @@ public sealed class LinuxSyscalls : ILinux
     public CgroupUsage? CgroupUsage(string cgroupsPath) => CgroupStats.Read(cgroupsPath);
 
     public long MemoryAvailableBytes() => MemoryInfo.AvailableBytes(File.ReadAllText("/proc/meminfo"));
+
+    public DirtyPageCache DirtyPageCache() => MemoryInfo.DirtyPageCache(File.ReadAllText("/proc/meminfo"),
+        long.Parse(File.ReadAllText("/proc/sys/vm/dirty_background_bytes").Trim(), System.Globalization.CultureInfo.InvariantCulture),
+        int.Parse(File.ReadAllText("/proc/sys/vm/dirty_background_ratio").Trim(), System.Globalization.CultureInfo.InvariantCulture));
 
     public IReadOnlyList<int> CgroupProcesses(string cgroupsPath) => CgroupStats.Processes(cgroupsPath);
 

@@ -5,7 +5,7 @@ using Crest.UnitTests.Fakes;
 
 namespace Crest.UnitTests;
 
-/// <summary>Where a checkpoint's CRIU images go while the container is frozen: a tmpfs when the node has the memory.</summary>
+/// <summary>Where a checkpoint's CRIU images go while the container is frozen: the page cache under its writeback threshold, else a tmpfs when the node has the memory.</summary>
 public sealed class CheckpointWorkTests : IDisposable
 {
     private const long MiB = 1L << 20;
@@ -22,7 +22,41 @@ public sealed class CheckpointWorkTests : IDisposable
     public void The_images_go_to_memory_only_when_the_container_fits_in_half_of_what_is_available(long containerBytes, long availableBytes, long? limit)
     {
         Assert.Equal(limit, CheckpointWorkRule.MemoryLimit(CheckpointWorkMemory.Auto, (ulong)containerBytes, availableBytes));
+        Assert.Equal(limit, CheckpointWorkRule.MemoryLimit(CheckpointWorkMemory.Tmpfs, (ulong)containerBytes, availableBytes));
         Assert.Null(CheckpointWorkRule.MemoryLimit(CheckpointWorkMemory.Never, (ulong)containerBytes, availableBytes));
+    }
+
+    [Theory]
+    [InlineData(100 * MiB, 0, 400 * MiB, true)] // 100 + 64 headroom well under the threshold
+    [InlineData(100 * MiB, 235 * MiB, 400 * MiB, true)] // 235 + 100 + 64 = 399: still under
+    [InlineData(100 * MiB, 236 * MiB, 400 * MiB, false)] // one MiB more reaches it: writeback could throttle CRIU
+    [InlineData(1024 * MiB, 0, 800 * MiB, false)] // a gigabyte never fits under 800 MiB
+    [InlineData(100 * MiB, 0, 0, false)] // a threshold of 0 (unreadable, or a node that writes back at once)
+    public void The_page_cache_takes_the_images_only_below_the_background_writeback_threshold(long containerBytes, long dirtyBytes, long thresholdBytes, bool pageCache)
+    {
+        var state = new DirtyPageCache(dirtyBytes, thresholdBytes);
+
+        Assert.Equal(pageCache, CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Auto, (ulong)containerBytes, state, 0));
+        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Tmpfs, (ulong)containerBytes, state, 0));
+        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Never, (ulong)containerBytes, state, 0));
+        // What other checkpoints still write there counts as dirty.
+        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Auto, (ulong)containerBytes, state, thresholdBytes));
+    }
+
+    [Fact]
+    public void The_writeback_state_is_read_from_meminfo_and_the_vm_settings()
+    {
+        const string meminfo = "MemTotal:       24684256 kB\nMemFree:        18000000 kB\nMemAvailable:   22279932 kB\n"
+            + "Active(file):     1000000 kB\nInactive(file):   1000000 kB\nDirty:               784 kB\nWriteback:            16 kB\n";
+
+        var byRatio = MemoryInfo.DirtyPageCache(meminfo, backgroundBytes: 0, backgroundRatio: 10);
+        var byBytes = MemoryInfo.DirtyPageCache(meminfo, backgroundBytes: 256 * MiB, backgroundRatio: 10);
+
+        Assert.Equal(800L * 1024, byRatio.DirtyBytes);
+        // 10 % of free plus the file LRU lists (20,000,000 kB), as the kernel counts dirtyable memory.
+        Assert.Equal(20000000L * 1024 / 100 * 10, byRatio.BackgroundThresholdBytes);
+        Assert.Equal(256 * MiB, byBytes.BackgroundThresholdBytes);
+        Assert.Throws<CrestException>(() => MemoryInfo.DirtyPageCache("MemFree: 1 kB\n", 0, 10));
     }
 
     [Fact]
@@ -41,11 +75,14 @@ public sealed class CheckpointWorkTests : IDisposable
         var c = await _h.RecordRunningAsync("c1", pod.Id, Ct);
         _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c1"] = new CgroupUsage(1, (ulong)(300 * MiB), (ulong)(300 * MiB), (ulong)(250 * MiB));
         _h.Linux.MemoryAvailable = 4096 * MiB;
+        // The page cache is busy: 700 MiB dirty under an 800 MiB threshold.
+        _h.Linux.PageCache = new DirtyPageCache(700 * MiB, 800 * MiB);
         var path = Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-test");
 
         var work = await _h.Containers.PrepareCheckpointWorkAsync(c, path, CheckpointWorkMemory.Auto, Ct);
 
         Assert.True(work.InMemory);
+        Assert.Equal(CheckpointWorkPlace.Tmpfs, work.Place);
         Assert.Equal(("tmpfs", $"size={2048 * MiB},mode=0700"), _h.Linux.MountedWith[path]);
         Assert.Contains(path, _h.Linux.MountsUnder(path));
 
@@ -64,6 +101,7 @@ public sealed class CheckpointWorkTests : IDisposable
         _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c1"] = new CgroupUsage(1, (ulong)(1500 * MiB), 0, 0);
         _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c2"] = new CgroupUsage(1, (ulong)(1300 * MiB), 0, 0);
         _h.Linux.MemoryAvailable = 4096 * MiB;
+        _h.Linux.PageCache = new DirtyPageCache(0, 1000 * MiB);
         var first = Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-first");
         var second = Path.Combine(_h.Layout.ContainerDir("c2"), "checkpoint-work-second");
         var third = Path.Combine(_h.Layout.ContainerDir("c2"), "checkpoint-work-third");
@@ -94,10 +132,44 @@ public sealed class CheckpointWorkTests : IDisposable
 
         Assert.False(onDisk.InMemory);
         Assert.False(set.InMemory);
+        Assert.Equal(CheckpointWorkPlace.Disk, onDisk.Place);
+        Assert.Equal(CheckpointWorkPlace.Disk, set.Place);
         Assert.True(Directory.Exists(large));
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(large));
         Assert.DoesNotContain(large, _h.Linux.MountedWith.Keys);
         Assert.DoesNotContain(never, _h.Linux.MountedWith.Keys);
+    }
+
+    [Fact]
+    public async Task Under_the_writeback_threshold_the_images_go_to_the_page_cache_and_checkpoints_at_once_count_each_other()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var first = await _h.RecordRunningAsync("c1", pod.Id, Ct);
+        var second = await _h.RecordRunningAsync("c2", pod.Id, Ct);
+        _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c1"] = new CgroupUsage(1, (ulong)(300 * MiB), 0, 0);
+        _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c2"] = new CgroupUsage(1, (ulong)(300 * MiB), 0, 0);
+        _h.Linux.MemoryAvailable = 4096 * MiB;
+        _h.Linux.PageCache = new DirtyPageCache(100 * MiB, 700 * MiB);
+        var one = Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-one");
+        var two = Path.Combine(_h.Layout.ContainerDir("c2"), "checkpoint-work-two");
+        var three = Path.Combine(_h.Layout.ContainerDir("c2"), "checkpoint-work-three");
+        var forced = Path.Combine(_h.Layout.ContainerDir("c2"), "checkpoint-work-forced");
+
+        var a = await _h.Containers.PrepareCheckpointWorkAsync(first, one, CheckpointWorkMemory.Auto, Ct);
+        // 100 dirty + 300 the first still writes + 300 + 64 headroom: over 700, so a tmpfs.
+        var b = await _h.Containers.PrepareCheckpointWorkAsync(second, two, CheckpointWorkMemory.Auto, Ct);
+        _h.Containers.RemoveCheckpointWork(one);
+        _h.Containers.RemoveCheckpointWork(two);
+        var c = await _h.Containers.PrepareCheckpointWorkAsync(second, three, CheckpointWorkMemory.Auto, Ct);
+        var d = await _h.Containers.PrepareCheckpointWorkAsync(second, forced, CheckpointWorkMemory.Tmpfs, Ct);
+
+        Assert.Equal(CheckpointWorkPlace.PageCache, a.Place);
+        Assert.False(a.InMemory);
+        Assert.DoesNotContain(one, _h.Linux.MountedWith.Keys);
+        Assert.Equal(CheckpointWorkPlace.Tmpfs, b.Place);
+        Assert.Equal(CheckpointWorkPlace.PageCache, c.Place);
+        Assert.Equal(CheckpointWorkPlace.Tmpfs, d.Place);
+        Assert.Equal("the page cache (under the writeback threshold)", c.Describe());
     }
 
     public void Dispose() => _h.Dispose();

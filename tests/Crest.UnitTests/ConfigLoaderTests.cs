@@ -101,7 +101,7 @@ public class ConfigLoaderTests
     [InlineData("[checkpoint]\nmin_criu_version = \"four\"", "checkpoint.min_criu_version must be a version")]
     [InlineData("[log]\nlevel = \"loud\"", "log.level: expected one of")]
     [InlineData("[checkpoint]\ncriu_path = \"\"", "checkpoint.criu_path must be a non-empty string")]
-    [InlineData("[checkpoint]\nwork_in_memory = \"always\"", "checkpoint.work_in_memory must be one of \"auto\", \"never\"")]
+    [InlineData("[checkpoint]\nwork_in_memory = \"always\"", "checkpoint.work_in_memory must be one of \"auto\", \"tmpfs\", \"never\"")]
     [InlineData("[cni]\nconf_dir = \"etc/cni\"", "cni.conf_dir must be an absolute path")]
     [InlineData("[cni]\nplugin_dirs = [\"lib/cni\"]", "cni.plugin_dirs must be a list of absolute paths")]
     [InlineData("[registries.\"r.example\"]\nmirrors = [\"ftp://m\"]", "mirrors must be a list of http:// or https:// URLs")]

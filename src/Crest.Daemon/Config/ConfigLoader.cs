@@ -166,7 +166,7 @@ public static class ConfigLoader
                         ? (c is "none" or "gzip" or "zstd" ? c : throw Invalid(sourceName, "checkpoint.compression", "one of \"none\", \"gzip\", \"zstd\"", c))
                         : defaults.Checkpoint.Compression,
                     WorkInMemory = t.String("work_in_memory") is { } w
-                        ? (w is "auto" or "never" ? w : throw Invalid(sourceName, "checkpoint.work_in_memory", "one of \"auto\", \"never\"", w))
+                        ? (w is "auto" or "tmpfs" or "never" ? w : throw Invalid(sourceName, "checkpoint.work_in_memory", "one of \"auto\", \"tmpfs\", \"never\"", w))
                         : defaults.Checkpoint.WorkInMemory,
                     KeepCriuKernelFacts = t.Bool("keep_criu_kernel_facts") ?? defaults.Checkpoint.KeepCriuKernelFacts,
                 },
