@@ -42,6 +42,17 @@ public abstract class LinuxConformance : IDisposable
     }
 
     [Fact]
+    public void The_page_cache_has_a_background_writeback_threshold_and_a_dirty_count()
+    {
+        var state = Create().DirtyPageCache();
+
+        // Every node writes back at some point: a positive threshold (the kernel's default is 10 % of dirtyable memory).
+        Assert.True(state.BackgroundThresholdBytes > 0, $"threshold {state.BackgroundThresholdBytes}");
+        Assert.True(state.DirtyBytes >= 0, $"dirty {state.DirtyBytes}");
+        Assert.False(state.Takes(long.MaxValue / 4));
+    }
+
+    [Fact]
     public void The_node_has_a_host_name()
     {
         Assert.False(string.IsNullOrWhiteSpace(Create().HostName()));
