@@ -13,6 +13,7 @@ public enum ErrorKind
     Unavailable,
     DeadlineExceeded,
     Unimplemented,
+    DataLoss,
 }
 
 /// <summary>

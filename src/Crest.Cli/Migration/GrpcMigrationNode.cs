@@ -205,22 +205,46 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
     public async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, [EnumeratorCancellation] CancellationToken ct)
     {
         using var call = _migration.ReadArchive(new ReadArchiveRequest { ArchiveToken = token }, connection.CallOptions(ct));
+        using var digest = new Crest.Core.StreamDigest();
         while (await Explained("crest.v1.CrestMigration/ReadArchive", () => call.ResponseStream.MoveNext(ct)).ConfigureAwait(false))
         {
-            yield return call.ResponseStream.Current.Data.Memory;
+            var message = call.ResponseStream.Current;
+            if (!message.Sha256.IsEmpty)
+            {
+                // The source's trailer: what arrived here must be what it made, before any of it counts as sent.
+                try
+                {
+                    digest.Verify(message.Sha256.Span, $"migration archive {token} read from {connection.Endpoint}");
+                }
+                catch (Crest.Core.CrestException e)
+                {
+                    throw new CliFailure(ExitCodes.RuntimeError, e.Message);
+                }
+
+                yield break;
+            }
+
+            digest.Append(message.Data.Span);
+            yield return message.Data.Memory;
         }
     }
 
     public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, CancellationToken ct)
     {
         using var call = _migration.WriteArchive(connection.CallOptions(ct));
+        using var digest = new Crest.Core.StreamDigest();
         var first = true;
         await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
         {
             var message = new ArchiveChunk { Data = ByteString.CopyFrom(chunk.Span), Unpack = first && unpack };
             first = false;
+            digest.Append(chunk.Span);
             await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.WriteAsync(message, ct)).ConfigureAwait(false);
         }
+
+        // The trailer: the target checks what it received against what this client sent.
+        var trailer = new ArchiveChunk { Sha256 = ByteString.CopyFrom(digest.Finish()), Unpack = first && unpack };
+        await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.WriteAsync(trailer, ct)).ConfigureAwait(false);
 
         await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.CompleteAsync()).ConfigureAwait(false);
         var r = await Explained("crest.v1.CrestMigration/WriteArchive", () => call.ResponseAsync).ConfigureAwait(false);

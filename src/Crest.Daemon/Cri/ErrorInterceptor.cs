@@ -73,6 +73,7 @@ internal sealed class ErrorInterceptor(ILogger<ErrorInterceptor> logger) : Inter
         ErrorKind.Unavailable => StatusCode.Unavailable,
         ErrorKind.DeadlineExceeded => StatusCode.DeadlineExceeded,
         ErrorKind.Unimplemented => StatusCode.Unimplemented,
+        ErrorKind.DataLoss => StatusCode.DataLoss,
         _ => StatusCode.Internal,
     };
 }
