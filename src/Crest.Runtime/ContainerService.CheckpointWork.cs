@@ -51,7 +51,7 @@ public sealed record CheckpointWork(string Path, long? MemoryLimitBytes, Checkpo
 
 /// <summary>
 /// Where a checkpoint's images go. Under the kernel's background writeback threshold the page cache is the fastest place
-/// (on the 2-core VM, CRIU wrote a gigabyte there in 0.30-0.33 s against 0.45-0.57 s into a tmpfs); above it, CRIU's page
+/// (on the 2-core VM, CRIU wrote a gigabyte there in 0.28-0.33 s against 0.45-0.57 s into a tmpfs); above it, CRIU's page
 /// writes could wait on writeback of whatever the node wrote before, and a tmpfs takes the disk out of the frozen
 /// window. The archive is written from the work directory after the container runs again, and the directory removed
 /// (with its tmpfs, or with its page cache before most of it was ever written back).
@@ -116,18 +116,23 @@ public sealed partial class ContainerService
         }
 
         long available;
-        DirtyPageCache? pageCache = null;
         try
         {
             available = linux.MemoryAvailableBytes();
-            if (mode == CheckpointWorkMemory.Auto)
-            {
-                pageCache = linux.DirtyPageCache();
-            }
+        }
+        catch (CrestException)
+        {
+            return new CheckpointWork(path, null);
+        }
+
+        DirtyPageCache? pageCache = null;
+        try
+        {
+            pageCache = mode == CheckpointWorkMemory.Auto ? linux.DirtyPageCache() : null;
         }
         catch (Exception e) when (e is CrestException or IOException or FormatException or OverflowException)
         {
-            return new CheckpointWork(path, null);
+            // Without the writeback state the page cache is not chosen; a tmpfs still is when it fits.
         }
 
         // What goes in: CRIU's images (at most the container's memory), the rootfs diff (its upper dir) and the log copy.

@@ -172,5 +172,19 @@ public sealed class CheckpointWorkTests : IDisposable
         Assert.Equal("the page cache (under the writeback threshold)", c.Describe());
     }
 
+    [Fact]
+    public async Task An_unreadable_writeback_state_leaves_the_choice_to_the_tmpfs_rule()
+    {
+        var pod = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod(), Ct);
+        var c = await _h.RecordRunningAsync("c1", pod.Id, Ct);
+        _h.Linux.Cgroups[$"{pod.CgroupsPath}/crest-c1"] = new CgroupUsage(1, (ulong)(100 * MiB), 0, 0);
+        _h.Linux.MemoryAvailable = 4096 * MiB;
+        _h.Linux.PageCache = null;
+
+        var work = await _h.Containers.PrepareCheckpointWorkAsync(c, Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-x"), CheckpointWorkMemory.Auto, Ct);
+
+        Assert.Equal(CheckpointWorkPlace.Tmpfs, work.Place);
+    }
+
     public void Dispose() => _h.Dispose();
 }

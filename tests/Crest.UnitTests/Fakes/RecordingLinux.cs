@@ -169,10 +169,10 @@ public sealed class RecordingLinux : ILinux
 
     public long MemoryAvailableBytes() => MemoryAvailable;
 
-    /// <summary>The page cache's writeback state, as a test sets it: by default nothing dirty under an 800 MiB threshold.</summary>
-    public DirtyPageCache PageCache { get; set; } = new(0, 800L << 20);
+    /// <summary>The page cache's writeback state, as a test sets it: by default nothing dirty under an 800 MiB threshold; null: unreadable.</summary>
+    public DirtyPageCache? PageCache { get; set; } = new(0, 800L << 20);
 
-    public DirtyPageCache DirtyPageCache() => PageCache;
+    public DirtyPageCache DirtyPageCache() => PageCache ?? throw new CrestException(ErrorKind.Internal, "/proc/meminfo has no Dirty line in kB");
 
     /// <summary>The processes each cgroup path holds, as a test sets them.</summary>
     public Dictionary<string, List<int>> CgroupMembers { get; } = new(StringComparer.Ordinal);
