@@ -7,8 +7,8 @@ using Grpc.Core;
 namespace Crest.IntegrationTests;
 
 /// <summary>
-/// A migration archive travels with the SHA-256 of its bytes as a trailer: the node that receives it keeps nothing when
-/// the bytes differ, and the node that sends a held archive ends it with the digest of what it sent.
+/// A migration archive (and each rootfs round) travels with the SHA-256 of its bytes as a trailer: the node that receives
+/// it keeps nothing when the bytes differ, and the node that sends a held archive ends it with the digest of what it sent.
 /// </summary>
 public class MigrationArchiveDigestTests
 {
@@ -114,5 +114,34 @@ public class MigrationArchiveDigestTests
 
         var old = await SendAsync(client, data, trailer: null);
         Assert.Equal(data, await File.ReadAllBytesAsync(old.Path, Ct));
+    }
+
+    [Fact]
+    public async Task A_rootfs_round_changed_on_the_way_fails_with_data_loss_and_stages_nothing_while_an_intact_one_is_staged()
+    {
+        await using var d = await TargetAsync();
+        var client = new CrestMigration.CrestMigrationClient(d.Channel);
+        var data = Payload();
+
+        async Task<WriteRootfsRoundResponse> SendRoundAsync(byte[] bytes, byte[] trailer)
+        {
+            using var call = client.WriteRootfsRound(cancellationToken: Ct);
+            await call.RequestStream.WriteAsync(new RootfsRoundChunk { Data = ByteString.CopyFrom(bytes) }, Ct);
+            await call.RequestStream.WriteAsync(new RootfsRoundChunk { Sha256 = ByteString.CopyFrom(trailer) }, Ct);
+            await call.RequestStream.CompleteAsync();
+            return await call.ResponseAsync;
+        }
+
+        var sent = SHA256.HashData(data);
+        var changed = (byte[])data.Clone();
+        changed[5] ^= 0x80;
+        var e = await Assert.ThrowsAsync<RpcException>(() => SendRoundAsync(changed, sent));
+        Assert.Equal(StatusCode.DataLoss, e.StatusCode);
+        Assert.Contains(Convert.ToHexStringLower(sent), e.Status.Detail, StringComparison.Ordinal);
+        Assert.Empty(Held(d));
+
+        var staged = await SendRoundAsync(data, sent);
+        Assert.Equal(1, staged.Round);
+        Assert.Equal(data.Length, staged.Bytes);
     }
 }

@@ -593,6 +593,7 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal(1, Crest.Api.V1.ArchiveChunk.DataFieldNumber);
         Assert.Equal(2, Crest.Api.V1.ArchiveChunk.UnpackFieldNumber);
         Assert.Equal(3, Crest.Api.V1.ArchiveChunk.Sha256FieldNumber);
+        Assert.Equal(3, Crest.Api.V1.RootfsRoundChunk.Sha256FieldNumber);
         Assert.Equal(2, Crest.Api.V1.WriteArchiveResponse.PathFieldNumber);
         Assert.Equal(2, Crest.Api.V1.LogTimesRequest.AfterUnixNanosFieldNumber);
         Assert.Equal(2, Crest.Api.V1.LogTimesResponse.FirstLineAfterUnixNanosFieldNumber);

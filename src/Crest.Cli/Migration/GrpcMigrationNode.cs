@@ -168,19 +168,19 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
     public async Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
     {
         using var call = _migration.WriteRootfsRound(connection.CallOptions(ct));
+        using var digest = new Crest.Core.StreamDigest();
         var first = true;
         await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
         {
             var message = new RootfsRoundChunk { StagingToken = first ? stagingToken ?? "" : "", Data = ByteString.CopyFrom(chunk.Span) };
             first = false;
+            digest.Append(chunk.Span);
             await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.WriteAsync(message, ct)).ConfigureAwait(false);
         }
 
-        if (first)
-        {
-            // An empty round still names its staging.
-            await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.WriteAsync(new RootfsRoundChunk { StagingToken = stagingToken ?? "" }, ct)).ConfigureAwait(false);
-        }
+        // The trailer (which names the staging when the round is empty): the target checks what it received against it.
+        var trailer = new RootfsRoundChunk { StagingToken = first ? stagingToken ?? "" : "", Sha256 = ByteString.CopyFrom(digest.Finish()) };
+        await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.WriteAsync(trailer, ct)).ConfigureAwait(false);
 
         await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.CompleteAsync()).ConfigureAwait(false);
         var r = await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.ResponseAsync).ConfigureAwait(false);

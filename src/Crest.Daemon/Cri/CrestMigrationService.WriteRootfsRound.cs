@@ -7,7 +7,8 @@ internal sealed partial class CrestMigrationService
 {
     /// <summary>
     /// Stores one rootfs round streamed in, under the staging the first message names (a new one when empty). A cut stream
-    /// stores nothing; NotFound for a staging this node does not hold.
+    /// stores nothing, and neither does one whose data differs from its SHA-256 trailer (DataLoss); NotFound for a staging
+    /// this node does not hold.
     /// </summary>
     public override async Task<WriteRootfsRoundResponse> WriteRootfsRound(IAsyncStreamReader<RootfsRoundChunk> requestStream, ServerCallContext context)
     {
@@ -20,16 +21,8 @@ internal sealed partial class CrestMigrationService
         }
 
         var first = requestStream.Current;
-        var staged = await migrations.ReceiveRootfsRoundAsync(first.StagingToken.Length > 0 ? first.StagingToken : null, RoundChunks(first, requestStream, ct), ct);
+        var chunks = TrailedChunks.ReadAsync(first, requestStream, m => m.Data, m => m.Sha256, "the rootfs round sent to this node", ct);
+        var staged = await migrations.ReceiveRootfsRoundAsync(first.StagingToken.Length > 0 ? first.StagingToken : null, chunks, ct);
         return new WriteRootfsRoundResponse { StagingToken = staged.StagingToken, Round = staged.Round, Bytes = staged.Bytes };
-    }
-
-    private static async IAsyncEnumerable<ReadOnlyMemory<byte>> RoundChunks(RootfsRoundChunk first, IAsyncStreamReader<RootfsRoundChunk> stream, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
-    {
-        yield return first.Data.Memory;
-        while (await stream.MoveNext(ct))
-        {
-            yield return stream.Current.Data.Memory;
-        }
     }
 }
