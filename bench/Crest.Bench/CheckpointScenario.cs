@@ -247,6 +247,10 @@ internal static class CheckpointScenario
     {
         using var sync = Process.Start(new ProcessStartInfo("sync") { UseShellExecute = false })!;
         await sync.WaitForExitAsync();
+        if (sync.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"sync exited {sync.ExitCode} before a timed dump");
+        }
     }
 
     /// <summary>Runs runc with stdio on /dev/null (a restored process inherits them as its stdout and stderr).</summary>

@@ -4,8 +4,10 @@ namespace Crest.Core;
 
 /// <summary>
 /// The SHA-256 of bytes that travel in pieces, checked against the digest their sender computed. A migration archive
-/// ends with such a digest (a trailer computed where the archive was made), and every hop that relays it checks what it
-/// received against it, so bytes changed on the way stop the migration at the hop that saw them.
+/// ends with such a digest: the source computes it over what it made, the client checks what it read against it and
+/// sends the target a trailer computed over what it relays, which the target checks; bytes changed on a connection stop
+/// the migration at the hop that saw them (a change inside the relaying client, between its check and its resend, is
+/// not covered).
 /// </summary>
 public sealed class StreamDigest : IDisposable
 {

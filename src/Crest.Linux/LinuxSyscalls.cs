@@ -66,6 +66,9 @@ public interface ILinux
     /// <summary>The page cache's dirty bytes and the kernel's background writeback threshold (/proc/meminfo, vm.dirty_background_*).</summary>
     DirtyPageCache DirtyPageCache();
 
+    /// <summary>Free bytes of the filesystem holding <paramref name="path"/> for an unprivileged writer (statvfs f_bavail).</summary>
+    long FreeBytes(string path);
+
     /// <summary>The received and sent byte counters of interface <paramref name="name"/> as process <paramref name="pid"/> sees it; null if it has none.</summary>
     (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name);
 
@@ -263,6 +266,8 @@ public sealed class LinuxSyscalls : ILinux
     public CgroupUsage? CgroupUsage(string cgroupsPath) => CgroupStats.Read(cgroupsPath);
 
     public long MemoryAvailableBytes() => MemoryInfo.AvailableBytes(File.ReadAllText("/proc/meminfo"));
+
+    public long FreeBytes(string path) => DiskBudget.FreeBytesOf(path);
 
     public DirtyPageCache DirtyPageCache() => MemoryInfo.DirtyPageCache(File.ReadAllText("/proc/meminfo"),
         long.Parse(File.ReadAllText("/proc/sys/vm/dirty_background_bytes").Trim(), System.Globalization.CultureInfo.InvariantCulture),

@@ -54,7 +54,9 @@ public sealed record CheckpointWork(string Path, long? MemoryLimitBytes, Checkpo
 /// (on the 2-core VM, CRIU wrote a gigabyte there in 0.28-0.33 s against 0.45-0.57 s into a tmpfs); above it, CRIU's page
 /// writes could wait on writeback of whatever the node wrote before, and a tmpfs takes the disk out of the frozen
 /// window. The archive is written from the work directory after the container runs again, and the directory removed
-/// (with its tmpfs, or with its page cache before most of it was ever written back).
+/// (with its tmpfs, or with its page cache, usually before it was written back: writeback starts when the archive's own
+/// writes cross the threshold, or after vm.dirty_expire_centisecs for a migration's held checkpoint). The threshold is
+/// the node's; a memory cgroup's own writeback limits (cgroup v2) are not read.
 /// </summary>
 public static class CheckpointWorkRule
 {
@@ -81,14 +83,21 @@ public static class CheckpointWorkRule
 
     /// <summary>
     /// Whether a checkpoint that writes at most <paramref name="containerBytes"/> goes to the page cache: only in
-    /// <see cref="CheckpointWorkMemory.Auto"/>, and only when that and <paramref name="reservedBytes"/> (what other
-    /// checkpoints still write there) stay under the background writeback threshold with the headroom to spare.
+    /// <see cref="CheckpointWorkMemory.Auto"/>, only when that and <paramref name="reservedBytes"/> (what other
+    /// checkpoints still write) stay under the background writeback threshold with the headroom to spare, and only when
+    /// the work directory's filesystem has that much free (<paramref name="diskFreeBytes"/>): the page cache is written
+    /// back to it in the end unless the directory goes first.
     /// </summary>
-    public static bool UsesPageCache(CheckpointWorkMemory mode, ulong containerBytes, DirtyPageCache pageCache, long reservedBytes)
+    public static bool UsesPageCache(CheckpointWorkMemory mode, ulong containerBytes, DirtyPageCache pageCache, long reservedBytes, long diskFreeBytes)
     {
         ArgumentNullException.ThrowIfNull(pageCache);
-        return mode == CheckpointWorkMemory.Auto && containerBytes <= long.MaxValue / 2
-            && pageCache.Takes((long)containerBytes + Headroom + Math.Max(0, reservedBytes));
+        if (mode != CheckpointWorkMemory.Auto || containerBytes > long.MaxValue / 4)
+        {
+            return false;
+        }
+
+        var needed = (long)containerBytes + Headroom + Math.Max(0, reservedBytes);
+        return pageCache.Takes(needed) && diskFreeBytes >= needed;
     }
 }
 
@@ -126,13 +135,19 @@ public sealed partial class ContainerService
         }
 
         DirtyPageCache? pageCache = null;
+        long diskFree = 0;
         try
         {
-            pageCache = mode == CheckpointWorkMemory.Auto ? linux.DirtyPageCache() : null;
+            if (mode == CheckpointWorkMemory.Auto)
+            {
+                pageCache = linux.DirtyPageCache();
+                diskFree = linux.FreeBytes(path);
+            }
         }
-        catch (Exception e) when (e is CrestException or IOException or FormatException or OverflowException)
+        catch (Exception e) when (e is CrestException or IOException or UnauthorizedAccessException or FormatException or OverflowException)
         {
-            // Without the writeback state the page cache is not chosen; a tmpfs still is when it fits.
+            // Without the writeback state or the disk's free space the page cache is not chosen; a tmpfs still is when it fits.
+            pageCache = null;
         }
 
         // What goes in: CRIU's images (at most the container's memory), the rootfs diff (its upper dir) and the log copy.
@@ -143,7 +158,7 @@ public sealed partial class ContainerService
         {
             // Checkpoints running at once share what is available: each counts what the others may still write.
             var reserved = _checkpointMemory.Values.Sum();
-            if (pageCache is not null && CheckpointWorkRule.UsesPageCache(mode, estimate, pageCache, reserved))
+            if (pageCache is not null && CheckpointWorkRule.UsesPageCache(mode, estimate, pageCache, reserved, diskFree))
             {
                 _checkpointMemory[path] = (long)estimate;
                 return new CheckpointWork(path, null, CheckpointWorkPlace.PageCache);
@@ -167,17 +182,24 @@ public sealed partial class ContainerService
     /// <summary>Unmounts a checkpoint's work directory (when it is a mount) and deletes it; a missing one is not an error.</summary>
     public void RemoveCheckpointWork(string path)
     {
-        if (FileKinds.IsDirectory(path))
+        try
         {
-            // A tmpfs goes with what is in it; a plain directory is not a mount point, which unmount ignores.
-            linux.Unmount(path);
+            if (FileKinds.IsDirectory(path))
+            {
+                // A tmpfs goes with what is in it; a plain directory is not a mount point, which unmount ignores.
+                linux.Unmount(path);
+            }
+
+            FileKinds.Remove(path);
         }
-
-        FileKinds.Remove(path);
-
-        lock (_checkpointMemory)
+        finally
         {
-            _checkpointMemory.Remove(path);
+            // Given back even when the removal failed (the caller logs it): a stale share would keep later checkpoints
+            // out of the page cache and shrink their tmpfs until crestd restarts.
+            lock (_checkpointMemory)
+            {
+                _checkpointMemory.Remove(path);
+            }
         }
     }
 }

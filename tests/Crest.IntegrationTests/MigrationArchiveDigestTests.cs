@@ -144,4 +144,33 @@ public class MigrationArchiveDigestTests
         Assert.Equal(1, staged.Round);
         Assert.Equal(data.Length, staged.Bytes);
     }
+
+    [Fact]
+    public async Task An_archive_unpacked_as_it_arrives_and_changed_on_the_way_fails_with_data_loss_and_leaves_no_checkpoint()
+    {
+        await using var d = await TargetAsync();
+        var client = new CrestMigration.CrestMigrationClient(d.Channel);
+        // A real tar, so the unpack as it arrives (what a migration asks for) gets through every entry: the changed byte
+        // is in a file's data, which only the trailer can tell.
+        var tar = new MemoryStream();
+        await using (var writer = new System.Formats.Tar.TarWriter(tar, System.Formats.Tar.TarEntryFormat.Pax, leaveOpen: true))
+        {
+            var entry = new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.RegularFile, "dump.log") { DataStream = new MemoryStream(Payload()) };
+            await writer.WriteEntryAsync(entry, Ct);
+        }
+
+        var data = tar.ToArray();
+        var sent = SHA256.HashData(data);
+        data[data.Length / 2] ^= 0x10;
+        var restores = Path.Combine(d.Daemon.Config.Paths.Root, "restores");
+
+        using var call = client.WriteArchive(cancellationToken: Ct);
+        await call.RequestStream.WriteAsync(new ArchiveChunk { Data = ByteString.CopyFrom(data), Unpack = true }, Ct);
+        await call.RequestStream.WriteAsync(new ArchiveChunk { Sha256 = ByteString.CopyFrom(sent) }, Ct);
+        await call.RequestStream.CompleteAsync();
+        var e = await Assert.ThrowsAsync<RpcException>(() => call.ResponseAsync);
+
+        Assert.Equal(StatusCode.DataLoss, e.StatusCode);
+        Assert.Empty(Directory.Exists(restores) ? Directory.GetFileSystemEntries(restores) : []);
+    }
 }

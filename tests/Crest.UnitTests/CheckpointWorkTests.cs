@@ -36,11 +36,15 @@ public sealed class CheckpointWorkTests : IDisposable
     {
         var state = new DirtyPageCache(dirtyBytes, thresholdBytes);
 
-        Assert.Equal(pageCache, CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Auto, (ulong)containerBytes, state, 0));
-        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Tmpfs, (ulong)containerBytes, state, 0));
-        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Never, (ulong)containerBytes, state, 0));
+        const long disk = 100L << 30;
+
+        Assert.Equal(pageCache, CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Auto, (ulong)containerBytes, state, 0, disk));
+        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Tmpfs, (ulong)containerBytes, state, 0, disk));
+        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Never, (ulong)containerBytes, state, 0, disk));
         // What other checkpoints still write there counts as dirty.
-        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Auto, (ulong)containerBytes, state, thresholdBytes));
+        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Auto, (ulong)containerBytes, state, thresholdBytes, disk));
+        // A disk without room for the images (the page cache is written back there in the end): never the page cache.
+        Assert.False(CheckpointWorkRule.UsesPageCache(CheckpointWorkMemory.Auto, (ulong)containerBytes, state, 0, containerBytes + CheckpointWorkRule.Headroom - 1));
     }
 
     [Fact]
@@ -170,6 +174,9 @@ public sealed class CheckpointWorkTests : IDisposable
         Assert.Equal(CheckpointWorkPlace.PageCache, c.Place);
         Assert.Equal(CheckpointWorkPlace.Tmpfs, d.Place);
         Assert.Equal("the page cache (under the writeback threshold)", c.Describe());
+        _h.Linux.DiskFree = 200 * MiB; // the disk could not take the page cache's 300 MiB when written back
+        var full = await _h.Containers.PrepareCheckpointWorkAsync(first, Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-full"), CheckpointWorkMemory.Auto, Ct);
+        Assert.Equal(CheckpointWorkPlace.Tmpfs, full.Place);
     }
 
     [Fact]

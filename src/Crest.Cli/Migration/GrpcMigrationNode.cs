@@ -211,7 +211,7 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
             var message = call.ResponseStream.Current;
             if (!message.Sha256.IsEmpty)
             {
-                // The source's trailer: what arrived here must be what it made, before any of it counts as sent.
+                // The source's trailer: what arrived here must be what it made, before any of it counts as sent; it ends the stream.
                 try
                 {
                     digest.Verify(message.Sha256.Span, $"migration archive {token} read from {connection.Endpoint}");
@@ -219,6 +219,11 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
                 catch (Crest.Core.CrestException e)
                 {
                     throw new CliFailure(ExitCodes.RuntimeError, e.Message);
+                }
+
+                if (await Explained("crest.v1.CrestMigration/ReadArchive", () => call.ResponseStream.MoveNext(ct)).ConfigureAwait(false))
+                {
+                    throw new CliFailure(ExitCodes.RuntimeError, $"migration archive {token} read from {connection.Endpoint} has data after its SHA-256 trailer; the trailer ends the stream");
                 }
 
                 yield break;

@@ -172,6 +172,11 @@ public sealed class RecordingLinux : ILinux
     /// <summary>The page cache's writeback state, as a test sets it: by default nothing dirty under an 800 MiB threshold; null: unreadable.</summary>
     public DirtyPageCache? PageCache { get; set; } = new(0, 800L << 20);
 
+    /// <summary>What the fake's filesystems have free, as a test sets it.</summary>
+    public long DiskFree { get; set; } = 100L << 30;
+
+    public long FreeBytes(string path) => DiskFree;
+
     public DirtyPageCache DirtyPageCache() => PageCache ?? throw new CrestException(ErrorKind.Internal, "/proc/meminfo has no Dirty line in kB");
 
     /// <summary>The processes each cgroup path holds, as a test sets them.</summary>
