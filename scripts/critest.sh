@@ -46,9 +46,15 @@ cleanup() {
     kill -TERM "$crestd_pid" 2>/dev/null; wait "$crestd_pid" 2>/dev/null || true
   fi
   critest_stop_registry
-  # The results stay for reading; the roots (images, snapshots, state) go.
+  # The results stay for reading; the roots (images, snapshots, state) go. With CRITEST_OUT the results and crestd's
+  # log are elsewhere, so the whole work directory goes.
   for m in $(awk -v w="$work" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null || true; done
-  rm -rf "$work/root" "$work/state" "$work/registry"
+  if [ -n "${CRITEST_OUT:-}" ]; then
+    cp "$work/crestd.log" "$out/crestd.log" 2>/dev/null || true
+    rm -rf "$work"
+  else
+    rm -rf "$work/root" "$work/state" "$work/registry"
+  fi
 }
 trap cleanup EXIT
 
