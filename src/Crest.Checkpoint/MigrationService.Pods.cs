@@ -130,15 +130,20 @@ public sealed partial class MigrationService
             return false;
         }
 
+        // Each container archive's size as the freeze measured it (pod.json): not measured again here, and a work
+        // directory that changed since breaks the stream off when its archive's length differs.
+        // This node wrote it; its container archives are made below, so the files are not checked (Parse with no directory).
+        var manifest = PodCheckpointManifests.Parse(await File.ReadAllBytesAsync(Path.Combine(dir, PodCheckpointFiles.Manifest), ct).ConfigureAwait(false), null);
         var nested = new List<NestedArchive>();
         foreach (var (name, work) in HeldPodWork(token))
         {
-            if (!PodCheckpointFiles.IsValidContainerName(name) || !IsCheckpointWork(work) || FileKinds.IsSymlink(work) || !Directory.Exists(work))
+            if (!PodCheckpointFiles.IsValidContainerName(name) || !IsCheckpointWork(work) || FileKinds.IsSymlink(work) || !Directory.Exists(work)
+                || manifest.Containers.FirstOrDefault(c => c.Name == name) is not { } recorded)
             {
                 throw new CrestException(ErrorKind.NotFound, $"the checkpoint of container {name} behind migration archive {token} is gone ({work}); freeze the pod again");
             }
 
-            nested.Add(new NestedArchive(PodCheckpointFiles.ContainerArchive(name), work, await CheckpointArchive.MeasureAsync(work, ct).ConfigureAwait(false)));
+            nested.Add(new NestedArchive(PodCheckpointFiles.ContainerArchive(name), work, recorded.ArchiveBytes));
         }
 
         await CheckpointArchive.WriteAsync(dir, output, ArchiveCompression.None, ct, nested).ConfigureAwait(false);
