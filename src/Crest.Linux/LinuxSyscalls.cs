@@ -76,6 +76,13 @@ public interface ILinux
     Task<System.Net.Sockets.Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout);
 
     /// <summary>
+    /// Turns Nagle's algorithm off (TCP_NODELAY) on the socket listening on <paramref name="port"/> that a process in the
+    /// tree under <paramref name="root"/> holds, so the connections it accepts from then on send each write at once; false
+    /// when no such listener is found. See <see cref="TcpListeners"/>.
+    /// </summary>
+    bool SetListenerNoDelay(int root, int port);
+
+    /// <summary>
     /// Saves the System V shared memory of the IPC namespace file <paramref name="ipcNamespaceFile"/> to a new 0600
     /// <paramref name="outputFile"/> (which must not exist; it is removed again on failure). See <see cref="SysVSharedMemory.Save"/>.
     /// </summary>
@@ -306,6 +313,8 @@ public sealed class LinuxSyscalls : ILinux
 
     public Task<System.Net.Sockets.Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
         NetworkNamespaces.ConnectLoopbackAsync(netnsPath, port, timeout);
+
+    public bool SetListenerNoDelay(int root, int port) => TcpListeners.SetNoDelay(root, port);
 
     public SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct)
     {

@@ -75,6 +75,10 @@ public sealed partial class ContainerService
             else
             {
                 pageServer = await runtime.StartLazyCheckpointAsync(checkpoint, ct).ConfigureAwait(false);
+                if (!pageServer.NoDelay)
+                {
+                    RuntimeLog.PageServerNagleKept(logger, c.Id, pageServer.PageServer);
+                }
             }
 
             CrashPoints.Hit(CrashPoints.CheckpointFrozen);

@@ -39,6 +39,12 @@ public sealed class LazyCheckpoint(ChildProcess runc, string workPath, string pa
     /// <summary>The <c>HOST:PORT</c> the page server listens on.</summary>
     public string PageServer => pageServer;
 
+    /// <summary>
+    /// Whether the page server's listening socket has TCP_NODELAY, so the connection it accepts sends each write at once
+    /// (CRIU leaves Nagle's algorithm on until it serves pages; see <see cref="ILinux.SetListenerNoDelay"/>).
+    /// </summary>
+    public bool NoDelay { get; internal set; }
+
     /// <summary>The dump's work directory (dump.log); the caller removes it once the page server ended.</summary>
     public string WorkPath => workPath;
 

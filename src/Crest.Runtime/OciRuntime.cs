@@ -275,6 +275,13 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
 
         // The work directory becomes the archive; runc keeps its descriptor of the unlinked file.
         File.Delete(stderrPath);
+        // CRIU's page server accepts the target with Nagle's algorithm on, and GnuTLS writes each message of its
+        // handshake flight with a send of its own: the second waits for the target to acknowledge the first, which a
+        // delayed ACK holds back 40 ms. The accepted socket inherits TCP_NODELAY from the listener, which listens from
+        // now on and is accepted only once the target restores, after this returns.
+        var colon = server.LastIndexOf(':');
+        lazy.NoDelay = colon > 0 && int.TryParse(server.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var port)
+            && linux.SetListenerNoDelay(runc.Pid, port);
         return lazy;
     }
 

@@ -94,6 +94,55 @@ public sealed class LinuxSyscallsTests : LinuxConformance
         Assert.Equal((5000UL, 3000UL), LinuxSyscalls.ParseInterfaceCounters(netDev, "eth0"));
         Assert.Null(LinuxSyscalls.ParseInterfaceCounters(netDev, "eth1"));
     }
+
+    [Fact]
+    public void Listening_rows_of_a_proc_net_tcp_table_are_found_by_port()
+    {
+        string[] table =
+        [
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
+            "   0: 0100007F:B5AB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 81234 1 0000000000000000 100 0 0 10 0",
+            "   1: 0100007F:B5AB 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 81299 1 0000000000000000 20 4 30 10 -1",
+            "   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1500 1 0000000000000000 100 0 0 10 0",
+        ];
+
+        // 0xB5AB is 46507: only the listening row counts, not the connection it accepted.
+        Assert.Equal(["81234"], TcpListeners.ParseListeningInodes(table, 46507));
+        Assert.Equal(["1500"], TcpListeners.ParseListeningInodes(table, 22));
+        Assert.Empty(TcpListeners.ParseListeningInodes(table, 40000));
+    }
+
+    [Fact]
+    public async Task Nagle_turned_off_on_a_listener_of_this_process_holds_for_the_connections_it_accepts_afterwards()
+    {
+        using var listener = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        listener.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        listener.Listen(1);
+        var port = ((System.Net.IPEndPoint)listener.LocalEndPoint!).Port;
+        Assert.False(listener.NoDelay);
+
+        // Found through /proc and changed through a duplicate of the descriptor, as for CRIU's page server.
+        Assert.True(Create().SetListenerNoDelay(Environment.ProcessId, port));
+
+        Assert.True(listener.NoDelay);
+        using var client = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        await client.ConnectAsync(System.Net.IPAddress.Loopback, port, TestContext.Current.CancellationToken);
+        using var accepted = await listener.AcceptAsync(TestContext.Current.CancellationToken);
+        Assert.True(accepted.NoDelay);
+        Assert.False(client.NoDelay);
+    }
+
+    [Fact]
+    public void A_port_nobody_listens_on_has_no_listener_to_change()
+    {
+        using var bound = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        bound.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        var port = ((System.Net.IPEndPoint)bound.LocalEndPoint!).Port;
+
+        // Bound but not listening; and a listener of another tree than the one named is not touched either.
+        Assert.False(Create().SetListenerNoDelay(Environment.ProcessId, port));
+        Assert.False(Create().SetListenerNoDelay(999_999_999, port));
+    }
 }
 
 public sealed class RecordingLinuxTests : LinuxConformance

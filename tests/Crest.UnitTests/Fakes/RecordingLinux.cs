@@ -190,6 +190,13 @@ public sealed class RecordingLinux : ILinux
     public Task<Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
         Task.FromException<Socket>(new CrestException(ErrorKind.Unavailable, $"port {port} in {netnsPath} refused the connection (no namespaces in unit tests)"));
 
+    /// <summary>Records the call; true, as if the listener were found.</summary>
+    public bool SetListenerNoDelay(int root, int port)
+    {
+        Record($"SetListenerNoDelay {root} {port}");
+        return true;
+    }
+
     /// <summary>What the fake writes as a shared memory image and expects to read back.</summary>
     public const string SysVShmMarker = "recording-linux sysv shm\n";
 
