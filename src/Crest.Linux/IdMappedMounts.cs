@@ -79,10 +79,11 @@ public static class IdMappedMounts
         {
             var own = ReadLink("/proc/self/ns/user");
             var file = $"/proc/{child.Pid}/ns/user";
-            var deadline = DateTime.UtcNow + timeout;
+            // A monotonic clock: a wall clock set back while waiting would stretch the bound.
+            var started = System.Diagnostics.Stopwatch.GetTimestamp();
             while (ReadLink(file) is not { } ns || ns == own)
             {
-                if (DateTime.UtcNow > deadline)
+                if (System.Diagnostics.Stopwatch.GetElapsedTime(started) > timeout)
                 {
                     return "unshare --user did not make a user namespace in time (are unprivileged or nested user namespaces restricted?)";
                 }

@@ -322,9 +322,10 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
     /// </summary>
     private async Task KillExecAsync(string pidFile, Task<CommandResult> run, CancellationTokenSource lastResort)
     {
-        var giveUp = DateTime.UtcNow + ExecKillGrace;
+        // A monotonic clock: a wall clock set back while waiting would stretch the grace.
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
         var killed = false;
-        while (!run.IsCompleted && DateTime.UtcNow < giveUp)
+        while (!run.IsCompleted && System.Diagnostics.Stopwatch.GetElapsedTime(started) < ExecKillGrace)
         {
             // The pid file appears once the command has started; a timeout shorter than the start finds none yet. The
             // tree is killed once (KillProcessTree makes its own passes for late forks): once the client has reaped the
