@@ -220,6 +220,7 @@ public sealed class CrestDaemon : IAsyncDisposable
                 o.EnableDetailedErrors = false;
                 o.MaxReceiveMessageSize = 16 * 1024 * 1024;
             });
+            MethodBindings.Use(builder.Services);
 
             Metrics.MetricsEndpoint.Configure();
             var servicesAdded = clock.Elapsed;
