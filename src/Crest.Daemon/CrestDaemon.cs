@@ -238,6 +238,7 @@ public sealed class CrestDaemon : IAsyncDisposable
             app.MapGrpcService<CriImageService>();
             app.MapGrpcService<CrestImagesService>();
             app.MapGrpcService<CrestMigrationService>();
+            MethodBindings.Verify(app);
 
             var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("crestd");
             if (staleRemoved)

@@ -67,6 +67,21 @@ internal static unsafe partial class Interop
     [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
     internal static partial int Close(int fd);
 
+    private const long SYS_pidfd_open = 434;
+    private const long SYS_pidfd_getfd = 438;
+
+    [LibraryImport("libc", EntryPoint = "syscall", SetLastError = true)]
+    private static partial long Syscall3(long number, long a, long b, long c);
+
+    /// <summary>pidfd_open(2): a descriptor for process <paramref name="pid"/>.</summary>
+    internal static int PidFdOpen(int pid) => (int)Syscall3(SYS_pidfd_open, pid, 0, 0);
+
+    /// <summary>pidfd_getfd(2): a copy of descriptor <paramref name="targetFd"/> of the process behind <paramref name="pidFd"/>.</summary>
+    internal static int PidFdGetFd(int pidFd, int targetFd) => (int)Syscall3(SYS_pidfd_getfd, pidFd, targetFd, 0);
+
+    [LibraryImport("libc", EntryPoint = "setsockopt", SetLastError = true)]
+    internal static partial int SetSockOpt(int fd, int level, int name, void* value, uint length);
+
     [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
     internal static partial nint Send(int fd, byte* buffer, nint length, int flags);
 

@@ -77,10 +77,11 @@ public interface ILinux
 
     /// <summary>
     /// Turns Nagle's algorithm off (TCP_NODELAY) on the socket listening on <paramref name="port"/> that a process in the
-    /// tree under <paramref name="root"/> holds, so the connections it accepts from then on send each write at once; false
-    /// when no such listener is found. See <see cref="TcpListeners"/>.
+    /// tree under <paramref name="root"/> holds, so the connections it accepts from then on send each write at once
+    /// (through /proc and a pidfd_getfd copy of its descriptor). Null when done, else why not: no such listener, or
+    /// the kernel refused the copy.
     /// </summary>
-    bool SetListenerNoDelay(int root, int port);
+    string? SetListenerNoDelay(int root, int port);
 
     /// <summary>
     /// Saves the System V shared memory of the IPC namespace file <paramref name="ipcNamespaceFile"/> to a new 0600
@@ -314,7 +315,7 @@ public sealed class LinuxSyscalls : ILinux
     public Task<System.Net.Sockets.Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
         NetworkNamespaces.ConnectLoopbackAsync(netnsPath, port, timeout);
 
-    public bool SetListenerNoDelay(int root, int port) => TcpListeners.SetNoDelay(root, port);
+    public string? SetListenerNoDelay(int root, int port) => TcpListeners.SetNoDelay(root, port);
 
     public SysVShmSummary SaveSysVSharedMemory(string ipcNamespaceFile, string outputFile, CancellationToken ct)
     {

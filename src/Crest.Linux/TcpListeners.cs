@@ -9,7 +9,7 @@ namespace Crest.Linux;
 /// process with <c>pidfd_getfd(2)</c> and changed there; the duplicate shares the socket, so the owner sees the change.
 /// Sockets a listener accepts afterwards inherit its TCP options.
 /// </summary>
-public static class TcpListeners
+internal static class TcpListeners
 {
     private const int IPPROTO_TCP = 6;
     private const int TCP_NODELAY = 1;
@@ -17,32 +17,34 @@ public static class TcpListeners
 
     /// <summary>
     /// Sets TCP_NODELAY on the socket listening on <paramref name="port"/> that a process in the tree under
-    /// <paramref name="root"/> (itself included) holds; false when no such socket is found or it cannot be reached.
+    /// <paramref name="root"/> (itself included) holds. Null when it is set, else why not.
     /// </summary>
-    public static bool SetNoDelay(int root, int port)
+    public static string? SetNoDelay(int root, int port)
     {
         var inodes = ListeningInodes(root, port);
         if (inodes.Count == 0)
         {
-            return false;
+            return $"nothing listens on TCP port {port} in the network namespace of process {root}";
         }
 
+        string? why = null;
         foreach (var pid in TreeOf(root))
         {
-            foreach (var fd in SocketDescriptors(pid, inodes))
+            foreach (var (fd, inode) in SocketDescriptors(pid, inodes))
             {
-                if (SetNoDelayIn(pid, fd))
+                why = SetNoDelayIn(pid, fd, inode);
+                if (why is null)
                 {
-                    return true;
+                    return null;
                 }
             }
         }
 
-        return false;
+        return why ?? $"no process in the tree of process {root} holds the socket listening on TCP port {port}";
     }
 
     /// <summary>The inodes of the sockets listening on <paramref name="port"/> in <paramref name="pid"/>'s network namespace.</summary>
-    internal static HashSet<string> ListeningInodes(int pid, int port)
+    private static HashSet<string> ListeningInodes(int pid, int port)
     {
         var inodes = new HashSet<string>(StringComparer.Ordinal);
         foreach (var table in new[] { "tcp", "tcp6" })
@@ -61,8 +63,8 @@ public static class TcpListeners
     }
 
     /// <summary>
-    /// The inodes of the rows of a /proc/net/tcp table in the listening state on <paramref name="port"/>: "sl local_address
-    /// rem_address st tx:rx tr:when retrnsmt uid timeout inode ...", the local address as hex "ADDR:PORT".
+    /// The inodes of the rows of a /proc/net/tcp or tcp6 table in the listening state on <paramref name="port"/>: "sl
+    /// local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...", the local address as hex "ADDR:PORT".
     /// </summary>
     public static IReadOnlyList<string> ParseListeningInodes(IEnumerable<string> table, int port)
     {
@@ -93,9 +95,19 @@ public static class TcpListeners
         var tree = new List<int> { root };
         for (var i = 0; i < tree.Count && tree.Count < 256; i++)
         {
+            string[] tasks;
             try
             {
-                foreach (var task in Directory.EnumerateDirectories($"/proc/{tree[i].ToString(CultureInfo.InvariantCulture)}/task"))
+                tasks = Directory.GetDirectories($"/proc/{tree[i].ToString(CultureInfo.InvariantCulture)}/task");
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                continue; // Gone meanwhile.
+            }
+
+            foreach (var task in tasks)
+            {
+                try
                 {
                     foreach (var child in File.ReadAllText(Path.Combine(task, "children")).Split(' ', StringSplitOptions.RemoveEmptyEntries))
                     {
@@ -105,45 +117,63 @@ public static class TcpListeners
                         }
                     }
                 }
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                // Gone meanwhile.
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    // That thread ended meanwhile; the others still count.
+                }
             }
         }
 
         return tree;
     }
 
-    private static List<int> SocketDescriptors(int pid, HashSet<string> inodes)
+    /// <summary>The descriptors of <paramref name="pid"/> that are one of the sockets <paramref name="inodes"/>, with the inode each is.</summary>
+    private static List<(int Fd, string Inode)> SocketDescriptors(int pid, HashSet<string> inodes)
     {
-        var fds = new List<int>();
+        var fds = new List<(int, string)>();
+        string[] entries;
         try
         {
-            foreach (var entry in Directory.EnumerateFileSystemEntries($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/fd"))
-            {
-                var target = new FileInfo(entry).LinkTarget;
-                if (target is not null && target.StartsWith("socket:[", StringComparison.Ordinal) && inodes.Contains(target[8..^1])
-                    && int.TryParse(Path.GetFileName(entry), NumberStyles.None, CultureInfo.InvariantCulture, out var fd))
-                {
-                    fds.Add(fd);
-                }
-            }
+            entries = Directory.GetFileSystemEntries($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/fd");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            // Gone meanwhile, or not ours to read.
+            return fds; // Gone meanwhile, or not ours to read.
+        }
+
+        foreach (var entry in entries)
+        {
+            if (SocketInode(entry) is { } inode && inodes.Contains(inode)
+                && int.TryParse(Path.GetFileName(entry), NumberStyles.None, CultureInfo.InvariantCulture, out var fd))
+            {
+                fds.Add((fd, inode));
+            }
         }
 
         return fds;
     }
 
-    private static unsafe bool SetNoDelayIn(int pid, int fd)
+    /// <summary>The inode of the socket a /proc fd link names ("socket:[INODE]"), or null (not a socket, or closed meanwhile).</summary>
+    private static string? SocketInode(string fdLink)
+    {
+        try
+        {
+            return new FileInfo(fdLink).LinkTarget is { } target && target.StartsWith("socket:[", StringComparison.Ordinal) && target.EndsWith(']')
+                ? target[8..^1]
+                : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    private static unsafe string? SetNoDelayIn(int pid, int fd, string inode)
     {
         var pidFd = Interop.PidFdOpen(pid);
         if (pidFd < 0)
         {
-            return false;
+            return $"pidfd_open of process {pid} failed: {Marshal.GetLastPInvokeErrorMessage()}";
         }
 
         try
@@ -151,13 +181,21 @@ public static class TcpListeners
             var copy = Interop.PidFdGetFd(pidFd, fd);
             if (copy < 0)
             {
-                return false;
+                return $"pidfd_getfd of descriptor {fd} of process {pid} failed: {Marshal.GetLastPInvokeErrorMessage()} (it needs Linux 5.6 and ptrace access to the process: CAP_SYS_PTRACE where a seccomp profile asks for it)";
             }
 
             try
             {
+                // The pid or the descriptor number may have been reused since /proc was read: change only the socket found.
+                if (SocketInode($"/proc/self/fd/{copy.ToString(CultureInfo.InvariantCulture)}") != inode)
+                {
+                    return $"descriptor {fd} of process {pid} is no longer the listening socket";
+                }
+
                 var on = 1;
-                return Interop.SetSockOpt(copy, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(int)) == 0;
+                return Interop.SetSockOpt(copy, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(int)) == 0
+                    ? null
+                    : $"setsockopt TCP_NODELAY failed: {Marshal.GetLastPInvokeErrorMessage()}";
             }
             finally
             {
@@ -169,20 +207,4 @@ public static class TcpListeners
             _ = Interop.Close(pidFd);
         }
     }
-}
-
-internal static unsafe partial class Interop
-{
-    private const long SYS_pidfd_open = 434;
-    private const long SYS_pidfd_getfd = 438;
-
-    [LibraryImport("libc", EntryPoint = "syscall", SetLastError = true)]
-    private static partial long Syscall3(long number, long a, long b, long c);
-
-    internal static int PidFdOpen(int pid) => (int)Syscall3(SYS_pidfd_open, pid, 0, 0);
-
-    internal static int PidFdGetFd(int pidFd, int targetFd) => (int)Syscall3(SYS_pidfd_getfd, pidFd, targetFd, 0);
-
-    [LibraryImport("libc", EntryPoint = "setsockopt", SetLastError = true)]
-    internal static partial int SetSockOpt(int fd, int level, int name, void* value, uint length);
 }

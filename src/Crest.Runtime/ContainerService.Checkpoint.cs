@@ -75,9 +75,9 @@ public sealed partial class ContainerService
             else
             {
                 pageServer = await runtime.StartLazyCheckpointAsync(checkpoint, ct).ConfigureAwait(false);
-                if (!pageServer.NoDelay)
+                if (pageServer.NagleKept is { } why)
                 {
-                    RuntimeLog.PageServerNagleKept(logger, c.Id, pageServer.PageServer);
+                    RuntimeLog.PageServerNagleKept(logger, c.Id, pageServer.PageServer, why);
                 }
             }
 

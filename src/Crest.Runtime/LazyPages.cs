@@ -40,10 +40,11 @@ public sealed class LazyCheckpoint(ChildProcess runc, string workPath, string pa
     public string PageServer => pageServer;
 
     /// <summary>
-    /// Whether the page server's listening socket has TCP_NODELAY, so the connection it accepts sends each write at once
-    /// (CRIU leaves Nagle's algorithm on until it serves pages; see <see cref="ILinux.SetListenerNoDelay"/>).
+    /// Why the page server's listening socket could not be given TCP_NODELAY, or null when it has it, so the connection it
+    /// accepts sends each write at once (CRIU leaves Nagle's algorithm on until it serves pages; see
+    /// <see cref="ILinux.SetListenerNoDelay"/>).
     /// </summary>
-    public bool NoDelay { get; internal set; }
+    public string? NagleKept { get; internal set; }
 
     /// <summary>The dump's work directory (dump.log); the caller removes it once the page server ended.</summary>
     public string WorkPath => workPath;

@@ -280,8 +280,18 @@ public sealed class ConmonOciRuntime(OciRuntimeBinding binding, ICommandRunner c
         // delayed ACK holds back 40 ms. The accepted socket inherits TCP_NODELAY from the listener, which listens from
         // now on and is accepted only once the target restores, after this returns.
         var colon = server.LastIndexOf(':');
-        lazy.NoDelay = colon > 0 && int.TryParse(server.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var port)
-            && linux.SetListenerNoDelay(runc.Pid, port);
+        try
+        {
+            lazy.NagleKept = colon > 0 && int.TryParse(server.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var port)
+                ? linux.SetListenerNoDelay(runc.Pid, port)
+                : $"the page server address {server} has no port";
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // Only a speed-up: the page server serves either way, and the caller must get it to end it.
+            lazy.NagleKept = e.Message;
+        }
+
         return lazy;
     }
 

@@ -64,6 +64,6 @@ internal static partial class RuntimeLog
     [LoggerMessage(244, LogLevel.Warning, "container {ContainerId}: killing the post-copy page server (runc pid {Pid}) an earlier crestd left serving")]
     public static partial void LeftoverPageServerKilled(ILogger logger, string containerId, int pid);
 
-    [LoggerMessage(245, LogLevel.Warning, "container {ContainerId}: the listening socket of its page server at {PageServer} was not found, so Nagle's algorithm stays on there; a transfer over TLS may wait 40 ms for a delayed ACK in its handshake")]
-    public static partial void PageServerNagleKept(ILogger logger, string containerId, string pageServer);
+    [LoggerMessage(245, LogLevel.Warning, "container {ContainerId}: Nagle's algorithm stays on for its page server at {PageServer} ({Reason}); a transfer over TLS may wait 40 ms for a delayed ACK in its handshake")]
+    public static partial void PageServerNagleKept(ILogger logger, string containerId, string pageServer, string reason);
 }

@@ -53,6 +53,17 @@ public abstract class LinuxConformance : IDisposable
     }
 
     [Fact]
+    public void A_port_nobody_listens_on_has_no_listener_to_change_and_says_so()
+    {
+        using var bound = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        bound.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        var port = ((System.Net.IPEndPoint)bound.LocalEndPoint!).Port;
+
+        // Bound but not listening.
+        Assert.Contains($"nothing listens on TCP port {port}", Create().SetListenerNoDelay(Environment.ProcessId, port), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void The_node_has_a_host_name()
     {
         Assert.False(string.IsNullOrWhiteSpace(Create().HostName()));
@@ -105,24 +116,27 @@ public sealed class LinuxSyscallsTests : LinuxConformance
             "   1: 0100007F:B5AB 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 81299 1 0000000000000000 20 4 30 10 -1",
             "   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1500 1 0000000000000000 100 0 0 10 0",
         ];
+        string[] table6 =
+        [
+            "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
+            "   0: 00000000000000000000000001000000:B5AB 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 90001 1 0000000000000000 100 0 0 10 0",
+        ];
 
         // 0xB5AB is 46507: only the listening row counts, not the connection it accepted.
         Assert.Equal(["81234"], TcpListeners.ParseListeningInodes(table, 46507));
         Assert.Equal(["1500"], TcpListeners.ParseListeningInodes(table, 22));
         Assert.Empty(TcpListeners.ParseListeningInodes(table, 40000));
+        Assert.Equal(["90001"], TcpListeners.ParseListeningInodes(table6, 46507));
     }
 
     [Fact]
     public async Task Nagle_turned_off_on_a_listener_of_this_process_holds_for_the_connections_it_accepts_afterwards()
     {
-        using var listener = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
-        listener.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
-        listener.Listen(1);
-        var port = ((System.Net.IPEndPoint)listener.LocalEndPoint!).Port;
+        using var listener = Listen(out var port);
         Assert.False(listener.NoDelay);
 
         // Found through /proc and changed through a duplicate of the descriptor, as for CRIU's page server.
-        Assert.True(Create().SetListenerNoDelay(Environment.ProcessId, port));
+        Assert.Null(Create().SetListenerNoDelay(Environment.ProcessId, port));
 
         Assert.True(listener.NoDelay);
         using var client = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
@@ -133,15 +147,32 @@ public sealed class LinuxSyscallsTests : LinuxConformance
     }
 
     [Fact]
-    public void A_port_nobody_listens_on_has_no_listener_to_change()
+    public void A_listener_outside_the_named_process_tree_is_left_alone()
     {
-        using var bound = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
-        bound.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
-        var port = ((System.Net.IPEndPoint)bound.LocalEndPoint!).Port;
+        using var listener = Listen(out var port);
+        using var other = System.Diagnostics.Process.Start("sleep", "30");
+        try
+        {
+            // The port is listened on, by this process, which is not in sleep's tree.
+            var why = Create().SetListenerNoDelay(other.Id, port);
 
-        // Bound but not listening; and a listener of another tree than the one named is not touched either.
-        Assert.False(Create().SetListenerNoDelay(Environment.ProcessId, port));
-        Assert.False(Create().SetListenerNoDelay(999_999_999, port));
+            Assert.Contains($"no process in the tree of process {other.Id}", why, StringComparison.Ordinal);
+            Assert.False(listener.NoDelay);
+        }
+        finally
+        {
+            other.Kill();
+            other.WaitForExit();
+        }
+    }
+
+    private static System.Net.Sockets.Socket Listen(out int port)
+    {
+        var listener = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        listener.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        listener.Listen(1);
+        port = ((System.Net.IPEndPoint)listener.LocalEndPoint!).Port;
+        return listener;
     }
 }
 

@@ -3,6 +3,9 @@ using Google.Protobuf;
 using Google.Protobuf.Reflection;
 using Grpc.AspNetCore.Server.Model;
 using Grpc.Core;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Crest.UnitTests;
@@ -41,6 +44,46 @@ public sealed class MethodBindingTests
         Assert.Single(services, d => d.ServiceType == typeof(IServiceMethodProvider<CrestMigrationService>));
         // Twice would bind every method twice; a gRPC package without the provider fails crestd's start, not its calls.
         Assert.Throws<InvalidOperationException>(() => MethodBindings.Use(services));
+    }
+
+    [Fact]
+    public async Task A_host_with_the_bindings_maps_every_method_once_and_a_second_binder_fails_its_start()
+    {
+        await using var app = Host(addGrpcAgain: false);
+        MapAll(app);
+
+        MethodBindings.Verify(app);
+        var routes = ((IEndpointRouteBuilder)app).DataSources.SelectMany(d => d.Endpoints).OfType<RouteEndpoint>()
+            .Where(e => e.Metadata.GetMetadata<Grpc.AspNetCore.Server.GrpcMethodMetadata>() is not null).ToList();
+        Assert.Contains(routes, e => e.RoutePattern.RawText == "/runtime.v1.RuntimeService/Version"
+            && e.Metadata.GetMetadata<Microsoft.AspNetCore.Routing.HttpMethodMetadata>()?.HttpMethods.SequenceEqual(["POST"]) == true);
+
+        // AddGrpc called again after the swap brings Grpc.AspNetCore's binder back: every route twice.
+        await using var doubled = Host(addGrpcAgain: true);
+        MapAll(doubled);
+        var e = Assert.Throws<InvalidOperationException>(() => MethodBindings.Verify(doubled));
+        Assert.Contains("is bound 2 times", e.Message, StringComparison.Ordinal);
+    }
+
+    private static WebApplication Host(bool addGrpcAgain)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Services.AddGrpc();
+        MethodBindings.Use(builder.Services);
+        if (addGrpcAgain)
+        {
+            builder.Services.AddGrpc();
+        }
+
+        return builder.Build();
+    }
+
+    private static void MapAll(WebApplication app)
+    {
+        app.MapGrpcService<CriRuntimeService>();
+        app.MapGrpcService<CriImageService>();
+        app.MapGrpcService<CrestImagesService>();
+        app.MapGrpcService<CrestMigrationService>();
     }
 
     [Fact]

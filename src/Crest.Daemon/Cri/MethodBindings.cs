@@ -1,7 +1,10 @@
 using System.Diagnostics.CodeAnalysis;
 using Google.Protobuf;
+using Grpc.AspNetCore.Server;
 using Grpc.AspNetCore.Server.Model;
 using Grpc.Core;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 
@@ -51,6 +54,38 @@ internal static class MethodBindings
         public void OnServiceMethodDiscovery(ServiceMethodProviderContext<TService> context) => bind(new MethodSink<TService>(context));
     }
 
+    /// <summary>
+    /// The endpoint metadata of every method, as Grpc.AspNetCore's binder gives it: POST only (another verb is answered
+    /// 405), CORS preflight let through. That binder also copies the service's and the method's attributes; crestd's
+    /// services carry none (an authorization attribute added to one would need adding here).
+    /// </summary>
+    internal static IList<object> Metadata { get; } = [new HttpMethodMetadata(["POST"], acceptCorsPreflight: true)];
+
+    /// <summary>
+    /// Fails crestd's start unless every service mapped has its methods bound exactly once: no route twice (a binder
+    /// registered again by a later AddGrpc would double each) and no service without a method (a service mapped
+    /// without a binding here would answer every call Unimplemented).
+    /// </summary>
+    public static void Verify(IEndpointRouteBuilder endpoints)
+    {
+        var grpc = endpoints.DataSources.SelectMany(d => d.Endpoints).OfType<RouteEndpoint>()
+            .Select(e => (Route: e.RoutePattern.RawText ?? "", Method: e.Metadata.GetMetadata<GrpcMethodMetadata>()))
+            .Where(e => e.Method is not null).ToList();
+        if (grpc.GroupBy(e => e.Route, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } twice)
+        {
+            throw new InvalidOperationException($"gRPC route {twice.Key} is bound {twice.Count()} times; a second method provider binds crestd's services (see MethodBindings)");
+        }
+
+        foreach (var service in new[] { typeof(CriRuntimeService), typeof(CriImageService), typeof(CrestImagesService), typeof(CrestMigrationService) })
+        {
+            // The route with a parameter is the service's catch-all for methods it does not have.
+            if (!grpc.Any(e => e.Method!.ServiceType == service && !e.Route.Contains('{', StringComparison.Ordinal)))
+            {
+                throw new InvalidOperationException($"gRPC service {service.Name} has no method bound; MethodBindings has no provider for it");
+            }
+        }
+    }
+
     /// <summary>A protobuf marshaller writing straight into gRPC's buffer and parsing from its payload sequence.</summary>
     internal static Marshaller<T> Marshaller<T>(MessageParser<T> parser)
         where T : IMessage<T> =>
@@ -62,56 +97,4 @@ internal static class MethodBindings
                 context.Complete();
             },
             context => parser.ParseFrom(context.PayloadAsReadOnlySequence()));
-}
-
-/// <summary>
-/// Where a service's RPCs are bound: Grpc.AspNetCore's discovery context, or a list a test reads. Sealed, with
-/// non-virtual generic methods, so every call site's instantiation is compiled ahead of time.
-/// </summary>
-internal sealed class MethodSink<[DynamicallyAccessedMembers(MethodBindings.ServiceMembers)] TService>
-    where TService : class
-{
-    private readonly ServiceMethodProviderContext<TService>? _context;
-    private readonly List<IMethod>? _recorded;
-
-    public MethodSink(ServiceMethodProviderContext<TService> context) => _context = context;
-
-    /// <summary>A sink that records the methods instead of binding them.</summary>
-    public MethodSink(List<IMethod> recorded) => _recorded = recorded;
-
-    public void Unary<TRequest, TResponse>(string service, string name, MessageParser<TRequest> request, MessageParser<TResponse> response,
-        UnaryServerMethod<TService, TRequest, TResponse> invoker)
-        where TRequest : class, IMessage<TRequest>
-        where TResponse : class, IMessage<TResponse>
-    {
-        var method = Method(MethodType.Unary, service, name, request, response);
-        _recorded?.Add(method);
-        _context?.AddUnaryMethod(method, [], invoker);
-    }
-
-    public void ServerStreaming<TRequest, TResponse>(string service, string name, MessageParser<TRequest> request, MessageParser<TResponse> response,
-        ServerStreamingServerMethod<TService, TRequest, TResponse> invoker)
-        where TRequest : class, IMessage<TRequest>
-        where TResponse : class, IMessage<TResponse>
-    {
-        var method = Method(MethodType.ServerStreaming, service, name, request, response);
-        _recorded?.Add(method);
-        _context?.AddServerStreamingMethod(method, [], invoker);
-    }
-
-    public void ClientStreaming<TRequest, TResponse>(string service, string name, MessageParser<TRequest> request, MessageParser<TResponse> response,
-        ClientStreamingServerMethod<TService, TRequest, TResponse> invoker)
-        where TRequest : class, IMessage<TRequest>
-        where TResponse : class, IMessage<TResponse>
-    {
-        var method = Method(MethodType.ClientStreaming, service, name, request, response);
-        _recorded?.Add(method);
-        _context?.AddClientStreamingMethod(method, [], invoker);
-    }
-
-    private static Method<TRequest, TResponse> Method<TRequest, TResponse>(MethodType type, string service, string name,
-        MessageParser<TRequest> request, MessageParser<TResponse> response)
-        where TRequest : class, IMessage<TRequest>
-        where TResponse : class, IMessage<TResponse> =>
-        new(type, service, name, MethodBindings.Marshaller(request), MethodBindings.Marshaller(response));
 }

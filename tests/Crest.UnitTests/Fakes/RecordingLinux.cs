@@ -190,11 +190,14 @@ public sealed class RecordingLinux : ILinux
     public Task<Socket> ConnectLoopbackAsync(string netnsPath, int port, TimeSpan timeout) =>
         Task.FromException<Socket>(new CrestException(ErrorKind.Unavailable, $"port {port} in {netnsPath} refused the connection (no namespaces in unit tests)"));
 
-    /// <summary>Records the call; true, as if the listener were found.</summary>
-    public bool SetListenerNoDelay(int root, int port)
+    /// <summary>The TCP listeners the fake's process trees hold, as (tree root, port); a test adds them.</summary>
+    public HashSet<(int Root, int Port)> Listeners { get; } = [];
+
+    /// <summary>Records the call; done for a listener in <see cref="Listeners"/>, else the real one's answer for a port nobody listens on.</summary>
+    public string? SetListenerNoDelay(int root, int port)
     {
         Record($"SetListenerNoDelay {root} {port}");
-        return true;
+        return Listeners.Contains((root, port)) ? null : $"nothing listens on TCP port {port} in the network namespace of process {root}";
     }
 
     /// <summary>What the fake writes as a shared memory image and expects to read back.</summary>
