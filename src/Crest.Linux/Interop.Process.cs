@@ -82,6 +82,12 @@ internal static unsafe partial class Interop
     [LibraryImport("libc", EntryPoint = "setsockopt", SetLastError = true)]
     internal static partial int SetSockOpt(int fd, int level, int name, void* value, uint length);
 
+    [LibraryImport("libc", EntryPoint = "getsockopt", SetLastError = true)]
+    internal static partial int GetSockOpt(int fd, int level, int name, void* value, uint* length);
+
+    [LibraryImport("libc", EntryPoint = "getsockname", SetLastError = true)]
+    internal static partial int GetSockName(int fd, byte* address, uint* length);
+
     [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
     internal static partial nint Send(int fd, byte* buffer, nint length, int flags);
 

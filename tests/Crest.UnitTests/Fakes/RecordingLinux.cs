@@ -197,7 +197,7 @@ public sealed class RecordingLinux : ILinux
     public string? SetListenerNoDelay(int root, int port)
     {
         Record($"SetListenerNoDelay {root} {port}");
-        return Listeners.Contains((root, port)) ? null : $"nothing listens on TCP port {port} in the network namespace of process {root}";
+        return Listeners.Contains((root, port)) ? null : $"no process in the tree of process {root} holds a TCP socket listening on port {port}";
     }
 
     /// <summary>What the fake writes as a shared memory image and expects to read back.</summary>
