@@ -5,9 +5,8 @@ namespace Crest.Core;
 /// <summary>
 /// The SHA-256 of bytes that travel in pieces, checked against the digest their sender computed. A migration archive
 /// ends with such a digest: the source computes it over what it made, the client checks what it read against it and
-/// sends the target a trailer computed over what it relays, which the target checks; bytes changed on a connection stop
-/// the migration at the hop that saw them (a change inside the relaying client, between its check and its resend, is
-/// not covered).
+/// forwards it to the target, which checks what it received; bytes changed anywhere on the way, the relaying client
+/// included, stop the migration, and the first hop that saw them says so.
 /// </summary>
 public sealed class StreamDigest : IDisposable
 {

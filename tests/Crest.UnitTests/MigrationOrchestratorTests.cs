@@ -210,7 +210,7 @@ public sealed partial class MigrationOrchestratorTests
             return Task.FromResult(new SourceRootfsRound(token, round, archive, bytes, 3, bytes - 2048, round - 1));
         }
 
-        public async Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+        public async Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, ArchiveTrailer trailer, CancellationToken ct)
         {
             Step("stage " + (stagingToken ?? "new"));
             long bytes = 0;
@@ -218,6 +218,8 @@ public sealed partial class MigrationOrchestratorTests
             {
                 bytes += c.Length;
             }
+
+            TrailersReceived.Add(trailer.Sha256 is { } sha ? Convert.ToHexStringLower(sha) : "none");
 
             var token = stagingToken ?? (++_stagings == 1 ? "staging-b" : $"staging-b{_stagings}");
             RootfsRounds.Add(token);
@@ -250,7 +252,7 @@ public sealed partial class MigrationOrchestratorTests
             return Task.CompletedTask;
         }
 
-        public async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, [EnumeratorCancellation] CancellationToken ct)
+        public async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, ArchiveTrailer trailer, [EnumeratorCancellation] CancellationToken ct)
         {
             var round = token.StartsWith("round-", StringComparison.Ordinal);
             Step((round ? "readround " : "read ") + token);
@@ -259,12 +261,17 @@ public sealed partial class MigrationOrchestratorTests
             yield return new byte[half];
             Step((round ? "readround-rest " : "read-rest ") + token);
             yield return new byte[half];
+            // As the real client: the source's digest, known once its stream ended (here, the token's bytes).
+            trailer.Sha256 = System.Text.Encoding.UTF8.GetBytes(token);
         }
+
+        /// <summary>The trailer each WriteArchive and WriteRootfsRound had once its chunks ended, as hex ("none" without one).</summary>
+        public List<string> TrailersReceived { get; } = [];
 
         /// <summary>What the last WriteArchive asked: unpack the archive on receipt.</summary>
         public bool? AskedToUnpack { get; private set; }
 
-        public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, CancellationToken ct)
+        public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, ArchiveTrailer trailer, CancellationToken ct)
         {
             Step("write");
             AskedToUnpack = unpack;
@@ -273,6 +280,8 @@ public sealed partial class MigrationOrchestratorTests
             {
                 bytes += c.Length;
             }
+
+            TrailersReceived.Add(trailer.Sha256 is { } sha ? Convert.ToHexStringLower(sha) : "none");
 
             // As the real node: a cut transfer stores nothing.
             Archives.Add("dst-archive");
@@ -379,6 +388,8 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal("staging-b", target.RestoredWithStaging);
         // The target unpacks the checkpoint as it arrives, so the restore does not unpack it again.
         Assert.True(target.AskedToUnpack);
+        // Each stream reaches the target with the digest its source sent (here the token's bytes), not one the client made.
+        Assert.Equal(new[] { "round-1", "round-2", "src-archive" }.Select(t => Convert.ToHexStringLower(System.Text.Encoding.UTF8.GetBytes(t))), target.TrailersReceived);
         // The base image moves before the freeze, the checkpoint during it.
         Assert.True(target.Calls.IndexOf("pull registry/busybox@sha256:aa") < target.Calls.IndexOf("write"));
         Assert.Empty(source.Containers);

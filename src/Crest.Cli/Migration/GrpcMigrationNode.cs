@@ -165,22 +165,24 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
         return new SourceRootfsRound(r.RoundsToken, r.Round, r.ArchiveToken, r.ArchiveBytes, r.Files, r.Bytes, r.Deleted);
     }
 
-    public async Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct)
+    public async Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, ArchiveTrailer trailer, CancellationToken ct)
     {
         using var call = _migration.WriteRootfsRound(connection.CallOptions(ct));
-        using var digest = new Crest.Core.StreamDigest();
         var first = true;
         await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
         {
             var message = new RootfsRoundChunk { StagingToken = first ? stagingToken ?? "" : "", Data = ByteString.CopyFrom(chunk.Span) };
             first = false;
-            digest.Append(chunk.Span);
             await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.WriteAsync(message, ct)).ConfigureAwait(false);
         }
 
-        // The trailer (which names the staging when the round is empty): the target checks what it received against it.
-        var trailer = new RootfsRoundChunk { StagingToken = first ? stagingToken ?? "" : "", Sha256 = ByteString.CopyFrom(digest.Finish()) };
-        await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.WriteAsync(trailer, ct)).ConfigureAwait(false);
+        // The source's trailer, which the target checks what it received against; it (or, without one, an empty message)
+        // names the staging when the round is empty.
+        if (trailer.Sha256 is not null || first)
+        {
+            var last = new RootfsRoundChunk { StagingToken = first ? stagingToken ?? "" : "", Sha256 = trailer.Sha256 is { } sha ? ByteString.CopyFrom(sha) : ByteString.Empty };
+            await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.WriteAsync(last, ct)).ConfigureAwait(false);
+        }
 
         await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.RequestStream.CompleteAsync()).ConfigureAwait(false);
         var r = await Explained("crest.v1.CrestMigration/WriteRootfsRound", () => call.ResponseAsync).ConfigureAwait(false);
@@ -202,7 +204,7 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
     public Task KillFrozenAsync(string containerId, CancellationToken ct) =>
         CallAsync("crest.v1.CrestMigration/KillFrozen", o => _migration.KillFrozenAsync(new KillFrozenRequest { ContainerId = containerId }, o).ResponseAsync, ct);
 
-    public async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, [EnumeratorCancellation] CancellationToken ct)
+    public async IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, ArchiveTrailer trailer, [EnumeratorCancellation] CancellationToken ct)
     {
         using var call = _migration.ReadArchive(new ReadArchiveRequest { ArchiveToken = token }, connection.CallOptions(ct));
         using var digest = new Crest.Core.StreamDigest();
@@ -226,6 +228,7 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
                     throw new CliFailure(ExitCodes.RuntimeError, $"migration archive {token} read from {connection.Endpoint} has data after its SHA-256 trailer; the trailer ends the stream");
                 }
 
+                trailer.Sha256 = message.Sha256.ToByteArray();
                 yield break;
             }
 
@@ -234,22 +237,24 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
         }
     }
 
-    public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, CancellationToken ct)
+    public async Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, ArchiveTrailer trailer, CancellationToken ct)
     {
         using var call = _migration.WriteArchive(connection.CallOptions(ct));
-        using var digest = new Crest.Core.StreamDigest();
         var first = true;
         await foreach (var chunk in chunks.WithCancellation(ct).ConfigureAwait(false))
         {
             var message = new ArchiveChunk { Data = ByteString.CopyFrom(chunk.Span), Unpack = first && unpack };
             first = false;
-            digest.Append(chunk.Span);
             await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.WriteAsync(message, ct)).ConfigureAwait(false);
         }
 
-        // The trailer: the target checks what it received against what this client sent.
-        var trailer = new ArchiveChunk { Sha256 = ByteString.CopyFrom(digest.Finish()), Unpack = first && unpack };
-        await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.WriteAsync(trailer, ct)).ConfigureAwait(false);
+        // The source's trailer, read and checked here: the target checks what it received against the digest the source
+        // computed, so a change anywhere on the way, this client included, is caught there.
+        if (trailer.Sha256 is { } sha)
+        {
+            var last = new ArchiveChunk { Sha256 = ByteString.CopyFrom(sha), Unpack = first && unpack };
+            await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.WriteAsync(last, ct)).ConfigureAwait(false);
+        }
 
         await Explained("crest.v1.CrestMigration/WriteArchive", () => call.RequestStream.CompleteAsync()).ConfigureAwait(false);
         var r = await Explained("crest.v1.CrestMigration/WriteArchive", () => call.ResponseAsync).ConfigureAwait(false);

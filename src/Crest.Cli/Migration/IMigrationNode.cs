@@ -46,8 +46,12 @@ internal interface IMigrationNode
     /// </summary>
     Task<SourceRootfsRound> PrepareRootfsRoundAsync(string containerId, string? roundsToken, CancellationToken ct);
 
-    /// <summary>Target: stores one rootfs round under the staging (a new one when null); its token, round number and bytes.</summary>
-    Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, CancellationToken ct);
+    /// <summary>
+    /// Target: stores one rootfs round under the staging (a new one when null); its token, round number and bytes. Once
+    /// <paramref name="chunks"/> ended, <paramref name="trailer"/>'s digest (when the source sent one) goes with them, as
+    /// with <see cref="WriteArchiveAsync"/>.
+    /// </summary>
+    Task<(string StagingToken, int Round, long Bytes)> WriteRootfsRoundAsync(string? stagingToken, IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, ArchiveTrailer trailer, CancellationToken ct);
 
     /// <summary>Either node: forgets rootfs rounds (the source's record, or the target's staged rounds).</summary>
     Task DropRootfsRoundsAsync(string token, CancellationToken ct);
@@ -56,14 +60,17 @@ internal interface IMigrationNode
 
     Task KillFrozenAsync(string containerId, CancellationToken ct);
 
-    IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, CancellationToken ct);
+    /// <summary>Source: streams a held archive; once it ended, <paramref name="trailer"/> holds the digest the source sent and this client checked.</summary>
+    IAsyncEnumerable<ReadOnlyMemory<byte>> ReadArchiveAsync(string token, ArchiveTrailer trailer, CancellationToken ct);
 
     /// <summary>
     /// Target: stores an archive; its token and the path to restore from. With <paramref name="unpack"/> a container
     /// checkpoint is unpacked as it arrives and the path names that checkpoint directory, which one restore consumes (a
-    /// node that predates unpacking stores the file, and the path names it: either restores the same).
+    /// node that predates unpacking stores the file, and the path names it: either restores the same). Once
+    /// <paramref name="chunks"/> ended, <paramref name="trailer"/>'s digest (the source's, when it sent one) ends the
+    /// stream, and the target keeps nothing unless its bytes match it.
     /// </summary>
-    Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, CancellationToken ct);
+    Task<(string Token, string Path, long Bytes)> WriteArchiveAsync(IAsyncEnumerable<ReadOnlyMemory<byte>> chunks, bool unpack, ArchiveTrailer trailer, CancellationToken ct);
 
     Task DropArchiveAsync(string token, CancellationToken ct);
 

@@ -182,3 +182,13 @@ internal static class MigrationStrategies
         _ => throw new CliUsageException($"--strategy {text}: expected stop-copy, post-copy or pre-copy"),
     };
 }
+
+/// <summary>
+/// The SHA-256 trailer a source ended a streamed archive with, once the client has read and checked it (null until
+/// then, and from a node that sends none); the client forwards it to the target, which checks the same bytes against
+/// it, so the digest covers the archive from the source to the target and the client hashes it once.
+/// </summary>
+internal sealed class ArchiveTrailer
+{
+    public byte[]? Sha256 { get; set; }
+}

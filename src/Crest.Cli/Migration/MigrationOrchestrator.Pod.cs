@@ -70,7 +70,8 @@ internal sealed partial class MigrationOrchestrator
                 + (roundCount > 0 ? string.Create(CultureInfo.InvariantCulture, $" (the rest came in {roundCount} rounds before it)") : ""));
 
             var relayed = new RelayCount();
-            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), relayed, ct), unpack: false, ct).ConfigureAwait(false);
+            var trailer = new ArchiveTrailer();
+            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, trailer, ct), ct), relayed, ct), unpack: false, trailer, ct).ConfigureAwait(false);
             targetToken = token;
             if (bytes != relayed.Bytes)
             {

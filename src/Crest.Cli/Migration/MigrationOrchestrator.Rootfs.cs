@@ -32,7 +32,8 @@ internal sealed partial class MigrationOrchestrator
             staging.SourceToken = round.RoundsToken;
             try
             {
-                var (token, number, bytes) = await target.WriteRootfsRoundAsync(staging.TargetToken, ReadAhead(source.ReadArchiveAsync(round.ArchiveToken, ct), ct), ct).ConfigureAwait(false);
+                var trailer = new ArchiveTrailer();
+                var (token, number, bytes) = await target.WriteRootfsRoundAsync(staging.TargetToken, ReadAhead(source.ReadArchiveAsync(round.ArchiveToken, trailer, ct), ct), trailer, ct).ConfigureAwait(false);
                 staging.TargetToken = token;
                 if (bytes != round.ArchiveBytes || number != round.Round)
                 {

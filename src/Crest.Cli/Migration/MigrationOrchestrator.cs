@@ -130,7 +130,8 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                 + (postCopy ? $"; memory served from {frozen.PageServer}" + (pageClient is null ? " in the clear" : " over TLS") : ""));
 
             var relayed = new RelayCount();
-            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, ct), ct), relayed, ct), unpack: true, ct).ConfigureAwait(false);
+            var trailer = new ArchiveTrailer();
+            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, trailer, ct), ct), relayed, ct), unpack: true, trailer, ct).ConfigureAwait(false);
             targetToken = token;
             // A streamed archive's size is known once it was sent (0 from the freeze).
             var sent = frozen.ArchiveBytes > 0 ? frozen.ArchiveBytes : relayed.Bytes;
