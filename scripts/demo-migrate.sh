@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make demo-migrate: two crestd "nodes" on this machine (own roots, sockets, streaming ports and CNI bridges), one
 # loopback registry both pull from, a counter running on node A, `crest migrate` moving it to node B (stop-copy)
-# and back to A (post-copy, where the kernel allows it).
+# and back to A (post-copy, where the kernel allows it), then once more through the registry (--via).
 # Prints the migration's progress and result (downtime, bytes moved) and the counter's log across the switch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,6 +121,20 @@ JSON
 else
   echo "post-copy is not available on this node: $("$crest" -r "$b" info -o json | jq -r '.liveMigration[] | select(.strategy == "post-copy") | .reason')"
 fi
+
+step "crest migrate --via 127.0.0.1:$port/demo/checkpoints: the checkpoint travels as a checkpoint OCI image through the registry"
+if [ -s "$work/a/logs2/counter.log" ]; then from=$a; to=$b; to_logs=$work/b/logs-via; else from=$b; to=$a; to_logs=$work/a/logs-via; fi
+mkdir -p "$to_logs"
+cat > "$work/pod-via.json" <<JSON
+{"metadata": {"name": "counter-via", "uid": "demo-via", "namespace": "default", "attempt": 1},
+ "hostname": "counter", "log_directory": "$to_logs", "linux": {} }
+JSON
+on_from=$("$crest" -r "$from" ps -q | head -n 1)
+"$crest" -r "$from" migrate "$on_from" --to "$to" --pod-config "$work/pod-via.json" --via "127.0.0.1:$port/demo/checkpoints"
+"$crest" -r "$to" ps
+for _ in $(seq 1 50); do [ -s "$to_logs/counter.log" ] && break; sleep 0.1; done
+echo "latest after the registry hop: $(tail -n 1 "$to_logs/counter.log")"
+echo "checkpoint images kept on either node: $("$crest" -r "$a" images | grep -c demo/checkpoints) on A, $("$crest" -r "$b" images | grep -c demo/checkpoints) on B (the registry keeps its tag)"
 
 step "--strategy pre-copy on this kernel"
 "$crest" -r "$a" migrate "$ctr" --to "$b" --pod-config "$work/pod-b.json" --strategy pre-copy || true

@@ -91,10 +91,13 @@ internal static class MigrationScenario
                     // Runs alternate the strategies, so both see the same machine state.
                     for (var r = 0; r < runs; r++)
                     {
-                        foreach (var strategy in postCopyProblem is null ? new[] { "stop-copy", "post-copy" } : ["stop-copy"])
+                        // Through the registry (--via) at the lowest rate only: what the registry adds does not depend on it.
+                        var variants = (postCopyProblem is null ? new[] { "stop-copy", "post-copy" } : ["stop-copy"]).Select(s => (Strategy: s, Via: (string?)null))
+                            .Concat(rate == DirtyMiBPerSecond[0] ? [("stop-copy", $"{registry.Host}/bench/checkpoints")] : []);
+                        foreach (var (strategy, via) in variants)
                         {
-                            var m = await MigrateOnceAsync(crest, a, ra, b, rb, image, mib, rate, n++, strategy);
-                            var row = $"migrate {strategy} {Size(mib)}, {rate} MiB/s rewritten";
+                            var m = await MigrateOnceAsync(crest, a, ra, b, rb, image, mib, rate, n++, strategy, via);
+                            var row = $"migrate {strategy}{(via is null ? "" : " via registry")} {Size(mib)}, {rate} MiB/s rewritten";
                             report.Add($"{row}: downtime", "ms", "crest", m.Downtime);
                             report.Add($"{row}: workload's gap", "ms", "crest", m.WorkloadGap);
                             report.Add($"{row}: frozen", "ms", "crest", m.Frozen);
@@ -115,6 +118,7 @@ internal static class MigrationScenario
         }
 
         report.Note($"migration rows: two crestd on this machine (own roots, sockets, CNI bridges; one loopback registry), `crest migrate --strategy stop-copy|post-copy` of a fresh bench/workloads/memory-dirtier process holding the size given and rewriting that many MiB/s of it, a few pages every {TickMs} ms, each tick one log line. downtime: the workload's last CRI log line on A to its first on B, as crest prints it; workload's gap: the longest wall time between two of the workload's ticks across the switch (its first three on B), less one tick, from its own clock readings; frozen: freeze to the target running; total: the whole command, pre-staging included; fault-in slowdown: how much longer the rewrites of the ticks begun on B took in the {FaultInWindow.TotalSeconds:0} s after the switch than their median on A, summed (post-copy pages that fault in from A). Every run then has the workload check every word of its memory on B against what it wrote (SIGUSR1, `verify ok`) and fails otherwise. "
+            + "via registry: stop-copy with `--via` the loopback registry (the source pushes the checkpoint as a checkpoint image, the target pulls it by digest; no rootfs rounds), at the lowest rate only. "
             + (postCopyProblem is null ? "" : "No post-copy rows in this run: " + postCopyProblem));
     }
 
@@ -159,7 +163,7 @@ internal static class MigrationScenario
     }
 
     private static async Task<Migration> MigrateOnceAsync(
-        string crest, RunningSubject a, string[] ra, RunningSubject b, string[] rb, string image, int mib, int rate, int n, string strategy)
+        string crest, RunningSubject a, string[] ra, RunningSubject b, string[] rb, string image, int mib, int rate, int n, string strategy, string? via)
     {
         var podA = Pod(a, $"mig{n}", "a");
         var podB = Pod(b, $"mig{n}", "b");
@@ -176,7 +180,8 @@ internal static class MigrationScenario
             await Crest(crest, [.. ra, "start", id]);
             await Until(() => Ticks(podA.Log).Count >= 100, $"the {mib} MiB workload on A to tick 100 times");
 
-            var migrated = await Crest(crest, [.. ra, "migrate", id, "--to", "unix://" + b.Socket, "--pod-config", podB.Config, "--strategy", strategy, "-o", "json"]);
+            var migrated = await Crest(crest, [.. ra, "migrate", id, "--to", "unix://" + b.Socket, "--pod-config", podB.Config, "--strategy", strategy, "-o", "json",
+                .. via is null ? Array.Empty<string>() : ["--via", via]]);
             using var doc = JsonDocument.Parse(migrated);
             var r = doc.RootElement;
             newPod = r.GetProperty("podSandboxId").GetString()!;

@@ -181,9 +181,7 @@ public static class ArchiveMetadataReader
                             config = System.Text.Json.JsonSerializer.Deserialize(data, CheckpointJson.Default.ConfigDump);
                             break;
                         case CheckpointFiles.SpecDump:
-                            annotations = (System.Text.Json.Nodes.JsonNode.Parse(data)?["annotations"] as System.Text.Json.Nodes.JsonObject ?? [])
-                                .Where(kv => kv.Value is System.Text.Json.Nodes.JsonValue)
-                                .ToDictionary(kv => kv.Key, kv => kv.Value!.ToString(), StringComparer.Ordinal);
+                            annotations = SpecAnnotations(data);
                             break;
                         default:
                             stats = CriuStats.ParseDump(data, $"{archivePath}:{name}");
@@ -202,6 +200,12 @@ public static class ArchiveMetadataReader
             annotations ?? throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath} has no spec.dump; it is not a container checkpoint"),
             stats, entries, bytes, sizes);
     }
+
+    /// <summary>The string annotations of a spec.dump (the OCI runtime spec the container ran with).</summary>
+    public static Dictionary<string, string> SpecAnnotations(byte[] specDump) =>
+        (System.Text.Json.Nodes.JsonNode.Parse(specDump)?["annotations"] as System.Text.Json.Nodes.JsonObject ?? [])
+            .Where(kv => kv.Value is System.Text.Json.Nodes.JsonValue)
+            .ToDictionary(kv => kv.Key, kv => kv.Value!.ToString(), StringComparer.Ordinal);
 }
 
 /// <summary>The annotations of a checkpoint OCI image: all three families, so containerd, CRI-O and Podman each detect it.</summary>
@@ -218,8 +222,14 @@ public static class CheckpointImageAnnotations
     public static Dictionary<string, string> For(ArchiveMetadata archive)
     {
         ArgumentNullException.ThrowIfNull(archive);
-        var c = archive.Config;
-        var a = archive.SpecAnnotations;
+        return For(archive.Config, archive.SpecAnnotations);
+    }
+
+    /// <summary>The annotations of a checkpoint image from its config.dump and spec.dump's annotations.</summary>
+    public static Dictionary<string, string> For(ConfigDump c, IReadOnlyDictionary<string, string> a)
+    {
+        ArgumentNullException.ThrowIfNull(c);
+        ArgumentNullException.ThrowIfNull(a);
         var engine = a.GetValueOrDefault(CheckpointFiles.ContainerManagerAnnotation) switch
         {
             "libpod" => "Podman",

@@ -45,6 +45,7 @@ public sealed partial class MigrationService(
     RootfsStaging rootfsStaging,
     PodCheckpointService podCheckpoints,
     PageTransferIdentities pageTransferIdentities,
+    Images.ImageService images,
     TimeProvider time,
     ILogger<MigrationService> logger)
 {

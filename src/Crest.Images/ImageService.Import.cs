@@ -22,27 +22,89 @@ public sealed partial class ImageService
     {
         var reference = ImageReference.Parse(name);
         using var shared = await _gcLock.ReadAsync(ct).ConfigureAwait(false);
-        Digest layer;
-        long size;
+        OneLayerImage image;
         try
         {
             await using var file = File.OpenRead(tarPath);
-            // The layer is stored decompressed: the bytes, the expansion and the content store's disk are checked as it
-            // streams in, so a small bomb stops long before it fills the disk.
-            var compressed = new CountingReadStream(file, leaveOpen: true);
-            using var disk = options.BudgetOf(options.ContentFilesystem);
-            await using var tar = new ExpansionGuardStream(LayerStreams.Decompress(compressed), () => compressed.BytesRead, $"rootfs archive {tarPath}",
-                new ExpansionGuard(options.Limits.MaxBytes, "the limit for one image layer", options.Limits.MaxExpansionRatio, options.Limits.RatioCheckFloorBytes,
-                    "[images] max_expansion_ratio", disk));
-            (layer, size) = await content.WriteStreamAsync(tar, ct).ConfigureAwait(false);
+            image = await WriteOneLayerImageAsync(file, $"rootfs archive {tarPath}", annotations, ct).ConfigureAwait(false);
         }
         catch (FileNotFoundException e)
         {
             throw new CrestException(ErrorKind.NotFound, $"rootfs archive {tarPath} does not exist", e);
         }
+
+        var record = await MaterializeAsync(reference, image.Manifest, image.ManifestDigest, image.ManifestDigest, MediaTypes.OciManifest, [image.ManifestDigest],
+            FromContentStore(tarPath), _ => { }, ct, recordRepoDigest: false).ConfigureAwait(false);
+        ImagesLog.Imported(logger, reference.ToString(), record.Id.ToString());
+        return record;
+    }
+
+    /// <summary>
+    /// Builds a one-layer image from a tar stream as <see cref="ImportRootfsAsync(string, string, IReadOnlyDictionary{string, string}?, CancellationToken)"/>
+    /// does and pushes it to the registry <paramref name="name"/> (REGISTRY/REPO:TAG) names, without making it an image of
+    /// this node: its blobs leave the content store once the registry has them, or the push failed. A migration's source
+    /// publishes its checkpoint this way for the target to pull. Returns the pushed manifest's digest and the layer's size.
+    /// </summary>
+    public async Task<(Digest Manifest, long LayerBytes)> PublishRootfsAsync(Stream tar, string description, string name, IReadOnlyDictionary<string, string>? annotations,
+        CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(tar);
+        var target = PushTarget(name);
+        OneLayerImage? image = null;
+        try
+        {
+            using var shared = await _gcLock.ReadAsync(ct).ConfigureAwait(false);
+            image = await WriteOneLayerImageAsync(tar, description, annotations, ct).ConfigureAwait(false);
+            await PushManifestAndBlobsAsync(target, image.Manifest, image.ManifestJson, credentials: null, progress: null, ct).ConfigureAwait(false);
+            ImagesLog.Pushed(logger, target.ToString(), image.ManifestDigest.ToString());
+            return (image.ManifestDigest, image.Manifest.Layers[0].Size);
+        }
+        finally
+        {
+            if (image is not null)
+            {
+                await DropUnreferencedAsync([image.ManifestDigest, Digest.Parse(image.Manifest.Config.Digest), Digest.Parse(image.Manifest.Layers[0].Digest)]).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>Deletes blobs no image references (under the GC lock, so no import or pull claims one meanwhile).</summary>
+    private async Task DropUnreferencedAsync(IReadOnlyList<Digest> blobs)
+    {
+        using var exclusive = await _gcLock.WriteAsync(CancellationToken.None).ConfigureAwait(false);
+        var live = (await metadata.ListImagesAsync(CancellationToken.None).ConfigureAwait(false)).SelectMany(i => i.Blobs).ToHashSet();
+        foreach (var blob in blobs.Where(b => !live.Contains(b)))
+        {
+            content.Delete(blob);
+        }
+    }
+
+    /// <summary>A one-layer image's manifest, written with its config and layer into the content store.</summary>
+    private sealed record OneLayerImage(byte[] ManifestJson, ImageManifest Manifest, Digest ManifestDigest);
+
+    /// <summary>
+    /// Stores <paramref name="source"/> (a tar: plain, gzip or zstd) decompressed as one layer, its digest being its diff ID,
+    /// under the layer limits and the content store's disk budget, then the config and manifest (with
+    /// <paramref name="annotations"/>) that make it an image. The caller holds the GC lock shared.
+    /// </summary>
+    private async Task<OneLayerImage> WriteOneLayerImageAsync(Stream source, string description, IReadOnlyDictionary<string, string>? annotations, CancellationToken ct)
+    {
+        Digest layer;
+        long size;
+        try
+        {
+            // The layer is stored decompressed: the bytes, the expansion and the content store's disk are checked as it
+            // streams in, so a small bomb stops long before it fills the disk.
+            var compressed = new CountingReadStream(source, leaveOpen: true);
+            using var disk = options.BudgetOf(options.ContentFilesystem);
+            await using var tar = new ExpansionGuardStream(LayerStreams.Decompress(compressed), () => compressed.BytesRead, description,
+                new ExpansionGuard(options.Limits.MaxBytes, "the limit for one image layer", options.Limits.MaxExpansionRatio, options.Limits.RatioCheckFloorBytes,
+                    "[images] max_expansion_ratio", disk));
+            (layer, size) = await content.WriteStreamAsync(tar, ct).ConfigureAwait(false);
+        }
         catch (InvalidDataException e)
         {
-            throw new CrestException(ErrorKind.InvalidArgument, $"rootfs archive {tarPath} cannot be decompressed: {e.Message}", e);
+            throw new CrestException(ErrorKind.InvalidArgument, $"{description} cannot be decompressed: {e.Message}", e);
         }
 
         var now = time.GetUtcNow();
@@ -63,11 +125,7 @@ public sealed partial class ImageService
             Annotations = annotations is { Count: > 0 } ? annotations : null,
         }, OciJson.Default.ImageManifest);
         var manifestDigest = await content.WriteAsync(manifestJson, ct).ConfigureAwait(false);
-        var manifest = ParseJson(manifestJson, OciJson.Default.ImageManifest, "the imported manifest");
-        var record = await MaterializeAsync(reference, manifest, manifestDigest, manifestDigest, MediaTypes.OciManifest, [manifestDigest],
-            FromContentStore(tarPath), _ => { }, ct, recordRepoDigest: false).ConfigureAwait(false);
-        ImagesLog.Imported(logger, reference.ToString(), record.Id.ToString());
-        return record;
+        return new OneLayerImage(manifestJson, ParseJson(manifestJson, OciJson.Default.ImageManifest, "the imported manifest"), manifestDigest);
     }
 
     /// <summary>

@@ -114,8 +114,10 @@ public sealed partial class MigrationOrchestratorTests
 
         public Task<long> PullImageAsync(string image, CancellationToken ct)
         {
-            Step("pull " + image);
-            return Task.FromResult(1000L);
+            // A checkpoint image (--via) and the base image fail apart.
+            Step((image.StartsWith(ViaRepository, StringComparison.Ordinal) ? "pullckpt " : "pull ") + image);
+            Images.Add(image);
+            return Task.FromResult(image.StartsWith(ViaRepository, StringComparison.Ordinal) ? 5000L : 1000L);
         }
 
         public Task CheckPodAsync(string podId, CancellationToken ct)
@@ -302,6 +304,7 @@ public sealed partial class MigrationOrchestratorTests
         public Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, LazyPagesSource? lazyPages, string? rootfsStaging, CancellationToken ct)
         {
             LazyPages = lazyPages;
+            RestoredFrom = archivePath;
             Step("restore " + podId + (lazyPages is null ? "" : " lazy-from " + lazyPages.PageServer));
             if (rootfsStaging is not null)
             {

@@ -10,7 +10,10 @@ namespace Crest.UnitTests;
 /// <summary>A migration target's side of the archive: what it takes, what it refuses, and that a refusal leaves nothing.</summary>
 public sealed partial class MigrationServiceTests : IDisposable
 {
-    private readonly RuntimeHarness _h = new();
+    private readonly RuntimeHarness _h;
+
+    /// <summary>The registry the node's image service pushes to (crest migrate --via).</summary>
+    private readonly MemoryRegistry _registry = new();
 
     private readonly IptablesRules _commands = new();
 
@@ -42,6 +45,7 @@ public sealed partial class MigrationServiceTests : IDisposable
 
     public MigrationServiceTests()
     {
+        _h = new RuntimeHarness(registry: _registry);
         // CRIU's TLS check through the same fake runner: it answers as a CRIU built with GnuTLS would not object.
         _identities = new PageTransferIdentities(Path.Combine(_h.Paths.Root, "migrations", "page-tls"), _commands, "/bin/sh");
     }
@@ -56,7 +60,7 @@ public sealed partial class MigrationServiceTests : IDisposable
         _h.Containers, _h.Paths, restore, new Criu(), new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, NullLogger<MigrationNetworkLock>.Instance),
         _h.Layout, new RootfsStaging(_h.Paths, restore),
         new PodCheckpointService(_h.Containers, _h.Sandboxes, _h.Pods, _h.Layout, new Criu(), _h.Linux, new PodOperationJournal(_h.Paths), new CheckpointOptions(), TimeProvider.System, NullLogger<PodCheckpointService>.Instance),
-        _identities, TimeProvider.System, NullLogger<MigrationService>.Instance);
+        _identities, _h.Images, TimeProvider.System, NullLogger<MigrationService>.Instance);
 
     private static async IAsyncEnumerable<ReadOnlyMemory<byte>> Chunks(int count, int size)
     {

@@ -10,7 +10,8 @@ namespace Crest.Cli.Commands;
 /// <summary>
 /// <c>crest migrate CONTAINER --to ENDPOINT</c>: live-migrates a running container from the node of
 /// <c>--runtime-endpoint</c> to the node at <c>--to</c> (both crestd), by <see cref="MigrationOrchestrator"/>. The
-/// checkpoint archive streams from the source through this client to the target over the two sockets.
+/// checkpoint archive streams from the source through this client to the target over the two sockets, or (<c>--via</c>)
+/// travels through a registry as a checkpoint OCI image.
 /// </summary>
 internal static class MigrateCommand
 {
@@ -20,7 +21,11 @@ internal static class MigrateCommand
         var to = new Option<string>("--to") { Description = "the target node's crestd endpoint (unix:///path/to.sock)", Required = true };
         var pod = new Option<string?>("--pod", "-p") { Description = "an existing ready pod on the target to restore into" };
         var podConfig = new Option<string?>("--pod-config") { Description = "a pod config (crictl JSON/YAML) for a new pod on the target; removed again if the migration fails" };
-        var via = new Option<string?>("--via") { Description = "REGISTRY/REPO to carry the checkpoint through (not built yet: the archive streams directly)" };
+        var via = new Option<string?>("--via")
+        {
+            Description = "REGISTRY/REPO to carry the checkpoint through as a checkpoint OCI image (tag migration-ID), which stays there; "
+                + "the source pushes it, the target pulls it by digest. Without it the archive streams from the source through crest to the target",
+        };
         var strategy = new Option<string?>("--strategy") { Description = "stop-copy (default) or post-copy (memory faulted in from the source after the switch); pre-copy is refused with the reason" };
         var pageServer = new Option<string?>("--page-server-address") { Description = "post-copy: the source node's IP address its page server listens on, reachable from the target (default 127.0.0.1: both nodes on one host)" };
         var deadline = new Option<long>("--timeout-seconds") { Description = "the source checkpoint's deadline (below the node's default, the default applies)" };
@@ -49,11 +54,6 @@ internal static class MigrateCommand
         {
             var ctx = CliContext.From(parse, global, OutputFormat.Table, output);
             var chosen = MigrationStrategies.Parse(parse.GetValue(strategy));
-            if (parse.GetValue(via) is { } registry)
-            {
-                throw new CliUsageException($"--via {registry}: carrying the checkpoint through a registry is not built yet; leave --via out and the archive streams directly from the source to the target through crest");
-            }
-
             var podId = parse.GetValue(pod);
             var podConfigPath = parse.GetValue(podConfig);
             if ((podId is null) == (podConfigPath is null))
@@ -68,6 +68,7 @@ internal static class MigrateCommand
                 KeepAddress = parse.GetValue(keepAddress),
                 RootfsRounds = !parse.GetValue(noRootfsRounds),
                 PageServerTls = !parse.GetValue(noPageServerTls),
+                Via = MigrationOrchestrator.CheckVia(parse.GetValue(via)),
             };
             var report = await OrchestrateAsync(ctx, parse, global, to, waitForNode, (o, token) => o.RunAsync(request, token), ct);
             await WriteReportAsync(ctx, report);
@@ -140,6 +141,7 @@ internal static class MigrateCommand
                 ["lastSourceLine"] = r.LastSourceLine?.UtcDateTime.ToString("O", CultureInfo.InvariantCulture),
                 ["firstTargetLine"] = r.FirstTargetLine?.UtcDateTime.ToString("O", CultureInfo.InvariantCulture),
                 ["totalMs"] = (long)r.Total.TotalMilliseconds,
+                ["checkpointImage"] = r.CheckpointImage,
             };
             ctx.Renderer().Document(doc);
             return;
@@ -150,6 +152,11 @@ internal static class MigrateCommand
         await ctx.Out.WriteLineAsync($"Frozen:    {Ms(r.Frozen)} ms (freeze to the target running)");
         await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base image, {r.RootfsRounds.Count} rootfs rounds), {r.BytesDuringSwitch} bytes during it (checkpoint, {r.FrozenRootfsBytes} of them rootfs)")
             + (r.Strategy == MigrationStrategy.PostCopy ? string.Create(CultureInfo.InvariantCulture, $", {r.BytesAfterSwitch} bytes after it (memory, in {Ms(r.PageTransfer)} ms)") : ""));
+        if (r.CheckpointImage is not null)
+        {
+            await ctx.Out.WriteLineAsync($"Through:   {r.CheckpointImage} (the checkpoint image stays in the registry)");
+        }
+
         await ctx.Out.WriteLineAsync($"Total:     {Ms(r.Total)} ms");
     }
 }

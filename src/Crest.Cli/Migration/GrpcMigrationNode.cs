@@ -264,6 +264,23 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
     public Task DropArchiveAsync(string token, CancellationToken ct) =>
         CallAsync("crest.v1.CrestMigration/DropArchive", o => _migration.DropArchiveAsync(new DropArchiveRequest { ArchiveToken = token }, o).ResponseAsync, ct);
 
+    public async Task<(string ManifestDigest, long LayerBytes)> PublishArchiveAsync(string token, string image, CancellationToken ct)
+    {
+        try
+        {
+            var published = await CallAsync("crest.v1.CrestMigration/PublishArchive",
+                o => _migration.PublishArchiveAsync(new PublishArchiveRequest { ArchiveToken = token, Image = image }, o).ResponseAsync, ct).ConfigureAwait(false);
+            return (published.ManifestDigest, published.LayerBytes);
+        }
+        catch (CliFailure e) when (e.ExitCode == ExitCodes.NotCri)
+        {
+            throw new CliFailure(ExitCodes.RuntimeError, $"{Name} cannot push a checkpoint to a registry (its crestd predates crest migrate --via): upgrade it, or migrate without --via ({e.Message})");
+        }
+    }
+
+    public Task RemoveImageAsync(string image, CancellationToken ct) =>
+        CallAsync("RemoveImage", o => _images.RemoveImageAsync(new RemoveImageRequest { Image = new ImageSpec { Image = image } }, o).ResponseAsync, ct);
+
     public async Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, LazyPagesSource? lazyPages, string? rootfsStaging, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(source);
@@ -383,7 +400,7 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
         {
             throw new NodeUnavailableException($"{rpc} on {Name}: {e.Message}", e);
         }
-        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && !AnsweredByNode(e))
         {
             throw Unavailable(rpc, e);
         }
@@ -392,6 +409,12 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
             throw connection.Explain(e, rpc);
         }
     }
+
+    /// <summary>
+    /// crestd itself answers UNAVAILABLE for something it could not reach (a registry): the call failed, the node is there.
+    /// A node that is gone fails in the transport, which the client records as the status's exception.
+    /// </summary>
+    private static bool AnsweredByNode(RpcException e) => e.Status.DebugException is null;
 
     private NodeUnavailableException Unavailable(string rpc, RpcException e) =>
         new($"{rpc} on {Name} got no answer, its crestd is down or restarting ({e.Status.Detail})", e);
@@ -402,7 +425,7 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
         {
             return await call().ConfigureAwait(false);
         }
-        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && !AnsweredByNode(e))
         {
             throw Unavailable(rpc, e);
         }
@@ -418,7 +441,7 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
         {
             await call().ConfigureAwait(false);
         }
-        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && !AnsweredByNode(e))
         {
             throw Unavailable(rpc, e);
         }

@@ -75,6 +75,15 @@ internal interface IMigrationNode
     Task DropArchiveAsync(string token, CancellationToken ct);
 
     /// <summary>
+    /// Source, through a registry (<c>--via</c>): pushes a held container checkpoint to <paramref name="image"/>
+    /// (REGISTRY/REPO:TAG) as a checkpoint OCI image; the pushed manifest's digest and the layer's bytes.
+    /// </summary>
+    Task<(string ManifestDigest, long LayerBytes)> PublishArchiveAsync(string token, string image, CancellationToken ct);
+
+    /// <summary>Removes an image from the node (CRI RemoveImage; one that is not there is not an error).</summary>
+    Task RemoveImageAsync(string image, CancellationToken ct);
+
+    /// <summary>
     /// Target: CreateContainer from the archive at <paramref name="archivePath"/> into <paramref name="podId"/>, then
     /// StartContainer; with <paramref name="lazyPages"/> (post-copy) the memory is fetched from that page server.
     /// </summary>

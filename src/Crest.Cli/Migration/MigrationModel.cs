@@ -41,6 +41,12 @@ internal sealed record MigrationRequest(string ContainerId, MigrationStrategy St
     /// frozen window, as a checkpoint does (<c>--no-rootfs-rounds</c>: for comparison, or a source without the rounds).
     /// </summary>
     public bool RootfsRounds { get; init; } = true;
+
+    /// <summary>
+    /// <c>--via REGISTRY/REPO</c>: the checkpoint goes through that registry as a checkpoint OCI image (the source pushes
+    /// it, the target pulls it by digest) instead of streaming through this client; it carries the whole rootfs diff.
+    /// </summary>
+    public string? Via { get; init; }
 }
 
 /// <summary>The source container as the target needs to recreate it.</summary>
@@ -144,6 +150,9 @@ internal sealed record MigrationReport(
 
     /// <summary>The rootfs bytes (regular files) the frozen window carried: with rounds, only what changed since the last.</summary>
     public long FrozenRootfsBytes { get; init; }
+
+    /// <summary>Through a registry (--via): REGISTRY/REPO@DIGEST of the checkpoint image, which stays there.</summary>
+    public string? CheckpointImage { get; init; }
 }
 
 /// <summary>A migration that failed, after the undo: <see cref="Exception.Message"/> says what failed and where the container runs now.</summary>

@@ -26,6 +26,9 @@ internal sealed partial class MigrationOrchestrator
     {
         /// <summary>Post-copy over TLS: the token of the target's page client key pair, removed with DropArchive.</summary>
         public string? PageClient { get; init; }
+
+        /// <summary>Through a registry (--via): the checkpoint image the target was asked to pull, removed from it again.</summary>
+        public string? CheckpointImage { get; init; }
     }
 
     /// <summary>The source container carrying the migration's label, for the target's restore.</summary>
@@ -119,6 +122,19 @@ internal sealed partial class MigrationOrchestrator
         }
     }
 
+    /// <summary>After the switch: the target's copy of the checkpoint image (--via) is removed, best effort; the registry keeps its own.</summary>
+    private async Task RemoveCheckpointImageAsync(string image)
+    {
+        try
+        {
+            await WhenAnsweredAsync(target, $"removing the checkpoint image {image}", () => target.RemoveImageAsync(image, CancellationToken.None)).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            progress($"could not remove the checkpoint image {image} from {target.Name}: {Describe(e)}; remove it with crest -r {target.Name} rmi {image}");
+        }
+    }
+
     /// <summary>After the switch: an archive is dropped, best effort (a restarted crestd deleted its archives anyway).</summary>
     private async Task DropArchiveAsync(IMigrationNode node, string token)
     {
@@ -174,6 +190,11 @@ internal sealed partial class MigrationOrchestrator
         if (s.TargetToken is not null)
         {
             await Try(target, $"dropping the archive on {target.Name}", () => target.DropArchiveAsync(s.TargetToken, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        if (s.CheckpointImage is not null)
+        {
+            await Try(target, $"removing the checkpoint image {s.CheckpointImage} on {target.Name}", () => target.RemoveImageAsync(s.CheckpointImage, CancellationToken.None)).ConfigureAwait(false);
         }
 
         if (s.PageClient is not null)

@@ -36,6 +36,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         ArgumentNullException.ThrowIfNull(request);
         var started = time.GetTimestamp();
         CheckKeepAddress(request);
+        var via = CheckVia(request.Via);
         await CheckStrategyAsync(request.Strategy, ct).ConfigureAwait(false);
 
         var container = await source.InspectAsync(request.ContainerId, ct).ConfigureAwait(false);
@@ -70,6 +71,8 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
 
         FrozenSource? frozen = null;
         string? targetToken = null;
+        // The checkpoint image in the registry (--via), named in the report and in a failure's message.
+        string? published = null;
         string? restored = null;
         // Labels the restored container: a restore whose answer is lost is found on the target by it (UndoAsync).
         var migrationId = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
@@ -82,6 +85,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         long archiveBytes = 0;
         var rootfs = new RootfsPreStaging();
         PageClientIdentity? pageClient = null;
+        string? checkpointImage = null;
         try
         {
             if (request.KeepAddress)
@@ -97,9 +101,13 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                 progress($"pre-stage: {target.Name} made a key pair for fetching the memory over TLS; the source's page server will accept only its certificate");
             }
 
-            if (request.RootfsRounds)
+            if (request.RootfsRounds && via is null)
             {
                 await StageRootfsAsync(container.Id, rootfs, ct).ConfigureAwait(false);
+            }
+            else if (via is not null)
+            {
+                progress($"pre-stage: no rootfs rounds through a registry: the checkpoint image carries the whole rootfs diff, so that it restores anywhere on its own");
             }
 
             before += rootfs.BytesSent;
@@ -129,20 +137,35 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                 + (rootfs.Rounds.Count > 0 ? string.Create(CultureInfo.InvariantCulture, $" (the rest came in {rootfs.Rounds.Count} rounds before it)") : "")
                 + (postCopy ? $"; memory served from {frozen.PageServer}" + (pageClient is null ? " in the clear" : " over TLS") : ""));
 
-            var relayed = new RelayCount();
-            var trailer = new ArchiveTrailer();
-            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, trailer, ct), ct), relayed, ct), unpack: true, trailer, ct).ConfigureAwait(false);
-            targetToken = token;
-            // A streamed archive's size is known once it was sent (0 from the freeze).
-            var sent = frozen.ArchiveBytes > 0 ? frozen.ArchiveBytes : relayed.Bytes;
-            if (bytes != sent)
+            string path;
+            if (via is not null)
             {
-                throw new InvalidOperationException($"the target received {bytes} bytes of the checkpoint archive, the source sent {sent}");
+                var tagged = $"{via}:migration-{migrationId}";
+                progress($"transfer: {source.Name} pushes the checkpoint to {tagged}");
+                var (digest, layerBytes) = await source.PublishArchiveAsync(frozen.ArchiveToken, tagged, ct).ConfigureAwait(false);
+                path = $"{via}@{digest}";
+                published = path;
+                progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {layerBytes} bytes in the registry as {path}; {target.Name} pulls it"));
+                checkpointImage = path;
+                await target.PullImageAsync(path, ct).ConfigureAwait(false);
+                archiveBytes = layerBytes;
+            }
+            else
+            {
+                var relayed = new RelayCount();
+                var trailer = new ArchiveTrailer();
+                (targetToken, path, var bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, trailer, ct), ct), relayed, ct), unpack: true, trailer, ct).ConfigureAwait(false);
+                // A streamed archive's size is known once it was sent (0 from the freeze).
+                var sent = frozen.ArchiveBytes > 0 ? frozen.ArchiveBytes : relayed.Bytes;
+                if (bytes != sent)
+                {
+                    throw new InvalidOperationException($"the target received {bytes} bytes of the checkpoint archive, the source sent {sent}");
+                }
+
+                archiveBytes = bytes;
+                progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
             }
 
-            archiveBytes = bytes;
-
-            progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
             restoreSent = true;
             var lazyPages = postCopy ? new LazyPagesSource(frozen.PageServer!, frozen.PageServerCertificate, pageClient?.Token) : null;
             restored = await target.RestoreAsync(podId, path, Labelled(container, migrationId), lazyPages, rootfs.TargetToken, ct).ConfigureAwait(false);
@@ -160,16 +183,29 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         }
         catch (Exception e)
         {
-            var undo = await UndoAsync(new SwitchState(container.Id, frozen, targetToken, restored, restoreSent ? migrationId : null, madePod ? podId : null) { PageClient = pageClient?.Token }).ConfigureAwait(false);
+            var undo = await UndoAsync(new SwitchState(container.Id, frozen, targetToken, restored, restoreSent ? migrationId : null, madePod ? podId : null)
+            {
+                PageClient = pageClient?.Token,
+                CheckpointImage = checkpointImage,
+            }).ConfigureAwait(false);
             var rootfsUndo = await DropRootfsRoundsAsync(rootfs).ConfigureAwait(false);
             throw new MigrationFailedException(
-                $"migration of container {container.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}" + (rootfsUndo is null ? "" : $" ({rootfsUndo})"), e);
+                $"migration of container {container.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}" + (rootfsUndo is null ? "" : $" ({rootfsUndo})")
+                + (published is null ? "" : $"; the checkpoint image stays in the registry as {published} (delete it there when it is not wanted)"), e);
         }
 
         // The target runs with all its state: the source must never run again.
         var lastSource = await EndSourceAsync(container, restored!, request.KeepAddress).ConfigureAwait(false);
         await DropArchiveAsync(source, frozen.ArchiveToken).ConfigureAwait(false);
-        await DropArchiveAsync(target, targetToken!).ConfigureAwait(false);
+        if (targetToken is not null)
+        {
+            await DropArchiveAsync(target, targetToken).ConfigureAwait(false);
+        }
+
+        if (checkpointImage is not null)
+        {
+            await RemoveCheckpointImageAsync(checkpointImage).ConfigureAwait(false);
+        }
         if (pageClient is not null)
         {
             // Gone already with the transfer; dropped in case that crestd restarted meanwhile.
@@ -186,7 +222,30 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             PageTransfer = pageTransfer,
             RootfsRounds = rootfs.Rounds,
             FrozenRootfsBytes = frozen.RootfsBytes,
+            CheckpointImage = published,
         };
+    }
+
+    /// <summary>
+    /// <c>--via REGISTRY/REPO</c>: the repository the checkpoint image goes to, tagged by the migration; null without it.
+    /// A tag or digest of its own is refused (each migration pushes a tag of its own).
+    /// </summary>
+    internal static string? CheckVia(string? via)
+    {
+        if (via is null)
+        {
+            return null;
+        }
+
+        var repository = via.Trim().TrimEnd('/');
+        var last = repository[(repository.LastIndexOf('/') + 1)..];
+        if (repository.Length == 0 || last.Contains(':', StringComparison.Ordinal) || repository.Contains('@', StringComparison.Ordinal)
+            || !Crest.Core.ImageReference.TryParse(repository + ":migration", out _, out _))
+        {
+            throw new CliUsageException($"--via {via}: expected REGISTRY/REPO without a tag or digest, such as 127.0.0.1:5000/checkpoints; each migration pushes the tag migration-ID there");
+        }
+
+        return repository;
     }
 
     private const long PageSize = 4096;

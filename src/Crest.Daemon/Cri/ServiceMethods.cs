@@ -99,5 +99,6 @@ internal static class CrestMigrationServiceMethods
         sink.Unary(Service, "DropRootfsRounds", C.DropRootfsRoundsRequest.Parser, C.DropRootfsRoundsResponse.Parser, (s, r, c) => s.DropRootfsRounds(r, c));
         sink.Unary(Service, "FreezePod", C.FreezePodRequest.Parser, C.FreezePodResponse.Parser, (s, r, c) => s.FreezePod(r, c));
         sink.Unary(Service, "PreparePageClient", C.PreparePageClientRequest.Parser, C.PreparePageClientResponse.Parser, (s, r, c) => s.PreparePageClient(r, c));
+        sink.Unary(Service, "PublishArchive", C.PublishArchiveRequest.Parser, C.PublishArchiveResponse.Parser, (s, r, c) => s.PublishArchive(r, c));
     }
 }

@@ -8,7 +8,7 @@ namespace Crest.UnitTests.Fakes;
 
 /// <summary>
 /// An <see cref="IRegistryClient"/> answering from memory: images are published from OCI layouts that
-/// <see cref="TestImages.WriteLayout"/> wrote, so a pull runs without a socket. Pulls only; pushes are refused.
+/// <see cref="TestImages.WriteLayout"/> wrote, so a pull runs without a socket; pushes are kept, each blob checked against its digest.
 /// </summary>
 internal sealed class MemoryRegistry : IRegistryClient
 {
@@ -55,9 +55,46 @@ internal sealed class MemoryRegistry : IRegistryClient
     public Task<bool> BlobExistsAsync(ImageReference image, Digest digest, RegistryCredentials? credentials, CancellationToken ct) =>
         Task.FromResult(_blobs.ContainsKey(digest));
 
-    public Task PushBlobAsync(ImageReference image, Digest digest, long size, Func<Stream> open, RegistryCredentials? credentials, CancellationToken ct) =>
-        throw new NotSupportedException("this fake registry serves pulls only");
+    /// <summary>While set, every push fails as an unreachable registry does.</summary>
+    public bool Unreachable { get; set; }
 
-    public Task PushManifestAsync(ImageReference image, string reference, byte[] content, string mediaType, RegistryCredentials? credentials, CancellationToken ct) =>
-        throw new NotSupportedException("this fake registry serves pulls only");
+    /// <summary>A pushed manifest by name and tag (or digest), as a later pull reads it.</summary>
+    public byte[]? Manifest(string name, string reference) => _manifests.TryGetValue((name, reference), out var bytes) ? bytes : null;
+
+    /// <summary>A pushed or published blob.</summary>
+    public byte[]? Blob(Digest digest) => _blobs.TryGetValue(digest, out var bytes) ? bytes : null;
+
+    public async Task PushBlobAsync(ImageReference image, Digest digest, long size, Func<Stream> open, RegistryCredentials? credentials, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(open);
+        CheckReachable(image);
+        await using var source = open();
+        using var copy = new MemoryStream();
+        await source.CopyToAsync(copy, ct);
+        var bytes = copy.ToArray();
+        // As a registry does: the upload must match the digest it was announced with.
+        if (bytes.Length != size || Digest.Of(bytes) != digest)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"blob upload of {digest} ({size} bytes) got {bytes.Length} bytes of {Digest.Of(bytes)}");
+        }
+
+        _blobs[digest] = bytes;
+    }
+
+    public Task PushManifestAsync(ImageReference image, string reference, byte[] content, string mediaType, RegistryCredentials? credentials, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        CheckReachable(image);
+        _manifests[(image.Name, reference)] = content;
+        _manifests[(image.Name, Digest.Of(content).ToString())] = content;
+        return Task.CompletedTask;
+    }
+
+    private void CheckReachable(ImageReference image)
+    {
+        if (Unreachable)
+        {
+            throw new CrestException(ErrorKind.Unavailable, $"registry {image.Registry} is unreachable (connection refused)");
+        }
+    }
 }

@@ -20,13 +20,14 @@ internal sealed class RuntimeHarness : IDisposable
     private readonly TempDir _dir = new();
 
     /// <param name="lazyPages">The post-copy daemons StartContainer runs (a stand-in criu); none by default.</param>
-    public RuntimeHarness(LazyPageTransfers? lazyPages = null)
+    /// <param name="registry">The registry the image service pulls from and pushes to; none (every call refused) by default.</param>
+    public RuntimeHarness(LazyPageTransfers? lazyPages = null, IRegistryClient? registry = null)
     {
         Paths = new CrestPaths(_dir.Combine("root"), _dir.Combine("state"), _dir.Combine("state/crest.sock"));
         Layout = new RuntimeLayout(Paths);
         Runtimes = new FakeOciRuntimes(Layout.ExitDir, Linux.Alive, "runc", "crun");
-        Images = new ImageService(new MemoryContentStore(), new OverlaySnapshotter(_dir.Combine("snapshots"), ImageMetadata, TimeProvider.System), ImageMetadata,
-            new NoRegistry(), ImageServiceOptions.Default, TimeProvider.System, NullLogger<ImageService>.Instance);
+        Images = new ImageService(Content, new OverlaySnapshotter(_dir.Combine("snapshots"), ImageMetadata, TimeProvider.System), ImageMetadata,
+            registry ?? new NoRegistry(), ImageServiceOptions.Default, TimeProvider.System, NullLogger<ImageService>.Instance);
         Exits = new ConmonExits(Layout, TimeProvider.System);
         Reaper = new DirectoryReaper(Paths, Linux, NullLogger<DirectoryReaper>.Instance);
         Sandboxes = new SandboxService(Store, Linux, Runtimes, Network, Layout, new UserNamespaces(Paths, NullLogger<UserNamespaces>.Instance), Exits,
@@ -59,6 +60,9 @@ internal sealed class RuntimeHarness : IDisposable
     public FakeRestoreSteps RestoreSteps { get; } = new();
 
     public ImageService Images { get; }
+
+    /// <summary>The image service's blobs.</summary>
+    public MemoryContentStore Content { get; } = new();
 
     public SandboxService Sandboxes { get; }
 

@@ -1,0 +1,83 @@
+using System.Text.Json;
+using Crest.Checkpoint.Format;
+using Crest.Core;
+using Crest.Linux;
+
+namespace Crest.Checkpoint;
+
+// The source's half of a migration through a registry (crest migrate --via): the held checkpoint leaves as a
+// checkpoint OCI image, which the target pulls by digest and restores from.
+public sealed partial class MigrationService
+{
+    /// <summary>
+    /// Pushes a held container checkpoint (a freeze's) to <paramref name="image"/> (REGISTRY/REPO:TAG) as a checkpoint
+    /// OCI image: one uncompressed layer holding the archive's files, with the annotations of all three engines on its
+    /// manifest (<see cref="CheckpointImageAnnotations"/>). The archive streams into the layer as it is made; nothing of
+    /// the image stays in this node's image store. The held checkpoint stays held (DropArchive ends it).
+    /// </summary>
+    public async Task<PublishedCheckpoint> PublishAsync(string token, string image, CancellationToken ct)
+    {
+        if (FileKinds.IsDirectory(PodCheckpointPath(token)))
+        {
+            throw new CrestException(ErrorKind.InvalidArgument,
+                $"migration archive {token} is a pod checkpoint; only a container checkpoint is carried through a registry (migrate the pod without --via)");
+        }
+
+        var annotations = await CheckpointImageAnnotationsAsync(token, ct).ConfigureAwait(false);
+        var pipe = new System.IO.Pipelines.Pipe(new System.IO.Pipelines.PipeOptions(pauseWriterThreshold: 4 << 20, resumeWriterThreshold: 2 << 20));
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var writer = Task.Run(async () =>
+        {
+            try
+            {
+                await using (var output = pipe.Writer.AsStream(leaveOpen: true))
+                {
+                    await SendArchiveAsync(token, output, stop.Token).ConfigureAwait(false);
+                }
+
+                await pipe.Writer.CompleteAsync().ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                await pipe.Writer.CompleteAsync(e).ConfigureAwait(false);
+            }
+        }, CancellationToken.None);
+        try
+        {
+            await using var layer = pipe.Reader.AsStream();
+            var (manifest, layerBytes) = await images.PublishRootfsAsync(layer, $"the checkpoint of migration archive {token}", image, annotations, ct).ConfigureAwait(false);
+            return new PublishedCheckpoint(manifest.ToString(), layerBytes);
+        }
+        finally
+        {
+            // A push that failed stops the archive's writer rather than letting it run to the end.
+            await stop.CancelAsync().ConfigureAwait(false);
+            await writer.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// The checkpoint image annotations of a held container checkpoint, from its config.dump and spec.dump: read in the
+    /// held work directory of a stop-copy freeze, or from the archive of a post-copy one (which holds no memory).
+    /// </summary>
+    private async Task<Dictionary<string, string>> CheckpointImageAnnotationsAsync(string token, CancellationToken ct)
+    {
+        var record = HeldWorkRecord(token);
+        if (!File.Exists(record))
+        {
+            var path = ArchivePath(token);
+            return File.Exists(path)
+                ? CheckpointImageAnnotations.For(await ArchiveMetadataReader.ReadAsync(path, ct).ConfigureAwait(false))
+                : throw new CrestException(ErrorKind.NotFound, $"migration archive {token} is not on this node (not under {ArchiveDir}); freeze the container first");
+        }
+
+        var work = HeldWork(record);
+        var config = JsonSerializer.Deserialize(await File.ReadAllBytesAsync(Path.Combine(work, CheckpointFiles.ConfigDump), ct).ConfigureAwait(false), CheckpointJson.Default.ConfigDump)
+            ?? throw new CrestException(ErrorKind.Internal, $"the held checkpoint {work} has an empty {CheckpointFiles.ConfigDump}");
+        var spec = ArchiveMetadataReader.SpecAnnotations(await File.ReadAllBytesAsync(Path.Combine(work, CheckpointFiles.SpecDump), ct).ConfigureAwait(false));
+        return CheckpointImageAnnotations.For(config, spec);
+    }
+}
+
+/// <summary>A checkpoint a migration's source pushed: the manifest's digest, and the layer's bytes the registry carries.</summary>
+public sealed record PublishedCheckpoint(string ManifestDigest, long LayerBytes);

@@ -1,0 +1,109 @@
+using Crest.Cli;
+using Crest.Cli.Migration;
+
+namespace Crest.UnitTests;
+
+// crest migrate --via REGISTRY/REPO: the checkpoint goes through a registry as a checkpoint image instead of through
+// the client, and the safety rule holds the same.
+public sealed partial class MigrationOrchestratorTests
+{
+    private const string ViaRepository = "127.0.0.1:5000/ckpt";
+
+    private static readonly string PublishedDigest = "sha256:" + new string('c', 64);
+
+    private sealed partial class FakeNode
+    {
+        /// <summary>Images pulled onto this node and not removed since.</summary>
+        public HashSet<string> Images { get; } = new(StringComparer.Ordinal);
+
+        /// <summary>The names this node pushed a checkpoint to, in order.</summary>
+        public List<string> Published { get; } = [];
+
+        /// <summary>What the last restore was given as its image: a received checkpoint's path, or a checkpoint image.</summary>
+        public string? RestoredFrom { get; private set; }
+
+        public Task<(string ManifestDigest, long LayerBytes)> PublishArchiveAsync(string token, string image, CancellationToken ct)
+        {
+            Step("publish " + token + " " + image);
+            Published.Add(image);
+            return Task.FromResult((PublishedDigest, 5000L));
+        }
+
+        public Task RemoveImageAsync(string image, CancellationToken ct)
+        {
+            Step("rmi " + image);
+            Images.Remove(image);
+            return Task.CompletedTask;
+        }
+    }
+
+    [Fact]
+    public async Task Through_a_registry_the_source_pushes_the_checkpoint_and_the_target_restores_from_it_by_digest()
+    {
+        var (source, target, orchestrator, progress) = Nodes();
+
+        var report = await orchestrator.RunAsync(NewPod() with { Via = ViaRepository }, Ct);
+
+        var image = Assert.Single(source.Published);
+        Assert.Matches("^127\\.0\\.0\\.1:5000/ckpt:migration-[0-9a-f]{16}$", image);
+        // No rootfs rounds: the image carries the whole rootfs diff, so it restores on its own.
+        Assert.Equal(["inspect c1", "freeze c1", $"publish src-archive {image}", "killfrozen c1", "logtimes c1", "rm c1", "drop src-archive"], source.Calls);
+        var byDigest = $"{ViaRepository}@{PublishedDigest}";
+        Assert.Equal(["pull registry/busybox@sha256:aa", "runp", $"pullckpt {byDigest}", "restore pod-b-1", "state restored-2", $"rmi {byDigest}"],
+            target.Calls.Where(c => !c.StartsWith("logtimes", StringComparison.Ordinal)));
+        Assert.Equal(byDigest, target.RestoredFrom);
+        Assert.DoesNotContain("write", target.Calls);
+        Assert.Empty(target.TrailersReceived);
+        // The target keeps no copy of the checkpoint image; the registry keeps its own, and the report names it.
+        Assert.Equal(["registry/busybox@sha256:aa"], target.Images);
+        Assert.Equal(byDigest, report.CheckpointImage);
+        Assert.Equal(5000, report.BytesDuringSwitch);
+        Assert.Empty(report.RootfsRounds);
+        Assert.Equal([report.TargetContainerId], target.Running);
+        Assert.Empty(source.Containers);
+        Assert.Contains(progress, p => p.Contains($"in the registry as {byDigest}", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("source", "publish", false)]
+    [InlineData("target", "pullckpt", true)]
+    [InlineData("target", "restore", true)]
+    [InlineData("target", "state", true)]
+    public async Task Through_a_registry_a_failure_at_any_step_leaves_the_source_running_and_no_checkpoint_image_on_the_target(string node, string step, bool pushed)
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        (node == "source" ? source : target).FailAt = step;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod() with { Via = ViaRepository }, Ct));
+
+        Assert.Equal(["c1"], source.Running);
+        Assert.Empty(target.Containers);
+        Assert.Empty(target.Pods);
+        Assert.DoesNotContain(target.Images, i => i.StartsWith(ViaRepository, StringComparison.Ordinal));
+        Assert.Empty(source.Archives);
+        Assert.Contains("undone: the container runs on a as before", e.Message, StringComparison.Ordinal);
+        // What the registry holds is not this client's to delete: the message says where it is.
+        Assert.Equal(pushed, e.Message.Contains($"the checkpoint image stays in the registry as {ViaRepository}@{PublishedDigest}", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1:5000/ckpt", "127.0.0.1:5000/ckpt")]
+    [InlineData("127.0.0.1:5000/team/ckpt/", "127.0.0.1:5000/team/ckpt")]
+    [InlineData("registry.example.com/ckpt", "registry.example.com/ckpt")]
+    [InlineData("127.0.0.1:5000/ckpt:v1", null)]
+    [InlineData("127.0.0.1:5000/ckpt@sha256:0000000000000000000000000000000000000000000000000000000000000000", null)]
+    [InlineData("127.0.0.1:5000/Ckpt", null)]
+    [InlineData("", null)]
+    public void Via_takes_a_repository_without_a_tag_or_digest(string via, string? repository)
+    {
+        if (repository is null)
+        {
+            var e = Assert.Throws<CliUsageException>(() => MigrationOrchestrator.CheckVia(via));
+            Assert.Contains("expected REGISTRY/REPO without a tag or digest", e.Message, StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.Equal(repository, MigrationOrchestrator.CheckVia(via));
+        }
+    }
+}

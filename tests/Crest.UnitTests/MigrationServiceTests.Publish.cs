@@ -1,0 +1,115 @@
+using System.Formats.Tar;
+using System.Text.Json;
+using Crest.Checkpoint;
+using Crest.Checkpoint.Format;
+using Crest.Core;
+
+namespace Crest.UnitTests;
+
+// The source's half of crest migrate --via: a held checkpoint goes to a registry as a checkpoint OCI image.
+public sealed partial class MigrationServiceTests
+{
+    /// <summary>A stop-copy freeze's held checkpoint as FreezeAsync leaves it: a work directory, and the record naming it.</summary>
+    private async Task<(string Token, string Work)> HeldStopCopyCheckpointAsync(MigrationService service)
+    {
+        var work = Directory.CreateDirectory(Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-0123456789ab")).FullName;
+        Directory.CreateDirectory(Path.Combine(work, "checkpoint"));
+        await File.WriteAllTextAsync(Path.Combine(work, "checkpoint", "pages-1.img"), new string('p', 10_000), Ct);
+        await File.WriteAllBytesAsync(Path.Combine(work, CheckpointFiles.ConfigDump), JsonSerializer.SerializeToUtf8Bytes(new ConfigDump
+        {
+            Id = "c1",
+            Name = "k8s_counter_mig",
+            RootfsImage = "registry/busybox:v1",
+            RootfsImageRef = "sha256:" + new string('b', 64),
+            RootfsImageName = "registry/busybox:v1",
+            Runtime = "runc",
+        }, CheckpointJson.Default.ConfigDump), Ct);
+        await File.WriteAllTextAsync(Path.Combine(work, CheckpointFiles.SpecDump),
+            """{"annotations": {"io.kubernetes.cri.container-name": "counter", "io.kubernetes.pod.name": "mig", "io.kubernetes.pod.namespace": "default", "io.container.manager": "crest"}}""", Ct);
+        Directory.CreateDirectory(service.ArchiveDir);
+        var token = new string('a', 24);
+        await File.WriteAllTextAsync(Path.Combine(service.ArchiveDir, token + ".work"), work, Ct);
+        return (token, work);
+    }
+
+    [Fact]
+    public async Task A_held_checkpoint_is_pushed_as_a_checkpoint_image_that_all_three_engines_recognise_and_nothing_stays_in_the_image_store()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var (token, work) = await HeldStopCopyCheckpointAsync(service);
+
+        var published = await service.PublishAsync(token, "127.0.0.1:5000/ckpt:migration-0123", Ct);
+
+        var manifestBytes = _registry.Manifest("127.0.0.1:5000/ckpt", "migration-0123");
+        Assert.NotNull(manifestBytes);
+        Assert.Equal(Digest.Of(manifestBytes).ToString(), published.ManifestDigest);
+        using var manifest = JsonDocument.Parse(manifestBytes);
+        var annotations = manifest.RootElement.GetProperty("annotations");
+        foreach (var marker in CheckpointImageAnnotations.Markers)
+        {
+            Assert.Equal("counter", annotations.GetProperty(marker).GetString());
+        }
+
+        Assert.Equal("registry/busybox:v1", annotations.GetProperty("io.kubernetes.cri-o.annotations.checkpoint.rawImageName").GetString());
+        Assert.Equal("Crest", annotations.GetProperty("org.criu.checkpoint.engine.name").GetString());
+        // The one layer is the archive as ReadArchive would stream it: the checkpoint's files at /.
+        var layer = manifest.RootElement.GetProperty("layers")[0];
+        Assert.Equal(published.LayerBytes, layer.GetProperty("size").GetInt64());
+        var names = new List<string>();
+        using (var tar = new TarReader(new MemoryStream(_registry.Blob(Digest.Parse(layer.GetProperty("digest").GetString()!))!)))
+        {
+            while (await tar.GetNextEntryAsync(cancellationToken: Ct) is { } entry)
+            {
+                names.Add(entry.Name.TrimEnd('/'));
+            }
+        }
+
+        Assert.Contains("checkpoint/pages-1.img", names);
+        Assert.Contains(CheckpointFiles.ConfigDump, names);
+        Assert.NotNull(_registry.Blob(Digest.Parse(manifest.RootElement.GetProperty("config").GetProperty("digest").GetString()!)));
+        // Not an image of this node, and no blob of it left behind.
+        Assert.Empty(await _h.Images.ListAsync(Ct));
+        Assert.Empty(_h.Content.List());
+        // The checkpoint stays held until the migration drops it.
+        Assert.True(Directory.Exists(work));
+    }
+
+    [Fact]
+    public async Task A_registry_that_cannot_be_reached_fails_the_push_keeps_the_checkpoint_held_and_leaves_no_blob()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var (token, work) = await HeldStopCopyCheckpointAsync(service);
+        _registry.Unreachable = true;
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(token, "127.0.0.1:5000/ckpt:migration-0123", Ct));
+
+        Assert.Equal(ErrorKind.Unavailable, e.Kind);
+        Assert.Contains("127.0.0.1:5000", e.Message, StringComparison.Ordinal);
+        Assert.Empty(_h.Content.List());
+        Assert.True(Directory.Exists(work));
+        // Held as before: it still streams whole to a target.
+        using var sent = new MemoryStream();
+        await service.SendArchiveAsync(token, sent, Ct);
+        Assert.True(sent.Length > 10_000);
+    }
+
+    [Fact]
+    public async Task Only_a_held_container_checkpoint_is_pushed()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        Directory.CreateDirectory(service.ArchiveDir);
+        var pod = Directory.CreateDirectory(Path.Combine(service.ArchiveDir, new string('b', 24) + ".pod")).FullName;
+
+        var podToken = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(new string('b', 24), "127.0.0.1:5000/ckpt:m", Ct));
+        var unknown = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(new string('c', 24), "127.0.0.1:5000/ckpt:m", Ct));
+        var (token, _) = await HeldStopCopyCheckpointAsync(service);
+        var id = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(token, "sha256:" + new string('d', 64), Ct));
+
+        Assert.Equal(ErrorKind.InvalidArgument, podToken.Kind);
+        Assert.Contains("pod checkpoint", podToken.Message, StringComparison.Ordinal);
+        Assert.Equal(ErrorKind.NotFound, unknown.Kind);
+        Assert.Equal(ErrorKind.InvalidArgument, id.Kind);
+        Assert.True(Directory.Exists(pod));
+        Assert.Empty(_h.Content.List());
+    }
+}
