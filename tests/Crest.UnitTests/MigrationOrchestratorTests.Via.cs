@@ -106,4 +106,13 @@ public sealed partial class MigrationOrchestratorTests
             Assert.Equal(repository, MigrationOrchestrator.CheckVia(via));
         }
     }
+
+    [Fact]
+    public void The_publish_rpc_has_new_messages_whose_field_numbers_are_pinned()
+    {
+        Assert.Equal(1, Crest.Api.V1.PublishArchiveRequest.ArchiveTokenFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.PublishArchiveRequest.ImageFieldNumber);
+        Assert.Equal(1, Crest.Api.V1.PublishArchiveResponse.ManifestDigestFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.PublishArchiveResponse.LayerBytesFieldNumber);
+    }
 }
