@@ -10,20 +10,17 @@ namespace Crest.Checkpoint;
 public sealed partial class MigrationService
 {
     /// <summary>
-    /// Pushes a held container checkpoint (a freeze's) to <paramref name="image"/> (REGISTRY/REPO:TAG) as a checkpoint
-    /// OCI image: one uncompressed layer holding the archive's files, with the annotations of all three engines on its
-    /// manifest (<see cref="CheckpointImageAnnotations"/>). The archive streams into the layer as it is made; nothing of
-    /// the image stays in this node's image store. The held checkpoint stays held (DropArchive ends it).
+    /// Pushes a held checkpoint (a freeze's) to <paramref name="image"/> (REGISTRY/REPO:TAG) as a checkpoint OCI image:
+    /// one uncompressed layer holding the archive's files. A container checkpoint carries the annotations of all three
+    /// engines on its manifest (<see cref="CheckpointImageAnnotations"/>), a pod checkpoint (FreezePod's) those of a pod
+    /// checkpoint image, which RestorePod takes by reference. The archive streams into the layer as it is made; nothing
+    /// of the image stays in this node's image store. The held checkpoint stays held (DropArchive ends it).
     /// </summary>
     public async Task<PublishedCheckpoint> PublishAsync(string token, string image, CancellationToken ct)
     {
-        if (FileKinds.IsDirectory(PodCheckpointPath(token)))
-        {
-            throw new CrestException(ErrorKind.InvalidArgument,
-                $"migration archive {token} is a pod checkpoint; only a container checkpoint is carried through a registry (migrate the pod without --via)");
-        }
-
-        var annotations = await CheckpointImageAnnotationsAsync(token, ct).ConfigureAwait(false);
+        var annotations = FileKinds.IsDirectory(PodCheckpointPath(token))
+            ? await PodCheckpointImageAnnotationsAsync(token, ct).ConfigureAwait(false)
+            : await CheckpointImageAnnotationsAsync(token, ct).ConfigureAwait(false);
         var pipe = new System.IO.Pipelines.Pipe(new System.IO.Pipelines.PipeOptions(pauseWriterThreshold: 4 << 20, resumeWriterThreshold: 2 << 20));
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var writer = Task.Run(async () =>
@@ -54,6 +51,21 @@ public sealed partial class MigrationService
             await stop.CancelAsync().ConfigureAwait(false);
             await writer.ConfigureAwait(false);
         }
+    }
+
+    /// <summary>The annotations of a pod checkpoint image (as <c>crest checkpoint pod --image</c> writes them) for a held pod checkpoint.</summary>
+    private async Task<Dictionary<string, string>> PodCheckpointImageAnnotationsAsync(string token, CancellationToken ct)
+    {
+        // This node wrote the manifest; the container archives are made as the checkpoint streams (Parse with no directory).
+        var path = Path.Combine(PodCheckpointPath(token), PodCheckpointFiles.Manifest);
+        var manifest = FileKinds.IsRegularFile(path)
+            ? PodCheckpointManifests.Parse(await File.ReadAllBytesAsync(path, ct).ConfigureAwait(false), null)
+            : throw new CrestException(ErrorKind.NotFound, $"the pod checkpoint behind migration archive {token} has no {PodCheckpointFiles.Manifest}; freeze the pod again");
+        return new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            [PodCheckpointFiles.ImageAnnotation] = PodCheckpointFiles.FormatVersion.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            [PodCheckpointFiles.ImageContainersAnnotation] = string.Join(",", manifest.Containers.Select(c => c.Name)),
+        };
     }
 
     /// <summary>

@@ -51,16 +51,20 @@ public sealed class PodMigrationTests
     private static List<int> Counts(string log) =>
         CountLine().Matches(log).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
 
-    [Fact]
-    public async Task A_pod_of_two_counters_migrates_whole_and_both_count_on_from_where_they_froze()
+    /// <remarks>With <paramref name="viaRegistry"/> the pod checkpoint goes through the shared registry as a pod checkpoint image (<c>--via</c>).</remarks>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_pod_of_two_counters_migrates_whole_and_both_count_on_from_where_they_froze(bool viaRegistry)
     {
         RequireTools();
         await using var nodes = await TwoNodes.StartAsync("podmig");
         var image = await RegistryBusyboxOnAAsync(nodes);
         var (podId, logsA) = await RunTwoCountersOnAAsync(nodes, image);
         var podB = await WritePodAsync(nodes.B.Dir, "podmig", "uid-podmig-b");
+        var via = $"{nodes.Registry.Host}/e2e/pods";
 
-        var migrated = await MigratePodAsync(nodes, podId, podB);
+        var migrated = await MigratePodAsync(nodes, podId, podB, viaRegistry ? ["--via", via] : []);
 
         Assert.True(migrated.ExitCode == 0, $"migrate pod failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {nodes.A.Crestd.Log}\nB: {nodes.B.Crestd.Log}");
         using var report = JsonDocument.Parse(migrated.Stdout);
@@ -93,9 +97,25 @@ public sealed class PodMigrationTests
         }
 
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
-        Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")));
+        // Through a registry nothing reaches the target's migrations directory, so it may not exist.
+        Assert.False(Directory.Exists(nodes.B.Dir.Combine("root", "migrations")) && Directory.EnumerateFileSystemEntries(nodes.B.Dir.Combine("root", "migrations")).Any());
+        if (viaRegistry)
+        {
+            // Restored from the pod checkpoint image the source pushed; neither node keeps a copy of it, the registry does.
+            Assert.StartsWith($"{via}@sha256:", r.GetProperty("checkpointImage").GetString(), StringComparison.Ordinal);
+            Assert.DoesNotContain("e2e/pods", await RunAsync([.. nodes.A.R, "images"]), StringComparison.Ordinal);
+            Assert.DoesNotContain("e2e/pods", await RunAsync([.. nodes.B.R, "images"]), StringComparison.Ordinal);
+            using var http = new HttpClient();
+            using var tags = JsonDocument.Parse(await http.GetStringAsync(new Uri($"http://{nodes.Registry.Host}/v2/e2e/pods/tags/list"), Ct));
+            Assert.Matches("^migration-[0-9a-f]{16}$", Assert.Single(tags.RootElement.GetProperty("tags").EnumerateArray()).GetString());
+        }
+        else
+        {
+            Assert.Equal(JsonValueKind.Null, r.GetProperty("checkpointImage").ValueKind);
+        }
+
         TestContext.Current.TestOutputHelper?.WriteLine(
-            $"pod of two counters: downtime {downtime} ms ({string.Join(", ", r.GetProperty("containers").EnumerateArray().Select(c => $"{c.GetProperty("name")} {c.GetProperty("downtimeMs")} ms"))}), "
+            $"pod of two counters{(viaRegistry ? " via the registry" : "")}: downtime {downtime} ms ({string.Join(", ", r.GetProperty("containers").EnumerateArray().Select(c => $"{c.GetProperty("name")} {c.GetProperty("downtimeMs")} ms"))}), "
             + $"frozen {r.GetProperty("frozenMs")} ms, {r.GetProperty("bytesDuringSwitch")} bytes during the switch, total {r.GetProperty("totalMs")} ms\n{migrated.Stderr}");
     }
 

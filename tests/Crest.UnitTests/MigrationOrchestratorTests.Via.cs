@@ -115,4 +115,45 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal(1, Crest.Api.V1.PublishArchiveResponse.ManifestDigestFieldNumber);
         Assert.Equal(2, Crest.Api.V1.PublishArchiveResponse.LayerBytesFieldNumber);
     }
+
+    [Fact]
+    public async Task A_pod_through_a_registry_is_pushed_once_frozen_and_restored_on_the_target_from_the_pulled_image()
+    {
+        var (source, target, orchestrator, _) = PodNodes();
+
+        var report = await orchestrator.RunPodAsync(MovePod() with { Via = ViaRepository }, Ct);
+
+        var image = Assert.Single(source.Published);
+        Assert.Matches("^127\\.0\\.0\\.1:5000/ckpt:migration-[0-9a-f]{16}$", image);
+        // No rootfs rounds: the pod checkpoint image is whole.
+        Assert.Equal(["inspectpod pod-a", "freezepod pod-a", $"publish src-pod {image}"], source.Calls.Take(3));
+        var byDigest = $"{ViaRepository}@{PublishedDigest}";
+        Assert.Equal(["pull registry/busybox@sha256:aa", $"pullckpt {byDigest}", $"restorepod {byDigest}"], target.Calls.Take(3));
+        Assert.Contains($"rmi {byDigest}", target.Calls);
+        Assert.DoesNotContain("write", target.Calls);
+        Assert.Equal(byDigest, report.CheckpointImage);
+        Assert.Equal(5000, report.BytesDuringSwitch);
+        Assert.Empty(source.Running);
+        Assert.Equal(2, target.Running.Count());
+        Assert.DoesNotContain(target.Images, i => i.StartsWith(ViaRepository, StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("source", "publish", false)]
+    [InlineData("target", "pullckpt", true)]
+    [InlineData("target", "restorepod", true)]
+    public async Task A_pod_through_a_registry_that_fails_at_any_step_runs_on_the_source_and_leaves_no_image_on_the_target(string node, string step, bool pushed)
+    {
+        var (source, target, orchestrator, _) = PodNodes();
+        (node == "source" ? source : target).FailAt = step;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod() with { Via = ViaRepository }, Ct));
+
+        Assert.Equal(["c1", "c2"], source.Running.Order(StringComparer.Ordinal));
+        Assert.Empty(target.Pods);
+        Assert.DoesNotContain(target.Images, i => i.StartsWith(ViaRepository, StringComparison.Ordinal));
+        Assert.Empty(source.Archives);
+        Assert.Contains("undone: the pod runs on a as before", e.Message, StringComparison.Ordinal);
+        Assert.Equal(pushed, e.Message.Contains("the checkpoint image stays in the registry", StringComparison.Ordinal));
+    }
 }

@@ -94,22 +94,52 @@ public sealed partial class MigrationServiceTests
     }
 
     [Fact]
-    public async Task Only_a_held_container_checkpoint_is_pushed()
+    public async Task A_push_needs_a_held_checkpoint_and_a_name_with_a_registry()
     {
         var service = Service(new RestoreOptions { ViaCreate = true });
         Directory.CreateDirectory(service.ArchiveDir);
-        var pod = Directory.CreateDirectory(Path.Combine(service.ArchiveDir, new string('b', 24) + ".pod")).FullName;
+        var brokenPod = Directory.CreateDirectory(Path.Combine(service.ArchiveDir, new string('b', 24) + ".pod")).FullName;
 
-        var podToken = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(new string('b', 24), "127.0.0.1:5000/ckpt:m", Ct));
+        var noManifest = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(new string('b', 24), "127.0.0.1:5000/ckpt:m", Ct));
         var unknown = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(new string('c', 24), "127.0.0.1:5000/ckpt:m", Ct));
         var (token, _) = await HeldStopCopyCheckpointAsync(service);
         var id = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(token, "sha256:" + new string('d', 64), Ct));
 
-        Assert.Equal(ErrorKind.InvalidArgument, podToken.Kind);
-        Assert.Contains("pod checkpoint", podToken.Message, StringComparison.Ordinal);
+        Assert.Equal(ErrorKind.NotFound, noManifest.Kind);
+        Assert.Contains("freeze the pod again", noManifest.Message, StringComparison.Ordinal);
         Assert.Equal(ErrorKind.NotFound, unknown.Kind);
         Assert.Equal(ErrorKind.InvalidArgument, id.Kind);
-        Assert.True(Directory.Exists(pod));
+        Assert.True(Directory.Exists(brokenPod));
         Assert.Empty(_h.Content.List());
+    }
+
+    [Fact]
+    public async Task A_held_pod_checkpoint_is_pushed_as_a_pod_checkpoint_image_that_restore_pod_opens()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var frozen = await service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct);
+
+        var published = await service.PublishAsync(frozen.ArchiveToken, "127.0.0.1:5000/ckpt:migration-pod", Ct);
+
+        using var manifest = JsonDocument.Parse(_registry.Manifest("127.0.0.1:5000/ckpt", "migration-pod")!);
+        Assert.Equal(Digest.Of(_registry.Manifest("127.0.0.1:5000/ckpt", "migration-pod")!).ToString(), published.ManifestDigest);
+        var annotations = manifest.RootElement.GetProperty("annotations");
+        Assert.Equal("1", annotations.GetProperty(PodCheckpointFiles.ImageAnnotation).GetString());
+        Assert.Equal(["c-c1", "c-c2"], annotations.GetProperty(PodCheckpointFiles.ImageContainersAnnotation).GetString()!.Split(',').Order(StringComparer.Ordinal));
+        // The layer is the pod checkpoint tar RestorePod opens: its manifest and each container's archive.
+        var layer = Path.Combine(_h.Paths.Root, "layer.tar");
+        await File.WriteAllBytesAsync(layer, _registry.Blob(Digest.Parse(manifest.RootElement.GetProperty("layers")[0].GetProperty("digest").GetString()!))!, Ct);
+        using (var opened = await PodCheckpointSources.OpenArchiveAsync(layer, _h.Paths.Restores, new RestoreOptions().Limits, Ct))
+        {
+            var pods = await PodCheckpointManifests.ReadAsync(opened.Directory, 1 << 20, Ct);
+            Assert.Equal(["c-c1", "c-c2"], pods.Containers.Select(c => c.Name).Order(StringComparer.Ordinal));
+            Assert.All(pods.Containers, c => Assert.Equal(c.ArchiveBytes, new FileInfo(Path.Combine(opened.Directory, PodCheckpointFiles.ContainerArchive(c.Name))).Length));
+        }
+
+        Assert.Empty(_h.Content.List());
+        // Still held: the containers stay frozen until the migration ends them.
+        Assert.Equal("paused", _h.Runtimes.StatusOf("c1"));
+        service.DropArchive(frozen.ArchiveToken);
     }
 }

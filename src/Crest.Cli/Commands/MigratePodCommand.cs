@@ -10,7 +10,7 @@ namespace Crest.Cli.Commands;
 /// <summary>
 /// <c>crest migrate pod POD --to ENDPOINT --pod-config pod.json</c>: moves a whole running pod (every container, stop-copy)
 /// from the node of <c>--runtime-endpoint</c> into a new pod on the node at <c>--to</c>, by
-/// <see cref="MigrationOrchestrator.RunPodAsync"/>. The pod checkpoint streams from the source through this client.
+/// <see cref="MigrationOrchestrator.RunPodAsync"/>. The pod checkpoint streams from the source through this client, or (<c>--via</c>) goes through a registry.
 /// </summary>
 internal static class MigratePodCommand
 {
@@ -25,13 +25,18 @@ internal static class MigratePodCommand
         {
             Description = "carry each container's whole rootfs diff in the frozen window instead of sending it in rounds while the pod runs (for comparison)",
         };
+        var via = new Option<string?>("--via")
+        {
+            Description = "REGISTRY/REPO to carry the pod checkpoint through as a pod checkpoint image (tag migration-ID), which stays there; "
+                + "the source pushes it, the target pulls it by digest and RestorePod restores from it. Without it the pod checkpoint streams through crest",
+        };
         var waitForNode = new Option<int?>("--wait-for-node")
         {
             Description = "seconds the ending steps (kill or resume the source containers, remove the target's pod) wait for a node whose crestd does not answer (default 60)",
         };
         var command = new Command("pod", "Live-migrate a whole running pod to another crestd node: freeze every container at one instant, copy, restore into a new pod, then remove the source pod")
         {
-            id, to, podConfig, strategy, deadline, noRootfsRounds, waitForNode,
+            id, to, podConfig, strategy, deadline, noRootfsRounds, via, waitForNode,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -40,6 +45,7 @@ internal static class MigratePodCommand
             {
                 FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
                 RootfsRounds = !parse.GetValue(noRootfsRounds),
+                Via = MigrationOrchestrator.CheckVia(parse.GetValue(via)),
             };
             var report = await MigrateCommand.OrchestrateAsync(ctx, parse, global, to, waitForNode, (o, token) => o.RunPodAsync(request, token), ct);
             await WriteReportAsync(ctx, report);
@@ -73,6 +79,7 @@ internal static class MigratePodCommand
                 ["frozenMs"] = (long)r.Frozen.TotalMilliseconds,
                 ["downtimeMs"] = r.Downtime is { } dt ? (long)dt.TotalMilliseconds : null,
                 ["totalMs"] = (long)r.Total.TotalMilliseconds,
+                ["checkpointImage"] = r.CheckpointImage,
             });
             return;
         }
@@ -86,6 +93,11 @@ internal static class MigratePodCommand
         await ctx.Out.WriteLineAsync($"Downtime:  {Ms(r.Downtime)} ms (the longest of the containers': each one's last log line on the source to its first on the target)");
         await ctx.Out.WriteLineAsync($"Frozen:    {Ms(r.Frozen)} ms (freeze to every container running on the target)");
         await ctx.Out.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"Moved:     {r.BytesBeforeSwitch} bytes before the switch (base images, {r.Containers.Sum(c => c.RootfsRounds.Count)} rootfs rounds), {r.BytesDuringSwitch} bytes during it (the pod checkpoint, {r.FrozenRootfsBytes} of them rootfs)"));
+        if (r.CheckpointImage is not null)
+        {
+            await ctx.Out.WriteLineAsync($"Through:   {r.CheckpointImage} (the pod checkpoint image stays in the registry)");
+        }
+
         await ctx.Out.WriteLineAsync($"Total:     {Ms(r.Total)} ms");
     }
 }

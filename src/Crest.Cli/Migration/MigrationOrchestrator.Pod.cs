@@ -4,7 +4,8 @@ namespace Crest.Cli.Migration;
 
 // A whole pod, stop-copy: each container's rootfs moves in rounds while the pod runs (as a container's does), then the
 // source checkpoints every container at one instant and keeps them all frozen (FreezePod),
-// the pod checkpoint streams through this client to the target as one tar, the target restores it into a new pod
+// the pod checkpoint streams through this client to the target as one tar (or with --via goes through a registry as a
+// pod checkpoint image), the target restores it into a new pod
 // (CRI RestorePod, then StartContainer of each), and only once every restored container runs are the frozen sources
 // killed and removed, and the source pod with them. Any failure before that removes the target's pod (found by the
 // migration's label if its answer was lost) and resumes every source container, so exactly one copy of the pod runs.
@@ -14,6 +15,7 @@ internal sealed partial class MigrationOrchestrator
     {
         ArgumentNullException.ThrowIfNull(request);
         var started = time.GetTimestamp();
+        var via = CheckVia(request.Via);
         if (request.Strategy != MigrationStrategy.StopCopy)
         {
             throw new MigrationFailedException(
@@ -44,18 +46,23 @@ internal sealed partial class MigrationOrchestrator
         FrozenPod? frozen = null;
         string? targetToken = null;
         RestoredPod? restored = null;
+        var hop = new RegistryHop();
         var restoreSent = false;
         long bytesDuring = 0;
         var switchStarted = time.GetTimestamp();
         TimeSpan frozenFor;
         try
         {
-            if (request.RootfsRounds)
+            if (request.RootfsRounds && via is null)
             {
                 foreach (var c in pod.Containers)
                 {
                     await StageRootfsAsync(c.Id, rootfs[c.Id], ct).ConfigureAwait(false);
                 }
+            }
+            else if (via is not null)
+            {
+                progress(NoRoundsThroughRegistry);
             }
 
             before += rootfs.Values.Sum(r => r.BytesSent);
@@ -69,17 +76,26 @@ internal sealed partial class MigrationOrchestrator
                 + string.Create(CultureInfo.InvariantCulture, $"rootfs in the frozen window: {frozen.RootfsEntries} entries, {frozen.RootfsBytes} bytes")
                 + (roundCount > 0 ? string.Create(CultureInfo.InvariantCulture, $" (the rest came in {roundCount} rounds before it)") : ""));
 
-            var relayed = new RelayCount();
-            var trailer = new ArchiveTrailer();
-            var (token, path, bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, trailer, ct), ct), relayed, ct), unpack: false, trailer, ct).ConfigureAwait(false);
-            targetToken = token;
-            if (bytes != relayed.Bytes)
+            string path;
+            if (via is not null)
             {
-                throw new InvalidOperationException($"the target received {bytes} bytes of the pod checkpoint, the source sent {relayed.Bytes}");
+                bytesDuring = await CarryThroughRegistryAsync(frozen.ArchiveToken, via, migrationId, hop, ct).ConfigureAwait(false);
+                path = hop.Image!;
+            }
+            else
+            {
+                var relayed = new RelayCount();
+                var trailer = new ArchiveTrailer();
+                (targetToken, path, var bytes) = await target.WriteArchiveAsync(Counted(ReadAhead(source.ReadArchiveAsync(frozen.ArchiveToken, trailer, ct), ct), relayed, ct), unpack: false, trailer, ct).ConfigureAwait(false);
+                if (bytes != relayed.Bytes)
+                {
+                    throw new InvalidOperationException($"the target received {bytes} bytes of the pod checkpoint, the source sent {relayed.Bytes}");
+                }
+
+                bytesDuring = bytes;
+                progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
             }
 
-            bytesDuring = bytes;
-            progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {bytes} bytes to {target.Name}"));
             restoreSent = true;
             var config = request.TargetPodConfig.Clone();
             config.Labels[MigrationLabels.MigrationId] = migrationId;
@@ -97,7 +113,7 @@ internal sealed partial class MigrationOrchestrator
         }
         catch (Exception e)
         {
-            var undo = await UndoPodAsync(pod, frozen, targetToken, restored?.PodId, restoreSent ? migrationId : null).ConfigureAwait(false);
+            var undo = await UndoPodAsync(pod, frozen, targetToken, restored?.PodId, restoreSent ? migrationId : null, hop.Image).ConfigureAwait(false);
             var rootfsUndo = new List<string>();
             foreach (var staging in rootfs.Values)
             {
@@ -108,13 +124,22 @@ internal sealed partial class MigrationOrchestrator
             }
 
             throw new MigrationFailedException($"migration of pod {pod.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}"
-                + (rootfsUndo.Count == 0 ? "" : $" ({string.Join("; ", rootfsUndo)})"), e);
+                + (rootfsUndo.Count == 0 ? "" : $" ({string.Join("; ", rootfsUndo)})") + hop.LeftInRegistry, e);
         }
 
         // Every container runs on the target with its state: no source container may run again.
         var lastLines = await EndSourcePodAsync(pod, restored).ConfigureAwait(false);
         await DropArchiveAsync(source, frozen.ArchiveToken).ConfigureAwait(false);
-        await DropArchiveAsync(target, targetToken!).ConfigureAwait(false);
+        if (targetToken is not null)
+        {
+            await DropArchiveAsync(target, targetToken).ConfigureAwait(false);
+        }
+
+        if (hop.Image is not null)
+        {
+            await RemoveCheckpointImageAsync(hop.Image).ConfigureAwait(false);
+        }
+
         progress($"done: removed pod {pod.Id} and its containers from {source.Name}");
 
         var moves = new List<PodContainerMove>();
@@ -130,6 +155,7 @@ internal sealed partial class MigrationOrchestrator
         return new PodMigrationReport(pod.Id, restored.PodId, moves, before, bytesDuring, frozenFor, downtimes.Count == 0 ? null : downtimes.Max(), time.GetElapsedTime(started))
         {
             FrozenRootfsBytes = frozen.RootfsBytes,
+            CheckpointImage = hop.Image,
         };
     }
 
@@ -178,7 +204,7 @@ internal sealed partial class MigrationOrchestrator
     /// none is left (else they stay frozen and the message says how to end it by hand). Every source container is
     /// resumed whether or not the freeze answered (one cut off in flight may have frozen them).
     /// </summary>
-    private async Task<string> UndoPodAsync(SourcePod pod, FrozenPod? frozen, string? targetToken, string? restoredPod, string? migrationId)
+    private async Task<string> UndoPodAsync(SourcePod pod, FrozenPod? frozen, string? targetToken, string? restoredPod, string? migrationId, string? checkpointImage)
     {
         var problems = new List<string>();
         async Task Try(IMigrationNode node, string what, Func<Task> step)
@@ -209,6 +235,11 @@ internal sealed partial class MigrationOrchestrator
         if (targetToken is not null)
         {
             await Try(target, $"dropping the pod checkpoint on {target.Name}", () => target.DropArchiveAsync(targetToken, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        if (checkpointImage is not null)
+        {
+            await Try(target, $"removing the checkpoint image {checkpointImage} on {target.Name}", () => target.RemoveImageAsync(checkpointImage, CancellationToken.None)).ConfigureAwait(false);
         }
 
         if (frozen is not null)

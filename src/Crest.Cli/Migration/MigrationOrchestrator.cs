@@ -71,8 +71,6 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
 
         FrozenSource? frozen = null;
         string? targetToken = null;
-        // The checkpoint image in the registry (--via), named in the report and in a failure's message.
-        string? published = null;
         string? restored = null;
         // Labels the restored container: a restore whose answer is lost is found on the target by it (UndoAsync).
         var migrationId = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
@@ -85,7 +83,8 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
         long archiveBytes = 0;
         var rootfs = new RootfsPreStaging();
         PageClientIdentity? pageClient = null;
-        string? checkpointImage = null;
+        // Through a registry (--via): the checkpoint image, named in the report and in a failure's message.
+        var hop = new RegistryHop();
         try
         {
             if (request.KeepAddress)
@@ -107,7 +106,7 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             }
             else if (via is not null)
             {
-                progress($"pre-stage: no rootfs rounds through a registry: the checkpoint image carries the whole rootfs diff, so that it restores anywhere on its own");
+                progress(NoRoundsThroughRegistry);
             }
 
             before += rootfs.BytesSent;
@@ -140,15 +139,8 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             string path;
             if (via is not null)
             {
-                var tagged = $"{via}:migration-{migrationId}";
-                progress($"transfer: {source.Name} pushes the checkpoint to {tagged}");
-                var (digest, layerBytes) = await source.PublishArchiveAsync(frozen.ArchiveToken, tagged, ct).ConfigureAwait(false);
-                path = $"{via}@{digest}";
-                published = path;
-                progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {layerBytes} bytes in the registry as {path}; {target.Name} pulls it"));
-                checkpointImage = path;
-                await target.PullImageAsync(path, ct).ConfigureAwait(false);
-                archiveBytes = layerBytes;
+                archiveBytes = await CarryThroughRegistryAsync(frozen.ArchiveToken, via, migrationId, hop, ct).ConfigureAwait(false);
+                path = hop.Image!;
             }
             else
             {
@@ -186,12 +178,11 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             var undo = await UndoAsync(new SwitchState(container.Id, frozen, targetToken, restored, restoreSent ? migrationId : null, madePod ? podId : null)
             {
                 PageClient = pageClient?.Token,
-                CheckpointImage = checkpointImage,
+                CheckpointImage = hop.Image,
             }).ConfigureAwait(false);
             var rootfsUndo = await DropRootfsRoundsAsync(rootfs).ConfigureAwait(false);
             throw new MigrationFailedException(
-                $"migration of container {container.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}" + (rootfsUndo is null ? "" : $" ({rootfsUndo})")
-                + (published is null ? "" : $"; the checkpoint image stays in the registry as {published} (delete it there when it is not wanted)"), e);
+                $"migration of container {container.Id} from {source.Name} to {target.Name} failed: {Describe(e)}; {undo}" + (rootfsUndo is null ? "" : $" ({rootfsUndo})") + hop.LeftInRegistry, e);
         }
 
         // The target runs with all its state: the source must never run again.
@@ -202,9 +193,9 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             await DropArchiveAsync(target, targetToken).ConfigureAwait(false);
         }
 
-        if (checkpointImage is not null)
+        if (hop.Image is not null)
         {
-            await RemoveCheckpointImageAsync(checkpointImage).ConfigureAwait(false);
+            await RemoveCheckpointImageAsync(hop.Image).ConfigureAwait(false);
         }
         if (pageClient is not null)
         {
@@ -222,8 +213,35 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             PageTransfer = pageTransfer,
             RootfsRounds = rootfs.Rounds,
             FrozenRootfsBytes = frozen.RootfsBytes,
-            CheckpointImage = published,
+            CheckpointImage = hop.Image,
         };
+    }
+
+    private const string NoRoundsThroughRegistry = "pre-stage: no rootfs rounds through a registry: the checkpoint image carries the whole rootfs diff, so that it restores anywhere on its own";
+
+    /// <summary>A checkpoint carried through a registry (--via): REGISTRY/REPO@DIGEST once the source pushed it.</summary>
+    private sealed class RegistryHop
+    {
+        public string? Image { get; set; }
+
+        /// <summary>For a failure's message: what stays in the registry (nothing this client may delete).</summary>
+        public string LeftInRegistry => Image is null ? "" : $"; the checkpoint image stays in the registry as {Image} (delete it there when it is not wanted)";
+    }
+
+    /// <summary>
+    /// <c>--via</c>: the source pushes its held checkpoint to <paramref name="via"/> tagged by the migration, and the target
+    /// pulls it by the digest the push answered (<paramref name="hop"/> names it from the push on, so that an undo removes
+    /// the target's copy). Returns the layer's bytes, what the registry carried.
+    /// </summary>
+    private async Task<long> CarryThroughRegistryAsync(string token, string via, string migrationId, RegistryHop hop, CancellationToken ct)
+    {
+        var tagged = $"{via}:migration-{migrationId}";
+        progress($"transfer: {source.Name} pushes the checkpoint to {tagged}");
+        var (digest, layerBytes) = await source.PublishArchiveAsync(token, tagged, ct).ConfigureAwait(false);
+        hop.Image = $"{via}@{digest}";
+        progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {layerBytes} bytes in the registry as {hop.Image}; {target.Name} pulls it"));
+        await target.PullImageAsync(hop.Image, ct).ConfigureAwait(false);
+        return layerBytes;
     }
 
     /// <summary>

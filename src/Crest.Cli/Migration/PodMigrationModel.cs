@@ -11,6 +11,9 @@ internal sealed record PodMigrationRequest(string PodId, MigrationStrategy Strat
     /// checkpoint carries it; <c>--no-rootfs-rounds</c>).
     /// </summary>
     public bool RootfsRounds { get; init; } = true;
+
+    /// <summary><c>--via REGISTRY/REPO</c>: the pod checkpoint goes through that registry as a pod checkpoint image (no rootfs rounds).</summary>
+    public string? Via { get; init; }
 }
 
 /// <summary>A ready source pod and its running containers, as the target must recreate them.</summary>
@@ -48,4 +51,7 @@ internal sealed record PodMigrationReport(
 {
     /// <summary>The rootfs bytes the frozen window carried, over every container (after rounds: only the last changes).</summary>
     public long FrozenRootfsBytes { get; init; }
+
+    /// <summary>Through a registry (--via): REGISTRY/REPO@DIGEST of the pod checkpoint image, which stays there.</summary>
+    public string? CheckpointImage { get; init; }
 }

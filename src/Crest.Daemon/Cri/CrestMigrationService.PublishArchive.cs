@@ -6,9 +6,9 @@ namespace Crest.Daemon.Cri;
 internal sealed partial class CrestMigrationService
 {
     /// <summary>
-    /// Pushes a held container checkpoint to a registry as a checkpoint OCI image (crest migrate --via); the target pulls
-    /// it by the digest answered. InvalidArgument for a pod checkpoint or a name without a registry; NotFound for a token
-    /// this node does not hold.
+    /// Pushes a held container or pod checkpoint to a registry as a checkpoint OCI image (crest migrate --via); the target
+    /// pulls it by the digest answered. InvalidArgument for a name without a registry; NotFound for a token this node does
+    /// not hold.
     /// </summary>
     public override async Task<PublishArchiveResponse> PublishArchive(PublishArchiveRequest request, ServerCallContext context)
     {
