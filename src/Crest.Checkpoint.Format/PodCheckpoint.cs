@@ -33,6 +33,13 @@ public static partial class PodCheckpointFiles
     /// <summary>The image annotation listing the image's container names, comma-separated (informational).</summary>
     public const string ImageContainersAnnotation = "io.crest.checkpoint.pod.containers";
 
+    /// <summary>The manifest annotations of a pod checkpoint OCI image holding the containers <paramref name="names"/>.</summary>
+    public static Dictionary<string, string> ImageAnnotations(IEnumerable<string> names) => new(StringComparer.Ordinal)
+    {
+        [ImageAnnotation] = FormatVersion.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        [ImageContainersAnnotation] = string.Join(",", names),
+    };
+
     /// <summary>The value of <see cref="PodCheckpointManifest.Kind"/>.</summary>
     public const string Kind = "crest.pod-checkpoint";
 

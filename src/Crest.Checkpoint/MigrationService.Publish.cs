@@ -23,6 +23,7 @@ public sealed partial class MigrationService
             : await CheckpointImageAnnotationsAsync(token, ct).ConfigureAwait(false);
         var pipe = new System.IO.Pipelines.Pipe(new System.IO.Pipelines.PipeOptions(pauseWriterThreshold: 4 << 20, resumeWriterThreshold: 2 << 20));
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        Exception? unread = null;
         var writer = Task.Run(async () =>
         {
             try
@@ -36,6 +37,7 @@ public sealed partial class MigrationService
             }
             catch (Exception e)
             {
+                unread = e;
                 await pipe.Writer.CompleteAsync(e).ConfigureAwait(false);
             }
         }, CancellationToken.None);
@@ -44,6 +46,12 @@ public sealed partial class MigrationService
             await using var layer = pipe.Reader.AsStream();
             var (manifest, layerBytes) = await images.PublishRootfsAsync(layer, $"the checkpoint of migration archive {token}", image, annotations, ct).ConfigureAwait(false);
             return new PublishedCheckpoint(manifest.ToString(), layerBytes);
+        }
+        catch (Exception e) when (unread is not null && unread is not OperationCanceledException && e is not OperationCanceledException)
+        {
+            // The held checkpoint could not be read (not the registry's fault): say so, with what reading it said.
+            throw new CrestException(unread is CrestException ce ? ce.Kind : ErrorKind.Internal,
+                $"migration archive {token} could not be read to push it to {image}: {unread.Message}; nothing was pushed under that tag", unread);
         }
         finally
         {
@@ -61,11 +69,7 @@ public sealed partial class MigrationService
         var manifest = FileKinds.IsRegularFile(path)
             ? PodCheckpointManifests.Parse(await File.ReadAllBytesAsync(path, ct).ConfigureAwait(false), null)
             : throw new CrestException(ErrorKind.NotFound, $"the pod checkpoint behind migration archive {token} has no {PodCheckpointFiles.Manifest}; freeze the pod again");
-        return new Dictionary<string, string>(StringComparer.Ordinal)
-        {
-            [PodCheckpointFiles.ImageAnnotation] = PodCheckpointFiles.FormatVersion.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            [PodCheckpointFiles.ImageContainersAnnotation] = string.Join(",", manifest.Containers.Select(c => c.Name)),
-        };
+        return PodCheckpointFiles.ImageAnnotations(manifest.Containers.Select(c => c.Name));
     }
 
     /// <summary>
@@ -84,9 +88,17 @@ public sealed partial class MigrationService
         }
 
         var work = HeldWork(record);
-        var config = JsonSerializer.Deserialize(await File.ReadAllBytesAsync(Path.Combine(work, CheckpointFiles.ConfigDump), ct).ConfigureAwait(false), CheckpointJson.Default.ConfigDump)
+        async Task<byte[]> ReadAsync(string name)
+        {
+            var path = Path.Combine(work, name);
+            return FileKinds.IsRegularFile(path)
+                ? await File.ReadAllBytesAsync(path, ct).ConfigureAwait(false)
+                : throw new CrestException(ErrorKind.NotFound, $"the checkpoint behind migration archive {token} has no {name} ({work}); freeze the container again");
+        }
+
+        var config = JsonSerializer.Deserialize(await ReadAsync(CheckpointFiles.ConfigDump).ConfigureAwait(false), CheckpointJson.Default.ConfigDump)
             ?? throw new CrestException(ErrorKind.Internal, $"the held checkpoint {work} has an empty {CheckpointFiles.ConfigDump}");
-        var spec = ArchiveMetadataReader.SpecAnnotations(await File.ReadAllBytesAsync(Path.Combine(work, CheckpointFiles.SpecDump), ct).ConfigureAwait(false));
+        var spec = ArchiveMetadataReader.SpecAnnotations(await ReadAsync(CheckpointFiles.SpecDump).ConfigureAwait(false));
         return CheckpointImageAnnotations.For(config, spec);
     }
 }

@@ -42,8 +42,9 @@ public sealed partial class ImageService
     /// <summary>
     /// Builds a one-layer image from a tar stream as <see cref="ImportRootfsAsync(string, string, IReadOnlyDictionary{string, string}?, CancellationToken)"/>
     /// does and pushes it to the registry <paramref name="name"/> (REGISTRY/REPO:TAG) names, without making it an image of
-    /// this node: its blobs leave the content store once the registry has them, or the push failed. A migration's source
-    /// publishes its checkpoint this way for the target to pull. Returns the pushed manifest's digest and the layer's size.
+    /// this node: its blobs leave the content store once the registry has them, or the push failed (in the background, so
+    /// that the answer does not wait for the GC lock behind other pulls). A migration's source publishes its checkpoint this
+    /// way for the target to pull. Returns the pushed manifest's digest and the layer's size.
     /// </summary>
     public async Task<(Digest Manifest, long LayerBytes)> PublishRootfsAsync(Stream tar, string description, string name, IReadOnlyDictionary<string, string>? annotations,
         CancellationToken ct)
@@ -63,19 +64,33 @@ public sealed partial class ImageService
         {
             if (image is not null)
             {
-                await DropUnreferencedAsync([image.ManifestDigest, Digest.Parse(image.Manifest.Config.Digest), Digest.Parse(image.Manifest.Layers[0].Digest)]).ConfigureAwait(false);
+                PublishedBlobsDropped = DropUnreferencedAsync(name, [image.ManifestDigest, Digest.Parse(image.Manifest.Config.Digest), Digest.Parse(image.Manifest.Layers[0].Digest)]);
             }
         }
     }
 
-    /// <summary>Deletes blobs no image references (under the GC lock, so no import or pull claims one meanwhile).</summary>
-    private async Task DropUnreferencedAsync(IReadOnlyList<Digest> blobs)
+    /// <summary>The last <see cref="PublishRootfsAsync"/>'s removal of its blobs (tests wait for it).</summary>
+    internal Task PublishedBlobsDropped { get; private set; } = Task.CompletedTask;
+
+    /// <summary>
+    /// Deletes blobs no image references, under the GC lock (so no import or pull claims one meanwhile); a failure leaves
+    /// them to the next garbage collection.
+    /// </summary>
+    private async Task DropUnreferencedAsync(string image, IReadOnlyList<Digest> blobs)
     {
-        using var exclusive = await _gcLock.WriteAsync(CancellationToken.None).ConfigureAwait(false);
-        var live = (await metadata.ListImagesAsync(CancellationToken.None).ConfigureAwait(false)).SelectMany(i => i.Blobs).ToHashSet();
-        foreach (var blob in blobs.Where(b => !live.Contains(b)))
+        try
         {
-            content.Delete(blob);
+            await Task.Yield();
+            using var exclusive = await _gcLock.WriteAsync(CancellationToken.None).ConfigureAwait(false);
+            var live = (await metadata.ListImagesAsync(CancellationToken.None).ConfigureAwait(false)).SelectMany(i => i.Blobs).ToHashSet();
+            foreach (var blob in blobs.Where(b => !live.Contains(b)))
+            {
+                content.Delete(blob);
+            }
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            ImagesLog.PublishedBlobsKept(logger, image, e.Message);
         }
     }
 

@@ -21,4 +21,7 @@ internal static partial class ImagesLog
 
     [LoggerMessage(105, LogLevel.Information, "pushed {Image} ({Digest})")]
     public static partial void Pushed(ILogger logger, string image, string digest);
+
+    [LoggerMessage(106, LogLevel.Warning, "the blobs of the published {Image} stay in the content store until the next garbage collection: {Reason}")]
+    public static partial void PublishedBlobsKept(ILogger logger, string image, string reason);
 }

@@ -220,6 +220,8 @@ public class ImageTests
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.Contains($"registry {registry.Host}", e.Status.Detail, StringComparison.Ordinal);
         Assert.Contains("unreachable", e.Status.Detail, StringComparison.Ordinal);
+        // crestd answered it: the trailer tells a client (crest migrate) that this node is up and its registry is not.
+        Assert.Equal("Unavailable", e.Trailers.GetValue("crest-error-kind"));
     }
 
     [Fact]

@@ -26,7 +26,14 @@ public sealed partial class MigrationOrchestratorTests
         {
             Step("publish " + token + " " + image);
             Published.Add(image);
+            AnswerLost("publish");
             return Task.FromResult((PublishedDigest, 5000L));
+        }
+
+        public Task CheckPublishAsync(CancellationToken ct)
+        {
+            Step("checkpublish");
+            return Task.CompletedTask;
         }
 
         public Task RemoveImageAsync(string image, CancellationToken ct)
@@ -47,7 +54,7 @@ public sealed partial class MigrationOrchestratorTests
         var image = Assert.Single(source.Published);
         Assert.Matches("^127\\.0\\.0\\.1:5000/ckpt:migration-[0-9a-f]{16}$", image);
         // No rootfs rounds: the image carries the whole rootfs diff, so it restores on its own.
-        Assert.Equal(["inspect c1", "freeze c1", $"publish src-archive {image}", "killfrozen c1", "logtimes c1", "rm c1", "drop src-archive"], source.Calls);
+        Assert.Equal(["inspect c1", "checkpublish", "freeze c1", $"publish src-archive {image}", "killfrozen c1", "logtimes c1", "rm c1", "drop src-archive"], source.Calls);
         var byDigest = $"{ViaRepository}@{PublishedDigest}";
         Assert.Equal(["pull registry/busybox@sha256:aa", "runp", $"pullckpt {byDigest}", "restore pod-b-1", "state restored-2", $"rmi {byDigest}"],
             target.Calls.Where(c => !c.StartsWith("logtimes", StringComparison.Ordinal)));
@@ -80,10 +87,47 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Empty(target.Containers);
         Assert.Empty(target.Pods);
         Assert.DoesNotContain(target.Images, i => i.StartsWith(ViaRepository, StringComparison.Ordinal));
+        // A pull that was asked for is undone on the target, after the source runs again.
+        Assert.Equal(pushed, target.Calls.Contains($"rmi {ViaRepository}@{PublishedDigest}"));
+        if (pushed)
+        {
+            Assert.True(source.Calls.IndexOf("resume c1") >= 0);
+        }
+
         Assert.Empty(source.Archives);
         Assert.Contains("undone: the container runs on a as before", e.Message, StringComparison.Ordinal);
         // What the registry holds is not this client's to delete: the message says where it is.
         Assert.Equal(pushed, e.Message.Contains($"the checkpoint image stays in the registry as {ViaRepository}@{PublishedDigest}", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_source_that_cannot_push_is_found_out_before_the_freeze()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.FailAt = "checkpublish";
+
+        await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod() with { Via = ViaRepository }, Ct));
+
+        Assert.DoesNotContain(source.Calls, c => c.StartsWith("freeze", StringComparison.Ordinal));
+        Assert.Equal(["c1"], source.Running);
+        Assert.Empty(target.Pods);
+    }
+
+    [Fact]
+    public async Task A_push_whose_answer_was_lost_is_undone_and_the_message_names_the_tag_it_may_have_reached()
+    {
+        var (source, target, orchestrator, _) = Nodes();
+        source.CrashAt = "publish";
+        source.CrashAfterEffect = true;
+        // The source's crestd answers again on the call after the lost one (its restart).
+        source.DownFor = 1;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunAsync(NewPod() with { Via = ViaRepository }, Ct));
+
+        Assert.Equal(["c1"], source.Running);
+        Assert.Empty(target.Pods);
+        Assert.DoesNotContain(target.Calls, c => c.StartsWith("pullckpt", StringComparison.Ordinal));
+        Assert.Matches("the checkpoint image may have reached the registry as 127\\.0\\.0\\.1:5000/ckpt:migration-[0-9a-f]{16}", e.Message);
     }
 
     [Theory]
@@ -93,13 +137,16 @@ public sealed partial class MigrationOrchestratorTests
     [InlineData("127.0.0.1:5000/ckpt:v1", null)]
     [InlineData("127.0.0.1:5000/ckpt@sha256:0000000000000000000000000000000000000000000000000000000000000000", null)]
     [InlineData("127.0.0.1:5000/Ckpt", null)]
+    [InlineData("localhost/ckpt", "localhost/ckpt")]
+    [InlineData("ckpt", null)]
+    [InlineData("team/ckpt", null)]
     [InlineData("", null)]
     public void Via_takes_a_repository_without_a_tag_or_digest(string via, string? repository)
     {
         if (repository is null)
         {
             var e = Assert.Throws<CliUsageException>(() => MigrationOrchestrator.CheckVia(via));
-            Assert.Contains("expected REGISTRY/REPO without a tag or digest", e.Message, StringComparison.Ordinal);
+            Assert.Contains("expected REGISTRY/REPO naming the registry host and no tag or digest", e.Message, StringComparison.Ordinal);
         }
         else
         {
@@ -126,7 +173,7 @@ public sealed partial class MigrationOrchestratorTests
         var image = Assert.Single(source.Published);
         Assert.Matches("^127\\.0\\.0\\.1:5000/ckpt:migration-[0-9a-f]{16}$", image);
         // No rootfs rounds: the pod checkpoint image is whole.
-        Assert.Equal(["inspectpod pod-a", "freezepod pod-a", $"publish src-pod {image}"], source.Calls.Take(3));
+        Assert.Equal(["inspectpod pod-a", "checkpublish", "freezepod pod-a", $"publish src-pod {image}"], source.Calls.Take(4));
         var byDigest = $"{ViaRepository}@{PublishedDigest}";
         Assert.Equal(["pull registry/busybox@sha256:aa", $"pullckpt {byDigest}", $"restorepod {byDigest}"], target.Calls.Take(3));
         Assert.Contains($"rmi {byDigest}", target.Calls);
@@ -152,6 +199,7 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal(["c1", "c2"], source.Running.Order(StringComparer.Ordinal));
         Assert.Empty(target.Pods);
         Assert.DoesNotContain(target.Images, i => i.StartsWith(ViaRepository, StringComparison.Ordinal));
+        Assert.Equal(pushed, target.Calls.Contains($"rmi {ViaRepository}@{PublishedDigest}"));
         Assert.Empty(source.Archives);
         Assert.Contains("undone: the pod runs on a as before", e.Message, StringComparison.Ordinal);
         Assert.Equal(pushed, e.Message.Contains("the checkpoint image stays in the registry", StringComparison.Ordinal));

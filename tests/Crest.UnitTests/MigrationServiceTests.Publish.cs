@@ -10,11 +10,12 @@ namespace Crest.UnitTests;
 public sealed partial class MigrationServiceTests
 {
     /// <summary>A stop-copy freeze's held checkpoint as FreezeAsync leaves it: a work directory, and the record naming it.</summary>
-    private async Task<(string Token, string Work)> HeldStopCopyCheckpointAsync(MigrationService service)
+    /// <param name="pagesBytes">The size of its pages image (above the publish pipe's 4 MiB, the writer blocks until read).</param>
+    private async Task<(string Token, string Work)> HeldStopCopyCheckpointAsync(MigrationService service, int pagesBytes = 10_000)
     {
         var work = Directory.CreateDirectory(Path.Combine(_h.Layout.ContainerDir("c1"), "checkpoint-work-0123456789ab")).FullName;
         Directory.CreateDirectory(Path.Combine(work, "checkpoint"));
-        await File.WriteAllTextAsync(Path.Combine(work, "checkpoint", "pages-1.img"), new string('p', 10_000), Ct);
+        await File.WriteAllBytesAsync(Path.Combine(work, "checkpoint", "pages-1.img"), new byte[pagesBytes], Ct);
         await File.WriteAllBytesAsync(Path.Combine(work, CheckpointFiles.ConfigDump), JsonSerializer.SerializeToUtf8Bytes(new ConfigDump
         {
             Id = "c1",
@@ -67,8 +68,9 @@ public sealed partial class MigrationServiceTests
         Assert.Contains("checkpoint/pages-1.img", names);
         Assert.Contains(CheckpointFiles.ConfigDump, names);
         Assert.NotNull(_registry.Blob(Digest.Parse(manifest.RootElement.GetProperty("config").GetProperty("digest").GetString()!)));
-        // Not an image of this node, and no blob of it left behind.
+        // Not an image of this node, and no blob of it left behind (dropped once the answer is out).
         Assert.Empty(await _h.Images.ListAsync(Ct));
+        await _h.Images.PublishedBlobsDropped.WaitAsync(TimeSpan.FromSeconds(30), Ct);
         Assert.Empty(_h.Content.List());
         // The checkpoint stays held until the migration drops it.
         Assert.True(Directory.Exists(work));
@@ -85,6 +87,7 @@ public sealed partial class MigrationServiceTests
 
         Assert.Equal(ErrorKind.Unavailable, e.Kind);
         Assert.Contains("127.0.0.1:5000", e.Message, StringComparison.Ordinal);
+        await _h.Images.PublishedBlobsDropped.WaitAsync(TimeSpan.FromSeconds(30), Ct);
         Assert.Empty(_h.Content.List());
         Assert.True(Directory.Exists(work));
         // Held as before: it still streams whole to a target.
@@ -114,6 +117,33 @@ public sealed partial class MigrationServiceTests
     }
 
     [Fact]
+    public async Task A_refused_name_ends_the_push_at_once_even_while_the_archive_writer_waits_on_a_full_pipe()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var (token, work) = await HeldStopCopyCheckpointAsync(service, pagesBytes: 12 << 20);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(token, "sha256:" + new string('d', 64), Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct));
+
+        Assert.Equal(ErrorKind.InvalidArgument, e.Kind);
+        Assert.True(Directory.Exists(work));
+        Assert.Empty(_h.Content.List());
+    }
+
+    [Fact]
+    public async Task A_held_checkpoint_without_its_metadata_is_refused_by_name_before_anything_is_pushed()
+    {
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var (token, work) = await HeldStopCopyCheckpointAsync(service);
+        File.Delete(Path.Combine(work, CheckpointFiles.SpecDump));
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => service.PublishAsync(token, "127.0.0.1:5000/ckpt:m", Ct));
+
+        Assert.Equal(ErrorKind.NotFound, e.Kind);
+        Assert.Contains($"has no {CheckpointFiles.SpecDump}", e.Message, StringComparison.Ordinal);
+        Assert.Null(_registry.Manifest("127.0.0.1:5000/ckpt", "m"));
+    }
+
+    [Fact]
     public async Task A_held_pod_checkpoint_is_pushed_as_a_pod_checkpoint_image_that_restore_pod_opens()
     {
         var pod = await PodOfRunningAsync("c1", "c2");
@@ -137,6 +167,7 @@ public sealed partial class MigrationServiceTests
             Assert.All(pods.Containers, c => Assert.Equal(c.ArchiveBytes, new FileInfo(Path.Combine(opened.Directory, PodCheckpointFiles.ContainerArchive(c.Name))).Length));
         }
 
+        await _h.Images.PublishedBlobsDropped.WaitAsync(TimeSpan.FromSeconds(30), Ct);
         Assert.Empty(_h.Content.List());
         // Still held: the containers stay frozen until the migration ends them.
         Assert.Equal("paused", _h.Runtimes.StatusOf("c1"));

@@ -105,11 +105,7 @@ internal static class PodCheckpointCommands
                     {
                         await progress.WriteLineAsync($"Building pod checkpoint image {imageName}");
                         bytes = await ExportAsync(target, tar, ct);
-                        var annotations = new Dictionary<string, string>(StringComparer.Ordinal)
-                        {
-                            [PodCheckpointFiles.ImageAnnotation] = PodCheckpointFiles.FormatVersion.ToString(CultureInfo.InvariantCulture),
-                            [PodCheckpointFiles.ImageContainersAnnotation] = string.Join(",", names),
-                        };
+                        var annotations = PodCheckpointFiles.ImageAnnotations(names);
                         if (parse.GetValue(push))
                         {
                             await progress.WriteLineAsync($"Pushing {imageName}");

@@ -266,16 +266,42 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
 
     public async Task<(string ManifestDigest, long LayerBytes)> PublishArchiveAsync(string token, string image, CancellationToken ct)
     {
+        var published = await CallAsync("crest.v1.CrestMigration/PublishArchive",
+            o => _migration.PublishArchiveAsync(new PublishArchiveRequest { ArchiveToken = token, Image = image }, o).ResponseAsync, ct).ConfigureAwait(false);
+        return (published.ManifestDigest, published.LayerBytes);
+    }
+
+    public async Task CheckPublishAsync(CancellationToken ct)
+    {
+        const string Rpc = "crest.v1.CrestMigration/PublishArchive";
         try
         {
-            var published = await CallAsync("crest.v1.CrestMigration/PublishArchive",
-                o => _migration.PublishArchiveAsync(new PublishArchiveRequest { ArchiveToken = token, Image = image }, o).ResponseAsync, ct).ConfigureAwait(false);
-            return (published.ManifestDigest, published.LayerBytes);
+            connection.CheckSocketExists();
+            // An empty token names no checkpoint: a crestd that serves the RPC refuses it before anything else.
+            await _migration.PublishArchiveAsync(new PublishArchiveRequest(), connection.CallOptions(ct)).ResponseAsync.ConfigureAwait(false);
         }
-        catch (CliFailure e) when (e.ExitCode == ExitCodes.NotCri)
+        catch (RpcException e) when (e.StatusCode == StatusCode.InvalidArgument && AnsweredByNode(e))
         {
-            throw new CliFailure(ExitCodes.RuntimeError, $"{Name} cannot push a checkpoint to a registry (its crestd predates crest migrate --via): upgrade it, or migrate without --via ({e.Message})");
+            return;
         }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unimplemented)
+        {
+            throw new CliFailure(ExitCodes.RuntimeError, $"{Name} cannot push a checkpoint to a registry: its crestd predates crest migrate --via ({Rpc} is not served); upgrade it, or migrate without --via");
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && !AnsweredByNode(e))
+        {
+            throw Unavailable(Rpc, e);
+        }
+        catch (RpcException e)
+        {
+            throw connection.Explain(e, Rpc);
+        }
+        catch (CliFailure e) when (e.ExitCode == ExitCodes.Unreachable)
+        {
+            throw new NodeUnavailableException($"{Rpc} on {Name}: {e.Message}", e);
+        }
+
+        throw new CliFailure(ExitCodes.RuntimeError, $"{Name} answered {Rpc} for an empty archive token instead of refusing it; it is not a crestd this crest can drive");
     }
 
     public Task RemoveImageAsync(string image, CancellationToken ct) =>
@@ -412,9 +438,13 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
 
     /// <summary>
     /// crestd itself answers UNAVAILABLE for something it could not reach (a registry): the call failed, the node is there.
-    /// A node that is gone fails in the transport, which the client records as the status's exception.
+    /// crestd marks every failure it maps from a domain error with the trailer <see cref="ErrorKindTrailer"/>; a node that
+    /// is gone (refused, killed, reset) answers no trailers at all.
     /// </summary>
-    private static bool AnsweredByNode(RpcException e) => e.Status.DebugException is null;
+    internal static bool AnsweredByNode(RpcException e) => e.Trailers.Get(ErrorKindTrailer) is not null;
+
+    /// <summary>crestd's ErrorInterceptor.ErrorKindTrailer.</summary>
+    internal const string ErrorKindTrailer = "crest-error-kind";
 
     private NodeUnavailableException Unavailable(string rpc, RpcException e) =>
         new($"{rpc} on {Name} got no answer, its crestd is down or restarting ({e.Status.Detail})", e);

@@ -80,6 +80,9 @@ internal interface IMigrationNode
     /// </summary>
     Task<(string ManifestDigest, long LayerBytes)> PublishArchiveAsync(string token, string image, CancellationToken ct);
 
+    /// <summary>Source, before the freeze (<c>--via</c>): fails when this node cannot push a checkpoint (its crestd predates PublishArchive).</summary>
+    Task CheckPublishAsync(CancellationToken ct);
+
     /// <summary>Removes an image from the node (CRI RemoveImage; one that is not there is not an error).</summary>
     Task RemoveImageAsync(string image, CancellationToken ct);
 

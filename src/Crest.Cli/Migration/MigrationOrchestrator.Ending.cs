@@ -178,7 +178,8 @@ internal sealed partial class MigrationOrchestrator
                     + $"(a restart of that crestd keeps it frozen). End it by hand: list the copy on {target.Name} with crest -r {target.Name} ps -a "
                     + $"(label {MigrationLabels.MigrationId}={migrationId}); if it runs there, keep it and crest -r {source.Name} rm {s.SourceId}; "
                     + $"if there is none (or once you removed it with crest -r {target.Name} rm ID), crest -r {source.Name} resume {s.SourceId}"
-                    + (s.MadePod is { } pod ? $"; the pod this migration made there is {pod} (crest -r {target.Name} stopp {pod}, then rmp)" : "");
+                    + (s.MadePod is { } pod ? $"; the pod this migration made there is {pod} (crest -r {target.Name} stopp {pod}, then rmp)" : "")
+                    + (s.CheckpointImage is { } image ? $"; then crest -r {target.Name} rmi {image}" : "");
             }
         }
         else
@@ -190,11 +191,6 @@ internal sealed partial class MigrationOrchestrator
         if (s.TargetToken is not null)
         {
             await Try(target, $"dropping the archive on {target.Name}", () => target.DropArchiveAsync(s.TargetToken, CancellationToken.None)).ConfigureAwait(false);
-        }
-
-        if (s.CheckpointImage is not null)
-        {
-            await Try(target, $"removing the checkpoint image {s.CheckpointImage} on {target.Name}", () => target.RemoveImageAsync(s.CheckpointImage, CancellationToken.None)).ConfigureAwait(false);
         }
 
         if (s.PageClient is not null)
@@ -216,6 +212,12 @@ internal sealed partial class MigrationOrchestrator
         if (s.Frozen is not null)
         {
             await Try(source, $"dropping the archive on {source.Name}", () => source.DropArchiveAsync(s.Frozen.ArchiveToken, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        if (s.CheckpointImage is not null)
+        {
+            // After the resume: removing an image collects garbage on the target, which may wait for its pulls.
+            await Try(target, $"removing the checkpoint image {s.CheckpointImage} on {target.Name}", () => target.RemoveImageAsync(s.CheckpointImage, CancellationToken.None)).ConfigureAwait(false);
         }
 
         return problems.Count == 0

@@ -53,6 +53,11 @@ internal sealed partial class MigrationOrchestrator
         TimeSpan frozenFor;
         try
         {
+            if (via is not null)
+            {
+                await source.CheckPublishAsync(ct).ConfigureAwait(false);
+            }
+
             if (request.RootfsRounds && via is null)
             {
                 foreach (var c in pod.Containers)
@@ -224,7 +229,8 @@ internal sealed partial class MigrationOrchestrator
             return $"undo stopped: {unknown}, and a restored copy of the pod may run there, so the containers of pod {pod.Id} stay frozen on {source.Name} "
                 + $"(a restart of that crestd keeps them frozen). End it by hand: list the copy on {target.Name} with crest -r {target.Name} pods "
                 + $"(label {MigrationLabels.MigrationId}={migrationId}); if it runs there, keep it and remove the source (crest -r {source.Name} stopp {pod.Id}, then rmp); "
-                + $"if there is none (or once you removed it with crest -r {target.Name} stopp ID and rmp ID), crest -r {source.Name} resume each of {string.Join(", ", pod.Containers.Select(c => c.Id))}";
+                + $"if there is none (or once you removed it with crest -r {target.Name} stopp ID and rmp ID), crest -r {source.Name} resume each of {string.Join(", ", pod.Containers.Select(c => c.Id))}"
+                + (checkpointImage is null ? "" : $"; then crest -r {target.Name} rmi {checkpointImage}");
         }
 
         foreach (var c in pod.Containers)

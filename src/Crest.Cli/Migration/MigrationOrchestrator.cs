@@ -100,6 +100,12 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
                 progress($"pre-stage: {target.Name} made a key pair for fetching the memory over TLS; the source's page server will accept only its certificate");
             }
 
+            if (via is not null)
+            {
+                // Before the freeze: a source that cannot push would otherwise be found out with the container frozen.
+                await source.CheckPublishAsync(ct).ConfigureAwait(false);
+            }
+
             if (request.RootfsRounds && via is null)
             {
                 await StageRootfsAsync(container.Id, rootfs, ct).ConfigureAwait(false);
@@ -219,13 +225,20 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
 
     private const string NoRoundsThroughRegistry = "pre-stage: no rootfs rounds through a registry: the checkpoint image carries the whole rootfs diff, so that it restores anywhere on its own";
 
-    /// <summary>A checkpoint carried through a registry (--via): REGISTRY/REPO@DIGEST once the source pushed it.</summary>
+    /// <summary>A checkpoint carried through a registry (--via): the tag asked for, and REGISTRY/REPO@DIGEST once the source pushed it.</summary>
     private sealed class RegistryHop
     {
+        public string? Tag { get; set; }
+
         public string? Image { get; set; }
 
         /// <summary>For a failure's message: what stays in the registry (nothing this client may delete).</summary>
-        public string LeftInRegistry => Image is null ? "" : $"; the checkpoint image stays in the registry as {Image} (delete it there when it is not wanted)";
+        public string LeftInRegistry => (Image, Tag) switch
+        {
+            ({ } image, _) => $"; the checkpoint image stays in the registry as {image} (delete it there when it is not wanted)",
+            (null, { } tag) => $"; the checkpoint image may have reached the registry as {tag} (the push did not answer; delete it there if it did)",
+            _ => "",
+        };
     }
 
     /// <summary>
@@ -235,9 +248,9 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
     /// </summary>
     private async Task<long> CarryThroughRegistryAsync(string token, string via, string migrationId, RegistryHop hop, CancellationToken ct)
     {
-        var tagged = $"{via}:migration-{migrationId}";
-        progress($"transfer: {source.Name} pushes the checkpoint to {tagged}");
-        var (digest, layerBytes) = await source.PublishArchiveAsync(token, tagged, ct).ConfigureAwait(false);
+        hop.Tag = $"{via}:migration-{migrationId}";
+        progress($"transfer: {source.Name} pushes the checkpoint to {hop.Tag}");
+        var (digest, layerBytes) = await source.PublishArchiveAsync(token, hop.Tag, ct).ConfigureAwait(false);
         hop.Image = $"{via}@{digest}";
         progress(string.Create(CultureInfo.InvariantCulture, $"transfer: {layerBytes} bytes in the registry as {hop.Image}; {target.Name} pulls it"));
         await target.PullImageAsync(hop.Image, ct).ConfigureAwait(false);
@@ -257,10 +270,14 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
 
         var repository = via.Trim().TrimEnd('/');
         var last = repository[(repository.LastIndexOf('/') + 1)..];
-        if (repository.Length == 0 || last.Contains(':', StringComparison.Ordinal) || repository.Contains('@', StringComparison.Ordinal)
+        var host = repository.Contains('/', StringComparison.Ordinal) ? repository[..repository.IndexOf('/', StringComparison.Ordinal)] : "";
+        // The registry is named, never implied: a short name would send the container's memory to Docker Hub.
+        var namesRegistry = host.Contains('.', StringComparison.Ordinal) || host.Contains(':', StringComparison.Ordinal) || host == "localhost";
+        if (repository.Length == 0 || !namesRegistry || last.Contains(':', StringComparison.Ordinal) || repository.Contains('@', StringComparison.Ordinal)
             || !Crest.Core.ImageReference.TryParse(repository + ":migration", out _, out _))
         {
-            throw new CliUsageException($"--via {via}: expected REGISTRY/REPO without a tag or digest, such as 127.0.0.1:5000/checkpoints; each migration pushes the tag migration-ID there");
+            throw new CliUsageException($"--via {via}: expected REGISTRY/REPO naming the registry host and no tag or digest, such as 127.0.0.1:5000/checkpoints or registry.example.com/checkpoints; "
+                + "each migration pushes the tag migration-ID there");
         }
 
         return repository;

@@ -48,7 +48,8 @@ internal sealed class ErrorInterceptor(ILogger<ErrorInterceptor> logger) : Inter
         catch (CrestException e)
         {
             DaemonLog.RpcFailed(logger, context.Method, e.Kind, e.Message);
-            throw new RpcException(new Status(ToStatusCode(e.Kind), e.Message));
+            // The trailer tells a client that crestd itself answered (UNAVAILABLE from a registry it could not reach is not a node that is down).
+            throw new RpcException(new Status(ToStatusCode(e.Kind), e.Message), new Metadata { { ErrorKindTrailer, e.Kind.ToString() } });
         }
         catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
         {
@@ -61,6 +62,9 @@ internal sealed class ErrorInterceptor(ILogger<ErrorInterceptor> logger) : Inter
             throw new RpcException(new Status(StatusCode.Internal, $"{context.Method}: {e.Message}"));
         }
     }
+
+    /// <summary>The trailer every failure crestd maps from a domain error carries: the <see cref="ErrorKind"/>'s name.</summary>
+    public const string ErrorKindTrailer = "crest-error-kind";
 
     public static StatusCode ToStatusCode(ErrorKind kind) => kind switch
     {
