@@ -41,24 +41,49 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
     {
         ArgumentNullException.ThrowIfNull(container);
         var sandbox = await sandboxes.GetAsync(container.SandboxId, ct).ConfigureAwait(false);
-        if (sandbox.NetnsPath is not { } netns || sandbox.Spec.Namespaces.Network == NamespaceMode.Node)
-        {
-            throw new CrestException(ErrorKind.FailedPrecondition,
-                $"container {container.Id} runs in pod sandbox {sandbox.Id}, which uses the node's network; only a pod with a network namespace of its own can move its address and TCP connections");
-        }
-
+        var netns = NetnsOf(sandbox, $"container {container.Id} runs in pod sandbox {sandbox.Id}");
         var others = (await containers.ListAsync(ct).ConfigureAwait(false))
             .Where(c => c.SandboxId == sandbox.Id && c.Id != container.Id && c.State == ContainerState.Running).Select(c => c.Id).ToList();
         if (others.Count > 0)
         {
             throw new CrestException(ErrorKind.FailedPrecondition,
                 $"container {container.Id} shares pod sandbox {sandbox.Id} with running containers {string.Join(", ", others)}; moving its TCP connections moves the pod's address, "
-                + "which they use too: stop them first, or migrate without keeping the address");
+                + "which they use too: stop them first, migrate the whole pod (crest migrate pod --keep-address), or migrate without keeping the address");
         }
 
+        await LockNetnsAsync(sandbox, netns, container.Id, ct).ConfigureAwait(false);
+        CheckpointLog.MigrationNetworkLocked(logger, container.Id, sandbox.Id);
+    }
+
+    /// <summary>
+    /// Locks the network of a whole pod whose containers are all about to be frozen (a pod migration that keeps the
+    /// address); returns the container the lock is recorded under (its first running one), for <see cref="UnlockAsync"/>.
+    /// </summary>
+    public async Task<string> LockPodAsync(string sandboxId, CancellationToken ct)
+    {
+        var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
+        var netns = NetnsOf(sandbox, $"pod sandbox {sandbox.Id}");
+        var holder = (await containers.ListAsync(ct).ConfigureAwait(false))
+            .Where(c => c.SandboxId == sandbox.Id && c.State == ContainerState.Running).Select(c => c.Id).Order(StringComparer.Ordinal).FirstOrDefault()
+            ?? throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandbox.Id} runs no container; there are no TCP connections to move");
+        await LockNetnsAsync(sandbox, netns, holder, ct).ConfigureAwait(false);
+        CheckpointLog.MigrationNetworkLocked(logger, holder, sandbox.Id);
+        return holder;
+    }
+
+    /// <summary>The pod's own network namespace; FailedPrecondition for a pod on the node's network.</summary>
+    private static string NetnsOf(SandboxRecord sandbox, string what) =>
+        sandbox.NetnsPath is { } netns && sandbox.Spec.Namespaces.Network != NamespaceMode.Node
+            ? netns
+            : throw new CrestException(ErrorKind.FailedPrecondition,
+                $"{what}, which uses the node's network; only a pod with a network namespace of its own can move its address and TCP connections");
+
+    /// <summary>Writes the marker naming <paramref name="holder"/>, then the drop rules; a failure takes back what was made.</summary>
+    private async Task LockNetnsAsync(SandboxRecord sandbox, string netns, string holder, CancellationToken ct)
+    {
         try
         {
-            await File.WriteAllTextAsync(MarkerOf(sandbox.Id), container.Id, ct).ConfigureAwait(false);
+            await File.WriteAllTextAsync(MarkerOf(sandbox.Id), holder, ct).ConfigureAwait(false);
             foreach (var chain in Chains)
             {
                 await RunAsync(new MigrationLockRule(netns, chain, Add: true, Ipv6: false), required: true, ct).ConfigureAwait(false);
@@ -71,8 +96,6 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
             File.Delete(MarkerOf(sandbox.Id));
             throw;
         }
-
-        CheckpointLog.MigrationNetworkLocked(logger, container.Id, sandbox.Id);
     }
 
     /// <summary>

@@ -32,8 +32,11 @@ public sealed partial class MigrationService
     /// the whole checkpoint. <paramref name="rootfsRounds"/> names, by container id, the rootfs rounds
     /// (<see cref="PrepareRootfsRoundAsync"/>) staged on the target for it: that container's rootfs diff then holds only what
     /// changed since its last round, as a container's freeze with rounds does; the tokens are spent by a good freeze.
+    /// With <paramref name="tcpEstablished"/> the pod's TCP traffic is locked before the dump (<see cref="MigrationNetworkLock"/>),
+    /// every container's established connections are dumped, and the lock stays until the containers resume or the pod goes.
     /// </summary>
-    public async Task<MigrationPodCheckpoint> FreezePodAsync(string sandboxId, TimeSpan timeout, CancellationToken ct, IReadOnlyDictionary<string, string>? rootfsRounds = null)
+    public async Task<MigrationPodCheckpoint> FreezePodAsync(string sandboxId, TimeSpan timeout, CancellationToken ct, IReadOnlyDictionary<string, string>? rootfsRounds = null,
+        bool tcpEstablished = false)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var token = NewToken();
@@ -63,13 +66,34 @@ public sealed partial class MigrationService
                 deltas[c.Id] = new RootfsDelta(baseline, [.. sent.Rounds]);
             }
 
-            result = await podCheckpoints.CheckpointAsync(new PodCheckpointRequest
+            var request = new PodCheckpointRequest
             {
                 SandboxId = sandboxId,
                 OutputPath = PodCheckpointPath(token),
                 HoldFrozen = true,
                 RootfsDeltas = deltas,
-            }, deadline.Token).ConfigureAwait(false);
+                Options = tcpEstablished
+                    ? new Dictionary<string, string>(StringComparer.Ordinal) { [PodCheckpointService.TcpEstablishedOption] = "true" }
+                    : new Dictionary<string, string>(StringComparer.Ordinal),
+            };
+            if (!tcpEstablished)
+            {
+                result = await podCheckpoints.CheckpointAsync(request, deadline.Token).ConfigureAwait(false);
+            }
+            else
+            {
+                var locked = await networkLock.LockPodAsync(sandboxId, ct).ConfigureAwait(false);
+                try
+                {
+                    result = await podCheckpoints.CheckpointAsync(request, deadline.Token).ConfigureAwait(false);
+                }
+                catch
+                {
+                    // The checkpoint resumed every container: they run on, with their network.
+                    await networkLock.UnlockAsync(locked, CancellationToken.None).ConfigureAwait(false);
+                    throw;
+                }
+            }
 
             // Spent: each checkpoint names its rounds, and nothing compares against them again.
             foreach (var roundsToken in (rootfsRounds ?? new Dictionary<string, string>()).Values)

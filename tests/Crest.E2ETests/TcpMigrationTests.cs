@@ -271,6 +271,93 @@ public sealed class TcpMigrationTests
         await client.Exchange;
     }
 
+    /// <summary>
+    /// A pod on node A running the server and a counter beside it (each in a pid namespace of its own, as the kubelet asks),
+    /// and a client connection to the server routed through node A.
+    /// </summary>
+    private static async Task<(string PodId, string PodIp, Socket Socket)> ServePodOnAAsync(TcpMigrationTopology topology)
+    {
+        var a = topology.A;
+        var image = await topology.LoadBusyboxAsync();
+        var podA = await WritePodAsync(a.Dir, "tcp", $"uid-{topology.Prefix}-a");
+        var podAId = await a.Pods.RunAsync(podA);
+        var podIp = await PodIpAsync(a.R, podAId);
+        const string Private = """{"security_context": {"namespace_options": {"pid": "CONTAINER"} } }""";
+        foreach (var (name, command) in new[]
+        {
+            ("server", $$"""["/bin/busybox", "nc", "-l", "-p", "{{Port}}", "-e", "/bin/sh", "-c", {{JsonSerializer.Serialize(Server)}}]"""),
+            ("counter", $$"""["/bin/busybox", "sh", "-c", {{JsonSerializer.Serialize(CounterWorkload.Script)}}]"""),
+        })
+        {
+            var config = a.Dir.Combine(name + ".json");
+            await File.WriteAllTextAsync(config, $$"""
+                {"metadata": {"name": "{{name}}"}, "image": {"image": "{{image}}"}, "command": {{command}}, "log_path": "{{name}}.log", "linux": {{Private}} }
+                """, Ct);
+            var id = await RunAsync([.. a.R, "create", podAId, config, podA]);
+            await RunAsync([.. a.R, "start", id]);
+        }
+
+        await topology.RoutePodAsync(podIp, node: 0);
+        try
+        {
+            return (podAId, podIp, await topology.ConnectAsync(podIp, Port, Ct));
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            Assert.Fail($"{e.Message}\nserver log: {await ReadLogAsync(a.Dir.Combine("logs-tcp", "server.log"))}\n{await topology.DescribeAsync()}");
+            throw;
+        }
+    }
+
+    [Fact]
+    public async Task A_whole_pod_that_keeps_its_address_takes_its_established_connection_along()
+    {
+        RequireTools();
+        await using var topology = await TcpMigrationTopology.StartAsync();
+        var (a, b) = (topology.A, topology.B);
+        var (podAId, podIp, socket) = await ServePodOnAAsync(topology);
+        var client = new LineClient(socket);
+        try
+        {
+            await client.AnswersAsync(5, "the client's first five answers from the pod on node A");
+            var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
+
+            var migrating = Binaries.RunCrestAsync([.. a.R, "migrate", "pod", podAId, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address", "-o", "json"]);
+            await Eventually.UntilAsync(async () => migrating.IsCompleted || (await RunAsync([.. b.R, "ps", "-q"])).Split('\n', StringSplitOptions.RemoveEmptyEntries).Length == 2,
+                "both containers running on node B, or the migration's end", TimeSpan.FromMinutes(2), Ct);
+            var atSwitch = client.Replies.Count;
+            await topology.RoutePodAsync(podIp, node: 1);
+            var migrated = await migrating;
+
+            Assert.True(migrated.ExitCode == 0, $"migrate pod failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {a.Crestd.Log}\nB: {b.Crestd.Log}");
+            Assert.False(client.Exchange.IsCompleted, $"the client stopped during the migration: {client.Failure}");
+            using var report = JsonDocument.Parse(migrated.Stdout);
+            var podBId = report.RootElement.GetProperty("podSandboxId").GetString()!;
+            // The restored pod has the source pod's address, and the source pod is gone.
+            Assert.Equal(podIp, await PodIpAsync(b.R, podBId));
+            Assert.Equal("", await RunAsync([.. a.R, "pods", "-q"]));
+
+            await client.AnswersAsync(atSwitch + 10, $"ten more answers on the same connection after the route switch (had {atSwitch})");
+            Assert.False(client.Exchange.IsCompleted, $"the connection broke: {client.Failure}\nB: {b.Crestd.Log}");
+            var logB = b.Dir.Combine("logs-tcp", "server.log");
+            await Eventually.UntilAsync(async () => (await ReadLogAsync(logB)).Contains($"served {atSwitch + 5}", StringComparison.Ordinal),
+                "the restored server on node B to log the lines it answered", ct: Ct);
+            // The counter beside it moved too and counts on.
+            await CountPassesAsync(b.Dir.Combine("logs-tcp", "counter.log"), LastCount(await ReadLogAsync(a.Dir.Combine("logs-tcp", "counter.log"))) + 3,
+                "the counter does not count on B: " + b.Crestd.Log);
+            TestContext.Current.SendDiagnosticMessage(
+                $"TCP pod migration: {client.Replies.Count} answers on one connection, {atSwitch} before the route switch; longest wait for an answer {client.LongestWait().TotalMilliseconds:0} ms; "
+                + $"frozen {report.RootElement.GetProperty("frozenMs")} ms, downtime {report.RootElement.GetProperty("downtimeMs")} ms\n{migrated.Stderr}");
+        }
+        finally
+        {
+            await client.DisposeAsync();
+        }
+
+        await client.Exchange;
+        Assert.Equal(Enumerable.Range(1, client.Replies.Count), client.Replies);
+    }
+
     private static async Task<string> PodIpAsync(string[] r, string podId)
     {
         using var status = JsonDocument.Parse(await RunAsync([.. r, "inspectp", podId]));

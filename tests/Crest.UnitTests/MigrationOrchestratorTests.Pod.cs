@@ -28,9 +28,12 @@ public sealed partial class MigrationOrchestratorTests
         /// <summary>The staged rootfs rounds each restored container claimed, by container name.</summary>
         public Dictionary<string, string> PodRestoredWithStaging { get; } = new(StringComparer.Ordinal);
 
-        public Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, CancellationToken ct)
+        /// <summary>A source that predates FreezePod's tcp_established: it ignores the request and answers false.</summary>
+        public bool IgnoresTcpEstablished { get; set; }
+
+        public Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, bool tcpEstablished, CancellationToken ct)
         {
-            Step("freezepod " + podId + (rootfsRounds.Count == 0 ? "" : " after " + string.Join(",", rootfsRounds.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => $"{r.Key}={r.Value}"))));
+            Step("freezepod " + podId + (tcpEstablished ? " tcp-established" : "") + (rootfsRounds.Count == 0 ? "" : " after " + string.Join(",", rootfsRounds.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => $"{r.Key}={r.Value}"))));
             foreach (var token in rootfsRounds.Values)
             {
                 RootfsRounds.Remove(token);
@@ -44,7 +47,11 @@ public sealed partial class MigrationOrchestratorTests
 
             Archives.Add("src-pod");
             AnswerLost("freezepod");
-            return Task.FromResult(new FrozenPod("src-pod", ids, TimeSpan.FromMilliseconds(300), 8192) { RootfsBytes = rootfsRounds.Count == 0 ? 16L << 20 : 1024 });
+            return Task.FromResult(new FrozenPod("src-pod", ids, TimeSpan.FromMilliseconds(300), 8192)
+            {
+                RootfsBytes = rootfsRounds.Count == 0 ? 16L << 20 : 1024,
+                TcpEstablished = tcpEstablished && !IgnoresTcpEstablished,
+            });
         }
 
         public Task<RestoredPod> RestorePodAsync(string checkpointPath, global::Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers,
@@ -60,6 +67,7 @@ public sealed partial class MigrationOrchestratorTests
 
             var pod = $"pod-{Name}-{++_next}";
             Pods.Add(pod);
+            PodConfigs[pod] = config;
             PodMigrationIds[pod] = config.Labels[MigrationLabels.MigrationId];
             var restored = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (var c in containers)
@@ -269,5 +277,45 @@ public sealed partial class MigrationOrchestratorTests
         Assert.DoesNotContain(source.Calls, c => c.StartsWith("resume", StringComparison.Ordinal));
         Assert.Contains("pod pod-a now runs on b as pod-b-1", e.Message, StringComparison.Ordinal);
         Assert.Contains("crest -r a stopp pod-a", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_pod_that_keeps_its_address_moves_its_connections_and_its_address_and_the_source_pod_goes()
+    {
+        var (source, target, orchestrator, progress) = PodNodes();
+        source.NetworkGives = "10.131.0.7";
+
+        var report = await orchestrator.RunPodAsync(MovePod() with { KeepAddress = true }, Ct);
+
+        Assert.Contains(source.Calls, c => c.StartsWith("freezepod pod-a tcp-established", StringComparison.Ordinal));
+        // RestorePod made the target pod asking its network for the source pod's address, and got it.
+        Assert.Equal("10.131.0.7", target.PodConfigs[report.TargetPodId].Annotations[Crest.Core.PodAnnotations.NetworkIps]);
+        Assert.Contains($"podips {report.TargetPodId}", target.Calls);
+        Assert.DoesNotContain("pod-a", source.Pods);
+        Assert.Contains(progress, p => p.Contains("its address now lives on b", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_pod_source_that_cannot_dump_connections_or_a_target_network_that_ignores_the_address_undoes_the_migration()
+    {
+        var (source, target, orchestrator, _) = PodNodes();
+        source.IgnoresTcpEstablished = true;
+
+        var old = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod() with { KeepAddress = true }, Ct));
+
+        Assert.Contains("predates crest migrate pod --keep-address", old.Message, StringComparison.Ordinal);
+        Assert.Equal(["c1", "c2"], source.Running.Order(StringComparer.Ordinal));
+        Assert.DoesNotContain(target.Calls, c => c.StartsWith("restorepod", StringComparison.Ordinal));
+
+        (source, target, orchestrator, _) = PodNodes();
+        source.NetworkGives = "10.131.0.7";
+        target.NetworkHonoursIps = false;
+
+        var ignored = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod() with { KeepAddress = true }, Ct));
+
+        Assert.Contains("must honour the ips capability", ignored.Message, StringComparison.Ordinal);
+        Assert.Equal(["c1", "c2"], source.Running.Order(StringComparer.Ordinal));
+        Assert.Empty(target.Pods);
+        Assert.Contains("pod-a", source.Pods);
     }
 }

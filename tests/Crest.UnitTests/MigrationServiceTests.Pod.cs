@@ -173,4 +173,30 @@ public sealed partial class MigrationServiceTests
         Assert.DoesNotContain(_h.Runtimes.Calls, c => c.StartsWith("pause", StringComparison.Ordinal));
         Assert.Empty(Directory.EnumerateFileSystemEntries(service.ArchiveDir));
     }
+
+    [Fact]
+    public async Task A_pod_freeze_that_moves_tcp_connections_locks_the_pod_network_dumps_every_containers_and_a_resume_lifts_the_lock()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        var service = Service(new RestoreOptions { ViaCreate = true });
+
+        var frozen = await service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, tcpEstablished: true);
+
+        // The lock the container freeze refuses while another container runs is the whole pod's here: all of them freeze.
+        var netns = (await _h.Sandboxes.GetAsync(pod.Id, Ct)).NetnsPath!;
+        Assert.Contains($"nsenter --net={netns} iptables -w -I INPUT -p tcp -m comment --comment {MigrationLockRule.Comment} -j DROP", _commands.Lines);
+        Assert.Contains($"nsenter --net={netns} iptables -w -I OUTPUT -p tcp -m comment --comment {MigrationLockRule.Comment} -j DROP", _commands.Lines);
+        Assert.Contains(_commands.Active, r => r.Contains(MigrationLockRule.Comment, StringComparison.Ordinal));
+        Assert.Equal(2, _h.Runtimes.Checkpointed.Count);
+        Assert.All(_h.Runtimes.Checkpointed, c => Assert.True(c.TcpEstablished));
+        Assert.Equal(["c1", "c2"], frozen.ContainerIds.Order(StringComparer.Ordinal));
+
+        // The undo resumes each container; the first resume lifts the pod's lock, and the rest find none.
+        await service.ResumeAsync("c1", Ct);
+        await service.ResumeAsync("c2", Ct);
+
+        Assert.DoesNotContain(_commands.Active, r => r.Contains(MigrationLockRule.Comment, StringComparison.Ordinal));
+        Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
+        Assert.Equal("running", _h.Runtimes.StatusOf("c2"));
+    }
 }

@@ -25,6 +25,11 @@ internal static class MigratePodCommand
         {
             Description = "carry each container's whole rootfs diff in the frozen window instead of sending it in rounds while the pod runs (for comparison)",
         };
+        var keepAddress = new Option<bool>("--keep-address")
+        {
+            Description = "give the new target pod the source pod's address and move the pod's established TCP connections. Needs a target network with the CNI ips capability, "
+                + "and a network that routes the address to the target",
+        };
         var via = new Option<string?>("--via")
         {
             Description = "REGISTRY/REPO to carry the pod checkpoint through as a pod checkpoint image (tag migration-ID), which stays there; "
@@ -36,7 +41,7 @@ internal static class MigratePodCommand
         };
         var command = new Command("pod", "Live-migrate a whole running pod to another crestd node: freeze every container at one instant, copy, restore into a new pod, then remove the source pod")
         {
-            id, to, podConfig, strategy, deadline, noRootfsRounds, via, waitForNode,
+            id, to, podConfig, strategy, deadline, noRootfsRounds, keepAddress, via, waitForNode,
         };
         command.SetAction((parse, ct) => CliRunner.RunAsync(async () =>
         {
@@ -46,6 +51,7 @@ internal static class MigratePodCommand
                 FreezeTimeoutSeconds = Math.Max(0, parse.GetValue(deadline)),
                 RootfsRounds = !parse.GetValue(noRootfsRounds),
                 Via = MigrationOrchestrator.CheckVia(parse.GetValue(via)),
+                KeepAddress = parse.GetValue(keepAddress),
             };
             var report = await MigrateCommand.OrchestrateAsync(ctx, parse, global, to, waitForNode, (o, token) => o.RunPodAsync(request, token), ct);
             await WriteReportAsync(ctx, report);

@@ -37,10 +37,10 @@ internal sealed partial class GrpcMigrationNode
         return new SourcePod(pod.Status.Id, containers);
     }
 
-    public async Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, CancellationToken ct)
+    public async Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, bool tcpEstablished, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(rootfsRounds);
-        var request = new FreezePodRequest { PodSandboxId = podId, Timeout = timeoutSeconds };
+        var request = new FreezePodRequest { PodSandboxId = podId, Timeout = timeoutSeconds, TcpEstablished = tcpEstablished };
         foreach (var (containerId, token) in rootfsRounds)
         {
             request.RootfsRoundsTokens[containerId] = token;
@@ -51,6 +51,7 @@ internal sealed partial class GrpcMigrationNode
         {
             RootfsEntries = r.RootfsEntries,
             RootfsBytes = r.RootfsBytes,
+            TcpEstablished = r.TcpEstablished,
         };
     }
 

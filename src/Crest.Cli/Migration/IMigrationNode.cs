@@ -117,7 +117,8 @@ internal interface IMigrationNode
     /// <paramref name="rootfsRounds"/>: by container id, the rounds of <see cref="PrepareRootfsRoundAsync"/> the target
     /// staged for it, so that its checkpoint carries only the rootfs changes since its last round.
     /// </summary>
-    Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, CancellationToken ct);
+    /// <remarks>With <paramref name="tcpEstablished"/> the pod's established TCP connections are dumped and its TCP traffic stays locked, as <see cref="FreezeAsync"/>'s.</remarks>
+    Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, bool tcpEstablished, CancellationToken ct);
 
     /// <summary>
     /// Target: CRI RestorePod from the pod checkpoint tar at <paramref name="checkpointPath"/> into a new pod made from

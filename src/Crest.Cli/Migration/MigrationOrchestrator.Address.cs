@@ -18,15 +18,19 @@ internal sealed partial class MigrationOrchestrator
     }
 
     /// <summary>The target pod's config, asking its network for the source pod's addresses.</summary>
-    private PodSandboxConfig WithSourceAddress(PodSandboxConfig config, SourceContainer container)
+    private PodSandboxConfig WithSourceAddress(PodSandboxConfig config, SourceContainer container) =>
+        WithSourceAddress(config, container.PodIps, $"pod {container.PodId} of container {container.Id}");
+
+    /// <summary>The target pod's config, asking its network for <paramref name="sourceIps"/>, the addresses of <paramref name="whose"/> on the source.</summary>
+    private PodSandboxConfig WithSourceAddress(PodSandboxConfig config, IReadOnlyList<string> sourceIps, string whose)
     {
-        if (container.PodIps.Count == 0)
+        if (sourceIps.Count == 0)
         {
             throw new MigrationFailedException(
-                $"--keep-address: pod {container.PodId} of container {container.Id} on {source.Name} has no address of its own (does it use the node's network?); migrate without --keep-address");
+                $"--keep-address: {whose} on {source.Name} has no address of its own (does it use the node's network?); migrate without --keep-address");
         }
 
-        var wanted = string.Join(",", container.PodIps);
+        var wanted = string.Join(",", sourceIps);
         if (config.Annotations.TryGetValue(PodAnnotations.NetworkIps, out var given) && given != wanted)
         {
             throw new CliUsageException(
@@ -40,10 +44,13 @@ internal sealed partial class MigrationOrchestrator
     }
 
     /// <summary>The target pod holds every address of the source pod: a network that ignored the request is caught before the freeze.</summary>
-    private async Task ExpectSourceAddressAsync(string podId, SourceContainer container, CancellationToken ct)
+    private Task ExpectSourceAddressAsync(string podId, SourceContainer container, CancellationToken ct) => ExpectSourceAddressAsync(podId, container.PodIps, ct);
+
+    /// <summary>The target pod <paramref name="podId"/> holds every one of <paramref name="sourceIps"/>.</summary>
+    private async Task ExpectSourceAddressAsync(string podId, IReadOnlyList<string> sourceIps, CancellationToken ct)
     {
         var got = await target.PodIpsAsync(podId, ct).ConfigureAwait(false);
-        var missing = container.PodIps.Except(got, StringComparer.Ordinal).ToList();
+        var missing = sourceIps.Except(got, StringComparer.Ordinal).ToList();
         if (missing.Count > 0)
         {
             throw new InvalidOperationException(

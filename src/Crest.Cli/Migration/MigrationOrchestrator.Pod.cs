@@ -40,6 +40,10 @@ internal sealed partial class MigrationOrchestrator
             progress($"pre-stage: base image {c.Image} of {c.Name} has no registry digest; {target.Name} must already hold it (the restore checks it)");
         }
 
+        // --keep-address: the new pod asks the target's network for the source pod's addresses; RestorePod makes it.
+        IReadOnlyList<string> sourceIps = request.KeepAddress ? await source.PodIpsAsync(pod.Id, ct).ConfigureAwait(false) : [];
+        var podConfig = request.KeepAddress ? WithSourceAddress(request.TargetPodConfig, sourceIps, $"pod {pod.Id}") : request.TargetPodConfig;
+
         // Labels the restored pod and its containers: a RestorePod whose answer is lost is found on the target by it.
         var migrationId = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
         var rootfs = pod.Containers.ToDictionary(c => c.Id, _ => new RootfsPreStaging(), StringComparer.Ordinal);
@@ -74,7 +78,13 @@ internal sealed partial class MigrationOrchestrator
             progress($"freeze: checkpointing every container of pod {pod.Id} on {source.Name} at one instant; they stay frozen until the target runs");
             switchStarted = time.GetTimestamp();
             var rounds = rootfs.Where(r => r.Value.SourceToken is not null).ToDictionary(r => r.Key, r => r.Value.SourceToken!, StringComparer.Ordinal);
-            frozen = await source.FreezePodAsync(pod.Id, request.FreezeTimeoutSeconds, rounds, ct).ConfigureAwait(false);
+            frozen = await source.FreezePodAsync(pod.Id, request.FreezeTimeoutSeconds, rounds, request.KeepAddress, ct).ConfigureAwait(false);
+            if (request.KeepAddress && !frozen.TcpEstablished)
+            {
+                // A source crestd that predates it ignored the request: its checkpoint holds no connection, which would reset.
+                throw new InvalidOperationException($"{source.Name} froze pod {pod.Id} without dumping its TCP connections (its crestd predates crest migrate pod --keep-address); upgrade it, or migrate without --keep-address");
+            }
+
             var roundCount = rootfs.Values.Sum(r => r.Rounds.Count);
             progress(string.Create(CultureInfo.InvariantCulture,
                 $"freeze: pod checkpoint of {frozen.CheckpointBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began; {frozen.ContainerIds.Count} containers held frozen; ")
@@ -102,11 +112,16 @@ internal sealed partial class MigrationOrchestrator
             }
 
             restoreSent = true;
-            var config = request.TargetPodConfig.Clone();
+            var config = podConfig.Clone();
             config.Labels[MigrationLabels.MigrationId] = migrationId;
             var staged = pod.Containers.Where(c => rootfs[c.Id].TargetToken is not null).ToDictionary(c => c.Name, c => rootfs[c.Id].TargetToken!, StringComparer.Ordinal);
             restored = await target.RestorePodAsync(path, config, [.. pod.Containers.Select(c => Labelled(c, migrationId))], staged, ct).ConfigureAwait(false);
             progress($"restore: pod {restored.PodId} on {target.Name} runs {string.Join(", ", restored.ContainerIds.Select(kv => $"{kv.Key} as {kv.Value}"))}");
+            if (request.KeepAddress)
+            {
+                await ExpectSourceAddressAsync(restored.PodId, sourceIps, ct).ConfigureAwait(false);
+            }
+
             foreach (var c in pod.Containers)
             {
                 var id = restored.ContainerIds.GetValueOrDefault(c.Name)
@@ -133,7 +148,7 @@ internal sealed partial class MigrationOrchestrator
         }
 
         // Every container runs on the target with its state: no source container may run again.
-        var lastLines = await EndSourcePodAsync(pod, restored).ConfigureAwait(false);
+        var lastLines = await EndSourcePodAsync(pod, restored, request.KeepAddress).ConfigureAwait(false);
         await DropArchiveAsync(source, frozen.ArchiveToken).ConfigureAwait(false);
         if (targetToken is not null)
         {
@@ -168,7 +183,7 @@ internal sealed partial class MigrationOrchestrator
     /// The target runs the pod: each frozen source container is killed (never resumed) and removed, then the source pod,
     /// waiting for a source crestd that restarts meanwhile. Returns each source container's last log line time.
     /// </summary>
-    private async Task<Dictionary<string, DateTimeOffset?>> EndSourcePodAsync(SourcePod pod, RestoredPod restored)
+    private async Task<Dictionary<string, DateTimeOffset?>> EndSourcePodAsync(SourcePod pod, RestoredPod restored, bool keepAddress)
     {
         var lastLines = new Dictionary<string, DateTimeOffset?>(StringComparer.Ordinal);
         var step = "";
@@ -191,6 +206,10 @@ internal sealed partial class MigrationOrchestrator
 
             step = $"removing pod {pod.Id}";
             await WhenAnsweredAsync(source, step, () => source.RemovePodAsync(pod.Id, CancellationToken.None)).ConfigureAwait(false);
+            if (keepAddress)
+            {
+                progress($"source pod: removed {pod.Id} from {source.Name}; its address now lives on {target.Name} in pod {restored.PodId}");
+            }
             return lastLines;
         }
         catch (Exception e) when (e is not OutOfMemoryException)

@@ -12,6 +12,12 @@ internal sealed record PodMigrationRequest(string PodId, MigrationStrategy Strat
     /// </summary>
     public bool RootfsRounds { get; init; } = true;
 
+    /// <summary>
+    /// The target pod gets the source pod's address (annotation <see cref="Core.PodAnnotations.NetworkIps"/>), the pod's
+    /// established TCP connections move with it (<c>--keep-address</c>).
+    /// </summary>
+    public bool KeepAddress { get; init; }
+
     /// <summary><c>--via REGISTRY/REPO</c>: the pod checkpoint goes through that registry as a pod checkpoint image (no rootfs rounds).</summary>
     public string? Via { get; init; }
 }
@@ -26,6 +32,9 @@ internal sealed record FrozenPod(string ArchiveToken, IReadOnlyList<string> Cont
     public long RootfsEntries { get; init; }
 
     public long RootfsBytes { get; init; }
+
+    /// <summary>The source dumped the established TCP connections and locked the pod's TCP (false from a crestd that predates it).</summary>
+    public bool TcpEstablished { get; init; }
 }
 
 /// <summary>The pod RestorePod made on the target, and its started containers by metadata name.</summary>

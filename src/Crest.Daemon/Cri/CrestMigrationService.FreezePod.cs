@@ -10,13 +10,15 @@ internal sealed partial class CrestMigrationService
     /// checkpoint for ReadArchive (as one tar) until DropArchive. FailedPrecondition when the pod is not ready or a
     /// container does not run; any failure leaves every container running as it was. Resume or KillFrozen ends each.
     /// A container named in rootfs_rounds_tokens carries only its rootfs changes since the last round the target has.
+    /// With tcp_established the pod's established TCP connections are dumped and its TCP traffic stays locked until Resume
+    /// or the pod's removal.
     /// </summary>
     public override async Task<FreezePodResponse> FreezePod(FreezePodRequest request, ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
         var frozen = await migrations.FreezePodAsync(request.PodSandboxId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken,
-            request.RootfsRoundsTokens.Count > 0 ? request.RootfsRoundsTokens : null);
+            request.RootfsRoundsTokens.Count > 0 ? request.RootfsRoundsTokens : null, request.TcpEstablished);
         var response = new FreezePodResponse
         {
             ArchiveToken = frozen.ArchiveToken,
@@ -24,6 +26,7 @@ internal sealed partial class CrestMigrationService
             CheckpointBytes = frozen.Bytes,
             RootfsEntries = frozen.RootfsEntries,
             RootfsBytes = frozen.RootfsBytes,
+            TcpEstablished = request.TcpEstablished,
         };
         response.ContainerIds.AddRange(frozen.ContainerIds);
         return response;
