@@ -119,6 +119,8 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal(3, Crest.Api.V1.FreezePodRequest.RootfsRoundsTokensFieldNumber);
         Assert.Equal(5, Crest.Api.V1.FreezePodResponse.RootfsEntriesFieldNumber);
         Assert.Equal(6, Crest.Api.V1.FreezePodResponse.RootfsBytesFieldNumber);
+        Assert.Equal(4, Crest.Api.V1.FreezePodRequest.TcpEstablishedFieldNumber);
+        Assert.Equal(7, Crest.Api.V1.FreezePodResponse.TcpEstablishedFieldNumber);
     }
 
     [Fact]
