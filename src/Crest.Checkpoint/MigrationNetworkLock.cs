@@ -78,9 +78,21 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
             : throw new CrestException(ErrorKind.FailedPrecondition,
                 $"{what}, which uses the node's network; only a pod with a network namespace of its own can move its address and TCP connections");
 
-    /// <summary>Writes the marker naming <paramref name="holder"/>, then the drop rules; a failure takes back what was made.</summary>
+    /// <summary>
+    /// Writes the marker naming <paramref name="holder"/>, then the drop rules; a failure takes back what was made. A pod
+    /// locked already, or holding a container frozen for a migration, is refused before anything is written: that
+    /// migration's lock must outlive this attempt (its copy may run elsewhere), and this one's undo would lift it.
+    /// </summary>
     private async Task LockNetnsAsync(SandboxRecord sandbox, string netns, string holder, CancellationToken ct)
     {
+        var held = (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandbox.Id && c.MigrationHold is not null).Select(c => c.Id).ToList();
+        if (File.Exists(MarkerOf(sandbox.Id)) || held.Count > 0)
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition,
+                $"pod sandbox {sandbox.Id} is locked for another migration" + (held.Count > 0 ? $" (containers {string.Join(", ", held)} held frozen for it)" : "")
+                + "; end that migration first: crest resume its containers if their copy does not run elsewhere, or crest rm them if it does");
+        }
+
         try
         {
             await File.WriteAllTextAsync(MarkerOf(sandbox.Id), holder, ct).ConfigureAwait(false);
@@ -120,10 +132,11 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
     }
 
     /// <summary>
-    /// At start, after container recovery: a lock whose container runs again (recovery resumed a source that a
-    /// restart cut off mid-migration) is lifted. One whose container is gone or stopped stays: that source was killed
-    /// after its copy ran elsewhere, and its pod, which still holds the address, must not answer the peer. So does one
-    /// whose container is still held frozen (<see cref="ContainerRecord.MigrationHold"/>): Resume lifts it, or the pod's removal.
+    /// At start, after container recovery, per locked pod: while any of its containers is still held frozen
+    /// (<see cref="ContainerRecord.MigrationHold"/>) the lock stays (Resume lifts it, or the pod's removal); otherwise a
+    /// pod with a container running again (recovery resumed a source that a restart cut off mid-migration) has it
+    /// lifted. A pod whose containers are all gone or stopped keeps it: those sources were killed after their copy ran
+    /// elsewhere, and the pod, which still holds the address, must not answer the peer.
     /// </summary>
     public async Task<int> SweepAsync(CancellationToken ct)
     {
@@ -136,23 +149,16 @@ public sealed class MigrationNetworkLock(ICommandRunner commands, SandboxService
         // One level: a pod's directory also holds its shm mount, which is not walked.
         foreach (var marker in Directory.EnumerateDirectories(layout.SandboxesDir).Select(d => MarkerOf(Path.GetFileName(d))).Where(File.Exists))
         {
-            var containerId = (await File.ReadAllTextAsync(marker, ct).ConfigureAwait(false)).Trim();
-            ContainerRecord container;
-            try
-            {
-                container = await containers.GetAsync(containerId, ct).ConfigureAwait(false);
-            }
-            catch (CrestException e) when (e.Kind == ErrorKind.NotFound)
+            var sandboxId = Path.GetFileName(Path.GetDirectoryName(marker))!;
+            var pod = (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandboxId).ToList();
+            // A source still held frozen keeps the lock: the migration may yet kill it, and its sockets must not reset the peer.
+            if (pod.Any(c => c.MigrationHold is not null) || pod.FirstOrDefault(c => c.State == ContainerState.Running) is not { } running)
             {
                 continue;
             }
 
-            // A source still held frozen keeps its lock: the migration may yet kill it, and its sockets must not reset the peer.
-            if (container.State == ContainerState.Running && container.MigrationHold is null)
-            {
-                await UnlockAsync(container.Id, ct).ConfigureAwait(false);
-                lifted++;
-            }
+            await UnlockAsync(running.Id, ct).ConfigureAwait(false);
+            lifted++;
         }
 
         return lifted;

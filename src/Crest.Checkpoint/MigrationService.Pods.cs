@@ -82,7 +82,7 @@ public sealed partial class MigrationService
             }
             else
             {
-                var locked = await networkLock.LockPodAsync(sandboxId, ct).ConfigureAwait(false);
+                var locked = await networkLock.LockPodAsync(sandboxId, deadline.Token).ConfigureAwait(false);
                 try
                 {
                     result = await podCheckpoints.CheckpointAsync(request, deadline.Token).ConfigureAwait(false);

@@ -55,7 +55,7 @@ public sealed partial class MigrationOrchestratorTests
         }
 
         public Task<RestoredPod> RestorePodAsync(string checkpointPath, global::Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers,
-            IReadOnlyDictionary<string, string> rootfsStaging, CancellationToken ct)
+            IReadOnlyDictionary<string, string> rootfsStaging, IReadOnlyList<string> expectedIps, CancellationToken ct)
         {
             Step("restorepod " + checkpointPath);
             foreach (var (name, staging) in rootfsStaging)
@@ -69,6 +69,15 @@ public sealed partial class MigrationOrchestratorTests
             Pods.Add(pod);
             PodConfigs[pod] = config;
             PodMigrationIds[pod] = config.Labels[MigrationLabels.MigrationId];
+            var asked = config.Annotations.GetValueOrDefault(Crest.Core.PodAnnotations.NetworkIps);
+            var got = NetworkHonoursIps && asked is not null ? asked : NetworkGives;
+            if (expectedIps.Count > 0 && !expectedIps.All(ip => ip == got))
+            {
+                // As the real node: checked before any start, and the pod it made goes.
+                Pods.Remove(pod);
+                throw new CliFailure(ExitCodes.RuntimeError, $"--keep-address: pod {pod} got the address {got}, not {string.Join(",", expectedIps)}, so none of its containers was started; its CNI network must honour the ips capability");
+            }
+
             var restored = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (var c in containers)
             {
@@ -292,7 +301,6 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Contains(source.Calls, c => c.StartsWith("freezepod pod-a tcp-established", StringComparison.Ordinal));
         // RestorePod made the target pod asking its network for the source pod's address, and got it.
         Assert.Equal("10.131.0.7", target.PodConfigs[report.TargetPodId].Annotations[Crest.Core.PodAnnotations.NetworkIps]);
-        Assert.Contains($"podips {report.TargetPodId}", target.Calls);
         Assert.DoesNotContain("pod-a", source.Pods);
         Assert.Contains(progress, p => p.Contains("its address now lives on b", StringComparison.Ordinal));
     }
@@ -318,6 +326,9 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Contains("must honour the ips capability", ignored.Message, StringComparison.Ordinal);
         Assert.Equal(["c1", "c2"], source.Running.Order(StringComparer.Ordinal));
         Assert.Empty(target.Pods);
+        // Checked before any start: no restored container ever existed on the target.
+        Assert.Empty(target.Containers);
+        Assert.Empty(target.MigrationIds);
         Assert.Contains("pod-a", source.Pods);
     }
 }

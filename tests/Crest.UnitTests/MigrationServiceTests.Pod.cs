@@ -175,10 +175,17 @@ public sealed partial class MigrationServiceTests
     }
 
     [Fact]
-    public async Task A_pod_freeze_that_moves_tcp_connections_locks_the_pod_network_dumps_every_containers_and_a_resume_lifts_the_lock()
+    public async Task A_pod_freeze_that_moves_tcp_connections_locks_the_pod_network_before_the_dumps_and_any_containers_resume_lifts_it()
     {
         var pod = await PodOfRunningAsync("c1", "c2");
         var service = Service(new RestoreOptions { ViaCreate = true });
+        var lockedAtDump = new List<bool>();
+        var write = _h.Runtimes.DuringCheckpoint!;
+        _h.Runtimes.DuringCheckpoint = o =>
+        {
+            lockedAtDump.Add(_commands.Active.Any(r => r.Contains(MigrationLockRule.Comment, StringComparison.Ordinal)));
+            write(o);
+        };
 
         var frozen = await service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, tcpEstablished: true);
 
@@ -186,15 +193,39 @@ public sealed partial class MigrationServiceTests
         var netns = (await _h.Sandboxes.GetAsync(pod.Id, Ct)).NetnsPath!;
         Assert.Contains($"nsenter --net={netns} iptables -w -I INPUT -p tcp -m comment --comment {MigrationLockRule.Comment} -j DROP", _commands.Lines);
         Assert.Contains($"nsenter --net={netns} iptables -w -I OUTPUT -p tcp -m comment --comment {MigrationLockRule.Comment} -j DROP", _commands.Lines);
-        Assert.Contains(_commands.Active, r => r.Contains(MigrationLockRule.Comment, StringComparison.Ordinal));
-        Assert.Equal(2, _h.Runtimes.Checkpointed.Count);
+        Assert.Equal([true, true], lockedAtDump);
         Assert.All(_h.Runtimes.Checkpointed, c => Assert.True(c.TcpEstablished));
         Assert.Equal(["c1", "c2"], frozen.ContainerIds.Order(StringComparer.Ordinal));
 
-        // The undo resumes each container; the first resume lifts the pod's lock, and the rest find none.
-        await service.ResumeAsync("c1", Ct);
-        await service.ResumeAsync("c2", Ct);
+        // At a crestd start the lock stays while the containers are held frozen for the migration.
+        var sweep = new MigrationNetworkLock(_commands, _h.Sandboxes, _h.Containers, _h.Layout, Microsoft.Extensions.Logging.Abstractions.NullLogger<MigrationNetworkLock>.Instance);
+        Assert.Equal(0, await sweep.SweepAsync(Ct));
+        Assert.Contains(_commands.Active, r => r.Contains(MigrationLockRule.Comment, StringComparison.Ordinal));
 
+        // A second migration of the held pod is refused before it touches the lock (its undo would lift this one's).
+        var again = await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, tcpEstablished: true));
+        Assert.Equal(ErrorKind.FailedPrecondition, again.Kind);
+        Assert.Contains("locked for another migration", again.Message, StringComparison.Ordinal);
+        Assert.Contains(_commands.Active, r => r.Contains(MigrationLockRule.Comment, StringComparison.Ordinal));
+
+        // The undo resumes each container; whichever comes first lifts the pod's lock.
+        await service.ResumeAsync("c2", Ct);
+        Assert.DoesNotContain(_commands.Active, r => r.Contains(MigrationLockRule.Comment, StringComparison.Ordinal));
+        await service.ResumeAsync("c1", Ct);
+        Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
+        Assert.Equal("running", _h.Runtimes.StatusOf("c2"));
+    }
+
+    [Fact]
+    public async Task A_pod_freeze_that_moves_tcp_connections_and_fails_lifts_the_lock_and_every_container_runs_on()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        _h.Runtimes.Failures["checkpoint c2"] = new CrestException(ErrorKind.Internal, "container c2: runc checkpoint failed: criu failed");
+
+        await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, tcpEstablished: true));
+
+        Assert.Contains(_commands.Lines, l => l.Contains(" -I INPUT ", StringComparison.Ordinal));
         Assert.DoesNotContain(_commands.Active, r => r.Contains(MigrationLockRule.Comment, StringComparison.Ordinal));
         Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
         Assert.Equal("running", _h.Runtimes.StatusOf("c2"));

@@ -497,7 +497,7 @@ public sealed partial class MigrationServiceTests : IDisposable
         var killed = await _h.Sandboxes.RunAsync(RuntimeHarness.Pod("killed"), Ct);
         await network.LockAsync(await RunningWithConfigAsync("c2", killed.Id), Ct);
         // c2's copy runs elsewhere: killed and removed, its pod not yet.
-        await File.WriteAllTextAsync(Path.Combine(_h.Layout.SandboxDir(killed.Id), "migration-lock"), "gone", Ct);
+        await _h.Store.DeleteContainerAsync("c2", Ct);
 
         var lifted = await network.SweepAsync(Ct);
 

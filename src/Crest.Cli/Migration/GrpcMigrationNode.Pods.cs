@@ -56,9 +56,10 @@ internal sealed partial class GrpcMigrationNode
     }
 
     public async Task<RestoredPod> RestorePodAsync(string checkpointPath, PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, IReadOnlyDictionary<string, string> rootfsStaging,
-        CancellationToken ct)
+        IReadOnlyList<string> expectedIps, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(containers);
+        ArgumentNullException.ThrowIfNull(expectedIps);
         ArgumentNullException.ThrowIfNull(rootfsStaging);
         var request = new RestorePodRequest { CheckpointPath = checkpointPath, Config = config };
         foreach (var c in containers)
@@ -76,6 +77,19 @@ internal sealed partial class GrpcMigrationNode
         var restored = await CallAsync("RestorePod", o => _runtime.RestorePodAsync(request, o).ResponseAsync, ct).ConfigureAwait(false);
         try
         {
+            if (expectedIps.Count > 0)
+            {
+                // Before any start: a restored process must never run with another address than the one it was dumped with.
+                var got = await PodIpsAsync(restored.PodSandboxId, ct).ConfigureAwait(false);
+                var missing = expectedIps.Except(got, StringComparer.Ordinal).ToList();
+                if (missing.Count > 0)
+                {
+                    throw new CliFailure(ExitCodes.RuntimeError,
+                        $"--keep-address: pod {restored.PodSandboxId} on {Name} got the address {(got.Count == 0 ? "none" : string.Join(",", got))}, not the source pod's {string.Join(",", missing)}, "
+                        + "so none of its containers was started; its CNI network must honour the ips capability (host-local with \"capabilities\": {\"ips\": true} on the plugin)");
+                }
+            }
+
             foreach (var c in restored.RestoredContainers)
             {
                 await CallAsync("StartContainer", o => _runtime.StartContainerAsync(new StartContainerRequest { ContainerId = c.ContainerId }, o).ResponseAsync, ct).ConfigureAwait(false);

@@ -126,7 +126,12 @@ internal interface IMigrationNode
     /// fails removes the pod made. <paramref name="rootfsStaging"/>: by container name, the staged rootfs rounds
     /// (<see cref="WriteRootfsRoundAsync"/>) its restore claims.
     /// </summary>
-    Task<RestoredPod> RestorePodAsync(string checkpointPath, Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, IReadOnlyDictionary<string, string> rootfsStaging, CancellationToken ct);
+    /// <remarks>
+    /// With <paramref name="expectedIps"/> (--keep-address) the new pod must hold those addresses before any container
+    /// starts; a pod without them is removed and nothing ran.
+    /// </remarks>
+    Task<RestoredPod> RestorePodAsync(string checkpointPath, Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, IReadOnlyDictionary<string, string> rootfsStaging,
+        IReadOnlyList<string> expectedIps, CancellationToken ct);
 
     /// <summary>Target: the pods carrying <see cref="MigrationLabels.MigrationId"/> = <paramref name="migrationId"/> (a RestorePod whose answer was lost).</summary>
     Task<IReadOnlyList<string>> FindRestoredPodsAsync(string migrationId, CancellationToken ct);

@@ -44,13 +44,10 @@ internal sealed partial class MigrationOrchestrator
     }
 
     /// <summary>The target pod holds every address of the source pod: a network that ignored the request is caught before the freeze.</summary>
-    private Task ExpectSourceAddressAsync(string podId, SourceContainer container, CancellationToken ct) => ExpectSourceAddressAsync(podId, container.PodIps, ct);
-
-    /// <summary>The target pod <paramref name="podId"/> holds every one of <paramref name="sourceIps"/>.</summary>
-    private async Task ExpectSourceAddressAsync(string podId, IReadOnlyList<string> sourceIps, CancellationToken ct)
+    private async Task ExpectSourceAddressAsync(string podId, SourceContainer container, CancellationToken ct)
     {
         var got = await target.PodIpsAsync(podId, ct).ConfigureAwait(false);
-        var missing = sourceIps.Except(got, StringComparer.Ordinal).ToList();
+        var missing = container.PodIps.Except(got, StringComparer.Ordinal).ToList();
         if (missing.Count > 0)
         {
             throw new InvalidOperationException(

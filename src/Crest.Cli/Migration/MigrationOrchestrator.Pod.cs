@@ -115,12 +115,9 @@ internal sealed partial class MigrationOrchestrator
             var config = podConfig.Clone();
             config.Labels[MigrationLabels.MigrationId] = migrationId;
             var staged = pod.Containers.Where(c => rootfs[c.Id].TargetToken is not null).ToDictionary(c => c.Name, c => rootfs[c.Id].TargetToken!, StringComparer.Ordinal);
-            restored = await target.RestorePodAsync(path, config, [.. pod.Containers.Select(c => Labelled(c, migrationId))], staged, ct).ConfigureAwait(false);
+            // With --keep-address the target checks the pod's address before it starts any container.
+            restored = await target.RestorePodAsync(path, config, [.. pod.Containers.Select(c => Labelled(c, migrationId))], staged, sourceIps, ct).ConfigureAwait(false);
             progress($"restore: pod {restored.PodId} on {target.Name} runs {string.Join(", ", restored.ContainerIds.Select(kv => $"{kv.Key} as {kv.Value}"))}");
-            if (request.KeepAddress)
-            {
-                await ExpectSourceAddressAsync(restored.PodId, sourceIps, ct).ConfigureAwait(false);
-            }
 
             foreach (var c in pod.Containers)
             {
