@@ -358,6 +358,43 @@ public sealed class TcpMigrationTests
         Assert.Equal(Enumerable.Range(1, client.Replies.Count), client.Replies);
     }
 
+    [Fact]
+    public async Task A_whole_pod_migration_that_fails_on_the_target_unlocks_the_source_pod_and_the_connection_goes_on_there()
+    {
+        RequireTools();
+        await using var topology = await TcpMigrationTopology.StartAsync();
+        var (a, b) = (topology.A, topology.B);
+        var (podAId, _, socket) = await ServePodOnAAsync(topology);
+        // Without its base image, node B's RestorePod fails after the freeze: the undo must resume and unlock the source pod.
+        await RunAsync([.. b.R, "rmi", "localhost/e2e/busybox:tcp"]);
+        var client = new LineClient(socket);
+        try
+        {
+            await client.AnswersAsync(5, "the client's first five answers from the pod on node A");
+            var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
+
+            var migrated = await Binaries.RunCrestAsync([.. a.R, "migrate", "pod", podAId, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address"]);
+
+            Assert.Equal(1, migrated.ExitCode);
+            Assert.Contains("freeze:", migrated.Stderr, StringComparison.Ordinal);
+            Assert.Contains("undone: the pod runs on", migrated.Stderr, StringComparison.Ordinal);
+            var atUndo = client.Replies.Count;
+            await client.AnswersAsync(atUndo + 10, $"ten more answers from node A after the undo (had {atUndo})");
+            Assert.False(client.Exchange.IsCompleted, $"the connection broke: {client.Failure}\nA: {a.Crestd.Log}");
+            Assert.Equal(podAId, await RunAsync([.. a.R, "pods", "-q"]));
+            Assert.Equal(2, (await RunAsync([.. a.R, "ps", "-q"])).Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+            Assert.Equal("", await RunAsync([.. b.R, "pods", "-q"]));
+            TestContext.Current.SendDiagnosticMessage($"failed TCP pod migration: longest wait for an answer {client.LongestWait().TotalMilliseconds:0} ms\n{migrated.Stderr}");
+        }
+        finally
+        {
+            await client.DisposeAsync();
+        }
+
+        await client.Exchange;
+        Assert.Equal(Enumerable.Range(1, client.Replies.Count), client.Replies);
+    }
+
     private static async Task<string> PodIpAsync(string[] r, string podId)
     {
         using var status = JsonDocument.Parse(await RunAsync([.. r, "inspectp", podId]));
