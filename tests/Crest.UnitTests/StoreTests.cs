@@ -37,6 +37,24 @@ public class MetadataStoreTests
     }
 
     [Fact]
+    public async Task Every_connection_commits_without_an_fsync_each_time_which_wal_mode_keeps_consistent()
+    {
+        using var dir = new TempDir();
+        var ct = TestContext.Current.CancellationToken;
+        using var store = await MetadataStore.OpenAsync(dir.Combine("crest.db"), TimeProvider.System, ct);
+
+        // Twice: a pooled connection handed out again keeps the setting.
+        for (var i = 0; i < 2; i++)
+        {
+            await using var connection = await store.OpenConnectionAsync(ct);
+            await using var command = connection.CreateCommand();
+            command.CommandText = "PRAGMA synchronous;";
+            // 1: NORMAL (SQLite's default, 2, is FULL: an fsync per commit).
+            Assert.Equal(1L, await command.ExecuteScalarAsync(ct));
+        }
+    }
+
+    [Fact]
     public async Task A_write_waiting_for_anothers_lock_waits_in_sqlites_busy_handler_and_lands_once_it_is_released()
     {
         using var dir = new TempDir();
