@@ -162,14 +162,8 @@ public sealed class TcpMigrationTests
             await client.AnswersAsync(5, "the client's first five answers from node A");
             var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
 
-            var migrating = Binaries.RunCrestAsync([.. a.R, "migrate", id, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address", "-o", "json"]);
-            // The network's part, as a controller watching the target would do it: once a container runs on node B, the
-            // client's route to the address goes there (crest migrate still waits for the target's first log line then).
-            await Eventually.UntilAsync(async () => migrating.IsCompleted || (await RunAsync([.. b.R, "ps", "-q"])).Length > 0,
-                "a container running on node B, or the migration's end", TimeSpan.FromMinutes(2), Ct);
-            var atSwitch = client.Replies.Count;
-            await topology.RoutePodAsync(podIp, node: 1);
-            var migrated = await migrating;
+            var (migrated, atSwitch) = await MigrateAcrossTheRouteSwitchAsync(topology, client, podIp, 1,
+                [.. a.R, "migrate", id, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address", "-o", "json"]);
 
             Assert.True(migrated.ExitCode == 0, $"migrate failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {a.Crestd.Log}\nB: {b.Crestd.Log}");
             Assert.False(client.Exchange.IsCompleted, $"the client stopped during the migration: {client.Failure}");
@@ -322,12 +316,8 @@ public sealed class TcpMigrationTests
             await client.AnswersAsync(5, "the client's first five answers from the pod on node A");
             var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
 
-            var migrating = Binaries.RunCrestAsync([.. a.R, "migrate", "pod", podAId, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address", "-o", "json"]);
-            await Eventually.UntilAsync(async () => migrating.IsCompleted || (await RunAsync([.. b.R, "ps", "-q"])).Split('\n', StringSplitOptions.RemoveEmptyEntries).Length == 2,
-                "both containers running on node B, or the migration's end", TimeSpan.FromMinutes(2), Ct);
-            var atSwitch = client.Replies.Count;
-            await topology.RoutePodAsync(podIp, node: 1);
-            var migrated = await migrating;
+            var (migrated, atSwitch) = await MigrateAcrossTheRouteSwitchAsync(topology, client, podIp, 2,
+                [.. a.R, "migrate", "pod", podAId, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address", "-o", "json"]);
 
             Assert.True(migrated.ExitCode == 0, $"migrate pod failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {a.Crestd.Log}\nB: {b.Crestd.Log}");
             Assert.False(client.Exchange.IsCompleted, $"the client stopped during the migration: {client.Failure}");
@@ -393,6 +383,22 @@ public sealed class TcpMigrationTests
 
         await client.Exchange;
         Assert.Equal(Enumerable.Range(1, client.Replies.Count), client.Replies);
+    }
+
+    /// <summary>
+    /// Runs a migration with <paramref name="args"/>, doing the network's part as a controller watching the target would:
+    /// once <paramref name="containers"/> containers run on node B, the client's route to the address goes there
+    /// (crest migrate still waits for the target's first log line then). The client's answers at the switch come back too.
+    /// </summary>
+    private static async Task<((int ExitCode, string Stdout, string Stderr) Migrated, int AtSwitch)> MigrateAcrossTheRouteSwitchAsync(
+        TcpMigrationTopology topology, LineClient client, string podIp, int containers, string[] args)
+    {
+        var migrating = Binaries.RunCrestAsync(args);
+        await Eventually.UntilAsync(async () => migrating.IsCompleted || (await RunAsync([.. topology.B.R, "ps", "-q"])).Split('\n', StringSplitOptions.RemoveEmptyEntries).Length == containers,
+            $"{containers} container(s) running on node B, or the migration's end", TimeSpan.FromMinutes(2), Ct);
+        var atSwitch = client.Replies.Count;
+        await topology.RoutePodAsync(podIp, node: 1);
+        return (await migrating, atSwitch);
     }
 
     private static async Task<string> PodIpAsync(string[] r, string podId)
