@@ -13,6 +13,7 @@ CRIU_MIN=4.2
 CONTAINERD_MIN=2.1
 PODMAN_MIN=5.8
 CRUN_MIN=1.20
+EROFS_MIN=1.7
 
 # From Debian 12 itself.
 BASE_PACKAGES=(
@@ -29,7 +30,10 @@ BASE_PACKAGES=(
 # would need nftables' nft, which is not installed: the tests run Podman containers with --network none.
 # crun too: Debian 12's 1.8 has no `crun features`, no recursive read-only mounts and runs a terminal exec with stdin
 # badly; forky's (1.28) brings one library with it (libblake3).
-FORKY_PACKAGES=(criu libcriu-dev checkpointctl containerd runc crun podman)
+# erofs-utils: a restore from a plain archive indexes it with mkfs.erofs --tar=i (1.7 or later; Debian 12 has 1.5) and
+# mounts the index, so CRIU reads the page images where the archive holds them; forky's 1.9 brings 11 libraries
+# (curl, OpenSSL 3.6, libxml2 for its remote sources, which Crest does not use).
+FORKY_PACKAGES=(criu libcriu-dev checkpointctl containerd runc crun podman erofs-utils)
 # Source-only Go packages that ship the .proto files Crest compiles at build time.
 FORKY_PROTO_PACKAGES=(
   golang-github-kubernetes-cri-api-dev
@@ -53,6 +57,7 @@ criu_version() { criu --version 2>/dev/null | awk '/^Version:/{print $2}'; }
 containerd_version() { containerd --version 2>/dev/null | awk '{print $3}' | sed -e 's/^v//' -e 's/[+~-].*//'; }
 podman_version() { podman --version 2>/dev/null | awk '{print $3}'; }
 crun_version() { crun --version 2>/dev/null | awk 'NR==1{print $3}'; }
+erofs_version() { mkfs.erofs --version 2>/dev/null | awk 'NR==1{print $3}'; }
 
 missing_packages() {
   local p
@@ -68,6 +73,7 @@ everything_present() {
   v=$(containerd_version); [ -n "$v" ] && version_ge "$v" "$CONTAINERD_MIN" || return 1
   v=$(podman_version); [ -n "$v" ] && version_ge "$v" "$PODMAN_MIN" || return 1
   v=$(crun_version); [ -n "$v" ] && version_ge "$v" "$CRUN_MIN" || return 1
+  v=$(erofs_version); [ -n "$v" ] && version_ge "$v" "$EROFS_MIN" || return 1
   [ -f "$CRI_API_PROTO" ] && [ -f "$CRIU_RPC_PROTO" ]
 }
 
@@ -177,6 +183,9 @@ check_versions() {
   v=$(crun_version)
   [ -n "$v" ] || die "crun is not installed or does not run ('crun --version' failed)"
   version_ge "$v" "$CRUN_MIN" || die "crun $v is too old: Crest needs crun >= $CRUN_MIN (features, recursive read-only mounts; Debian forky)"
+  v=$(erofs_version)
+  [ -n "$v" ] || die "mkfs.erofs is not installed ('mkfs.erofs --version' failed; package erofs-utils from Debian forky)"
+  version_ge "$v" "$EROFS_MIN" || die "mkfs.erofs $v is too old: restores index archives with --tar=i, which needs erofs-utils >= $EROFS_MIN (Debian forky)"
   command -v conmon >/dev/null || die "conmon is not on PATH"
   command -v iptables-restore >/dev/null || die "iptables-restore is missing: CRIU needs it to lock the network during a dump"
   [ -x /usr/lib/cni/bridge ] || die "CNI plugins are missing under /usr/lib/cni"

@@ -35,6 +35,22 @@ public static class CheckpointFiles
     /// </summary>
     public const string StagedRootfsRounds = "crest-staged-rootfs";
 
+    /// <summary>
+    /// Whether <paramref name="name"/> (normalised, relative to the checkpoint's root) is one of CRIU's page images,
+    /// <c>checkpoint/pages-N.img</c>: the memory itself, most of a checkpoint's bytes.
+    /// </summary>
+    public static bool IsPageImage(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        const string prefix = CriuImages + "/pages-";
+        if (!name.StartsWith(prefix, StringComparison.Ordinal) || !name.EndsWith(".img", StringComparison.Ordinal) || name.Length <= prefix.Length + 4)
+        {
+            return false;
+        }
+
+        return !name.AsSpan(prefix.Length, name.Length - prefix.Length - 4).ContainsAnyExceptInRange('0', '9');
+    }
+
     /// <summary>The spec.dump annotation checkpointctl uses to tell engines apart.</summary>
     public const string ContainerManagerAnnotation = "io.container.manager";
 

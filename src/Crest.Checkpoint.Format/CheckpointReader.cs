@@ -70,20 +70,111 @@ public sealed class CheckpointReader(RestoreLimits limits)
         "/etc/hostname", "/etc/hosts",
     };
 
-    /// <summary>Unpacks an archive (plain, gzip or zstd) into <paramref name="stagingDir"/> (which must be new and empty) and reads it.</summary>
-    public async Task<RestorePlan> ReadArchiveAsync(string archivePath, string stagingDir, CancellationToken ct)
+    /// <summary>
+    /// Unpacks an archive (plain, gzip or zstd) into <paramref name="stagingDir"/> (which must be new and empty) and reads
+    /// it. With <paramref name="pagesInPlace"/>, a plain archive's CRIU page images (at least
+    /// <see cref="IArchivePagesInPlace.MinimumBytes"/> in all) are not written: they are served where the archive holds
+    /// them, or written after all when that fails.
+    /// </summary>
+    public async Task<RestorePlan> ReadArchiveAsync(string archivePath, string stagingDir, CancellationToken ct, IArchivePagesInPlace? pagesInPlace = null)
     {
         if (!FileKinds.IsRegularFile(archivePath))
         {
             throw new CrestException(ErrorKind.InvalidArgument, $"checkpoint archive {archivePath} is not a regular file");
         }
 
+        var what = $"checkpoint archive {archivePath}";
+        long served = 0;
         await using (var file = new FileStream(FileKinds.OpenReadNoFollow(archivePath), FileAccess.Read, 1 << 20))
         {
-            await UnpackAsync(file, stagingDir, $"checkpoint archive {archivePath}", ct).ConfigureAwait(false);
+            var pages = pagesInPlace is null ? null : await PageImagesOfPlainTarAsync(file, pagesInPlace.MinimumBytes, ct).ConfigureAwait(false);
+            if (pages is null)
+            {
+                await UnpackAsync(file, stagingDir, what, ct).ConfigureAwait(false);
+            }
+            else
+            {
+                var left = await UnpackPlainAsync(file, stagingDir, what, pages, ct).ConfigureAwait(false);
+                if (left.Count > 0 && await pagesInPlace!.TryServeAsync(file.SafeFileHandle, stagingDir, left, ct).ConfigureAwait(false))
+                {
+                    served = left.Sum(f => f.Length);
+                }
+                else if (left.Count > 0)
+                {
+                    // Not served (the node cannot mount them, say): the whole archive is unpacked again, as without the offer.
+                    EmptyDirectory(stagingDir);
+                    file.Seek(0, SeekOrigin.Begin);
+                    await UnpackAsync(file, stagingDir, what, ct).ConfigureAwait(false);
+                }
+            }
         }
 
-        return Read(stagingDir, archivePath, CheckpointSourceKind.Archive);
+        var plan = Read(stagingDir, archivePath, CheckpointSourceKind.Archive);
+        return served == 0 ? plan : plan with { CriuImageBytes = plan.CriuImageBytes + served, PagesServedInPlaceBytes = served };
+    }
+
+    /// <summary>
+    /// The CRIU page images (<c>checkpoint/pages-N.img</c>) of <paramref name="file"/> when it is a plain tar whose page
+    /// images hold at least <paramref name="minimumBytes"/>; null otherwise. Only headers are read (the data is
+    /// seeked over); the stream is left at its start.
+    /// </summary>
+    private static async Task<IReadOnlySet<string>?> PageImagesOfPlainTarAsync(FileStream file, long minimumBytes, CancellationToken ct)
+    {
+        var head = new byte[4];
+        var n = await file.ReadAtLeastAsync(head, head.Length, throwOnEndOfStream: false, ct).ConfigureAwait(false);
+        file.Seek(0, SeekOrigin.Begin);
+        if (Crest.Images.LayerStreams.Detect(head.AsSpan(0, n)) != Crest.Images.Compression.None)
+        {
+            return null;
+        }
+
+        var pages = new HashSet<string>(StringComparer.Ordinal);
+        long bytes = 0;
+        try
+        {
+            using var tar = new TarReader(file, leaveOpen: true);
+            while (await tar.GetNextEntryAsync(copyData: false, ct).ConfigureAwait(false) is { } entry)
+            {
+                if (entry.EntryType is TarEntryType.RegularFile or TarEntryType.V7RegularFile or TarEntryType.ContiguousFile
+                    && CheckpointFiles.IsPageImage(SafeExtractor.NormalizeName(entry.Name)))
+                {
+                    pages.Add(SafeExtractor.NormalizeName(entry.Name));
+                    bytes += entry.Length;
+                }
+            }
+        }
+        catch (Exception e) when (e is FormatException or InvalidDataException or EndOfStreamException)
+        {
+            // Malformed: the unpacking that follows says where, as it would without the offer.
+            pages.Clear();
+        }
+
+        file.Seek(0, SeekOrigin.Begin);
+        return pages.Count > 0 && bytes >= minimumBytes ? pages : null;
+    }
+
+    /// <summary>Unpacks a plain tar, leaving <paramref name="pages"/> in it; returns what it left.</summary>
+    private async Task<IReadOnlyList<ArchivedFile>> UnpackPlainAsync(FileStream file, string dir, string what, IReadOnlySet<string> pages, CancellationToken ct)
+    {
+        using var disk = limits.BudgetOf(dir);
+        using var extractor = new SafeExtractor(dir, UntrustedFiles(disk) with { LeaveInArchive = pages });
+        var result = await extractor.ExtractAsync(file, what, ct).ConfigureAwait(false);
+        return result.LeftInArchive;
+    }
+
+    private static void EmptyDirectory(string dir)
+    {
+        foreach (var entry in Directory.EnumerateFileSystemEntries(dir))
+        {
+            if (FileKinds.IsDirectory(entry))
+            {
+                Directory.Delete(entry, recursive: true);
+            }
+            else
+            {
+                File.Delete(entry);
+            }
+        }
     }
 
     /// <summary>
@@ -96,17 +187,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
         var counted = new CountingReadStream(file, leaveOpen: true);
         await using var tar = CheckpointArchive.OpenRead(counted);
         using var disk = limits.BudgetOf(dir);
-        using var extractor = new SafeExtractor(dir, ExtractionPolicy.FilesOnly with
-        {
-            MaxBytes = limits.MaxArchiveBytes,
-            MaxBytesSetting = "[restore] max_archive_bytes",
-            MaxEntries = limits.MaxArchiveEntries,
-            MaxPathLength = limits.MaxPathLength,
-            MaxExpansionRatio = limits.MaxExpansionRatio,
-            RatioCheckFloorBytes = limits.RatioCheckFloorBytes,
-            RatioSetting = "[restore] max_expansion_ratio",
-            Disk = disk,
-        });
+        using var extractor = new SafeExtractor(dir, UntrustedFiles(disk));
         try
         {
             await extractor.ExtractAsync(tar, what, () => counted.BytesRead, ct).ConfigureAwait(false);
@@ -116,6 +197,19 @@ public sealed class CheckpointReader(RestoreLimits limits)
             throw new CrestException(ErrorKind.InvalidArgument, $"{what} cannot be decompressed: {e.Message}", e);
         }
     }
+
+    /// <summary>Regular files and directories only, within the archive caps and <paramref name="disk"/>.</summary>
+    private ExtractionPolicy UntrustedFiles(DiskBudget? disk) => ExtractionPolicy.FilesOnly with
+    {
+        MaxBytes = limits.MaxArchiveBytes,
+        MaxBytesSetting = "[restore] max_archive_bytes",
+        MaxEntries = limits.MaxArchiveEntries,
+        MaxPathLength = limits.MaxPathLength,
+        MaxExpansionRatio = limits.MaxExpansionRatio,
+        RatioCheckFloorBytes = limits.RatioCheckFloorBytes,
+        RatioSetting = "[restore] max_expansion_ratio",
+        Disk = disk,
+    };
 
     /// <summary>
     /// Stages a checkpoint image's unpacked layers (lowest first, so upper layers win) in <paramref name="stagingDir"/>:
@@ -334,7 +428,7 @@ public sealed class CheckpointReader(RestoreLimits limits)
             StagingDir = dir,
             RootfsDiffBytes = diffBytes,
             StagedRootfsRounds = stagedRounds,
-            CriuImageBytes = Directory.EnumerateFiles(Path.Combine(dir, CheckpointFiles.CriuImages)).Sum(f => new FileInfo(f).Length),
+            CriuImageBytes = Directory.EnumerateFiles(Path.Combine(dir, CheckpointFiles.CriuImages)).Where(FileKinds.IsRegularFile).Sum(f => new FileInfo(f).Length),
         };
     }
 

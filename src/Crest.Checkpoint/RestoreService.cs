@@ -33,6 +33,8 @@ public sealed partial class RestoreService(
     CrestPaths paths,
     RestoreOptions options,
     RootfsStaging rootfsStaging,
+    ContainerBundles bundles,
+    ArchivePageMounts archivePages,
     ILogger<RestoreService> logger)
 {
     /// <summary>The annotation keys that mark an image as a checkpoint (checkpointctl/containerd, CRI-O, Podman).</summary>
@@ -52,7 +54,7 @@ public sealed partial class RestoreService(
         {
             if (FileKinds.IsDirectory(dir))
             {
-                Directory.Delete(dir, recursive: true);
+                bundles.DeleteRestoreDirectory(dir);
             }
             else
             {
@@ -222,10 +224,8 @@ public sealed partial class RestoreService(
         }
         finally
         {
-            if (Directory.Exists(staging))
-            {
-                Directory.Delete(staging, recursive: true);
-            }
+            // Moved into the container when it was made; a failure leaves it here, maybe with its page images mounted.
+            bundles.DeleteRestoreDirectory(staging);
         }
     }
 
@@ -342,7 +342,7 @@ public sealed partial class RestoreService(
         var reader = new CheckpointReader(options.Limits);
         if (kind == CheckpointSourceKind.Archive)
         {
-            return await reader.ReadArchiveAsync(source, staging, ct).ConfigureAwait(false);
+            return await reader.ReadArchiveAsync(source, staging, ct, archivePages).ConfigureAwait(false);
         }
 
         if (kind == CheckpointSourceKind.Received)

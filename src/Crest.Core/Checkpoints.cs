@@ -130,4 +130,7 @@ public sealed record RestorePlan
     /// <summary>Sizes, for logs and `crest checkpoint inspect`.</summary>
     public long RootfsDiffBytes { get; init; }
     public long CriuImageBytes { get; init; }
+
+    /// <summary>Of <see cref="CriuImageBytes"/>, the page images CRIU reads where the archive holds them (not copied); 0 when all were written out.</summary>
+    public long PagesServedInPlaceBytes { get; init; }
 }

@@ -177,6 +177,8 @@ public sealed class CrestDaemon : IAsyncDisposable
             builder.Services.AddSingleton<PodRestoreHolds>();
             builder.Services.AddSingleton<IRestoreSteps, RestoreSteps>();
             builder.Services.AddSingleton<RootfsStaging>();
+            builder.Services.AddSingleton(new ArchivePagesOptions { Enabled = config.Restore.PagesInPlace, MinimumBytes = config.Restore.PagesInPlaceMinBytes });
+            builder.Services.AddSingleton<ArchivePageMounts>();
             builder.Services.AddSingleton<RestoreService>();
             builder.Services.AddSingleton(new CheckpointOptions
             {

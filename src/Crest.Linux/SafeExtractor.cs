@@ -49,6 +49,13 @@ public sealed record ExtractionPolicy
 
     public int MaxPathLength { get; init; } = 4096;
 
+    /// <summary>
+    /// Regular files (by normalised name) that stay where the archive holds them: nothing is written for them, they
+    /// count towards <see cref="MaxBytes"/> and <see cref="MaxEntries"/> but not <see cref="Disk"/>, and the result lists
+    /// them (<see cref="ExtractionResult.LeftInArchive"/>) for the caller to serve from the archive. Null: every entry is written.
+    /// </summary>
+    public IReadOnlySet<string>? LeaveInArchive { get; init; }
+
     /// <summary>Image layers: everything a layer may hold, whiteouts in overlay form.</summary>
     public static ExtractionPolicy ImageLayer { get; } = new();
 
@@ -74,8 +81,14 @@ public enum WhiteoutMode
     Reject,
 }
 
-/// <summary>What an extraction wrote.</summary>
-public sealed record ExtractionResult(long Entries, long Bytes);
+/// <summary>What an extraction wrote, and the files it left in the archive (<see cref="ExtractionPolicy.LeaveInArchive"/>).</summary>
+public sealed record ExtractionResult(long Entries, long Bytes)
+{
+    public IReadOnlyList<ArchivedFile> LeftInArchive { get; init; } = [];
+}
+
+/// <summary>A regular file of a tar archive, by normalised name, and its size as its header declares it.</summary>
+public sealed record ArchivedFile(string Name, long Length);
 
 /// <summary>
 /// The one way untrusted tar bytes reach the disk. Every path is resolved relative to a handle on the
@@ -95,6 +108,7 @@ public sealed class SafeExtractor : IDisposable
     private readonly string _rootPath;
     private readonly ExtractionPolicy _policy;
     private readonly List<(string Path, DateTimeOffset Modified)> _directoryTimes = [];
+    private readonly List<ArchivedFile> _left = [];
     private Func<long>? _compressedBytesRead;
 
     public SafeExtractor(string root, ExtractionPolicy policy)
@@ -159,7 +173,7 @@ public sealed class SafeExtractor : IDisposable
             SetTimesAt(path, modified);
         }
 
-        return new ExtractionResult(entries, bytes);
+        return new ExtractionResult(entries, bytes) { LeftInArchive = [.. _left] };
     }
 
     /// <summary>
@@ -282,6 +296,8 @@ public sealed class SafeExtractor : IDisposable
             case TarEntryType.Directory:
                 MakeDirectory(parent.Fd, leaf, entry, what, name);
                 return 0;
+            case TarEntryType.RegularFile or TarEntryType.V7RegularFile or TarEntryType.ContiguousFile when _policy.LeaveInArchive?.Contains(name) == true:
+                return LeaveInArchive(parent.Fd, leaf, entry, what, name, bytesSoFar);
             case TarEntryType.RegularFile or TarEntryType.V7RegularFile or TarEntryType.ContiguousFile:
                 return await WriteFileAsync(parent.Fd, leaf, entry, what, bytesSoFar, ct).ConfigureAwait(false);
             case TarEntryType.SymbolicLink:
@@ -388,6 +404,29 @@ public sealed class SafeExtractor : IDisposable
         }
 
         _directoryTimes.Add((path, entry.ModificationTime));
+    }
+
+    /// <summary>
+    /// A file the caller serves from the archive: nothing is written (an earlier entry of the same name is removed, as
+    /// a later entry replaces it when written), and a second entry of the name is refused, since which of the two the
+    /// caller would serve is not known.
+    /// </summary>
+    private long LeaveInArchive(int parent, string leaf, TarEntry entry, string what, string name, long bytesSoFar)
+    {
+        if (entry.Length < 0 || bytesSoFar + entry.Length > _policy.MaxBytes)
+        {
+            throw Refuse(what, entry.Name, $"the archive expands to more than {_policy.MaxBytes} bytes, the configured limit"
+                + (_policy.MaxBytesSetting is { } setting ? $" ({setting})" : ""));
+        }
+
+        if (_left.Any(f => f.Name == name))
+        {
+            throw Refuse(what, entry.Name, "the archive holds this file twice");
+        }
+
+        ReplaceNonDirectory(parent, leaf, what, entry.Name);
+        _left.Add(new ArchivedFile(name, entry.Length));
+        return entry.Length;
     }
 
     private async Task<long> WriteFileAsync(int parent, string leaf, TarEntry entry, string what, long bytesSoFar, CancellationToken ct)

@@ -77,6 +77,24 @@ public sealed class ContainerBundles(RuntimeLayout layout, ImageService images, 
 
     public void UnmountRootfs(ContainerBundle bundle) => linux.Unmount(bundle.Rootfs);
 
+    /// <summary>
+    /// Deletes a restore directory (a container's, or a checkpoint being staged for one) after unmounting whatever is
+    /// mounted under it, deepest first: an archive's page images served in place are a read-only mount there. A mount
+    /// that does not go keeps the directory, for crestd's next start.
+    /// </summary>
+    public void DeleteRestoreDirectory(string dir)
+    {
+        foreach (var mount in linux.MountsUnder(dir).OrderByDescending(m => m.Length))
+        {
+            linux.Unmount(mount);
+        }
+
+        if (Directory.Exists(dir) && linux.MountsUnder(dir).Count == 0)
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     /// <summary>Detaches every id-mapped layer bind under the container directory and removes their mount points.</summary>
     public void UnmountIdMapped(ContainerBundle bundle)
     {

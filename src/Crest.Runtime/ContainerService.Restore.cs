@@ -96,9 +96,9 @@ public sealed partial class ContainerService
             // A post-copy restore's images stay until its lazy-pages daemon ends (it removes them then).
             await Step(c.Id, () =>
             {
-                if (!lazy && Directory.Exists(restoreDir))
+                if (!lazy)
                 {
-                    Directory.Delete(restoreDir, recursive: true);
+                    bundles.DeleteRestoreDirectory(restoreDir);
                 }
 
                 return Task.CompletedTask;
@@ -169,11 +169,7 @@ public sealed partial class ContainerService
                     lazyPages.Identities?.Remove(identity);
                 }
 
-                if (Directory.Exists(restoreDir))
-                {
-                    Directory.Delete(restoreDir, recursive: true);
-                }
-
+                bundles.DeleteRestoreDirectory(restoreDir);
                 return Task.CompletedTask;
             }, ct).ConfigureAwait(false);
     }

@@ -179,6 +179,8 @@ public sealed partial class ContainerService(
         await Step(c.Id, () => { bundles.UnmountIdMapped(bundle); return Task.CompletedTask; }).ConfigureAwait(false);
         // A checkpoint's work a migration still held (its tmpfs too): the directory reaper never deletes below a mount.
         await Step(c.Id, () => { RemoveCheckpointWork(bundle); return Task.CompletedTask; }).ConfigureAwait(false);
+        // A restore that never started: an archive's page images may still be mounted in its restore directory.
+        await Step(c.Id, () => { bundles.DeleteRestoreDirectory(bundle.RestoreDir); return Task.CompletedTask; }).ConfigureAwait(false);
         await Step(c.Id, () => { bundles.DeleteFiles(bundle); return Task.CompletedTask; }).ConfigureAwait(false);
         await Step(c.Id, () => bundles.ReleaseImageAsync(bundle, ct)).ConfigureAwait(false);
     }

@@ -18,7 +18,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Crest.UnitTests;
 
-public class CheckpointTests
+public partial class CheckpointTests
 {
     private static readonly string Hex = string.Concat(Enumerable.Repeat("0123456789abcdef", 4));
     private static readonly string AlpineDigest = "docker.io/library/alpine@sha256:" + Hex;

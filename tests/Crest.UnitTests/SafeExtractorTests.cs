@@ -60,6 +60,58 @@ public class SafeExtractorTests
     }
 
     [Fact]
+    public async Task Files_left_in_the_archive_are_listed_not_written_and_count_towards_the_byte_cap()
+    {
+        using var dir = new TempDir();
+        var policy = ExtractionPolicy.FilesOnly with { LeaveInArchive = new HashSet<string> { "checkpoint/pages-1.img" } };
+        using var x = new SafeExtractor(dir.Path, policy);
+
+        var result = await x.ExtractAsync(Tar(t =>
+        {
+            TestImages.File(t, "checkpoint/inventory.img", "inv"u8.ToArray());
+            TestImages.File(t, "./checkpoint/pages-1.img", new byte[5000]);
+        }), "test archive", Ct);
+
+        Assert.Equal([new ArchivedFile("checkpoint/pages-1.img", 5000)], result.LeftInArchive);
+        Assert.Equal(5003, result.Bytes);
+        Assert.Equal("inv", await File.ReadAllTextAsync(dir.Combine("checkpoint/inventory.img"), Ct));
+        Assert.False(Path.Exists(dir.Combine("checkpoint/pages-1.img")));
+
+        using var capped = new TempDir();
+        using var y = new SafeExtractor(capped.Path, policy with { MaxBytes = 4096 });
+        var e = await Assert.ThrowsAsync<CrestException>(() => y.ExtractAsync(Tar(t => TestImages.File(t, "checkpoint/pages-1.img", new byte[5000])), "big archive", Ct));
+        Assert.Contains("more than 4096 bytes", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_file_left_in_the_archive_replaces_an_earlier_entry_and_may_not_come_twice()
+    {
+        using var dir = new TempDir();
+        var policy = ExtractionPolicy.FilesOnly with { LeaveInArchive = new HashSet<string> { "pages-1.img" } };
+        using (var x = new SafeExtractor(dir.Path, policy with { LeaveInArchive = new HashSet<string>() }))
+        {
+            await x.ExtractAsync(Tar(t => TestImages.File(t, "pages-1.img", "old"u8.ToArray())), "first archive", Ct);
+        }
+
+        using (var x = new SafeExtractor(dir.Path, policy))
+        {
+            await x.ExtractAsync(Tar(t => TestImages.File(t, "pages-1.img", "new"u8.ToArray())), "second archive", Ct);
+        }
+
+        // What is served from the archive must be the archive's last word on the name, not a stale file.
+        Assert.False(Path.Exists(dir.Combine("pages-1.img")));
+
+        using var twice = new TempDir();
+        using var z = new SafeExtractor(twice.Path, policy);
+        var e = await Assert.ThrowsAsync<CrestException>(() => z.ExtractAsync(Tar(t =>
+        {
+            TestImages.File(t, "pages-1.img", "a"u8.ToArray());
+            TestImages.File(t, "pages-1.img", "b"u8.ToArray());
+        }), "doubled archive", Ct));
+        Assert.Contains("holds this file twice", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_file_written_through_a_planted_symlink_is_refused()
     {
         using var dir = new TempDir();

@@ -180,6 +180,10 @@ public static class ConfigLoader
                 Restore = new RestoreConfig(t.Bool("via_create") ?? d.ViaCreate)
                 {
                     TcpEstablished = t.Bool("tcp_established") ?? d.TcpEstablished,
+                    PagesInPlace = t.Bool("pages_in_place") ?? d.PagesInPlace,
+                    PagesInPlaceMinBytes = t.Integer("pages_in_place_min_bytes") is { } least
+                        ? least >= 0 ? least : throw Invalid(sourceName, "restore.pages_in_place_min_bytes", "a number of bytes, 0 or more", least)
+                        : d.PagesInPlaceMinBytes,
                     Limits = new Checkpoint.Format.RestoreLimits
                     {
                         MaxArchiveBytes = t.Long("max_archive_bytes") ?? d.Limits.MaxArchiveBytes,

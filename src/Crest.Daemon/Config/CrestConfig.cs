@@ -72,6 +72,12 @@ public sealed record RestoreConfig(bool ViaCreate = false)
 
     /// <summary>Restore policy checks reported but not enforced: capabilities, users, seccomp, namespaces, mounts, devices.</summary>
     public IReadOnlyList<string> RelaxedChecks { get; init; } = [];
+
+    /// <summary>A plain archive's page images are read where the archive holds them (an erofs index mounted over it), not written out first.</summary>
+    public bool PagesInPlace { get; init; } = true;
+
+    /// <summary>Page images under this many bytes in all are written out anyway (the copy costs less than the mount).</summary>
+    public long PagesInPlaceMinBytes { get; init; } = 32L << 20;
 }
 
 /// <summary>The Prometheus endpoint: off when <paramref name="Address"/> is empty, as containerd's is by default.</summary>
