@@ -116,7 +116,9 @@ public sealed class CheckpointReader(RestoreLimits limits)
     /// <summary>
     /// The CRIU page images (<c>checkpoint/pages-N.img</c>) of <paramref name="file"/> when it is a plain tar whose page
     /// images hold at least <paramref name="minimumBytes"/>; null otherwise. Only headers are read (the data is
-    /// seeked over); the stream is left at its start.
+    /// seeked over); the stream is left at its start. An archive with a global header, or with anything but zeros after
+    /// its end, is not offered: mkfs.erofs reads tar on its own, and such an archive would show it entries the
+    /// extractor never saw.
     /// </summary>
     private static async Task<IReadOnlySet<string>?> PageImagesOfPlainTarAsync(FileStream file, long minimumBytes, CancellationToken ct)
     {
@@ -135,6 +137,12 @@ public sealed class CheckpointReader(RestoreLimits limits)
             using var tar = new TarReader(file, leaveOpen: true);
             while (await tar.GetNextEntryAsync(copyData: false, ct).ConfigureAwait(false) is { } entry)
             {
+                if (entry.EntryType == TarEntryType.GlobalExtendedAttributes)
+                {
+                    pages.Clear();
+                    break;
+                }
+
                 if (entry.EntryType is TarEntryType.RegularFile or TarEntryType.V7RegularFile or TarEntryType.ContiguousFile
                     && CheckpointFiles.IsPageImage(SafeExtractor.NormalizeName(entry.Name)))
                 {
@@ -142,8 +150,13 @@ public sealed class CheckpointReader(RestoreLimits limits)
                     bytes += entry.Length;
                 }
             }
+
+            if (pages.Count > 0 && !await OnlyZerosLeftAsync(file, ct).ConfigureAwait(false))
+            {
+                pages.Clear();
+            }
         }
-        catch (Exception e) when (e is FormatException or InvalidDataException or EndOfStreamException)
+        catch (Exception e) when (e is not (OperationCanceledException or OutOfMemoryException))
         {
             // Malformed: the unpacking that follows says where, as it would without the offer.
             pages.Clear();
@@ -151,6 +164,21 @@ public sealed class CheckpointReader(RestoreLimits limits)
 
         file.Seek(0, SeekOrigin.Begin);
         return pages.Count > 0 && bytes >= minimumBytes ? pages : null;
+    }
+
+    /// <summary>Whether what follows the tar's end marker is zeros only, and little of it (a tar writer's record padding).</summary>
+    private static async Task<bool> OnlyZerosLeftAsync(FileStream file, CancellationToken ct)
+    {
+        const int MaxPadding = 1 << 20;
+        var left = file.Length - file.Position;
+        if (left > MaxPadding)
+        {
+            return false;
+        }
+
+        var rest = new byte[left];
+        await file.ReadExactlyAsync(rest, ct).ConfigureAwait(false);
+        return !rest.AsSpan().ContainsAnyExcept((byte)0);
     }
 
     /// <summary>Unpacks a plain tar, leaving <paramref name="pages"/> in it; returns what it left.</summary>

@@ -35,6 +35,14 @@ public sealed record ErofsTarIndexCommand(string MkfsErofs, string Image, string
 /// Linux 6.12), and each page image in the staging directory becomes a relative link into that mount, which CRIU
 /// follows. Both the index and the mount read the archive through the descriptor the reader validated it with.
 /// <para>
+/// mkfs.erofs parses the tar on its own and could see what the reader did not (the reader offers only archives that
+/// end where a tar ends and carry no global headers, but the file may be rewritten in place meanwhile), so nothing of
+/// the index is trusted: the mount follows no symlink (nosymfollow), and each page image must be a regular file of the
+/// size the reader saw, reached from the mount's root through directories only (openat2 RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV). What the index can still change is the bytes of the page images: the
+/// archive's own memory contents.
+/// </para>
+/// <para>
 /// Only page images come from the mount: the raw memory of the checkpointed process, which no policy check reads.
 /// Every other file, the ones the restore policy and CRIU's process tree come from, was written out by the
 /// reader as before. The mount lives in the staging directory (<c>.archive-pages/</c>, its index beside it) and moves
@@ -54,6 +62,8 @@ public sealed partial class ArchivePageMounts(ArchivePagesOptions options, IComm
 
     private readonly Lock _gate = new();
     private string? _unavailable;
+    private bool _checked;
+    private volatile bool _mountedOnce;
 
     public long MinimumBytes => options.MinimumBytes;
 
@@ -61,7 +71,7 @@ public sealed partial class ArchivePageMounts(ArchivePagesOptions options, IComm
     {
         ArgumentNullException.ThrowIfNull(archive);
         ArgumentNullException.ThrowIfNull(files);
-        if (Unavailable() is not null)
+        if (await UnavailableAsync(ct).ConfigureAwait(false) is not null)
         {
             return false;
         }
@@ -104,20 +114,25 @@ public sealed partial class ArchivePageMounts(ArchivePagesOptions options, IComm
             Directory.CreateDirectory(mount, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
             try
             {
-                linux.Mount(index, mount, "erofs", MountOptions.ReadOnly | MountOptions.NoDev | MountOptions.NoSuid | MountOptions.NoExec, $"device=/proc/self/fd/{descriptor}");
+                // No symlink on the mount is ever followed (nosymfollow): mkfs.erofs parses the tar on its own, and an entry
+                // the reader did not see (after a lone zero block, say) must not turn a directory into a way out.
+                linux.Mount(index, mount, "erofs", MountOptions.ReadOnly | MountOptions.NoDev | MountOptions.NoSuid | MountOptions.NoExec | MountOptions.NoSymFollow,
+                    $"device=/proc/self/fd/{descriptor}");
+                _mountedOnce = true;
             }
-            catch (CrestException e)
+            catch (CrestException e) when (!_mountedOnce)
             {
-                // A kernel without erofs, or without erofs backed by files (before 6.12, or built without it).
+                // Never mounted yet: a kernel without erofs, or without erofs backed by files (before 6.12, or built
+                // without it). Once one has mounted, a failure is that archive's.
                 Disable($"the kernel did not mount the erofs index: {e.Message}");
                 throw;
             }
 
             foreach (var file in files)
             {
-                // What the index says must be what the reader saw: a regular file (never a link) of the same size.
-                var served = Path.Combine(mount, file.Name);
-                if (!FileKinds.IsRegularFile(served) || new FileInfo(served).Length != file.Length)
+                // What the index says must be what the reader saw: a regular file of the same size, reached from the
+                // mount's root through directories only, never through a link and never out of the mount.
+                if (FileKinds.RegularFileLengthBeneath(mount, file.Name) != file.Length)
                 {
                     throw new CrestException(ErrorKind.InvalidArgument, $"{file.Name} in the archive's index is not the regular file of {file.Length} bytes the archive declared");
                 }
@@ -157,8 +172,11 @@ public sealed partial class ArchivePageMounts(ArchivePagesOptions options, IComm
         DeleteIfPresent(Path.Combine(dir, IndexFile));
     }
 
-    /// <summary>Why this node serves no pages in place, or null; a missing mkfs.erofs is logged once, at the first restore that could use it.</summary>
-    private string? Unavailable()
+    /// <summary>
+    /// Why this node serves no pages in place, or null. The first restore that could use it checks for mkfs.erofs 1.7 or
+    /// later (<c>--tar=i</c>; Debian 12 has 1.5); what is missing is logged once.
+    /// </summary>
+    private async Task<string?> UnavailableAsync(CancellationToken ct)
     {
         if (!options.Enabled)
         {
@@ -167,14 +185,46 @@ public sealed partial class ArchivePageMounts(ArchivePagesOptions options, IComm
 
         lock (_gate)
         {
-            if (_unavailable is not null || ExecutableSearch.Resolve(options.MkfsErofsPath) is not null)
+            if (_unavailable is not null || _checked)
             {
                 return _unavailable;
             }
         }
 
-        Disable($"{options.MkfsErofsPath} (erofs-utils 1.7 or later) is not installed");
-        return _unavailable;
+        string? why = null;
+        if (ExecutableSearch.Resolve(options.MkfsErofsPath) is null)
+        {
+            why = $"{options.MkfsErofsPath} (erofs-utils 1.7 or later) is not installed";
+        }
+        else
+        {
+            try
+            {
+                var version = await commands.RunAsync(new CommandLine(options.MkfsErofsPath, ["--version"]), ct).ConfigureAwait(false);
+                // "mkfs.erofs (erofs-utils) 1.9.4": the third word of the first line.
+                var words = version.StandardOutput.Split('\n', 2)[0].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                if (version.ExitCode != 0 || words.Length < 3 || !Version.TryParse(words[2].Split('-', '+', '~')[0], out var v) || v < new Version(1, 7))
+                {
+                    why = $"{options.MkfsErofsPath} is not erofs-utils 1.7 or later (it says \"{version.StandardOutput.Trim()}\"), which --tar=i needs";
+                }
+            }
+            catch (CrestException e)
+            {
+                why = $"{options.MkfsErofsPath} cannot run: {e.Message}";
+            }
+        }
+
+        lock (_gate)
+        {
+            _checked = true;
+        }
+
+        if (why is not null)
+        {
+            Disable(why);
+        }
+
+        return why;
     }
 
     /// <summary>A node that failed once fails again: the rest of this crestd's restores write their pages out (logged once).</summary>

@@ -11,6 +11,9 @@ internal static partial class CheckpointLog
     [LoggerMessage(442, LogLevel.Warning, "checkpoint of container {ContainerId}: its work directory {Work} was not removed ({Reason}); crestd removes it at its next start")]
     public static partial void WorkNotRemoved(ILogger logger, string containerId, string work, string reason);
 
+    [LoggerMessage(465, LogLevel.Warning, "restore staging {Staging} was not removed ({Reason}); crestd removes it at its next start")]
+    public static partial void StagingNotRemoved(ILogger logger, string staging, string reason);
+
     [LoggerMessage(401, LogLevel.Information, "prepared container {ContainerId} for restore from {Source} ({Engine} checkpoint, base image {BaseImage})")]
     public static partial void PreparedRestore(ILogger logger, string containerId, string source, string engine, string baseImage);
 

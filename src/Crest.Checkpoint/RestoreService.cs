@@ -225,7 +225,15 @@ public sealed partial class RestoreService(
         finally
         {
             // Moved into the container when it was made; a failure leaves it here, maybe with its page images mounted.
-            bundles.DeleteRestoreDirectory(staging);
+            // A cleanup that fails must not hide why the restore failed: the staging sweep at start tries again.
+            try
+            {
+                bundles.DeleteRestoreDirectory(staging);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or CrestException)
+            {
+                CheckpointLog.StagingNotRemoved(logger, staging, e.Message);
+            }
         }
     }
 

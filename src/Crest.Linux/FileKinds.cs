@@ -160,6 +160,50 @@ public static partial class FileKinds
     [LibraryImport("libc", EntryPoint = "lgetxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static unsafe partial nint LGetXattr(string path, string name, byte* value, nuint size);
 
+    /// <summary>
+    /// The length of <paramref name="relativePath"/> beneath the directory <paramref name="root"/> when it is a regular file
+    /// reached without a symlink in any component, without leaving <paramref name="root"/> and without crossing into
+    /// another mount (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV); null otherwise.
+    /// </summary>
+    public static unsafe long? RegularFileLengthBeneath(string root, string relativePath)
+    {
+        var rootFd = Interop.OpenAt(Interop.AT_FDCWD, root, Interop.O_PATH | Interop.O_DIRECTORY | Interop.O_CLOEXEC | Interop.O_NOFOLLOW, 0);
+        if (rootFd < 0)
+        {
+            return null;
+        }
+
+        try
+        {
+            var fd = Interop.Openat2(rootFd, relativePath, (ulong)(Interop.O_PATH | Interop.O_CLOEXEC),
+                Interop.RESOLVE_BENEATH | Interop.RESOLVE_NO_SYMLINKS | Interop.RESOLVE_NO_XDEV | Interop.RESOLVE_NO_MAGICLINKS);
+            if (fd < 0)
+            {
+                return null;
+            }
+
+            try
+            {
+                // statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE): the file opened above, not a name looked up again.
+                var buffer = stackalloc byte[256];
+                if (StatX(fd, "", 0x1000, 0x1 | 0x200, buffer) != 0 || (*(ushort*)(buffer + 28) & S_IFMT) != S_IFREG)
+                {
+                    return null;
+                }
+
+                return *(long*)(buffer + 40);
+            }
+            finally
+            {
+                _ = Interop.Close(fd);
+            }
+        }
+        finally
+        {
+            _ = Interop.Close(rootFd);
+        }
+    }
+
     private static unsafe bool TryGetMode(string path, out uint mode)
     {
         // statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_TYPE): one layout on every architecture.

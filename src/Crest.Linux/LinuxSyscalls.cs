@@ -101,6 +101,8 @@ public enum MountOptions : ulong
     NoSuid = 0x2,
     NoDev = 0x4,
     NoExec = 0x8,
+    /// <summary>MS_NOSYMFOLLOW (Linux 5.10): no symlink on the mount is followed in any path lookup.</summary>
+    NoSymFollow = 0x100,
     Bind = Interop.MS_BIND,
     Recursive = Interop.MS_REC,
     Private = Interop.MS_PRIVATE,

@@ -46,6 +46,8 @@ public sealed partial class ContainerService
                     {
                         RuntimeLog.InterruptedRestoreAdopted(logger, c.Id);
                     }
+
+                    await DropRestoreDirectoryAsync(c).ConfigureAwait(false);
                 }
                 else if (c.AwaitsProcess && c.RestoreDir is null && runtimeState is { Status: "created", Pid: > 0 } made)
                 {
@@ -73,12 +75,14 @@ public sealed partial class ContainerService
                         RestoreStartedAt = null,
                     }, ct).ConfigureAwait(false);
                     RuntimeLog.InterruptedRestoreFailed(logger, c.Id);
+                    await DropRestoreDirectoryAsync(c).ConfigureAwait(false);
                 }
                 else if (c.AwaitsProcess && !bundles.IsMounted(bundles.For(c.Id)))
                 {
                     // Never started, and its rootfs is no longer mounted (the node rebooted): a start or restore into
                     // the bare directory must not happen.
                     await store.PutContainerAsync(c with { State = ContainerState.Exited, ExitCode = 128, Reason = "StartError", Message = $"the node restarted before this container was {(c.RestoreDir is null ? "started" : "restored")}; create it again", FinishedAt = time.GetUtcNow(), RestoreDir = null }, ct).ConfigureAwait(false);
+                    await DropRestoreDirectoryAsync(c).ConfigureAwait(false);
                 }
 
                 var ownerState = c.State == ContainerState.Running && runtimes.TryFor(c.RuntimeHandler) is { } owner
@@ -129,6 +133,16 @@ public sealed partial class ContainerService
 
     /// <summary>Ends the name of the file beside a checkpoint's work directory that names its archive being written.</summary>
     public const string PartialArchiveRecordSuffix = ".archive";
+
+    /// <summary>
+    /// A restore that recovery ended (adopted, failed or left behind by a reboot) needs its restore directory no more;
+    /// an archive's page images may still be mounted there, holding the archive.
+    /// </summary>
+    private Task DropRestoreDirectoryAsync(ContainerRecord c) => Step(c.Id, () =>
+    {
+        bundles.DeleteRestoreDirectory(bundles.For(c.Id).RestoreDir);
+        return Task.CompletedTask;
+    });
 
     /// <summary>
     /// The CRIU work directories of checkpoints a crashed crestd did not finish (they hold memory pages), and the

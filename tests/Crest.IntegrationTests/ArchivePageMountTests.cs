@@ -93,17 +93,67 @@ public sealed class ArchivePageMountTests
         RequireErofs();
         using var dir = new TempDir("crest-pages-bad");
         var archive = WriteArchive(dir);
-        var staging = dir.CreateDirectory("staging");
-        Directory.CreateDirectory(Path.Combine(staging, "checkpoint"));
-        var mounts = Mounts(new LinuxSyscalls());
-
+        var linux = new LinuxSyscalls();
+        var mounts = Mounts(linux);
         using var handle = File.OpenHandle(archive);
+
+        // This node serves pages in place at all: a good offer mounts, and is let go.
+        var good = dir.CreateDirectory("good");
+        Directory.CreateDirectory(Path.Combine(good, "checkpoint"));
+        Assert.True(await mounts.TryServeAsync(handle, good, [new ArchivedFile("checkpoint/pages-1.img", Pages.Length)], Ct));
+        mounts.Release(good);
+
         // A size other than the archive's (what a tar rewritten between the reader and mkfs.erofs would show), and a
         // name the archive lacks.
+        var staging = dir.CreateDirectory("staging");
+        Directory.CreateDirectory(Path.Combine(staging, "checkpoint"));
         Assert.False(await mounts.TryServeAsync(handle, staging, [new ArchivedFile("checkpoint/pages-1.img", Pages.Length - 1)], Ct));
         Assert.False(await mounts.TryServeAsync(handle, staging, [new ArchivedFile("checkpoint/pages-2.img", 10)], Ct));
 
         Assert.Empty(ErofsMountsUnder(dir.Path));
         Assert.Equal([Path.Combine(staging, "checkpoint")], Directory.EnumerateFileSystemEntries(staging));
+    }
+
+    [Fact]
+    public async Task Entries_only_mkfs_erofs_reads_cannot_lead_the_page_image_out_of_the_archive()
+    {
+        RequireErofs();
+        using var dir = new TempDir("crest-pages-hidden");
+        // A host file of the page image's size, and an archive whose checkpoint directory becomes a link to it in what
+        // mkfs.erofs reads past a lone zero block (.NET's tar reader, and so the extractor, stops there).
+        var secret = dir.CreateDirectory("secret");
+        await File.WriteAllBytesAsync(Path.Combine(secret, "pages-1.img"), [.. Enumerable.Repeat((byte)0x5A, Pages.Length)], Ct);
+        var plain = await File.ReadAllBytesAsync(WriteArchive(dir), Ct);
+        using var trailer = new MemoryStream();
+        using (var tar = new TarWriter(trailer, TarEntryFormat.Pax, leaveOpen: true))
+        {
+            tar.WriteEntry(new PaxTarEntry(TarEntryType.SymbolicLink, "checkpoint") { LinkName = secret });
+        }
+
+        var archive = dir.Combine("hostile.tar");
+        await File.WriteAllBytesAsync(archive, [.. plain.AsSpan(0, plain.Length - 1024), .. new byte[512], .. trailer.ToArray()], Ct);
+        var linux = new LinuxSyscalls();
+
+        // The differential is real with this erofs-utils: its index holds checkpoint as the link.
+        var probe = dir.CreateDirectory("probe");
+        var index = dir.Combine("probe.erofs");
+        var made = await new ProcessCommandRunner().RunAsync(new ErofsTarIndexCommand("mkfs.erofs", index, archive).ToCommandLine(), Ct);
+        Assert.Equal(0, made.ExitCode);
+        linux.Mount(index, probe, "erofs", MountOptions.ReadOnly, "device=" + archive);
+        try
+        {
+            Assert.Equal(secret, new FileInfo(Path.Combine(probe, "checkpoint")).LinkTarget);
+        }
+        finally
+        {
+            linux.Unmount(probe);
+        }
+
+        var staging = dir.CreateDirectory("staging");
+        Directory.CreateDirectory(Path.Combine(staging, "checkpoint"));
+        using var handle = File.OpenHandle(archive);
+        Assert.False(await Mounts(linux).TryServeAsync(handle, staging, [new ArchivedFile("checkpoint/pages-1.img", Pages.Length)], Ct));
+        Assert.Empty(ErofsMountsUnder(dir.Path));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(staging, "checkpoint")));
     }
 }

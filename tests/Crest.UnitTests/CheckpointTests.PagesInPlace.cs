@@ -1,3 +1,4 @@
+using System.Formats.Tar;
 using Crest.Checkpoint;
 using Crest.Checkpoint.Format;
 using Crest.Core;
@@ -127,13 +128,24 @@ public partial class CheckpointTests
 
     // ---- ArchivePageMounts above its seams: what it does when mkfs.erofs or the mount fails ----------------
 
-    /// <summary>Answers mkfs.erofs with <paramref name="exitCode"/>, writing the index it names when it succeeds.</summary>
-    private sealed class MkfsErofs(int exitCode) : ICommandRunner
+    /// <summary>
+    /// mkfs.erofs of <paramref name="version"/>: <c>--version</c> says it, and an index run answers <paramref name="exitCode"/>,
+    /// writing the index it names when it succeeds.
+    /// </summary>
+    private sealed class MkfsErofs(int exitCode, string version = "1.9.4") : ICommandRunner
     {
         public List<CommandLine> Runs { get; } = [];
 
+        public int VersionQueries { get; private set; }
+
         public Task<CommandResult> RunAsync(CommandLine command, CancellationToken ct)
         {
+            if (command.Arguments is ["--version"])
+            {
+                VersionQueries++;
+                return Task.FromResult(new CommandResult(0, $"mkfs.erofs (erofs-utils) {version}\navailable compressors: lz4\n", ""));
+            }
+
             Runs.Add(command);
             if (exitCode == 0)
             {
@@ -215,5 +227,58 @@ public partial class CheckpointTests
 
         Assert.False(await mounts.TryServeAsync(archive, staging, [new ArchivedFile("checkpoint/pages-1.img", 10)], Ct));
         Assert.Empty(mkfs.Runs);
+    }
+
+    [Fact]
+    public async Task An_erofs_utils_without_tar_index_mode_is_found_once_and_nothing_is_offered_to_it()
+    {
+        using var dir = new TempDir();
+        var staging = dir.CreateDirectory("staging");
+        var mkfs = new MkfsErofs(exitCode: 0, version: "1.5");
+        var linux = new RecordingLinux();
+        var mounts = PageMounts(mkfs, linux);
+        using var archive = File.OpenHandle(dir.Combine("archive.tar"), FileMode.Create, FileAccess.ReadWrite);
+
+        Assert.False(await mounts.TryServeAsync(archive, staging, [new ArchivedFile("checkpoint/pages-1.img", 10)], Ct));
+        Assert.False(await mounts.TryServeAsync(archive, staging, [new ArchivedFile("checkpoint/pages-1.img", 10)], Ct));
+
+        Assert.Equal(1, mkfs.VersionQueries);
+        Assert.Empty(mkfs.Runs);
+        Assert.Empty(linux.Calls);
+    }
+
+    /// <summary>A tar whose end marker is a lone zero block with <paramref name="after"/>'s entries behind it, as GNU tar and mkfs.erofs would read on.</summary>
+    private static byte[] WithEntriesAfterALoneZeroBlock(byte[] archive, byte[] after) =>
+        [.. archive.AsSpan(0, archive.Length - 1024), .. new byte[512], .. after];
+
+    [Fact]
+    public async Task An_archive_with_entries_behind_its_end_or_a_global_header_is_not_offered()
+    {
+        // What .NET's reader stops at, mkfs.erofs reads past: a directory there could become a link out of the mount.
+        var hidden = WithEntriesAfterALoneZeroBlock(Tar(WithPages((1, 5000))), Tar(t => t.WriteEntry(new PaxTarEntry(TarEntryType.SymbolicLink, "checkpoint") { LinkName = "/var/lib" })));
+        var global = Tar(t =>
+        {
+            t.WriteEntry(new PaxGlobalExtendedAttributesTarEntry(new Dictionary<string, string> { ["path"] = "checkpoint/pages-1.img" }));
+            foreach (var (name, content) in WithPages((1, 5000)))
+            {
+                AddFile(t, name, content);
+            }
+        });
+
+        foreach (var archive in new[] { hidden, global })
+        {
+            using var layout = new Layout(archive);
+            var server = new CopyingPageServer(minimum: 0, serves: true);
+            try
+            {
+                await new CheckpointReader(new RestoreLimits()).ReadArchiveAsync(layout.Archive, layout.Staging, Ct, server);
+            }
+            catch (CrestException)
+            {
+                // Refused by the reader itself is as good: nothing was offered either way.
+            }
+
+            Assert.Empty(server.Offers);
+        }
     }
 }

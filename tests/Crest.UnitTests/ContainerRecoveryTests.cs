@@ -121,6 +121,22 @@ public sealed class ContainerRecoveryTests : IDisposable
     }
 
     [Fact]
+    public async Task A_restore_cut_by_a_restart_lets_go_of_what_is_mounted_in_its_restore_directory()
+    {
+        var restoreDir = _h.Layout.Container("r2").RestoreDir;
+        var pages = Path.Combine(restoreDir, ".archive-pages");
+        Directory.CreateDirectory(pages);
+        _h.Linux.Mount("index", pages, "erofs", Crest.Linux.MountOptions.ReadOnly, "device=/proc/self/fd/9");
+        await _h.Store.PutContainerAsync(RuntimeStoreConformance.Container("r2", "s1", ContainerState.Created) with { RestoreDir = restoreDir, RestoreStartedAt = DateTimeOffset.UnixEpoch }, Ct);
+
+        await _h.Containers.RecoverAsync(Ct);
+
+        Assert.Equal("StartError", (await _h.Containers.GetAsync("r2", Ct)).Reason);
+        Assert.Contains($"Unmount {pages}", _h.Linux.Calls);
+        Assert.False(Directory.Exists(restoreDir));
+    }
+
+    [Fact]
     public async Task A_failing_cleanup_step_still_rolls_back_and_the_others_recover()
     {
         await _h.Store.PutContainerAsync(RuntimeStoreConformance.Container("half", "s1", ContainerState.Creating), Ct);

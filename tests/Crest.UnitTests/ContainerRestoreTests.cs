@@ -202,6 +202,42 @@ public sealed class ContainerRestoreTests : IDisposable
         Assert.Contains($"delete {c.Id}", _h.Runtimes.Calls);
     }
 
+    /// <summary>Mounts something in the container's restore directory, as an archive's page images served in place are.</summary>
+    private string MountPagesIn(ContainerRecord c)
+    {
+        var mount = Path.Combine(c.RestoreDir!, ".archive-pages");
+        Directory.CreateDirectory(mount);
+        _h.Linux.Mount("index", mount, "erofs", Crest.Linux.MountOptions.ReadOnly, "device=/proc/self/fd/9");
+        return mount;
+    }
+
+    [Theory]
+    [InlineData("restored")]
+    [InlineData("refused")]
+    [InlineData("removed unstarted")]
+    public async Task What_is_mounted_in_the_restore_directory_is_unmounted_before_the_directory_goes(string end)
+    {
+        var c = await CreatedFromCheckpointAsync();
+        var mount = MountPagesIn(c);
+        if (end == "refused")
+        {
+            _h.Runtimes.Failures["restore"] = new CrestException(ErrorKind.FailedPrecondition, "criu failed");
+        }
+
+        if (end == "removed unstarted")
+        {
+            await _h.Containers.RemoveAsync(c.Id, Ct);
+        }
+        else
+        {
+            await Record.ExceptionAsync(() => _h.Containers.StartAsync(c.Id, Ct));
+        }
+
+        Assert.Contains($"Unmount {mount}", _h.Linux.Calls);
+        Assert.DoesNotContain(mount, _h.Linux.Mounts);
+        Assert.False(Directory.Exists(_h.Layout.Container(c.Id).RestoreDir));
+    }
+
     [Fact]
     public async Task Stopping_a_container_that_was_never_restored_needs_no_runtime()
     {
