@@ -84,12 +84,18 @@ public sealed class ContainerBundles(RuntimeLayout layout, ImageService images, 
     /// </summary>
     public void DeleteRestoreDirectory(string dir)
     {
+        // Most containers were never restored: no directory, and no read of the mount table on their removal.
+        if (!Directory.Exists(dir))
+        {
+            return;
+        }
+
         foreach (var mount in linux.MountsUnder(dir).OrderByDescending(m => m.Length))
         {
             linux.Unmount(mount);
         }
 
-        if (Directory.Exists(dir) && linux.MountsUnder(dir).Count == 0)
+        if (linux.MountsUnder(dir).Count == 0)
         {
             Directory.Delete(dir, recursive: true);
         }
