@@ -248,7 +248,7 @@ if (!critestOnly && !checkpointOnly && !callsOnly)
 }
 
 // Live migration between two crestd (issue 15): crest only, at most 3 runs per row (12 rows of workload and strategy, up to 1 GiB each).
-if (!critestOnly && !checkpointOnly && !podCheckpointOnly)
+if (!critestOnly && !checkpointOnly && !podCheckpointOnly && !callsOnly)
 {
     await MigrationScenario.AddRowsAsync(report, Math.Max(1, Math.Min(runs, 3)), crestdPath);
 }
