@@ -13,6 +13,9 @@ public interface IArchivePagesInPlace
     /// <summary>Page images smaller than this in all are written out as any file: serving them costs more than the copy.</summary>
     long MinimumBytes { get; }
 
+    /// <summary>Whether this node can serve page images at all; when it cannot, an archive is unpacked in one pass, with no offer.</summary>
+    ValueTask<bool> AvailableAsync(CancellationToken ct);
+
     /// <summary>
     /// Makes each of <paramref name="files"/> (regular entries of the plain tar open as <paramref name="archive"/>)
     /// readable at its name under <paramref name="stagingDir"/>, where nothing has that name yet; false when it cannot,

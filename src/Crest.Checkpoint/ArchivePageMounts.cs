@@ -35,12 +35,12 @@ public sealed record ErofsTarIndexCommand(string MkfsErofs, string Image, string
 /// Linux 6.12), and each page image in the staging directory becomes a relative link into that mount, which CRIU
 /// follows. Both the index and the mount read the archive through the descriptor the reader validated it with.
 /// <para>
-/// mkfs.erofs parses the tar on its own and could see what the reader did not (the reader offers only archives that
-/// end where a tar ends and carry no global headers, but the file may be rewritten in place meanwhile), so nothing of
-/// the index is trusted: the mount follows no symlink (nosymfollow), and each page image must be a regular file of the
-/// size the reader saw, reached from the mount's root through directories only (openat2 RESOLVE_BENEATH |
-/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV). What the index can still change is the bytes of the page images: the
-/// archive's own memory contents.
+/// mkfs.erofs parses the tar on its own and can see what the reader did not: the two parsers differ in corners (the
+/// reader offers no archive with a global header or data after its end, which narrows that, no more), and the file may
+/// be rewritten in place meanwhile. So nothing of the index is trusted, and this is the guarantee: the mount follows no
+/// symlink (nosymfollow), and each page image must be a regular file of the size the reader saw, reached from the
+/// mount's root through directories only (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV). What the
+/// index can still change is the bytes of the page images: the archive's own memory contents.
 /// </para>
 /// <para>
 /// Only page images come from the mount: the raw memory of the checkpointed process, which no policy check reads.
@@ -66,6 +66,8 @@ public sealed partial class ArchivePageMounts(ArchivePagesOptions options, IComm
     private volatile bool _mountedOnce;
 
     public long MinimumBytes => options.MinimumBytes;
+
+    public async ValueTask<bool> AvailableAsync(CancellationToken ct) => await UnavailableAsync(ct).ConfigureAwait(false) is null;
 
     public async Task<bool> TryServeAsync(SafeFileHandle archive, string stagingDir, IReadOnlyList<ArchivedFile> files, CancellationToken ct)
     {

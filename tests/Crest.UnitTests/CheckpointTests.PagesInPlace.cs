@@ -16,11 +16,13 @@ namespace Crest.UnitTests;
 public partial class CheckpointTests
 {
     /// <summary>Serves page images by copying them from the archive into a directory of its own and linking them, as the mount would.</summary>
-    private sealed class CopyingPageServer(long minimum, bool serves) : IArchivePagesInPlace
+    private sealed class CopyingPageServer(long minimum, bool serves, bool available = true) : IArchivePagesInPlace
     {
         public List<IReadOnlyList<ArchivedFile>> Offers { get; } = [];
 
         public long MinimumBytes => minimum;
+
+        public ValueTask<bool> AvailableAsync(CancellationToken ct) => ValueTask.FromResult(available);
 
         public async Task<bool> TryServeAsync(SafeFileHandle archive, string stagingDir, IReadOnlyList<ArchivedFile> files, CancellationToken ct)
         {
@@ -207,8 +209,10 @@ public partial class CheckpointTests
         // The fake mount shows an empty directory: the page image the reader saw in the archive is not in the index.
         Assert.False(await mounts.TryServeAsync(archive, staging, [new ArchivedFile("checkpoint/pages-1.img", 10)], Ct));
 
-        // Read-only over the reader's own descriptor of the archive, then let go.
-        Assert.Equal(("erofs", $"device=/proc/self/fd/{archive.DangerousGetHandle()}"), linux.MountedWith[Path.Combine(staging, ArchivePageMounts.MountDirectory)]);
+        // Read-only and following no symlink, over the reader's own descriptor of the archive, then let go.
+        var mount = Path.Combine(staging, ArchivePageMounts.MountDirectory);
+        Assert.Equal(("erofs", $"device=/proc/self/fd/{archive.DangerousGetHandle()}"), linux.MountedWith[mount]);
+        Assert.Equal(MountOptions.ReadOnly | MountOptions.NoDev | MountOptions.NoSuid | MountOptions.NoExec | MountOptions.NoSymFollow, linux.MountedFlags[mount]);
         Assert.Contains($"Unmount {Path.Combine(staging, ArchivePageMounts.MountDirectory)}", linux.Calls);
         Assert.Empty(linux.Mounts);
         Assert.Equal([Path.Combine(staging, "checkpoint")], Directory.EnumerateFileSystemEntries(staging));
@@ -280,5 +284,44 @@ public partial class CheckpointTests
 
             Assert.Empty(server.Offers);
         }
+    }
+
+    [Fact]
+    public async Task A_node_that_cannot_serve_pages_unpacks_in_one_pass_without_an_offer()
+    {
+        var files = WithPages((1, 5000));
+        using var layout = new Layout(Tar(files));
+        var server = new CopyingPageServer(minimum: 0, serves: true, available: false);
+
+        await new CheckpointReader(new RestoreLimits()).ReadArchiveAsync(layout.Archive, layout.Staging, Ct, server);
+
+        Assert.Empty(server.Offers);
+        Assert.Equal(files["checkpoint/pages-1.img"], await File.ReadAllBytesAsync(Path.Combine(layout.Staging, "checkpoint/pages-1.img"), Ct));
+    }
+
+    [Fact]
+    public async Task Once_an_index_has_mounted_a_later_mount_failure_is_that_archive_s_and_the_node_keeps_offering()
+    {
+        using var dir = new TempDir();
+        var mkfs = new MkfsErofs(exitCode: 0);
+        var linux = new RecordingLinux();
+        var mounts = PageMounts(mkfs, linux);
+        using var archive = File.OpenHandle(dir.Combine("archive.tar"), FileMode.Create, FileAccess.ReadWrite);
+        string Staging(string name)
+        {
+            var staging = dir.CreateDirectory(name);
+            Directory.CreateDirectory(Path.Combine(staging, "checkpoint"));
+            return staging;
+        }
+
+        // Mounts (its index then lacks the file, so nothing is served), fails to mount, and is offered again.
+        Assert.False(await mounts.TryServeAsync(archive, Staging("a"), [new ArchivedFile("checkpoint/pages-1.img", 10)], Ct));
+        linux.FailMountOf = ArchivePageMounts.MountDirectory;
+        Assert.False(await mounts.TryServeAsync(archive, Staging("b"), [new ArchivedFile("checkpoint/pages-1.img", 10)], Ct));
+        linux.FailMountOf = null;
+        Assert.False(await mounts.TryServeAsync(archive, Staging("c"), [new ArchivedFile("checkpoint/pages-1.img", 10)], Ct));
+
+        Assert.Equal(3, mkfs.Runs.Count);
+        Assert.True(await mounts.AvailableAsync(Ct));
     }
 }

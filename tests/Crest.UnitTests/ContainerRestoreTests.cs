@@ -230,7 +230,8 @@ public sealed class ContainerRestoreTests : IDisposable
         }
         else
         {
-            await Record.ExceptionAsync(() => _h.Containers.StartAsync(c.Id, Ct));
+            var failed = await Record.ExceptionAsync(() => _h.Containers.StartAsync(c.Id, Ct));
+            Assert.Equal(end == "refused", failed is not null);
         }
 
         Assert.Contains($"Unmount {mount}", _h.Linux.Calls);

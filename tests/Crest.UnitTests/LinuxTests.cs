@@ -123,3 +123,29 @@ public class ChildProcessTests
         Assert.Contains("/nonexistent/prog", e.Message, StringComparison.Ordinal);
     }
 }
+
+public class RegularFileBeneathTests
+{
+    [Fact]
+    public void Only_a_regular_file_reached_through_directories_beneath_the_root_has_a_length()
+    {
+        using var dir = new Crest.TestKit.TempDir();
+        var root = dir.CreateDirectory("root");
+        Directory.CreateDirectory(Path.Combine(root, "d"));
+        File.WriteAllBytes(Path.Combine(root, "d", "f"), [1, 2, 3, 4, 5]);
+        File.WriteAllBytes(dir.Combine("outside"), [1, 2, 3]);
+        Directory.CreateSymbolicLink(Path.Combine(root, "linked-dir"), Path.Combine(root, "d"));
+        File.CreateSymbolicLink(Path.Combine(root, "d", "linked-file"), "f");
+        File.CreateSymbolicLink(Path.Combine(root, "out"), dir.Combine("outside"));
+
+        Assert.Equal(5, FileKinds.RegularFileLengthBeneath(root, "d/f"));
+        // A link anywhere on the way, a climb out, an absolute name, a directory, nothing: no length.
+        Assert.Null(FileKinds.RegularFileLengthBeneath(root, "linked-dir/f"));
+        Assert.Null(FileKinds.RegularFileLengthBeneath(root, "d/linked-file"));
+        Assert.Null(FileKinds.RegularFileLengthBeneath(root, "out"));
+        Assert.Null(FileKinds.RegularFileLengthBeneath(root, "../outside"));
+        Assert.Null(FileKinds.RegularFileLengthBeneath(root, dir.Combine("outside")));
+        Assert.Null(FileKinds.RegularFileLengthBeneath(root, "d"));
+        Assert.Null(FileKinds.RegularFileLengthBeneath(root, "d/missing"));
+    }
+}

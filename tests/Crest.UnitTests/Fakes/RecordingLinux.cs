@@ -66,8 +66,12 @@ public sealed class RecordingLinux : ILinux
         {
             _mounts.Add(target);
             MountedWith[target] = (fsType, data);
+            MountedFlags[target] = flags;
         }
     }
+
+    /// <summary>The flags of each mount made, by target.</summary>
+    public Dictionary<string, MountOptions> MountedFlags { get; } = new(StringComparer.Ordinal);
 
     /// <summary>The filesystem type and data of each mount made, by target.</summary>
     public Dictionary<string, (string? FsType, string? Data)> MountedWith { get; } = new(StringComparer.Ordinal);
