@@ -156,8 +156,7 @@ public sealed class TcpMigrationTests
         await using var topology = await TcpMigrationTopology.StartAsync();
         var (a, b) = (topology.A, topology.B);
         var (id, podIp, socket) = await ServeOnAAsync(topology);
-        var client = new LineClient(socket);
-        try
+        await OnOneConnectionAsync(socket, async client =>
         {
             await client.AnswersAsync(5, "the client's first five answers from node A");
             var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
@@ -175,25 +174,12 @@ public sealed class TcpMigrationTests
             Assert.Equal("", await RunAsync([.. a.R, "pods", "-q"]));
             Assert.Equal("CONTAINER_RUNNING", await StateAsync(b.R, newId));
 
-            await client.AnswersAsync(atSwitch + 10, $"ten more answers on the same connection after the route switch (had {atSwitch})");
-            Assert.False(client.Exchange.IsCompleted, $"the connection broke: {client.Failure}\nB: {b.Crestd.Log}");
-            // The restored process answers: its log on B goes on counting the same connection's lines.
-            var logB = b.Dir.Combine("logs-tcp", "server.log");
-            await Eventually.UntilAsync(async () => (await ReadLogAsync(logB)).Contains($"served {atSwitch + 5}", StringComparison.Ordinal),
-                "the restored server on node B to log the lines it answered", ct: Ct);
+            await AnswersFromBAfterTheSwitchAsync(client, atSwitch, b);
             // What the client saw: the longest wait for an answer, across the freeze, the restore and the route switch.
             TestContext.Current.SendDiagnosticMessage(
                 $"TCP migration: {client.Replies.Count} answers on one connection, {atSwitch} before the route switch; longest wait for an answer {client.LongestWait().TotalMilliseconds:0} ms; "
                 + $"frozen {report.RootElement.GetProperty("frozenMs")} ms, downtime {report.RootElement.GetProperty("downtimeMs")} ms\n{migrated.Stderr}");
-        }
-        finally
-        {
-            await client.DisposeAsync();
-        }
-
-        // Every answer came in order on the one connection: the client saw no reset and no gap.
-        await client.Exchange;
-        Assert.Equal(Enumerable.Range(1, client.Replies.Count), client.Replies);
+        });
     }
 
     [Fact]
@@ -203,33 +189,13 @@ public sealed class TcpMigrationTests
         await using var topology = await TcpMigrationTopology.StartAsync();
         var (a, b) = (topology.A, topology.B);
         var (id, _, socket) = await ServeOnAAsync(topology);
-        // Without its base image, node B's restore fails after the freeze: the undo must resume and unlock the source.
-        await RunAsync([.. b.R, "rmi", "localhost/e2e/busybox:tcp"]);
-        var client = new LineClient(socket);
-        try
+        await OnOneConnectionAsync(socket, async client =>
         {
-            await client.AnswersAsync(5, "the client's first five answers from node A");
-            var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
-
-            var migrated = await Binaries.RunCrestAsync([.. a.R, "migrate", id, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address"]);
-
-            Assert.Equal(1, migrated.ExitCode);
-            Assert.Contains("freeze:", migrated.Stderr, StringComparison.Ordinal);
-            Assert.Contains("undone: the container runs on", migrated.Stderr, StringComparison.Ordinal);
-            var atUndo = client.Replies.Count;
-            await client.AnswersAsync(atUndo + 10, $"ten more answers from node A after the undo (had {atUndo})");
-            Assert.False(client.Exchange.IsCompleted, $"the connection broke: {client.Failure}\nA: {a.Crestd.Log}");
+            var migrated = await MigrateFailingOnTheTargetAsync(topology, client, "the client's first five answers from node A",
+                podB => [.. a.R, "migrate", id, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address"], "undone: the container runs on");
             Assert.Equal("CONTAINER_RUNNING", await StateAsync(a.R, id));
-            Assert.Equal("", await RunAsync([.. b.R, "pods", "-q"]));
             TestContext.Current.SendDiagnosticMessage($"failed TCP migration: longest wait for an answer {client.LongestWait().TotalMilliseconds:0} ms\n{migrated.Stderr}");
-        }
-        finally
-        {
-            await client.DisposeAsync();
-        }
-
-        await client.Exchange;
-        Assert.Equal(Enumerable.Range(1, client.Replies.Count), client.Replies);
+        });
     }
 
     [Fact]
@@ -310,8 +276,7 @@ public sealed class TcpMigrationTests
         await using var topology = await TcpMigrationTopology.StartAsync();
         var (a, b) = (topology.A, topology.B);
         var (podAId, podIp, socket) = await ServePodOnAAsync(topology);
-        var client = new LineClient(socket);
-        try
+        await OnOneConnectionAsync(socket, async client =>
         {
             await client.AnswersAsync(5, "the client's first five answers from the pod on node A");
             var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
@@ -327,17 +292,43 @@ public sealed class TcpMigrationTests
             Assert.Equal(podIp, await PodIpAsync(b.R, podBId));
             Assert.Equal("", await RunAsync([.. a.R, "pods", "-q"]));
 
-            await client.AnswersAsync(atSwitch + 10, $"ten more answers on the same connection after the route switch (had {atSwitch})");
-            Assert.False(client.Exchange.IsCompleted, $"the connection broke: {client.Failure}\nB: {b.Crestd.Log}");
-            var logB = b.Dir.Combine("logs-tcp", "server.log");
-            await Eventually.UntilAsync(async () => (await ReadLogAsync(logB)).Contains($"served {atSwitch + 5}", StringComparison.Ordinal),
-                "the restored server on node B to log the lines it answered", ct: Ct);
+            await AnswersFromBAfterTheSwitchAsync(client, atSwitch, b);
             // The counter beside it moved too and counts on.
             await CountPassesAsync(b.Dir.Combine("logs-tcp", "counter.log"), LastCount(await ReadLogAsync(a.Dir.Combine("logs-tcp", "counter.log"))) + 3,
                 "the counter does not count on B: " + b.Crestd.Log);
             TestContext.Current.SendDiagnosticMessage(
                 $"TCP pod migration: {client.Replies.Count} answers on one connection, {atSwitch} before the route switch; longest wait for an answer {client.LongestWait().TotalMilliseconds:0} ms; "
                 + $"frozen {report.RootElement.GetProperty("frozenMs")} ms, downtime {report.RootElement.GetProperty("downtimeMs")} ms\n{migrated.Stderr}");
+        });
+    }
+
+    [Fact]
+    public async Task A_whole_pod_migration_that_fails_on_the_target_unlocks_the_source_pod_and_the_connection_goes_on_there()
+    {
+        RequireTools();
+        await using var topology = await TcpMigrationTopology.StartAsync();
+        var (a, b) = (topology.A, topology.B);
+        var (podAId, _, socket) = await ServePodOnAAsync(topology);
+        await OnOneConnectionAsync(socket, async client =>
+        {
+            var migrated = await MigrateFailingOnTheTargetAsync(topology, client, "the client's first five answers from the pod on node A",
+                podB => [.. a.R, "migrate", "pod", podAId, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address"], "undone: the pod runs on");
+            Assert.Equal(podAId, await RunAsync([.. a.R, "pods", "-q"]));
+            Assert.Equal(2, (await RunAsync([.. a.R, "ps", "-q"])).Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+            TestContext.Current.SendDiagnosticMessage($"failed TCP pod migration: longest wait for an answer {client.LongestWait().TotalMilliseconds:0} ms\n{migrated.Stderr}");
+        });
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> with a client on <paramref name="socket"/>'s one connection, then checks that every
+    /// answer came in order on it: the client saw no reset and no gap.
+    /// </summary>
+    private static async Task OnOneConnectionAsync(Socket socket, Func<LineClient, Task> body)
+    {
+        var client = new LineClient(socket);
+        try
+        {
+            await body(client);
         }
         finally
         {
@@ -348,41 +339,42 @@ public sealed class TcpMigrationTests
         Assert.Equal(Enumerable.Range(1, client.Replies.Count), client.Replies);
     }
 
-    [Fact]
-    public async Task A_whole_pod_migration_that_fails_on_the_target_unlocks_the_source_pod_and_the_connection_goes_on_there()
+    /// <summary>
+    /// A keep-address migration (<paramref name="command"/>, given node B's pod config) whose target fails after the freeze:
+    /// node B's base image is removed first. The undo must resume and unlock the source, whose connection goes on being
+    /// answered there, and nothing is left on node B.
+    /// </summary>
+    private static async Task<(int ExitCode, string Stdout, string Stderr)> MigrateFailingOnTheTargetAsync(
+        TcpMigrationTopology topology, LineClient client, string firstAnswers, Func<string, string[]> command, string undone)
     {
-        RequireTools();
-        await using var topology = await TcpMigrationTopology.StartAsync();
         var (a, b) = (topology.A, topology.B);
-        var (podAId, _, socket) = await ServePodOnAAsync(topology);
-        // Without its base image, node B's RestorePod fails after the freeze: the undo must resume and unlock the source pod.
         await RunAsync([.. b.R, "rmi", "localhost/e2e/busybox:tcp"]);
-        var client = new LineClient(socket);
-        try
-        {
-            await client.AnswersAsync(5, "the client's first five answers from the pod on node A");
-            var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
+        await client.AnswersAsync(5, firstAnswers);
+        var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
 
-            var migrated = await Binaries.RunCrestAsync([.. a.R, "migrate", "pod", podAId, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address"]);
+        var migrated = await Binaries.RunCrestAsync(command(podB));
 
-            Assert.Equal(1, migrated.ExitCode);
-            Assert.Contains("freeze:", migrated.Stderr, StringComparison.Ordinal);
-            Assert.Contains("undone: the pod runs on", migrated.Stderr, StringComparison.Ordinal);
-            var atUndo = client.Replies.Count;
-            await client.AnswersAsync(atUndo + 10, $"ten more answers from node A after the undo (had {atUndo})");
-            Assert.False(client.Exchange.IsCompleted, $"the connection broke: {client.Failure}\nA: {a.Crestd.Log}");
-            Assert.Equal(podAId, await RunAsync([.. a.R, "pods", "-q"]));
-            Assert.Equal(2, (await RunAsync([.. a.R, "ps", "-q"])).Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
-            Assert.Equal("", await RunAsync([.. b.R, "pods", "-q"]));
-            TestContext.Current.SendDiagnosticMessage($"failed TCP pod migration: longest wait for an answer {client.LongestWait().TotalMilliseconds:0} ms\n{migrated.Stderr}");
-        }
-        finally
-        {
-            await client.DisposeAsync();
-        }
+        Assert.Equal(1, migrated.ExitCode);
+        Assert.Contains("freeze:", migrated.Stderr, StringComparison.Ordinal);
+        Assert.Contains(undone, migrated.Stderr, StringComparison.Ordinal);
+        var atUndo = client.Replies.Count;
+        await client.AnswersAsync(atUndo + 10, $"ten more answers from node A after the undo (had {atUndo})");
+        Assert.False(client.Exchange.IsCompleted, $"the connection broke: {client.Failure}\nA: {a.Crestd.Log}");
+        Assert.Equal("", await RunAsync([.. b.R, "pods", "-q"]));
+        return migrated;
+    }
 
-        await client.Exchange;
-        Assert.Equal(Enumerable.Range(1, client.Replies.Count), client.Replies);
+    /// <summary>
+    /// After the route switch: ten more answers on the same connection, and the restored server on node B logs that it
+    /// answered them (its log goes on counting the same connection's lines).
+    /// </summary>
+    private static async Task AnswersFromBAfterTheSwitchAsync(LineClient client, int atSwitch, TwoNodes.Node b)
+    {
+        await client.AnswersAsync(atSwitch + 10, $"ten more answers on the same connection after the route switch (had {atSwitch})");
+        Assert.False(client.Exchange.IsCompleted, $"the connection broke: {client.Failure}\nB: {b.Crestd.Log}");
+        var logB = b.Dir.Combine("logs-tcp", "server.log");
+        await Eventually.UntilAsync(async () => (await ReadLogAsync(logB)).Contains($"served {atSwitch + 5}", StringComparison.Ordinal),
+            "the restored server on node B to log the lines it answered", ct: Ct);
     }
 
     /// <summary>
