@@ -60,6 +60,12 @@ public interface ILinux
     /// <summary>The processes in the cgroup at <paramref name="cgroupsPath"/> (as given to runc with cgroupfs); empty if it is gone.</summary>
     IReadOnlyList<int> CgroupProcesses(string cgroupsPath);
 
+    /// <summary>
+    /// The tasks of the cgroup at <paramref name="cgroupsPath"/> that wait in vfork(2) for a child to exec or exit
+    /// (<see cref="VforkWaits"/>): CRIU cannot seize them. Empty when there are none or the cgroup is gone.
+    /// </summary>
+    IReadOnlyList<int> TasksInVfork(string cgroupsPath);
+
     /// <summary>The node's memory available for new allocations without swapping (/proc/meminfo MemAvailable), in bytes.</summary>
     long MemoryAvailableBytes();
 
@@ -284,6 +290,8 @@ public sealed class LinuxSyscalls : ILinux
         int.Parse(File.ReadAllText("/proc/sys/vm/dirty_background_ratio").Trim(), System.Globalization.CultureInfo.InvariantCulture));
 
     public IReadOnlyList<int> CgroupProcesses(string cgroupsPath) => CgroupStats.Processes(cgroupsPath);
+
+    public IReadOnlyList<int> TasksInVfork(string cgroupsPath) => VforkWaits.Of(CgroupStats.Processes(cgroupsPath));
 
     public (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name)
     {

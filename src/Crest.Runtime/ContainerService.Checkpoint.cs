@@ -60,6 +60,7 @@ public sealed partial class ContainerService
         {
             // Inside the try and not cancellable: a pause that took effect is always undone below.
             await runtime.PauseAsync(new RuncPauseOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
+            await FreezeOutsideVforkAsync(c, sandbox, runtime).ConfigureAwait(false);
             var checkpoint = new RuncCheckpointOptions
             {
                 ContainerId = c.Id,
@@ -205,6 +206,12 @@ public sealed partial class ContainerService
                     // Added before the call: a pause that took effect is undone even if the call reports an error.
                     paused.Add(c);
                     await runtimes.For(c.RuntimeHandler).PauseAsync(new RuncPauseOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
+                }
+
+                // Once all are paused: a container caught in vfork is thawed alone for a moment while the others stay frozen.
+                foreach (var c in records)
+                {
+                    await FreezeOutsideVforkAsync(c, sandbox, runtimes.For(c.RuntimeHandler)).ConfigureAwait(false);
                 }
 
                 // The frozen window is the sum of what runs in it, so the containers are dumped side by side (one CRIU

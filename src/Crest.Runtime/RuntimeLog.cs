@@ -66,4 +66,7 @@ internal static partial class RuntimeLog
 
     [LoggerMessage(245, LogLevel.Warning, "container {ContainerId}: Nagle's algorithm stays on for its page server at {PageServer} ({Reason}); a transfer over TLS may wait 40 ms for a delayed ACK in its handshake")]
     public static partial void PageServerNagleKept(ILogger logger, string containerId, string pageServer, string reason);
+
+    [LoggerMessage(246, LogLevel.Information, "container {ContainerId}: the freeze caught task(s) {Tasks} waiting in vfork for a child to exec, which CRIU cannot seize; thawed until the child ran on, frozen again (attempt {Attempt})")]
+    public static partial void FrozenInVfork(ILogger logger, string containerId, string tasks, int attempt);
 }

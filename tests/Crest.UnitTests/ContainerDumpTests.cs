@@ -1,5 +1,7 @@
 using Crest.Core;
 using Crest.UnitTests.Fakes;
+using Crest.Oci;
+using Crest.Runtime;
 
 namespace Crest.UnitTests;
 
@@ -139,6 +141,39 @@ public sealed class ContainerDumpTests : IDisposable
         await Assert.ThrowsAsync<CrestException>(() => _h.Containers.DumpAsync(c.Id, "/images", "/work", false, NoCapture, Ct));
 
         Assert.Equal(["pause c1", "checkpoint c1", "resume c1"], _h.Runtimes.Calls.Where(IsDumpStep));
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_freeze_that_caught_a_task_in_vfork_thaws_until_its_child_ran_on_and_freezes_again_before_criu_dumps()
+    {
+        var c = await RunningContainerAsync();
+        var sandbox = await _h.Sandboxes.GetAsync(c.SandboxId, Ct);
+        // Caught in vfork at the first freeze, still there at the first look after the thaw, then gone.
+        _h.Linux.VforkAnswers.Enqueue([4242]);
+        _h.Linux.VforkAnswers.Enqueue([4242]);
+        _h.Linux.VforkAnswers.Enqueue([]);
+
+        await _h.Containers.DumpAsync(c.Id, "/images", "/work", tcpEstablished: false, NoCapture, Ct);
+
+        Assert.Equal(["pause c1", "resume c1", "pause c1", "checkpoint c1", "resume c1"], _h.Runtimes.Calls.Where(IsDumpStep));
+        Assert.All(_h.Linux.VforkReads, path => Assert.Equal(SpecBuilder.CgroupsPathOf(sandbox, c.Id), path));
+        Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
+    }
+
+    [Fact]
+    public async Task A_task_that_stays_in_vfork_fails_the_dump_with_the_reason_before_criu_runs_and_the_container_runs_on()
+    {
+        var c = await RunningContainerAsync();
+        _h.Linux.VforkAnswers.Enqueue([4242]);
+
+        var e = await Assert.ThrowsAsync<CrestException>(() => _h.Containers.DumpAsync(c.Id, "/images", "/work", false, NoCapture, Ct, leaveFrozen: true));
+
+        Assert.Equal(ErrorKind.Unavailable, e.Kind);
+        Assert.Contains("task 4242 waited in vfork", e.Message, StringComparison.Ordinal);
+        Assert.Contains("checkpoint it again", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("checkpoint c1", _h.Runtimes.Calls);
+        Assert.Equal(ContainerService.VforkRefreezes + 1, _h.Runtimes.Calls.Count(call => call == "pause c1"));
         Assert.Equal("running", _h.Runtimes.StatusOf(c.Id));
     }
 

@@ -57,6 +57,21 @@ public sealed class PodDumpTests : IDisposable
     }
 
     [Fact]
+    public async Task A_container_caught_in_vfork_is_thawed_alone_and_frozen_again_before_any_dump()
+    {
+        var pod = await PodWithAsync("c1", "c2");
+        // c1's first look finds a task in vfork, the look after its thaw finds none; c2 has none.
+        _h.Linux.VforkAnswers.Enqueue([4242]);
+        _h.Linux.VforkAnswers.Enqueue([]);
+
+        await _h.Containers.DumpPodAsync(pod.Id, Targets("c1", "c2"), tcpEstablished: false, _ => Task.CompletedTask, killAfterDump: false, Ct);
+
+        AssertPhases(["pause c1", "pause c2", "resume c1", "pause c1"], ["checkpoint c1", "checkpoint c2"], ["resume c1", "resume c2"]);
+        Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
+        Assert.Equal("running", _h.Runtimes.StatusOf("c2"));
+    }
+
+    [Fact]
     public async Task Every_container_is_paused_before_the_first_dump_and_all_are_resumed_after_the_shared_state_is_captured()
     {
         var pod = await PodWithAsync("c1", "c2");

@@ -188,6 +188,28 @@ public sealed class RecordingLinux : ILinux
 
     public IReadOnlyList<int> CgroupProcesses(string cgroupsPath) => CgroupMembers.GetValueOrDefault(cgroupsPath) ?? [];
 
+    /// <summary>
+    /// What each read of a cgroup's tasks in vfork answers, in turn (the last answer repeats); none by default. Every read
+    /// is recorded in <see cref="VforkReads"/>.
+    /// </summary>
+    public Queue<int[]> VforkAnswers { get; } = new();
+
+    public List<string> VforkReads { get; } = [];
+
+    public IReadOnlyList<int> TasksInVfork(string cgroupsPath)
+    {
+        lock (VforkReads)
+        {
+            VforkReads.Add(cgroupsPath);
+            return VforkAnswers.Count switch
+            {
+                0 => [],
+                1 => VforkAnswers.Peek(),
+                _ => VforkAnswers.Dequeue(),
+            };
+        }
+    }
+
     public (ulong Rx, ulong Tx)? InterfaceCounters(int pid, string name) =>
         Interfaces.TryGetValue((pid, name), out var counters) ? counters : null;
 
