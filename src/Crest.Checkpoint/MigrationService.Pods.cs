@@ -1,6 +1,7 @@
 using Crest.Checkpoint.Format;
 using Crest.Core;
 using Crest.Linux;
+using Crest.Runtime;
 
 namespace Crest.Checkpoint;
 
@@ -11,7 +12,13 @@ public sealed record MigrationPodCheckpoint(string SandboxId, string ArchiveToke
     public long RootfsEntries { get; init; }
 
     public long RootfsBytes { get; init; }
+
+    /// <summary>Post-copy: each container's page server, by container id, serving its memory until the target has all of it.</summary>
+    public IReadOnlyDictionary<string, MigrationPageServer> PageServers { get; init; } = new Dictionary<string, MigrationPageServer>();
 }
+
+/// <summary>A post-copy source's page server: the <c>HOST:PORT</c> it listens on, and its certificate (PEM) when it speaks TLS.</summary>
+public sealed record MigrationPageServer(string Endpoint, string? Certificate);
 
 // The source of a whole-pod stop-copy migration: the pod checkpoint (CheckpointPod's) with a third end state, every
 // container left frozen and held. As a container's stop-copy freeze does, it writes no archive: the pod's files and
@@ -34,9 +41,93 @@ public sealed partial class MigrationService
     /// changed since its last round, as a container's freeze with rounds does; the tokens are spent by a good freeze.
     /// With <paramref name="tcpEstablished"/> the pod's TCP traffic is locked before the dump (<see cref="MigrationNetworkLock"/>),
     /// every container's established connections are dumped, and the lock stays until the containers resume or the pod goes.
+    /// With <paramref name="pageServerAddress"/> (post-copy) each container's checkpoint leaves its memory out, and a page
+    /// server of its own on that address serves it until the target's lazy-pages daemon for that container has all of it,
+    /// as a container's post-copy freeze does (<see cref="FreezeAsync"/>); <paramref name="pageClientCertificates"/>, by
+    /// container id, makes each page server speak TLS and accept only that certificate's key (every container needs one,
+    /// or none does). <see cref="ResumeAsync"/> and <see cref="KillFrozenAsync"/> of a container end its page server.
     /// </summary>
     public async Task<MigrationPodCheckpoint> FreezePodAsync(string sandboxId, TimeSpan timeout, CancellationToken ct, IReadOnlyDictionary<string, string>? rootfsRounds = null,
-        bool tcpEstablished = false)
+        bool tcpEstablished = false, string? pageServerAddress = null, IReadOnlyDictionary<string, string>? pageClientCertificates = null)
+    {
+        pageClientCertificates ??= new Dictionary<string, string>();
+        if (pageServerAddress is null && pageClientCertificates.Count > 0)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"pod sandbox {sandboxId}: page client certificates belong to a post-copy freeze, which page_server_address asks for");
+        }
+
+        var identities = new Dictionary<string, PageTransferIdentity>(StringComparer.Ordinal);
+        var servers = new Dictionary<string, PodPageServer>(StringComparer.Ordinal);
+        try
+        {
+            if (pageServerAddress is not null)
+            {
+                await PreparePodPageServersAsync(sandboxId, pageServerAddress, pageClientCertificates, servers, identities, ct).ConfigureAwait(false);
+            }
+
+            var frozen = await FreezePodWithAsync(sandboxId, timeout, rootfsRounds, tcpEstablished, servers, identities, ct).ConfigureAwait(false);
+            return frozen with
+            {
+                PageServers = servers.ToDictionary(s => s.Key, s => new MigrationPageServer(s.Value.Endpoint, identities.GetValueOrDefault(s.Key)?.Certificate), StringComparer.Ordinal),
+            };
+        }
+        catch
+        {
+            foreach (var identity in identities.Values)
+            {
+                pageTransferIdentities.Remove(identity.Token);
+            }
+
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Post-copy: a free port on <paramref name="address"/> for every running container of the pod and, with
+    /// certificates, a key pair of this node's pinning that container's client (into <paramref name="identities"/>, which
+    /// the caller removes on failure).
+    /// </summary>
+    private async Task PreparePodPageServersAsync(string sandboxId, string address, IReadOnlyDictionary<string, string> certificates,
+        Dictionary<string, PodPageServer> servers, Dictionary<string, PageTransferIdentity> identities, CancellationToken ct)
+    {
+        var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
+        if (MigrationSupport.From(probe).FirstOrDefault(s => s.Strategy == "post-copy") is { Supported: false, Reason: var reason })
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandboxId} cannot be migrated post-copy from this node: {reason}");
+        }
+
+        var running = (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandboxId && c.State == ContainerState.Running).Select(c => c.Id).ToList();
+        if (certificates.Keys.FirstOrDefault(id => !running.Contains(id, StringComparer.Ordinal)) is { } stray)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"a page client certificate was given for container {stray}, which is not a running container of pod sandbox {sandboxId}");
+        }
+
+        if (certificates.Count > 0 && running.FirstOrDefault(id => !certificates.ContainsKey(id)) is { } bare)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"container {bare} of pod sandbox {sandboxId} has no page client certificate: over TLS every container's page server needs its client's");
+        }
+
+        if (certificates.Count > 0)
+        {
+            await pageTransferIdentities.EnsureCriuTlsAsync(ct).ConfigureAwait(false);
+        }
+
+        foreach (var id in running)
+        {
+            PageTransferTls? tls = null;
+            if (certificates.TryGetValue(id, out var certificate))
+            {
+                var identity = pageTransferIdentities.Create(time);
+                identities[id] = identity;
+                tls = pageTransferIdentities.Pin(identity.Token, certificate);
+            }
+
+            servers[id] = new PodPageServer(FreePageServerEndpoint(address), tls);
+        }
+    }
+
+    private async Task<MigrationPodCheckpoint> FreezePodWithAsync(string sandboxId, TimeSpan timeout, IReadOnlyDictionary<string, string>? rootfsRounds, bool tcpEstablished,
+        IReadOnlyDictionary<string, PodPageServer> pageServers, IReadOnlyDictionary<string, PageTransferIdentity> identities, CancellationToken ct)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var token = NewToken();
@@ -72,6 +163,7 @@ public sealed partial class MigrationService
                 OutputPath = PodCheckpointPath(token),
                 HoldFrozen = true,
                 RootfsDeltas = deltas,
+                PageServers = pageServers,
                 Options = tcpEstablished
                     ? new Dictionary<string, string>(StringComparer.Ordinal) { [PodCheckpointService.TcpEstablishedOption] = "true" }
                     : new Dictionary<string, string>(StringComparer.Ordinal),
@@ -125,6 +217,21 @@ public sealed partial class MigrationService
             }
 
             throw;
+        }
+
+        foreach (var (id, served) in result.PageServers)
+        {
+            _pageServers[id] = served;
+            var identity = identities.GetValueOrDefault(id);
+            // The page server's key pair served its one connection (or none, when it was killed). Its work directory is
+            // the held checkpoint's, which DropArchive removes.
+            _ = served.Exit.ContinueWith(_ =>
+            {
+                if (identity is not null)
+                {
+                    pageTransferIdentities.Remove(identity.Token);
+                }
+            }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
         }
 
         CheckpointLog.MigrationPodFrozen(logger, result.SandboxId, result.Containers.Count, result.Bytes, (long)result.Total.TotalMilliseconds);

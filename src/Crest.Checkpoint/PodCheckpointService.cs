@@ -40,7 +40,16 @@ public sealed record PodCheckpointRequest
     /// each such container's rootfs diff holds only what changed since its last round, and its checkpoint names the rounds.
     /// </summary>
     internal IReadOnlyDictionary<string, RootfsDelta> RootfsDeltas { get; init; } = new Dictionary<string, RootfsDelta>();
+
+    /// <summary>
+    /// A post-copy pod migration's source (not a CRI field; with <see cref="HoldFrozen"/>), by container id: that
+    /// container's memory stays out of its checkpoint and a page server of its own serves it (<see cref="PodCheckpointResult.PageServers"/>).
+    /// </summary>
+    internal IReadOnlyDictionary<string, PodPageServer> PageServers { get; init; } = new Dictionary<string, PodPageServer>();
 }
+
+/// <summary>Where one container's page server listens (<c>HOST:PORT</c>), and its TLS (null: in the clear).</summary>
+public sealed record PodPageServer(string Endpoint, PageTransferTls? Tls);
 
 /// <summary>What one pod checkpoint did and measured.</summary>
 public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IReadOnlyList<PodCheckpointContainer> Containers, long Bytes, TimeSpan Total, TimeSpan Frozen)
@@ -51,6 +60,9 @@ public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IR
     /// is its measured length). The caller owns them and removes them with <see cref="ContainerService.RemoveCheckpointWork"/>.
     /// </summary>
     public IReadOnlyDictionary<string, string>? HeldWork { get; init; }
+
+    /// <summary>A post-copy source's page servers (<see cref="PodCheckpointRequest.PageServers"/>), by container id; the caller owns them.</summary>
+    public IReadOnlyDictionary<string, LazyCheckpoint> PageServers { get; init; } = new Dictionary<string, LazyCheckpoint>();
 
     /// <summary>The rootfs diffs written while frozen, over every container: entries, and bytes of regular files (after rounds: the deltas only).</summary>
     public long RootfsEntries { get; init; }
@@ -108,6 +120,11 @@ public sealed partial class PodCheckpointService(
             throw new CrestException(ErrorKind.InvalidArgument, $"rootfs rounds were named for container {stray}, which is not one of the checkpointed containers of pod sandbox {sandbox.Id}");
         }
 
+        if (request.PageServers.Keys.FirstOrDefault(id => selected.All(c => c.Id != id)) is { } strayServer)
+        {
+            throw new CrestException(ErrorKind.InvalidArgument, $"a page server was asked for container {strayServer}, which is not one of the checkpointed containers of pod sandbox {sandbox.Id}");
+        }
+
         var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
         if (probe.Problem is { } problem)
         {
@@ -142,7 +159,11 @@ public sealed partial class PodCheckpointService(
                     await using var diffFile = NewFile(Path.Combine(p.Work, CheckpointFiles.RootfsDiff));
                     p.Diff = await ContainerCheckpointWriter.WriteRootfsAsync(upper, diffFile, p.Excluded, request.RootfsDeltas.GetValueOrDefault(p.Container.Id), innerCt).ConfigureAwait(false);
                     p.LogLength = c.LogFile.Length > 0 && FileKinds.IsRegularFile(c.LogFile) ? new FileInfo(c.LogFile).Length : 0;
-                })).ToList();
+                })
+            {
+                LazyPageServer = request.PageServers.GetValueOrDefault(p.Container.Id)?.Endpoint,
+                PageServerTls = request.PageServers.GetValueOrDefault(p.Container.Id)?.Tls,
+            }).ToList();
 
             var dump = await containers.DumpPodAsync(sandbox.Id, targets, tcpEstablished, async innerCt =>
             {
@@ -224,6 +245,7 @@ public sealed partial class PodCheckpointService(
             var result = new PodCheckpointResult(sandbox.Id, output, written, bytes + shared.DevShmBytes + shared.SysVShmBytes, total.Elapsed, dump.Frozen)
             {
                 HeldWork = request.HoldFrozen ? parts.ToDictionary(p => p.Container.Spec.Name, p => p.Work, StringComparer.Ordinal) : null,
+                PageServers = dump.Containers.Where(d => d.PageServer is not null).ToDictionary(d => d.Container.Id, d => d.PageServer!, StringComparer.Ordinal),
                 RootfsEntries = parts.Sum(p => p.Diff!.Entries),
                 RootfsBytes = parts.Sum(p => p.Diff!.Bytes),
             };

@@ -129,7 +129,17 @@ public sealed partial class ContainerService
     }
 
     /// <summary>One container of a pod checkpoint: where CRIU writes, and what is captured while the pod is frozen.</summary>
-    public sealed record PodDumpTarget(string ContainerId, string ImagePath, string WorkPath, Func<ContainerRecord, string, CancellationToken, Task> CaptureRootfs);
+    public sealed record PodDumpTarget(string ContainerId, string ImagePath, string WorkPath, Func<ContainerRecord, string, CancellationToken, Task> CaptureRootfs)
+    {
+        /// <summary>
+        /// A post-copy pod migration's source: CRIU writes everything but this container's memory and serves that from a
+        /// page server at this <c>HOST:PORT</c> (<see cref="ContainerDump.PageServer"/>), as a container's post-copy freeze does.
+        /// </summary>
+        public string? LazyPageServer { get; init; }
+
+        /// <summary>That page server speaks TLS (lines of the container's CRIU configuration file).</summary>
+        public PageTransferTls? PageServerTls { get; init; }
+    }
 
     /// <summary>What a pod dump did: each container's dump, and the pod's frozen window (first pause to last resume).</summary>
     public sealed record PodDump(IReadOnlyList<ContainerDump> Containers, TimeSpan Frozen, TimeSpan SharedCapture);
@@ -149,6 +159,11 @@ public sealed partial class ContainerService
     {
         ArgumentNullException.ThrowIfNull(targets);
         ArgumentNullException.ThrowIfNull(captureShared);
+        if (!holdFrozen && targets.Any(t => t.LazyPageServer is not null))
+        {
+            throw new ArgumentException("a pod dump that serves memory from page servers leaves its containers frozen (holdFrozen)", nameof(targets));
+        }
+
         var sandbox = await sandboxes.GetAsync(sandboxId, ct).ConfigureAwait(false);
         // Locks in id order, so two pod checkpoints sharing containers never wait on each other crosswise.
         var held = new List<IDisposable>();
@@ -189,13 +204,16 @@ public sealed partial class ContainerService
             // Each container's CRIU configuration is written before the first pause, not inside the pod's frozen window.
             foreach (var c in records)
             {
-                criuConfigs.Add(await WriteCriuConfigAsync(c.Id, runtimes.For(c.RuntimeHandler), CriuConfigFile.For(tcpEstablished), ct).ConfigureAwait(false));
+                var target = targets.First(t => t.ContainerId == c.Id);
+                var config = CriuConfigFile.For(tcpEstablished) with { PageServerTls = target.LazyPageServer is null ? null : target.PageServerTls };
+                criuConfigs.Add(await WriteCriuConfigAsync(c.Id, runtimes.For(c.RuntimeHandler), config, ct).ConfigureAwait(false));
             }
 
             var clock = System.Diagnostics.Stopwatch.StartNew();
             var dumps = new List<ContainerDump>();
             var paused = new List<ContainerRecord>();
             var stillPaused = new List<string>();
+            var servers = new List<LazyCheckpoint>();
             TimeSpan shared = default;
             var killed = false;
             var heldFrozen = false;
@@ -231,6 +249,11 @@ public sealed partial class ContainerService
                     await sharing.ContinueWith(_ => { }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default).ConfigureAwait(false);
                     throw;
                 }
+                finally
+                {
+                    // Post-copy: the page servers of the dumps that succeeded, killed below if the pod is not held.
+                    servers.AddRange(each.Select(d => d?.PageServer).OfType<LazyCheckpoint>());
+                }
 
                 shared = await sharing.ConfigureAwait(false);
 
@@ -246,7 +269,7 @@ public sealed partial class ContainerService
                 }
                 else if (holdFrozen)
                 {
-                    await HoldPodForMigrationAsync(records).ConfigureAwait(false);
+                    await HoldPodForMigrationAsync(records, dumps).ConfigureAwait(false);
                     heldFrozen = true;
                 }
 
@@ -254,6 +277,12 @@ public sealed partial class ContainerService
             }
             finally
             {
+                // A page server's CRIU still holds its container's processes: it lets go when it dies.
+                foreach (var server in heldFrozen ? [] : servers)
+                {
+                    await server.KillAsync().ConfigureAwait(false);
+                }
+
                 // Every container paused above is resumed (a killed one then dies), whatever failed or was cancelled;
                 // one that cannot be resumed does not keep the others frozen. A held pod stays frozen.
                 foreach (var c in heldFrozen ? [] : paused)
@@ -297,16 +326,30 @@ public sealed partial class ContainerService
     private async Task<ContainerDump> DumpOneAsync(ContainerRecord c, PodDumpTarget t, SandboxRecord sandbox, bool tcpEstablished, CancellationToken ct)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
+        LazyCheckpoint? pageServer = null;
         try
         {
             // Its CRIU configuration was written before the pod froze (DumpPodAsync).
-            await runtimes.For(c.RuntimeHandler).CheckpointAsync(new RuncCheckpointOptions
+            var options = new RuncCheckpointOptions
             {
                 ContainerId = c.Id,
                 ImagePath = t.ImagePath,
                 WorkPath = t.WorkPath,
                 TcpEstablished = tcpEstablished,
-            }, ct).ConfigureAwait(false);
+                LazyPageServer = t.LazyPageServer,
+            };
+            if (t.LazyPageServer is null)
+            {
+                await runtimes.For(c.RuntimeHandler).CheckpointAsync(options, ct).ConfigureAwait(false);
+            }
+            else
+            {
+                pageServer = await runtimes.For(c.RuntimeHandler).StartLazyCheckpointAsync(options, ct).ConfigureAwait(false);
+                if (pageServer.NagleKept is { } why)
+                {
+                    RuntimeLog.PageServerNagleKept(logger, c.Id, pageServer.PageServer, why);
+                }
+            }
         }
         catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition && e.Kind != ErrorKind.DeadlineExceeded)
         {
@@ -314,8 +357,18 @@ public sealed partial class ContainerService
         }
 
         var dumped = clock.Elapsed;
-        await t.CaptureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
-        return new ContainerDump(c, sandbox, default, dumped, clock.Elapsed - dumped);
+        try
+        {
+            await t.CaptureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
+        }
+        catch when (pageServer is not null)
+        {
+            // Not yet known to the pod dump, which kills the others' before it resumes them.
+            await pageServer.KillAsync().ConfigureAwait(false);
+            throw;
+        }
+
+        return new ContainerDump(c, sandbox, default, dumped, clock.Elapsed - dumped) { PageServer = pageServer };
     }
 
     private static async Task<TimeSpan> CaptureTimedAsync(Func<CancellationToken, Task> capture, CancellationToken ct)

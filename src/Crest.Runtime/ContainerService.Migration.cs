@@ -94,16 +94,18 @@ public sealed partial class ContainerService
 
     /// <summary>
     /// Records a migration hold on every container of a frozen pod dump (DumpPodAsync, under their locks); if one cannot be
-    /// recorded, the holds recorded so far end and the caller resumes them all.
+    /// recorded, the holds recorded so far end and the caller resumes them all. A post-copy dump's hold names its page
+    /// server, which a restarted crestd kills (as a container's).
     /// </summary>
-    private async Task HoldPodForMigrationAsync(IReadOnlyList<ContainerRecord> records)
+    private async Task HoldPodForMigrationAsync(IReadOnlyList<ContainerRecord> records, IReadOnlyList<ContainerDump> dumps)
     {
         var recorded = new List<string>();
         try
         {
             foreach (var c in records)
             {
-                await HoldForMigrationAsync(c.Id, 0, CancellationToken.None).ConfigureAwait(false);
+                var pageServerPid = dumps.FirstOrDefault(d => d.Container.Id == c.Id)?.PageServer?.Pid ?? 0;
+                await HoldForMigrationAsync(c.Id, pageServerPid, CancellationToken.None).ConfigureAwait(false);
                 recorded.Add(c.Id);
             }
         }

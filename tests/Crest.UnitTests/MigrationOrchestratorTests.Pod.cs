@@ -28,12 +28,24 @@ public sealed partial class MigrationOrchestratorTests
         /// <summary>The staged rootfs rounds each restored container claimed, by container name.</summary>
         public Dictionary<string, string> PodRestoredWithStaging { get; } = new(StringComparer.Ordinal);
 
+        /// <summary>Where each container of the last RestorePod was to fetch its memory, by container name.</summary>
+        public IReadOnlyDictionary<string, LazyPagesSource> PodLazyPages { get; private set; } = new Dictionary<string, LazyPagesSource>();
+
         /// <summary>A source that predates FreezePod's tcp_established: it ignores the request and answers false.</summary>
         public bool IgnoresTcpEstablished { get; set; }
 
-        public Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, bool tcpEstablished, CancellationToken ct)
+        /// <summary>The page client certificates the last pod freeze was given, by container id.</summary>
+        public IReadOnlyDictionary<string, string> PodPageClientCertificates { get; private set; } = new Dictionary<string, string>();
+
+        /// <summary>A source that predates post-copy pod freezes: it ignores the page server address and answers no page server.</summary>
+        public bool IgnoresPodPageServers { get; set; }
+
+        public Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, bool tcpEstablished, string? pageServerAddress,
+            IReadOnlyDictionary<string, string> pageClientCertificates, CancellationToken ct)
         {
-            Step("freezepod " + podId + (tcpEstablished ? " tcp-established" : "") + (rootfsRounds.Count == 0 ? "" : " after " + string.Join(",", rootfsRounds.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => $"{r.Key}={r.Value}"))));
+            Step("freezepod " + podId + (tcpEstablished ? " tcp-established" : "") + (rootfsRounds.Count == 0 ? "" : " after " + string.Join(",", rootfsRounds.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => $"{r.Key}={r.Value}")))
+                + (pageServerAddress is null ? "" : " page-servers-on " + pageServerAddress));
+            PodPageClientCertificates = pageClientCertificates;
             foreach (var token in rootfsRounds.Values)
             {
                 RootfsRounds.Remove(token);
@@ -47,17 +59,22 @@ public sealed partial class MigrationOrchestratorTests
 
             Archives.Add("src-pod");
             AnswerLost("freezepod");
+            var port = 7000;
             return Task.FromResult(new FrozenPod("src-pod", ids, TimeSpan.FromMilliseconds(300), 8192)
             {
                 RootfsBytes = rootfsRounds.Count == 0 ? 16L << 20 : 1024,
                 TcpEstablished = tcpEstablished && !IgnoresTcpEstablished,
+                PageServers = pageServerAddress is null || IgnoresPodPageServers
+                    ? new Dictionary<string, SourcePageServer>()
+                    : ids.ToDictionary(id => id, id => new SourcePageServer($"{pageServerAddress}:{port++}", pageClientCertificates.ContainsKey(id) ? "cert-" + id : null), StringComparer.Ordinal),
             });
         }
 
         public Task<RestoredPod> RestorePodAsync(string checkpointPath, global::Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers,
-            IReadOnlyDictionary<string, string> rootfsStaging, IReadOnlyList<string> expectedIps, CancellationToken ct)
+            IReadOnlyDictionary<string, string> rootfsStaging, IReadOnlyList<string> expectedIps, IReadOnlyDictionary<string, LazyPagesSource> lazyPages, CancellationToken ct)
         {
             Step("restorepod " + checkpointPath);
+            PodLazyPages = lazyPages;
             foreach (var (name, staging) in rootfsStaging)
             {
                 // Claimed by the restore, success or not.
@@ -116,6 +133,15 @@ public sealed partial class MigrationOrchestratorTests
     private static PodMigrationRequest MovePod(MigrationStrategy strategy = MigrationStrategy.StopCopy, bool rootfsRounds = true) =>
         new("pod-a", strategy, new global::Runtime.V1.PodSandboxConfig()) { RootfsRounds = rootfsRounds };
 
+    /// <summary>Pod nodes that both support post-copy.</summary>
+    private static (FakeNode Source, FakeNode Target, MigrationOrchestrator Orchestrator, List<string> Progress) PostCopyPodNodes()
+    {
+        var nodes = PodNodes();
+        nodes.Source.Problems["post-copy"] = null;
+        nodes.Target.Problems["post-copy"] = null;
+        return nodes;
+    }
+
     [Fact]
     public void The_pod_freeze_is_a_new_rpc_with_new_messages_whose_field_numbers_are_pinned()
     {
@@ -130,6 +156,11 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Equal(6, Crest.Api.V1.FreezePodResponse.RootfsBytesFieldNumber);
         Assert.Equal(4, Crest.Api.V1.FreezePodRequest.TcpEstablishedFieldNumber);
         Assert.Equal(7, Crest.Api.V1.FreezePodResponse.TcpEstablishedFieldNumber);
+        Assert.Equal(5, Crest.Api.V1.FreezePodRequest.PageServerAddressFieldNumber);
+        Assert.Equal(6, Crest.Api.V1.FreezePodRequest.PageClientCertificatesFieldNumber);
+        Assert.Equal(8, Crest.Api.V1.FreezePodResponse.PageServersFieldNumber);
+        Assert.Equal(1, Crest.Api.V1.PodPageServer.PageServerFieldNumber);
+        Assert.Equal(2, Crest.Api.V1.PodPageServer.CertificateFieldNumber);
     }
 
     [Fact]
@@ -214,18 +245,76 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Empty(source.RootfsRounds);
     }
 
-    [Theory]
-    [InlineData("post-copy")]
-    [InlineData("pre-copy")]
-    public async Task A_pod_migration_other_than_stop_copy_is_refused_with_the_reason_before_anything_happens(string name)
+    [Fact]
+    public async Task A_pre_copy_pod_migration_is_refused_with_the_reason_before_anything_happens()
     {
         var (source, target, orchestrator, _) = PodNodes();
 
-        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(MigrationStrategies.Parse(name)), Ct));
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(MigrationStrategy.PreCopy), Ct));
 
-        Assert.StartsWith($"--strategy {name} is refused for a whole pod: a pod migrates stop-copy only", e.Message, StringComparison.Ordinal);
-        Assert.Empty(source.Calls);
-        Assert.Empty(target.Calls);
+        Assert.StartsWith("--strategy pre-copy is refused by a: Dirty tracking is OFF", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(source.Calls, c => c.StartsWith("freezepod", StringComparison.Ordinal));
+        Assert.DoesNotContain(target.Calls, c => c.StartsWith("restorepod", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_post_copy_pod_migration_serves_each_containers_memory_from_its_own_page_server_and_ends_the_source_only_once_every_page_arrived()
+    {
+        var (source, target, orchestrator, progress) = PostCopyPodNodes();
+
+        var report = await orchestrator.RunPodAsync(MovePod(MigrationStrategy.PostCopy) with { PageServerAddress = "10.0.0.1" }, Ct);
+
+        // One key pair per container, made on the target before the freeze; each certificate reaches its container's page server only.
+        Assert.Equal(2, target.Calls.Count(c => c == "prepare-page-client"));
+        Assert.Equal(["c1", "c2"], source.PodPageClientCertificates.Keys.Order(StringComparer.Ordinal));
+        Assert.NotEqual(source.PodPageClientCertificates["c1"], source.PodPageClientCertificates["c2"]);
+        Assert.Contains(source.Calls, c => c.StartsWith("freezepod pod-a", StringComparison.Ordinal) && c.EndsWith(" page-servers-on 10.0.0.1", StringComparison.Ordinal));
+        // Each restored container fetches from its own source's page server, pinning that server's certificate with its own key.
+        Assert.Equal(new LazyPagesSource("10.0.0.1:7000", "cert-c1", "page-client-key"), target.PodLazyPages["name-c1"]);
+        Assert.Equal(new LazyPagesSource("10.0.0.1:7001", "cert-c2", "page-client-key-2"), target.PodLazyPages["name-c2"]);
+        // The sources are killed only after every restored container's transfer ended.
+        var lastPages = target.Calls.FindLastIndex(c => c.StartsWith("pages ", StringComparison.Ordinal));
+        Assert.True(lastPages > target.Calls.FindIndex(c => c.StartsWith("restorepod", StringComparison.Ordinal)));
+        Assert.Equal(2, target.Calls.Where(c => c.StartsWith("pages ", StringComparison.Ordinal)).Distinct().Count());
+        Assert.Contains("killfrozen c1", source.Calls);
+        Assert.Equal(MigrationStrategy.PostCopy, report.Strategy);
+        Assert.Equal(2 * 16384 * 4096L, report.BytesAfterSwitch);
+        Assert.NotNull(report.PageTransfer);
+        Assert.Contains(progress, l => l.StartsWith("post-copy: all 32768 pages", StringComparison.Ordinal));
+        Assert.Empty(target.Archives);
+        Assert.Empty(source.Containers);
+    }
+
+    [Fact]
+    public async Task A_post_copy_pod_migration_whose_transfer_breaks_removes_the_target_pod_and_resumes_every_source_container()
+    {
+        var (source, target, orchestrator, _) = PostCopyPodNodes();
+        target.FailAt = "pages";
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(MigrationStrategy.PostCopy), Ct));
+
+        Assert.Contains("broke", e.Message, StringComparison.Ordinal);
+        Assert.Contains("undone: the pod runs on a as before", e.Message, StringComparison.Ordinal);
+        Assert.Equal("running", source.Containers["c1"]);
+        Assert.Equal("running", source.Containers["c2"]);
+        Assert.DoesNotContain(source.Calls, c => c.StartsWith("killfrozen", StringComparison.Ordinal));
+        Assert.Empty(target.Pods);
+        // The page client key pairs go with the undo.
+        Assert.Empty(target.Archives);
+    }
+
+    [Fact]
+    public async Task A_post_copy_pod_freeze_by_a_source_that_predates_it_is_undone_before_any_restore()
+    {
+        var (source, target, orchestrator, _) = PostCopyPodNodes();
+        source.IgnoresPodPageServers = true;
+
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(MigrationStrategy.PostCopy), Ct));
+
+        Assert.Contains("named no page server for the memory of c1", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(target.Calls, c => c.StartsWith("restorepod", StringComparison.Ordinal));
+        Assert.Equal("running", source.Containers["c1"]);
+        Assert.Empty(target.Archives);
     }
 
     [Fact]

@@ -164,12 +164,16 @@ public sealed partial class MigrationOrchestratorTests
         /// <summary>The page client certificate the last freeze was given (post-copy over TLS).</summary>
         public string? PageClientCertificate { get; private set; }
 
+        private int _pageClients;
+
         public Task<PageClientIdentity> PreparePageClientAsync(CancellationToken ct)
         {
             Step("prepare-page-client");
-            // Held on the node like an archive, and dropped the same way.
-            Archives.Add("page-client-key");
-            return Task.FromResult(new PageClientIdentity("page-client-key", "target-cert"));
+            // Held on the node like an archive, and dropped the same way; each call makes a key pair of its own.
+            var n = ++_pageClients;
+            var token = n == 1 ? "page-client-key" : $"page-client-key-{n}";
+            Archives.Add(token);
+            return Task.FromResult(new PageClientIdentity(token, n == 1 ? "target-cert" : $"target-cert-{n}"));
         }
 
         public Task<FrozenSource> FreezeAsync(string containerId, long timeoutSeconds, string? pageServerAddress, bool tcpEstablished, string? rootfsRounds, string? pageClientCertificate, CancellationToken ct)

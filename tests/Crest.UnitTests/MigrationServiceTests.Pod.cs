@@ -28,6 +28,69 @@ public sealed partial class MigrationServiceTests
             Path.GetFileName(Path.GetDirectoryName(f)) == PodCheckpointFiles.ContainersDir || f.EndsWith(Crest.Runtime.ContainerService.PartialArchiveSuffix, StringComparison.Ordinal))];
 
     [Fact]
+    public async Task A_post_copy_pod_freeze_gives_each_container_a_page_server_of_its_own_over_tls_recorded_in_its_hold_and_a_resume_ends_it()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        var service = Service(new RestoreOptions { ViaCreate = true });
+        var configs = new System.Collections.Concurrent.ConcurrentDictionary<string, string>();
+        _h.Runtimes.DuringCheckpoint = o =>
+        {
+            configs[o.ContainerId] = File.ReadAllText(_h.Layout.Container(o.ContainerId).CriuConfig);
+            File.WriteAllText(Path.Combine(o.ImagePath, "inventory.img"), "images of " + o.ContainerId);
+        };
+        var certificates = new Dictionary<string, string> { ["c1"] = TargetCertificate(), ["c2"] = TargetCertificate() };
+
+        var frozen = await service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, pageServerAddress: "127.0.0.1", pageClientCertificates: certificates);
+
+        // One page server per container, each on a port of its own, each dumped lazily with a key pair of its own pinning its client.
+        Assert.Equal(["c1", "c2"], frozen.PageServers.Keys.Order(StringComparer.Ordinal));
+        Assert.NotEqual(frozen.PageServers["c1"].Endpoint, frozen.PageServers["c2"].Endpoint);
+        Assert.All(_h.Runtimes.Checkpointed, o => Assert.Equal(frozen.PageServers[o.ContainerId].Endpoint, o.LazyPageServer));
+        var dirs = Directory.EnumerateDirectories(_identities.Root).ToList();
+        Assert.Equal(2, dirs.Count);
+        foreach (var (id, server) in frozen.PageServers)
+        {
+            var dir = dirs.Single(d => File.ReadAllText(Path.Combine(d, "cert.pem")).Trim() == server.Certificate!.Trim());
+            Assert.Contains($"tls-cacert {dir}/peer.pem", configs[id], StringComparison.Ordinal);
+            Assert.Equal(certificates[id].Trim(), File.ReadAllText(Path.Combine(dir, "peer.pem")).Trim());
+            // A restarted crestd finds the page server through the hold and kills it before any thaw.
+            Assert.True((await _h.Store.GetContainerAsync(id, Ct))!.MigrationHold!.PageServerPid > 0);
+        }
+
+        Assert.Equal("paused", _h.Runtimes.StatusOf("c1"));
+        await service.ResumeAsync("c1", Ct);
+        await service.ResumeAsync("c2", Ct);
+        foreach (var dir in dirs)
+        {
+            await WaitGoneAsync(dir);
+        }
+
+        Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
+        Assert.Equal("running", _h.Runtimes.StatusOf("c2"));
+        service.DropArchive(frozen.ArchiveToken);
+    }
+
+    [Fact]
+    public async Task A_post_copy_pod_freeze_over_tls_needs_a_certificate_for_every_container_and_refuses_before_any_pause()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        var service = Service(new RestoreOptions { ViaCreate = true });
+
+        var missing = await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, pageServerAddress: "127.0.0.1",
+            pageClientCertificates: new Dictionary<string, string> { ["c1"] = TargetCertificate() }));
+        var stray = await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct, pageServerAddress: "127.0.0.1",
+            pageClientCertificates: new Dictionary<string, string> { ["c1"] = TargetCertificate(), ["c2"] = TargetCertificate(), ["x9"] = TargetCertificate() }));
+        var noAddress = await Assert.ThrowsAsync<CrestException>(() => service.FreezePodAsync(pod.Id, TimeSpan.Zero, Ct,
+            pageClientCertificates: new Dictionary<string, string> { ["c1"] = TargetCertificate() }));
+
+        Assert.Contains("container c2 of pod sandbox", missing.Message, StringComparison.Ordinal);
+        Assert.Contains("container x9, which is not a running container", stray.Message, StringComparison.Ordinal);
+        Assert.Equal(ErrorKind.InvalidArgument, noAddress.Kind);
+        Assert.DoesNotContain(_h.Runtimes.Calls, c => c.StartsWith("pause", StringComparison.Ordinal));
+        Assert.True(!Directory.Exists(_identities.Root) || !Directory.EnumerateFileSystemEntries(_identities.Root).Any());
+    }
+
+    [Fact]
     public async Task A_pod_freeze_writes_no_container_archive_and_its_stream_is_a_pod_checkpoint_tar_holding_each_containers_archive()
     {
         var pod = await PodOfRunningAsync("c1", "c2");

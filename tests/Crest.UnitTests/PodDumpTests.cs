@@ -72,6 +72,41 @@ public sealed class PodDumpTests : IDisposable
     }
 
     [Fact]
+    public async Task A_post_copy_pod_dump_that_fails_kills_every_page_server_it_started_before_it_resumes_the_pod()
+    {
+        var pod = await PodWithAsync("c1", "c2");
+        var servers = new System.Collections.Concurrent.ConcurrentBag<string>();
+        var targets = Targets("c1", "c2").Select(t => t with
+        {
+            LazyPageServer = "127.0.0.1:" + (t.ContainerId == "c1" ? "7001" : "7002"),
+            // c2's rootfs capture fails after its page server started.
+            CaptureRootfs = t.ContainerId == "c2" ? (_, _, _) => throw new IOException("No space left on device") : t.CaptureRootfs,
+        }).ToList();
+        _h.Runtimes.DuringCheckpoint = o => servers.Add(o.LazyPageServer!);
+
+        await Assert.ThrowsAsync<IOException>(() => _h.Containers.DumpPodAsync(pod.Id, targets, false, _ => Task.CompletedTask, killAfterDump: false, Ct, holdFrozen: true));
+
+        Assert.Equal(["127.0.0.1:7001", "127.0.0.1:7002"], servers.Order(StringComparer.Ordinal));
+        // Both page servers were ended (the fake's are sleep processes standing in for runc and CRIU).
+        Assert.Equal(2, _h.Runtimes.PageServers.Count);
+        await Task.WhenAll(_h.Runtimes.PageServers.Select(p => p.Exit)).WaitAsync(TimeSpan.FromSeconds(10), Ct);
+        Assert.Equal("running", _h.Runtimes.StatusOf("c1"));
+        Assert.Equal("running", _h.Runtimes.StatusOf("c2"));
+        Assert.Null((await _h.Store.GetContainerAsync("c1", Ct))!.MigrationHold);
+    }
+
+    [Fact]
+    public async Task A_pod_dump_with_page_servers_must_hold_the_pod_frozen()
+    {
+        var pod = await PodWithAsync("c1");
+        var targets = Targets("c1").Select(t => t with { LazyPageServer = "127.0.0.1:7001" }).ToList();
+
+        await Assert.ThrowsAsync<ArgumentException>(() => _h.Containers.DumpPodAsync(pod.Id, targets, false, _ => Task.CompletedTask, killAfterDump: false, Ct));
+
+        Assert.DoesNotContain(_h.Runtimes.Calls, c => c.StartsWith("pause", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Every_container_is_paused_before_the_first_dump_and_all_are_resumed_after_the_shared_state_is_captured()
     {
         var pod = await PodWithAsync("c1", "c2");

@@ -37,13 +37,20 @@ internal sealed partial class GrpcMigrationNode
         return new SourcePod(pod.Status.Id, containers);
     }
 
-    public async Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, bool tcpEstablished, CancellationToken ct)
+    public async Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, bool tcpEstablished, string? pageServerAddress,
+        IReadOnlyDictionary<string, string> pageClientCertificates, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(rootfsRounds);
-        var request = new FreezePodRequest { PodSandboxId = podId, Timeout = timeoutSeconds, TcpEstablished = tcpEstablished };
+        ArgumentNullException.ThrowIfNull(pageClientCertificates);
+        var request = new FreezePodRequest { PodSandboxId = podId, Timeout = timeoutSeconds, TcpEstablished = tcpEstablished, PageServerAddress = pageServerAddress ?? "" };
         foreach (var (containerId, token) in rootfsRounds)
         {
             request.RootfsRoundsTokens[containerId] = token;
+        }
+
+        foreach (var (containerId, certificate) in pageClientCertificates)
+        {
+            request.PageClientCertificates[containerId] = certificate;
         }
 
         var r = await CallAsync("crest.v1.CrestMigration/FreezePod", o => _migration.FreezePodAsync(request, o).ResponseAsync, ct).ConfigureAwait(false);
@@ -52,12 +59,14 @@ internal sealed partial class GrpcMigrationNode
             RootfsEntries = r.RootfsEntries,
             RootfsBytes = r.RootfsBytes,
             TcpEstablished = r.TcpEstablished,
+            PageServers = r.PageServers.ToDictionary(kv => kv.Key, kv => new SourcePageServer(kv.Value.PageServer, kv.Value.Certificate.Length > 0 ? kv.Value.Certificate : null), StringComparer.Ordinal),
         };
     }
 
     public async Task<RestoredPod> RestorePodAsync(string checkpointPath, PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, IReadOnlyDictionary<string, string> rootfsStaging,
-        IReadOnlyList<string> expectedIps, CancellationToken ct)
+        IReadOnlyList<string> expectedIps, IReadOnlyDictionary<string, LazyPagesSource> lazyPages, CancellationToken ct)
     {
+        ArgumentNullException.ThrowIfNull(lazyPages);
         ArgumentNullException.ThrowIfNull(containers);
         ArgumentNullException.ThrowIfNull(expectedIps);
         ArgumentNullException.ThrowIfNull(rootfsStaging);
@@ -69,6 +78,11 @@ internal sealed partial class GrpcMigrationNode
             {
                 // Its restore claims the rounds staged before the freeze, as a container's CreateContainer does.
                 containerConfig.Annotations[Crest.Core.RestorePlan.RootfsStagingAnnotation] = staging;
+            }
+
+            if (lazyPages.TryGetValue(c.Name, out var lazy))
+            {
+                AddLazyPages(containerConfig, lazy);
             }
 
             request.ContainerConfigs.Add(containerConfig);

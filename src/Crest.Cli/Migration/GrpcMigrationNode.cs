@@ -307,6 +307,17 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
     public Task RemoveImageAsync(string image, CancellationToken ct) =>
         CallAsync("RemoveImage", o => _images.RemoveImageAsync(new RemoveImageRequest { Image = new ImageSpec { Image = image } }, o).ResponseAsync, ct);
 
+    /// <summary>A post-copy restore's annotations: where the memory comes from and, over TLS, the two certificates' ends.</summary>
+    private static void AddLazyPages(ContainerConfig config, LazyPagesSource lazyPages)
+    {
+        config.Annotations[Crest.Core.CriuRestoreOptions.LazyPagesFromAnnotation] = lazyPages.PageServer;
+        if (lazyPages is { ServerCertificate: { } certificate, ClientIdentity: { } identity })
+        {
+            config.Annotations[Crest.Core.CriuRestoreOptions.PageServerCertificateAnnotation] = certificate;
+            config.Annotations[Crest.Core.CriuRestoreOptions.PageClientIdentityAnnotation] = identity;
+        }
+    }
+
     public async Task<string> RestoreAsync(string podId, string archivePath, SourceContainer source, LazyPagesSource? lazyPages, string? rootfsStaging, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(source);
@@ -317,12 +328,7 @@ internal sealed partial class GrpcMigrationNode(CriConnection connection) : IMig
         var config = ConfigOf(source, archivePath);
         if (lazyPages is not null)
         {
-            config.Annotations[Crest.Core.CriuRestoreOptions.LazyPagesFromAnnotation] = lazyPages.PageServer;
-            if (lazyPages is { ServerCertificate: { } certificate, ClientIdentity: { } identity })
-            {
-                config.Annotations[Crest.Core.CriuRestoreOptions.PageServerCertificateAnnotation] = certificate;
-                config.Annotations[Crest.Core.CriuRestoreOptions.PageClientIdentityAnnotation] = identity;
-            }
+            AddLazyPages(config, lazyPages);
         }
 
         if (rootfsStaging is not null)

@@ -118,7 +118,13 @@ internal interface IMigrationNode
     /// staged for it, so that its checkpoint carries only the rootfs changes since its last round.
     /// </summary>
     /// <remarks>With <paramref name="tcpEstablished"/> the pod's established TCP connections are dumped and its TCP traffic stays locked, as <see cref="FreezeAsync"/>'s.</remarks>
-    Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, bool tcpEstablished, CancellationToken ct);
+    /// <remarks>
+    /// With <paramref name="pageServerAddress"/> (post-copy) each container's memory stays out of the checkpoint and a page
+    /// server of its own on that address serves it (<see cref="FrozenPod.PageServers"/>); <paramref name="pageClientCertificates"/>,
+    /// by container id, makes each speak TLS to that client only.
+    /// </remarks>
+    Task<FrozenPod> FreezePodAsync(string podId, long timeoutSeconds, IReadOnlyDictionary<string, string> rootfsRounds, bool tcpEstablished, string? pageServerAddress,
+        IReadOnlyDictionary<string, string> pageClientCertificates, CancellationToken ct);
 
     /// <summary>
     /// Target: CRI RestorePod from the pod checkpoint tar at <paramref name="checkpointPath"/> into a new pod made from
@@ -128,10 +134,11 @@ internal interface IMigrationNode
     /// </summary>
     /// <remarks>
     /// With <paramref name="expectedIps"/> (--keep-address) the new pod must hold those addresses before any container
-    /// starts; a pod without them is removed and nothing ran.
+    /// starts; a pod without them is removed and nothing ran. With <paramref name="lazyPages"/> (post-copy), by container
+    /// name, each such container faults its memory in from its source page server.
     /// </remarks>
     Task<RestoredPod> RestorePodAsync(string checkpointPath, Runtime.V1.PodSandboxConfig config, IReadOnlyList<SourceContainer> containers, IReadOnlyDictionary<string, string> rootfsStaging,
-        IReadOnlyList<string> expectedIps, CancellationToken ct);
+        IReadOnlyList<string> expectedIps, IReadOnlyDictionary<string, LazyPagesSource> lazyPages, CancellationToken ct);
 
     /// <summary>Target: the pods carrying <see cref="MigrationLabels.MigrationId"/> = <paramref name="migrationId"/> (a RestorePod whose answer was lost).</summary>
     Task<IReadOnlyList<string>> FindRestoredPodsAsync(string migrationId, CancellationToken ct);

@@ -2,13 +2,16 @@ using System.Globalization;
 
 namespace Crest.Cli.Migration;
 
-// A whole pod, stop-copy: each container's rootfs moves in rounds while the pod runs (as a container's does), then the
+// A whole pod, stop-copy or post-copy: each container's rootfs moves in rounds while the pod runs (as a container's does), then the
 // source checkpoints every container at one instant and keeps them all frozen (FreezePod),
 // the pod checkpoint streams through this client to the target as one tar (or with --via goes through a registry as a
 // pod checkpoint image), the target restores it into a new pod
 // (CRI RestorePod, then StartContainer of each), and only once every restored container runs are the frozen sources
 // killed and removed, and the source pod with them. Any failure before that removes the target's pod (found by the
 // migration's label if its answer was lost) and resumes every source container, so exactly one copy of the pod runs.
+// Post-copy leaves each container's memory out of the pod checkpoint: a page server per container on the source serves
+// it, the restored containers fault it in as they run, and the source pod stays frozen until every page of every
+// container arrived; a transfer that breaks is undone like any failure (the target's watchdog kills that copy).
 internal sealed partial class MigrationOrchestrator
 {
     public async Task<PodMigrationReport> RunPodAsync(PodMigrationRequest request, CancellationToken ct)
@@ -16,14 +19,8 @@ internal sealed partial class MigrationOrchestrator
         ArgumentNullException.ThrowIfNull(request);
         var started = time.GetTimestamp();
         var via = CheckVia(request.Via);
-        if (request.Strategy != MigrationStrategy.StopCopy)
-        {
-            throw new MigrationFailedException(
-                $"--strategy {MigrationStrategies.Name(request.Strategy)} is refused for a whole pod: a pod migrates stop-copy only (its containers are checkpointed at one instant into one pod checkpoint, "
-                + "and a post-copy page server serves one container's memory); leave --strategy out, or migrate its containers one by one with crest migrate CONTAINER --strategy post-copy");
-        }
-
-        await CheckStrategyAsync(MigrationStrategy.StopCopy, ct).ConfigureAwait(false);
+        await CheckStrategyAsync(request.Strategy, ct).ConfigureAwait(false);
+        var postCopy = request.Strategy == MigrationStrategy.PostCopy;
         var pod = await source.InspectPodAsync(request.PodId, ct).ConfigureAwait(false);
         progress($"source: pod {pod.Id} on {source.Name} runs {pod.Containers.Count} containers ({string.Join(", ", pod.Containers.Select(c => c.Name))})");
 
@@ -55,6 +52,10 @@ internal sealed partial class MigrationOrchestrator
         long bytesDuring = 0;
         var switchStarted = time.GetTimestamp();
         TimeSpan frozenFor;
+        TimeSpan? pageTransfer = null;
+        long bytesAfter = 0;
+        // Post-copy over TLS: the target's key pair for each container's transfer, by source container id.
+        var pageClients = new Dictionary<string, PageClientIdentity>(StringComparer.Ordinal);
         try
         {
             if (via is not null)
@@ -74,17 +75,32 @@ internal sealed partial class MigrationOrchestrator
                 progress(NoRoundsThroughRegistry);
             }
 
+            if (postCopy && request.PageServerTls)
+            {
+                // Before the switch's clock starts: one key pair per container's page server, made and kept on the target.
+                foreach (var c in pod.Containers)
+                {
+                    pageClients[c.Id] = await target.PreparePageClientAsync(ct).ConfigureAwait(false);
+                }
+
+                progress($"pre-stage: {target.Name} made a key pair for each container's memory over TLS; each page server on the source will accept only its own");
+            }
+
             before += rootfs.Values.Sum(r => r.BytesSent);
-            progress($"freeze: checkpointing every container of pod {pod.Id} on {source.Name} at one instant; they stay frozen until the target runs");
+            progress(postCopy
+                ? $"freeze: checkpointing every container of pod {pod.Id} on {source.Name} at one instant without its memory, which a page server per container on {request.PageServerAddress} serves; they stay frozen until the target has all of it"
+                : $"freeze: checkpointing every container of pod {pod.Id} on {source.Name} at one instant; they stay frozen until the target runs");
             switchStarted = time.GetTimestamp();
             var rounds = rootfs.Where(r => r.Value.SourceToken is not null).ToDictionary(r => r.Key, r => r.Value.SourceToken!, StringComparer.Ordinal);
-            frozen = await source.FreezePodAsync(pod.Id, request.FreezeTimeoutSeconds, rounds, request.KeepAddress, ct).ConfigureAwait(false);
+            frozen = await source.FreezePodAsync(pod.Id, request.FreezeTimeoutSeconds, rounds, request.KeepAddress, postCopy ? request.PageServerAddress : null,
+                pageClients.ToDictionary(kv => kv.Key, kv => kv.Value.Certificate, StringComparer.Ordinal), ct).ConfigureAwait(false);
             if (request.KeepAddress && !frozen.TcpEstablished)
             {
                 // A source crestd that predates it ignored the request: its checkpoint holds no connection, which would reset.
                 throw new InvalidOperationException($"{source.Name} froze pod {pod.Id} without dumping its TCP connections (its crestd predates crest migrate pod --keep-address); upgrade it, or migrate without --keep-address");
             }
 
+            var lazyPages = postCopy ? LazyPagesOf(pod, frozen, pageClients) : new Dictionary<string, LazyPagesSource>();
             var roundCount = rootfs.Values.Sum(r => r.Rounds.Count);
             progress(string.Create(CultureInfo.InvariantCulture,
                 $"freeze: pod checkpoint of {frozen.CheckpointBytes} bytes ready, {frozen.Paused.TotalMilliseconds:0} ms after the freeze began; {frozen.ContainerIds.Count} containers held frozen; ")
@@ -116,7 +132,7 @@ internal sealed partial class MigrationOrchestrator
             config.Labels[MigrationLabels.MigrationId] = migrationId;
             var staged = pod.Containers.Where(c => rootfs[c.Id].TargetToken is not null).ToDictionary(c => c.Name, c => rootfs[c.Id].TargetToken!, StringComparer.Ordinal);
             // With --keep-address the target checks the pod's address before it starts any container.
-            restored = await target.RestorePodAsync(path, config, [.. pod.Containers.Select(c => Labelled(c, migrationId))], staged, sourceIps, ct).ConfigureAwait(false);
+            restored = await target.RestorePodAsync(path, config, [.. pod.Containers.Select(c => Labelled(c, migrationId))], staged, sourceIps, lazyPages, ct).ConfigureAwait(false);
             progress($"restore: pod {restored.PodId} on {target.Name} runs {string.Join(", ", restored.ContainerIds.Select(kv => $"{kv.Key} as {kv.Value}"))}");
 
             foreach (var c in pod.Containers)
@@ -127,10 +143,33 @@ internal sealed partial class MigrationOrchestrator
             }
 
             frozenFor = time.GetElapsedTime(switchStarted);
+            if (postCopy)
+            {
+                // The source stays frozen, its memory whole, until every container's last page arrived.
+                // The transfers run side by side on the target; each is awaited in turn, so the last answer ends the wait.
+                var transfer = time.GetTimestamp();
+                long pages = 0;
+                foreach (var id in restored.ContainerIds.Values)
+                {
+                    var left = request.PageTransferTimeout - time.GetElapsedTime(transfer);
+                    pages += (await AwaitPagesAsync(id, left > TimeSpan.Zero ? left : TimeSpan.Zero, ct).ConfigureAwait(false)).Pages;
+                }
+
+                pageTransfer = time.GetElapsedTime(transfer);
+                bytesAfter = pages * PageSize;
+                progress(string.Create(CultureInfo.InvariantCulture,
+                    $"post-copy: all {pages} pages ({bytesAfter} bytes) of {restored.ContainerIds.Count} containers arrived, {pageTransfer.Value.TotalMilliseconds:0} ms after the pod ran on the target"));
+            }
         }
         catch (Exception e)
         {
             var undo = await UndoPodAsync(pod, frozen, targetToken, restored?.PodId, restoreSent ? migrationId : null, hop.Image).ConfigureAwait(false);
+            foreach (var client in pageClients.Values)
+            {
+                // Gone with a transfer that ran; dropped here for one that never did.
+                await DropArchiveAsync(target, client.Token).ConfigureAwait(false);
+            }
+
             var rootfsUndo = new List<string>();
             foreach (var staging in rootfs.Values)
             {
@@ -157,6 +196,12 @@ internal sealed partial class MigrationOrchestrator
             await RemoveCheckpointImageAsync(hop.Image).ConfigureAwait(false);
         }
 
+        foreach (var client in pageClients.Values)
+        {
+            // Gone already with the transfer; dropped in case that crestd restarted meanwhile.
+            await DropArchiveAsync(target, client.Token).ConfigureAwait(false);
+        }
+
         progress($"done: removed pod {pod.Id} and its containers from {source.Name}");
 
         var moves = new List<PodContainerMove>();
@@ -173,7 +218,38 @@ internal sealed partial class MigrationOrchestrator
         {
             FrozenRootfsBytes = frozen.RootfsBytes,
             CheckpointImage = hop.Image,
+            Strategy = request.Strategy,
+            BytesAfterSwitch = bytesAfter,
+            PageTransfer = pageTransfer,
         };
+    }
+
+    /// <summary>
+    /// Post-copy: where each container's restore fetches its memory, by container name; a container the source froze
+    /// without a page server (or, over TLS, without a certificate) is a failure, which the caller undoes.
+    /// </summary>
+    private Dictionary<string, LazyPagesSource> LazyPagesOf(SourcePod pod, FrozenPod frozen, IReadOnlyDictionary<string, PageClientIdentity> pageClients)
+    {
+        var lazy = new Dictionary<string, LazyPagesSource>(StringComparer.Ordinal);
+        foreach (var c in pod.Containers)
+        {
+            if (frozen.PageServers.GetValueOrDefault(c.Id) is not { } server)
+            {
+                throw new InvalidOperationException($"{source.Name} froze pod {pod.Id} but named no page server for the memory of {c.Id} ({c.Name}) (its crestd predates post-copy pod migration); "
+                    + "upgrade it, or migrate the pod stop-copy");
+            }
+
+            var client = pageClients.GetValueOrDefault(c.Id);
+            if (client is not null && server.Certificate is null)
+            {
+                throw new InvalidOperationException($"{source.Name} froze pod {pod.Id} but answered no page server certificate for {c.Id} ({c.Name}), so its page server would not use TLS; "
+                    + "upgrade it, or migrate with --no-page-server-tls");
+            }
+
+            lazy[c.Name] = new LazyPagesSource(server.PageServer, client is null ? null : server.Certificate, client?.Token);
+        }
+
+        return lazy;
     }
 
     /// <summary>

@@ -20,6 +20,15 @@ internal sealed record PodMigrationRequest(string PodId, MigrationStrategy Strat
 
     /// <summary><c>--via REGISTRY/REPO</c>: the pod checkpoint goes through that registry as a pod checkpoint image (no rootfs rounds).</summary>
     public string? Via { get; init; }
+
+    /// <summary>Post-copy: the source's IP address its page servers (one per container) listen on, reachable from the target.</summary>
+    public string PageServerAddress { get; init; } = "127.0.0.1";
+
+    /// <summary>Post-copy: each page server speaks TLS, pinned to a client key pair the target makes for that container (false: <c>--no-page-server-tls</c>).</summary>
+    public bool PageServerTls { get; init; } = true;
+
+    /// <summary>Post-copy: how long every container's memory may take to arrive after the pod runs on the target.</summary>
+    public TimeSpan PageTransferTimeout { get; init; } = TimeSpan.FromMinutes(10);
 }
 
 /// <summary>A ready source pod and its running containers, as the target must recreate them.</summary>
@@ -35,7 +44,13 @@ internal sealed record FrozenPod(string ArchiveToken, IReadOnlyList<string> Cont
 
     /// <summary>The source dumped the established TCP connections and locked the pod's TCP (false from a crestd that predates it).</summary>
     public bool TcpEstablished { get; init; }
+
+    /// <summary>Post-copy: each container's page server, by source container id (none from a crestd that predates them).</summary>
+    public IReadOnlyDictionary<string, SourcePageServer> PageServers { get; init; } = new Dictionary<string, SourcePageServer>();
 }
+
+/// <summary>A post-copy source container's page server: its <c>HOST:PORT</c>, and its certificate (PEM) when it speaks TLS.</summary>
+internal sealed record SourcePageServer(string PageServer, string? Certificate);
 
 /// <summary>The pod RestorePod made on the target, and its started containers by metadata name.</summary>
 internal sealed record RestoredPod(string PodId, IReadOnlyDictionary<string, string> ContainerIds);
@@ -63,4 +78,12 @@ internal sealed record PodMigrationReport(
 
     /// <summary>Through a registry (--via): REGISTRY/REPO@DIGEST of the pod checkpoint image, which stays there.</summary>
     public string? CheckpointImage { get; init; }
+
+    public MigrationStrategy Strategy { get; init; } = MigrationStrategy.StopCopy;
+
+    /// <summary>Post-copy: the memory that arrived after the switch, over every container.</summary>
+    public long BytesAfterSwitch { get; init; }
+
+    /// <summary>Post-copy: from every container running on the target until the last one had all its memory.</summary>
+    public TimeSpan? PageTransfer { get; init; }
 }

@@ -11,14 +11,16 @@ internal sealed partial class CrestMigrationService
     /// container does not run; any failure leaves every container running as it was. Resume or KillFrozen ends each.
     /// A container named in rootfs_rounds_tokens carries only its rootfs changes since the last round the target has.
     /// With tcp_established the pod's established TCP connections are dumped and its TCP traffic stays locked until Resume
-    /// or the pod's removal.
+    /// or the pod's removal. With page_server_address (post-copy) each container's memory stays out of the checkpoint and a
+    /// page server of its own serves it (page_servers), over TLS with page_client_certificates.
     /// </summary>
     public override async Task<FreezePodResponse> FreezePod(FreezePodRequest request, ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(context);
         var frozen = await migrations.FreezePodAsync(request.PodSandboxId, TimeSpan.FromSeconds(Math.Max(0, request.Timeout)), context.CancellationToken,
-            request.RootfsRoundsTokens.Count > 0 ? request.RootfsRoundsTokens : null, request.TcpEstablished);
+            request.RootfsRoundsTokens.Count > 0 ? request.RootfsRoundsTokens : null, request.TcpEstablished,
+            request.PageServerAddress.Length > 0 ? request.PageServerAddress : null, request.PageClientCertificates);
         var response = new FreezePodResponse
         {
             ArchiveToken = frozen.ArchiveToken,
@@ -29,6 +31,11 @@ internal sealed partial class CrestMigrationService
             TcpEstablished = request.TcpEstablished,
         };
         response.ContainerIds.AddRange(frozen.ContainerIds);
+        foreach (var (id, server) in frozen.PageServers)
+        {
+            response.PageServers[id] = new PodPageServer { PageServer = server.Endpoint, Certificate = server.Certificate ?? "" };
+        }
+
         return response;
     }
 }

@@ -35,6 +35,9 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
     /// <summary>Every checkpoint asked for, in order.</summary>
     public List<RuncCheckpointOptions> Checkpointed { get; } = [];
 
+    /// <summary>The page servers lazy checkpoints started (sleep processes standing in for runc and CRIU).</summary>
+    public System.Collections.Concurrent.ConcurrentBag<LazyCheckpoint> PageServers { get; } = [];
+
     /// <summary>Runs inside each checkpoint, as CRIU would (to write its images, or see the files it reads then).</summary>
     public Action<RuncCheckpointOptions>? DuringCheckpoint { get; set; }
 
@@ -232,7 +235,9 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
             runtimes.Enter("checkpoint", options.ContainerId);
             var server = Crest.Linux.ChildProcess.Spawn("/bin/sleep", ["sleep", "600"],
                 [Crest.Linux.ChildFd.Null(0), Crest.Linux.ChildFd.Null(1), Crest.Linux.ChildFd.Null(2)], newSession: true);
-            return Task.FromResult(new LazyCheckpoint(server, options.WorkPath, options.LazyPageServer!));
+            var lazy = new LazyCheckpoint(server, options.WorkPath, options.LazyPageServer!);
+            runtimes.PageServers.Add(lazy);
+            return Task.FromResult(lazy);
         }
 
         public Task<RuncExecResult> ExecAsync(RuncExecOptions options, TimeSpan timeout, CancellationToken ct)
