@@ -60,7 +60,7 @@ public sealed partial class ContainerService
         {
             // Inside the try and not cancellable: a pause that took effect is always undone below.
             await runtime.PauseAsync(new RuncPauseOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
-            await FreezeOutsideVforkAsync(c, sandbox, runtime).ConfigureAwait(false);
+            await FreezeOutsideVforkAsync(c, sandbox, runtime, ct).ConfigureAwait(false);
             var checkpoint = new RuncCheckpointOptions
             {
                 ContainerId = c.Id,
@@ -106,13 +106,33 @@ public sealed partial class ContainerService
                     await pageServer.KillAsync().ConfigureAwait(false);
                 }
 
-                await runtime.ResumeAsync(new RuncResumeOptions { ContainerId = c.Id }, CancellationToken.None).ConfigureAwait(false);
+                await ResumeAfterDumpAsync(runtime, c.Id, succeeded).ConfigureAwait(false);
             }
 
             paused = clock.Elapsed;
         }
 
         return new ContainerDump(c, sandbox, paused, dumped, captured) { PageServer = pageServer };
+    }
+
+    /// <summary>
+    /// Resumes a dumped container. After a failed dump, one that runs already (a pause after a thaw for a task in vfork
+    /// failed) keeps the dump's own error; one still frozen reports that it could not be resumed.
+    /// </summary>
+    private static async Task ResumeAfterDumpAsync(IOciRuntime runtime, string id, bool dumped)
+    {
+        try
+        {
+            await runtime.ResumeAsync(new RuncResumeOptions { ContainerId = id }, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (CrestException) when (!dumped)
+        {
+            var state = await runtime.StateAsync(new RuncStateOptions { ContainerId = id }, CancellationToken.None).ConfigureAwait(false);
+            if (state?.Status == "paused")
+            {
+                throw;
+            }
+        }
     }
 
     /// <summary>
@@ -229,7 +249,7 @@ public sealed partial class ContainerService
                 // Once all are paused: a container caught in vfork is thawed alone for a moment while the others stay frozen.
                 foreach (var c in records)
                 {
-                    await FreezeOutsideVforkAsync(c, sandbox, runtimes.For(c.RuntimeHandler)).ConfigureAwait(false);
+                    await FreezeOutsideVforkAsync(c, sandbox, runtimes.For(c.RuntimeHandler), ct).ConfigureAwait(false);
                 }
 
                 // The frozen window is the sum of what runs in it, so the containers are dumped side by side (one CRIU

@@ -9,7 +9,7 @@ namespace Crest.E2ETests;
 public partial class CheckpointCliTests
 {
     /// <summary>
-    /// A workload that spends half its time in vfork (its child sleeps 50 ms before its exec, the parent 50 ms after):
+    /// A workload that spends a third of its time in vfork (its child sleeps 50 ms before its exec, the parent 50-150 ms after):
     /// checkpoints are taken until one's freeze caught the parent there, and every one succeeds (without the thaw and
     /// refreeze, CRIU waits out its 10 s freeze timeout on such a task and fails "Unseizable non-zombie ... state D").
     /// The last archive restores, and the restored process goes on from where it was frozen.
@@ -25,7 +25,7 @@ public partial class CheckpointCliTests
         // Each in a pid namespace of its own: the restored copy gets back the pids it had, beside the running original.
         string Config(string name) => $$"""
             {"metadata": {"name": "{{name}}"}, "image": {"image": "localhost/e2e/busybox:v1"},
-             "command": ["/vfork/vfork-loop", "50", "50"],
+             "command": ["/vfork/vfork-loop", "50", "100"],
              "mounts": [{"container_path": "/vfork", "host_path": "{{bin}}", "readonly": true}],
              "log_path": "{{name}}.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
             """;
@@ -38,7 +38,7 @@ public partial class CheckpointCliTests
         await Eventually.UntilAsync(() => ReadLogAsync(log), l => LastRound(l) >= 3, "the vfork workload to run", describe: l => l, ct: Ct);
 
         var archive = dir.Combine("vfork.tar");
-        const int MaxCheckpoints = 12;
+        const int MaxCheckpoints = 16;
         var taken = 0;
         while (!s.Crestd.Log.Contains("waiting in vfork", StringComparison.Ordinal) && taken < MaxCheckpoints)
         {
@@ -47,7 +47,7 @@ public partial class CheckpointCliTests
             Assert.True(checkpoint.ExitCode == 0, $"checkpoint {taken} failed: {checkpoint.Stderr}");
         }
 
-        // Half the freezes land in the wait: twelve that all missed it would be one run in 4096.
+        // A third of the freezes land in the wait: sixteen that all missed it would be one run in 650.
         Assert.True(s.Crestd.Log.Contains("waiting in vfork", StringComparison.Ordinal), $"no freeze of {taken} caught the task in vfork:\n{s.Crestd.Log}");
         var atCheckpoint = LastRound(await ReadLogAsync(log));
         await Eventually.UntilAsync(() => ReadLogAsync(log), l => LastRound(l) > atCheckpoint + 2, "the workload to run on after its checkpoints", ct: Ct);

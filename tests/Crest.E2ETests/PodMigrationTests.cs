@@ -12,7 +12,7 @@ namespace Crest.E2ETests;
 /// migration the target cannot restore leaves the source pod running, and nothing on the target.
 /// </summary>
 [Collection(TwoNodes.Collection)]
-public sealed class PodMigrationTests
+public sealed partial class PodMigrationTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -209,11 +209,11 @@ public sealed class PodMigrationTests
         var (podId, logsA) = await RunTwoCountersOnAAsync(nodes, "localhost/e2e/busybox:v1");
         var podB = await WritePodAsync(nodes.B.Dir, "podmig", "uid-podmig-b");
 
-        // Post-copy is refused for a pod before anything happens.
-        var postCopy = await MigratePodAsync(nodes, podId, podB, "--strategy", "post-copy");
-        Assert.Equal(1, postCopy.ExitCode);
-        Assert.Contains("--strategy post-copy is refused for a whole pod", postCopy.Stderr, StringComparison.Ordinal);
-        Assert.DoesNotContain("freeze:", postCopy.Stderr, StringComparison.Ordinal);
+        // Pre-copy is refused for a pod before anything happens.
+        var preCopy = await MigratePodAsync(nodes, podId, podB, "--strategy", "pre-copy");
+        Assert.Equal(1, preCopy.ExitCode);
+        Assert.Contains("--strategy pre-copy is refused by", preCopy.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("freeze:", preCopy.Stderr, StringComparison.Ordinal);
 
         var migrated = await MigratePodAsync(nodes, podId, podB);
 

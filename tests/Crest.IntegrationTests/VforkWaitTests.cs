@@ -20,9 +20,11 @@ public sealed class VforkWaitTests
         using var dir = new TempDir("crest-it-vfork");
         // The child sleeps a minute before its exec: its parent waits in vfork all that time.
         var binary = await VforkWorkload.BuildAsync(dir.Path, Ct);
-        using var parent = Process.Start(new ProcessStartInfo(binary, ["60000", "0"]) { RedirectStandardOutput = true })!;
-        using var sleeper = Process.Start(new ProcessStartInfo("sleep", ["100"]))!;
+        // Both start in the cgroup, as a container's processes do (a task moved into a v1 freezer cgroup while it waits
+        // in vfork can keep the freeze from ever finishing).
         var freezer = Freezer.Create("crest-it-vfork-" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
+        using var parent = freezer.Start(binary, "60000 0");
+        using var sleeper = freezer.Start("sleep", "100");
         try
         {
             var child = await Eventually.UntilAsync(() => Task.FromResult(Children(parent.Id)), c => c.Count == 1, "the vfork child to exist", ct: Ct);
@@ -31,7 +33,8 @@ public sealed class VforkWaitTests
             Assert.Equal([parent.Id], VforkWaits.Of([parent.Id, child[0], sleeper.Id]));
 
             // Frozen by the cgroup freezer, as runc pause does: the wait is still told apart from the freezer's own.
-            freezer.Freeze([parent.Id, child[0], sleeper.Id]);
+            freezer.Freeze();
+            await Eventually.UntilAsync(freezer.Frozen, "the cgroup to be frozen", ct: Ct);
             Assert.Equal([parent.Id], VforkWaits.Of([parent.Id, child[0], sleeper.Id]));
         }
         finally
@@ -78,15 +81,16 @@ public sealed class VforkWaitTests
             return new Freezer(dir, v1);
         }
 
-        public void Freeze(IEnumerable<int> pids)
-        {
-            foreach (var pid in pids)
-            {
-                File.WriteAllText(Path.Combine(dir, "cgroup.procs"), pid.ToString(CultureInfo.InvariantCulture));
-            }
+        /// <summary>Runs <paramref name="program"/> inside this cgroup from its first instruction (a shell moves itself in, then execs it).</summary>
+        public Process Start(string program, string args) =>
+            Process.Start(new ProcessStartInfo("/bin/sh", ["-c", $"echo $$ > {Path.Combine(dir, "cgroup.procs")} && exec {program} {args}"]) { RedirectStandardOutput = true })!;
 
-            File.WriteAllText(Path.Combine(dir, v1 ? "freezer.state" : "cgroup.freeze"), v1 ? "FROZEN" : "1");
-        }
+        public void Freeze() => File.WriteAllText(Path.Combine(dir, v1 ? "freezer.state" : "cgroup.freeze"), v1 ? "FROZEN" : "1");
+
+        /// <summary>The freeze finished: every task is frozen (v1 freezer.state FROZEN, v2 cgroup.events "frozen 1").</summary>
+        public bool Frozen() => v1
+            ? File.ReadAllText(Path.Combine(dir, "freezer.state")).Trim() == "FROZEN"
+            : File.ReadLines(Path.Combine(dir, "cgroup.events")).Contains("frozen 1", StringComparer.Ordinal);
 
         public void Thaw() => File.WriteAllText(Path.Combine(dir, v1 ? "freezer.state" : "cgroup.freeze"), v1 ? "THAWED" : "0");
 

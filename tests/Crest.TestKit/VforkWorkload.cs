@@ -6,7 +6,8 @@ namespace Crest.TestKit;
 /// <summary>
 /// A static binary that keeps starting children with vfork(2): each child sleeps CHILD_MS before it execs
 /// <c>/bin/busybox true</c> (its parent waits in vfork all that time), the parent then prints <c>round N</c> and sleeps
-/// PARENT_MS. It stands in for glibc's system() and posix_spawn, Go's os/exec and Python's subprocess, whose children
+/// PARENT_MS on average (half to one and a half times it, at random, so a freeze that takes as long as a round does not
+/// land at the same point of every round). It stands in for glibc's system() and posix_spawn, Go's os/exec and Python's subprocess, whose children
 /// spend microseconds where these spend milliseconds, so a freeze lands in the wait most of the time instead of rarely.
 /// Built with the C compiler <c>make deps</c> installs for the Native AOT link; static, so it runs in a busybox rootfs.
 /// </summary>
@@ -23,6 +24,7 @@ public static class VforkWorkload
 
         int main(int argc, char **argv) {
             long child_ms = argc > 1 ? atol(argv[1]) : 20, parent_ms = argc > 2 ? atol(argv[2]) : 20;
+            srand((unsigned)time(0) ^ (unsigned)getpid());
             for (unsigned long round = 1;; round++) {
                 pid_t child = vfork();
                 if (child == 0) {
@@ -34,7 +36,7 @@ public static class VforkWorkload
                 waitpid(child, 0, 0);
                 printf("round %lu\n", round);
                 fflush(stdout);
-                sleep_ms(parent_ms);
+                sleep_ms(parent_ms / 2 + (parent_ms > 0 ? rand() % parent_ms : 0));
             }
         }
         """;

@@ -1,7 +1,7 @@
 using Crest.Core;
-using Crest.UnitTests.Fakes;
 using Crest.Oci;
 using Crest.Runtime;
+using Crest.UnitTests.Fakes;
 
 namespace Crest.UnitTests;
 
