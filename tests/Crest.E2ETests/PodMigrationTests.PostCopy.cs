@@ -11,19 +11,9 @@ public sealed partial class PodMigrationTests
 {
     private static readonly string[] MemoryWorkloads = ["memory", "memory2"];
 
-    /// <summary>
-    /// A pod of two awk workloads holding 48 MiB each moves post-copy: the pod checkpoint carries none of that memory,
-    /// each restored container faults its own in from its own page server on A (over TLS), every line on B still sees
-    /// its whole string, and nothing is left on A, not even a key pair.
-    /// </summary>
-    [Fact]
-    public async Task A_pod_migrates_post_copy_with_each_containers_memory_from_its_own_page_server_and_arrives_whole()
+    /// <summary>A pod of the two awk memory workloads (<see cref="MemoryWorkloads"/>) of <paramref name="bytes"/> each on A, once both count.</summary>
+    private static async Task<(string PodId, string[] Logs)> RunMemoryPodOnAAsync(TwoNodes nodes, string image, long bytes)
     {
-        RequireTools();
-        await using var nodes = await TwoNodes.StartAsync("podpost");
-        await RequirePostCopyAsync(nodes);
-        var image = await RegistryBusyboxOnAAsync(nodes);
-        const long bytes = 48L << 20;
         var pod = await WritePodAsync(nodes.A.Dir, "podpost", "uid-podpost-a");
         var podId = await nodes.A.Pods.RunAsync(pod);
         foreach (var name in MemoryWorkloads)
@@ -39,12 +29,90 @@ public sealed partial class PodMigrationTests
             await RunAsync([.. nodes.A.R, "start", id]);
         }
 
-        var logsA = MemoryWorkloads.Select(n => nodes.A.Dir.Combine("logs-podpost", n + ".log")).ToArray();
-        foreach (var log in logsA)
+        var logs = MemoryWorkloads.Select(n => nodes.A.Dir.Combine("logs-podpost", n + ".log")).ToArray();
+        foreach (var log in logs)
         {
             await CountPassesAsync(log, 3);
         }
 
+        return (podId, logs);
+    }
+
+    /// <summary>
+    /// The page sources die while B fetches from them (SIGKILL to A's runc checkpoint --lazy-pages and their CRIUs, once
+    /// B runs the pod): the migration fails naming the broken transfer, B's pod is gone, and A's pod runs on with every
+    /// workload's memory whole, so exactly one copy of each runs.
+    /// </summary>
+    [Fact]
+    public async Task A_post_copy_pod_whose_page_sources_die_is_undone_and_the_source_pod_runs_on_exactly_once()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("podpostfail");
+        await RequirePostCopyAsync(nodes);
+        var image = await RegistryBusyboxOnAAsync(nodes);
+        // Large enough that the pages are still streaming when their sources are killed.
+        const long bytes = 384L << 20;
+        var (podId, logsA) = await RunMemoryPodOnAAsync(nodes, image, bytes);
+        var podB = await WritePodAsync(nodes.B.Dir, "podpost", "uid-podpost-b");
+
+        var migrating = MigratePodAsync(nodes, podId, podB, "--strategy", "post-copy");
+        var rootA = nodes.A.Dir.Combine("root");
+        var rootB = nodes.B.Dir.Combine("root");
+        // Both of B's restores handed their processes over (they fault pages in) and B runs the pod's containers.
+        int RestoredOnB() => Directory.Exists(Path.Combine(rootB, "containers"))
+            ? Directory.EnumerateFiles(Path.Combine(rootB, "containers"), "restore.log", SearchOption.AllDirectories)
+                .Count(f => File.ReadAllText(f).Contains("Restore finished successfully", StringComparison.Ordinal))
+            : 0;
+        await Eventually.UntilAsync(async () => migrating.IsCompleted || (RestoredOnB() == MemoryWorkloads.Length && (await RunAsync([.. nodes.B.R, "ps", "-q"])).Split('\n').Length == MemoryWorkloads.Length),
+            "B's post-copy restores to finish and its containers to run", TimeSpan.FromSeconds(60), Ct);
+        if (migrating.IsCompleted)
+        {
+            Assert.Fail("the migration ended before its page sources could be killed: " + (await migrating).Stderr);
+        }
+
+        var pageSources = ProcessesWith("checkpoint", "--lazy-pages", rootA);
+        Assert.Equal(MemoryWorkloads.Length, pageSources.Count);
+        foreach (var pid in pageSources)
+        {
+            // runc leads the process group of the CRIU it started.
+            _ = await Tool("kill", "-KILL", "--", "-" + pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
+
+        var migrated = await migrating;
+
+        Assert.Equal(1, migrated.ExitCode);
+        Assert.True(migrated.Stderr.Contains("broke", StringComparison.Ordinal), migrated.Stderr);
+        Assert.True(migrated.Stderr.Contains("undone: the pod runs on", StringComparison.Ordinal), migrated.Stderr);
+        Assert.Equal("", await RunAsync([.. nodes.B.R, "pods", "-q"]));
+        Assert.Equal("", await RunAsync([.. nodes.B.R, "ps", "-a", "-q"]));
+        Assert.Equal(podId, await RunAsync([.. nodes.A.R, "pods", "-q"]));
+        foreach (var logA in logsA)
+        {
+            var before = LastCount(await File.ReadAllTextAsync(logA, Ct));
+            var log = await Eventually.UntilAsync(() => ReadLogAsync(logA), l => LastCount(l) > before + 2,
+                "each source workload to count on after the failed post-copy", describe: l => l[^Math.Min(400, l.Length)..], ct: Ct);
+            Assert.All(log.Split('\n').Where(l => l.Contains("count", StringComparison.Ordinal)), l => Assert.EndsWith($" len {bytes} mid ok", l, StringComparison.Ordinal));
+        }
+
+        // One copy of each workload on this machine: the source's.
+        Assert.Equal(MemoryWorkloads.Length, ProcessesWith("busybox", "awk", MemoryWorkloadTag(nodes)).Count);
+        TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
+    }
+
+    /// <summary>
+    /// A pod of two awk workloads holding 48 MiB each moves post-copy: the pod checkpoint carries none of that memory,
+    /// each restored container faults its own in from its own page server on A (over TLS), every line on B still sees
+    /// its whole string, and nothing is left on A, not even a key pair.
+    /// </summary>
+    [Fact]
+    public async Task A_pod_migrates_post_copy_with_each_containers_memory_from_its_own_page_server_and_arrives_whole()
+    {
+        RequireTools();
+        await using var nodes = await TwoNodes.StartAsync("podpost");
+        await RequirePostCopyAsync(nodes);
+        var image = await RegistryBusyboxOnAAsync(nodes);
+        const long bytes = 48L << 20;
+        var (podId, logsA) = await RunMemoryPodOnAAsync(nodes, image, bytes);
         var podB = await WritePodAsync(nodes.B.Dir, "podpost", "uid-podpost-b");
 
         var migrated = await MigratePodAsync(nodes, podId, podB, "--strategy", "post-copy");
