@@ -4,7 +4,7 @@
 # taken from CRITEST_DIR (default ../shared/critest beside the repository) and its stand-in images are served by a
 # loopback registry that both runtimes reach through registry mirrors (scripts/lib/critest-env.sh). Without
 # critest those rows are skipped and the table says so. Arguments go to Crest.Bench (--runs N, --checkpoint-only, --pod-checkpoint-only,
-# --migration-only, --critest-only, --calls-only, --critest-samples N).
+# --migration-only, --pod-migration-only, --critest-only, --calls-only, --critest-samples N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -20,7 +20,7 @@ cleanup() {
   if [ -n "$work" ]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT
-if [[ " $* " == *" --checkpoint-only "* || " $* " == *" --pod-checkpoint-only "* || " $* " == *" --calls-only "* || " $* " == *" --migration-only "* ]]; then
+if [[ " $* " == *" --checkpoint-only "* || " $* " == *" --pod-checkpoint-only "* || " $* " == *" --calls-only "* || " $* " == *" --migration-only "* || " $* " == *" --pod-migration-only "* ]]; then
   :
 elif [ -x "$critest_dir/bin/critest" ]; then
   work=$(mktemp -d /tmp/crest-bench-critest-XXXXXX)

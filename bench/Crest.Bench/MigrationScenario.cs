@@ -15,7 +15,7 @@ namespace Crest.Bench;
 /// work the rewrites took on B in the two seconds after the switch (pages faulting in). Every run then has the
 /// workload check all its memory on B against what it wrote and fails on a single wrong word.
 /// </summary>
-internal static class MigrationScenario
+internal static partial class MigrationScenario
 {
     public static readonly int[] SizesMiB = [64, 256, 1024];
 
@@ -29,10 +29,11 @@ internal static class MigrationScenario
 
     private const string WorkloadPath = "bin/memory-dirtier";
 
-    public static async Task<int> RunOnlyAsync(int runs, string output, string? crestdPath)
+    /// <summary>The migration rows alone; <paramref name="podsOnly"/> (<c>--pod-migration-only</c>): only the whole-pod rows.</summary>
+    public static async Task<int> RunOnlyAsync(int runs, string output, string? crestdPath, bool podsOnly = false)
     {
         var report = new Report(runs, 0);
-        await AddRowsAsync(report, runs, crestdPath);
+        await AddRowsAsync(report, runs, crestdPath, containerRows: !podsOnly);
         Directory.CreateDirectory(output);
         var stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
         var markdown = report.Markdown(["crest"], Environment.MachineName);
@@ -43,7 +44,7 @@ internal static class MigrationScenario
         return 0;
     }
 
-    public static async Task AddRowsAsync(Report report, int runs, string? crestdPath)
+    public static async Task AddRowsAsync(Report report, int runs, string? crestdPath, bool containerRows = true)
     {
         string? postCopyProblem = null;
         var crest = Subjects.BuiltPath("CrestPath");
@@ -84,7 +85,7 @@ internal static class MigrationScenario
             }
 
             var n = 0;
-            foreach (var mib in SizesMiB)
+            foreach (var mib in containerRows ? SizesMiB : [])
             {
                 foreach (var rate in DirtyMiBPerSecond)
                 {
@@ -107,6 +108,8 @@ internal static class MigrationScenario
                     }
                 }
             }
+
+            await AddPodRowsAsync(report, runs, crest, a, ra, b, rb, image, postCopyProblem is null);
         }
         finally
         {
@@ -237,12 +240,19 @@ internal static class MigrationScenario
 
     private static (string Config, string Log) Pod(RunningSubject node, string name, string side)
     {
+        var (config, logs) = PodWithLogs(node, name, side);
+        return (config, Path.Combine(logs, "memory.log"));
+    }
+
+    /// <summary>A pod config on <paramref name="node"/> and its log directory.</summary>
+    private static (string Config, string Logs) PodWithLogs(RunningSubject node, string name, string side)
+    {
         var logs = node.Dir.CreateDirectory("logs-" + name);
         var config = node.Dir.Combine($"pod-{name}.json");
         File.WriteAllText(config, $$"""
             {"metadata": {"name": "{{name}}", "uid": "uid-{{name}}-{{side}}", "namespace": "bench", "attempt": 1}, "log_directory": "{{logs}}", "linux": {} }
             """);
-        return (config, Path.Combine(logs, "memory.log"));
+        return (config, logs);
     }
 
     private static string Read(string path)

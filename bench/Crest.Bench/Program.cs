@@ -30,9 +30,10 @@ if (args.Contains("--soak"))
 }
 
 // --migration-only [--runs N]: just the live migration rows (issue 15; crestd alone, two nodes on this machine).
-if (args.Contains("--migration-only"))
+// --pod-migration-only [--runs N]: just the whole-pod migration rows.
+if (args.Contains("--migration-only") || args.Contains("--pod-migration-only"))
 {
-    return await MigrationScenario.RunOnlyAsync(runs, output, crestdPath);
+    return await MigrationScenario.RunOnlyAsync(runs, output, crestdPath, podsOnly: args.Contains("--pod-migration-only"));
 }
 
 // --checkpoint-only: just the checkpoint/restore rows (they take the longest to iterate on).
