@@ -27,11 +27,16 @@ internal static partial class MigrationScenario
                 report.Add($"{row}: downtime", "ms", "crest", m.Downtime);
                 report.Add($"{row}: frozen", "ms", "crest", m.Frozen);
                 report.Add($"{row}: total", "ms", "crest", m.Total);
+                if (strategy == "post-copy")
+                {
+                    report.Add($"{row}: memory arriving after the switch", "ms", "crest", m.FaultIn);
+                }
             }
         }
 
         report.Note($"pod migration rows: `crest migrate pod --strategy stop-copy|post-copy` of a fresh pod of {PodContainers.Length} memory-dirtier containers holding {PodContainerMiB} MiB each, each rewriting {PodDirtyMiBPerSecond} MiB/s; "
-            + "downtime: the longest of the containers' (each one's last CRI log line on A to its first on B); frozen: freeze to every container running on B; total: the whole command. "
+            + "downtime: the longest of the containers' (each one's last CRI log line on A to its first on B); frozen: freeze to every container running on B; total: the whole command; "
+            + "memory arriving after the switch (post-copy): from every container running on B until the last page of the last container arrived. "
             + "Every run then has each workload check every word of its memory on B (`verify ok`).");
     }
 
@@ -84,7 +89,14 @@ internal static partial class MigrationScenario
                 }
             }
 
-            return new Migration(r.GetProperty("downtimeMs").GetDouble(), 0, r.GetProperty("frozenMs").GetDouble(), r.GetProperty("totalMs").GetDouble(), 0);
+            if (r.GetProperty("downtimeMs").ValueKind != JsonValueKind.Number)
+            {
+                throw new InvalidOperationException($"crest migrate pod measured no downtime ({strategy}): a container logged nothing on one side");
+            }
+
+            // Post-copy: how long after the pod ran on B its last page arrived (FaultIn carries it for these rows).
+            var pageTransfer = r.GetProperty("pageTransferMs") is { ValueKind: JsonValueKind.Number } pt ? pt.GetDouble() : 0;
+            return new Migration(r.GetProperty("downtimeMs").GetDouble(), 0, r.GetProperty("frozenMs").GetDouble(), r.GetProperty("totalMs").GetDouble(), pageTransfer);
         }
         finally
         {

@@ -20,8 +20,8 @@ public sealed record MigrationPodCheckpoint(string SandboxId, string ArchiveToke
 /// <summary>A post-copy source's page server: the <c>HOST:PORT</c> it listens on, and its certificate (PEM) when it speaks TLS.</summary>
 public sealed record MigrationPageServer(string Endpoint, string? Certificate);
 
-// The source of a whole-pod stop-copy migration: the pod checkpoint (CheckpointPod's) with a third end state, every
-// container left frozen and held. As a container's stop-copy freeze does, it writes no archive: the pod's files and
+// The source of a whole-pod migration: the pod checkpoint (CheckpointPod's) with a third end state, every container
+// left frozen and held (post-copy: each container dumped without its memory, which a page server of its own serves). As a container's stop-copy freeze does, it writes no archive: the pod's files and
 // pod.json are kept under <root>/migrations/<token>.pod, each container's CRIU work directory (a tmpfs when it fit in
 // memory) is held where CRIU wrote it, named by <token>.podwork, until DropArchive. ReadArchive streams them as one pod
 // checkpoint tar, each container's archive made inside it as it goes, which the target's RestorePod reads as any
@@ -57,7 +57,7 @@ public sealed partial class MigrationService
         }
 
         var identities = new Dictionary<string, PageTransferIdentity>(StringComparer.Ordinal);
-        var servers = new Dictionary<string, PodPageServer>(StringComparer.Ordinal);
+        var servers = new Dictionary<string, LazyDumpTarget>(StringComparer.Ordinal);
         try
         {
             if (pageServerAddress is not null)
@@ -88,7 +88,7 @@ public sealed partial class MigrationService
     /// the caller removes on failure).
     /// </summary>
     private async Task PreparePodPageServersAsync(string sandboxId, string address, IReadOnlyDictionary<string, string> certificates,
-        Dictionary<string, PodPageServer> servers, Dictionary<string, PageTransferIdentity> identities, CancellationToken ct)
+        Dictionary<string, LazyDumpTarget> servers, Dictionary<string, PageTransferIdentity> identities, CancellationToken ct)
     {
         var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
         if (MigrationSupport.From(probe).FirstOrDefault(s => s.Strategy == "post-copy") is { Supported: false, Reason: var reason })
@@ -99,12 +99,12 @@ public sealed partial class MigrationService
         var running = (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandboxId && c.State == ContainerState.Running).Select(c => c.Id).ToList();
         if (certificates.Keys.FirstOrDefault(id => !running.Contains(id, StringComparer.Ordinal)) is { } stray)
         {
-            throw new CrestException(ErrorKind.InvalidArgument, $"a page client certificate was given for container {stray}, which is not a running container of pod sandbox {sandboxId}");
+            throw new CrestException(ErrorKind.FailedPrecondition, $"a page client certificate was given for container {stray}, which is not a running container of pod sandbox {sandboxId} (it stopped?); migrate the pod again");
         }
 
         if (certificates.Count > 0 && running.FirstOrDefault(id => !certificates.ContainsKey(id)) is { } bare)
         {
-            throw new CrestException(ErrorKind.InvalidArgument, $"container {bare} of pod sandbox {sandboxId} has no page client certificate: over TLS every container's page server needs its client's");
+            throw new CrestException(ErrorKind.FailedPrecondition, $"container {bare} of pod sandbox {sandboxId} has no page client certificate (it started after the migration looked at the pod?): over TLS every container's page server needs its client's; migrate the pod again");
         }
 
         if (certificates.Count > 0)
@@ -122,12 +122,19 @@ public sealed partial class MigrationService
                 tls = pageTransferIdentities.Pin(identity.Token, certificate);
             }
 
-            servers[id] = new PodPageServer(FreePageServerEndpoint(address), tls);
+            // Each port is probed free and released: one handed out twice in a row would be a collision.
+            var endpoint = FreePageServerEndpoint(address);
+            while (servers.Values.Any(s => s.Endpoint == endpoint))
+            {
+                endpoint = FreePageServerEndpoint(address);
+            }
+
+            servers[id] = new LazyDumpTarget(endpoint, tls);
         }
     }
 
     private async Task<MigrationPodCheckpoint> FreezePodWithAsync(string sandboxId, TimeSpan timeout, IReadOnlyDictionary<string, string>? rootfsRounds, bool tcpEstablished,
-        IReadOnlyDictionary<string, PodPageServer> pageServers, IReadOnlyDictionary<string, PageTransferIdentity> identities, CancellationToken ct)
+        IReadOnlyDictionary<string, LazyDumpTarget> pageServers, IReadOnlyDictionary<string, PageTransferIdentity> identities, CancellationToken ct)
     {
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var token = NewToken();
@@ -209,6 +216,12 @@ public sealed partial class MigrationService
         }
         catch
         {
+            // The page servers go first (each holds its container through CRIU); the client's undo thaws the containers.
+            foreach (var served in result.PageServers.Values)
+            {
+                await served.KillAsync().ConfigureAwait(false);
+            }
+
             FileKinds.Remove(PodHeldWorkRecord(token));
             FileKinds.Remove(PodCheckpointPath(token));
             foreach (var work in result.HeldWork!.Values)

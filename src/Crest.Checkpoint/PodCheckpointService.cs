@@ -45,11 +45,11 @@ public sealed record PodCheckpointRequest
     /// A post-copy pod migration's source (not a CRI field; with <see cref="HoldFrozen"/>), by container id: that
     /// container's memory stays out of its checkpoint and a page server of its own serves it (<see cref="PodCheckpointResult.PageServers"/>).
     /// </summary>
-    internal IReadOnlyDictionary<string, PodPageServer> PageServers { get; init; } = new Dictionary<string, PodPageServer>();
+    internal IReadOnlyDictionary<string, LazyDumpTarget> PageServers { get; init; } = new Dictionary<string, LazyDumpTarget>();
 }
 
 /// <summary>Where one container's page server listens (<c>HOST:PORT</c>), and its TLS (null: in the clear).</summary>
-public sealed record PodPageServer(string Endpoint, PageTransferTls? Tls);
+internal sealed record LazyDumpTarget(string Endpoint, PageTransferTls? Tls);
 
 /// <summary>What one pod checkpoint did and measured.</summary>
 public sealed record PodCheckpointResult(string SandboxId, string OutputPath, IReadOnlyList<PodCheckpointContainer> Containers, long Bytes, TimeSpan Total, TimeSpan Frozen)
@@ -122,7 +122,13 @@ public sealed partial class PodCheckpointService(
 
         if (request.PageServers.Keys.FirstOrDefault(id => selected.All(c => c.Id != id)) is { } strayServer)
         {
-            throw new CrestException(ErrorKind.InvalidArgument, $"a page server was asked for container {strayServer}, which is not one of the checkpointed containers of pod sandbox {sandbox.Id}");
+            throw new CrestException(ErrorKind.FailedPrecondition, $"a page server was asked for container {strayServer}, which is not one of the running containers of pod sandbox {sandbox.Id} (it stopped?); freeze the pod again");
+        }
+
+        if (request.PageServers.Count > 0 && selected.FirstOrDefault(c => !request.PageServers.ContainsKey(c.Id)) is { } unserved)
+        {
+            // Post-copy moves every container's memory the same way: one dumped whole would be a different checkpoint.
+            throw new CrestException(ErrorKind.FailedPrecondition, $"container {unserved.Id} of pod sandbox {sandbox.Id} has no page server (it started after the post-copy freeze was prepared); freeze the pod again");
         }
 
         var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
@@ -143,7 +149,9 @@ public sealed partial class PodCheckpointService(
             {
                 var work = Path.Combine(layout.ContainerDir(c.Id), "checkpoint-work-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
                 works.Add((c.Id, work));
-                await containers.PrepareCheckpointWorkAsync(c, work, options.WorkMemory, ct).ConfigureAwait(false);
+                // A post-copy dump writes no page images: nothing to keep in memory for it.
+                var workMemory = request.PageServers.ContainsKey(c.Id) ? CheckpointWorkMemory.Never : options.WorkMemory;
+                await containers.PrepareCheckpointWorkAsync(c, work, workMemory, ct).ConfigureAwait(false);
                 Directory.CreateDirectory(Path.Combine(work, CheckpointFiles.CriuImages), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
                 var spec = await ContainerCheckpointWriter.ReadSpecAsync(layout, c.Id, ct).ConfigureAwait(false);
                 parts.Add(new ContainerPart(c, work, spec, ContainerCheckpointWriter.MountDestinations(spec)));

@@ -55,16 +55,39 @@ public sealed partial class PodMigrationTests
         var (podId, logsA) = await RunMemoryPodOnAAsync(nodes, image, bytes);
         var podB = await WritePodAsync(nodes.B.Dir, "podpost", "uid-podpost-b");
 
-        var migrating = MigratePodAsync(nodes, podId, podB, "--strategy", "post-copy");
         var rootA = nodes.A.Dir.Combine("root");
         var rootB = nodes.B.Dir.Combine("root");
+        // Each of B's lazy-pages daemons is stopped as soon as its restore finished (the restore needs it running), so
+        // that no transfer can finish before its source is killed (a background fetch of 384 MiB takes well under a
+        // second); they go on once the sources are dead.
+        using var holdDaemons = new CancellationTokenSource();
+        var stopped = new HashSet<int>();
+        var holding = Task.Run(async () =>
+        {
+            while (!holdDaemons.IsCancellationRequested)
+            {
+                foreach (var container in RestoredContainerDirs(rootB))
+                {
+                    foreach (var pid in LazyPagesDaemons(container).Where(stopped.Add))
+                    {
+                        _ = await Tool("kill", "-STOP", pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                    }
+                }
+
+                await Task.Delay(5, CancellationToken.None);
+            }
+        }, CancellationToken.None);
+        var migrating = MigratePodAsync(nodes, podId, podB, "--strategy", "post-copy");
         // Both of B's restores handed their processes over (they fault pages in) and B runs the pod's containers.
         int RestoredOnB() => Directory.Exists(Path.Combine(rootB, "containers"))
             ? Directory.EnumerateFiles(Path.Combine(rootB, "containers"), "restore.log", SearchOption.AllDirectories)
                 .Count(f => File.ReadAllText(f).Contains("Restore finished successfully", StringComparison.Ordinal))
             : 0;
-        await Eventually.UntilAsync(async () => migrating.IsCompleted || (RestoredOnB() == MemoryWorkloads.Length && (await RunAsync([.. nodes.B.R, "ps", "-q"])).Split('\n').Length == MemoryWorkloads.Length),
+        await Eventually.UntilAsync(async () => migrating.IsCompleted
+                || (RestoredOnB() == MemoryWorkloads.Length && stopped.Count == MemoryWorkloads.Length && (await RunAsync([.. nodes.B.R, "ps", "-q"])).Split('\n').Length == MemoryWorkloads.Length),
             "B's post-copy restores to finish and its containers to run", TimeSpan.FromSeconds(60), Ct);
+        await holdDaemons.CancelAsync();
+        await holding;
         if (migrating.IsCompleted)
         {
             Assert.Fail("the migration ended before its page sources could be killed: " + (await migrating).Stderr);
@@ -72,10 +95,16 @@ public sealed partial class PodMigrationTests
 
         var pageSources = ProcessesWith("checkpoint", "--lazy-pages", rootA);
         Assert.Equal(MemoryWorkloads.Length, pageSources.Count);
+        Assert.Equal(MemoryWorkloads.Length, stopped.Count);
         foreach (var pid in pageSources)
         {
             // runc leads the process group of the CRIU it started.
             _ = await Tool("kill", "-KILL", "--", "-" + pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
+
+        foreach (var pid in stopped)
+        {
+            _ = await Tool("kill", "-CONT", pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
         }
 
         var migrated = await migrating;
@@ -98,6 +127,41 @@ public sealed partial class PodMigrationTests
         Assert.Equal(MemoryWorkloads.Length, ProcessesWith("busybox", "awk", MemoryWorkloadTag(nodes)).Count);
         TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
     }
+
+    /// <summary>The container directories of a node whose CRIU restore finished.</summary>
+    private static List<string> RestoredContainerDirs(string root)
+    {
+        var containers = Path.Combine(root, "containers");
+        return Directory.Exists(containers)
+            ? Directory.EnumerateDirectories(containers).Where(d =>
+            {
+                var log = Path.Combine(d, "bundle", "restore.log");
+                try
+                {
+                    return File.Exists(log) && File.ReadAllText(log).Contains("Restore finished successfully", StringComparison.Ordinal);
+                }
+                catch (IOException)
+                {
+                    return false;
+                }
+            }).ToList()
+            : [];
+    }
+
+    /// <summary>The <c>criu lazy-pages</c> daemons of a container (its directory in their command line).</summary>
+    private static IEnumerable<int> LazyPagesDaemons(string containerDir) =>
+        ProcessesWith("lazy-pages", containerDir + "/").Where(pid =>
+        {
+            try
+            {
+                var argv = File.ReadAllText($"/proc/{pid}/cmdline").Split('\0');
+                return argv.Length > 1 && argv[1] == "lazy-pages";
+            }
+            catch (IOException)
+            {
+                return false;
+            }
+        });
 
     /// <summary>
     /// A pod of two awk workloads holding 48 MiB each moves post-copy: the pod checkpoint carries none of that memory,
@@ -144,7 +208,7 @@ public sealed partial class PodMigrationTests
 
         // Two copies of the workload on this machine, both B's (one per container), and no key pair left on either node.
         Assert.Equal(2, ProcessesWith("busybox", "awk", MemoryWorkloadTag(nodes)).Count);
-        Assert.Empty(PageTransferKeys(nodes.A));
+        await Eventually.UntilAsync(() => !PageTransferKeys(nodes.A).Any(), "A's page server key pairs to go with their page servers", ct: Ct);
         await Eventually.UntilAsync(() => !PageTransferKeys(nodes.B).Any(), "B's page client key pairs to go with their transfers", ct: Ct);
         TestContext.Current.TestOutputHelper?.WriteLine(
             $"pod post-copy, 2 x {bytes >> 20} MiB: downtime {r.GetProperty("downtimeMs")} ms, frozen {r.GetProperty("frozenMs")} ms, page transfer {r.GetProperty("pageTransferMs")} ms, "

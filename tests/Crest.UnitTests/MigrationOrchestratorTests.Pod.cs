@@ -261,6 +261,9 @@ public sealed partial class MigrationOrchestratorTests
     public async Task A_post_copy_pod_migration_serves_each_containers_memory_from_its_own_page_server_and_ends_the_source_only_once_every_page_arrived()
     {
         var (source, target, orchestrator, progress) = PostCopyPodNodes();
+        var timeline = new List<string>();
+        source.Timeline = timeline;
+        target.Timeline = timeline;
 
         var report = await orchestrator.RunPodAsync(MovePod(MigrationStrategy.PostCopy) with { PageServerAddress = "10.0.0.1" }, Ct);
 
@@ -272,9 +275,10 @@ public sealed partial class MigrationOrchestratorTests
         // Each restored container fetches from its own source's page server, pinning that server's certificate with its own key.
         Assert.Equal(new LazyPagesSource("10.0.0.1:7000", "cert-c1", "page-client-key"), target.PodLazyPages["name-c1"]);
         Assert.Equal(new LazyPagesSource("10.0.0.1:7001", "cert-c2", "page-client-key-2"), target.PodLazyPages["name-c2"]);
-        // The sources are killed only after every restored container's transfer ended.
-        var lastPages = target.Calls.FindLastIndex(c => c.StartsWith("pages ", StringComparison.Ordinal));
-        Assert.True(lastPages > target.Calls.FindIndex(c => c.StartsWith("restorepod", StringComparison.Ordinal)));
+        // The sources are killed only after every restored container's transfer ended (the fake ends the first after two polls).
+        var lastPages = timeline.FindLastIndex(c => c.StartsWith("b: pages ", StringComparison.Ordinal));
+        Assert.True(lastPages > timeline.IndexOf("b: restorepod /target/migrations/dst-archive.tar"), string.Join("\n", timeline));
+        Assert.True(timeline.FindIndex(c => c.StartsWith("a: killfrozen", StringComparison.Ordinal)) > lastPages, string.Join("\n", timeline));
         Assert.Equal(2, target.Calls.Where(c => c.StartsWith("pages ", StringComparison.Ordinal)).Distinct().Count());
         Assert.Contains("killfrozen c1", source.Calls);
         Assert.Equal(MigrationStrategy.PostCopy, report.Strategy);
@@ -283,6 +287,19 @@ public sealed partial class MigrationOrchestratorTests
         Assert.Contains(progress, l => l.StartsWith("post-copy: all 32768 pages", StringComparison.Ordinal));
         Assert.Empty(target.Archives);
         Assert.Empty(source.Containers);
+    }
+
+    [Fact]
+    public async Task A_post_copy_pod_migration_without_tls_makes_no_key_pairs_and_serves_in_the_clear()
+    {
+        var (source, target, orchestrator, _) = PostCopyPodNodes();
+
+        await orchestrator.RunPodAsync(MovePod(MigrationStrategy.PostCopy) with { PageServerTls = false }, Ct);
+
+        Assert.DoesNotContain("prepare-page-client", target.Calls);
+        Assert.Empty(source.PodPageClientCertificates);
+        Assert.Equal(new LazyPagesSource("127.0.0.1:7000", null, null), target.PodLazyPages["name-c1"]);
+        Assert.Equal(new LazyPagesSource("127.0.0.1:7001", null, null), target.PodLazyPages["name-c2"]);
     }
 
     [Fact]

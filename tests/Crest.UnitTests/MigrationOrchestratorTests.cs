@@ -57,9 +57,13 @@ public sealed partial class MigrationOrchestratorTests
         /// <summary>The migration label of each container restored here.</summary>
         public Dictionary<string, string> MigrationIds { get; } = new(StringComparer.Ordinal);
 
+        /// <summary>When set (shared by both nodes), every call of either node in order, as "NODE: call".</summary>
+        public List<string>? Timeline { get; set; }
+
         private void Step(string call)
         {
             Calls.Add(call);
+            Timeline?.Add($"{name}: {call}");
             var verb = call.Split(' ')[0];
             if (_down > 0)
             {
@@ -336,6 +340,7 @@ public sealed partial class MigrationOrchestratorTests
         public Task<LazyPagesProgress> LazyPagesAsync(string containerId, bool wait, CancellationToken ct)
         {
             Calls.Add("pages " + containerId);
+            Timeline?.Add($"{name}: pages {containerId}");
             if (Calls.Count(c => c.StartsWith("pages ", StringComparison.Ordinal)) < 2)
             {
                 return Task.FromResult(new LazyPagesProgress(true, false, false, 0, 0, null));

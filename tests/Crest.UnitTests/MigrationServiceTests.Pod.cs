@@ -45,6 +45,7 @@ public sealed partial class MigrationServiceTests
         // One page server per container, each on a port of its own, each dumped lazily with a key pair of its own pinning its client.
         Assert.Equal(["c1", "c2"], frozen.PageServers.Keys.Order(StringComparer.Ordinal));
         Assert.NotEqual(frozen.PageServers["c1"].Endpoint, frozen.PageServers["c2"].Endpoint);
+        Assert.Equal(2, _h.Runtimes.Checkpointed.Count);
         Assert.All(_h.Runtimes.Checkpointed, o => Assert.Equal(frozen.PageServers[o.ContainerId].Endpoint, o.LazyPageServer));
         var dirs = Directory.EnumerateDirectories(_identities.Root).ToList();
         Assert.Equal(2, dirs.Count);
@@ -84,6 +85,7 @@ public sealed partial class MigrationServiceTests
             pageClientCertificates: new Dictionary<string, string> { ["c1"] = TargetCertificate() }));
 
         Assert.Contains("container c2 of pod sandbox", missing.Message, StringComparison.Ordinal);
+        Assert.Equal(ErrorKind.FailedPrecondition, stray.Kind);
         Assert.Contains("container x9, which is not a running container", stray.Message, StringComparison.Ordinal);
         Assert.Equal(ErrorKind.InvalidArgument, noAddress.Kind);
         Assert.DoesNotContain(_h.Runtimes.Calls, c => c.StartsWith("pause", StringComparison.Ordinal));

@@ -146,15 +146,8 @@ internal sealed partial class MigrationOrchestrator
             if (postCopy)
             {
                 // The source stays frozen, its memory whole, until every container's last page arrived.
-                // The transfers run side by side on the target; each is awaited in turn, so the last answer ends the wait.
                 var transfer = time.GetTimestamp();
-                long pages = 0;
-                foreach (var id in restored.ContainerIds.Values)
-                {
-                    var left = request.PageTransferTimeout - time.GetElapsedTime(transfer);
-                    pages += (await AwaitPagesAsync(id, left > TimeSpan.Zero ? left : TimeSpan.Zero, ct).ConfigureAwait(false)).Pages;
-                }
-
+                var pages = await AwaitPodPagesAsync(restored.ContainerIds.Values, request.PageTransferTimeout, ct).ConfigureAwait(false);
                 pageTransfer = time.GetElapsedTime(transfer);
                 bytesAfter = pages * PageSize;
                 progress(string.Create(CultureInfo.InvariantCulture,
@@ -163,12 +156,7 @@ internal sealed partial class MigrationOrchestrator
         }
         catch (Exception e)
         {
-            var undo = await UndoPodAsync(pod, frozen, targetToken, restored?.PodId, restoreSent ? migrationId : null, hop.Image).ConfigureAwait(false);
-            foreach (var client in pageClients.Values)
-            {
-                // Gone with a transfer that ran; dropped here for one that never did.
-                await DropArchiveAsync(target, client.Token).ConfigureAwait(false);
-            }
+            var undo = await UndoPodAsync(pod, frozen, targetToken, restored?.PodId, restoreSent ? migrationId : null, hop.Image, [.. pageClients.Values.Select(c => c.Token)]).ConfigureAwait(false);
 
             var rootfsUndo = new List<string>();
             foreach (var staging in rootfs.Values)
@@ -222,6 +210,55 @@ internal sealed partial class MigrationOrchestrator
             BytesAfterSwitch = bytesAfter,
             PageTransfer = pageTransfer,
         };
+    }
+
+    /// <summary>
+    /// Post-copy: polls every restored container's transfer on each tick until all ended, and returns the pages they
+    /// fetched; the first that broke (its copy killed by the target's watchdog), a container without a transfer, or
+    /// <paramref name="timeout"/> over all of them is a failure, which the caller undoes at once.
+    /// </summary>
+    private async Task<long> AwaitPodPagesAsync(IEnumerable<string> restored, TimeSpan timeout, CancellationToken ct)
+    {
+        var waiting = restored.ToList();
+        var started = time.GetTimestamp();
+        var reported = time.GetTimestamp();
+        long pages = 0;
+        while (true)
+        {
+            foreach (var id in waiting.ToList())
+            {
+                var p = await target.LazyPagesAsync(id, wait: false, ct).ConfigureAwait(false);
+                if (!p.Present)
+                {
+                    throw new InvalidOperationException($"the restored container {id} on {target.Name} has no post-copy transfer (did its crestd restart?)");
+                }
+
+                if (p.Finished)
+                {
+                    pages += p.Succeeded ? p.Pages : throw new InvalidOperationException($"the memory transfer to {id} on {target.Name} broke: {p.Problem}");
+                    waiting.Remove(id);
+                }
+            }
+
+            if (waiting.Count == 0)
+            {
+                return pages;
+            }
+
+            if (time.GetElapsedTime(started) > timeout)
+            {
+                throw new TimeoutException(string.Create(CultureInfo.InvariantCulture,
+                    $"the memory of {string.Join(", ", waiting)} did not arrive on {target.Name} within {timeout.TotalSeconds:0} s"));
+            }
+
+            if (time.GetElapsedTime(reported) > TimeSpan.FromSeconds(1))
+            {
+                progress($"post-copy: the pod runs on {target.Name} while the memory of {waiting.Count} containers arrives");
+                reported = time.GetTimestamp();
+            }
+
+            await Task.Delay(Poll, time, ct).ConfigureAwait(false);
+        }
     }
 
     /// <summary>
@@ -301,7 +338,8 @@ internal sealed partial class MigrationOrchestrator
     /// none is left (else they stay frozen and the message says how to end it by hand). Every source container is
     /// resumed whether or not the freeze answered (one cut off in flight may have frozen them).
     /// </summary>
-    private async Task<string> UndoPodAsync(SourcePod pod, FrozenPod? frozen, string? targetToken, string? restoredPod, string? migrationId, string? checkpointImage)
+    private async Task<string> UndoPodAsync(SourcePod pod, FrozenPod? frozen, string? targetToken, string? restoredPod, string? migrationId, string? checkpointImage,
+        IReadOnlyList<string> pageClients)
     {
         var problems = new List<string>();
         async Task Try(IMigrationNode node, string what, Func<Task> step)
@@ -333,6 +371,12 @@ internal sealed partial class MigrationOrchestrator
         if (targetToken is not null)
         {
             await Try(target, $"dropping the pod checkpoint on {target.Name}", () => target.DropArchiveAsync(targetToken, CancellationToken.None)).ConfigureAwait(false);
+        }
+
+        foreach (var token in pageClients)
+        {
+            // Gone with a transfer that ran; dropped here for one that never did.
+            await Try(target, $"dropping a page client key pair on {target.Name}", () => target.DropArchiveAsync(token, CancellationToken.None)).ConfigureAwait(false);
         }
 
         if (checkpointImage is not null)

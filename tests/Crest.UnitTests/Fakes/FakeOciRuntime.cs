@@ -230,7 +230,11 @@ public sealed class FakeOciRuntimes(string exitDir, ISet<int>? alive = null, par
         public Task<LazyCheckpoint> StartLazyCheckpointAsync(RuncCheckpointOptions options, CancellationToken ct)
         {
             ct.ThrowIfCancellationRequested();
-            runtimes.Checkpointed.Add(options);
+            lock (runtimes._gate)
+            {
+                runtimes.Checkpointed.Add(options);
+            }
+
             runtimes.DuringCheckpoint?.Invoke(options);
             runtimes.Enter("checkpoint", options.ContainerId);
             var server = Crest.Linux.ChildProcess.Spawn("/bin/sleep", ["sleep", "600"],
