@@ -269,12 +269,25 @@ public sealed class TcpMigrationTests
         }
     }
 
-    [Fact]
-    public async Task A_whole_pod_that_keeps_its_address_takes_its_established_connection_along()
+    /// <remarks>
+    /// Post-copy too: the connections are in the pod checkpoint, and each container's memory comes from its page server
+    /// on node A's address, which node B reaches over the routed network.
+    /// </remarks>
+    [Theory]
+    [InlineData("stop-copy")]
+    [InlineData("post-copy")]
+    public async Task A_whole_pod_that_keeps_its_address_takes_its_established_connection_along(string strategy)
     {
         RequireTools();
         await using var topology = await TcpMigrationTopology.StartAsync();
         var (a, b) = (topology.A, topology.B);
+        if (strategy == "post-copy")
+        {
+            using var info = JsonDocument.Parse(await RunAsync([.. a.R, "info", "-o", "json"]));
+            var postCopy = info.RootElement.GetProperty("liveMigration").EnumerateArray().Single(s => s.GetProperty("strategy").GetString() == "post-copy");
+            Assert.SkipUnless(postCopy.GetProperty("supported").GetBoolean(), "post-copy is not available on this node: " + postCopy.GetProperty("reason").GetString());
+        }
+
         var (podAId, podIp, socket) = await ServePodOnAAsync(topology);
         await OnOneConnectionAsync(socket, async client =>
         {
@@ -282,9 +295,15 @@ public sealed class TcpMigrationTests
             var podB = await WritePodAsync(b.Dir, "tcp", $"uid-{topology.Prefix}-b");
 
             var (migrated, atSwitch) = await MigrateAcrossTheRouteSwitchAsync(topology, client, podIp, 2,
-                [.. a.R, "migrate", "pod", podAId, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address", "-o", "json"]);
+                [.. a.R, "migrate", "pod", podAId, "--to", b.Crestd.Endpoint, "--pod-config", podB, "--keep-address", "--strategy", strategy,
+                    "--page-server-address", TcpMigrationTopology.NodeAddress(0), "-o", "json"]);
 
             Assert.True(migrated.ExitCode == 0, $"migrate pod failed ({migrated.ExitCode}): {migrated.Stderr}\nA: {a.Crestd.Log}\nB: {b.Crestd.Log}");
+            using (var answered = JsonDocument.Parse(migrated.Stdout))
+            {
+                Assert.Equal(strategy, answered.RootElement.GetProperty("strategy").GetString());
+            }
+
             Assert.False(client.Exchange.IsCompleted, $"the client stopped during the migration: {client.Failure}");
             using var report = JsonDocument.Parse(migrated.Stdout);
             var podBId = report.RootElement.GetProperty("podSandboxId").GetString()!;
@@ -297,7 +316,7 @@ public sealed class TcpMigrationTests
             await CountPassesAsync(b.Dir.Combine("logs-tcp", "counter.log"), LastCount(await ReadLogAsync(a.Dir.Combine("logs-tcp", "counter.log"))) + 3,
                 "the counter does not count on B: " + b.Crestd.Log);
             TestContext.Current.SendDiagnosticMessage(
-                $"TCP pod migration: {client.Replies.Count} answers on one connection, {atSwitch} before the route switch; longest wait for an answer {client.LongestWait().TotalMilliseconds:0} ms; "
+                $"TCP pod migration ({strategy}): {client.Replies.Count} answers on one connection, {atSwitch} before the route switch; longest wait for an answer {client.LongestWait().TotalMilliseconds:0} ms; "
                 + $"frozen {report.RootElement.GetProperty("frozenMs")} ms, downtime {report.RootElement.GetProperty("downtimeMs")} ms\n{migrated.Stderr}");
         });
     }

@@ -97,7 +97,15 @@ internal sealed class TcpMigrationTopology : IAsyncDisposable
             await IpAsync("-n", node, "link", "set", nodeEnd, "up");
             await IpAsync("-n", node, "route", "add", ClientAddress + "/32", "via", net + ".2");
         }
+
+        // The nodes reach each other through the client's namespace, as two machines of a routed network do: a
+        // post-copy target fetches the memory from the source's page server on the source's address.
+        await IpAsync("-n", a, "route", "add", "172.31.2.0/24", "via", "172.31.1.2");
+        await IpAsync("-n", b, "route", "add", "172.31.1.0/24", "via", "172.31.2.2");
     }
+
+    /// <summary>A node's own address on its link (<see cref="A"/>: 0, <see cref="B"/>: 1), which the other node reaches.</summary>
+    public static string NodeAddress(int node) => GatewayOf(node);
 
     private static async Task<TwoNodes.Node> StartNodeAsync(string name, string? rangeStart, bool ips)
     {
