@@ -310,17 +310,23 @@ public sealed class MigrationTests
     /// </summary>
     internal static string MemoryWorkloadTag(TwoNodes nodes) => Path.GetFileName(nodes.A.Dir.Path);
 
+    /// <summary>Writes the config of a memory workload named <paramref name="name"/> holding <paramref name="bytes"/> (logging to NAME.log) into <paramref name="config"/>.</summary>
+    internal static Task WriteMemoryWorkloadConfigAsync(TwoNodes nodes, string config, string name, string image, long bytes)
+    {
+        var script = $"BEGIN{{tag=\"{MemoryWorkloadTag(nodes)}\"; s=sprintf(\"%{bytes}s\",\"\"); while(1){{i++; print \"count \" i \" len \" length(s) \" mid \" (substr(s,{bytes / 2},4) == \"    \" ? \"ok\" : \"lost\"); fflush(); system(\"exec /bin/busybox sleep 0.1\")}}}}";
+        return File.WriteAllTextAsync(config, $$"""
+            {"metadata": {"name": "{{name}}"}, "image": {"image": "{{image}}"},
+             "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "{{name}}.log",
+             "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
+            """, Ct);
+    }
+
     internal static async Task<string> RunMemoryWorkloadOnAAsync(TwoNodes nodes, string image, long bytes)
     {
         var pod = await WritePodAsync(nodes.A.Dir, "mig", "uid-mig-a");
         var podId = await nodes.A.Pods.RunAsync(pod);
         var config = nodes.A.Dir.Combine("memory.json");
-        var script = $"BEGIN{{tag=\"{MemoryWorkloadTag(nodes)}\"; s=sprintf(\"%{bytes}s\",\"\"); while(1){{i++; print \"count \" i \" len \" length(s) \" mid \" (substr(s,{bytes / 2},4) == \"    \" ? \"ok\" : \"lost\"); fflush(); system(\"exec /bin/busybox sleep 0.1\")}}}}";
-        await File.WriteAllTextAsync(config, $$"""
-            {"metadata": {"name": "memory"}, "image": {"image": "{{image}}"},
-             "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "memory.log",
-             "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
-            """, Ct);
+        await WriteMemoryWorkloadConfigAsync(nodes, config, "memory", image, bytes);
         var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
         await RunAsync([.. nodes.A.R, "start", id]);
         await Eventually.UntilAsync(() => ReadLogAsync(nodes.A.Dir.Combine("logs-mig", "memory.log")), log => log.Contains("count 3 ", StringComparison.Ordinal),

@@ -19,12 +19,7 @@ public sealed partial class PodMigrationTests
         foreach (var name in MemoryWorkloads)
         {
             var config = nodes.A.Dir.Combine(name + ".json");
-            var script = $"BEGIN{{tag=\"{MemoryWorkloadTag(nodes)}\"; s=sprintf(\"%{bytes}s\",\"\"); while(1){{i++; print \"count \" i \" len \" length(s) \" mid \" (substr(s,{bytes / 2},4) == \"    \" ? \"ok\" : \"lost\"); fflush(); system(\"exec /bin/busybox sleep 0.1\")}}}}";
-            await File.WriteAllTextAsync(config, $$"""
-                {"metadata": {"name": "{{name}}"}, "image": {"image": "{{image}}"},
-                 "command": ["/bin/busybox", "awk", {{JsonSerializer.Serialize(script)}}], "log_path": "{{name}}.log",
-                 "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
-                """, Ct);
+            await WriteMemoryWorkloadConfigAsync(nodes, config, name, image, bytes);
             var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
             await RunAsync([.. nodes.A.R, "start", id]);
         }
