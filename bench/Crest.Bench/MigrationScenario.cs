@@ -33,7 +33,7 @@ internal static partial class MigrationScenario
     public static async Task<int> RunOnlyAsync(int runs, string output, string? crestdPath, bool podsOnly = false)
     {
         var report = new Report(runs, 0);
-        await AddRowsAsync(report, runs, crestdPath, containerRows: !podsOnly);
+        await AddRowsAsync(report, runs, crestdPath, containerRows: !podsOnly, podRows: podsOnly);
         Directory.CreateDirectory(output);
         var stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
         var markdown = report.Markdown(["crest"], Environment.MachineName);
@@ -44,7 +44,8 @@ internal static partial class MigrationScenario
         return 0;
     }
 
-    public static async Task AddRowsAsync(Report report, int runs, string? crestdPath, bool containerRows = true)
+    /// <summary>The container rows and (<paramref name="podRows"/>) the whole-pod rows; <c>make bench</c> has both.</summary>
+    public static async Task AddRowsAsync(Report report, int runs, string? crestdPath, bool containerRows = true, bool podRows = true)
     {
         string? postCopyProblem = null;
         var crest = Subjects.BuiltPath("CrestPath");
@@ -109,7 +110,10 @@ internal static partial class MigrationScenario
                 }
             }
 
-            await AddPodRowsAsync(report, runs, crest, a, ra, b, rb, image, postCopyProblem is null);
+            if (podRows)
+            {
+                await AddPodRowsAsync(report, runs, crest, a, ra, b, rb, image, postCopyProblem is null);
+            }
         }
         finally
         {

@@ -34,8 +34,9 @@ public sealed partial class MigrationService
 
     /// <summary>
     /// Checkpoints every container of a ready pod at one instant and leaves them all frozen, each with a migration hold
-    /// (so a crestd restart keeps them frozen), holding the pod checkpoint for <see cref="SendArchiveAsync"/>. Any
-    /// failure resumes every container, and nothing is left. <paramref name="timeout"/> (zero: none of its own) bounds
+    /// (so a crestd restart keeps them frozen), holding the pod checkpoint for <see cref="SendArchiveAsync"/>. A failure
+    /// up to the dump resumes every container, and nothing is left; one after it (the held work could not be recorded)
+    /// leaves them frozen and held, and nothing else, for the client's Resume of each. <paramref name="timeout"/> (zero: none of its own) bounds
     /// the whole checkpoint. <paramref name="rootfsRounds"/> names, by container id, the rootfs rounds
     /// (<see cref="PrepareRootfsRoundAsync"/>) staged on the target for it: that container's rootfs diff then holds only what
     /// changed since its last round, as a container's freeze with rounds does; the tokens are spent by a good freeze.
@@ -216,17 +217,23 @@ public sealed partial class MigrationService
         }
         catch
         {
-            // The page servers go first (each holds its container through CRIU); the client's undo thaws the containers.
-            foreach (var served in result.PageServers.Values)
+            try
             {
-                await served.KillAsync().ConfigureAwait(false);
+                // The page servers go first (each holds its container through CRIU); the containers stay frozen and held
+                // until the client's undo resumes each.
+                foreach (var served in result.PageServers.Values)
+                {
+                    await served.KillAsync().ConfigureAwait(false);
+                }
             }
-
-            FileKinds.Remove(PodHeldWorkRecord(token));
-            FileKinds.Remove(PodCheckpointPath(token));
-            foreach (var work in result.HeldWork!.Values)
+            finally
             {
-                containers.RemoveCheckpointWork(work);
+                FileKinds.Remove(PodHeldWorkRecord(token));
+                FileKinds.Remove(PodCheckpointPath(token));
+                foreach (var work in result.HeldWork!.Values)
+                {
+                    containers.RemoveCheckpointWork(work);
+                }
             }
 
             throw;

@@ -149,7 +149,7 @@ public sealed partial class PodCheckpointService(
             {
                 var work = Path.Combine(layout.ContainerDir(c.Id), "checkpoint-work-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
                 works.Add((c.Id, work));
-                // A post-copy dump writes no page images: nothing to keep in memory for it.
+                // A post-copy dump leaves the anonymous memory out of its images: nothing to keep in memory for it (as a container's lazy dump).
                 var workMemory = request.PageServers.ContainsKey(c.Id) ? CheckpointWorkMemory.Never : options.WorkMemory;
                 await containers.PrepareCheckpointWorkAsync(c, work, workMemory, ct).ConfigureAwait(false);
                 Directory.CreateDirectory(Path.Combine(work, CheckpointFiles.CriuImages), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);

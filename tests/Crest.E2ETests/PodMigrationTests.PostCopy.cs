@@ -56,50 +56,54 @@ public sealed partial class PodMigrationTests
         // that no transfer can finish before its source is killed (a background fetch of 384 MiB takes well under a
         // second); they go on once the sources are dead.
         using var holdDaemons = new CancellationTokenSource();
-        var stopped = new HashSet<int>();
+        var stopped = new System.Collections.Concurrent.ConcurrentDictionary<int, string>();
         var holding = Task.Run(async () =>
         {
             while (!holdDaemons.IsCancellationRequested)
             {
                 foreach (var container in RestoredContainerDirs(rootB))
                 {
-                    foreach (var pid in LazyPagesDaemons(container).Where(stopped.Add))
+                    // SIGSTOP straight away (no kill process to start): the background fetch must not finish first.
+                    foreach (var pid in LazyPagesDaemons(container).Where(pid => stopped.TryAdd(pid, container)))
                     {
-                        _ = await Tool("kill", "-STOP", pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                        _ = Signal(pid, SigStop);
                     }
                 }
 
-                await Task.Delay(5, CancellationToken.None);
+                await Task.Delay(2, CancellationToken.None);
             }
         }, CancellationToken.None);
-        var migrating = MigratePodAsync(nodes, podId, podB, "--strategy", "post-copy");
-        // Both of B's restores handed their processes over (they fault pages in) and B runs the pod's containers.
-        int RestoredOnB() => Directory.Exists(Path.Combine(rootB, "containers"))
-            ? Directory.EnumerateFiles(Path.Combine(rootB, "containers"), "restore.log", SearchOption.AllDirectories)
-                .Count(f => File.ReadAllText(f).Contains("Restore finished successfully", StringComparison.Ordinal))
-            : 0;
-        await Eventually.UntilAsync(async () => migrating.IsCompleted
-                || (RestoredOnB() == MemoryWorkloads.Length && stopped.Count == MemoryWorkloads.Length && (await RunAsync([.. nodes.B.R, "ps", "-q"])).Split('\n').Length == MemoryWorkloads.Length),
-            "B's post-copy restores to finish and its containers to run", TimeSpan.FromSeconds(60), Ct);
-        await holdDaemons.CancelAsync();
-        await holding;
-        if (migrating.IsCompleted)
+        Task<(int ExitCode, string Stdout, string Stderr)> migrating;
+        try
         {
-            Assert.Fail("the migration ended before its page sources could be killed: " + (await migrating).Stderr);
-        }
+            migrating = MigratePodAsync(nodes, podId, podB, "--strategy", "post-copy");
+            // Both of B's restores handed their processes over (they fault pages in), both daemons are held, and B runs the pod's containers.
+            int RestoredOnB() => RestoredContainerDirs(rootB).Count;
+            await Eventually.UntilAsync(async () => migrating.IsCompleted
+                    || (RestoredOnB() == MemoryWorkloads.Length && stopped.Count == MemoryWorkloads.Length && (await RunAsync([.. nodes.B.R, "ps", "-q"])).Split('\n').Length == MemoryWorkloads.Length),
+                "B's post-copy restores to finish, their lazy-pages daemons to be held and its containers to run", TimeSpan.FromSeconds(60), Ct);
+            if (migrating.IsCompleted)
+            {
+                Assert.Fail("the migration ended before its page sources could be killed: " + (await migrating).Stderr);
+            }
 
-        var pageSources = ProcessesWith("checkpoint", "--lazy-pages", rootA);
-        Assert.Equal(MemoryWorkloads.Length, pageSources.Count);
-        Assert.Equal(MemoryWorkloads.Length, stopped.Count);
-        foreach (var pid in pageSources)
-        {
-            // runc leads the process group of the CRIU it started.
-            _ = await Tool("kill", "-KILL", "--", "-" + pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            var pageSources = ProcessesWith("checkpoint", "--lazy-pages", rootA);
+            Assert.Equal(MemoryWorkloads.Length, pageSources.Count);
+            foreach (var pid in pageSources)
+            {
+                // runc leads the process group of the CRIU it started.
+                _ = await Tool("kill", "-KILL", "--", "-" + pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            }
         }
-
-        foreach (var pid in stopped)
+        finally
         {
-            _ = await Tool("kill", "-CONT", pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            // Whatever happened above: nothing stays stopped (a daemon that exited meanwhile is not signalled again).
+            await holdDaemons.CancelAsync();
+            await holding;
+            foreach (var pid in stopped.Keys)
+            {
+                _ = Signal(pid, SigCont);
+            }
         }
 
         var migrated = await migrating;
@@ -122,6 +126,13 @@ public sealed partial class PodMigrationTests
         Assert.Equal(MemoryWorkloads.Length, ProcessesWith("busybox", "awk", MemoryWorkloadTag(nodes)).Count);
         TestContext.Current.TestOutputHelper?.WriteLine(migrated.Stderr);
     }
+
+    private const int SigStop = 19;
+
+    private const int SigCont = 18;
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Signal(int pid, int signal);
 
     /// <summary>The container directories of a node whose CRIU restore finished.</summary>
     private static List<string> RestoredContainerDirs(string root)

@@ -233,9 +233,14 @@ internal sealed partial class MigrationOrchestrator
                     throw new InvalidOperationException($"the restored container {id} on {target.Name} has no post-copy transfer (did its crestd restart?)");
                 }
 
+                if (p.Finished && !p.Succeeded)
+                {
+                    throw new InvalidOperationException($"the memory transfer to {id} on {target.Name} broke: {p.Problem}");
+                }
+
                 if (p.Finished)
                 {
-                    pages += p.Succeeded ? p.Pages : throw new InvalidOperationException($"the memory transfer to {id} on {target.Name} broke: {p.Problem}");
+                    pages += p.Pages;
                     waiting.Remove(id);
                 }
             }
@@ -253,7 +258,7 @@ internal sealed partial class MigrationOrchestrator
 
             if (time.GetElapsedTime(reported) > TimeSpan.FromSeconds(1))
             {
-                progress($"post-copy: the pod runs on {target.Name} while the memory of {waiting.Count} containers arrives");
+                progress($"post-copy: the pod runs on {target.Name} while the memory of {string.Join(", ", waiting)} arrives");
                 reported = time.GetTimestamp();
             }
 
@@ -342,14 +347,27 @@ internal sealed partial class MigrationOrchestrator
         IReadOnlyList<string> pageClients)
     {
         var problems = new List<string>();
+        // A node that did not answer within the wait is not waited for again by the later steps.
+        var gone = new HashSet<IMigrationNode>();
         async Task Try(IMigrationNode node, string what, Func<Task> step)
         {
+            if (gone.Contains(node))
+            {
+                problems.Add($"{what}: skipped, {node.Name} did not answer");
+                return;
+            }
+
             try
             {
                 await WhenAnsweredAsync(node, what, step).ConfigureAwait(false);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
+                if (e is NodeUnavailableException)
+                {
+                    gone.Add(node);
+                }
+
                 problems.Add($"{what}: {Describe(e)}");
             }
         }

@@ -8,7 +8,7 @@ internal sealed partial class CrestMigrationService
     /// <summary>
     /// Checkpoints every container of a ready pod at one instant and leaves them all frozen and held, holding the pod
     /// checkpoint for ReadArchive (as one tar) until DropArchive. FailedPrecondition when the pod is not ready or a
-    /// container does not run; any failure resumes every container (a client's Resume of each ends what a failure after the dump left frozen). Resume or KillFrozen ends each.
+    /// container does not run; a failure up to the dump resumes every container; one after it leaves them frozen and held for the client's Resume of each. Resume or KillFrozen ends each.
     /// A container named in rootfs_rounds_tokens carries only its rootfs changes since the last round the target has.
     /// With tcp_established the pod's established TCP connections are dumped and its TCP traffic stays locked until Resume
     /// or the pod's removal. With page_server_address (post-copy) each container's memory stays out of the checkpoint and a
