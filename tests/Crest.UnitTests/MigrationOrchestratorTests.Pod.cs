@@ -321,6 +321,22 @@ public sealed partial class MigrationOrchestratorTests
     }
 
     [Fact]
+    public async Task A_post_copy_pod_whose_memory_does_not_arrive_in_time_names_the_late_container_and_is_undone()
+    {
+        var (source, target, orchestrator, _) = PostCopyPodNodes();
+
+        // The fake ends the first container's transfer only at its second poll: with no time at all, it is late.
+        var e = await Assert.ThrowsAsync<MigrationFailedException>(() => orchestrator.RunPodAsync(MovePod(MigrationStrategy.PostCopy) with { PageTransferTimeout = TimeSpan.Zero }, Ct));
+
+        var late = target.PodOf.Keys.Order(StringComparer.Ordinal).First();
+        Assert.Contains($"the memory of {late} did not arrive", e.Message, StringComparison.Ordinal);
+        Assert.Contains("undone: the pod runs on a as before", e.Message, StringComparison.Ordinal);
+        Assert.Equal("running", source.Containers["c1"]);
+        Assert.Equal("running", source.Containers["c2"]);
+        Assert.Empty(target.Pods);
+    }
+
+    [Fact]
     public async Task A_post_copy_pod_freeze_by_a_source_that_predates_it_is_undone_before_any_restore()
     {
         var (source, target, orchestrator, _) = PostCopyPodNodes();

@@ -72,6 +72,27 @@ public sealed partial class MigrationServiceTests
     }
 
     [Fact]
+    public async Task A_post_copy_pod_checkpoint_refuses_a_container_without_a_page_server_before_any_pause()
+    {
+        var pod = await PodOfRunningAsync("c1", "c2");
+        var checkpoints = new PodCheckpointService(_h.Containers, _h.Sandboxes, _h.Pods, _h.Layout, new Criu(), _h.Linux, new PodOperationJournal(_h.Paths), new CheckpointOptions(),
+            TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<PodCheckpointService>.Instance);
+
+        // c2 started after the freeze was prepared: only c1 has a page server.
+        var e = await Assert.ThrowsAsync<CrestException>(() => checkpoints.CheckpointAsync(new PodCheckpointRequest
+        {
+            SandboxId = pod.Id,
+            OutputPath = Path.Combine(_h.Paths.Root, "pod-out"),
+            HoldFrozen = true,
+            PageServers = new Dictionary<string, LazyDumpTarget> { ["c1"] = new("127.0.0.1:7001", null) },
+        }, Ct));
+
+        Assert.Equal(ErrorKind.FailedPrecondition, e.Kind);
+        Assert.Contains("container c2 of pod sandbox", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(_h.Runtimes.Calls, c => c.StartsWith("pause", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task A_post_copy_pod_freeze_over_tls_needs_a_certificate_for_every_container_and_refuses_before_any_pause()
     {
         var pod = await PodOfRunningAsync("c1", "c2");
