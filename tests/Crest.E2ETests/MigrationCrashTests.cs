@@ -278,16 +278,27 @@ public sealed class MigrationCrashTests
         AssertOneMemoryWorkload(nodes);
     }
 
-    [Fact]
-    public async Task Source_crestd_killed_after_freezing_a_whole_pod_keeps_it_frozen_until_the_client_resumes_every_container()
+    /// <remarks>
+    /// Post-copy too: the page servers the killed crestd left serving are found through the holds and killed before any
+    /// container is thawed, so none is left.
+    /// </remarks>
+    [Theory]
+    [InlineData("stop-copy")]
+    [InlineData("post-copy")]
+    public async Task Source_crestd_killed_after_freezing_a_whole_pod_keeps_it_frozen_until_the_client_resumes_every_container(string strategy)
     {
         RequireTools();
         await using var nodes = await TwoNodes.StartAsync("migcrp", environmentA: Armed(CrashPoints.MigrationPodFrozen));
+        if (strategy == "post-copy")
+        {
+            await RequirePostCopyAsync(nodes);
+        }
+
         var image = await RegistryBusyboxOnAAsync(nodes);
         var (podId, logsA) = await PodMigrationTests.RunTwoCountersOnAAsync(nodes, image);
         var podB = await WritePodAsync(nodes.B.Dir, "podmig", "uid-podmig-b");
 
-        var migrating = PodMigrationTests.MigratePodAsync(nodes, podId, podB);
+        var migrating = PodMigrationTests.MigratePodAsync(nodes, podId, podB, "--strategy", strategy);
         await CrashedAsync(nodes.A, migrating);
         await nodes.A.RestartAsync();
         var migrated = await migrating;
@@ -307,7 +318,15 @@ public sealed class MigrationCrashTests
         Assert.Equal("", await RunAsync([.. nodes.B.R, "ps", "-a", "-q"]));
         Assert.Equal("", await RunAsync([.. nodes.B.R, "pods", "-q"]));
         Assert.Contains("kept frozen", await nodes.A.Crestd.LoggedAsync("kept frozen"), StringComparison.Ordinal);
-        // The restart swept the held pod checkpoint.
+        if (strategy == "post-copy")
+        {
+            // Each container's page server, left serving by the killed crestd, was found through its hold and killed.
+            var log = await nodes.A.Crestd.LoggedAsync("killing the post-copy page server");
+            Assert.Equal(2, System.Text.RegularExpressions.Regex.Count(log, "killing the post-copy page server"));
+        }
+
+        // The restart swept the held pod checkpoint, and no page server outlived the undo.
         Assert.Empty(Directory.EnumerateFileSystemEntries(nodes.A.Dir.Combine("root", "migrations")));
+        Assert.Empty(ProcessesWith("checkpoint", "--lazy-pages", nodes.A.Dir.Combine("root")));
     }
 }
