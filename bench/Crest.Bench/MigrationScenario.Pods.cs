@@ -1,5 +1,4 @@
 using System.Text.Json;
-using Crest.TestKit;
 
 namespace Crest.Bench;
 
