@@ -91,11 +91,7 @@ public sealed partial class MigrationService
     private async Task PreparePodPageServersAsync(string sandboxId, string address, IReadOnlyDictionary<string, string> certificates,
         Dictionary<string, LazyDumpTarget> servers, Dictionary<string, PageTransferIdentity> identities, CancellationToken ct)
     {
-        var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
-        if (MigrationSupport.From(probe).FirstOrDefault(s => s.Strategy == "post-copy") is { Supported: false, Reason: var reason })
-        {
-            throw new CrestException(ErrorKind.FailedPrecondition, $"pod sandbox {sandboxId} cannot be migrated post-copy from this node: {reason}");
-        }
+        await RequirePostCopyAsync($"pod sandbox {sandboxId}", ct).ConfigureAwait(false);
 
         var running = (await containers.ListAsync(ct).ConfigureAwait(false)).Where(c => c.SandboxId == sandboxId && c.State == ContainerState.Running).Select(c => c.Id).ToList();
         if (certificates.Keys.FirstOrDefault(id => !running.Contains(id, StringComparer.Ordinal)) is { } stray)
@@ -241,17 +237,8 @@ public sealed partial class MigrationService
 
         foreach (var (id, served) in result.PageServers)
         {
-            _pageServers[id] = served;
-            var identity = identities.GetValueOrDefault(id);
-            // The page server's key pair served its one connection (or none, when it was killed). Its work directory is
-            // the held checkpoint's, which DropArchive removes.
-            _ = served.Exit.ContinueWith(_ =>
-            {
-                if (identity is not null)
-                {
-                    pageTransferIdentities.Remove(identity.Token);
-                }
-            }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+            // Its work directory is the held pod checkpoint's, which DropArchive removes.
+            ServePages(id, served, identities.GetValueOrDefault(id), removeWork: false);
         }
 
         CheckpointLog.MigrationPodFrozen(logger, result.SandboxId, result.Containers.Count, result.Bytes, (long)result.Total.TotalMilliseconds);

@@ -89,11 +89,7 @@ public sealed partial class MigrationService(
         Directory.CreateDirectory(ArchiveDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         if (pageServerAddress is not null)
         {
-            var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
-            if (MigrationSupport.From(probe).FirstOrDefault(s => s.Strategy == "post-copy") is { Supported: false, Reason: var reason })
-            {
-                throw new CrestException(ErrorKind.FailedPrecondition, $"container {idOrPrefix} cannot be migrated post-copy from this node: {reason}");
-            }
+            await RequirePostCopyAsync($"container {idOrPrefix}", ct).ConfigureAwait(false);
 
             if (pageClientCertificate is not null)
             {
@@ -195,16 +191,8 @@ public sealed partial class MigrationService(
 
         if (result.PageServer is { } served)
         {
-            _pageServers[result.ContainerId] = served;
-            _ = served.Exit.ContinueWith(_ =>
-            {
-                containers.RemoveCheckpointWork(served.WorkPath);
-                // The page server's key pair served its one connection (or none, when it was killed).
-                if (identity is not null)
-                {
-                    pageTransferIdentities.Remove(identity.Token);
-                }
-            }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+            // Its archive was written while frozen: the work directory goes with the page server.
+            ServePages(result.ContainerId, served, identity, removeWork: true);
         }
 
         if (result.HeldWork is { } work)
@@ -233,6 +221,38 @@ public sealed partial class MigrationService(
             RootfsEntries = result.RootfsEntries,
             RootfsBytes = result.RootfsBytes,
         };
+    }
+
+    /// <summary>Fails unless this node can be a post-copy source (CRIU's feature check of the kernel), naming <paramref name="what"/>.</summary>
+    private async Task RequirePostCopyAsync(string what, CancellationToken ct)
+    {
+        var probe = await criu.ProbeAsync(ct).ConfigureAwait(false);
+        if (MigrationSupport.From(probe).FirstOrDefault(s => s.Strategy == "post-copy") is { Supported: false, Reason: var reason })
+        {
+            throw new CrestException(ErrorKind.FailedPrecondition, $"{what} cannot be migrated post-copy from this node: {reason}");
+        }
+    }
+
+    /// <summary>
+    /// Keeps a post-copy source's page server for <see cref="ResumeAsync"/> and <see cref="KillFrozenAsync"/>. When it
+    /// ends, its key pair goes (it served its one connection, or none when killed), and with <paramref name="removeWork"/>
+    /// its work directory (a held pod checkpoint's is DropArchive's).
+    /// </summary>
+    private void ServePages(string containerId, LazyCheckpoint served, PageTransferIdentity? identity, bool removeWork)
+    {
+        _pageServers[containerId] = served;
+        _ = served.Exit.ContinueWith(_ =>
+        {
+            if (removeWork)
+            {
+                containers.RemoveCheckpointWork(served.WorkPath);
+            }
+
+            if (identity is not null)
+            {
+                pageTransferIdentities.Remove(identity.Token);
+            }
+        }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
     }
 
     /// <summary>

@@ -69,19 +69,7 @@ public sealed partial class ContainerService
                 TcpEstablished = tcpEstablished,
                 LazyPageServer = lazyPageServer,
             };
-            if (lazyPageServer is null)
-            {
-                await runtime.CheckpointAsync(checkpoint, ct).ConfigureAwait(false);
-            }
-            else
-            {
-                pageServer = await runtime.StartLazyCheckpointAsync(checkpoint, ct).ConfigureAwait(false);
-                if (pageServer.NagleKept is { } why)
-                {
-                    RuntimeLog.PageServerNagleKept(logger, c.Id, pageServer.PageServer, why);
-                }
-            }
-
+            pageServer = await CriuDumpAsync(runtime, checkpoint, ct).ConfigureAwait(false);
             CrashPoints.Hit(CrashPoints.CheckpointFrozen);
             dumped = clock.Elapsed;
             await captureRootfs(c, bundles.For(c.Id).Upper, ct).ConfigureAwait(false);
@@ -113,6 +101,27 @@ public sealed partial class ContainerService
         }
 
         return new ContainerDump(c, sandbox, paused, dumped, captured) { PageServer = pageServer };
+    }
+
+    /// <summary>
+    /// CRIU's dump through the runtime: a complete one, or (<see cref="RuncCheckpointOptions.LazyPageServer"/>) one that
+    /// leaves the memory out and returns the page server that serves it.
+    /// </summary>
+    private async Task<LazyCheckpoint?> CriuDumpAsync(IOciRuntime runtime, RuncCheckpointOptions options, CancellationToken ct)
+    {
+        if (options.LazyPageServer is null)
+        {
+            await runtime.CheckpointAsync(options, ct).ConfigureAwait(false);
+            return null;
+        }
+
+        var pageServer = await runtime.StartLazyCheckpointAsync(options, ct).ConfigureAwait(false);
+        if (pageServer.NagleKept is { } why)
+        {
+            RuntimeLog.PageServerNagleKept(logger, options.ContainerId, pageServer.PageServer, why);
+        }
+
+        return pageServer;
     }
 
     /// <summary>
@@ -222,9 +231,8 @@ public sealed partial class ContainerService
             }
 
             // Each container's CRIU configuration is written before the first pause, not inside the pod's frozen window.
-            foreach (var c in records)
+            foreach (var (c, target) in records.Zip(targets))
             {
-                var target = targets.First(t => t.ContainerId == c.Id);
                 var config = CriuConfigFile.For(tcpEstablished) with { PageServerTls = target.LazyPageServer is null ? null : target.PageServerTls };
                 criuConfigs.Add(await WriteCriuConfigAsync(c.Id, runtimes.For(c.RuntimeHandler), config, ct).ConfigureAwait(false));
             }
@@ -289,7 +297,7 @@ public sealed partial class ContainerService
                 }
                 else if (holdFrozen)
                 {
-                    await HoldPodForMigrationAsync(records, dumps).ConfigureAwait(false);
+                    await HoldPodForMigrationAsync(dumps).ConfigureAwait(false);
                     heldFrozen = true;
                 }
 
@@ -350,26 +358,14 @@ public sealed partial class ContainerService
         try
         {
             // Its CRIU configuration was written before the pod froze (DumpPodAsync).
-            var options = new RuncCheckpointOptions
+            pageServer = await CriuDumpAsync(runtimes.For(c.RuntimeHandler), new RuncCheckpointOptions
             {
                 ContainerId = c.Id,
                 ImagePath = t.ImagePath,
                 WorkPath = t.WorkPath,
                 TcpEstablished = tcpEstablished,
                 LazyPageServer = t.LazyPageServer,
-            };
-            if (t.LazyPageServer is null)
-            {
-                await runtimes.For(c.RuntimeHandler).CheckpointAsync(options, ct).ConfigureAwait(false);
-            }
-            else
-            {
-                pageServer = await runtimes.For(c.RuntimeHandler).StartLazyCheckpointAsync(options, ct).ConfigureAwait(false);
-                if (pageServer.NagleKept is { } why)
-                {
-                    RuntimeLog.PageServerNagleKept(logger, c.Id, pageServer.PageServer, why);
-                }
-            }
+            }, ct).ConfigureAwait(false);
         }
         catch (CrestException e) when (e.Kind != ErrorKind.FailedPrecondition && e.Kind != ErrorKind.DeadlineExceeded)
         {

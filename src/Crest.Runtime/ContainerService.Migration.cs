@@ -97,16 +97,15 @@ public sealed partial class ContainerService
     /// recorded, the holds recorded so far end and the caller resumes them all. A post-copy dump's hold names its page
     /// server, which a restarted crestd kills (as a container's).
     /// </summary>
-    private async Task HoldPodForMigrationAsync(IReadOnlyList<ContainerRecord> records, IReadOnlyList<ContainerDump> dumps)
+    private async Task HoldPodForMigrationAsync(IReadOnlyList<ContainerDump> dumps)
     {
         var recorded = new List<string>();
         try
         {
-            foreach (var c in records)
+            foreach (var d in dumps)
             {
-                var pageServerPid = dumps.FirstOrDefault(d => d.Container.Id == c.Id)?.PageServer?.Pid ?? 0;
-                await HoldForMigrationAsync(c.Id, pageServerPid, CancellationToken.None).ConfigureAwait(false);
-                recorded.Add(c.Id);
+                await HoldForMigrationAsync(d.Container.Id, d.PageServer?.Pid ?? 0, CancellationToken.None).ConfigureAwait(false);
+                recorded.Add(d.Container.Id);
             }
         }
         catch

@@ -12,26 +12,8 @@ public sealed partial class PodMigrationTests
     private static readonly string[] MemoryWorkloads = ["memory", "memory2"];
 
     /// <summary>A pod of the two awk memory workloads (<see cref="MemoryWorkloads"/>) of <paramref name="bytes"/> each on A, once both count.</summary>
-    private static async Task<(string PodId, string[] Logs)> RunMemoryPodOnAAsync(TwoNodes nodes, string image, long bytes)
-    {
-        var pod = await WritePodAsync(nodes.A.Dir, "podpost", "uid-podpost-a");
-        var podId = await nodes.A.Pods.RunAsync(pod);
-        foreach (var name in MemoryWorkloads)
-        {
-            var config = nodes.A.Dir.Combine(name + ".json");
-            await WriteMemoryWorkloadConfigAsync(nodes, config, name, image, bytes);
-            var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
-            await RunAsync([.. nodes.A.R, "start", id]);
-        }
-
-        var logs = MemoryWorkloads.Select(n => nodes.A.Dir.Combine("logs-podpost", n + ".log")).ToArray();
-        foreach (var log in logs)
-        {
-            await CountPassesAsync(log, 3);
-        }
-
-        return (podId, logs);
-    }
+    private static Task<(string PodId, string[] Logs)> RunMemoryPodOnAAsync(TwoNodes nodes, string image, long bytes) =>
+        RunPodOnAAsync(nodes, "podpost", MemoryWorkloads, (config, name) => WriteMemoryWorkloadConfigAsync(nodes, config, name, image, bytes));
 
     /// <summary>
     /// The page sources die while B fetches from them (SIGKILL to A's runc checkpoint --lazy-pages and their CRIUs, once

@@ -19,23 +19,30 @@ public sealed partial class PodMigrationTests
     internal static readonly string[] Counters = ["counter", "counter2"];
 
     /// <summary>A pod of two counters on node A (each in a pid namespace of its own, as the kubelet asks); its ID and the counters' logs once both counted a little.</summary>
-    internal static async Task<(string PodId, string[] Logs)> RunTwoCountersOnAAsync(TwoNodes nodes, string image)
+    internal static Task<(string PodId, string[] Logs)> RunTwoCountersOnAAsync(TwoNodes nodes, string image) =>
+        RunPodOnAAsync(nodes, "podmig", Counters, (config, name) => File.WriteAllTextAsync(config, $$"""
+            {"metadata": {"name": "{{name}}"}, "image": {"image": "{{image}}"},
+             "command": ["/bin/busybox", "sh", "-c", {{JsonSerializer.Serialize(CounterWorkload.Script)}}],
+             "log_path": "{{name}}.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
+            """, Ct));
+
+    /// <summary>
+    /// A pod <paramref name="podName"/> on node A with a container per name in <paramref name="names"/>, each made from the
+    /// config <paramref name="writeConfig"/> writes (path, name) and logging NAME.log; its ID and the logs once each counted past 3.
+    /// </summary>
+    internal static async Task<(string PodId, string[] Logs)> RunPodOnAAsync(TwoNodes nodes, string podName, string[] names, Func<string, string, Task> writeConfig)
     {
-        var pod = await WritePodAsync(nodes.A.Dir, "podmig", "uid-podmig-a");
+        var pod = await WritePodAsync(nodes.A.Dir, podName, $"uid-{podName}-a");
         var podId = await nodes.A.Pods.RunAsync(pod);
-        foreach (var name in Counters)
+        foreach (var name in names)
         {
             var config = nodes.A.Dir.Combine(name + ".json");
-            await File.WriteAllTextAsync(config, $$"""
-                {"metadata": {"name": "{{name}}"}, "image": {"image": "{{image}}"},
-                 "command": ["/bin/busybox", "sh", "-c", {{JsonSerializer.Serialize(CounterWorkload.Script)}}],
-                 "log_path": "{{name}}.log", "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"} } } }
-                """, Ct);
+            await writeConfig(config, name);
             var id = await RunAsync([.. nodes.A.R, "create", podId, config, pod]);
             await RunAsync([.. nodes.A.R, "start", id]);
         }
 
-        var logs = Counters.Select(n => nodes.A.Dir.Combine("logs-podmig", n + ".log")).ToArray();
+        var logs = names.Select(n => nodes.A.Dir.Combine("logs-" + podName, n + ".log")).ToArray();
         foreach (var log in logs)
         {
             await CountPassesAsync(log, 3);

@@ -147,7 +147,7 @@ internal sealed partial class MigrationOrchestrator
             {
                 // The source stays frozen, its memory whole, until every container's last page arrived.
                 var transfer = time.GetTimestamp();
-                var pages = await AwaitPodPagesAsync(restored.ContainerIds.Values, request.PageTransferTimeout, ct).ConfigureAwait(false);
+                var pages = await AwaitPagesAsync(restored.ContainerIds.Values, request.PageTransferTimeout, ct).ConfigureAwait(false);
                 pageTransfer = time.GetElapsedTime(transfer);
                 bytesAfter = pages * PageSize;
                 progress(string.Create(CultureInfo.InvariantCulture,
@@ -210,60 +210,6 @@ internal sealed partial class MigrationOrchestrator
             BytesAfterSwitch = bytesAfter,
             PageTransfer = pageTransfer,
         };
-    }
-
-    /// <summary>
-    /// Post-copy: polls every restored container's transfer on each tick until all ended, and returns the pages they
-    /// fetched; the first that broke (its copy killed by the target's watchdog), a container without a transfer, or
-    /// <paramref name="timeout"/> over all of them is a failure, which the caller undoes at once.
-    /// </summary>
-    private async Task<long> AwaitPodPagesAsync(IEnumerable<string> restored, TimeSpan timeout, CancellationToken ct)
-    {
-        var waiting = restored.ToList();
-        var started = time.GetTimestamp();
-        var reported = time.GetTimestamp();
-        long pages = 0;
-        while (true)
-        {
-            foreach (var id in waiting.ToList())
-            {
-                var p = await target.LazyPagesAsync(id, wait: false, ct).ConfigureAwait(false);
-                if (!p.Present)
-                {
-                    throw new InvalidOperationException($"the restored container {id} on {target.Name} has no post-copy transfer (did its crestd restart?)");
-                }
-
-                if (p.Finished && !p.Succeeded)
-                {
-                    throw new InvalidOperationException($"the memory transfer to {id} on {target.Name} broke: {p.Problem}");
-                }
-
-                if (p.Finished)
-                {
-                    pages += p.Pages;
-                    waiting.Remove(id);
-                }
-            }
-
-            if (waiting.Count == 0)
-            {
-                return pages;
-            }
-
-            if (time.GetElapsedTime(started) > timeout)
-            {
-                throw new TimeoutException(string.Create(CultureInfo.InvariantCulture,
-                    $"the memory of {string.Join(", ", waiting)} did not arrive on {target.Name} within {timeout.TotalSeconds:0} s"));
-            }
-
-            if (time.GetElapsedTime(reported) > TimeSpan.FromSeconds(1))
-            {
-                progress($"post-copy: the pod runs on {target.Name} while the memory of {string.Join(", ", waiting)} arrives");
-                reported = time.GetTimestamp();
-            }
-
-            await Task.Delay(Poll, time, ct).ConfigureAwait(false);
-        }
     }
 
     /// <summary>

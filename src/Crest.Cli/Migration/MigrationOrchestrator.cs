@@ -173,10 +173,10 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
             if (postCopy)
             {
                 var transfer = time.GetTimestamp();
-                var pages = await AwaitPagesAsync(restored, request.PageTransferTimeout, ct).ConfigureAwait(false);
+                var pages = await AwaitPagesAsync([restored], request.PageTransferTimeout, ct).ConfigureAwait(false);
                 pageTransfer = time.GetElapsedTime(transfer);
-                bytesAfter = pages.Pages * PageSize;
-                progress(string.Create(CultureInfo.InvariantCulture, $"post-copy: all {pages.Pages} pages ({bytesAfter} bytes) arrived, {pageTransfer.Value.TotalMilliseconds:0} ms after the target started"));
+                bytesAfter = pages * PageSize;
+                progress(string.Create(CultureInfo.InvariantCulture, $"post-copy: all {pages} pages ({bytesAfter} bytes) arrived, {pageTransfer.Value.TotalMilliseconds:0} ms after the target started"));
             }
         }
         catch (Exception e)
@@ -286,37 +286,56 @@ internal sealed partial class MigrationOrchestrator(IMigrationNode source, IMigr
     private const long PageSize = 4096;
 
     /// <summary>
-    /// Post-copy: polls the target until its lazy-pages daemon ended; a transfer that ended short (the target killed its
-    /// copy) or took longer than <paramref name="timeout"/> is a failure, which the caller undoes.
+    /// Post-copy: polls every restored container's transfer on each tick until all ended, and returns the pages they
+    /// fetched; the first that broke (its copy killed by the target's watchdog), a container without a transfer, or
+    /// <paramref name="timeout"/> over all of them is a failure, which the caller undoes at once.
     /// </summary>
-    private async Task<LazyPagesProgress> AwaitPagesAsync(string restored, TimeSpan timeout, CancellationToken ct)
+    private async Task<long> AwaitPagesAsync(IEnumerable<string> restored, TimeSpan timeout, CancellationToken ct)
     {
-        var waited = time.GetTimestamp();
+        var waiting = restored.ToDictionary(id => id, _ => (LazyPagesProgress?)null, StringComparer.Ordinal);
+        var started = time.GetTimestamp();
         var reported = time.GetTimestamp();
+        long pages = 0;
         while (true)
         {
-            var p = await target.LazyPagesAsync(restored, wait: false, ct).ConfigureAwait(false);
-            if (!p.Present)
+            foreach (var id in waiting.Keys.ToList())
             {
-                throw new InvalidOperationException($"the restored container {restored} on {target.Name} has no post-copy transfer (did its crestd restart?)");
+                var p = await target.LazyPagesAsync(id, wait: false, ct).ConfigureAwait(false);
+                if (!p.Present)
+                {
+                    throw new InvalidOperationException($"the restored container {id} on {target.Name} has no post-copy transfer (did its crestd restart?)");
+                }
+
+                if (p.Finished && !p.Succeeded)
+                {
+                    throw new InvalidOperationException($"the memory transfer to {id} on {target.Name} broke: {p.Problem}");
+                }
+
+                if (p.Finished)
+                {
+                    pages += p.Pages;
+                    waiting.Remove(id);
+                }
+                else
+                {
+                    waiting[id] = p;
+                }
             }
 
-            if (p.Finished)
+            if (waiting.Count == 0)
             {
-                return p.Succeeded
-                    ? p
-                    : throw new InvalidOperationException($"the memory transfer to {restored} on {target.Name} broke: {p.Problem}");
+                return pages;
             }
 
-            if (time.GetElapsedTime(waited) > timeout)
+            if (time.GetElapsedTime(started) > timeout)
             {
                 throw new TimeoutException(string.Create(CultureInfo.InvariantCulture,
-                    $"the memory of {restored} did not arrive on {target.Name} within {timeout.TotalSeconds:0} s ({p.Pages} of {p.TotalPages} pages)"));
+                    $"the memory of {string.Join(", ", waiting.Keys)} did not arrive on {target.Name} within {timeout.TotalSeconds:0} s ({string.Join("; ", waiting.Select(w => $"{w.Key}: {w.Value?.Pages ?? 0} of {w.Value?.TotalPages ?? 0} pages"))})"));
             }
 
             if (time.GetElapsedTime(reported) > TimeSpan.FromSeconds(1))
             {
-                progress($"post-copy: {restored} runs on {target.Name} while its memory arrives");
+                progress($"post-copy: {string.Join(", ", waiting.Keys)} run(s) on {target.Name} while the memory arrives");
                 reported = time.GetTimestamp();
             }
 
